@@ -1,0 +1,134 @@
+/**
+ * The model configuration the engine needs, built from a Hugging Face config.json by keeping the keys
+ * it knows. Both RoPE styles are read: top-level `rope_theta` / `rope_scaling` (most hub checkpoints)
+ * and the newer `rope_parameters` object (transformers 5).
+ */
+import { ModelFormatError, UnsupportedArchitectureError } from '../errors.js';
+
+export const SUPPORTED_ARCHITECTURES = [
+  'LlamaForCausalLM',
+  'MistralForCausalLM',
+  'Qwen2ForCausalLM',
+  'Phi3ForCausalLM',
+] as const;
+export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
+
+export type RopeScaling =
+  | { type: 'default' }
+  | { type: 'linear'; factor: number }
+  | { type: 'llama3'; factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositionEmbeddings: number };
+
+export interface ModelConfig {
+  architecture: Architecture;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  /** Dimensions of each head that RoPE rotates (headDim unless partial_rotary_factor < 1). */
+  rotaryDim: number;
+  vocabSize: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  ropeScaling: RopeScaling;
+  maxPositionEmbeddings: number;
+  tieWordEmbeddings: boolean;
+  /** Attention looks back at most this many positions (itself included), or null for full attention. */
+  slidingWindow: number | null;
+  /** q/k/v projections carry biases (Qwen2). */
+  attentionBias: boolean;
+  bosTokenId: number | null;
+  eosTokenIds: number[];
+}
+
+type Json = Record<string, unknown>;
+
+function toIdList(v: unknown): number[] {
+  if (v === null || v === undefined) return [];
+  return (Array.isArray(v) ? v : [v]).filter((x): x is number => Number.isInteger(x));
+}
+
+export function parseConfig(json: Json, file = 'config.json', generationConfig?: Json): ModelConfig {
+  const fail = (problem: string): never => {
+    throw new ModelFormatError(file, problem);
+  };
+  const archs = json.architectures;
+  const architecture = Array.isArray(archs) ? String(archs[0]) : undefined;
+  if (!architecture) fail('has no "architectures" entry; is this a Hugging Face causal-LM config?');
+  if (!(SUPPORTED_ARCHITECTURES as readonly string[]).includes(architecture!)) {
+    throw new UnsupportedArchitectureError(
+      `${file}: architecture ${architecture} is not supported; supported: ${SUPPORTED_ARCHITECTURES.join(', ')}`,
+    );
+  }
+  const int = (key: string, fallback?: number): number => {
+    const v = json[key] ?? fallback;
+    if (v === undefined || v === null) fail(`is missing the required key "${key}"`);
+    if (!Number.isInteger(v) || (v as number) <= 0) fail(`"${key}" must be a positive integer, got ${JSON.stringify(v)}`);
+    return v as number;
+  };
+  const num = (v: unknown, key: string): number => {
+    if (typeof v !== 'number' || !Number.isFinite(v)) fail(`"${key}" must be a number, got ${JSON.stringify(v)}`);
+    return v as number;
+  };
+
+  const hiddenSize = int('hidden_size');
+  const numHeads = int('num_attention_heads');
+  const numKvHeads = int('num_key_value_heads', numHeads);
+  const headDim = int('head_dim', hiddenSize / numHeads);
+  if (numHeads % numKvHeads !== 0) fail(`num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKvHeads}`);
+
+  // RoPE: rope_parameters (new) wins over rope_theta/rope_scaling (old).
+  const params = (json.rope_parameters ?? null) as Json | null;
+  const oldScaling = (json.rope_scaling ?? null) as Json | null;
+  const ropeTheta = num(params?.rope_theta ?? json.rope_theta ?? 10000, 'rope_theta');
+  const scalingSrc = params ?? oldScaling ?? {};
+  const ropeType = String(scalingSrc.rope_type ?? scalingSrc.type ?? 'default');
+  let ropeScaling: RopeScaling;
+  if (ropeType === 'default') ropeScaling = { type: 'default' };
+  else if (ropeType === 'linear') ropeScaling = { type: 'linear', factor: num(scalingSrc.factor, 'rope_scaling.factor') };
+  else if (ropeType === 'llama3') {
+    ropeScaling = {
+      type: 'llama3',
+      factor: num(scalingSrc.factor, 'rope_scaling.factor'),
+      lowFreqFactor: num(scalingSrc.low_freq_factor, 'rope_scaling.low_freq_factor'),
+      highFreqFactor: num(scalingSrc.high_freq_factor, 'rope_scaling.high_freq_factor'),
+      originalMaxPositionEmbeddings: num(scalingSrc.original_max_position_embeddings, 'rope_scaling.original_max_position_embeddings'),
+    };
+  } else {
+    return fail(`rope scaling type "${ropeType}" is not supported (supported: default, linear, llama3)`);
+  }
+  const partial = num(json.partial_rotary_factor ?? 1, 'partial_rotary_factor');
+  const rotaryDim = Math.round(headDim * partial);
+
+  let slidingWindow: number | null = null;
+  if (architecture === 'MistralForCausalLM' || (architecture === 'Qwen2ForCausalLM' && json.use_sliding_window === true)) {
+    slidingWindow = Number.isInteger(json.sliding_window) ? (json.sliding_window as number) : null;
+  } else if (architecture === 'Phi3ForCausalLM' && Number.isInteger(json.sliding_window)) {
+    slidingWindow = json.sliding_window as number;
+  }
+
+  const gen = generationConfig ?? {};
+  const eos = toIdList(gen.eos_token_id ?? json.eos_token_id);
+  const bos = gen.bos_token_id ?? json.bos_token_id;
+  return {
+    architecture: architecture as Architecture,
+    hiddenSize,
+    intermediateSize: int('intermediate_size'),
+    numLayers: int('num_hidden_layers'),
+    numHeads,
+    numKvHeads,
+    headDim,
+    rotaryDim,
+    vocabSize: int('vocab_size'),
+    rmsNormEps: num(json.rms_norm_eps ?? 1e-6, 'rms_norm_eps'),
+    ropeTheta,
+    ropeScaling,
+    maxPositionEmbeddings: int('max_position_embeddings', 2048),
+    tieWordEmbeddings: json.tie_word_embeddings === true,
+    slidingWindow,
+    attentionBias: architecture === 'Qwen2ForCausalLM' || json.attention_bias === true,
+    bosTokenId: Number.isInteger(bos) ? (bos as number) : null,
+    eosTokenIds: eos,
+  };
+}
