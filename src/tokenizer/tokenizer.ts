@@ -47,6 +47,7 @@ export class TextTokenizer {
 
   /** Exact inverse of encode for ordinary text: no clean-up of spaces around punctuation. */
   decode(ids: number[], skipSpecialTokens = false): string {
+    if (ids.length === 0) return '';
     return this.tokenizer.decode(ids, { skip_special_tokens: skipSpecialTokens, clean_up_tokenization_spaces: false });
   }
 

@@ -1,0 +1,115 @@
+/** `pdvm generate [model] --prompt TEXT | --prompt-ids 1,2,3`: streams the continuation to stdout. */
+import { Command, Option } from 'commander';
+import { InvalidInputError } from '../../errors.js';
+import { generate, type GenerationResult } from '../../runtime/generate.js';
+import { generationDefaults } from '../../runtime/defaults.js';
+import { action, backendOption, createEngineForCli, defaultContext, loadForCli, parseFloatOption, parseIntOption } from '../common.js';
+
+interface GenerateFlags {
+  prompt?: string;
+  promptIds?: string;
+  maxTokens: number;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+  seed?: number;
+  stop: string[];
+  chat?: boolean;
+  system?: string;
+  json?: boolean;
+  ignoreEos?: boolean;
+  context?: number;
+  backend: 'cpu' | 'webgpu' | 'auto';
+}
+
+export function parseIdList(text: string): number[] {
+  const ids = text.split(',').map((s) => s.trim()).filter((s) => s.length > 0).map(Number);
+  if (ids.length === 0 || ids.some((n) => !Number.isInteger(n) || n < 0)) {
+    throw new InvalidInputError(`--prompt-ids must be a comma-separated list of token ids, got "${text}"`);
+  }
+  return ids;
+}
+
+export function generateCommand(): Command {
+  return new Command('generate')
+    .description('generate text from a prompt (streams to stdout, summary to stderr)')
+    .argument('[model]', 'Hugging Face model folder or .upg file (default: the built-in demo model)')
+    .option('-p, --prompt <text>', 'prompt text')
+    .option('--prompt-ids <ids>', 'prompt as comma-separated token ids (for models without a tokenizer)')
+    .option('-n, --max-tokens <n>', 'new tokens at most', parseIntOption('--max-tokens'), 128)
+    .option('-t, --temperature <t>', 'sampling temperature; 0 = greedy (default: generation_config.json, else 0.8)', parseFloatOption('--temperature'))
+    .option('--top-k <k>', 'keep the k most likely tokens; 0 = off (default 40)', parseIntOption('--top-k'))
+    .option('--top-p <p>', 'nucleus sampling threshold; 1 = off (default 0.95)', parseFloatOption('--top-p'))
+    .option('--min-p <p>', 'drop tokens under p times the top probability; 0 = off (default 0.05)', parseFloatOption('--min-p'))
+    .option('--repetition-penalty <r>', 'penalise tokens already seen; 1 = off', parseFloatOption('--repetition-penalty'))
+    .option('--seed <s>', 'random seed for reproducible sampling', parseIntOption('--seed'))
+    .option('--stop <text>', 'stop before this text (repeatable)', (v: string, prev: string[]) => [...prev, v], [] as string[])
+    .option('--chat', "wrap the prompt with the model's chat template as a user message")
+    .option('--system <text>', 'system message for --chat')
+    .option('--json', 'print one JSON object instead of streaming')
+    .option('--ignore-eos', 'keep generating past the end-of-sequence token')
+    .option('--context <n>', 'context length to allocate (default: the model\'s, at most 4096)', parseIntOption('--context'))
+    .addOption(backendOption())
+    .action(action(async (modelPath: string | undefined, flags: GenerateFlags) => {
+      if ((flags.prompt === undefined) === (flags.promptIds === undefined)) {
+        throw new InvalidInputError('give exactly one of --prompt TEXT or --prompt-ids 1,2,3');
+      }
+      const model = await loadForCli(modelPath);
+      const { tokenizer } = model;
+      let promptIds: number[];
+      if (flags.promptIds !== undefined) {
+        promptIds = parseIdList(flags.promptIds);
+        if (flags.chat) throw new InvalidInputError('--chat needs a text --prompt, not --prompt-ids');
+      } else {
+        if (!tokenizer) {
+          throw new InvalidInputError(`${model.path} has no tokenizer.json, so a text prompt cannot be tokenized; pass --prompt-ids instead`);
+        }
+        if (flags.chat) {
+          const messages = [...(flags.system ? [{ role: 'system', content: flags.system }] : []), { role: 'user', content: flags.prompt! }];
+          promptIds = tokenizer.encode(tokenizer.applyChatTemplate(messages), false);
+        } else {
+          promptIds = tokenizer.encode(flags.prompt!, true);
+          if (promptIds.length === 0 && model.config.bosTokenId !== null) promptIds = [model.config.bosTokenId];
+        }
+      }
+      const engine = await createEngineForCli(model, flags.backend, defaultContext(model, flags.context));
+      const seq = engine.createSequence();
+      const stream = generate(
+        { engine, tokenizer, defaults: generationDefaults(model.generationConfig), eosTokenIds: model.config.eosTokenIds },
+        seq,
+        promptIds,
+        {
+          maxTokens: flags.maxTokens, temperature: flags.temperature, topK: flags.topK, topP: flags.topP, minP: flags.minP,
+          repetitionPenalty: flags.repetitionPenalty, seed: flags.seed, stop: flags.stop, ignoreEos: flags.ignoreEos,
+        },
+      );
+      let result: GenerationResult;
+      while (true) {
+        const r = await stream.next();
+        if (r.done) {
+          result = r.value;
+          break;
+        }
+        if (!flags.json && r.value.text) process.stdout.write(r.value.text);
+      }
+      engine.dispose();
+      if (flags.json) {
+        process.stdout.write(JSON.stringify({
+          token_ids: result.tokenIds,
+          text: result.text,
+          prompt_tokens: result.promptTokens,
+          tokens_per_second: result.tokensPerSecond,
+          finish_reason: result.finishReason,
+        }) + '\n');
+      } else {
+        if (tokenizer) process.stdout.write('\n');
+        else process.stdout.write(result.tokenIds.join(',') + '\n');
+        process.stderr.write(
+          `[${result.promptTokens} prompt tokens, ${result.tokenIds.length} generated (${result.finishReason}); ` +
+            `prefill ${result.prefillMs.toFixed(0)} ms, decode ${result.tokensPerSecond.toFixed(1)} tok/s, ${engine.backend}]\n`,
+        );
+      }
+    }));
+}

@@ -1,0 +1,94 @@
+/** What the CLI commands share: model resolution, backend selection, progress, error exit. */
+import { fileURLToPath } from 'node:url';
+import { dirname, resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import { Option, type Command } from 'commander';
+import { PdvmError, InvalidInputError } from '../errors.js';
+import { loadModel, type LoadedModel } from '../model/load.js';
+import type { Engine } from '../runtime/engine.js';
+import { createEngine } from '../backends/index.js';
+import { progressBar } from './progress.js';
+
+/** The built-in demo model shipped in the package's models/ folder. */
+export function demoModelPath(): string {
+  const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+  for (const candidate of [resolve(root, 'models', 'brown-llama-12m.upg'), resolve(root, 'models', 'brown-llama-12m')]) {
+    if (existsSync(candidate)) return candidate;
+  }
+  throw new PdvmError(`the built-in demo model is missing from ${resolve(root, 'models')}; reinstall pdvm`);
+}
+
+export type BackendChoice = 'cpu' | 'webgpu' | 'auto';
+
+export function backendOption(): Option {
+  return new Option('--backend <name>', 'where to run the model').choices(['cpu', 'webgpu', 'auto']).default('cpu');
+}
+
+export function parseIntOption(name: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n)) throw new InvalidInputError(`${name} must be a whole number, got "${v}"`);
+    return n;
+  };
+}
+
+export function parseFloatOption(name: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isFinite(n)) throw new InvalidInputError(`${name} must be a number, got "${v}"`);
+    return n;
+  };
+}
+
+/** Loads a model with a progress bar on stderr (when it is a terminal). */
+export async function loadForCli(path: string | undefined): Promise<LoadedModel> {
+  const bar = progressBar('loading', 'B');
+  try {
+    return await loadModel(path ?? demoModelPath(), {
+      onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes),
+    });
+  } finally {
+    bar.stop();
+  }
+}
+
+/** Creates the engine for --backend; prints the notice when `auto` falls back to the CPU. */
+export async function createEngineForCli(model: LoadedModel, backend: BackendChoice, contextLength: number): Promise<Engine> {
+  const { engine, notice } = await createEngine(model, { backend, contextLength });
+  if (notice) process.stderr.write(`pdvm: ${notice}\n`);
+  return engine;
+}
+
+/** Default context: the model's, capped so the KV cache stays modest. */
+export function defaultContext(model: LoadedModel, requested?: number): number {
+  if (requested !== undefined) {
+    if (requested < 2) throw new InvalidInputError(`--context must be at least 2, got ${requested}`);
+    return requested;
+  }
+  return Math.min(model.config.maxPositionEmbeddings, 4096);
+}
+
+/** Runs a command action; user errors print one line and exit 1, without a stack trace. */
+export function action<A extends unknown[]>(fn: (...args: A) => Promise<void>) {
+  return async (...args: A): Promise<void> => {
+    try {
+      await fn(...args);
+    } catch (e) {
+      reportAndExit(e);
+    }
+  };
+}
+
+export function reportAndExit(e: unknown): never {
+  if (e instanceof PdvmError) {
+    process.stderr.write(`pdvm: error: ${e.message}\n`);
+  } else if (e instanceof Error) {
+    process.stderr.write(`pdvm: error: ${e.message}\n`);
+    if (process.env.PDVM_DEBUG) process.stderr.write(`${e.stack}\n`);
+  } else {
+    process.stderr.write(`pdvm: error: ${String(e)}\n`);
+  }
+  process.exit(1);
+}
+
+export type { Command };

@@ -1,0 +1,27 @@
+#!/usr/bin/env node
+/** The `pdvm` command: one subcommand per file in ./commands. */
+import { Command, CommanderError } from 'commander';
+import { readFileSync } from 'node:fs';
+import { generateCommand } from './commands/generate.js';
+import { perplexityCommand } from './commands/perplexity.js';
+import { inspectCommand } from './commands/inspect.js';
+import { reportAndExit } from './common.js';
+
+const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+const program = new Command('pdvm')
+  .description('run sparse and quantized LLMs at the speed of GPU memory')
+  .version(pkg.version)
+  .showHelpAfterError('(run with --help for usage)')
+  .exitOverride();
+
+for (const cmd of [generateCommand(), perplexityCommand(), inspectCommand()]) {
+  program.addCommand(cmd.showHelpAfterError('(run with --help for usage)').exitOverride());
+}
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  if (e instanceof CommanderError) process.exit(e.exitCode === 0 ? 0 : 1);
+  reportAndExit(e);
+}

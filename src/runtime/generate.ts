@@ -1,0 +1,165 @@
+/**
+ * The generation loop: one prefill of the prompt, then one token at a time through the KV cache,
+ * streaming text as it becomes final. Stops on EOS, a stop string, max tokens, the end of the context
+ * or an AbortSignal.
+ */
+import { AbortError, InvalidInputError } from '../errors.js';
+import type { TextTokenizer } from '../tokenizer/tokenizer.js';
+import { Detokenizer } from './detokenizer.js';
+import type { Engine, Sequence } from './engine.js';
+import { resolveSampling, Sampler, type SamplingOptions } from './sampling.js';
+
+export interface GenerateOptions extends SamplingOptions {
+  /** New tokens at most (default 256). */
+  maxTokens?: number;
+  /** Generation ends before the first occurrence of any of these; the stop string is not returned. */
+  stop?: string[];
+  /** Token ids that end generation (default: the model's EOS ids). */
+  eosTokenIds?: number[];
+  /** Keep going past EOS (benchmarks, tests). */
+  ignoreEos?: boolean;
+  signal?: AbortSignal;
+}
+
+export type FinishReason = 'stop' | 'length';
+
+export interface GenerationChunk {
+  /** Text that became final with this step (may be ''). */
+  text: string;
+  /** Token ids generated in this step. */
+  tokenIds: number[];
+}
+
+export interface GenerationResult {
+  text: string;
+  tokenIds: number[];
+  promptTokens: number;
+  finishReason: FinishReason;
+  /** Time from start to the end of the prefill (the first token's logits), ms. */
+  prefillMs: number;
+  /** Time spent decoding after the first token, ms. */
+  decodeMs: number;
+  /** Generated tokens per second over the decode phase (first token excluded). */
+  tokensPerSecond: number;
+}
+
+export interface GenerationContext {
+  engine: Engine;
+  tokenizer: TextTokenizer | null;
+  /** Defaults for sampling (from generation_config.json). */
+  defaults?: SamplingOptions;
+  eosTokenIds: number[];
+}
+
+/** Longest suffix of `text` that is a proper prefix of some stop string (held back while undecided). */
+function pendingStopPrefix(text: string, stops: string[]): number {
+  let keep = 0;
+  for (const s of stops) {
+    for (let n = Math.min(s.length - 1, text.length); n > keep; n--) {
+      if (text.endsWith(s.slice(0, n))) {
+        keep = n;
+        break;
+      }
+    }
+  }
+  return keep;
+}
+
+/**
+ * Streams a generation. Yields chunks as text becomes final; returns the whole result.
+ * The sequence is reset first; the prompt must fit the context with room for one new token.
+ */
+export async function* generate(
+  ctx: GenerationContext,
+  seq: Sequence,
+  promptIds: number[],
+  options: GenerateOptions = {},
+): AsyncGenerator<GenerationChunk, GenerationResult> {
+  const { engine, tokenizer } = ctx;
+  const sampling = resolveSampling(options, ctx.defaults);
+  const maxTokens = options.maxTokens ?? 256;
+  if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new InvalidInputError(`max tokens must be a whole number >= 0, got ${maxTokens}`);
+  if (promptIds.length === 0) throw new InvalidInputError('the prompt is empty: give at least one token');
+  if (promptIds.length >= engine.contextLength) {
+    throw new InvalidInputError(`the prompt has ${promptIds.length} tokens but the context holds ${engine.contextLength}; shorten the prompt or raise --context`);
+  }
+  const stops = (options.stop ?? []).filter((s) => s.length > 0);
+  if (stops.length && !tokenizer) throw new InvalidInputError('stop strings need a tokenizer; this model has none');
+  const eos = new Set(options.ignoreEos ? [] : (options.eosTokenIds ?? ctx.eosTokenIds));
+  const sampler = new Sampler(sampling, engine.config.vocabSize, promptIds);
+  const detok = tokenizer ? new Detokenizer(tokenizer) : null;
+  const signal = options.signal;
+
+  const tokenIds: number[] = [];
+  let text = ''; // all final text so far (stop strings cut)
+  let emitted = 0; // chars of `text` already yielded
+  let finishReason: FinishReason = 'length';
+  const t0 = performance.now();
+  let tFirst = t0;
+
+  seq.reset();
+  if (maxTokens > 0) {
+    if (signal?.aborted) throw new AbortError();
+    let logits = await engine.forward(seq, promptIds);
+    tFirst = performance.now();
+    while (true) {
+      if (signal?.aborted) throw new AbortError();
+      const id = sampler.sample(logits);
+      if (eos.has(id)) {
+        finishReason = 'stop';
+        break;
+      }
+      sampler.accept(id);
+      tokenIds.push(id);
+      let stopped = false;
+      if (detok) {
+        text += detok.push(id);
+        if (stops.length) {
+          // search only where a stop string could newly end
+          const from = Math.max(0, emitted - Math.max(...stops.map((s) => s.length)));
+          let cut = -1;
+          for (const s of stops) {
+            const at = text.indexOf(s, from);
+            if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+          }
+          if (cut >= 0) {
+            text = text.slice(0, cut);
+            stopped = true;
+          }
+        }
+      }
+      const safe = stopped ? text.length : text.length - pendingStopPrefix(text, stops);
+      const chunk = text.slice(emitted, Math.max(emitted, safe));
+      emitted = Math.max(emitted, safe);
+      yield { text: chunk, tokenIds: [id] };
+      if (stopped) {
+        finishReason = 'stop';
+        break;
+      }
+      if (tokenIds.length >= maxTokens || seq.length >= engine.contextLength) break;
+      logits = await engine.forward(seq, [id]);
+    }
+  }
+  if (detok && finishReason !== 'stop') text += detok.flush();
+  if (text.length > emitted) yield { text: text.slice(emitted), tokenIds: [] };
+  const t1 = performance.now();
+  const decoded = Math.max(0, tokenIds.length - 1);
+  return {
+    text,
+    tokenIds,
+    promptTokens: promptIds.length,
+    finishReason,
+    prefillMs: tFirst - t0,
+    decodeMs: t1 - tFirst,
+    tokensPerSecond: decoded > 0 ? decoded / ((t1 - tFirst) / 1000) : 0,
+  };
+}
+
+/** Runs a generation to the end, collecting the result. */
+export async function generateAll(ctx: GenerationContext, seq: Sequence, promptIds: number[], options: GenerateOptions = {}): Promise<GenerationResult> {
+  const it = generate(ctx, seq, promptIds, options);
+  while (true) {
+    const r = await it.next();
+    if (r.done) return r.value;
+  }
+}
