@@ -20,7 +20,8 @@ export interface Engine {
   createSequence(): Sequence;
   /**
    * Appends `tokens` to the sequence (one prefill for many tokens) and returns logits:
-   * (vocab) for the last token, or (tokens.length, vocab) when `allLogits`.
+   * (vocab) for the last token, or (tokens.length, vocab) when `allLogits`. The last-token array may
+   * belong to the sequence and be overwritten by its next forward; copy it to keep it.
    */
   forward(seq: Sequence, tokens: ArrayLike<number>, allLogits?: boolean): Promise<Float32Array>;
   dispose(): void;

@@ -13,7 +13,10 @@ export class CpuSequence implements Sequence {
   length = 0;
   readonly k: Float32Array[]; // per layer: (contextLength, kvDim)
   readonly v: Float32Array[];
+  /** Last-token logits of the latest forward, (vocab): each sequence has its own, so interleaved sequences never share. */
+  readonly logits: Float32Array;
   constructor(config: ModelConfig, contextLength: number) {
+    this.logits = new Float32Array(config.vocabSize);
     const kvDim = config.numKvHeads * config.headDim;
     this.k = Array.from({ length: config.numLayers }, () => new Float32Array(contextLength * kvDim));
     this.v = Array.from({ length: config.numLayers }, () => new Float32Array(contextLength * kvDim));
@@ -53,13 +56,11 @@ export class CpuEngine implements Engine {
   private readonly sin: Float32Array;
   private scratch: Scratch | null = null;
   private readonly scores: Float32Array;
-  private readonly logitsOne: Float32Array;
 
   constructor(readonly config: ModelConfig, readonly weights: ModelWeights, readonly contextLength: number) {
     if (contextLength < 1) throw new InvalidInputError(`context length must be at least 1, got ${contextLength}`);
     ({ cos: this.cos, sin: this.sin } = ropeTables(config, contextLength));
     this.scores = new Float32Array(contextLength);
-    this.logitsOne = new Float32Array(config.vocabSize);
   }
 
   createSequence(): CpuSequence {
@@ -142,8 +143,8 @@ export class CpuEngine implements Engine {
     }
     const last = s.x.subarray((T - 1) * H, T * H);
     rmsnorm(last, w.finalNorm, c.rmsNormEps, 1, s.xn);
-    w.lmHead.matmul(s.xn, 1, this.logitsOne, c.vocabSize, 0);
-    return this.logitsOne;
+    w.lmHead.matmul(s.xn, 1, seq.logits, c.vocabSize, 0);
+    return seq.logits;
   }
 
   dispose(): void {
