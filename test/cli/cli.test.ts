@@ -1,0 +1,70 @@
+/** The CLI end to end on the demo model and the fixtures. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { readTokenizerFiles } from '../../src/format/hf.js';
+import { TextTokenizer } from '../../src/tokenizer/tokenizer.js';
+import { ARCH_MODELS, BROWN, CLI, VALIDATION_TEXT, readReference } from '../helpers.js';
+
+function run(args: string[]) {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 300_000 });
+  assert.equal(r.status, 0, `pdvm ${args.join(' ')} failed:\n${r.stderr}`);
+  return r;
+}
+
+test('perplexity --limit 2049 on brown-llama-12m is 81.3069 within 0.05%', () => {
+  const r = run(['perplexity', BROWN, '--text', VALIDATION_TEXT, '--limit', '2049', '--json']);
+  const out = JSON.parse(r.stdout) as { perplexity: number; predicted_tokens: number };
+  assert.equal(out.predicted_tokens, 2048);
+  const rel = Math.abs(out.perplexity - 81.3069) / 81.3069;
+  assert.ok(rel < 5e-4, `perplexity ${out.perplexity} vs 81.3069 (relative ${rel.toExponential(2)})`);
+});
+
+test('generate --json reproduces the reference greedy continuation from a text prompt', async () => {
+  const ref = JSON.parse(await readFile(join(BROWN, 'reference.json'), 'utf8'));
+  const g = ref.generations[0];
+  const r = run(['generate', BROWN, '--prompt', g.prompt, '--temperature', '0', '-n', String(g.greedy_ids.length), '--ignore-eos', '--json']);
+  const out = JSON.parse(r.stdout);
+  assert.deepEqual(out.token_ids, g.greedy_ids);
+  assert.equal(out.text, g.greedy_text);
+  assert.equal(out.prompt_tokens, g.prompt_ids.length);
+  assert.ok(out.tokens_per_second > 0);
+});
+
+test('generate streams text to stdout and a summary line to stderr; same seed, same text', () => {
+  const a = run(['generate', '--prompt', 'The jury said', '-n', '12', '--seed', '7']);
+  const b = run(['generate', '--prompt', 'The jury said', '-n', '12', '--seed', '7']);
+  assert.ok(a.stdout.trim().length > 0, 'some text');
+  assert.equal(a.stdout, b.stdout);
+  assert.match(a.stderr, /tok\/s/);
+});
+
+test('generate --prompt-ids on a model without a tokenizer prints the ids', async () => {
+  const ref = await readReference(ARCH_MODELS[2]!); // phi3: its eos id is outside the vocabulary
+  const p = ref.prompts[0]!;
+  const r = run(['generate', ARCH_MODELS[2]!, '--prompt-ids', p.prompt.join(','), '--temperature', '0', '-n', String(p.greedy.length), '--json']);
+  assert.deepEqual(JSON.parse(r.stdout).token_ids, p.greedy);
+});
+
+test('stop strings end the text before the stop', () => {
+  const full = JSON.parse(run(['generate', BROWN, '--prompt', 'The jury said that', '--temperature', '0', '-n', '24', '--json']).stdout);
+  const stop = 'friend';
+  const at = full.text.indexOf(stop);
+  assert.ok(at > 0, 'the greedy text contains the stop word');
+  const r = JSON.parse(run(['generate', BROWN, '--prompt', 'The jury said that', '--temperature', '0', '-n', '24', '--stop', stop, '--json']).stdout);
+  assert.equal(r.text, full.text.slice(0, at));
+  assert.equal(r.finish_reason, 'stop');
+});
+
+test('--chat applies the chat template; inspect describes the model; every command has --help', async () => {
+  const c = run(['generate', BROWN, '--prompt', 'Hello', '--chat', '-n', '4', '--temperature', '0', '--json']);
+  const tok = new TextTokenizer((await readTokenizerFiles(BROWN))!);
+  assert.equal(JSON.parse(c.stdout).prompt_tokens, tok.encode('<|user|>Hello<|end|><|assistant|>', false).length);
+  const i = JSON.parse(run(['inspect', BROWN, '--json']).stdout);
+  assert.equal(i.architecture, 'LlamaForCausalLM');
+  assert.equal(i.parameters, 12587904);
+  assert.equal(i.context_length, 1024);
+  for (const cmd of ['generate', 'perplexity', 'inspect']) assert.match(run([cmd, '--help']).stdout, /Usage: pdvm/);
+});
