@@ -3,6 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { Command } from 'commander';
 import { InvalidInputError, PdvmError } from '../../errors.js';
 import { perplexity, perplexityTokenStream } from '../../runtime/perplexity.js';
+import { defaultWorkerCount, parallelPerplexity } from '../../runtime/parallel-perplexity.js';
 import { action, backendOption, createEngineForCli, loadForCli, parseIntOption } from '../common.js';
 import { progressBar } from '../progress.js';
 
@@ -12,6 +13,7 @@ interface PerplexityFlags {
   limit?: number;
   json?: boolean;
   backend: 'cpu' | 'webgpu' | 'auto';
+  threads?: number;
 }
 
 export function perplexityCommand(): Command {
@@ -22,6 +24,7 @@ export function perplexityCommand(): Command {
     .option('--ctx <n>', 'window length in tokens', parseIntOption('--ctx'), 256)
     .option('--limit <n>', 'use only the first N tokens of the token stream', parseIntOption('--limit'))
     .option('--json', 'print {"perplexity": x, "predicted_tokens": n}')
+    .option('--threads <n>', 'CPU worker threads (default: one per core)', parseIntOption('--threads'))
     .addOption(backendOption())
     .action(action(async (modelPath: string, flags: PerplexityFlags) => {
       let text: string;
@@ -39,8 +42,13 @@ export function perplexityCommand(): Command {
       }
       const engine = await createEngineForCli(model, flags.backend, flags.ctx + 1);
       const bar = progressBar('perplexity', 'tokens', flags.json === true && !process.stderr.isTTY);
+      const progress = (done: number, total: number) => bar.update(done, total);
       const t0 = performance.now();
-      const r = await perplexity(engine, ids, flags.ctx, (done, total) => bar.update(done, total));
+      // the CPU scores windows on every core: each worker loads its own copy of the model
+      const workers = flags.threads ?? defaultWorkerCount();
+      const r = engine.backend === 'cpu' && workers > 1
+        ? await parallelPerplexity(model.path, ids, flags.ctx, workers, progress)
+        : await perplexity(engine, ids, flags.ctx, progress);
       bar.stop();
       engine.dispose();
       const seconds = (performance.now() - t0) / 1000;
