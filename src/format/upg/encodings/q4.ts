@@ -1,0 +1,98 @@
+/**
+ * `q4`: 4-bit weights with an f16 scale and minimum per group of `group` inputs (docs/upg-format.md, "q4").
+ *   qweight   U32 [rows, groups * group / 8]  nibble c of row r = u[r, c] in 0..15
+ *   scale_min F16 [rows, groups, 2]           (scale, min) per group
+ *   W[r, c] = fround(fround(u * scale) + min)
+ */
+import { bytesOf, f16ArrayToF32, getNibble, matmulByRows, roundToF16, setNibble, unpackByRows, view, type EncodedTensor, type UpgBuffer } from './common.js';
+import { ModelFormatError } from '../../../errors.js';
+
+export const Q4_GROUPS = [32, 64, 128];
+
+export class Q4Tensor implements EncodedTensor {
+  readonly encoding = 'q4';
+  readonly params: { group: number };
+  readonly groups: number;
+  readonly wordsPerRow: number;
+  /** scale_min decoded to float32 once, for the CPU path: (rows, groups, 2). */
+  private readonly scaleMinF32: Float32Array;
+
+  constructor(readonly rows: number, readonly cols: number, readonly group: number, readonly qweight: Uint32Array, readonly scaleMin: Uint16Array) {
+    if (!Q4_GROUPS.includes(group)) throw new ModelFormatError('q4', `group ${group} is not one of ${Q4_GROUPS.join(', ')}`);
+    this.params = { group };
+    this.groups = Math.ceil(cols / group);
+    this.wordsPerRow = (this.groups * group) / 8;
+    if (qweight.length !== rows * this.wordsPerRow || scaleMin.length !== rows * this.groups * 2) throw new Error(`Q4Tensor: buffers do not match [${rows}, ${cols}] g${group}`);
+    this.scaleMinF32 = f16ArrayToF32(scaleMin);
+  }
+
+  static pack(rows: number, cols: number, w: Float32Array, group: number): Q4Tensor {
+    const groups = Math.ceil(cols / group);
+    const wordsPerRow = (groups * group) / 8;
+    const qweight = new Uint32Array(rows * wordsPerRow);
+    const scaleMin = new Uint16Array(rows * groups * 2);
+    for (let r = 0; r < rows; r++) {
+      const words = qweight.subarray(r * wordsPerRow, (r + 1) * wordsPerRow);
+      for (let g = 0; g < groups; g++) {
+        const begin = r * cols + g * group, end = r * cols + Math.min(cols, (g + 1) * group);
+        let lo = Infinity, hi = -Infinity;
+        for (let i = begin; i < end; i++) {
+          lo = Math.min(lo, w[i]!);
+          hi = Math.max(hi, w[i]!);
+        }
+        const min = roundToF16(lo);
+        const scale = roundToF16((hi - min.value) / 15);
+        scaleMin[(r * groups + g) * 2] = scale.bits;
+        scaleMin[(r * groups + g) * 2 + 1] = min.bits;
+        for (let i = begin; i < end; i++) {
+          const u = scale.value === 0 ? 0 : Math.max(0, Math.min(15, Math.round((w[i]! - min.value) / scale.value)));
+          setNibble(words, i - r * cols, u);
+        }
+      }
+    }
+    return new Q4Tensor(rows, cols, group, qweight, scaleMin);
+  }
+
+  static expectedBuffers(rows: number, cols: number, group: number): Omit<UpgBuffer, 'bytes'>[] {
+    const groups = Math.ceil(cols / group);
+    return [
+      { role: 'qweight', dtype: 'U32', shape: [rows, (groups * group) / 8] },
+      { role: 'scale_min', dtype: 'F16', shape: [rows, groups, 2] },
+    ];
+  }
+
+  static fromBuffers(rows: number, cols: number, group: number, b: Map<string, Uint8Array>): Q4Tensor {
+    return new Q4Tensor(rows, cols, group, view(b.get('qweight')!, Uint32Array), view(b.get('scale_min')!, Uint16Array));
+  }
+
+  buffers(): UpgBuffer[] {
+    const [q, s] = Q4Tensor.expectedBuffers(this.rows, this.cols, this.group);
+    return [{ ...q!, bytes: bytesOf(this.qweight) }, { ...s!, bytes: bytesOf(this.scaleMin) }];
+  }
+
+  get byteLength(): number {
+    return this.qweight.byteLength + this.scaleMin.byteLength;
+  }
+
+  decodeRow(r: number, out: Float32Array): void {
+    const words = this.qweight.subarray(r * this.wordsPerRow, (r + 1) * this.wordsPerRow);
+    const sm = this.scaleMinF32;
+    for (let g = 0; g < this.groups; g++) {
+      const scale = sm[(r * this.groups + g) * 2]!, min = sm[(r * this.groups + g) * 2 + 1]!;
+      const end = Math.min(this.cols, (g + 1) * this.group);
+      for (let c = g * this.group; c < end; c++) out[c] = Math.fround(getNibble(words, c) * scale) + min;
+    }
+  }
+
+  unpack(): Float32Array {
+    return unpackByRows(this.rows, this.cols, (r, out) => this.decodeRow(r, out));
+  }
+
+  matmul(x: Float32Array, T: number, y: Float32Array, yStride: number, yOffset: number): void {
+    matmulByRows(this.rows, this.cols, (r, out) => this.decodeRow(r, out), x, T, y, yStride, yOffset);
+  }
+
+  readRow(r: number, out: Float32Array): void {
+    this.decodeRow(r, out);
+  }
+}

@@ -1,0 +1,67 @@
+/**
+ * `q8`: int8 weights with one float32 scale per output row (docs/upg-format.md, "q8").
+ *   qweight I8 [rows, stride = roundUp(cols, 4)], scales F32 [rows];  W[r, c] = q[r, c] * scales[r]
+ */
+import { bytesOf, int8Quantize, int8Scale, matmulByRows, roundUp, unpackByRows, view, type EncodedTensor, type UpgBuffer } from './common.js';
+
+export class Q8Tensor implements EncodedTensor {
+  readonly encoding = 'q8';
+  readonly params = {};
+  readonly stride: number;
+
+  constructor(readonly rows: number, readonly cols: number, readonly qweight: Int8Array, readonly scales: Float32Array) {
+    this.stride = roundUp(cols, 4);
+    if (qweight.length !== rows * this.stride || scales.length !== rows) throw new Error(`Q8Tensor: buffers do not match [${rows}, ${cols}]`);
+  }
+
+  /** Quantizes a float32 [rows, cols] matrix. */
+  static pack(rows: number, cols: number, w: Float32Array): Q8Tensor {
+    const stride = roundUp(cols, 4);
+    const qweight = new Int8Array(rows * stride);
+    const scales = new Float32Array(rows);
+    for (let r = 0; r < rows; r++) {
+      const scale = int8Scale(w, r * cols, (r + 1) * cols);
+      scales[r] = scale;
+      for (let c = 0; c < cols; c++) qweight[r * stride + c] = int8Quantize(w[r * cols + c]!, scale);
+    }
+    return new Q8Tensor(rows, cols, qweight, scales);
+  }
+
+  static fromBuffers(rows: number, cols: number, b: Map<string, Uint8Array>): Q8Tensor {
+    return new Q8Tensor(rows, cols, view(b.get('qweight')!, Int8Array), view(b.get('scales')!, Float32Array));
+  }
+
+  static expectedBuffers(rows: number, cols: number): Omit<UpgBuffer, 'bytes'>[] {
+    return [
+      { role: 'qweight', dtype: 'I8', shape: [rows, roundUp(cols, 4)] },
+      { role: 'scales', dtype: 'F32', shape: [rows] },
+    ];
+  }
+
+  buffers(): UpgBuffer[] {
+    const [q, s] = Q8Tensor.expectedBuffers(this.rows, this.cols);
+    return [{ ...q!, bytes: bytesOf(this.qweight) }, { ...s!, bytes: bytesOf(this.scales) }];
+  }
+
+  get byteLength(): number {
+    return this.qweight.byteLength + this.scales.byteLength;
+  }
+
+  decodeRow(r: number, out: Float32Array): void {
+    const scale = this.scales[r]!;
+    const base = r * this.stride;
+    for (let c = 0; c < this.cols; c++) out[c] = this.qweight[base + c]! * scale;
+  }
+
+  unpack(): Float32Array {
+    return unpackByRows(this.rows, this.cols, (r, out) => this.decodeRow(r, out));
+  }
+
+  matmul(x: Float32Array, T: number, y: Float32Array, yStride: number, yOffset: number): void {
+    matmulByRows(this.rows, this.cols, (r, out) => this.decodeRow(r, out), x, T, y, yStride, yOffset);
+  }
+
+  readRow(r: number, out: Float32Array): void {
+    this.decodeRow(r, out);
+  }
+}
