@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { generateCommand } from './commands/generate.js';
 import { perplexityCommand } from './commands/perplexity.js';
 import { inspectCommand } from './commands/inspect.js';
+import { serveCommand } from './commands/serve.js';
 import { reportAndExit } from './common.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -15,7 +16,7 @@ const program = new Command('pdvm')
   .showHelpAfterError('(run with --help for usage)')
   .exitOverride();
 
-for (const cmd of [generateCommand(), perplexityCommand(), inspectCommand()]) {
+for (const cmd of [generateCommand(), perplexityCommand(), inspectCommand(), serveCommand()]) {
   program.addCommand(cmd.showHelpAfterError('(run with --help for usage)').exitOverride());
 }
 

@@ -1,0 +1,237 @@
+/**
+ * The library API: `loadModel(path)` gives a `Model` that generates from a prompt or a chat, streamed
+ * or whole, from any number of callers at once (they share one engine, each with its own KV cache).
+ *
+ *   const model = await loadModel('models/brown-llama-12m');
+ *   for await (const chunk of model.generate('The jury said', { maxTokens: 20, stream: true })) ...
+ *   const { text } = await model.chat([{ role: 'user', content: 'Hello' }], { temperature: 0 });
+ */
+import { basename, extname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createEngine } from '../backends/index.js';
+import { InvalidInputError } from '../errors.js';
+import { loadModel as loadModelFiles, type LoadedModel, type LoadProgress } from '../model/load.js';
+import { generationDefaults } from '../runtime/defaults.js';
+import type { Engine } from '../runtime/engine.js';
+import type { GenerateOptions as RuntimeGenerateOptions, GenerationContext, GenerationResult } from '../runtime/generate.js';
+import { resolveSampling, type SamplingOptions } from '../runtime/sampling.js';
+import type { ChatMessage } from '../tokenizer/tokenizer.js';
+import { ContextLengthError, ModelDisposedError } from './errors.js';
+import { Scheduler } from './scheduler.js';
+import { GenerationStream } from './stream.js';
+
+export type Backend = 'cpu' | 'webgpu' | 'auto';
+
+export interface LoadModelOptions {
+  /** Where to run the model (default 'cpu'; 'auto' tries WebGPU first). */
+  backend?: Backend;
+  /** Positions each generation may hold, prompt included (default: the model's, at most 4096). */
+  contextLength?: number;
+  /** Generations decoding at once; more wait in a queue (default 8). */
+  maxConcurrency?: number;
+  /** Generations allowed to wait for a slot; past that, generate() throws QueueFullError (default 64). */
+  maxQueued?: number;
+  onProgress?: (progress: LoadProgress) => void;
+}
+
+export interface GenerateOptions extends SamplingOptions {
+  /** New tokens at most. Default: 256, or what is left of the context if less. */
+  maxTokens?: number;
+  /** Generation ends before the first occurrence of any of these (not included in the text). */
+  stop?: string | string[];
+  /** Keep generating past the end-of-sequence token. */
+  ignoreEos?: boolean;
+  /** Token ids that end generation. Default: the model's EOS ids; for chat(), also the template's end-of-turn token. */
+  eosTokenIds?: number[];
+  /** Cancels the generation, queued or running: the stream and the promise reject with AbortError. */
+  signal?: AbortSignal;
+  /** true: return a GenerationStream (async iterable of chunks); false or absent: a promise of the result. */
+  stream?: boolean;
+}
+
+/** A plain-text prompt, or token ids as they are (for models without a tokenizer). */
+export type Prompt = string | number[];
+
+export type { ChatMessage, GenerationResult, LoadProgress, SamplingOptions };
+export type { GenerationChunk } from '../runtime/generate.js';
+export { GenerationStream } from './stream.js';
+
+/** Chat templates end each turn with a token that should end generation too; these are the common ones. */
+const END_OF_TURN_TOKENS = ['<|end|>', '<|eot_id|>', '<|im_end|>', '<end_of_turn>', '<|endoftext|>', '</s>'];
+
+export class Model {
+  /** The model's name: its folder or file name without extension. */
+  readonly id: string;
+  /** Set when `backend: 'auto'` fell back to another backend, saying why. */
+  readonly backendNotice: string | undefined;
+  private readonly scheduler: Scheduler;
+  private readonly context: GenerationContext;
+  /** Token ids that end a chat answer: the EOS ids and the chat template's end-of-turn token. */
+  readonly chatEndTokenIds: number[];
+  private disposed = false;
+
+  constructor(readonly loaded: LoadedModel, readonly engine: Engine, options: { maxConcurrency?: number; maxQueued?: number; backendNotice?: string } = {}) {
+    this.id = basename(loaded.path, extname(loaded.path));
+    this.backendNotice = options.backendNotice;
+    this.context = {
+      engine,
+      tokenizer: loaded.tokenizer,
+      defaults: generationDefaults(loaded.generationConfig),
+      eosTokenIds: loaded.config.eosTokenIds,
+    };
+    const endOfTurn = END_OF_TURN_TOKENS.map((t) => loaded.tokenizer?.idOf(t)).filter((id): id is number => id !== undefined);
+    this.chatEndTokenIds = [...new Set([...loaded.config.eosTokenIds, ...endOfTurn])];
+    const maxActive = options.maxConcurrency ?? 8;
+    const maxQueued = options.maxQueued ?? 64;
+    if (!Number.isInteger(maxActive) || maxActive < 1) throw new InvalidInputError(`max concurrency must be a whole number >= 1, got ${maxActive}`);
+    if (!Number.isInteger(maxQueued) || maxQueued < 0) throw new InvalidInputError(`max queued must be a whole number >= 0, got ${maxQueued}`);
+    this.scheduler = new Scheduler(engine, this.context, { maxActive, maxQueued });
+  }
+
+  get backend(): 'cpu' | 'webgpu' {
+    return this.engine.backend;
+  }
+
+  get contextLength(): number {
+    return this.engine.contextLength;
+  }
+
+  get hasTokenizer(): boolean {
+    return this.loaded.tokenizer !== null;
+  }
+
+  get hasChatTemplate(): boolean {
+    return this.loaded.tokenizer?.hasChatTemplate ?? false;
+  }
+
+  /** Generations holding a KV cache slot now, and waiting for one. */
+  get activity(): { active: number; queued: number } {
+    return { active: this.scheduler.activeCount, queued: this.scheduler.queuedCount };
+  }
+
+  /** Text to token ids; `addSpecialTokens` adds what the tokenizer adds to a plain prompt (a BOS...). */
+  tokenize(text: string, options: { addSpecialTokens?: boolean } = {}): number[] {
+    return this.tokenizer().encode(text, options.addSpecialTokens ?? true);
+  }
+
+  detokenize(ids: number[], options: { skipSpecialTokens?: boolean } = {}): string {
+    return this.tokenizer().decode(ids, options.skipSpecialTokens ?? false);
+  }
+
+  /** Token ids of a plain prompt, as generate() feeds it to the model. */
+  promptIds(prompt: Prompt): number[] {
+    if (typeof prompt !== 'string') {
+      if (!Array.isArray(prompt) || prompt.some((id) => !Number.isInteger(id) || id < 0 || id >= this.loaded.config.vocabSize)) {
+        throw new InvalidInputError(`a token-id prompt must be a list of whole numbers in 0..${this.loaded.config.vocabSize - 1}`);
+      }
+      return [...prompt];
+    }
+    const ids = this.tokenize(prompt, { addSpecialTokens: true });
+    const bos = this.loaded.config.bosTokenId;
+    return ids.length === 0 && bos !== null ? [bos] : ids;
+  }
+
+  /** Token ids of a chat: the model's chat template with the assistant's turn opened. */
+  chatPromptIds(messages: ChatMessage[]): number[] {
+    const tokenizer = this.tokenizer();
+    return tokenizer.encode(tokenizer.applyChatTemplate(messages), false);
+  }
+
+  /** Continues a prompt. With `stream: true`, an async iterable of chunks (with `result`); else the whole result. */
+  generate(prompt: Prompt, options: GenerateOptions & { stream: true }): GenerationStream;
+  generate(prompt: Prompt, options?: GenerateOptions & { stream?: false }): Promise<GenerationResult>;
+  generate(prompt: Prompt, options?: GenerateOptions): GenerationStream | Promise<GenerationResult>;
+  generate(prompt: Prompt, options: GenerateOptions = {}): GenerationStream | Promise<GenerationResult> {
+    return this.run(() => this.promptIds(prompt), this.context.eosTokenIds, options);
+  }
+
+  /** Answers a chat (the model's chat template applied). Same forms as generate(). */
+  chat(messages: ChatMessage[], options: GenerateOptions & { stream: true }): GenerationStream;
+  chat(messages: ChatMessage[], options?: GenerateOptions & { stream?: false }): Promise<GenerationResult>;
+  chat(messages: ChatMessage[], options?: GenerateOptions): GenerationStream | Promise<GenerationResult>;
+  chat(messages: ChatMessage[], options: GenerateOptions = {}): GenerationStream | Promise<GenerationResult> {
+    return this.run(() => this.chatPromptIds(messages), this.chatEndTokenIds, options);
+  }
+
+  /** Cancels every generation (they reject with ModelDisposedError) and frees the engine's memory. */
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    await this.scheduler.close();
+    this.engine.dispose();
+  }
+
+  private tokenizer() {
+    const t = this.loaded.tokenizer;
+    if (!t) throw new InvalidInputError(`${this.loaded.path} has no tokenizer.json, so text cannot be tokenized; pass token ids instead`);
+    return t;
+  }
+
+  /**
+   * Validates and submits one generation. The streaming form throws invalid input, a full queue or a
+   * disposed model at once; the promise form rejects with them.
+   */
+  private run(promptIds: () => number[], eosTokenIds: number[], options: GenerateOptions): GenerationStream | Promise<GenerationResult> {
+    try {
+      const stream = this.submit(promptIds(), eosTokenIds, options);
+      return options.stream ? stream : stream.result;
+    } catch (e) {
+      if (options.stream) throw e;
+      return Promise.reject(e);
+    }
+  }
+
+  private submit(promptIds: number[], eosTokenIds: number[], options: GenerateOptions): GenerationStream {
+    if (this.disposed) throw new ModelDisposedError();
+    const { stream = false, stop, signal: callerSignal, ...rest } = options;
+    const runtimeOptions: RuntimeGenerateOptions = {
+      ...rest,
+      stop: stop === undefined ? [] : typeof stop === 'string' ? [stop] : stop,
+      eosTokenIds: rest.eosTokenIds ?? eosTokenIds,
+    };
+    // everything generate() would reject later is rejected now, before the request is queued
+    resolveSampling(runtimeOptions, this.context.defaults);
+    if (runtimeOptions.stop!.some((s) => typeof s !== 'string')) throw new InvalidInputError('stop must be a string or a list of strings');
+    const context = this.engine.contextLength;
+    if (promptIds.length === 0) throw new InvalidInputError('the prompt is empty: give at least one token');
+    if (rest.maxTokens === undefined) {
+      if (promptIds.length >= context) throw new ContextLengthError(promptIds.length, 1, context);
+      runtimeOptions.maxTokens = Math.min(256, context - promptIds.length);
+    } else {
+      if (!Number.isInteger(rest.maxTokens) || rest.maxTokens < 0) throw new InvalidInputError(`max tokens must be a whole number >= 0, got ${rest.maxTokens}`);
+      if (promptIds.length + rest.maxTokens > context || promptIds.length >= context) throw new ContextLengthError(promptIds.length, rest.maxTokens, context);
+    }
+    // one controller per generation: the caller's signal or a consumer that stops reading aborts it
+    const controller = new AbortController();
+    if (callerSignal) {
+      if (callerSignal.aborted) controller.abort();
+      else callerSignal.addEventListener('abort', () => controller.abort(), { once: true, signal: controller.signal });
+    }
+    runtimeOptions.signal = controller.signal;
+    const out = new GenerationStream(() => controller.abort(), stream);
+    this.scheduler.submit({ promptIds, options: runtimeOptions, sink: out });
+    // drop the listener on the caller's signal when the generation ends, whichever way
+    out.result.then(() => controller.abort(), () => controller.abort());
+    return out;
+  }
+}
+
+/**
+ * Loads a Hugging Face model folder or a UPG artifact (a path or a file: URL) and prepares it to
+ * generate on the chosen backend.
+ */
+export async function loadModel(pathOrUrl: string | URL, options: LoadModelOptions = {}): Promise<Model> {
+  const path = toPath(pathOrUrl);
+  const loaded = await loadModelFiles(path, { onProgress: options.onProgress });
+  const contextLength = options.contextLength ?? Math.min(loaded.config.maxPositionEmbeddings, 4096);
+  if (!Number.isInteger(contextLength) || contextLength < 2) throw new InvalidInputError(`context length must be a whole number >= 2, got ${contextLength}`);
+  const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength });
+  return new Model(loaded, engine, { maxConcurrency: options.maxConcurrency, maxQueued: options.maxQueued, backendNotice: notice });
+}
+
+function toPath(pathOrUrl: string | URL): string {
+  const url = pathOrUrl instanceof URL ? pathOrUrl : /^[a-z][a-z0-9+.-]+:\/\//i.test(pathOrUrl) ? new URL(pathOrUrl) : null;
+  if (!url) return pathOrUrl as string;
+  if (url.protocol === 'file:') return fileURLToPath(url);
+  throw new InvalidInputError(`${url.href}: only local paths and file: URLs can be loaded in Node; download the model first`);
+}

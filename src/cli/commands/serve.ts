@@ -1,0 +1,72 @@
+/** `pdvm serve [model]`: the OpenAI-compatible server (src/server) over the library Model (src/api). */
+import { Command } from 'commander';
+import { loadModel } from '../../api/model.js';
+import { InvalidInputError } from '../../errors.js';
+import { startServer } from '../../server/server.js';
+import { action, backendOption, demoModelPath, parseFloatOption, parseIntOption, type BackendChoice } from '../common.js';
+import { progressBar } from '../progress.js';
+
+interface ServeFlags {
+  host: string;
+  port: number;
+  maxConcurrency: number;
+  maxQueue: number;
+  context?: number;
+  apiKey?: string;
+  maxBody: number;
+  grace: number;
+  backend: BackendChoice;
+}
+
+export function serveCommand(): Command {
+  return new Command('serve')
+    .description('serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)')
+    .argument('[model]', 'Hugging Face model folder or .upg file (default: the built-in demo model)')
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--port <n>', 'port to listen on; 0 picks a free one', parseIntOption('--port'), 8080)
+    .option('--max-concurrency <n>', 'generations decoding at once, each with its own KV cache', parseIntOption('--max-concurrency'), 8)
+    .option('--max-queue <n>', 'requests waiting for a slot before new ones get 429', parseIntOption('--max-queue'), 64)
+    .option('--context <n>', "context length of each KV cache (default: the model's, at most 4096)", parseIntOption('--context'))
+    .option('--api-key <key>', 'require "Authorization: Bearer KEY" (default: $PDVM_API_KEY, else none)')
+    .option('--max-body <bytes>', 'largest request body accepted', parseIntOption('--max-body'), 1024 * 1024)
+    .option('--grace <seconds>', 'on SIGTERM, how long requests in flight may take to finish', parseFloatOption('--grace'), 10)
+    .addOption(backendOption())
+    .action(action(async (modelPath: string | undefined, flags: ServeFlags) => {
+      if (flags.port < 0 || flags.port > 65535) throw new InvalidInputError(`--port must be in 0..65535, got ${flags.port}`);
+      if (flags.maxBody < 1) throw new InvalidInputError(`--max-body must be at least 1, got ${flags.maxBody}`);
+      if (flags.grace < 0) throw new InvalidInputError(`--grace must be >= 0, got ${flags.grace}`);
+      const bar = progressBar('loading', 'B');
+      let model;
+      try {
+        model = await loadModel(modelPath ?? demoModelPath(), {
+          backend: flags.backend,
+          contextLength: flags.context,
+          maxConcurrency: flags.maxConcurrency,
+          maxQueued: flags.maxQueue,
+          onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes),
+        });
+      } finally {
+        bar.stop();
+      }
+      if (model.backendNotice) process.stderr.write(`pdvm: ${model.backendNotice}\n`);
+      const apiKey = flags.apiKey ?? (process.env.PDVM_API_KEY || undefined);
+      const server = await startServer(model, { host: flags.host, port: flags.port, apiKey, maxBodyBytes: flags.maxBody });
+      process.stderr.write(
+        `pdvm: serving ${model.id} on ${server.url}/v1 (${model.backend}, context ${model.contextLength}, ` +
+          `${flags.maxConcurrency} at once, queue ${flags.maxQueue}${apiKey ? ', API key required' : ''})\n`,
+      );
+
+      let stopping = false;
+      const stop = async (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        process.stderr.write(`pdvm: ${signal}: finishing ${server.inFlight} request(s) in flight (up to ${flags.grace} s), then exiting\n`);
+        await server.close(flags.grace * 1000);
+        await model.dispose();
+        process.stderr.write('pdvm: stopped\n');
+        process.exit(0);
+      };
+      process.on('SIGTERM', () => void stop('SIGTERM'));
+      process.on('SIGINT', () => void stop('SIGINT'));
+    }));
+}

@@ -1,0 +1,176 @@
+/**
+ * Request validation: turns a parsed JSON body into a checked wire request, or throws an ApiError
+ * (400) naming the field at fault. Pure functions: tested without a model.
+ */
+import type { GenerateOptions } from '../api/model.js';
+import type { ChatMessage } from '../tokenizer/tokenizer.js';
+import { ApiError, badRequest } from './errors.js';
+import type { ChatCompletionRequest, ChatMessageParam, CompletionRequest, SamplingParams } from './openai-types.js';
+
+type Body = Record<string, unknown>;
+
+const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
+const MAX_STOP_STRINGS = 16;
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  return typeof v === 'string' ? `the string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + '...' : v)}` : `${typeof v} ${JSON.stringify(v)}`;
+}
+
+function asObject(body: unknown): Body {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw badRequest(`the request body must be a JSON object, got ${describe(body)}`);
+  return body as Body;
+}
+
+/** An optional number field (null counts as absent) within [min, max]; `integer` for whole numbers. */
+function optionalNumber(body: Body, name: string, min: number, max: number, integer = false, minExclusive = false): number | undefined {
+  const v = body[name];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw badRequest(`${name} must be a number, got ${describe(v)}`, name, 'invalid_type');
+  if (integer && !Number.isSafeInteger(v)) throw badRequest(`${name} must be a whole number, got ${v}`, name, 'invalid_type');
+  if (v < min || v > max || (minExclusive && v === min)) {
+    const range = `${minExclusive ? '(' : '['}${min}, ${max === Infinity ? '∞)' : `${max}]`}`;
+    throw badRequest(`${name} must be in ${range}, got ${v}`, name, 'invalid_value');
+  }
+  return v;
+}
+
+function optionalBoolean(body: Body, name: string): boolean | undefined {
+  const v = body[name];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'boolean') throw badRequest(`${name} must be true or false, got ${describe(v)}`, name, 'invalid_type');
+  return v;
+}
+
+/** Fields of the OpenAI API this server does not implement: refused rather than silently ignored. */
+function refuseUnsupported(body: Body): void {
+  const refuse = (name: string, what: string) => {
+    throw badRequest(`${name} is not supported by this server (${what})`, name, 'unsupported_parameter');
+  };
+  if (body.logprobs !== undefined && body.logprobs !== null && body.logprobs !== false) refuse('logprobs', 'no log probabilities are returned');
+  if (body.top_logprobs !== undefined && body.top_logprobs !== null && body.top_logprobs !== 0) refuse('top_logprobs', 'no log probabilities are returned');
+  if (Array.isArray(body.tools) && body.tools.length > 0) refuse('tools', 'no tool calling');
+  if (body.tool_choice !== undefined && body.tool_choice !== null && body.tool_choice !== 'none') refuse('tool_choice', 'no tool calling');
+  const format = body.response_format as { type?: unknown } | undefined | null;
+  if (format && format.type !== 'text') refuse('response_format', 'only plain text output');
+  if (body.logit_bias && typeof body.logit_bias === 'object' && Object.keys(body.logit_bias).length > 0) refuse('logit_bias', 'no logit bias');
+  if (body.echo === true) refuse('echo', 'the prompt is not echoed');
+  if (typeof body.best_of === 'number' && body.best_of !== 1) refuse('best_of', 'one candidate per request');
+  if (typeof body.suffix === 'string' && body.suffix.length > 0) refuse('suffix', 'no insertion');
+}
+
+/** The fields both endpoints share, checked; `model` must be a string. */
+function checkSampling(body: Body): SamplingParams & { model: string } {
+  if (typeof body.model !== 'string' || body.model.length === 0) {
+    throw badRequest(`model must be the name of a served model (GET /v1/models lists them), got ${describe(body.model)}`, 'model', body.model === undefined ? 'missing_required_parameter' : 'invalid_type');
+  }
+  refuseUnsupported(body);
+  const n = optionalNumber(body, 'n', 1, Infinity, true);
+  if (n !== undefined && n !== 1) throw badRequest(`n must be 1 (one choice per request), got ${n}`, 'n', 'invalid_value');
+  let stop: string[] | undefined;
+  if (body.stop !== undefined && body.stop !== null) {
+    const list = typeof body.stop === 'string' ? [body.stop] : body.stop;
+    if (!Array.isArray(list) || list.some((s) => typeof s !== 'string')) throw badRequest(`stop must be a string or a list of strings, got ${describe(body.stop)}`, 'stop', 'invalid_type');
+    if (list.length > MAX_STOP_STRINGS) throw badRequest(`stop takes at most ${MAX_STOP_STRINGS} strings, got ${list.length}`, 'stop', 'invalid_value');
+    stop = list as string[];
+  }
+  const streamOptions = body.stream_options;
+  if (streamOptions !== undefined && streamOptions !== null) {
+    if (typeof streamOptions !== 'object' || Array.isArray(streamOptions)) throw badRequest(`stream_options must be an object, got ${describe(streamOptions)}`, 'stream_options', 'invalid_type');
+    optionalBoolean(streamOptions as Body, 'include_usage');
+  }
+  if (body.user !== undefined && typeof body.user !== 'string') throw badRequest(`user must be a string, got ${describe(body.user)}`, 'user', 'invalid_type');
+  return {
+    model: body.model,
+    max_tokens: optionalNumber(body, 'max_tokens', 1, Infinity, true),
+    temperature: optionalNumber(body, 'temperature', 0, 2),
+    top_p: optionalNumber(body, 'top_p', 0, 1, false, true),
+    top_k: optionalNumber(body, 'top_k', 0, Infinity, true),
+    min_p: optionalNumber(body, 'min_p', 0, 1),
+    seed: optionalNumber(body, 'seed', Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, true),
+    stop,
+    n,
+    presence_penalty: optionalNumber(body, 'presence_penalty', -2, 2),
+    frequency_penalty: optionalNumber(body, 'frequency_penalty', -2, 2),
+    repetition_penalty: optionalNumber(body, 'repetition_penalty', 0, Infinity, false, true),
+    stream: optionalBoolean(body, 'stream'),
+    stream_options: streamOptions ? { include_usage: (streamOptions as Body).include_usage as boolean | undefined } : undefined,
+  };
+}
+
+function checkMessage(m: unknown, i: number): ChatMessageParam {
+  const at = `messages[${i}]`;
+  if (typeof m !== 'object' || m === null || Array.isArray(m)) throw badRequest(`${at} must be an object with role and content, got ${describe(m)}`, at, 'invalid_type');
+  const { role, content } = m as Body;
+  if (typeof role !== 'string' || !ROLES.has(role)) throw badRequest(`${at}.role must be one of ${[...ROLES].join(', ')}, got ${describe(role)}`, `${at}.role`, 'invalid_value');
+  if (typeof content === 'string' || (content === null && role === 'assistant')) return { role: role as ChatMessageParam['role'], content };
+  if (Array.isArray(content)) {
+    content.forEach((part, j) => {
+      if (typeof part !== 'object' || part === null || (part as Body).type !== 'text' || typeof (part as Body).text !== 'string') {
+        throw badRequest(`${at}.content[${j}] must be a text part {"type": "text", "text": "..."}; this model reads text only`, `${at}.content`, 'invalid_value');
+      }
+    });
+    return { role: role as ChatMessageParam['role'], content: content as ChatMessageParam['content'] };
+  }
+  throw badRequest(`${at}.content must be a string or a list of text parts, got ${describe(content)}`, `${at}.content`, 'invalid_type');
+}
+
+export function parseChatCompletionRequest(raw: unknown): ChatCompletionRequest {
+  const body = asObject(raw);
+  const sampling = checkSampling(body);
+  if (!Array.isArray(body.messages) || body.messages.length === 0) {
+    throw badRequest(`messages must be a non-empty list of {role, content}, got ${describe(body.messages)}`, 'messages', body.messages === undefined ? 'missing_required_parameter' : 'invalid_type');
+  }
+  const messages = body.messages.map(checkMessage);
+  const maxCompletion = optionalNumber(body, 'max_completion_tokens', 1, Infinity, true);
+  return { ...sampling, messages, max_completion_tokens: maxCompletion };
+}
+
+export function parseCompletionRequest(raw: unknown): CompletionRequest {
+  const body = asObject(raw);
+  const sampling = checkSampling(body);
+  let prompt = body.prompt;
+  // a list holding one prompt is one prompt
+  if (Array.isArray(prompt) && prompt.length === 1 && (typeof prompt[0] === 'string' || Array.isArray(prompt[0]))) prompt = prompt[0];
+  const isIds = Array.isArray(prompt) && prompt.length > 0 && prompt.every((id) => Number.isSafeInteger(id) && (id as number) >= 0);
+  if (Array.isArray(prompt) && prompt.length > 1 && prompt.every((p) => typeof p === 'string' || Array.isArray(p))) {
+    throw badRequest(`prompt holds ${prompt.length} prompts; send one prompt per request (n = 1)`, 'prompt', 'invalid_value');
+  }
+  if (typeof prompt !== 'string' && !isIds) {
+    throw badRequest(`prompt must be a string or a list of token ids, got ${describe(prompt)}`, 'prompt', prompt === undefined ? 'missing_required_parameter' : 'invalid_type');
+  }
+  return { ...sampling, prompt: prompt as string | number[] };
+}
+
+/** The served model check: a name other than ours is a 404, as OpenAI answers. */
+export function checkModel(requested: string, served: string): void {
+  if (requested !== served) {
+    throw new ApiError(404, `the model "${requested}" does not exist here; this server serves "${served}"`, 'invalid_request_error', 'model', 'model_not_found');
+  }
+}
+
+/** Chat messages as the chat template takes them: text parts joined, "developer" read as "system". */
+export function templateMessages(messages: ChatMessageParam[]): ChatMessage[] {
+  return messages.map((m) => ({
+    role: m.role === 'developer' ? 'system' : m.role,
+    content: typeof m.content === 'string' ? m.content : (m.content ?? []).map((p) => p.text).join(''),
+  }));
+}
+
+/** Wire sampling fields to the library's options (max tokens is decided by the handler). */
+export function generateOptions(req: SamplingParams): GenerateOptions {
+  const options: GenerateOptions = {
+    temperature: req.temperature ?? undefined,
+    topP: req.top_p ?? undefined,
+    topK: req.top_k ?? undefined,
+    minP: req.min_p ?? undefined,
+    seed: req.seed ?? undefined,
+    presencePenalty: req.presence_penalty ?? undefined,
+    frequencyPenalty: req.frequency_penalty ?? undefined,
+    repetitionPenalty: req.repetition_penalty ?? undefined,
+    stop: (req.stop as string[] | undefined) ?? undefined,
+  };
+  for (const key of Object.keys(options) as (keyof GenerateOptions)[]) if (options[key] === undefined) delete options[key];
+  return options;
+}
