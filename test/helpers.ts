@@ -6,7 +6,8 @@ import { FileSource } from '../src/io/node-file.js';
 
 /** Project root (tests run from dist/test/...). */
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const FIXTURES = resolve(ROOT, '..', 'shared', 'fixtures');
+/** ../shared/fixtures beside the project, or PDVM_FIXTURES (e.g. on the device machine). */
+export const FIXTURES = process.env.PDVM_FIXTURES ? resolve(process.env.PDVM_FIXTURES) : resolve(ROOT, '..', 'shared', 'fixtures');
 export const MODELS = join(FIXTURES, 'models');
 export const BROWN = join(MODELS, 'brown-llama-12m');
 export const ARCH_MODELS = ['llama', 'llama3-tied-scaled', 'phi3', 'qwen2', 'mistral-swa'].map((n) => join(MODELS, 'arch', n));

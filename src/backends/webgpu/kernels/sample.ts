@@ -1,0 +1,153 @@
+/**
+ * Token selection on the GPU from one row of logits (vocab), in a single workgroup; the chosen id is
+ * written to out[0], so only 4 bytes come back per token.
+ *
+ * argmax: the largest logit, lowest index on ties (as the CPU's argmax).
+ * sample: temperature, top-k, min-p and top-p, then one draw with the step's uniform number u:
+ *   weight_i = exp((x_i - max) / temperature)
+ *   keep i if  rank(x_i) < k (values tied with the k-th are kept too),  weight_i >= minP,
+ *              and x_i >= the largest threshold whose kept mass still reaches topP of the total;
+ *   return the first kept i, in index order, where the running kept weight exceeds u * kept total.
+ * Thresholds are found by bisection over the bits of an order-preserving u32 key of the logit, so no
+ * sort is needed. `sampleReference` in test/backends/webgpu mirrors this on the CPU.
+ */
+import { COMMON, header, reductions, subgroupLet, subgroupParam, type KernelFeatures } from './prelude.js';
+
+const WG = 256;
+
+export function argmaxWgsl(vocab: number, f: KernelFeatures): string {
+  return `${header(f)}${COMMON}
+const V = ${vocab}u;
+@group(0) @binding(0) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+
+var<workgroup> best_v: array<f32, ${WG}>;
+var<workgroup> best_i: array<u32, ${WG}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32) {
+  var bv = -3.4e38;
+  var bi = 0xffffffffu;
+  for (var i = lid; i < V; i += ${WG}u) {
+    let v = logits[i];
+    if (v > bv || bi == 0xffffffffu) { bv = v; bi = i; }
+  }
+  best_v[lid] = bv;
+  best_i[lid] = bi;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) {
+      let ov = best_v[lid + s];
+      let oi = best_i[lid + s];
+      if (oi != 0xffffffffu && (ov > best_v[lid] || (ov == best_v[lid] && oi < best_i[lid]) || best_i[lid] == 0xffffffffu)) {
+        best_v[lid] = ov;
+        best_i[lid] = oi;
+      }
+    }
+    workgroupBarrier();
+  }
+  if (lid == 0u) { out[0] = best_i[0]; }
+}
+`;
+}
+
+export function sampleWgsl(vocab: number, f: KernelFeatures): string {
+  const per = Math.ceil(vocab / WG);
+  return `${header(f)}${COMMON}${reductions(WG, f)}
+const V = ${vocab}u;
+const PER = ${per}u; // contiguous logits per invocation in the final draw
+@group(0) @binding(0) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@group(0) @binding(2) var<storage, read> step: array<u32>;
+
+var<workgroup> prefix: array<f32, ${WG}>;
+var<workgroup> total: f32;
+var<workgroup> chosen: u32;
+
+// order-preserving map of f32 to u32: a < b  <=>  key(a) < key(b)
+fn key(x: f32) -> u32 {
+  let b = bitcast<u32>(x);
+  return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
+  ${subgroupLet(f)}
+  let u = bitcast<f32>(step[2]);
+  let top_k = step[3];
+  let inv_temp = 1.0 / bitcast<f32>(step[4]);
+  let top_p = bitcast<f32>(step[5]);
+  let min_p = bitcast<f32>(step[6]);
+
+  var mx = -3.0e38;
+  for (var i = lid; i < V; i += ${WG}u) { mx = max(mx, logits[i]); }
+  mx = wg_max(mx, lid, sg_size);
+
+  // top-k: the largest key threshold that still keeps at least k logits
+  var k_min = 0u;
+  if (top_k > 0u && top_k < V) {
+    for (var bit = 32u; bit > 0u; bit--) {
+      let cand = k_min | (1u << (bit - 1u));
+      var c = 0u;
+      for (var i = lid; i < V; i += ${WG}u) { c += select(0u, 1u, key(logits[i]) >= cand); }
+      if (wg_sum_u(c, lid, sg_size) >= top_k) { k_min = cand; }
+    }
+  }
+
+  // top-p: the largest key threshold whose kept mass still reaches top_p of the total
+  var p_min = k_min;
+  if (top_p < 1.0) {
+    var z = 0.0;
+    for (var i = lid; i < V; i += ${WG}u) {
+      let w = exp((logits[i] - mx) * inv_temp);
+      if (key(logits[i]) >= k_min && w >= min_p) { z += w; }
+    }
+    let goal = top_p * wg_sum(z, lid, sg_size);
+    var theta = 0u;
+    for (var bit = 32u; bit > 0u; bit--) {
+      let cand = theta | (1u << (bit - 1u));
+      var mass = 0.0;
+      for (var i = lid; i < V; i += ${WG}u) {
+        let w = exp((logits[i] - mx) * inv_temp);
+        if (key(logits[i]) >= max(cand, k_min) && w >= min_p) { mass += w; }
+      }
+      if (wg_sum(mass, lid, sg_size) >= goal) { theta = cand; }
+    }
+    p_min = max(theta, k_min);
+  }
+
+  // the draw, in index order: each invocation owns PER consecutive logits
+  let lo = min(lid * PER, V);
+  let hi = min(lo + PER, V);
+  var local = 0.0;
+  var last = 0u;
+  for (var i = lo; i < hi; i++) {
+    let w = exp((logits[i] - mx) * inv_temp);
+    if (key(logits[i]) >= p_min && w >= min_p) { local += w; last = i + 1u; }
+  }
+  let last_kept = wg_max_u(last, lid, sg_size);
+  prefix[lid] = local;
+  workgroupBarrier();
+  if (lid == 0u) {
+    var run = 0.0;
+    for (var i = 0u; i < ${WG}u; i++) { let v = prefix[i]; prefix[i] = run; run += v; }
+    total = run;
+    chosen = last_kept - 1u; // if rounding leaves the draw unplaced: the last kept token
+  }
+  workgroupBarrier();
+  let r = u * total;
+  var run = prefix[lid];
+  if (local > 0.0 && r >= run && r < run + local) {
+    for (var i = lo; i < hi; i++) {
+      let w = exp((logits[i] - mx) * inv_temp);
+      if (key(logits[i]) >= p_min && w >= min_p) {
+        run += w;
+        if (run > r) { chosen = i; break; }
+      }
+    }
+  }
+  workgroupBarrier();
+  if (lid == 0u) { out[0] = chosen; }
+}
+`;
+}

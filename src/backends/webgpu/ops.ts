@@ -1,0 +1,143 @@
+/**
+ * The backend's ops: each builds, at load, the dispatches of one kernel family over fixed buffers,
+ * checking the shapes against the buffers first. Workgroup counts depend only on the step's T.
+ */
+import type { Gpu } from './device.js';
+import type { Dispatch } from './dispatch.js';
+import { attentionWgsl, type AttentionShape } from './kernels/attention.js';
+import { embeddingWgsl } from './kernels/embedding.js';
+import { MATVEC_ROWS, matmulDenseWgsl, matvecDenseWgsl, TILE, type DenseMatmulShape } from './kernels/matmul-dense.js';
+import { grid } from './kernels/prelude.js';
+import { rmsnormWgsl, type RmsnormShape } from './kernels/rmsnorm.js';
+import { ropeKvWgsl, type RopeShape } from './kernels/rope.js';
+import { argmaxWgsl, sampleWgsl } from './kernels/sample.js';
+import { swigluWgsl } from './kernels/swiglu.js';
+import type { GpuMatrix } from './weights.js';
+
+function need(buffer: GPUBuffer, floats: number, what: string): void {
+  if (buffer.size < floats * 4) throw new Error(`${what}: buffer '${buffer.label}' has ${buffer.size} bytes, needs ${floats * 4}`);
+}
+
+export function embeddingOp(gpu: Gpu, table: GpuMatrix, hidden: number, maxTokens: number, x: GPUBuffer, step: GPUBuffer): Dispatch[] {
+  if (table.cols !== hidden) throw new Error(`embedding: table has ${table.cols} columns, hidden is ${hidden}`);
+  need(x, maxTokens * hidden, 'embedding');
+  return table.segments.map((seg) => {
+    const shape = { dtype: table.dtype, hidden, rowStart: seg.rowStart, rows: seg.rows, rowChunks: table.rowChunks };
+    const pipeline = gpu.pipeline('embedding', shape, () => embeddingWgsl(shape));
+    return { label: 'embedding', pipeline, bindGroup: gpu.bindGroup('embedding', pipeline, [seg.buffer, x, step]), workgroups: grid };
+  });
+}
+
+export function rmsnormOp(gpu: Gpu, s: RmsnormShape, maxTokens: number, x: GPUBuffer, w: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch {
+  need(w, s.hidden, 'rmsnorm weight');
+  need(x, maxTokens * s.hidden, 'rmsnorm input');
+  need(out, (s.mode === 'all' ? maxTokens : 1) * s.hidden, 'rmsnorm output');
+  const f = { subgroups: gpu.subgroups };
+  const pipeline = gpu.pipeline('rmsnorm', { ...s, ...f }, () => rmsnormWgsl(s, f));
+  return {
+    label: `rmsnorm(${s.mode})`,
+    pipeline,
+    bindGroup: gpu.bindGroup('rmsnorm', pipeline, [x, w, out, step]),
+    workgroups: s.mode === 'all' ? grid : () => [1, 1, 1],
+  };
+}
+
+export interface MatmulIo {
+  /** (tokens, cols) input; matvec reads row 0. */
+  x: GPUBuffer;
+  /** (tokens, yStride) output. */
+  y: GPUBuffer;
+  yStride: number;
+  /** Column of y where row 0 of the matrix lands. */
+  yOffset: number;
+  /** Bias over y's columns (indexed by yOffset + row), or null. */
+  bias: GPUBuffer | null;
+  /** y += W x (fused residual add) instead of y = W x. */
+  residual: boolean;
+  step: GPUBuffer;
+}
+
+/**
+ * y = W x over `tokens` rows: 'matvec' for one token (decode), 'tiled' for T tokens (prefill).
+ * One dispatch per segment of W.
+ */
+export function matmulOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, kind: 'matvec' | 'tiled', maxTokens: number): Dispatch[] {
+  const tokens = kind === 'matvec' ? 1 : maxTokens;
+  need(io.x, tokens * m.cols, 'matmul input');
+  need(io.y, (tokens - 1) * io.yStride + io.yOffset + m.rows, 'matmul output');
+  if (io.yOffset + m.rows > io.yStride) throw new Error(`matmul: rows ${io.yOffset}..${io.yOffset + m.rows} exceed the output stride ${io.yStride}`);
+  if (io.bias) need(io.bias, io.yOffset + m.rows, 'matmul bias');
+  const f = { subgroups: gpu.subgroups };
+  return m.segments.map((seg) => {
+    const shape: DenseMatmulShape = {
+      dtype: m.dtype, rows: seg.rows, cols: m.cols, rowChunks: m.rowChunks,
+      yStride: io.yStride, yOffset: io.yOffset + seg.rowStart, bias: io.bias !== null, residual: io.residual,
+    };
+    const buffers = [seg.buffer, io.x, io.y];
+    if (kind === 'matvec') {
+      const pipeline = gpu.pipeline('matvec_dense', { ...shape, ...f }, () => matvecDenseWgsl(shape, f));
+      if (io.bias) buffers.push(io.bias);
+      const n = Math.ceil(seg.rows / MATVEC_ROWS);
+      return { label: 'matvec_dense', pipeline, bindGroup: gpu.bindGroup('matvec_dense', pipeline, buffers), workgroups: () => grid(n) };
+    }
+    const pipeline = gpu.pipeline('matmul_dense', { ...shape }, () => matmulDenseWgsl(shape, f));
+    buffers.push(io.step);
+    if (io.bias) buffers.push(io.bias);
+    const rowTiles = Math.ceil(seg.rows / TILE);
+    if (rowTiles > 65535) throw new Error(`matmul: ${seg.rows} rows exceed the dispatch grid`);
+    return {
+      label: 'matmul_dense',
+      pipeline,
+      bindGroup: gpu.bindGroup('matmul_dense', pipeline, buffers),
+      workgroups: (T: number) => [rowTiles, Math.ceil(T / TILE), 1],
+    };
+  });
+}
+
+export function ropeKvOp(
+  gpu: Gpu, s: RopeShape, qkv: GPUBuffer, cos: GPUBuffer, sin: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, step: GPUBuffer,
+): Dispatch {
+  if (s.rotaryDim % 2 !== 0 || s.rotaryDim > s.headDim) throw new Error(`rope: rotary dim ${s.rotaryDim} must be even and <= head dim ${s.headDim}`);
+  const pipeline = gpu.pipeline('rope_kv', { ...s }, () => ropeKvWgsl(s));
+  return { label: 'rope_kv', pipeline, bindGroup: gpu.bindGroup('rope_kv', pipeline, [qkv, cos, sin, kCache, vCache, step]), workgroups: grid };
+}
+
+export function attentionOp(gpu: Gpu, s: AttentionShape, qkv: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch {
+  if (s.numHeads % s.numKvHeads !== 0) throw new Error(`attention: ${s.numHeads} heads are not a multiple of ${s.numKvHeads} KV heads`);
+  const f = { subgroups: gpu.subgroups };
+  const pipeline = gpu.pipeline('attention', { ...s, slidingWindow: s.slidingWindow ?? 0, ...f }, () => attentionWgsl(s, f));
+  return {
+    label: 'attention',
+    pipeline,
+    bindGroup: gpu.bindGroup('attention', pipeline, [qkv, kCache, vCache, out, step]),
+    workgroups: (T: number) => grid(T * s.numHeads),
+  };
+}
+
+export function swigluOp(gpu: Gpu, ffn: number, maxTokens: number, gateUp: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch {
+  need(gateUp, maxTokens * 2 * ffn, 'swiglu input');
+  need(out, maxTokens * ffn, 'swiglu output');
+  const pipeline = gpu.pipeline('swiglu', { ffn }, () => swigluWgsl(ffn));
+  return {
+    label: 'swiglu',
+    pipeline,
+    bindGroup: gpu.bindGroup('swiglu', pipeline, [gateUp, out, step]),
+    workgroups: (T: number) => grid(Math.ceil((T * ffn) / 256)),
+  };
+}
+
+/** Argmax of logits row 0 into out[0]. */
+export function argmaxOp(gpu: Gpu, vocab: number, logits: GPUBuffer, out: GPUBuffer): Dispatch {
+  need(logits, vocab, 'argmax');
+  const f = { subgroups: gpu.subgroups };
+  const pipeline = gpu.pipeline('argmax', { vocab }, () => argmaxWgsl(vocab, f));
+  return { label: 'argmax', pipeline, bindGroup: gpu.bindGroup('argmax', pipeline, [logits, out]), workgroups: () => [1, 1, 1] };
+}
+
+/** Temperature / top-k / min-p / top-p draw from logits row 0 into out[0]; parameters from the step. */
+export function sampleOp(gpu: Gpu, vocab: number, logits: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch {
+  need(logits, vocab, 'sample');
+  const f = { subgroups: gpu.subgroups };
+  const pipeline = gpu.pipeline('sample', { vocab, ...f }, () => sampleWgsl(vocab, f));
+  return { label: 'sample', pipeline, bindGroup: gpu.bindGroup('sample', pipeline, [logits, out, step]), workgroups: () => [1, 1, 1] };
+}

@@ -1,0 +1,170 @@
+/**
+ * Weights on the GPU: uploaded once, tensor by tensor (one tensor's staging memory at a time), each
+ * matrix split by rows into segments no larger than the device's maxStorageBufferBindingSize.
+ * Dense matrices keep their checkpoint dtype: bf16 and f16 stay 16-bit (two per u32 word, low half
+ * first), halving the bytes each token streams; f32 stays f32. Rows are padded to whole vec4<u32>
+ * chunks (8 16-bit or 4 f32 values) with zeros.
+ */
+import { f32ToF16 } from '../../format/dtype.js';
+import { DenseTensor, type WeightTensor } from '../../model/tensor.js';
+import type { ModelWeights } from '../../model/weights.js';
+import type { Gpu } from './device.js';
+import { valuesPerChunk, type DenseDtype } from './kernels/prelude.js';
+
+export interface MatrixSegment {
+  buffer: GPUBuffer;
+  /** First row of the matrix this segment holds. */
+  rowStart: number;
+  rows: number;
+}
+
+export interface GpuDenseMatrix {
+  encoding: 'dense';
+  dtype: DenseDtype;
+  rows: number;
+  cols: number;
+  /** vec4<u32> chunks per stored row. */
+  rowChunks: number;
+  segments: MatrixSegment[];
+  bytes: number;
+}
+
+export type GpuMatrix = GpuDenseMatrix;
+
+export interface GpuLayerWeights {
+  attnNorm: GPUBuffer;
+  /** q, k, v parts in output order, each writing its own column range of the qkv activations. */
+  qkv: GpuMatrix[];
+  qkvBias: GPUBuffer | null;
+  o: GpuMatrix;
+  mlpNorm: GPUBuffer;
+  gateUp: GpuMatrix[];
+  down: GpuMatrix;
+}
+
+export interface GpuModelWeights {
+  embed: GpuMatrix;
+  layers: GpuLayerWeights[];
+  finalNorm: GPUBuffer;
+  lmHead: GpuMatrix;
+  /** Bytes of all buffers above. */
+  bytes: number;
+}
+
+export interface UploadOptions {
+  /** Store 16-bit checkpoints' dense matrices as f32 instead (for comparisons). */
+  forceF32?: boolean;
+}
+
+function denseDtypeOf(t: DenseTensor, options: UploadOptions): DenseDtype {
+  if (options.forceF32 || t.storedDtype === 'F32') return 'f32';
+  return t.storedDtype === 'BF16' ? 'bf16' : 'f16';
+}
+
+/** Writes rows [r0, r0 + n) of t into `dst` (the mapped segment), padded rows of rowChunks chunks. */
+function packDenseRows(t: DenseTensor, dtype: DenseDtype, rowChunks: number, r0: number, n: number, dst: ArrayBuffer): void {
+  const cols = t.cols;
+  if (dtype === 'f32') {
+    const out = new Float32Array(dst);
+    const stride = rowChunks * 4;
+    for (let r = 0; r < n; r++) out.set(t.data.subarray((r0 + r) * cols, (r0 + r + 1) * cols), r * stride);
+    return;
+  }
+  const out = new Uint16Array(dst);
+  const stride = rowChunks * 8;
+  if (dtype === 'bf16') {
+    // exact: the float32 values came from bf16, so their low 16 bits are zero
+    const bits = new Uint32Array(t.data.buffer, t.data.byteOffset, t.data.length);
+    for (let r = 0; r < n; r++) {
+      const src = (r0 + r) * cols, o = r * stride;
+      for (let c = 0; c < cols; c++) out[o + c] = bits[src + c]! >>> 16;
+    }
+  } else {
+    for (let r = 0; r < n; r++) {
+      const src = (r0 + r) * cols, o = r * stride;
+      for (let c = 0; c < cols; c++) out[o + c] = f32ToF16(t.data[src + c]!);
+    }
+  }
+}
+
+export function uploadDense(gpu: Gpu, t: DenseTensor, label: string, options: UploadOptions = {}): GpuDenseMatrix {
+  const dtype = denseDtypeOf(t, options);
+  const rowChunks = Math.ceil(t.cols / valuesPerChunk(dtype));
+  const rowBytes = rowChunks * 16;
+  const rowsPerSegment = Math.floor(gpu.maxBindingBytes / rowBytes);
+  if (rowsPerSegment < 1) throw new Error(`${label}: one row (${rowBytes} bytes) exceeds the storage binding limit ${gpu.maxBindingBytes}`);
+  const segments: MatrixSegment[] = [];
+  for (let r0 = 0; r0 < t.rows; r0 += rowsPerSegment) {
+    const n = Math.min(rowsPerSegment, t.rows - r0);
+    const buffer = gpu.createBuffer(`${label}[${r0}..${r0 + n})`, n * rowBytes, GPUBufferUsage.STORAGE, true);
+    packDenseRows(t, dtype, rowChunks, r0, n, buffer.getMappedRange());
+    buffer.unmap();
+    segments.push({ buffer, rowStart: r0, rows: n });
+  }
+  return { encoding: 'dense', dtype, rows: t.rows, cols: t.cols, rowChunks, segments, bytes: t.rows * rowBytes };
+}
+
+export function uploadMatrix(gpu: Gpu, t: WeightTensor, label: string, options: UploadOptions = {}): GpuMatrix {
+  if (t instanceof DenseTensor) return uploadDense(gpu, t, label, options);
+  throw new Error(`${label}: the WebGPU backend has no kernel for encoding '${t.encoding}' yet`);
+}
+
+export function uploadVector(gpu: Gpu, v: Float32Array, label: string): GPUBuffer {
+  const buffer = gpu.createBuffer(label, v.byteLength, GPUBufferUsage.STORAGE, true);
+  new Float32Array(buffer.getMappedRange(), 0, v.length).set(v);
+  buffer.unmap();
+  return buffer;
+}
+
+/** Bytes the model's weights will take on the GPU (before uploading anything). */
+export function gpuWeightBytes(w: ModelWeights, options: UploadOptions = {}): number {
+  const seen = new Set<WeightTensor>();
+  let bytes = 0;
+  const m = (t: WeightTensor) => {
+    if (seen.has(t)) return;
+    seen.add(t);
+    if (t instanceof DenseTensor) bytes += t.rows * Math.ceil(t.cols / valuesPerChunk(denseDtypeOf(t, options))) * 16;
+    else bytes += t.byteLength;
+  };
+  const v = (x: Float32Array | null) => (bytes += x ? x.byteLength : 0);
+  m(w.embed);
+  m(w.lmHead);
+  v(w.finalNorm);
+  for (const L of w.layers) {
+    L.qkv.forEach(m);
+    L.gateUp.forEach(m);
+    m(L.o);
+    m(L.down);
+    v(L.attnNorm);
+    v(L.mlpNorm);
+    v(L.qkvBias);
+  }
+  return bytes;
+}
+
+export function uploadWeights(gpu: Gpu, w: ModelWeights, options: UploadOptions = {}, onTensor?: (name: string) => void): GpuModelWeights {
+  const uploaded = new Map<WeightTensor, GpuMatrix>(); // tied lm_head shares the embedding's buffers
+  const matrix = (t: WeightTensor, label: string): GpuMatrix => {
+    let g = uploaded.get(t);
+    if (!g) {
+      g = uploadMatrix(gpu, t, label, options);
+      uploaded.set(t, g);
+      onTensor?.(label);
+    }
+    return g;
+  };
+  const vector = (v: Float32Array, label: string) => uploadVector(gpu, v, label);
+  const layers = w.layers.map((L, l): GpuLayerWeights => ({
+    attnNorm: vector(L.attnNorm, `layers.${l}.attn_norm`),
+    qkv: L.qkv.map((t, i) => matrix(t, `layers.${l}.qkv.${i}`)),
+    qkvBias: L.qkvBias ? vector(L.qkvBias, `layers.${l}.qkv_bias`) : null,
+    o: matrix(L.o, `layers.${l}.o`),
+    mlpNorm: vector(L.mlpNorm, `layers.${l}.mlp_norm`),
+    gateUp: L.gateUp.map((t, i) => matrix(t, `layers.${l}.gate_up.${i}`)),
+    down: matrix(L.down, `layers.${l}.down`),
+  }));
+  const embed = matrix(w.embed, 'embed');
+  const lmHead = matrix(w.lmHead, 'lm_head');
+  const finalNorm = vector(w.finalNorm, 'final_norm');
+  return { embed, layers, finalNorm, lmHead, bytes: gpuWeightBytes(w, options) };
+}
