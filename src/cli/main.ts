@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { generateCommand } from './commands/generate.js';
 import { perplexityCommand } from './commands/perplexity.js';
 import { inspectCommand } from './commands/inspect.js';
+import { compressCommand, verifyCommand } from './commands/compress.js';
 import { serveCommand } from './commands/serve.js';
 import { reportAndExit } from './common.js';
 
@@ -16,7 +17,7 @@ const program = new Command('pdvm')
   .showHelpAfterError('(run with --help for usage)')
   .exitOverride();
 
-for (const cmd of [generateCommand(), perplexityCommand(), inspectCommand(), serveCommand()]) {
+for (const cmd of [generateCommand(), perplexityCommand(), inspectCommand(), serveCommand(), compressCommand(), verifyCommand()]) {
   program.addCommand(cmd.showHelpAfterError('(run with --help for usage)').exitOverride());
 }
 

@@ -8,6 +8,7 @@ import { ModelFormatError, PdvmError } from '../errors.js';
 import { CheckpointTensors, exists, readJsonFile, readTokenizerFiles } from '../format/hf.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { architectures } from './architectures/index.js';
+import { loadUpgModel } from '../format/upg/load.js';
 import { parseConfig, type ModelConfig } from './config.js';
 import { DenseTensor, type WeightTensor } from './tensor.js';
 import type { ModelWeights } from './weights.js';
@@ -18,6 +19,9 @@ export interface TensorSummary {
   dtype: string;
   shape: number[];
   bytes: number;
+  /** UPG artifacts: fraction of zero weights and relative reconstruction error, as the compressor measured them. */
+  sparsity?: number;
+  relError?: number;
 }
 
 export interface LoadedModel {
@@ -48,7 +52,10 @@ export async function loadModel(path: string, options: LoadOptions = {}): Promis
   } catch {
     throw new PdvmError(`${path}: no such model folder or file`);
   }
-  if (!isDir) throw new ModelFormatError(path, 'is a file; expected a Hugging Face model folder');
+  if (!isDir) {
+    if (path.endsWith('.upg')) return loadUpgModel(path, options);
+    throw new ModelFormatError(path, 'is a file; expected a Hugging Face model folder or a .upg artifact');
+  }
   return loadHfModel(path, options);
 }
 
