@@ -1,0 +1,89 @@
+/**
+ * Load test for `pdvm serve` (a program that prints figures, not a test): starts the server as its
+ * own process on a free loopback port, sends N concurrent greedy streaming completions through the
+ * openai client, checks each stream's text against the same request run alone, and prints time to
+ * first token and tokens/s.
+ *
+ *   npx tsc -p . && node dist/scripts/load-test.js [--streams 32] [--max-tokens 64] [--max-concurrency 32]
+ */
+import { spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import OpenAI from 'openai';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
+const MODEL_DIR = join(ROOT, 'models', 'brown-llama-12m');
+
+const { values } = parseArgs({
+  options: {
+    streams: { type: 'string', default: '32' },
+    'max-tokens': { type: 'string', default: '64' },
+    'max-concurrency': { type: 'string' },
+  },
+});
+const streams = Number(values.streams);
+const maxTokens = Number(values['max-tokens']);
+const maxConcurrency = Number(values['max-concurrency'] ?? streams);
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+async function main(): Promise<void> {
+  const server = spawn(process.execPath, [CLI, 'serve', MODEL_DIR, '--port', '0', '--max-concurrency', String(maxConcurrency)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  const url = await new Promise<string>((ok, fail) => {
+    server.stderr!.setEncoding('utf8');
+    server.stderr!.on('data', (d: string) => {
+      log += d;
+      const m = /on (http:\/\/[^\s/]+)\/v1/.exec(log);
+      if (m) ok(m[1]!);
+    });
+    server.on('exit', (code) => fail(new Error(`pdvm serve exited with ${code}:\n${log}`)));
+  });
+  const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'x', maxRetries: 0, timeout: 600_000 });
+  const text = await readFile(join(ROOT, '..', 'shared', 'fixtures', 'text', 'brown', 'validation.txt'), 'utf8').catch(() => '');
+  const lines = text.split('\n').filter((l) => l.split(' ').length > 6);
+  const prompts = Array.from({ length: streams }, (_, i) => lines[i]?.split(' ').slice(0, 5).join(' ') ?? `Story number ${i} began when`);
+
+  const run = async (prompt: string, t0: number) => {
+    const stream = await client.completions.create({ model: 'brown-llama-12m', prompt, max_tokens: maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    let out = '';
+    let first = NaN;
+    let tokens = 0;
+    for await (const chunk of stream) {
+      const piece = chunk.choices[0]?.text ?? '';
+      if (piece && Number.isNaN(first)) first = performance.now() - t0;
+      out += piece;
+      if (chunk.usage) tokens = chunk.usage.completion_tokens;
+    }
+    return { text: out, first, end: performance.now() - t0, tokens };
+  };
+
+  await run('Warm up', performance.now());
+  const alone: Awaited<ReturnType<typeof run>>[] = [];
+  for (const p of prompts) alone.push(await run(p, performance.now()));
+  const t0 = performance.now();
+  const together = await Promise.all(prompts.map((p) => run(p, t0)));
+  const wall = (performance.now() - t0) / 1000;
+  server.kill('SIGTERM');
+
+  const mismatches = together.filter((r, i) => r.text !== alone[i]!.text).length;
+  const ttft = together.map((r) => r.first).sort((a, b) => a - b);
+  const perStream = together.map((r) => (r.tokens - 1) / ((r.end - r.first) / 1000)).sort((a, b) => a - b);
+  const tokens = together.reduce((a, r) => a + r.tokens, 0);
+  const soloTtft = alone.map((r) => r.first).sort((a, b) => a - b);
+  const soloRate = alone.map((r) => (r.tokens - 1) / ((r.end - r.first) / 1000)).sort((a, b) => a - b);
+  console.log(`pdvm serve load test: ${streams} concurrent greedy streams x ${maxTokens} tokens, --max-concurrency ${maxConcurrency}, ${new Date().toISOString().slice(0, 10)}`);
+  console.log(`  alone (one at a time): time to first token median ${percentile(soloTtft, 50).toFixed(0)} ms; ${percentile(soloRate, 50).toFixed(1)} tok/s per stream`);
+  console.log(`  under load: ${tokens} tokens in ${wall.toFixed(2)} s = ${(tokens / wall).toFixed(1)} tok/s overall`);
+  console.log(`  time to first token: median ${percentile(ttft, 50).toFixed(0)} ms, p95 ${percentile(ttft, 95).toFixed(0)} ms, max ${ttft.at(-1)!.toFixed(0)} ms`);
+  console.log(`  per stream: median ${percentile(perStream, 50).toFixed(2)} tok/s (min ${perStream[0]!.toFixed(2)}, max ${perStream.at(-1)!.toFixed(2)})`);
+  console.log(`  streams equal to the same request run alone: ${streams - mismatches}/${streams}`);
+  if (mismatches > 0) process.exitCode = 1;
+}
+
+await main();
