@@ -81,7 +81,7 @@ async function run(g: GenerationRequest, req: ChatCompletionRequest | Completion
 
   const includeUsage = req.stream_options?.include_usage === true;
   const usageField = includeUsage ? { usage: null } : {};
-  const events = new EventStream(res);
+  const events = new EventStream(res, { 'X-Request-Id': record.id });
   record.status = 200;
   const chatChunk = (delta: ChatCompletionChunk['choices'][0]['delta'], finish: ChatCompletionChunk['choices'][0]['finish_reason']): ChatCompletionChunk =>
     ({ ...head('chat.completion.chunk'), choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }], ...usageField });

@@ -51,8 +51,8 @@ export function hasApiKey(req: IncomingMessage, key: string): boolean {
 
 /** Server-sent events: one `data:` line per JSON payload, ended by `data: [DONE]`. */
 export class EventStream {
-  constructor(private readonly res: ServerResponse) {
-    res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-cache', Connection: 'keep-alive', 'X-Accel-Buffering': 'no' });
+  constructor(private readonly res: ServerResponse, headers: Record<string, string> = {}) {
+    res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-cache', Connection: 'keep-alive', 'X-Accel-Buffering': 'no', ...headers });
     res.flushHeaders();
   }
 

@@ -148,9 +148,8 @@ export async function startServer(model: Model, options: ServerOptions = {}): Pr
     const entry: InFlight = { controller, done: handle(req, res, controller).finally(() => inFlight.delete(entry)) };
     inFlight.add(entry);
   });
-  // keep-alive sockets are closed by close() below; don't let a stalled client hold one forever
+  // a client that stalls while sending its request is cut off (replies may stream for longer)
   http.headersTimeout = 30_000;
-  http.requestTimeout = 0;
 
   await new Promise<void>((resolve, reject) => {
     http.once('error', reject);
