@@ -3,7 +3,7 @@
  * generation; its chunks go out as server-sent events or are gathered into one reply with usage.
  */
 import type { ServerResponse } from 'node:http';
-import type { Model, GenerateOptions } from '../api/model.js';
+import type { GenerateOptions, GenerationStream, Model } from '../api/model.js';
 import { AbortError } from '../errors.js';
 import type { GenerationResult } from '../runtime/generate.js';
 import { toApiError } from './errors.js';
@@ -53,10 +53,15 @@ async function run(g: GenerationRequest, req: ChatCompletionRequest | Completion
   const created = Math.floor(Date.now() / 1000);
   // every body starts id, object, created, model, in OpenAI's order
   const head = <O extends string>(object: O) => ({ id: record.id, object, created, model: model.id });
-  // throws at once (before any byte is sent) for a prompt past the context or a full queue
-  const stream = model.generate(promptIds, { ...options, stream: true, signal: g.signal });
+  let stream: GenerationStream;
+  try {
+    // throws at once (before any byte is sent) for a prompt past the context or a full queue
+    stream = model.generate(promptIds, { ...options, stream: true, signal: g.signal });
+  } catch (e) {
+    throw toApiError(e, promptParam);
+  }
 
-  const noteFirstToken = (tokens: number) => {
+  const countTokens = (tokens: number) => {
     record.completionTokens += tokens;
     if (record.firstTokenMs === null && tokens > 0) record.firstTokenMs = performance.now() - record.startedAt;
   };
@@ -64,7 +69,7 @@ async function run(g: GenerationRequest, req: ChatCompletionRequest | Completion
   if (!req.stream) {
     let result: GenerationResult;
     try {
-      for await (const chunk of stream) noteFirstToken(chunk.tokenIds.length);
+      for await (const chunk of stream) countTokens(chunk.tokenIds.length);
       result = await stream.result;
     } catch (e) {
       throw toApiError(e, promptParam);
@@ -91,7 +96,7 @@ async function run(g: GenerationRequest, req: ChatCompletionRequest | Completion
   if (kind === 'chat') events.send(chatChunk({ role: 'assistant', content: '' }, null));
   try {
     for await (const chunk of stream) {
-      noteFirstToken(chunk.tokenIds.length);
+      countTokens(chunk.tokenIds.length);
       if (chunk.text) events.send(kind === 'chat' ? chatChunk({ content: chunk.text }, null) : textChunk(chunk.text, null));
     }
     const result = await stream.result;

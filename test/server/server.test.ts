@@ -138,6 +138,7 @@ test('errors come in OpenAI\'s shape with the right status: 400 JSON/types/conte
   e = await apiError(() => t.client.completions.create({ model: MODEL, prompt: 'The jury said', max_tokens: 1021 }));
   assert.equal(e.status, 400);
   assert.equal(e.code, 'context_length_exceeded');
+  assert.equal(e.param, 'max_tokens');
   assert.match(e.message, /\b4 tokens\b/);
   assert.match(e.message, /\b1021\b/);
   assert.match(e.message, /\b1024\b/);
@@ -146,6 +147,9 @@ test('errors come in OpenAI\'s shape with the right status: 400 JSON/types/conte
   e = await apiError(() => t.client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: long }] }));
   assert.equal(e.status, 400);
   assert.equal(e.param, 'messages');
+  e = await apiError(() => t.client.completions.create({ model: MODEL, prompt: long, max_tokens: 1 }));
+  assert.equal(e.status, 400);
+  assert.equal(e.param, 'prompt');
 
   e = await apiError(() => t.client.completions.create({ model: MODEL, prompt: 'x'.repeat(1100 * 1024), max_tokens: 1 }));
   assert.equal(e.status, 413);
