@@ -65,3 +65,8 @@ export function formatReport(rows: TensorReportRow[], fileBytes: number): string
   );
   return lines.join('\n');
 }
+
+/** Report rows of a loaded UPG artifact (its tensor summaries carry the compressor's measurements). */
+export function upgReportRows(model: { tensors: { name: string; encoding: string; dtype: string; shape: number[]; bytes: number; sparsity?: number; relError?: number }[] }): TensorReportRow[] {
+  return model.tensors.map((t) => ({ name: t.name, encoding: t.encoding, detail: t.dtype, shape: t.shape, bytes: t.bytes, sparsity: t.sparsity, relError: t.relError }));
+}

@@ -1,7 +1,9 @@
 /** `pdvm inspect <model>`: architecture, sizes, dtypes and per-tensor encodings. */
 import { Command } from 'commander';
 import { action, loadForCli } from '../common.js';
+import { stat } from 'node:fs/promises';
 import type { LoadedModel } from '../../model/load.js';
+import { formatReport, upgReportRows } from '../../compress/report.js';
 
 export function describeModel(model: LoadedModel): Record<string, unknown> {
   const c = model.config;
@@ -57,7 +59,10 @@ export function inspectCommand(): Command {
         `rope          theta ${(d.rope as { theta: number }).theta}, ${(d.rope as { scaling: string }).scaling}${d.sliding_window ? `; sliding window ${d.sliding_window}` : ''}`,
         `tokenizer     ${d.tokenizer ? 'yes' : 'no'}${d.chat_template ? ', chat template' : ''}`,
       ];
-      if (flags.tensors) {
+      if (model.path.endsWith('.upg')) {
+        // a UPG artifact: the compressor's per-tensor report (encoding, sparsity, bits/weight, error) and totals
+        lines.push('', formatReport(upgReportRows(model), (await stat(model.path)).size));
+      } else if (flags.tensors) {
         lines.push('', 'tensor'.padEnd(52) + 'encoding  dtype  shape            bytes');
         for (const t of model.tensors) lines.push(`${t.name.padEnd(52)}${t.encoding.padEnd(10)}${t.dtype.padEnd(7)}${`[${t.shape}]`.padEnd(17)}${t.bytes}`);
       }

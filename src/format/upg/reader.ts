@@ -20,10 +20,15 @@ export class UpgFile {
   }
 
   static async open(source: ByteSource): Promise<UpgFile> {
-    const st = await SafetensorsFile.open(source);
+    let st: SafetensorsFile;
     try {
-      const file = UpgFile.validate(st);
-      return file;
+      st = await SafetensorsFile.open(source);
+    } catch (e) {
+      await source.close();
+      throw e;
+    }
+    try {
+      return UpgFile.validate(st);
     } catch (e) {
       await st.close();
       throw e;
