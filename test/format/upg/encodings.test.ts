@@ -96,10 +96,10 @@ function exactlyEqual(got: Float32Array, want: Float32Array, what: string): void
   }
 }
 
-/** matmul from the encoding vs a dense product of its unpacked weights, for T = 1 and T = 6. */
+/** matmul from the encoding vs a dense product of its unpacked weights, for T = 1, 3 and 6. */
 function checkMatmul(t: EncodedTensor, seed: number, what: string): void {
   const dense = new DenseTensor(t.rows, t.cols, t.unpack());
-  for (const T of [1, 6]) {
+  for (const T of [1, 3, 6]) {
     const r = rng(seed + T);
     const x = Float32Array.from({ length: T * t.cols }, () => r() * 2 - 1);
     const stride = t.rows + 3;

@@ -155,7 +155,35 @@ export class BitmapTensor implements EncodedTensor {
   }
 
   matmul(x: Float32Array, T: number, y: Float32Array, yStride: number, yOffset: number): void {
-    matmulByRows(this.rows, this.cols, (r, out) => this.decodeRow(r, out), x, T, y, yStride, yOffset);
+    if (T >= 4) return matmulByRows(this.rows, this.cols, (r, out) => this.decodeRow(r, out), x, T, y, yStride, yOffset);
+    // decode (T < 4): only the stored values are visited, tile by tile
+    const { rows, cols, tile, tiles, mask, offsets, maskWordsPerRow } = this;
+    const scales = this.scalesF32;
+    const int8 = this.bits === 8 ? (this.values as Int8Array) : null;
+    const nibbles = this.bits === 4 ? (this.values as Uint32Array) : null;
+    for (let t = 0; t < T; t++) {
+      const xo = t * cols;
+      for (let r = 0; r < rows; r++) {
+        let acc = 0;
+        for (let ti = 0; ti < tiles; ti++) {
+          let i = offsets[r * tiles + ti]!;
+          let dot = 0;
+          for (let wi = 0; wi < tile / 32; wi++) {
+            let bitsLeft = mask[r * maskWordsPerRow + (ti * tile) / 32 + wi]!;
+            const c0 = xo + ti * tile + wi * 32;
+            while (bitsLeft !== 0) {
+              const bit = 31 - Math.clz32(bitsLeft & -bitsLeft);
+              bitsLeft &= bitsLeft - 1;
+              const q = int8 ? int8[i]! : ((nibbles![i >>> 3]! >>> ((i & 7) * 4)) & 15) - 8;
+              dot += q * x[c0 + bit]!;
+              i++;
+            }
+          }
+          acc += int8 ? dot : dot * scales[r * tiles + ti]!;
+        }
+        y[t * yStride + yOffset + r] = int8 ? acc * scales[r]! : acc;
+      }
+    }
   }
 
   readRow(r: number, out: Float32Array): void {

@@ -82,7 +82,22 @@ export class CsrTensor implements EncodedTensor {
   }
 
   matmul(x: Float32Array, T: number, y: Float32Array, yStride: number, yOffset: number): void {
-    matmulByRows(this.rows, this.cols, (r, out) => this.decodeRow(r, out), x, T, y, yStride, yOffset);
+    if (T >= 4) return matmulByRows(this.rows, this.cols, (r, out) => this.decodeRow(r, out), x, T, y, yStride, yOffset);
+    // decode (T < 4): only the stored entries are visited
+    const { rows, rowPtr, entries, scales } = this;
+    for (let t = 0; t < T; t++) {
+      const xo = t * this.cols;
+      for (let r = 0; r < rows; r++) {
+        let s = 0;
+        let col = xo;
+        for (let i = rowPtr[r]!; i < rowPtr[r + 1]!; i++) {
+          const e = entries[i]!;
+          col += e & 0xff;
+          s += ((e << 16) >> 24) * x[col]!;
+        }
+        y[t * yStride + yOffset + r] = s * scales[r]!;
+      }
+    }
   }
 
   readRow(r: number, out: Float32Array): void {

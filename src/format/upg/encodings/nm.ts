@@ -156,7 +156,42 @@ export class NmTensor implements EncodedTensor {
   }
 
   matmul(x: Float32Array, T: number, y: Float32Array, yStride: number, yOffset: number): void {
-    matmulByRows(this.rows, this.cols, (r, out) => this.decodeRow(r, out), x, T, y, yStride, yOffset);
+    if (T >= 4) return matmulByRows(this.rows, this.cols, (r, out) => this.decodeRow(r, out), x, T, y, yStride, yOffset);
+    // decode (T < 4): the n stored values of each block, at fixed places; positions from the mask
+    const { rows, cols, n, m, bits } = this;
+    const { maskWords, valueStride, groups, width } = this.shape;
+    const scales = this.scalesF32;
+    const perGroup = bits === 4 ? (this.group / m) * n : 0;
+    const int8 = bits === 8 ? (this.values as Int8Array) : null;
+    const nibbles = bits === 4 ? (this.values as Uint32Array) : null;
+    const last = cols - 1;
+    for (let t = 0; t < T; t++) {
+      const xo = t * cols;
+      for (let r = 0; r < rows; r++) {
+        let acc = 0, dot = 0;
+        let i = 0; // value index within the row
+        for (let c0 = 0; c0 < width; c0 += 32) {
+          let bitsLeft = this.mask[r * maskWords + (c0 >>> 5)]!;
+          while (bitsLeft !== 0) {
+            const bit = 31 - Math.clz32(bitsLeft & -bitsLeft);
+            bitsLeft &= bitsLeft - 1;
+            const c = c0 + bit;
+            if (int8) {
+              if (c <= last) dot += int8[r * valueStride + i]! * x[xo + c]!;
+            } else {
+              const k = r * valueStride * 8 + i;
+              if (c <= last) dot += (((nibbles![k >>> 3]! >>> ((k & 7) * 4)) & 15) - 8) * x[xo + c]!;
+              if ((i + 1) % perGroup === 0) {
+                acc += dot * scales[r * groups + (i + 1) / perGroup - 1]!;
+                dot = 0;
+              }
+            }
+            i++;
+          }
+        }
+        y[t * yStride + yOffset + r] = int8 ? dot * scales[r]! : acc;
+      }
+    }
   }
 
   readRow(r: number, out: Float32Array): void {

@@ -94,7 +94,31 @@ export class Q4Tensor implements EncodedTensor {
   }
 
   matmul(x: Float32Array, T: number, y: Float32Array, yStride: number, yOffset: number): void {
-    matmulByRows(this.rows, this.cols, (r, out) => this.decodeRow(r, out), x, T, y, yStride, yOffset);
+    if (T >= 4) return matmulByRows(this.rows, this.cols, (r, out) => this.decodeRow(r, out), x, T, y, yStride, yOffset);
+    // decode (T < 4): per group, y += scale * sum(u * x) + min * sum(x), straight from the nibbles
+    const { rows, cols, group, groups, wordsPerRow, qweight: q } = this;
+    const sm = this.scaleMinF32;
+    const xSums = new Float32Array(groups); // (groups) sum of x over each group
+    for (let t = 0; t < T; t++) {
+      const xo = t * cols;
+      xSums.fill(0);
+      for (let c = 0; c < cols; c++) xSums[Math.floor(c / group)] += x[xo + c]!;
+      for (let r = 0; r < rows; r++) {
+        let acc = 0;
+        for (let g = 0; g < groups; g++) {
+          let dot = 0;
+          const end = Math.min(cols, (g + 1) * group);
+          for (let c = g * group; c < end; c += 8) {
+            let word = q[r * wordsPerRow + (c >>> 3)]!;
+            const n = Math.min(8, end - c);
+            // hot loop: 8 nibbles of one word
+            for (let k = 0; k < n; k++, word >>>= 4) dot += (word & 15) * x[xo + c + k]!;
+          }
+          acc += dot * sm[(r * groups + g) * 2]! + xSums[g]! * sm[(r * groups + g) * 2 + 1]!;
+        }
+        y[t * yStride + yOffset + r] = acc;
+      }
+    }
   }
 
   readRow(r: number, out: Float32Array): void {

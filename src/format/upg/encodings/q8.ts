@@ -58,7 +58,23 @@ export class Q8Tensor implements EncodedTensor {
   }
 
   matmul(x: Float32Array, T: number, y: Float32Array, yStride: number, yOffset: number): void {
-    matmulByRows(this.rows, this.cols, (r, out) => this.decodeRow(r, out), x, T, y, yStride, yOffset);
+    if (T >= 4) return matmulByRows(this.rows, this.cols, (r, out) => this.decodeRow(r, out), x, T, y, yStride, yOffset);
+    // decode (T < 4): y[r] = scales[r] * sum_c q[r, c] * x[c], straight from the int8 row
+    const { rows, cols, stride, qweight: q, scales } = this;
+    for (let t = 0; t < T; t++) {
+      const xo = t * cols;
+      for (let r = 0; r < rows; r++) {
+        const base = r * stride;
+        let s0 = 0, s1 = 0;
+        let c = 0;
+        for (; c + 2 <= cols; c += 2) {
+          s0 += q[base + c]! * x[xo + c]!;
+          s1 += q[base + c + 1]! * x[xo + c + 1]!;
+        }
+        if (c < cols) s0 += q[base + c]! * x[xo + c]!;
+        y[t * yStride + yOffset + r] = (s0 + s1) * scales[r]!;
+      }
+    }
   }
 
   readRow(r: number, out: Float32Array): void {
