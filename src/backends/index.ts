@@ -1,20 +1,35 @@
 /**
  * Backend selection: `createEngine(model, { backend, contextLength })`.
- * (The WebGPU engine is added beside the CPU one in src/backends/webgpu/.)
+ * 'auto' takes WebGPU when an adapter exists (and can hold the model), else the CPU with a one-line
+ * notice saying why, which the caller prints.
  */
-import { PdvmError } from '../errors.js';
 import type { LoadedModel } from '../model/load.js';
 import type { Engine } from '../runtime/engine.js';
 import { CpuEngine } from './cpu/engine.js';
+import { WebGpuEngine, type WebGpuEngineOptions } from './webgpu/engine.js';
+import { GpuOutOfMemoryError, WebGpuUnavailableError } from './webgpu/errors.js';
 
 export interface EngineOptions {
   backend: 'cpu' | 'webgpu' | 'auto';
   contextLength: number;
+  /** WebGPU only: tokens per prefill step, subgroup use, load progress... */
+  webgpu?: Omit<WebGpuEngineOptions, 'contextLength'>;
 }
 
 /** Returns the engine and, when `auto` fell back, a one-line notice saying why. */
-export async function createEngine(model: LoadedModel, options: EngineOptions): Promise<{ engine: Engine; notice?: string }> {
-  if (options.backend === 'webgpu') throw new PdvmError('the WebGPU backend is not built yet; use --backend cpu');
-  const engine = new CpuEngine(model.config, model.weights, options.contextLength);
-  return options.backend === 'auto' ? { engine, notice: 'WebGPU backend not available yet; using the CPU' } : { engine };
+export async function createEngine(model: Pick<LoadedModel, 'config' | 'weights'>, options: EngineOptions): Promise<{ engine: Engine; notice?: string }> {
+  const cpu = () => new CpuEngine(model.config, model.weights, options.contextLength);
+  if (options.backend === 'cpu') return { engine: cpu() };
+  try {
+    const engine = await WebGpuEngine.create(model, { ...options.webgpu, contextLength: options.contextLength });
+    return { engine };
+  } catch (e) {
+    if (options.backend === 'auto' && (e instanceof WebGpuUnavailableError || e instanceof GpuOutOfMemoryError)) {
+      return { engine: cpu(), notice: `using the CPU backend: ${e.message}` };
+    }
+    throw e;
+  }
 }
+
+export { WebGpuEngine, type GpuSampling } from './webgpu/engine.js';
+export { DeviceLostError, GpuOutOfMemoryError, WebGpuUnavailableError } from './webgpu/errors.js';

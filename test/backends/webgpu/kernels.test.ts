@@ -1,0 +1,173 @@
+/**
+ * Each WebGPU kernel against the CPU backend's op (src/backends/cpu/ops.ts) on random inputs with odd
+ * sizes (hidden 127, MLP widths not a multiple of 64, one-token and long prompts), with and without
+ * subgroups. Failures print the worst element (assertClose).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { addInPlace, applyRope, attention, rmsnorm, ropeTables, swiglu } from '../../../src/backends/cpu/ops.js';
+import { attentionOp, embeddingOp, matmulOp, rmsnormOp, ropeKvOp, swigluOp } from '../../../src/backends/webgpu/ops.js';
+import { uploadDense } from '../../../src/backends/webgpu/weights.js';
+import { f32ToBf16, f32ToF16, f16ToF32 } from '../../../src/format/dtype.js';
+import type { ModelConfig } from '../../../src/model/config.js';
+import { DenseTensor } from '../../../src/model/tensor.js';
+import { assertClose, rng } from '../../helpers.js';
+import { featureVariants, read, run, SKIP_GPU, stepBuffer, storage, testGpu, zeros } from './gpu.js';
+
+function randomArray(n: number, seed: number, scale = 1): Float32Array {
+  const r = rng(seed);
+  return Float32Array.from({ length: n }, () => (r() * 2 - 1) * scale);
+}
+
+/** A DenseTensor whose values are exactly representable in `dtype` (as a checkpoint of that dtype would be). */
+function randomDense(rows: number, cols: number, dtype: 'F32' | 'BF16' | 'F16', seed: number): DenseTensor {
+  const data = randomArray(rows * cols, seed);
+  if (dtype === 'BF16') for (let i = 0; i < data.length; i++) data[i] = new Float32Array(new Uint32Array([f32ToBf16(data[i]!) << 16]).buffer)[0]!;
+  if (dtype === 'F16') for (let i = 0; i < data.length; i++) data[i] = f16ToF32(f32ToF16(data[i]!));
+  return new DenseTensor(rows, cols, data, dtype);
+}
+
+function config(over: Partial<ModelConfig>): ModelConfig {
+  return {
+    architecture: 'LlamaForCausalLM', hiddenSize: 64, intermediateSize: 96, numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 16,
+    rotaryDim: 16, vocabSize: 100, rmsNormEps: 1e-5, ropeTheta: 10000, ropeScaling: { type: 'default' }, maxPositionEmbeddings: 4096,
+    tieWordEmbeddings: false, slidingWindow: null, attentionBias: false, bosTokenId: null, eosTokenIds: [], ...over,
+  };
+}
+
+const variants = SKIP_GPU ? [] : await featureVariants();
+
+for (const { name, options } of variants) {
+  test(`webgpu kernels (${name}): dense matvec and tiled matmul vs DenseTensor.matmul`, async () => {
+    const gpu = await testGpu({ ...options, maxBindingBytes: 65536 }); // small: the 300-row matrix is split
+    // [dtype, T, rows, cols, residual]: matvec (T = 1) and tiled (T > 1); odd sizes; the 300-row one is split
+    const cases: ['F32' | 'BF16' | 'F16', number, number, number, boolean][] = [
+      ['F32', 1, 127, 127, false], ['F32', 70, 127, 130, true], ['F32', 3, 300, 127, false],
+      ['BF16', 1, 200, 96, true], ['BF16', 130, 64, 33, false], ['BF16', 1, 5, 9, false],
+      ['F16', 1, 127, 300, false], ['F16', 17, 127, 300, true],
+    ];
+    let seed = 1;
+    for (const [dtype, T, rows, cols, residual] of cases) {
+      const w = randomDense(rows, cols, dtype, seed++);
+      const m = uploadDense(gpu, w, 'w');
+      const x = randomArray(T * cols, seed++);
+      const bias = randomArray(rows + 3, seed++);
+      const yStride = rows + 5, yOffset = 3;
+      const y0 = randomArray(T * yStride, seed++);
+      const want = Float32Array.from(y0);
+      const prod = new Float32Array(T * yStride);
+      w.matmul(x, T, prod, yStride, yOffset);
+      for (let t = 0; t < T; t++) {
+        for (let r = 0; r < rows; r++) {
+          const o = t * yStride + yOffset + r;
+          want[o] = prod[o]! + bias[yOffset + r]! + (residual ? y0[o]! : 0);
+        }
+      }
+      const yBuf = storage(gpu, y0);
+      const step = stepBuffer(gpu, T, 0);
+      const io = { x: storage(gpu, x), y: yBuf, yStride, yOffset, bias: storage(gpu, bias), residual, step };
+      await run(gpu, matmulOp(gpu, m, io, T === 1 ? 'matvec' : 'tiled', T), T);
+      assertClose(await read(gpu, yBuf, T * yStride), want, 1e-6, `${dtype} T=${T} [${rows}x${cols}] residual=${residual} (${m.segments.length} segments)`);
+    }
+  });
+
+  test(`webgpu kernels (${name}): rmsnorm (all rows, last row) vs rmsnorm`, async () => {
+    const gpu = await testGpu(options);
+    for (const [T, H] of [[1, 127], [5, 384], [33, 1000]] as const) {
+      const x = randomArray(T * H, 10 + H, 3);
+      const w = randomArray(H, 20 + H);
+      const want = new Float32Array(T * H);
+      rmsnorm(x, w, 1e-5, T, want);
+      const out = zeros(gpu, T * H);
+      const step = stepBuffer(gpu, T, 0);
+      const xb = storage(gpu, x), wb = storage(gpu, w);
+      await run(gpu, [rmsnormOp(gpu, { hidden: H, eps: 1e-5, mode: 'all' }, T, xb, wb, out, step)], T);
+      assertClose(await read(gpu, out, T * H), want, 1e-6, `rmsnorm all T=${T} H=${H}`);
+      await run(gpu, [rmsnormOp(gpu, { hidden: H, eps: 1e-5, mode: 'last' }, T, xb, wb, out, step)], T);
+      assertClose(await read(gpu, out, H), want.subarray((T - 1) * H), 1e-6, `rmsnorm last T=${T} H=${H}`);
+    }
+  });
+
+  test(`webgpu kernels (${name}): rope + KV cache write and attention vs applyRope and attention`, async () => {
+    const gpu = await testGpu(options);
+    const cases: { c: ModelConfig; pos0: number; T: number }[] = [
+      { c: config({}), pos0: 0, T: 1 },
+      { c: config({}), pos0: 0, T: 77 }, // more keys than one 64-key block
+      { c: config({ numHeads: 6, numKvHeads: 2, headDim: 24, rotaryDim: 12 }), pos0: 5, T: 3 }, // partial rotary
+      { c: config({ slidingWindow: 16, ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 } }), pos0: 30, T: 20 },
+      { c: config({ numHeads: 2, numKvHeads: 2, headDim: 128, rotaryDim: 128 }), pos0: 130, T: 1 }, // head dim > 64 threads, long cache
+    ];
+    let seed = 100;
+    for (const { c, pos0, T } of cases) {
+      const ctx = pos0 + T + 3;
+      const qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim, stride = qDim + 2 * kvDim;
+      const qkv = randomArray(T * stride, seed++);
+      const kCache = randomArray(ctx * kvDim, seed++), vCache = randomArray(ctx * kvDim, seed++); // earlier positions: random history
+      const { cos, sin } = ropeTables(c, ctx);
+      // CPU: rotate q and k, write k and v at pos0.., attend
+      const q = Float32Array.from(qkv);
+      applyRope(q, T, stride, 0, c.numHeads, c.headDim, c.rotaryDim, pos0, cos, sin);
+      applyRope(q, T, stride, qDim, c.numKvHeads, c.headDim, c.rotaryDim, pos0, cos, sin);
+      const kWant = Float32Array.from(kCache), vWant = Float32Array.from(vCache);
+      for (let t = 0; t < T; t++) {
+        kWant.set(q.subarray(t * stride + qDim, t * stride + qDim + kvDim), (pos0 + t) * kvDim);
+        vWant.set(q.subarray(t * stride + qDim + kvDim, (t + 1) * stride), (pos0 + t) * kvDim);
+      }
+      const attWant = new Float32Array(T * qDim);
+      attention(q, stride, T, pos0, kWant, vWant, c, attWant, new Float32Array(ctx));
+
+      const qkvB = storage(gpu, qkv), kB = storage(gpu, kCache), vB = storage(gpu, vCache), out = zeros(gpu, T * qDim);
+      const step = stepBuffer(gpu, T, pos0);
+      const shape = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim };
+      await run(gpu, [
+        ropeKvOp(gpu, { ...shape, rotaryDim: c.rotaryDim }, qkvB, storage(gpu, cos), storage(gpu, sin), kB, vB, step),
+        attentionOp(gpu, { ...shape, slidingWindow: c.slidingWindow }, qkvB, kB, vB, out, step),
+      ], T);
+      const what = `heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} rot ${c.rotaryDim} window ${c.slidingWindow} pos0 ${pos0} T ${T}`;
+      const qGot = await read(gpu, qkvB, T * stride);
+      for (let t = 0; t < T; t++) assertClose(qGot.subarray(t * stride, t * stride + qDim), q.subarray(t * stride, t * stride + qDim), 1e-6, `rope q ${what}`);
+      assertClose(await read(gpu, kB, ctx * kvDim), kWant, 1e-6, `rope k cache ${what}`);
+      assertClose(await read(gpu, vB, ctx * kvDim), vWant, 0, `v cache ${what}`);
+      assertClose(await read(gpu, out, T * qDim), attWant, 1e-5, `attention ${what}`);
+    }
+  });
+
+  test(`webgpu kernels (${name}): swiglu and embedding vs swiglu and readRow`, async () => {
+    const gpu = await testGpu({ ...options, maxBindingBytes: 2048 }); // embedding table split into segments
+    for (const [T, ffn] of [[1, 100], [7, 1000], [64, 33]] as const) {
+      const gu = randomArray(T * 2 * ffn, ffn, 6);
+      const want = new Float32Array(T * ffn);
+      swiglu(gu, T, ffn, want);
+      const out = zeros(gpu, T * ffn);
+      await run(gpu, [swigluOp(gpu, ffn, T, storage(gpu, gu), out, stepBuffer(gpu, T, 0))], T);
+      assertClose(await read(gpu, out, T * ffn), want, 1e-6, `swiglu T=${T} ffn=${ffn}`);
+    }
+    for (const dtype of ['F32', 'BF16', 'F16'] as const) {
+      const vocab = 101, H = 127;
+      const table = randomDense(vocab, H, dtype, 7);
+      const m = uploadDense(gpu, table, 'embed');
+      assert.ok(m.segments.length > 1, 'the table should be split at this binding size');
+      const ids = [0, 100, 5, 5, 63, 64, 99];
+      const want = new Float32Array(ids.length * H);
+      ids.forEach((id, t) => table.readRow(id, want.subarray(t * H, (t + 1) * H)));
+      const x = zeros(gpu, ids.length * H);
+      await run(gpu, embeddingOp(gpu, m, H, ids.length, x, stepBuffer(gpu, ids.length, 0, ids)), ids.length);
+      assertClose(await read(gpu, x, ids.length * H), want, 0, `embedding ${dtype}`);
+    }
+  });
+}
+
+test('webgpu kernels: the fused residual add equals addInPlace', { skip: SKIP_GPU }, async () => {
+  // the residual add lives in the matmul epilogue (y += W x); check it against addInPlace explicitly
+  const gpu = await testGpu();
+  const rows = 127, cols = 64, T = 2;
+  const w = randomDense(rows, cols, 'F32', 3);
+  const x = randomArray(T * cols, 4), y0 = randomArray(T * rows, 5);
+  const prod = new Float32Array(T * rows);
+  w.matmul(x, T, prod, rows, 0);
+  const want = Float32Array.from(y0);
+  addInPlace(want, prod, T * rows);
+  const yb = storage(gpu, y0);
+  await run(gpu, matmulOp(gpu, uploadDense(gpu, w, 'w'), { x: storage(gpu, x), y: yb, yStride: rows, yOffset: 0, bias: null, residual: true, step: stepBuffer(gpu, T, 0) }, 'tiled', T), T);
+  assertClose(await read(gpu, yb, T * rows), want, 1e-6, 'residual add');
+});
