@@ -1,7 +1,8 @@
 /**
  * Runs many generations on one engine, fairly. Each admitted generation gets its own Sequence (a KV
- * cache slot) and the scheduler steps them in turn, one token each per round, yielding to the event
- * loop between steps so sockets and timers are serviced while a CPU forward pass (synchronous work)
+ * cache slot) and the scheduler steps them in turn, one token each per round (a newly admitted one
+ * gets its prefill before the next turn, for a short time to first token), yielding to the event loop
+ * between steps so sockets and timers are serviced while a CPU forward pass (synchronous work)
  * runs. Generations beyond `maxActive` wait in a FIFO queue of at most `maxQueued`; beyond that,
  * submit() throws QueueFullError. A cancelled generation leaves at once and its slot goes to the next
  * in the queue.
@@ -35,6 +36,8 @@ interface Entry {
   state: 'queued' | 'active' | 'done';
   seq: Sequence | null;
   steps: AsyncGenerator<GenerationChunk, GenerationResult> | null;
+  /** Has had its first step (the prefill). */
+  started: boolean;
   onAbort: () => void;
 }
 
@@ -64,7 +67,7 @@ export class Scheduler {
     if (signal?.aborted) throw new AbortError();
     const mustWait = this.active.length >= this.limits.maxActive || this.queue.length > 0;
     if (mustWait && this.queue.length >= this.limits.maxQueued) throw new QueueFullError(this.active.length, this.queue.length);
-    const entry: Entry = { job, state: 'queued', seq: null, steps: null, onAbort: () => this.cancel(entry, new AbortError()) };
+    const entry: Entry = { job, state: 'queued', seq: null, steps: null, started: false, onAbort: () => this.cancel(entry, new AbortError()) };
     signal?.addEventListener('abort', entry.onAbort, { once: true });
     this.queue.push(entry);
     this.admit();
@@ -97,12 +100,14 @@ export class Scheduler {
   private async loop(): Promise<void> {
     try {
       while (this.active.length > 0) {
-        // one round: one step for every generation active when the round began, oldest first
-        for (const entry of [...this.active]) {
-          if (entry.state !== 'active') continue;
-          await this.step(entry);
-          await yieldToEventLoop();
-        }
+        // a generation still waiting for its prefill goes first (short time to first token); the others
+        // take turns: the one stepped moves to the back of the line
+        const fresh = this.active.findIndex((e) => !e.started);
+        const entry = this.active.splice(fresh >= 0 ? fresh : 0, 1)[0]!;
+        this.active.push(entry);
+        entry.started = true;
+        await this.step(entry);
+        await yieldToEventLoop();
       }
     } finally {
       this.looping = null;
