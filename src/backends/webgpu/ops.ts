@@ -8,6 +8,7 @@ import { attentionWgsl, type AttentionShape } from './kernels/attention.js';
 import { embeddingWgsl } from './kernels/embedding.js';
 import { MATVEC_ROWS, matmulDenseWgsl, matvecDenseWgsl, TILE, type DenseMatmulShape } from './kernels/matmul-dense.js';
 import { grid } from './kernels/prelude.js';
+import { embeddingUpgWgsl, matmulUpgWgsl } from './kernels/matmul-upg.js';
 import { rmsnormWgsl, type RmsnormShape } from './kernels/rmsnorm.js';
 import { ropeKvWgsl, type RopeShape } from './kernels/rope.js';
 import { argmaxWgsl, sampleWgsl } from './kernels/sample.js';
@@ -21,6 +22,11 @@ function need(buffer: GPUBuffer, floats: number, what: string): void {
 export function embeddingOp(gpu: Gpu, table: GpuMatrix, hidden: number, maxTokens: number, x: GPUBuffer, step: GPUBuffer): Dispatch[] {
   if (table.cols !== hidden) throw new Error(`embedding: table has ${table.cols} columns, hidden is ${hidden}`);
   need(x, maxTokens * hidden, 'embedding');
+  if (table.encoding !== 'dense') {
+    const shape = table.shape;
+    const pipeline = gpu.pipeline(`embedding_${table.encoding}`, { ...shape }, () => embeddingUpgWgsl(shape));
+    return [{ label: `embedding_${table.encoding}`, pipeline, bindGroup: gpu.bindGroup('embedding', pipeline, [...table.buffers, x, step]), workgroups: grid }];
+  }
   return table.segments.map((seg) => {
     const shape = { dtype: table.dtype, hidden, rowStart: seg.rowStart, rows: seg.rows, rowChunks: table.rowChunks };
     const pipeline = gpu.pipeline('embedding', shape, () => embeddingWgsl(shape));
@@ -68,6 +74,16 @@ export function matmulOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, kind: 'matvec' | 
   if (io.yOffset + m.rows > io.yStride) throw new Error(`matmul: rows ${io.yOffset}..${io.yOffset + m.rows} exceed the output stride ${io.yStride}`);
   if (io.bias) need(io.bias, io.yOffset + m.rows, 'matmul bias');
   const f = { subgroups: gpu.subgroups };
+  if (m.encoding !== 'dense') {
+    // one workgroup per row; prefill applies each decoded weight to 8 tokens at a time
+    const upgIo = { yStride: io.yStride, yOffset: io.yOffset, bias: io.bias !== null, residual: io.residual, tokensPerPass: kind === 'matvec' ? 1 : 8 };
+    const shape = m.shape;
+    const name = `matmul_${m.encoding}`;
+    const pipeline = gpu.pipeline(name, { ...shape, ...upgIo, ...f }, () => matmulUpgWgsl(shape, upgIo, f));
+    // the one-token kernel reads no step (T is 1)
+    const buffers = [...m.buffers, io.x, io.y, ...(kind === 'tiled' ? [io.step] : []), ...(io.bias ? [io.bias] : [])];
+    return [{ label: name, pipeline, bindGroup: gpu.bindGroup(name, pipeline, buffers), workgroups: () => grid(m.rows) }];
+  }
   return m.segments.map((seg) => {
     const shape: DenseMatmulShape = {
       dtype: m.dtype, rows: seg.rows, cols: m.cols, rowChunks: m.rowChunks,

@@ -9,7 +9,9 @@ import { f32ToF16 } from '../../format/dtype.js';
 import { DenseTensor, type WeightTensor } from '../../model/tensor.js';
 import type { ModelWeights } from '../../model/weights.js';
 import type { Gpu } from './device.js';
+import { GpuOutOfMemoryError } from './errors.js';
 import { valuesPerChunk, type DenseDtype } from './kernels/prelude.js';
+import { upgRoles, type UpgShape } from './kernels/matmul-upg.js';
 
 export interface MatrixSegment {
   buffer: GPUBuffer;
@@ -29,7 +31,17 @@ export interface GpuDenseMatrix {
   bytes: number;
 }
 
-export type GpuMatrix = GpuDenseMatrix;
+/** A UPG-encoded matrix: its packed buffers uploaded as they are (u32 words), in the spec's role order. */
+export interface GpuEncodedMatrix {
+  encoding: UpgShape['encoding'];
+  rows: number;
+  cols: number;
+  shape: UpgShape;
+  buffers: GPUBuffer[];
+  bytes: number;
+}
+
+export type GpuMatrix = GpuDenseMatrix | GpuEncodedMatrix;
 
 export interface GpuLayerWeights {
   attnNorm: GPUBuffer;
@@ -104,9 +116,53 @@ export function uploadDense(gpu: Gpu, t: DenseTensor, label: string, options: Up
   return { encoding: 'dense', dtype, rows: t.rows, cols: t.cols, rowChunks, segments, bytes: t.rows * rowBytes };
 }
 
+/** What an encoded tensor offers the GPU: its packed buffers (UPG's EncodedTensor). */
+interface PackedTensor extends WeightTensor {
+  buffers(): { role: string; bytes: Uint8Array }[];
+}
+
+/** The kernel shape of a UPG tensor, from the fields its class exposes (src/format/upg/encodings). */
+function upgShape(t: WeightTensor): UpgShape {
+  const o = t as unknown as Record<string, unknown>;
+  const { rows, cols } = t;
+  switch (t.encoding) {
+    case 'q8':
+      return { encoding: 'q8', rows, cols, wordsPerRow: (o.stride as number) / 4 };
+    case 'q4':
+      return { encoding: 'q4', rows, cols, group: o.group as number, groups: o.groups as number, wordsPerRow: o.wordsPerRow as number };
+    case 'bitmap':
+      return { encoding: 'bitmap', rows, cols, tile: o.tile as number, bits: o.bits as 4 | 8, tiles: o.tiles as number, maskWordsPerRow: o.maskWordsPerRow as number };
+    case 'nm': {
+      const s = o.shape as { width: number; maskWords: number; valueStride: number; groups: number };
+      return { encoding: 'nm', rows, cols, n: o.n as number, m: o.m as number, bits: o.bits as 4 | 8, group: o.group as number, ...s };
+    }
+    case 'csr':
+      return { encoding: 'csr', rows, cols };
+    default:
+      throw new Error(`the WebGPU backend has no kernel for encoding '${t.encoding}'`);
+  }
+}
+
+export function uploadEncoded(gpu: Gpu, t: WeightTensor, label: string): GpuEncodedMatrix {
+  const shape = upgShape(t);
+  const stored = new Map((t as PackedTensor).buffers().map((b) => [b.role, b.bytes]));
+  const buffers = upgRoles(shape.encoding).map((role) => {
+    const bytes = stored.get(role);
+    if (!bytes) throw new Error(`${label}: encoding ${shape.encoding} has no '${role}' buffer`);
+    if (bytes.length > gpu.maxBindingBytes) {
+      throw new GpuOutOfMemoryError(`${label}: its ${role} buffer (${bytes.length} bytes) exceeds this device's storage binding limit of ${gpu.maxBindingBytes}; splitting encoded tensors is not supported yet: store this tensor dense or use a smaller model`);
+    }
+    const buffer = gpu.createBuffer(`${label}.${role}`, bytes.length, GPUBufferUsage.STORAGE, true);
+    new Uint8Array(buffer.getMappedRange()).set(bytes); // the tail past bytes.length stays zero
+    buffer.unmap();
+    return buffer;
+  });
+  return { encoding: shape.encoding, rows: t.rows, cols: t.cols, shape, buffers, bytes: buffers.reduce((a, b) => a + b.size, 0) };
+}
+
 export function uploadMatrix(gpu: Gpu, t: WeightTensor, label: string, options: UploadOptions = {}): GpuMatrix {
   if (t instanceof DenseTensor) return uploadDense(gpu, t, label, options);
-  throw new Error(`${label}: the WebGPU backend has no kernel for encoding '${t.encoding}' yet`);
+  return uploadEncoded(gpu, t, label);
 }
 
 export function uploadVector(gpu: Gpu, v: Float32Array, label: string): GPUBuffer {
@@ -124,7 +180,7 @@ export function gpuWeightBytes(w: ModelWeights, options: UploadOptions = {}): nu
     if (seen.has(t)) return;
     seen.add(t);
     if (t instanceof DenseTensor) bytes += t.rows * Math.ceil(t.cols / valuesPerChunk(denseDtypeOf(t, options))) * 16;
-    else bytes += t.byteLength;
+    else bytes += Math.ceil(t.byteLength / 16) * 16;
   };
   const v = (x: Float32Array | null) => (bytes += x ? x.byteLength : 0);
   m(w.embed);

@@ -1,0 +1,189 @@
+/**
+ * Weights for the fused decode path: each matrix as the buffers its fused kernel reads, with the
+ * checkpoint's parts (q, k, v; gate, up) joined by rows at load so that one dispatch covers them.
+ *   f32/bf16/f16  W: (rows, units) vec4<u32> chunks (uploadDense's layout)
+ *   q4            Q: (rows, groups * group / 8) u32 nibble words;  SM: (rows, groups) f16 (scale, min)
+ *   bitmap4       MASK: (rows, tiles * tile / 32);  OFFS: (rows * tiles + 1);  VALS: nibble words;
+ *                 SC: (rows, tiles) f16 scales, two per u32
+ * Encodings without a fused kernel (q8, nm, csr, bitmap with 8-bit values) are decoded to f32 rows.
+ */
+import { BitmapTensor } from '../../../format/upg/encodings/bitmap.js';
+import { Q4Tensor } from '../../../format/upg/encodings/q4.js';
+import { DenseTensor, type WeightTensor } from '../../../model/tensor.js';
+import type { ModelWeights } from '../../../model/weights.js';
+import type { Gpu } from '../device.js';
+import { columnsPerUnit, type FusedEncoding } from '../kernels/fused-matvec.js';
+import { uploadDense } from '../weights.js';
+
+export interface FusedMatrix {
+  encoding: FusedEncoding;
+  rows: number;
+  cols: number;
+  /** Units per row (vec4<u32> chunks, or tiles for bitmap4). */
+  units: number;
+  /** q4 group or bitmap4 tile; 0 for dense. */
+  group: number;
+  /** Buffers by binding name (W; Q, SM; MASK, OFFS, VALS, SC). */
+  buffers: Record<string, GPUBuffer>;
+  /** Bytes a full product reads (every buffer once). */
+  bytes: number;
+}
+
+export interface FusedLayerWeights {
+  attnNorm: GPUBuffer;
+  qkv: FusedMatrix;
+  qkvBias: GPUBuffer | null;
+  o: FusedMatrix;
+  mlpNorm: GPUBuffer;
+  gateUp: FusedMatrix;
+  down: FusedMatrix;
+}
+
+export interface FusedModelWeights {
+  /** Dense embedding table (the kernel reads one row a token). */
+  embed: FusedMatrix;
+  layers: FusedLayerWeights[];
+  finalNorm: GPUBuffer;
+  lmHead: FusedMatrix;
+  /** Bytes of every weight buffer. */
+  bytes: number;
+}
+
+/** A storage buffer holding `data`, created mapped (no staging copy beyond the mapping). */
+export function uploadWords(gpu: Gpu, label: string, data: ArrayBufferView): GPUBuffer {
+  const buffer = gpu.createBuffer(label, data.byteLength, GPUBufferUsage.STORAGE, true);
+  new Uint8Array(buffer.getMappedRange()).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  buffer.unmap();
+  return buffer;
+}
+
+export function uploadFloats(gpu: Gpu, label: string, v: Float32Array): GPUBuffer {
+  return uploadWords(gpu, label, v);
+}
+
+function bytesOf(buffers: Record<string, GPUBuffer>): number {
+  return Object.values(buffers).reduce((a, b) => a + b.size, 0);
+}
+
+function denseRows(parts: WeightTensor[]): DenseTensor {
+  const rows = parts.reduce((a, p) => a + p.rows, 0), cols = parts[0]!.cols;
+  const dense = parts.every((p) => p instanceof DenseTensor) ? (parts as DenseTensor[]) : null;
+  const data = new Float32Array(rows * cols);
+  let r0 = 0;
+  for (const p of parts) {
+    if (p instanceof DenseTensor) data.set(p.data, r0 * cols);
+    else for (let r = 0; r < p.rows; r++) p.readRow(r, data.subarray((r0 + r) * cols, (r0 + r + 1) * cols));
+    r0 += p.rows;
+  }
+  const dtype = dense && dense.every((p) => p.storedDtype === dense[0]!.storedDtype) ? dense[0]!.storedDtype : 'F32';
+  return new DenseTensor(rows, cols, data, dtype);
+}
+
+function joinQ4(parts: Q4Tensor[]): { qweight: Uint32Array; scaleMin: Uint16Array } {
+  const qweight = new Uint32Array(parts.reduce((a, p) => a + p.qweight.length, 0));
+  const scaleMin = new Uint16Array(parts.reduce((a, p) => a + p.scaleMin.length, 0));
+  let q = 0, s = 0;
+  for (const p of parts) {
+    qweight.set(p.qweight, q);
+    scaleMin.set(p.scaleMin, s);
+    q += p.qweight.length;
+    s += p.scaleMin.length;
+  }
+  return { qweight, scaleMin };
+}
+
+function joinBitmap(parts: BitmapTensor[]): { mask: Uint32Array; offsets: Uint32Array; values: Uint32Array; scales: Uint16Array } {
+  const sum = (f: (p: BitmapTensor) => number) => parts.reduce((a, p) => a + f(p), 0);
+  const mask = new Uint32Array(sum((p) => p.mask.length));
+  const offsets = new Uint32Array(sum((p) => p.offsets.length - 1) + 1);
+  const nnz = sum((p) => p.nnz);
+  const values = new Uint32Array(Math.max(1, Math.ceil(nnz / 8)));
+  const scales = new Uint16Array(sum((p) => p.scales.length));
+  let m = 0, o = 0, v = 0, s = 0;
+  for (const p of parts) {
+    mask.set(p.mask, m);
+    for (let i = 0; i < p.offsets.length - 1; i++) offsets[o + i] = p.offsets[i]! + v;
+    const src = p.values as Uint32Array;
+    for (let i = 0; i < p.nnz; i++) {
+      const nib = (src[i >>> 3]! >>> ((i & 7) * 4)) & 15, j = v + i;
+      values[j >>> 3] = values[j >>> 3]! | (nib << ((j & 7) * 4));
+    }
+    scales.set(p.scales as Uint16Array, s);
+    m += p.mask.length;
+    o += p.offsets.length - 1;
+    v += p.nnz;
+    s += p.scales.length;
+  }
+  offsets[o] = v;
+  return { mask, offsets, values, scales };
+}
+
+/** Uploads parts stacked by rows as one matrix the fused kernels can read. */
+export function uploadFusedMatrix(gpu: Gpu, parts: WeightTensor[], label: string): FusedMatrix {
+  const rows = parts.reduce((a, p) => a + p.rows, 0), cols = parts[0]!.cols;
+  if (parts.some((p) => p.cols !== cols)) throw new Error(`${label}: parts have different column counts`);
+  if (cols % 4 !== 0) throw new Error(`${label}: the fused path needs a column count divisible by 4, got ${cols}`);
+  const first = parts[0]!;
+  if (first instanceof Q4Tensor && parts.every((p) => p instanceof Q4Tensor && p.group === first.group)) {
+    const { qweight, scaleMin } = joinQ4(parts as Q4Tensor[]);
+    const buffers = { Q: uploadWords(gpu, `${label}.q`, qweight), SM: uploadWords(gpu, `${label}.sm`, scaleMin) };
+    return { encoding: 'q4', rows, cols, units: first.wordsPerRow / 4, group: first.group, buffers, bytes: bytesOf(buffers) };
+  }
+  if (first instanceof BitmapTensor && parts.every((p) => p instanceof BitmapTensor && p.bits === 4 && p.tile === first.tile)) {
+    const j = joinBitmap(parts as BitmapTensor[]);
+    const scales = new Uint16Array(Math.ceil(j.scales.length / 2) * 2);
+    scales.set(j.scales);
+    const buffers = {
+      MASK: uploadWords(gpu, `${label}.mask`, j.mask),
+      OFFS: uploadWords(gpu, `${label}.offsets`, j.offsets),
+      VALS: uploadWords(gpu, `${label}.values`, j.values),
+      SC: uploadWords(gpu, `${label}.scales`, scales),
+    };
+    return { encoding: 'bitmap4', rows, cols, units: first.tiles, group: first.tile, buffers, bytes: bytesOf(buffers) };
+  }
+  const dense = denseRows(parts);
+  const g = uploadDense(gpu, dense, label);
+  if (g.segments.length !== 1) throw new Error(`${label}: ${g.bytes} bytes exceed one storage binding; the fused path needs each matrix in one buffer`);
+  const buffers = { W: g.segments[0]!.buffer };
+  return { encoding: g.dtype, rows, cols, units: g.rowChunks, group: 0, buffers, bytes: bytesOf(buffers) };
+}
+
+/** Uploads a model's weights for the fused path (parts joined, tensor by tensor). */
+export function uploadFusedWeights(gpu: Gpu, w: ModelWeights): FusedModelWeights {
+  const layers = w.layers.map((L, l): FusedLayerWeights => ({
+    attnNorm: uploadFloats(gpu, `layers.${l}.attn_norm`, L.attnNorm),
+    qkv: uploadFusedMatrix(gpu, L.qkv, `layers.${l}.qkv`),
+    qkvBias: L.qkvBias ? uploadFloats(gpu, `layers.${l}.qkv_bias`, L.qkvBias) : null,
+    o: uploadFusedMatrix(gpu, [L.o], `layers.${l}.o`),
+    mlpNorm: uploadFloats(gpu, `layers.${l}.mlp_norm`, L.mlpNorm),
+    gateUp: uploadFusedMatrix(gpu, L.gateUp, `layers.${l}.gate_up`),
+    down: uploadFusedMatrix(gpu, [L.down], `layers.${l}.down`),
+  }));
+  // the embedding is read a row a token: kept dense (decoded once when stored in another encoding)
+  const embed = uploadFusedMatrix(gpu, [w.embed instanceof DenseTensor ? w.embed : denseRows([w.embed])], 'embed');
+  const lmHead = w.lmHead === w.embed ? embed : uploadFusedMatrix(gpu, [w.lmHead], 'lm_head');
+  const finalNorm = uploadFloats(gpu, 'final_norm', w.finalNorm);
+  return { embed, layers, finalNorm, lmHead, bytes: fusedWeightBytes({ embed, layers, finalNorm, lmHead }) };
+}
+
+export function fusedWeightBytes(w: Omit<FusedModelWeights, 'bytes'>): number {
+  let bytes = w.embed.bytes + (w.lmHead === w.embed ? 0 : w.lmHead.bytes) + w.finalNorm.size;
+  for (const L of w.layers) bytes += L.qkv.bytes + L.o.bytes + L.gateUp.bytes + L.down.bytes + L.attnNorm.size + L.mlpNorm.size + (L.qkvBias?.size ?? 0);
+  return bytes;
+}
+
+/** Weight bytes one decode step reads: every layer matrix, norms, lm_head and one embedding row. */
+export function weightBytesPerToken(w: FusedModelWeights): number {
+  let bytes = w.lmHead.bytes + w.finalNorm.size + (w.embed.units * 16);
+  for (const L of w.layers) bytes += L.qkv.bytes + L.o.bytes + L.gateUp.bytes + L.down.bytes + L.attnNorm.size + L.mlpNorm.size + (L.qkvBias?.size ?? 0);
+  return bytes;
+}
+
+export function destroyFusedWeights(w: FusedModelWeights): void {
+  const seen = new Set<GPUBuffer>();
+  const all = [w.finalNorm, ...Object.values(w.embed.buffers), ...Object.values(w.lmHead.buffers)];
+  for (const L of w.layers) all.push(L.attnNorm, L.mlpNorm, ...(L.qkvBias ? [L.qkvBias] : []), ...[L.qkv, L.o, L.gateUp, L.down].flatMap((m) => Object.values(m.buffers)));
+  for (const b of all) if (!seen.has(b)) { seen.add(b); b.destroy(); }
+}
+
+export { columnsPerUnit };

@@ -1,0 +1,337 @@
+/**
+ * The fused decode path's matrix-vector kernel family: y = W x for one token, with what surrounds the
+ * product in a transformer layer folded into the same dispatch.
+ *
+ *   prologue  'norm':   each workgroup computes rmsnorm(x) * normWeight into shared memory once
+ *             'global': x is read from a (zero-padded) activation buffer
+ *   epilogue  'store':    y[r] = (W x)[r] (+ bias[r])
+ *             'residual': y[r] += (W x)[r]                     (o_proj, down_proj: the residual add)
+ *             'qkv':      + bias, RoPE on q/k pairs, q -> qkv[0..qDim), k/v -> the KV cache at pos
+ *             'swiglu':   act[i] = silu(gate[i]) * up[i]     (gate row i and up row ffn + i together)
+ *
+ * Work split: a block is 32 output rows; a workgroup of 256 invocations walks blocks with a stride of
+ * the grid (so the norm prologue runs once per workgroup, not once per row). In a block, invocation
+ * (quad = lid / 32, lane = lid % 32) computes 4 rows (one x load serves all 4) over the row's units
+ * with stride 32; the 32 partial sums of each row meet in shared memory (after a subgroupAdd where
+ * the device has subgroups). For RoPE and SwiGLU the block's rows come in pairs (the two rows that
+ * rotate together, or gate and up), so one invocation finishes a pair without a second dispatch.
+ *
+ * Weight encodings (one "unit" is what an invocation reads at once):
+ *   f32/bf16/f16  W vec4<u32> per unit: 4 or 8 columns            (rows padded to whole units)
+ *   q4            Q vec4<u32> per unit: 32 nibbles; SM u32 per group: f16 (scale, min)
+ *                 W[r, c] = u * scale + min, so a unit adds scale * sum(u x) + min * sum(x)
+ *   bitmap4       one tile of TILE columns per unit: MASK bits, OFFS first value index, VALS nibbles
+ *                 (q + 8), SC f16 scale per (row, tile); W[r, c] = (q) * scale where the bit is set
+ */
+import { COMMON, f32Literal, header, reductions, subgroupLet, subgroupParam, type DenseDtype, type KernelFeatures } from './prelude.js';
+
+export type FusedEncoding = DenseDtype | 'q4' | 'bitmap4';
+
+export interface FusedMatvecShape {
+  encoding: FusedEncoding;
+  rows: number;
+  cols: number;
+  /** Units per stored row (vec4<u32> chunks, or tiles for bitmap4). */
+  units: number;
+  /** q4 group or bitmap4 tile (columns); 0 for dense. */
+  group: number;
+  input: 'norm' | 'global';
+  epilogue: 'store' | 'residual' | 'qkv' | 'swiglu';
+  bias: boolean;
+  /** For 'norm'. */
+  eps: number;
+  /** For 'qkv'. */
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  rotaryDim: number;
+  /** Workgroups in the grid (each walks blocks with this stride). */
+  workgroups: number;
+}
+
+export const BLOCK_ROWS = 32;
+const WG = 256;
+
+/** Columns covered by one unit. */
+export function columnsPerUnit(encoding: FusedEncoding, group: number): number {
+  switch (encoding) {
+    case 'f32': return 4;
+    case 'bf16': case 'f16': return 8;
+    case 'q4': return 32;
+    case 'bitmap4': return group;
+  }
+}
+
+/** Number of row blocks the grid walks. */
+export function fusedBlocks(s: Pick<FusedMatvecShape, 'rows' | 'epilogue' | 'numHeads' | 'numKvHeads' | 'headDim'>): number {
+  if (s.epilogue === 'qkv') {
+    const pairs = ((s.numHeads + s.numKvHeads) * s.headDim) / 2;
+    return Math.ceil(pairs / (BLOCK_ROWS / 2)) + Math.ceil((s.numKvHeads * s.headDim) / BLOCK_ROWS);
+  }
+  if (s.epilogue === 'swiglu') return Math.ceil(s.rows / 2 / (BLOCK_ROWS / 2));
+  return Math.ceil(s.rows / BLOCK_ROWS);
+}
+
+/** Binding names in binding order; the op binds buffers by these names. */
+export function fusedMatvecBindings(s: FusedMatvecShape): string[] {
+  const weights = s.encoding === 'q4' ? ['Q', 'SM'] : s.encoding === 'bitmap4' ? ['MASK', 'OFFS', 'VALS', 'SC'] : ['W'];
+  const input = s.input === 'norm' ? ['X', 'NW'] : ['X'];
+  const out =
+    s.epilogue === 'qkv' ? ['QKV', 'KC', 'VC', 'COS', 'SIN', 'STEP'] : s.epilogue === 'swiglu' ? ['ACT'] : ['Y'];
+  return [...weights, ...input, ...out, ...(s.bias ? ['BIAS'] : [])];
+}
+
+function declarations(s: FusedMatvecShape): string {
+  const types: Record<string, string> = {
+    Q: 'array<vec4<u32>>', W: 'array<vec4<u32>>', SM: 'array<u32>', MASK: 'array<u32>', OFFS: 'array<u32>', VALS: 'array<u32>', SC: 'array<u32>',
+    X: s.input === 'norm' ? 'array<f32>' : 'array<vec4<f32>>', NW: 'array<f32>',
+    QKV: 'array<f32>', KC: 'array<f32>', VC: 'array<f32>', COS: 'array<f32>', SIN: 'array<f32>', STEP: 'array<u32>',
+    ACT: 'array<f32>', Y: 'array<f32>', BIAS: 'array<f32>',
+  };
+  const written = new Set(['QKV', 'KC', 'VC', 'ACT', 'Y']);
+  return fusedMatvecBindings(s)
+    .map((n, i) => `@group(0) @binding(${i}) var<storage, ${written.has(n) ? 'read_write' : 'read'}> ${n}: ${types[n]};`)
+    .join('\n');
+}
+
+/** block_row(b, k): the matrix row of row k of block b, and whether it exists. */
+function blockRow(s: FusedMatvecShape): string {
+  if (s.epilogue === 'qkv') {
+    const hd = s.headDim, half = s.rotaryDim / 2;
+    const pairs = ((s.numHeads + s.numKvHeads) * hd) / 2;
+    const ropeBlocks = Math.ceil(pairs / (BLOCK_ROWS / 2));
+    return `
+const HD = ${hd}u;
+const HALF = ${half}u;
+const ROT = ${s.rotaryDim}u;
+const NPAIRS = ${pairs}u;
+const ROPE_BLOCKS = ${ropeBlocks}u;
+const Q_DIM = ${s.numHeads * hd}u;
+const KV_DIM = ${s.numKvHeads * hd}u;
+// q and k heads as pairs (i, i + rotaryDim/2) that rotate together (then pass-through pairs), v plain
+fn pair_rows(p: u32) -> vec2<u32> {
+  let h = p / (HD / 2u);
+  let pp = p % (HD / 2u);
+  if (pp < HALF) { return vec2<u32>(h * HD + pp, h * HD + pp + HALF); }
+  let c = h * HD + ROT + 2u * (pp - HALF);
+  return vec2<u32>(c, c + 1u);
+}
+fn block_row(b: u32, k: u32) -> vec2<u32> {
+  if (b < ROPE_BLOCKS) {
+    let p = b * ${BLOCK_ROWS / 2}u + k / 2u;
+    if (p >= NPAIRS) { return vec2<u32>(0u, 0u); }
+    return vec2<u32>(pair_rows(p)[k % 2u], 1u);
+  }
+  let r = Q_DIM + KV_DIM + (b - ROPE_BLOCKS) * ${BLOCK_ROWS}u + k;
+  return select(vec2<u32>(0u, 0u), vec2<u32>(r, 1u), r < ROWS);
+}`;
+  }
+  if (s.epilogue === 'swiglu') {
+    return `
+const FFN = ${s.rows / 2}u;
+// gate row i and up row FFN + i side by side
+fn block_row(b: u32, k: u32) -> vec2<u32> {
+  let i = b * ${BLOCK_ROWS / 2}u + k / 2u;
+  return select(vec2<u32>(0u, 0u), vec2<u32>(i + (k % 2u) * FFN, 1u), i < FFN);
+}`;
+  }
+  return `
+fn block_row(b: u32, k: u32) -> vec2<u32> {
+  let r = b * ${BLOCK_ROWS}u + k;
+  return select(vec2<u32>(0u, 0u), vec2<u32>(r, 1u), r < ROWS);
+}`;
+}
+
+/** The hot loop's body: adds row j's share of unit k into acc[j] for the 4 rows of this invocation. */
+function unitBody(s: FusedMatvecShape): string {
+  const X4 = (i: string) => (s.input === 'norm' ? `xs[${i}]` : `X[${i}]`);
+  const rows = [0, 1, 2, 3];
+  switch (s.encoding) {
+    case 'f32':
+      return `let xv = ${X4('k')};
+${rows.map((j) => `acc[${j}] += dot(bitcast<vec4<f32>>(W[rows[${j}] * UNITS + k]), xv);`).join('\n')}`;
+    case 'bf16':
+    case 'f16':
+      return `let x0 = ${X4('2u * k')};
+let x1 = ${X4('2u * k + 1u')};
+${rows.map((j) => `{ let w = W[rows[${j}] * UNITS + k]; acc[${j}] += dot(chunk_lo(w), x0) + dot(chunk_hi(w), x1); }`).join('\n')}`;
+    case 'q4': {
+      const xs = [0, 1, 2, 3, 4, 5, 6, 7].map((i) => `let x${i} = ${X4(`8u * k + ${i}u`)};`).join('\n');
+      return `${xs}
+let sx = dot(((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)), vec4<f32>(1.0));
+let g = (k * 32u) / GROUP;
+${rows
+  .map(
+    (j) => `{
+  let w = Q[rows[${j}] * UNITS + k];
+  let sm = unpack2x16float(SM[rows[${j}] * GROUPS + g]);
+  let d = (dot(nib_lo(w.x), x0) + dot(nib_hi(w.x), x1)) + (dot(nib_lo(w.y), x2) + dot(nib_hi(w.y), x3))
+        + (dot(nib_lo(w.z), x4) + dot(nib_hi(w.z), x5)) + (dot(nib_lo(w.w), x6) + dot(nib_hi(w.w), x7));
+  acc[${j}] += sm.x * d + sm.y * sx;
+}`,
+  )
+  .join('\n')}`;
+    }
+    case 'bitmap4': {
+      const X1 = s.input === 'norm' ? 'xs[c >> 2u][c & 3u]' : 'X[c >> 2u][c & 3u]';
+      return `for (var j = 0u; j < 4u; j++) {
+  let r = rows[j];
+  let ti = r * UNITS + k;
+  var i = OFFS[ti];
+  var d = 0.0;
+  for (var wi = 0u; wi < ${s.group / 32}u; wi++) {
+    var m = MASK[ti * ${s.group / 32}u + wi];
+    let c0 = k * ${s.group}u + wi * 32u;
+    // hot loop: only the stored values of this mask word
+    loop {
+      if (m == 0u) { break; }
+      let c = c0 + countTrailingZeros(m);
+      m &= m - 1u;
+      let q = bitcast<f32>(((VALS[i >> 3u] >> ((i & 7u) * 4u)) & 15u) | 0x4B000000u) - 8388616.0;
+      d += q * ${X1};
+      i += 1u;
+    }
+  }
+  acc[j] += d * unpack2x16float(SC[ti >> 1u])[ti & 1u];
+}`;
+    }
+  }
+}
+
+function epilogue(s: FusedMatvecShape): string {
+  const bias = (row: string) => (s.bias ? ` + BIAS[${row}]` : '');
+  if (s.epilogue === 'qkv') {
+    return `let pos = STEP[1];
+if (b < ROPE_BLOCKS) {
+  let p = b * ${BLOCK_ROWS / 2}u + t;
+  if (p < NPAIRS) {
+    let rr = pair_rows(p);
+    var a = s0${bias('rr.x')};
+    var c = s1${bias('rr.y')};
+    let pp = p % (HD / 2u);
+    if (pp < HALF) {
+      let cs = COS[pos * HALF + pp];
+      let sn = SIN[pos * HALF + pp];
+      let a2 = a * cs - c * sn;
+      c = c * cs + a * sn;
+      a = a2;
+    }
+    if (rr.x < Q_DIM) { QKV[rr.x] = a; QKV[rr.y] = c; }
+    else { KC[pos * KV_DIM + rr.x - Q_DIM] = a; KC[pos * KV_DIM + rr.y - Q_DIM] = c; }
+  }
+} else {
+  let r0 = block_row(b, 2u * t);
+  let r1 = block_row(b, 2u * t + 1u);
+  if (r0.y == 1u) { VC[pos * KV_DIM + r0.x - Q_DIM - KV_DIM] = s0${bias('r0.x')}; }
+  if (r1.y == 1u) { VC[pos * KV_DIM + r1.x - Q_DIM - KV_DIM] = s1${bias('r1.x')}; }
+}`;
+  }
+  if (s.epilogue === 'swiglu') {
+    return `let i = b * ${BLOCK_ROWS / 2}u + t;
+if (i < FFN) { ACT[i] = s0 / (1.0 + exp(-s0)) * s1; }`;
+  }
+  const write = (r: string, v: string) => (s.epilogue === 'residual' ? `Y[${r}] = Y[${r}] + ${v};` : `Y[${r}] = ${v}${bias(r)};`);
+  return `let r0 = block_row(b, 2u * t);
+let r1 = block_row(b, 2u * t + 1u);
+if (r0.y == 1u) { ${write('r0.x', 's0')} }
+if (r1.y == 1u) { ${write('r1.x', 's1')} }`;
+}
+
+export function fusedMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string {
+  const cpu = columnsPerUnit(s.encoding, s.group);
+  const xs4 = (s.units * cpu) / 4;
+  const blocks = fusedBlocks(s);
+  const dense16 = s.encoding === 'bf16' || s.encoding === 'f16';
+  const prologue =
+    s.input === 'norm'
+      ? `// rmsnorm(x) * w into shared memory, zero past COLS (the padding of the last unit)
+  var ss = 0.0;
+  for (var i = lid; i < COLS; i += ${WG}u) { let v = X[i]; ss += v * v; }
+  let inv = inverseSqrt(wg_sum(ss, lid, sg_size) / f32(COLS) + ${f32Literal(s.eps)});
+  for (var i = lid; i < ${xs4}u; i += ${WG}u) {
+    var v = vec4<f32>(0.0);
+    for (var e = 0u; e < 4u; e++) { let c = 4u * i + e; if (c < COLS) { v[e] = X[c] * inv * NW[c]; } }
+    xs[i] = v;
+  }
+  workgroupBarrier();`
+      : '';
+  const reduce = f.subgroups
+    ? `for (var j = 0u; j < 4u; j++) {
+      let sg = subgroupAdd(acc[j]);
+      if (sg_size <= 32u) { if (lane % sg_size == 0u) { red[(quad * 4u + j) * 32u + lane / sg_size] = sg; } }
+      else { red[(quad * 4u + j) * 32u + lane] = acc[j]; }
+    }
+    let parts = select(32u, 32u / sg_size, sg_size <= 32u);`
+    : `for (var j = 0u; j < 4u; j++) { red[(quad * 4u + j) * 32u + lane] = acc[j]; }
+    let parts = 32u;`;
+  return `${header(f)}${COMMON}${dense16 ? `fn unpack_pair(w: u32) -> vec2<f32> { return ${s.encoding}_pair(w); }
+fn chunk_lo(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.x), unpack_pair(w.y)); }
+fn chunk_hi(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.z), unpack_pair(w.w)); }` : ''}
+${s.input === 'norm' ? reductions(WG, f) : ''}
+const ROWS = ${s.rows}u;
+const COLS = ${s.cols}u;
+const UNITS = ${s.units}u;
+const NBLOCKS = ${blocks}u;
+${s.encoding === 'q4' ? `const GROUP = ${s.group}u;\nconst GROUPS = ${Math.ceil(s.cols / s.group)}u;` : ''}
+${declarations(s)}
+${s.input === 'norm' ? `var<workgroup> xs: array<vec4<f32>, ${xs4}>;` : ''}
+var<workgroup> red: array<f32, ${BLOCK_ROWS * 32}>;
+${blockRow(s)}
+// nibbles 0..3 / 4..7 of a word as exact floats: 2^23 + u has u in its low mantissa bits
+fn nib_lo(w: u32) -> vec4<f32> {
+  return bitcast<vec4<f32>>(((vec4<u32>(w) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+}
+fn nib_hi(w: u32) -> vec4<f32> {
+  return bitcast<vec4<f32>>(((vec4<u32>(w) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
+  ${subgroupLet(f)}
+  ${prologue}
+  let quad = lid / 32u;
+  let lane = lid % 32u;
+  for (var b = wid.x; b < NBLOCKS; b += ${s.workgroups}u) {
+    var rows: array<u32, 4>;
+    for (var j = 0u; j < 4u; j++) { rows[j] = block_row(b, quad * 4u + j).x; }
+    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    // hot loop: stream this invocation's 4 rows, unit by unit
+    for (var k = lane; k < UNITS; k += 32u) {
+      ${unitBody(s).split('\n').join('\n      ')}
+    }
+    ${reduce}
+    workgroupBarrier();
+    if (lid < ${BLOCK_ROWS / 2}u) {
+      let t = lid;
+      var s0 = 0.0;
+      var s1 = 0.0;
+      for (var i = 0u; i < parts; i++) { s0 += red[(2u * t) * 32u + i]; s1 += red[(2u * t + 1u) * 32u + i]; }
+      ${epilogue(s).split('\n').join('\n      ')}
+    }
+    workgroupBarrier();
+  }
+}
+`;
+}
+
+/**
+ * Embedding row for the step's token into x: the id comes from the step (prompt tokens, STEP[8]) or
+ * from the token the previous step's sampling wrote (STEP[7] == 1), so decoding needs no CPU round trip.
+ */
+export function fusedEmbeddingWgsl(dtype: DenseDtype, hidden: number, rowChunks: number): string {
+  const wordsPerRow = rowChunks * 4;
+  const read = dtype === 'f32' ? 'bitcast<f32>(table[base + i])' : `${dtype}_pair(table[base + i / 2u])[i & 1u]`;
+  return `${COMMON}
+@group(0) @binding(0) var<storage, read> table: array<u32>;
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(2) var<storage, read> step: array<u32>;
+@group(0) @binding(3) var<storage, read> token: array<u32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32) {
+  let id = select(step[8], token[0], step[7] == 1u);
+  let base = id * ${wordsPerRow}u;
+  for (var i = lid; i < ${hidden}u; i += 256u) { x[i] = ${read}; }
+}
+`;
+}
