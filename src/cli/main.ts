@@ -7,9 +7,17 @@ import { perplexityCommand } from './commands/perplexity.js';
 import { inspectCommand } from './commands/inspect.js';
 import { compressCommand, verifyCommand } from './commands/compress.js';
 import { serveCommand } from './commands/serve.js';
+import { benchCommand } from './commands/bench.js';
 import { reportAndExit } from './common.js';
 
-const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+// a bundle (esbuild, the device kit) has no package.json three folders up: fall back to "unknown"
+const pkg = ((): { version: string } => {
+  try {
+    return JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+  } catch {
+    return { version: 'unknown' };
+  }
+})();
 
 const program = new Command('pdvm')
   .description('run sparse and quantized LLMs at the speed of GPU memory')
@@ -17,7 +25,7 @@ const program = new Command('pdvm')
   .showHelpAfterError('(run with --help for usage)')
   .exitOverride();
 
-for (const cmd of [generateCommand(), perplexityCommand(), inspectCommand(), serveCommand(), compressCommand(), verifyCommand()]) {
+for (const cmd of [generateCommand(), perplexityCommand(), inspectCommand(), serveCommand(), compressCommand(), verifyCommand(), benchCommand()]) {
   program.addCommand(cmd.showHelpAfterError('(run with --help for usage)').exitOverride());
 }
 

@@ -1,0 +1,324 @@
+/**
+ * GPU-resident decoding, one token per step, in two plans over the same weights:
+ *   fused   (5 dispatches a layer)  qkv[norm, RoPE, KV append] | attention | o[+residual]
+ *                                   | gate_up[norm, SwiGLU] | down[+residual]
+ *   unfused (9 dispatches a layer)  rmsnorm | qkv | rope_kv | attention | o[+residual] | rmsnorm
+ *                                   | gate_up | swiglu | down[+residual]
+ * plus an embedding dispatch (the id read from the step or from the previous step's sampled token)
+ * and final norm, lm_head and argmax/sample. Each step is one small writeBuffer (position, sampling
+ * values), one compute pass, one submit. `generate` never waits for a token before encoding the next:
+ * ids come back through a ring of readback buffers `lag` steps behind, and what was computed past a
+ * stop is discarded.
+ */
+import { InvalidInputError } from '../../../errors.js';
+import type { ModelConfig } from '../../../model/config.js';
+import { ropeTables } from '../../cpu/ops.js';
+import type { Gpu } from '../device.js';
+import { encodeDispatches, STEP_HEADER_WORDS, StepWord, type Dispatch } from '../dispatch.js';
+import { DeviceLostError } from '../errors.js';
+import { columnsPerUnit, fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecWgsl, type FusedMatvecShape } from '../kernels/fused-matvec.js';
+import { argmaxOp, attentionOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from '../ops.js';
+import type { FusedMatrix, FusedModelWeights } from './weights.js';
+
+export type DecodePath = 'fused' | 'unfused';
+
+export interface FusedDecoderOptions {
+  path: DecodePath;
+  /** Positions the KV cache holds. */
+  contextLength: number;
+  /** Workgroups per matvec dispatch (each walks 32-row blocks); default 1024. */
+  workgroups?: number;
+}
+
+export interface GpuSamplingValues {
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+}
+
+export interface GenerateOptions {
+  maxTokens: number;
+  /** Called with each token in order; return true to stop after it (EOS, stop strings). */
+  onToken?: (id: number, index: number) => boolean;
+  /** Steps the CPU may run ahead of the ids it has read (1: wait for every token). Default 4. */
+  lag?: number;
+  sampling?: GpuSamplingValues;
+  /** Uniform draws for temperature sampling, one per step. */
+  random?: () => number;
+}
+
+const FLAG_TOKEN_FROM_GPU = 7; // step word: 1 = the embedding reads the previously sampled id
+
+interface Plan {
+  embedding: Dispatch;
+  layers: Dispatch[][];
+  head: Dispatch[];
+  argmax: Dispatch;
+  sample: Dispatch;
+}
+
+function padFloats(n: number): number {
+  return Math.ceil(n / 256) * 256;
+}
+
+export class FusedDecoder {
+  /** Tokens whose K and V are in the cache. */
+  length = 0;
+  private readonly plan: Plan;
+  private readonly buffers: GPUBuffer[] = [];
+  private readonly step: GPUBuffer;
+  private readonly token: GPUBuffer;
+  private readonly logits: GPUBuffer;
+  private readonly logitsReadback: GPUBuffer;
+  private readonly ring: GPUBuffer[] = [];
+  private readonly stepWords = new Uint32Array(STEP_HEADER_WORDS + 1);
+  private readonly stepFloats = new Float32Array(this.stepWords.buffer);
+  /** Bytes of every buffer this decoder allocated (KV cache, activations, readbacks). */
+  readonly allocatedBytes: number;
+  readonly workgroups: number;
+
+  constructor(
+    readonly gpu: Gpu,
+    readonly config: ModelConfig,
+    readonly weights: FusedModelWeights,
+    readonly options: FusedDecoderOptions,
+  ) {
+    const c = config, ctx = options.contextLength;
+    this.workgroups = options.workgroups ?? 1024;
+    const qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim, ffn = c.intermediateSize;
+    const S = GPUBufferUsage.STORAGE;
+    const f32 = (label: string, n: number, extra = 0) => this.alloc(label, padFloats(n) * 4, S | extra);
+    this.step = this.alloc('step', (STEP_HEADER_WORDS + 8) * 4, S | GPUBufferUsage.COPY_DST);
+    this.token = this.alloc('token', 16, S | GPUBufferUsage.COPY_SRC);
+    const x = f32('x', c.hiddenSize), xn = f32('xn', c.hiddenSize);
+    const qkv = f32('qkv', qDim + 2 * kvDim), att = f32('att', qDim);
+    const gateUp = f32('gate_up', 2 * ffn), act = f32('act', ffn);
+    this.logits = f32('logits', c.vocabSize, GPUBufferUsage.COPY_SRC);
+    this.logitsReadback = this.alloc('logits_readback', c.vocabSize * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    const { cos, sin } = ropeTables(c, ctx);
+    const cosB = this.alloc('rope_cos', cos.byteLength, S, cos), sinB = this.alloc('rope_sin', sin.byteLength, S, sin);
+    const k: GPUBuffer[] = [], v: GPUBuffer[] = [];
+    for (let l = 0; l < c.numLayers; l++) {
+      k.push(this.alloc(`kv.${l}.k`, ctx * kvDim * 4, S));
+      v.push(this.alloc(`kv.${l}.v`, ctx * kvDim * 4, S));
+    }
+    this.allocatedBytes = this.buffers.reduce((a, b) => a + b.size, 0);
+
+    const gpu_ = gpu, w = weights, eps = c.rmsNormEps;
+    const heads = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim };
+    const mv = (m: FusedMatrix, input: 'norm' | 'global', epilogue: FusedMatvecShape['epilogue'], io: Record<string, GPUBuffer>, bias: GPUBuffer | null = null) =>
+      this.matvec(m, { input, epilogue, bias: bias !== null, eps, ...heads }, { ...io, ...(bias ? { BIAS: bias } : {}) });
+    const fused = options.path === 'fused';
+    const layers = w.layers.map((L, l): Dispatch[] => {
+      const attention = attentionOp(gpu_, { ...heads, slidingWindow: c.slidingWindow }, qkv, k[l]!, v[l]!, att, this.step);
+      const o = mv(L.o, 'global', 'residual', { X: att, Y: x });
+      const down = mv(L.down, 'global', 'residual', { X: act, Y: x });
+      if (fused) {
+        return [
+          mv(L.qkv, 'norm', 'qkv', { X: x, NW: L.attnNorm, QKV: qkv, KC: k[l]!, VC: v[l]!, COS: cosB, SIN: sinB, STEP: this.step }, L.qkvBias),
+          attention,
+          o,
+          mv(L.gateUp, 'norm', 'swiglu', { X: x, NW: L.mlpNorm, ACT: act }),
+          down,
+        ];
+      }
+      const norm = (weight: GPUBuffer) => rmsnormOp(gpu_, { hidden: c.hiddenSize, eps, mode: 'all' }, 1, x, weight, xn, this.step);
+      return [
+        norm(L.attnNorm),
+        mv(L.qkv, 'global', 'store', { X: xn, Y: qkv }, L.qkvBias),
+        ropeKvOp(gpu_, heads, qkv, cosB, sinB, k[l]!, v[l]!, this.step),
+        attention,
+        o,
+        norm(L.mlpNorm),
+        mv(L.gateUp, 'global', 'store', { X: xn, Y: gateUp }),
+        swigluOp(gpu_, ffn, 1, gateUp, act, this.step),
+        down,
+      ];
+    });
+    const head = fused
+      ? [mv(w.lmHead, 'norm', 'store', { X: x, NW: w.finalNorm, Y: this.logits })]
+      : [rmsnormOp(gpu_, { hidden: c.hiddenSize, eps, mode: 'all' }, 1, x, w.finalNorm, xn, this.step), mv(w.lmHead, 'global', 'store', { X: xn, Y: this.logits })];
+    this.plan = {
+      embedding: this.embedding(x),
+      layers,
+      head,
+      argmax: argmaxOp(gpu_, c.vocabSize, this.logits, this.token),
+      sample: sampleOp(gpu_, c.vocabSize, this.logits, this.token, this.step),
+    };
+  }
+
+  private alloc(label: string, bytes: number, usage: GPUBufferUsageFlags, data?: Float32Array): GPUBuffer {
+    const b = this.gpu.createBuffer(label, bytes, usage, data !== undefined);
+    if (data) {
+      new Float32Array(b.getMappedRange(), 0, data.length).set(data);
+      b.unmap();
+    }
+    this.buffers.push(b);
+    return b;
+  }
+
+  private matvec(m: FusedMatrix, s: Omit<FusedMatvecShape, 'encoding' | 'rows' | 'cols' | 'units' | 'group' | 'workgroups'>, io: Record<string, GPUBuffer>): Dispatch {
+    if (s.input === 'norm' && (m.units * columnsPerUnit(m.encoding, m.group) * 4) > this.gpu.device.limits.maxComputeWorkgroupStorageSize - 8192) {
+      throw new Error(`the fused norm prologue needs ${m.cols} floats of workgroup memory, over this device's limit`);
+    }
+    const shape: FusedMatvecShape = { ...s, encoding: m.encoding, rows: m.rows, cols: m.cols, units: m.units, group: m.group, workgroups: 0 };
+    shape.workgroups = Math.min(this.workgroups, fusedBlocks(shape));
+    const f = { subgroups: this.gpu.subgroups };
+    const { encoding: _e, ...defines } = shape;
+    const pipeline = this.gpu.pipeline('fused_matvec', { ...defines, encoding: m.encoding, ...f }, () => fusedMatvecWgsl(shape, f));
+    const all = { ...m.buffers, ...io };
+    const buffers = fusedMatvecBindings(shape).map((n) => {
+      const b = all[n];
+      if (!b) throw new Error(`fused matvec: no buffer for binding ${n}`);
+      return b;
+    });
+    const n = shape.workgroups;
+    return { label: `fused_matvec(${s.epilogue})`, pipeline, bindGroup: this.gpu.bindGroup('fused_matvec', pipeline, buffers), workgroups: () => [n, 1, 1] };
+  }
+
+  private embedding(x: GPUBuffer): Dispatch {
+    const e = this.weights.embed;
+    if (e.encoding !== 'f32' && e.encoding !== 'bf16' && e.encoding !== 'f16') throw new Error('the embedding table must be dense');
+    const pipeline = this.gpu.pipeline('fused_embedding', { dtype: e.encoding, hidden: e.cols, units: e.units }, () => fusedEmbeddingWgsl(e.encoding as 'f32', e.cols, e.units));
+    return { label: 'embedding', pipeline, bindGroup: this.gpu.bindGroup('embedding', pipeline, [e.buffers.W!, x, this.step, this.token]), workgroups: () => [1, 1, 1] };
+  }
+
+  /** Dispatches one decode step encodes (embedding, layers, head, token choice). */
+  get dispatchesPerToken(): number {
+    return 1 + this.plan.layers.reduce((a, l) => a + l.length, 0) + this.plan.head.length + 1;
+  }
+
+  get dispatchesPerLayer(): number {
+    return this.plan.layers[0]?.length ?? 0;
+  }
+
+  reset(): void {
+    this.length = 0;
+  }
+
+  /**
+   * Encodes and submits one step at position `length`: the token is `id`, or the one the previous
+   * step chose when id is null. `output` adds lm_head and a token choice (copied to `readback`).
+   */
+  private submitStep(id: number | null, output: 'none' | 'logits' | 'argmax' | 'sample', readback: GPUBuffer | null, random = 0, sampling?: GpuSamplingValues): void {
+    if (this.length >= this.options.contextLength) throw new InvalidInputError(`the context of ${this.options.contextLength} positions is full`);
+    const w = this.stepWords;
+    w[StepWord.T] = 1;
+    w[StepWord.pos0] = this.length;
+    w[FLAG_TOKEN_FROM_GPU] = id === null ? 1 : 0;
+    w[STEP_HEADER_WORDS] = id ?? 0;
+    this.stepFloats[StepWord.random] = random;
+    if (sampling) {
+      w[StepWord.topK] = sampling.topK;
+      this.stepFloats[StepWord.temperature] = sampling.temperature;
+      this.stepFloats[StepWord.topP] = sampling.topP;
+      this.stepFloats[StepWord.minP] = sampling.minP;
+    }
+    const device = this.gpu.device;
+    device.queue.writeBuffer(this.step, 0, w);
+    const encoder = device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    encodeDispatches(pass, [this.plan.embedding], 1);
+    for (const layer of this.plan.layers) encodeDispatches(pass, layer, 1);
+    if (output !== 'none') encodeDispatches(pass, this.plan.head, 1);
+    if (output === 'argmax') encodeDispatches(pass, [this.plan.argmax], 1);
+    if (output === 'sample') encodeDispatches(pass, [this.plan.sample], 1);
+    pass.end();
+    if (output === 'logits') encoder.copyBufferToBuffer(this.logits, 0, this.logitsReadback, 0, this.config.vocabSize * 4);
+    if (readback) encoder.copyBufferToBuffer(this.token, 0, readback, 0, 16);
+    device.queue.submit([encoder.finish()]);
+    this.length++;
+  }
+
+  private validate(tokens: ArrayLike<number>): void {
+    if (tokens.length === 0) throw new InvalidInputError('at least one token is needed');
+    for (let i = 0; i < tokens.length; i++) {
+      const id = tokens[i]!;
+      if (!(Number.isInteger(id) && id >= 0 && id < this.config.vocabSize)) throw new InvalidInputError(`token id ${id} is outside the vocabulary (0..${this.config.vocabSize - 1})`);
+    }
+    if (this.length + tokens.length > this.options.contextLength) throw new InvalidInputError(`${this.length + tokens.length} tokens do not fit the context length ${this.options.contextLength}`);
+  }
+
+  /** Appends tokens (one step each, no readback) and resolves once the GPU finished them. */
+  async prefill(tokens: ArrayLike<number>): Promise<void> {
+    this.validate(tokens);
+    for (let i = 0; i < tokens.length; i++) this.submitStep(tokens[i]!, 'none', null);
+    await this.settle(this.gpu.device.queue.onSubmittedWorkDone());
+  }
+
+  /** Appends tokens and returns the logits after the last one. */
+  async forwardLogits(tokens: ArrayLike<number>): Promise<Float32Array> {
+    this.validate(tokens);
+    for (let i = 0; i < tokens.length; i++) this.submitStep(tokens[i]!, i === tokens.length - 1 ? 'logits' : 'none', null);
+    const bytes = this.config.vocabSize * 4;
+    await this.settle(this.logitsReadback.mapAsync(GPUMapMode.READ, 0, bytes));
+    const out = new Float32Array(this.logitsReadback.getMappedRange(0, bytes).slice(0));
+    this.logitsReadback.unmap();
+    return out;
+  }
+
+  /**
+   * Appends the prompt, then generates up to maxTokens tokens chosen on the GPU. Step n+1 is encoded
+   * and submitted before token n is read; at most `lag` steps are in flight. Returns the tokens
+   * through the first one onToken stopped at (any computed after it are discarded). Afterwards the
+   * cache holds the prompt and every returned token but the last.
+   */
+  async generate(prompt: ArrayLike<number>, options: GenerateOptions): Promise<number[]> {
+    this.validate(prompt);
+    const lag = Math.max(1, options.lag ?? 4);
+    const maxTokens = Math.min(options.maxTokens, this.options.contextLength - this.length - prompt.length + 1);
+    if (maxTokens < 1) return [];
+    while (this.ring.length < lag) this.ring.push(this.alloc(`token_readback.${this.ring.length}`, 16, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST));
+    const output = options.sampling && options.sampling.temperature > 0 ? 'sample' : 'argmax';
+    const draw = () => (output === 'sample' ? (options.random ?? Math.random)() : 0);
+    for (let i = 0; i < prompt.length - 1; i++) this.submitStep(prompt[i]!, 'none', null);
+    const base = this.length + 1; // cache length once token 0 is chosen
+    const pending: Promise<void>[] = [];
+    const submit = (n: number) => {
+      const slot = this.ring[n % lag]!;
+      this.submitStep(n === 0 ? prompt[prompt.length - 1]! : null, output, slot, draw(), options.sampling);
+      pending[n] = this.settle(slot.mapAsync(GPUMapMode.READ, 0, 16));
+    };
+    const out: number[] = [];
+    let submitted = 0;
+    try {
+      while (submitted < Math.min(lag, maxTokens)) submit(submitted++);
+      for (let n = 0; n < maxTokens; n++) {
+        await pending[n];
+        const slot = this.ring[n % lag]!;
+        const id = new Uint32Array(slot.getMappedRange(0, 16))[0]!;
+        slot.unmap();
+        out.push(id);
+        if (options.onToken?.(id, n) || n === maxTokens - 1) break;
+        if (submitted < maxTokens) submit(submitted++); // uses the slot just read
+      }
+    } finally {
+      // drain steps computed past the stop so their readback buffers are unmapped for the next call
+      for (let n = out.length; n < submitted; n++) {
+        await pending[n]!.catch(() => undefined);
+        const slot = this.ring[n % lag]!;
+        if (slot.mapState === 'mapped') slot.unmap();
+      }
+    }
+    this.length = base + out.length - 1;
+    return out;
+  }
+
+  /** Awaits a GPU promise, turning a lost device or a GPU error into a typed error. */
+  private async settle(p: Promise<unknown>): Promise<void> {
+    const lost = this.gpu.device.lost.then((info) => {
+      throw new DeviceLostError(info.reason, info.message);
+    });
+    try {
+      await Promise.race([p, lost]);
+    } finally {
+      this.gpu.check();
+    }
+  }
+
+  dispose(): void {
+    for (const b of this.buffers) b.destroy();
+    this.buffers.length = 0;
+  }
+}

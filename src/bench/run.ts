@@ -1,0 +1,129 @@
+/**
+ * `pdvm bench`: decode and prefill speed of a synthetic model of a named shape, against the read
+ * bandwidth the same run measures. Per path (fused, unfused; same weights):
+ *   prefill: `context` prompt tokens, one step each (the decode kernels), timed to the GPU's finish
+ *   decode:  `tokens` greedy tokens after them, pipelined (ids read back `lag` steps behind), timed
+ *            between the first and the last id's arrival; a warm-up generation runs first
+ * achieved GB/s = weight bytes one step reads x tokens/s; bandwidth_fraction = that / measured read GB/s.
+ */
+import type { Gpu } from '../backends/webgpu/device.js';
+import { FusedDecoder, type DecodePath } from '../backends/webgpu/fused/decoder.js';
+import { destroyFusedWeights, weightBytesPerToken } from '../backends/webgpu/fused/weights.js';
+import { measureReadBandwidth } from './bandwidth.js';
+import { BENCH_SHAPES, benchConfig, SyntheticWeights, type BenchEncoding } from './synthetic.js';
+
+export interface BenchOptions {
+  shape: string;
+  encoding: BenchEncoding;
+  group: number;
+  tile: number;
+  density: number;
+  context: number;
+  tokens: number;
+  paths: DecodePath[];
+  seed: number;
+  lag: number;
+  workgroups?: number;
+  /** Bytes of the read-bandwidth probe's buffer. */
+  probeBytes: number;
+  log: (line: string) => void;
+}
+
+export interface BenchResult {
+  shape: string;
+  encoding: string;
+  context: number;
+  path: DecodePath;
+  device: string;
+  decode_tokens: number;
+  decode_ms_per_token: number;
+  decode_tokens_per_second: number;
+  prefill_tokens_per_second: number;
+  dispatches_per_token: number;
+  dispatches_per_layer: number;
+  weight_bytes_per_token: number;
+  kv_bytes_per_token: number;
+  achieved_gbps: number;
+  measured_read_gbps: number;
+  bandwidth_fraction: number;
+  peak_gpu_bytes: number;
+  workgroups: number;
+  subgroups: boolean;
+}
+
+function randomPrompt(n: number, vocab: number, seed: number): number[] {
+  let x = seed || 1;
+  return Array.from({ length: n }, () => {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    return (x >>> 8) % vocab;
+  });
+}
+
+export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]> {
+  const shape = BENCH_SHAPES[o.shape];
+  if (!shape) throw new Error(`unknown shape '${o.shape}'; one of ${Object.keys(BENCH_SHAPES).join(', ')}`);
+  const config = benchConfig(shape);
+  o.log(`device: ${gpu.adapterDescription} (subgroups ${gpu.subgroups ? 'on' : 'off'})`);
+  const bw = await measureReadBandwidth(gpu, { bytes: o.probeBytes });
+  o.log(`read bandwidth: ${bw.medianGbps.toFixed(0)} GB/s median of [${bw.samplesGbps.map((g) => g.toFixed(0)).join(', ')}] over ${(bw.bytes / 2 ** 30).toFixed(2)} GiB`);
+
+  const t0 = performance.now();
+  const synthetic = new SyntheticWeights(gpu, { encoding: o.encoding, group: o.group, tile: o.tile, density: o.density, seed: o.seed });
+  const w = await synthetic.model(config);
+  const perToken = weightBytesPerToken(w);
+  o.log(`weights: ${o.shape} ${o.encoding}, ${(w.bytes / 1e9).toFixed(2)} GB on the GPU, ${(perToken / 1e9).toFixed(3)} GB read a token (made in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+
+  const results: BenchResult[] = [];
+  const prompt = randomPrompt(o.context, config.vocabSize, o.seed);
+  try {
+    for (const path of o.paths) {
+      const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups });
+      try {
+        // warm-up: pipelines, caches, clocks
+        await decoder.generate(prompt.slice(0, 8), { maxTokens: 8, lag: o.lag });
+        decoder.reset();
+        const p0 = performance.now();
+        await decoder.prefill(prompt.slice(0, -1));
+        const prefillSeconds = (performance.now() - p0) / 1000;
+        const arrivals: number[] = [];
+        await decoder.generate(prompt.slice(-1), { maxTokens: o.tokens + 1, lag: o.lag, onToken: () => (arrivals.push(performance.now()), false) });
+        const decodeSeconds = (arrivals.at(-1)! - arrivals[0]!) / 1000;
+        const n = arrivals.length - 1;
+        const tps = n / decodeSeconds;
+        const achieved = (perToken * tps) / 1e9;
+        const kvPerToken = 2 * config.numLayers * config.numKvHeads * config.headDim * 4 * (o.context + o.tokens / 2);
+        const r: BenchResult = {
+          shape: o.shape,
+          encoding: o.encoding === 'q4' ? `q4 g${o.group}` : o.encoding === 'bitmap' ? `bitmap ${o.density * 100}% tile ${o.tile}, q4 values` : 'bf16',
+          context: o.context,
+          path,
+          device: gpu.adapterDescription,
+          decode_tokens: n,
+          decode_ms_per_token: (decodeSeconds * 1000) / n,
+          decode_tokens_per_second: tps,
+          prefill_tokens_per_second: (o.context - 1) / prefillSeconds,
+          dispatches_per_token: decoder.dispatchesPerToken,
+          dispatches_per_layer: decoder.dispatchesPerLayer,
+          weight_bytes_per_token: perToken,
+          kv_bytes_per_token: kvPerToken,
+          achieved_gbps: achieved,
+          measured_read_gbps: bw.medianGbps,
+          bandwidth_fraction: achieved / bw.medianGbps,
+          peak_gpu_bytes: synthetic.bytes + decoder.allocatedBytes,
+          workgroups: decoder.workgroups,
+          subgroups: gpu.subgroups,
+        };
+        o.log(
+          `${path}: decode ${r.decode_ms_per_token.toFixed(3)} ms/token (${tps.toFixed(1)} tok/s), ${achieved.toFixed(0)} GB/s = ${(100 * r.bandwidth_fraction).toFixed(1)}% of measured; ` +
+            `prefill ${r.prefill_tokens_per_second.toFixed(1)} tok/s; ${r.dispatches_per_token} dispatches/token (${r.dispatches_per_layer}/layer)`,
+        );
+        results.push(r);
+      } finally {
+        decoder.dispose();
+      }
+    }
+  } finally {
+    destroyFusedWeights(w);
+  }
+  return results;
+}

@@ -1,0 +1,77 @@
+/**
+ * `pdvm bench`: decode/prefill speed of a synthetic model of a named shape on the GPU, fused and
+ * unfused, as a share of the read bandwidth measured in the same run. Prints a summary on stderr and
+ * the figures on stdout (with --json, one JSON object a line, one line per path).
+ */
+import { Command, Option } from 'commander';
+import { writeFile } from 'node:fs/promises';
+import { Gpu } from '../../backends/webgpu/device.js';
+import { runBench } from '../../bench/run.js';
+import { BENCH_SHAPES, type BenchEncoding } from '../../bench/synthetic.js';
+import { action, parseFloatOption, parseIntOption } from '../common.js';
+
+interface BenchFlags {
+  shape: string;
+  encoding: BenchEncoding;
+  group: number;
+  tile: number;
+  density: number;
+  context: number;
+  tokens: number;
+  path: 'fused' | 'unfused' | 'both';
+  seed: number;
+  lag: number;
+  workgroups?: number;
+  probeMib: number;
+  subgroups: boolean;
+  json: boolean;
+  out?: string;
+}
+
+export function benchCommand(): Command {
+  return new Command('bench')
+    .description('benchmark decoding on the GPU with a synthetic model of a named shape (random weights, no download)')
+    .addOption(new Option('--shape <name>', 'model shape').choices(Object.keys(BENCH_SHAPES)).default('llama-3.2-1b'))
+    .addOption(new Option('--encoding <name>', 'weight encoding: q4, bitmap (sparse, q4 values) or bf16').choices(['q4', 'bitmap', 'bf16']).default('q4'))
+    .option('--group <n>', 'q4 group size', parseIntOption('--group'), 64)
+    .option('--tile <n>', 'bitmap tile (columns)', parseIntOption('--tile'), 64)
+    .option('--density <x>', 'bitmap: share of weights kept', parseFloatOption('--density'), 0.5)
+    .option('--context <n>', 'tokens in the KV cache before decoding (prompt length)', parseIntOption('--context'), 512)
+    .option('--tokens <n>', 'tokens to decode', parseIntOption('--tokens'), 128)
+    .addOption(new Option('--path <which>', 'decode path').choices(['fused', 'unfused', 'both']).default('both'))
+    .option('--seed <n>', 'seed of the random weights', parseIntOption('--seed'), 1)
+    .option('--lag <n>', 'steps the CPU runs ahead of the ids it has read', parseIntOption('--lag'), 4)
+    .option('--workgroups <n>', 'workgroups per matvec dispatch', parseIntOption('--workgroups'))
+    .option('--probe-mib <n>', 'read-bandwidth probe buffer (MiB)', parseIntOption('--probe-mib'), 1024)
+    .option('--no-subgroups', 'do not use subgroup operations')
+    .option('--json', 'print one JSON object per path')
+    .option('--out <file>', 'also write the results (JSON array) to this file')
+    .action(
+      action(async (f: BenchFlags) => {
+        if (!(f.density > 0 && f.density <= 1)) throw new Error('--density must be in (0, 1]');
+        if (f.context < 2 || f.tokens < 2) throw new Error('--context and --tokens must be at least 2');
+        const gpu = await Gpu.acquire({ disableSubgroups: !f.subgroups });
+        try {
+          const results = await runBench(gpu, {
+            shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, context: f.context,
+            tokens: f.tokens, paths: f.path === 'both' ? ['fused', 'unfused'] : [f.path], seed: f.seed, lag: f.lag,
+            workgroups: f.workgroups, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
+          });
+          for (const r of results) {
+            if (f.json) process.stdout.write(`${JSON.stringify(r)}\n`);
+            else {
+              process.stdout.write(
+                `${r.shape} ${r.encoding} ctx ${r.context} ${r.path}: ${r.decode_tokens_per_second.toFixed(1)} tok/s ` +
+                  `(${r.decode_ms_per_token.toFixed(3)} ms), ${r.achieved_gbps.toFixed(0)}/${r.measured_read_gbps.toFixed(0)} GB/s = ` +
+                  `${(r.bandwidth_fraction * 100).toFixed(1)}%, prefill ${r.prefill_tokens_per_second.toFixed(1)} tok/s, ` +
+                  `${r.dispatches_per_token} dispatches/token, peak GPU ${(r.peak_gpu_bytes / 1e9).toFixed(2)} GB\n`,
+              );
+            }
+          }
+          if (f.out) await writeFile(f.out, `${JSON.stringify(results, null, 2)}\n`);
+        } finally {
+          gpu.destroy();
+        }
+      }),
+    );
+}

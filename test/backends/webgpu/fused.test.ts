@@ -1,0 +1,124 @@
+/**
+ * The fused decode path against the unfused one over the same weights (and against the references):
+ * logits within 1e-5 relative after every prompt token, identical greedy continuations, and a stop
+ * mid-stream (pipelined, ids read back 4 steps behind) returning exactly the unfused tokens. On every
+ * fixture model as stored, and on brown-llama and one architecture fixture compressed to q4 g32 and
+ * to a 50% magnitude-pruned bitmap with 4-bit values.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { basename } from 'node:path';
+import { FusedDecoder, type DecodePath } from '../../../src/backends/webgpu/fused/decoder.js';
+import { destroyFusedWeights, uploadFusedWeights } from '../../../src/backends/webgpu/fused/weights.js';
+import { BitmapTensor, Q4Tensor } from '../../../src/format/upg/encodings/index.js';
+import { pruneUnstructured, pruningScores } from '../../../src/compress/prune.js';
+import { loadModel, type LoadedModel } from '../../../src/model/load.js';
+import { DenseTensor, type WeightTensor } from '../../../src/model/tensor.js';
+import type { ModelWeights } from '../../../src/model/weights.js';
+import { ALL_FIXTURE_MODELS, ARCH_MODELS, BROWN, assertClose, readReference } from '../../helpers.js';
+import { SKIP_GPU, testGpu } from './gpu.js';
+
+type Pack = (t: WeightTensor) => WeightTensor;
+
+function dense(t: WeightTensor): Float32Array {
+  if (t instanceof DenseTensor) return t.data;
+  const out = new Float32Array(t.rows * t.cols);
+  for (let r = 0; r < t.rows; r++) t.readRow(r, out.subarray(r * t.cols, (r + 1) * t.cols));
+  return out;
+}
+const q4: Pack = (t) => Q4Tensor.pack(t.rows, t.cols, dense(t), 32);
+const bitmap4: Pack = (t) => {
+  const w = dense(t);
+  const pruned = pruneUnstructured(w, pruningScores(w, t.rows, t.cols, null), t.rows, t.cols, 0.5);
+  return BitmapTensor.pack(t.rows, t.cols, pruned, 32, 4);
+};
+
+/** The model with every layer matrix and lm_head packed (embedding left dense, as compress does). */
+function compressed(m: ModelWeights, pack: Pack): ModelWeights {
+  return {
+    ...m,
+    lmHead: pack(m.lmHead),
+    layers: m.layers.map((L) => ({ ...L, qkv: L.qkv.map(pack), gateUp: L.gateUp.map(pack), o: pack(L.o), down: pack(L.down) })),
+  };
+}
+
+async function decoders(model: LoadedModel, weights: ModelWeights, contextLength: number) {
+  const gpu = await testGpu();
+  const w = uploadFusedWeights(gpu, weights);
+  const make = (path: DecodePath) => new FusedDecoder(gpu, model.config, w, { path, contextLength, workgroups: 64 });
+  const fused = make('fused'), unfused = make('unfused');
+  return {
+    fused, unfused,
+    dispose: () => {
+      fused.dispose();
+      unfused.dispose();
+      destroyFusedWeights(w);
+    },
+  };
+}
+
+async function checkPaths(name: string, model: LoadedModel, weights: ModelWeights, refLogits: Float32Array | null, prompts: number[][]): Promise<void> {
+  const { fused, unfused, dispose } = await decoders(model, weights, 160);
+  try {
+    assert.equal(fused.dispatchesPerLayer, 5);
+    // logits after each of the first prompt's tokens, fed one step at a time
+    const ids = prompts[0]!;
+    for (let i = 0; i < ids.length; i++) {
+      const a = await fused.forwardLogits([ids[i]!]);
+      const b = await unfused.forwardLogits([ids[i]!]);
+      assertClose(a, b, 1e-5, `${name}: fused vs unfused logits after token ${i}`);
+      if (refLogits) assertClose(a, refLogits.subarray(i * a.length, (i + 1) * a.length), 1e-4, `${name}: fused logits vs transformers after token ${i}`);
+    }
+    for (const prompt of prompts) {
+      fused.reset();
+      unfused.reset();
+      const want = await unfused.generate(prompt, { maxTokens: 12, lag: 1 });
+      const got = await fused.generate(prompt, { maxTokens: 12, lag: 4 });
+      assert.deepEqual(got, want, `${name}: greedy continuation of [${prompt}]`);
+      // stop at the 5th token: the fused path has computed up to 3 more, which must be discarded
+      fused.reset();
+      unfused.reset();
+      const stopAt = (_id: number, n: number) => n === 4;
+      const a = await fused.generate(prompt, { maxTokens: 12, lag: 4, onToken: stopAt });
+      const b = await unfused.generate(prompt, { maxTokens: 12, lag: 1, onToken: stopAt });
+      assert.deepEqual(a, b, `${name}: stopped continuation of [${prompt}]`);
+      assert.deepEqual(a, want.slice(0, 5));
+      assert.equal(fused.length, prompt.length + 4);
+      // and decoding resumes from there as if nothing past the stop was computed
+      const more = await fused.generate([a.at(-1)!], { maxTokens: 3, lag: 4 });
+      assert.deepEqual(more, want.slice(5, 8), `${name}: continuation after a stop`);
+    }
+  } finally {
+    dispose();
+  }
+}
+
+for (const dir of ALL_FIXTURE_MODELS) {
+  test(`fused decode: ${basename(dir)} matches the unfused path and transformers`, { skip: SKIP_GPU }, async () => {
+    const model = await loadModel(dir);
+    const ref = await readReference(dir);
+    // reference logits row i follows input ids 0..i; the first 24 are compared
+    const ids = [...ref.inputIds.slice(0, 24)];
+    await checkPaths(basename(dir), model, model.weights, ref.logits, [ids, ...ref.prompts.map((p) => p.prompt)]);
+    // the greedy continuations transformers produced
+    const { fused, dispose } = await decoders(model, model.weights, 160);
+    try {
+      for (const { prompt, greedy } of ref.prompts) {
+        fused.reset();
+        assert.deepEqual(await fused.generate(prompt, { maxTokens: greedy.length }), greedy, `${basename(dir)} greedy vs transformers`);
+      }
+    } finally {
+      dispose();
+    }
+  });
+}
+
+for (const [encoding, pack] of [['q4 g32', q4], ['bitmap 50% 4-bit', bitmap4]] as const) {
+  for (const dir of [BROWN, ARCH_MODELS[2]!]) {
+    test(`fused decode: ${basename(dir)} as ${encoding} matches the unfused path`, { skip: SKIP_GPU }, async () => {
+      const model = await loadModel(dir);
+      const ref = await readReference(dir);
+      await checkPaths(`${basename(dir)} ${encoding}`, model, compressed(model.weights, pack), null, [[...ref.inputIds.slice(0, 12)], ...ref.prompts.slice(0, 1).map((p) => p.prompt)]);
+    });
+  }
+}
