@@ -6,4 +6,5 @@ export type { Backend, ChatMessage, GenerateOptions, GenerationChunk, Generation
 export type { FinishReason } from './runtime/generate.js';
 export { ContextLengthError, ModelDisposedError, QueueFullError } from './api/errors.js';
 export { AbortError, InvalidInputError, ModelFormatError, PdvmError, UnsupportedArchitectureError } from './errors.js';
+export { DeviceLostError, GpuOutOfMemoryError, WebGpuUnavailableError } from './backends/index.js';
 export { startServer, type ServerOptions, type PdvmServer } from './server/server.js';
