@@ -79,7 +79,7 @@ export function matmulOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, kind: 'matvec' | 
     const upgIo = { yStride: io.yStride, yOffset: io.yOffset, bias: io.bias !== null, residual: io.residual, tokensPerPass: kind === 'matvec' ? 1 : 8 };
     const shape = m.shape;
     const name = `matmul_${m.encoding}`;
-    const pipeline = gpu.pipeline(name, { ...shape, ...upgIo, ...f }, () => matmulUpgWgsl(shape, upgIo, f));
+    const pipeline = gpu.pipeline(name, { ...shape, ...upgIo }, () => matmulUpgWgsl(shape, upgIo));
     // the one-token kernel reads no step (T is 1)
     const buffers = [...m.buffers, io.x, io.y, ...(kind === 'tiled' ? [io.step] : []), ...(io.bias ? [io.bias] : [])];
     return [{ label: name, pipeline, bindGroup: gpu.bindGroup(name, pipeline, buffers), workgroups: () => grid(m.rows) }];

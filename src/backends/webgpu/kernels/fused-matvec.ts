@@ -9,10 +9,10 @@
  *             'qkv':      + bias, RoPE on q/k pairs, q -> qkv[0..qDim), k/v -> the KV cache at pos
  *             'swiglu':   act[i] = silu(gate[i]) * up[i]     (gate row i and up row ffn + i together)
  *
- * Work split: a block is 32 output rows; a workgroup of 256 invocations walks blocks with a stride of
- * the grid (so the norm prologue runs once per workgroup, not once per row). In a block, invocation
- * (quad = lid / 32, lane = lid % 32) computes 4 rows (one x load serves all 4) over the row's units
- * with stride 32; the 32 partial sums of each row meet in shared memory (after a subgroupAdd where
+ * Work split (fusedLayout): a block is BR output rows; a workgroup walks blocks with a stride of the
+ * grid (so the norm prologue runs once per workgroup, not once per row). In a block, invocation
+ * (quad = lid / TPR, lane = lid % TPR) computes 4 rows (one x load serves all 4) over the row's units
+ * with stride TPR; the TPR partial sums of each row meet in shared memory (after a subgroupAdd where
  * the device has subgroups). For RoPE and SwiGLU the block's rows come in pairs (the two rows that
  * rotate together, or gate and up), so one invocation finishes a pair without a second dispatch.
  *
@@ -49,8 +49,39 @@ export interface FusedMatvecShape {
   workgroups: number;
 }
 
-export const BLOCK_ROWS = 32;
-const WG = 256;
+/**
+ * How a matrix is split: TPR invocations share each row (the units a row holds, stride TPR), each
+ * invocation computes 4 rows, WG invocations a workgroup, so a block is BR = 4 WG / TPR rows. TPR
+ * grows with the row length (about two units per invocation and row, all loads issued before any
+ * arithmetic); WG shrinks for short matrices so that enough workgroups exist.
+ */
+export interface FusedLayout {
+  tpr: number;
+  wg: number;
+  br: number;
+}
+
+function pow2Floor(n: number): number {
+  let p = 1;
+  while (p * 2 <= n) p *= 2;
+  return p;
+}
+
+export function fusedLayout(s: Pick<FusedMatvecShape, 'rows' | 'units' | 'epilogue' | 'numHeads' | 'numKvHeads' | 'headDim'>): FusedLayout {
+  const tpr = Math.min(256, Math.max(32, pow2Floor(Math.max(1, s.units / 2))));
+  let wg = 256;
+  while (wg > 64 && wg > tpr && blocksFor(s, (4 * wg) / tpr) < 512) wg /= 2;
+  return { tpr, wg, br: (4 * wg) / tpr };
+}
+
+function blocksFor(s: Pick<FusedMatvecShape, 'rows' | 'epilogue' | 'numHeads' | 'numKvHeads' | 'headDim'>, br: number): number {
+  if (s.epilogue === 'qkv') {
+    const pairs = ((s.numHeads + s.numKvHeads) * s.headDim) / 2;
+    return Math.ceil(pairs / (br / 2)) + Math.ceil((s.numKvHeads * s.headDim) / br);
+  }
+  if (s.epilogue === 'swiglu') return Math.ceil(s.rows / 2 / (br / 2));
+  return Math.ceil(s.rows / br);
+}
 
 /** Columns covered by one unit. */
 export function columnsPerUnit(encoding: FusedEncoding, group: number): number {
@@ -63,13 +94,8 @@ export function columnsPerUnit(encoding: FusedEncoding, group: number): number {
 }
 
 /** Number of row blocks the grid walks. */
-export function fusedBlocks(s: Pick<FusedMatvecShape, 'rows' | 'epilogue' | 'numHeads' | 'numKvHeads' | 'headDim'>): number {
-  if (s.epilogue === 'qkv') {
-    const pairs = ((s.numHeads + s.numKvHeads) * s.headDim) / 2;
-    return Math.ceil(pairs / (BLOCK_ROWS / 2)) + Math.ceil((s.numKvHeads * s.headDim) / BLOCK_ROWS);
-  }
-  if (s.epilogue === 'swiglu') return Math.ceil(s.rows / 2 / (BLOCK_ROWS / 2));
-  return Math.ceil(s.rows / BLOCK_ROWS);
+export function fusedBlocks(s: Pick<FusedMatvecShape, 'rows' | 'units' | 'epilogue' | 'numHeads' | 'numKvHeads' | 'headDim'>): number {
+  return blocksFor(s, fusedLayout(s).br);
 }
 
 /** Binding names in binding order; the op binds buffers by these names. */
@@ -95,7 +121,7 @@ function declarations(s: FusedMatvecShape): string {
 }
 
 /** block_row(b, k): the matrix row of row k of block b, and whether it exists. */
-function blockRow(s: FusedMatvecShape): string {
+function blockRow(s: FusedMatvecShape, BLOCK_ROWS: number): string {
   if (s.epilogue === 'qkv') {
     const hd = s.headDim, half = s.rotaryDim / 2;
     const pairs = ((s.numHeads + s.numKvHeads) * hd) / 2;
@@ -142,63 +168,84 @@ fn block_row(b: u32, k: u32) -> vec2<u32> {
 }`;
 }
 
-/** The hot loop's body: adds row j's share of unit k into acc[j] for the 4 rows of this invocation. */
-function unitBody(s: FusedMatvecShape): string {
+/**
+ * The hot loop: this invocation's 4 rows (r0..r3) over units k = lane + i * TPR. Dense and q4 are
+ * unrolled with every weight load first (so they are all in flight at once), then the arithmetic;
+ * units past the row's end read a clamped unit and add nothing. bitmap4 walks set bits instead.
+ */
+function hotLoop(s: FusedMatvecShape, tpr: number): string {
   const X4 = (i: string) => (s.input === 'norm' ? `xs[${i}]` : `X[${i}]`);
   const rows = [0, 1, 2, 3];
-  switch (s.encoding) {
-    case 'f32':
-      return `let xv = ${X4('k')};
-${rows.map((j) => `acc[${j}] += dot(bitcast<vec4<f32>>(W[rows[${j}] * UNITS + k]), xv);`).join('\n')}`;
-    case 'bf16':
-    case 'f16':
-      return `let x0 = ${X4('2u * k')};
-let x1 = ${X4('2u * k + 1u')};
-${rows.map((j) => `{ let w = W[rows[${j}] * UNITS + k]; acc[${j}] += dot(chunk_lo(w), x0) + dot(chunk_hi(w), x1); }`).join('\n')}`;
-    case 'q4': {
-      const xs = [0, 1, 2, 3, 4, 5, 6, 7].map((i) => `let x${i} = ${X4(`8u * k + ${i}u`)};`).join('\n');
-      return `${xs}
-let sx = dot(((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)), vec4<f32>(1.0));
-let g = (k * 32u) / GROUP;
-${rows
-  .map(
-    (j) => `{
-  let w = Q[rows[${j}] * UNITS + k];
-  let sm = unpack2x16float(SM[rows[${j}] * GROUPS + g]);
-  let d = (dot(nib_lo(w.x), x0) + dot(nib_hi(w.x), x1)) + (dot(nib_lo(w.y), x2) + dot(nib_hi(w.y), x3))
-        + (dot(nib_lo(w.z), x4) + dot(nib_hi(w.z), x5)) + (dot(nib_lo(w.w), x6) + dot(nib_hi(w.w), x7));
-  acc[${j}] += sm.x * d + sm.y * sx;
-}`,
-  )
-  .join('\n')}`;
+  const iters = Math.ceil(s.units / tpr);
+  if (s.encoding === 'bitmap4') {
+    const X1 = s.input === 'norm' ? 'xs[c >> 2u][c & 3u]' : 'X[c >> 2u][c & 3u]';
+    return `var rows = array<u32, 4>(r0, r1, r2, r3);
+for (var k = lane; k < UNITS; k += ${tpr}u) {
+  for (var j = 0u; j < 4u; j++) {
+    let ti = rows[j] * UNITS + k;
+    var i = OFFS[ti];
+    var d = 0.0;
+    for (var wi = 0u; wi < ${s.group / 32}u; wi++) {
+      var m = MASK[ti * ${s.group / 32}u + wi];
+      let c0 = k * ${s.group}u + wi * 32u;
+      // only the stored values of this mask word
+      loop {
+        if (m == 0u) { break; }
+        let c = c0 + countTrailingZeros(m);
+        m &= m - 1u;
+        let q = bitcast<f32>(((VALS[i >> 3u] >> ((i & 7u) * 4u)) & 15u) | 0x4B000000u) - 8388616.0;
+        d += q * ${X1};
+        i += 1u;
+      }
     }
-    case 'bitmap4': {
-      const X1 = s.input === 'norm' ? 'xs[c >> 2u][c & 3u]' : 'X[c >> 2u][c & 3u]';
-      return `for (var j = 0u; j < 4u; j++) {
-  let r = rows[j];
-  let ti = r * UNITS + k;
-  var i = OFFS[ti];
-  var d = 0.0;
-  for (var wi = 0u; wi < ${s.group / 32}u; wi++) {
-    var m = MASK[ti * ${s.group / 32}u + wi];
-    let c0 = k * ${s.group}u + wi * 32u;
-    // hot loop: only the stored values of this mask word
-    loop {
-      if (m == 0u) { break; }
-      let c = c0 + countTrailingZeros(m);
-      m &= m - 1u;
-      let q = bitcast<f32>(((VALS[i >> 3u] >> ((i & 7u) * 4u)) & 15u) | 0x4B000000u) - 8388616.0;
-      d += q * ${X1};
-      i += 1u;
-    }
+    acc[j] += d * unpack2x16float(SC[ti >> 1u])[ti & 1u];
   }
-  acc[j] += d * unpack2x16float(SC[ti >> 1u])[ti & 1u];
 }`;
+  }
+  if (iters > 8) {
+    // long rows at the widest split (wide dense): a plain loop
+    const body =
+      s.encoding === 'f32'
+        ? `let xv = ${X4('k')};\n${rows.map((j) => `acc[${j}] += dot(bitcast<vec4<f32>>(W[r${j} * UNITS + k]), xv);`).join('\n')}`
+        : s.encoding === 'q4'
+          ? `${[0, 1, 2, 3, 4, 5, 6, 7].map((i) => `let x${i} = ${X4(`8u * k + ${i}u`)};`).join('\n')}
+let sx = dot(((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)), vec4<f32>(1.0));
+${rows.map((j) => `{ let w = Q[r${j} * UNITS + k]; let sm = unpack2x16float(SM[r${j} * GROUPS + (k * 32u) / GROUP]); acc[${j}] += sm.x * q4dot(w, x0, x1, x2, x3, x4, x5, x6, x7) + sm.y * sx; }`).join('\n')}`
+          : `let x0 = ${X4('2u * k')};\nlet x1 = ${X4('2u * k + 1u')};\n${rows.map((j) => `{ let w = W[r${j} * UNITS + k]; acc[${j}] += dot(chunk_lo(w), x0) + dot(chunk_hi(w), x1); }`).join('\n')}`;
+    return `for (var k = lane; k < UNITS; k += ${tpr}u) {\n  ${body.split('\n').join('\n  ')}\n}`;
+  }
+  const exact = s.units % tpr === 0;
+  const out: string[] = [];
+  for (let i = 0; i < iters; i++) {
+    out.push(exact ? `let k${i} = lane + ${i * tpr}u;` : `let k${i} = min(lane + ${i * tpr}u, UNITS - 1u);\nlet on${i} = lane + ${i * tpr}u < UNITS;`);
+  }
+  // loads
+  for (let i = 0; i < iters; i++) {
+    for (const j of rows) {
+      if (s.encoding === 'q4') out.push(`let w${i}_${j} = Q[r${j} * UNITS + k${i}];\nlet sm${i}_${j} = SM[r${j} * GROUPS + (k${i} * 32u) / GROUP];`);
+      else out.push(`let w${i}_${j} = W[r${j} * UNITS + k${i}];`);
     }
   }
+  for (let i = 0; i < iters; i++) {
+    const on = (v: string) => (exact ? v : `select(0.0, ${v}, on${i})`);
+    if (s.encoding === 'q4') {
+      out.push([0, 1, 2, 3, 4, 5, 6, 7].map((e) => `let x${i}_${e} = ${X4(`8u * k${i} + ${e}u`)};`).join('\n'));
+      out.push(`let sx${i} = dot(((x${i}_0 + x${i}_1) + (x${i}_2 + x${i}_3)) + ((x${i}_4 + x${i}_5) + (x${i}_6 + x${i}_7)), vec4<f32>(1.0));`);
+      for (const j of rows) {
+        out.push(`{ let sm = unpack2x16float(sm${i}_${j}); acc[${j}] += ${on(`sm.x * q4dot(w${i}_${j}, x${i}_0, x${i}_1, x${i}_2, x${i}_3, x${i}_4, x${i}_5, x${i}_6, x${i}_7) + sm.y * sx${i}`)}; }`);
+      }
+    } else if (s.encoding === 'f32') {
+      out.push(`let x${i} = ${X4(`k${i}`)};`);
+      for (const j of rows) out.push(`acc[${j}] += ${on(`dot(bitcast<vec4<f32>>(w${i}_${j}), x${i})`)};`);
+    } else {
+      out.push(`let xa${i} = ${X4(`2u * k${i}`)};\nlet xb${i} = ${X4(`2u * k${i} + 1u`)};`);
+      for (const j of rows) out.push(`acc[${j}] += ${on(`dot(chunk_lo(w${i}_${j}), xa${i}) + dot(chunk_hi(w${i}_${j}), xb${i})`)};`);
+    }
+  }
+  return out.join('\n');
 }
 
-function epilogue(s: FusedMatvecShape): string {
+function epilogue(s: FusedMatvecShape, BLOCK_ROWS: number): string {
   const bias = (row: string) => (s.bias ? ` + BIAS[${row}]` : '');
   if (s.epilogue === 'qkv') {
     return `let pos = STEP[1];
@@ -238,6 +285,7 @@ if (r1.y == 1u) { ${write('r1.x', 's1')} }`;
 }
 
 export function fusedMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string {
+  const { tpr, wg, br } = fusedLayout(s);
   const cpu = columnsPerUnit(s.encoding, s.group);
   const xs4 = (s.units * cpu) / 4;
   const blocks = fusedBlocks(s);
@@ -246,37 +294,39 @@ export function fusedMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string 
     s.input === 'norm'
       ? `// rmsnorm(x) * w into shared memory, zero past COLS (the padding of the last unit)
   var ss = 0.0;
-  for (var i = lid; i < COLS; i += ${WG}u) { let v = X[i]; ss += v * v; }
+  for (var i = lid; i < COLS; i += ${wg}u) { let v = X[i]; ss += v * v; }
   let inv = inverseSqrt(wg_sum(ss, lid, sg_size) / f32(COLS) + ${f32Literal(s.eps)});
-  for (var i = lid; i < ${xs4}u; i += ${WG}u) {
+  for (var i = lid; i < ${xs4}u; i += ${wg}u) {
     var v = vec4<f32>(0.0);
     for (var e = 0u; e < 4u; e++) { let c = 4u * i + e; if (c < COLS) { v[e] = X[c] * inv * NW[c]; } }
     xs[i] = v;
   }
   workgroupBarrier();`
       : '';
+  // the TPR partial sums of each row meet in red[row][slot]
   const reduce = f.subgroups
     ? `for (var j = 0u; j < 4u; j++) {
       let sg = subgroupAdd(acc[j]);
-      if (sg_size <= 32u) { if (lane % sg_size == 0u) { red[(quad * 4u + j) * 32u + lane / sg_size] = sg; } }
-      else { red[(quad * 4u + j) * 32u + lane] = acc[j]; }
+      if (sg_size <= ${tpr}u) { if (lane % sg_size == 0u) { red[(quad * 4u + j) * TPR + lane / sg_size] = sg; } }
+      else { red[(quad * 4u + j) * TPR + lane] = acc[j]; }
     }
-    let parts = select(32u, 32u / sg_size, sg_size <= 32u);`
-    : `for (var j = 0u; j < 4u; j++) { red[(quad * 4u + j) * 32u + lane] = acc[j]; }
-    let parts = 32u;`;
+    let parts = select(TPR, TPR / sg_size, sg_size <= TPR);`
+    : `for (var j = 0u; j < 4u; j++) { red[(quad * 4u + j) * TPR + lane] = acc[j]; }
+    let parts = TPR;`;
   return `${header(f)}${COMMON}${dense16 ? `fn unpack_pair(w: u32) -> vec2<f32> { return ${s.encoding}_pair(w); }
 fn chunk_lo(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.x), unpack_pair(w.y)); }
 fn chunk_hi(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.z), unpack_pair(w.w)); }` : ''}
-${s.input === 'norm' ? reductions(WG, f) : ''}
+${s.input === 'norm' ? reductions(wg, f) : ''}
 const ROWS = ${s.rows}u;
 const COLS = ${s.cols}u;
 const UNITS = ${s.units}u;
 const NBLOCKS = ${blocks}u;
+const TPR = ${tpr}u;
 ${s.encoding === 'q4' ? `const GROUP = ${s.group}u;\nconst GROUPS = ${Math.ceil(s.cols / s.group)}u;` : ''}
 ${declarations(s)}
 ${s.input === 'norm' ? `var<workgroup> xs: array<vec4<f32>, ${xs4}>;` : ''}
-var<workgroup> red: array<f32, ${BLOCK_ROWS * 32}>;
-${blockRow(s)}
+var<workgroup> red: array<f32, ${br * tpr}>;
+${blockRow(s, br)}
 // nibbles 0..3 / 4..7 of a word as exact floats: 2^23 + u has u in its low mantissa bits
 fn nib_lo(w: u32) -> vec4<f32> {
   return bitcast<vec4<f32>>(((vec4<u32>(w) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
@@ -284,29 +334,36 @@ fn nib_lo(w: u32) -> vec4<f32> {
 fn nib_hi(w: u32) -> vec4<f32> {
   return bitcast<vec4<f32>>(((vec4<u32>(w) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
 }
+// sum over the 32 nibbles of a q4 unit times x
+fn q4dot(w: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, x4: vec4<f32>, x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
+  return (dot(nib_lo(w.x), x0) + dot(nib_hi(w.x), x1)) + (dot(nib_lo(w.y), x2) + dot(nib_hi(w.y), x3))
+       + (dot(nib_lo(w.z), x4) + dot(nib_hi(w.z), x5)) + (dot(nib_lo(w.w), x6) + dot(nib_hi(w.w), x7));
+}
 
-@compute @workgroup_size(${WG})
+@compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
   ${subgroupLet(f)}
   ${prologue}
-  let quad = lid / 32u;
-  let lane = lid % 32u;
+  let quad = lid / TPR;
+  let lane = lid % TPR;
   for (var b = wid.x; b < NBLOCKS; b += ${s.workgroups}u) {
-    var rows: array<u32, 4>;
-    for (var j = 0u; j < 4u; j++) { rows[j] = block_row(b, quad * 4u + j).x; }
+    let r0 = block_row(b, quad * 4u).x;
+    let r1 = block_row(b, quad * 4u + 1u).x;
+    let r2 = block_row(b, quad * 4u + 2u).x;
+    let r3 = block_row(b, quad * 4u + 3u).x;
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
-    // hot loop: stream this invocation's 4 rows, unit by unit
-    for (var k = lane; k < UNITS; k += 32u) {
-      ${unitBody(s).split('\n').join('\n      ')}
+    // hot loop
+    {
+      ${hotLoop(s, tpr).split('\n').join('\n      ')}
     }
     ${reduce}
     workgroupBarrier();
-    if (lid < ${BLOCK_ROWS / 2}u) {
+    if (lid < ${br / 2}u) {
       let t = lid;
       var s0 = 0.0;
       var s1 = 0.0;
-      for (var i = 0u; i < parts; i++) { s0 += red[(2u * t) * 32u + i]; s1 += red[(2u * t + 1u) * 32u + i]; }
-      ${epilogue(s).split('\n').join('\n      ')}
+      for (var i = 0u; i < parts; i++) { s0 += red[(2u * t) * TPR + i]; s1 += red[(2u * t + 1u) * TPR + i]; }
+      ${epilogue(s, br).split('\n').join('\n      ')}
     }
     workgroupBarrier();
   }

@@ -6,7 +6,7 @@
  *   y[t * yStride + yOffset + r] (+)= sum_c W[r, c] x[t * cols + c]      (+ bias[yOffset + r])
  * The embedding variant writes the decoded row of each token's id instead (zeros where not stored).
  */
-import { COMMON, header, reductions, subgroupLet, subgroupParam, type KernelFeatures } from './prelude.js';
+import { COMMON } from './prelude.js';
 import { STEP_HEADER_WORDS } from '../dispatch.js';
 
 export type UpgShape =
@@ -143,10 +143,11 @@ export interface UpgMatmulIo {
   tokensPerPass: number;
 }
 
-export function matmulUpgWgsl(s: UpgShape, io: UpgMatmulIo, f: KernelFeatures): string {
+/** The row sums go through shared memory in one step for all TB tokens, so no subgroup path is needed. */
+export function matmulUpgWgsl(s: UpgShape, io: UpgMatmulIo): string {
   const nb = upgRoles(s.encoding).length;
   const TB = io.tokensPerPass;
-  return `${header(f)}${COMMON}${ACCESS}${reductions(WG, f)}
+  return `${COMMON}${ACCESS}
 const COLS = ${s.cols}u;
 const TB = ${TB}u;
 ${bindings(s)}
@@ -157,6 +158,7 @@ ${io.bias ? `@group(0) @binding(${nb + (TB > 1 ? 3 : 2)}) var<storage, read> bia
 ${s.encoding === 'csr' ? `var<workgroup> scan: array<u32, ${WG}>;` : ''}
 
 var<private> acc: array<f32, ${TB}>;
+var<workgroup> partial: array<f32, ${TB * WG}>;
 var<private> t0: u32;
 var<private> n_tok: u32; // tokens in this pass
 
@@ -167,8 +169,7 @@ fn emit(c: u32, v: f32) {
 }
 
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
-  ${subgroupLet(f)}
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let r = linear_workgroup(wid, nwg);
   if (r >= ${s.rows}u) { return; }
   let T = ${TB === 1 ? '1u' : 'step[0]'};
@@ -177,15 +178,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     n_tok = min(TB, T - start);
     for (var j = 0u; j < TB; j++) { acc[j] = 0.0; }
     ${rowWalk(s)}
-    for (var j = 0u; j < TB; j++) {
-      let total = wg_sum(acc[j], lid, sg_size);
-      if (lid == 0u && j < n_tok) {
-        let o = (start + j) * ${io.yStride}u + ${io.yOffset}u + r;
-        var v = total${io.bias ? ` + bias[${io.yOffset}u + r]` : ''};
-        ${io.residual ? 'v += y[o];' : ''}
-        y[o] = v;
-      }
+    // all TB sums at once: one barrier, then invocation j folds token j's partials
+    for (var j = 0u; j < TB; j++) { partial[j * ${WG}u + lid] = acc[j]; }
+    workgroupBarrier();
+    if (lid < n_tok) {
+      var total = 0.0;
+      for (var i = 0u; i < ${WG}u; i++) { total += partial[lid * ${WG}u + i]; }
+      let o = (start + lid) * ${io.yStride}u + ${io.yOffset}u + r;
+      var v = total${io.bias ? ` + bias[${io.yOffset}u + r]` : ''};
+      ${io.residual ? 'v += y[o];' : ''}
+      y[o] = v;
     }
+    workgroupBarrier();
   }
 }
 `;

@@ -69,6 +69,10 @@ fn chunk_hi(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.z), unpa
  */
 export function reductions(wg: number, f: KernelFeatures): string {
   if ((wg & (wg - 1)) !== 0) throw new Error(`reductions: workgroup size ${wg} is not a power of two`);
+  // without subgroups: two levels through shared memory (few barriers: each costs compile time and
+  // speed on CPU drivers); `lanes` invocations each fold `per` values, then everyone folds the lanes
+  const per = wg >= 256 ? 16 : wg >= 64 ? 8 : 4;
+  const lanes = wg / per;
   const one = (name: string, ty: 'f32' | 'u32', op: (a: string, b: string) => string, sgOp: string, identity: string) =>
     f.subgroups
       ? `
@@ -85,15 +89,19 @@ fn wg_${name}(v: ${ty}, lid: u32, sg_size: u32) -> ${ty} {
 }`
       : `
 var<workgroup> red_${name}: array<${ty}, ${wg}>;
+var<workgroup> red2_${name}: array<${ty}, ${lanes}>;
 fn wg_${name}(v: ${ty}, lid: u32, sg_size: u32) -> ${ty} {
-  workgroupBarrier();
   red_${name}[lid] = v;
   workgroupBarrier();
-  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) { red_${name}[lid] = ${op(`red_${name}[lid]`, `red_${name}[lid + s]`)}; }
-    workgroupBarrier();
+  if (lid < ${lanes}u) {
+    var r = red_${name}[lid * ${per}u];
+    for (var i = 1u; i < ${per}u; i++) { r = ${op('r', `red_${name}[lid * ${per}u + i]`)}; }
+    red2_${name}[lid] = r;
   }
-  return red_${name}[0];
+  workgroupBarrier();
+  var r = red2_${name}[0];
+  for (var i = 1u; i < ${lanes}u; i++) { r = ${op('r', `red2_${name}[i]`)}; }
+  return r;
 }`;
   return [
     one('sum', 'f32', (a, b) => `${a} + ${b}`, 'subgroupAdd', '0.0'),

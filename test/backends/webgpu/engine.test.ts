@@ -1,0 +1,95 @@
+/**
+ * The WebGPU engine beyond the fixtures: brown-llama with its matrices in each UPG encoding against the
+ * CPU engine on the same weights (prefill and decode logits), createEngine, and the typed errors.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CpuEngine } from '../../../src/backends/cpu/engine.js';
+import { createEngine } from '../../../src/backends/index.js';
+import { WebGpuEngine } from '../../../src/backends/webgpu/engine.js';
+import { GpuOutOfMemoryError } from '../../../src/backends/webgpu/errors.js';
+import { InvalidInputError } from '../../../src/errors.js';
+import { BitmapTensor, CsrTensor, NmTensor, Q4Tensor, Q8Tensor } from '../../../src/format/upg/encodings/index.js';
+import { loadModel } from '../../../src/model/load.js';
+import { DenseTensor, type WeightTensor } from '../../../src/model/tensor.js';
+import type { ModelWeights } from '../../../src/model/weights.js';
+import { assertClose, BROWN, readReference } from '../../helpers.js';
+import { SKIP_GPU, testGpu } from './gpu.js';
+
+/** Magnitude pruning to 50% (unstructured) or 2:4, enough to exercise the sparse kernels. */
+function pruned(t: DenseTensor, nm: boolean): Float32Array {
+  const w = Float32Array.from(t.data);
+  if (nm) {
+    for (let i = 0; i + 4 <= w.length; i += 4) {
+      const order = [0, 1, 2, 3].sort((a, b) => Math.abs(w[i + a]!) - Math.abs(w[i + b]!));
+      w[i + order[0]!] = 0;
+      w[i + order[1]!] = 0;
+    }
+    return w;
+  }
+  const sorted = Float32Array.from(w, Math.abs).sort();
+  const threshold = sorted[Math.floor(sorted.length / 2)]!;
+  for (let i = 0; i < w.length; i++) if (Math.abs(w[i]!) < threshold) w[i] = 0;
+  return w;
+}
+
+const ENCODERS: Record<string, (t: DenseTensor) => WeightTensor> = {
+  q8: (t) => Q8Tensor.pack(t.rows, t.cols, t.data),
+  q4: (t) => Q4Tensor.pack(t.rows, t.cols, t.data, 64),
+  bitmap: (t) => BitmapTensor.pack(t.rows, t.cols, pruned(t, false), 64, 4),
+  nm: (t) => NmTensor.pack(t.rows, t.cols, pruned(t, true), 2, 4, 8),
+  csr: (t) => CsrTensor.pack(t.rows, t.cols, pruned(t, false)),
+};
+
+/** The layer matrices, embedding and lm_head re-encoded (as `pdvm compress` would store them). */
+function encodeWeights(w: ModelWeights, enc: (t: DenseTensor) => WeightTensor): ModelWeights {
+  const e = (t: WeightTensor) => enc(t as DenseTensor);
+  return {
+    embed: e(w.embed),
+    lmHead: e(w.lmHead),
+    finalNorm: w.finalNorm,
+    layers: w.layers.map((L) => ({ ...L, qkv: L.qkv.map(e), gateUp: L.gateUp.map(e), o: e(L.o), down: e(L.down) })),
+  };
+}
+
+test('webgpu engine: brown-llama in every UPG encoding matches the CPU engine on the same weights', { skip: SKIP_GPU }, async () => {
+  const model = await loadModel(BROWN);
+  const ids = Array.from((await readReference(BROWN)).inputIds.subarray(0, 40));
+  const gpu = await testGpu();
+  for (const [name, enc] of Object.entries(ENCODERS)) {
+    const weights = encodeWeights(model.weights, enc);
+    const cpu = new CpuEngine(model.config, weights, 64);
+    const engine = await WebGpuEngine.create({ config: model.config, weights }, { contextLength: 64, prefillChunk: 32, gpu });
+    try {
+      const cs = cpu.createSequence(), gs = engine.createSequence();
+      // prefill of 39 tokens (two chunks), then one decode step
+      assertClose(await engine.forward(gs, ids.slice(0, 39), true), await cpu.forward(cs, ids.slice(0, 39), true), 1e-4, `${name} prefill logits`);
+      assertClose(await engine.forward(gs, ids.slice(39)), await cpu.forward(cs, ids.slice(39)), 1e-4, `${name} decode logits`);
+    } finally {
+      engine.dispose();
+    }
+  }
+});
+
+test('webgpu engine: createEngine picks the backend; typed errors for bad input and a cache the device cannot hold', { skip: SKIP_GPU }, async () => {
+  const model = await loadModel(BROWN);
+  const cpu = await createEngine(model, { backend: 'cpu', contextLength: 8 });
+  assert.equal(cpu.engine.backend, 'cpu');
+  const auto = await createEngine(model, { backend: 'auto', contextLength: 8 });
+  assert.equal(auto.engine.backend, 'webgpu');
+  assert.equal(auto.notice, undefined);
+  try {
+    const seq = auto.engine.createSequence();
+    await assert.rejects(auto.engine.forward(seq, [model.config.vocabSize]), InvalidInputError);
+    await assert.rejects(auto.engine.forward(seq, Array(9).fill(1)), InvalidInputError);
+    assert.equal((await auto.engine.forward(seq, [1, 2])).length, model.config.vocabSize);
+    assert.equal(seq.length, 2);
+  } finally {
+    auto.engine.dispose();
+  }
+  // 2 KV heads x 64 x 4 bytes = 512 bytes a position: 4096 positions do not fit a 1 MiB binding
+  await assert.rejects(
+    WebGpuEngine.create(model, { contextLength: 4096, gpu: await testGpu({ maxBindingBytes: 1 << 20 }) }),
+    (e: Error) => e instanceof GpuOutOfMemoryError && /at most 2048/.test(e.message),
+  );
+});
