@@ -176,17 +176,17 @@ test('a client that disconnects mid-stream cancels its generation and frees its 
     assert.ok(e instanceof OpenAI.APIUserAbortError, String(e));
   }
   assert.equal(chunks, 3);
-  await waitFor(() => t.model.activity.active === 0, 2000, 'the aborted generation to leave its slot');
-  await waitFor(() => t.logs.some((l) => / 499 .*client disconnected/.test(l)), 2000, 'the 499 log line');
+  await waitFor(() => t.model.activity.active === 0, 10_000, 'the aborted generation to leave its slot');
+  await waitFor(() => t.logs.some((l) => / 499 .*client disconnected/.test(l)), 10_000, 'the 499 log line');
   const line = t.logs.find((l) => / 499 /.test(l))!;
   const out = Number(/out=(\d+)/.exec(line)![1]);
-  assert.ok(out >= 3 && out < 100, `generated ${out} tokens before stopping: ${line}`);
+  assert.ok(out >= 3 && out < 300, `generated ${out} of 600 tokens before stopping: ${line}`);
 });
 
 test('one log line per request: id, status, tokens in and out, time to first token, tok/s', async () => {
   const before = t.logs.length;
   const r = await t.client.completions.create({ model: MODEL, prompt: 'The jury said', max_tokens: 12, temperature: 0 });
-  await waitFor(() => t.logs.length > before, 1000, 'the log line');
+  await waitFor(() => t.logs.length > before, 5000, 'the log line');
   assert.equal(t.logs.length, before + 1);
   const line = t.logs.at(-1)!;
   assert.ok(line.includes(r.id), line);
@@ -254,6 +254,6 @@ test('SIGTERM with a short grace period cancels what is left, the stream ends wi
   });
   assert.match(e.message, /shutting down/);
   assert.equal(await exited, 0, stderr());
-  assert.ok(Date.now() - started < 5000, 'it exits soon after the grace period');
+  assert.ok(Date.now() - started < 10_000, 'it exits soon after the grace period');
   assert.match(stderr(), /POST \/v1\/completions 503 .*shutting down/);
 });
