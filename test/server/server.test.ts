@@ -233,11 +233,18 @@ test('SIGTERM: stops accepting, lets a stream in flight finish, exits 0', async 
   const stream = await client.completions.create({ model: MODEL, prompt: 'The jury said', max_tokens: 40, temperature: 0, stream: true, stream_options: { include_usage: true } });
   let text = '';
   let usage: OpenAI.CompletionUsage | null | undefined;
+  let probe: number | string | undefined;
   for await (const chunk of stream) {
-    if (!text && chunk.choices[0]?.text) child.kill('SIGTERM');
+    if (!text && chunk.choices[0]?.text) {
+      child.kill('SIGTERM');
+      await waitFor(() => /SIGTERM: finishing 1 request/.test(stderr()), 10_000, 'the server to start draining');
+      // a new connection while draining is refused (or, on a reused connection, answered 503)
+      probe = await fetch(`${url}/health`).then((r) => r.status, () => 'refused');
+    }
     text += chunk.choices[0]?.text ?? '';
     usage = chunk.usage ?? usage;
   }
+  assert.ok(probe === 'refused' || probe === 503, `a request while draining got ${probe}`);
   assert.equal(usage?.completion_tokens, 40, 'the stream in flight ran to its end');
   assert.equal(text, cliGenerate(['--prompt', 'The jury said', '--temperature', '0', '-n', '40']).text);
   assert.equal(await exited, 0, stderr());
