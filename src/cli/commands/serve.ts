@@ -50,6 +50,9 @@ export function serveCommand(): Command {
       }
       if (model.backendNotice) process.stderr.write(`pdvm: ${model.backendNotice}\n`);
       const apiKey = flags.apiKey ?? (process.env.PDVM_API_KEY || undefined);
+      if (!apiKey && !['127.0.0.1', '::1', 'localhost'].includes(flags.host)) {
+        process.stderr.write(`pdvm: warning: listening on ${flags.host} without an API key; anyone who can reach it can use it (set --api-key)\n`);
+      }
       const server = await startServer(model, { host: flags.host, port: flags.port, apiKey, maxBodyBytes: flags.maxBody });
       process.stderr.write(
         `pdvm: serving ${model.id} on ${server.url}/v1 (${model.backend}, context ${model.contextLength}, ` +
