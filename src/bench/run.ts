@@ -24,6 +24,10 @@ export interface BenchOptions {
   seed: number;
   lag: number;
   workgroups?: number;
+  /** Compare the fused and unfused paths on this model first (logits over `check` tokens, greedy). */
+  check: number;
+  /** Log each dispatch's time (layer 0, head). */
+  profile?: boolean;
   /** Bytes of the read-bandwidth probe's buffer. */
   probeBytes: number;
   log: (line: string) => void;
@@ -49,6 +53,41 @@ export interface BenchResult {
   peak_gpu_bytes: number;
   workgroups: number;
   subgroups: boolean;
+  /** With --check: largest relative difference of fused vs unfused logits, and greedy agreement. */
+  check_max_rel_diff?: number;
+  check_greedy_identical?: boolean;
+}
+
+function relativeDifference(a: Float32Array, b: Float32Array): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num += (a[i]! - b[i]!) ** 2;
+    den += b[i]! ** 2;
+  }
+  return Math.sqrt(num) / Math.sqrt(den || 1);
+}
+
+/** Fused vs unfused on the same weights: logits after each of n prompt tokens, then n greedy tokens. */
+async function checkPaths(gpu: Gpu, config: ReturnType<typeof benchConfig>, w: Awaited<ReturnType<SyntheticWeights['model']>>, prompt: number[], n: number, workgroups?: number) {
+  const make = (path: DecodePath) => new FusedDecoder(gpu, config, w, { path, contextLength: 2 * n + 8, workgroups });
+  const fused = make('fused'), unfused = make('unfused');
+  try {
+    let worst = 0;
+    for (let i = 0; i < n; i++) {
+      const a = await fused.forwardLogits([prompt[i]!]);
+      const b = await unfused.forwardLogits([prompt[i]!]);
+      const d = relativeDifference(a, b);
+      worst = Number.isNaN(d) ? Infinity : Math.max(worst, d);
+    }
+    fused.reset();
+    unfused.reset();
+    const g1 = await fused.generate(prompt.slice(0, n), { maxTokens: n, lag: 4 });
+    const g2 = await unfused.generate(prompt.slice(0, n), { maxTokens: n, lag: 1 });
+    return { worst, identical: g1.length === g2.length && g1.every((t, i) => t === g2[i]) };
+  } finally {
+    fused.dispose();
+    unfused.dispose();
+  }
 }
 
 function randomPrompt(n: number, vocab: number, seed: number): number[] {
@@ -74,8 +113,10 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
   o.log(`weights: ${o.shape} ${o.encoding}, ${(w.bytes / 1e9).toFixed(2)} GB on the GPU, ${(perToken / 1e9).toFixed(3)} GB read a token (made in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
 
   const results: BenchResult[] = [];
-  const prompt = randomPrompt(o.context, config.vocabSize, o.seed);
+  const prompt = randomPrompt(Math.max(o.context, o.check), config.vocabSize, o.seed);
   try {
+    const check = o.check > 0 ? await checkPaths(gpu, config, w, prompt, o.check, o.workgroups) : null;
+    if (check) o.log(`check: fused vs unfused logits relative difference <= ${check.worst.toExponential(2)} over ${o.check} tokens; greedy continuations ${check.identical ? 'identical' : 'DIFFER'}`);
     for (const path of o.paths) {
       const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups });
       try {
@@ -83,10 +124,16 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
         await decoder.generate(prompt.slice(0, 8), { maxTokens: 8, lag: o.lag });
         decoder.reset();
         const p0 = performance.now();
-        await decoder.prefill(prompt.slice(0, -1));
+        await decoder.prefill(prompt.slice(0, o.context - 1));
         const prefillSeconds = (performance.now() - p0) / 1000;
+        if (o.profile) {
+          const rows = await decoder.profile();
+          o.log(`${path} profile at position ${decoder.length - 1} (µs per dispatch): ${rows.map((r) => `${r.label} ${r.microseconds.toFixed(1)}`).join(', ')}`);
+          decoder.reset();
+          await decoder.prefill(prompt.slice(0, o.context - 1));
+        }
         const arrivals: number[] = [];
-        await decoder.generate(prompt.slice(-1), { maxTokens: o.tokens + 1, lag: o.lag, onToken: () => (arrivals.push(performance.now()), false) });
+        await decoder.generate(prompt.slice(o.context - 1, o.context), { maxTokens: o.tokens + 1, lag: o.lag, onToken: () => (arrivals.push(performance.now()), false) });
         const decodeSeconds = (arrivals.at(-1)! - arrivals[0]!) / 1000;
         const n = arrivals.length - 1;
         const tps = n / decodeSeconds;
@@ -112,6 +159,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
           peak_gpu_bytes: synthetic.bytes + decoder.allocatedBytes,
           workgroups: decoder.workgroups,
           subgroups: gpu.subgroups,
+          ...(check ? { check_max_rel_diff: check.worst, check_greedy_identical: check.identical } : {}),
         };
         o.log(
           `${path}: decode ${r.decode_ms_per_token.toFixed(3)} ms/token (${tps.toFixed(1)} tok/s), ${achieved.toFixed(0)} GB/s = ${(100 * r.bandwidth_fraction).toFixed(1)}% of measured; ` +

@@ -23,6 +23,8 @@ interface BenchFlags {
   lag: number;
   workgroups?: number;
   probeMib: number;
+  check: number;
+  profile: boolean;
   subgroups: boolean;
   json: boolean;
   out?: string;
@@ -40,9 +42,11 @@ export function benchCommand(): Command {
     .option('--tokens <n>', 'tokens to decode', parseIntOption('--tokens'), 128)
     .addOption(new Option('--path <which>', 'decode path').choices(['fused', 'unfused', 'both']).default('both'))
     .option('--seed <n>', 'seed of the random weights', parseIntOption('--seed'), 1)
-    .option('--lag <n>', 'steps the CPU runs ahead of the ids it has read', parseIntOption('--lag'), 4)
+    .option('--lag <n>', 'steps the CPU runs ahead of the ids it has read', parseIntOption('--lag'), 8)
     .option('--workgroups <n>', 'workgroups per matvec dispatch', parseIntOption('--workgroups'))
     .option('--probe-mib <n>', 'read-bandwidth probe buffer (MiB)', parseIntOption('--probe-mib'), 1024)
+    .option('--check <n>', 'first compare fused and unfused logits over n tokens and their greedy continuations (0: skip)', parseIntOption('--check'), 0)
+    .option('--profile', 'log the time of each dispatch of a step (layer 0, lm_head, argmax)')
     .option('--no-subgroups', 'do not use subgroup operations')
     .option('--json', 'print one JSON object per path')
     .option('--out <file>', 'also write the results (JSON array) to this file')
@@ -55,7 +59,7 @@ export function benchCommand(): Command {
           const results = await runBench(gpu, {
             shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, context: f.context,
             tokens: f.tokens, paths: f.path === 'both' ? ['fused', 'unfused'] : [f.path], seed: f.seed, lag: f.lag,
-            workgroups: f.workgroups, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
+            workgroups: f.workgroups, check: f.check, profile: f.profile, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
           });
           for (const r of results) {
             if (f.json) process.stdout.write(`${JSON.stringify(r)}\n`);

@@ -16,8 +16,9 @@ import { ropeTables } from '../../cpu/ops.js';
 import type { Gpu } from '../device.js';
 import { encodeDispatches, STEP_HEADER_WORDS, StepWord, type Dispatch } from '../dispatch.js';
 import { DeviceLostError } from '../errors.js';
+import { attentionFits, decodeArgmaxWgsl, decodeAttentionWgsl, type DecodeAttentionShape } from '../kernels/fused-attention.js';
 import { columnsPerUnit, fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecWgsl, type FusedMatvecShape } from '../kernels/fused-matvec.js';
-import { argmaxOp, attentionOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from '../ops.js';
+import { attentionOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from '../ops.js';
 import type { FusedMatrix, FusedModelWeights } from './weights.js';
 
 export type DecodePath = 'fused' | 'unfused';
@@ -41,7 +42,7 @@ export interface GenerateOptions {
   maxTokens: number;
   /** Called with each token in order; return true to stop after it (EOS, stop strings). */
   onToken?: (id: number, index: number) => boolean;
-  /** Steps the CPU may run ahead of the ids it has read (1: wait for every token). Default 4. */
+  /** Steps the CPU may run ahead of the ids it has read (1: wait for every token). Default 8. */
   lag?: number;
   sampling?: GpuSamplingValues;
   /** Uniform draws for temperature sampling, one per step. */
@@ -111,7 +112,7 @@ export class FusedDecoder {
       this.matvec(m, { input, epilogue, bias: bias !== null, eps, ...heads }, { ...io, ...(bias ? { BIAS: bias } : {}) });
     const fused = options.path === 'fused';
     const layers = w.layers.map((L, l): Dispatch[] => {
-      const attention = attentionOp(gpu_, { ...heads, slidingWindow: c.slidingWindow }, qkv, k[l]!, v[l]!, att, this.step);
+      const attention = this.attention(qkv, k[l]!, v[l]!, att);
       const o = mv(L.o, 'global', 'residual', { X: att, Y: x });
       const down = mv(L.down, 'global', 'residual', { X: act, Y: x });
       if (fused) {
@@ -143,7 +144,7 @@ export class FusedDecoder {
       embedding: this.embedding(x),
       layers,
       head,
-      argmax: argmaxOp(gpu_, c.vocabSize, this.logits, this.token),
+      argmax: this.argmax(),
       sample: sampleOp(gpu_, c.vocabSize, this.logits, this.token, this.step),
     };
   }
@@ -177,6 +178,25 @@ export class FusedDecoder {
     return { label: `fused_matvec(${s.epilogue})`, pipeline, bindGroup: this.gpu.bindGroup('fused_matvec', pipeline, buffers), workgroups: () => [n, 1, 1] };
   }
 
+  /** Decode attention (all keys in shared memory) where it fits, else the engine's kernel. */
+  private attention(qkv: GPUBuffer, k: GPUBuffer, v: GPUBuffer, att: GPUBuffer): Dispatch {
+    const c = this.config;
+    const s: DecodeAttentionShape = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: this.options.contextLength };
+    const keys = s.slidingWindow ? Math.min(s.slidingWindow, s.contextLength) : s.contextLength;
+    if (!attentionFits(s) || keys * 4 + 8192 > this.gpu.device.limits.maxComputeWorkgroupStorageSize) {
+      return attentionOp(this.gpu, { ...s }, qkv, k, v, att, this.step);
+    }
+    const f = { subgroups: this.gpu.subgroups };
+    const pipeline = this.gpu.pipeline('decode_attention', { ...s, slidingWindow: s.slidingWindow ?? 0, ...f }, () => decodeAttentionWgsl(s, f));
+    return { label: 'attention', pipeline, bindGroup: this.gpu.bindGroup('decode_attention', pipeline, [qkv, k, v, att, this.step]), workgroups: () => [c.numHeads, 1, 1] };
+  }
+
+  private argmax(): Dispatch {
+    const vocab = this.config.vocabSize;
+    const pipeline = this.gpu.pipeline('decode_argmax', { vocab }, () => decodeArgmaxWgsl(vocab));
+    return { label: 'argmax', pipeline, bindGroup: this.gpu.bindGroup('decode_argmax', pipeline, [this.logits, this.token]), workgroups: () => [1, 1, 1] };
+  }
+
   private embedding(x: GPUBuffer): Dispatch {
     const e = this.weights.embed;
     if (e.encoding !== 'f32' && e.encoding !== 'bf16' && e.encoding !== 'f16') throw new Error('the embedding table must be dense');
@@ -195,6 +215,36 @@ export class FusedDecoder {
 
   reset(): void {
     this.length = 0;
+  }
+
+  /**
+   * Microseconds each dispatch of one step takes (layer 0's, the head's, argmax's): each is encoded
+   * `reps` times in one pass, timed to the GPU's finish, median of 3. The cache is left at `length`;
+   * activations are overwritten (call reset and prefill again before decoding).
+   */
+  async profile(reps = 200): Promise<{ label: string; microseconds: number }[]> {
+    this.stepWords[StepWord.T] = 1;
+    this.stepWords[StepWord.pos0] = Math.max(0, this.length - 1);
+    this.stepWords[FLAG_TOKEN_FROM_GPU] = 0;
+    this.gpu.device.queue.writeBuffer(this.step, 0, this.stepWords);
+    const list = [this.plan.embedding, ...this.plan.layers[0]!, ...this.plan.head, this.plan.argmax];
+    const out: { label: string; microseconds: number }[] = [];
+    for (const d of list) {
+      const times: number[] = [];
+      for (let r = 0; r < 3; r++) {
+        const encoder = this.gpu.device.createCommandEncoder();
+        const pass = encoder.beginComputePass();
+        for (let i = 0; i < reps; i++) encodeDispatches(pass, [d], 1);
+        pass.end();
+        const t0 = performance.now();
+        this.gpu.device.queue.submit([encoder.finish()]);
+        await this.settle(this.gpu.device.queue.onSubmittedWorkDone());
+        times.push(((performance.now() - t0) * 1000) / reps);
+      }
+      times.sort((a, b) => a - b);
+      out.push({ label: d.label, microseconds: times[1]! });
+    }
+    return out;
   }
 
   /**
@@ -266,7 +316,7 @@ export class FusedDecoder {
    */
   async generate(prompt: ArrayLike<number>, options: GenerateOptions): Promise<number[]> {
     this.validate(prompt);
-    const lag = Math.max(1, options.lag ?? 4);
+    const lag = Math.max(1, options.lag ?? 8);
     const maxTokens = Math.min(options.maxTokens, this.options.contextLength - this.length - prompt.length + 1);
     if (maxTokens < 1) return [];
     while (this.ring.length < lag) this.ring.push(this.alloc(`token_readback.${this.ring.length}`, 16, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST));

@@ -175,6 +175,10 @@ fn block_row(b: u32, k: u32) -> vec2<u32> {
  */
 function hotLoop(s: FusedMatvecShape, tpr: number): string {
   const X4 = (i: string) => (s.input === 'norm' ? `xs[${i}]` : `X[${i}]`);
+  // q4 reads x pre-scaled (XL/XH): the norm prologue stores it so, a global x is scaled here
+  const q4x = (load: string, e: number) => (s.input === 'norm' ? load : `${load} * ${e % 2 === 0 ? 'XL' : 'XH'}`);
+  // sum of the unscaled x of a unit (for the min term)
+  const q4sum = (p: string) => `(dot(${p}0, UXL) + dot(${p}1, UXH)) + (dot(${p}2, UXL) + dot(${p}3, UXH)) + (dot(${p}4, UXL) + dot(${p}5, UXH)) + (dot(${p}6, UXL) + dot(${p}7, UXH))`;
   const rows = [0, 1, 2, 3];
   const iters = Math.ceil(s.units / tpr);
   if (s.encoding === 'bitmap4') {
@@ -208,8 +212,8 @@ for (var k = lane; k < UNITS; k += ${tpr}u) {
       s.encoding === 'f32'
         ? `let xv = ${X4('k')};\n${rows.map((j) => `acc[${j}] += dot(bitcast<vec4<f32>>(W[r${j} * UNITS + k]), xv);`).join('\n')}`
         : s.encoding === 'q4'
-          ? `${[0, 1, 2, 3, 4, 5, 6, 7].map((i) => `let x${i} = ${X4(`8u * k + ${i}u`)};`).join('\n')}
-let sx = dot(((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)), vec4<f32>(1.0));
+          ? `${[0, 1, 2, 3, 4, 5, 6, 7].map((i) => `let x${i} = ${q4x(X4(`8u * k + ${i}u`), i)};`).join('\n')}
+let sx = ${q4sum('x')};
 ${rows.map((j) => `{ let w = Q[r${j} * UNITS + k]; let sm = unpack2x16float(SM[r${j} * GROUPS + (k * 32u) / GROUP]); acc[${j}] += sm.x * q4dot(w, x0, x1, x2, x3, x4, x5, x6, x7) + sm.y * sx; }`).join('\n')}`
           : `let x0 = ${X4('2u * k')};\nlet x1 = ${X4('2u * k + 1u')};\n${rows.map((j) => `{ let w = W[r${j} * UNITS + k]; acc[${j}] += dot(chunk_lo(w), x0) + dot(chunk_hi(w), x1); }`).join('\n')}`;
     return `for (var k = lane; k < UNITS; k += ${tpr}u) {\n  ${body.split('\n').join('\n  ')}\n}`;
@@ -229,8 +233,8 @@ ${rows.map((j) => `{ let w = Q[r${j} * UNITS + k]; let sm = unpack2x16float(SM[r
   for (let i = 0; i < iters; i++) {
     const on = (v: string) => (exact ? v : `select(0.0, ${v}, on${i})`);
     if (s.encoding === 'q4') {
-      out.push([0, 1, 2, 3, 4, 5, 6, 7].map((e) => `let x${i}_${e} = ${X4(`8u * k${i} + ${e}u`)};`).join('\n'));
-      out.push(`let sx${i} = dot(((x${i}_0 + x${i}_1) + (x${i}_2 + x${i}_3)) + ((x${i}_4 + x${i}_5) + (x${i}_6 + x${i}_7)), vec4<f32>(1.0));`);
+      out.push([0, 1, 2, 3, 4, 5, 6, 7].map((e) => `let x${i}_${e} = ${q4x(X4(`8u * k${i} + ${e}u`), e)};`).join('\n'));
+      out.push(`let sx${i} = ${q4sum(`x${i}_`)};`);
       for (const j of rows) {
         out.push(`{ let sm = unpack2x16float(sm${i}_${j}); acc[${j}] += ${on(`sm.x * q4dot(w${i}_${j}, x${i}_0, x${i}_1, x${i}_2, x${i}_3, x${i}_4, x${i}_5, x${i}_6, x${i}_7) + sm.y * sx${i}`)}; }`);
       }
@@ -299,7 +303,7 @@ export function fusedMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string 
   for (var i = lid; i < ${xs4}u; i += ${wg}u) {
     var v = vec4<f32>(0.0);
     for (var e = 0u; e < 4u; e++) { let c = 4u * i + e; if (c < COLS) { v[e] = X[c] * inv * NW[c]; } }
-    xs[i] = v;
+    xs[i] = v${s.encoding === 'q4' ? ' * select(XH, XL, i % 2u == 0u)' : ''};
   }
   workgroupBarrier();`
       : '';
@@ -334,10 +338,22 @@ fn nib_lo(w: u32) -> vec4<f32> {
 fn nib_hi(w: u32) -> vec4<f32> {
   return bitcast<vec4<f32>>(((vec4<u32>(w) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
 }
-// sum over the 32 nibbles of a q4 unit times x
+// q4: the 8 nibbles of word w times x. Each nibble is masked in place and ORed under the exponent of
+// 2^23, giving 2^23 + n * 2^s exactly (s = 4j for nibbles 0..4; nibbles 5..7 after one shift by 12);
+// x arrives pre-scaled by 2^-s (XL, XH below), so one LOP3 and one FADD per nibble replace
+// shift-mask-or (the int pipe bounded the old form).
+const XL = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
+const XH = vec4<f32>(0.0000152587890625, 0.00390625, 0.000244140625, 0.0000152587890625);
+const UXL = vec4<f32>(1.0, 16.0, 256.0, 4096.0);
+const UXH = vec4<f32>(65536.0, 256.0, 4096.0, 65536.0);
+fn q4w(w: u32, xl: vec4<f32>, xh: vec4<f32>) -> f32 {
+  let w2 = w >> 12u;
+  let lo = bitcast<vec4<f32>>((vec4<u32>(w) & vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+  let hi = bitcast<vec4<f32>>((vec4<u32>(w, w2, w2, w2) & vec4<u32>(0xF0000u, 0xF00u, 0xF000u, 0xF0000u)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
+  return dot(lo, xl) + dot(hi, xh);
+}
 fn q4dot(w: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>, x4: vec4<f32>, x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
-  return (dot(nib_lo(w.x), x0) + dot(nib_hi(w.x), x1)) + (dot(nib_lo(w.y), x2) + dot(nib_hi(w.y), x3))
-       + (dot(nib_lo(w.z), x4) + dot(nib_hi(w.z), x5)) + (dot(nib_lo(w.w), x6) + dot(nib_hi(w.w), x7));
+  return (q4w(w.x, x0, x1) + q4w(w.y, x2, x3)) + (q4w(w.z, x4, x5) + q4w(w.w, x6, x7));
 }
 
 @compute @workgroup_size(${wg})

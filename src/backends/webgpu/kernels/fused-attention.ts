@@ -1,0 +1,134 @@
+/**
+ * Decode-step kernels of the fused path (one token at position p = STEP[1]):
+ *
+ * attention: one workgroup per query head h (KV head h / (heads / kvHeads)), 256 invocations.
+ *   scores: invocation i takes keys first + i, first + i + 256, ...; each key's HD-dot is read as
+ *           whole vec4 rows (HD/4 loads, all independent) into shared `sc`
+ *   softmax over sc (workgroup max and sum), then
+ *   out[d] = sum_k e_k V[k][d] / sum_k e_k: invocation (g, lane) adds vec4 lane of keys g, g + G, ...
+ *           (coalesced rows of V), the G partial vectors summed through shared memory
+ *   Keys first..p, first = max(0, p - window + 1) with a sliding window. Scores live in shared
+ *   memory, so the context length is bounded (attentionFits); past it the engine's attention runs.
+ *     qkv: q at 0..qDim (already rotated); kCache, vCache: (contextLength, kvDim); out: (qDim)
+ *
+ * argmax: one workgroup of 1024 over vec4s of logits; lowest index on ties (as the CPU's argmax).
+ */
+import { COMMON, f32Literal, header, reductions, subgroupLet, subgroupParam, type KernelFeatures } from './prelude.js';
+
+export interface DecodeAttentionShape {
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  slidingWindow: number | null;
+  contextLength: number;
+}
+
+const WG = 256;
+
+/** Whether the shared-memory scores and the lane mapping suit this shape. */
+export function attentionFits(s: DecodeAttentionShape): boolean {
+  const lanes = s.headDim / 4;
+  const keys = s.slidingWindow ? Math.min(s.slidingWindow, s.contextLength) : s.contextLength;
+  return s.headDim % 4 === 0 && lanes <= WG && (lanes & (lanes - 1)) === 0 && keys <= 8192;
+}
+
+export function decodeAttentionWgsl(s: DecodeAttentionShape, f: KernelFeatures): string {
+  const hd = s.headDim, lanes = hd / 4, groups = WG / lanes;
+  const keys = s.slidingWindow ? Math.min(s.slidingWindow, s.contextLength) : s.contextLength;
+  const kvDim4 = (s.numKvHeads * hd) / 4;
+  const first = s.slidingWindow ? `select(0u, p + 1u - ${s.slidingWindow}u, p + 1u > ${s.slidingWindow}u)` : '0u';
+  const dot = Array.from({ length: lanes }, (_, i) => `dot(q4[${i}], K[base + ${i}u])`);
+  // pairwise sums keep the dependency chain short
+  const tree = (xs: string[]): string => (xs.length === 1 ? xs[0]! : `(${tree(xs.slice(0, xs.length / 2))} + ${tree(xs.slice(xs.length / 2))})`);
+  return `${header(f)}${COMMON}${reductions(WG, f)}
+const HD4 = ${lanes}u;
+const GROUP = ${s.numHeads / s.numKvHeads}u;
+const KV_DIM4 = ${kvDim4}u;
+@group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> K: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> step: array<u32>;
+
+var<workgroup> sc: array<f32, ${keys}>;
+var<workgroup> partial: array<vec4<f32>, ${WG}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
+  ${subgroupLet(f)}
+  let h = wid.x;
+  let kvh = h / GROUP;
+  let p = step[1];
+  let first = ${first};
+  let n = p + 1u - first;
+  var q4: array<vec4<f32>, ${lanes}>;
+  for (var i = 0u; i < HD4; i++) { q4[i] = qkv[h * HD4 + i] * ${f32Literal(1 / Math.sqrt(hd))}; }
+  var m = -3.0e38;
+  for (var j = lid; j < n; j += ${WG}u) {
+    let base = (first + j) * KV_DIM4 + kvh * HD4;
+    let s = ${tree(dot)};
+    sc[j] = s;
+    m = max(m, s);
+  }
+  m = wg_max(m, lid, sg_size);
+  var total = 0.0;
+  for (var j = lid; j < n; j += ${WG}u) {
+    let e = exp(sc[j] - m);
+    sc[j] = e;
+    total += e;
+  }
+  total = wg_sum(total, lid, sg_size); // its barriers also publish sc
+  let g = lid / HD4;
+  let lane = lid % HD4;
+  var acc = vec4<f32>(0.0);
+  for (var j = g; j < n; j += ${groups}u) { acc += sc[j] * V[(first + j) * KV_DIM4 + kvh * HD4 + lane]; }
+  partial[lid] = acc;
+  workgroupBarrier();
+  if (lid < HD4) {
+    var v = vec4<f32>(0.0);
+    for (var i = 0u; i < ${groups}u; i++) { v += partial[i * HD4 + lid]; }
+    out[h * HD4 + lid] = v / total;
+  }
+}
+`;
+}
+
+export function decodeArgmaxWgsl(vocab: number): string {
+  const n4 = Math.ceil(vocab / 4);
+  return `${COMMON}
+const V = ${vocab}u;
+@group(0) @binding(0) var<storage, read> logits: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+var<workgroup> best_v: array<f32, 1024>;
+var<workgroup> best_i: array<u32, 1024>;
+
+@compute @workgroup_size(1024)
+fn main(@builtin(local_invocation_index) lid: u32) {
+  var bv = -3.4e38;
+  var bi = 0xffffffffu;
+  // invocation lid sees vec4s lid, lid + 1024, ...: indices in increasing order, so '>' keeps the lowest on ties
+  for (var i = lid; i < ${n4}u; i += 1024u) {
+    let v = logits[i];
+    for (var e = 0u; e < 4u; e++) {
+      let idx = 4u * i + e;
+      if (idx < V && (v[e] > bv || bi == 0xffffffffu)) { bv = v[e]; bi = idx; }
+    }
+  }
+  best_v[lid] = bv;
+  best_i[lid] = bi;
+  workgroupBarrier();
+  for (var s = 512u; s > 0u; s >>= 1u) {
+    if (lid < s) {
+      let ov = best_v[lid + s];
+      let oi = best_i[lid + s];
+      if (oi != 0xffffffffu && (best_i[lid] == 0xffffffffu || ov > best_v[lid] || (ov == best_v[lid] && oi < best_i[lid]))) {
+        best_v[lid] = ov;
+        best_i[lid] = oi;
+      }
+    }
+    workgroupBarrier();
+  }
+  if (lid == 0u) { out[0] = best_i[0]; }
+}
+`;
+}
