@@ -22,6 +22,8 @@ interface BenchFlags {
   seed: number;
   lag: number;
   workgroups?: number;
+  normWorkgroups?: number;
+  unroll?: number;
   probeMib: number;
   check: number;
   profile: boolean;
@@ -44,6 +46,8 @@ export function benchCommand(): Command {
     .option('--seed <n>', 'seed of the random weights', parseIntOption('--seed'), 1)
     .option('--lag <n>', 'steps the CPU runs ahead of the ids it has read', parseIntOption('--lag'), 8)
     .option('--workgroups <n>', 'workgroups per matvec dispatch', parseIntOption('--workgroups'))
+    .option('--norm-workgroups <n>', 'workgroups per matvec that normalises x first', parseIntOption('--norm-workgroups'))
+    .option('--unroll <n>', 'units each lane loads per pass (subgroup matvec)', parseIntOption('--unroll'))
     .option('--probe-mib <n>', 'read-bandwidth probe buffer (MiB)', parseIntOption('--probe-mib'), 1024)
     .option('--check <n>', 'first compare fused and unfused logits over n tokens and their greedy continuations (0: skip)', parseIntOption('--check'), 0)
     .option('--profile', 'log the time of each dispatch of a step (layer 0, lm_head, argmax)')
@@ -59,7 +63,7 @@ export function benchCommand(): Command {
           const results = await runBench(gpu, {
             shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, context: f.context,
             tokens: f.tokens, paths: f.path === 'both' ? ['fused', 'unfused'] : [f.path], seed: f.seed, lag: f.lag,
-            workgroups: f.workgroups, check: f.check, profile: f.profile, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
+            workgroups: f.workgroups, normWorkgroups: f.normWorkgroups, unroll: f.unroll, check: f.check, profile: f.profile, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
           });
           for (const r of results) {
             if (f.json) process.stdout.write(`${JSON.stringify(r)}\n`);

@@ -27,8 +27,12 @@ export interface FusedDecoderOptions {
   path: DecodePath;
   /** Positions the KV cache holds. */
   contextLength: number;
-  /** Workgroups per matvec dispatch (each walks 32-row blocks); default 1024. */
+  /** Workgroups per matvec dispatch (each walks blocks of rows); default 1024. */
   workgroups?: number;
+  /** Workgroups of the matvecs that normalise x first (each does so once); default 264. */
+  normWorkgroups?: number;
+  /** Units each lane loads per pass in the subgroup matvec (default 4). */
+  unroll?: number;
 }
 
 export interface GpuSamplingValues {
@@ -163,8 +167,9 @@ export class FusedDecoder {
     if (s.input === 'norm' && (m.units * columnsPerUnit(m.encoding, m.group) * 4) > this.gpu.device.limits.maxComputeWorkgroupStorageSize - 8192) {
       throw new Error(`the fused norm prologue needs ${m.cols} floats of workgroup memory, over this device's limit`);
     }
-    const shape: FusedMatvecShape = { ...s, encoding: m.encoding, rows: m.rows, cols: m.cols, units: m.units, group: m.group, workgroups: 0 };
-    shape.workgroups = Math.min(this.workgroups, fusedBlocks(shape));
+    const shape: FusedMatvecShape = { ...s, encoding: m.encoding, rows: m.rows, cols: m.cols, units: m.units, group: m.group, workgroups: 0, unroll: this.options.unroll ?? 4 };
+    const cap = s.input === 'norm' ? Math.min(this.workgroups, this.options.normWorkgroups ?? 264) : this.workgroups;
+    shape.workgroups = Math.min(cap, fusedBlocks(shape));
     const f = { subgroups: this.gpu.subgroups };
     const { encoding: _e, ...defines } = shape;
     const pipeline = this.gpu.pipeline('fused_matvec', { ...defines, encoding: m.encoding, ...f }, () => fusedMatvecWgsl(shape, f));

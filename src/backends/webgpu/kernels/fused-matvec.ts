@@ -11,7 +11,7 @@
  *
  * Work split (fusedLayout): a block is BR output rows; a workgroup walks blocks with a stride of the
  * grid (so the norm prologue runs once per workgroup, not once per row). In a block, invocation
- * (quad = lid / TPR, lane = lid % TPR) computes 4 rows (one x load serves all 4) over the row's units
+ * (quad = lid / TPR, lane = lid % TPR) computes RPT rows (one x load serves them all) over the row's units
  * with stride TPR; the TPR partial sums of each row meet in shared memory (after a subgroupAdd where
  * the device has subgroups). For RoPE and SwiGLU the block's rows come in pairs (the two rows that
  * rotate together, or gate and up), so one invocation finishes a pair without a second dispatch.
@@ -47,14 +47,19 @@ export interface FusedMatvecShape {
   rotaryDim: number;
   /** Workgroups in the grid (each walks blocks with this stride). */
   workgroups: number;
+  /** Subgroup variant: units each lane loads per pass before any arithmetic (default 4). */
+  unroll?: number;
 }
 
 /**
  * How a matrix is split: TPR invocations share each row (the units a row holds, stride TPR), each
- * invocation computes 4 rows, WG invocations a workgroup, so a block is BR = 4 WG / TPR rows. TPR
+ * invocation computes 4 rows, WG invocations a workgroup, so a block is BR = RPT WG / TPR rows. TPR
  * grows with the row length (about two units per invocation and row, all loads issued before any
  * arithmetic); WG shrinks for short matrices so that enough workgroups exist.
  */
+/** Rows each invocation computes (x loads shared by them; more rows cost registers and occupancy). */
+export const RPT = 4;
+
 export interface FusedLayout {
   tpr: number;
   wg: number;
@@ -70,8 +75,8 @@ function pow2Floor(n: number): number {
 export function fusedLayout(s: Pick<FusedMatvecShape, 'rows' | 'units' | 'epilogue' | 'numHeads' | 'numKvHeads' | 'headDim'>): FusedLayout {
   const tpr = Math.min(256, Math.max(32, pow2Floor(Math.max(1, s.units / 2))));
   let wg = 256;
-  while (wg > 64 && wg > tpr && blocksFor(s, (4 * wg) / tpr) < 512) wg /= 2;
-  return { tpr, wg, br: (4 * wg) / tpr };
+  while (wg > 64 && wg > tpr && blocksFor(s, (RPT * wg) / tpr) < 512) wg /= 2;
+  return { tpr, wg, br: (RPT * wg) / tpr };
 }
 
 function blocksFor(s: Pick<FusedMatvecShape, 'rows' | 'epilogue' | 'numHeads' | 'numKvHeads' | 'headDim'>, br: number): number {
@@ -169,23 +174,32 @@ fn block_row(b: u32, k: u32) -> vec2<u32> {
 }
 
 /**
- * The hot loop: this invocation's 4 rows (r0..r3) over units k = lane + i * TPR. Dense and q4 are
+ * The hot loop: this invocation's RPT rows (r0, r1, ...) over units k = lane + i * TPR. Dense and q4 are
  * unrolled with every weight load first (so they are all in flight at once), then the arithmetic;
  * units past the row's end read a clamped unit and add nothing. bitmap4 walks set bits instead.
  */
-function hotLoop(s: FusedMatvecShape, tpr: number): string {
+interface LoopStride {
+  /** WGSL expressions: the first unit of this invocation and the stride between its units. */
+  start: string;
+  stride: string;
+  /** Units each invocation takes per pass (unrolled), and whether every one exists. */
+  iters: number;
+  exact: boolean;
+}
+
+function hotLoop(s: FusedMatvecShape, tpr: number, loop: LoopStride = { start: 'lane', stride: `${tpr}u`, iters: Math.ceil(s.units / tpr), exact: s.units % tpr === 0 }): string {
   const X4 = (i: string) => (s.input === 'norm' ? `xs[${i}]` : `X[${i}]`);
   // q4 reads x pre-scaled (XL/XH): the norm prologue stores it so, a global x is scaled here
   const q4x = (load: string, e: number) => (s.input === 'norm' ? load : `${load} * ${e % 2 === 0 ? 'XL' : 'XH'}`);
   // sum of the unscaled x of a unit (for the min term)
   const q4sum = (p: string) => `(dot(${p}0, UXL) + dot(${p}1, UXH)) + (dot(${p}2, UXL) + dot(${p}3, UXH)) + (dot(${p}4, UXL) + dot(${p}5, UXH)) + (dot(${p}6, UXL) + dot(${p}7, UXH))`;
-  const rows = [0, 1, 2, 3];
-  const iters = Math.ceil(s.units / tpr);
+  const rows = Array.from({ length: RPT }, (_, j) => j);
+  const iters = loop.iters;
   if (s.encoding === 'bitmap4') {
     const X1 = s.input === 'norm' ? 'xs[c >> 2u][c & 3u]' : 'X[c >> 2u][c & 3u]';
-    return `var rows = array<u32, 4>(r0, r1, r2, r3);
-for (var k = lane; k < UNITS; k += ${tpr}u) {
-  for (var j = 0u; j < 4u; j++) {
+    return `var rows = array<u32, ${RPT}>(${rows.map((j) => `r${j}`).join(', ')});
+for (var k = ${loop.start}; k < UNITS; k += ${loop.stride}) {
+  for (var j = 0u; j < ${RPT}u; j++) {
     let ti = rows[j] * UNITS + k;
     var i = OFFS[ti];
     var d = 0.0;
@@ -216,12 +230,13 @@ for (var k = lane; k < UNITS; k += ${tpr}u) {
 let sx = ${q4sum('x')};
 ${rows.map((j) => `{ let w = Q[r${j} * UNITS + k]; let sm = unpack2x16float(SM[r${j} * GROUPS + (k * 32u) / GROUP]); acc[${j}] += sm.x * q4dot(w, x0, x1, x2, x3, x4, x5, x6, x7) + sm.y * sx; }`).join('\n')}`
           : `let x0 = ${X4('2u * k')};\nlet x1 = ${X4('2u * k + 1u')};\n${rows.map((j) => `{ let w = W[r${j} * UNITS + k]; acc[${j}] += dot(chunk_lo(w), x0) + dot(chunk_hi(w), x1); }`).join('\n')}`;
-    return `for (var k = lane; k < UNITS; k += ${tpr}u) {\n  ${body.split('\n').join('\n  ')}\n}`;
+    return `for (var k = ${loop.start}; k < UNITS; k += ${loop.stride}) {\n  ${body.split('\n').join('\n  ')}\n}`;
   }
-  const exact = s.units % tpr === 0;
+  const exact = loop.exact;
   const out: string[] = [];
   for (let i = 0; i < iters; i++) {
-    out.push(exact ? `let k${i} = lane + ${i * tpr}u;` : `let k${i} = min(lane + ${i * tpr}u, UNITS - 1u);\nlet on${i} = lane + ${i * tpr}u < UNITS;`);
+    const k = `${loop.start} + ${i}u * ${loop.stride}`;
+    out.push(exact ? `let k${i} = ${k};` : `let k${i} = min(${k}, UNITS - 1u);\nlet on${i} = ${k} < UNITS;`);
   }
   // loads
   for (let i = 0; i < iters; i++) {
@@ -288,49 +303,37 @@ if (r0.y == 1u) { ${write('r0.x', 's0')} }
 if (r1.y == 1u) { ${write('r1.x', 's1')} }`;
 }
 
-export function fusedMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string {
-  const { tpr, wg, br } = fusedLayout(s);
-  const cpu = columnsPerUnit(s.encoding, s.group);
-  const xs4 = (s.units * cpu) / 4;
-  const blocks = fusedBlocks(s);
-  const dense16 = s.encoding === 'bf16' || s.encoding === 'f16';
-  const prologue =
+function normPrologue(s: FusedMatvecShape, wg: number, xs4: number): string {
+  return (
     s.input === 'norm'
-      ? `// rmsnorm(x) * w into shared memory, zero past COLS (the padding of the last unit)
+      ? `// rmsnorm(x) * w into shared memory (zero past COLS, the padding of the last unit): raw x and the
+  // sum of squares in one pass of independent vec4 reads, then scaled in place
   var ss = 0.0;
-  for (var i = lid; i < COLS; i += ${wg}u) { let v = X[i]; ss += v * v; }
+  for (var it = 0u; it < ${Math.ceil(xs4 / wg)}u; it++) {
+    let i = lid + it * ${wg}u;
+    if (i < ${xs4}u) {
+      var v = vec4<f32>(0.0);
+      if (4u * i + 3u < COLS) { v = vec4<f32>(X[4u * i], X[4u * i + 1u], X[4u * i + 2u], X[4u * i + 3u]); }
+      else { for (var e = 0u; e < 4u; e++) { if (4u * i + e < COLS) { v[e] = X[4u * i + e]; } } }
+      xs[i] = v;
+      ss += dot(v, v);
+    }
+  }
   let inv = inverseSqrt(wg_sum(ss, lid, sg_size) / f32(COLS) + ${f32Literal(s.eps)});
-  for (var i = lid; i < ${xs4}u; i += ${wg}u) {
-    var v = vec4<f32>(0.0);
-    for (var e = 0u; e < 4u; e++) { let c = 4u * i + e; if (c < COLS) { v[e] = X[c] * inv * NW[c]; } }
-    xs[i] = v${s.encoding === 'q4' ? ' * select(XH, XL, i % 2u == 0u)' : ''};
+  for (var it = 0u; it < ${Math.ceil(xs4 / wg)}u; it++) {
+    let i = lid + it * ${wg}u;
+    if (i < ${xs4}u) {
+      var nw = vec4<f32>(0.0);
+      for (var e = 0u; e < 4u; e++) { if (4u * i + e < COLS) { nw[e] = NW[4u * i + e]; } }
+      xs[i] = xs[i] * inv * nw${s.encoding === 'q4' ? ' * select(XH, XL, i % 2u == 0u)' : ''};
+    }
   }
   workgroupBarrier();`
-      : '';
-  // the TPR partial sums of each row meet in red[row][slot]
-  const reduce = f.subgroups
-    ? `for (var j = 0u; j < 4u; j++) {
-      let sg = subgroupAdd(acc[j]);
-      if (sg_size <= ${tpr}u) { if (lane % sg_size == 0u) { red[(quad * 4u + j) * TPR + lane / sg_size] = sg; } }
-      else { red[(quad * 4u + j) * TPR + lane] = acc[j]; }
-    }
-    let parts = select(TPR, TPR / sg_size, sg_size <= TPR);`
-    : `for (var j = 0u; j < 4u; j++) { red[(quad * 4u + j) * TPR + lane] = acc[j]; }
-    let parts = TPR;`;
-  return `${header(f)}${COMMON}${dense16 ? `fn unpack_pair(w: u32) -> vec2<f32> { return ${s.encoding}_pair(w); }
-fn chunk_lo(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.x), unpack_pair(w.y)); }
-fn chunk_hi(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.z), unpack_pair(w.w)); }` : ''}
-${s.input === 'norm' ? reductions(wg, f) : ''}
-const ROWS = ${s.rows}u;
-const COLS = ${s.cols}u;
-const UNITS = ${s.units}u;
-const NBLOCKS = ${blocks}u;
-const TPR = ${tpr}u;
-${s.encoding === 'q4' ? `const GROUP = ${s.group}u;\nconst GROUPS = ${Math.ceil(s.cols / s.group)}u;` : ''}
-${declarations(s)}
-${s.input === 'norm' ? `var<workgroup> xs: array<vec4<f32>, ${xs4}>;` : ''}
-var<workgroup> red: array<f32, ${br * tpr}>;
-${blockRow(s, br)}
+      : ''
+  );
+}
+
+const Q4_HELPERS = /* wgsl */ `
 // nibbles 0..3 / 4..7 of a word as exact floats: 2^23 + u has u in its low mantissa bits
 fn nib_lo(w: u32) -> vec4<f32> {
   return bitcast<vec4<f32>>(((vec4<u32>(w) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) | vec4<u32>(0x4B000000u)) - vec4<f32>(8388608.0);
@@ -356,6 +359,41 @@ fn q4dot(w: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32
   return (q4w(w.x, x0, x1) + q4w(w.y, x2, x3)) + (q4w(w.z, x4, x5) + q4w(w.w, x6, x7));
 }
 
+`;
+
+export function fusedMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string {
+  if (f.subgroups) return subgroupMatvecWgsl(s, f);
+  const { tpr, wg, br } = fusedLayout(s);
+  const cpu = columnsPerUnit(s.encoding, s.group);
+  const xs4 = (s.units * cpu) / 4;
+  const blocks = fusedBlocks(s);
+  const dense16 = s.encoding === 'bf16' || s.encoding === 'f16';
+  const prologue = normPrologue(s, wg, xs4);
+  // the TPR partial sums of each row meet in red[row][slot]
+  const reduce = f.subgroups
+    ? `for (var j = 0u; j < ${RPT}u; j++) {
+      let sg = subgroupAdd(acc[j]);
+      if (sg_size <= ${tpr}u) { if (lane % sg_size == 0u) { red[(quad * ${RPT}u + j) * TPR + lane / sg_size] = sg; } }
+      else { red[(quad * ${RPT}u + j) * TPR + lane] = acc[j]; }
+    }
+    let parts = select(TPR, TPR / sg_size, sg_size <= TPR);`
+    : `for (var j = 0u; j < ${RPT}u; j++) { red[(quad * ${RPT}u + j) * TPR + lane] = acc[j]; }
+    let parts = TPR;`;
+  return `${header(f)}${COMMON}${dense16 ? `fn unpack_pair(w: u32) -> vec2<f32> { return ${s.encoding}_pair(w); }
+fn chunk_lo(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.x), unpack_pair(w.y)); }
+fn chunk_hi(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.z), unpack_pair(w.w)); }` : ''}
+${s.input === 'norm' ? reductions(wg, f) : ''}
+const ROWS = ${s.rows}u;
+const COLS = ${s.cols}u;
+const UNITS = ${s.units}u;
+const NBLOCKS = ${blocks}u;
+const TPR = ${tpr}u;
+${s.encoding === 'q4' ? `const GROUP = ${s.group}u;\nconst GROUPS = ${Math.ceil(s.cols / s.group)}u;` : ''}
+${declarations(s)}
+${s.input === 'norm' ? `var<workgroup> xs: array<vec4<f32>, ${xs4}>;` : ''}
+var<workgroup> red: array<f32, ${br * tpr}>;
+${blockRow(s, br)}
+${Q4_HELPERS}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
   ${subgroupLet(f)}
@@ -363,11 +401,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let quad = lid / TPR;
   let lane = lid % TPR;
   for (var b = wid.x; b < NBLOCKS; b += ${s.workgroups}u) {
-    let r0 = block_row(b, quad * 4u).x;
-    let r1 = block_row(b, quad * 4u + 1u).x;
-    let r2 = block_row(b, quad * 4u + 2u).x;
-    let r3 = block_row(b, quad * 4u + 3u).x;
-    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    ${Array.from({ length: RPT }, (_, j) => `let r${j} = block_row(b, quad * ${RPT}u + ${j}u).x;`).join('\n    ')}
+    var acc = array<f32, ${RPT}>(${Array.from({ length: RPT }, () => '0.0').join(', ')});
     // hot loop
     {
       ${hotLoop(s, tpr).split('\n').join('\n      ')}
@@ -382,6 +417,60 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       ${epilogue(s, br).split('\n').join('\n      ')}
     }
     workgroupBarrier();
+  }
+}
+`;
+}
+
+/**
+ * With subgroups: every subgroup is an independent worker (no workgroup barrier after the prologue).
+ * Worker w takes row groups of RPT rows (BR = RPT for the row maps) w, w + workers, ...; its lanes
+ * split the units with stride sg_size (up to 4 units a lane unrolled per pass), subgroupAdd gives
+ * each row's sum, and lanes 0 and 1 finish the group's two row pairs.
+ */
+function subgroupMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string {
+  const wg = 256;
+  const cpu = columnsPerUnit(s.encoding, s.group);
+  const xs4 = (s.units * cpu) / 4;
+  const groups = blocksFor(s, RPT);
+  const iters = Math.max(1, Math.min(s.unroll ?? 4, Math.ceil(s.units / 32)));
+  const dense16 = s.encoding === 'bf16' || s.encoding === 'f16';
+  const sums = Array.from({ length: RPT }, (_, j) => `let u${j} = subgroupAdd(acc[${j}]);`).join('\n    ');
+  return `${header(f)}diagnostic(off, subgroup_uniformity);
+${COMMON}${dense16 ? `fn unpack_pair(w: u32) -> vec2<f32> { return ${s.encoding}_pair(w); }
+fn chunk_lo(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.x), unpack_pair(w.y)); }
+fn chunk_hi(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.z), unpack_pair(w.w)); }` : ''}
+${s.input === 'norm' ? reductions(wg, f) : ''}
+const ROWS = ${s.rows}u;
+const COLS = ${s.cols}u;
+const UNITS = ${s.units}u;
+const NGROUPS = ${groups}u;
+${s.encoding === 'q4' ? `const GROUP = ${s.group}u;\nconst GROUPS = ${Math.ceil(s.cols / s.group)}u;` : ''}
+${declarations(s)}
+${s.input === 'norm' ? `var<workgroup> xs: array<vec4<f32>, ${xs4}>;` : ''}
+${blockRow(s, RPT)}
+${Q4_HELPERS}
+@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) lane: u32) {
+  ${normPrologue(s, wg, xs4)}
+  let per = ${wg}u / sg_size;
+  let workers = ${s.workgroups}u * per;
+  for (var b = wid.x * per + lid / sg_size; b < NGROUPS; b += workers) {
+    ${Array.from({ length: RPT }, (_, j) => `let r${j} = block_row(b, ${j}u).x;`).join('\n    ')}
+    var acc = array<f32, ${RPT}>(${Array.from({ length: RPT }, () => '0.0').join(', ')});
+    // hot loop
+    for (var kb = 0u; kb < UNITS; kb += ${iters}u * sg_size) {
+      ${hotLoop(s, 32, { start: 'kb + lane', stride: 'sg_size', iters: s.encoding === 'bitmap4' ? 1 : iters, exact: false })
+        .replace(/for \(var k = kb \+ lane; k < UNITS; k \+= sg_size\)/, 'for (var k = kb + lane; k < min(UNITS, kb + sg_size); k += sg_size)')
+        .split('\n').join('\n      ')}
+    }
+    ${sums}
+    if (lane < 2u) {
+      let t = lane;
+      let s0 = select(u0, u2, t == 1u);
+      let s1 = select(u1, u3, t == 1u);
+      ${epilogue(s, RPT).split('\n').join('\n      ')}
+    }
   }
 }
 `;
