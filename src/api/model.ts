@@ -57,7 +57,6 @@ export type { GenerationChunk } from '../runtime/generate.js';
 export { GenerationStream } from './stream.js';
 
 /** Chat templates end each turn with a token that should end generation too; these are the common ones. */
-const END_OF_TURN_TOKENS = ['<|end|>', '<|eot_id|>', '<|im_end|>', '<end_of_turn>', '<|endoftext|>', '</s>'];
 
 export class Model {
   /** The model's name: its folder or file name without extension. */
@@ -79,8 +78,7 @@ export class Model {
       defaults: generationDefaults(loaded.generationConfig),
       eosTokenIds: loaded.config.eosTokenIds,
     };
-    const endOfTurn = END_OF_TURN_TOKENS.map((t) => loaded.tokenizer?.idOf(t)).filter((id): id is number => id !== undefined);
-    this.chatEndTokenIds = [...new Set([...loaded.config.eosTokenIds, ...endOfTurn])];
+    this.chatEndTokenIds = loaded.tokenizer?.chatEndTokenIds(loaded.config.eosTokenIds) ?? loaded.config.eosTokenIds;
     const maxActive = options.maxConcurrency ?? 8;
     const maxQueued = options.maxQueued ?? 64;
     if (!Number.isInteger(maxActive) || maxActive < 1) throw new InvalidInputError(`max concurrency must be a whole number >= 1, got ${maxActive}`);

@@ -18,6 +18,9 @@ export interface TokenizerFiles {
   chatTemplate: string | null;
 }
 
+/** Tokens that chat templates put at the end of an assistant turn, across model families. */
+const END_OF_TURN_TOKENS = ['<|end|>', '<|eot_id|>', '<|im_end|>', '<end_of_turn>', '<|endoftext|>', '</s>'];
+
 function tokenContent(v: unknown): string | undefined {
   if (typeof v === 'string') return v;
   if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
@@ -53,6 +56,12 @@ export class TextTokenizer {
 
   idOf(token: string): number | undefined {
     return this.tokenizer.token_to_id(token);
+  }
+
+  /** Ids that end a chat reply: the model's EOS ids plus whichever end-of-turn tokens the vocabulary has. */
+  chatEndTokenIds(eosTokenIds: number[]): number[] {
+    const endOfTurn = END_OF_TURN_TOKENS.map((t) => this.idOf(t)).filter((id): id is number => id !== undefined);
+    return [...new Set([...eosTokenIds, ...endOfTurn])];
   }
 
   get hasChatTemplate(): boolean {

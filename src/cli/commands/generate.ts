@@ -83,6 +83,8 @@ export function generateCommand(): Command {
         {
           maxTokens: flags.maxTokens, temperature: flags.temperature, topK: flags.topK, topP: flags.topP, minP: flags.minP,
           repetitionPenalty: flags.repetitionPenalty, seed: flags.seed, stop: flags.stop, ignoreEos: flags.ignoreEos,
+          // a chat reply also ends at the template's end-of-turn token
+          eosTokenIds: flags.chat && tokenizer ? tokenizer.chatEndTokenIds(model.config.eosTokenIds) : undefined,
         },
       );
       let result: GenerationResult;
