@@ -1,14 +1,16 @@
 /**
  * `compressModel`: a Hugging Face folder -> a UPG artifact, streaming. Tensors are read, pruned,
- * quantized and written one at a time in layer order, so peak memory is about one tensor (a few copies
- * of it in float32) plus, for Wanda, the activation norms; the artifact appears under its name only
- * when complete.
+ * quantized and written one at a time in layer order, and each matrix a block of rows at a time (pruning
+ * and every encoding work within rows), so peak memory is one encoded matrix plus a float32 block, and,
+ * for Wanda, the activation norms. The artifact appears under its name only when complete.
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InvalidInputError, PdvmError } from '../errors.js';
 import { CheckpointTensors, exists, readJsonFile, readTokenizerFiles } from '../format/hf.js';
-import { BitmapTensor, CsrTensor, DenseUpgTensor, NmTensor, Q4Tensor, Q8Tensor, type EncodedTensor } from '../format/upg/encodings/index.js';
+import { BitmapTensor, CsrTensor, DenseUpgTensor, NmTensor, Q4Tensor, Q8Tensor, concatRowBlocks, type EncodedTensor } from '../format/upg/encodings/index.js';
+import { toF32 } from '../format/safetensors.js';
+import { FileSource } from '../io/node-file.js';
 import type { DenseDtype } from '../format/upg/encodings/dense.js';
 import { denseBytes } from '../format/upg/encodings/dense.js';
 import type { UpgModelFiles } from '../format/upg/metadata.js';
@@ -35,6 +37,8 @@ export interface CompressRequest extends CompressOptions {
   calib?: string;
   onProgress?: (p: CompressProgress) => void;
   signal?: AbortSignal;
+  /** Weights per row block (default 4 Mi: 16 MB of float32); tests make it small to exercise the joins. */
+  blockWeights?: number;
 }
 
 export interface CompressResult {
@@ -89,20 +93,65 @@ export function encodeMatrix(w: Float32Array, rows: number, cols: number, plan: 
   }
 }
 
-/** Zero fraction and ||W' - W|| / ||W|| of the decoded tensor, a row at a time. */
-function measure(t: EncodedTensor, w: Float32Array): { sparsity: number; relError: number } {
+/** Zero count and squared error / squared norm of the decoded tensor against the source, a row at a time. */
+interface ErrorSums {
+  zeros: number;
+  errorSquares: number;
+  sourceSquares: number;
+}
+
+function accumulateError(t: EncodedTensor, w: Float32Array, sums: ErrorSums): void {
   const row = new Float32Array(t.cols);
-  let zeros = 0, num = 0, den = 0;
   for (let r = 0; r < t.rows; r++) {
     t.decodeRow(r, row);
     for (let c = 0; c < t.cols; c++) {
       const v = row[c]!, ref = w[r * t.cols + c]!;
-      if (v === 0) zeros++;
-      num += (v - ref) ** 2;
-      den += ref * ref;
+      if (v === 0) sums.zeros++;
+      sums.errorSquares += (v - ref) ** 2;
+      sums.sourceSquares += ref * ref;
     }
   }
-  return { sparsity: zeros / (t.rows * t.cols), relError: Math.sqrt(num) / Math.sqrt(den || 1) };
+}
+
+/** Float32 weights a block of rows at a time, read straight from the checkpoint's files. */
+class RowReader {
+  private readonly sources = new Map<string, FileSource>();
+  constructor(private readonly ckpt: CheckpointTensors) {}
+
+  async read(name: string, firstRow: number, rowCount: number, rows: number): Promise<Float32Array> {
+    const info = this.ckpt.info(name);
+    let source = this.sources.get(info.file);
+    if (!source) this.sources.set(info.file, (source = await FileSource.open(info.file)));
+    const rowBytes = info.byteLength / rows;
+    const raw = await source.read(info.offset + firstRow * rowBytes, rowCount * rowBytes);
+    return toF32({ ...info, byteLength: raw.length }, raw);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.sources.values()].map((s) => s.close()));
+  }
+}
+
+/** Weights per row block: every pruning pattern and encoding works within rows, so big matrices go a block at a time. */
+const BLOCK_WEIGHTS = 1 << 22;
+
+/** Encodes one matrix block by block; peak memory is one float32 block plus the encoded matrix. */
+async function encodeStreamed(reader: RowReader, name: string, rows: number, cols: number, plan: TensorPlan, norms: Float32Array | null, blockWeights: number) {
+  const blockRows = Math.max(1, Math.floor(blockWeights / cols));
+  const parts: EncodedTensor[] = [];
+  const sums: ErrorSums = { zeros: 0, errorSquares: 0, sourceSquares: 0 };
+  for (let r = 0; r < rows; r += blockRows) {
+    const n = Math.min(blockRows, rows - r);
+    const w = await reader.read(name, r, n, rows);
+    const part = encodeMatrix(w, n, cols, plan, norms);
+    accumulateError(part, w, sums);
+    parts.push(part);
+  }
+  return {
+    encoded: concatRowBlocks(parts),
+    sparsity: sums.zeros / (rows * cols),
+    relError: Math.sqrt(sums.errorSquares) / Math.sqrt(sums.sourceSquares || 1),
+  };
 }
 
 export async function compressModel(req: CompressRequest): Promise<CompressResult> {
@@ -114,6 +163,7 @@ export async function compressModel(req: CompressRequest): Promise<CompressResul
   const config = parseConfig(await readJsonFile(configPath), configPath, (await exists(genPath)) ? await readJsonFile(genPath) : {});
   const files = await modelFiles(req.input, req);
   const ckpt = await CheckpointTensors.open(req.input);
+  const reader = new RowReader(ckpt);
   let writer: UpgWriter | null = null;
   const checkAbort = () => {
     if (req.signal?.aborted) throw new PdvmError('compression interrupted; no output was written');
@@ -155,17 +205,16 @@ export async function compressModel(req: CompressRequest): Promise<CompressResul
       checkAbort();
       const info = ckpt.info(spec.name);
       const plan = planTensor(spec, info.dtype, req);
-      const w = await ckpt.readF32(spec.name);
       const shape = spec.shape;
       let row: TensorReportRow;
       if (spec.kind === 'vector') {
+        const w = await ckpt.readF32(spec.name);
         const bytes = denseBytes(w, plan.params.dtype as DenseDtype);
         await writer.writeTensor({ name: spec.name, shape, encoding: 'dense', params: plan.params }, [{ role: 'values', dtype: plan.params.dtype as DenseDtype, shape, bytes }]);
         row = { name: spec.name, encoding: 'dense', detail: String(plan.params.dtype), shape, bytes: bytes.length };
       } else {
         const [r, c] = shape as [number, number];
-        const encoded = encodeMatrix(w, r, c, plan, norms?.get(spec.name) ?? null);
-        const stats = measure(encoded, w);
+        const { encoded, ...stats } = await encodeStreamed(reader, spec.name, r, c, plan, norms?.get(spec.name) ?? null, req.blockWeights ?? BLOCK_WEIGHTS);
         await writer.writeTensor(
           { name: spec.name, shape, encoding: encoded.encoding, params: encoded.params, stats: { sparsity: stats.sparsity, rel_error: stats.relError } },
           encoded.buffers(),
@@ -184,6 +233,7 @@ export async function compressModel(req: CompressRequest): Promise<CompressResul
     await writer?.abort();
     throw e;
   } finally {
+    await reader.close();
     await ckpt.close();
   }
 }

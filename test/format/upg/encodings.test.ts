@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { BitmapTensor, CsrTensor, DenseUpgTensor, NmTensor, Q4Tensor, Q8Tensor, type EncodedTensor } from '../../../src/format/upg/encodings/index.js';
+import { BitmapTensor, CsrTensor, DenseUpgTensor, NmTensor, Q4Tensor, Q8Tensor, concatRowBlocks, type EncodedTensor } from '../../../src/format/upg/encodings/index.js';
 import { f16ToF32, f32ToF16 } from '../../../src/format/dtype.js';
 import { DenseTensor } from '../../../src/model/tensor.js';
 import { assertClose, rng } from '../../helpers.js';
@@ -234,4 +234,29 @@ test('csr: a gap of 600 columns is bridged by escape entries', () => {
 
 test('nm: a block with more than n nonzeros is refused', () => {
   assert.throws(() => NmTensor.pack(1, 4, Float32Array.from([1, 2, 3, 0]), 2, 4, 8), /has 3 nonzeros; 2:4 allows 2/);
+});
+
+test('row blocks packed separately and joined give the same buffers as packing the whole matrix', () => {
+  const rows = 17, cols = 70;
+  const w = randomMatrix(rows, cols, 99);
+  const splits = [0, 5, 12, 17]; // blocks of 5, 7 and 5 rows
+  const unstructured = prune(w, rows, cols, 3, undefined, 0.45);
+  const nm = prune(w, rows, cols, 4, [2, 4]);
+  const cases: [string, (r: number, m: Float32Array) => EncodedTensor, Float32Array][] = [
+    ['dense', (r, m) => DenseUpgTensor.pack(r, cols, m, 'BF16'), w],
+    ['q8', (r, m) => Q8Tensor.pack(r, cols, m), w],
+    ['q4', (r, m) => Q4Tensor.pack(r, cols, m, 32), w],
+    ['bitmap q8', (r, m) => BitmapTensor.pack(r, cols, m, 32, 8), unstructured],
+    ['bitmap q4', (r, m) => BitmapTensor.pack(r, cols, m, 64, 4), unstructured],
+    ['nm q4', (r, m) => NmTensor.pack(r, cols, m, 2, 4, 4, 32), nm],
+    ['nm q8', (r, m) => NmTensor.pack(r, cols, m, 2, 4, 8), nm],
+    ['csr', (r, m) => CsrTensor.pack(r, cols, m), unstructured],
+  ];
+  for (const [what, pack, matrix] of cases) {
+    const whole = pack(rows, matrix);
+    const joined = concatRowBlocks(splits.slice(1).map((end, i) => pack(end - splits[i]!, matrix.slice(splits[i]! * cols, end * cols))));
+    const a = whole.buffers(), b = joined.buffers();
+    assert.deepEqual(b.map((x) => [x.role, x.dtype, x.shape]), a.map((x) => [x.role, x.dtype, x.shape]), what);
+    for (let i = 0; i < a.length; i++) assert.deepEqual(Buffer.from(b[i]!.bytes), Buffer.from(a[i]!.bytes), `${what} ${a[i]!.role}`);
+  }
 });

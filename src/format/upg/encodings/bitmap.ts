@@ -9,7 +9,7 @@
  */
 import { ModelFormatError } from '../../../errors.js';
 import {
-  bytesOf, f16ArrayToF32, getNibble, int8Quantize, int8Scale, matmulByRows, setNibble, signed4Quantize, signed4Scale,
+  bytesOf, concatArrays, f16ArrayToF32, getNibble, int8Quantize, int8Scale, matmulByRows, setNibble, signed4Quantize, signed4Scale,
   unpackByRows, view, type EncodedTensor, type UpgBuffer,
 } from './common.js';
 
@@ -91,6 +91,29 @@ export class BitmapTensor implements EncodedTensor {
       for (let i = begin; i < end; i++) setNibble(values, i, signed4Quantize(w[source[i]!]!, scale.value) + 8);
     }
     return new BitmapTensor(rows, cols, tile, bits, mask, offsets, values, scales);
+  }
+
+  /** Offsets of later blocks move on by the values before them; 4-bit value streams are re-joined nibble by nibble. */
+  static concatRows(parts: BitmapTensor[]): BitmapTensor {
+    const p0 = parts[0]!;
+    const rows = parts.reduce((a, p) => a + p.rows, 0);
+    const offsets = new Uint32Array(rows * p0.tiles + 1);
+    let at = 0, base = 0;
+    for (const p of parts) {
+      for (let i = 0; i < p.rows * p.tiles; i++) offsets[at + i] = base + p.offsets[i]!;
+      at += p.rows * p.tiles;
+      base += p.nnz;
+    }
+    offsets[rows * p0.tiles] = base;
+    let values: Int8Array | Uint32Array;
+    if (p0.bits === 8) values = concatArrays(parts.map((p) => (p.values as Int8Array).subarray(0, p.nnz)));
+    else {
+      values = new Uint32Array(Math.ceil(base / 8));
+      let i = 0;
+      for (const p of parts) for (let k = 0; k < p.nnz; k++) setNibble(values, i++, getNibble(p.values as Uint32Array, k));
+    }
+    const scales = p0.bits === 8 ? concatArrays(parts.map((p) => p.scales as Float32Array)) : concatArrays(parts.map((p) => p.scales as Uint16Array));
+    return new BitmapTensor(rows, p0.cols, p0.tile, p0.bits, concatArrays(parts.map((p) => p.mask)), offsets, values, scales);
   }
 
   static expectedBuffers(rows: number, cols: number, tile: number, bits: number, nnz: number): Omit<UpgBuffer, 'bytes'>[] {

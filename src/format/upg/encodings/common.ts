@@ -29,6 +29,18 @@ export interface EncodedTensor extends WeightTensor {
   unpack(): Float32Array;
 }
 
+/** Concatenates typed arrays of one kind (row blocks of a buffer). */
+export function concatArrays<T extends Int8Array | Uint8Array | Uint16Array | Uint32Array | Float32Array>(parts: T[]): T {
+  const total = parts.reduce((a, p) => a + p.length, 0);
+  const out = new (parts[0]!.constructor as { new (n: number): T })(total);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p as never, at);
+    at += p.length;
+  }
+  return out;
+}
+
 export function roundUp(a: number, b: number): number {
   return Math.ceil(a / b) * b;
 }

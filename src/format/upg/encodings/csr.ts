@@ -6,7 +6,7 @@
  *   scales  F32 [rows]
  * Gaps over 255 columns are bridged by escape entries (delta 255, value 0).
  */
-import { bytesOf, int8Quantize, int8Scale, matmulByRows, unpackByRows, view, type EncodedTensor, type UpgBuffer } from './common.js';
+import { bytesOf, concatArrays, int8Quantize, int8Scale, matmulByRows, unpackByRows, view, type EncodedTensor, type UpgBuffer } from './common.js';
 
 const MAX_DELTA = 255;
 
@@ -42,6 +42,20 @@ export class CsrTensor implements EncodedTensor {
     }
     rowPtr[rows] = entries.length;
     return new CsrTensor(rows, cols, rowPtr, Uint16Array.from(entries), scales);
+  }
+
+  /** Row pointers of later blocks move on by the entries before them. */
+  static concatRows(parts: CsrTensor[]): CsrTensor {
+    const rows = parts.reduce((a, p) => a + p.rows, 0);
+    const rowPtr = new Uint32Array(rows + 1);
+    let r = 0, base = 0;
+    for (const p of parts) {
+      for (let i = 0; i < p.rows; i++) rowPtr[r + i] = base + p.rowPtr[i]!;
+      r += p.rows;
+      base += p.entries.length;
+    }
+    rowPtr[rows] = base;
+    return new CsrTensor(rows, parts[0]!.cols, rowPtr, concatArrays(parts.map((p) => p.entries)), concatArrays(parts.map((p) => p.scales)));
   }
 
   static expectedBuffers(rows: number, count: number): Omit<UpgBuffer, 'bytes'>[] {

@@ -5,7 +5,7 @@
 import { DenseTensor } from '../../../model/tensor.js';
 import { f32ToBf16, f32ToF16 } from '../../dtype.js';
 import { toF32 } from '../../safetensors.js';
-import { bytesOf, type EncodedTensor, type UpgBuffer } from './common.js';
+import { bytesOf, concatArrays, type EncodedTensor, type UpgBuffer } from './common.js';
 
 export type DenseDtype = 'BF16' | 'F16' | 'F32';
 export const DENSE_DTYPES: DenseDtype[] = ['BF16', 'F16', 'F32'];
@@ -29,6 +29,11 @@ export class DenseUpgTensor extends DenseTensor implements EncodedTensor {
 
   static pack(rows: number, cols: number, w: Float32Array, dtype: DenseDtype): DenseUpgTensor {
     return new DenseUpgTensor(rows, cols, dtype, denseBytes(w, dtype));
+  }
+
+  static concatRows(parts: DenseUpgTensor[]): DenseUpgTensor {
+    const rows = parts.reduce((a, p) => a + p.rows, 0);
+    return new DenseUpgTensor(rows, parts[0]!.cols, parts[0]!.dtype, concatArrays(parts.map((p) => p.stored)));
   }
 
   static expectedBuffers(shape: number[], dtype: DenseDtype): Omit<UpgBuffer, 'bytes'>[] {

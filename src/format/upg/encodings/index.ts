@@ -83,3 +83,16 @@ export function tensorFromBuffers(encoding: EncodingName, shape: number[], param
       return CsrTensor.fromBuffers(rows, cols, b);
   }
 }
+
+/** Joins consecutive row blocks of one matrix, packed separately with the same encoding and parameters. */
+export function concatRowBlocks(parts: EncodedTensor[]): EncodedTensor {
+  if (parts.length === 1) return parts[0]!;
+  const first = parts[0]!;
+  if (first instanceof Q8Tensor) return Q8Tensor.concatRows(parts as Q8Tensor[]);
+  if (first instanceof Q4Tensor) return Q4Tensor.concatRows(parts as Q4Tensor[]);
+  if (first instanceof BitmapTensor) return BitmapTensor.concatRows(parts as BitmapTensor[]);
+  if (first instanceof NmTensor) return NmTensor.concatRows(parts as NmTensor[]);
+  if (first instanceof CsrTensor) return CsrTensor.concatRows(parts as CsrTensor[]);
+  if (first instanceof DenseUpgTensor) return DenseUpgTensor.concatRows(parts as DenseUpgTensor[]);
+  throw new Error(`concatRowBlocks: unknown encoding ${first.encoding}`);
+}

@@ -8,7 +8,7 @@
  */
 import { ModelFormatError } from '../../../errors.js';
 import {
-  bytesOf, f16ArrayToF32, getNibble, int8Quantize, int8Scale, matmulByRows, roundUp, setNibble, signed4Quantize, signed4Scale,
+  bytesOf, concatArrays, f16ArrayToF32, getNibble, int8Quantize, int8Scale, matmulByRows, roundUp, setNibble, signed4Quantize, signed4Scale,
   unpackByRows, view, type EncodedTensor, type UpgBuffer,
 } from './common.js';
 
@@ -105,6 +105,14 @@ export class NmTensor implements EncodedTensor {
       }
     }
     return new NmTensor(rows, cols, n, m, bits, group, mask, values, scales);
+  }
+
+  static concatRows(parts: NmTensor[]): NmTensor {
+    const p0 = parts[0]!;
+    const rows = parts.reduce((a, p) => a + p.rows, 0);
+    const values = p0.bits === 8 ? concatArrays(parts.map((p) => p.values as Int8Array)) : concatArrays(parts.map((p) => p.values as Uint32Array));
+    const scales = p0.bits === 8 ? concatArrays(parts.map((p) => p.scales as Float32Array)) : concatArrays(parts.map((p) => p.scales as Uint16Array));
+    return new NmTensor(rows, p0.cols, p0.n, p0.m, p0.bits, p0.group, concatArrays(parts.map((p) => p.mask)), values, scales);
   }
 
   static expectedBuffers(rows: number, cols: number, n: number, m: number, bits: number, group: number): Omit<UpgBuffer, 'bytes'>[] {

@@ -4,7 +4,7 @@
  *   scale_min F16 [rows, groups, 2]           (scale, min) per group
  *   W[r, c] = fround(fround(u * scale) + min)
  */
-import { bytesOf, f16ArrayToF32, matmulByRows, roundToF16, setNibble, unpackByRows, view, type EncodedTensor, type UpgBuffer } from './common.js';
+import { bytesOf, concatArrays, f16ArrayToF32, matmulByRows, roundToF16, setNibble, unpackByRows, view, type EncodedTensor, type UpgBuffer } from './common.js';
 import { ModelFormatError } from '../../../errors.js';
 
 export const Q4_GROUPS = [32, 64, 128];
@@ -51,6 +51,11 @@ export class Q4Tensor implements EncodedTensor {
       }
     }
     return new Q4Tensor(rows, cols, group, qweight, scaleMin);
+  }
+
+  static concatRows(parts: Q4Tensor[]): Q4Tensor {
+    const rows = parts.reduce((a, p) => a + p.rows, 0);
+    return new Q4Tensor(rows, parts[0]!.cols, parts[0]!.group, concatArrays(parts.map((p) => p.qweight)), concatArrays(parts.map((p) => p.scaleMin)));
   }
 
   static expectedBuffers(rows: number, cols: number, group: number): Omit<UpgBuffer, 'bytes'>[] {

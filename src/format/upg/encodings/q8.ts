@@ -2,7 +2,7 @@
  * `q8`: int8 weights with one float32 scale per output row (docs/upg-format.md, "q8").
  *   qweight I8 [rows, stride = roundUp(cols, 4)], scales F32 [rows];  W[r, c] = q[r, c] * scales[r]
  */
-import { bytesOf, int8Quantize, int8Scale, matmulByRows, roundUp, unpackByRows, view, type EncodedTensor, type UpgBuffer } from './common.js';
+import { bytesOf, concatArrays, int8Quantize, int8Scale, matmulByRows, roundUp, unpackByRows, view, type EncodedTensor, type UpgBuffer } from './common.js';
 
 export class Q8Tensor implements EncodedTensor {
   readonly encoding = 'q8';
@@ -25,6 +25,12 @@ export class Q8Tensor implements EncodedTensor {
       for (let c = 0; c < cols; c++) qweight[r * stride + c] = int8Quantize(w[r * cols + c]!, scale);
     }
     return new Q8Tensor(rows, cols, qweight, scales);
+  }
+
+  /** The tensor of consecutive row blocks packed separately (the compressor packs big matrices a block at a time). */
+  static concatRows(parts: Q8Tensor[]): Q8Tensor {
+    const rows = parts.reduce((a, p) => a + p.rows, 0);
+    return new Q8Tensor(rows, parts[0]!.cols, concatArrays(parts.map((p) => p.qweight)), concatArrays(parts.map((p) => p.scales)));
   }
 
   static fromBuffers(rows: number, cols: number, b: Map<string, Uint8Array>): Q8Tensor {
