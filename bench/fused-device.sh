@@ -9,11 +9,13 @@ set -uo pipefail
 eval "$(bash .gpu/setup.sh)"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
-bench() { local name=$1; shift; node .gpu/app.mjs bench --json "$@" > "$OUT/$name.jsonl" 2> >(grep -v Warning > "$OUT/$name.log"); cat "$OUT/$name.log"; }
+# results: one JSON object a line in results.jsonl; what each run logged (figures, checks, profiles) in bench.log
+bench() { local name=$1; shift; echo "== $name: pdvm bench $*" | tee -a "$OUT/bench.log"; node .gpu/app.mjs bench --json "$@" >> "$OUT/results.jsonl" 2> >(grep -v Warning | tee -a "$OUT/bench.log"); }
 bench check-brown --shape brown-llama --encoding q4 --context 64 --tokens 32 --check 32 --probe-mib 256
 bench check-bitmap --shape llama-3.2-1b --encoding bitmap --context 64 --tokens 32 --check 24 --probe-mib 256
-bench phi4-q4 --shape phi-4 --encoding q4 --group 64 --context 512 --tokens 128 ${EXTRA:-}
+bench phi4-q4 --shape phi-4 --encoding q4 --group 64 --context 512 --tokens 128 --profile ${EXTRA:-}
 bench phi4-bitmap --shape phi-4 --encoding bitmap --tile 64 --density 0.5 --context 512 --tokens 128 ${EXTRA:-}
-bench llama1b-q4 --shape llama-3.2-1b --encoding q4 --group 64 --context 512 --tokens 128 ${EXTRA:-}
-[ -n "${SKIP_HF:-}" ] || PYTHONUNBUFFERED=1 python3 bench/hf_baseline.py --shape phi-4 --shape llama-3.2-1b --prompt 512 --new 128 --json "$OUT/hf.jsonl" 2>&1 | grep -v Warning | tail -5
-cat "$OUT"/*.jsonl > "$OUT/all.jsonl"
+bench llama1b-q4 --shape llama-3.2-1b --encoding q4 --group 64 --context 512 --tokens 128 --profile ${EXTRA:-}
+bench llama8b-q4 --shape llama-3.1-8b --encoding q4 --group 64 --context 512 --tokens 128 ${EXTRA:-}
+[ -n "${SKIP_HF:-}" ] || PYTHONUNBUFFERED=1 python3 bench/hf_baseline.py --shape phi-4 --shape llama-3.2-1b --prompt 512 --new 128 --json "$OUT/hf.json" 2>&1 | grep -v Warning | tail -5
+sleep 1

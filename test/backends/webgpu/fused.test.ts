@@ -18,6 +18,7 @@ import { DenseTensor, type WeightTensor } from '../../../src/model/tensor.js';
 import type { ModelWeights } from '../../../src/model/weights.js';
 import { ALL_FIXTURE_MODELS, ARCH_MODELS, BROWN, assertClose, readReference } from '../../helpers.js';
 import { SKIP_GPU, testGpu } from './gpu.js';
+import type { GpuOptions } from '../../../src/backends/webgpu/device.js';
 
 type Pack = (t: WeightTensor) => WeightTensor;
 
@@ -43,8 +44,8 @@ function compressed(m: ModelWeights, pack: Pack): ModelWeights {
   };
 }
 
-async function decoders(model: LoadedModel, weights: ModelWeights, contextLength: number) {
-  const gpu = await testGpu();
+async function decoders(model: LoadedModel, weights: ModelWeights, contextLength: number, options: GpuOptions = {}) {
+  const gpu = await testGpu(options);
   const w = uploadFusedWeights(gpu, weights);
   const make = (path: DecodePath) => new FusedDecoder(gpu, model.config, w, { path, contextLength, workgroups: 64 });
   const fused = make('fused'), unfused = make('unfused');
@@ -58,8 +59,8 @@ async function decoders(model: LoadedModel, weights: ModelWeights, contextLength
   };
 }
 
-async function checkPaths(name: string, model: LoadedModel, weights: ModelWeights, refLogits: Float32Array | null, prompts: number[][]): Promise<void> {
-  const { fused, unfused, dispose } = await decoders(model, weights, 160);
+async function checkPaths(name: string, model: LoadedModel, weights: ModelWeights, refLogits: Float32Array | null, prompts: number[][], options: GpuOptions = {}): Promise<void> {
+  const { fused, unfused, dispose } = await decoders(model, weights, 160, options);
   try {
     assert.equal(fused.dispatchesPerLayer, 5);
     // logits after each of the first prompt's tokens, fed one step at a time
@@ -128,3 +129,16 @@ for (const [encoding, pack] of [['q4 g32', q4], ['bitmap 50% 4-bit', bitmap4]] a
     });
   }
 }
+
+test('fused decode: the kernels without subgroups (phi3 as q4 g32 and as bitmap) match the CPU engine', { skip: SKIP_GPU }, async () => {
+  const dir = ARCH_MODELS[2]!;
+  const model = await loadModel(dir);
+  const ref = await readReference(dir);
+  const ids = [...ref.inputIds.slice(0, 8)];
+  for (const pack of [q4, bitmap4]) {
+    const weights = compressed(model.weights, pack);
+    const cpu = new CpuEngine(model.config, weights, 64);
+    const cpuLogits = await cpu.forward(cpu.createSequence(), ids, true);
+    await checkPaths(`${basename(dir)} without subgroups`, model, weights, cpuLogits, [ids], { disableSubgroups: true });
+  }
+});

@@ -31,7 +31,7 @@ export interface FusedDecoderOptions {
   workgroups?: number;
   /** Workgroups of the matvecs that normalise x first (each does so once); default 264. */
   normWorkgroups?: number;
-  /** Units each lane loads per pass in the subgroup matvec (default 4). */
+  /** Units each lane loads per pass in the subgroup matvec (default 1). */
   unroll?: number;
 }
 
@@ -167,7 +167,7 @@ export class FusedDecoder {
     if (s.input === 'norm' && (m.units * columnsPerUnit(m.encoding, m.group) * 4) > this.gpu.device.limits.maxComputeWorkgroupStorageSize - 8192) {
       throw new Error(`the fused norm prologue needs ${m.cols} floats of workgroup memory, over this device's limit`);
     }
-    const shape: FusedMatvecShape = { ...s, encoding: m.encoding, rows: m.rows, cols: m.cols, units: m.units, group: m.group, workgroups: 0, unroll: this.options.unroll ?? 4 };
+    const shape: FusedMatvecShape = { ...s, encoding: m.encoding, rows: m.rows, cols: m.cols, units: m.units, group: m.group, workgroups: 0, unroll: this.options.unroll ?? 1 };
     const cap = s.input === 'norm' ? Math.min(this.workgroups, this.options.normWorkgroups ?? 264) : this.workgroups;
     shape.workgroups = Math.min(cap, fusedBlocks(shape));
     const f = { subgroups: this.gpu.subgroups };
