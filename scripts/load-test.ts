@@ -15,7 +15,7 @@ import OpenAI from 'openai';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
-const MODEL_DIR = join(ROOT, 'models', 'brown-llama-12m');
+const MODEL_DIR = join(ROOT, 'models', 'brown-llama-12m.upg');
 
 const { values } = parseArgs({
   options: {

@@ -2,7 +2,7 @@
  * The library API: `loadModel(path)` gives a `Model` that generates from a prompt or a chat, streamed
  * or whole, from any number of callers at once (they share one engine, each with its own KV cache).
  *
- *   const model = await loadModel('models/brown-llama-12m');
+ *   const model = await loadModel('models/brown-llama-12m.upg');
  *   for await (const chunk of model.generate('The jury said', { maxTokens: 20, stream: true })) ...
  *   const { text } = await model.chat([{ role: 'user', content: 'Hello' }], { temperature: 0 });
  */

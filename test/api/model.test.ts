@@ -8,7 +8,7 @@ import { loadModel, AbortError, ContextLengthError, ModelDisposedError, QueueFul
 import { ROOT } from '../helpers.js';
 import { join } from 'node:path';
 
-const DEMO = join(ROOT, 'models', 'brown-llama-12m');
+const DEMO = join(ROOT, 'models', 'brown-llama-12m.upg');
 let model: Model;
 
 before(async () => {

@@ -13,7 +13,7 @@ import { ROOT } from '../helpers.js';
 test('WebGPU: concurrent generations each equal the same generation run alone', async (t) => {
   let model: Model;
   try {
-    model = await loadModel(join(ROOT, 'models', 'brown-llama-12m'), { backend: 'webgpu', maxConcurrency: 3 });
+    model = await loadModel(join(ROOT, 'models', 'brown-llama-12m.upg'), { backend: 'webgpu', maxConcurrency: 3 });
   } catch (e) {
     if (e instanceof WebGpuUnavailableError) {
       t.skip(`no WebGPU here: ${e.message}`);

@@ -6,7 +6,7 @@ import OpenAI from 'openai';
 import { loadModel, startServer, type LoadModelOptions, type Model, type PdvmServer, type ServerOptions } from 'pdvm';
 import { CLI, ROOT } from '../helpers.js';
 
-export const DEMO = join(ROOT, 'models', 'brown-llama-12m');
+export const DEMO = join(ROOT, 'models', 'brown-llama-12m.upg');
 
 export interface TestServer {
   model: Model;
