@@ -187,19 +187,19 @@ interface LoopStride {
   exact: boolean;
 }
 
-function hotLoop(s: FusedMatvecShape, tpr: number, loop: LoopStride = { start: 'lane', stride: `${tpr}u`, iters: Math.ceil(s.units / tpr), exact: s.units % tpr === 0 }): string {
+function hotLoop(s: FusedMatvecShape, tpr: number, rpt: number, loop: LoopStride = { start: 'lane', stride: `${tpr}u`, iters: Math.ceil(s.units / tpr), exact: s.units % tpr === 0 }): string {
   const X4 = (i: string) => (s.input === 'norm' ? `xs[${i}]` : `X[${i}]`);
   // q4 reads x pre-scaled (XL/XH): the norm prologue stores it so, a global x is scaled here
   const q4x = (load: string, e: number) => (s.input === 'norm' ? load : `${load} * ${e % 2 === 0 ? 'XL' : 'XH'}`);
   // sum of the unscaled x of a unit (for the min term)
   const q4sum = (p: string) => `(dot(${p}0, UXL) + dot(${p}1, UXH)) + (dot(${p}2, UXL) + dot(${p}3, UXH)) + (dot(${p}4, UXL) + dot(${p}5, UXH)) + (dot(${p}6, UXL) + dot(${p}7, UXH))`;
-  const rows = Array.from({ length: RPT }, (_, j) => j);
+  const rows = Array.from({ length: rpt }, (_, j) => j);
   const iters = loop.iters;
   if (s.encoding === 'bitmap4') {
     const X1 = s.input === 'norm' ? 'xs[c >> 2u][c & 3u]' : 'X[c >> 2u][c & 3u]';
-    return `var rows = array<u32, ${RPT}>(${rows.map((j) => `r${j}`).join(', ')});
+    return `var rows = array<u32, ${rpt}>(${rows.map((j) => `r${j}`).join(', ')});
 for (var k = ${loop.start}; k < UNITS; k += ${loop.stride}) {
-  for (var j = 0u; j < ${RPT}u; j++) {
+  for (var j = 0u; j < ${rpt}u; j++) {
     let ti = rows[j] * UNITS + k;
     var i = OFFS[ti];
     var d = 0.0;
@@ -408,7 +408,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc = array<f32, ${RPT}>(${Array.from({ length: RPT }, () => '0.0').join(', ')});
     // hot loop
     {
-      ${hotLoop(s, tpr).split('\n').join('\n      ')}
+      ${hotLoop(s, tpr, RPT).split('\n').join('\n      ')}
     }
     ${reduce}
     workgroupBarrier();
@@ -429,17 +429,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
  * With subgroups: every subgroup is an independent worker (no workgroup barrier after the prologue).
  * Worker w takes row groups of RPT rows (BR = RPT for the row maps) w, w + workers, ...; its lanes
  * split the units with stride sg_size (up to 4 units a lane unrolled per pass), subgroupAdd gives
- * each row's sum, and lanes 0 and 1 finish the group's two row pairs.
+ * each row's sum, and lanes 0 .. SG_RPT/2 - 1 finish the group's row pairs.
  */
+/** Rows each subgroup worker computes (x loaded once for all); 8 measured slower on the H100 (phi-4 q4 8.49 against 7.59 ms/token). */
+export const SG_RPT = 4;
+
 function subgroupMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string {
   const wg = 256;
   const cpu = columnsPerUnit(s.encoding, s.group);
   const xs4 = (s.units * cpu) / 4;
-  const groups = blocksFor(s, RPT);
+  const groups = blocksFor(s, SG_RPT);
   // units a lane takes per pass (bitmap4 walks one tile at a time)
   const pass = s.encoding === 'bitmap4' ? 1 : Math.max(1, Math.min(s.unroll ?? 1, Math.ceil(s.units / 32)));
   const dense16 = s.encoding === 'bf16' || s.encoding === 'f16';
-  const sums = Array.from({ length: RPT }, (_, j) => `let u${j} = subgroupAdd(acc[${j}]);`).join('\n    ');
+  const sums = Array.from({ length: SG_RPT }, (_, j) => `let u${j} = subgroupAdd(acc[${j}]);`).join('\n    ');
   return `${header(f)}diagnostic(off, subgroup_uniformity);
 ${COMMON}${dense16 ? `fn unpack_pair(w: u32) -> vec2<f32> { return ${s.encoding}_pair(w); }
 fn chunk_lo(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.x), unpack_pair(w.y)); }
@@ -452,7 +455,7 @@ const NGROUPS = ${groups}u;
 ${s.encoding === 'q4' ? `const GROUP = ${s.group}u;\nconst GROUPS = ${Math.ceil(s.cols / s.group)}u;` : ''}
 ${declarations(s)}
 ${s.input === 'norm' ? `var<workgroup> xs: array<vec4<f32>, ${xs4}>;` : ''}
-${blockRow(s, RPT)}
+${blockRow(s, SG_RPT)}
 ${Q4_HELPERS}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) lane: u32) {
@@ -460,20 +463,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let per = ${wg}u / sg_size;
   let workers = ${s.workgroups}u * per;
   for (var b = wid.x * per + lid / sg_size; b < NGROUPS; b += workers) {
-    ${Array.from({ length: RPT }, (_, j) => `let r${j} = block_row(b, ${j}u).x;`).join('\n    ')}
-    var acc = array<f32, ${RPT}>(${Array.from({ length: RPT }, () => '0.0').join(', ')});
+    ${Array.from({ length: SG_RPT }, (_, j) => `let r${j} = block_row(b, ${j}u).x;`).join('\n    ')}
+    var acc = array<f32, ${SG_RPT}>(${Array.from({ length: SG_RPT }, () => '0.0').join(', ')});
     // hot loop
     for (var kb = 0u; kb < UNITS; kb += ${pass}u * sg_size) {
-      ${hotLoop(s, 32, { start: 'kb + lane', stride: 'sg_size', iters: pass, exact: false })
+      ${hotLoop(s, 32, SG_RPT, { start: 'kb + lane', stride: 'sg_size', iters: pass, exact: false })
         .replace(/for \(var k = kb \+ lane; k < UNITS; k \+= sg_size\)/, 'for (var k = kb + lane; k < min(UNITS, kb + sg_size); k += sg_size)')
         .split('\n').join('\n      ')}
     }
     ${sums}
-    if (lane < 2u) {
+    if (lane < ${SG_RPT / 2}u) {
       let t = lane;
-      let s0 = select(u0, u2, t == 1u);
-      let s1 = select(u1, u3, t == 1u);
-      ${epilogue(s, RPT).split('\n').join('\n      ')}
+      var s0 = u0;
+      var s1 = u1;
+      ${Array.from({ length: SG_RPT / 2 - 1 }, (_, i) => `if (t == ${i + 1}u) { s0 = u${2 * i + 2}; s1 = u${2 * i + 3}; }`).join('\n      ')}
+      ${epilogue(s, SG_RPT).split('\n').join('\n      ')}
     }
   }
 }
