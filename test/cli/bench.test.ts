@@ -1,0 +1,38 @@
+/**
+ * `pdvm bench` end to end on the CPU Vulkan driver: a tiny brown-llama-shaped synthetic model, both
+ * paths, one JSON object a line with the keys the issue names, and the fused/unfused check passing.
+ * Figures on lavapipe mean nothing; only their presence and consistency are checked.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { CLI } from '../helpers.js';
+import { SKIP_GPU } from '../backends/webgpu/gpu.js';
+
+const KEYS = [
+  'decode_tokens_per_second', 'prefill_tokens_per_second', 'dispatches_per_token', 'weight_bytes_per_token', 'achieved_gbps',
+  'measured_read_gbps', 'bandwidth_fraction', 'peak_gpu_bytes', 'shape', 'encoding', 'context', 'path',
+];
+
+for (const encoding of ['q4', 'bitmap']) {
+  test(`pdvm bench --json (brown-llama, ${encoding}, both paths)`, { skip: SKIP_GPU }, () => {
+    const args = ['bench', '--shape', 'brown-llama', '--encoding', encoding, '--context', '8', '--tokens', '4', '--probe-mib', '4', '--check', '4', '--json'];
+    const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 300_000 });
+    assert.equal(r.status, 0, `pdvm ${args.join(' ')} failed:\n${r.stderr}`);
+    const rows = r.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.deepEqual(rows.map((o) => o.path), ['fused', 'unfused']);
+    for (const o of rows) {
+      for (const k of KEYS) assert.ok(k in o, `missing ${k} in ${JSON.stringify(o)}`);
+      assert.equal(o.shape, 'brown-llama');
+      assert.equal(o.context, 8);
+      assert.ok((o.decode_tokens_per_second as number) > 0 && (o.measured_read_gbps as number) > 0);
+      const fraction = (o.achieved_gbps as number) / (o.measured_read_gbps as number);
+      assert.ok(Math.abs(fraction - (o.bandwidth_fraction as number)) < 1e-9);
+      assert.equal(o.check_greedy_identical, true);
+      assert.ok((o.check_max_rel_diff as number) < 1e-5, `fused vs unfused ${o.check_max_rel_diff}`);
+    }
+    // 6 layers: 5 dispatches a layer fused, 9 unfused, plus embedding, head and argmax
+    assert.equal(rows[0]!.dispatches_per_token, 1 + 6 * 5 + 1 + 1);
+    assert.equal(rows[1]!.dispatches_per_token, 1 + 6 * 9 + 2 + 1);
+  });
+}
