@@ -16,7 +16,7 @@ import { ropeTables } from '../../cpu/ops.js';
 import type { Gpu } from '../device.js';
 import { encodeDispatches, STEP_HEADER_WORDS, StepWord, type Dispatch } from '../dispatch.js';
 import { DeviceLostError } from '../errors.js';
-import { attentionFits, decodeArgmaxWgsl, decodeAttentionWgsl, type DecodeAttentionShape } from '../kernels/fused-attention.js';
+import { ATTENTION_WG, attentionFits, attentionWorkgroupBytes, decodeArgmaxWgsl, decodeAttentionWgsl, type DecodeAttentionShape } from '../kernels/fused-attention.js';
 import { columnsPerUnit, fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecWgsl, type FusedMatvecShape } from '../kernels/fused-matvec.js';
 import { attentionOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from '../ops.js';
 import type { FusedMatrix, FusedModelWeights } from './weights.js';
@@ -33,6 +33,8 @@ export interface FusedDecoderOptions {
   normWorkgroups?: number;
   /** Units each lane loads per pass in the subgroup matvec (default 1). */
   unroll?: number;
+  /** Invocations of the decode attention workgroup (default 1024, else 256 where it does not fit). */
+  attentionWorkgroup?: number;
 }
 
 export interface GpuSamplingValues {
@@ -187,12 +189,13 @@ export class FusedDecoder {
   private attention(qkv: GPUBuffer, k: GPUBuffer, v: GPUBuffer, att: GPUBuffer): Dispatch {
     const c = this.config;
     const s: DecodeAttentionShape = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: this.options.contextLength };
-    const keys = s.slidingWindow ? Math.min(s.slidingWindow, s.contextLength) : s.contextLength;
-    if (!attentionFits(s) || keys * 4 + 8192 > this.gpu.device.limits.maxComputeWorkgroupStorageSize) {
-      return attentionOp(this.gpu, { ...s }, qkv, k, v, att, this.step);
-    }
+    const limits = this.gpu.device.limits;
+    const wg = [this.options.attentionWorkgroup ?? ATTENTION_WG, 256].find(
+      (n) => n <= limits.maxComputeInvocationsPerWorkgroup && attentionFits(s, n) && attentionWorkgroupBytes(s, n) <= limits.maxComputeWorkgroupStorageSize,
+    );
+    if (!wg) return attentionOp(this.gpu, { ...s }, qkv, k, v, att, this.step);
     const f = { subgroups: this.gpu.subgroups };
-    const pipeline = this.gpu.pipeline('decode_attention', { ...s, slidingWindow: s.slidingWindow ?? 0, ...f }, () => decodeAttentionWgsl(s, f));
+    const pipeline = this.gpu.pipeline('decode_attention', { ...s, slidingWindow: s.slidingWindow ?? 0, wg, ...f }, () => decodeAttentionWgsl(s, f, wg));
     return { label: 'attention', pipeline, bindGroup: this.gpu.bindGroup('decode_attention', pipeline, [qkv, k, v, att, this.step]), workgroups: () => [c.numHeads, 1, 1] };
   }
 

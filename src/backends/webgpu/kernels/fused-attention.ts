@@ -1,8 +1,8 @@
 /**
  * Decode-step kernels of the fused path (one token at position p = STEP[1]):
  *
- * attention: one workgroup per query head h (KV head h / (heads / kvHeads)), 256 invocations.
- *   scores: invocation i takes keys first + i, first + i + 256, ...; each key's HD-dot is read as
+ * attention: one workgroup per query head h (KV head h / (heads / kvHeads)), WG invocations.
+ *   scores: invocation i takes keys first + i, first + i + WG, ...; each key's HD-dot is read as
  *           whole vec4 rows (HD/4 loads, all independent) into shared `sc`
  *   softmax over sc (workgroup max and sum), then
  *   out[d] = sum_k e_k V[k][d] / sum_k e_k: invocation (g, lane) adds vec4 lane of keys g, g + G, ...
@@ -23,16 +23,25 @@ export interface DecodeAttentionShape {
   contextLength: number;
 }
 
-const WG = 256;
+/** Invocations a workgroup: 1024 where the scores leave room for the 16 KB of partial sums. */
+export const ATTENTION_WG = 1024;
 
-/** Whether the shared-memory scores and the lane mapping suit this shape. */
-export function attentionFits(s: DecodeAttentionShape): boolean {
-  const lanes = s.headDim / 4;
-  const keys = s.slidingWindow ? Math.min(s.slidingWindow, s.contextLength) : s.contextLength;
-  return s.headDim % 4 === 0 && lanes <= WG && (lanes & (lanes - 1)) === 0 && keys <= 8192;
+function keysOf(s: DecodeAttentionShape): number {
+  return s.slidingWindow ? Math.min(s.slidingWindow, s.contextLength) : s.contextLength;
 }
 
-export function decodeAttentionWgsl(s: DecodeAttentionShape, f: KernelFeatures): string {
+/** Workgroup memory the kernel needs (scores, partial vectors, reduction scratch). */
+export function attentionWorkgroupBytes(s: DecodeAttentionShape, wg = ATTENTION_WG): number {
+  return keysOf(s) * 4 + wg * 16 + 2 * wg * 4;
+}
+
+/** Whether the shared-memory scores and the lane mapping suit this shape. */
+export function attentionFits(s: DecodeAttentionShape, wg = ATTENTION_WG): boolean {
+  const lanes = s.headDim / 4;
+  return s.headDim % 4 === 0 && lanes <= wg && (lanes & (lanes - 1)) === 0 && keysOf(s) <= 8192;
+}
+
+export function decodeAttentionWgsl(s: DecodeAttentionShape, f: KernelFeatures, WG = ATTENTION_WG): string {
   const hd = s.headDim, lanes = hd / 4, groups = WG / lanes;
   const keys = s.slidingWindow ? Math.min(s.slidingWindow, s.contextLength) : s.contextLength;
   const kvDim4 = (s.numKvHeads * hd) / 4;
