@@ -33,7 +33,7 @@ export interface FusedDecoderOptions {
   normWorkgroups?: number;
   /** Units each lane loads per pass in the subgroup matvec (default 1). */
   unroll?: number;
-  /** Invocations of the decode attention workgroup (default 1024, else 256 where it does not fit). */
+  /** Invocations of the decode attention workgroup (default 256; 1024 where its scores fit). */
   attentionWorkgroup?: number;
 }
 
