@@ -1,13 +1,14 @@
 /**
  * Backend selection: `createEngine(model, { backend, contextLength })`.
- * 'auto' takes WebGPU when an adapter exists (and can hold the model), else the CPU with a one-line
- * notice saying why, which the caller prints.
+ * 'auto' takes WebGPU when a hardware adapter exists (and can hold the model), else the CPU with a
+ * one-line notice saying why, which the caller prints.
  */
 import type { LoadedModel } from '../model/load.js';
 import type { Engine } from '../runtime/engine.js';
 import { CpuEngine } from './cpu/engine.js';
 import { WebGpuEngine, type WebGpuEngineOptions } from './webgpu/engine.js';
 import { GpuOutOfMemoryError, WebGpuUnavailableError } from './webgpu/errors.js';
+import { softwareAdapter } from './webgpu/device.js';
 
 export interface EngineOptions {
   backend: 'cpu' | 'webgpu' | 'auto';
@@ -20,6 +21,10 @@ export interface EngineOptions {
 export async function createEngine(model: Pick<LoadedModel, 'config' | 'weights'>, options: EngineOptions): Promise<{ engine: Engine; notice?: string }> {
   const cpu = () => new CpuEngine(model.config, model.weights, options.contextLength);
   if (options.backend === 'cpu') return { engine: cpu() };
+  if (options.backend === 'auto') {
+    const software = await softwareAdapter();
+    if (software) return { engine: cpu(), notice: `using the CPU backend: the only WebGPU adapter is a software one (${software}), slower than the CPU; --backend webgpu forces it` };
+  }
   try {
     const engine = await WebGpuEngine.create(model, { ...options.webgpu, contextLength: options.contextLength });
     return { engine };

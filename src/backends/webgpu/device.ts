@@ -43,6 +43,23 @@ export async function probeWebGpu(): Promise<string | null> {
   }
 }
 
+/**
+ * The adapter's description when the only WebGPU adapter is a software one (Mesa lavapipe/llvmpipe,
+ * SwiftShader): WebGPU works there, but the CPU backend is faster. Null for hardware or no adapter.
+ */
+export async function softwareAdapter(): Promise<string | null> {
+  try {
+    const gpu = await gpuEntryPoint();
+    const adapter = await gpu?.requestAdapter({ powerPreference: 'high-performance' });
+    if (!adapter) return null;
+    const info = adapter.info as GPUAdapterInfo & { isFallbackAdapter?: boolean };
+    const software = info.isFallbackAdapter === true || info.architecture === 'software' || /llvmpipe|lavapipe|swiftshader/i.test(`${info.device} ${info.description}`);
+    return software ? info.description || info.device || 'a software adapter' : null;
+  } catch {
+    return null;
+  }
+}
+
 /** A device plus what the backend derives from it. One per engine. */
 export class Gpu {
   /** Set once the device is lost; every later call throws. */

@@ -14,6 +14,7 @@ import { loadModel } from '../../../src/model/load.js';
 import { DenseTensor, type WeightTensor } from '../../../src/model/tensor.js';
 import type { ModelWeights } from '../../../src/model/weights.js';
 import { ARCH_MODELS, assertClose, BROWN, readReference } from '../../helpers.js';
+import { softwareAdapter } from '../../../src/backends/webgpu/device.js';
 import { SKIP_GPU, testGpu } from './gpu.js';
 
 /** Magnitude pruning to 50% (unstructured) or 2:4, enough to exercise the sparse kernels. */
@@ -77,9 +78,19 @@ test('webgpu engine: createEngine picks the backend; typed errors for bad input 
   const model = await loadModel(BROWN);
   const cpu = await createEngine(model, { backend: 'cpu', contextLength: 8 });
   assert.equal(cpu.engine.backend, 'cpu');
-  const auto = await createEngine(model, { backend: 'auto', contextLength: 8 });
+  // auto: WebGPU on a hardware adapter; the CPU, with a notice saying why, when the only one is software (lavapipe)
+  const software = await softwareAdapter();
+  const picked = await createEngine(model, { backend: 'auto', contextLength: 8 });
+  picked.engine.dispose();
+  if (software) {
+    assert.equal(picked.engine.backend, 'cpu');
+    assert.match(picked.notice ?? '', /software/);
+  } else {
+    assert.equal(picked.engine.backend, 'webgpu');
+    assert.equal(picked.notice, undefined);
+  }
+  const auto = await createEngine(model, { backend: 'webgpu', contextLength: 8 });
   assert.equal(auto.engine.backend, 'webgpu');
-  assert.equal(auto.notice, undefined);
   try {
     const seq = auto.engine.createSequence();
     await assert.rejects(auto.engine.forward(seq, [model.config.vocabSize]), InvalidInputError);
