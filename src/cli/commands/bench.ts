@@ -6,32 +6,19 @@
 import { Command, Option } from 'commander';
 import { writeFile } from 'node:fs/promises';
 import { Gpu } from '../../backends/webgpu/device.js';
-import { runBench } from '../../bench/run.js';
-import { BENCH_SHAPES, type BenchEncoding } from '../../bench/synthetic.js';
+import { runBench, type BenchOptions } from '../../bench/run.js';
+import { BENCH_SHAPES } from '../../bench/synthetic.js';
 import { action, parseFloatOption, parseIntOption } from '../common.js';
 
-interface BenchFlags {
-  shape: string;
-  encoding: BenchEncoding;
-  group: number;
-  tile: number;
-  density: number;
-  context: number;
-  tokens: number;
+/** The CLI's flags: the bench's options, with one --path instead of a list and the probe in MiB. */
+type BenchFlags = Omit<BenchOptions, 'paths' | 'probeBytes' | 'log' | 'profile'> & {
   path: 'fused' | 'unfused' | 'both';
-  seed: number;
-  lag: number;
-  workgroups?: number;
-  normWorkgroups?: number;
-  unroll?: number;
-  attentionWorkgroup?: number;
   probeMib: number;
-  check: number;
   profile: boolean;
   subgroups: boolean;
   json: boolean;
   out?: string;
-}
+};
 
 export function benchCommand(): Command {
   return new Command('bench')
