@@ -370,7 +370,6 @@ export function fusedMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string 
   const cpu = columnsPerUnit(s.encoding, s.group);
   const xs4 = (s.units * cpu) / 4;
   const blocks = fusedBlocks(s);
-  const dense16 = s.encoding === 'bf16' || s.encoding === 'f16';
   const prologue = normPrologue(s, wg, xs4);
   // the TPR partial sums of each row meet in red[row][slot]
   const reduce = f.subgroups
@@ -382,9 +381,7 @@ export function fusedMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string 
     let parts = select(TPR, TPR / sg_size, sg_size <= TPR);`
     : `for (var j = 0u; j < ${RPT}u; j++) { red[(quad * ${RPT}u + j) * TPR + lane] = acc[j]; }
     let parts = TPR;`;
-  return `${header(f)}${COMMON}${dense16 ? `fn unpack_pair(w: u32) -> vec2<f32> { return ${s.encoding}_pair(w); }
-fn chunk_lo(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.x), unpack_pair(w.y)); }
-fn chunk_hi(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.z), unpack_pair(w.w)); }` : ''}
+  return `${header(f)}${COMMON}${dense16Helpers(s)}
 ${s.input === 'norm' ? reductions(wg, f) : ''}
 const ROWS = ${s.rows}u;
 const COLS = ${s.cols}u;
@@ -431,6 +428,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
  * split the units with stride sg_size (up to 4 units a lane unrolled per pass), subgroupAdd gives
  * each row's sum, and lanes 0 .. SG_RPT/2 - 1 finish the group's row pairs.
  */
+/** For 16-bit dense weights: unpack a u32 word into two floats and a vec4 of words into eight. */
+function dense16Helpers(s: FusedMatvecShape): string {
+  if (s.encoding !== 'bf16' && s.encoding !== 'f16') return '';
+  return `fn unpack_pair(w: u32) -> vec2<f32> { return ${s.encoding}_pair(w); }
+fn chunk_lo(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.x), unpack_pair(w.y)); }
+fn chunk_hi(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.z), unpack_pair(w.w)); }`;
+}
+
 /** Rows each subgroup worker computes (x loaded once for all); 8 measured slower on the H100 (phi-4 q4 8.49 against 7.59 ms/token). */
 export const SG_RPT = 4;
 
@@ -441,12 +446,9 @@ function subgroupMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string {
   const groups = blocksFor(s, SG_RPT);
   // units a lane takes per pass (bitmap4 walks one tile at a time)
   const pass = s.encoding === 'bitmap4' ? 1 : Math.max(1, Math.min(s.unroll ?? 1, Math.ceil(s.units / 32)));
-  const dense16 = s.encoding === 'bf16' || s.encoding === 'f16';
   const sums = Array.from({ length: SG_RPT }, (_, j) => `let u${j} = subgroupAdd(acc[${j}]);`).join('\n    ');
   return `${header(f)}diagnostic(off, subgroup_uniformity);
-${COMMON}${dense16 ? `fn unpack_pair(w: u32) -> vec2<f32> { return ${s.encoding}_pair(w); }
-fn chunk_lo(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.x), unpack_pair(w.y)); }
-fn chunk_hi(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.z), unpack_pair(w.w)); }` : ''}
+${COMMON}${dense16Helpers(s)}
 ${s.input === 'norm' ? reductions(wg, f) : ''}
 const ROWS = ${s.rows}u;
 const COLS = ${s.cols}u;
