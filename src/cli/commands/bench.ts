@@ -37,6 +37,7 @@ export function benchCommand(): Command {
     .option('--norm-workgroups <n>', 'workgroups per matvec that normalises x first', parseIntOption('--norm-workgroups'))
     .option('--unroll <n>', 'units each lane loads per pass (subgroup matvec)', parseIntOption('--unroll'))
     .option('--attention-workgroup <n>', 'invocations of the decode attention workgroup (256 or 1024)', parseIntOption('--attention-workgroup'))
+    .addOption(new Option('--attention <kind>', 'decode attention: split (chunks of keys, then a combine) or single (a workgroup a head)').choices(['split', 'single']).default('split'))
     .option('--probe-mib <n>', 'read-bandwidth probe buffer (MiB)', parseIntOption('--probe-mib'), 1024)
     .option('--check <n>', 'first compare fused and unfused logits over n tokens and their greedy continuations (0: skip)', parseIntOption('--check'), 0)
     .option('--profile', 'log the time of each dispatch of a step (layer 0, lm_head, argmax)')
@@ -52,7 +53,7 @@ export function benchCommand(): Command {
           const results = await runBench(gpu, {
             shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, context: f.context,
             tokens: f.tokens, paths: f.path === 'both' ? ['fused', 'unfused'] : [f.path], seed: f.seed, lag: f.lag,
-            workgroups: f.workgroups, normWorkgroups: f.normWorkgroups, unroll: f.unroll, attentionWorkgroup: f.attentionWorkgroup, check: f.check, profile: f.profile, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
+            workgroups: f.workgroups, normWorkgroups: f.normWorkgroups, unroll: f.unroll, attentionWorkgroup: f.attentionWorkgroup, attention: f.attention, check: f.check, profile: f.profile, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
           });
           for (const r of results) {
             if (f.json) process.stdout.write(`${JSON.stringify(r)}\n`);

@@ -1,9 +1,10 @@
 /**
  * GPU-resident decoding, one token per step, in two plans over the same weights:
- *   fused   (5 dispatches a layer)  qkv[norm, RoPE, KV append] | attention | o[+residual]
- *                                   | gate_up[norm, SwiGLU] | down[+residual]
- *   unfused (9 dispatches a layer)  rmsnorm | qkv | rope_kv | attention | o[+residual] | rmsnorm
- *                                   | gate_up | swiglu | down[+residual]
+ *   fused   (6 dispatches a layer)  qkv[norm, RoPE, KV append] | attention part | combine
+ *                                   | o[+residual] | gate_up[norm, SwiGLU] | down[+residual]
+ *   unfused (10 dispatches a layer) rmsnorm | qkv | rope_kv | attention part | combine | o[+residual]
+ *                                   | rmsnorm | gate_up | swiglu | down[+residual]
+ * (attention is one dispatch instead of two with `attention: 'single'`, or for contexts of at most 64).
  * plus an embedding dispatch (the id read from the step or from the previous step's sampled token)
  * and final norm, lm_head and argmax/sample. Each step is one small writeBuffer (position, sampling
  * values), one compute pass, one submit. `generate` never waits for a token before encoding the next:
@@ -16,7 +17,10 @@ import { ropeTables } from '../../cpu/ops.js';
 import type { Gpu } from '../device.js';
 import { encodeDispatches, STEP_HEADER_WORDS, StepWord, type Dispatch } from '../dispatch.js';
 import { DeviceLostError } from '../errors.js';
-import { ATTENTION_WG, attentionFits, attentionWorkgroupBytes, decodeArgmaxWgsl, decodeAttentionWgsl, type DecodeAttentionShape } from '../kernels/fused-attention.js';
+import {
+  ATTENTION_WG, attentionFits, attentionSplits, splitAttentionFits, attentionWorkgroupBytes, decodeArgmaxWgsl, decodeAttentionPartWgsl, decodeAttentionWgsl, decodeCombineWgsl, SPLIT_WG,
+  type DecodeAttentionShape, type SplitAttentionShape,
+} from '../kernels/fused-attention.js';
 import { columnsPerUnit, fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecWgsl, type FusedMatvecShape } from '../kernels/fused-matvec.js';
 import { attentionOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from '../ops.js';
 import type { FusedMatrix, FusedModelWeights } from './weights.js';
@@ -35,6 +39,12 @@ export interface FusedDecoderOptions {
   unroll?: number;
   /** Invocations of the decode attention workgroup (default 256; 1024 where its scores fit). */
   attentionWorkgroup?: number;
+  /**
+   * Decode attention: 'split' cuts each head's keys into chunks of about 64 (one workgroup each) and
+   * combines them in a second dispatch; 'single' runs one workgroup per head. Default 'split' (the
+   * faster from 512 keys up, measured in docs/PERFORMANCE.md).
+   */
+  attention?: 'split' | 'single';
 }
 
 export interface GpuSamplingValues {
@@ -110,21 +120,20 @@ export class FusedDecoder {
       k.push(this.alloc(`kv.${l}.k`, ctx * kvDim * 4, S));
       v.push(this.alloc(`kv.${l}.v`, ctx * kvDim * 4, S));
     }
-    this.allocatedBytes = this.buffers.reduce((a, b) => a + b.size, 0);
-
     const gpu_ = gpu, w = weights, eps = c.rmsNormEps;
     const heads = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim };
     const mv = (m: FusedMatrix, input: 'norm' | 'global', epilogue: FusedMatvecShape['epilogue'], io: Record<string, GPUBuffer>, bias: GPUBuffer | null = null) =>
       this.matvec(m, { input, epilogue, bias: bias !== null, eps, ...heads }, { ...io, ...(bias ? { BIAS: bias } : {}) });
     const fused = options.path === 'fused';
+    const part = this.splitShape() ? f32('attention_parts', c.numHeads * this.splitShape()!.splits * (c.headDim + 2)) : null;
     const layers = w.layers.map((L, l): Dispatch[] => {
-      const attention = this.attention(qkv, k[l]!, v[l]!, att);
+      const attention = this.attention(qkv, k[l]!, v[l]!, att, part);
       const o = mv(L.o, 'global', 'residual', { X: att, Y: x });
       const down = mv(L.down, 'global', 'residual', { X: act, Y: x });
       if (fused) {
         return [
           mv(L.qkv, 'norm', 'qkv', { X: x, NW: L.attnNorm, QKV: qkv, KC: k[l]!, VC: v[l]!, COS: cosB, SIN: sinB, STEP: this.step }, L.qkvBias),
-          attention,
+          ...attention,
           o,
           mv(L.gateUp, 'norm', 'swiglu', { X: x, NW: L.mlpNorm, ACT: act }),
           down,
@@ -135,7 +144,7 @@ export class FusedDecoder {
         norm(L.attnNorm),
         mv(L.qkv, 'global', 'store', { X: xn, Y: qkv }, L.qkvBias),
         ropeKvOp(gpu_, heads, qkv, cosB, sinB, k[l]!, v[l]!, this.step),
-        attention,
+        ...attention,
         o,
         norm(L.mlpNorm),
         mv(L.gateUp, 'global', 'store', { X: xn, Y: gateUp }),
@@ -146,6 +155,7 @@ export class FusedDecoder {
     const head = fused
       ? [mv(w.lmHead, 'norm', 'store', { X: x, NW: w.finalNorm, Y: this.logits })]
       : [rmsnormOp(gpu_, { hidden: c.hiddenSize, eps, mode: 'all' }, 1, x, w.finalNorm, xn, this.step), mv(w.lmHead, 'global', 'store', { X: xn, Y: this.logits })];
+    this.allocatedBytes = this.buffers.reduce((a, b) => a + b.size, 0);
     this.plan = {
       embedding: this.embedding(x),
       layers,
@@ -185,18 +195,45 @@ export class FusedDecoder {
     return { label: `fused_matvec(${s.epilogue})`, pipeline, bindGroup: this.gpu.bindGroup('fused_matvec', pipeline, buffers), workgroups: () => [n, 1, 1] };
   }
 
-  /** Decode attention (all keys in shared memory) where it fits, else the engine's kernel. */
-  private attention(qkv: GPUBuffer, k: GPUBuffer, v: GPUBuffer, att: GPUBuffer): Dispatch {
+  private attentionShape(): DecodeAttentionShape {
     const c = this.config;
-    const s: DecodeAttentionShape = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: this.options.contextLength };
+    return { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: this.options.contextLength };
+  }
+
+  /** The split attention's shape, or null where the single-workgroup kernel runs. */
+  private splitShape(): SplitAttentionShape | null {
+    const s = this.attentionShape();
+    const limits = this.gpu.device.limits;
+    if ((this.options.attention ?? 'split') !== 'split' || !splitAttentionFits(s) || s.headDim > limits.maxComputeInvocationsPerWorkgroup) return null;
+    const split = { ...s, splits: attentionSplits(s) };
+    return split.splits > 1 ? split : null;
+  }
+
+  /**
+   * Decode attention: split into chunks of keys plus a combine where that applies, else all keys of
+   * a head in one workgroup's shared memory where they fit, else the engine's kernel.
+   */
+  private attention(qkv: GPUBuffer, k: GPUBuffer, v: GPUBuffer, att: GPUBuffer, part: GPUBuffer | null): Dispatch[] {
+    const c = this.config;
+    const s = this.attentionShape();
+    const f = { subgroups: this.gpu.subgroups };
+    const split = this.splitShape();
+    if (split && part) {
+      const defines = { ...split, slidingWindow: split.slidingWindow ?? 0 };
+      const p1 = this.gpu.pipeline('decode_attention_part', { ...defines, ...f }, () => decodeAttentionPartWgsl(split, f));
+      const p2 = this.gpu.pipeline('decode_attention_combine', defines, () => decodeCombineWgsl(split));
+      return [
+        { label: 'attention_part', pipeline: p1, bindGroup: this.gpu.bindGroup('decode_attention_part', p1, [qkv, k, v, part, this.step]), workgroups: () => [c.numHeads * split.splits, 1, 1] },
+        { label: 'attention_combine', pipeline: p2, bindGroup: this.gpu.bindGroup('decode_attention_combine', p2, [part, att]), workgroups: () => [c.numHeads, 1, 1] },
+      ];
+    }
     const limits = this.gpu.device.limits;
     const wg = [this.options.attentionWorkgroup ?? ATTENTION_WG, 256].find(
       (n) => n <= limits.maxComputeInvocationsPerWorkgroup && attentionFits(s, n) && attentionWorkgroupBytes(s, n) <= limits.maxComputeWorkgroupStorageSize,
     );
-    if (!wg) return attentionOp(this.gpu, { ...s }, qkv, k, v, att, this.step);
-    const f = { subgroups: this.gpu.subgroups };
+    if (!wg) return [attentionOp(this.gpu, { ...s }, qkv, k, v, att, this.step)];
     const pipeline = this.gpu.pipeline('decode_attention', { ...s, slidingWindow: s.slidingWindow ?? 0, wg, ...f }, () => decodeAttentionWgsl(s, f, wg));
-    return { label: 'attention', pipeline, bindGroup: this.gpu.bindGroup('decode_attention', pipeline, [qkv, k, v, att, this.step]), workgroups: () => [c.numHeads, 1, 1] };
+    return [{ label: 'attention', pipeline, bindGroup: this.gpu.bindGroup('decode_attention', pipeline, [qkv, k, v, att, this.step]), workgroups: () => [c.numHeads, 1, 1] }];
   }
 
   private argmax(): Dispatch {

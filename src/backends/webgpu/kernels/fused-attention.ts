@@ -141,3 +141,138 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 }
 `;
 }
+
+/**
+ * Split decode attention (flash-decoding): the keys of head h are cut into SPLITS chunks, one
+ * workgroup each (grid heads x SPLITS), so a 512-key context keeps hundreds of workgroups busy
+ * instead of one per head. A chunk's workgroup writes its unnormalised output o_c (HD), its max
+ * score m_c and its sum of exponentials l_c; `decodeCombineWgsl` then gives
+ *   out = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c,  M = max_c m_c.
+ *   scores: invocation i takes the chunk's keys i, i + WG, ... (a whole HD-dot each, vec4 loads)
+ *   values: invocation (g, lane) adds vec4 lane of keys g, g + G, ... four at a time
+ * Buffers: qkv, K, V as decodeAttentionWgsl; part: (heads, SPLITS, HD + 2) floats (o, then m, l).
+ */
+export interface SplitAttentionShape extends DecodeAttentionShape {
+  splits: number;
+}
+
+/** Chunks of keys per head: about 64 keys each, at most 32. */
+export function attentionSplits(s: DecodeAttentionShape): number {
+  return Math.max(1, Math.min(32, Math.ceil(keysOf(s) / 64)));
+}
+
+export const SPLIT_WG = 128;
+
+/** Whether the split kernel suits this shape (its chunk's scores in shared memory, lanes mapping). */
+export function splitAttentionFits(s: DecodeAttentionShape, WG = SPLIT_WG): boolean {
+  const lanes = s.headDim / 4;
+  return s.headDim % 4 === 0 && lanes <= WG && (lanes & (lanes - 1)) === 0 && Math.ceil(keysOf(s) / attentionSplits(s)) <= 4096;
+}
+
+export function decodeAttentionPartWgsl(s: SplitAttentionShape, f: KernelFeatures, WG = SPLIT_WG): string {
+  const hd = s.headDim, lanes = hd / 4, groups = WG / lanes;
+  const chunkMax = Math.ceil(keysOf(s) / s.splits);
+  const kvDim4 = (s.numKvHeads * hd) / 4;
+  const first = s.slidingWindow ? `select(0u, p + 1u - ${s.slidingWindow}u, p + 1u > ${s.slidingWindow}u)` : '0u';
+  const dot = Array.from({ length: lanes }, (_, i) => `dot(q4[${i}], K[base + ${i}u])`);
+  const tree = (xs: string[]): string => (xs.length === 1 ? xs[0]! : `(${tree(xs.slice(0, xs.length / 2))} + ${tree(xs.slice(xs.length / 2))})`);
+  return `${header(f)}${COMMON}${reductions(WG, f)}
+const HD4 = ${lanes}u;
+const GROUP = ${s.numHeads / s.numKvHeads}u;
+const KV_DIM4 = ${kvDim4}u;
+const SPLITS = ${s.splits}u;
+@group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> K: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> part: array<f32>;
+@group(0) @binding(4) var<storage, read> step: array<u32>;
+
+var<workgroup> sc: array<f32, ${chunkMax}>;
+var<workgroup> partial: array<vec4<f32>, ${WG}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
+  ${subgroupLet(f)}
+  let h = wid.x / SPLITS;
+  let c = wid.x % SPLITS;
+  let kvh = h / GROUP;
+  let p = step[1];
+  let first = ${first};
+  let n = p + 1u - first;
+  let len = (n + SPLITS - 1u) / SPLITS;
+  let k0 = min(n, c * len);
+  let cn = min(n, k0 + len) - k0;
+  var q4: array<vec4<f32>, ${lanes}>;
+  for (var i = 0u; i < HD4; i++) { q4[i] = qkv[h * HD4 + i] * ${f32Literal(1 / Math.sqrt(hd))}; }
+  var m = -3.0e38;
+  for (var j = lid; j < cn; j += ${WG}u) {
+    let base = (first + k0 + j) * KV_DIM4 + kvh * HD4;
+    let s = ${tree(dot)};
+    sc[j] = s;
+    m = max(m, s);
+  }
+  m = wg_max(m, lid, sg_size);
+  var total = 0.0;
+  for (var j = lid; j < cn; j += ${WG}u) {
+    let e = exp(sc[j] - m);
+    sc[j] = e;
+    total += e;
+  }
+  total = wg_sum(total, lid, sg_size); // its barriers also publish sc
+  let g = lid / HD4;
+  let lane = lid % HD4;
+  var a0 = vec4<f32>(0.0);
+  var a1 = vec4<f32>(0.0);
+  var a2 = vec4<f32>(0.0);
+  var a3 = vec4<f32>(0.0);
+  let vb = (first + k0) * KV_DIM4 + kvh * HD4 + lane;
+  var j = g;
+  for (; j + ${3 * groups}u < cn; j += ${4 * groups}u) {
+    a0 += sc[j] * V[vb + j * KV_DIM4];
+    a1 += sc[j + ${groups}u] * V[vb + (j + ${groups}u) * KV_DIM4];
+    a2 += sc[j + ${2 * groups}u] * V[vb + (j + ${2 * groups}u) * KV_DIM4];
+    a3 += sc[j + ${3 * groups}u] * V[vb + (j + ${3 * groups}u) * KV_DIM4];
+  }
+  for (; j < cn; j += ${groups}u) { a0 += sc[j] * V[vb + j * KV_DIM4]; }
+  partial[lid] = (a0 + a1) + (a2 + a3);
+  workgroupBarrier();
+  let o = (h * SPLITS + c) * ${hd + 2}u;
+  if (lid < HD4) {
+    var v = vec4<f32>(0.0);
+    for (var i = 0u; i < ${groups}u; i++) { v += partial[i * HD4 + lid]; }
+    for (var e = 0u; e < 4u; e++) { part[o + 4u * lid + e] = v[e]; }
+  }
+  if (lid == 0u) {
+    part[o + ${hd}u] = select(-3.0e38, m, cn > 0u);
+    part[o + ${hd + 1}u] = total;
+  }
+}
+`;
+}
+
+/** out[h] from the chunks of head h (one workgroup of HD invocations a head). */
+export function decodeCombineWgsl(s: SplitAttentionShape): string {
+  const hd = s.headDim;
+  return `
+const SPLITS = ${s.splits}u;
+const HD = ${hd}u;
+@group(0) @binding(0) var<storage, read> part: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(${hd})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) d: u32) {
+  let h = wid.x;
+  var mx = -3.0e38;
+  for (var c = 0u; c < SPLITS; c++) { mx = max(mx, part[(h * SPLITS + c) * ${hd + 2}u + HD]); }
+  var l = 0.0;
+  var v = 0.0;
+  for (var c = 0u; c < SPLITS; c++) {
+    let o = (h * SPLITS + c) * ${hd + 2}u;
+    let w = exp(part[o + HD] - mx);
+    l += w * part[o + HD + 1u];
+    v += w * part[o + d];
+  }
+  out[h * HD + d] = v / l;
+}
+`;
+}

@@ -1,0 +1,200 @@
+/**
+ * Kernel lab: times kernels of the fused decode path one dispatch at a time, to choose between
+ * designs and grid sizes with figures (not a test). Each timing encodes `reps` copies of one dispatch in one
+ * compute pass and one submit, waits for the GPU, and divides; the median of 5 is printed with the
+ * bytes the dispatch reads and the GB/s that makes.
+ *   node dist/bench/kernel-lab.js [--only matvec,attention,gap] [--reps 100] [--shapes phi-4,llama-3.2-1b]
+ * On the device: bundle it like the CLI (bench/fused-device.sh) and run `node .gpu/lab.mjs`.
+ */
+import { parseArgs } from 'node:util';
+import { Gpu } from '../src/backends/webgpu/device.js';
+import { fusedMatvecBindings, fusedMatvecWgsl, fusedBlocks, type FusedMatvecShape } from '../src/backends/webgpu/kernels/fused-matvec.js';
+import { attentionSplits, decodeAttentionPartWgsl, decodeAttentionWgsl, decodeCombineWgsl, type SplitAttentionShape } from '../src/backends/webgpu/kernels/fused-attention.js';
+import { BENCH_SHAPES } from '../src/bench/synthetic.js';
+
+const { values } = parseArgs({
+  options: {
+    only: { type: 'string', default: 'matvec,attention,gap' },
+    reps: { type: 'string', default: '100' },
+    shapes: { type: 'string', default: 'phi-4,llama-3.2-1b' },
+  },
+});
+const reps = Number(values.reps);
+const only = new Set(values.only!.split(','));
+
+const gpu = await Gpu.acquire();
+const device = gpu.device;
+console.log(`device: ${gpu.adapterDescription}, subgroups ${gpu.subgroups}`);
+const f = { subgroups: gpu.subgroups };
+
+function randomBuffer(label: string, bytes: number, fill: (u: Uint32Array) => void): GPUBuffer {
+  const b = gpu.createBuffer(label, Math.ceil(bytes / 16) * 16, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, true);
+  const u = new Uint32Array(b.getMappedRange());
+  fill(u);
+  b.unmap();
+  return b;
+}
+let seed = 12345;
+const rnd = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 0);
+const randomWords = (u: Uint32Array) => { for (let i = 0; i < u.length; i++) u[i] = rnd(); };
+const f32s = (lo: number, hi: number) => (u: Uint32Array) => { const fl = new Float32Array(u.buffer); for (let i = 0; i < fl.length; i++) fl[i] = lo + ((rnd() >>> 8) / 2 ** 24) * (hi - lo); };
+// f16 (scale, min) pairs: scale 0.003 (0x1A25), min -0.02 (0xA51F)
+const scaleMins = (u: Uint32Array) => u.fill(0x1a25 | (0xa51f << 16));
+
+async function readBack(b: GPUBuffer, n: number): Promise<Float32Array> {
+  const rb = gpu.createBuffer('rb', n * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+  const e = device.createCommandEncoder();
+  e.copyBufferToBuffer(b, 0, rb, 0, n * 4);
+  device.queue.submit([e.finish()]);
+  await rb.mapAsync(GPUMapMode.READ);
+  const out = new Float32Array(rb.getMappedRange().slice(0));
+  rb.destroy();
+  return out;
+}
+function worst(a: Float32Array, b: Float32Array): number {
+  let w = 0, scale = 0;
+  for (let i = 0; i < a.length; i++) scale = Math.max(scale, Math.abs(b[i]!));
+  for (let i = 0; i < a.length; i++) w = Math.max(w, Math.abs(a[i]! - b[i]!) / scale);
+  return w;
+}
+
+async function time(pipeline: GPUComputePipeline, bindGroups: GPUBindGroup | GPUBindGroup[], wg: [number, number, number]): Promise<number> {
+  const groups = Array.isArray(bindGroups) ? bindGroups : [bindGroups];
+  const samples: number[] = [];
+  for (let r = 0; r < 6; r++) {
+    const encoder = device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    for (let i = 0; i < reps; i++) {
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, groups[i % groups.length]!);
+      pass.dispatchWorkgroups(...wg);
+    }
+    pass.end();
+    const t0 = performance.now();
+    device.queue.submit([encoder.finish()]);
+    await device.queue.onSubmittedWorkDone();
+    if (r > 0) samples.push(((performance.now() - t0) * 1000) / reps);
+  }
+  gpu.check();
+  samples.sort((a, b) => a - b);
+  return samples[2]!;
+}
+
+function pipe(name: string, code: string): GPUComputePipeline {
+  return gpu.pipeline(name, { code: code.length, hash: hash(code) }, () => code);
+}
+function hash(s: string): number {
+  let h = 0;
+  for (let i = 0; i < s.length; i++) h = (Math.imul(h, 31) + s.charCodeAt(i)) | 0;
+  return h;
+}
+
+interface Mat { name: string; rows: number; cols: number }
+function matsOf(shape: string): Mat[] {
+  const s = BENCH_SHAPES[shape]!;
+  const qkv = (s.heads + 2 * s.kvHeads) * s.headDim;
+  return [
+    { name: `${shape} qkv`, rows: qkv, cols: s.hidden },
+    { name: `${shape} o`, rows: s.hidden, cols: s.heads * s.headDim },
+    { name: `${shape} gate_up`, rows: 2 * s.intermediate, cols: s.hidden },
+    { name: `${shape} down`, rows: s.hidden, cols: s.intermediate },
+    { name: `${shape} lm_head`, rows: s.vocab, cols: s.hidden },
+  ];
+}
+
+if (only.has('gap')) {
+  const code = `@group(0) @binding(0) var<storage, read_write> y: array<u32>;
+@compute @workgroup_size(64) fn main(@builtin(local_invocation_index) l: u32) { y[l] = y[l] + 1u; }`;
+  const y = randomBuffer('y', 256, () => undefined);
+  const p = pipe('gap', code);
+  const bg = gpu.bindGroup('gap', p, [y]);
+  console.log(`gap: one-workgroup dependent dispatch ${(await time(p, bg, [1, 1, 1])).toFixed(2)} µs`);
+  // where it goes: encoding (JS + Dawn), submit (Dawn records the Vulkan commands), the GPU
+  for (let r = 0; r < 3; r++) {
+    const t0 = performance.now();
+    const encoder = device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    for (let i = 0; i < 1000; i++) { pass.setPipeline(p); pass.setBindGroup(0, bg); pass.dispatchWorkgroups(1); }
+    pass.end();
+    const cb = encoder.finish();
+    const t1 = performance.now();
+    device.queue.submit([cb]);
+    const t2 = performance.now();
+    await device.queue.onSubmittedWorkDone();
+    const t3 = performance.now();
+    console.log(`gap: 1000 dispatches: encode ${(t1 - t0).toFixed(2)} ms, submit ${(t2 - t1).toFixed(2)} ms, then GPU until done ${(t3 - t2).toFixed(2)} ms`);
+  }
+  const p2 = pipe('gap132', code);
+  console.log(`gap: 1056-workgroup dependent dispatch ${(await time(p2, gpu.bindGroup('gap', p2, [y]), [1056, 1, 1])).toFixed(2)} µs`);
+}
+
+if (only.has('matvec')) {
+  for (const shape of values.shapes!.split(',')) {
+    for (const m of matsOf(shape)) {
+      const group = 64, units = m.cols / 32, groups = m.cols / group;
+      // one copy: rotating dispatches over several copies (to keep small matrices out of L2) measured
+      // erratic, several times slower even for matrices larger than L2
+      const copies = 1;
+      const Qs = Array.from({ length: copies }, () => randomBuffer('Q', m.rows * units * 16, randomWords));
+      const SMs = Array.from({ length: copies }, () => randomBuffer('SM', m.rows * groups * 4, scaleMins));
+      const Q = Qs[0]!, SM = SMs[0]!;
+      const bindAll = (p: GPUComputePipeline, names: string[], io: Record<string, GPUBuffer>) =>
+        Qs.map((q, i) => gpu.bindGroup('lab', p, names.map((n) => (n === 'Q' ? q : n === 'SM' ? SMs[i]! : io[n]!))));
+      const X = randomBuffer('X', Math.ceil(m.cols / 256) * 256 * 4, f32s(-1, 1));
+      const NW = randomBuffer('NW', m.cols * 4, f32s(0.5, 1.5));
+      const Y = randomBuffer('Y', Math.ceil(m.rows / 256) * 256 * 4, () => undefined);
+      const bytes = Q.size + SM.size;
+      const report = (label: string, us: number) => console.log(`matvec ${m.name} (${m.rows}x${m.cols}, ${(bytes / 1e6).toFixed(1)} MB) ${label}: ${us.toFixed(2)} µs, ${(bytes / us / 1e3).toFixed(0)} GB/s`);
+      const heads = { numHeads: 1, numKvHeads: 1, headDim: 2, rotaryDim: 2 };
+      // global x (workgroup blocks) at several grid sizes, and the norm prologue (subgroup workers)
+      for (const [input, cap] of [['global', 1024], ['global', 2048], ['global', 4096], ['norm', 264], ['norm', 528]] as const) {
+        if (input === 'norm' && m.cols * 4 > 40000) continue;
+        const s: FusedMatvecShape = { encoding: 'q4', rows: m.rows, cols: m.cols, units, group, input, epilogue: 'store', bias: false, eps: 1e-5, ...heads, workgroups: 0 };
+        s.workgroups = Math.min(cap, fusedBlocks(s));
+        const p = pipe('old', fusedMatvecWgsl(s, f));
+        const bg = bindAll(p, fusedMatvecBindings(s), { X, NW, Y });
+        report(`${input} x, ${s.workgroups} workgroups (cap ${cap})`, await time(p, bg, [s.workgroups, 1, 1]));
+      }
+      for (const b of [...Qs, ...SMs, X, NW, Y]) b.destroy();
+    }
+  }
+}
+
+if (only.has('attention')) {
+  for (const shape of values.shapes!.split(',')) {
+    const c = BENCH_SHAPES[shape]!;
+    for (const ctx of [512, 4096]) {
+      const kvDim = c.kvHeads * c.headDim;
+      const s = { numHeads: c.heads, numKvHeads: c.kvHeads, headDim: c.headDim, slidingWindow: null, contextLength: ctx };
+      const qkv = randomBuffer('qkv', (c.heads + 2 * c.kvHeads) * c.headDim * 4, f32s(-1, 1));
+      const K = randomBuffer('K', ctx * kvDim * 4, f32s(-1, 1));
+      const V = randomBuffer('V', ctx * kvDim * 4, f32s(-1, 1));
+      const out = randomBuffer('out', c.heads * c.headDim * 4, () => undefined);
+      const step = randomBuffer('step', 64, (u) => { u[0] = 1; u[1] = ctx - 1; });
+      const kv = 2 * ctx * kvDim * 4;
+      let attRef: Float32Array | null = null;
+      if (ctx <= 8192) {
+        const p = pipe('attn', decodeAttentionWgsl(s, f, 256));
+        const us = await time(p, gpu.bindGroup('attn', p, [qkv, K, V, out, step]), [c.heads, 1, 1]);
+        console.log(`attention ${shape} ctx ${ctx} (KV ${(kv / 1e6).toFixed(1)} MB) old: ${us.toFixed(2)} µs`);
+        attRef = await readBack(out, c.heads * c.headDim);
+      }
+      for (const splits of [attentionSplits(s), 2 * attentionSplits(s)]) {
+        const ss: SplitAttentionShape = { ...s, splits };
+        const part = randomBuffer('part', c.heads * splits * (c.headDim + 2) * 4, () => undefined);
+        const p1 = pipe('part', decodeAttentionPartWgsl(ss, f));
+        const p2 = pipe('comb', decodeCombineWgsl(ss));
+        const b1 = gpu.bindGroup('part', p1, [qkv, K, V, part, step]);
+        const b2 = gpu.bindGroup('comb', p2, [part, out]);
+        const t1 = await time(p1, b1, [c.heads * splits, 1, 1]);
+        const t2 = await time(p2, b2, [c.heads, 1, 1]);
+        const diff = attRef ? worst(await readBack(out, c.heads * c.headDim), attRef).toExponential(2) : '-';
+        console.log(`attention ${shape} ctx ${ctx} split ${splits}: part ${t1.toFixed(2)} µs + combine ${t2.toFixed(2)} µs (worst relative difference to old ${diff})`);
+        part.destroy();
+      }
+      for (const b of [qkv, K, V, out, step]) b.destroy();
+    }
+  }
+}
+gpu.destroy();
+process.exit(0);
