@@ -1,6 +1,7 @@
 /**
  * `pdvm bench` end to end on the CPU Vulkan driver: a tiny brown-llama-shaped synthetic model, both
- * paths, one JSON object a line with the keys the issue names, and the fused/unfused check passing.
+ * paths, one JSON object (the fused run, the unfused one under compared_with) with the keys the issue
+ * names, and the fused/unfused check passing.
  * Figures on lavapipe mean nothing; only their presence and consistency are checked.
  */
 import { test } from 'node:test';
@@ -16,10 +17,14 @@ const KEYS = [
 
 for (const encoding of ['q4', 'bitmap']) {
   test(`pdvm bench --json (brown-llama, ${encoding}, both paths)`, { skip: SKIP_GPU }, () => {
-    const args = ['bench', '--shape', 'brown-llama', '--encoding', encoding, '--context', '8', '--tokens', '4', '--probe-mib', '4', '--check', '4', '--json'];
+    const args = ['bench', '--shape', 'brown-llama', '--encoding', encoding, '--context', '8', '--tokens', '4', '--probe-mib', '4', '--check', '4', '--path', 'both', '--json'];
     const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 300_000 });
     assert.equal(r.status, 0, `pdvm ${args.join(' ')} failed:\n${r.stderr}`);
-    const rows = r.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = r.stdout.split('\n').filter((l) => l.trim() !== '');
+    assert.equal(lines.length, 1, `one JSON object expected on stdout, got:\n${r.stdout}`);
+    const top = JSON.parse(lines[0]!) as Record<string, unknown> & { compared_with: Record<string, unknown>[] };
+    const { compared_with: others, ...fused } = top;
+    const rows = [fused, ...others];
     assert.deepEqual(rows.map((o) => o.path), ['fused', 'unfused']);
     for (const o of rows) {
       for (const k of KEYS) assert.ok(k in o, `missing ${k} in ${JSON.stringify(o)}`);
