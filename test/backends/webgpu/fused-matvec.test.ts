@@ -1,0 +1,49 @@
+/**
+ * The fused matvec's workgroup-block layout on rows whose unit counts give invocations-per-row that
+ * are not powers of two (phi-4's o_proj: 160 q4 units, 160 lanes; down_proj: 560 units, 288 lanes;
+ * llama-3.1-8b's down_proj: 448 units, 224 lanes), with the residual epilogue, against the encoding's
+ * own CPU product, with and without subgroups. (Fixture models are too small to reach these layouts.)
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { uploadFusedMatrix } from '../../../src/backends/webgpu/fused/weights.js';
+import { fusedBlocks, fusedLayout, fusedMatvecBindings, fusedMatvecWgsl, type FusedMatvecShape } from '../../../src/backends/webgpu/kernels/fused-matvec.js';
+import { Q4Tensor } from '../../../src/format/upg/encodings/index.js';
+import { DenseTensor, type WeightTensor } from '../../../src/model/tensor.js';
+import { assertClose, rng } from '../../helpers.js';
+import { SKIP_GPU, featureVariants, read, run, storage, testGpu } from './gpu.js';
+
+test('fused matvec: non-power-of-two lanes per row (q4 and f32, residual epilogue) match the CPU product', { skip: SKIP_GPU }, async () => {
+  // [encoding, cols, lanes per row the layout should pick]
+  const cases: ['q4' | 'f32', number, number][] = [['q4', 5120, 160], ['q4', 17920, 288], ['q4', 14336, 224], ['f32', 640, 160], ['f32', 1152, 96]];
+  for (const { name, options } of await featureVariants()) {
+    const gpu = await testGpu(options);
+    const f = { subgroups: gpu.subgroups };
+    for (const [encoding, cols, lanes] of cases) {
+      const rows = 13;
+      const next = rng(cols + rows);
+      const w = Float32Array.from({ length: rows * cols }, () => next() * 2 - 1);
+      const t: WeightTensor = encoding === 'q4' ? Q4Tensor.pack(rows, cols, w, 64) : new DenseTensor(rows, cols, w, 'F32');
+      const m = uploadFusedMatrix(gpu, [t], 'layout test');
+      const shape: FusedMatvecShape = {
+        encoding: m.encoding, rows, cols, units: m.units, group: m.group, input: 'global', epilogue: 'residual', bias: false, eps: 1e-5,
+        numHeads: 0, numKvHeads: 0, headDim: 0, rotaryDim: 0, workgroups: 0,
+      };
+      assert.equal(fusedLayout(shape).tpr, lanes, `${encoding} ${cols} columns: lanes per row`);
+      shape.workgroups = fusedBlocks(shape);
+      const x = Float32Array.from({ length: cols }, () => next() * 2 - 1);
+      const y0 = Float32Array.from({ length: rows }, () => next() - 0.5);
+      const want = new Float32Array(rows);
+      t.matmul(x, 1, want, rows, 0);
+      for (let r = 0; r < rows; r++) want[r] = want[r]! + y0[r]!;
+      const xPadded = new Float32Array(m.units * 32);
+      xPadded.set(x);
+      const io: Record<string, GPUBuffer> = { ...m.buffers, X: storage(gpu, xPadded), Y: storage(gpu, y0) };
+      const pipeline = gpu.pipeline('fused_matvec_layout_test', { ...shape, ...f }, () => fusedMatvecWgsl(shape, f));
+      const bindGroup = gpu.bindGroup('fused_matvec_layout_test', pipeline, fusedMatvecBindings(shape).map((n) => io[n]!));
+      await run(gpu, [{ label: 'matvec', pipeline, bindGroup, workgroups: () => [shape.workgroups, 1, 1] }], 1);
+      assertClose(await read(gpu, io.Y!, rows), want, 1e-5, `${encoding} [${rows}, ${cols}] residual, ${lanes} lanes a row (${name})`);
+      for (const b of [...Object.values(m.buffers), io.X!, io.Y!]) b.destroy();
+    }
+  }
+});
