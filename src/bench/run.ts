@@ -145,7 +145,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
         const kvPerToken = 2 * config.numLayers * config.numKvHeads * config.headDim * 4 * (o.context + o.tokens / 2);
         const r: BenchResult = {
           shape: o.shape,
-          encoding: o.encoding === 'q4' ? `q4 g${o.group}` : o.encoding === 'bitmap' ? `bitmap ${o.density * 100}% tile ${o.tile}, q4 values` : 'bf16',
+          encoding: o.encoding === 'q4' ? `q4 g${o.group}` : o.encoding === 'bitmap' ? `bitmap ${o.density * 100}% tile ${o.tile}, q4 values` : o.encoding,
           context: o.context,
           path,
           device: gpu.adapterDescription,

@@ -3,6 +3,8 @@
  * encoding on the GPU from a seed, tensor by tensor (no dense copy, no checkpoint, the whole model
  * never in host memory). A fill kernel writes each buffer from a hash of (seed, buffer, index):
  *   q4       random nibbles; per group scale in [0.002, 0.004], min = -7.5 scale
+ *   q8       random int8 (-128..127, rows of whole 16-column units); per row f32 scale in
+ *            [0.00015, 0.0003] (weights within about +-0.04, like the others)
  *   bitmap4  random masks made on the host in row chunks (each bit kept with probability `density`)
  *            with their per-tile offsets; values random nibbles; per-tile scales in [0.002, 0.005]
  *   bf16     values uniform in [-0.03, 0.03]
@@ -31,7 +33,7 @@ export const BENCH_SHAPES: Record<string, BenchShape> = {
   'brown-llama': { layers: 6, hidden: 384, intermediate: 1024, heads: 6, kvHeads: 2, headDim: 64, vocab: 4096, ropeTheta: 10000 },
 };
 
-export type BenchEncoding = 'q4' | 'bitmap' | 'bf16';
+export type BenchEncoding = 'q4' | 'q8' | 'bitmap' | 'bf16';
 
 export interface SyntheticOptions {
   encoding: BenchEncoding;
@@ -55,13 +57,14 @@ export function benchConfig(s: BenchShape): ModelConfig {
 
 const FILL_WG = 256;
 
-/** mode 0 random u32; 1 q4 (scale, min) f16 pairs; 2 bf16 pairs; 3 f16 pairs of tile scales. */
+/** mode 0 random u32; 1 q4 (scale, min) f16 pairs; 2 bf16 pairs; 3 f16 pairs of tile scales; 4 q8 f32 row scales. */
 function fillWgsl(mode: number): string {
   const value: Record<number, string> = {
     0: 'h',
     1: 'pack2x16float(vec2<f32>(s, -7.5 * s))',
     2: '(bitcast<u32>(a) >> 16u) | (bitcast<u32>(c) & 0xffff0000u)',
     3: 'pack2x16float(vec2<f32>(0.002 + 0.003 * u01(h), 0.002 + 0.003 * u01(h ^ 0x68e31da4u)))',
+    4: 'bitcast<u32>(0.00015 + 0.00015 * u01(h))',
   };
   return `
 @group(0) @binding(0) var<storage, read_write> dst: array<u32>;
@@ -147,6 +150,11 @@ export class SyntheticWeights {
       const g = this.o.group, groups = Math.ceil(cols / g), words = (groups * g) / 8;
       const buffers = { Q: this.buffer(`${label}.q`, rows * words, 0), SM: this.buffer(`${label}.sm`, rows * groups, 1) };
       return { encoding: 'q4', rows, cols, units: words / 4, group: g, buffers, bytes: buffers.Q.size + buffers.SM.size };
+    }
+    if (encoding === 'q8') {
+      const units = Math.ceil(cols / 16);
+      const buffers = { Q: this.buffer(`${label}.q`, rows * units * 4, 0), SCALE: this.buffer(`${label}.scale`, rows, 4) };
+      return { encoding: 'q8', rows, cols, units, group: 0, buffers, bytes: buffers.Q.size + buffers.SCALE.size };
     }
     return this.bitmap(label, rows, cols);
   }

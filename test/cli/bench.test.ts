@@ -15,7 +15,7 @@ const KEYS = [
   'measured_read_gbps', 'bandwidth_fraction', 'peak_gpu_bytes', 'shape', 'encoding', 'context', 'path',
 ];
 
-for (const encoding of ['q4', 'bitmap']) {
+for (const encoding of ['q4', 'q8', 'bitmap']) {
   test(`pdvm bench --json (brown-llama, ${encoding}, both paths)`, { skip: SKIP_GPU }, () => {
     const args = ['bench', '--shape', 'brown-llama', '--encoding', encoding, '--context', '8', '--tokens', '4', '--probe-mib', '4', '--check', '4', '--path', 'both', '--json'];
     const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 300_000 });
@@ -29,6 +29,7 @@ for (const encoding of ['q4', 'bitmap']) {
     for (const o of rows) {
       for (const k of KEYS) assert.ok(k in o, `missing ${k} in ${JSON.stringify(o)}`);
       assert.equal(o.shape, 'brown-llama');
+      if (encoding === 'q8') assert.equal(o.encoding, 'q8');
       assert.equal(o.context, 8);
       assert.ok((o.decode_tokens_per_second as number) > 0 && (o.measured_read_gbps as number) > 0);
       const fraction = (o.achieved_gbps as number) / (o.measured_read_gbps as number);

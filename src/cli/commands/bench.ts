@@ -25,7 +25,7 @@ export function benchCommand(): Command {
   return new Command('bench')
     .description('benchmark decoding on the GPU with a synthetic model of a named shape (random weights, no download)')
     .addOption(new Option('--shape <name>', 'model shape').choices(Object.keys(BENCH_SHAPES)).default('llama-3.2-1b'))
-    .addOption(new Option('--encoding <name>', 'weight encoding: q4, bitmap (sparse, q4 values) or bf16').choices(['q4', 'bitmap', 'bf16']).default('q4'))
+    .addOption(new Option('--encoding <name>', 'weight encoding: q4, q8 (int8, a scale per row), bitmap (sparse, q4 values) or bf16').choices(['q4', 'q8', 'bitmap', 'bf16']).default('q4'))
     .option('--group <n>', 'q4 group size', parseIntOption('--group'), 64)
     .option('--tile <n>', 'bitmap tile (columns)', parseIntOption('--tile'), 64)
     .option('--density <x>', 'bitmap: share of weights kept', parseFloatOption('--density'), 0.5)

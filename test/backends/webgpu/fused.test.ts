@@ -2,23 +2,27 @@
  * The fused decode path against the unfused one over the same weights (and against the references):
  * logits within 1e-5 relative after every prompt token, identical greedy continuations, and a stop
  * mid-stream (pipelined, ids read back 4 steps behind) returning exactly the unfused tokens. On every
- * fixture model as stored, and on brown-llama and one architecture fixture compressed to q4 g32 and
- * to a 50% magnitude-pruned bitmap with 4-bit values (also against the CPU engine on those tensors).
+ * fixture model as stored, and on brown-llama and one architecture fixture compressed to q4 g32, to
+ * q8 and to a 50% magnitude-pruned bitmap with 4-bit values (also against the CPU engine on those
+ * tensors), and phi3 in each of those through the kernels without subgroups. Plus the q8 matvec
+ * alone at column counts that leave a partial 16-column unit, over every int8 value (-128 included).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { basename } from 'node:path';
 import { FusedDecoder, type DecodePath } from '../../../src/backends/webgpu/fused/decoder.js';
 import { attentionSplits } from '../../../src/backends/webgpu/kernels/fused-attention.js';
-import { destroyFusedWeights, uploadFusedWeights } from '../../../src/backends/webgpu/fused/weights.js';
-import { BitmapTensor, Q4Tensor } from '../../../src/format/upg/encodings/index.js';
+import { destroyFusedWeights, uploadFusedMatrix, uploadFusedWeights } from '../../../src/backends/webgpu/fused/weights.js';
+import { fusedBlocks, fusedMatvecBindings, fusedMatvecWgsl, type FusedMatvecShape } from '../../../src/backends/webgpu/kernels/fused-matvec.js';
+import { rmsnorm } from '../../../src/backends/cpu/ops.js';
+import { BitmapTensor, Q4Tensor, Q8Tensor } from '../../../src/format/upg/encodings/index.js';
 import { pruneUnstructured, pruningScores } from '../../../src/compress/prune.js';
 import { CpuEngine } from '../../../src/backends/cpu/engine.js';
 import { loadModel, type LoadedModel } from '../../../src/model/load.js';
 import { DenseTensor, type WeightTensor } from '../../../src/model/tensor.js';
 import type { ModelWeights } from '../../../src/model/weights.js';
-import { ALL_FIXTURE_MODELS, ARCH_MODELS, BROWN, assertClose, readReference } from '../../helpers.js';
-import { SKIP_GPU, testGpu } from './gpu.js';
+import { ALL_FIXTURE_MODELS, ARCH_MODELS, BROWN, assertClose, readReference, rng } from '../../helpers.js';
+import { SKIP_GPU, featureVariants, read, run, storage, testGpu, zeros } from './gpu.js';
 import type { GpuOptions } from '../../../src/backends/webgpu/device.js';
 
 type Pack = (t: WeightTensor) => WeightTensor;
@@ -30,6 +34,7 @@ function dense(t: WeightTensor): Float32Array {
   return out;
 }
 const q4: Pack = (t) => Q4Tensor.pack(t.rows, t.cols, dense(t), 32);
+const q8: Pack = (t) => Q8Tensor.pack(t.rows, t.cols, dense(t));
 const bitmap4: Pack = (t) => {
   const w = dense(t);
   const pruned = pruneUnstructured(w, pruningScores(w, t.rows, t.cols, null), t.rows, t.cols, 0.5);
@@ -121,7 +126,7 @@ for (const dir of ALL_FIXTURE_MODELS) {
   });
 }
 
-for (const [encoding, pack] of [['q4 g32', q4], ['bitmap 50% 4-bit', bitmap4]] as const) {
+for (const [encoding, pack] of [['q4 g32', q4], ['q8', q8], ['bitmap 50% 4-bit', bitmap4]] as const) {
   for (const dir of [BROWN, ARCH_MODELS[2]!]) {
     test(`fused decode: ${basename(dir)} as ${encoding} matches the unfused path`, { skip: SKIP_GPU }, async () => {
       const model = await loadModel(dir);
@@ -136,15 +141,57 @@ for (const [encoding, pack] of [['q4 g32', q4], ['bitmap 50% 4-bit', bitmap4]] a
   }
 }
 
-test('fused decode: the kernels without subgroups (phi3 as q4 g32 and as bitmap) match the CPU engine', { skip: SKIP_GPU }, async () => {
+test('fused decode: the kernels without subgroups (phi3 as q4 g32, q8 and bitmap) match the CPU engine', { skip: SKIP_GPU }, async () => {
   const dir = ARCH_MODELS[2]!;
   const model = await loadModel(dir);
   const ref = await readReference(dir);
   const ids = [...ref.inputIds.slice(0, 8)];
-  for (const pack of [q4, bitmap4]) {
+  for (const pack of [q4, q8, bitmap4]) {
     const weights = compressed(model.weights, pack);
     const cpu = new CpuEngine(model.config, weights, 64);
     const cpuLogits = await cpu.forward(cpu.createSequence(), ids, true);
     await checkPaths(`${basename(dir)} without subgroups`, model, weights, cpuLogits, [ids], { disableSubgroups: true });
+  }
+});
+
+test('fused matvec: q8 with a partial last unit, every int8 value, both inputs and kernel variants, matches Q8Tensor.matmul', { skip: SKIP_GPU }, async () => {
+  for (const { name, options } of await featureVariants()) {
+    const gpu = await testGpu(options);
+    const f = { subgroups: gpu.subgroups };
+    for (const [rows, cols] of [[37, 100], [70, 388]] as const) {
+      const next = rng(rows * 1000 + cols);
+      // raw int8 over the whole byte range (pack stops at -127), padding columns zero as the format has them
+      const t0 = Q8Tensor.pack(rows, cols, new Float32Array(rows * cols));
+      const qweight = new Int8Array(t0.qweight.length);
+      for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) qweight[r * t0.stride + c] = Math.floor(next() * 256) - 128;
+      const t = new Q8Tensor(rows, cols, qweight, Float32Array.from({ length: rows }, () => 0.001 + 0.01 * next()));
+      const m = uploadFusedMatrix(gpu, [t], 'q8 test');
+      const x = Float32Array.from({ length: cols }, () => next() * 2 - 1);
+      const nw = Float32Array.from({ length: cols }, () => 0.5 + next());
+      const bias = Float32Array.from({ length: rows }, () => next() - 0.5);
+      for (const input of ['global', 'norm'] as const) {
+        // the CPU reference: rmsnorm first for 'norm', then the encoding's own product and the bias
+        const xin = new Float32Array(cols);
+        if (input === 'norm') rmsnorm(x, nw, 1e-5, 1, xin);
+        else xin.set(x);
+        const want = new Float32Array(rows);
+        t.matmul(xin, 1, want, rows, 0);
+        for (let r = 0; r < rows; r++) want[r] = want[r]! + bias[r]!;
+        const shape: FusedMatvecShape = {
+          encoding: 'q8', rows, cols, units: m.units, group: 0, input, epilogue: 'store', bias: true, eps: 1e-5,
+          numHeads: 0, numKvHeads: 0, headDim: 0, rotaryDim: 0, workgroups: 0,
+        };
+        shape.workgroups = Math.min(3, fusedBlocks(shape));
+        const xPadded = new Float32Array(input === 'global' ? m.units * 16 : cols);
+        xPadded.set(x);
+        const io: Record<string, GPUBuffer> = { ...m.buffers, X: storage(gpu, xPadded), NW: storage(gpu, nw), Y: zeros(gpu, rows), BIAS: storage(gpu, bias) };
+        const pipeline = gpu.pipeline('fused_matvec_test', { ...shape, ...f }, () => fusedMatvecWgsl(shape, f));
+        const bindGroup = gpu.bindGroup('fused_matvec_test', pipeline, fusedMatvecBindings(shape).map((n) => io[n]!));
+        await run(gpu, [{ label: 'q8 matvec', pipeline, bindGroup, workgroups: () => [shape.workgroups, 1, 1] }], 1);
+        assertClose(await read(gpu, io.Y!, rows), want, 1e-5, `q8 [${rows}, ${cols}] ${input} (${name})`);
+        for (const b of [io.X!, io.NW!, io.Y!, io.BIAS!]) b.destroy();
+      }
+      for (const b of Object.values(m.buffers)) b.destroy();
+    }
   }
 });

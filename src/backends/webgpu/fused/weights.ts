@@ -3,12 +3,14 @@
  * checkpoint's parts (q, k, v; gate, up) joined by rows at load so that one dispatch covers them.
  *   f32/bf16/f16  W: (rows, units) vec4<u32> chunks (uploadDense's layout)
  *   q4            Q: (rows, groups * group / 8) u32 nibble words;  SM: (rows, groups) f16 (scale, min)
+ *   q8            Q: (rows, units * 16) int8, each row zero-padded to whole units of 16;  SCALE: (rows) f32
  *   bitmap4       MASK: (rows, tiles * tile / 32);  OFFS: (rows * tiles + 1);  VALS: nibble words;
  *                 SC: (rows, tiles) f16 scales, two per u32
- * Encodings without a fused kernel (q8, nm, csr, bitmap with 8-bit values) are decoded to f32 rows.
+ * Encodings without a fused kernel (nm, csr, bitmap with 8-bit values) are decoded to f32 rows.
  */
 import { BitmapTensor } from '../../../format/upg/encodings/bitmap.js';
 import { Q4Tensor } from '../../../format/upg/encodings/q4.js';
+import { Q8Tensor } from '../../../format/upg/encodings/q8.js';
 import { DenseTensor, type WeightTensor } from '../../../model/tensor.js';
 import type { ModelWeights } from '../../../model/weights.js';
 import type { Gpu } from '../device.js';
@@ -21,9 +23,9 @@ export interface FusedMatrix {
   cols: number;
   /** Units per row (vec4<u32> chunks, or tiles for bitmap4). */
   units: number;
-  /** q4 group or bitmap4 tile; 0 for dense. */
+  /** q4 group or bitmap4 tile; 0 for dense and q8. */
   group: number;
-  /** Buffers by binding name (W; Q, SM; MASK, OFFS, VALS, SC). */
+  /** Buffers by binding name (W; Q, SM; Q, SCALE; MASK, OFFS, VALS, SC). */
   buffers: Record<string, GPUBuffer>;
   /** Bytes a full product reads (every buffer once). */
   bytes: number;
@@ -92,6 +94,21 @@ function joinQ4(parts: Q4Tensor[]): { qweight: Uint32Array; scaleMin: Uint16Arra
   return { qweight, scaleMin };
 }
 
+/** q8 parts stacked by rows, each row's int8 re-strided from `stride` (a multiple of 4) to `units` * 16 with zeros. */
+function joinQ8(parts: Q8Tensor[], units: number): { qweight: Uint32Array; scales: Float32Array } {
+  const rows = parts.reduce((a, p) => a + p.rows, 0);
+  const qweight = new Uint32Array(rows * units * 4);
+  const bytes = new Int8Array(qweight.buffer); // (rows, units * 16), little-endian: byte i of a word is column 4w + i
+  const scales = new Float32Array(rows);
+  let r0 = 0;
+  for (const p of parts) {
+    for (let r = 0; r < p.rows; r++) bytes.set(p.qweight.subarray(r * p.stride, r * p.stride + p.cols), (r0 + r) * units * 16);
+    scales.set(p.scales, r0);
+    r0 += p.rows;
+  }
+  return { qweight, scales };
+}
+
 function joinBitmap(parts: BitmapTensor[]): { mask: Uint32Array; offsets: Uint32Array; values: Uint32Array; scales: Uint16Array } {
   const sum = (f: (p: BitmapTensor) => number) => parts.reduce((a, p) => a + f(p), 0);
   const mask = new Uint32Array(sum((p) => p.mask.length));
@@ -128,6 +145,12 @@ export function uploadFusedMatrix(gpu: Gpu, parts: WeightTensor[], label: string
     const { qweight, scaleMin } = joinQ4(parts as Q4Tensor[]);
     const buffers = { Q: uploadWords(gpu, `${label}.q`, qweight), SM: uploadWords(gpu, `${label}.sm`, scaleMin) };
     return { encoding: 'q4', rows, cols, units: first.wordsPerRow / 4, group: first.group, buffers, bytes: bytesOf(buffers) };
+  }
+  if (parts.every((p) => p instanceof Q8Tensor)) {
+    const units = Math.ceil(cols / 16);
+    const { qweight, scales } = joinQ8(parts as Q8Tensor[], units);
+    const buffers = { Q: uploadWords(gpu, `${label}.q`, qweight), SCALE: uploadWords(gpu, `${label}.scale`, scales) };
+    return { encoding: 'q8', rows, cols, units, group: 0, buffers, bytes: bytesOf(buffers) };
   }
   if (first instanceof BitmapTensor && parts.every((p) => p instanceof BitmapTensor && p.bits === 4 && p.tile === first.tile)) {
     const j = joinBitmap(parts as BitmapTensor[]);

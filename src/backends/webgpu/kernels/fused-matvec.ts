@@ -20,12 +20,14 @@
  *   f32/bf16/f16  W vec4<u32> per unit: 4 or 8 columns            (rows padded to whole units)
  *   q4            Q vec4<u32> per unit: 32 nibbles; SM u32 per group: f16 (scale, min)
  *                 W[r, c] = u * scale + min, so a unit adds scale * sum(u x) + min * sum(x)
+ *   q8            Q vec4<u32> per unit: 16 int8 (rows zero-padded to whole units); SCALE f32 per row
+ *                 W[r, c] = q * scale[r]: the hot loop sums q x, the row's finished sum is scaled once
  *   bitmap4       one tile of TILE columns per unit: MASK bits, OFFS first value index, VALS nibbles
  *                 (q + 8), SC f16 scale per (row, tile); W[r, c] = (q) * scale where the bit is set
  */
 import { COMMON, f32Literal, header, reductions, subgroupLet, subgroupParam, type DenseDtype, type KernelFeatures } from './prelude.js';
 
-export type FusedEncoding = DenseDtype | 'q4' | 'bitmap4';
+export type FusedEncoding = DenseDtype | 'q4' | 'q8' | 'bitmap4';
 
 export interface FusedMatvecShape {
   encoding: FusedEncoding;
@@ -33,7 +35,7 @@ export interface FusedMatvecShape {
   cols: number;
   /** Units per stored row (vec4<u32> chunks, or tiles for bitmap4). */
   units: number;
-  /** q4 group or bitmap4 tile (columns); 0 for dense. */
+  /** q4 group or bitmap4 tile (columns); 0 for dense and q8. */
   group: number;
   input: 'norm' | 'global';
   epilogue: 'store' | 'residual' | 'qkv' | 'swiglu';
@@ -93,6 +95,7 @@ export function columnsPerUnit(encoding: FusedEncoding, group: number): number {
   switch (encoding) {
     case 'f32': return 4;
     case 'bf16': case 'f16': return 8;
+    case 'q8': return 16;
     case 'q4': return 32;
     case 'bitmap4': return group;
   }
@@ -105,7 +108,8 @@ export function fusedBlocks(s: Pick<FusedMatvecShape, 'rows' | 'units' | 'epilog
 
 /** Binding names in binding order; the op binds buffers by these names. */
 export function fusedMatvecBindings(s: FusedMatvecShape): string[] {
-  const weights = s.encoding === 'q4' ? ['Q', 'SM'] : s.encoding === 'bitmap4' ? ['MASK', 'OFFS', 'VALS', 'SC'] : ['W'];
+  const weights =
+    s.encoding === 'q4' ? ['Q', 'SM'] : s.encoding === 'q8' ? ['Q', 'SCALE'] : s.encoding === 'bitmap4' ? ['MASK', 'OFFS', 'VALS', 'SC'] : ['W'];
   const input = s.input === 'norm' ? ['X', 'NW'] : ['X'];
   const out =
     s.epilogue === 'qkv' ? ['QKV', 'KC', 'VC', 'COS', 'SIN', 'STEP'] : s.epilogue === 'swiglu' ? ['ACT'] : ['Y'];
@@ -114,7 +118,7 @@ export function fusedMatvecBindings(s: FusedMatvecShape): string[] {
 
 function declarations(s: FusedMatvecShape): string {
   const types: Record<string, string> = {
-    Q: 'array<vec4<u32>>', W: 'array<vec4<u32>>', SM: 'array<u32>', MASK: 'array<u32>', OFFS: 'array<u32>', VALS: 'array<u32>', SC: 'array<u32>',
+    Q: 'array<vec4<u32>>', W: 'array<vec4<u32>>', SM: 'array<u32>', SCALE: 'array<f32>', MASK: 'array<u32>', OFFS: 'array<u32>', VALS: 'array<u32>', SC: 'array<u32>',
     X: s.input === 'norm' ? 'array<f32>' : 'array<vec4<f32>>', NW: 'array<f32>',
     QKV: 'array<f32>', KC: 'array<f32>', VC: 'array<f32>', COS: 'array<f32>', SIN: 'array<f32>', STEP: 'array<u32>',
     ACT: 'array<f32>', Y: 'array<f32>', BIAS: 'array<f32>',
@@ -174,7 +178,7 @@ fn block_row(b: u32, k: u32) -> vec2<u32> {
 }
 
 /**
- * The hot loop: this invocation's RPT rows (r0, r1, ...) over units k = lane + i * TPR. Dense and q4 are
+ * The hot loop: this invocation's RPT rows (r0, r1, ...) over units k = lane + i * TPR. Dense, q4 and q8 are
  * unrolled with every weight load first (so they are all in flight at once), then the arithmetic;
  * units past the row's end read a clamped unit and add nothing. bitmap4 walks set bits instead.
  */
@@ -191,6 +195,8 @@ function hotLoop(s: FusedMatvecShape, tpr: number, rpt: number, loop: LoopStride
   const X4 = (i: string) => (s.input === 'norm' ? `xs[${i}]` : `X[${i}]`);
   // q4 reads x pre-scaled (XL/XH): the norm prologue stores it so, a global x is scaled here
   const q4x = (load: string, e: number) => (s.input === 'norm' ? load : `${load} * ${e % 2 === 0 ? 'XL' : 'XH'}`);
+  // q8 reads x pre-scaled by Q8X the same way
+  const q8x = (load: string) => (s.input === 'norm' ? load : `${load} * Q8X`);
   // sum of the unscaled x of a unit (for the min term)
   const q4sum = (p: string) => `(dot(${p}0, UXL) + dot(${p}1, UXH)) + (dot(${p}2, UXL) + dot(${p}3, UXH)) + (dot(${p}4, UXL) + dot(${p}5, UXH)) + (dot(${p}6, UXL) + dot(${p}7, UXH))`;
   const rows = Array.from({ length: rpt }, (_, j) => j);
@@ -230,7 +236,10 @@ for (var k = ${loop.start}; k < UNITS; k += ${loop.stride}) {
           ? `${[0, 1, 2, 3, 4, 5, 6, 7].map((i) => `let x${i} = ${q4x(X4(`8u * k + ${i}u`), i)};`).join('\n')}
 let sx = ${q4sum('x')};
 ${rows.map((j) => `{ let w = Q[r${j} * UNITS + k]; let sm = unpack2x16float(SM[r${j} * GROUPS + (k * 32u) / GROUP]); acc[${j}] += sm.x * q4dot(w, x0, x1, x2, x3, x4, x5, x6, x7) + sm.y * sx; }`).join('\n')}`
-          : `let x0 = ${X4('2u * k')};\nlet x1 = ${X4('2u * k + 1u')};\n${rows.map((j) => `{ let w = W[r${j} * UNITS + k]; acc[${j}] += dot(chunk_lo(w), x0) + dot(chunk_hi(w), x1); }`).join('\n')}`;
+          : s.encoding === 'q8'
+            ? `${[0, 1, 2, 3].map((i) => `let x${i} = ${q8x(X4(`4u * k + ${i}u`))};`).join('\n')}
+${rows.map((j) => `acc[${j}] += q8dot(Q[r${j} * UNITS + k], x0, x1, x2, x3);`).join('\n')}`
+            : `let x0 = ${X4('2u * k')};\nlet x1 = ${X4('2u * k + 1u')};\n${rows.map((j) => `{ let w = W[r${j} * UNITS + k]; acc[${j}] += dot(chunk_lo(w), x0) + dot(chunk_hi(w), x1); }`).join('\n')}`;
     return `for (var k = ${loop.start}; k < UNITS; k += ${loop.stride}) {\n  ${body.split('\n').join('\n  ')}\n}`;
   }
   const exact = loop.exact;
@@ -243,7 +252,7 @@ ${rows.map((j) => `{ let w = Q[r${j} * UNITS + k]; let sm = unpack2x16float(SM[r
   for (let i = 0; i < iters; i++) {
     for (const j of rows) {
       if (s.encoding === 'q4') out.push(`let w${i}_${j} = Q[r${j} * UNITS + k${i}];\nlet sm${i}_${j} = SM[r${j} * GROUPS + (k${i} * 32u) / GROUP];`);
-      else out.push(`let w${i}_${j} = W[r${j} * UNITS + k${i}];`);
+      else out.push(`let w${i}_${j} = ${s.encoding === 'q8' ? 'Q' : 'W'}[r${j} * UNITS + k${i}];`);
     }
   }
   for (let i = 0; i < iters; i++) {
@@ -254,6 +263,9 @@ ${rows.map((j) => `{ let w = Q[r${j} * UNITS + k]; let sm = unpack2x16float(SM[r
       for (const j of rows) {
         out.push(`{ let sm = unpack2x16float(sm${i}_${j}); acc[${j}] += ${on(`sm.x * q4dot(w${i}_${j}, x${i}_0, x${i}_1, x${i}_2, x${i}_3, x${i}_4, x${i}_5, x${i}_6, x${i}_7) + sm.y * sx${i}`)}; }`);
       }
+    } else if (s.encoding === 'q8') {
+      out.push([0, 1, 2, 3].map((e) => `let x${i}_${e} = ${q8x(X4(`4u * k${i} + ${e}u`))};`).join('\n'));
+      for (const j of rows) out.push(`acc[${j}] += ${on(`q8dot(w${i}_${j}, x${i}_0, x${i}_1, x${i}_2, x${i}_3)`)};`);
     } else if (s.encoding === 'f32') {
       out.push(`let x${i} = ${X4(`k${i}`)};`);
       for (const j of rows) out.push(`acc[${j}] += ${on(`dot(bitcast<vec4<f32>>(w${i}_${j}), x${i})`)};`);
@@ -263,6 +275,13 @@ ${rows.map((j) => `{ let w = Q[r${j} * UNITS + k]; let sm = unpack2x16float(SM[r
     }
   }
   return out.join('\n');
+}
+
+/** q8: the row scale times each finished row sum (s0: row 2t of the block, s1: row 2t + 1), before any epilogue. */
+function rowScale(s: FusedMatvecShape): string {
+  if (s.encoding !== 'q8') return '';
+  return `s0 *= SCALE[block_row(b, 2u * t).x];
+s1 *= SCALE[block_row(b, 2u * t + 1u).x];`;
 }
 
 function epilogue(s: FusedMatvecShape, BLOCK_ROWS: number): string {
@@ -326,7 +345,7 @@ function normPrologue(s: FusedMatvecShape, wg: number, xs4: number): string {
     if (i < ${xs4}u) {
       var nw = vec4<f32>(0.0);
       for (var e = 0u; e < 4u; e++) { if (4u * i + e < COLS) { nw[e] = NW[4u * i + e]; } }
-      xs[i] = xs[i] * inv * nw${s.encoding === 'q4' ? ' * select(XH, XL, i % 2u == 0u)' : ''};
+      xs[i] = xs[i] * inv * nw${s.encoding === 'q4' ? ' * select(XH, XL, i % 2u == 0u)' : s.encoding === 'q8' ? ' * Q8X' : ''};
     }
   }
   workgroupBarrier();`
@@ -362,9 +381,28 @@ fn q4dot(w: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32
 
 `;
 
+const Q8_HELPERS = /* wgsl */ `
+// q8: the 4 int8 of word w times x. Bytes 0 and 1 are masked in place (bytes 2 and 3 after one shift
+// by 16) and XORed with 0x4B000000 | 0x80 << s, one LOP3 giving the float 2^23 + (q + 128) 2^s exactly
+// (s = 0 or 8: the XOR of the byte's top bit turns two's complement into offset binary); one FADD of
+// -(2^23 + 128 2^s) leaves q 2^s, and x arrives pre-scaled by 2^-s (Q8X). Per byte: a LOP3, an FADD and
+// the FMA of the dot, plus a quarter of a shift; no integer-to-float conversion.
+const Q8X = vec4<f32>(1.0, 0.00390625, 1.0, 0.00390625);
+fn q8w(w: u32, x: vec4<f32>) -> f32 {
+  let w2 = w >> 16u;
+  let q = bitcast<vec4<f32>>((vec4<u32>(w, w, w2, w2) & vec4<u32>(0xFFu, 0xFF00u, 0xFFu, 0xFF00u)) ^ vec4<u32>(0x4B000080u, 0x4B008000u, 0x4B000080u, 0x4B008000u))
+    - vec4<f32>(8388736.0, 8421376.0, 8388736.0, 8421376.0);
+  return dot(q, x);
+}
+fn q8dot(w: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>) -> f32 {
+  return (q8w(w.x, x0) + q8w(w.y, x1)) + (q8w(w.z, x2) + q8w(w.w, x3));
+}
+
+`;
+
 export function fusedMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string {
   // measured on the H100: subgroup workers win where x is in shared memory and for bitmap4, blocks
-  // for dense/q4 where x is global
+  // for dense/q4 where x is global (q8, not measured, follows dense and q4)
   if (f.subgroups && (s.input === 'norm' || s.encoding === 'bitmap4')) return subgroupMatvecWgsl(s, f);
   const { tpr, wg, br } = fusedLayout(s);
   const cpu = columnsPerUnit(s.encoding, s.group);
@@ -393,7 +431,7 @@ ${declarations(s)}
 ${s.input === 'norm' ? `var<workgroup> xs: array<vec4<f32>, ${xs4}>;` : ''}
 var<workgroup> red: array<f32, ${br * tpr}>;
 ${blockRow(s, br)}
-${Q4_HELPERS}
+${Q4_HELPERS}${Q8_HELPERS}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
   ${subgroupLet(f)}
@@ -414,6 +452,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       var s0 = 0.0;
       var s1 = 0.0;
       for (var i = 0u; i < parts; i++) { s0 += red[(2u * t) * TPR + i]; s1 += red[(2u * t + 1u) * TPR + i]; }
+      ${rowScale(s).split('\n').join('\n      ')}
       ${epilogue(s, br).split('\n').join('\n      ')}
     }
     workgroupBarrier();
@@ -458,7 +497,7 @@ ${s.encoding === 'q4' ? `const GROUP = ${s.group}u;\nconst GROUPS = ${Math.ceil(
 ${declarations(s)}
 ${s.input === 'norm' ? `var<workgroup> xs: array<vec4<f32>, ${xs4}>;` : ''}
 ${blockRow(s, SG_RPT)}
-${Q4_HELPERS}
+${Q4_HELPERS}${Q8_HELPERS}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) lane: u32) {
   ${normPrologue(s, wg, xs4)}
@@ -479,6 +518,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       var s0 = u0;
       var s1 = u1;
       ${Array.from({ length: SG_RPT / 2 - 1 }, (_, i) => `if (t == ${i + 1}u) { s0 = u${2 * i + 2}; s1 = u${2 * i + 3}; }`).join('\n      ')}
+      ${rowScale(s).split('\n').join('\n      ')}
       ${epilogue(s, SG_RPT).split('\n').join('\n      ')}
     }
   }
