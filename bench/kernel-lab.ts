@@ -146,14 +146,23 @@ if (only.has('matvec')) {
       const bytes = Q.size + SM.size;
       const report = (label: string, us: number) => console.log(`matvec ${m.name} (${m.rows}x${m.cols}, ${(bytes / 1e6).toFixed(1)} MB) ${label}: ${us.toFixed(2)} µs, ${(bytes / us / 1e3).toFixed(0)} GB/s`);
       const heads = { numHeads: 1, numKvHeads: 1, headDim: 2, rotaryDim: 2 };
-      // global x (workgroup blocks) at several grid sizes, and the norm prologue (subgroup workers)
-      for (const [input, cap] of [['global', 1024], ['global', 2048], ['global', 4096], ['norm', 264], ['norm', 528]] as const) {
+      // global x (workgroup blocks) at several grid sizes, and the norm prologue (subgroup workers);
+      // ablations (lab only, wrong results): 'stream' replaces the nibble arithmetic by one op a word,
+      // 'nosm' the (scale, min) loads by a constant: what the kernel costs beyond its loads
+      const runs: [string, 'global' | 'norm', number, string][] = [
+        ['global', 'global', 1024, ''], ['global', 'global', 2048, ''], ['norm', 'norm', 264, ''], ['norm', 'norm', 528, ''],
+        ['global stream', 'global', 1024, 'stream'], ['global nosm', 'global', 1024, 'nosm'], ['norm stream', 'norm', 264, 'stream'], ['norm nosm', 'norm', 264, 'nosm'],
+      ];
+      for (const [label, input, cap, ablate] of runs) {
         if (input === 'norm' && m.cols * 4 > 40000) continue;
         const s: FusedMatvecShape = { encoding: 'q4', rows: m.rows, cols: m.cols, units, group, input, epilogue: 'store', bias: false, eps: 1e-5, ...heads, workgroups: 0 };
         s.workgroups = Math.min(cap, fusedBlocks(s));
-        const p = pipe('old', fusedMatvecWgsl(s, f));
+        let code = fusedMatvecWgsl(s, f);
+        if (ablate.includes('stream')) code = code.replace(/fn q4w\(w: u32, xl: vec4<f32>, xh: vec4<f32>\) -> f32 \{[^}]*\}/, 'fn q4w(w: u32, xl: vec4<f32>, xh: vec4<f32>) -> f32 { return bitcast<f32>(w & 0x3FFFFFFFu) * xl.x; }');
+        if (ablate.includes('nosm')) code = code.replace(/SM\[[^\]]*\]/g, '(0x1A25A51Fu | (SM[0] & 0u))');
+        const p = pipe('old', code);
         const bg = bindAll(p, fusedMatvecBindings(s), { X, NW, Y });
-        report(`${input} x, ${s.workgroups} workgroups (cap ${cap})`, await time(p, bg, [s.workgroups, 1, 1]));
+        report(`${label}, ${s.workgroups} workgroups (cap ${cap})`, await time(p, bg, [s.workgroups, 1, 1]));
       }
       for (const b of [...Qs, ...SMs, X, NW, Y]) b.destroy();
     }

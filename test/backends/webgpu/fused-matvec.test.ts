@@ -10,6 +10,7 @@ import { uploadFusedMatrix } from '../../../src/backends/webgpu/fused/weights.js
 import { fusedBlocks, fusedLayout, fusedMatvecBindings, fusedMatvecWgsl, type FusedMatvecShape } from '../../../src/backends/webgpu/kernels/fused-matvec.js';
 import { Q4Tensor } from '../../../src/format/upg/encodings/index.js';
 import { DenseTensor, type WeightTensor } from '../../../src/model/tensor.js';
+import { rmsnorm } from '../../../src/backends/cpu/ops.js';
 import { assertClose, rng } from '../../helpers.js';
 import { SKIP_GPU, featureVariants, read, run, storage, testGpu } from './gpu.js';
 
@@ -44,6 +45,39 @@ test('fused matvec: non-power-of-two lanes per row (q4 and f32, residual epilogu
       await run(gpu, [{ label: 'matvec', pipeline, bindGroup, workgroups: () => [shape.workgroups, 1, 1] }], 1);
       assertClose(await read(gpu, io.Y!, rows), want, 1e-5, `${encoding} [${rows}, ${cols}] residual, ${lanes} lanes a row (${name})`);
       for (const b of [...Object.values(m.buffers), io.X!, io.Y!]) b.destroy();
+    }
+  }
+});
+
+test('fused matvec: q4 subgroup workers after the norm prologue, several row groups a worker, match rmsnorm and the CPU product', { skip: SKIP_GPU }, async () => {
+  for (const { name, options } of await featureVariants()) {
+    const gpu = await testGpu(options);
+    const f = { subgroups: gpu.subgroups };
+    // [rows, cols, workgroups]: one workgroup or three for 51 row groups (a worker takes several);
+    // a row of 10 units (lanes idle past the row's end) and one of 160 (several passes)
+    for (const [rows, cols, workgroups] of [[202, 320, 1], [202, 5120, 3], [37, 5120, 1]] as const) {
+      const next = rng(rows * 7 + cols);
+      const t = Q4Tensor.pack(rows, cols, Float32Array.from({ length: rows * cols }, () => next() * 2 - 1), 64);
+      const m = uploadFusedMatrix(gpu, [t], 'workers test');
+      const x = Float32Array.from({ length: cols }, () => next() * 2 - 1);
+      const nw = Float32Array.from({ length: cols }, () => 0.5 + next());
+      const xn = new Float32Array(cols);
+      rmsnorm(x, nw, 1e-5, 1, xn);
+      const want = new Float32Array(rows);
+      t.matmul(xn, 1, want, rows, 0);
+      {
+        const shape: FusedMatvecShape = {
+          encoding: 'q4', rows, cols, units: m.units, group: m.group, input: 'norm', epilogue: 'store', bias: false, eps: 1e-5,
+          numHeads: 0, numKvHeads: 0, headDim: 0, rotaryDim: 0, workgroups,
+        };
+        const io: Record<string, GPUBuffer> = { ...m.buffers, X: storage(gpu, x), NW: storage(gpu, nw), Y: storage(gpu, new Float32Array(rows)) };
+        const pipeline = gpu.pipeline('fused_matvec_workers_test', { ...shape, ...f }, () => fusedMatvecWgsl(shape, f));
+        const bindGroup = gpu.bindGroup('fused_matvec_workers_test', pipeline, fusedMatvecBindings(shape).map((n) => io[n]!));
+        await run(gpu, [{ label: 'matvec', pipeline, bindGroup, workgroups: () => [workgroups, 1, 1] }], 1);
+        assertClose(await read(gpu, io.Y!, rows), want, 1e-5, `q4 [${rows}, ${cols}] norm, ${workgroups} workgroups (${name})`);
+        for (const b of [io.X!, io.NW!, io.Y!]) b.destroy();
+      }
+      for (const b of Object.values(m.buffers)) b.destroy();
     }
   }
 });
