@@ -148,10 +148,11 @@ if (only.has('matvec')) {
       const heads = { numHeads: 1, numKvHeads: 1, headDim: 2, rotaryDim: 2 };
       // global x (workgroup blocks) at several grid sizes, and the norm prologue (subgroup workers);
       // ablations (lab only, wrong results): 'stream' replaces the nibble arithmetic by one op a word,
-      // 'nosm' the (scale, min) loads by a constant: what the kernel costs beyond its loads
+      // 'nosm' the (scale, min) loads by a constant, 'xbcast' the x reads by one address for all lanes
       const runs: [string, 'global' | 'norm', number, string][] = [
         ['global', 'global', 1024, ''], ['global', 'global', 2048, ''], ['norm', 'norm', 264, ''], ['norm', 'norm', 528, ''],
         ['global stream', 'global', 1024, 'stream'], ['global nosm', 'global', 1024, 'nosm'], ['norm stream', 'norm', 264, 'stream'], ['norm nosm', 'norm', 264, 'nosm'],
+        ['global xbcast', 'global', 1024, 'xbcast'], ['norm xbcast', 'norm', 264, 'xbcast'],
       ];
       for (const [label, input, cap, ablate] of runs) {
         if (input === 'norm' && m.cols * 4 > 40000) continue;
@@ -159,6 +160,8 @@ if (only.has('matvec')) {
         s.workgroups = Math.min(cap, fusedBlocks(s));
         let code = fusedMatvecWgsl(s, f);
         if (ablate.includes('stream')) code = code.replace(/fn q4w\(w: u32, xl: vec4<f32>, xh: vec4<f32>\) -> f32 \{[^}]*\}/, 'fn q4w(w: u32, xl: vec4<f32>, xh: vec4<f32>) -> f32 { return bitcast<f32>(w & 0x3FFFFFFFu) * xl.x; }');
+        // every lane reads the same x (a broadcast): what the lane-strided x reads cost
+        if (ablate.includes('xbcast')) code = code.replace(/(xs|X)\[8u \* k(\d+) \+ (\d)u\]/g, '$1[$3u]');
         if (ablate.includes('nosm')) code = code.replace(/SM\[[^\]]*\]/g, '(0x1A25A51Fu | (SM[0] & 0u))');
         const p = pipe('old', code);
         const bg = bindAll(p, fusedMatvecBindings(s), { X, NW, Y });

@@ -21,7 +21,7 @@ import {
   ATTENTION_WG, attentionFits, attentionSplits, splitAttentionFits, attentionWorkgroupBytes, decodeArgmaxWgsl, decodeAttentionPartWgsl, decodeAttentionWgsl, decodeCombineWgsl, SPLIT_WG,
   type DecodeAttentionShape, type SplitAttentionShape,
 } from '../kernels/fused-attention.js';
-import { columnsPerUnit, fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecWgsl, type FusedMatvecShape } from '../kernels/fused-matvec.js';
+import { columnsPerUnit, fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecWgsl, vecsPerUnit, type FusedMatvecShape } from '../kernels/fused-matvec.js';
 import { attentionOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from '../ops.js';
 import type { FusedMatrix, FusedModelWeights } from './weights.js';
 
@@ -122,23 +122,28 @@ export class FusedDecoder {
     }
     const gpu_ = gpu, w = weights, eps = c.rmsNormEps;
     const heads = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim };
-    const mv = (m: FusedMatrix, input: 'norm' | 'global', epilogue: FusedMatvecShape['epilogue'], io: Record<string, GPUBuffer>, bias: GPUBuffer | null = null) =>
-      this.matvec(m, { input, epilogue, bias: bias !== null, eps, ...heads }, { ...io, ...(bias ? { BIAS: bias } : {}) });
+    const mv = (m: FusedMatrix, input: 'norm' | 'global', epilogue: FusedMatvecShape['epilogue'], io: Record<string, GPUBuffer>, bias: GPUBuffer | null = null, layout: Partial<FusedMatvecShape> = {}) =>
+      this.matvec(m, { input, epilogue, bias: bias !== null, eps, ...heads, ...layout }, { ...io, ...(bias ? { BIAS: bias } : {}) });
     const fused = options.path === 'fused';
     const part = this.splitShape() ? f32('attention_parts', c.numHeads * this.splitShape()!.splits * (c.headDim + 2)) : null;
     const layers = w.layers.map((L, l): Dispatch[] => {
-      const attention = this.attention(qkv, k[l]!, v[l]!, att, part);
-      const o = mv(L.o, 'global', 'residual', { X: att, Y: x });
-      const down = mv(L.down, 'global', 'residual', { X: act, Y: x });
+      // attention writes its output unit-major for o_proj where its kernel can (coalesced x reads there)
+      const oVecs = vecsPerUnit(L.o.encoding);
+      const { dispatches: attention, unitMajor } = this.attention(qkv, k[l]!, v[l]!, att, part, oVecs > 1 ? { outUnits: L.o.units, outVecs: oVecs } : {});
+      const o = mv(L.o, 'global', 'residual', { X: att, Y: x }, null, { xUnitMajor: unitMajor });
       if (fused) {
+        // the SwiGLU epilogue writes act unit-major for down_proj (coalesced x reads there)
+        const vecs = vecsPerUnit(L.down.encoding);
+        const actLayout = vecs > 1 ? { actUnits: L.down.units, actVecs: vecs } : {};
         return [
           mv(L.qkv, 'norm', 'qkv', { X: x, NW: L.attnNorm, QKV: qkv, KC: k[l]!, VC: v[l]!, COS: cosB, SIN: sinB, STEP: this.step }, L.qkvBias),
           ...attention,
           o,
-          mv(L.gateUp, 'norm', 'swiglu', { X: x, NW: L.mlpNorm, ACT: act }),
-          down,
+          mv(L.gateUp, 'norm', 'swiglu', { X: x, NW: L.mlpNorm, ACT: act }, null, actLayout),
+          mv(L.down, 'global', 'residual', { X: act, Y: x }, null, { xUnitMajor: vecs > 1 }),
         ];
       }
+      const down = mv(L.down, 'global', 'residual', { X: act, Y: x });
       const norm = (weight: GPUBuffer) => rmsnormOp(gpu_, { hidden: c.hiddenSize, eps, mode: 'all' }, 1, x, weight, xn, this.step);
       return [
         norm(L.attnNorm),
@@ -216,27 +221,31 @@ export class FusedDecoder {
    * Decode attention: split into chunks of keys plus a combine where that applies, else all keys of
    * a head in one workgroup's shared memory where they fit, else the engine's kernel.
    */
-  private attention(qkv: GPUBuffer, k: GPUBuffer, v: GPUBuffer, att: GPUBuffer, part: GPUBuffer | null): Dispatch[] {
+  private attention(
+    qkv: GPUBuffer, k: GPUBuffer, v: GPUBuffer, att: GPUBuffer, part: GPUBuffer | null, layout: { outUnits?: number; outVecs?: number },
+  ): { dispatches: Dispatch[]; unitMajor: boolean } {
     const c = this.config;
-    const s = this.attentionShape();
+    const s = { ...this.attentionShape(), ...layout };
+    const unitMajor = (layout.outVecs ?? 0) > 1;
     const f = { subgroups: this.gpu.subgroups };
-    const split = this.splitShape();
+    const split0 = this.splitShape();
+    const split = split0 ? { ...split0, ...layout } : null;
     if (split && part) {
       const defines = { ...split, slidingWindow: split.slidingWindow ?? 0 };
       const p1 = this.gpu.pipeline('decode_attention_part', { ...defines, ...f }, () => decodeAttentionPartWgsl(split, f));
       const p2 = this.gpu.pipeline('decode_attention_combine', defines, () => decodeCombineWgsl(split));
-      return [
+      return { unitMajor, dispatches: [
         { label: 'attention_part', pipeline: p1, bindGroup: this.gpu.bindGroup('decode_attention_part', p1, [qkv, k, v, part, this.step]), workgroups: () => [c.numHeads * split.splits, 1, 1] },
         { label: 'attention_combine', pipeline: p2, bindGroup: this.gpu.bindGroup('decode_attention_combine', p2, [part, att]), workgroups: () => [c.numHeads, 1, 1] },
-      ];
+      ] };
     }
     const limits = this.gpu.device.limits;
     const wg = [this.options.attentionWorkgroup ?? ATTENTION_WG, 256].find(
       (n) => n <= limits.maxComputeInvocationsPerWorkgroup && attentionFits(s, n) && attentionWorkgroupBytes(s, n) <= limits.maxComputeWorkgroupStorageSize,
     );
-    if (!wg) return [attentionOp(this.gpu, { ...s }, qkv, k, v, att, this.step)];
+    if (!wg) return { unitMajor: false, dispatches: [attentionOp(this.gpu, { numHeads: s.numHeads, numKvHeads: s.numKvHeads, headDim: s.headDim, slidingWindow: s.slidingWindow }, qkv, k, v, att, this.step)] };
     const pipeline = this.gpu.pipeline('decode_attention', { ...s, slidingWindow: s.slidingWindow ?? 0, wg, ...f }, () => decodeAttentionWgsl(s, f, wg));
-    return [{ label: 'attention', pipeline, bindGroup: this.gpu.bindGroup('decode_attention', pipeline, [qkv, k, v, att, this.step]), workgroups: () => [c.numHeads, 1, 1] }];
+    return { unitMajor, dispatches: [{ label: 'attention', pipeline, bindGroup: this.gpu.bindGroup('decode_attention', pipeline, [qkv, k, v, att, this.step]), workgroups: () => [c.numHeads, 1, 1] }] };
   }
 
   private argmax(): Dispatch {

@@ -13,6 +13,7 @@
  *
  * argmax: one workgroup of 1024 over vec4s of logits; lowest index on ties (as the CPU's argmax).
  */
+import { unitMajorIndex } from './fused-matvec.js';
 import { COMMON, f32Literal, header, reductions, subgroupLet, subgroupParam, type KernelFeatures } from './prelude.js';
 
 export interface DecodeAttentionShape {
@@ -21,6 +22,14 @@ export interface DecodeAttentionShape {
   headDim: number;
   slidingWindow: number | null;
   contextLength: number;
+  /** Write the output unit-major for an o_proj of these units a row and vec4s a unit (0: in order). */
+  outUnits?: number;
+  outVecs?: number;
+}
+
+/** Float i of the attention output's index in `out` (unit-major for the consumer where asked). */
+function outIndex(s: DecodeAttentionShape, i: string): string {
+  return s.outUnits && s.outVecs ? unitMajorIndex(i, s.outUnits, s.outVecs) : i;
 }
 
 /** Invocations a workgroup by default (the measured one; 1024 is an option where the scores fit). */
@@ -56,7 +65,7 @@ const KV_DIM4 = ${kvDim4}u;
 @group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> K: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> V: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read> step: array<u32>;
 
 var<workgroup> sc: array<f32, ${keys}>;
@@ -96,7 +105,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (lid < HD4) {
     var v = vec4<f32>(0.0);
     for (var i = 0u; i < ${groups}u; i++) { v += partial[i * HD4 + lid]; }
-    out[h * HD4 + lid] = v / total;
+    let o = v / total;
+    for (var e = 0u; e < 4u; e++) { out[${outIndex(s, '4u * (h * HD4 + lid) + e')}] = o[e]; }
   }
 }
 `;
@@ -272,7 +282,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     l += w * part[o + HD + 1u];
     v += w * part[o + d];
   }
-  out[h * HD + d] = v / l;
+  out[${outIndex(s, 'h * HD + d')}] = v / l;
 }
 `;
 }

@@ -51,6 +51,31 @@ export interface FusedMatvecShape {
   workgroups: number;
   /** Subgroup variant: units each lane loads per pass before any arithmetic (default 1, fastest measured). */
   unroll?: number;
+  /** 'global' input: x is stored unit-major (see unitMajorIndex), as a producer wrote it for this matrix. */
+  xUnitMajor?: boolean;
+  /** 'swiglu': write act unit-major for a consumer with these units a row and vec4s a unit (0: in order). */
+  actUnits?: number;
+  actVecs?: number;
+}
+
+/** vec4s of x one unit multiplies (0 for bitmap4, which reads x by column). */
+export function vecsPerUnit(encoding: FusedEncoding): number {
+  switch (encoding) {
+    case 'f32': return 1;
+    case 'bf16': case 'f16': return 2;
+    case 'q8': return 4;
+    case 'q4': return 8;
+    case 'bitmap4': return 0;
+  }
+}
+
+/**
+ * x in unit-major order: vec4 e of unit k at e * UNITS + k, so that lanes reading consecutive units
+ * read consecutive vec4s (in order, lanes 8 vec4s apart hit the same shared-memory banks and a new
+ * cache line each). Float i of x goes to float unitMajorIndex(i) (a WGSL expression).
+ */
+export function unitMajorIndex(i: string, units: number, vecs: number): string {
+  return `(((${i}) / 4u) % ${vecs}u * ${units}u + ((${i}) / 4u) / ${vecs}u) * 4u + (${i}) % 4u`;
 }
 
 /**
@@ -214,7 +239,13 @@ interface LoopStride {
 }
 
 function hotLoop(s: FusedMatvecShape, tpr: number, rpt: number, loop: LoopStride = { start: 'lane', stride: `${tpr}u`, iters: Math.ceil(s.units / tpr), exact: s.units % tpr === 0 }): string {
-  const X4 = (i: string) => (s.input === 'norm' ? `xs[${i}]` : `X[${i}]`);
+  // vec4 e of unit k of x: from shared memory (unit-major) after the norm prologue, or global x
+  const V = vecsPerUnit(s.encoding);
+  const unitMajor = s.input === 'norm' || s.xUnitMajor === true;
+  const xAt = (k: string, e: number) => {
+    const i = V === 1 ? k : unitMajor ? `${e}u * UNITS + ${k}` : `${V}u * ${k} + ${e}u`;
+    return s.input === 'norm' ? `xs[${i}]` : `X[${i}]`;
+  };
   // q4 reads x pre-scaled (XL/XH): the norm prologue stores it so, a global x is scaled here
   const q4x = (load: string, e: number) => (s.input === 'norm' ? load : `${load} * ${e % 2 === 0 ? 'XL' : 'XH'}`);
   // q8 reads x pre-scaled by Q8X the same way
@@ -253,15 +284,15 @@ for (var k = ${loop.start}; k < UNITS; k += ${loop.stride}) {
     // long rows at the widest split (wide dense): a plain loop
     const body =
       s.encoding === 'f32'
-        ? `let xv = ${X4('k')};\n${rows.map((j) => `acc[${j}] += dot(bitcast<vec4<f32>>(W[r${j} * UNITS + k]), xv);`).join('\n')}`
+        ? `let xv = ${xAt('k', 0)};\n${rows.map((j) => `acc[${j}] += dot(bitcast<vec4<f32>>(W[r${j} * UNITS + k]), xv);`).join('\n')}`
         : s.encoding === 'q4'
-          ? `${[0, 1, 2, 3, 4, 5, 6, 7].map((i) => `let x${i} = ${q4x(X4(`8u * k + ${i}u`), i)};`).join('\n')}
+          ? `${[0, 1, 2, 3, 4, 5, 6, 7].map((i) => `let x${i} = ${q4x(xAt('k', i), i)};`).join('\n')}
 let sx = ${q4sum('x')};
 ${rows.map((j) => `{ let w = Q[r${j} * UNITS + k]; let sm = unpack2x16float(SM[r${j} * GROUPS + (k * 32u) / GROUP]); acc[${j}] += sm.x * q4dot(w, x0, x1, x2, x3, x4, x5, x6, x7) + sm.y * sx; }`).join('\n')}`
           : s.encoding === 'q8'
-            ? `${[0, 1, 2, 3].map((i) => `let x${i} = ${q8x(X4(`4u * k + ${i}u`))};`).join('\n')}
+            ? `${[0, 1, 2, 3].map((i) => `let x${i} = ${q8x(xAt('k', i))};`).join('\n')}
 ${rows.map((j) => `acc[${j}] += q8dot(Q[r${j} * UNITS + k], x0, x1, x2, x3);`).join('\n')}`
-            : `let x0 = ${X4('2u * k')};\nlet x1 = ${X4('2u * k + 1u')};\n${rows.map((j) => `{ let w = W[r${j} * UNITS + k]; acc[${j}] += dot(chunk_lo(w), x0) + dot(chunk_hi(w), x1); }`).join('\n')}`;
+            : `let x0 = ${xAt('k', 0)};\nlet x1 = ${xAt('k', 1)};\n${rows.map((j) => `{ let w = W[r${j} * UNITS + k]; acc[${j}] += dot(chunk_lo(w), x0) + dot(chunk_hi(w), x1); }`).join('\n')}`;
     return `for (var k = ${loop.start}; k < UNITS; k += ${loop.stride}) {\n  ${body.split('\n').join('\n  ')}\n}`;
   }
   const exact = loop.exact;
@@ -280,19 +311,19 @@ ${rows.map((j) => `acc[${j}] += q8dot(Q[r${j} * UNITS + k], x0, x1, x2, x3);`).j
   for (let i = 0; i < iters; i++) {
     const on = (v: string) => (exact ? v : `select(0.0, ${v}, on${i})`);
     if (s.encoding === 'q4') {
-      out.push([0, 1, 2, 3, 4, 5, 6, 7].map((e) => `let x${i}_${e} = ${q4x(X4(`8u * k${i} + ${e}u`), e)};`).join('\n'));
+      out.push([0, 1, 2, 3, 4, 5, 6, 7].map((e) => `let x${i}_${e} = ${q4x(xAt(`k${i}`, e), e)};`).join('\n'));
       out.push(`let sx${i} = ${q4sum(`x${i}_`)};`);
       for (const j of rows) {
         out.push(`{ let sm = unpack2x16float(sm${i}_${j}); acc[${j}] += ${on(`sm.x * q4dot(w${i}_${j}, x${i}_0, x${i}_1, x${i}_2, x${i}_3, x${i}_4, x${i}_5, x${i}_6, x${i}_7) + sm.y * sx${i}`)}; }`);
       }
     } else if (s.encoding === 'q8') {
-      out.push([0, 1, 2, 3].map((e) => `let x${i}_${e} = ${q8x(X4(`4u * k${i} + ${e}u`))};`).join('\n'));
+      out.push([0, 1, 2, 3].map((e) => `let x${i}_${e} = ${q8x(xAt(`k${i}`, e))};`).join('\n'));
       for (const j of rows) out.push(`acc[${j}] += ${on(`q8dot(w${i}_${j}, x${i}_0, x${i}_1, x${i}_2, x${i}_3)`)};`);
     } else if (s.encoding === 'f32') {
-      out.push(`let x${i} = ${X4(`k${i}`)};`);
+      out.push(`let x${i} = ${xAt(`k${i}`, 0)};`);
       for (const j of rows) out.push(`acc[${j}] += ${on(`dot(bitcast<vec4<f32>>(w${i}_${j}), x${i})`)};`);
     } else {
-      out.push(`let xa${i} = ${X4(`2u * k${i}`)};\nlet xb${i} = ${X4(`2u * k${i} + 1u`)};`);
+      out.push(`let xa${i} = ${xAt(`k${i}`, 0)};\nlet xb${i} = ${xAt(`k${i}`, 1)};`);
       for (const j of rows) out.push(`acc[${j}] += ${on(`dot(chunk_lo(w${i}_${j}), xa${i}) + dot(chunk_hi(w${i}_${j}), xb${i})`)};`);
     }
   }
@@ -336,7 +367,7 @@ if (b < ROPE_BLOCKS) {
   }
   if (s.epilogue === 'swiglu') {
     return `let i = b * ${BLOCK_ROWS / 2}u + t;
-if (i < FFN) { ACT[i] = s0 / (1.0 + exp(-s0)) * s1; }`;
+if (i < FFN) { ACT[${s.actUnits && s.actVecs ? unitMajorIndex('i', s.actUnits, s.actVecs) : 'i'}] = s0 / (1.0 + exp(-s0)) * s1; }`;
   }
   const write = (r: string, v: string) => (s.epilogue === 'residual' ? `Y[${r}] = Y[${r}] + ${v};` : `Y[${r}] = ${v}${bias(r)};`);
   return `let r0 = block_row(b, 2u * t);
@@ -346,6 +377,9 @@ if (r1.y == 1u) { ${write('r1.x', 's1')} }`;
 }
 
 function normPrologue(s: FusedMatvecShape, wg: number, xs4: number): string {
+  // vec4 i of x in shared memory: unit-major (bitmap4 reads by column: in order)
+  const V = vecsPerUnit(s.encoding);
+  const xsIndex = (i: string) => (V <= 1 ? i : `(${i} % ${V}u) * UNITS + ${i} / ${V}u`);
   return (
     s.input === 'norm'
       ? `// rmsnorm(x) * w into shared memory (zero past COLS, the padding of the last unit): raw x and the
@@ -357,7 +391,7 @@ function normPrologue(s: FusedMatvecShape, wg: number, xs4: number): string {
       var v = vec4<f32>(0.0);
       if (4u * i + 3u < COLS) { v = vec4<f32>(X[4u * i], X[4u * i + 1u], X[4u * i + 2u], X[4u * i + 3u]); }
       else { for (var e = 0u; e < 4u; e++) { if (4u * i + e < COLS) { v[e] = X[4u * i + e]; } } }
-      xs[i] = v;
+      xs[${xsIndex('i')}] = v;
       ss += dot(v, v);
     }
   }
@@ -367,7 +401,7 @@ function normPrologue(s: FusedMatvecShape, wg: number, xs4: number): string {
     if (i < ${xs4}u) {
       var nw = vec4<f32>(0.0);
       for (var e = 0u; e < 4u; e++) { if (4u * i + e < COLS) { nw[e] = NW[4u * i + e]; } }
-      xs[i] = xs[i] * inv * nw${s.encoding === 'q4' ? ' * select(XH, XL, i % 2u == 0u)' : s.encoding === 'q8' ? ' * Q8X' : ''};
+      xs[${xsIndex('i')}] = xs[${xsIndex('i')}] * inv * nw${s.encoding === 'q4' ? ' * select(XH, XL, i % 2u == 0u)' : s.encoding === 'q8' ? ' * Q8X' : ''};
     }
   }
   workgroupBarrier();`
