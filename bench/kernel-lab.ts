@@ -148,15 +148,21 @@ if (only.has('matvec')) {
       const heads = { numHeads: 1, numKvHeads: 1, headDim: 2, rotaryDim: 2 };
       // global x (workgroup blocks) at several grid sizes, and the norm prologue (subgroup workers);
       // ablations (lab only, wrong results): 'stream' replaces the nibble arithmetic by one op a word,
-      // 'nosm' the (scale, min) loads by a constant, 'xbcast' the x reads by one address for all lanes
+      // 'nosm' the (scale, min) loads by a constant, 'xbcast' the x reads by one address for all lanes;
+      // 'wgN': N invocations a workgroup for the subgroup workers
       const runs: [string, 'global' | 'norm', number, string][] = [
         ['global', 'global', 1024, ''], ['global', 'global', 2048, ''], ['norm', 'norm', 264, ''], ['norm', 'norm', 528, ''],
         ['global stream', 'global', 1024, 'stream'], ['global nosm', 'global', 1024, 'nosm'], ['norm stream', 'norm', 264, 'stream'], ['norm nosm', 'norm', 264, 'nosm'],
         ['global xbcast', 'global', 1024, 'xbcast'], ['norm xbcast', 'norm', 264, 'xbcast'],
+        ['norm wg512', 'norm', 132, 'wg512'], ['norm wg512', 'norm', 264, 'wg512'], ['norm wg1024', 'norm', 132, 'wg1024'], ['norm wg128', 'norm', 528, 'wg128'],
       ];
       for (const [label, input, cap, ablate] of runs) {
         if (input === 'norm' && m.cols * 4 > 40000) continue;
-        const s: FusedMatvecShape = { encoding: 'q4', rows: m.rows, cols: m.cols, units, group, input, epilogue: 'store', bias: false, eps: 1e-5, ...heads, workgroups: 0 };
+        const wgMatch = /wg(\d+)/.exec(ablate);
+        const s: FusedMatvecShape = {
+          encoding: 'q4', rows: m.rows, cols: m.cols, units, group, input, epilogue: 'store', bias: false, eps: 1e-5, ...heads, workgroups: 0,
+          ...(wgMatch ? { workerWorkgroup: Number(wgMatch[1]) } : {}),
+        };
         s.workgroups = Math.min(cap, fusedBlocks(s));
         let code = fusedMatvecWgsl(s, f);
         if (ablate.includes('stream')) code = code.replace(/fn q4w\(w: u32, xl: vec4<f32>, xh: vec4<f32>\) -> f32 \{[^}]*\}/, 'fn q4w(w: u32, xl: vec4<f32>, xh: vec4<f32>) -> f32 { return bitcast<f32>(w & 0x3FFFFFFFu) * xl.x; }');

@@ -51,6 +51,8 @@ export interface FusedMatvecShape {
   workgroups: number;
   /** Subgroup variant: units each lane loads per pass before any arithmetic (default 1, fastest measured). */
   unroll?: number;
+  /** Subgroup variant: invocations a workgroup (default 256). */
+  workerWorkgroup?: number;
   /** 'global' input: x is stored unit-major (see unitMajorIndex), as a producer wrote it for this matrix. */
   xUnitMajor?: boolean;
   /** 'swiglu': write act unit-major for a consumer with these units a row and vec4s a unit (0: in order). */
@@ -287,7 +289,7 @@ for (var k = ${loop.start}; k < UNITS; k += ${loop.stride}) {
         ? `let xv = ${xAt('k', 0)};\n${rows.map((j) => `acc[${j}] += dot(bitcast<vec4<f32>>(W[r${j} * UNITS + k]), xv);`).join('\n')}`
         : s.encoding === 'q4'
           ? `${[0, 1, 2, 3, 4, 5, 6, 7].map((i) => `let x${i} = ${q4x(xAt('k', i), i)};`).join('\n')}
-let sx = ${q4sum('x')};
+let sx = ${s.input === 'norm' ? 'xsum[k]' : q4sum('x')};
 ${rows.map((j) => `{ let w = Q[r${j} * UNITS + k]; let sm = unpack2x16float(SM[r${j} * GROUPS + (k * 32u) / GROUP]); acc[${j}] += sm.x * q4dot(w, x0, x1, x2, x3, x4, x5, x6, x7) + sm.y * sx; }`).join('\n')}`
           : s.encoding === 'q8'
             ? `${[0, 1, 2, 3].map((i) => `let x${i} = ${q8x(xAt('k', i))};`).join('\n')}
@@ -312,7 +314,7 @@ ${rows.map((j) => `acc[${j}] += q8dot(Q[r${j} * UNITS + k], x0, x1, x2, x3);`).j
     const on = (v: string) => (exact ? v : `select(0.0, ${v}, on${i})`);
     if (s.encoding === 'q4') {
       out.push([0, 1, 2, 3, 4, 5, 6, 7].map((e) => `let x${i}_${e} = ${q4x(xAt(`k${i}`, e), e)};`).join('\n'));
-      out.push(`let sx${i} = ${q4sum(`x${i}_`)};`);
+      out.push(`let sx${i} = ${s.input === 'norm' ? `xsum[k${i}]` : q4sum(`x${i}_`)};`);
       for (const j of rows) {
         out.push(`{ let sm = unpack2x16float(sm${i}_${j}); acc[${j}] += ${on(`sm.x * q4dot(w${i}_${j}, x${i}_0, x${i}_1, x${i}_2, x${i}_3, x${i}_4, x${i}_5, x${i}_6, x${i}_7) + sm.y * sx${i}`)}; }`);
       }
@@ -404,7 +406,14 @@ function normPrologue(s: FusedMatvecShape, wg: number, xs4: number): string {
       xs[${xsIndex('i')}] = xs[${xsIndex('i')}] * inv * nw${s.encoding === 'q4' ? ' * select(XH, XL, i % 2u == 0u)' : s.encoding === 'q8' ? ' * Q8X' : ''};
     }
   }
-  workgroupBarrier();`
+  workgroupBarrier();${s.encoding === 'q4' ? `
+  // q4: each unit's sum of (unscaled) x, for the min term, once here instead of in every pass
+  for (var k = lid; k < UNITS; k += ${wg}u) {
+    var t = 0.0;
+    for (var e = 0u; e < 8u; e += 2u) { t += dot(xs[e * UNITS + k], UXL) + dot(xs[(e + 1u) * UNITS + k], UXH); }
+    xsum[k] = t;
+  }
+  workgroupBarrier();` : ''}`
       : ''
   );
 }
@@ -486,7 +495,7 @@ const NBLOCKS = ${blocks}u;
 const TPR = ${tpr}u;
 ${s.encoding === 'q4' ? `const GROUP = ${s.group}u;\nconst GROUPS = ${Math.ceil(s.cols / s.group)}u;` : ''}
 ${declarations(s)}
-${s.input === 'norm' ? `var<workgroup> xs: array<vec4<f32>, ${xs4}>;` : ''}
+${s.input === 'norm' ? `var<workgroup> xs: array<vec4<f32>, ${xs4}>;` : ''}${s.input === 'norm' && s.encoding === 'q4' ? `\nvar<workgroup> xsum: array<f32, ${s.units}>;` : ''}
 var<workgroup> red: array<f32, ${br * tpr}>;
 ${blockRow(s, br)}
 ${Q4_HELPERS}${Q8_HELPERS}
@@ -537,7 +546,7 @@ fn chunk_hi(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.z), unpa
 export const SG_RPT = 4;
 
 function subgroupMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string {
-  const wg = 256;
+  const wg = s.workerWorkgroup ?? 256;
   const cpu = columnsPerUnit(s.encoding, s.group);
   const xs4 = (s.units * cpu) / 4;
   const groups = blocksFor(s, SG_RPT);
@@ -553,7 +562,7 @@ const UNITS = ${s.units}u;
 const NGROUPS = ${groups}u;
 ${s.encoding === 'q4' ? `const GROUP = ${s.group}u;\nconst GROUPS = ${Math.ceil(s.cols / s.group)}u;` : ''}
 ${declarations(s)}
-${s.input === 'norm' ? `var<workgroup> xs: array<vec4<f32>, ${xs4}>;` : ''}
+${s.input === 'norm' ? `var<workgroup> xs: array<vec4<f32>, ${xs4}>;` : ''}${s.input === 'norm' && s.encoding === 'q4' ? `\nvar<workgroup> xsum: array<f32, ${s.units}>;` : ''}
 ${blockRow(s, SG_RPT)}
 ${Q4_HELPERS}${Q8_HELPERS}
 @compute @workgroup_size(${wg})
