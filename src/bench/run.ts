@@ -28,6 +28,7 @@ export interface BenchOptions {
   unroll?: number;
   attentionWorkgroup?: number;
   attention?: 'split' | 'single';
+  workerWorkgroup?: number;
   /** Compare the fused and unfused paths on this model first (logits over `check` tokens, greedy). */
   check: number;
   /** Log each dispatch's time (layer 0, head). */
@@ -122,7 +123,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
     const check = o.check > 0 ? await checkPaths(gpu, config, w, prompt, o.check, o.workgroups) : null;
     if (check) o.log(`check: fused vs unfused logits relative difference <= ${check.worst.toExponential(2)} over ${o.check} tokens; greedy continuations ${check.identical ? 'identical' : 'DIFFER'}`);
     for (const path of o.paths) {
-      const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: o.normWorkgroups, unroll: o.unroll, attentionWorkgroup: o.attentionWorkgroup, attention: o.attention });
+      const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: o.normWorkgroups, unroll: o.unroll, attentionWorkgroup: o.attentionWorkgroup, attention: o.attention, workerWorkgroup: o.workerWorkgroup });
       try {
         // warm-up: pipelines, caches, clocks
         await decoder.generate(prompt.slice(0, 8), { maxTokens: 8, lag: o.lag });

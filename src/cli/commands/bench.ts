@@ -36,6 +36,7 @@ export function benchCommand(): Command {
     .option('--lag <n>', 'steps the CPU runs ahead of the ids it has read', parseIntOption('--lag'), 8)
     .option('--workgroups <n>', 'workgroups per matvec dispatch', parseIntOption('--workgroups'))
     .option('--norm-workgroups <n>', 'workgroups per matvec that normalises x first', parseIntOption('--norm-workgroups'))
+    .option('--worker-workgroup <n>', 'invocations a workgroup of the matvecs that normalise x first (256, 512 or 1024)', parseIntOption('--worker-workgroup'))
     .option('--unroll <n>', 'units each lane loads per pass (subgroup matvec)', parseIntOption('--unroll'))
     .option('--attention-workgroup <n>', 'invocations of the decode attention workgroup (256 or 1024)', parseIntOption('--attention-workgroup'))
     .addOption(new Option('--attention <kind>', 'decode attention: split (chunks of keys, then a combine) or single (a workgroup a head)').choices(['split', 'single']).default('split'))
@@ -54,7 +55,7 @@ export function benchCommand(): Command {
           const results = await runBench(gpu, {
             shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, context: f.context,
             tokens: f.tokens, paths: f.path === 'both' ? ['fused', 'unfused'] : [f.path], seed: f.seed, lag: f.lag,
-            workgroups: f.workgroups, normWorkgroups: f.normWorkgroups, unroll: f.unroll, attentionWorkgroup: f.attentionWorkgroup, attention: f.attention, check: f.check, profile: f.profile, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
+            workgroups: f.workgroups, normWorkgroups: f.normWorkgroups, unroll: f.unroll, attentionWorkgroup: f.attentionWorkgroup, attention: f.attention, workerWorkgroup: f.workerWorkgroup, check: f.check, profile: f.profile, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
           });
           if (f.json) process.stdout.write(`${JSON.stringify(results.length > 1 ? { ...results[0], compared_with: results.slice(1) } : results[0])}\n`);
           else {

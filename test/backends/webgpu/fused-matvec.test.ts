@@ -65,16 +65,16 @@ test('fused matvec: q4 subgroup workers after the norm prologue, several row gro
       rmsnorm(x, nw, 1e-5, 1, xn);
       const want = new Float32Array(rows);
       t.matmul(xn, 1, want, rows, 0);
-      {
+      for (const workerWorkgroup of [256, 1024]) {
         const shape: FusedMatvecShape = {
           encoding: 'q4', rows, cols, units: m.units, group: m.group, input: 'norm', epilogue: 'store', bias: false, eps: 1e-5,
-          numHeads: 0, numKvHeads: 0, headDim: 0, rotaryDim: 0, workgroups,
+          numHeads: 0, numKvHeads: 0, headDim: 0, rotaryDim: 0, workgroups, workerWorkgroup,
         };
         const io: Record<string, GPUBuffer> = { ...m.buffers, X: storage(gpu, x), NW: storage(gpu, nw), Y: storage(gpu, new Float32Array(rows)) };
         const pipeline = gpu.pipeline('fused_matvec_workers_test', { ...shape, ...f }, () => fusedMatvecWgsl(shape, f));
         const bindGroup = gpu.bindGroup('fused_matvec_workers_test', pipeline, fusedMatvecBindings(shape).map((n) => io[n]!));
         await run(gpu, [{ label: 'matvec', pipeline, bindGroup, workgroups: () => [workgroups, 1, 1] }], 1);
-        assertClose(await read(gpu, io.Y!, rows), want, 1e-5, `q4 [${rows}, ${cols}] norm, ${workgroups} workgroups (${name})`);
+        assertClose(await read(gpu, io.Y!, rows), want, 1e-5, `q4 [${rows}, ${cols}] norm, ${workgroups} workgroups of ${workerWorkgroup} (${name})`);
         for (const b of [io.X!, io.NW!, io.Y!]) b.destroy();
       }
       for (const b of Object.values(m.buffers)) b.destroy();

@@ -37,6 +37,8 @@ export interface FusedDecoderOptions {
   normWorkgroups?: number;
   /** Units each lane loads per pass in the subgroup matvec (default 1). */
   unroll?: number;
+  /** Invocations a workgroup of the subgroup matvec (the norm kernels; default 256). */
+  workerWorkgroup?: number;
   /** Invocations of the decode attention workgroup (default 256; 1024 where its scores fit). */
   attentionWorkgroup?: number;
   /**
@@ -184,7 +186,7 @@ export class FusedDecoder {
     if (s.input === 'norm' && (m.units * columnsPerUnit(m.encoding, m.group) * 4) > this.gpu.device.limits.maxComputeWorkgroupStorageSize - 8192) {
       throw new Error(`the fused norm prologue needs ${m.cols} floats of workgroup memory, over this device's limit`);
     }
-    const shape: FusedMatvecShape = { ...s, encoding: m.encoding, rows: m.rows, cols: m.cols, units: m.units, group: m.group, workgroups: 0, unroll: this.options.unroll ?? 1 };
+    const shape: FusedMatvecShape = { ...s, encoding: m.encoding, rows: m.rows, cols: m.cols, units: m.units, group: m.group, workgroups: 0, unroll: this.options.unroll ?? 1, workerWorkgroup: this.options.workerWorkgroup ?? 256 };
     // measured (bench/kernel-lab.ts, H100): 264 workgroups for layer matrices, 528 for a vocabulary-sized
     // lm_head (phi-4 158 against 179 us, llama-3.2-1b 91 against 121 us)
     const normDefault = m.rows >= 65536 ? 528 : 264;
