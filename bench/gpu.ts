@@ -120,6 +120,7 @@ const engine = await WebGpuEngine.create(model, {
   contextLength: promptLen + decodeLen + 1,
   prefillChunk: Number(values.chunk),
   disableSubgroups: values['no-subgroups'],
+  decode: 'unfused', // this measures forward() and forwardToken(); `pdvm bench` measures the fused path
 });
 const loadMs = performance.now() - t1;
 const seq = engine.createSequence();

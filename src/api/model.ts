@@ -25,6 +25,11 @@ export type Backend = 'cpu' | 'webgpu' | 'auto';
 export interface LoadModelOptions {
   /** Where to run the model (default 'cpu'; 'auto' tries WebGPU first). */
   backend?: Backend;
+  /**
+   * WebGPU only: 'fused' (default) decodes through the fused path, tokens chosen on the GPU;
+   * 'unfused' through the forward pass and CPU sampling. Penalties always take the forward path.
+   */
+  decode?: 'fused' | 'unfused';
   /** Positions each generation may hold, prompt included (default: the model's, at most 4096). */
   contextLength?: number;
   /** Generations decoding at once; more wait in a queue (default 8). */
@@ -61,7 +66,7 @@ export { GenerationStream } from './stream.js';
 export class Model {
   /** The model's name: its folder or file name without extension. */
   readonly id: string;
-  /** Set when `backend: 'auto'` fell back to another backend, saying why. */
+  /** Set when `backend: 'auto'` fell back to another backend, or the fused decode path to the forward pass, saying why. */
   readonly backendNotice: string | undefined;
   private readonly scheduler: Scheduler;
   private readonly context: GenerationContext;
@@ -223,7 +228,7 @@ export async function loadModel(pathOrUrl: string | URL, options: LoadModelOptio
   const loaded = await loadModelFiles(path, { onProgress: options.onProgress });
   const contextLength = options.contextLength ?? Math.min(loaded.config.maxPositionEmbeddings, 4096);
   if (!Number.isInteger(contextLength) || contextLength < 2) throw new InvalidInputError(`context length must be a whole number >= 2, got ${contextLength}`);
-  const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength });
+  const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength, decode: options.decode });
   return new Model(loaded, engine, { maxConcurrency: options.maxConcurrency, maxQueued: options.maxQueued, backendNotice: notice });
 }
 

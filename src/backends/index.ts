@@ -13,11 +13,17 @@ import { softwareAdapter } from './webgpu/device.js';
 export interface EngineOptions {
   backend: 'cpu' | 'webgpu' | 'auto';
   contextLength: number;
+  /**
+   * WebGPU only: 'fused' (default) decodes generations through the fused path (tokens chosen on the
+   * GPU, one submit per token), 'unfused' through forward() and CPU sampling. The CPU backend always
+   * decodes through forward().
+   */
+  decode?: 'fused' | 'unfused';
   /** WebGPU only: tokens per prefill step, subgroup use, load progress... */
   webgpu?: Omit<WebGpuEngineOptions, 'contextLength'>;
 }
 
-/** Returns the engine and, when `auto` fell back, a one-line notice saying why. */
+/** Returns the engine and, when `auto` or the fused decode path fell back, a one-line notice saying why. */
 export async function createEngine(model: Pick<LoadedModel, 'config' | 'weights'>, options: EngineOptions): Promise<{ engine: Engine; notice?: string }> {
   const cpu = () => new CpuEngine(model.config, model.weights, options.contextLength);
   if (options.backend === 'cpu') return { engine: cpu() };
@@ -26,8 +32,8 @@ export async function createEngine(model: Pick<LoadedModel, 'config' | 'weights'
     if (software) return { engine: cpu(), notice: `using the CPU backend: the only WebGPU adapter is a software one (${software}), slower than the CPU; --backend webgpu forces it` };
   }
   try {
-    const engine = await WebGpuEngine.create(model, { ...options.webgpu, contextLength: options.contextLength });
-    return { engine };
+    const engine = await WebGpuEngine.create(model, { decode: options.decode, ...options.webgpu, contextLength: options.contextLength });
+    return engine.decodeNotice ? { engine, notice: engine.decodeNotice } : { engine };
   } catch (e) {
     if (options.backend === 'auto' && (e instanceof WebGpuUnavailableError || e instanceof GpuOutOfMemoryError)) {
       return { engine: cpu(), notice: `using the CPU backend: ${e.message}` };

@@ -24,6 +24,14 @@ export function backendOption(): Option {
   return new Option('--backend <name>', 'where to run the model').choices(['cpu', 'webgpu', 'auto']).default('cpu');
 }
 
+export type DecodeChoice = 'fused' | 'unfused';
+
+export function decodeOption(): Option {
+  return new Option('--decode <path>', 'webgpu: decode through the fused path (tokens chosen on the GPU) or through the forward pass (logits to the CPU)')
+    .choices(['fused', 'unfused'])
+    .default('fused');
+}
+
 export function parseIntOption(name: string) {
   return (v: string): number => {
     const n = Number(v);
@@ -52,9 +60,9 @@ export async function loadForCli(path: string | undefined): Promise<LoadedModel>
   }
 }
 
-/** Creates the engine for --backend; prints the notice when `auto` falls back to the CPU. */
-export async function createEngineForCli(model: LoadedModel, backend: BackendChoice, contextLength: number): Promise<Engine> {
-  const { engine, notice } = await createEngine(model, { backend, contextLength });
+/** Creates the engine for --backend; prints the notice when `auto` or the fused decode path falls back. */
+export async function createEngineForCli(model: LoadedModel, backend: BackendChoice, contextLength: number, decode: DecodeChoice = 'fused'): Promise<Engine> {
+  const { engine, notice } = await createEngine(model, { backend, contextLength, decode });
   if (notice) process.stderr.write(`pdvm: ${notice}\n`);
   return engine;
 }

@@ -12,6 +12,27 @@ export interface Sequence {
   dispose(): void;
 }
 
+/**
+ * Token choice a device makes by itself, exactly as the CPU sampler would without penalties:
+ * argmax when temperature is 0, else temperature, top-k (0 = off), min-p (0 = off), top-p (1 = off).
+ */
+export interface DeviceSampling {
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+}
+
+export interface DeviceDecodeOptions {
+  /** New tokens at most (fewer where the context ends first). */
+  maxTokens: number;
+  sampling: DeviceSampling;
+  /** Uniform draws in [0, 1), one per sampled token in order; not called when greedy. */
+  random: () => number;
+  /** Called with each token in order; return true to stop after it (EOS, stop string, abort). */
+  onToken: (id: number) => boolean;
+}
+
 export interface Engine {
   readonly backend: 'cpu' | 'webgpu';
   readonly config: ModelConfig;
@@ -24,5 +45,13 @@ export interface Engine {
    * belong to the sequence and be overwritten by its next forward; copy it to keep it.
    */
   forward(seq: Sequence, tokens: ArrayLike<number>, allLogits?: boolean): Promise<Float32Array>;
+  /**
+   * Present where the engine can decode without returning logits (WebGPU's fused path): appends
+   * `prompt` to the sequence, then chooses up to maxTokens tokens on the device, each one the next
+   * step's input, calling onToken with each. Resolves with the tokens through the one onToken stopped
+   * at; anything the device computed past it is discarded, and the sequence then holds what forward()
+   * would have left: the prompt and every returned token but the last.
+   */
+  decodeOnDevice?(seq: Sequence, prompt: ArrayLike<number>, options: DeviceDecodeOptions): Promise<number[]>;
   dispose(): void;
 }

@@ -2,12 +2,18 @@
  * The generation loop: one prefill of the prompt, then one token at a time through the KV cache,
  * streaming text as it becomes final. Stops on EOS, a stop string, max tokens, the end of the context
  * or an AbortSignal.
+ *
+ * Two ways to get the tokens, with the same stopping rules and text handling (`take`): through
+ * forward() and the CPU sampler, or, where the engine has decodeOnDevice and the sampling needs nothing
+ * only the CPU sampler does (penalties), from the device, which chooses each token itself with one
+ * Random(seed) draw per token and runs ahead; it is told to stop through onToken, and what it computed
+ * past the stop is discarded.
  */
 import { AbortError, InvalidInputError } from '../errors.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { Detokenizer } from './detokenizer.js';
-import type { Engine, Sequence } from './engine.js';
-import { resolveSampling, Sampler, type SamplingOptions } from './sampling.js';
+import type { DeviceSampling, Engine, Sequence } from './engine.js';
+import { Random, resolveSampling, Sampler, type ResolvedSampling, type SamplingOptions } from './sampling.js';
 
 export interface GenerateOptions extends SamplingOptions {
   /** New tokens at most (default 256). */
@@ -66,6 +72,15 @@ function pendingStopPrefix(text: string, stops: string[]): number {
 }
 
 /**
+ * The sampling as a device sampler does it exactly (engines with decodeOnDevice), or null where it
+ * needs what only the CPU sampler does (penalties over the tokens seen so far).
+ */
+function deviceSampling(s: ResolvedSampling, vocabSize: number): DeviceSampling | null {
+  if (s.repetitionPenalty !== 1 || s.presencePenalty !== 0 || s.frequencyPenalty !== 0) return null;
+  return { temperature: s.temperature, topK: Math.min(s.topK, vocabSize), topP: s.topP, minP: s.minP };
+}
+
+/**
  * Streams a generation. Yields chunks as text becomes final; returns the whole result.
  * The sequence is reset first; the prompt must fit the context with room for one new token.
  */
@@ -93,50 +108,104 @@ export async function* generate(
   const tokenIds: number[] = [];
   let text = ''; // all final text so far (stop strings cut)
   let emitted = 0; // chars of `text` already yielded
-  let finishReason: FinishReason = 'length';
+  let finishReason = 'length' as FinishReason; // set inside take()
   const t0 = performance.now();
   let tFirst = t0;
 
+  // the forward path stops here too: the last token's step would not fit the context
+  const limit = Math.min(maxTokens, engine.contextLength - promptIds.length + 1);
+  const maxStop = Math.max(0, ...stops.map((s) => s.length));
+
+  /** Takes a chosen token: the chunk it makes final (null at EOS) and whether generation ends with it. */
+  const take = (id: number): { chunk: GenerationChunk | null; end: boolean } => {
+    if (eos.has(id)) {
+      finishReason = 'stop';
+      return { chunk: null, end: true };
+    }
+    sampler.accept(id);
+    tokenIds.push(id);
+    let stopped = false;
+    if (detok) {
+      text += detok.push(id);
+      if (stops.length) {
+        // search only where a stop string could newly end
+        const from = Math.max(0, emitted - maxStop);
+        let cut = -1;
+        for (const s of stops) {
+          const at = text.indexOf(s, from);
+          if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+        }
+        if (cut >= 0) {
+          text = text.slice(0, cut);
+          stopped = true;
+        }
+      }
+    }
+    const safe = stopped ? text.length : text.length - pendingStopPrefix(text, stops);
+    const chunk = { text: text.slice(emitted, Math.max(emitted, safe)), tokenIds: [id] };
+    emitted = Math.max(emitted, safe);
+    if (stopped) finishReason = 'stop';
+    return { chunk, end: stopped || tokenIds.length >= limit };
+  };
+
   seq.reset();
-  if (maxTokens > 0) {
+  const onDevice = engine.decodeOnDevice ? deviceSampling(sampling, engine.config.vocabSize) : null;
+  if (maxTokens > 0 && onDevice) {
+    // the device chooses the tokens and runs ahead of us; this loop hands them on as they arrive
+    if (signal?.aborted) throw new AbortError();
+    const random = new Random(sampling.seed); // one draw per token, as the CPU sampler takes them
+    const ready: GenerationChunk[] = [];
+    let wake: (() => void) | null = null;
+    let settled = false, failure: unknown = null, cancelled = false, first = true;
+    const decoding = engine.decodeOnDevice!(seq, promptIds, {
+      maxTokens: limit,
+      sampling: onDevice,
+      random: () => random.next(),
+      onToken: (id) => {
+        if (first) tFirst = performance.now();
+        first = false;
+        if (cancelled || signal?.aborted) return true;
+        const { chunk, end } = take(id);
+        if (chunk) ready.push(chunk);
+        wake?.();
+        return end;
+      },
+    }).then(
+      () => undefined,
+      (e: unknown) => {
+        failure = e;
+      },
+    ).finally(() => {
+      settled = true;
+      wake?.();
+    });
+    const onAbort = () => wake?.();
+    signal?.addEventListener('abort', onAbort);
+    try {
+      while (true) {
+        if (signal?.aborted) throw new AbortError();
+        if (ready.length > 0) yield ready.shift()!;
+        else if (settled) break;
+        else await new Promise<void>((resolve) => (wake = resolve));
+        wake = null;
+      }
+      if (failure !== null) throw failure;
+    } finally {
+      // a consumer that stopped early: end the decode before the sequence can be reused or freed
+      cancelled = true;
+      signal?.removeEventListener('abort', onAbort);
+      await decoding;
+    }
+  } else if (maxTokens > 0) {
     if (signal?.aborted) throw new AbortError();
     let logits = await engine.forward(seq, promptIds);
     tFirst = performance.now();
     while (true) {
       if (signal?.aborted) throw new AbortError();
       const id = sampler.sample(logits);
-      if (eos.has(id)) {
-        finishReason = 'stop';
-        break;
-      }
-      sampler.accept(id);
-      tokenIds.push(id);
-      let stopped = false;
-      if (detok) {
-        text += detok.push(id);
-        if (stops.length) {
-          // search only where a stop string could newly end
-          const from = Math.max(0, emitted - Math.max(...stops.map((s) => s.length)));
-          let cut = -1;
-          for (const s of stops) {
-            const at = text.indexOf(s, from);
-            if (at >= 0 && (cut < 0 || at < cut)) cut = at;
-          }
-          if (cut >= 0) {
-            text = text.slice(0, cut);
-            stopped = true;
-          }
-        }
-      }
-      const safe = stopped ? text.length : text.length - pendingStopPrefix(text, stops);
-      const chunk = text.slice(emitted, Math.max(emitted, safe));
-      emitted = Math.max(emitted, safe);
-      yield { text: chunk, tokenIds: [id] };
-      if (stopped) {
-        finishReason = 'stop';
-        break;
-      }
-      if (tokenIds.length >= maxTokens || seq.length >= engine.contextLength) break;
+      const { chunk, end } = take(id);
+      if (chunk) yield chunk;
+      if (end) break;
       logits = await engine.forward(seq, [id]);
     }
   }

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { readTokenizerFiles } from '../../src/format/hf.js';
 import { TextTokenizer } from '../../src/tokenizer/tokenizer.js';
 import { ARCH_MODELS, BROWN, CLI, VALIDATION_TEXT, readReference } from '../helpers.js';
+import { SKIP_GPU } from '../backends/webgpu/gpu.js';
 
 function run(args: string[]) {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 300_000 });
@@ -31,6 +32,17 @@ test('generate --json reproduces the reference greedy continuation from a text p
   assert.equal(out.text, g.greedy_text);
   assert.equal(out.prompt_tokens, g.prompt_ids.length);
   assert.ok(out.tokens_per_second > 0);
+});
+
+test('generate --backend webgpu reproduces the reference greedy continuation with --decode fused and unfused', { skip: SKIP_GPU }, async () => {
+  const ref = JSON.parse(await readFile(join(BROWN, 'reference.json'), 'utf8'));
+  const g = ref.generations[1];
+  for (const decode of ['fused', 'unfused']) {
+    const r = run(['generate', BROWN, '--backend', 'webgpu', '--decode', decode, '--prompt', g.prompt, '--temperature', '0', '-n', String(g.greedy_ids.length), '--ignore-eos', '--json']);
+    const out = JSON.parse(r.stdout);
+    assert.deepEqual(out.token_ids, g.greedy_ids, `--decode ${decode}`);
+    assert.equal(out.text, g.greedy_text, `--decode ${decode}`);
+  }
 });
 
 test('generate streams text to stdout and a summary line to stderr; same seed, same text', () => {

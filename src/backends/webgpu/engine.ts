@@ -3,15 +3,24 @@
  * chunk, pipelines and bind groups built, the forward pass recorded as lists of dispatches. Per step:
  * one small writeBuffer (T, position, sampling values, token ids), one compute pass, one readback of
  * the logits (or of 4 bytes when the token is chosen on the GPU). Nothing is created per token.
+ *
+ * With `decode: 'fused'` (the default) the engine also decodes through the fused path
+ * (`decodeOnDevice`: a FusedDecoder per sequence, one submit per token, tokens chosen on the GPU). The
+ * weights are uploaded in the fused layout and the forward pass reads the same buffers wherever the
+ * layouts coincide (fused/engine-weights.ts). Each sequence keeps the tokens it holds; its forward
+ * cache and its decoder's cache are made on first use, and either one replays the tokens it lacks.
  */
 import { InvalidInputError } from '../../errors.js';
 import type { ModelConfig } from '../../model/config.js';
 import type { ModelWeights } from '../../model/weights.js';
-import type { Engine, Sequence } from '../../runtime/engine.js';
+import type { DeviceDecodeOptions, Engine, Sequence } from '../../runtime/engine.js';
 import { ropeTables } from '../cpu/ops.js';
 import { Gpu, type GpuOptions } from './device.js';
 import { encodeDispatches, STEP_HEADER_WORDS, StepWord, type Dispatch } from './dispatch.js';
 import { DeviceLostError, GpuOutOfMemoryError } from './errors.js';
+import { FusedDecoder } from './fused/decoder.js';
+import { engineWeightsOverFused, fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
+import { uploadFusedWeights, type FusedModelWeights } from './fused/weights.js';
 import { argmaxOp, attentionOp, embeddingOp, matmulOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from './ops.js';
 import { gpuWeightBytes, uploadVector, uploadWeights, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
 
@@ -22,6 +31,16 @@ export interface WebGpuEngineOptions extends GpuOptions, UploadOptions {
   prefillChunk?: number;
   /** Use this device instead of acquiring one (the engine then does not destroy it). */
   gpu?: Gpu;
+  /**
+   * How generation decodes (runtime/generate.ts uses `decodeOnDevice` when this is 'fused' and the
+   * sampling has no penalties): 'fused' (default) through a FusedDecoder per sequence, the token chosen
+   * on the GPU and read back a few steps behind; 'unfused' through forward() and CPU sampling. 'fused'
+   * uploads the weights in the fused layout, which the forward pass shares (q4, q8, 4-bit bitmap and
+   * dense matrices are stored once; nm, csr and 8-bit bitmap twice, once decoded to f32). Where
+   * the fused path cannot run (a matrix over one storage binding, shapes its kernels do not take), the
+   * engine falls back to 'unfused' and says why in `decodeNotice`.
+   */
+  decode?: 'fused' | 'unfused';
   onProgress?: (tensor: string) => void;
 }
 
@@ -68,20 +87,40 @@ interface Plans {
   sample: Dispatch;
 }
 
+/** A sequence's KV cache for the forward pass: per layer K and V, and the dispatches bound to them. */
+interface ForwardCache {
+  k: GPUBuffer[]; // per layer: (contextLength, kvDim)
+  v: GPUBuffer[];
+  /** Per layer: rope_kv then attention, bound to this cache. */
+  dispatches: Dispatch[][];
+}
+
+/**
+ * The tokens a sequence holds, and up to two KV caches of them, each made on first use: the forward
+ * pass's and the fused decoder's. `cached` and `decoded` count the leading tokens each cache holds;
+ * before a cache is used it is brought up to date by replaying the tokens it lacks.
+ */
 export class WebGpuSequence implements Sequence {
-  length = 0;
+  readonly tokens: number[] = [];
+  cache: ForwardCache | null = null;
+  cached = 0;
+  decoder: FusedDecoder | null = null;
+  decoded = 0;
+  /** The decode running on this sequence; dispose frees the decoder only after it ends. */
+  running: Promise<number[]> | null = null;
   private disposed = false;
-  constructor(
-    readonly k: GPUBuffer[], // per layer: (contextLength, kvDim)
-    readonly v: GPUBuffer[],
-    /** Per layer: rope_kv then attention, bound to this sequence's cache. */
-    readonly cacheDispatches: Dispatch[][],
-  ) {}
+
+  get length(): number {
+    return this.tokens.length;
+  }
   reset(): void {
-    this.length = 0;
+    this.truncate(0);
   }
   truncate(length: number): void {
-    this.length = Math.min(this.length, Math.max(0, length));
+    const n = Math.min(this.tokens.length, Math.max(0, Math.floor(length)));
+    this.tokens.length = n;
+    this.cached = Math.min(this.cached, n);
+    this.decoded = Math.min(this.decoded, n);
   }
   get isDisposed(): boolean {
     return this.disposed;
@@ -89,7 +128,12 @@ export class WebGpuSequence implements Sequence {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    for (const b of [...this.k, ...this.v]) b.destroy();
+    const free = () => {
+      for (const b of [...(this.cache?.k ?? []), ...(this.cache?.v ?? [])]) b.destroy();
+      this.decoder?.dispose();
+    };
+    if (this.running) void this.running.then(free, free);
+    else free();
   }
 }
 
@@ -99,11 +143,13 @@ function mb(bytes: number): string {
 
 export class WebGpuEngine implements Engine {
   readonly backend = 'webgpu';
+  /** Present when the fused decode path is on (see WebGpuEngineOptions.decode). */
+  readonly decodeOnDevice?: (seq: Sequence, prompt: ArrayLike<number>, options: DeviceDecodeOptions) => Promise<number[]>;
   private readonly plans: Plans;
   private readonly logitsOne: Float32Array;
   private readonly stepWords: Uint32Array;
   private readonly stepFloats: Float32Array;
-  private spare: WebGpuSequence | null;
+  private spare: WebGpuSequence | null = null;
   private queue: Promise<unknown> = Promise.resolve();
   private disposed = false;
 
@@ -116,16 +162,27 @@ export class WebGpuEngine implements Engine {
     private readonly a: Activations,
     /** Tokens per prefill step. */
     readonly prefillChunk: number,
-    firstSequence: WebGpuSequence | null,
+    /** The fused path's weights (sharing buffers with `weights`), or null when it is off. */
+    readonly fusedWeights: FusedModelWeights | null,
+    /** Why the fused path is off although it was asked for; undefined otherwise. */
+    readonly decodeNotice: string | undefined,
   ) {
     this.plans = this.buildPlans();
     this.logitsOne = new Float32Array(config.vocabSize);
     this.stepWords = new Uint32Array(STEP_HEADER_WORDS + prefillChunk);
     this.stepFloats = new Float32Array(this.stepWords.buffer);
-    this.spare = firstSequence;
+    if (fusedWeights) this.decodeOnDevice = (seq, prompt, options) => this.decodeFused(seq, prompt, options);
   }
 
-  /** Acquires a device (unless given), uploads the weights and allocates one sequence's KV cache. */
+  /** 'fused' when generation decodes through the fused path, else 'unfused'. */
+  get decode(): 'fused' | 'unfused' {
+    return this.fusedWeights ? 'fused' : 'unfused';
+  }
+
+  /**
+   * Acquires a device (unless given), uploads the weights and allocates one sequence's KV cache (the
+   * fused decoder's when the fused path is on, else the forward pass's).
+   */
   static async create(model: { config: ModelConfig; weights: ModelWeights }, options: WebGpuEngineOptions): Promise<WebGpuEngine> {
     const c = model.config;
     const ctx = options.contextLength;
@@ -145,12 +202,43 @@ export class WebGpuEngine implements Engine {
       const weightBytes = gpuWeightBytes(model.weights, options);
       const cacheBytes = 2 * c.numLayers * cacheBytesPerLayer;
       const hint = `model weights take ${mb(weightBytes)} and a KV cache of ${ctx} positions ${mb(cacheBytes)}; use a smaller context length (--context) or a smaller model, or --backend cpu`;
+      let notice: string | undefined;
+      let fused: FusedModelWeights | null = null;
+      if ((options.decode ?? 'fused') === 'fused') {
+        const made = recordingBuffers(gpu);
+        try {
+          fused = await gpu.allocating(`the model weights in the fused layout`, hint, () => guardAllocation(hint, () => uploadFusedWeights(made.gpu, model.weights)));
+        } catch (e) {
+          if (e instanceof DeviceLostError) throw e;
+          for (const b of made.buffers) b.destroy();
+          notice = `decoding through the forward pass: the fused path cannot hold these weights (${(e as Error).message})`;
+        }
+      }
       const weights = await gpu.allocating(`the model weights (${mb(weightBytes)})`, hint, () =>
-        guardAllocation(hint, () => uploadWeights(gpu, model.weights, options, options.onProgress)),
+        guardAllocation(hint, () => (fused ? engineWeightsOverFused(gpu, model.weights, fused, options, options.onProgress) : uploadWeights(gpu, model.weights, options, options.onProgress))),
       );
       const activations = await gpu.allocating('the activations', hint, () => guardAllocation(hint, () => allocateActivations(gpu, c, ctx, chunk)));
-      const engine = new WebGpuEngine(c, ctx, gpu, !options.gpu, weights, activations, chunk, null);
-      engine.spare = await gpu.allocating(`a KV cache of ${ctx} positions (${mb(cacheBytes)})`, hint, () => guardAllocation(hint, () => engine.newSequence()));
+      // the first sequence's cache, allocated now so that a model that cannot hold one fails here; on
+      // the fused path it is the decoder's, which also builds (and so checks) the fused kernels
+      const spare = new WebGpuSequence();
+      if (fused) {
+        try {
+          spare.decoder = await gpu.allocating(`the fused decoder with a KV cache of ${ctx} positions (${mb(cacheBytes)})`, hint, () =>
+            guardAllocation(hint, () => new FusedDecoder(gpu, c, fused!, { path: 'fused', contextLength: ctx })),
+          );
+        } catch (e) {
+          if (e instanceof DeviceLostError) throw e;
+          spare.decoder?.dispose();
+          spare.decoder = null;
+          const shared = new Set(gpuBuffersOf(weights));
+          for (const b of fusedBuffersOf(fused)) if (!shared.has(b)) b.destroy();
+          fused = null;
+          notice = `decoding through the forward pass: the fused decoder cannot run here (${(e as Error).message})`;
+        }
+      }
+      const engine = new WebGpuEngine(c, ctx, gpu, !options.gpu, weights, activations, chunk, fused, notice);
+      if (!spare.decoder) spare.cache = await gpu.allocating(`a KV cache of ${ctx} positions (${mb(cacheBytes)})`, hint, () => guardAllocation(hint, () => engine.newCache()));
+      engine.spare = spare;
       return engine;
     } catch (e) {
       if (!options.gpu) gpu.destroy();
@@ -197,23 +285,25 @@ export class WebGpuEngine implements Engine {
     };
   }
 
-  private newSequence(): WebGpuSequence {
+  /** A forward-pass KV cache for the whole context. */
+  private newCache(): ForwardCache {
     const c = this.config, gpu = this.gpu, a = this.a;
     const kvDim = c.numKvHeads * c.headDim;
     const bytes = this.contextLength * kvDim * 4;
     const k: GPUBuffer[] = [], v: GPUBuffer[] = [];
-    const cacheDispatches: Dispatch[][] = [];
+    const dispatches: Dispatch[][] = [];
     for (let l = 0; l < c.numLayers; l++) {
       k.push(gpu.createBuffer(`kv.${l}.k`, bytes, STORAGE()));
       v.push(gpu.createBuffer(`kv.${l}.v`, bytes, STORAGE()));
-      cacheDispatches.push([
+      dispatches.push([
         ropeKvOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim }, a.qkv, a.cos, a.sin, k[l]!, v[l]!, a.step),
         attentionOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow }, a.qkv, k[l]!, v[l]!, a.att, a.step),
       ]);
     }
-    return new WebGpuSequence(k, v, cacheDispatches);
+    return { k, v, dispatches };
   }
 
+  /** A sequence; its caches are made on first use (the first one's were made at load). */
   createSequence(): WebGpuSequence {
     this.assertUsable();
     const s = this.spare;
@@ -221,12 +311,29 @@ export class WebGpuEngine implements Engine {
       this.spare = null;
       return s;
     }
-    return this.newSequence();
+    return new WebGpuSequence();
   }
 
   private assertUsable(): void {
     if (this.disposed) throw new InvalidInputError('this WebGPU engine was disposed');
     this.gpu.check();
+  }
+
+  private live(seq: Sequence): WebGpuSequence {
+    if (!(seq instanceof WebGpuSequence) || seq.isDisposed) throw new InvalidInputError('this needs a live sequence from this engine\'s createSequence()');
+    if (seq.running) throw new InvalidInputError('this sequence is decoding on the GPU; wait for that to finish');
+    return seq;
+  }
+
+  private checkTokens(seq: WebGpuSequence, tokens: ArrayLike<number>): void {
+    const c = this.config;
+    const T = tokens.length;
+    if (T === 0) throw new InvalidInputError('forward needs at least one token');
+    if (seq.length + T > this.contextLength) throw new InvalidInputError(`${seq.length + T} tokens do not fit the context length ${this.contextLength}`);
+    for (let i = 0; i < T; i++) {
+      const id = tokens[i]!;
+      if (!(Number.isInteger(id) && id >= 0 && id < c.vocabSize)) throw new InvalidInputError(`token id ${id} is outside the vocabulary (0..${c.vocabSize - 1})`);
+    }
   }
 
   /** Runs fn after every earlier call finished: forwards share the activations and readback buffers. */
@@ -262,34 +369,38 @@ export class WebGpuEngine implements Engine {
 
   private async forwardNow(seqIn: Sequence, tokens: ArrayLike<number>, output: 'last' | 'all' | 'argmax' | 'sample'): Promise<Float32Array> {
     this.assertUsable();
-    if (!(seqIn instanceof WebGpuSequence) || seqIn.isDisposed) throw new InvalidInputError('forward needs a live sequence from this engine\'s createSequence()');
-    const seq = seqIn;
-    const c = this.config;
+    const seq = this.live(seqIn);
+    this.checkTokens(seq, tokens);
+    seq.cache ??= guardAllocation(`a KV cache of ${this.contextLength} positions does not fit beside the model; use a smaller context length (--context)`, () => this.newCache());
+    // tokens the fused decoder appended since this cache was last used
+    if (seq.cached < seq.length) await this.runChunks(seq, seq.tokens.slice(seq.cached), 'none');
+    return this.runChunks(seq, tokens, output);
+  }
+
+  /**
+   * Runs tokens through the forward cache from position `seq.cached`, a prefill chunk a submit. 'none'
+   * replays tokens the sequence already holds; the other outputs append them.
+   */
+  private async runChunks(seq: WebGpuSequence, tokens: ArrayLike<number>, output: 'none' | 'last' | 'all' | 'argmax' | 'sample'): Promise<Float32Array> {
+    const vocab = this.config.vocabSize;
     const T = tokens.length;
-    if (T === 0) throw new InvalidInputError('forward needs at least one token');
-    if (seq.length + T > this.contextLength) throw new InvalidInputError(`${seq.length + T} tokens do not fit the context length ${this.contextLength}`);
-    for (let i = 0; i < T; i++) {
-      const id = tokens[i]!;
-      if (!(Number.isInteger(id) && id >= 0 && id < c.vocabSize)) throw new InvalidInputError(`token id ${id} is outside the vocabulary (0..${c.vocabSize - 1})`);
-    }
-    const vocab = c.vocabSize;
     const out = output === 'all' ? new Float32Array(T * vocab) : this.logitsOne;
     for (let s = 0; s < T; s += this.prefillChunk) {
       const n = Math.min(this.prefillChunk, T - s);
       const last = s + n === T;
       this.stepWords[StepWord.T] = n;
-      this.stepWords[StepWord.pos0] = seq.length;
+      this.stepWords[StepWord.pos0] = seq.cached;
       for (let i = 0; i < n; i++) this.stepWords[STEP_HEADER_WORDS + i] = tokens[s + i]!;
       this.gpu.device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, STEP_HEADER_WORDS + n);
 
       const encoder = this.gpu.device.createCommandEncoder();
       const pass = encoder.beginComputePass();
-      this.encodeLayers(pass, seq, n);
+      this.encodeLayers(pass, seq.cache!, n);
       let readBytes = 0;
       if (output === 'all') {
         encodeDispatches(pass, n === 1 ? this.plans.lastLogits : this.plans.allLogits, n);
         readBytes = n * vocab * 4;
-      } else if (last) {
+      } else if (last && output !== 'none') {
         encodeDispatches(pass, this.plans.lastLogits, n);
         if (output === 'last') readBytes = vocab * 4;
         else encodeDispatches(pass, [output === 'argmax' ? this.plans.argmax : this.plans.sample], 1);
@@ -298,7 +409,8 @@ export class WebGpuEngine implements Engine {
       if (readBytes > 0) encoder.copyBufferToBuffer(this.a.logits, 0, this.a.logitsReadback, 0, readBytes);
       if (last && (output === 'argmax' || output === 'sample')) encoder.copyBufferToBuffer(this.a.token, 0, this.a.tokenReadback, 0, 16);
       this.gpu.device.queue.submit([encoder.finish()]);
-      seq.length += n;
+      seq.cached += n;
+      if (output !== 'none') for (let i = 0; i < n; i++) seq.tokens.push(tokens[s + i]!);
       if (readBytes > 0) {
         await this.mapRead(this.a.logitsReadback, readBytes);
         out.set(new Float32Array(this.a.logitsReadback.getMappedRange(0, readBytes)), output === 'all' ? s * vocab : 0);
@@ -308,14 +420,60 @@ export class WebGpuEngine implements Engine {
     return out;
   }
 
-  private encodeLayers(pass: GPUComputePassEncoder, seq: WebGpuSequence, T: number): void {
+  private encodeLayers(pass: GPUComputePassEncoder, cache: ForwardCache, T: number): void {
     const layers = T === 1 ? this.plans.decode : this.plans.prefill;
     encodeDispatches(pass, this.plans.embedding, T);
     for (let l = 0; l < layers.length; l++) {
       encodeDispatches(pass, layers[l]!.beforeAttention, T);
-      encodeDispatches(pass, seq.cacheDispatches[l]!, T);
+      encodeDispatches(pass, cache.dispatches[l]!, T);
       encodeDispatches(pass, layers[l]!.afterAttention, T);
     }
+  }
+
+  /**
+   * Engine.decodeOnDevice through the sequence's FusedDecoder (made on first use, with its own KV
+   * cache): tokens it lacks are replayed ahead of the prompt. Sequences decode independently of each
+   * other and of forward(), so this does not wait for them.
+   */
+  private async decodeFused(seqIn: Sequence, prompt: ArrayLike<number>, options: DeviceDecodeOptions): Promise<number[]> {
+    this.assertUsable();
+    const seq = this.live(seqIn);
+    this.checkTokens(seq, prompt);
+    if (!Number.isInteger(options.maxTokens) || options.maxTokens < 1) throw new InvalidInputError(`max tokens must be a whole number >= 1, got ${options.maxTokens}`);
+    const decoder = (seq.decoder ??= guardAllocation(`a KV cache of ${this.contextLength} positions does not fit beside the model; use a smaller context length (--context)`, () =>
+      new FusedDecoder(this.gpu, this.config, this.fusedWeights!, { path: 'fused', contextLength: this.contextLength }),
+    ));
+    // a truncated sequence: the decoder's cache holds more than the sequence, so it starts over
+    if (decoder.length !== seq.decoded) {
+      decoder.reset();
+      seq.decoded = 0;
+    }
+    const input = [...seq.tokens.slice(seq.decoded), ...Array.from(prompt)];
+    const run = decoder.generate(input, {
+      maxTokens: options.maxTokens,
+      sampling: options.sampling,
+      random: options.random,
+      onToken: (id) => seq.isDisposed || options.onToken(id),
+    });
+    seq.running = run;
+    let out: number[];
+    try {
+      out = await run;
+    } catch (e) {
+      decoder.reset();
+      seq.decoded = 0;
+      throw e;
+    } finally {
+      seq.running = null;
+    }
+    if (out.length > 0) {
+      // the decoder holds the input and every token but the last
+      for (let i = 0; i < prompt.length; i++) seq.tokens.push(prompt[i]!);
+      seq.tokens.push(...out.slice(0, -1));
+      seq.decoded = decoder.length;
+      if (decoder.length !== seq.length) throw new Error(`fused decode: the decoder holds ${decoder.length} tokens, the sequence ${seq.length}`);
+    }
+    return out;
   }
 
   private async readToken(): Promise<number> {
@@ -345,6 +503,21 @@ export class WebGpuEngine implements Engine {
     this.spare?.dispose();
     if (this.ownsGpu) this.gpu.destroy();
   }
+}
+
+/**
+ * The device seen through a Gpu whose createBuffer also records each buffer, so that an upload that
+ * fails half-way can free what it made.
+ */
+function recordingBuffers(gpu: Gpu): { gpu: Gpu; buffers: GPUBuffer[] } {
+  const buffers: GPUBuffer[] = [];
+  const recorder = Object.create(gpu) as Gpu;
+  recorder.createBuffer = (...args: Parameters<Gpu['createBuffer']>) => {
+    const b = gpu.createBuffer(...args);
+    buffers.push(b);
+    return b;
+  };
+  return { gpu: recorder, buffers };
 }
 
 /** Dawn throws RangeError for a mapped allocation it cannot make: report it as out of memory. */

@@ -68,7 +68,7 @@ export interface UploadOptions {
   forceF32?: boolean;
 }
 
-function denseDtypeOf(t: DenseTensor, options: UploadOptions): DenseDtype {
+export function denseDtypeOf(t: DenseTensor, options: UploadOptions): DenseDtype {
   if (options.forceF32 || t.storedDtype === 'F32') return 'f32';
   return t.storedDtype === 'BF16' ? 'bf16' : 'f16';
 }

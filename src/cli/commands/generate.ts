@@ -3,7 +3,7 @@ import { Command, Option } from 'commander';
 import { InvalidInputError } from '../../errors.js';
 import { generate, type GenerationResult } from '../../runtime/generate.js';
 import { generationDefaults } from '../../runtime/defaults.js';
-import { action, backendOption, createEngineForCli, defaultContext, loadForCli, parseFloatOption, parseIntOption } from '../common.js';
+import { action, backendOption, createEngineForCli, decodeOption, defaultContext, loadForCli, parseFloatOption, parseIntOption, type DecodeChoice } from '../common.js';
 
 interface GenerateFlags {
   prompt?: string;
@@ -22,6 +22,7 @@ interface GenerateFlags {
   ignoreEos?: boolean;
   context?: number;
   backend: 'cpu' | 'webgpu' | 'auto';
+  decode: DecodeChoice;
 }
 
 export function parseIdList(text: string): number[] {
@@ -52,6 +53,7 @@ export function generateCommand(): Command {
     .option('--ignore-eos', 'keep generating past the end-of-sequence token')
     .option('--context <n>', 'context length to allocate (default: the model\'s, at most 4096)', parseIntOption('--context'))
     .addOption(backendOption())
+    .addOption(decodeOption())
     .action(action(async (modelPath: string | undefined, flags: GenerateFlags) => {
       if ((flags.prompt === undefined) === (flags.promptIds === undefined)) {
         throw new InvalidInputError('give exactly one of --prompt TEXT or --prompt-ids 1,2,3');
@@ -74,7 +76,7 @@ export function generateCommand(): Command {
           if (promptIds.length === 0 && model.config.bosTokenId !== null) promptIds = [model.config.bosTokenId];
         }
       }
-      const engine = await createEngineForCli(model, flags.backend, defaultContext(model, flags.context));
+      const engine = await createEngineForCli(model, flags.backend, defaultContext(model, flags.context), flags.decode);
       const seq = engine.createSequence();
       const stream = generate(
         { engine, tokenizer, defaults: generationDefaults(model.generationConfig), eosTokenIds: model.config.eosTokenIds },

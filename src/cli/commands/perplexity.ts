@@ -40,7 +40,7 @@ export function perplexityCommand(): Command {
         if (flags.limit < 2) throw new InvalidInputError(`--limit must be at least 2, got ${flags.limit}`);
         ids = ids.slice(0, flags.limit);
       }
-      const engine = await createEngineForCli(model, flags.backend, flags.ctx + 1);
+      const engine = await createEngineForCli(model, flags.backend, flags.ctx + 1, 'unfused'); // scoring needs every logit
       const bar = progressBar('perplexity', 'tokens', flags.json === true && !process.stderr.isTTY);
       const progress = (done: number, total: number) => bar.update(done, total);
       const t0 = performance.now();

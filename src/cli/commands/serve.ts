@@ -3,7 +3,7 @@ import { Command } from 'commander';
 import { loadModel } from '../../api/model.js';
 import { InvalidInputError } from '../../errors.js';
 import { startServer } from '../../server/server.js';
-import { action, backendOption, demoModelPath, parseFloatOption, parseIntOption, type BackendChoice } from '../common.js';
+import { action, backendOption, decodeOption, demoModelPath, parseFloatOption, parseIntOption, type BackendChoice, type DecodeChoice } from '../common.js';
 import { progressBar } from '../progress.js';
 
 interface ServeFlags {
@@ -16,6 +16,7 @@ interface ServeFlags {
   maxBody: number;
   grace: number;
   backend: BackendChoice;
+  decode: DecodeChoice;
 }
 
 export function serveCommand(): Command {
@@ -31,6 +32,7 @@ export function serveCommand(): Command {
     .option('--max-body <bytes>', 'largest request body accepted', parseIntOption('--max-body'), 1024 * 1024)
     .option('--grace <seconds>', 'on SIGTERM, how long requests in flight may take to finish', parseFloatOption('--grace'), 10)
     .addOption(backendOption())
+    .addOption(decodeOption())
     .action(action(async (modelPath: string | undefined, flags: ServeFlags) => {
       if (flags.port < 0 || flags.port > 65535) throw new InvalidInputError(`--port must be in 0..65535, got ${flags.port}`);
       if (flags.maxBody < 1) throw new InvalidInputError(`--max-body must be at least 1, got ${flags.maxBody}`);
@@ -40,6 +42,7 @@ export function serveCommand(): Command {
       try {
         model = await loadModel(modelPath ?? demoModelPath(), {
           backend: flags.backend,
+          decode: flags.decode,
           contextLength: flags.context,
           maxConcurrency: flags.maxConcurrency,
           maxQueued: flags.maxQueue,

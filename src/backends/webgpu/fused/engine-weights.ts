@@ -1,0 +1,117 @@
+/**
+ * The engine's weights (what its forward pass reads) over the buffers the fused decoder already holds,
+ * so that a model with the fused path on is on the GPU once. The layouts coincide row for row:
+ *   q4       Q, SM              = the engine's qweight, scale_min
+ *   q8       Q, SCALE           = qweight (rows re-strided to whole units of 16 bytes), scales
+ *   bitmap4  MASK, OFFS, VALS, SC = mask, offsets, values, scales
+ *   dense    W                  = uploadDense's layout in one segment, when the dtype is the engine's
+ * Parts the fused path joins by rows (q, k, v; gate, up) become one engine matrix over all their rows,
+ * which writes the same outputs as the parts side by side. An encoded embedding (which the fused path
+ * decodes to a dense table) is looked up in that table, unless it is tied to lm_head. Every other
+ * matrix (nm, csr and 8-bit bitmap, which the fused path decodes to f32) is uploaded again in the
+ * engine's own encoding, as is every 16-bit dense matrix under `forceF32`. A layout change in
+ * fused/weights.ts must be matched here (generate.test.ts and engine.test.ts compare the forward pass
+ * over these buffers with the CPU).
+ */
+import { BitmapTensor } from '../../../format/upg/encodings/bitmap.js';
+import { Q4Tensor } from '../../../format/upg/encodings/q4.js';
+import { Q8Tensor } from '../../../format/upg/encodings/q8.js';
+import { DenseTensor, type WeightTensor } from '../../../model/tensor.js';
+import type { ModelWeights } from '../../../model/weights.js';
+import type { Gpu } from '../device.js';
+import { denseDtypeOf, uploadMatrix, type GpuLayerWeights, type GpuMatrix, type GpuModelWeights, type UploadOptions } from '../weights.js';
+import type { FusedMatrix, FusedModelWeights } from './weights.js';
+
+/** The engine's view of a fused matrix whose parts it can read as they are; null where it cannot. */
+export function sharedMatrix(parts: WeightTensor[], m: FusedMatrix, options: UploadOptions = {}): GpuMatrix | null {
+  const { rows, cols } = m;
+  const b = m.buffers;
+  const first = parts[0]!;
+  // the shapes checked too, so that a layout change in fused/weights.ts falls back to uploading
+  if (m.encoding === 'q4' && parts.every((p) => p instanceof Q4Tensor) && first instanceof Q4Tensor && b.Q && b.SM && m.units * 4 === first.wordsPerRow && m.group === first.group) {
+    const shape = { encoding: 'q4', rows, cols, group: first.group, groups: first.groups, wordsPerRow: first.wordsPerRow } as const;
+    return { encoding: 'q4', rows, cols, shape, buffers: [b.Q, b.SM], bytes: m.bytes };
+  }
+  if (m.encoding === 'q8' && parts.every((p) => p instanceof Q8Tensor) && b.Q && b.SCALE) {
+    // rows padded to whole units of 16 bytes: the engine's kernel reads words up to the padded length
+    const shape = { encoding: 'q8', rows, cols, wordsPerRow: m.units * 4 } as const;
+    return { encoding: 'q8', rows, cols, shape, buffers: [b.Q, b.SCALE], bytes: m.bytes };
+  }
+  if (m.encoding === 'bitmap4' && parts.every((p) => p instanceof BitmapTensor && p.bits === 4) && first instanceof BitmapTensor && b.MASK && b.OFFS && b.VALS && b.SC && m.units === first.tiles && m.group === first.tile) {
+    const shape = { encoding: 'bitmap', rows, cols, tile: first.tile, bits: 4, tiles: first.tiles, maskWordsPerRow: first.maskWordsPerRow } as const;
+    return { encoding: 'bitmap', rows, cols, shape, buffers: [b.MASK, b.OFFS, b.VALS, b.SC], bytes: m.bytes };
+  }
+  if (parts.every((p) => p instanceof DenseTensor && denseDtypeOf(p, options) === m.encoding)) return denseView(m);
+  return null;
+}
+
+/** A dense fused matrix as the engine's dense matrix (one segment), whatever the checkpoint stored. */
+function denseView(m: FusedMatrix): GpuMatrix | null {
+  const dtype = m.encoding;
+  if ((dtype !== 'f32' && dtype !== 'bf16' && dtype !== 'f16') || !m.buffers.W) return null;
+  return { encoding: 'dense', dtype, rows: m.rows, cols: m.cols, rowChunks: m.units, segments: [{ buffer: m.buffers.W, rowStart: 0, rows: m.rows }], bytes: m.bytes };
+}
+
+/** The engine's weights, sharing the fused buffers wherever sharedMatrix can; the rest uploaded. */
+export function engineWeightsOverFused(gpu: Gpu, w: ModelWeights, fused: FusedModelWeights, options: UploadOptions = {}, onTensor?: (name: string) => void): GpuModelWeights {
+  const views = new Map<FusedMatrix, GpuMatrix | null>();
+  const uploaded = new Map<WeightTensor, GpuMatrix>(); // tied lm_head shares the embedding's buffers
+  const own = (t: WeightTensor, label: string): GpuMatrix => {
+    let g = uploaded.get(t);
+    if (!g) {
+      g = uploadMatrix(gpu, t, label, options);
+      uploaded.set(t, g);
+      onTensor?.(label);
+    }
+    return g;
+  };
+  /** One shared matrix over all the parts, or each part uploaded. */
+  const matrices = (parts: WeightTensor[], m: FusedMatrix, label: string): GpuMatrix[] => {
+    if (!views.has(m)) views.set(m, sharedMatrix(parts, m, options));
+    const view = views.get(m)!;
+    return view ? [view] : parts.map((t, i) => own(t, parts.length > 1 ? `${label}.${i}` : label));
+  };
+  const one = (t: WeightTensor, m: FusedMatrix, label: string): GpuMatrix => matrices([t], m, label)[0]!;
+  const layers = w.layers.map((L, l): GpuLayerWeights => {
+    const F = fused.layers[l]!;
+    return {
+      attnNorm: F.attnNorm,
+      qkv: matrices(L.qkv, F.qkv, `layers.${l}.qkv`),
+      qkvBias: F.qkvBias,
+      o: one(L.o, F.o, `layers.${l}.o`),
+      mlpNorm: F.mlpNorm,
+      gateUp: matrices(L.gateUp, F.gateUp, `layers.${l}.gate_up`),
+      down: one(L.down, F.down, `layers.${l}.down`),
+    };
+  });
+  // an encoded embedding: the fused path's decoded table serves the lookup as well (one row a token,
+  // so the wider dtype costs nothing), unless lm_head is the same matrix and would be read whole
+  const embedView = sharedMatrix([w.embed], fused.embed, options) ?? (w.lmHead === w.embed ? null : denseView(fused.embed));
+  const embed = embedView ?? own(w.embed, 'embed');
+  const lmHead = w.lmHead === w.embed ? embed : one(w.lmHead, fused.lmHead, 'lm_head');
+  const weights = { embed, layers, finalNorm: fused.finalNorm, lmHead, bytes: 0 };
+  return { ...weights, bytes: gpuBuffersOf(weights).reduce((a, b) => a + b.size, 0) };
+}
+
+/** Every distinct buffer of the engine's weights. */
+export function gpuBuffersOf(w: Omit<GpuModelWeights, 'bytes'>): GPUBuffer[] {
+  const all = new Set<GPUBuffer>([w.finalNorm]);
+  const matrix = (m: GpuMatrix) => (m.encoding === 'dense' ? m.segments.map((s) => s.buffer) : m.buffers).forEach((b) => all.add(b));
+  matrix(w.embed);
+  matrix(w.lmHead);
+  for (const L of w.layers) {
+    [L.attnNorm, L.mlpNorm, ...(L.qkvBias ? [L.qkvBias] : [])].forEach((b) => all.add(b));
+    [...L.qkv, L.o, ...L.gateUp, L.down].forEach(matrix);
+  }
+  return [...all];
+}
+
+/** Every distinct buffer of the fused weights. */
+export function fusedBuffersOf(w: FusedModelWeights): GPUBuffer[] {
+  const all = new Set<GPUBuffer>([w.finalNorm, ...Object.values(w.embed.buffers), ...Object.values(w.lmHead.buffers)]);
+  for (const L of w.layers) {
+    [L.attnNorm, L.mlpNorm, ...(L.qkvBias ? [L.qkvBias] : [])].forEach((b) => all.add(b));
+    for (const m of [L.qkv, L.o, L.gateUp, L.down]) Object.values(m.buffers).forEach((b) => all.add(b));
+  }
+  return [...all];
+}
