@@ -11,7 +11,7 @@ eval "$(bash .gpu/setup.sh)"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv > "$OUT/gpu.txt" 2>&1
 # results: one JSON object a line in results.jsonl (with --path both the unfused run under compared_with); what each run logged (figures, checks, profiles) in bench.log
-bench() { local name=$1; shift; echo "== $name: pdvm bench $*" | tee -a "$OUT/bench.log"; node .gpu/app.mjs bench --json "$@" >> "$OUT/results.jsonl" 2> >(grep -v Warning | tee -a "$OUT/bench.log"); }
+bench() { local name=$1; shift; echo "== $name: pdvm bench $*" | tee -a "$OUT/bench.log"; node .gpu/app.mjs bench --json "$@" >> "$OUT/results.jsonl" 2> >(grep -v Warning | tee -a "$OUT/bench.log" >&2); }
 bench check-brown --shape brown-llama --encoding q4 --context 64 --tokens 32 --check 32 --probe-mib 256 --path both
 bench check-bitmap --shape llama-3.2-1b --encoding bitmap --context 64 --tokens 32 --check 24 --probe-mib 256 --path both
 bench phi4-q4 --shape phi-4 --encoding q4 --group 64 --context 512 --tokens 128 --profile --path both ${EXTRA:-}
