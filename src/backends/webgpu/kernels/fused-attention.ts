@@ -50,14 +50,41 @@ export function attentionFits(s: DecodeAttentionShape, wg = ATTENTION_WG): boole
   return s.headDim % 4 === 0 && lanes <= wg && (lanes & (lanes - 1)) === 0 && keysOf(s) <= 8192;
 }
 
+/**
+ * WGSL shared by the attention kernels: q of head h (pre-scaled by 1/sqrt(HD)), then for keys
+ * key0 .. key0 + count - 1 of KV head kvh the scores into shared `sc` (invocation i takes keys i,
+ * i + WG, ...; a whole HD-dot each, its vec4 loads all independent), softmax's max `m`, sc turned into
+ * e^(s - m) and their sum `total`, published to the workgroup.
+ */
+function softmaxScores(hd: number, WG: number, count: string, key0: string): string {
+  const lanes = hd / 4;
+  const dot = Array.from({ length: lanes }, (_, i) => `dot(q4[${i}], K[base + ${i}u])`);
+  // pairwise sums keep the dependency chain short
+  const tree = (xs: string[]): string => (xs.length === 1 ? xs[0]! : `(${tree(xs.slice(0, xs.length / 2))} + ${tree(xs.slice(xs.length / 2))})`);
+  return `var q4: array<vec4<f32>, ${lanes}>;
+  for (var i = 0u; i < HD4; i++) { q4[i] = qkv[h * HD4 + i] * ${f32Literal(1 / Math.sqrt(hd))}; }
+  var m = -3.0e38;
+  for (var j = lid; j < ${count}; j += ${WG}u) {
+    let base = (${key0} + j) * KV_DIM4 + kvh * HD4;
+    let s = ${tree(dot)};
+    sc[j] = s;
+    m = max(m, s);
+  }
+  m = wg_max(m, lid, sg_size);
+  var total = 0.0;
+  for (var j = lid; j < ${count}; j += ${WG}u) {
+    let e = exp(sc[j] - m);
+    sc[j] = e;
+    total += e;
+  }
+  total = wg_sum(total, lid, sg_size); // its barriers also publish sc`;
+}
+
 export function decodeAttentionWgsl(s: DecodeAttentionShape, f: KernelFeatures, WG = ATTENTION_WG): string {
   const hd = s.headDim, lanes = hd / 4, groups = WG / lanes;
   const keys = s.slidingWindow ? Math.min(s.slidingWindow, s.contextLength) : s.contextLength;
   const kvDim4 = (s.numKvHeads * hd) / 4;
   const first = s.slidingWindow ? `select(0u, p + 1u - ${s.slidingWindow}u, p + 1u > ${s.slidingWindow}u)` : '0u';
-  const dot = Array.from({ length: lanes }, (_, i) => `dot(q4[${i}], K[base + ${i}u])`);
-  // pairwise sums keep the dependency chain short
-  const tree = (xs: string[]): string => (xs.length === 1 ? xs[0]! : `(${tree(xs.slice(0, xs.length / 2))} + ${tree(xs.slice(xs.length / 2))})`);
   return `${header(f)}${COMMON}${reductions(WG, f)}
 const HD4 = ${lanes}u;
 const GROUP = ${s.numHeads / s.numKvHeads}u;
@@ -79,23 +106,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let p = step[1];
   let first = ${first};
   let n = p + 1u - first;
-  var q4: array<vec4<f32>, ${lanes}>;
-  for (var i = 0u; i < HD4; i++) { q4[i] = qkv[h * HD4 + i] * ${f32Literal(1 / Math.sqrt(hd))}; }
-  var m = -3.0e38;
-  for (var j = lid; j < n; j += ${WG}u) {
-    let base = (first + j) * KV_DIM4 + kvh * HD4;
-    let s = ${tree(dot)};
-    sc[j] = s;
-    m = max(m, s);
-  }
-  m = wg_max(m, lid, sg_size);
-  var total = 0.0;
-  for (var j = lid; j < n; j += ${WG}u) {
-    let e = exp(sc[j] - m);
-    sc[j] = e;
-    total += e;
-  }
-  total = wg_sum(total, lid, sg_size); // its barriers also publish sc
+  ${softmaxScores(hd, WG, 'n', 'first')}
   let g = lid / HD4;
   let lane = lid % HD4;
   var acc = vec4<f32>(0.0);
@@ -184,8 +195,6 @@ export function decodeAttentionPartWgsl(s: SplitAttentionShape, f: KernelFeature
   const chunkMax = Math.ceil(keysOf(s) / s.splits);
   const kvDim4 = (s.numKvHeads * hd) / 4;
   const first = s.slidingWindow ? `select(0u, p + 1u - ${s.slidingWindow}u, p + 1u > ${s.slidingWindow}u)` : '0u';
-  const dot = Array.from({ length: lanes }, (_, i) => `dot(q4[${i}], K[base + ${i}u])`);
-  const tree = (xs: string[]): string => (xs.length === 1 ? xs[0]! : `(${tree(xs.slice(0, xs.length / 2))} + ${tree(xs.slice(xs.length / 2))})`);
   return `${header(f)}${COMMON}${reductions(WG, f)}
 const HD4 = ${lanes}u;
 const GROUP = ${s.numHeads / s.numKvHeads}u;
@@ -212,23 +221,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let len = (n + SPLITS - 1u) / SPLITS;
   let k0 = min(n, c * len);
   let cn = min(n, k0 + len) - k0;
-  var q4: array<vec4<f32>, ${lanes}>;
-  for (var i = 0u; i < HD4; i++) { q4[i] = qkv[h * HD4 + i] * ${f32Literal(1 / Math.sqrt(hd))}; }
-  var m = -3.0e38;
-  for (var j = lid; j < cn; j += ${WG}u) {
-    let base = (first + k0 + j) * KV_DIM4 + kvh * HD4;
-    let s = ${tree(dot)};
-    sc[j] = s;
-    m = max(m, s);
-  }
-  m = wg_max(m, lid, sg_size);
-  var total = 0.0;
-  for (var j = lid; j < cn; j += ${WG}u) {
-    let e = exp(sc[j] - m);
-    sc[j] = e;
-    total += e;
-  }
-  total = wg_sum(total, lid, sg_size); // its barriers also publish sc
+  ${softmaxScores(hd, WG, 'cn', 'first + k0')}
   let g = lid / HD4;
   let lane = lid % HD4;
   var a0 = vec4<f32>(0.0);
