@@ -198,9 +198,10 @@ export function gpuWeightBytes(w: ModelWeights, options: UploadOptions = {}): nu
   return bytes;
 }
 
-export function uploadWeights(gpu: Gpu, w: ModelWeights, options: UploadOptions = {}, onTensor?: (name: string) => void): GpuModelWeights {
-  const uploaded = new Map<WeightTensor, GpuMatrix>(); // tied lm_head shares the embedding's buffers
-  const matrix = (t: WeightTensor, label: string): GpuMatrix => {
+/** uploadMatrix once per tensor (a tied lm_head shares the embedding's buffers), reporting each upload. */
+export function memoizedUpload(gpu: Gpu, options: UploadOptions = {}, onTensor?: (name: string) => void): (t: WeightTensor, label: string) => GpuMatrix {
+  const uploaded = new Map<WeightTensor, GpuMatrix>();
+  return (t, label) => {
     let g = uploaded.get(t);
     if (!g) {
       g = uploadMatrix(gpu, t, label, options);
@@ -209,6 +210,10 @@ export function uploadWeights(gpu: Gpu, w: ModelWeights, options: UploadOptions 
     }
     return g;
   };
+}
+
+export function uploadWeights(gpu: Gpu, w: ModelWeights, options: UploadOptions = {}, onTensor?: (name: string) => void): GpuModelWeights {
+  const matrix = memoizedUpload(gpu, options, onTensor);
   const vector = (v: Float32Array, label: string) => uploadVector(gpu, v, label);
   const layers = w.layers.map((L, l): GpuLayerWeights => ({
     attnNorm: vector(L.attnNorm, `layers.${l}.attn_norm`),

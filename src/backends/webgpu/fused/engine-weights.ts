@@ -19,7 +19,7 @@ import { Q8Tensor } from '../../../format/upg/encodings/q8.js';
 import { DenseTensor, type WeightTensor } from '../../../model/tensor.js';
 import type { ModelWeights } from '../../../model/weights.js';
 import type { Gpu } from '../device.js';
-import { denseDtypeOf, uploadMatrix, type GpuLayerWeights, type GpuMatrix, type GpuModelWeights, type UploadOptions } from '../weights.js';
+import { denseDtypeOf, memoizedUpload, type GpuLayerWeights, type GpuMatrix, type GpuModelWeights, type UploadOptions } from '../weights.js';
 import type { FusedMatrix, FusedModelWeights } from './weights.js';
 
 /** The engine's view of a fused matrix whose parts it can read as they are; null where it cannot. */
@@ -55,16 +55,7 @@ function denseView(m: FusedMatrix): GpuMatrix | null {
 /** The engine's weights, sharing the fused buffers wherever sharedMatrix can; the rest uploaded. */
 export function engineWeightsOverFused(gpu: Gpu, w: ModelWeights, fused: FusedModelWeights, options: UploadOptions = {}, onTensor?: (name: string) => void): GpuModelWeights {
   const views = new Map<FusedMatrix, GpuMatrix | null>();
-  const uploaded = new Map<WeightTensor, GpuMatrix>(); // tied lm_head shares the embedding's buffers
-  const own = (t: WeightTensor, label: string): GpuMatrix => {
-    let g = uploaded.get(t);
-    if (!g) {
-      g = uploadMatrix(gpu, t, label, options);
-      uploaded.set(t, g);
-      onTensor?.(label);
-    }
-    return g;
-  };
+  const own = memoizedUpload(gpu, options, onTensor);
   /** One shared matrix over all the parts, or each part uploaded. */
   const matrices = (parts: WeightTensor[], m: FusedMatrix, label: string): GpuMatrix[] => {
     if (!views.has(m)) views.set(m, sharedMatrix(parts, m, options));
