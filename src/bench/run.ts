@@ -27,7 +27,7 @@ export interface BenchOptions {
   normWorkgroups?: number;
   unroll?: number;
   attentionWorkgroup?: number;
-  attention?: 'split' | 'single';
+  attention?: 'split' | 'split-heads' | 'single';
   workerWorkgroup?: number;
   /** Compare the fused and unfused paths on this model first (logits over `check` tokens, greedy). */
   check: number;

@@ -39,7 +39,7 @@ export function benchCommand(): Command {
     .option('--worker-workgroup <n>', 'invocations a workgroup of the matvecs that normalise x first (256, 512 or 1024)', parseIntOption('--worker-workgroup'))
     .option('--unroll <n>', 'units each lane loads per pass (subgroup matvec)', parseIntOption('--unroll'))
     .option('--attention-workgroup <n>', 'invocations of the decode attention workgroup (256 or 1024)', parseIntOption('--attention-workgroup'))
-    .addOption(new Option('--attention <kind>', 'decode attention: split (chunks of keys, then a combine) or single (a workgroup a head)').choices(['split', 'single']).default('split'))
+    .addOption(new Option('--attention <kind>', 'decode attention: split (chunks of keys, a workgroup per KV head and chunk, then a combine), split-heads (a workgroup per query head and chunk) or single (a workgroup a head)').choices(['split', 'split-heads', 'single']).default('split'))
     .option('--probe-mib <n>', 'read-bandwidth probe buffer (MiB)', parseIntOption('--probe-mib'), 1024)
     .option('--check <n>', 'first compare fused and unfused logits over n tokens and their greedy continuations (0: skip)', parseIntOption('--check'), 0)
     .option('--profile', 'log the time of each dispatch of a step (layer 0, lm_head, argmax)')

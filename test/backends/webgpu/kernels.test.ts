@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { addInPlace, applyRope, attention, rmsnorm, ropeTables, swiglu } from '../../../src/backends/cpu/ops.js';
 import { attentionOp, embeddingOp, matmulOp, rmsnormOp, ropeKvOp, swigluOp } from '../../../src/backends/webgpu/ops.js';
-import { attentionSplits, decodeAttentionPartWgsl, decodeCombineWgsl } from '../../../src/backends/webgpu/kernels/fused-attention.js';
+import { attentionSplits, decodeAttentionPartGqaWgsl, decodeAttentionPartWgsl, decodeCombineWgsl } from '../../../src/backends/webgpu/kernels/fused-attention.js';
 import { uploadDense } from '../../../src/backends/webgpu/weights.js';
 import { f32ToBf16, f32ToF16, f16ToF32 } from '../../../src/format/dtype.js';
 import type { ModelConfig } from '../../../src/model/config.js';
@@ -133,13 +133,13 @@ for (const { name, options } of variants) {
     }
   });
 
-  test(`webgpu kernels (${name}): decode attention split into chunks of keys, then combined, vs attention`, async () => {
+  test(`webgpu kernels (${name}): decode attention split into chunks of keys (per head and grouped), then combined, vs attention`, async () => {
     const gpu = await testGpu(options);
     const f = { subgroups: gpu.subgroups };
     // [config, context length, position]: more chunks than keys early, a window cutting chunks, head dim 128
     const cases: [ModelConfig, number, number][] = [
       [config({}), 300, 0], [config({}), 300, 250], [config({ slidingWindow: 100 }), 300, 250],
-      [config({ numHeads: 8, numKvHeads: 2, headDim: 128, rotaryDim: 128 }), 700, 650], [config({ numHeads: 6, numKvHeads: 3, headDim: 32 }), 4000, 3999],
+      [config({ numHeads: 8, numKvHeads: 2, headDim: 128, rotaryDim: 128 }), 700, 650], [config({ numHeads: 6, numKvHeads: 3, headDim: 32 }), 4000, 3999], [config({ numHeads: 6, numKvHeads: 2, headDim: 64, rotaryDim: 64 }), 500, 480],
     ];
     let seed = 900;
     for (const [c, ctx, p] of cases) {
@@ -149,15 +149,20 @@ for (const { name, options } of variants) {
       attention(qkv, stride, 1, p, kCache, vCache, c, want, new Float32Array(ctx));
       const s = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: ctx, splits: attentionSplits({ numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: ctx }) };
       assert.ok(s.splits > 1, 'each case runs more than one chunk');
-      const part = zeros(gpu, c.numHeads * s.splits * (c.headDim + 2)), out = zeros(gpu, qDim);
-      const p1 = gpu.pipeline('test_part', { ...s, slidingWindow: s.slidingWindow ?? 0, ...f }, () => decodeAttentionPartWgsl(s, f));
-      const p2 = gpu.pipeline('test_combine', { ...s, slidingWindow: s.slidingWindow ?? 0 }, () => decodeCombineWgsl(s));
-      const step = stepBuffer(gpu, 1, p);
-      await run(gpu, [
-        { label: 'part', pipeline: p1, bindGroup: gpu.bindGroup('part', p1, [storage(gpu, qkv), storage(gpu, kCache), storage(gpu, vCache), part, step]), workgroups: () => [c.numHeads * s.splits, 1, 1] },
-        { label: 'combine', pipeline: p2, bindGroup: gpu.bindGroup('combine', p2, [part, out]), workgroups: () => [c.numHeads, 1, 1] },
-      ], 1);
-      assertClose(await read(gpu, out, qDim), want, 1e-5, `split attention (${s.splits} chunks) heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} window ${c.slidingWindow} ctx ${ctx} position ${p}`);
+      // the per-head chunks, and the grouped-query chunks (a workgroup per KV head and chunk)
+      for (const gqa of [false, true]) {
+        const part = zeros(gpu, c.numHeads * s.splits * (c.headDim + 2)), out = zeros(gpu, qDim);
+        const p1 = gqa
+          ? gpu.pipeline('test_part_gqa', { ...s, slidingWindow: s.slidingWindow ?? 0 }, () => decodeAttentionPartGqaWgsl(s))
+          : gpu.pipeline('test_part', { ...s, slidingWindow: s.slidingWindow ?? 0, ...f }, () => decodeAttentionPartWgsl(s, f));
+        const p2 = gpu.pipeline('test_combine', { ...s, slidingWindow: s.slidingWindow ?? 0 }, () => decodeCombineWgsl(s));
+        const step = stepBuffer(gpu, 1, p);
+        await run(gpu, [
+          { label: 'part', pipeline: p1, bindGroup: gpu.bindGroup('part', p1, [storage(gpu, qkv), storage(gpu, kCache), storage(gpu, vCache), part, step]), workgroups: () => [(gqa ? c.numKvHeads : c.numHeads) * s.splits, 1, 1] },
+          { label: 'combine', pipeline: p2, bindGroup: gpu.bindGroup('combine', p2, [part, out]), workgroups: () => [c.numHeads, 1, 1] },
+        ], 1);
+        assertClose(await read(gpu, out, qDim), want, 1e-5, `split attention (${s.splits} chunks${gqa ? ', grouped' : ''}) heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} window ${c.slidingWindow} ctx ${ctx} position ${p}`);
+      }
     }
   });
 

@@ -18,7 +18,8 @@ import type { Gpu } from '../device.js';
 import { encodeDispatches, STEP_HEADER_WORDS, StepWord, type Dispatch } from '../dispatch.js';
 import { DeviceLostError } from '../errors.js';
 import {
-  ATTENTION_WG, attentionFits, attentionSplits, splitAttentionFits, attentionWorkgroupBytes, decodeArgmaxWgsl, decodeAttentionPartWgsl, decodeAttentionWgsl, decodeCombineWgsl,
+  ATTENTION_WG, attentionFits, attentionSplits, splitAttentionFits, attentionWorkgroupBytes, decodeArgmaxWgsl, decodeAttentionPartGqaWgsl, decodeAttentionPartWgsl, decodeAttentionWgsl,
+  decodeCombineWgsl, gqaPartWorkgroupBytes,
   type DecodeAttentionShape, type SplitAttentionShape,
 } from '../kernels/fused-attention.js';
 import { columnsPerUnit, fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecWgsl, vecsPerUnit, type FusedMatvecShape } from '../kernels/fused-matvec.js';
@@ -42,11 +43,13 @@ export interface FusedDecoderOptions {
   /** Invocations of the decode attention workgroup (default 256; 1024 where its scores fit). */
   attentionWorkgroup?: number;
   /**
-   * Decode attention: 'split' cuts each head's keys into chunks of about 64 (one workgroup each) and
-   * combines them in a second dispatch; 'single' runs one workgroup per head. Default 'split' (the
-   * faster from 512 keys up, measured in docs/PERFORMANCE.md).
+   * Decode attention: 'split' cuts the keys into chunks of about 64, one workgroup per KV head and
+   * chunk for all the query heads that share it (grouped-query attention: each key and value row read
+   * once), and combines the chunks in a second dispatch; 'split-heads' the same with a workgroup per
+   * query head and chunk; 'single' one workgroup per head. Default 'split' (measured in
+   * docs/PERFORMANCE.md).
    */
-  attention?: 'split' | 'single';
+  attention?: 'split' | 'split-heads' | 'single';
 }
 
 export interface GpuSamplingValues {
@@ -214,7 +217,7 @@ export class FusedDecoder {
   private splitShape(): SplitAttentionShape | null {
     const s = this.attentionShape();
     const limits = this.gpu.device.limits;
-    if ((this.options.attention ?? 'split') !== 'split' || !splitAttentionFits(s) || s.headDim > limits.maxComputeInvocationsPerWorkgroup) return null;
+    if ((this.options.attention ?? 'split') === 'single' || !splitAttentionFits(s) || s.headDim > limits.maxComputeInvocationsPerWorkgroup) return null;
     const split = { ...s, splits: attentionSplits(s) };
     return split.splits > 1 ? split : null;
   }
@@ -234,10 +237,14 @@ export class FusedDecoder {
     const split = split0 ? { ...split0, ...layout } : null;
     if (split && part) {
       const defines = { ...split, slidingWindow: split.slidingWindow ?? 0 };
-      const p1 = this.gpu.pipeline('decode_attention_part', { ...defines, ...f }, () => decodeAttentionPartWgsl(split, f));
+      const grouped = (this.options.attention ?? 'split') === 'split' && c.numHeads > c.numKvHeads && gqaPartWorkgroupBytes(split) <= this.gpu.device.limits.maxComputeWorkgroupStorageSize;
+      const p1 = grouped
+        ? this.gpu.pipeline('decode_attention_part_gqa', defines, () => decodeAttentionPartGqaWgsl(split))
+        : this.gpu.pipeline('decode_attention_part', { ...defines, ...f }, () => decodeAttentionPartWgsl(split, f));
       const p2 = this.gpu.pipeline('decode_attention_combine', defines, () => decodeCombineWgsl(split));
+      const partGroups = (grouped ? c.numKvHeads : c.numHeads) * split.splits;
       return { unitMajor, dispatches: [
-        { label: 'attention_part', pipeline: p1, bindGroup: this.gpu.bindGroup('decode_attention_part', p1, [qkv, k, v, part, this.step]), workgroups: () => [c.numHeads * split.splits, 1, 1] },
+        { label: 'attention_part', pipeline: p1, bindGroup: this.gpu.bindGroup('decode_attention_part', p1, [qkv, k, v, part, this.step]), workgroups: () => [partGroups, 1, 1] },
         { label: 'attention_combine', pipeline: p2, bindGroup: this.gpu.bindGroup('decode_attention_combine', p2, [part, att]), workgroups: () => [c.numHeads, 1, 1] },
       ] };
     }

@@ -253,6 +253,125 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 `;
 }
 
+/**
+ * The chunked attention with the query heads that share a KV head together (grouped-query attention):
+ * one workgroup per (KV head, chunk) reads each key and value row once for all G = heads / kvHeads
+ * query heads, instead of once per query head (at 4096 keys the per-head kernel re-read the cache G
+ * times and was bound by that). Same `part` output as decodeAttentionPartWgsl, so the same combine.
+ *   q of the G heads in shared memory; scores: invocation i takes keys i, i + WG, ... (a whole key row
+ *   of HD/4 vec4 loads, dotted with the G queries); per-head max and sum by shared-memory trees over
+ *   L = pow2 <= WG / G lanes a head; values: invocation (grp, lane) adds vec4 lane of keys grp,
+ *   grp + WG / HD4, ... into G accumulators, the groups summed through shared memory.
+ */
+export function gqaPartWorkgroupBytes(s: SplitAttentionShape, WG = SPLIT_WG): number {
+  const G = s.numHeads / s.numKvHeads, chunk = Math.ceil(keysOf(s) / s.splits);
+  return G * (s.headDim / 4) * 16 + G * chunk * 4 + WG * 4 + G * 4 + G * WG * 16;
+}
+
+export function decodeAttentionPartGqaWgsl(s: SplitAttentionShape, WG = SPLIT_WG): string {
+  const hd = s.headDim, HD4 = hd / 4, G = s.numHeads / s.numKvHeads, NG = WG / HD4;
+  const CH = Math.ceil(keysOf(s) / s.splits);
+  let L = 1;
+  while (L * 2 <= WG / G) L *= 2;
+  const gs = Array.from({ length: G }, (_, g) => g);
+  const first = s.slidingWindow ? `select(0u, p + 1u - ${s.slidingWindow}u, p + 1u > ${s.slidingWindow}u)` : '0u';
+  const kLoads = Array.from({ length: HD4 }, (_, i) => `let k${i} = K[base + ${i}u];`).join('\n    ');
+  const dots = gs.map((g) => `sc[${g * CH}u + j] = ${Array.from({ length: HD4 }, (_, i) => `dot(k${i}, qs[${g * HD4 + i}u])`).join(' + ')};`).join('\n    ');
+  // per-head tree over L lanes a head, entries red[idx * G + g]
+  const tree = (op: string) => `for (var st = ${L / 2}u; st > 0u; st >>= 1u) {
+    if (lid < ${G * L}u && idx < st) { red[lid] = ${op}(red[lid], red[lid + st * ${G}u]); }
+    workgroupBarrier();
+  }`;
+  return `
+const HD4 = ${HD4}u;
+const KV_DIM4 = ${(s.numKvHeads * hd) / 4}u;
+const SPLITS = ${s.splits}u;
+const G = ${G}u;
+@group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> K: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> part: array<f32>;
+@group(0) @binding(4) var<storage, read> step: array<u32>;
+
+var<workgroup> qs: array<vec4<f32>, ${G * HD4}>;
+var<workgroup> sc: array<f32, ${G * CH}>;
+var<workgroup> red: array<f32, ${WG}>;
+var<workgroup> mx: array<f32, ${G}>;
+var<workgroup> partial: array<vec4<f32>, ${G * WG}>;
+
+fn add(a: f32, b: f32) -> f32 { return a + b; }
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let kvh = wid.x / SPLITS;
+  let c = wid.x % SPLITS;
+  let p = step[1];
+  let first = ${first};
+  let n = p + 1u - first;
+  let len = (n + SPLITS - 1u) / SPLITS;
+  let k0 = min(n, c * len);
+  let cn = min(n, k0 + len) - k0;
+  for (var i = lid; i < G * HD4; i += ${WG}u) { qs[i] = qkv[kvh * G * HD4 + i] * ${f32Literal(1 / Math.sqrt(hd))}; }
+  workgroupBarrier();
+  // scores of every head of the group: one key row read once
+  for (var j = lid; j < cn; j += ${WG}u) {
+    let base = (first + k0 + j) * KV_DIM4 + kvh * HD4;
+    ${kLoads}
+    ${dots}
+  }
+  workgroupBarrier();
+  // per-head max, then e^(s - m) and its sum
+  let g = lid % G;
+  let idx = lid / G;
+  var m = -3.0e38;
+  if (lid < ${G * L}u) { for (var j = idx; j < cn; j += ${L}u) { m = max(m, sc[g * ${CH}u + j]); } }
+  red[lid] = m;
+  workgroupBarrier();
+  ${tree('max')}
+  if (lid < G) { mx[lid] = red[lid]; }
+  workgroupBarrier();
+  m = mx[g];
+  var t = 0.0;
+  if (lid < ${G * L}u) {
+    for (var j = idx; j < cn; j += ${L}u) { let e = exp(sc[g * ${CH}u + j] - m); sc[g * ${CH}u + j] = e; t += e; }
+  }
+  red[lid] = t;
+  workgroupBarrier();
+  ${tree('add')}
+  // values: every head's accumulator from one value row load
+  let lane = lid % HD4;
+  let grp = lid / HD4;
+  ${gs.map((h) => `var a${h} = vec4<f32>(0.0);`).join(' ')}
+  let vb = (first + k0) * KV_DIM4 + kvh * HD4 + lane;
+  var j = grp;
+  for (; j + ${NG}u < cn; j += ${2 * NG}u) {
+    let v0 = V[vb + j * KV_DIM4];
+    let v1 = V[vb + (j + ${NG}u) * KV_DIM4];
+    ${gs.map((h) => `a${h} += sc[${h * CH}u + j] * v0 + sc[${h * CH}u + j + ${NG}u] * v1;`).join('\n    ')}
+  }
+  if (j < cn) {
+    let v0 = V[vb + j * KV_DIM4];
+    ${gs.map((h) => `a${h} += sc[${h * CH}u + j] * v0;`).join('\n    ')}
+  }
+  ${gs.map((h) => `partial[${h * WG}u + lid] = a${h};`).join('\n  ')}
+  workgroupBarrier();
+  if (lid < G * HD4) {
+    let gh = lid / HD4;
+    let ln = lid % HD4;
+    var v = vec4<f32>(0.0);
+    for (var q = 0u; q < ${NG}u; q++) { v += partial[gh * ${WG}u + q * HD4 + ln]; }
+    let o = ((kvh * G + gh) * SPLITS + c) * ${hd + 2}u;
+    for (var e = 0u; e < 4u; e++) { part[o + 4u * ln + e] = v[e]; }
+  }
+  if (lid < G) {
+    let o = ((kvh * G + lid) * SPLITS + c) * ${hd + 2}u;
+    part[o + ${hd}u] = select(-3.0e38, mx[lid], cn > 0u);
+    part[o + ${hd + 1}u] = red[lid];
+  }
+}
+`;
+}
+
 /** out[h] from the chunks of head h (one workgroup of HD invocations a head). */
 export function decodeCombineWgsl(s: SplitAttentionShape): string {
   const hd = s.headDim;
