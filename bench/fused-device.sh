@@ -15,9 +15,11 @@ bench() { local name=$1; shift; echo "== $name: pdvm bench $*" | tee -a "$OUT/be
 bench check-brown --shape brown-llama --encoding q4 --context 64 --tokens 32 --check 32 --probe-mib 256 --path both
 bench check-bitmap --shape llama-3.2-1b --encoding bitmap --context 64 --tokens 32 --check 24 --probe-mib 256 --path both
 bench phi4-q4 --shape phi-4 --encoding q4 --group 64 --context 512 --tokens 128 --profile --path both ${EXTRA:-}
+bench phi4-q4-split-heads --shape phi-4 --encoding q4 --group 64 --context 512 --tokens 128 --attention split-heads ${EXTRA:-}
 bench phi4-q4-single-attention --shape phi-4 --encoding q4 --group 64 --context 512 --tokens 128 --attention single ${EXTRA:-}
 bench phi4-q8 --shape phi-4 --encoding q8 --context 512 --tokens 128 --path both ${EXTRA:-}
 bench phi4-q4-ctx4096 --shape phi-4 --encoding q4 --group 64 --context 4096 --tokens 64 --path fused ${EXTRA:-}
+bench phi4-q4-ctx4096-split-heads --shape phi-4 --encoding q4 --group 64 --context 4096 --tokens 64 --path fused --attention split-heads ${EXTRA:-}
 bench phi4-bitmap --shape phi-4 --encoding bitmap --tile 64 --density 0.5 --context 512 --tokens 128 --path both ${EXTRA:-}
 bench llama1b-q4 --shape llama-3.2-1b --encoding q4 --group 64 --context 512 --tokens 128 --profile --path both ${EXTRA:-}
 bench llama1b-q4-single-attention --shape llama-3.2-1b --encoding q4 --group 64 --context 512 --tokens 128 --attention single ${EXTRA:-}
