@@ -58,15 +58,14 @@ function worst(a: Float32Array, b: Float32Array): number {
   return w;
 }
 
-async function time(pipeline: GPUComputePipeline, bindGroups: GPUBindGroup | GPUBindGroup[], wg: [number, number, number]): Promise<number> {
-  const groups = Array.isArray(bindGroups) ? bindGroups : [bindGroups];
+async function time(pipeline: GPUComputePipeline, bindGroup: GPUBindGroup, wg: [number, number, number]): Promise<number> {
   const samples: number[] = [];
   for (let r = 0; r < 6; r++) {
     const encoder = device.createCommandEncoder();
     const pass = encoder.beginComputePass();
     for (let i = 0; i < reps; i++) {
       pass.setPipeline(pipeline);
-      pass.setBindGroup(0, groups[i % groups.length]!);
+      pass.setBindGroup(0, bindGroup);
       pass.dispatchWorkgroups(...wg);
     }
     pass.end();
@@ -132,14 +131,10 @@ if (only.has('matvec')) {
   for (const shape of values.shapes!.split(',')) {
     for (const m of matsOf(shape)) {
       const group = 64, units = m.cols / 32, groups = m.cols / group;
-      // one copy: rotating dispatches over several copies (to keep small matrices out of L2) measured
-      // erratic, several times slower even for matrices larger than L2
-      const copies = 1;
-      const Qs = Array.from({ length: copies }, () => randomBuffer('Q', m.rows * units * 16, randomWords));
-      const SMs = Array.from({ length: copies }, () => randomBuffer('SM', m.rows * groups * 4, scaleMins));
-      const Q = Qs[0]!, SM = SMs[0]!;
-      const bindAll = (p: GPUComputePipeline, names: string[], io: Record<string, GPUBuffer>) =>
-        Qs.map((q, i) => gpu.bindGroup('lab', p, names.map((n) => (n === 'Q' ? q : n === 'SM' ? SMs[i]! : io[n]!))));
+      // one copy of the matrix: rotating dispatches over several copies (to keep small matrices out of
+      // L2) measured erratic, several times slower even for matrices larger than L2
+      const Q = randomBuffer('Q', m.rows * units * 16, randomWords);
+      const SM = randomBuffer('SM', m.rows * groups * 4, scaleMins);
       const X = randomBuffer('X', Math.ceil(m.cols / 256) * 256 * 4, f32s(-1, 1));
       const NW = randomBuffer('NW', m.cols * 4, f32s(0.5, 1.5));
       const Y = randomBuffer('Y', Math.ceil(m.rows / 256) * 256 * 4, () => undefined);
@@ -170,10 +165,11 @@ if (only.has('matvec')) {
         if (ablate.includes('xbcast')) code = code.replace(/(xs|X)\[8u \* k(\d+) \+ (\d)u\]/g, '$1[$3u]');
         if (ablate.includes('nosm')) code = code.replace(/SM\[[^\]]*\]/g, '(0x1A25A51Fu | (SM[0] & 0u))');
         const p = pipe('old', code);
-        const bg = bindAll(p, fusedMatvecBindings(s), { X, NW, Y });
+        const io: Record<string, GPUBuffer> = { Q, SM, X, NW, Y };
+        const bg = gpu.bindGroup('lab', p, fusedMatvecBindings(s).map((n) => io[n]!));
         report(`${label}, ${s.workgroups} workgroups (cap ${cap})`, await time(p, bg, [s.workgroups, 1, 1]));
       }
-      for (const b of [...Qs, ...SMs, X, NW, Y]) b.destroy();
+      for (const b of [Q, SM, X, NW, Y]) b.destroy();
     }
   }
 }

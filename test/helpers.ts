@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { SafetensorsFile } from '../src/format/safetensors.js';
 import { FileSource } from '../src/io/node-file.js';
+import { generate, type GenerateOptions, type GenerationContext, type GenerationResult } from '../src/runtime/generate.js';
 
 /** Project root (tests run from dist/test/...). */
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -73,4 +74,15 @@ export function rng(seed: number): () => number {
     s >>>= 0;
     return s / 4294967296;
   };
+}
+
+/** Runs a generation on a new sequence, collecting the streamed text beside the result. */
+export async function streamed(ctx: GenerationContext, prompt: number[], options: GenerateOptions): Promise<GenerationResult & { streamed: string }> {
+  const it = generate(ctx, ctx.engine.createSequence(), prompt, options);
+  let text = '';
+  while (true) {
+    const r = await it.next();
+    if (r.done) return { ...r.value, streamed: text };
+    text += r.value.text;
+  }
 }

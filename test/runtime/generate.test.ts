@@ -14,7 +14,7 @@ import { loadModel, type LoadedModel } from '../../src/model/load.js';
 import type { DeviceDecodeOptions, Engine, Sequence } from '../../src/runtime/engine.js';
 import { generate, generateAll, type GenerateOptions, type GenerationContext, type GenerationResult } from '../../src/runtime/generate.js';
 import { argmax, Random } from '../../src/runtime/sampling.js';
-import { BROWN } from '../helpers.js';
+import { BROWN, streamed } from '../helpers.js';
 
 const CONTEXT = 64;
 
@@ -96,16 +96,6 @@ async function setup(lag = 3) {
   return { model, cpu, device, ctx, prompt };
 }
 
-/** Runs a generation, collecting the streamed text too. */
-async function streamed(ctx: GenerationContext, prompt: number[], options: GenerateOptions): Promise<GenerationResult & { streamed: string }> {
-  const it = generate(ctx, ctx.engine.createSequence(), prompt, options);
-  let text = '';
-  while (true) {
-    const r = await it.next();
-    if (r.done) return { ...r.value, streamed: text };
-    text += r.value.text;
-  }
-}
 
 function assertSameGeneration(got: GenerationResult & { streamed: string }, want: GenerationResult & { streamed: string }, what: string): void {
   const at = got.tokenIds.findIndex((id, i) => id !== want.tokenIds[i]);

@@ -18,7 +18,7 @@ import type { Engine } from '../../../src/runtime/engine.js';
 import { generate, generateAll, type GenerateOptions, type GenerationContext, type GenerationResult } from '../../../src/runtime/generate.js';
 import { Random } from '../../../src/runtime/sampling.js';
 import { join } from 'node:path';
-import { assertClose, BROWN, ROOT } from '../../helpers.js';
+import { assertClose, BROWN, ROOT, streamed } from '../../helpers.js';
 import { SKIP_GPU, testGpu } from './gpu.js';
 
 const CONTEXT = 80;
@@ -36,15 +36,6 @@ function counting(engine: Engine): Engine & { forwards: number; decodes: number 
   return c;
 }
 
-async function streamed(ctx: GenerationContext, prompt: number[], options: GenerateOptions): Promise<GenerationResult & { streamed: string }> {
-  const it = generate(ctx, ctx.engine.createSequence(), prompt, options);
-  let text = '';
-  while (true) {
-    const r = await it.next();
-    if (r.done) return { ...r.value, streamed: text };
-    text += r.value.text;
-  }
-}
 
 function assertSameTokens(got: number[], want: number[], what: string): void {
   const at = got.findIndex((id, i) => id !== want[i]);

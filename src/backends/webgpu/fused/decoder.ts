@@ -130,11 +130,12 @@ export class FusedDecoder {
     const mv = (m: FusedMatrix, input: 'norm' | 'global', epilogue: FusedMatvecShape['epilogue'], io: Record<string, GPUBuffer>, bias: GPUBuffer | null = null, layout: Partial<FusedMatvecShape> = {}) =>
       this.matvec(m, { input, epilogue, bias: bias !== null, eps, ...heads, ...layout }, { ...io, ...(bias ? { BIAS: bias } : {}) });
     const fused = options.path === 'fused';
-    const part = this.splitShape() ? f32('attention_parts', c.numHeads * this.splitShape()!.splits * (c.headDim + 2)) : null;
+    const split = this.splitShape();
+    const chunks = split ? { shape: split, part: f32('attention_parts', c.numHeads * split.splits * (c.headDim + 2)) } : null;
     const layers = w.layers.map((L, l): Dispatch[] => {
       // attention writes its output unit-major for o_proj where its kernel can (coalesced x reads there)
       const oVecs = vecsPerUnit(L.o.encoding);
-      const { dispatches: attention, unitMajor } = this.attention(qkv, k[l]!, v[l]!, att, part, oVecs > 1 ? { outUnits: L.o.units, outVecs: oVecs } : {});
+      const { dispatches: attention, unitMajor } = this.attention(qkv, k[l]!, v[l]!, att, chunks, oVecs > 1 ? { outUnits: L.o.units, outVecs: oVecs } : {});
       const o = mv(L.o, 'global', 'residual', { X: att, Y: x }, null, { xUnitMajor: unitMajor });
       if (fused) {
         // the SwiGLU epilogue writes act unit-major for down_proj (coalesced x reads there)
@@ -227,15 +228,15 @@ export class FusedDecoder {
    * a head in one workgroup's shared memory where they fit, else the engine's kernel.
    */
   private attention(
-    qkv: GPUBuffer, k: GPUBuffer, v: GPUBuffer, att: GPUBuffer, part: GPUBuffer | null, layout: { outUnits?: number; outVecs?: number },
+    qkv: GPUBuffer, k: GPUBuffer, v: GPUBuffer, att: GPUBuffer, chunks: { shape: SplitAttentionShape; part: GPUBuffer } | null,
+    layout: { outUnits?: number; outVecs?: number },
   ): { dispatches: Dispatch[]; unitMajor: boolean } {
     const c = this.config;
     const s = { ...this.attentionShape(), ...layout };
     const unitMajor = (layout.outVecs ?? 0) > 1;
     const f = { subgroups: this.gpu.subgroups };
-    const split0 = this.splitShape();
-    const split = split0 ? { ...split0, ...layout } : null;
-    if (split && part) {
+    if (chunks) {
+      const split = { ...chunks.shape, ...layout }, part = chunks.part;
       const defines = { ...split, slidingWindow: split.slidingWindow ?? 0 };
       const grouped = (this.options.attention ?? 'split') === 'split' && c.numHeads > c.numKvHeads && gqaPartWorkgroupBytes(split) <= this.gpu.device.limits.maxComputeWorkgroupStorageSize;
       const p1 = grouped

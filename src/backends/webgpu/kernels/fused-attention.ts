@@ -50,6 +50,29 @@ export function attentionFits(s: DecodeAttentionShape, wg = ATTENTION_WG): boole
   return s.headDim % 4 === 0 && lanes <= wg && (lanes & (lanes - 1)) === 0 && keysOf(s) <= 8192;
 }
 
+/** The kernels' bindings: q (in qkv), the K and V caches, the output (`out` or the chunks' `part`), the step. */
+function attentionBindings(output: 'out' | 'part'): string {
+  return `@group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> K: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> V: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> ${output}: array<f32>;
+@group(0) @binding(4) var<storage, read> step: array<u32>;`;
+}
+
+/**
+ * The keys position p = step[1] attends to: `first` .. `first + n - 1` (a sliding window moves
+ * `first`); with `chunk`, chunk c's share of them: `k0` .. `k0 + cn - 1` (relative to `first`).
+ */
+function keyRange(s: DecodeAttentionShape, chunk: boolean): string {
+  const first = s.slidingWindow ? `select(0u, p + 1u - ${s.slidingWindow}u, p + 1u > ${s.slidingWindow}u)` : '0u';
+  return `let p = step[1];
+  let first = ${first};
+  let n = p + 1u - first;${chunk ? `
+  let len = (n + SPLITS - 1u) / SPLITS;
+  let k0 = min(n, c * len);
+  let cn = min(n, k0 + len) - k0;` : ''}`;
+}
+
 /**
  * WGSL shared by the attention kernels: q of head h (pre-scaled by 1/sqrt(HD)), then for keys
  * key0 .. key0 + count - 1 of KV head kvh the scores into shared `sc` (invocation i takes keys i,
@@ -84,16 +107,11 @@ export function decodeAttentionWgsl(s: DecodeAttentionShape, f: KernelFeatures, 
   const hd = s.headDim, lanes = hd / 4, groups = WG / lanes;
   const keys = s.slidingWindow ? Math.min(s.slidingWindow, s.contextLength) : s.contextLength;
   const kvDim4 = (s.numKvHeads * hd) / 4;
-  const first = s.slidingWindow ? `select(0u, p + 1u - ${s.slidingWindow}u, p + 1u > ${s.slidingWindow}u)` : '0u';
   return `${header(f)}${COMMON}${reductions(WG, f)}
 const HD4 = ${lanes}u;
 const GROUP = ${s.numHeads / s.numKvHeads}u;
 const KV_DIM4 = ${kvDim4}u;
-@group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> K: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> V: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<storage, read> step: array<u32>;
+${attentionBindings('out')}
 
 var<workgroup> sc: array<f32, ${keys}>;
 var<workgroup> partial: array<vec4<f32>, ${WG}>;
@@ -103,9 +121,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   ${subgroupLet(f)}
   let h = wid.x;
   let kvh = h / GROUP;
-  let p = step[1];
-  let first = ${first};
-  let n = p + 1u - first;
+  ${keyRange(s, false)}
   ${softmaxScores(hd, WG, 'n', 'first')}
   let g = lid / HD4;
   let lane = lid % HD4;
@@ -194,17 +210,12 @@ export function decodeAttentionPartWgsl(s: SplitAttentionShape, f: KernelFeature
   const hd = s.headDim, lanes = hd / 4, groups = WG / lanes;
   const chunkMax = Math.ceil(keysOf(s) / s.splits);
   const kvDim4 = (s.numKvHeads * hd) / 4;
-  const first = s.slidingWindow ? `select(0u, p + 1u - ${s.slidingWindow}u, p + 1u > ${s.slidingWindow}u)` : '0u';
   return `${header(f)}${COMMON}${reductions(WG, f)}
 const HD4 = ${lanes}u;
 const GROUP = ${s.numHeads / s.numKvHeads}u;
 const KV_DIM4 = ${kvDim4}u;
 const SPLITS = ${s.splits}u;
-@group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> K: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> V: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> part: array<f32>;
-@group(0) @binding(4) var<storage, read> step: array<u32>;
+${attentionBindings('part')}
 
 var<workgroup> sc: array<f32, ${chunkMax}>;
 var<workgroup> partial: array<vec4<f32>, ${WG}>;
@@ -215,12 +226,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let h = wid.x / SPLITS;
   let c = wid.x % SPLITS;
   let kvh = h / GROUP;
-  let p = step[1];
-  let first = ${first};
-  let n = p + 1u - first;
-  let len = (n + SPLITS - 1u) / SPLITS;
-  let k0 = min(n, c * len);
-  let cn = min(n, k0 + len) - k0;
+  ${keyRange(s, true)}
   ${softmaxScores(hd, WG, 'cn', 'first + k0')}
   let g = lid / HD4;
   let lane = lid % HD4;
@@ -274,7 +280,6 @@ export function decodeAttentionPartGqaWgsl(s: SplitAttentionShape, WG = SPLIT_WG
   let L = 1;
   while (L * 2 <= WG / G) L *= 2;
   const gs = Array.from({ length: G }, (_, g) => g);
-  const first = s.slidingWindow ? `select(0u, p + 1u - ${s.slidingWindow}u, p + 1u > ${s.slidingWindow}u)` : '0u';
   const kLoads = Array.from({ length: HD4 }, (_, i) => `let k${i} = K[base + ${i}u];`).join('\n    ');
   const dots = gs.map((g) => `sc[${g * CH}u + j] = ${Array.from({ length: HD4 }, (_, i) => `dot(k${i}, qs[${g * HD4 + i}u])`).join(' + ')};`).join('\n    ');
   // per-head tree over L lanes a head, entries red[idx * G + g]
@@ -287,11 +292,7 @@ const HD4 = ${HD4}u;
 const KV_DIM4 = ${(s.numKvHeads * hd) / 4}u;
 const SPLITS = ${s.splits}u;
 const G = ${G}u;
-@group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> K: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> V: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> part: array<f32>;
-@group(0) @binding(4) var<storage, read> step: array<u32>;
+${attentionBindings('part')}
 
 var<workgroup> qs: array<vec4<f32>, ${G * HD4}>;
 var<workgroup> sc: array<f32, ${G * CH}>;
@@ -305,12 +306,7 @@ fn add(a: f32, b: f32) -> f32 { return a + b; }
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let kvh = wid.x / SPLITS;
   let c = wid.x % SPLITS;
-  let p = step[1];
-  let first = ${first};
-  let n = p + 1u - first;
-  let len = (n + SPLITS - 1u) / SPLITS;
-  let k0 = min(n, c * len);
-  let cn = min(n, k0 + len) - k0;
+  ${keyRange(s, true)}
   for (var i = lid; i < G * HD4; i += ${WG}u) { qs[i] = qkv[kvh * G * HD4 + i] * ${f32Literal(1 / Math.sqrt(hd))}; }
   workgroupBarrier();
   // scores of every head of the group: one key row read once

@@ -62,13 +62,7 @@ export interface FusedMatvecShape {
 
 /** vec4s of x one unit multiplies (0 for bitmap4, which reads x by column). */
 export function vecsPerUnit(encoding: FusedEncoding): number {
-  switch (encoding) {
-    case 'f32': return 1;
-    case 'bf16': case 'f16': return 2;
-    case 'q8': return 4;
-    case 'q4': return 8;
-    case 'bitmap4': return 0;
-  }
+  return encoding === 'bitmap4' ? 0 : columnsPerUnit(encoding, 0) / 4;
 }
 
 /**
