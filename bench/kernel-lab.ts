@@ -3,7 +3,10 @@
  * designs and grid sizes with figures (not a test). Each timing encodes `reps` copies of one dispatch in one
  * compute pass and one submit, waits for the GPU, and divides; the median of 5 is printed with the
  * bytes the dispatch reads and the GB/s that makes.
- *   node dist/bench/kernel-lab.js [--only matvec,attention,gap] [--reps 100] [--shapes phi-4,llama-3.2-1b]
+ *   node dist/bench/kernel-lab.js [--only matvec,grids,attention,gap,roofline] [--reps 100] [--shapes phi-4,llama-3.2-1b]
+ * 'roofline' is the ceiling of any design with a given number of dependent dispatches a layer: a
+ * token's chain of pure-read dispatches, each reading exactly the bytes a fused kernel reads (per-layer
+ * buffers of the shape's q4 g64 sizes, so nothing is served from L2), with nothing else to do.
  * On the device: bundle it like the CLI (bench/fused-device.sh) and run `node .gpu/lab.mjs`.
  */
 import { parseArgs } from 'node:util';
@@ -11,6 +14,7 @@ import { Gpu } from '../src/backends/webgpu/device.js';
 import { fusedMatvecBindings, fusedMatvecWgsl, fusedBlocks, type FusedMatvecShape } from '../src/backends/webgpu/kernels/fused-matvec.js';
 import { attentionSplits, decodeAttentionPartWgsl, decodeAttentionWgsl, decodeCombineWgsl, type SplitAttentionShape } from '../src/backends/webgpu/kernels/fused-attention.js';
 import { BENCH_SHAPES } from '../src/bench/synthetic.js';
+import { fillKernel, measureReadBandwidth, readKernel } from '../src/bench/bandwidth.js';
 
 const { values } = parseArgs({
   options: {
@@ -127,9 +131,13 @@ if (only.has('gap')) {
   console.log(`gap: 1056-workgroup dependent dispatch ${(await time(p2, gpu.bindGroup('gap', p2, [y]), [1056, 1, 1])).toFixed(2)} µs`);
 }
 
-if (only.has('matvec')) {
-  for (const shape of values.shapes!.split(',')) {
-    for (const m of matsOf(shape)) {
+// ablations (lab only, wrong results): 'stream' replaces the nibble arithmetic by one op a word,
+// 'nosm' the (scale, min) loads by a constant, 'xbcast' the x reads by one address for all lanes;
+// 'wgN': N invocations a workgroup for the subgroup workers; 'uN': N units a lane a pass
+type Run = [label: string, input: 'global' | 'norm', cap: number, ablate: string];
+async function matvecRuns(m: Mat, runs: Run[]): Promise<void> {
+  {
+    {
       const group = 64, units = m.cols / 32, groups = m.cols / group;
       // one copy of the matrix: rotating dispatches over several copies (to keep small matrices out of
       // L2) measured erratic, several times slower even for matrices larger than L2
@@ -141,22 +149,14 @@ if (only.has('matvec')) {
       const bytes = Q.size + SM.size;
       const report = (label: string, us: number) => console.log(`matvec ${m.name} (${m.rows}x${m.cols}, ${(bytes / 1e6).toFixed(1)} MB) ${label}: ${us.toFixed(2)} µs, ${(bytes / us / 1e3).toFixed(0)} GB/s`);
       const heads = { numHeads: 1, numKvHeads: 1, headDim: 2, rotaryDim: 2 };
-      // global x (workgroup blocks) at several grid sizes, and the norm prologue (subgroup workers);
-      // ablations (lab only, wrong results): 'stream' replaces the nibble arithmetic by one op a word,
-      // 'nosm' the (scale, min) loads by a constant, 'xbcast' the x reads by one address for all lanes;
-      // 'wgN': N invocations a workgroup for the subgroup workers
-      const runs: [string, 'global' | 'norm', number, string][] = [
-        ['global', 'global', 1024, ''], ['global', 'global', 2048, ''], ['norm', 'norm', 264, ''], ['norm', 'norm', 528, ''],
-        ['global stream', 'global', 1024, 'stream'], ['global nosm', 'global', 1024, 'nosm'], ['norm stream', 'norm', 264, 'stream'], ['norm nosm', 'norm', 264, 'nosm'],
-        ['global xbcast', 'global', 1024, 'xbcast'], ['norm xbcast', 'norm', 264, 'xbcast'],
-        ['norm wg512', 'norm', 132, 'wg512'], ['norm wg512', 'norm', 264, 'wg512'], ['norm wg1024', 'norm', 132, 'wg1024'], ['norm wg128', 'norm', 528, 'wg128'],
-      ];
       for (const [label, input, cap, ablate] of runs) {
         if (input === 'norm' && m.cols * 4 > 40000) continue;
         const wgMatch = /wg(\d+)/.exec(ablate);
+        const unrollMatch = /\bu(\d+)/.exec(ablate);
         const s: FusedMatvecShape = {
           encoding: 'q4', rows: m.rows, cols: m.cols, units, group, input, epilogue: 'store', bias: false, eps: 1e-5, ...heads, workgroups: 0,
           ...(wgMatch ? { workerWorkgroup: Number(wgMatch[1]) } : {}),
+          ...(unrollMatch ? { unroll: Number(unrollMatch[1]) } : {}),
         };
         s.workgroups = Math.min(cap, fusedBlocks(s));
         let code = fusedMatvecWgsl(s, f);
@@ -171,6 +171,109 @@ if (only.has('matvec')) {
       }
       for (const b of [Q, SM, X, NW, Y]) b.destroy();
     }
+  }
+}
+
+if (only.has('matvec')) {
+  // global x (workgroup blocks) at several grid sizes, the norm prologue (subgroup workers), ablations
+  const runs: Run[] = [
+    ['global', 'global', 1024, ''], ['global', 'global', 2048, ''], ['norm', 'norm', 264, ''], ['norm', 'norm', 528, ''],
+    ['global stream', 'global', 1024, 'stream'], ['global nosm', 'global', 1024, 'nosm'], ['norm stream', 'norm', 264, 'stream'], ['norm nosm', 'norm', 264, 'nosm'],
+    ['global xbcast', 'global', 1024, 'xbcast'], ['norm xbcast', 'norm', 264, 'xbcast'],
+    ['norm wg512', 'norm', 132, 'wg512'], ['norm wg512', 'norm', 264, 'wg512'], ['norm wg1024', 'norm', 132, 'wg1024'], ['norm wg128', 'norm', 528, 'wg128'],
+  ];
+  for (const shape of values.shapes!.split(',')) for (const m of matsOf(shape)) await matvecRuns(m, runs);
+}
+
+if (only.has('grids')) {
+  // grid sizes against the rounds of row groups (the last round's idle workers) and units a lane a pass
+  const norm = [132, 198, 264, 280, 396, 528, 560, 792, 1056, 1120].map((w): Run => ['norm', 'norm', w, '']);
+  const unrolled = [264, 528].map((w): Run => ['norm u2', 'norm', w, 'u2']);
+  const global = [462, 640, 924, 1024, 1280, 2048, 2560].map((w): Run => ['global', 'global', w, '']);
+  for (const shape of values.shapes!.split(',')) for (const m of matsOf(shape)) await matvecRuns(m, [...norm, ...unrolled, ...global]);
+}
+
+if (only.has('roofline')) {
+  const probe = await measureReadBandwidth(gpu);
+  console.log(`roofline: read probe ${probe.medianGbps.toFixed(0)} GB/s (1 GiB, median of ${probe.samplesGbps.length})`);
+  const ctx = 512;
+  for (const shape of values.shapes!.split(',')) {
+    const c = BENCH_SHAPES[shape]!;
+    const q4Bytes = (rows: number, cols: number) => rows * (cols / 32) * 16 + rows * (cols / 64) * 4;
+    const align = (n: number) => Math.ceil(n / 256) * 256;
+    const [qkv, o, gu, down] = matsOf(shape).map((m) => q4Bytes(m.rows, m.cols));
+    const lm = q4Bytes(c.vocab, c.hidden);
+    const kv = 2 * ctx * c.kvHeads * c.headDim * 4;
+    const parts = [qkv!, o!, gu!, down!];
+    const offsets = parts.map((_, i) => parts.slice(0, i).reduce((a, b) => a + align(b), 0));
+    const layerBytes = offsets[3]! + align(down!);
+    const weightBytes = c.layers * (qkv! + o! + gu! + down!) + lm;
+    const make = (label: string, bytes: number) => {
+      const b = gpu.createBuffer(label, bytes, GPUBufferUsage.STORAGE);
+      const p = pipe(`fill${bytes}`, fillKernel(Math.floor(bytes / 4)));
+      const e = device.createCommandEncoder();
+      const pass = e.beginComputePass();
+      pass.setPipeline(p);
+      pass.setBindGroup(0, gpu.bindGroup('fill', p, [b]));
+      pass.dispatchWorkgroups(4096);
+      pass.end();
+      device.queue.submit([e.finish()]);
+      return b;
+    };
+    const layers = Array.from({ length: c.layers }, (_, l) => ({ w: make(`layer${l}`, layerBytes), kv: make(`kv${l}`, kv) }));
+    const lmBuf = make('lm', lm);
+    const sink = gpu.createBuffer('sink', 64 << 20, GPUBufferUsage.STORAGE);
+    const tiny = make('tiny', 4096);
+    await device.queue.onSubmittedWorkDone();
+    gpu.check();
+    // one read dispatch: its pipeline (by size and vec4s an invocation), grid, and a bind group per range
+    const reader = (bytes: number, perThread: number) => {
+      const vec4s = Math.floor(bytes / 16);
+      const wgs = Math.max(1, Math.ceil(vec4s / 256 / perThread));
+      return { p: pipe(`read${vec4s}x${perThread}`, readKernel(vec4s, wgs * 256)), wgs };
+    };
+    type Step = { p: GPUComputePipeline; bg: GPUBindGroup; wgs: number };
+    const step = (buffer: GPUBuffer, offset: number, bytes: number, perThread: number): Step => {
+      const r = reader(bytes, perThread);
+      const bg = device.createBindGroup({
+        layout: r.p.getBindGroupLayout(0),
+        entries: [{ binding: 0, resource: { buffer, offset, size: align(bytes) } }, { binding: 1, resource: { buffer: sink } }],
+      });
+      return { ...r, bg };
+    };
+    const variants: Record<string, (l: (typeof layers)[number], pt: number) => Step[]> = {
+      // as built: qkv | attention | combine | o | gate/up | down
+      '6 a layer': (l, pt) => [step(l.w, offsets[0]!, qkv!, pt), step(l.kv, 0, kv, pt), step(tiny, 0, 64, 1), step(l.w, offsets[1]!, o!, pt), step(l.w, offsets[2]!, gu!, pt), step(l.w, offsets[3]!, down!, pt)],
+      '5 a layer (no combine)': (l, pt) => [step(l.w, offsets[0]!, qkv!, pt), step(l.kv, 0, kv, pt), step(l.w, offsets[1]!, o!, pt), step(l.w, offsets[2]!, gu!, pt), step(l.w, offsets[3]!, down!, pt)],
+      '2 a layer (all weights in one, KV)': (l, pt) => [step(l.w, 0, layerBytes, pt), step(l.kv, 0, kv, pt)],
+      '1 a layer (weights only, no KV)': (l, pt) => [step(l.w, 0, layerBytes, pt)],
+    };
+    const tokens = 10;
+    for (const [name, build] of Object.entries(variants)) {
+      for (const pt of [4, 8, 16, 32]) {
+        const chain = [...layers.flatMap((l) => build(l, pt)), step(lmBuf, 0, lm, pt), step(tiny, 0, 64, 1), step(tiny, 0, 64, 1)];
+        const samples: number[] = [];
+        for (let r = 0; r < 6; r++) {
+          const e = device.createCommandEncoder();
+          for (let t = 0; t < tokens; t++) {
+            const pass = e.beginComputePass();
+            for (const s of chain) { pass.setPipeline(s.p); pass.setBindGroup(0, s.bg); pass.dispatchWorkgroups(s.wgs); }
+            pass.end();
+          }
+          const t0 = performance.now();
+          device.queue.submit([e.finish()]);
+          await device.queue.onSubmittedWorkDone();
+          if (r > 0) samples.push((performance.now() - t0) / tokens);
+        }
+        gpu.check();
+        samples.sort((a, b) => a - b);
+        const ms = samples[2]!;
+        const share = (weightBytes / (ms / 1000)) / 1e9 / probe.medianGbps;
+        console.log(`roofline ${shape} ctx ${ctx}, ${name}, ${pt} vec4s an invocation: ${chain.length} dispatches, ${ms.toFixed(3)} ms/token, ${(1000 / ms).toFixed(1)} tok/s, weights ${(weightBytes / 1e9).toFixed(3)} GB -> ${(100 * share).toFixed(1)}% of the probe`);
+      }
+    }
+    for (const l of layers) { l.w.destroy(); l.kv.destroy(); }
+    for (const b of [lmBuf, sink, tiny]) b.destroy();
   }
 }
 

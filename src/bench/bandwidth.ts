@@ -8,7 +8,8 @@ import type { Gpu } from '../backends/webgpu/device.js';
 
 const WG = 256;
 
-function readKernel(vec4s: number, threads: number): string {
+/** Reads vec4s vec4<u32> with `threads` invocations (grid-stride, 4 loads in flight), XOR kept live by a store nobody reads. */
+export function readKernel(vec4s: number, threads: number): string {
   return `
 @group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
 @group(0) @binding(1) var<storage, read_write> sink: array<u32>;
@@ -26,7 +27,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }`;
 }
 
-function fillKernel(words: number): string {
+/** Fills `words` u32 with a non-zero hash of the index. */
+export function fillKernel(words: number): string {
   return `
 @group(0) @binding(0) var<storage, read_write> dst: array<u32>;
 @compute @workgroup_size(${WG})
