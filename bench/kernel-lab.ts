@@ -136,42 +136,38 @@ if (only.has('gap')) {
 // 'wgN': N invocations a workgroup for the subgroup workers; 'uN': N units a lane a pass
 type Run = [label: string, input: 'global' | 'norm', cap: number, ablate: string];
 async function matvecRuns(m: Mat, runs: Run[]): Promise<void> {
-  {
-    {
-      const group = 64, units = m.cols / 32, groups = m.cols / group;
-      // one copy of the matrix: rotating dispatches over several copies (to keep small matrices out of
-      // L2) measured erratic, several times slower even for matrices larger than L2
-      const Q = randomBuffer('Q', m.rows * units * 16, randomWords);
-      const SM = randomBuffer('SM', m.rows * groups * 4, scaleMins);
-      const X = randomBuffer('X', Math.ceil(m.cols / 256) * 256 * 4, f32s(-1, 1));
-      const NW = randomBuffer('NW', m.cols * 4, f32s(0.5, 1.5));
-      const Y = randomBuffer('Y', Math.ceil(m.rows / 256) * 256 * 4, () => undefined);
-      const bytes = Q.size + SM.size;
-      const report = (label: string, us: number) => console.log(`matvec ${m.name} (${m.rows}x${m.cols}, ${(bytes / 1e6).toFixed(1)} MB) ${label}: ${us.toFixed(2)} µs, ${(bytes / us / 1e3).toFixed(0)} GB/s`);
-      const heads = { numHeads: 1, numKvHeads: 1, headDim: 2, rotaryDim: 2 };
-      for (const [label, input, cap, ablate] of runs) {
-        if (input === 'norm' && m.cols * 4 > 40000) continue;
-        const wgMatch = /wg(\d+)/.exec(ablate);
-        const unrollMatch = /\bu(\d+)/.exec(ablate);
-        const s: FusedMatvecShape = {
-          encoding: 'q4', rows: m.rows, cols: m.cols, units, group, input, epilogue: 'store', bias: false, eps: 1e-5, ...heads, workgroups: 0,
-          ...(wgMatch ? { workerWorkgroup: Number(wgMatch[1]) } : {}),
-          ...(unrollMatch ? { unroll: Number(unrollMatch[1]) } : {}),
-        };
-        s.workgroups = Math.min(cap, fusedBlocks(s));
-        let code = fusedMatvecWgsl(s, f);
-        if (ablate.includes('stream')) code = code.replace(/fn q4w\(w: u32, xl: vec4<f32>, xh: vec4<f32>\) -> f32 \{[^}]*\}/, 'fn q4w(w: u32, xl: vec4<f32>, xh: vec4<f32>) -> f32 { return bitcast<f32>(w & 0x3FFFFFFFu) * xl.x; }');
-        // every lane reads the same x (a broadcast): what the lane-strided x reads cost
-        if (ablate.includes('xbcast')) code = code.replace(/(xs|X)\[8u \* k(\d+) \+ (\d)u\]/g, '$1[$3u]');
-        if (ablate.includes('nosm')) code = code.replace(/SM\[[^\]]*\]/g, '(0x1A25A51Fu | (SM[0] & 0u))');
-        const p = pipe('old', code);
-        const io: Record<string, GPUBuffer> = { Q, SM, X, NW, Y };
-        const bg = gpu.bindGroup('lab', p, fusedMatvecBindings(s).map((n) => io[n]!));
-        report(`${label}, ${s.workgroups} workgroups (cap ${cap})`, await time(p, bg, [s.workgroups, 1, 1]));
-      }
-      for (const b of [Q, SM, X, NW, Y]) b.destroy();
-    }
+  const group = 64, units = m.cols / 32, groups = m.cols / group;
+  // one copy of the matrix: rotating dispatches over several copies (to keep small matrices out of
+  // L2) measured erratic, several times slower even for matrices larger than L2
+  const Q = randomBuffer('Q', m.rows * units * 16, randomWords);
+  const SM = randomBuffer('SM', m.rows * groups * 4, scaleMins);
+  const X = randomBuffer('X', Math.ceil(m.cols / 256) * 256 * 4, f32s(-1, 1));
+  const NW = randomBuffer('NW', m.cols * 4, f32s(0.5, 1.5));
+  const Y = randomBuffer('Y', Math.ceil(m.rows / 256) * 256 * 4, () => undefined);
+  const bytes = Q.size + SM.size;
+  const report = (label: string, us: number) => console.log(`matvec ${m.name} (${m.rows}x${m.cols}, ${(bytes / 1e6).toFixed(1)} MB) ${label}: ${us.toFixed(2)} µs, ${(bytes / us / 1e3).toFixed(0)} GB/s`);
+  const heads = { numHeads: 1, numKvHeads: 1, headDim: 2, rotaryDim: 2 };
+  for (const [label, input, cap, ablate] of runs) {
+    if (input === 'norm' && m.cols * 4 > 40000) continue;
+    const wgMatch = /wg(\d+)/.exec(ablate);
+    const unrollMatch = /\bu(\d+)/.exec(ablate);
+    const s: FusedMatvecShape = {
+      encoding: 'q4', rows: m.rows, cols: m.cols, units, group, input, epilogue: 'store', bias: false, eps: 1e-5, ...heads, workgroups: 0,
+      ...(wgMatch ? { workerWorkgroup: Number(wgMatch[1]) } : {}),
+      ...(unrollMatch ? { unroll: Number(unrollMatch[1]) } : {}),
+    };
+    s.workgroups = Math.min(cap, fusedBlocks(s));
+    let code = fusedMatvecWgsl(s, f);
+    if (ablate.includes('stream')) code = code.replace(/fn q4w\(w: u32, xl: vec4<f32>, xh: vec4<f32>\) -> f32 \{[^}]*\}/, 'fn q4w(w: u32, xl: vec4<f32>, xh: vec4<f32>) -> f32 { return bitcast<f32>(w & 0x3FFFFFFFu) * xl.x; }');
+    // every lane reads the same x (a broadcast): what the lane-strided x reads cost
+    if (ablate.includes('xbcast')) code = code.replace(/(xs|X)\[8u \* k(\d+) \+ (\d)u\]/g, '$1[$3u]');
+    if (ablate.includes('nosm')) code = code.replace(/SM\[[^\]]*\]/g, '(0x1A25A51Fu | (SM[0] & 0u))');
+    const p = pipe('old', code);
+    const io: Record<string, GPUBuffer> = { Q, SM, X, NW, Y };
+    const bg = gpu.bindGroup('lab', p, fusedMatvecBindings(s).map((n) => io[n]!));
+    report(`${label}, ${s.workgroups} workgroups (cap ${cap})`, await time(p, bg, [s.workgroups, 1, 1]));
   }
+  for (const b of [Q, SM, X, NW, Y]) b.destroy();
 }
 
 if (only.has('matvec')) {

@@ -18,6 +18,8 @@ export interface BenchOptions {
   group: number;
   tile: number;
   density: number;
+  /** bitmap: expanded to q4 on the GPU (default, as the engine runs it) or walked by the bitmap kernel. */
+  bitmap?: 'expand' | 'walk';
   context: number;
   tokens: number;
   paths: DecodePath[];
@@ -112,7 +114,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
   o.log(`read bandwidth: ${bw.medianGbps.toFixed(0)} GB/s median of [${bw.samplesGbps.map((g) => g.toFixed(0)).join(', ')}] over ${(bw.bytes / 2 ** 30).toFixed(2)} GiB`);
 
   const t0 = performance.now();
-  const synthetic = new SyntheticWeights(gpu, { encoding: o.encoding, group: o.group, tile: o.tile, density: o.density, seed: o.seed });
+  const synthetic = new SyntheticWeights(gpu, { encoding: o.encoding, group: o.group, tile: o.tile, density: o.density, seed: o.seed, bitmap: o.bitmap });
   const w = await synthetic.model(config);
   const perToken = weightBytesPerToken(w);
   o.log(`weights: ${o.shape} ${o.encoding}, ${(w.bytes / 1e9).toFixed(2)} GB on the GPU, ${(perToken / 1e9).toFixed(3)} GB read a token (made in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
@@ -146,7 +148,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
         const kvPerToken = 2 * config.numLayers * config.numKvHeads * config.headDim * 4 * (o.context + o.tokens / 2);
         const r: BenchResult = {
           shape: o.shape,
-          encoding: o.encoding === 'q4' ? `q4 g${o.group}` : o.encoding === 'bitmap' ? `bitmap ${o.density * 100}% tile ${o.tile}, q4 values` : o.encoding,
+          encoding: o.encoding === 'q4' ? `q4 g${o.group}` : o.encoding === 'bitmap' ? `bitmap ${o.density * 100}% tile ${o.tile}, q4 values, ${(o.bitmap ?? 'expand') === 'expand' ? 'expanded to q4' : 'walked'}` : o.encoding,
           context: o.context,
           path,
           device: gpu.adapterDescription,

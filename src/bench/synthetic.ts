@@ -6,13 +6,14 @@
  *   q8       random int8 (-128..127, rows of whole 16-column units); per row f32 scale in
  *            [0.00015, 0.0003] (weights within about +-0.04, like the others)
  *   bitmap4  random masks made on the host in row chunks (each bit kept with probability `density`)
- *            with their per-tile offsets; values random nibbles; per-tile scales in [0.002, 0.005]
+ *            with their per-tile offsets; values random nibbles; per-tile scales in [0.002, 0.005];
+ *            then expanded to q4 on the GPU as the engine does (fused/weights.ts), unless `bitmap: 'walk'`
  *   bf16     values uniform in [-0.03, 0.03]
  * The embedding table is bf16; lm_head has the matrices' encoding (q4 for bitmap models, as pruning
  * leaves lm_head dense).
  */
 import type { Gpu } from '../backends/webgpu/device.js';
-import { fusedWeightBytes, type FusedLayerWeights, type FusedMatrix, type FusedModelWeights } from '../backends/webgpu/fused/weights.js';
+import { expandBitmap4, fusedWeightBytes, type FusedLayerWeights, type FusedMatrix, type FusedModelWeights } from '../backends/webgpu/fused/weights.js';
 import type { ModelConfig } from '../model/config.js';
 
 export interface BenchShape {
@@ -44,6 +45,8 @@ export interface SyntheticOptions {
   /** bitmap: share of weights kept. */
   density: number;
   seed: number;
+  /** bitmap: rewrite as q4 (default, what the engine runs) or keep the bitmap kernel. */
+  bitmap?: 'expand' | 'walk';
 }
 
 export function benchConfig(s: BenchShape): ModelConfig {
@@ -156,7 +159,11 @@ export class SyntheticWeights {
       const buffers = { Q: this.buffer(`${label}.q`, rows * units * 4, 0), SCALE: this.buffer(`${label}.scale`, rows, 4) };
       return { encoding: 'q8', rows, cols, units, group: 0, buffers, bytes: buffers.Q.size + buffers.SCALE.size };
     }
-    return this.bitmap(label, rows, cols);
+    const m = this.bitmap(label, rows, cols);
+    if ((this.o.bitmap ?? 'expand') === 'walk') return m;
+    const q = expandBitmap4(this.gpu, m, label);
+    this.bytes += q.bytes - m.bytes;
+    return q;
   }
 
   private bitmap(label: string, rows: number, cols: number): FusedMatrix {

@@ -35,8 +35,9 @@ export interface WebGpuEngineOptions extends GpuOptions, UploadOptions {
    * How generation decodes (runtime/generate.ts uses `decodeOnDevice` when this is 'fused' and the
    * sampling has no penalties): 'fused' (default) through a FusedDecoder per sequence, the token chosen
    * on the GPU and read back a few steps behind; 'unfused' through forward() and CPU sampling. 'fused'
-   * uploads the weights in the fused layout, which the forward pass shares (q4, q8, 4-bit bitmap and
-   * dense matrices are stored once; nm, csr and 8-bit bitmap twice, once decoded to f32). Where
+   * uploads the weights in the fused layout, which the forward pass shares (q4, q8, 4-bit bitmap, which
+   * the fused layout rewrites as q4, and dense matrices are stored once; nm, csr and 8-bit bitmap
+   * twice, once decoded to f32). Where
    * the fused path cannot run (a matrix over one storage binding, shapes its kernels do not take), the
    * engine falls back to 'unfused' and says why in `decodeNotice`.
    */

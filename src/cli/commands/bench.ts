@@ -29,6 +29,7 @@ export function benchCommand(): Command {
     .option('--group <n>', 'q4 group size', parseIntOption('--group'), 64)
     .option('--tile <n>', 'bitmap tile (columns)', parseIntOption('--tile'), 64)
     .option('--density <x>', 'bitmap: share of weights kept', parseFloatOption('--density'), 0.5)
+    .addOption(new Option('--bitmap <layout>', 'bitmap on the GPU: expand (rewritten as q4 with the tile as group, as generate runs it) or walk (the mask bits walked)').choices(['expand', 'walk']).default('expand'))
     .option('--context <n>', 'tokens in the KV cache before decoding (prompt length)', parseIntOption('--context'), 512)
     .option('--tokens <n>', 'tokens to decode', parseIntOption('--tokens'), 128)
     .addOption(new Option('--path <which>', 'decode path').choices(['fused', 'unfused', 'both']).default('fused'))
@@ -53,7 +54,7 @@ export function benchCommand(): Command {
         const gpu = await Gpu.acquire({ disableSubgroups: !f.subgroups });
         try {
           const results = await runBench(gpu, {
-            shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, context: f.context,
+            shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, bitmap: f.bitmap, context: f.context,
             tokens: f.tokens, paths: f.path === 'both' ? ['fused', 'unfused'] : [f.path], seed: f.seed, lag: f.lag,
             workgroups: f.workgroups, normWorkgroups: f.normWorkgroups, unroll: f.unroll, attentionWorkgroup: f.attentionWorkgroup, attention: f.attention, workerWorkgroup: f.workerWorkgroup, check: f.check, profile: f.profile, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
           });

@@ -4,15 +4,16 @@
  * mid-stream (pipelined, ids read back 4 steps behind) returning exactly the unfused tokens. On every
  * fixture model as stored, and on brown-llama and one architecture fixture compressed to q4 g32, to
  * q8 and to a 50% magnitude-pruned bitmap with 4-bit values (also against the CPU engine on those
- * tensors), and phi3 in each of those through the kernels without subgroups. Plus the q8 matvec
- * alone at column counts that leave a partial 16-column unit, over every int8 value (-128 included).
+ * tensors; the bitmap both expanded to q4, the default, and walked), and phi3 in each of those through
+ * the kernels without subgroups. Plus the q8 matvec alone at column counts that leave a partial
+ * 16-column unit, over every int8 value (-128 included).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { basename } from 'node:path';
 import { FusedDecoder, type DecodePath } from '../../../src/backends/webgpu/fused/decoder.js';
 import { attentionSplits } from '../../../src/backends/webgpu/kernels/fused-attention.js';
-import { destroyFusedWeights, uploadFusedMatrix, uploadFusedWeights } from '../../../src/backends/webgpu/fused/weights.js';
+import { destroyFusedWeights, uploadFusedMatrix, uploadFusedWeights, type FusedUploadOptions } from '../../../src/backends/webgpu/fused/weights.js';
 import { fusedBlocks, fusedMatvecBindings, fusedMatvecWgsl, type FusedMatvecShape } from '../../../src/backends/webgpu/kernels/fused-matvec.js';
 import { rmsnorm } from '../../../src/backends/cpu/ops.js';
 import { BitmapTensor, Q4Tensor, Q8Tensor } from '../../../src/format/upg/encodings/index.js';
@@ -50,9 +51,9 @@ function compressed(m: ModelWeights, pack: Pack): ModelWeights {
   };
 }
 
-async function decoders(model: LoadedModel, weights: ModelWeights, contextLength: number, options: GpuOptions = {}) {
+async function decoders(model: LoadedModel, weights: ModelWeights, contextLength: number, options: GpuOptions = {}, upload: FusedUploadOptions = {}) {
   const gpu = await testGpu(options);
-  const w = uploadFusedWeights(gpu, weights);
+  const w = uploadFusedWeights(gpu, weights, upload);
   // the unfused plan runs the one-workgroup-a-head attention, so the split attention is checked too
   const make = (path: DecodePath) => new FusedDecoder(gpu, model.config, w, { path, contextLength, workgroups: 64, attention: path === 'fused' ? 'split' : 'single' });
   const fused = make('fused'), unfused = make('unfused');
@@ -66,8 +67,8 @@ async function decoders(model: LoadedModel, weights: ModelWeights, contextLength
   };
 }
 
-async function checkPaths(name: string, model: LoadedModel, weights: ModelWeights, refLogits: Float32Array | null, prompts: number[][], options: GpuOptions = {}): Promise<void> {
-  const { fused, unfused, dispose } = await decoders(model, weights, 160, options);
+async function checkPaths(name: string, model: LoadedModel, weights: ModelWeights, refLogits: Float32Array | null, prompts: number[][], options: GpuOptions = {}, upload: FusedUploadOptions = {}): Promise<void> {
+  const { fused, unfused, dispose } = await decoders(model, weights, 160, options, upload);
   try {
     // qkv, attention part and combine (one kernel where the window holds at most 64 keys), o, gate/up, down
     const c = model.config;
@@ -126,7 +127,9 @@ for (const dir of ALL_FIXTURE_MODELS) {
   });
 }
 
-for (const [encoding, pack] of [['q4 g32', q4], ['q8', q8], ['bitmap 50% 4-bit', bitmap4]] as const) {
+// bitmaps run expanded to q4 (the default) and walked by the bitmap kernel
+const packs: [string, Pack, FusedUploadOptions][] = [['q4 g32', q4, {}], ['q8', q8, {}], ['bitmap 50% 4-bit', bitmap4, {}], ['bitmap 50% 4-bit, walked', bitmap4, { bitmap: 'walk' }]];
+for (const [encoding, pack, upload] of packs) {
   for (const dir of [BROWN, ARCH_MODELS[2]!]) {
     test(`fused decode: ${basename(dir)} as ${encoding} matches the unfused path`, { skip: SKIP_GPU }, async () => {
       const model = await loadModel(dir);
@@ -136,7 +139,7 @@ for (const [encoding, pack] of [['q4 g32', q4], ['q8', q8], ['bitmap 50% 4-bit',
       // the reference: the CPU engine over the same encoded tensors (each encoding's own matmul)
       const cpu = new CpuEngine(model.config, weights, 64);
       const cpuLogits = await cpu.forward(cpu.createSequence(), ids, true);
-      await checkPaths(`${basename(dir)} ${encoding}`, model, weights, cpuLogits, [ids, ...ref.prompts.slice(0, 1).map((p) => p.prompt)]);
+      await checkPaths(`${basename(dir)} ${encoding}`, model, weights, cpuLogits, [ids, ...ref.prompts.slice(0, 1).map((p) => p.prompt)], {}, upload);
     });
   }
 }
@@ -146,11 +149,11 @@ test('fused decode: the kernels without subgroups (phi3 as q4 g32, q8 and bitmap
   const model = await loadModel(dir);
   const ref = await readReference(dir);
   const ids = [...ref.inputIds.slice(0, 8)];
-  for (const pack of [q4, q8, bitmap4]) {
+  for (const [pack, upload] of [[q4, {}], [q8, {}], [bitmap4, {}], [bitmap4, { bitmap: 'walk' }]] as [Pack, FusedUploadOptions][]) {
     const weights = compressed(model.weights, pack);
     const cpu = new CpuEngine(model.config, weights, 64);
     const cpuLogits = await cpu.forward(cpu.createSequence(), ids, true);
-    await checkPaths(`${basename(dir)} without subgroups`, model, weights, cpuLogits, [ids], { disableSubgroups: true });
+    await checkPaths(`${basename(dir)} without subgroups`, model, weights, cpuLogits, [ids], { disableSubgroups: true }, upload);
   }
 });
 

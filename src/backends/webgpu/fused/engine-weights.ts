@@ -1,7 +1,8 @@
 /**
  * The engine's weights (what its forward pass reads) over the buffers the fused decoder already holds,
  * so that a model with the fused path on is on the GPU once. The layouts coincide row for row:
- *   q4       Q, SM              = the engine's qweight, scale_min
+ *   q4       Q, SM              = the engine's qweight, scale_min (also for 4-bit bitmaps the fused
+ *                                  path expanded to q4: the engine reads them as q4 with group = tile)
  *   q8       Q, SCALE           = qweight (rows re-strided to whole units of 16 bytes), scales
  *   bitmap4  MASK, OFFS, VALS, SC = mask, offsets, values, scales
  *   dense    W                  = uploadDense's layout in one segment, when the dtype is the engine's
@@ -30,6 +31,10 @@ export function sharedMatrix(parts: WeightTensor[], m: FusedMatrix, options: Upl
   // the shapes checked too, so that a layout change in fused/weights.ts falls back to uploading
   if (m.encoding === 'q4' && parts.every((p) => p instanceof Q4Tensor) && first instanceof Q4Tensor && b.Q && b.SM && m.units * 4 === first.wordsPerRow && m.group === first.group) {
     const shape = { encoding: 'q4', rows, cols, group: first.group, groups: first.groups, wordsPerRow: first.wordsPerRow } as const;
+    return { encoding: 'q4', rows, cols, shape, buffers: [b.Q, b.SM], bytes: m.bytes };
+  }
+  if (m.encoding === 'q4' && parts.every((p) => p instanceof BitmapTensor && p.bits === 4 && p.tile === m.group) && b.Q && b.SM && m.units * 32 === (first as BitmapTensor).tiles * m.group) {
+    const shape = { encoding: 'q4', rows, cols, group: m.group, groups: m.units * 32 / m.group, wordsPerRow: m.units * 4 } as const;
     return { encoding: 'q4', rows, cols, shape, buffers: [b.Q, b.SM], bytes: m.bytes };
   }
   if (m.encoding === 'q8' && parts.every((p) => p instanceof Q8Tensor) && b.Q && b.SCALE) {
