@@ -9,6 +9,8 @@
  * weights are uploaded in the fused layout and the forward pass reads the same buffers wherever the
  * layouts coincide (fused/engine-weights.ts). Each sequence keeps the tokens it holds; its forward
  * cache and its decoder's cache are made on first use, and either one replays the tokens it lacks.
+ * The decoder's cache has the forward cache's layout, so the forward pass's chunked kernels prefill it
+ * (the prompt and any replay, all but the last token); the decoder steps from the last token.
  */
 import { InvalidInputError } from '../../errors.js';
 import type { ModelConfig } from '../../model/config.js';
@@ -106,6 +108,8 @@ export class WebGpuSequence implements Sequence {
   cache: ForwardCache | null = null;
   cached = 0;
   decoder: FusedDecoder | null = null;
+  /** The forward pass's dispatches bound to the decoder's KV buffers (for chunked prefill into them). */
+  decoderCache: ForwardCache | null = null;
   decoded = 0;
   /** The decode running on this sequence; dispose frees the decoder only after it ends. */
   running: Promise<number[]> | null = null;
@@ -286,16 +290,19 @@ export class WebGpuEngine implements Engine {
     };
   }
 
-  /** A forward-pass KV cache for the whole context. */
-  private newCache(): ForwardCache {
+  /**
+   * A forward-pass KV cache for the whole context: new buffers, or `over` a fused decoder's (the same
+   * (contextLength, kvDim) layout), which the forward pass then prefills in chunks.
+   */
+  private newCache(over?: { k: GPUBuffer[]; v: GPUBuffer[] }): ForwardCache {
     const c = this.config, gpu = this.gpu, a = this.a;
     const kvDim = c.numKvHeads * c.headDim;
     const bytes = this.contextLength * kvDim * 4;
     const k: GPUBuffer[] = [], v: GPUBuffer[] = [];
     const dispatches: Dispatch[][] = [];
     for (let l = 0; l < c.numLayers; l++) {
-      k.push(gpu.createBuffer(`kv.${l}.k`, bytes, STORAGE()));
-      v.push(gpu.createBuffer(`kv.${l}.v`, bytes, STORAGE()));
+      k.push(over ? over.k[l]! : gpu.createBuffer(`kv.${l}.k`, bytes, STORAGE()));
+      v.push(over ? over.v[l]! : gpu.createBuffer(`kv.${l}.v`, bytes, STORAGE()));
       dispatches.push([
         ropeKvOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim }, a.qkv, a.cos, a.sin, k[l]!, v[l]!, a.step),
         attentionOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow }, a.qkv, k[l]!, v[l]!, a.att, a.step),
@@ -372,17 +379,23 @@ export class WebGpuEngine implements Engine {
     this.assertUsable();
     const seq = this.live(seqIn);
     this.checkTokens(seq, tokens);
-    seq.cache ??= guardAllocation(`a KV cache of ${this.contextLength} positions does not fit beside the model; use a smaller context length (--context)`, () => this.newCache());
+    const cache = (seq.cache ??= guardAllocation(`a KV cache of ${this.contextLength} positions does not fit beside the model; use a smaller context length (--context)`, () => this.newCache()));
     // tokens the fused decoder appended since this cache was last used
-    if (seq.cached < seq.length) await this.runChunks(seq, seq.tokens.slice(seq.cached), 'none');
-    return this.runChunks(seq, tokens, output);
+    if (seq.cached < seq.length) {
+      await this.runChunks(cache, seq.cached, seq.tokens.slice(seq.cached), 'none');
+      seq.cached = seq.length;
+    }
+    const out = await this.runChunks(cache, seq.cached, tokens, output);
+    seq.cached += tokens.length;
+    for (let i = 0; i < tokens.length; i++) seq.tokens.push(tokens[i]!);
+    return out;
   }
 
   /**
-   * Runs tokens through the forward cache from position `seq.cached`, a prefill chunk a submit. 'none'
-   * replays tokens the sequence already holds; the other outputs append them.
+   * Runs tokens through a forward cache from position `pos0`, a prefill chunk a submit; 'none' only
+   * fills the cache (submitted, nothing read back). The caller counts the tokens in.
    */
-  private async runChunks(seq: WebGpuSequence, tokens: ArrayLike<number>, output: 'none' | 'last' | 'all' | 'argmax' | 'sample'): Promise<Float32Array> {
+  private async runChunks(cache: ForwardCache, pos0: number, tokens: ArrayLike<number>, output: 'none' | 'last' | 'all' | 'argmax' | 'sample'): Promise<Float32Array> {
     const vocab = this.config.vocabSize;
     const T = tokens.length;
     const out = output === 'all' ? new Float32Array(T * vocab) : this.logitsOne;
@@ -390,13 +403,13 @@ export class WebGpuEngine implements Engine {
       const n = Math.min(this.prefillChunk, T - s);
       const last = s + n === T;
       this.stepWords[StepWord.T] = n;
-      this.stepWords[StepWord.pos0] = seq.cached;
+      this.stepWords[StepWord.pos0] = pos0 + s;
       for (let i = 0; i < n; i++) this.stepWords[STEP_HEADER_WORDS + i] = tokens[s + i]!;
       this.gpu.device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, STEP_HEADER_WORDS + n);
 
       const encoder = this.gpu.device.createCommandEncoder();
       const pass = encoder.beginComputePass();
-      this.encodeLayers(pass, seq.cache!, n);
+      this.encodeLayers(pass, cache, n);
       let readBytes = 0;
       if (output === 'all') {
         encodeDispatches(pass, n === 1 ? this.plans.lastLogits : this.plans.allLogits, n);
@@ -410,8 +423,6 @@ export class WebGpuEngine implements Engine {
       if (readBytes > 0) encoder.copyBufferToBuffer(this.a.logits, 0, this.a.logitsReadback, 0, readBytes);
       if (last && (output === 'argmax' || output === 'sample')) encoder.copyBufferToBuffer(this.a.token, 0, this.a.tokenReadback, 0, 16);
       this.gpu.device.queue.submit([encoder.finish()]);
-      seq.cached += n;
-      if (output !== 'none') for (let i = 0; i < n; i++) seq.tokens.push(tokens[s + i]!);
       if (readBytes > 0) {
         await this.mapRead(this.a.logitsReadback, readBytes);
         out.set(new Float32Array(this.a.logitsReadback.getMappedRange(0, readBytes)), output === 'all' ? s * vocab : 0);
@@ -433,8 +444,10 @@ export class WebGpuEngine implements Engine {
 
   /**
    * Engine.decodeOnDevice through the sequence's FusedDecoder (made on first use, with its own KV
-   * cache): tokens it lacks are replayed ahead of the prompt. Sequences decode independently of each
-   * other and of forward(), so this does not wait for them.
+   * cache). The tokens its cache lacks (any the forward pass appended, then the prompt) but the last
+   * are prefilled by the forward pass's chunked kernels straight into the decoder's cache, the last
+   * starts the decode. Sequences decode independently of each other, so this waits only for forward
+   * passes in flight (their activations are shared).
    */
   private async decodeFused(seqIn: Sequence, prompt: ArrayLike<number>, options: DeviceDecodeOptions): Promise<number[]> {
     this.assertUsable();
@@ -450,7 +463,19 @@ export class WebGpuEngine implements Engine {
       seq.decoded = 0;
     }
     const input = [...seq.tokens.slice(seq.decoded), ...Array.from(prompt)];
-    const run = decoder.generate(input, {
+    if (input.length > 1) {
+      const view = (seq.decoderCache ??= this.newCache(decoder.kv));
+      const n = input.length - 1;
+      try {
+        await this.serial(() => this.runChunks(view, decoder.length, input.slice(0, n), 'none'));
+      } catch (e) {
+        decoder.reset();
+        seq.decoded = 0;
+        throw e;
+      }
+      decoder.advance(n);
+    }
+    const run = decoder.generate(input.slice(-1), {
       maxTokens: options.maxTokens,
       sampling: options.sampling,
       random: options.random,

@@ -208,3 +208,36 @@ test('webgpu generate: where the fused path cannot hold the weights, the engine 
     reference.dispose();
   }
 });
+
+test('webgpu generate: the fused path prefills the prompt through the forward pass\'s chunks into the decoder\'s cache', { skip: SKIP_GPU }, async () => {
+  const model = await loadModel(BROWN);
+  const gpu = await testGpu();
+  // chunks of 4 tokens: a prompt of several chunks and a partial last one
+  const fusedEngine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu, prefillChunk: 4 });
+  const forwardEngine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu, decode: 'unfused' });
+  try {
+    const ctx = (engine: Engine): GenerationContext => ({ engine, tokenizer: model.tokenizer, eosTokenIds: model.config.eosTokenIds });
+    const seq = fusedEngine.createSequence();
+    // the decoder is handed only what the chunked prefill left: the last token of each turn's input
+    const decoder = seq.decoder!;
+    const fed: number[] = [];
+    const original = decoder.generate.bind(decoder);
+    decoder.generate = (prompt, options) => (fed.push(prompt.length), original(prompt, options));
+    const prompt = model.tokenizer!.encode('The jury said that the city of Atlanta had been praised for the manner in which', true);
+    assert.ok(prompt.length > 9, `a prompt of ${prompt.length} tokens`);
+    const greedy = { temperature: 0, maxTokens: 12, ignoreEos: true };
+    const fs = seq, ws = forwardEngine.createSequence();
+    const first = await generateAll(ctx(fusedEngine), fs, prompt, greedy);
+    assertSameTokens(first.tokenIds, (await generateAll(ctx(forwardEngine), ws, prompt, greedy)).tokenIds, 'first turn, fused vs forward');
+    // a second turn on the same sequences (the whole history as the prompt: the sequence keeps the common
+    // prefix): the last generated token and a new text are prefilled the same way
+    const history = [...prompt, ...first.tokenIds, ...model.tokenizer!.encode(' and the jury said', false)];
+    const second = await generateAll(ctx(fusedEngine), fs, history, greedy);
+    assertSameTokens(second.tokenIds, (await generateAll(ctx(forwardEngine), ws, history, greedy)).tokenIds, 'second turn, fused vs forward');
+    assert.deepEqual(fed, [1, 1], 'the decoder stepped through the last input token only');
+    assert.equal(decoder.length, history.length + second.tokenIds.length - 1);
+  } finally {
+    fusedEngine.dispose();
+    forwardEngine.dispose();
+  }
+});

@@ -87,6 +87,8 @@ function padFloats(n: number): number {
 export class FusedDecoder {
   /** Tokens whose K and V are in the cache. */
   length = 0;
+  /** The KV cache, per layer (contextLength, kvDim) f32: the engine's forward pass prefills into it (see advance). */
+  readonly kv: { k: GPUBuffer[]; v: GPUBuffer[] } = { k: [], v: [] };
   private readonly plan: Plan;
   private readonly buffers: GPUBuffer[] = [];
   private readonly step: GPUBuffer;
@@ -125,6 +127,8 @@ export class FusedDecoder {
       k.push(this.alloc(`kv.${l}.k`, ctx * kvDim * 4, S));
       v.push(this.alloc(`kv.${l}.v`, ctx * kvDim * 4, S));
     }
+    this.kv.k.push(...k);
+    this.kv.v.push(...v);
     const gpu_ = gpu, w = weights, eps = c.rmsNormEps;
     const heads = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim };
     const mv = (m: FusedMatrix, input: 'norm' | 'global', epilogue: FusedMatvecShape['epilogue'], io: Record<string, GPUBuffer>, bias: GPUBuffer | null = null, layout: Partial<FusedMatvecShape> = {}) =>
@@ -282,6 +286,14 @@ export class FusedDecoder {
 
   reset(): void {
     this.length = 0;
+  }
+
+  /** The cache's next n positions were filled by another pass (the engine's chunked prefill into `kv`). */
+  advance(n: number): void {
+    if (!Number.isInteger(n) || n < 0 || this.length + n > this.options.contextLength) {
+      throw new InvalidInputError(`cannot advance a cache of ${this.length} tokens by ${n} (context ${this.options.contextLength})`);
+    }
+    this.length += n;
   }
 
   /**
