@@ -17,8 +17,8 @@ import { loadModel } from '../../../src/model/load.js';
 import type { Engine } from '../../../src/runtime/engine.js';
 import { generate, generateAll, type GenerateOptions, type GenerationContext, type GenerationResult } from '../../../src/runtime/generate.js';
 import { Random } from '../../../src/runtime/sampling.js';
-import { join } from 'node:path';
-import { assertClose, BROWN, ROOT, streamed } from '../../helpers.js';
+import { basename, join } from 'node:path';
+import { ARCH_MODELS, assertClose, BROWN, readReference, ROOT, streamed } from '../../helpers.js';
 import { SKIP_GPU, testGpu } from './gpu.js';
 
 const CONTEXT = 80;
@@ -239,5 +239,27 @@ test('webgpu generate: the fused path prefills the prompt through the forward pa
   } finally {
     fusedEngine.dispose();
     forwardEngine.dispose();
+  }
+});
+
+test('webgpu generate: chunked prefill into the decoder\'s cache matches the forward path on every architecture fixture (a sliding window shorter than the prompt included)', { skip: SKIP_GPU }, async () => {
+  const gpu = await testGpu();
+  for (const dir of ARCH_MODELS) {
+    const model = await loadModel(dir);
+    const ref = await readReference(dir);
+    const fusedEngine = await WebGpuEngine.create(model, { contextLength: 64, gpu, prefillChunk: 5 });
+    const forwardEngine = await WebGpuEngine.create(model, { contextLength: 64, gpu, decode: 'unfused' });
+    try {
+      assert.equal(fusedEngine.decode, 'fused', fusedEngine.decodeNotice);
+      const prompt = [...ref.inputIds.slice(0, 23)];
+      const greedy = { temperature: 0, maxTokens: 10, ignoreEos: true };
+      const ctx = (engine: Engine): GenerationContext => ({ engine, tokenizer: null, eosTokenIds: [] });
+      const got = await generateAll(ctx(fusedEngine), fusedEngine.createSequence(), prompt, greedy);
+      const want = await generateAll(ctx(forwardEngine), forwardEngine.createSequence(), prompt, greedy);
+      assertSameTokens(got.tokenIds, want.tokenIds, `${basename(dir)}: fused (chunked prefill) vs forward`);
+    } finally {
+      fusedEngine.dispose();
+      forwardEngine.dispose();
+    }
   }
 });
