@@ -463,24 +463,20 @@ export class WebGpuEngine implements Engine {
       seq.decoded = 0;
     }
     const input = [...seq.tokens.slice(seq.decoded), ...Array.from(prompt)];
-    if (input.length > 1) {
-      const view = (seq.decoderCache ??= this.newCache(decoder.kv));
-      const n = input.length - 1;
-      try {
-        await this.serial(() => this.runChunks(view, decoder.length, input.slice(0, n), 'none'));
-      } catch (e) {
-        decoder.reset();
-        seq.decoded = 0;
-        throw e;
+    // running from here on (the prefill included), so that no other call takes the sequence meanwhile
+    const run = (async () => {
+      if (input.length > 1) {
+        const view = (seq.decoderCache ??= this.newCache(decoder.kv));
+        await this.serial(() => this.runChunks(view, decoder.length, input.slice(0, -1), 'none'));
+        decoder.advance(input.length - 1);
       }
-      decoder.advance(n);
-    }
-    const run = decoder.generate(input.slice(-1), {
-      maxTokens: options.maxTokens,
-      sampling: options.sampling,
-      random: options.random,
-      onToken: (id) => seq.isDisposed || options.onToken(id),
-    });
+      return decoder.generate(input.slice(-1), {
+        maxTokens: options.maxTokens,
+        sampling: options.sampling,
+        random: options.random,
+        onToken: (id) => seq.isDisposed || options.onToken(id),
+      });
+    })();
     seq.running = run;
     let out: number[];
     try {
