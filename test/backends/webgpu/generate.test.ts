@@ -13,7 +13,7 @@ import { createEngine } from '../../../src/backends/index.js';
 import { WebGpuEngine } from '../../../src/backends/webgpu/engine.js';
 import { fusedBuffersOf, gpuBuffersOf } from '../../../src/backends/webgpu/fused/engine-weights.js';
 import { AbortError } from '../../../src/errors.js';
-import { loadModel } from '../../../src/model/load.js';
+import { loadModel, type LoadedModel } from '../../../src/model/load.js';
 import type { Engine } from '../../../src/runtime/engine.js';
 import { generate, generateAll, type GenerateOptions, type GenerationContext, type GenerationResult } from '../../../src/runtime/generate.js';
 import { Random } from '../../../src/runtime/sampling.js';
@@ -34,6 +34,11 @@ function counting(engine: Engine): Engine & { forwards: number; decodes: number 
   const decode = engine.decodeOnDevice?.bind(engine);
   if (decode) c.decodeOnDevice = (seq, prompt, options) => (c.decodes++, decode(seq, prompt, options));
   return c;
+}
+
+/** What generate needs to run a model on an engine. */
+function contextOf(model: LoadedModel, engine: Engine): GenerationContext {
+  return { engine, tokenizer: model.tokenizer, eosTokenIds: model.config.eosTokenIds };
 }
 
 
@@ -60,7 +65,7 @@ test('webgpu generate: the fused decode path gives the forward path\'s and the C
     assert.equal(forwardEngine.decodeOnDevice, undefined);
     const fused = counting(fusedEngine), forward = counting(forwardEngine);
     const cpu = new CpuEngine(model.config, model.weights, CONTEXT);
-    const ctx = (engine: Engine): GenerationContext => ({ engine, tokenizer: model.tokenizer, eosTokenIds: model.config.eosTokenIds });
+    const ctx = (engine: Engine) => contextOf(model, engine);
     const prompts = ['The jury said that', 'He looked at the house and'].map((p) => model.tokenizer!.encode(p, true));
 
     // greedy: fused = forward path = CPU backend, token for token
@@ -133,7 +138,7 @@ test('webgpu generate: seeded sampling through the fused path is reproducible an
   const gpu = await testGpu();
   const engine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu });
   try {
-    const ctx: GenerationContext = { engine, tokenizer: model.tokenizer, eosTokenIds: model.config.eosTokenIds };
+    const ctx = contextOf(model, engine);
     const prompt = model.tokenizer!.encode('In the morning, the', true);
     const sampling = { temperature: 0.9, topK: 40, topP: 0.95, minP: 0.05 };
     const options = { ...sampling, seed: 5, maxTokens: 20, ignoreEos: true };
@@ -159,7 +164,7 @@ test('webgpu generate: a sequence decoded on the GPU continues through forward()
   const engine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu });
   const cpu = new CpuEngine(model.config, model.weights, CONTEXT);
   try {
-    const ctx: GenerationContext = { engine, tokenizer: model.tokenizer, eosTokenIds: model.config.eosTokenIds };
+    const ctx = contextOf(model, engine);
     const prompt = model.tokenizer!.encode('The jury said that', true);
     const greedy = { temperature: 0, maxTokens: 10, ignoreEos: true };
     const seq = engine.createSequence();
@@ -198,7 +203,7 @@ test('webgpu generate: where the fused path cannot hold the weights, the engine 
     assert.match(notice ?? '', /decoding through the forward pass: the fused path cannot hold these weights \(.*one storage binding/);
     assert.equal(engine.decodeOnDevice, undefined);
     assert.equal((engine as WebGpuEngine).decode, 'unfused');
-    const ctx = (e: Engine): GenerationContext => ({ engine: e, tokenizer: model.tokenizer, eosTokenIds: model.config.eosTokenIds });
+    const ctx = (e: Engine) => contextOf(model, e);
     const prompt = model.tokenizer!.encode('The jury said that', true);
     const greedy = { temperature: 0, maxTokens: 12, ignoreEos: true };
     assertSameTokens((await generateAll(ctx(engine), engine.createSequence(), prompt, greedy)).tokenIds, (await generateAll(ctx(reference), reference.createSequence(), prompt, greedy)).tokenIds, 'fallback engine');
@@ -216,7 +221,7 @@ test('webgpu generate: the fused path prefills the prompt through the forward pa
   const fusedEngine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu, prefillChunk: 4 });
   const forwardEngine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu, decode: 'unfused' });
   try {
-    const ctx = (engine: Engine): GenerationContext => ({ engine, tokenizer: model.tokenizer, eosTokenIds: model.config.eosTokenIds });
+    const ctx = (engine: Engine) => contextOf(model, engine);
     const seq = fusedEngine.createSequence();
     // the decoder is handed only what the chunked prefill left: the last token of each turn's input
     const decoder = seq.decoder!;
@@ -226,13 +231,13 @@ test('webgpu generate: the fused path prefills the prompt through the forward pa
     const prompt = model.tokenizer!.encode('The jury said that the city of Atlanta had been praised for the manner in which', true);
     assert.ok(prompt.length > 9, `a prompt of ${prompt.length} tokens`);
     const greedy = { temperature: 0, maxTokens: 12, ignoreEos: true };
-    const fs = seq, ws = forwardEngine.createSequence();
-    const first = await generateAll(ctx(fusedEngine), fs, prompt, greedy);
+    const ws = forwardEngine.createSequence();
+    const first = await generateAll(ctx(fusedEngine), seq, prompt, greedy);
     assertSameTokens(first.tokenIds, (await generateAll(ctx(forwardEngine), ws, prompt, greedy)).tokenIds, 'first turn, fused vs forward');
     // a second turn on the same sequences (the whole history as the prompt: the sequence keeps the common
     // prefix): the last generated token and a new text are prefilled the same way
     const history = [...prompt, ...first.tokenIds, ...model.tokenizer!.encode(' and the jury said', false)];
-    const second = await generateAll(ctx(fusedEngine), fs, history, greedy);
+    const second = await generateAll(ctx(fusedEngine), seq, history, greedy);
     assertSameTokens(second.tokenIds, (await generateAll(ctx(forwardEngine), ws, history, greedy)).tokenIds, 'second turn, fused vs forward');
     assert.deepEqual(fed, [1, 1], 'the decoder stepped through the last input token only');
     assert.equal(decoder.length, history.length + second.tokenIds.length - 1);
@@ -253,9 +258,8 @@ test('webgpu generate: chunked prefill into the decoder\'s cache matches the for
       assert.equal(fusedEngine.decode, 'fused', fusedEngine.decodeNotice);
       const prompt = [...ref.inputIds.slice(0, 23)];
       const greedy = { temperature: 0, maxTokens: 10, ignoreEos: true };
-      const ctx = (engine: Engine): GenerationContext => ({ engine, tokenizer: null, eosTokenIds: [] });
-      const got = await generateAll(ctx(fusedEngine), fusedEngine.createSequence(), prompt, greedy);
-      const want = await generateAll(ctx(forwardEngine), forwardEngine.createSequence(), prompt, greedy);
+      const got = await generateAll(contextOf(model, fusedEngine), fusedEngine.createSequence(), prompt, greedy);
+      const want = await generateAll(contextOf(model, forwardEngine), forwardEngine.createSequence(), prompt, greedy);
       assertSameTokens(got.tokenIds, want.tokenIds, `${basename(dir)}: fused (chunked prefill) vs forward`);
     } finally {
       fusedEngine.dispose();
