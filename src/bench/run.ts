@@ -6,7 +6,7 @@
  *            between the first and the last id's arrival; a warm-up generation runs first
  * achieved GB/s = weight bytes one step reads x tokens/s; bandwidth_fraction = that / measured read GB/s.
  */
-import type { Gpu } from '../backends/webgpu/device.js';
+import type { Gpu, GpuFeatures } from '../backends/webgpu/device.js';
 import { FusedDecoder, type DecodePath } from '../backends/webgpu/fused/decoder.js';
 import { destroyFusedWeights, weightBytesPerToken } from '../backends/webgpu/fused/weights.js';
 import { measureReadBandwidth } from './bandwidth.js';
@@ -60,6 +60,8 @@ export interface BenchResult {
   peak_gpu_bytes: number;
   workgroups: number;
   subgroups: boolean;
+  /** The device's features and the self-tests' outcomes (device.ts). */
+  features: GpuFeatures;
   /** With --check: largest relative difference of fused vs unfused logits, and greedy agreement. */
   check_max_rel_diff?: number;
   check_greedy_identical?: boolean;
@@ -109,7 +111,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
   const shape = BENCH_SHAPES[o.shape];
   if (!shape) throw new Error(`unknown shape '${o.shape}'; one of ${Object.keys(BENCH_SHAPES).join(', ')}`);
   const config = benchConfig(shape);
-  o.log(`device: ${gpu.adapterDescription} (subgroups ${gpu.subgroups ? 'on' : 'off'})`);
+  o.log(`device: ${gpu.adapterDescription}; ${gpu.featureSummary}`);
   const bw = await measureReadBandwidth(gpu, { bytes: o.probeBytes });
   o.log(`read bandwidth: ${bw.medianGbps.toFixed(0)} GB/s median of [${bw.samplesGbps.map((g) => g.toFixed(0)).join(', ')}] over ${(bw.bytes / 2 ** 30).toFixed(2)} GiB`);
 
@@ -166,6 +168,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
           peak_gpu_bytes: synthetic.bytes + decoder.allocatedBytes,
           workgroups: decoder.workgroups,
           subgroups: gpu.subgroups,
+          features: gpu.features,
           ...(check ? { check_max_rel_diff: check.worst, check_greedy_identical: check.identical } : {}),
         };
         o.log(

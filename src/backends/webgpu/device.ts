@@ -5,10 +5,54 @@
  * Nothing here imports a Node module.
  */
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
+import { selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
+/** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
+export interface SubgroupMatrixConfig {
+  componentType: string;
+  resultComponentType: string;
+  M: number;
+  N: number;
+  K: number;
+}
+
+/**
+ * What the device offers and what pdvm's kernels use, decided once at device creation. A feature is
+ * `true` here only when it was requested, granted and (for the fast paths) passed its self-test.
+ */
+export interface GpuFeatures {
+  /** Subgroup reductions (`subgroups`). */
+  subgroups: boolean;
+  /** `shader-f16`: f16 arithmetic and storage in WGSL. */
+  shaderF16: boolean;
+  /** WGSL `packed_4x8_integer_dot_product` (dot4I8Packed / dot4U8Packed). */
+  packed4x8IntegerDotProduct: boolean;
+  /** Subgroup sizes the adapter reports (min, max); 0 when unknown. */
+  subgroupMinSize: number;
+  subgroupMaxSize: number;
+  /** Every configuration `chromium-experimental-subgroup-matrix` offers (empty without it). */
+  subgroupMatrixConfigs: SubgroupMatrixConfig[];
+  /** f16 x f16 -> f32 subgroup-matrix products at 16x16x16, self-tested: the prefill's tensor-core path. */
+  subgroupMatrixF16: boolean;
+  /** Dawn toggles requested (Node). */
+  dawnToggles: string[];
+  /** Each self-test's outcome: 'passed', 'failed: why', or 'not run: why'. */
+  selfTests: Record<string, string>;
+}
 export interface GpuOptions {
   /** Ignore the `subgroups` feature even where present (tests run both paths). */
   disableSubgroups?: boolean;
+  /** Ignore `shader-f16` even where present. */
+  disableShaderF16?: boolean;
+  /** Ignore `chromium-experimental-subgroup-matrix` even where present (the prefill's fallback kernels run). */
+  disableSubgroupMatrix?: boolean;
+  /**
+   * Node only: ask Dawn for the toggles allow_unsafe_apis and vulkan_enable_f16_on_nvidia (which expose
+   * subgroup matrices and, on NVIDIA, shader-f16). Default on, unless PDVM_DAWN_TOGGLES=0; every fast
+   * path they expose must pass its self-test at device creation before a kernel uses it. Browsers
+   * cannot set toggles: there the adapter's features decide.
+   */
+  dawnToggles?: boolean;
   /** Split tensors at this many bytes instead of the device's maxStorageBufferBindingSize (tests). */
   maxBindingBytes?: number;
   powerPreference?: GPUPowerPreference;
@@ -20,20 +64,27 @@ function isNode(): boolean {
 }
 
 /** `navigator.gpu` in a browser or worker, Dawn's entry point in Node, or null. */
-async function gpuEntryPoint(): Promise<GPU | null> {
+async function gpuEntryPoint(toggles = false): Promise<{ gpu: GPU; toggles: string[] } | null> {
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
-  if (nav?.gpu) return nav.gpu;
+  if (nav?.gpu) return { gpu: nav.gpu, toggles: [] };
   if (isNode()) {
-    const { nodeGpuEntryPoint } = await import('./node-gpu.js');
-    return nodeGpuEntryPoint();
+    const { nodeGpuEntryPoint, DAWN_TOGGLES } = await import('./node-gpu.js');
+    return { gpu: await nodeGpuEntryPoint(toggles), toggles: toggles ? DAWN_TOGGLES : [] };
   }
   return null;
+}
+
+/** Whether Node asks Dawn for the toggles: the option, else PDVM_DAWN_TOGGLES (default on). */
+function wantToggles(options: GpuOptions): boolean {
+  if (options.dawnToggles !== undefined) return options.dawnToggles;
+  const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.PDVM_DAWN_TOGGLES;
+  return env !== '0' && env !== 'false';
 }
 
 /** Why WebGPU cannot be used here, as one line; null when an adapter exists. */
 export async function probeWebGpu(): Promise<string | null> {
   try {
-    const gpu = await gpuEntryPoint();
+    const gpu = (await gpuEntryPoint())?.gpu;
     if (!gpu) return 'this runtime has no WebGPU (no navigator.gpu)';
     const adapter = await gpu.requestAdapter();
     if (!adapter) return 'no WebGPU adapter was found (on a machine without a GPU, run scripts/install-vulkan.sh to install Mesa lavapipe)';
@@ -49,7 +100,7 @@ export async function probeWebGpu(): Promise<string | null> {
  */
 export async function softwareAdapter(): Promise<string | null> {
   try {
-    const gpu = await gpuEntryPoint();
+    const gpu = (await gpuEntryPoint())?.gpu;
     const adapter = await gpu?.requestAdapter({ powerPreference: 'high-performance' });
     if (!adapter) return null;
     const info = adapter.info as GPUAdapterInfo & { isFallbackAdapter?: boolean };
@@ -58,6 +109,15 @@ export async function softwareAdapter(): Promise<string | null> {
   } catch {
     return null;
   }
+}
+
+export function featureSummary(f: GpuFeatures): string {
+  const on = (b: boolean) => (b ? 'on' : 'off');
+  const configs = f.subgroupMatrixConfigs.map((c) => `${c.componentType}->${c.resultComponentType} ${c.M}x${c.N}x${c.K}`).join(', ');
+  const tests = Object.entries(f.selfTests).map(([k, v]) => `${k} ${v}`).join('; ');
+  return `subgroups ${on(f.subgroups)}, shader-f16 ${on(f.shaderF16)}, dot4I8Packed ${on(f.packed4x8IntegerDotProduct)}, ` +
+    `subgroup matrix f16 ${on(f.subgroupMatrixF16)} (configurations: ${configs || 'none'}), ` +
+    `Dawn toggles: ${f.dawnToggles.join(', ') || 'none'}${tests ? `; self-tests: ${tests}` : ''}`;
 }
 
 /** A device plus what the backend derives from it. One per engine. */
@@ -73,8 +133,8 @@ export class Gpu {
   private constructor(
     readonly device: GPUDevice,
     readonly adapterDescription: string,
-    /** Kernels use subgroup reductions. */
-    readonly subgroups: boolean,
+    /** What the device offers and the kernels use. */
+    readonly features: GpuFeatures,
     options: GpuOptions,
   ) {
     const limit = device.limits.maxStorageBufferBindingSize;
@@ -87,9 +147,20 @@ export class Gpu {
     });
   }
 
+  /** Kernels use subgroup reductions (= features.subgroups). */
+  get subgroups(): boolean {
+    return this.features.subgroups;
+  }
+
+  /** The features as one line ("subgroups on, shader-f16 off, ..."), for --verbose and bench logs. */
+  get featureSummary(): string {
+    return featureSummary(this.features);
+  }
+
   static async acquire(options: GpuOptions = {}): Promise<Gpu> {
-    const gpu = await gpuEntryPoint();
-    if (!gpu) throw new WebGpuUnavailableError('this runtime has no WebGPU (no navigator.gpu); use --backend cpu');
+    const entry = await gpuEntryPoint(wantToggles(options));
+    const gpu = entry?.gpu;
+    if (!entry || !gpu) throw new WebGpuUnavailableError('this runtime has no WebGPU (no navigator.gpu); use --backend cpu');
     const adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference ?? 'high-performance' });
     if (!adapter) {
       throw new WebGpuUnavailableError(
@@ -97,9 +168,12 @@ export class Gpu {
       );
     }
     const subgroups = adapter.features.has('subgroups') && !options.disableSubgroups;
+    const shaderF16 = adapter.features.has('shader-f16') && !options.disableShaderF16;
+    const matrix = adapter.features.has('chromium-experimental-subgroup-matrix' as GPUFeatureName) && !options.disableSubgroupMatrix;
+    const required = [...(subgroups ? ['subgroups'] : []), ...(shaderF16 ? ['shader-f16'] : []), ...(matrix ? ['chromium-experimental-subgroup-matrix'] : [])];
     const a = adapter.limits;
     const device = await adapter.requestDevice({
-      requiredFeatures: subgroups ? ['subgroups' as GPUFeatureName] : [],
+      requiredFeatures: required as GPUFeatureName[],
       requiredLimits: {
         maxStorageBufferBindingSize: a.maxStorageBufferBindingSize,
         maxBufferSize: a.maxBufferSize,
@@ -109,9 +183,36 @@ export class Gpu {
         maxComputeWorkgroupSizeX: a.maxComputeWorkgroupSizeX,
       },
     });
-    const info = adapter.info;
+    const info = adapter.info as GPUAdapterInfo & { subgroupMatrixConfigs?: Iterable<SubgroupMatrixConfig> };
     const description = [info.vendor, info.architecture, info.device, info.description].filter((s) => s).join(' ') || 'unknown adapter';
-    return new Gpu(device, description, subgroups, options);
+    const configs = matrix ? Array.from(info.subgroupMatrixConfigs ?? [], (c) => ({ componentType: c.componentType, resultComponentType: c.resultComponentType, M: c.M, N: c.N, K: c.K })) : [];
+    const features: GpuFeatures = {
+      subgroups,
+      shaderF16,
+      packed4x8IntegerDotProduct: gpu.wgslLanguageFeatures?.has('packed_4x8_integer_dot_product') ?? false,
+      subgroupMinSize: info.subgroupMinSize ?? 0,
+      subgroupMaxSize: info.subgroupMaxSize ?? 0,
+      subgroupMatrixConfigs: configs,
+      subgroupMatrixF16: false,
+      dawnToggles: entry.toggles,
+      selfTests: {},
+    };
+    // the fast paths run only after their self-test gave the known answer on this device
+    if (shaderF16) {
+      const r = await selfTestShaderF16(device);
+      features.selfTests['shader-f16'] = r;
+      if (r !== 'passed') features.shaderF16 = false;
+    }
+    const f16Matrix = configs.some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === 16 && c.N === 16 && c.K === 16);
+    if (!matrix) features.selfTests['subgroup-matrix f16'] = 'not run: no chromium-experimental-subgroup-matrix';
+    else if (!f16Matrix || !features.shaderF16) features.selfTests['subgroup-matrix f16'] = 'not run: no f16->f32 16x16x16 configuration with shader-f16';
+    else if (!(features.subgroupMinSize > 0 && features.subgroupMinSize === features.subgroupMaxSize)) features.selfTests['subgroup-matrix f16'] = 'not run: the subgroup size is not fixed';
+    else {
+      const r = await selfTestSubgroupMatrix(device, features.subgroupMaxSize);
+      features.selfTests['subgroup-matrix f16'] = r;
+      features.subgroupMatrixF16 = r === 'passed';
+    }
+    return new Gpu(device, description, features, options);
   }
 
   /** Throws if the device was lost or a GPU error was raised since the last check. */

@@ -179,6 +179,11 @@ export class WebGpuEngine implements Engine {
     if (fusedWeights) this.decodeOnDevice = (seq, prompt, options) => this.decodeFused(seq, prompt, options);
   }
 
+  /** The device, its features and the paths that run, as one line (`pdvm generate --verbose`). */
+  describe(): string {
+    return `${this.gpu.adapterDescription}; ${this.gpu.featureSummary}; decode ${this.decode}`;
+  }
+
   /** 'fused' when generation decodes through the fused path, else 'unfused'. */
   get decode(): 'fused' | 'unfused' {
     return this.fusedWeights ? 'fused' : 'unfused';

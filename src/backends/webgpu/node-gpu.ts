@@ -10,7 +10,15 @@ const LAVAPIPE_ICD = '/usr/share/vulkan/icd.d/lvp_icd.json';
 // Dawn's GPU object must stay referenced for as long as any device from it lives: once collected,
 // Dawn's event processing crashes the process later (../shared/gpu/README.md). A module-level variable
 // keeps it alive for the life of the process.
-let nodeGpu: GPU | null = null;
+const nodeGpus = new Map<string, GPU>();
+
+/**
+ * Dawn toggles pdvm asks for when `dawnToggles` is on (docs/PERFORMANCE.md, "Dawn toggles"):
+ * allow_unsafe_apis exposes chromium-experimental-subgroup-matrix (tensor cores from WGSL) and
+ * vulkan_enable_f16_on_nvidia exposes shader-f16 on NVIDIA's Vulkan driver. Neither is trusted as is:
+ * device.ts runs a self-test of each fast path before any kernel uses it.
+ */
+export const DAWN_TOGGLES = ['allow_unsafe_apis', 'vulkan_enable_f16_on_nvidia'];
 
 /**
  * On machines without a GPU (CI, developer laptops with scripts/install-vulkan.sh), point the Vulkan
@@ -27,12 +35,16 @@ function configureVulkanEnvironment(): void {
   if (!gpuNodes && !vendorIcd) env.VK_ICD_FILENAMES = LAVAPIPE_ICD;
 }
 
-export async function nodeGpuEntryPoint(): Promise<GPU> {
-  if (nodeGpu) return nodeGpu;
+/** Dawn's entry point, with DAWN_TOGGLES requested or not (one GPU object each, kept for the process). */
+export async function nodeGpuEntryPoint(toggles = false): Promise<GPU> {
+  const key = toggles ? 'toggles' : 'plain';
+  const known = nodeGpus.get(key);
+  if (known) return known;
   configureVulkanEnvironment();
   const { create, globals } = await import('webgpu');
   // GPUBufferUsage, GPUMapMode, GPUShaderStage... as in a browser
   Object.assign(globalThis, globals);
-  nodeGpu = create([]);
-  return nodeGpu;
+  const gpu = create(toggles ? [`enable-dawn-features=${DAWN_TOGGLES.join(',')}`] : []);
+  nodeGpus.set(key, gpu);
+  return gpu;
 }

@@ -17,6 +17,9 @@ type BenchFlags = Omit<BenchOptions, 'paths' | 'probeBytes' | 'log' | 'profile'>
   probeMib: number;
   profile: boolean;
   subgroups: boolean;
+  f16: boolean;
+  subgroupMatrix: boolean;
+  dawnToggles: boolean;
   json: boolean;
   out?: string;
 };
@@ -45,13 +48,16 @@ export function benchCommand(): Command {
     .option('--check <n>', 'first compare fused and unfused logits over n tokens and their greedy continuations (0: skip)', parseIntOption('--check'), 0)
     .option('--profile', 'log the time of each dispatch of a step (layer 0, lm_head, argmax)')
     .option('--no-subgroups', 'do not use subgroup operations')
+    .option('--no-f16', 'do not use shader-f16 (nor the f16 subgroup matrices)')
+    .option('--no-subgroup-matrix', 'do not use subgroup matrices (the prefill runs its fallback kernels)')
+    .option('--no-dawn-toggles', 'Node: do not ask Dawn for allow_unsafe_apis / vulkan_enable_f16_on_nvidia (also PDVM_DAWN_TOGGLES=0)')
     .option('--json', 'print the figures as one JSON object (with --path both, the unfused run under compared_with)')
     .option('--out <file>', 'also write the results (JSON array) to this file')
     .action(
       action(async (f: BenchFlags) => {
         if (!(f.density > 0 && f.density <= 1)) throw new Error('--density must be in (0, 1]');
         if (f.context < 2 || f.tokens < 2) throw new Error('--context and --tokens must be at least 2');
-        const gpu = await Gpu.acquire({ disableSubgroups: !f.subgroups });
+        const gpu = await Gpu.acquire({ disableSubgroups: !f.subgroups, disableShaderF16: !f.f16, disableSubgroupMatrix: !f.subgroupMatrix, ...(f.dawnToggles ? {} : { dawnToggles: false }) });
         try {
           const results = await runBench(gpu, {
             shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, bitmap: f.bitmap, context: f.context,

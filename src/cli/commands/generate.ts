@@ -19,6 +19,7 @@ interface GenerateFlags {
   chat?: boolean;
   system?: string;
   json?: boolean;
+  verbose?: boolean;
   ignoreEos?: boolean;
   context?: number;
   backend: 'cpu' | 'webgpu' | 'auto';
@@ -50,6 +51,7 @@ export function generateCommand(): Command {
     .option('--chat', "wrap the prompt with the model's chat template as a user message")
     .option('--system <text>', 'system message for --chat')
     .option('--json', 'print one JSON object instead of streaming')
+    .option('--verbose', 'say on stderr which device, features and kernel paths run (webgpu)')
     .option('--ignore-eos', 'keep generating past the end-of-sequence token')
     .option('--context <n>', 'context length to allocate (default: the model\'s, at most 4096)', parseIntOption('--context'))
     .addOption(backendOption())
@@ -77,6 +79,8 @@ export function generateCommand(): Command {
         }
       }
       const engine = await createEngineForCli(model, flags.backend, defaultContext(model, flags.context), flags.decode);
+      const described = (engine as { describe?: () => string }).describe?.();
+      if (flags.verbose) process.stderr.write(`pdvm: backend ${engine.backend}${described ? `: ${described}` : ''}\n`);
       const seq = engine.createSequence();
       const stream = generate(
         { engine, tokenizer, defaults: generationDefaults(model.generationConfig), eosTokenIds: model.config.eosTokenIds },
@@ -104,6 +108,7 @@ export function generateCommand(): Command {
           token_ids: result.tokenIds,
           text: result.text,
           prompt_tokens: result.promptTokens,
+          time_to_first_token_ms: result.prefillMs,
           tokens_per_second: result.tokensPerSecond,
           finish_reason: result.finishReason,
         }) + '\n');
@@ -112,7 +117,7 @@ export function generateCommand(): Command {
         else process.stdout.write(result.tokenIds.join(',') + '\n');
         process.stderr.write(
           `[${result.promptTokens} prompt tokens, ${result.tokenIds.length} generated (${result.finishReason}); ` +
-            `prefill ${result.prefillMs.toFixed(0)} ms, decode ${result.tokensPerSecond.toFixed(1)} tok/s, ${engine.backend}]\n`,
+            `time to first token ${result.prefillMs.toFixed(0)} ms (${(result.promptTokens / (result.prefillMs / 1000)).toFixed(1)} prompt tok/s), decode ${result.tokensPerSecond.toFixed(1)} tok/s, ${engine.backend}]\n`,
         );
       }
     }));

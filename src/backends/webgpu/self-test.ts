@@ -1,0 +1,122 @@
+/**
+ * Self-tests of the fast paths, run once at device creation (device.ts): each computes a small product
+ * whose answer is known exactly (small integers and quarters, exact in f16 and f32) with the same
+ * WGSL primitives the kernels use, and a path whose answer differs is never used. This is what makes
+ * the Dawn toggles (allow_unsafe_apis, vulkan_enable_f16_on_nvidia) safe to ask for: a toggle that
+ * exposes a broken feature costs speed, not correctness.
+ */
+import { f32ToF16 } from '../../format/dtype.js';
+
+/** Runs one workgroup of a kernel over (input words) and reads `outFloats` f32 back; throws on any error. */
+async function runOnce(device: GPUDevice, code: string, input: Uint32Array, outFloats: number): Promise<Float32Array> {
+  device.pushErrorScope('validation');
+  const module = device.createShaderModule({ label: 'self-test', code });
+  const info = await module.getCompilationInfo();
+  const errors = info.messages.filter((m) => m.type === 'error').map((m) => m.message);
+  const pipeline = device.createComputePipeline({ label: 'self-test', layout: 'auto', compute: { module, entryPoint: 'main' } });
+  const inBuf = device.createBuffer({ size: Math.max(16, input.byteLength), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST });
+  device.queue.writeBuffer(inBuf, 0, input);
+  const outBuf = device.createBuffer({ size: outFloats * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC });
+  const readBuf = device.createBuffer({ size: outFloats * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: inBuf } }, { binding: 1, resource: { buffer: outBuf } }] });
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, bindGroup);
+  pass.dispatchWorkgroups(1);
+  pass.end();
+  enc.copyBufferToBuffer(outBuf, 0, readBuf, 0, outFloats * 4);
+  device.queue.submit([enc.finish()]);
+  const err = await device.popErrorScope();
+  if (errors.length || err) throw new Error(`${errors.join('; ')}${err ? ` ${err.message}` : ''}`.trim());
+  await readBuf.mapAsync(GPUMapMode.READ);
+  const out = new Float32Array(readBuf.getMappedRange().slice(0));
+  readBuf.unmap();
+  for (const b of [inBuf, outBuf, readBuf]) b.destroy();
+  return out;
+}
+
+function compare(got: Float32Array, want: Float32Array): string {
+  for (let i = 0; i < want.length; i++) {
+    if (got[i] !== want[i]) return `failed: element ${i} is ${got[i]}, the known answer ${want[i]}`;
+  }
+  return 'passed';
+}
+
+/** shader-f16: f16 loads (two a word), vec2<f16> fma, conversions. */
+export async function selfTestShaderF16(device: GPUDevice): Promise<string> {
+  const n = 64;
+  const a = Array.from({ length: n }, (_, i) => (i - 32) / 4);
+  const words = new Uint32Array(n / 2);
+  for (let i = 0; i < n / 2; i++) words[i] = (f32ToF16(a[2 * i]!) | (f32ToF16(a[2 * i + 1]!) << 16)) >>> 0;
+  const code = /* wgsl */ `enable f16;
+@group(0) @binding(0) var<storage, read> src: array<u32>;
+@group(0) @binding(1) var<storage, read_write> o: array<f32>;
+@compute @workgroup_size(${n / 2}) fn main(@builtin(local_invocation_index) i: u32) {
+  let v = bitcast<vec2<f16>>(src[i]);
+  let r = fma(v, vec2<f16>(3.0h, -2.0h), vec2<f16>(0.25h));
+  o[4u * i] = f32(r.x); o[4u * i + 1u] = f32(r.y);
+  o[4u * i + 2u] = f32(v.x * v.y); o[4u * i + 3u] = f32(f16(f32(v.x) * 0.5));
+}`;
+  const want = new Float32Array(2 * n);
+  for (let i = 0; i < n / 2; i++) {
+    const x = a[2 * i]!, y = a[2 * i + 1]!;
+    want.set([3 * x + 0.25, -2 * y + 0.25, x * y, x * 0.5], 4 * i);
+  }
+  try {
+    return compare(await runOnce(device, code, words, 2 * n), want);
+  } catch (e) {
+    return `failed: ${(e as Error).message.slice(0, 200)}`;
+  }
+}
+
+/**
+ * Subgroup matrices f16 x f16 -> f32 at 16x16x16, as the prefill kernel uses them (kernels/
+ * matmul-tiled.ts): left (tokens x k) row-major and right (k x rows, stored [row][k]) column-major
+ * from workgroup memory with a padded stride, result stored to workgroup memory, two k steps.
+ */
+export async function selfTestSubgroupMatrix(device: GPUDevice, subgroupSize: number): Promise<string> {
+  const M = 16, N = 16, K = 32, S = 40; // S: the kernels' padded stride (f16 elements)
+  const A = new Float32Array(M * K), W = new Float32Array(N * K);
+  for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) A[m * K + k] = ((m * 7 + k * 3) % 9) - 4;
+  for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) W[n * K + k] = ((n * 5 + k * 11) % 7) - 3 + 0.5;
+  const input = new Float32Array(M * K + N * K);
+  input.set(A);
+  input.set(W, M * K);
+  const code = /* wgsl */ `enable f16;
+enable chromium_experimental_subgroup_matrix;
+@group(0) @binding(0) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> o: array<f32>;
+var<workgroup> xs: array<f16, ${M * S}>;
+var<workgroup> ws: array<f16, ${N * S}>;
+var<workgroup> cs: array<f32, ${M * N}>;
+@compute @workgroup_size(${subgroupSize}) fn main(@builtin(local_invocation_index) lid: u32) {
+  for (var e = lid; e < ${M * K}u; e += ${subgroupSize}u) {
+    xs[(e / ${K}u) * ${S}u + e % ${K}u] = f16(src[e]);
+    ws[(e / ${K}u) * ${S}u + e % ${K}u] = f16(src[${M * K}u + e]);
+  }
+  workgroupBarrier();
+  var acc = subgroup_matrix_result<f32, 16, 16>();
+  for (var k = 0u; k < ${K}u; k += 16u) {
+    let l = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&xs, k, false, ${S}u);
+    let r = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&ws, k, true, ${S}u);
+    acc = subgroupMatrixMultiplyAccumulate(l, r, acc);
+  }
+  subgroupMatrixStore(&cs, 0u, acc, false, 16u);
+  workgroupBarrier();
+  for (var e = lid; e < ${M * N}u; e += ${subgroupSize}u) { o[e] = cs[e]; }
+}`;
+  const want = new Float32Array(M * N);
+  for (let m = 0; m < M; m++) {
+    for (let n = 0; n < N; n++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) s += A[m * K + k]! * W[n * K + k]!;
+      want[m * N + n] = s;
+    }
+  }
+  try {
+    return compare(await runOnce(device, code, new Uint32Array(input.buffer), M * N), want);
+  } catch (e) {
+    return `failed: ${(e as Error).message.slice(0, 200)}`;
+  }
+}
