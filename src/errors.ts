@@ -17,6 +17,12 @@ export class ModelFormatError extends PdvmError {
   }
 }
 
+/**
+ * The model's chat template does not parse or fails to render: the operator's file is at fault, not the
+ * messages (the server answers 500 naming the file). Plain prompts still work.
+ */
+export class ChatTemplateError extends ModelFormatError {}
+
 /** The model's architecture is not one this engine implements. */
 export class UnsupportedArchitectureError extends PdvmError {}
 

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { createEngine } from '../backends/index.js';
 import { InvalidInputError } from '../errors.js';
 import { loadModel as loadModelFiles, type LoadedModel, type LoadProgress } from '../model/load.js';
-import { generationDefaults } from '../runtime/defaults.js';
+import { generationConfigSource, generationDefaults } from '../runtime/defaults.js';
 import type { Engine } from '../runtime/engine.js';
 import type { GenerateOptions as RuntimeGenerateOptions, GenerationContext, GenerationResult } from '../runtime/generate.js';
 import { resolveSampling, type SamplingOptions } from '../runtime/sampling.js';
@@ -80,7 +80,7 @@ export class Model {
     this.context = {
       engine,
       tokenizer: loaded.tokenizer,
-      defaults: generationDefaults(loaded.generationConfig),
+      defaults: generationDefaults(loaded.generationConfig, generationConfigSource(loaded.path)),
       eosTokenIds: loaded.config.eosTokenIds,
     };
     this.chatEndTokenIds = loaded.tokenizer?.chatEndTokenIds(loaded.config.eosTokenIds) ?? loaded.config.eosTokenIds;

@@ -3,7 +3,7 @@
  * listed in model.safetensors.index.json, tokenizer.json + tokenizer_config.json, and the chat template.
  */
 import { readFile, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { ModelFormatError } from '../errors.js';
 import { FileSource } from '../io/node-file.js';
 import { SafetensorsFile, type TensorInfo } from './safetensors.js';
@@ -34,6 +34,11 @@ export async function readJsonFile(path: string): Promise<Record<string, unknown
   }
 }
 
+/** A folder where a file belongs gets a message naming it, not a raw EISDIR later. */
+async function mustBeFile(path: string): Promise<void> {
+  if (!(await stat(path)).isFile()) throw new ModelFormatError(path, 'is a folder, not a file; put the safetensors file itself there');
+}
+
 /** The tensors of one checkpoint, possibly spread over several safetensors shards. */
 export class CheckpointTensors {
   private constructor(private readonly byName: Map<string, SafetensorsFile>, readonly files: SafetensorsFile[]) {}
@@ -45,16 +50,25 @@ export class CheckpointTensors {
     const files: SafetensorsFile[] = [];
     try {
       if (await exists(single)) {
+        await mustBeFile(single);
         const f = await SafetensorsFile.open(await FileSource.open(single));
         files.push(f);
         for (const name of f.tensors.keys()) byName.set(name, f);
       } else if (await exists(index)) {
         const map = (await readJsonFile(index)).weight_map as Record<string, string> | undefined;
-        if (!map || typeof map !== 'object') throw new ModelFormatError(index, 'has no "weight_map" object');
+        if (!map || typeof map !== 'object' || Array.isArray(map)) {
+          throw new ModelFormatError(index, `needs a "weight_map" object of tensor name -> shard file, got ${Array.isArray(map) ? 'an array' : JSON.stringify(map) ?? 'nothing'}; re-download the index`);
+        }
+        for (const [name, shard] of Object.entries(map)) {
+          if (typeof shard !== 'string' || shard.length === 0 || isAbsolute(shard) || shard.split(/[\\/]/).includes('..')) {
+            throw new ModelFormatError(index, `"weight_map" maps ${JSON.stringify(name)} to ${JSON.stringify(shard)}; each value must be a shard file name in the same folder`);
+          }
+        }
         const shards = new Map<string, SafetensorsFile>();
         for (const shard of new Set(Object.values(map))) {
           const path = join(dir, shard);
           if (!(await exists(path))) throw new ModelFormatError(index, `lists shard ${shard}, which is missing from ${dir}`);
+          await mustBeFile(path);
           const f = await SafetensorsFile.open(await FileSource.open(path));
           shards.set(shard, f);
           files.push(f);
@@ -106,13 +120,24 @@ export async function readTokenizerFiles(dir: string): Promise<TokenizerFiles | 
   const tcPath = join(dir, 'tokenizer_config.json');
   const tokenizerConfig = (await exists(tcPath)) ? await readJsonFile(tcPath) : {};
   let chatTemplate: string | null = null;
+  let templateSource = `${tcPath} (chat_template)`;
   const jinja = join(dir, 'chat_template.jinja');
-  if (await exists(jinja)) chatTemplate = await readFile(jinja, 'utf8');
-  else if (typeof tokenizerConfig.chat_template === 'string') chatTemplate = tokenizerConfig.chat_template;
+  if (await exists(jinja)) {
+    try {
+      chatTemplate = await readFile(jinja, 'utf8');
+    } catch (e) {
+      throw new ModelFormatError(jinja, `cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    templateSource = jinja;
+  } else if (typeof tokenizerConfig.chat_template === 'string') chatTemplate = tokenizerConfig.chat_template;
   else if (Array.isArray(tokenizerConfig.chat_template)) {
     // a list of named templates: take "default"
     const named = tokenizerConfig.chat_template as { name: string; template: string }[];
-    chatTemplate = named.find((t) => t.name === 'default')?.template ?? named[0]?.template ?? null;
+    const chosen = named.find((t) => t?.name === 'default') ?? named[0];
+    if (typeof chosen?.template !== 'string') throw new ModelFormatError(tcPath, '"chat_template" is a list but not of {"name", "template"} strings; fix or remove it');
+    chatTemplate = chosen.template;
+  } else if (tokenizerConfig.chat_template !== undefined && tokenizerConfig.chat_template !== null) {
+    throw new ModelFormatError(tcPath, `"chat_template" must be a string or a list of {"name", "template"}, got ${typeof tokenizerConfig.chat_template}; fix or remove it`);
   }
-  return { tokenizerJson, tokenizerConfig, chatTemplate };
+  return { tokenizerJson, tokenizerConfig, chatTemplate, sources: { tokenizer: tj, chatTemplate: templateSource } };
 }

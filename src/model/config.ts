@@ -34,6 +34,8 @@ export interface ModelConfig {
   ropeScaling: RopeScaling;
   maxPositionEmbeddings: number;
   tieWordEmbeddings: boolean;
+  /** config.json says `"tie_word_embeddings": false`: the checkpoint must then carry its own lm_head.weight. */
+  untiedDeclared?: boolean;
   /** Attention looks back at most this many positions (itself included), or null for full attention. */
   slidingWindow: number | null;
   /** q/k/v projections carry biases (Qwen2). */
@@ -54,7 +56,7 @@ export function parseConfig(json: Json, file = 'config.json', generationConfig?:
     throw new ModelFormatError(file, problem);
   };
   const archs = json.architectures;
-  const architecture = Array.isArray(archs) ? String(archs[0]) : undefined;
+  const architecture = Array.isArray(archs) && typeof archs[0] === 'string' ? archs[0] : undefined;
   if (!architecture) fail('has no "architectures" entry; is this a Hugging Face causal-LM config?');
   if (!(SUPPORTED_ARCHITECTURES as readonly string[]).includes(architecture!)) {
     throw new UnsupportedArchitectureError(
@@ -75,12 +77,21 @@ export function parseConfig(json: Json, file = 'config.json', generationConfig?:
   const hiddenSize = int('hidden_size');
   const numHeads = int('num_attention_heads');
   const numKvHeads = int('num_key_value_heads', numHeads);
+  if ((json.head_dim === undefined || json.head_dim === null) && hiddenSize % numHeads !== 0) {
+    fail(`hidden_size ${hiddenSize} is not a multiple of num_attention_heads ${numHeads}, and there is no "head_dim" to say the head size; fix one of the two`);
+  }
   const headDim = int('head_dim', hiddenSize / numHeads);
   if (numHeads % numKvHeads !== 0) fail(`num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKvHeads}`);
 
   // RoPE: rope_parameters (new) wins over rope_theta/rope_scaling (old).
-  const params = (json.rope_parameters ?? null) as Json | null;
-  const oldScaling = (json.rope_scaling ?? null) as Json | null;
+  const objectOrNull = (key: string): Json | null => {
+    const v = json[key];
+    if (v === undefined || v === null) return null;
+    if (typeof v !== 'object' || Array.isArray(v)) fail(`"${key}" must be an object such as {"rope_type": "linear", "factor": 2} or null, got ${JSON.stringify(v)}`);
+    return v as Json;
+  };
+  const params = objectOrNull('rope_parameters');
+  const oldScaling = objectOrNull('rope_scaling');
   const ropeTheta = num(params?.rope_theta ?? json.rope_theta ?? 10000, 'rope_theta');
   const scalingSrc = params ?? oldScaling ?? {};
   const ropeType = String(scalingSrc.rope_type ?? scalingSrc.type ?? 'default');
@@ -98,8 +109,12 @@ export function parseConfig(json: Json, file = 'config.json', generationConfig?:
   } else {
     return fail(`rope scaling type "${ropeType}" is not supported (supported: default, linear, llama3)`);
   }
+  if (ropeTheta <= 0) fail(`"rope_theta" must be positive, got ${ropeTheta}`);
+  if ('factor' in ropeScaling && !(ropeScaling.factor > 0)) fail(`rope scaling "factor" must be positive, got ${ropeScaling.factor}`);
   const partial = num(json.partial_rotary_factor ?? 1, 'partial_rotary_factor');
+  if (!(partial > 0 && partial <= 1)) fail(`"partial_rotary_factor" must be in (0, 1], got ${partial}`);
   const rotaryDim = Math.round(headDim * partial);
+  if (rotaryDim % 2 !== 0 || rotaryDim === 0) fail(`"partial_rotary_factor" ${partial} of head size ${headDim} rotates ${rotaryDim} dimensions; RoPE needs an even, nonzero number`);
 
   let slidingWindow: number | null = null;
   if (architecture === 'MistralForCausalLM' || (architecture === 'Qwen2ForCausalLM' && json.use_sliding_window === true)) {
@@ -126,6 +141,7 @@ export function parseConfig(json: Json, file = 'config.json', generationConfig?:
     ropeScaling,
     maxPositionEmbeddings: int('max_position_embeddings', 2048),
     tieWordEmbeddings: json.tie_word_embeddings === true,
+    untiedDeclared: json.tie_word_embeddings === false,
     slidingWindow,
     attentionBias: architecture === 'Qwen2ForCausalLM' || json.attention_bias === true,
     bosTokenId: Number.isInteger(bos) ? (bos as number) : null,

@@ -10,6 +10,7 @@ import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { architectures } from './architectures/index.js';
 import { loadUpgModel } from '../format/upg/load.js';
 import { parseConfig, type ModelConfig } from './config.js';
+import { checkTensorsAgainstConfig, checkpointLookup } from './check.js';
 import { DenseTensor, type WeightTensor } from './tensor.js';
 import type { ModelWeights } from './weights.js';
 
@@ -72,18 +73,12 @@ export async function loadHfModel(dir: string, options: LoadOptions = {}): Promi
   try {
     const arch = architectures[config.architecture];
     const has = (n: string) => ckpt.has(n);
-    const specs = arch.tensorSpecs(config, has);
-    // validate every tensor before reading any
+    // validate every tensor before reading any: sizes, names and shapes (model/check.ts), then dtypes
+    const specs = checkTensorsAgainstConfig(config, checkpointLookup(ckpt));
     for (const spec of specs) {
-      if (!ckpt.has(spec.name)) {
-        throw new ModelFormatError(ckpt.files.map((f) => f.name).join(', '), `is missing tensor ${spec.name}, which ${config.architecture} needs`);
-      }
       const info = ckpt.info(spec.name);
       if (!['F32', 'F16', 'BF16'].includes(info.dtype)) {
         throw new ModelFormatError(info.file, `tensor ${spec.name} has dtype ${info.dtype}; expected F32, F16 or BF16`);
-      }
-      if (info.shape.length !== spec.shape.length || info.shape.some((d, i) => d !== spec.shape[i])) {
-        throw new ModelFormatError(info.file, `tensor ${spec.name} has shape [${info.shape}] but config.json implies [${spec.shape}]`);
       }
     }
     const totalBytes = specs.reduce((a, s) => a + ckpt.info(s.name).byteLength, 0);

@@ -4,7 +4,8 @@
  */
 import { Tokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
-import { InvalidInputError } from '../errors.js';
+import { ChatTemplateError, InvalidInputError, ModelFormatError } from '../errors.js';
+import { validateTokenizerJson } from './validate.js';
 
 export interface ChatMessage {
   role: 'system' | 'user' | 'assistant' | 'tool' | string;
@@ -16,6 +17,8 @@ export interface TokenizerFiles {
   tokenizerConfig: Record<string, unknown>;
   /** From chat_template.jinja, else tokenizer_config.json's chat_template. */
   chatTemplate: string | null;
+  /** How messages name where each came from (default `tokenizer.json`, `chat template`). */
+  sources?: { tokenizer?: string; chatTemplate?: string };
 }
 
 /** Tokens that chat templates put at the end of an assistant turn, across model families. */
@@ -29,13 +32,28 @@ function tokenContent(v: unknown): string | undefined {
 
 export class TextTokenizer {
   private readonly tokenizer: Tokenizer;
-  private readonly template: Template | null;
+  /** Parsed on the first chat, not at load: a broken template fails chats and leaves plain prompts working. */
+  private template: Template | ChatTemplateError | null | undefined;
   readonly bosToken: string | undefined;
   readonly eosToken: string | undefined;
+  /** Where the tokenizer and the chat template came from, as messages name them. */
+  readonly tokenizerSource: string;
+  readonly chatTemplateSource: string;
 
   constructor(readonly files: TokenizerFiles) {
-    this.tokenizer = new Tokenizer(files.tokenizerJson, files.tokenizerConfig);
-    this.template = files.chatTemplate ? new Template(files.chatTemplate) : null;
+    this.tokenizerSource = files.sources?.tokenizer ?? 'tokenizer.json';
+    this.chatTemplateSource = files.sources?.chatTemplate ?? 'chat template';
+    const json = validateTokenizerJson(files.tokenizerJson, this.tokenizerSource);
+    try {
+      this.tokenizer = new Tokenizer(json, files.tokenizerConfig);
+      // some malformed tables only fail on use: try one round trip now, while the file can be named
+      const ids = this.tokenizer.encode('Hello, world!', { add_special_tokens: true }).ids;
+      if (ids.length > 0) this.tokenizer.decode(ids, { skip_special_tokens: false });
+    } catch (e) {
+      if (e instanceof ModelFormatError) throw e;
+      throw new ModelFormatError(this.tokenizerSource, `cannot be read by the tokenizer (${(e as Error).message}); re-download it or export it again with transformers`);
+    }
+    this.template = files.chatTemplate ? undefined : null;
     this.bosToken = tokenContent(files.tokenizerConfig.bos_token);
     this.eosToken = tokenContent(files.tokenizerConfig.eos_token);
   }
@@ -65,19 +83,63 @@ export class TextTokenizer {
   }
 
   get hasChatTemplate(): boolean {
-    return this.template !== null;
+    return this.files.chatTemplate !== null && this.files.chatTemplate !== '';
+  }
+
+  /** Parses the chat template (once); a template that does not parse gives a ChatTemplateError naming its file. */
+  private chatTemplate(): Template {
+    if (this.template === undefined) {
+      try {
+        // the template's own raise_exception goes through ours, so a refusal of the messages is told apart from a broken template
+        this.template = new Template(this.files.chatTemplate!.replace(/\braise_exception(\s*\()/g, `${RAISE}$1`));
+      } catch (e) {
+        this.template = new ChatTemplateError(this.chatTemplateSource, `does not parse (${oneLine((e as Error).message)}); fix the template or remove it to use plain prompts`);
+      }
+    }
+    if (this.template === null) {
+      throw new InvalidInputError('this model has no chat template (chat_template.jinja or tokenizer_config.json "chat_template"); use a plain prompt');
+    }
+    if (this.template instanceof ChatTemplateError) throw this.template;
+    return this.template;
+  }
+
+  /** Why a chat would fail before any message is seen (the template does not parse), or null. */
+  chatTemplateProblem(): ChatTemplateError | null {
+    if (!this.hasChatTemplate) return null;
+    try {
+      this.chatTemplate();
+      return null;
+    } catch (e) {
+      return e instanceof ChatTemplateError ? e : null;
+    }
   }
 
   /** Renders messages with the model's chat template, ending with the assistant's turn prompt. */
   applyChatTemplate(messages: ChatMessage[], addGenerationPrompt = true): string {
-    if (!this.template) {
-      throw new InvalidInputError('this model has no chat template (chat_template.jinja or tokenizer_config.json "chat_template"); use a plain prompt');
+    const template = this.chatTemplate();
+    let refusal: string | null = null;
+    try {
+      return template.render({
+        messages,
+        add_generation_prompt: addGenerationPrompt,
+        bos_token: this.bosToken ?? '',
+        eos_token: this.eosToken ?? '',
+        // a template's own refusal (roles that do not alternate...) is about the messages, not the template
+        [RAISE]: (message: unknown) => {
+          refusal = String(message);
+          throw new Error(refusal);
+        },
+      });
+    } catch (e) {
+      if (refusal !== null) throw new InvalidInputError(`the chat template refused the messages: ${refusal}`);
+      throw new ChatTemplateError(this.chatTemplateSource, `fails to render (${oneLine((e as Error).message)}); fix the template`);
     }
-    return this.template.render({
-      messages,
-      add_generation_prompt: addGenerationPrompt,
-      bos_token: this.bosToken ?? '',
-      eos_token: this.eosToken ?? '',
-    });
   }
+}
+
+const RAISE = 'pdvm_raise_exception';
+
+function oneLine(s: string): string {
+  const line = s.replace(/\s+/g, ' ').trim();
+  return line.length > 300 ? line.slice(0, 300) + '...' : line;
 }

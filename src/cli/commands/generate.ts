@@ -2,7 +2,7 @@
 import { Command, Option } from 'commander';
 import { InvalidInputError } from '../../errors.js';
 import { generate, type GenerationResult } from '../../runtime/generate.js';
-import { generationDefaults } from '../../runtime/defaults.js';
+import { generationConfigSource, generationDefaults } from '../../runtime/defaults.js';
 import { action, backendOption, createEngineForCli, decodeOption, defaultContext, loadForCli, parseFloatOption, parseIntOption, type DecodeChoice } from '../common.js';
 
 interface GenerateFlags {
@@ -83,7 +83,7 @@ export function generateCommand(): Command {
       if (flags.verbose) process.stderr.write(`pdvm: backend ${engine.backend}${described ? `: ${described}` : ''}\n`);
       const seq = engine.createSequence();
       const stream = generate(
-        { engine, tokenizer, defaults: generationDefaults(model.generationConfig), eosTokenIds: model.config.eosTokenIds },
+        { engine, tokenizer, defaults: generationDefaults(model.generationConfig, generationConfigSource(model.path)), eosTokenIds: model.config.eosTokenIds },
         seq,
         promptIds,
         {

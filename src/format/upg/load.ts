@@ -7,43 +7,27 @@ import { ModelFormatError } from '../../errors.js';
 import { FileSource } from '../../io/node-file.js';
 import { architectures } from '../../model/architectures/index.js';
 import { parseConfig } from '../../model/config.js';
+import { checkTensorsAgainstConfig } from '../../model/check.js';
+import { metadataJson, upgLookup } from './verify.js';
 import type { LoadOptions, LoadedModel, TensorSummary } from '../../model/load.js';
 import type { WeightTensor } from '../../model/tensor.js';
 import { TextTokenizer } from '../../tokenizer/tokenizer.js';
 import { UpgFile } from './reader.js';
 
-function parseJsonText(file: string, key: string, text: string | undefined): Record<string, unknown> | null {
-  if (text === undefined) return null;
-  try {
-    const v = JSON.parse(text);
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not a JSON object');
-    return v;
-  } catch (e) {
-    throw new ModelFormatError(file, `metadata ${key} is not valid JSON (${(e as Error).message}); the file is corrupt`);
-  }
-}
-
 export async function loadUpgModel(path: string, options: LoadOptions = {}): Promise<LoadedModel> {
   const file = await UpgFile.open(await FileSource.open(path));
   try {
     const f = file.files;
-    const generationConfig = parseJsonText(path, 'upg_generation_config', f.upg_generation_config) ?? {};
-    const config = parseConfig(parseJsonText(path, 'upg_config', f.upg_config)!, `${path} (upg_config)`, generationConfig);
-    const tokenizerJson = parseJsonText(path, 'upg_tokenizer', f.upg_tokenizer);
+    const generationConfig = metadataJson(path, 'upg_generation_config', f.upg_generation_config) ?? {};
+    const config = parseConfig(metadataJson(path, 'upg_config', f.upg_config)!, `${path} (upg_config)`, generationConfig);
+    const tokenizerJson = metadataJson(path, 'upg_tokenizer', f.upg_tokenizer);
     const tokenizer = tokenizerJson
-      ? new TextTokenizer({ tokenizerJson, tokenizerConfig: parseJsonText(path, 'upg_tokenizer_config', f.upg_tokenizer_config) ?? {}, chatTemplate: f.upg_chat_template ?? null })
+      ? new TextTokenizer({ tokenizerJson, tokenizerConfig: metadataJson(path, 'upg_tokenizer_config', f.upg_tokenizer_config) ?? {}, chatTemplate: f.upg_chat_template ?? null, sources: { tokenizer: `${path} (upg_tokenizer)`, chatTemplate: `${path} (upg_chat_template)` } })
       : null;
 
     const arch = architectures[config.architecture];
     const has = (n: string) => file.records.has(n);
-    const specs = arch.tensorSpecs(config, has);
-    for (const spec of specs) {
-      const rec = file.records.get(spec.name);
-      if (!rec) throw new ModelFormatError(path, `is missing tensor ${spec.name}, which ${config.architecture} needs; the artifact is incomplete: recompress it`);
-      if (rec.shape.length !== spec.shape.length || rec.shape.some((d, i) => d !== spec.shape[i])) {
-        throw new ModelFormatError(path, `tensor ${spec.name} has shape [${rec.shape}] but its config implies [${spec.shape}]`);
-      }
-    }
+    const specs = checkTensorsAgainstConfig(config, upgLookup(file));
     const totalBytes = specs.reduce((a, s) => a + file.storedBytes(s.name), 0);
     let loadedBytes = 0;
     const matrices = new Map<string, WeightTensor>();

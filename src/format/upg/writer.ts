@@ -9,7 +9,7 @@ import { basename, dirname, join } from 'node:path';
 import { dtypeBytes, type DType } from '../safetensors.js';
 import { crc32, crc32Hex } from './checksum.js';
 import type { UpgBuffer } from './encodings/common.js';
-import { PAD_PREFIX, UPG_ALIGNMENT, UPG_FORMAT, UPG_VERSION, bufferEntryName, type TensorRecord, type UpgModelFiles } from './metadata.js';
+import { HEADER_CRC_KEY, PAD_PREFIX, UPG_ALIGNMENT, UPG_FORMAT, UPG_VERSION, bufferEntryName, sealHeader, type TensorRecord, type UpgModelFiles } from './metadata.js';
 
 interface Entry {
   name: string;
@@ -95,7 +95,8 @@ export class UpgWriter {
 
   private header(): Uint8Array {
     const obj: Record<string, unknown> = {
-      __metadata__: { format: UPG_FORMAT, upg_version: UPG_VERSION, ...this.files, upg_tensors: JSON.stringify(this.records) },
+      // the header checksum first, so it sits at a fixed offset (sealHeader fills it in)
+      __metadata__: { [HEADER_CRC_KEY]: '00000000', format: UPG_FORMAT, upg_version: UPG_VERSION, ...this.files, upg_tensors: JSON.stringify(this.records) },
     };
     for (const e of this.entries) obj[e.name] = { dtype: e.dtype, shape: e.shape, data_offsets: [e.begin, e.end] };
     return new TextEncoder().encode(JSON.stringify(obj));
@@ -110,6 +111,7 @@ export class UpgWriter {
     const head = new Uint8Array(this.headerSpace).fill(0x20); // spaces pad the JSON up to the data region
     new DataView(head.buffer).setBigUint64(0, BigInt(this.headerSpace - 8), true);
     head.set(json, 8);
+    sealHeader(head);
     await this.handle.write(head, 0, head.length, 0);
     await this.handle.sync();
     await this.handle.close();
