@@ -9,12 +9,14 @@
 import { basename, extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createEngine } from '../backends/index.js';
-import { InvalidInputError } from '../errors.js';
+import { AbortError, InvalidInputError } from '../errors.js';
 import { loadModel as loadModelFiles, type LoadedModel, type LoadProgress } from '../model/load.js';
 import { generationConfigSource, generationDefaults } from '../runtime/defaults.js';
 import type { Engine } from '../runtime/engine.js';
 import type { GenerateOptions as RuntimeGenerateOptions, GenerationContext, GenerationResult } from '../runtime/generate.js';
+import { GrammarCompiler, GrammarError, type ResponseFormat, type TokenizerJson } from '../runtime/grammar/compiler.js';
 import { resolveSampling, type SamplingOptions } from '../runtime/sampling.js';
+import type { Constraint } from '../runtime/token-filter.js';
 import type { ChatMessage } from '../tokenizer/tokenizer.js';
 import { ContextLengthError, ModelDisposedError } from './errors.js';
 import { Scheduler } from './scheduler.js';
@@ -52,7 +54,19 @@ export interface GenerateOptions extends SamplingOptions {
   signal?: AbortSignal;
   /** true: return a GenerationStream (async iterable of chunks); false or absent: a promise of the result. */
   stream?: boolean;
+  /**
+   * Structured output: `{ type: 'json_object' }` or `{ type: 'json_schema', schema, strict? }`; every
+   * token is chosen among those the schema allows, so output that ends with finishReason 'stop'
+   * parses and validates. `strict: true` refuses schema keywords the engine cannot enforce.
+   */
+  responseFormat?: ResponseFormat;
+  /** A grammar in GBNF (xgrammar's EBNF; start rule `root`) that the output must match. */
+  grammar?: string;
+  /** A constraint compiled beforehand by `model.compileConstraint` (reused across generations). */
+  constraint?: Constraint | null;
 }
+
+export type { Constraint, ResponseFormat };
 
 /** A plain-text prompt, or token ids as they are (for models without a tokenizer). */
 export type Prompt = string | number[];
@@ -73,6 +87,7 @@ export class Model {
   /** Token ids that end a chat answer: the EOS ids and the chat template's end-of-turn token. */
   readonly chatEndTokenIds: number[];
   private disposed = false;
+  private grammars: GrammarCompiler | null = null;
 
   constructor(readonly loaded: LoadedModel, readonly engine: Engine, options: { maxConcurrency?: number; maxQueued?: number; backendNotice?: string } = {}) {
     this.id = basename(loaded.path, extname(loaded.path));
@@ -156,6 +171,21 @@ export class Model {
     return this.run(() => this.chatPromptIds(messages), this.chatEndTokenIds, options);
   }
 
+  /**
+   * Compiles a response format or grammar into a Constraint (cached by its text) that
+   * `generate`/`chat` take as `constraint`; null for plain text. Rejects with GrammarError (an
+   * InvalidInputError) naming the problem: a schema or grammar xgrammar cannot compile, or with
+   * `strict`, a keyword it cannot enforce.
+   */
+  async compileConstraint(spec: { responseFormat?: ResponseFormat; grammar?: string }): Promise<Constraint | null> {
+    if (spec.responseFormat !== undefined && spec.grammar !== undefined) throw new GrammarError('give responseFormat or grammar, not both');
+    if (spec.responseFormat === undefined && spec.grammar === undefined) return null;
+    const tokenizer = this.loaded.tokenizer;
+    if (!tokenizer) throw new GrammarError(`${this.loaded.path} has no tokenizer.json, and a grammar is matched against token text`);
+    this.grammars ??= new GrammarCompiler(tokenizer.files.tokenizerJson as TokenizerJson, this.loaded.config.vocabSize);
+    return spec.grammar !== undefined ? this.grammars.grammar(spec.grammar) : this.grammars.responseFormat(spec.responseFormat!, 'responseFormat');
+  }
+
   /** Cancels every generation (they reject with ModelDisposedError) and frees the engine's memory. */
   async dispose(): Promise<void> {
     if (this.disposed) return;
@@ -186,7 +216,9 @@ export class Model {
 
   private submit(promptIds: number[], eosTokenIds: number[], options: GenerateOptions): GenerationStream {
     if (this.disposed) throw new ModelDisposedError();
-    const { stream = false, stop, signal: callerSignal, ...rest } = options;
+    const { stream = false, stop, signal: callerSignal, responseFormat, grammar, ...rest } = options;
+    const compiles = (responseFormat !== undefined && responseFormat?.type !== 'text') || grammar !== undefined;
+    if (compiles && rest.constraint) throw new InvalidInputError('give constraint, or responseFormat / grammar, not both');
     const runtimeOptions: RuntimeGenerateOptions = {
       ...rest,
       stop: stop === undefined ? [] : typeof stop === 'string' ? [stop] : stop,
@@ -212,7 +244,22 @@ export class Model {
     }
     runtimeOptions.signal = controller.signal;
     const out = new GenerationStream(() => controller.abort(), stream);
-    this.scheduler.submit({ promptIds, options: runtimeOptions, sink: out });
+    if (!compiles) this.scheduler.submit({ promptIds, options: runtimeOptions, sink: out });
+    else {
+      // the grammar compiles first (cached by its text); its errors reach the caller through the stream or promise
+      this.compileConstraint({ responseFormat, grammar }).then(
+        (constraint) => {
+          if (controller.signal.aborted) return out.fail(new AbortError());
+          if (this.disposed) return out.fail(new ModelDisposedError());
+          try {
+            this.scheduler.submit({ promptIds, options: { ...runtimeOptions, constraint }, sink: out });
+          } catch (e) {
+            out.fail(e);
+          }
+        },
+        (e: unknown) => out.fail(e),
+      );
+    }
     // drop the listener on the caller's signal when the generation ends, whichever way
     out.result.then(() => controller.abort(), () => controller.abort());
     return out;

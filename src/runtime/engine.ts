@@ -1,5 +1,6 @@
 /** What every backend provides to the runtime (generation, perplexity, server). */
 import type { ModelConfig } from '../model/config.js';
+import type { TokenFilter } from './token-filter.js';
 
 /** One sequence's state on a backend: its KV cache and how many positions it holds. */
 export interface Sequence {
@@ -31,6 +32,13 @@ export interface DeviceDecodeOptions {
   random: () => number;
   /** Called with each token in order; return true to stop after it (EOS, stop string, abort). */
   onToken: (id: number) => boolean;
+  /**
+   * A grammar's token filter: each token is chosen among those its bitmask allows, and the engine
+   * calls `filter.accept(id)` before onToken(id). The next mask needs the token before it, so the
+   * device cannot run ahead: it steps with a lag of 1, except through tokens the filter forces,
+   * which it feeds without choosing.
+   */
+  filter?: TokenFilter | null;
 }
 
 export interface Engine {

@@ -14,6 +14,7 @@ import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { Detokenizer } from './detokenizer.js';
 import type { DeviceSampling, Engine, Sequence } from './engine.js';
 import { Random, resolveSampling, Sampler, type ResolvedSampling, type SamplingOptions } from './sampling.js';
+import type { Constraint, TokenFilter } from './token-filter.js';
 
 export interface GenerateOptions extends SamplingOptions {
   /** New tokens at most (default 256). */
@@ -25,6 +26,12 @@ export interface GenerateOptions extends SamplingOptions {
   /** Keep going past EOS (benchmarks, tests). */
   ignoreEos?: boolean;
   signal?: AbortSignal;
+  /**
+   * A compiled grammar (grammar/compiler.ts): every token is chosen among those it allows; the
+   * generation ends ('stop') when it is complete and a stop token (eosTokenIds) is chosen. Stop
+   * strings and ignoreEos do not apply to a constrained generation.
+   */
+  constraint?: Constraint | null;
 }
 
 export type FinishReason = 'stop' | 'length';
@@ -100,7 +107,9 @@ export async function* generate(
   }
   const stops = (options.stop ?? []).filter((s) => s.length > 0);
   if (stops.length && !tokenizer) throw new InvalidInputError('stop strings need a tokenizer; this model has none');
-  const eos = new Set(options.ignoreEos ? [] : (options.eosTokenIds ?? ctx.eosTokenIds));
+  const constraint = options.constraint ?? null;
+  const eos = new Set(options.ignoreEos && !constraint ? [] : (options.eosTokenIds ?? ctx.eosTokenIds));
+  if (constraint) stops.length = 0;
   const sampler = new Sampler(sampling, engine.config.vocabSize, promptIds);
   const detok = tokenizer ? new Detokenizer(tokenizer) : null;
   const signal = options.signal;
@@ -117,8 +126,9 @@ export async function* generate(
   const maxStop = Math.max(0, ...stops.map((s) => s.length));
 
   /** Takes a chosen token: the chunk it makes final (null at EOS) and whether generation ends with it. */
+  let filter: TokenFilter | null = null;
   const take = (id: number): { chunk: GenerationChunk | null; end: boolean } => {
-    if (eos.has(id)) {
+    if (eos.has(id) || filter?.done) {
       finishReason = 'stop';
       return { chunk: null, end: true };
     }
@@ -149,7 +159,9 @@ export async function* generate(
   };
 
   seq.reset();
-  const onDevice = engine.decodeOnDevice ? deviceSampling(sampling, engine.config.vocabSize) : null;
+  if (constraint && maxTokens > 0) filter = await constraint.newFilter([...eos]);
+  try {
+  const onDevice = engine.decodeOnDevice && !filter ? deviceSampling(sampling, engine.config.vocabSize) : null;
   if (maxTokens > 0 && onDevice) {
     // the device chooses the tokens and runs ahead of us; this loop hands them on as they arrive
     if (signal?.aborted) throw new AbortError();
@@ -161,6 +173,7 @@ export async function* generate(
       maxTokens: limit,
       sampling: onDevice,
       random: () => random.next(),
+      filter,
       onToken: (id) => {
         if (first) tFirst = performance.now();
         first = false;
@@ -198,16 +211,29 @@ export async function* generate(
     }
   } else if (maxTokens > 0) {
     if (signal?.aborted) throw new AbortError();
-    let logits = await engine.forward(seq, promptIds);
-    tFirst = performance.now();
-    while (true) {
-      if (signal?.aborted) throw new AbortError();
-      const id = sampler.sample(logits);
-      const { chunk, end } = take(id);
-      if (chunk) yield chunk;
-      if (end) break;
-      logits = await engine.forward(seq, [id]);
+    // jump-forward: tokens the grammar forces need no logits, so a run of them joins the next forward
+    let input: number[] = promptIds;
+    let first = true;
+    decoding: while (true) {
+      const logits = await engine.forward(seq, input);
+      if (first) tFirst = performance.now();
+      first = false;
+      input = [];
+      let id = sampler.sample(logits, filter?.bitmask);
+      while (true) {
+        if (signal?.aborted) throw new AbortError();
+        if (filter) await filter.accept(id);
+        const { chunk, end } = take(id);
+        if (chunk) yield chunk;
+        if (end) break decoding;
+        input.push(id);
+        if (filter?.forced == null) break;
+        id = filter.forced;
+      }
     }
+  }
+  } finally {
+    filter?.dispose();
   }
   if (detok && finishReason !== 'stop') text += detok.flush();
   if (text.length > emitted) yield { text: text.slice(emitted), tokenIds: [] };
