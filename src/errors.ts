@@ -29,9 +29,9 @@ export class UnsupportedArchitectureError extends PdvmError {}
 /** A prompt, option or request is invalid (too long for the context, bad sampling value...). */
 export class InvalidInputError extends PdvmError {}
 
-/** Generation was cancelled through an AbortSignal. */
+/** Generation (or a load) was cancelled through an AbortSignal. */
 export class AbortError extends PdvmError {
-  constructor() {
-    super('generation was aborted');
+  constructor(message = 'generation was aborted') {
+    super(message);
   }
 }

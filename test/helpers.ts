@@ -2,7 +2,7 @@
 import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { SafetensorsFile } from '../src/format/safetensors.js';
-import { FileSource } from '../src/io/node-file.js';
+import { FileSource } from '../src/io/node-files.js';
 import { generate, type GenerateOptions, type GenerationContext, type GenerationResult } from '../src/runtime/generate.js';
 
 /** Project root (tests run from dist/test/...). */

@@ -6,11 +6,10 @@
  *   for await (const chunk of model.generate('The jury said', { maxTokens: 20, stream: true })) ...
  *   const { text } = await model.chat([{ role: 'user', content: 'Hello' }], { temperature: 0 });
  */
-import { basename, extname } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { createEngine } from '../backends/index.js';
 import { AbortError, InvalidInputError } from '../errors.js';
-import { loadModel as loadModelFiles, type LoadedModel, type LoadProgress } from '../model/load.js';
+import { loadModel as loadModelFiles, type LoadedModel, type LoadProgress, type ModelSource } from '../model/load.js';
+import type { FetchFunction } from '../io/http.js';
 import { generationConfigSource, generationDefaults } from '../runtime/defaults.js';
 import type { Engine } from '../runtime/engine.js';
 import type { GenerateOptions as RuntimeGenerateOptions, GenerationContext, GenerationResult } from '../runtime/generate.js';
@@ -38,7 +37,19 @@ export interface LoadModelOptions {
   maxConcurrency?: number;
   /** Generations allowed to wait for a slot; past that, generate() throws QueueFullError (default 64). */
   maxQueued?: number;
+  /** Called as the model loads: bytes downloaded ('download') and tensors read ('tensors'), each of a total. */
   onProgress?: (progress: LoadProgress) => void;
+  /** Cancels the load: loadModel rejects with AbortError. */
+  signal?: AbortSignal;
+  /** URLs: headers sent with every request (e.g. { Authorization: 'Bearer hf_...' } for a gated repository). */
+  headers?: Record<string, string>;
+  /** URLs: used instead of the global fetch. */
+  fetch?: FetchFunction;
+  /**
+   * URLs in a browser: keep the downloaded files in the origin's private storage (OPFS) and load them
+   * from there next time, revalidated by ETag (default true; see listCachedModels, deleteCachedModel).
+   */
+  cache?: boolean;
 }
 
 export interface GenerateOptions extends SamplingOptions {
@@ -90,7 +101,7 @@ export class Model {
   private grammars: GrammarCompiler | null = null;
 
   constructor(readonly loaded: LoadedModel, readonly engine: Engine, options: { maxConcurrency?: number; maxQueued?: number; backendNotice?: string } = {}) {
-    this.id = basename(loaded.path, extname(loaded.path));
+    this.id = modelId(loaded.path);
     this.backendNotice = options.backendNotice;
     this.context = {
       engine,
@@ -266,22 +277,23 @@ export class Model {
   }
 }
 
+/** A path's or URL's last part without its extension: "models/brown-llama-12m.upg" -> "brown-llama-12m". */
+function modelId(where: string): string {
+  const last = where.replace(/[?#].*$/, '').replace(/[\\/]+$/, '').split(/[\\/]/).pop() ?? where;
+  return last.replace(/\.[^.]*$/, '') || last || 'model';
+}
+
 /**
- * Loads a Hugging Face model folder or a UPG artifact (a path or a file: URL) and prepares it to
- * generate on the chosen backend.
+ * Loads a UPG artifact or a Hugging Face folder and prepares it to generate on the chosen backend.
+ * `source`: a local path or file: URL (Node), an http(s) URL (a folder's ends with "/"), an
+ * ArrayBuffer or Uint8Array, a Blob or File, a ByteSource, or a folder's files by name
+ * ({ 'config.json': ..., 'model.safetensors': ..., 'tokenizer.json': ... }).
  */
-export async function loadModel(pathOrUrl: string | URL, options: LoadModelOptions = {}): Promise<Model> {
-  const path = toPath(pathOrUrl);
-  const loaded = await loadModelFiles(path, { onProgress: options.onProgress });
+export async function loadModel(source: ModelSource, options: LoadModelOptions = {}): Promise<Model> {
+  const { onProgress, signal, headers, fetch, cache } = options;
+  const loaded = await loadModelFiles(source, { onProgress, signal, headers, fetch, cache });
   const contextLength = options.contextLength ?? Math.min(loaded.config.maxPositionEmbeddings, 4096);
   if (!Number.isInteger(contextLength) || contextLength < 2) throw new InvalidInputError(`context length must be a whole number >= 2, got ${contextLength}`);
   const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength, decode: options.decode });
   return new Model(loaded, engine, { maxConcurrency: options.maxConcurrency, maxQueued: options.maxQueued, backendNotice: notice });
-}
-
-function toPath(pathOrUrl: string | URL): string {
-  const url = pathOrUrl instanceof URL ? pathOrUrl : /^[a-z][a-z0-9+.-]+:\/\//i.test(pathOrUrl) ? new URL(pathOrUrl) : null;
-  if (!url) return pathOrUrl as string;
-  if (url.protocol === 'file:') return fileURLToPath(url);
-  throw new InvalidInputError(`${url.href}: only local paths and file: URLs can be loaded in Node; download the model first`);
 }

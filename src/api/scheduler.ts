@@ -10,7 +10,6 @@
  * Each step is exactly one `next()` of the runtime's `generate()`: the first is the prefill, each later
  * one decodes a single token, so tokens of different requests can never mix.
  */
-import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { AbortError } from '../errors.js';
 import type { Engine, Sequence } from '../runtime/engine.js';
 import { generate, type GenerateOptions, type GenerationChunk, type GenerationContext, type GenerationResult } from '../runtime/generate.js';
@@ -164,4 +163,21 @@ export class Scheduler {
     entry.job.options.signal?.removeEventListener('abort', entry.onAbort);
     if (!this.closed) this.admit();
   }
+}
+
+/**
+ * Lets I/O and other callbacks run between steps: setImmediate in Node, a MessageChannel message in a
+ * browser (setTimeout would wait at least 4 ms once nested).
+ */
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => {
+    const g = globalThis as { setImmediate?: (f: () => void) => void };
+    if (g.setImmediate) return g.setImmediate(resolve);
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => {
+      channel.port1.close();
+      resolve();
+    };
+    channel.port2.postMessage(null);
+  });
 }

@@ -9,6 +9,9 @@ import { compressCommand, verifyCommand } from './commands/compress.js';
 import { serveCommand } from './commands/serve.js';
 import { benchCommand } from './commands/bench.js';
 import { reportAndExit } from './common.js';
+// Node's platform for the core: local files, and Dawn for --backend webgpu
+import '../io/node-files.js';
+import '../backends/webgpu/node-gpu.js';
 
 // a bundle (esbuild, the device kit) has no package.json three folders up: fall back to "unknown"
 const pkg = ((): { version: string } => {

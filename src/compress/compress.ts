@@ -7,10 +7,10 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InvalidInputError, PdvmError } from '../errors.js';
-import { CheckpointTensors, exists, readJsonFile, readTokenizerFiles } from '../format/hf.js';
+import { CheckpointTensors, readTokenizerFiles } from '../format/hf.js';
 import { BitmapTensor, CsrTensor, DenseUpgTensor, NmTensor, Q4Tensor, Q8Tensor, concatRowBlocks, type EncodedTensor } from '../format/upg/encodings/index.js';
 import { toF32 } from '../format/safetensors.js';
-import { FileSource } from '../io/node-file.js';
+import { exists, FileSource, readJsonFile } from '../io/node-files.js';
 import type { DenseDtype } from '../format/upg/encodings/dense.js';
 import { denseBytes } from '../format/upg/encodings/dense.js';
 import type { UpgModelFiles } from '../format/upg/metadata.js';

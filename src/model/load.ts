@@ -1,75 +1,75 @@
 /**
- * Loads a model from a Hugging Face folder (or, through format/upg, a UPG artifact) into the canonical
- * weights plus everything generation needs: config, tokenizer, chat template, generation defaults.
+ * The loading layer: a model source (path, URL, bytes, Blob, ByteSource, or a folder of them) opened
+ * as byte sources (io/open.ts), then read by its format: a UPG artifact (format/upg/load.ts) or a
+ * Hugging Face folder (here, through format/hf.ts), into the canonical weights plus config, tokenizer,
+ * chat template and generation defaults.
  */
-import { join } from 'node:path';
-import { stat } from 'node:fs/promises';
-import { ModelFormatError, PdvmError } from '../errors.js';
-import { CheckpointTensors, exists, readJsonFile, readTokenizerFiles } from '../format/hf.js';
+import { AbortError, ModelFormatError } from '../errors.js';
+import { CheckpointTensors, readTokenizerFiles } from '../format/hf.js';
+import { loadUpgModel } from '../format/upg/load.js';
+import { readOptionalJson, type FileSet } from '../io/files.js';
+import { openModelSource, type ModelSource, type OpenOptions } from '../io/open.js';
+import type { ByteSource } from '../io/source.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { architectures } from './architectures/index.js';
-import { loadUpgModel } from '../format/upg/load.js';
-import { parseConfig, type ModelConfig } from './config.js';
+import { parseConfig } from './config.js';
 import { checkTensorsAgainstConfig, checkpointLookup } from './check.js';
+import type { LoadOptions, LoadedModel, TensorSummary } from './loaded.js';
 import { DenseTensor, type WeightTensor } from './tensor.js';
-import type { ModelWeights } from './weights.js';
 
-export interface TensorSummary {
-  name: string;
-  encoding: string;
-  dtype: string;
-  shape: number[];
-  bytes: number;
-  /** UPG artifacts: fraction of zero weights and relative reconstruction error, as the compressor measured them. */
-  sparsity?: number;
-  relError?: number;
+export type { LoadOptions, LoadedModel, LoadProgress, TensorSummary } from './loaded.js';
+export type { ModelSource } from '../io/open.js';
+
+export interface ModelLoadOptions extends LoadOptions, Omit<OpenOptions, 'onDownload' | 'signal'> {}
+
+export async function loadModel(source: ModelSource, options: ModelLoadOptions = {}): Promise<LoadedModel> {
+  const opened = await openModelSource(source, {
+    ...options,
+    onDownload: options.onProgress && ((loadedBytes, totalBytes, url) => options.onProgress!({ phase: 'download', loadedBytes, totalBytes, tensor: url })),
+  });
+  if (opened.kind === 'folder') return loadHfModel(opened.files, options);
+  return loadModelFile(opened.source, options);
 }
 
-export interface LoadedModel {
-  /** Where it came from (folder or file). */
-  path: string;
-  config: ModelConfig;
-  weights: ModelWeights;
-  tokenizer: TextTokenizer | null;
-  /** Defaults from generation_config.json (temperature, top_p, ...), as written there. */
-  generationConfig: Record<string, unknown>;
-  tensors: TensorSummary[];
-}
-
-export interface LoadProgress {
-  loadedBytes: number;
-  totalBytes: number;
-  tensor: string;
-}
-
-export interface LoadOptions {
-  onProgress?: (p: LoadProgress) => void;
-}
-
-export async function loadModel(path: string, options: LoadOptions = {}): Promise<LoadedModel> {
-  let isDir: boolean;
+/** A single file: a UPG artifact, recognised by its safetensors header. */
+async function loadModelFile(source: ByteSource, options: LoadOptions): Promise<LoadedModel> {
   try {
-    isDir = (await stat(path)).isDirectory();
-  } catch {
-    throw new PdvmError(`${path}: no such model folder or file`);
+    await checkSafetensorsSignature(source);
+  } catch (e) {
+    await source.close();
+    throw e;
   }
-  if (!isDir) {
-    if (path.endsWith('.upg')) return loadUpgModel(path, options);
-    throw new ModelFormatError(path, 'is a file; expected a Hugging Face model folder or a .upg artifact');
-  }
-  return loadHfModel(path, options);
+  return loadUpgModel(source, options);
 }
 
-export async function loadHfModel(dir: string, options: LoadOptions = {}): Promise<LoadedModel> {
-  const configPath = join(dir, 'config.json');
-  if (!(await exists(configPath))) throw new ModelFormatError(dir, 'has no config.json; is this a Hugging Face model folder?');
-  const genPath = join(dir, 'generation_config.json');
-  const generationConfig = (await exists(genPath)) ? await readJsonFile(genPath) : {};
-  const config = parseConfig(await readJsonFile(configPath), configPath, generationConfig);
-  const tokFiles = await readTokenizerFiles(dir);
+/** A safetensors file starts with a little-endian u64 header length, then the header's "{". */
+async function checkSafetensorsSignature(source: ByteSource): Promise<void> {
+  const head = await source.read(0, Math.min(source.size, 9));
+  const headerLength = head.length >= 8 ? Number(new DataView(head.buffer, head.byteOffset, 8).getBigUint64(0, true)) : -1;
+  if (head.length === 9 && head[8] === 0x7b && headerLength > 0 && headerLength <= source.size - 8) return;
+  const shown = [...head.subarray(0, 8)].map((b) => (b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : '.')).join('');
+  throw new ModelFormatError(
+    source.name,
+    `is neither a UPG artifact nor a safetensors file (${source.size} bytes, starting "${shown}"); give a .upg made by pdvm compress, or a Hugging Face folder (a path, a URL ending in "/", or its files by name)`,
+  );
+}
+
+export async function loadHfModel(folder: FileSet | string, options: LoadOptions = {}): Promise<LoadedModel> {
+  if (typeof folder === 'string') {
+    const opened = await openModelSource(folder);
+    if (opened.kind !== 'folder') throw new ModelFormatError(folder, 'is a file; expected a Hugging Face model folder');
+    folder = opened.files;
+  }
+  const files = folder;
+  const configPath = files.locate('config.json');
+  const configJson = await readOptionalJson(files, 'config.json');
+  if (!configJson) throw new ModelFormatError(files.name, 'has no config.json; is this a Hugging Face model folder?');
+  const generationConfig = (await readOptionalJson(files, 'generation_config.json')) ?? {};
+  const config = parseConfig(configJson, configPath, generationConfig);
+  const tokFiles = await readTokenizerFiles(files);
   const tokenizer = tokFiles ? new TextTokenizer(tokFiles) : null;
 
-  const ckpt = await CheckpointTensors.open(dir);
+  const ckpt = await CheckpointTensors.open(files);
   try {
     const arch = architectures[config.architecture];
     const has = (n: string) => ckpt.has(n);
@@ -87,16 +87,17 @@ export async function loadHfModel(dir: string, options: LoadOptions = {}): Promi
     const vectors = new Map<string, Float32Array>();
     const tensors: TensorSummary[] = [];
     for (const spec of specs) {
+      if (options.signal?.aborted) throw new AbortError(`loading ${files.name} was aborted`);
       const info = ckpt.info(spec.name);
       const data = await ckpt.readF32(spec.name);
       if (spec.kind === 'matrix') matrices.set(spec.name, new DenseTensor(spec.shape[0]!, spec.shape[1]!, data, info.dtype as 'F32'));
       else vectors.set(spec.name, data);
       tensors.push({ name: spec.name, encoding: 'dense', dtype: info.dtype, shape: info.shape, bytes: info.byteLength });
       loadedBytes += info.byteLength;
-      options.onProgress?.({ loadedBytes, totalBytes, tensor: spec.name });
+      options.onProgress?.({ phase: 'tensors', loadedBytes, totalBytes, tensor: spec.name });
     }
     const weights = arch.assemble(config, (n) => matrices.get(n)!, (n) => vectors.get(n)!, has);
-    return { path: dir, config, weights, tokenizer, generationConfig, tensors };
+    return { path: files.name, config, weights, tokenizer, generationConfig, tensors };
   } finally {
     await ckpt.close();
   }

@@ -1,9 +1,11 @@
 /**
- * The Node-only way to a `GPU` object: Dawn through the `webgpu` npm package. Loaded dynamically by
- * device.ts only when running in Node, so browser bundles never see it.
+ * Node only: the `GPU` object from Dawn, through the optional `webgpu` npm package. Importing this
+ * module registers it with device.ts; the Node entry (src/index.ts) and the CLI do.
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { registerGpuProvider } from './device.js';
+import { WebGpuUnavailableError } from './errors.js';
 
 const LAVAPIPE_ICD = '/usr/share/vulkan/icd.d/lvp_icd.json';
 
@@ -41,10 +43,22 @@ export async function nodeGpuEntryPoint(toggles = false): Promise<GPU> {
   const known = nodeGpus.get(key);
   if (known) return known;
   configureVulkanEnvironment();
-  const { create, globals } = await import('webgpu');
+  let dawn: typeof import('webgpu');
+  try {
+    dawn = await import('webgpu');
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') {
+      throw new WebGpuUnavailableError('the webgpu backend in Node needs the optional "webgpu" package (Dawn), which is not installed: run `npm install webgpu`, or use the CPU backend');
+    }
+    throw new WebGpuUnavailableError(`the "webgpu" package (Dawn) failed to load (${(e as Error).message}); reinstall it with \`npm install webgpu\`, or use the CPU backend`);
+  }
+  const { create, globals } = dawn;
   // GPUBufferUsage, GPUMapMode, GPUShaderStage... as in a browser
   Object.assign(globalThis, globals);
   const gpu = create(toggles ? [`enable-dawn-features=${DAWN_TOGGLES.join(',')}`] : []);
   nodeGpus.set(key, gpu);
   return gpu;
 }
+
+registerGpuProvider(async (toggles) => ({ gpu: await nodeGpuEntryPoint(toggles), toggles: toggles ? DAWN_TOGGLES : [] }));

@@ -8,7 +8,7 @@ import { InvalidInputError } from '../../errors.js';
 import { compressModel } from '../../compress/compress.js';
 import type { Method, Pattern } from '../../compress/plan.js';
 import { formatReport } from '../../compress/report.js';
-import { FileSource } from '../../io/node-file.js';
+import { FileSource } from '../../io/node-files.js';
 import { UpgFile } from '../../format/upg/reader.js';
 import { action, parseFloatOption, parseIntOption } from '../common.js';
 import { progressBar } from '../progress.js';

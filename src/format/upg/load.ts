@@ -1,21 +1,23 @@
 /**
- * Loads a UPG artifact into the engine's canonical weights: matrices stay in their encodings (the CPU
- * engine multiplies from them directly), vectors become float32, and config, tokenizer and chat
- * template come from the artifact's metadata.
+ * Loads a UPG artifact from any byte source into the engine's canonical weights: matrices stay in
+ * their encodings (the CPU engine multiplies from them directly), vectors become float32, and config,
+ * tokenizer and chat template come from the artifact's metadata.
  */
-import { ModelFormatError } from '../../errors.js';
-import { FileSource } from '../../io/node-file.js';
+import { AbortError } from '../../errors.js';
+import type { ByteSource } from '../../io/source.js';
 import { architectures } from '../../model/architectures/index.js';
 import { parseConfig } from '../../model/config.js';
 import { checkTensorsAgainstConfig } from '../../model/check.js';
 import { metadataJson, upgLookup } from './verify.js';
-import type { LoadOptions, LoadedModel, TensorSummary } from '../../model/load.js';
+import type { LoadOptions, LoadedModel, TensorSummary } from '../../model/loaded.js';
 import type { WeightTensor } from '../../model/tensor.js';
 import { TextTokenizer } from '../../tokenizer/tokenizer.js';
 import { UpgFile } from './reader.js';
 
-export async function loadUpgModel(path: string, options: LoadOptions = {}): Promise<LoadedModel> {
-  const file = await UpgFile.open(await FileSource.open(path));
+/** Reads the artifact in `source` (closed when done, or on failure). */
+export async function loadUpgModel(source: ByteSource, options: LoadOptions = {}): Promise<LoadedModel> {
+  const file = await UpgFile.open(source);
+  const path = source.name;
   try {
     const f = file.files;
     const generationConfig = metadataJson(path, 'upg_generation_config', f.upg_generation_config) ?? {};
@@ -34,6 +36,7 @@ export async function loadUpgModel(path: string, options: LoadOptions = {}): Pro
     const vectors = new Map<string, Float32Array>();
     const tensors: TensorSummary[] = [];
     for (const spec of specs) {
+      if (options.signal?.aborted) throw new AbortError(`loading ${path} was aborted`);
       const rec = file.record(spec.name);
       if (spec.kind === 'matrix') matrices.set(spec.name, await file.readMatrix(spec.name));
       else vectors.set(spec.name, await file.readVector(spec.name));
@@ -49,7 +52,7 @@ export async function loadUpgModel(path: string, options: LoadOptions = {}): Pro
         relError: rec.stats?.rel_error,
       });
       loadedBytes += bytes;
-      options.onProgress?.({ loadedBytes, totalBytes, tensor: spec.name });
+      options.onProgress?.({ phase: 'tensors', loadedBytes, totalBytes, tensor: spec.name });
     }
     const weights = arch.assemble(config, (n) => matrices.get(n)!, (n) => vectors.get(n)!, has);
     return { path, config, weights, tokenizer, generationConfig, tensors };

@@ -1,0 +1,42 @@
+/** What a loader gives: the canonical weights plus everything generation needs. Types only. */
+import type { TextTokenizer } from '../tokenizer/tokenizer.js';
+import type { ModelConfig } from './config.js';
+import type { ModelWeights } from './weights.js';
+
+export interface TensorSummary {
+  name: string;
+  encoding: string;
+  dtype: string;
+  shape: number[];
+  bytes: number;
+  /** UPG artifacts: fraction of zero weights and relative reconstruction error, as the compressor measured them. */
+  sparsity?: number;
+  relError?: number;
+}
+
+export interface LoadedModel {
+  /** Where it came from: a path, a URL, a file name. */
+  path: string;
+  config: ModelConfig;
+  weights: ModelWeights;
+  tokenizer: TextTokenizer | null;
+  /** Defaults from generation_config.json (temperature, top_p, ...), as written there. */
+  generationConfig: Record<string, unknown>;
+  tensors: TensorSummary[];
+}
+
+export interface LoadProgress {
+  /** 'download': bytes of a file arriving (whole downloads, browser caching); 'tensors': tensors read. */
+  phase: 'download' | 'tensors';
+  loadedBytes: number;
+  /** 0 when the server did not say how big the file is. */
+  totalBytes: number;
+  /** The tensor just read ('tensors'), or the URL downloading ('download'). */
+  tensor: string;
+}
+
+export interface LoadOptions {
+  onProgress?: (p: LoadProgress) => void;
+  /** Cancels the load: it rejects with AbortError. */
+  signal?: AbortSignal;
+}
