@@ -13,6 +13,7 @@ export type { ModelSource, FileInput } from './io/open.js';
 export type { FetchFunction } from './io/http.js';
 export { MemorySource, BlobSource, type ByteSource } from './io/source.js';
 export { HttpSource } from './io/http.js';
+export { listCachedModels, deleteCachedModel, type CachedModel } from './io/browser-cache.js';
 export { ContextLengthError, ModelDisposedError, QueueFullError } from './api/errors.js';
 export { AbortError, InvalidInputError, ModelFormatError, PdvmError, UnsupportedArchitectureError } from './errors.js';
 export { DownloadError, HttpStatusError, IncompleteDownloadError, NetworkError, StorageQuotaError } from './io/errors.js';

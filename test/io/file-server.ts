@@ -11,7 +11,7 @@ export interface FileServerOptions {
   cutAfter?: number;
   /** Requests must carry this Authorization header, else 401. */
   authorization?: string;
-  /** Send an ETag with every file (its value). */
+  /** Send an ETag with every file (its value), and 304 to a request whose If-None-Match matches it. */
   etag?: string;
 }
 
@@ -43,6 +43,11 @@ export async function serveFiles(files: Map<string, Uint8Array>, options: FileSe
     if (!file) {
       record(404);
       res.writeHead(404).end();
+      return;
+    }
+    if (options.etag && req.headers['if-none-match'] === options.etag) {
+      record(304);
+      res.writeHead(304, { etag: options.etag }).end();
       return;
     }
     let body = file;
