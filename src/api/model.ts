@@ -8,6 +8,7 @@
  */
 import { createEngine } from '../backends/index.js';
 import { AbortError, InvalidInputError } from '../errors.js';
+import { checkContextLength } from '../model/config.js';
 import { loadModel as loadModelFiles, type LoadedModel, type LoadProgress, type ModelSource } from '../model/load.js';
 import type { FetchFunction } from '../io/http.js';
 import { generationConfigSource, generationDefaults } from '../runtime/defaults.js';
@@ -292,8 +293,8 @@ function modelId(where: string): string {
 export async function loadModel(source: ModelSource, options: LoadModelOptions = {}): Promise<Model> {
   const { onProgress, signal, headers, fetch, cache } = options;
   const loaded = await loadModelFiles(source, { onProgress, signal, headers, fetch, cache });
-  const contextLength = options.contextLength ?? Math.min(loaded.config.maxPositionEmbeddings, 4096);
-  if (!Number.isInteger(contextLength) || contextLength < 2) throw new InvalidInputError(`context length must be a whole number >= 2, got ${contextLength}`);
+  // checked against the model's maximum before the engine allocates anything
+  const contextLength = checkContextLength(loaded.config, options.contextLength ?? Math.min(loaded.config.maxPositionEmbeddings, 4096), 'the context length');
   const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength, decode: options.decode });
   return new Model(loaded, engine, { maxConcurrency: options.maxConcurrency, maxQueued: options.maxQueued, backendNotice: notice });
 }

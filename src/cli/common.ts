@@ -2,6 +2,8 @@
 import { fileURLToPath } from 'node:url';
 import { dirname, resolve } from 'node:path';
 import { existsSync } from 'node:fs';
+import { totalmem } from 'node:os';
+import { checkContextLength } from '../model/config.js';
 import { Option, type Command } from 'commander';
 import { PdvmError, InvalidInputError } from '../errors.js';
 import { loadModel, type LoadedModel } from '../model/load.js';
@@ -67,13 +69,13 @@ export async function createEngineForCli(model: LoadedModel, backend: BackendCho
   return engine;
 }
 
-/** Default context: the model's, capped so the KV cache stays modest. */
-export function defaultContext(model: LoadedModel, requested?: number): number {
-  if (requested !== undefined) {
-    if (requested < 2) throw new InvalidInputError(`--context must be at least 2, got ${requested}`);
-    return requested;
-  }
-  return Math.min(model.config.maxPositionEmbeddings, 4096);
+/**
+ * Default context: the model's, capped so the KV cache stays modest. A requested one is checked against
+ * the model's maximum and this machine's memory before anything is allocated.
+ */
+export function defaultContext(model: LoadedModel, requested?: number, flag = '--context'): number {
+  const ctx = requested ?? Math.min(model.config.maxPositionEmbeddings, 4096);
+  return checkContextLength(model.config, ctx, requested === undefined ? 'the default context' : flag, totalmem());
 }
 
 /** Runs a command action; user errors print one line and exit 1, without a stack trace. */

@@ -22,6 +22,14 @@ const pkg = ((): { version: string } => {
   }
 })();
 
+// stdout closed early (`pdvm generate ... | head -c 20`): the reader has what it wanted, so end quietly
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
+
+process.stderr.on('error', () => {}); // nowhere left to report to
+
 const program = new Command('pdvm')
   .description('run sparse and quantized LLMs at the speed of GPU memory')
   .version(pkg.version)

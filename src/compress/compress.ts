@@ -4,9 +4,10 @@
  * and every encoding work within rows), so peak memory is one encoded matrix plus a float32 block, and,
  * for Wanda, the activation norms. The artifact appears under its name only when complete.
  */
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { InvalidInputError, PdvmError } from '../errors.js';
+import { readFile, stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { InvalidInputError, ModelFormatError, PdvmError } from '../errors.js';
+import { checkTensorsAgainstConfig, checkpointLookup } from '../model/check.js';
 import { CheckpointTensors, readTokenizerFiles } from '../format/hf.js';
 import { BitmapTensor, CsrTensor, DenseUpgTensor, NmTensor, Q4Tensor, Q8Tensor, concatRowBlocks, type EncodedTensor } from '../format/upg/encodings/index.js';
 import { toF32 } from '../format/safetensors.js';
@@ -15,7 +16,6 @@ import type { DenseDtype } from '../format/upg/encodings/dense.js';
 import { denseBytes } from '../format/upg/encodings/dense.js';
 import type { UpgModelFiles } from '../format/upg/metadata.js';
 import { UpgWriter } from '../format/upg/writer.js';
-import { architectures } from '../model/architectures/index.js';
 import { parseConfig } from '../model/config.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { activationNorms, calibrationTokens } from './calibrate.js';
@@ -61,6 +61,11 @@ async function modelFiles(dir: string, options: CompressOptions): Promise<UpgMod
     if (t !== undefined) files[key] = t;
   }
   const tok = await readTokenizerFiles(dir);
+  if (tok) {
+    // what the artifact carries must load: refuse a tokenizer or chat template that generate would refuse
+    const problem = new TextTokenizer(tok).chatTemplateProblem();
+    if (problem) throw problem;
+  }
   if (tok?.chatTemplate) files.upg_chat_template = tok.chatTemplate;
   const { method, sparsity, attnSparsity, mlpSparsity, pattern, bits, group, skip } = options;
   files.upg_source = JSON.stringify({ method, sparsity, attnSparsity, mlpSparsity, pattern, bits, group, skip });
@@ -154,8 +159,23 @@ async function encodeStreamed(reader: RowReader, name: string, rows: number, col
   };
 }
 
+/**
+ * The output path, checked before any work: a .upg name (loading goes by the extension) in a folder
+ * that exists, not a folder itself, and not one of the input's own files.
+ */
+async function checkOutput(input: string, output: string): Promise<void> {
+  if (!output.endsWith('.upg')) throw new InvalidInputError(`-o ${output}: the artifact's name must end in .upg (pdvm loads artifacts by that extension)`);
+  const st = await stat(output).catch(() => null);
+  if (st?.isDirectory()) throw new InvalidInputError(`-o ${output}: is a folder; give the artifact's file name, such as ${join(output, basename(resolve(input)) + '.upg')}`);
+  const folder = dirname(resolve(output));
+  const dirStat = await stat(folder).catch(() => null);
+  if (!dirStat) throw new InvalidInputError(`-o ${output}: the folder ${folder} does not exist; create it first (mkdir -p ${folder})`);
+  if (!dirStat.isDirectory()) throw new InvalidInputError(`-o ${output}: ${folder} is not a folder`);
+}
+
 export async function compressModel(req: CompressRequest): Promise<CompressResult> {
   validateOptions(req);
+  await checkOutput(req.input, req.output);
   const t0 = performance.now();
   const configPath = join(req.input, 'config.json');
   if (!(await exists(configPath))) throw new PdvmError(`${req.input}: has no config.json; pdvm compress takes a Hugging Face model folder`);
@@ -169,11 +189,13 @@ export async function compressModel(req: CompressRequest): Promise<CompressResul
     if (req.signal?.aborted) throw new PdvmError('compression interrupted; no output was written');
   };
   try {
-    const arch = architectures[config.architecture];
-    const has = (n: string) => ckpt.has(n);
-    const specs = arch.tensorSpecs(config, has);
+    // the same checks as loading, so compress refuses what generate would (shapes against the config, sizes first)
+    const specs = checkTensorsAgainstConfig(config, checkpointLookup(ckpt));
     for (const spec of specs) {
-      if (!ckpt.has(spec.name)) throw new PdvmError(`${req.input}: is missing tensor ${spec.name}, which ${config.architecture} needs`);
+      const info = ckpt.info(spec.name);
+      if (!['F32', 'F16', 'BF16'].includes(info.dtype)) {
+        throw new ModelFormatError(info.file, `tensor ${spec.name} has dtype ${info.dtype}; expected F32, F16 or BF16`);
+      }
     }
 
     let norms: Map<string, Float32Array> | null = null;

@@ -3,7 +3,7 @@
  * it knows. Both RoPE styles are read: top-level `rope_theta` / `rope_scaling` (most hub checkpoints)
  * and the newer `rope_parameters` object (transformers 5).
  */
-import { ModelFormatError, UnsupportedArchitectureError } from '../errors.js';
+import { InvalidInputError, ModelFormatError, UnsupportedArchitectureError } from '../errors.js';
 
 export const SUPPORTED_ARCHITECTURES = [
   'LlamaForCausalLM',
@@ -147,4 +147,36 @@ export function parseConfig(json: Json, file = 'config.json', generationConfig?:
     bosTokenId: Number.isInteger(bos) ? (bos as number) : null,
     eosTokenIds: eos,
   };
+}
+
+/** Bytes of one sequence's KV cache: K and V, every layer, `contextLength` positions (f32 on the CPU). */
+export function kvCacheBytes(c: ModelConfig, contextLength: number, bytesPerValue = 4): number {
+  return 2 * c.numLayers * contextLength * c.numKvHeads * c.headDim * bytesPerValue;
+}
+
+export function formatBytes(n: number): string {
+  if (n >= 1e12) return `${(n / 1e12).toFixed(1)} TB`;
+  if (n >= 1e9) return `${(n / 1e9).toFixed(1)} GB`;
+  return `${(n / 1e6).toFixed(1)} MB`;
+}
+
+/**
+ * Checks a requested context length before anything is allocated: a whole number >= 2, within the
+ * model's max_position_embeddings (the message names the maximum), and, given `memoryBytes`, a KV
+ * cache that fits (the message says how much it would need). `what` names the flag or option.
+ */
+export function checkContextLength(c: ModelConfig, contextLength: number, what = 'the context length', memoryBytes?: number): number {
+  if (!Number.isSafeInteger(contextLength) || contextLength < 2) throw new InvalidInputError(`${what} must be a whole number >= 2, got ${contextLength}`);
+  const max = c.maxPositionEmbeddings;
+  if (contextLength > max) {
+    throw new InvalidInputError(`${what} ${contextLength} is more than the model's maximum of ${max} positions (max_position_embeddings); use at most ${max}`);
+  }
+  const need = kvCacheBytes(c, contextLength);
+  if (memoryBytes !== undefined && need > memoryBytes) {
+    throw new InvalidInputError(
+      `${what} ${contextLength} needs ${formatBytes(need)} of KV cache for each sequence (${c.numLayers} layers x ${c.numKvHeads} KV heads x ${c.headDim} x 2 x 4 bytes a position), ` +
+        `more than this machine's ${formatBytes(memoryBytes)} of memory; use a smaller ${what}`,
+    );
+  }
+  return contextLength;
 }

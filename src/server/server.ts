@@ -88,7 +88,13 @@ export async function startServer(model: Model, options: ServerOptions = {}): Pr
     }
     if (path.startsWith('/v1/models/')) {
       allow('GET');
-      checkModel(decodeURIComponent(path.slice('/v1/models/'.length)), model.id);
+      let id: string;
+      try {
+        id = decodeURIComponent(path.slice('/v1/models/'.length));
+      } catch {
+        throw new ApiError(400, `the model id in ${path} is not valid percent-encoding; encode it with encodeURIComponent`, 'invalid_request_error', 'model', 'invalid_url');
+      }
+      checkModel(id, model.id);
       record.status = 200;
       sendJson(res, 200, modelObject());
       return;

@@ -13,8 +13,10 @@ const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
 const MAX_STOP_STRINGS = 16;
 
 function describe(v: unknown): string {
+  if (v === undefined) return 'nothing (the field is missing)';
   if (v === null) return 'null';
-  if (Array.isArray(v)) return 'an array';
+  if (Array.isArray(v)) return v.length === 0 ? 'an empty list' : `a list of ${v.length}`;
+  if (typeof v === 'object') return 'an object';
   return typeof v === 'string' ? `the string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + '...' : v)}` : `${typeof v} ${JSON.stringify(v)}`;
 }
 
@@ -62,8 +64,9 @@ function refuseUnsupported(body: Body): void {
 
 /** The fields both endpoints share, checked; `model` must be a string. */
 function checkSampling(body: Body): SamplingParams & { model: string } {
+  if (body.model === undefined) throw badRequest('model is required: the name of the served model (GET /v1/models lists it)', 'model', 'missing_required_parameter');
   if (typeof body.model !== 'string' || body.model.length === 0) {
-    throw badRequest(`model must be the name of a served model (GET /v1/models lists them), got ${describe(body.model)}`, 'model', body.model === undefined ? 'missing_required_parameter' : 'invalid_type');
+    throw badRequest(`model must be the name of a served model (GET /v1/models lists them), got ${describe(body.model)}`, 'model', 'invalid_type');
   }
   refuseUnsupported(body);
   const n = optionalNumber(body, 'n', 1, Infinity, true);
@@ -119,8 +122,12 @@ function checkMessage(m: unknown, i: number): ChatMessageParam {
 export function parseChatCompletionRequest(raw: unknown): ChatCompletionRequest {
   const body = asObject(raw);
   const sampling = checkSampling(body);
-  if (!Array.isArray(body.messages) || body.messages.length === 0) {
-    throw badRequest(`messages must be a non-empty list of {role, content}, got ${describe(body.messages)}`, 'messages', body.messages === undefined ? 'missing_required_parameter' : 'invalid_type');
+  if (body.messages === undefined) throw badRequest('messages is required: a list of {role, content} with at least one message', 'messages', 'missing_required_parameter');
+  if (Array.isArray(body.messages) && body.messages.length === 0) {
+    throw badRequest('messages is an empty list; send at least one message, e.g. [{"role": "user", "content": "Hello"}]', 'messages', 'invalid_value');
+  }
+  if (!Array.isArray(body.messages)) {
+    throw badRequest(`messages must be a list of {role, content}, got ${describe(body.messages)}`, 'messages', 'invalid_type');
   }
   const messages = body.messages.map(checkMessage);
   const maxCompletion = optionalNumber(body, 'max_completion_tokens', 1, Infinity, true);

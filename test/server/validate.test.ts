@@ -48,10 +48,15 @@ test('messages: text parts are joined, developer reads as system, assistant cont
 
 test('wrong types and values are 400s naming the field', () => {
   expectError(() => parseChatCompletionRequest([]), 400, null, /JSON object/);
-  expectError(() => parseChatCompletionRequest({ messages: [] }), 400, 'model', /model/);
-  expectError(() => parseChatCompletionRequest(chat({ model: 3 })), 400, 'model', /model/);
-  expectError(() => parseChatCompletionRequest(chat({ messages: 'hi' })), 400, 'messages', /non-empty list/);
-  expectError(() => parseChatCompletionRequest(chat({ messages: [] })), 400, 'messages', /non-empty list/);
+  expectError(() => parseChatCompletionRequest({ messages: [] }), 400, 'model', /^model is required/);
+  expectError(() => parseChatCompletionRequest(chat({ model: 3 })), 400, 'model', /model must be .* got number 3/);
+  expectError(() => parseChatCompletionRequest(chat({ messages: 'hi' })), 400, 'messages', /must be a list of \{role, content\}, got the string "hi"/);
+  expectError(() => parseChatCompletionRequest(chat({ messages: [] })), 400, 'messages', /messages is an empty list; send at least one message/);
+  expectError(() => parseChatCompletionRequest({ model: 'm' }), 400, 'messages', /^messages is required/);
+  expectError(() => parseCompletionRequest({ prompt: 'x' }), 400, 'model', /^model is required/);
+  for (const e of [() => parseChatCompletionRequest({ messages: [] }), () => parseChatCompletionRequest(chat({ messages: [] }))]) {
+    assert.throws(e, (err: Error) => !/undefined|an array/.test(err.message));
+  }
   expectError(() => parseChatCompletionRequest(chat({ messages: [{ role: 'wizard', content: 'x' }] })), 400, 'messages[0].role', /role/);
   expectError(() => parseChatCompletionRequest(chat({ messages: [{ role: 'user', content: 5 }] })), 400, 'messages[0].content', /content/);
   expectError(() => parseChatCompletionRequest(chat({ messages: [{ role: 'user', content: [{ type: 'image_url' }] }] })), 400, 'messages[0].content', /text/);

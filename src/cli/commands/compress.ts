@@ -9,7 +9,8 @@ import { compressModel } from '../../compress/compress.js';
 import type { Method, Pattern } from '../../compress/plan.js';
 import { formatReport } from '../../compress/report.js';
 import { FileSource } from '../../io/node-files.js';
-import { UpgFile } from '../../format/upg/reader.js';
+import { stat } from 'node:fs/promises';
+import { verifyUpg } from '../../format/upg/verify.js';
 import { action, parseFloatOption, parseIntOption } from '../common.js';
 import { progressBar } from '../progress.js';
 
@@ -86,17 +87,23 @@ export function compressCommand(): Command {
 
 export function verifyCommand(): Command {
   return new Command('verify')
-    .description('check every tensor checksum of a .upg artifact')
+    .description('check a .upg artifact as loading does (header, config against tensors, tokenizer, chat template) plus every checksum')
     .argument('<file>', '.upg artifact')
     .action(action(async (path: string) => {
-      const file = await UpgFile.open(await FileSource.open(path));
+      const st = await stat(path).catch(() => null);
+      if (st?.isDirectory()) {
+        throw new InvalidInputError(`${path}: is a folder; pdvm verify checks a .upg artifact (for a Hugging Face folder, \`pdvm inspect ${path}\` runs every loading check)`);
+      }
       const bar = progressBar('verifying', 'tensors');
+      let report;
       try {
-        await file.verifyAll((_, done, total) => bar.update(done, total));
+        report = await verifyUpg(() => FileSource.open(path), (_, done, total) => bar.update(done, total));
       } finally {
         bar.stop();
-        await file.close();
       }
-      process.stdout.write(`${path}: ${file.records.size} tensors, all checksums match\n`);
+      process.stdout.write(`${path}: UPG version ${report.version}; ${report.checks.join(', ')} checks pass; ${report.tensors} tensors, all checksums match\n`);
+      if (!report.metadataChecksummed) {
+        process.stdout.write(`${path}: note: a version ${report.version} file carries no checksum of its metadata (only of its tensors); recompress to get one\n`);
+      }
     }));
 }

@@ -100,7 +100,11 @@ export function generateCommand(): Command {
           result = r.value;
           break;
         }
-        if (!flags.json && r.value.text) process.stdout.write(r.value.text);
+        if (!flags.json && r.value.text) {
+          process.stdout.write(r.value.text);
+          // let I/O events in: a reader that went away (EPIPE, handled in main.ts) ends the run now, not at the end
+          await new Promise((resolve) => setImmediate(resolve));
+        }
       }
       engine.dispose();
       if (flags.json) {

@@ -4,7 +4,7 @@ import { Command } from 'commander';
 import { InvalidInputError, PdvmError } from '../../errors.js';
 import { perplexity, perplexityTokenStream } from '../../runtime/perplexity.js';
 import { defaultWorkerCount, parallelPerplexity } from '../../runtime/parallel-perplexity.js';
-import { action, backendOption, createEngineForCli, loadForCli, parseIntOption } from '../common.js';
+import { action, backendOption, createEngineForCli, defaultContext, loadForCli, parseIntOption } from '../common.js';
 import { progressBar } from '../progress.js';
 
 interface PerplexityFlags {
@@ -40,6 +40,7 @@ export function perplexityCommand(): Command {
         if (flags.limit < 2) throw new InvalidInputError(`--limit must be at least 2, got ${flags.limit}`);
         ids = ids.slice(0, flags.limit);
       }
+      defaultContext(model, flags.ctx, '--ctx'); // windows of --ctx tokens: within the model's maximum and this machine's memory
       const engine = await createEngineForCli(model, flags.backend, flags.ctx + 1, 'unfused'); // scoring needs every logit
       const bar = progressBar('perplexity', 'tokens', flags.json === true && !process.stderr.isTTY);
       const progress = (done: number, total: number) => bar.update(done, total);

@@ -52,6 +52,9 @@ export function serveCommand(): Command {
         bar.stop();
       }
       if (model.backendNotice) process.stderr.write(`pdvm: ${model.backendNotice}\n`);
+      // a broken chat template is the operator's to fix: said now; chat requests get a 500 naming the file, completions work
+      const templateProblem = model.loaded.tokenizer?.chatTemplateProblem();
+      if (templateProblem) process.stderr.write(`pdvm: warning: ${templateProblem.message}; /v1/chat/completions will answer 500 until it is fixed\n`);
       const apiKey = flags.apiKey ?? (process.env.PDVM_API_KEY || undefined);
       if (!apiKey && !['127.0.0.1', '::1', 'localhost'].includes(flags.host)) {
         process.stderr.write(`pdvm: warning: listening on ${flags.host} without an API key; anyone who can reach it can use it (set --api-key)\n`);

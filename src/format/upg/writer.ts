@@ -4,7 +4,8 @@
  * temporary file next to the output, renamed into place only by `finish()`, so an interrupted run
  * never leaves a partial artifact under the output name.
  */
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { open, readdir, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { PdvmError } from '../../errors.js';
 import { basename, dirname, join } from 'node:path';
 import { dtypeBytes, type DType } from '../safetensors.js';
 import { crc32, crc32Hex } from './checksum.js';
@@ -20,6 +21,33 @@ interface Entry {
 }
 
 const ZEROS = new Uint8Array(UPG_ALIGNMENT);
+
+/** True when a process of that id is running (signal 0 checks without sending anything). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'; // alive, but someone else's
+  }
+}
+
+/**
+ * Deletes `.NAME.upg.partial-PID` files of the same output left by runs that were killed (SIGKILL, a
+ * crash, a power cut) and can no longer clean up after themselves. A running compress keeps its own.
+ */
+export async function removeStalePartials(path: string): Promise<string[]> {
+  const dir = dirname(path);
+  const prefix = `.${basename(path)}.partial-`;
+  const removed: string[] = [];
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (!name.startsWith(prefix)) continue;
+    const pid = Number(name.slice(prefix.length));
+    if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid || processAlive(pid)) continue;
+    await unlink(join(dir, name)).then(() => removed.push(name), () => {});
+  }
+  return removed;
+}
 
 function alignUp(n: number): number {
   return Math.ceil(n / UPG_ALIGNMENT) * UPG_ALIGNMENT;
@@ -45,8 +73,15 @@ export class UpgWriter {
    * guess proves short, `finish()` rewrites the file with a larger header (slower, still correct).
    */
   static async create(path: string, files: UpgModelFiles, tensorCount: number, longestName: number): Promise<UpgWriter> {
+    await removeStalePartials(path);
     const tempPath = join(dirname(path), `.${basename(path)}.partial-${process.pid}`);
-    const handle = await open(tempPath, 'w');
+    let handle: FileHandle;
+    try {
+      handle = await open(tempPath, 'w');
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new PdvmError(`${path}: cannot write the artifact there (${code === 'ENOENT' ? `the folder ${dirname(path)} does not exist` : code ?? (e as Error).message})`);
+    }
     const fixed = JSON.stringify(JSON.stringify(files)).length + 1024;
     const perTensor = 2048 + 16 * longestName; // record + up to 4 buffers and their padding entries, JSON-escaped
     return new UpgWriter(path, tempPath, handle, files, alignUp(8 + fixed + tensorCount * perTensor));
