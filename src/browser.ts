@@ -18,7 +18,7 @@ export { ContextLengthError, ModelDisposedError, QueueFullError } from './api/er
 export { AbortError, InvalidInputError, ModelFormatError, PdvmError, UnsupportedArchitectureError } from './errors.js';
 export { DownloadError, HttpStatusError, IncompleteDownloadError, NetworkError, StorageQuotaError } from './io/errors.js';
 export { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './backends/webgpu/errors.js';
-export { registerGpuProvider } from './backends/webgpu/device.js';
+export { registerGpuProvider, type GpuProvider } from './backends/webgpu/provider.js';
 
 /** The demo model shipped with the package (brown-llama-12m, 9 MB): its URL, beside the package's dist/. */
 export function demoModel(): string {

@@ -5,7 +5,11 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { mkdtemp, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { promisify } from 'node:util';
 import { builtinModules } from 'node:module';
 import { join } from 'node:path';
 import { build } from 'esbuild';
@@ -50,4 +54,55 @@ test('"pdvm" resolves to the Node entry in Node; the demo model is reachable fro
   assert.ok(existsSync(node.demoModel()), node.demoModel());
   assert.match(browser.demoModel(), /^file:.*\/models\/brown-llama-12m\.upg$/);
   assert.equal(import.meta.resolve('pdvm/models/brown-llama-12m.upg'), browser.demoModel());
+});
+
+/**
+ * A consumer project whose node_modules/pdvm is this package (dist/ built), type-checked by the
+ * project's TypeScript with --strict and without skipLibCheck, so every published .d.ts is checked.
+ */
+async function typeCheckConsumer(kind: 'node' | 'browser'): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), `pdvm-consumer-${kind}-`));
+  try {
+    await mkdir(join(dir, 'node_modules', '@types'), { recursive: true });
+    await symlink(ROOT, join(dir, 'node_modules', 'pdvm'));
+    for (const dep of ['@huggingface', '@mlc-ai', ...(kind === 'node' ? ['commander', 'cli-progress', 'prom-client', 'undici-types', '@types/node'] : [])]) {
+      if (existsSync(join(ROOT, 'node_modules', dep))) await symlink(join(ROOT, 'node_modules', dep), join(dir, 'node_modules', dep));
+    }
+    await writeFile(join(dir, 'package.json'), JSON.stringify({ name: 'consumer', type: 'module', private: true }));
+    const compilerOptions =
+      kind === 'node'
+        ? { strict: true, noEmit: true, module: 'nodenext', moduleResolution: 'nodenext', target: 'es2022', lib: ['es2022'], types: ['node'] }
+        : { strict: true, noEmit: true, module: 'esnext', moduleResolution: 'bundler', customConditions: ['browser'], target: 'es2022', lib: ['es2022', 'dom'], types: [] };
+    await writeFile(join(dir, 'tsconfig.json'), JSON.stringify({ compilerOptions, files: ['main.ts'] }));
+    const main =
+      kind === 'node'
+        ? `import { loadModel, demoModel, startServer, PdvmError, HttpStatusError, type Model, type LoadModelOptions } from 'pdvm';
+const options: LoadModelOptions = { backend: 'auto', headers: { Authorization: 'Bearer x' } };
+const model: Model = await loadModel(demoModel(), options);
+const r = await model.generate('The jury said', { maxTokens: 4, temperature: 0 });
+const server = await startServer(model, { port: 0 });
+console.log(r.text, server, PdvmError.name, HttpStatusError.name);\n`
+        : `import { loadModel, demoModel, listCachedModels, deleteCachedModel, NetworkError, StorageQuotaError, type LoadProgress } from 'pdvm';
+const file = new File([new Uint8Array(8)], 'm.upg');
+const model = await loadModel(file, { backend: 'webgpu', signal: new AbortController().signal, onProgress: (p: LoadProgress) => console.log(p.phase, p.loadedBytes) });
+for await (const c of model.generate('The jury said', { maxTokens: 4, stream: true })) console.log(c.text);
+console.log(demoModel(), await listCachedModels(), await deleteCachedModel(), NetworkError.name, StorageQuotaError.name);\n`;
+    await writeFile(join(dir, 'main.ts'), main);
+    const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+    try {
+      await promisify(execFile)(process.execPath, [tsc, '-p', dir], { cwd: dir });
+      return '';
+    } catch (e) {
+      return String((e as { stdout?: string }).stdout || (e as Error).message);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+test('the published declarations type-check in a strict Node consumer and a strict browser consumer, without skipLibCheck', async () => {
+  for (const kind of ['node', 'browser'] as const) {
+    const errors = await typeCheckConsumer(kind);
+    assert.equal(errors, '', `${kind} consumer: tsc --strict reports\n${errors.split('\n').slice(0, 20).join('\n')}`);
+  }
 });

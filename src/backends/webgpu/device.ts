@@ -4,6 +4,7 @@
  * a pipeline cache, allocation with out-of-memory checks, and device-loss tracking.
  * Nothing here imports a Node module.
  */
+import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
 import { selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
@@ -63,30 +64,18 @@ function isNode(): boolean {
   return typeof p?.versions?.node === 'string';
 }
 
-/** Gives the `GPU` object, with the Dawn toggles asked for or not, and the toggles it was created with. */
-export type GpuProvider = (toggles: boolean) => Promise<{ gpu: GPU; toggles: string[] }>;
-
-let gpuProvider: GpuProvider | null = null;
-
-/**
- * Where `navigator.gpu` is missing (Node), the `GPU` object comes from a provider: the Node entry and
- * the CLI register Dawn's (node-gpu.ts). A page may register its own.
- */
-export function registerGpuProvider(provider: GpuProvider): void {
-  gpuProvider = provider;
-}
-
 /** `navigator.gpu` in a browser or worker, the registered provider's (Dawn in Node), or null. */
 async function gpuEntryPoint(toggles = false): Promise<{ gpu: GPU; toggles: string[] } | null> {
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
   if (nav?.gpu) return { gpu: nav.gpu, toggles: [] };
-  if (!gpuProvider && isNode()) {
+  if (!registeredGpuProvider() && isNode()) {
     // modules imported past the Node entry (tests, tools) get Dawn here; the specifier is not a
     // literal so that bundlers never follow it into a browser build
     const specifier = ['.', 'node-gpu.js'].join('/');
     await import(specifier);
   }
-  return gpuProvider ? gpuProvider(toggles) : null;
+  const provider = registeredGpuProvider();
+  return provider ? ((await provider(toggles)) as { gpu: GPU; toggles: string[] }) : null;
 }
 
 /** Whether Node asks Dawn for the toggles: the option, else PDVM_DAWN_TOGGLES (default on). */

@@ -4,7 +4,7 @@
  */
 import { existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { registerGpuProvider } from './device.js';
+import { registerGpuProvider } from './provider.js';
 import { WebGpuUnavailableError } from './errors.js';
 
 const LAVAPIPE_ICD = '/usr/share/vulkan/icd.d/lvp_icd.json';
@@ -38,7 +38,7 @@ function configureVulkanEnvironment(): void {
 }
 
 /** Dawn's entry point, with DAWN_TOGGLES requested or not (one GPU object each, kept for the process). */
-export async function nodeGpuEntryPoint(toggles = false): Promise<GPU> {
+async function nodeGpuEntryPoint(toggles = false): Promise<GPU> {
   const key = toggles ? 'toggles' : 'plain';
   const known = nodeGpus.get(key);
   if (known) return known;
