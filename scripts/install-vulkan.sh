@@ -2,17 +2,23 @@
 # Installs a CPU Vulkan driver (Mesa lavapipe) so WebGPU (Dawn, the `webgpu` npm package) finds an
 # adapter on machines without a GPU: CI and developer machines. Debian bookworm's own Mesa (22.3)
 # lacks a feature Dawn requires, so the driver comes from bookworm-backports (Mesa 25.x).
-# Idempotent and quiet; run as root. Afterwards run with
+# Idempotent and quiet. As root it runs apt-get itself (containers often have no sudo); as a user it
+# runs itself again through sudo. PDVM_VULKAN_FORCE=1 skips the "already installed" check (tests).
+# Afterwards run with
 #   VK_ICD_FILENAMES=/usr/share/vulkan/icd.d/lvp_icd.json
 # (the WebGPU backend sets it itself in Node when it is unset and this file exists).
 set -euo pipefail
 
 ICD=/usr/share/vulkan/icd.d/lvp_icd.json
-if [ -f "$ICD" ] && ldconfig -p | grep -q 'libvulkan\.so\.1'; then
+if [ -z "${PDVM_VULKAN_FORCE:-}" ] && [ -f "$ICD" ] && ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; then
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
-  echo "install-vulkan.sh: run as root (it calls apt-get)" >&2
+  # apt-get needs root: through sudo where there is one
+  if command -v sudo >/dev/null 2>&1; then
+    exec sudo --preserve-env=PDVM_VULKAN_FORCE bash "$0" "$@"
+  fi
+  echo "install-vulkan.sh: apt-get needs root and there is no sudo here; run this script as root" >&2
   exit 1
 fi
 . /etc/os-release

@@ -42,8 +42,13 @@ export function cliGenerate(args: string[]): { token_ids: number[]; text: string
 }
 
 /** Starts `pdvm serve --port 0 ...` and resolves with its URL once it listens. */
-export async function spawnServe(args: string[]): Promise<{ child: ChildProcess; url: string; stderr: () => string; exited: Promise<number | null> }> {
-  const child = spawn(process.execPath, [CLI, 'serve', DEMO, '--port', '0', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+export function spawnServe(args: string[]): Promise<{ child: ChildProcess; url: string; stderr: () => string; exited: Promise<number | null> }> {
+  return spawnServeOn(DEMO, args);
+}
+
+/** `pdvm serve MODEL --port 0 ...`, resolved once it listens. */
+export async function spawnServeOn(modelPath: string, args: string[]): Promise<{ child: ChildProcess; url: string; stderr: () => string; exited: Promise<number | null> }> {
+  const child = spawn(process.execPath, [CLI, 'serve', modelPath, '--port', '0', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   const url = await new Promise<string>((resolve, reject) => {

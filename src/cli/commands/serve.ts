@@ -60,11 +60,6 @@ export function serveCommand(): Command {
         process.stderr.write(`pdvm: warning: listening on ${flags.host} without an API key; anyone who can reach it can use it (set --api-key)\n`);
       }
       const server = await startServer(model, { host: flags.host, port: flags.port, apiKey, maxBodyBytes: flags.maxBody });
-      process.stderr.write(
-        `pdvm: serving ${model.id} on ${server.url}/v1 (${model.backend}, context ${model.contextLength}, ` +
-          `${flags.maxConcurrency} at once, queue ${flags.maxQueue}${apiKey ? ', API key required' : ''})\n`,
-      );
-
       let stopping = false;
       const stop = async (signal: string) => {
         if (stopping) return;
@@ -77,5 +72,18 @@ export function serveCommand(): Command {
       };
       process.on('SIGTERM', () => void stop('SIGTERM'));
       process.on('SIGINT', () => void stop('SIGINT'));
+      // `npx pdvm serve`: npm exits on SIGTERM without passing the signal on, which would leave the server
+      // running as an orphan; so under npm exec, the npm parent going away stops the server the same way
+      if (process.env.npm_command === 'exec') {
+        const parent = process.ppid;
+        setInterval(() => {
+          if (process.ppid !== parent) void stop('the npx process that started pdvm ended');
+        }, 250).unref();
+      }
+      // announced only once the signal handlers are in place: whoever reads this line may send SIGTERM at once
+      process.stderr.write(
+        `pdvm: serving ${model.id} on ${server.url}/v1 (${model.backend}, context ${model.contextLength}, ` +
+          `${flags.maxConcurrency} at once, queue ${flags.maxQueue}${apiKey ? ', API key required' : ''})\n`,
+      );
     }));
 }
