@@ -55,6 +55,7 @@ export function parseConfig(json: Json, file = 'config.json', generationConfig?:
   const fail = (problem: string): never => {
     throw new ModelFormatError(file, problem);
   };
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) fail(`must be a JSON object, got ${json === null ? 'null' : Array.isArray(json) ? 'an array' : typeof json}`);
   const archs = json.architectures;
   const architecture = Array.isArray(archs) && typeof archs[0] === 'string' ? archs[0] : undefined;
   if (!architecture) fail('has no "architectures" entry; is this a Hugging Face causal-LM config?');

@@ -63,13 +63,27 @@ export class TextTokenizer {
    * tokenizers), as transformers does for a plain prompt; chat templates write their own special tokens.
    */
   encode(text: string, addSpecialTokens = true): number[] {
-    return this.tokenizer.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+    try {
+      return this.tokenizer.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+    } catch (e) {
+      throw this.broken('tokenize', e);
+    }
+  }
+
+  /** A failure inside the tokenizer library on this input: the tokenizer file is at fault, named. */
+  private broken(what: string, e: unknown): ModelFormatError {
+    return new ModelFormatError(this.tokenizerSource, `fails to ${what} (${oneLine((e as Error)?.message ?? String(e))}); the tokenizer file is malformed: re-download it or export it again with transformers`);
   }
 
   /** Exact inverse of encode for ordinary text: no clean-up of spaces around punctuation. */
   decode(ids: number[], skipSpecialTokens = false): string {
     if (ids.length === 0) return '';
-    return this.tokenizer.decode(ids, { skip_special_tokens: skipSpecialTokens, clean_up_tokenization_spaces: false });
+    if (!ids.every((id) => Number.isSafeInteger(id) && id >= 0)) throw new InvalidInputError('token ids must be whole numbers >= 0');
+    try {
+      return this.tokenizer.decode(ids, { skip_special_tokens: skipSpecialTokens, clean_up_tokenization_spaces: false });
+    } catch (e) {
+      throw this.broken('decode', e);
+    }
   }
 
   idOf(token: string): number | undefined {
