@@ -42,3 +42,16 @@ for (const encoding of ['q4', 'q8', 'bitmap']) {
     assert.equal(rows[1]!.dispatches_per_token, 1 + 6 * 9 + 2 + 1);
   });
 }
+
+test('pdvm bench --prefill N --json (brown-llama q4): prompt_tokens_per_second, the path and the features', { skip: SKIP_GPU }, () => {
+  const args = ['bench', '--shape', 'brown-llama', '--encoding', 'q4', '--prefill', '20', '--runs', '1', '--json'];
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 300_000 });
+  assert.equal(r.status, 0, `pdvm ${args.join(' ')} failed:\n${r.stderr}`);
+  const o = JSON.parse(r.stdout.trim()) as Record<string, unknown> & { features: Record<string, unknown> };
+  for (const k of ['prompt_tokens', 'prompt_tokens_per_second', 'prompt_ms', 'prefill_chunk', 'prefill_kernel', 'prefill_path', 'features']) assert.ok(k in o, `missing ${k} in ${r.stdout}`);
+  assert.equal(o.prompt_tokens, 20);
+  assert.ok((o.prompt_tokens_per_second as number) > 0);
+  assert.ok(Math.abs((o.prompt_tokens_per_second as number) - 20 / ((o.prompt_ms as number) / 1000)) < 1e-6);
+  for (const k of ['subgroups', 'shaderF16', 'packed4x8IntegerDotProduct', 'subgroupMatrixConfigs', 'subgroupMatrixF16', 'dawnToggles', 'selfTests']) assert.ok(k in o.features, `missing features.${k}`);
+  assert.equal(o.prefill_kernel, o.features.subgroupMatrixF16 ? 'subgroup-matrix-f16' : 'f32');
+});

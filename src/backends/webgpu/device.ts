@@ -45,7 +45,10 @@ export interface GpuOptions {
   disableSubgroups?: boolean;
   /** Ignore `shader-f16` even where present. */
   disableShaderF16?: boolean;
-  /** Ignore `chromium-experimental-subgroup-matrix` even where present (the prefill's fallback kernels run). */
+  /**
+   * Ignore `chromium-experimental-subgroup-matrix` even where present (the prefill's f32 kernels run).
+   * Default: PDVM_SUBGROUP_MATRIX=0 in the environment.
+   */
   disableSubgroupMatrix?: boolean;
   /**
    * Node only: ask Dawn for the toggles allow_unsafe_apis and vulkan_enable_f16_on_nvidia (which expose
@@ -78,11 +81,15 @@ async function gpuEntryPoint(toggles = false): Promise<{ gpu: GPU; toggles: stri
   return provider ? ((await provider(toggles)) as { gpu: GPU; toggles: string[] }) : null;
 }
 
+function env(name: string): string | undefined {
+  return (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.[name];
+}
+
 /** Whether Node asks Dawn for the toggles: the option, else PDVM_DAWN_TOGGLES (default on). */
 function wantToggles(options: GpuOptions): boolean {
   if (options.dawnToggles !== undefined) return options.dawnToggles;
-  const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.PDVM_DAWN_TOGGLES;
-  return env !== '0' && env !== 'false';
+  const v = env('PDVM_DAWN_TOGGLES');
+  return v !== '0' && v !== 'false';
 }
 
 /** Why WebGPU cannot be used here, as one line; null when an adapter exists. */
@@ -173,7 +180,9 @@ export class Gpu {
     }
     const subgroups = adapter.features.has('subgroups') && !options.disableSubgroups;
     const shaderF16 = adapter.features.has('shader-f16') && !options.disableShaderF16;
-    const matrix = adapter.features.has('chromium-experimental-subgroup-matrix' as GPUFeatureName) && !options.disableSubgroupMatrix;
+    // PDVM_SUBGROUP_MATRIX=0: the f32 prefill kernels (for token-for-token comparisons with the CPU)
+    const matrixOff = options.disableSubgroupMatrix ?? (env('PDVM_SUBGROUP_MATRIX') === '0');
+    const matrix = adapter.features.has('chromium-experimental-subgroup-matrix' as GPUFeatureName) && !matrixOff;
     const required = [...(subgroups ? ['subgroups'] : []), ...(shaderF16 ? ['shader-f16'] : []), ...(matrix ? ['chromium-experimental-subgroup-matrix'] : [])];
     const a = adapter.limits;
     const device = await adapter.requestDevice({

@@ -23,13 +23,16 @@ import { DeviceLostError, GpuOutOfMemoryError } from './errors.js';
 import { FusedDecoder } from './fused/decoder.js';
 import { engineWeightsOverFused, fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
 import { uploadFusedWeights, type FusedModelWeights } from './fused/weights.js';
-import { argmaxOp, attentionOp, embeddingOp, matmulOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from './ops.js';
+import { argmaxOp, attentionOp, embeddingOp, matmulOp, prefillPathDescription, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from './ops.js';
 import { gpuWeightBytes, uploadVector, uploadWeights, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
 
 export interface WebGpuEngineOptions extends GpuOptions, UploadOptions {
   /** Positions a sequence can hold; sizes each sequence's KV cache. */
   contextLength: number;
-  /** Tokens per prefill step (activations are sized for it); default 128. */
+  /**
+   * Tokens per prefill step (activations are sized for it); default 512, which fills the GPU's cores
+   * with the prefill's tiles. Logits of every position (perplexity) go out LOGITS_ROWS at a time.
+   */
   prefillChunk?: number;
   /** Use this device instead of acquiring one (the engine then does not destroy it). */
   gpu?: Gpu;
@@ -58,6 +61,10 @@ export interface GpuSampling {
 
 const STORAGE = () => GPUBufferUsage.STORAGE;
 
+/** Rows of the logits buffer: forward(allLogits) runs its prompt in steps of at most this many tokens. */
+const LOGITS_ROWS = 128;
+const DEFAULT_PREFILL_CHUNK = 512;
+
 interface Activations {
   step: GPUBuffer; // u32: header + (chunk) token ids
   x: GPUBuffer; // (chunk, hidden) residual stream
@@ -66,7 +73,7 @@ interface Activations {
   att: GPUBuffer; // (chunk, qDim)
   gateUp: GPUBuffer; // (chunk, 2 ffn)
   act: GPUBuffer; // (chunk, ffn)
-  logits: GPUBuffer; // (chunk, vocab)
+  logits: GPUBuffer; // (min(chunk, LOGITS_ROWS), vocab)
   token: GPUBuffer; // u32 (4): the GPU-selected token
   cos: GPUBuffer; // (contextLength, rotaryDim / 2)
   sin: GPUBuffer;
@@ -181,7 +188,7 @@ export class WebGpuEngine implements Engine {
 
   /** The device, its features and the paths that run, as one line (`pdvm generate --verbose`). */
   describe(): string {
-    return `${this.gpu.adapterDescription}; ${this.gpu.featureSummary}; decode ${this.decode}`;
+    return `${this.gpu.adapterDescription}; ${this.gpu.featureSummary}; decode ${this.decode}; prefill ${this.prefillChunk} tokens a step, products ${prefillPathDescription(this.gpu)}`;
   }
 
   /** 'fused' when generation decodes through the fused path, else 'unfused'. */
@@ -202,7 +209,7 @@ export class WebGpuEngine implements Engine {
       const kvDim = c.numKvHeads * c.headDim;
       const qkvDim = (c.numHeads + 2 * c.numKvHeads) * c.headDim;
       const widest = Math.max(qkvDim, 2 * c.intermediateSize, c.vocabSize, c.hiddenSize) * 4;
-      const chunk = Math.max(1, Math.min(options.prefillChunk ?? 128, ctx, Math.floor(gpu.maxBindingBytes / widest)));
+      const chunk = Math.max(1, Math.min(options.prefillChunk ?? DEFAULT_PREFILL_CHUNK, ctx, Math.floor(gpu.maxBindingBytes / widest)));
       const cacheBytesPerLayer = ctx * kvDim * 4;
       if (cacheBytesPerLayer > gpu.maxBindingBytes) {
         throw new GpuOutOfMemoryError(
@@ -256,6 +263,23 @@ export class WebGpuEngine implements Engine {
     }
   }
 
+  /**
+   * An engine over weights already on `gpu` (`pdvm bench`'s synthetic models), decoding through the
+   * forward pass; the caller keeps the device and the weights.
+   */
+  static async overGpuWeights(gpu: Gpu, config: ModelConfig, weights: GpuModelWeights, options: { contextLength: number; prefillChunk?: number }): Promise<WebGpuEngine> {
+    const c = config, ctx = options.contextLength;
+    const widest = Math.max((c.numHeads + 2 * c.numKvHeads) * c.headDim, 2 * c.intermediateSize, c.vocabSize, c.hiddenSize) * 4;
+    const chunk = Math.max(1, Math.min(options.prefillChunk ?? DEFAULT_PREFILL_CHUNK, ctx, Math.floor(gpu.maxBindingBytes / widest)));
+    const hint = 'use a smaller --context or --prefill';
+    const activations = await gpu.allocating('the activations', hint, () => guardAllocation(hint, () => allocateActivations(gpu, c, ctx, chunk)));
+    const engine = new WebGpuEngine(c, ctx, gpu, false, weights, activations, chunk, null, undefined);
+    const spare = new WebGpuSequence();
+    spare.cache = await gpu.allocating(`a KV cache of ${ctx} positions`, hint, () => guardAllocation(hint, () => engine.newCache()));
+    engine.spare = spare;
+    return engine;
+  }
+
   private buildPlans(): Plans {
     const c = this.config, gpu = this.gpu, a = this.a, w = this.weights, C = this.prefillChunk;
     const H = c.hiddenSize, ffn = c.intermediateSize;
@@ -283,7 +307,7 @@ export class WebGpuEngine implements Engine {
         ],
       }));
     const lmHead = (kind: 'matvec' | 'tiled') =>
-      matmulOp(gpu, w.lmHead, { x: a.xn, y: a.logits, yStride: c.vocabSize, yOffset: 0, bias: null, residual: false, step: a.step }, kind, C);
+      matmulOp(gpu, w.lmHead, { x: a.xn, y: a.logits, yStride: c.vocabSize, yOffset: 0, bias: null, residual: false, step: a.step }, kind, Math.min(C, LOGITS_ROWS));
     return {
       embedding: embeddingOp(gpu, w.embed, H, C, a.x, a.step),
       decode: layerPlans('matvec'),
@@ -404,8 +428,9 @@ export class WebGpuEngine implements Engine {
     const vocab = this.config.vocabSize;
     const T = tokens.length;
     const out = output === 'all' ? new Float32Array(T * vocab) : this.logitsOne;
-    for (let s = 0; s < T; s += this.prefillChunk) {
-      const n = Math.min(this.prefillChunk, T - s);
+    const stepTokens = output === 'all' ? Math.min(this.prefillChunk, LOGITS_ROWS) : this.prefillChunk;
+    for (let s = 0; s < T; s += stepTokens) {
+      const n = Math.min(stepTokens, T - s);
       const last = s + n === T;
       this.stepWords[StepWord.T] = n;
       this.stepWords[StepWord.pos0] = pos0 + s;
@@ -571,11 +596,11 @@ function allocateActivations(gpu: Gpu, c: ModelConfig, contextLength: number, ch
     att: f32('att', chunk * qDim),
     gateUp: f32('gate_up', chunk * 2 * c.intermediateSize),
     act: f32('act', chunk * c.intermediateSize),
-    logits: f32('logits', chunk * c.vocabSize, GPUBufferUsage.COPY_SRC),
+    logits: f32('logits', Math.min(chunk, LOGITS_ROWS) * c.vocabSize, GPUBufferUsage.COPY_SRC),
     token: gpu.createBuffer('token', 16, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC),
     cos: uploadVector(gpu, cos, 'rope_cos'),
     sin: uploadVector(gpu, sin, 'rope_sin'),
-    logitsReadback: gpu.createBuffer('logits_readback', chunk * c.vocabSize * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST),
+    logitsReadback: gpu.createBuffer('logits_readback', Math.min(chunk, LOGITS_ROWS) * c.vocabSize * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST),
     tokenReadback: gpu.createBuffer('token_readback', 16, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST),
   };
 }

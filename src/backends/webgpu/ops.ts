@@ -6,7 +6,8 @@ import type { Gpu } from './device.js';
 import type { Dispatch } from './dispatch.js';
 import { attentionWgsl, type AttentionShape } from './kernels/attention.js';
 import { embeddingWgsl } from './kernels/embedding.js';
-import { MATVEC_ROWS, matmulDenseWgsl, matvecDenseWgsl, TILE, type DenseMatmulShape } from './kernels/matmul-dense.js';
+import { MATVEC_ROWS, matvecDenseWgsl, type DenseMatmulShape } from './kernels/matmul-dense.js';
+import { matmulTiledF32Wgsl, matmulTiledSubgroupMatrixWgsl, tiledSupports, tiledTile, type TiledKernel, type TiledMatmulShape, type TiledWeight } from './kernels/matmul-tiled.js';
 import { grid } from './kernels/prelude.js';
 import { embeddingUpgWgsl, matmulUpgWgsl } from './kernels/matmul-upg.js';
 import { rmsnormWgsl, type RmsnormShape } from './kernels/rmsnorm.js';
@@ -74,6 +75,10 @@ export function matmulOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, kind: 'matvec' | 
   if (io.yOffset + m.rows > io.yStride) throw new Error(`matmul: rows ${io.yOffset}..${io.yOffset + m.rows} exceed the output stride ${io.yStride}`);
   if (io.bias) need(io.bias, io.yOffset + m.rows, 'matmul bias');
   const f = { subgroups: gpu.subgroups };
+  if (kind === 'tiled') {
+    const tiled = tiledOp(gpu, m, io);
+    if (tiled) return tiled;
+  }
   if (m.encoding !== 'dense') {
     // one workgroup per row; prefill applies each decoded weight to 8 tokens at a time
     const upgIo = { yStride: io.yStride, yOffset: io.yOffset, bias: io.bias !== null, residual: io.residual, tokensPerPass: kind === 'matvec' ? 1 : 8 };
@@ -89,23 +94,56 @@ export function matmulOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, kind: 'matvec' | 
       dtype: m.dtype, rows: seg.rows, cols: m.cols, rowChunks: m.rowChunks,
       yStride: io.yStride, yOffset: io.yOffset + seg.rowStart, bias: io.bias !== null, residual: io.residual,
     };
-    const buffers = [seg.buffer, io.x, io.y];
-    if (kind === 'matvec') {
-      const pipeline = gpu.pipeline('matvec_dense', { ...shape, ...f }, () => matvecDenseWgsl(shape, f));
-      if (io.bias) buffers.push(io.bias);
-      const n = Math.ceil(seg.rows / MATVEC_ROWS);
-      return { label: 'matvec_dense', pipeline, bindGroup: gpu.bindGroup('matvec_dense', pipeline, buffers), workgroups: () => grid(n) };
-    }
-    const pipeline = gpu.pipeline('matmul_dense', { ...shape }, () => matmulDenseWgsl(shape, f));
-    buffers.push(io.step);
-    if (io.bias) buffers.push(io.bias);
-    const rowTiles = Math.ceil(seg.rows / TILE);
-    if (rowTiles > 65535) throw new Error(`matmul: ${seg.rows} rows exceed the dispatch grid`);
+    const pipeline = gpu.pipeline('matvec_dense', { ...shape, ...f }, () => matvecDenseWgsl(shape, f));
+    const n = Math.ceil(seg.rows / MATVEC_ROWS);
+    return { label: 'matvec_dense', pipeline, bindGroup: gpu.bindGroup('matvec_dense', pipeline, [seg.buffer, io.x, io.y, ...(io.bias ? [io.bias] : [])]), workgroups: () => grid(n) };
+  });
+}
+
+/** The prefill's matrix-matrix kernel on this device: subgroup matrices where self-tested, else f32 tiles. */
+export function prefillKernel(gpu: Gpu): TiledKernel {
+  return gpu.features.subgroupMatrixF16 ? 'subgroup-matrix-f16' : 'f32';
+}
+
+/** A line naming the prefill's product kernel (bench, --verbose). */
+export function prefillPathDescription(gpu: Gpu): string {
+  const k = prefillKernel(gpu);
+  const t = tiledTile(k);
+  return k === 'f32'
+    ? `tiled f32 (${t.tokens} tokens x ${t.rows} rows a workgroup, WebGPU default limits)`
+    : `subgroup matrix f16 x f16 -> f32 16x16x16 (${t.tokens} tokens x ${t.rows} rows a workgroup)`;
+}
+
+/**
+ * The matrix-matrix prefill kernel (kernels/matmul-tiled.ts) for q4, q8 and dense matrices, one
+ * dispatch per segment; null for the encodings it does not take (nm, csr, bitmap walked).
+ */
+function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo): Dispatch[] | null {
+  const kernel = prefillKernel(gpu);
+  const tile = tiledTile(kernel);
+  const parts: { weight: TiledWeight; buffers: GPUBuffer[]; rows: number; rowStart: number }[] = [];
+  if (m.encoding === 'dense') {
+    for (const seg of m.segments) parts.push({ weight: { encoding: 'dense', dtype: m.dtype, rowChunks: m.rowChunks }, buffers: [seg.buffer], rows: seg.rows, rowStart: seg.rowStart });
+  } else if (m.shape.encoding === 'q4') {
+    parts.push({ weight: { encoding: 'q4', wordsPerRow: m.shape.wordsPerRow, group: m.shape.group, groups: m.shape.groups }, buffers: m.buffers, rows: m.rows, rowStart: 0 });
+  } else if (m.shape.encoding === 'q8') {
+    parts.push({ weight: { encoding: 'q8', wordsPerRow: m.shape.wordsPerRow }, buffers: m.buffers, rows: m.rows, rowStart: 0 });
+  } else return null;
+  if (!parts.every((p) => tiledSupports(p.weight))) return null;
+  return parts.map((p) => {
+    const shape: TiledMatmulShape = { weight: p.weight, rows: p.rows, cols: m.cols, yStride: io.yStride, yOffset: io.yOffset + p.rowStart, bias: io.bias !== null, residual: io.residual };
+    const sg = gpu.features.subgroupMaxSize;
+    const name = `matmul_tiled_${kernel}`;
+    const pipeline = gpu.pipeline(name, { ...shape, ...shape.weight, weight: p.weight.encoding, sg: kernel === 'f32' ? 0 : sg }, () =>
+      kernel === 'f32' ? matmulTiledF32Wgsl(shape) : matmulTiledSubgroupMatrixWgsl(shape, sg),
+    );
+    const rowTiles = Math.ceil(p.rows / tile.rows);
+    if (rowTiles > 65535) throw new Error(`matmul: ${p.rows} rows exceed the dispatch grid`);
     return {
-      label: 'matmul_dense',
+      label: `${name}_${p.weight.encoding}`,
       pipeline,
-      bindGroup: gpu.bindGroup('matmul_dense', pipeline, buffers),
-      workgroups: (T: number) => [rowTiles, Math.ceil(T / TILE), 1],
+      bindGroup: gpu.bindGroup(name, pipeline, [...p.buffers, io.x, io.y, io.step, ...(io.bias ? [io.bias] : [])]),
+      workgroups: (T: number) => [rowTiles, Math.ceil(T / tile.tokens), 1],
     };
   });
 }

@@ -7,6 +7,7 @@
 import { Command, Option } from 'commander';
 import { writeFile } from 'node:fs/promises';
 import { Gpu } from '../../backends/webgpu/device.js';
+import { runPrefillBench } from '../../bench/prefill.js';
 import { runBench, type BenchOptions } from '../../bench/run.js';
 import { BENCH_SHAPES } from '../../bench/synthetic.js';
 import { action, parseFloatOption, parseIntOption } from '../common.js';
@@ -22,6 +23,9 @@ type BenchFlags = Omit<BenchOptions, 'paths' | 'probeBytes' | 'log' | 'profile'>
   dawnToggles: boolean;
   json: boolean;
   out?: string;
+  prefill?: number;
+  prefillChunk?: number;
+  runs: number;
 };
 
 export function benchCommand(): Command {
@@ -51,6 +55,9 @@ export function benchCommand(): Command {
     .option('--no-f16', 'do not use shader-f16 (nor the f16 subgroup matrices)')
     .option('--no-subgroup-matrix', 'do not use subgroup matrices (the prefill runs its fallback kernels)')
     .option('--no-dawn-toggles', 'Node: do not ask Dawn for allow_unsafe_apis / vulkan_enable_f16_on_nvidia (also PDVM_DAWN_TOGGLES=0)')
+    .option('--prefill <n>', 'instead: prefill an n-token prompt through the engine\'s prefill path (like llama-bench ppN) and report prompt_tokens_per_second', parseIntOption('--prefill'))
+    .option('--prefill-chunk <n>', 'with --prefill: tokens per prefill step (default the engine\'s, 512)', parseIntOption('--prefill-chunk'))
+    .option('--runs <n>', 'with --prefill: timed runs, the median reported', parseIntOption('--runs'), 3)
     .option('--json', 'print the figures as one JSON object (with --path both, the unfused run under compared_with)')
     .option('--out <file>', 'also write the results (JSON array) to this file')
     .action(
@@ -59,6 +66,16 @@ export function benchCommand(): Command {
         if (f.context < 2 || f.tokens < 2) throw new Error('--context and --tokens must be at least 2');
         const gpu = await Gpu.acquire({ disableSubgroups: !f.subgroups, disableShaderF16: !f.f16, disableSubgroupMatrix: !f.subgroupMatrix, ...(f.dawnToggles ? {} : { dawnToggles: false }) });
         try {
+          if (f.prefill !== undefined) {
+            const r = await runPrefillBench(gpu, {
+              shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, seed: f.seed, prompt: f.prefill, chunk: f.prefillChunk, runs: f.runs,
+              log: (line) => process.stderr.write(`${line}\n`),
+            });
+            if (f.json) process.stdout.write(`${JSON.stringify(r)}\n`);
+            else process.stdout.write(`${r.shape} ${r.encoding} pp${r.prompt_tokens}: ${r.prompt_tokens_per_second.toFixed(1)} tok/s (${r.prompt_ms.toFixed(1)} ms), ${r.prefill_kernel}, ${r.prefill_chunk} tokens a step\n`);
+            if (f.out) await writeFile(f.out, `${JSON.stringify(r, null, 2)}\n`);
+            return;
+          }
           const results = await runBench(gpu, {
             shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, bitmap: f.bitmap, context: f.context,
             tokens: f.tokens, paths: f.path === 'both' ? ['fused', 'unfused'] : [f.path], seed: f.seed, lag: f.lag,

@@ -68,7 +68,9 @@ for (const { name, options } of variants) {
       const step = stepBuffer(gpu, T, 0);
       const io = { x: storage(gpu, x), y: yBuf, yStride, yOffset, bias: storage(gpu, bias), residual, step };
       await run(gpu, matmulOp(gpu, m, io, T === 1 ? 'matvec' : 'tiled', T), T);
-      assertClose(await read(gpu, yBuf, T * yStride), want, 1e-6, `${dtype} T=${T} [${rows}x${cols}] residual=${residual} (${m.segments.length} segments)`);
+      // the prefill's f16 subgroup-matrix tiles where the device has them: matmul-tiled.test.ts's tolerance
+      const tol = T > 1 && gpu.features.subgroupMatrixF16 ? 3e-3 : 1e-6;
+      assertClose(await read(gpu, yBuf, T * yStride), want, tol, `${dtype} T=${T} [${rows}x${cols}] residual=${residual} (${m.segments.length} segments)`);
     }
   });
 
@@ -203,5 +205,5 @@ test('webgpu kernels: the fused residual add equals addInPlace', { skip: SKIP_GP
   addInPlace(want, prod, T * rows);
   const yb = storage(gpu, y0);
   await run(gpu, matmulOp(gpu, uploadDense(gpu, w, 'w'), { x: storage(gpu, x), y: yb, yStride: rows, yOffset: 0, bias: null, residual: true, step: stepBuffer(gpu, T, 0) }, 'tiled', T), T);
-  assertClose(await read(gpu, yb, T * rows), want, 1e-6, 'residual add');
+  assertClose(await read(gpu, yb, T * rows), want, gpu.features.subgroupMatrixF16 ? 3e-3 : 1e-6, 'residual add');
 });

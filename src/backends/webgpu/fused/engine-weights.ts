@@ -111,3 +111,30 @@ export function fusedBuffersOf(w: FusedModelWeights): GPUBuffer[] {
   }
   return [...all];
 }
+
+/**
+ * The engine's weights over fused weights made on the GPU without a checkpoint (`pdvm bench`'s
+ * synthetic models): every matrix read in place by the layouts above (q4, q8, bitmap4, dense); the
+ * embedding from the fused path's dense table. Throws for a matrix the forward pass cannot read.
+ */
+export function engineWeightsOfFused(fused: FusedModelWeights): GpuModelWeights {
+  const view = (m: FusedMatrix): GpuMatrix => {
+    const { rows, cols } = m, b = m.buffers;
+    if (m.encoding === 'q4' && b.Q && b.SM) {
+      return { encoding: 'q4', rows, cols, shape: { encoding: 'q4', rows, cols, group: m.group, groups: (m.units * 32) / m.group, wordsPerRow: m.units * 4 }, buffers: [b.Q, b.SM], bytes: m.bytes };
+    }
+    if (m.encoding === 'q8' && b.Q && b.SCALE) return { encoding: 'q8', rows, cols, shape: { encoding: 'q8', rows, cols, wordsPerRow: m.units * 4 }, buffers: [b.Q, b.SCALE], bytes: m.bytes };
+    if (m.encoding === 'bitmap4' && b.MASK && b.OFFS && b.VALS && b.SC) {
+      const shape = { encoding: 'bitmap', rows, cols, tile: m.group, bits: 4, tiles: m.units, maskWordsPerRow: (m.units * m.group) / 32 } as const;
+      return { encoding: 'bitmap', rows, cols, shape, buffers: [b.MASK, b.OFFS, b.VALS, b.SC], bytes: m.bytes };
+    }
+    const dense = denseView(m);
+    if (!dense) throw new Error(`the forward pass cannot read a fused ${m.encoding} matrix [${rows}x${cols}]`);
+    return dense;
+  };
+  const layers = fused.layers.map((F): GpuLayerWeights => ({
+    attnNorm: F.attnNorm, qkv: [view(F.qkv)], qkvBias: F.qkvBias, o: view(F.o), mlpNorm: F.mlpNorm, gateUp: [view(F.gateUp)], down: view(F.down),
+  }));
+  const weights = { embed: view(fused.embed), layers, finalNorm: fused.finalNorm, lmHead: view(fused.lmHead), bytes: 0 };
+  return { ...weights, bytes: gpuBuffersOf(weights).reduce((a, b) => a + b.size, 0) };
+}

@@ -1,8 +1,7 @@
 /**
- * Dense matrix products y = W x for W stored f32 or bf16/f16 (two values per u32 word), rows padded
- * to whole vec4<u32> chunks. Two kernels:
- *   matvec: one token (decode; x at row 0), a workgroup per RPW rows, reduction across the workgroup;
- *   tiled:  T tokens (prefill), 64 tokens x 64 rows a workgroup, K in steps of 32 through shared memory.
+ * Dense matrix-vector products y = W x for W stored f32 or bf16/f16 (two values per u32 word), rows
+ * padded to whole vec4<u32> chunks: one token (decode; x at row 0), a workgroup per RPW rows,
+ * reduction across the workgroup. The prefill's T-token products are matmul-tiled.ts's.
  * Epilogues: + bias[yOffset + r] (qkv biases), y += (residual add fused into o_proj and down).
  *   y[t * yStride + yOffset + r] (+)= sum_c W[r, c] x[t * cols + c]
  */
@@ -87,96 +86,3 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 `;
 }
-
-export const TILE = 64;
-
-export function matmulDenseWgsl(s: DenseMatmulShape, f: KernelFeatures): string {
-  const vpc = valuesPerChunk(s.dtype);
-  // W tile: 64 rows x 32 columns = 256 chunks of 8 (16-bit) or 512 chunks of 4 (f32)
-  const loadW =
-    vpc === 8
-      ? `{
-      let rr = lid >> 2u;
-      let q = lid & 3u;
-      let r = row0 + rr;
-      let chunk = kb / 8u + q;
-      var w = vec4<u32>(0u);
-      if (r < ROWS && chunk < ROW_CHUNKS) { w = W[r * ROW_CHUNKS + chunk]; }
-      let lo = chunk_lo(w);
-      let hi = chunk_hi(w);
-      let o = rr * 33u + q * 8u;
-      ws[o] = lo.x; ws[o + 1u] = lo.y; ws[o + 2u] = lo.z; ws[o + 3u] = lo.w;
-      ws[o + 4u] = hi.x; ws[o + 5u] = hi.y; ws[o + 6u] = hi.z; ws[o + 7u] = hi.w;
-    }`
-      : `for (var i = 0u; i < 2u; i++) {
-      let e = lid + 256u * i;
-      let rr = e >> 3u;
-      let q = e & 7u;
-      let r = row0 + rr;
-      let chunk = kb / 4u + q;
-      var w = vec4<f32>(0.0);
-      if (r < ROWS && chunk < ROW_CHUNKS) { w = bitcast<vec4<f32>>(W[r * ROW_CHUNKS + chunk]); }
-      let o = rr * 33u + q * 4u;
-      ws[o] = w.x; ws[o + 1u] = w.y; ws[o + 2u] = w.z; ws[o + 3u] = w.w;
-    }`;
-  return `${COMMON}${unpackPair(s.dtype)}
-const ROWS = ${s.rows}u;
-const COLS = ${s.cols}u;
-const ROW_CHUNKS = ${s.rowChunks}u;
-@group(0) @binding(0) var<storage, read> W: array<vec4<u32>>;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(3) var<storage, read> step: array<u32>;
-${s.bias ? '@group(0) @binding(4) var<storage, read> bias: array<f32>;' : ''}
-
-var<workgroup> xs: array<f32, ${64 * 33}>; // [token][k], padded against bank conflicts
-var<workgroup> ws: array<f32, ${64 * 33}>; // [row][k]
-
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let T = step[0];
-  let row0 = wid.x * 64u;
-  let tok0 = wid.y * 64u;
-  let tx = lid % 16u;
-  let ty = lid / 16u;
-  var acc: array<f32, 16>; // tokens ty + 16i, rows tx + 16j: acc[i * 4 + j]
-  for (var kb = 0u; kb < COLS; kb += 32u) {
-    for (var i = 0u; i < 8u; i++) {
-      let e = lid + 256u * i;
-      let tt = e >> 5u;
-      let kk = e & 31u;
-      let t = tok0 + tt;
-      let c = kb + kk;
-      var v = 0.0;
-      if (t < T && c < COLS) { v = x[t * COLS + c]; }
-      xs[tt * 33u + kk] = v;
-    }
-    ${loadW}
-    workgroupBarrier();
-    // hot loop: 4x4 outputs per invocation from shared memory
-    for (var kk = 0u; kk < 32u; kk++) {
-      var a: array<f32, 4>;
-      var b: array<f32, 4>;
-      for (var i = 0u; i < 4u; i++) { a[i] = xs[(ty + 16u * i) * 33u + kk]; b[i] = ws[(tx + 16u * i) * 33u + kk]; }
-      for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) { acc[i * 4u + j] += a[i] * b[j]; }
-      }
-    }
-    workgroupBarrier();
-  }
-  for (var i = 0u; i < 4u; i++) {
-    let t = tok0 + ty + 16u * i;
-    for (var j = 0u; j < 4u; j++) {
-      let r = row0 + tx + 16u * j;
-      if (t < T && r < ROWS) {
-        let o = t * ${s.yStride}u + ${s.yOffset}u + r;
-        var v = acc[i * 4u + j]${s.bias ? ` + bias[${s.yOffset}u + r]` : ''};
-        ${s.residual ? 'v += y[o];' : ''}
-        y[o] = v;
-      }
-    }
-  }
-}
-`;
-}
-

@@ -1,0 +1,56 @@
+/**
+ * Prefill through the matrix-matrix kernels (kernels/matmul-tiled.ts) against the CPU engine on every
+ * architecture fixture, with a prompt of several hundred tokens (the fixtures' context allows 256; the
+ * brown-llama one 1,024): the logits of the prompt's last token within 1e-4 relative, prefilled in one
+ * step and in steps of 100 (partial tiles), and the greedy continuation through `generate` (the fused
+ * decoder's cache prefilled by these kernels) token for token.
+ * On the f32 path only: where the device self-tested f16 subgroup matrices, set PDVM_SUBGROUP_MATRIX=0
+ * for this file (the f16 path has its tolerance in matmul-tiled.test.ts and the perplexity test).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { basename } from 'node:path';
+import { CpuEngine } from '../../../src/backends/cpu/engine.js';
+import { WebGpuEngine } from '../../../src/backends/webgpu/engine.js';
+import { loadModel } from '../../../src/model/load.js';
+import { generate, type GenerationResult } from '../../../src/runtime/generate.js';
+import type { Engine } from '../../../src/runtime/engine.js';
+import { ALL_FIXTURE_MODELS, assertClose, BROWN, compare, rng } from '../../helpers.js';
+import { SKIP_GPU, testGpu } from './gpu.js';
+
+async function greedy(engine: Engine, prompt: number[], maxTokens: number): Promise<number[]> {
+  const it = generate({ engine, tokenizer: null, eosTokenIds: [] }, engine.createSequence(), prompt, { maxTokens, temperature: 0, ignoreEos: true });
+  let r = await it.next();
+  while (!r.done) r = await it.next();
+  return (r.value as GenerationResult).tokenIds;
+}
+
+for (const dir of ALL_FIXTURE_MODELS) {
+  test(`webgpu prefill: ${basename(dir)}, a long prompt, logits and greedy continuation vs the CPU engine`, { skip: SKIP_GPU }, async () => {
+    const gpu = await testGpu();
+    if (gpu.features.subgroupMatrixF16) assert.fail('this device runs the f16 subgroup-matrix prefill; run this file with PDVM_SUBGROUP_MATRIX=0 (the f32 path)');
+    const model = await loadModel(dir);
+    const c = model.config;
+    const context = dir === BROWN ? 512 : Math.min(256, c.maxPositionEmbeddings);
+    const generated = 12;
+    const r = rng(7);
+    const prompt = Array.from({ length: context - generated - 4 }, () => Math.floor(r() * c.vocabSize));
+    const cpu = new CpuEngine(c, model.weights, context);
+    const want = Float32Array.from(await cpu.forward(cpu.createSequence(), prompt));
+    const wantTokens = await greedy(cpu, prompt, generated);
+    // brown-llama in one step only (lavapipe's time); the small fixtures also in steps of 100
+    for (const prefillChunk of dir === BROWN ? [undefined] : [undefined, 100]) {
+      const engine = await WebGpuEngine.create(model, { contextLength: context, prefillChunk, gpu });
+      try {
+        const what = `${basename(dir)}, ${prompt.length}-token prompt, ${engine.prefillChunk} tokens a step`;
+        const got = await engine.forward(engine.createSequence(), prompt);
+        const d = compare(got, want);
+        console.log(`${what}: last logits relative difference ${d.rel.toExponential(2)} (worst element ${d.worst.toExponential(2)})`);
+        assertClose(got, want, 1e-4, `${what}: last logits`);
+        assert.deepEqual(await greedy(engine, prompt, generated), wantTokens, `${what}: greedy continuation`);
+      } finally {
+        engine.dispose();
+      }
+    }
+  });
+}
