@@ -19,7 +19,7 @@ import { resolveSampling, type SamplingOptions } from '../runtime/sampling.js';
 import type { Constraint } from '../runtime/token-filter.js';
 import type { ChatMessage } from '../tokenizer/tokenizer.js';
 import { ContextLengthError, ModelDisposedError } from './errors.js';
-import { Scheduler } from './scheduler.js';
+import { kvCacheBytes, Scheduler, type SchedulerStats } from './scheduler.js';
 import { GenerationStream } from './stream.js';
 
 export type Backend = 'cpu' | 'webgpu' | 'auto';
@@ -34,8 +34,16 @@ export interface LoadModelOptions {
   decode?: 'fused' | 'unfused';
   /** Positions each generation may hold, prompt included (default: the model's, at most 4096). */
   contextLength?: number;
-  /** Generations decoding at once; more wait in a queue (default 8). */
+  /**
+   * Generations decoding at once, in one batched step where the backend batches; more wait in a
+   * queue. Default: as many KV caches as fit in 2 GiB, between 1 and 32 (`defaultMaxConcurrency`).
+   */
   maxConcurrency?: number;
+  /**
+   * Bytes of KV caches kept after generations end, for prefix reuse (default 256 MiB; 0 turns reuse
+   * off). Least recently used first out; a kept cache gives way when a running generation needs memory.
+   */
+  prefixCacheBytes?: number;
   /** Generations allowed to wait for a slot; past that, generate() throws QueueFullError (default 64). */
   maxQueued?: number;
   /** Called as the model loads: bytes downloaded ('download') and tensors read ('tensors'), each of a total. */
@@ -101,7 +109,7 @@ export class Model {
   private disposed = false;
   private grammars: GrammarCompiler | null = null;
 
-  constructor(readonly loaded: LoadedModel, readonly engine: Engine, options: { maxConcurrency?: number; maxQueued?: number; backendNotice?: string } = {}) {
+  constructor(readonly loaded: LoadedModel, readonly engine: Engine, options: { maxConcurrency?: number; maxQueued?: number; prefixCacheBytes?: number; backendNotice?: string } = {}) {
     this.id = modelId(loaded.path);
     this.backendNotice = options.backendNotice;
     this.context = {
@@ -111,11 +119,13 @@ export class Model {
       eosTokenIds: loaded.config.eosTokenIds,
     };
     this.chatEndTokenIds = loaded.tokenizer?.chatEndTokenIds(loaded.config.eosTokenIds) ?? loaded.config.eosTokenIds;
-    const maxActive = options.maxConcurrency ?? 8;
+    const maxActive = options.maxConcurrency ?? defaultMaxConcurrency(engine);
     const maxQueued = options.maxQueued ?? 64;
+    const prefixCacheBytes = options.prefixCacheBytes ?? DEFAULT_PREFIX_CACHE_BYTES;
     if (!Number.isInteger(maxActive) || maxActive < 1) throw new InvalidInputError(`max concurrency must be a whole number >= 1, got ${maxActive}`);
     if (!Number.isInteger(maxQueued) || maxQueued < 0) throw new InvalidInputError(`max queued must be a whole number >= 0, got ${maxQueued}`);
-    this.scheduler = new Scheduler(engine, this.context, { maxActive, maxQueued });
+    if (!Number.isFinite(prefixCacheBytes) || prefixCacheBytes < 0) throw new InvalidInputError(`prefix cache bytes must be >= 0, got ${prefixCacheBytes}`);
+    this.scheduler = new Scheduler(engine, this.context, { maxActive, maxQueued, prefixCacheBytes });
   }
 
   get backend(): 'cpu' | 'webgpu' {
@@ -137,6 +147,16 @@ export class Model {
   /** Generations holding a KV cache slot now, and waiting for one. */
   get activity(): { active: number; queued: number } {
     return { active: this.scheduler.activeCount, queued: this.scheduler.queuedCount };
+  }
+
+  /** Generations decoding at once at most (the batch size). */
+  get maxConcurrency(): number {
+    return this.scheduler.limits.maxActive;
+  }
+
+  /** The scheduler's state now: batch rows of the latest step, KV caches running and kept, bytes. */
+  get schedulerStats(): SchedulerStats {
+    return this.scheduler.stats;
   }
 
   /** Text to token ids; `addSpecialTokens` adds what the tokenizer adds to a plain prompt (a BOS...). */
@@ -296,5 +316,14 @@ export async function loadModel(source: ModelSource, options: LoadModelOptions =
   // checked against the model's maximum before the engine allocates anything
   const contextLength = checkContextLength(loaded.config, options.contextLength ?? Math.min(loaded.config.maxPositionEmbeddings, 4096), 'the context length');
   const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength, decode: options.decode });
-  return new Model(loaded, engine, { maxConcurrency: options.maxConcurrency, maxQueued: options.maxQueued, backendNotice: notice });
+  return new Model(loaded, engine, { maxConcurrency: options.maxConcurrency, maxQueued: options.maxQueued, prefixCacheBytes: options.prefixCacheBytes, backendNotice: notice });
+}
+
+/** KV cache memory the default batch size may take. */
+export const DEFAULT_KV_BUDGET_BYTES = 2 * 1024 ** 3;
+export const DEFAULT_PREFIX_CACHE_BYTES = 256 * 1024 ** 2;
+
+/** The default maxConcurrency: as many KV caches (float32, whole context) as fit DEFAULT_KV_BUDGET_BYTES, 1 to 32. */
+export function defaultMaxConcurrency(engine: Engine): number {
+  return Math.max(1, Math.min(32, Math.floor(DEFAULT_KV_BUDGET_BYTES / kvCacheBytes(engine))));
 }

@@ -1,26 +1,38 @@
 /**
- * Runs many generations on one engine, fairly. Each admitted generation gets its own Sequence (a KV
- * cache slot) and the scheduler steps them in turn, one token each per round (a newly admitted one
- * gets its prefill before the next turn, for a short time to first token), yielding to the event loop
- * between steps so sockets and timers are serviced while a CPU forward pass (synchronous work)
- * runs. Generations beyond `maxActive` wait in a FIFO queue of at most `maxQueued`; beyond that,
- * submit() throws QueueFullError. A cancelled generation leaves at once and its slot goes to the next
- * in the queue.
+ * Runs many generations on one engine. Each admitted generation gets its own Sequence (a KV cache
+ * slot). Generations beyond `maxActive` wait in a FIFO queue of at most `maxQueued`; beyond that,
+ * submit() throws QueueFullError. A cancelled generation leaves at the next step boundary and its slot
+ * goes to the next in the queue.
  *
- * Each step is exactly one `next()` of the runtime's `generate()`: the first is the prefill, each later
- * one decodes a single token, so tokens of different requests can never mix.
+ * Where the engine has a batched step (continuous batching): every step decodes one token of every
+ * running generation in one pass (each weight read once for all of them) and feeds up to
+ * `prefillTokens` prompt tokens of generations still prefilling, so a long prompt is prefilled in
+ * chunks between decode steps instead of stalling the running streams. Requests join and leave between
+ * steps; each has its own position, cache and sampler (penalties, seeds) run on the CPU per sequence.
+ * A finished generation's cache may be kept (prefix reuse): a later prompt that begins with the same
+ * tokens takes it and prefills only the rest.
+ *
+ * Otherwise (an engine without a step, e.g. WebGPU's fused decode path today) the scheduler steps the
+ * generations in turn, round robin, one `next()` of the runtime's generate() each: the first is the
+ * prefill, each later one a token. Either way it yields to the event loop between steps so sockets
+ * and timers are serviced while a forward pass (synchronous work on the CPU) runs.
  */
 import { AbortError } from '../errors.js';
-import type { Engine, Sequence } from '../runtime/engine.js';
-import { generate, type GenerateOptions, type GenerationChunk, type GenerationContext, type GenerationResult } from '../runtime/generate.js';
+import type { Engine, Sequence, StepRow } from '../runtime/engine.js';
+import { generate, Generation, PREFILL_CHUNK, type GenerateOptions, type GenerationChunk, type GenerationContext, type GenerationResult } from '../runtime/generate.js';
 import { ModelDisposedError, QueueFullError } from './errors.js';
+import { PrefixCache } from './prefix-cache.js';
 import type { GenerationSink } from './stream.js';
 
 export interface SchedulerLimits {
-  /** Generations decoding at once (each holds a KV cache for the whole context). */
+  /** Generations decoding at once (the batch size B; each holds a KV cache for the whole context). */
   maxActive: number;
   /** Generations waiting for a slot before new ones are refused. */
   maxQueued: number;
+  /** Prompt tokens a batched step prefills at most, over all prefilling generations (default PREFILL_CHUNK). */
+  prefillTokens?: number;
+  /** Bytes finished generations' caches may keep for prefix reuse (0 = none; batched engines only). */
+  prefixCacheBytes?: number;
 }
 
 export interface GenerationJob {
@@ -30,25 +42,56 @@ export interface GenerationJob {
   sink: GenerationSink;
 }
 
+/** What the scheduler is doing now (for /metrics and /health). */
+export interface SchedulerStats {
+  active: number;
+  queued: number;
+  /** Rows of the latest batched step: decode rows and prompt-chunk rows. */
+  lastStepDecodeRows: number;
+  lastStepPrefillTokens: number;
+  /** KV caches held by running generations and kept for prefix reuse, and their bytes. */
+  runningCaches: number;
+  keptCaches: number;
+  cacheBytes: number;
+  keptBytes: number;
+}
+
 interface Entry {
   job: GenerationJob;
   state: 'queued' | 'active' | 'done';
   seq: Sequence | null;
-  steps: AsyncGenerator<GenerationChunk, GenerationResult> | null;
-  /** Has had its first step (the prefill). */
-  started: boolean;
   onAbort: () => void;
+  // round-robin mode: the runtime's generator and whether it had its first step (the prefill)
+  steps: AsyncGenerator<GenerationChunk, GenerationResult> | null;
+  started: boolean;
+  // batched mode
+  gen: Generation | null;
+  /** Tokens in the sequence's cache, in order (prompt, then every fed token). */
+  fed: number[];
+  /** The tokens to feed at the next step (the chosen one, and any the grammar forces after it), or null while prefilling. */
+  next: number[] | null;
+  /** The grammar's filter is made (Generation.start()). */
+  filterReady: boolean;
 }
 
 export class Scheduler {
   private readonly queue: Entry[] = [];
   private readonly active: Entry[] = [];
-  /** The entry whose step is in flight (its generator must not be touched until the step ends). */
-  private stepping: Entry | null = null;
+  /** Entries in the step in flight: their sequences must not be freed or reused until it ends. */
+  private readonly stepping = new Set<Entry>();
   private looping: Promise<void> | null = null;
   private closed = false;
+  private readonly batched: boolean;
+  private readonly prefixCache: PrefixCache | null;
+  private readonly slotBytes: number;
+  private lastStep = { decodeRows: 0, prefillTokens: 0 };
 
-  constructor(private readonly engine: Engine, private readonly ctx: GenerationContext, readonly limits: SchedulerLimits) {}
+  constructor(private readonly engine: Engine, private readonly ctx: GenerationContext, readonly limits: SchedulerLimits) {
+    this.batched = engine.step !== undefined;
+    this.slotBytes = kvCacheBytes(engine);
+    const keep = limits.prefixCacheBytes ?? 0;
+    this.prefixCache = this.batched && keep >= this.slotBytes ? new PrefixCache(Math.floor(keep / this.slotBytes)) : null;
+  }
 
   /** Generations holding a KV cache slot now. */
   get activeCount(): number {
@@ -59,6 +102,20 @@ export class Scheduler {
     return this.queue.length;
   }
 
+  get stats(): SchedulerStats {
+    const kept = this.prefixCache?.size ?? 0;
+    return {
+      active: this.active.length,
+      queued: this.queue.length,
+      lastStepDecodeRows: this.lastStep.decodeRows,
+      lastStepPrefillTokens: this.lastStep.prefillTokens,
+      runningCaches: this.active.length,
+      keptCaches: kept,
+      cacheBytes: (this.active.length + kept) * this.slotBytes,
+      keptBytes: kept * this.slotBytes,
+    };
+  }
+
   /** Starts the job or queues it; throws QueueFullError, AbortError or ModelDisposedError at once instead. */
   submit(job: GenerationJob): void {
     if (this.closed) throw new ModelDisposedError();
@@ -66,37 +123,68 @@ export class Scheduler {
     if (signal?.aborted) throw new AbortError();
     const mustWait = this.active.length >= this.limits.maxActive || this.queue.length > 0;
     if (mustWait && this.queue.length >= this.limits.maxQueued) throw new QueueFullError(this.active.length, this.queue.length);
-    const entry: Entry = { job, state: 'queued', seq: null, steps: null, started: false, onAbort: () => this.cancel(entry, new AbortError()) };
+    const entry: Entry = {
+      job, state: 'queued', seq: null, onAbort: () => this.cancel(entry, new AbortError()),
+      steps: null, started: false, gen: null, fed: [], next: null, filterReady: false,
+    };
     signal?.addEventListener('abort', entry.onAbort, { once: true });
     this.queue.push(entry);
     this.admit();
   }
 
-  /** Fails every queued and running generation and waits for a step in flight to end. */
+  /** Fails every queued and running generation, waits for a step in flight to end, frees kept caches. */
   async close(): Promise<void> {
     this.closed = true;
     for (const entry of [...this.queue, ...this.active]) this.cancel(entry, new ModelDisposedError());
     await this.looping;
+    this.prefixCache?.clear();
   }
 
   private admit(): void {
     while (this.active.length < this.limits.maxActive && this.queue.length > 0) {
       const entry = this.queue.shift()!;
       try {
-        entry.seq = this.engine.createSequence();
+        if (this.batched) this.startBatched(entry);
+        else {
+          entry.seq = this.engine.createSequence();
+          entry.steps = generate(this.ctx, entry.seq, entry.job.promptIds, entry.job.options);
+        }
       } catch (e) {
         this.end(entry);
         entry.job.sink.fail(e);
         continue;
       }
       entry.state = 'active';
-      entry.steps = generate(this.ctx, entry.seq, entry.job.promptIds, entry.job.options);
       this.active.push(entry);
     }
-    if (this.active.length > 0 && !this.looping) this.looping = this.loop();
+    if (this.active.length > 0 && !this.looping) this.looping = this.batched ? this.batchLoop() : this.roundRobinLoop();
   }
 
-  private async loop(): Promise<void> {
+  /** A batched generation's sequence: the kept cache sharing the longest prefix of its prompt, or a new one. */
+  private startBatched(entry: Entry): void {
+    const promptIds = entry.job.promptIds;
+    entry.gen = new Generation(this.ctx, promptIds, entry.job.options);
+    // at least the prompt's last token is fed again: its logits choose the first new token
+    const reused = this.prefixCache?.take(promptIds, promptIds.length - 1) ?? null;
+    if (reused) {
+      reused.seq.truncate(reused.length);
+      entry.seq = reused.seq;
+      entry.fed = promptIds.slice(0, reused.length);
+      entry.gen.cachedTokens = reused.length;
+      return;
+    }
+    try {
+      entry.seq = this.engine.createSequence();
+    } catch (e) {
+      // out of memory: kept caches give way to running sequences
+      const evicted = this.prefixCache?.evictOldest();
+      if (!evicted) throw e;
+      entry.seq = evicted;
+    }
+    entry.seq.reset();
+  }
+
+  private async roundRobinLoop(): Promise<void> {
     try {
       while (this.active.length > 0) {
         // a generation still waiting for its prefill goes first (short time to first token); the others
@@ -105,7 +193,7 @@ export class Scheduler {
         const entry = this.active.splice(fresh >= 0 ? fresh : 0, 1)[0]!;
         this.active.push(entry);
         entry.started = true;
-        await this.step(entry);
+        await this.roundRobinStep(entry);
         await yieldToEventLoop();
       }
     } finally {
@@ -113,23 +201,22 @@ export class Scheduler {
     }
   }
 
-  private async step(entry: Entry): Promise<void> {
-    this.stepping = entry;
+  private async roundRobinStep(entry: Entry): Promise<void> {
+    this.stepping.add(entry);
     let r: IteratorResult<GenerationChunk, GenerationResult>;
     try {
       r = await entry.steps!.next();
     } catch (e) {
-      this.stepping = null;
+      this.stepping.delete(entry);
       this.end(entry);
       entry.job.sink.fail(e);
       return;
     }
-    this.stepping = null;
+    this.stepping.delete(entry);
     if (entry.state !== 'active') {
       // cancelled while the step ran: finish the cancellation now that the generator is idle
       void entry.steps!.return(undefined as never).catch(() => {});
-      entry.seq?.dispose();
-      entry.seq = null;
+      this.freeSequence(entry);
       return;
     }
     if (r.done) {
@@ -140,29 +227,139 @@ export class Scheduler {
     }
   }
 
+  /**
+   * The continuous batching loop: each step takes every decoding generation's next token and prompt
+   * chunks of the prefilling ones (oldest first, up to the step's prefill budget), runs them as one
+   * batched step, then samples each row that produced logits.
+   */
+  private async batchLoop(): Promise<void> {
+    const budget = this.limits.prefillTokens ?? PREFILL_CHUNK;
+    try {
+      while (this.active.length > 0) {
+        // generations new to the loop make their grammar filters first
+        for (const entry of this.active.filter((e) => !e.filterReady)) {
+          entry.filterReady = true;
+          try {
+            await entry.gen!.start();
+          } catch (e) {
+            if (entry.state === 'active') {
+              this.end(entry);
+              entry.job.sink.fail(e);
+            }
+          }
+        }
+        const rows: StepRow[] = [];
+        const entries: Entry[] = [];
+        let prefill = 0, decode = 0;
+        for (const entry of this.active) {
+          if (!entry.filterReady) continue;
+          if (entry.next !== null) {
+            rows.push({ seq: entry.seq!, tokens: entry.next, logits: true });
+            entries.push(entry);
+            decode++;
+          } else if (prefill < budget) {
+            const prompt = entry.job.promptIds, at = entry.fed.length;
+            const n = Math.min(budget - prefill, prompt.length - at);
+            rows.push({ seq: entry.seq!, tokens: prompt.slice(at, at + n), logits: at + n === prompt.length });
+            entries.push(entry);
+            prefill += n;
+          }
+        }
+        this.lastStep = { decodeRows: decode, prefillTokens: prefill };
+        for (const e of entries) this.stepping.add(e);
+        let out: (Float32Array | null)[];
+        try {
+          out = await this.engine.step!(rows);
+        } catch (e) {
+          this.stepping.clear();
+          for (const entry of entries) {
+            if (entry.state !== 'active') this.freeSequence(entry);
+            else {
+              this.end(entry);
+              entry.job.sink.fail(e);
+            }
+          }
+          await yieldToEventLoop();
+          continue;
+        }
+        this.stepping.clear();
+        for (let i = 0; i < entries.length; i++) await this.afterStep(entries[i]!, rows[i]!, out[i]!);
+        await yieldToEventLoop();
+      }
+    } finally {
+      this.looping = null;
+    }
+  }
+
+  private async afterStep(entry: Entry, row: StepRow, logits: Float32Array | null): Promise<void> {
+    if (entry.state !== 'active') {
+      // cancelled while the step ran: its sequence can be freed now
+      this.freeSequence(entry);
+      return;
+    }
+    for (let i = 0; i < row.tokens.length; i++) entry.fed.push(row.tokens[i]!);
+    if (!logits) return; // a prompt chunk that is not the prompt's end
+    const gen = entry.gen!;
+    let step;
+    try {
+      step = await gen.choose(logits);
+    } catch (e) {
+      if (entry.state === 'active') {
+        this.end(entry);
+        entry.job.sink.fail(e);
+      }
+      return;
+    }
+    if (entry.state !== 'active') return; // cancelled while a grammar filter advanced
+    for (const chunk of step.chunks) entry.job.sink.push(chunk);
+    if (!step.end) {
+      entry.next = step.feed;
+      return;
+    }
+    const { tail, result } = gen.finish();
+    if (tail) entry.job.sink.push(tail);
+    // a cache that finished well is kept for a later prompt sharing its prefix
+    if (this.prefixCache && entry.seq && !this.closed) {
+      const evicted = this.prefixCache.put(entry.seq, entry.fed);
+      evicted?.dispose();
+      entry.seq = null;
+    }
+    this.end(entry);
+    entry.job.sink.finish(result);
+  }
+
   private cancel(entry: Entry, error: Error): void {
     if (entry.state === 'done') return;
     if (entry.state === 'queued') this.queue.splice(this.queue.indexOf(entry), 1);
-    if (this.stepping !== entry) void entry.steps?.return(undefined as never).catch(() => {});
+    if (!this.stepping.has(entry)) void entry.steps?.return(undefined as never).catch(() => {});
     this.end(entry);
     entry.job.sink.fail(error);
   }
 
+  private freeSequence(entry: Entry): void {
+    entry.seq?.dispose();
+    entry.seq = null;
+    entry.gen?.dispose();
+  }
+
   /**
-   * Leaves the scheduler: frees the KV cache slot (or leaves that to step() when a step is in flight)
-   * and lets the next queued job in.
+   * Leaves the scheduler: frees the KV cache slot (or leaves that to the step in flight, which frees
+   * it when it ends) and lets the next queued job in.
    */
   private end(entry: Entry): void {
     const index = this.active.indexOf(entry);
     if (index >= 0) this.active.splice(index, 1);
     entry.state = 'done';
-    if (this.stepping !== entry) {
-      entry.seq?.dispose();
-      entry.seq = null;
-    }
+    if (!this.stepping.has(entry)) this.freeSequence(entry);
     entry.job.options.signal?.removeEventListener('abort', entry.onAbort);
     if (!this.closed) this.admit();
   }
+}
+
+/** Bytes one sequence's KV cache takes: K and V of every layer for the whole context, float32. */
+export function kvCacheBytes(engine: Engine): number {
+  const c = engine.config;
+  return c.numLayers * 2 * engine.contextLength * c.numKvHeads * c.headDim * 4;
 }
 
 /**

@@ -16,6 +16,12 @@ export interface WeightTensor {
    *   y[t * yStride + yOffset + r] = sum_c W[r, c] * x[t * cols + c]   for t < T, r < rows.
    */
   matmul(x: Float32Array, T: number, y: Float32Array, yStride: number, yOffset: number): void;
+  /**
+   * The same product where each of the T rows gets exactly the arithmetic of `matmul` with T = 1 (so a
+   * row's result never depends on which other rows share the call), each weight read once for all T.
+   * Batched decoding uses it; absent, `matmulEachRow()` calls matmul once per row.
+   */
+  matmulRows?(x: Float32Array, T: number, y: Float32Array, yStride: number, yOffset: number): void;
   /** Row r as float32 (embedding lookup). */
   readRow(r: number, out: Float32Array): void;
 }
@@ -72,7 +78,41 @@ export class DenseTensor implements WeightTensor {
     }
   }
 
+  // hot loop of batched decoding: the T = 1 arithmetic above (four partial sums) for each row, two
+  // rows of x at a time sharing each weight read
+  matmulRows(x: Float32Array, T: number, y: Float32Array, yStride: number, yOffset: number): void {
+    const { rows, cols, data: w } = this;
+    let t = 0;
+    for (; t + 2 <= T; t += 2) {
+      const x0 = t * cols, x1 = x0 + cols;
+      for (let r = 0; r < rows; r++) {
+        const wr = r * cols;
+        let s0 = 0, s1 = 0, s2 = 0, s3 = 0, u0 = 0, u1 = 0, u2 = 0, u3 = 0;
+        let c = 0;
+        for (; c + 4 <= cols; c += 4) {
+          const w0 = w[wr + c]!, w1 = w[wr + c + 1]!, w2 = w[wr + c + 2]!, w3 = w[wr + c + 3]!;
+          s0 += w0 * x[x0 + c]!; s1 += w1 * x[x0 + c + 1]!; s2 += w2 * x[x0 + c + 2]!; s3 += w3 * x[x0 + c + 3]!;
+          u0 += w0 * x[x1 + c]!; u1 += w1 * x[x1 + c + 1]!; u2 += w2 * x[x1 + c + 2]!; u3 += w3 * x[x1 + c + 3]!;
+        }
+        for (; c < cols; c++) {
+          s0 += w[wr + c]! * x[x0 + c]!;
+          u0 += w[wr + c]! * x[x1 + c]!;
+        }
+        const o = t * yStride + yOffset + r;
+        y[o] = s0 + s1 + (s2 + s3);
+        y[o + yStride] = u0 + u1 + (u2 + u3);
+      }
+    }
+    for (; t < T; t++) this.matmul(x.subarray(t * cols, (t + 1) * cols), 1, y, yStride, yOffset + t * yStride);
+  }
+
   readRow(r: number, out: Float32Array): void {
     out.set(this.data.subarray(r * this.cols, (r + 1) * this.cols));
   }
+}
+
+/** y = x W^T for T rows, each row with the arithmetic of a one-row product (see WeightTensor.matmulRows). */
+export function matmulEachRow(w: WeightTensor, x: Float32Array, T: number, y: Float32Array, yStride: number, yOffset: number): void {
+  if (w.matmulRows) return w.matmulRows(x, T, y, yStride, yOffset);
+  for (let t = 0; t < T; t++) w.matmul(x.subarray(t * w.cols, (t + 1) * w.cols), 1, y, yStride, yOffset + t * yStride);
 }

@@ -41,6 +41,15 @@ export interface DeviceDecodeOptions {
   filter?: TokenFilter | null;
 }
 
+/** One row group of a batched step: tokens appended to one sequence. */
+export interface StepRow {
+  seq: Sequence;
+  /** One token (a decode step) or a chunk of the prompt (prefill), appended at the sequence's length. */
+  tokens: ArrayLike<number>;
+  /** Return the logits of the last token (false for a prompt chunk that is not the prompt's end). */
+  logits: boolean;
+}
+
 export interface Engine {
   readonly backend: 'cpu' | 'webgpu';
   readonly config: ModelConfig;
@@ -53,6 +62,15 @@ export interface Engine {
    * belong to the sequence and be overwritten by its next forward; copy it to keep it.
    */
   forward(seq: Sequence, tokens: ArrayLike<number>, allLogits?: boolean): Promise<Float32Array>;
+  /**
+   * Present where the engine runs many sequences in one pass (continuous batching): appends each row's
+   * tokens to its own sequence (every sequence at most once a step, at its own position) with each
+   * weight read once for all rows, and returns per row its last token's logits (vocab), or null where
+   * `logits` is false. A row's arithmetic is that of a one-token step at its position whatever else
+   * shares the step, so a sequence's tokens never depend on the batch. The arrays belong to the
+   * engine and are overwritten by the next step.
+   */
+  step?(rows: StepRow[]): Promise<(Float32Array | null)[]>;
   /**
    * Present where the engine can decode without returning logits (WebGPU's fused path): appends
    * `prompt` to the sequence, then chooses up to maxTokens tokens on the device, each one the next

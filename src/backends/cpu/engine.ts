@@ -5,8 +5,8 @@
 import { InvalidInputError } from '../../errors.js';
 import type { ModelConfig } from '../../model/config.js';
 import type { ModelWeights } from '../../model/weights.js';
-import type { WeightTensor } from '../../model/tensor.js';
-import type { Engine, Sequence } from '../../runtime/engine.js';
+import { matmulEachRow, type WeightTensor } from '../../model/tensor.js';
+import type { Engine, Sequence, StepRow } from '../../runtime/engine.js';
 import { addInPlace, applyRope, attention, rmsnorm, ropeTables, swiglu } from './ops.js';
 
 export class CpuSequence implements Sequence {
@@ -39,6 +39,15 @@ function stackedMatmul(parts: WeightTensor[], x: Float32Array, T: number, y: Flo
   }
 }
 
+/** stackedMatmul with each row's one-row arithmetic (batched steps). */
+function stackedMatmulEachRow(parts: WeightTensor[], x: Float32Array, T: number, y: Float32Array, yStride: number): void {
+  let offset = 0;
+  for (const w of parts) {
+    matmulEachRow(w, x, T, y, yStride, offset);
+    offset += w.rows;
+  }
+}
+
 interface Scratch {
   T: number;
   x: Float32Array; // (T, hidden) residual stream
@@ -56,6 +65,8 @@ export class CpuEngine implements Engine {
   private readonly sin: Float32Array;
   private scratch: Scratch | null = null;
   private readonly scores: Float32Array;
+  /** Logits of a batched step, (rows wanting logits, vocab); grown as needed. */
+  private stepLogits = new Float32Array(0);
 
   constructor(readonly config: ModelConfig, readonly weights: ModelWeights, readonly contextLength: number) {
     if (contextLength < 1) throw new InvalidInputError(`context length must be at least 1, got ${contextLength}`);
@@ -145,6 +156,86 @@ export class CpuEngine implements Engine {
     rmsnorm(last, w.finalNorm, c.rmsNormEps, 1, s.xn);
     w.lmHead.matmul(s.xn, 1, seq.logits, c.vocabSize, 0);
     return seq.logits;
+  }
+
+  async step(rows: StepRow[]): Promise<(Float32Array | null)[]> {
+    return this.stepSync(rows);
+  }
+
+  /**
+   * One batched step: the rows of every sequence stacked, (T, hidden), through each matmul together
+   * (each weight read once for all T, each row with its one-row arithmetic), attention per sequence
+   * over its own cache. Reads top to bottom like forwardSync.
+   */
+  stepSync(rows: StepRow[]): (Float32Array | null)[] {
+    const c = this.config;
+    const w = this.weights;
+    const H = c.hiddenSize, hd = c.headDim, ffn = c.intermediateSize, V = c.vocabSize;
+    const qD = c.numHeads * hd, kvD = c.numKvHeads * hd, qkvD = qD + 2 * kvD;
+    const seen = new Set<Sequence>();
+    const first: number[] = []; // first stacked row of each row group
+    let T = 0;
+    for (const row of rows) {
+      const seq = row.seq as CpuSequence;
+      if (seen.has(seq)) throw new InvalidInputError('a batched step takes each sequence at most once');
+      seen.add(seq);
+      if (row.tokens.length === 0) throw new InvalidInputError('a batched step row needs at least one token');
+      if (seq.length + row.tokens.length > this.contextLength) {
+        throw new InvalidInputError(`${seq.length + row.tokens.length} tokens do not fit the context length ${this.contextLength}`);
+      }
+      first.push(T);
+      T += row.tokens.length;
+    }
+    if (T === 0) return [];
+    const s = this.scratchFor(T);
+
+    // x = embed_tokens(input_ids), the rows of every sequence stacked: (T, hidden)
+    rows.forEach((row, i) => {
+      for (let j = 0; j < row.tokens.length; j++) {
+        const id = row.tokens[j]!;
+        if (!(id >= 0 && id < c.vocabSize)) throw new InvalidInputError(`token id ${id} is outside the vocabulary (0..${c.vocabSize - 1})`);
+        w.embed.readRow(id, s.x.subarray((first[i]! + j) * H, (first[i]! + j + 1) * H));
+      }
+    });
+
+    for (let l = 0; l < c.numLayers; l++) {
+      const L = w.layers[l]!;
+      rmsnorm(s.x, L.attnNorm, c.rmsNormEps, T, s.xn);
+      stackedMatmulEachRow(L.qkv, s.xn, T, s.qkv, qkvD);
+      if (L.qkvBias) for (let t = 0; t < T; t++) addInPlace(s.qkv.subarray(t * qkvD), L.qkvBias, qkvD);
+      // per sequence: rope at its own positions, append to its own cache, attend over it
+      rows.forEach((row, i) => {
+        const seq = row.seq as CpuSequence;
+        const n = row.tokens.length, pos0 = seq.length;
+        const qkv = s.qkv.subarray(first[i]! * qkvD, (first[i]! + n) * qkvD);
+        applyRope(qkv, n, qkvD, 0, c.numHeads, hd, c.rotaryDim, pos0, this.cos, this.sin);
+        applyRope(qkv, n, qkvD, qD, c.numKvHeads, hd, c.rotaryDim, pos0, this.cos, this.sin);
+        const kc = seq.k[l]!, vc = seq.v[l]!;
+        for (let t = 0; t < n; t++) {
+          kc.set(qkv.subarray(t * qkvD + qD, t * qkvD + qD + kvD), (pos0 + t) * kvD);
+          vc.set(qkv.subarray(t * qkvD + qD + kvD, (t + 1) * qkvD), (pos0 + t) * kvD);
+        }
+        attention(qkv, qkvD, n, pos0, kc, vc, c, s.att.subarray(first[i]! * qD), this.scores);
+      });
+      matmulEachRow(L.o, s.att, T, s.proj, H, 0);
+      addInPlace(s.x, s.proj, T * H);
+
+      rmsnorm(s.x, L.mlpNorm, c.rmsNormEps, T, s.xn);
+      stackedMatmulEachRow(L.gateUp, s.xn, T, s.gateUp, 2 * ffn);
+      swiglu(s.gateUp, T, ffn, s.act);
+      matmulEachRow(L.down, s.act, T, s.proj, H, 0);
+      addInPlace(s.x, s.proj, T * H);
+    }
+    for (const row of rows) (row.seq as CpuSequence).length += row.tokens.length;
+
+    // logits = lm_head(norm(x)) for the last row of each group that wants them: (R, vocab)
+    const wanted = rows.map((row, i) => (row.logits ? first[i]! + row.tokens.length - 1 : -1)).filter((t) => t >= 0);
+    const R = wanted.length;
+    if (this.stepLogits.length < R * V) this.stepLogits = new Float32Array(R * V);
+    wanted.forEach((t, r) => rmsnorm(s.x.subarray(t * H, (t + 1) * H), w.finalNorm, c.rmsNormEps, 1, s.xn.subarray(r * H, (r + 1) * H)));
+    matmulEachRow(w.lmHead, s.xn, R, this.stepLogits, V, 0);
+    let r = 0;
+    return rows.map((row) => (row.logits ? this.stepLogits.subarray(r * V, ++r * V) : null));
   }
 
   dispose(): void {

@@ -83,6 +83,37 @@ export class Q8Tensor implements EncodedTensor {
     }
   }
 
+  // batched decoding: the T < 4 arithmetic above for each row, four rows of x at a time sharing each int8 read
+  matmulRows(x: Float32Array, T: number, y: Float32Array, yStride: number, yOffset: number): void {
+    const { rows, cols, stride, qweight: q, scales } = this;
+    let t = 0;
+    for (; t + 4 <= T; t += 4) {
+      const x0 = t * cols, x1 = x0 + cols, x2 = x1 + cols, x3 = x2 + cols;
+      for (let r = 0; r < rows; r++) {
+        const base = r * stride;
+        let a0 = 0, b0 = 0, a1 = 0, b1 = 0, a2 = 0, b2 = 0, a3 = 0, b3 = 0;
+        let c = 0;
+        for (; c + 2 <= cols; c += 2) {
+          const qa = q[base + c]!, qb = q[base + c + 1]!;
+          a0 += qa * x[x0 + c]!; b0 += qb * x[x0 + c + 1]!;
+          a1 += qa * x[x1 + c]!; b1 += qb * x[x1 + c + 1]!;
+          a2 += qa * x[x2 + c]!; b2 += qb * x[x2 + c + 1]!;
+          a3 += qa * x[x3 + c]!; b3 += qb * x[x3 + c + 1]!;
+        }
+        if (c < cols) {
+          const qa = q[base + c]!;
+          a0 += qa * x[x0 + c]!; a1 += qa * x[x1 + c]!; a2 += qa * x[x2 + c]!; a3 += qa * x[x3 + c]!;
+        }
+        const o = t * yStride + yOffset + r, sc = scales[r]!;
+        y[o] = (a0 + b0) * sc;
+        y[o + yStride] = (a1 + b1) * sc;
+        y[o + 2 * yStride] = (a2 + b2) * sc;
+        y[o + 3 * yStride] = (a3 + b3) * sc;
+      }
+    }
+    for (; t < T; t++) this.matmul(x.subarray(t * cols, (t + 1) * cols), 1, y, yStride, yOffset + t * yStride);
+  }
+
   readRow(r: number, out: Float32Array): void {
     this.decodeRow(r, out);
   }
