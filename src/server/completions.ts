@@ -18,8 +18,12 @@ export interface RequestRecord {
   status: number;
   promptTokens: number;
   completionTokens: number;
+  /** Prompt tokens reused from a kept KV cache. */
+  cachedTokens: number;
   /** From the request's arrival to its first generated token, ms (queue wait and prefill included). */
   firstTokenMs: number | null;
+  /** When the latest generated tokens arrived (performance.now()). */
+  lastTokenAt: number | null;
   tokensPerSecond: number | null;
   note: string;
 }
@@ -31,9 +35,18 @@ export interface GenerationRequest {
   record: RequestRecord;
   /** Aborted when the client goes away or the server's grace period ends. */
   signal: AbortSignal;
+  /** The model name replies carry (the one requested, or the served name it maps to). */
+  modelName: string;
+  /** Called as tokens arrive after the first: how many, and the ms since the previous ones. */
+  onTokens?: (tokens: number, ms: number) => void;
 }
 
-const usageOf = (r: GenerationResult): Usage => ({ prompt_tokens: r.promptTokens, completion_tokens: r.tokenIds.length, total_tokens: r.promptTokens + r.tokenIds.length });
+const usageOf = (r: GenerationResult): Usage => ({
+  prompt_tokens: r.promptTokens,
+  completion_tokens: r.tokenIds.length,
+  total_tokens: r.promptTokens + r.tokenIds.length,
+  prompt_tokens_details: { cached_tokens: r.cachedTokens },
+});
 
 export async function handleChatCompletion(g: GenerationRequest, req: ChatCompletionRequest): Promise<void> {
   const { model } = g;
@@ -52,7 +65,7 @@ async function run(g: GenerationRequest, req: ChatCompletionRequest | Completion
   record.promptTokens = promptIds.length;
   const created = Math.floor(Date.now() / 1000);
   // every body starts id, object, created, model, in OpenAI's order
-  const head = <O extends string>(object: O) => ({ id: record.id, object, created, model: model.id });
+  const head = <O extends string>(object: O) => ({ id: record.id, object, created, model: g.modelName });
   let stream: GenerationStream;
   try {
     // throws at once (before any byte is sent) for a prompt past the context or a full queue
@@ -62,8 +75,12 @@ async function run(g: GenerationRequest, req: ChatCompletionRequest | Completion
   }
 
   const countTokens = (tokens: number) => {
+    if (tokens === 0) return;
+    const now = performance.now();
     record.completionTokens += tokens;
-    if (record.firstTokenMs === null && tokens > 0) record.firstTokenMs = performance.now() - record.startedAt;
+    if (record.firstTokenMs === null) record.firstTokenMs = now - record.startedAt;
+    else if (record.lastTokenAt !== null) g.onTokens?.(tokens, now - record.lastTokenAt);
+    record.lastTokenAt = now;
   };
 
   if (!req.stream) {
@@ -75,6 +92,7 @@ async function run(g: GenerationRequest, req: ChatCompletionRequest | Completion
       throw toApiError(e, promptParam);
     }
     record.tokensPerSecond = result.tokensPerSecond;
+    record.cachedTokens = result.cachedTokens;
     record.status = 200;
     const body: ChatCompletion | Completion =
       kind === 'chat'
@@ -101,6 +119,7 @@ async function run(g: GenerationRequest, req: ChatCompletionRequest | Completion
     }
     const result = await stream.result;
     record.tokensPerSecond = result.tokensPerSecond;
+    record.cachedTokens = result.cachedTokens;
     events.send(kind === 'chat' ? chatChunk({}, result.finishReason) : textChunk('', result.finishReason));
     if (includeUsage) events.send({ ...head(kind === 'chat' ? 'chat.completion.chunk' : 'text_completion'), choices: [], usage: usageOf(result) });
     events.done();

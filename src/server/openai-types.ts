@@ -52,6 +52,8 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** cached_tokens: prompt tokens whose KV cache was reused from an earlier request (prefix reuse). */
+  prompt_tokens_details: { cached_tokens: number };
 }
 
 export interface ChatCompletion {

@@ -2,12 +2,14 @@
  * `pdvm serve`: an OpenAI-compatible HTTP server on node:http over one library Model.
  *
  *   GET  /health                 liveness and load (no API key needed)
- *   GET  /v1/models              the one served model
+ *   GET  /metrics                Prometheus text format (behind the API key unless metricsPublic)
+ *   GET  /v1/models              the served model, under each of its names
  *   POST /v1/completions         prompt -> text (SSE with "stream": true)
  *   POST /v1/chat/completions    messages -> chat template -> text (SSE with "stream": true)
  *
  * Fair queueing, cancellation of a disconnected client and the KV cache slots are the Model's
- * scheduler's job; this module parses, routes, logs one line per request and shuts down gracefully.
+ * scheduler's job; this module parses, routes, answers CORS preflights, counts metrics, logs one
+ * line per request and shuts down gracefully.
  */
 import { randomBytes } from 'node:crypto';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -16,6 +18,7 @@ import type { Model } from '../api/model.js';
 import { handleChatCompletion, handleCompletion, type RequestRecord } from './completions.js';
 import { ApiError, toApiError } from './errors.js';
 import { hasApiKey, readJsonBody, sendJson } from './http.js';
+import { ServerMetrics } from './metrics.js';
 import type { ModelList, ModelObject } from './openai-types.js';
 import { checkModel, parseChatCompletionRequest, parseCompletionRequest } from './validate.js';
 
@@ -30,6 +33,17 @@ export interface ServerOptions {
   maxBodyBytes?: number;
   /** Receives one line per request (default: stderr). */
   log?: (line: string) => void;
+  /**
+   * Origins a web page may call from ('*' for any): preflights (OPTIONS) are answered without the API
+   * key and replies carry Access-Control-Allow-Origin. Default none.
+   */
+  cors?: string[];
+  /** Names the model answers to; the first is the one /v1/models lists first (default: the model's id). */
+  servedModelNames?: string[];
+  /** A request naming another model is served by this one (reply `model`: the first served name) instead of a 404. */
+  acceptAnyModel?: boolean;
+  /** GET /metrics needs no API key. */
+  metricsPublic?: boolean;
 }
 
 export interface PdvmServer {
@@ -59,7 +73,18 @@ export async function startServer(model: Model, options: ServerOptions = {}): Pr
   const inFlight = new Set<InFlight>();
   let draining = false;
 
-  const modelObject = (): ModelObject => ({ id: model.id, object: 'model', created: MODEL_CREATED, owned_by: 'pdvm' });
+  const names = options.servedModelNames?.length ? options.servedModelNames : [model.id];
+  const modelObject = (id: string): ModelObject => ({ id, object: 'model', created: MODEL_CREATED, owned_by: 'pdvm' });
+  const metrics = new ServerMetrics(model);
+  const cors = options.cors ?? [];
+
+  /** The CORS headers for this request's Origin, or null when it is not allowed. */
+  function corsHeaders(req: IncomingMessage): Record<string, string> | null {
+    const origin = req.headers.origin;
+    if (cors.length === 0 || origin === undefined) return null;
+    if (!cors.includes('*') && !cors.includes(origin)) return null;
+    return { 'Access-Control-Allow-Origin': cors.includes('*') ? '*' : origin, Vary: 'Origin', 'Access-Control-Expose-Headers': 'X-Request-Id, Retry-After' };
+  }
 
   async function route(req: IncomingMessage, res: ServerResponse, record: RequestRecord, signal: AbortSignal): Promise<void> {
     const path = (req.url ?? '/').split('?')[0]!;
@@ -69,21 +94,45 @@ export async function startServer(model: Model, options: ServerOptions = {}): Pr
         throw new ApiError(405, `${method} ${path} is not allowed; use ${methods}`, 'invalid_request_error', null, 'method_not_allowed');
       }
     };
+    // a CORS preflight from an allowed origin: answered before (and without) the API key
+    if (method === 'OPTIONS' && corsHeaders(req)) {
+      record.status = 204;
+      res.writeHead(204, {
+        'Access-Control-Allow-Methods': 'GET, POST, OPTIONS',
+        'Access-Control-Allow-Headers': req.headers['access-control-request-headers'] ?? 'Authorization, Content-Type',
+        'Access-Control-Max-Age': '600',
+        'Content-Length': '0',
+      });
+      res.end();
+      return;
+    }
     if (path === '/health') {
       allow('GET');
       record.status = draining ? 503 : 200;
-      sendJson(res, record.status, { status: draining ? 'draining' : 'ok', model: model.id, backend: model.backend, ...model.activity });
+      sendJson(res, record.status, { status: draining ? 'draining' : 'ok', model: names[0], backend: model.backend, ...model.activity, max_concurrency: model.maxConcurrency });
+      return;
+    }
+    const checkKey = () => {
+      if (options.apiKey !== undefined && !hasApiKey(req, options.apiKey)) {
+        const given = req.headers.authorization !== undefined;
+        throw new ApiError(401, given ? 'incorrect API key provided' : 'missing API key: send "Authorization: Bearer <key>"', 'authentication_error', null, 'invalid_api_key');
+      }
+    };
+    if (path === '/metrics') {
+      allow('GET');
+      if (!options.metricsPublic) checkKey();
+      const text = await metrics.text();
+      record.status = 200;
+      res.writeHead(200, { 'Content-Type': metrics.contentType, 'Content-Length': Buffer.byteLength(text) });
+      res.end(text);
       return;
     }
     if (draining) throw new ApiError(503, 'the server is shutting down; retry on another instance', 'server_error', null, 'shutting_down');
-    if (options.apiKey !== undefined && !hasApiKey(req, options.apiKey)) {
-      const given = req.headers.authorization !== undefined;
-      throw new ApiError(401, given ? 'incorrect API key provided' : 'missing API key: send "Authorization: Bearer <key>"', 'authentication_error', null, 'invalid_api_key');
-    }
+    checkKey();
     if (path === '/v1/models') {
       allow('GET');
       record.status = 200;
-      sendJson(res, 200, { object: 'list', data: [modelObject()] } satisfies ModelList);
+      sendJson(res, 200, { object: 'list', data: names.map(modelObject) } satisfies ModelList);
       return;
     }
     if (path.startsWith('/v1/models/')) {
@@ -94,9 +143,9 @@ export async function startServer(model: Model, options: ServerOptions = {}): Pr
       } catch {
         throw new ApiError(400, `the model id in ${path} is not valid percent-encoding; encode it with encodeURIComponent`, 'invalid_request_error', 'model', 'invalid_url');
       }
-      checkModel(id, model.id);
+      const name = checkModel(id, names, options.acceptAnyModel);
       record.status = 200;
-      sendJson(res, 200, modelObject());
+      sendJson(res, 200, modelObject(name));
       return;
     }
     if (path === '/v1/chat/completions' || path === '/v1/completions') {
@@ -104,14 +153,17 @@ export async function startServer(model: Model, options: ServerOptions = {}): Pr
       const chat = path === '/v1/chat/completions';
       const body = await readJsonBody(req, maxBodyBytes);
       const request = chat ? parseChatCompletionRequest(body) : parseCompletionRequest(body);
-      checkModel(request.model, model.id);
+      const modelName = checkModel(request.model, names, options.acceptAnyModel);
       record.id = `${chat ? 'chatcmpl' : 'cmpl'}-${record.id}`;
-      const g = { kind: chat ? ('chat' as const) : ('text' as const), model, res, record, signal };
+      const g = {
+        kind: chat ? ('chat' as const) : ('text' as const), model, res, record, signal, modelName,
+        onTokens: (tokens: number, ms: number) => metrics.tokensArrived(tokens, ms),
+      };
       if (chat) await handleChatCompletion(g, request as ReturnType<typeof parseChatCompletionRequest>);
       else await handleCompletion(g, request as ReturnType<typeof parseCompletionRequest>);
       return;
     }
-    throw new ApiError(404, `unknown request URL: ${method} ${path}; this server serves /v1/models, /v1/completions, /v1/chat/completions and /health`, 'invalid_request_error', null, 'unknown_url');
+    throw new ApiError(404, `unknown request URL: ${method} ${path}; this server serves /v1/models, /v1/completions, /v1/chat/completions, /health and /metrics`, 'invalid_request_error', null, 'unknown_url');
   }
 
   async function handle(req: IncomingMessage, res: ServerResponse, controller: AbortController): Promise<void> {
@@ -120,11 +172,15 @@ export async function startServer(model: Model, options: ServerOptions = {}): Pr
       startedAt: performance.now(),
       status: 0,
       promptTokens: 0,
+      cachedTokens: 0,
       completionTokens: 0,
       firstTokenMs: null,
+      lastTokenAt: null,
       tokensPerSecond: null,
       note: '',
     };
+    const allowed = corsHeaders(req);
+    if (allowed) for (const [k, v] of Object.entries(allowed)) res.setHeader(k, v);
     // a client that goes away before its reply is complete cancels its generation
     res.on('close', () => {
       if (!res.writableFinished) controller.abort();
@@ -140,11 +196,15 @@ export async function startServer(model: Model, options: ServerOptions = {}): Pr
         record.status = error.status;
         record.note = error.message;
         if (!res.headersSent && !res.destroyed) {
-          sendJson(res, error.status, error.body, error.status === 503 || error.status === 413 ? { Connection: 'close' } : {});
+          const headers: Record<string, string> = error.status === 503 || error.status === 413 ? { Connection: 'close' } : {};
+          // past the queue: a slot frees within a few steps, so retrying after a second is reasonable
+          if (error.status === 429) headers['Retry-After'] = '1';
+          sendJson(res, error.status, error.body, headers);
         }
       }
     } finally {
       log(logLine(req, record));
+      metrics.requestEnded(endpointOf(req), record.status, record);
     }
   }
 
@@ -192,6 +252,13 @@ export async function startServer(model: Model, options: ServerOptions = {}): Pr
   };
 }
 
+/** The metrics label of a request's path: the known endpoints, else 'other' (bounded label values). */
+function endpointOf(req: IncomingMessage): string {
+  const path = (req.url ?? '/').split('?')[0]!;
+  if (['/v1/completions', '/v1/chat/completions', '/v1/models', '/health', '/metrics'].includes(path)) return path;
+  return path.startsWith('/v1/models/') ? '/v1/models/{id}' : 'other';
+}
+
 function logLine(req: IncomingMessage, r: RequestRecord): string {
   const ms = (v: number) => `${v.toFixed(0)}ms`;
   const parts = [
@@ -200,6 +267,7 @@ function logLine(req: IncomingMessage, r: RequestRecord): string {
     `${req.method} ${(req.url ?? '/').split('?')[0]}`,
     String(r.status),
     `in=${r.promptTokens}`,
+    ...(r.cachedTokens ? [`cached=${r.cachedTokens}`] : []),
     `out=${r.completionTokens}`,
     `ttft=${r.firstTokenMs === null ? '-' : ms(r.firstTokenMs)}`,
     `${r.tokensPerSecond === null ? '-' : r.tokensPerSecond.toFixed(1)} tok/s`,

@@ -150,11 +150,16 @@ export function parseCompletionRequest(raw: unknown): CompletionRequest {
   return { ...sampling, prompt: prompt as string | number[] };
 }
 
-/** The served model check: a name other than ours is a 404, as OpenAI answers. */
-export function checkModel(requested: string, served: string): void {
-  if (requested !== served) {
-    throw new ApiError(404, `the model "${requested}" does not exist here; this server serves "${served}"`, 'invalid_request_error', 'model', 'model_not_found');
-  }
+/**
+ * The served model check: the name replies carry. A name other than ours is a 404, as OpenAI answers,
+ * or, with `acceptAny`, maps to the first served name.
+ */
+export function checkModel(requested: string, served: string | string[], acceptAny = false): string {
+  const names = typeof served === 'string' ? [served] : served;
+  if (names.includes(requested)) return requested;
+  if (acceptAny) return names[0]!;
+  const list = names.map((n) => `"${n}"`).join(', ');
+  throw new ApiError(404, `the model "${requested}" does not exist here; this server serves ${list}`, 'invalid_request_error', 'model', 'model_not_found');
 }
 
 /** Chat messages as the chat template takes them: text parts joined, "developer" read as "system". */

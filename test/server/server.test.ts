@@ -47,7 +47,10 @@ test('greedy /v1/completions equals `pdvm generate --temperature 0` for the same
     assert.equal(r.choices.length, 1);
     assert.equal(r.choices[0]!.text, ref.text);
     assert.equal(r.choices[0]!.finish_reason, ref.finish_reason);
-    assert.deepEqual(r.usage, { prompt_tokens: ref.prompt_tokens, completion_tokens: ref.token_ids.length, total_tokens: ref.prompt_tokens + ref.token_ids.length });
+    assert.deepEqual(r.usage, {
+      prompt_tokens: ref.prompt_tokens, completion_tokens: ref.token_ids.length, total_tokens: ref.prompt_tokens + ref.token_ids.length,
+      prompt_tokens_details: { cached_tokens: 0 },
+    });
   }
 });
 
@@ -92,7 +95,9 @@ test('streamed chat (with include_usage) adds up to the same reply as the whole 
   assert.equal(role, 'assistant');
   assert.equal(text, whole.choices[0]!.message.content);
   assert.equal(finish, whole.choices[0]!.finish_reason);
-  assert.deepEqual(usage, whole.usage);
+  // the second request found the first one's KV cache kept: all of its prompt but the last token reused
+  const cached = whole.usage!.prompt_tokens - 1;
+  assert.deepEqual(usage, { ...whole.usage, prompt_tokens_details: { cached_tokens: cached } });
 });
 
 test('streamed completions add up to the whole reply; stop strings cut the text', async () => {

@@ -9,7 +9,12 @@ import { progressBar } from '../progress.js';
 interface ServeFlags {
   host: string;
   port: number;
-  maxConcurrency: number;
+  maxConcurrency?: number;
+  prefixCacheMb: number;
+  cors: string[];
+  servedModelName: string[];
+  acceptAnyModel?: boolean;
+  metricsPublic?: boolean;
   maxQueue: number;
   context?: number;
   apiKey?: string;
@@ -19,24 +24,34 @@ interface ServeFlags {
   decode: DecodeChoice;
 }
 
+/** Commander's way to take a repeatable flag. */
+const collect = (value: string, previous: string[]) => [...previous, value];
+
 export function serveCommand(): Command {
   return new Command('serve')
     .description('serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)')
     .argument('[model]', 'Hugging Face model folder or .upg file (default: the built-in demo model)')
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--port <n>', 'port to listen on; 0 picks a free one', parseIntOption('--port'), 8080)
-    .option('--max-concurrency <n>', 'generations decoding at once, each with its own KV cache', parseIntOption('--max-concurrency'), 8)
+    .option('--max-concurrency <n>', 'generations decoding at once (the batch size), each with its own KV cache (default: as many caches as fit 2 GiB, 1 to 32)', parseIntOption('--max-concurrency'))
     .option('--max-queue <n>', 'requests waiting for a slot before new ones get 429', parseIntOption('--max-queue'), 64)
     .option('--context <n>', "context length of each KV cache (default: the model's, at most 4096)", parseIntOption('--context'))
     .option('--api-key <key>', 'require "Authorization: Bearer KEY" (default: $PDVM_API_KEY, else none)')
     .option('--max-body <bytes>', 'largest request body accepted', parseIntOption('--max-body'), 1024 * 1024)
     .option('--grace <seconds>', 'on SIGTERM, how long requests in flight may take to finish', parseFloatOption('--grace'), 10)
+    .option('--prefix-cache-mb <n>', 'memory for KV caches kept after requests end, for prefix reuse (0 = off)', parseFloatOption('--prefix-cache-mb'), 256)
+    .option('--cors <origin>', 'let web pages from ORIGIN call the API (repeatable; * for any)', collect, [])
+    .option('--served-model-name <name>', 'a name the model answers to (repeatable; the first is listed first; default: the file name)', collect, [])
+    .option('--accept-any-model', 'serve requests naming any model with this one instead of answering 404')
+    .option('--metrics-public', 'GET /metrics needs no API key')
     .addOption(backendOption())
     .addOption(decodeOption())
     .action(action(async (modelPath: string | undefined, flags: ServeFlags) => {
       if (flags.port < 0 || flags.port > 65535) throw new InvalidInputError(`--port must be in 0..65535, got ${flags.port}`);
       if (flags.maxBody < 1) throw new InvalidInputError(`--max-body must be at least 1, got ${flags.maxBody}`);
       if (flags.grace < 0) throw new InvalidInputError(`--grace must be >= 0, got ${flags.grace}`);
+      if (flags.prefixCacheMb < 0) throw new InvalidInputError(`--prefix-cache-mb must be >= 0, got ${flags.prefixCacheMb}`);
+      if (flags.maxConcurrency !== undefined && flags.maxConcurrency < 1) throw new InvalidInputError(`--max-concurrency must be at least 1, got ${flags.maxConcurrency}`);
       const bar = progressBar('loading', 'B');
       let model;
       try {
@@ -46,6 +61,7 @@ export function serveCommand(): Command {
           contextLength: flags.context,
           maxConcurrency: flags.maxConcurrency,
           maxQueued: flags.maxQueue,
+          prefixCacheBytes: flags.prefixCacheMb * 1024 * 1024,
           onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes),
         });
       } finally {
@@ -59,7 +75,10 @@ export function serveCommand(): Command {
       if (!apiKey && !['127.0.0.1', '::1', 'localhost'].includes(flags.host)) {
         process.stderr.write(`pdvm: warning: listening on ${flags.host} without an API key; anyone who can reach it can use it (set --api-key)\n`);
       }
-      const server = await startServer(model, { host: flags.host, port: flags.port, apiKey, maxBodyBytes: flags.maxBody });
+      const server = await startServer(model, {
+        host: flags.host, port: flags.port, apiKey, maxBodyBytes: flags.maxBody,
+        cors: flags.cors, servedModelNames: flags.servedModelName, acceptAnyModel: flags.acceptAnyModel, metricsPublic: flags.metricsPublic,
+      });
       let stopping = false;
       const stop = async (signal: string) => {
         if (stopping) return;
@@ -82,8 +101,8 @@ export function serveCommand(): Command {
       }
       // announced only once the signal handlers are in place: whoever reads this line may send SIGTERM at once
       process.stderr.write(
-        `pdvm: serving ${model.id} on ${server.url}/v1 (${model.backend}, context ${model.contextLength}, ` +
-          `${flags.maxConcurrency} at once, queue ${flags.maxQueue}${apiKey ? ', API key required' : ''})\n`,
+        `pdvm: serving ${flags.servedModelName[0] ?? model.id} on ${server.url}/v1 (${model.backend}, context ${model.contextLength}, ` +
+          `${model.maxConcurrency} at once${model.engine.step ? ' in one batch' : ''}, queue ${flags.maxQueue}${apiKey ? ', API key required' : ''})\n`,
       );
     }));
 }
