@@ -313,6 +313,11 @@ function modelId(where: string): string {
 export async function loadModel(source: ModelSource, options: LoadModelOptions = {}): Promise<Model> {
   const { onProgress, signal, headers, fetch, cache } = options;
   const loaded = await loadModelFiles(source, { onProgress, signal, headers, fetch, cache });
+  return modelFromLoaded(loaded, options);
+}
+
+/** A Model over a model already in memory (a loader's result, or a synthetic model: `pdvm serve --synthetic`). */
+export async function modelFromLoaded(loaded: LoadedModel, options: LoadModelOptions = {}): Promise<Model> {
   // checked against the model's maximum before the engine allocates anything
   const contextLength = checkContextLength(loaded.config, options.contextLength ?? Math.min(loaded.config.maxPositionEmbeddings, 4096), 'the context length');
   const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength, decode: options.decode });

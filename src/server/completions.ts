@@ -115,7 +115,8 @@ async function run(g: GenerationRequest, req: ChatCompletionRequest | Completion
   try {
     for await (const chunk of stream) {
       countTokens(chunk.tokenIds.length);
-      if (chunk.text) events.send(kind === 'chat' ? chatChunk({ content: chunk.text }, null) : textChunk(chunk.text, null));
+      // a model without a tokenizer (token-id prompts) streams a chunk per token, its text empty
+      if (chunk.text || (!model.hasTokenizer && chunk.tokenIds.length > 0)) events.send(kind === 'chat' ? chatChunk({ content: chunk.text }, null) : textChunk(chunk.text, null));
     }
     const result = await stream.result;
     record.tokensPerSecond = result.tokensPerSecond;

@@ -1,6 +1,7 @@
 /** `pdvm serve [model]`: the OpenAI-compatible server (src/server) over the library Model (src/api). */
 import { Command } from 'commander';
-import { loadModel } from '../../api/model.js';
+import { loadModel, modelFromLoaded, type LoadModelOptions } from '../../api/model.js';
+import { syntheticModel } from '../../bench/host-synthetic.js';
 import { InvalidInputError } from '../../errors.js';
 import { startServer } from '../../server/server.js';
 import { action, backendOption, decodeOption, demoModelPath, parseFloatOption, parseIntOption, type BackendChoice, type DecodeChoice } from '../common.js';
@@ -15,6 +16,7 @@ interface ServeFlags {
   servedModelName: string[];
   acceptAnyModel?: boolean;
   metricsPublic?: boolean;
+  synthetic?: string;
   maxQueue: number;
   context?: number;
   apiKey?: string;
@@ -44,6 +46,7 @@ export function serveCommand(): Command {
     .option('--served-model-name <name>', 'a name the model answers to (repeatable; the first is listed first; default: the file name)', collect, [])
     .option('--accept-any-model', 'serve requests naming any model with this one instead of answering 404')
     .option('--metrics-public', 'GET /metrics needs no API key')
+    .option('--synthetic <shape>', 'serve a model of a bench shape (llama-3.1-8b, phi-4, ...) with random q4 weights instead of a file: token-id prompts only, no EOS (load tests on a machine without models)')
     .addOption(backendOption())
     .addOption(decodeOption())
     .action(action(async (modelPath: string | undefined, flags: ServeFlags) => {
@@ -55,7 +58,7 @@ export function serveCommand(): Command {
       const bar = progressBar('loading', 'B');
       let model;
       try {
-        model = await loadModel(modelPath ?? demoModelPath(), {
+        const options: LoadModelOptions = {
           backend: flags.backend,
           decode: flags.decode,
           contextLength: flags.context,
@@ -63,7 +66,9 @@ export function serveCommand(): Command {
           maxQueued: flags.maxQueue,
           prefixCacheBytes: flags.prefixCacheMb * 1024 * 1024,
           onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes),
-        });
+        };
+        if (flags.synthetic !== undefined && modelPath !== undefined) throw new InvalidInputError('give a model or --synthetic, not both');
+        model = flags.synthetic !== undefined ? await modelFromLoaded(syntheticModel(flags.synthetic), options) : await loadModel(modelPath ?? demoModelPath(), options);
       } finally {
         bar.stop();
       }
