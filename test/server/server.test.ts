@@ -40,7 +40,7 @@ test('GET /v1/models lists the served model; /health answers without a key', asy
 
 test('greedy /v1/completions equals `pdvm generate --temperature 0` for the same prompt, with usage', async () => {
   for (const prompt of ['The jury said', 'In the morning the']) {
-    const ref = cliGenerate(['--prompt', prompt, '--temperature', '0', '-n', '20']);
+    const ref = await cliGenerate(['--prompt', prompt, '--temperature', '0', '-n', '20']);
     const r = await t.client.completions.create({ model: MODEL, prompt, max_tokens: 20, temperature: 0 });
     assert.equal(r.object, 'text_completion');
     assert.equal(r.model, MODEL);
@@ -55,7 +55,7 @@ test('greedy /v1/completions equals `pdvm generate --temperature 0` for the same
 });
 
 test('greedy /v1/chat/completions equals `pdvm generate --chat --temperature 0`, ending at the end-of-turn token', async () => {
-  const ref = cliGenerate(['--prompt', 'Hello', '--chat', '--system', 'You are terse.', '--temperature', '0', '-n', '24']);
+  const ref = await cliGenerate(['--prompt', 'Hello', '--chat', '--system', 'You are terse.', '--temperature', '0', '-n', '24']);
   const r = await t.client.chat.completions.create({
     model: MODEL,
     messages: [{ role: 'system', content: 'You are terse.' }, { role: 'user', content: 'Hello' }],
@@ -249,7 +249,7 @@ test('SIGTERM: stops accepting, lets a stream in flight finish, exits 0', async 
   }
   assert.ok(probe === 'refused' || probe === 503, `a request while draining got ${probe}`);
   assert.equal(usage?.completion_tokens, 40, 'the stream in flight ran to its end');
-  assert.equal(text, cliGenerate(['--prompt', 'The jury said', '--temperature', '0', '-n', '40']).text);
+  assert.equal(text, (await cliGenerate(['--prompt', 'The jury said', '--temperature', '0', '-n', '40'])).text);
   assert.equal(await exited, 0, stderr());
   await assert.rejects(fetch(`${url}/health`), 'nothing listens after exit');
 });

@@ -1,5 +1,5 @@
 /** What the server tests share: an in-process server on an ephemeral loopback port, the OpenAI client, the CLI. */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
@@ -34,11 +34,20 @@ export async function startTestServer(modelOptions: LoadModelOptions = {}, serve
   };
 }
 
-/** `pdvm generate ... --json` on the demo model: the reference a greedy server reply must equal. */
-export function cliGenerate(args: string[]): { token_ids: number[]; text: string; prompt_tokens: number; finish_reason: string } {
-  const r = spawnSync(process.execPath, [CLI, 'generate', DEMO, '--json', ...args], { encoding: 'utf8', timeout: 60_000 });
-  assert.equal(r.status, 0, r.stderr);
-  return JSON.parse(r.stdout);
+/**
+ * `pdvm generate ... --json` on the demo model: the reference a greedy server reply must equal. Run
+ * asynchronously: a synchronous spawn would block this process's event loop (and the in-process
+ * server's keep-alive timers) for seconds, so the client's next request could race a socket the
+ * server is closing.
+ */
+export async function cliGenerate(args: string[]): Promise<{ token_ids: number[]; text: string; prompt_tokens: number; finish_reason: string }> {
+  const child = spawn(process.execPath, [CLI, 'generate', DEMO, '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
+  let out = '', err = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  assert.equal(code, 0, err);
+  return JSON.parse(out);
 }
 
 /** Starts `pdvm serve --port 0 ...` and resolves with its URL once it listens. */
