@@ -60,6 +60,13 @@ export interface GpuOptions {
   /** Split tensors at this many bytes instead of the device's maxStorageBufferBindingSize (tests). */
   maxBindingBytes?: number;
   powerPreference?: GPUPowerPreference;
+  /**
+   * 'adapter' (default) asks for the adapter's limits (storage binding size, invocations, workgroup
+   * memory, storage buffers a stage); 'default' asks for none, so the device has WebGPU's default
+   * limits (256 invocations, 16 KiB workgroup memory, 8 storage buffers a stage), as a page that
+   * shares a device, or a browser granting only the defaults, gives. Tests run the kernels under it.
+   */
+  limits?: 'adapter' | 'default';
 }
 
 function isNode(): boolean {
@@ -187,7 +194,7 @@ export class Gpu {
     const a = adapter.limits;
     const device = await adapter.requestDevice({
       requiredFeatures: required as GPUFeatureName[],
-      requiredLimits: {
+      requiredLimits: options.limits === 'default' ? {} : {
         maxStorageBufferBindingSize: a.maxStorageBufferBindingSize,
         maxBufferSize: a.maxBufferSize,
         maxStorageBuffersPerShaderStage: a.maxStorageBuffersPerShaderStage,
@@ -254,7 +261,8 @@ export class Gpu {
       const oom = await this.device.popErrorScope();
       const invalid = await this.device.popErrorScope();
       if (oom) throw new GpuOutOfMemoryError(`the GPU cannot hold ${what}: ${oom.message}. ${hint}`);
-      if (invalid) throw new GpuValidationError(`allocating ${what} failed: ${invalid.message}. ${hint}`);
+      // not a lack of memory: the memory hint (a smaller context...) would mislead
+      if (invalid) throw new GpuValidationError(`allocating ${what} failed on a GPU validation error (a bug in pdvm; please report it): ${invalid.message}`);
     }
     return result;
   }

@@ -22,7 +22,7 @@ import {
   decodeCombineWgsl, gqaPartWorkgroupBytes,
   type DecodeAttentionShape, type SplitAttentionShape,
 } from '../kernels/fused-attention.js';
-import { columnsPerUnit, fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecWgsl, vecsPerUnit, type FusedMatvecShape } from '../kernels/fused-matvec.js';
+import { fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecNeeds, fusedMatvecWgsl, vecsPerUnit, type FusedMatvecShape } from '../kernels/fused-matvec.js';
 import { attentionOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from '../ops.js';
 import type { FusedMatrix, FusedModelWeights } from './weights.js';
 
@@ -136,29 +136,41 @@ export class FusedDecoder {
     const fused = options.path === 'fused';
     const split = this.splitShape();
     const chunks = split ? { shape: split, part: f32('attention_parts', c.numHeads * split.splits * (c.headDim + 2)) } : null;
+    const norm = (weight: GPUBuffer) => rmsnormOp(gpu_, { hidden: c.hiddenSize, eps, mode: 'all' }, 1, x, weight, xn, this.step);
     const layers = w.layers.map((L, l): Dispatch[] => {
       // attention writes its output unit-major for o_proj where its kernel can (coalesced x reads there)
       const oVecs = vecsPerUnit(L.o.encoding);
       const { dispatches: attention, unitMajor } = this.attention(qkv, k[l]!, v[l]!, att, chunks, oVecs > 1 ? { outUnits: L.o.units, outVecs: oVecs } : {});
       const o = mv(L.o, 'global', 'residual', { X: att, Y: x }, null, { xUnitMajor: unitMajor });
+      const qkvUnfused = () => [
+        norm(L.attnNorm),
+        mv(L.qkv, 'global', 'store', { X: xn, Y: qkv }, L.qkvBias),
+        ropeKvOp(gpu_, heads, qkv, cosB, sinB, k[l]!, v[l]!, this.step),
+      ];
       if (fused) {
         // the SwiGLU epilogue writes act unit-major for down_proj (coalesced x reads there)
         const vecs = vecsPerUnit(L.down.encoding);
         const actLayout = vecs > 1 ? { actUnits: L.down.units, actVecs: vecs } : {};
+        // where the device's limits refuse a fused kernel (WebGPU's defaults: 8 storage buffers a
+        // stage, which norm+QKV+RoPE+KV append exceeds; 16 KiB of workgroup memory, which a long row's
+        // normalised x exceeds), its parts run as the unfused plan's dispatches
+        const qkvFused = this.fits(L.qkv, 'norm', 'qkv', L.qkvBias !== null);
+        const gateUpFused = this.fits(L.gateUp, 'norm', 'swiglu', false);
         return [
-          mv(L.qkv, 'norm', 'qkv', { X: x, NW: L.attnNorm, QKV: qkv, KC: k[l]!, VC: v[l]!, COS: cosB, SIN: sinB, STEP: this.step }, L.qkvBias),
+          ...(qkvFused
+            ? [mv(L.qkv, 'norm', 'qkv', { X: x, NW: L.attnNorm, QKV: qkv, KC: k[l]!, VC: v[l]!, COS: cosB, SIN: sinB, STEP: this.step }, L.qkvBias)]
+            : qkvUnfused()),
           ...attention,
           o,
-          mv(L.gateUp, 'norm', 'swiglu', { X: x, NW: L.mlpNorm, ACT: act }, null, actLayout),
+          ...(gateUpFused
+            ? [mv(L.gateUp, 'norm', 'swiglu', { X: x, NW: L.mlpNorm, ACT: act }, null, actLayout)]
+            : [norm(L.mlpNorm), mv(L.gateUp, 'global', 'swiglu', { X: xn, ACT: act }, null, actLayout)]),
           mv(L.down, 'global', 'residual', { X: act, Y: x }, null, { xUnitMajor: vecs > 1 }),
         ];
       }
       const down = mv(L.down, 'global', 'residual', { X: act, Y: x });
-      const norm = (weight: GPUBuffer) => rmsnormOp(gpu_, { hidden: c.hiddenSize, eps, mode: 'all' }, 1, x, weight, xn, this.step);
       return [
-        norm(L.attnNorm),
-        mv(L.qkv, 'global', 'store', { X: xn, Y: qkv }, L.qkvBias),
-        ropeKvOp(gpu_, heads, qkv, cosB, sinB, k[l]!, v[l]!, this.step),
+        ...qkvUnfused(),
         ...attention,
         o,
         norm(L.mlpNorm),
@@ -167,9 +179,9 @@ export class FusedDecoder {
         down,
       ];
     });
-    const head = fused
+    const head = fused && this.fits(w.lmHead, 'norm', 'store', false)
       ? [mv(w.lmHead, 'norm', 'store', { X: x, NW: w.finalNorm, Y: this.logits })]
-      : [rmsnormOp(gpu_, { hidden: c.hiddenSize, eps, mode: 'all' }, 1, x, w.finalNorm, xn, this.step), mv(w.lmHead, 'global', 'store', { X: xn, Y: this.logits })];
+      : [norm(w.finalNorm), mv(w.lmHead, 'global', 'store', { X: xn, Y: this.logits })];
     this.allocatedBytes = this.buffers.reduce((a, b) => a + b.size, 0);
     this.plan = {
       embedding: this.embedding(x),
@@ -190,16 +202,43 @@ export class FusedDecoder {
     return b;
   }
 
-  private matvec(m: FusedMatrix, s: Omit<FusedMatvecShape, 'encoding' | 'rows' | 'cols' | 'units' | 'group' | 'workgroups'>, io: Record<string, GPUBuffer>): Dispatch {
-    if (s.input === 'norm' && (m.units * columnsPerUnit(m.encoding, m.group) * 4) > this.gpu.device.limits.maxComputeWorkgroupStorageSize - 8192) {
-      throw new Error(`the fused norm prologue needs ${m.cols} floats of workgroup memory, over this device's limit`);
-    }
-    const shape: FusedMatvecShape = { ...s, encoding: m.encoding, rows: m.rows, cols: m.cols, units: m.units, group: m.group, workgroups: 0, unroll: this.options.unroll ?? 1, workerWorkgroup: this.options.workerWorkgroup ?? 256 };
+  private matvecShape(m: FusedMatrix, s: Omit<FusedMatvecShape, 'encoding' | 'rows' | 'cols' | 'units' | 'group' | 'workgroups'>): FusedMatvecShape {
+    const limits = this.gpu.device.limits;
+    const shape: FusedMatvecShape = {
+      ...s, encoding: m.encoding, rows: m.rows, cols: m.cols, units: m.units, group: m.group, workgroups: 0, unroll: this.options.unroll ?? 1,
+      workerWorkgroup: Math.min(this.options.workerWorkgroup ?? 256, limits.maxComputeInvocationsPerWorkgroup),
+      maxInvocations: Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX),
+    };
     // measured (bench/kernel-lab.ts, H100): 264 workgroups for layer matrices, 528 for a vocabulary-sized
     // lm_head (phi-4 158 against 179 us, llama-3.2-1b 91 against 121 us)
     const normDefault = m.rows >= 65536 ? 528 : 264;
     const cap = s.input === 'norm' ? Math.min(this.workgroups, this.options.normWorkgroups ?? normDefault) : this.workgroups;
     shape.workgroups = Math.min(cap, fusedBlocks(shape));
+    return shape;
+  }
+
+  /** What the fused matvec of this shape asks beyond the device's limits, or null when it fits. */
+  private overLimits(shape: FusedMatvecShape): string | null {
+    const limits = this.gpu.device.limits;
+    const needs = fusedMatvecNeeds(shape, { subgroups: this.gpu.subgroups });
+    const storage = fusedMatvecBindings(shape).length;
+    if (storage > limits.maxStorageBuffersPerShaderStage) return `${storage} storage buffers a stage (the device allows ${limits.maxStorageBuffersPerShaderStage})`;
+    if (needs.invocations > limits.maxComputeInvocationsPerWorkgroup) return `${needs.invocations} invocations a workgroup (the device allows ${limits.maxComputeInvocationsPerWorkgroup})`;
+    if (needs.workgroupBytes > limits.maxComputeWorkgroupStorageSize) return `${needs.workgroupBytes} bytes of workgroup memory (the device allows ${limits.maxComputeWorkgroupStorageSize})`;
+    return null;
+  }
+
+  /** Whether the fused matvec with this prologue and epilogue fits the device's limits. */
+  private fits(m: FusedMatrix, input: 'norm' | 'global', epilogue: FusedMatvecShape['epilogue'], bias: boolean): boolean {
+    const c = this.config;
+    const shape = this.matvecShape(m, { input, epilogue, bias, eps: c.rmsNormEps, numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim });
+    return this.overLimits(shape) === null;
+  }
+
+  private matvec(m: FusedMatrix, s: Omit<FusedMatvecShape, 'encoding' | 'rows' | 'cols' | 'units' | 'group' | 'workgroups'>, io: Record<string, GPUBuffer>): Dispatch {
+    const shape = this.matvecShape(m, s);
+    const over = this.overLimits(shape);
+    if (over) throw new Error(`the fused ${s.epilogue} matrix-vector kernel (${m.rows} x ${m.cols}, ${m.encoding}) needs ${over}`);
     const f = { subgroups: this.gpu.subgroups };
     const { encoding: _e, ...defines } = shape;
     const pipeline = this.gpu.pipeline('fused_matvec', { ...defines, encoding: m.encoding, ...f }, () => fusedMatvecWgsl(shape, f));
@@ -264,7 +303,11 @@ export class FusedDecoder {
 
   private argmax(): Dispatch {
     const vocab = this.config.vocabSize;
-    const pipeline = this.gpu.pipeline('decode_argmax', { vocab }, () => decodeArgmaxWgsl(vocab));
+    // 1024 invocations where the device grants them (WebGPU's default is 256)
+    const limits = this.gpu.device.limits;
+    let wg = 1024;
+    while (wg > 32 && (wg > limits.maxComputeInvocationsPerWorkgroup || wg > limits.maxComputeWorkgroupSizeX || 8 * wg > limits.maxComputeWorkgroupStorageSize)) wg /= 2;
+    const pipeline = this.gpu.pipeline('decode_argmax', { vocab, wg }, () => decodeArgmaxWgsl(vocab, wg));
     return { label: 'argmax', pipeline, bindGroup: this.gpu.bindGroup('decode_argmax', pipeline, [this.logits, this.token]), workgroups: () => [1, 1, 1] };
   }
 

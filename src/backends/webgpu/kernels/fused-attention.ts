@@ -11,7 +11,8 @@
  *   memory, so the context length is bounded (attentionFits); past it the engine's attention runs.
  *     qkv: q at 0..qDim (already rotated); kCache, vCache: (contextLength, kvDim); out: (qDim)
  *
- * argmax: one workgroup of 1024 over vec4s of logits; lowest index on ties (as the CPU's argmax).
+ * argmax: one workgroup of WG (1024, or what the device grants) over vec4s of logits; lowest index on
+ * ties (as the CPU's argmax).
  */
 import { unitMajorIndex } from './fused-matvec.js';
 import { COMMON, f32Literal, header, reductions, subgroupLet, subgroupParam, type KernelFeatures } from './prelude.js';
@@ -139,21 +140,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 `;
 }
 
-export function decodeArgmaxWgsl(vocab: number): string {
+export function decodeArgmaxWgsl(vocab: number, WG = 1024): string {
+  if ((WG & (WG - 1)) !== 0) throw new Error(`argmax: workgroup size ${WG} is not a power of two`);
   const n4 = Math.ceil(vocab / 4);
   return `${COMMON}
 const V = ${vocab}u;
 @group(0) @binding(0) var<storage, read> logits: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;
-var<workgroup> best_v: array<f32, 1024>;
-var<workgroup> best_i: array<u32, 1024>;
+var<workgroup> best_v: array<f32, ${WG}>;
+var<workgroup> best_i: array<u32, ${WG}>;
 
-@compute @workgroup_size(1024)
+@compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) lid: u32) {
   var bv = -3.4e38;
   var bi = 0xffffffffu;
-  // invocation lid sees vec4s lid, lid + 1024, ...: indices in increasing order, so '>' keeps the lowest on ties
-  for (var i = lid; i < ${n4}u; i += 1024u) {
+  // invocation lid sees vec4s lid, lid + WG, ...: indices in increasing order, so '>' keeps the lowest on ties
+  for (var i = lid; i < ${n4}u; i += ${WG}u) {
     let v = logits[i];
     for (var e = 0u; e < 4u; e++) {
       let idx = 4u * i + e;
@@ -163,7 +165,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   best_v[lid] = bv;
   best_i[lid] = bi;
   workgroupBarrier();
-  for (var s = 512u; s > 0u; s >>= 1u) {
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
     if (lid < s) {
       let ov = best_v[lid + s];
       let oi = best_i[lid + s];

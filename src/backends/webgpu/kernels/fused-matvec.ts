@@ -58,6 +58,8 @@ export interface FusedMatvecShape {
   /** 'swiglu': write act unit-major for a consumer with these units a row and vec4s a unit (0: in order). */
   actUnits?: number;
   actVecs?: number;
+  /** The device's maxComputeInvocationsPerWorkgroup: caps the lanes a row (default 512, as measured). */
+  maxInvocations?: number;
 }
 
 /** vec4s of x one unit multiplies (0 for bitmap4, which reads x by column). */
@@ -95,8 +97,8 @@ function pow2Floor(n: number): number {
   return p;
 }
 
-export function fusedLayout(s: Pick<FusedMatvecShape, 'rows' | 'units' | 'epilogue' | 'numHeads' | 'numKvHeads' | 'headDim'>): FusedLayout {
-  const tpr = invocationsPerRow(s.units);
+export function fusedLayout(s: Pick<FusedMatvecShape, 'rows' | 'units' | 'epilogue' | 'numHeads' | 'numKvHeads' | 'headDim' | 'maxInvocations'>): FusedLayout {
+  const tpr = invocationsPerRow(s.units, s.maxInvocations);
   // quads (row groups of RPT rows) a workgroup: up to 256 invocations, fewer while blocks are scarce
   let quads = Math.max(1, pow2Floor(Math.floor(256 / tpr)));
   while (quads > 1 && quads * tpr > 64 && blocksFor(s, RPT * quads) < 512) quads /= 2;
@@ -111,11 +113,11 @@ export function fusedLayout(s: Pick<FusedMatvecShape, 'rows' | 'units' | 'epilog
  * (40.4 us), and llama-3.1-8b decodes 5% faster (448 units: 224 lanes). One pass a lane measured
  * slower (phi-4 o_proj at 160 lanes: 18.1 against 14.3 us at 64), so at least 2.
  */
-export function invocationsPerRow(units: number): number {
-  const pow2 = Math.min(256, Math.max(32, pow2Floor(Math.max(1, units / 2))));
+export function invocationsPerRow(units: number, maxInvocations = 512): number {
+  const pow2 = Math.min(256, maxInvocations, Math.max(32, pow2Floor(Math.max(1, units / 2))));
   const busy = (tpr: number) => units / (Math.ceil(units / tpr) * tpr);
   let best = { tpr: 0, busy: 0 };
-  for (let tpr = 32; tpr <= 512; tpr += 32) {
+  for (let tpr = 32; tpr <= Math.min(512, maxInvocations); tpr += 32) {
     const passes = Math.ceil(units / tpr);
     if (passes < 2 || passes > 3) continue;
     // the busiest; 2 passes on ties
@@ -145,8 +147,22 @@ export function columnsPerUnit(encoding: FusedEncoding, group: number): number {
 }
 
 /** Number of row blocks the grid walks. */
-export function fusedBlocks(s: Pick<FusedMatvecShape, 'rows' | 'units' | 'epilogue' | 'numHeads' | 'numKvHeads' | 'headDim'>): number {
+export function fusedBlocks(s: Pick<FusedMatvecShape, 'rows' | 'units' | 'epilogue' | 'numHeads' | 'numKvHeads' | 'headDim' | 'maxInvocations'>): number {
   return blocksFor(s, fusedLayout(s).br);
+}
+
+/**
+ * Workgroup memory the kernel declares, in bytes, and its invocations a workgroup: the normalised x
+ * (and q4's unit sums) for the 'norm' prologue with its reduction scratch, the rows' partial sums
+ * of the block variant. The decoder compares them with the device's limits and takes the separate
+ * rmsnorm where the prologue does not fit.
+ */
+export function fusedMatvecNeeds(s: FusedMatvecShape, f: KernelFeatures): { workgroupBytes: number; invocations: number } {
+  const subgroupVariant = f.subgroups && (s.input === 'norm' || s.encoding === 'bitmap4');
+  const { tpr, wg: blockWg, br } = fusedLayout(s);
+  const wg = subgroupVariant ? (s.workerWorkgroup ?? 256) : blockWg;
+  const norm = s.input === 'norm' ? s.units * columnsPerUnit(s.encoding, s.group) * 4 + (s.encoding === 'q4' ? s.units * 4 : 0) + 4 * 2 * (wg + wg / 4) : 0;
+  return { workgroupBytes: norm + (subgroupVariant ? 0 : br * tpr * 4), invocations: wg };
 }
 
 /** Binding names in binding order; the op binds buffers by these names. */
