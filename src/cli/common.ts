@@ -10,6 +10,7 @@ import { loadModel, type LoadedModel } from '../model/load.js';
 import type { Engine } from '../runtime/engine.js';
 import { createEngine } from '../backends/index.js';
 import { progressBar } from './progress.js';
+import { forCli } from '../wording.js';
 
 /** The built-in demo model shipped in the package's models/ folder. */
 export function demoModelPath(): string {
@@ -65,7 +66,7 @@ export async function loadForCli(path: string | undefined): Promise<LoadedModel>
 /** Creates the engine for --backend; prints the notice when `auto` or the fused decode path falls back. */
 export async function createEngineForCli(model: LoadedModel, backend: BackendChoice, contextLength: number, decode: DecodeChoice = 'fused'): Promise<Engine> {
   const { engine, notice } = await createEngine(model, { backend, contextLength, decode });
-  if (notice) process.stderr.write(`pdvm: ${notice}\n`);
+  if (notice) process.stderr.write(`pdvm: ${forCli(notice)}\n`);
   return engine;
 }
 
@@ -91,9 +92,9 @@ export function action<A extends unknown[]>(fn: (...args: A) => Promise<void>) {
 
 export function reportAndExit(e: unknown): never {
   if (e instanceof PdvmError) {
-    process.stderr.write(`pdvm: error: ${e.message}\n`);
+    process.stderr.write(`pdvm: error: ${forCli(e.message)}\n`);
   } else if (e instanceof Error) {
-    process.stderr.write(`pdvm: error: ${e.message}\n`);
+    process.stderr.write(`pdvm: error: ${forCli(e.message)}\n`);
     if (process.env.PDVM_DEBUG) process.stderr.write(`${e.stack}\n`);
   } else {
     process.stderr.write(`pdvm: error: ${String(e)}\n`);

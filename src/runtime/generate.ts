@@ -124,7 +124,7 @@ export class Generation {
     if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new InvalidInputError(`max tokens must be a whole number >= 0, got ${maxTokens}`);
     if (promptIds.length === 0) throw new InvalidInputError('the prompt is empty: give at least one token');
     if (promptIds.length >= engine.contextLength) {
-      throw new InvalidInputError(`the prompt has ${promptIds.length} tokens but the context holds ${engine.contextLength}; shorten the prompt or raise --context`);
+      throw new InvalidInputError(`the prompt has ${promptIds.length} tokens but the context holds ${engine.contextLength}; shorten the prompt or raise contextLength`);
     }
     this.constraint = options.constraint ?? null;
     this.stops = this.constraint ? [] : (options.stop ?? []).filter((s) => s.length > 0);

@@ -178,11 +178,11 @@ export class Gpu {
   static async acquire(options: GpuOptions = {}): Promise<Gpu> {
     const entry = await gpuEntryPoint(wantToggles(options));
     const gpu = entry?.gpu;
-    if (!entry || !gpu) throw new WebGpuUnavailableError('this runtime has no WebGPU (no navigator.gpu); use --backend cpu');
+    if (!entry || !gpu) throw new WebGpuUnavailableError("this runtime has no WebGPU (no navigator.gpu); use backend: 'cpu'");
     const adapter = await gpu.requestAdapter({ powerPreference: options.powerPreference ?? 'high-performance' });
     if (!adapter) {
       throw new WebGpuUnavailableError(
-        'no WebGPU adapter was found; on a machine without a GPU run scripts/install-vulkan.sh (Mesa lavapipe), or use --backend cpu',
+        "no WebGPU adapter was found; on a machine without a GPU run scripts/install-vulkan.sh (Mesa lavapipe), or use backend: 'cpu'",
       );
     }
     const subgroups = adapter.features.has('subgroups') && !options.disableSubgroups;

@@ -218,7 +218,7 @@ export class WebGpuEngine implements Engine {
       }
       const weightBytes = gpuWeightBytes(model.weights, options);
       const cacheBytes = 2 * c.numLayers * cacheBytesPerLayer;
-      const hint = `model weights take ${mb(weightBytes)} and a KV cache of ${ctx} positions ${mb(cacheBytes)}; use a smaller context length (--context) or a smaller model, or --backend cpu`;
+      const hint = `model weights take ${mb(weightBytes)} and a KV cache of ${ctx} positions ${mb(cacheBytes)}; use a smaller contextLength or a smaller model, or backend: 'cpu'`;
       let notice: string | undefined;
       let fused: FusedModelWeights | null = null;
       if ((options.decode ?? 'fused') === 'fused') {
@@ -408,7 +408,7 @@ export class WebGpuEngine implements Engine {
     this.assertUsable();
     const seq = this.live(seqIn);
     this.checkTokens(seq, tokens);
-    const cache = (seq.cache ??= guardAllocation(`a KV cache of ${this.contextLength} positions does not fit beside the model; use a smaller context length (--context)`, () => this.newCache()));
+    const cache = (seq.cache ??= guardAllocation(`a KV cache of ${this.contextLength} positions does not fit beside the model; use a smaller contextLength`, () => this.newCache()));
     // tokens the fused decoder appended since this cache was last used
     if (seq.cached < seq.length) {
       await this.runChunks(cache, seq.cached, seq.tokens.slice(seq.cached), 'none');
@@ -484,7 +484,7 @@ export class WebGpuEngine implements Engine {
     const seq = this.live(seqIn);
     this.checkTokens(seq, prompt);
     if (!Number.isInteger(options.maxTokens) || options.maxTokens < 1) throw new InvalidInputError(`max tokens must be a whole number >= 1, got ${options.maxTokens}`);
-    const decoder = (seq.decoder ??= guardAllocation(`a KV cache of ${this.contextLength} positions does not fit beside the model; use a smaller context length (--context)`, () =>
+    const decoder = (seq.decoder ??= guardAllocation(`a KV cache of ${this.contextLength} positions does not fit beside the model; use a smaller contextLength`, () =>
       new FusedDecoder(this.gpu, this.config, this.fusedWeights!, { path: 'fused', contextLength: this.contextLength }),
     ));
     // a truncated sequence: the decoder's cache holds more than the sequence, so it starts over

@@ -7,7 +7,7 @@ export class WebGpuUnavailableError extends PdvmError {}
 /** The device was lost (driver reset, another process took the GPU, destroy()); the engine is unusable. */
 export class DeviceLostError extends PdvmError {
   constructor(readonly reason: string, detail: string) {
-    super(`the GPU device was lost (${reason}${detail ? `: ${detail}` : ''}); create a new engine, or use --backend cpu`);
+    super(`the GPU device was lost (${reason}${detail ? `: ${detail}` : ''}); load the model again, or use backend: 'cpu'`);
   }
 }
 
