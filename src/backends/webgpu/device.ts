@@ -6,7 +6,8 @@
  */
 import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
-import { selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
+import type { SubgroupIndexing } from './kernels/matmul-tiled.js';
+import { selfTestPrefillKernel, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
 /** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
 export interface SubgroupMatrixConfig {
@@ -35,6 +36,8 @@ export interface GpuFeatures {
   subgroupMatrixConfigs: SubgroupMatrixConfig[];
   /** f16 x f16 -> f32 subgroup-matrix products at 16x16x16, self-tested: the prefill's tensor-core path. */
   subgroupMatrixF16: boolean;
+  /** How that kernel finds its subgroup (the way that passed its self-test); null when off. */
+  subgroupMatrixIndexing: SubgroupIndexing | null;
   /** Dawn toggles requested (Node). */
   dawnToggles: string[];
   /** Each self-test's outcome: 'passed', 'failed: why', or 'not run: why'. */
@@ -46,10 +49,12 @@ export interface GpuOptions {
   /** Ignore `shader-f16` even where present. */
   disableShaderF16?: boolean;
   /**
-   * Ignore `chromium-experimental-subgroup-matrix` even where present (the prefill's f32 kernels run).
-   * Default: PDVM_SUBGROUP_MATRIX=0 in the environment.
+   * Use `chromium-experimental-subgroup-matrix` where offered and self-tested: the prefill's f16
+   * tensor-core kernel. Off by default (default: PDVM_SUBGROUP_MATRIX=1 in the environment turns it on):
+   * measured on the H200 it is slower than the f32 tiles so far (docs/PERFORMANCE.md), and Dawn prints
+   * deprecation warnings for its builtins on stdout.
    */
-  disableSubgroupMatrix?: boolean;
+  subgroupMatrix?: boolean;
   /**
    * Node only: ask Dawn for the toggles allow_unsafe_apis and vulkan_enable_f16_on_nvidia (which expose
    * subgroup matrices and, on NVIDIA, shader-f16). Default on, unless PDVM_DAWN_TOGGLES=0; every fast
@@ -187,9 +192,8 @@ export class Gpu {
     }
     const subgroups = adapter.features.has('subgroups') && !options.disableSubgroups;
     const shaderF16 = adapter.features.has('shader-f16') && !options.disableShaderF16;
-    // PDVM_SUBGROUP_MATRIX=0: the f32 prefill kernels (for token-for-token comparisons with the CPU)
-    const matrixOff = options.disableSubgroupMatrix ?? (env('PDVM_SUBGROUP_MATRIX') === '0');
-    const matrix = adapter.features.has('chromium-experimental-subgroup-matrix' as GPUFeatureName) && !matrixOff;
+    const matrixOn = options.subgroupMatrix ?? env('PDVM_SUBGROUP_MATRIX') === '1';
+    const matrix = adapter.features.has('chromium-experimental-subgroup-matrix' as GPUFeatureName) && matrixOn;
     const required = [...(subgroups ? ['subgroups'] : []), ...(shaderF16 ? ['shader-f16'] : []), ...(matrix ? ['chromium-experimental-subgroup-matrix'] : [])];
     const a = adapter.limits;
     const device = await adapter.requestDevice({
@@ -214,6 +218,7 @@ export class Gpu {
       subgroupMaxSize: info.subgroupMaxSize ?? 0,
       subgroupMatrixConfigs: configs,
       subgroupMatrixF16: false,
+      subgroupMatrixIndexing: null,
       dawnToggles: entry.toggles,
       selfTests: {},
     };
@@ -224,13 +229,26 @@ export class Gpu {
       if (r !== 'passed') features.shaderF16 = false;
     }
     const f16Matrix = configs.some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === 16 && c.N === 16 && c.K === 16);
-    if (!matrix) features.selfTests['subgroup-matrix f16'] = 'not run: no chromium-experimental-subgroup-matrix';
+    if (!matrix) features.selfTests['subgroup-matrix f16'] = matrixOn ? 'not run: no chromium-experimental-subgroup-matrix' : 'not run: subgroup matrices not asked for (PDVM_SUBGROUP_MATRIX=1)';
     else if (!f16Matrix || !features.shaderF16) features.selfTests['subgroup-matrix f16'] = 'not run: no f16->f32 16x16x16 configuration with shader-f16';
     else if (!(features.subgroupMinSize > 0 && features.subgroupMinSize === features.subgroupMaxSize)) features.selfTests['subgroup-matrix f16'] = 'not run: the subgroup size is not fixed';
     else {
       const r = await selfTestSubgroupMatrix(device, features.subgroupMaxSize);
       features.selfTests['subgroup-matrix f16'] = r;
-      features.subgroupMatrixF16 = r === 'passed';
+      // and the prefill kernel built on them, run on a small product with partial tiles, in each way
+      // of finding its subgroup until one passes
+      if (r === 'passed') {
+        const ways: SubgroupIndexing[] = [...(subgroups && gpu.wgslLanguageFeatures?.has('subgroup_id') ? ['subgroup-id' as const] : []), 'invocation-index'];
+        for (const way of ways) {
+          const k = await selfTestPrefillKernel(device, features.subgroupMaxSize, way);
+          features.selfTests[`prefill kernel (subgroup matrix, ${way})`] = k;
+          if (k === 'passed') {
+            features.subgroupMatrixF16 = true;
+            features.subgroupMatrixIndexing = way;
+            break;
+          }
+        }
+      }
     }
     return new Gpu(device, description, features, options);
   }

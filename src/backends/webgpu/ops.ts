@@ -133,9 +133,10 @@ function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo): Dispatch[] | null {
   return parts.map((p) => {
     const shape: TiledMatmulShape = { weight: p.weight, rows: p.rows, cols: m.cols, yStride: io.yStride, yOffset: io.yOffset + p.rowStart, bias: io.bias !== null, residual: io.residual };
     const sg = gpu.features.subgroupMaxSize;
+    const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
     const name = `matmul_tiled_${kernel}`;
-    const pipeline = gpu.pipeline(name, { ...shape, ...shape.weight, weight: p.weight.encoding, sg: kernel === 'f32' ? 0 : sg }, () =>
-      kernel === 'f32' ? matmulTiledF32Wgsl(shape) : matmulTiledSubgroupMatrixWgsl(shape, sg),
+    const pipeline = gpu.pipeline(name, { ...shape, ...shape.weight, weight: p.weight.encoding, sg: kernel === 'f32' ? 0 : sg, indexing }, () =>
+      kernel === 'f32' ? matmulTiledF32Wgsl(shape) : matmulTiledSubgroupMatrixWgsl(shape, sg, indexing),
     );
     const rowTiles = Math.ceil(p.rows / tile.rows);
     if (rowTiles > 65535) throw new Error(`matmul: ${p.rows} rows exceed the dispatch grid`);

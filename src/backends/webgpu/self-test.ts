@@ -6,6 +6,7 @@
  * exposes a broken feature costs speed, not correctness.
  */
 import { f32ToF16 } from '../../format/dtype.js';
+import { matmulTiledSubgroupMatrixWgsl, type SubgroupIndexing } from './kernels/matmul-tiled.js';
 
 /** Runs one workgroup of a kernel over (input words) and reads `outFloats` f32 back; throws on any error. */
 async function runOnce(device: GPUDevice, code: string, input: Uint32Array, outFloats: number): Promise<Float32Array> {
@@ -118,5 +119,59 @@ var<workgroup> cs: array<f32, ${M * N}>;
     return compare(await runOnce(device, code, new Uint32Array(input.buffer), M * N), want);
   } catch (e) {
     return `failed: ${(e as Error).message.slice(0, 200)}`;
+  }
+}
+
+/**
+ * The prefill's subgroup-matrix kernel itself (kernels/matmul-tiled.ts) on a small product with
+ * partial tiles (70 tokens, 130 rows, 80 columns; dense f32 weights), small integers so the answer is
+ * exact: compiled, run and compared element by element.
+ */
+export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: number, indexing: SubgroupIndexing): Promise<string> {
+  const T = 70, rows = 130, cols = 80;
+  const W = new Float32Array(rows * cols), X = new Float32Array(T * cols);
+  for (let i = 0; i < W.length; i++) W[i] = ((i * 7) % 9) - 4;
+  for (let i = 0; i < X.length; i++) X[i] = ((i * 5) % 7) - 3;
+  const want = new Float32Array(T * rows);
+  for (let t = 0; t < T; t++) for (let r = 0; r < rows; r++) {
+    let s = 0;
+    for (let c = 0; c < cols; c++) s += X[t * cols + c]! * W[r * cols + c]!;
+    want[t * rows + r] = s;
+  }
+  const code = matmulTiledSubgroupMatrixWgsl({ weight: { encoding: 'dense', dtype: 'f32', rowChunks: cols / 4 }, rows, cols, yStride: rows, yOffset: 0, bias: false, residual: false }, subgroupSize, indexing);
+  const buffers: GPUBuffer[] = [];
+  const storage = (data: Float32Array | Uint32Array, extra = 0) => {
+    const b = device.createBuffer({ size: Math.max(16, data.byteLength), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | extra });
+    device.queue.writeBuffer(b, 0, data);
+    buffers.push(b);
+    return b;
+  };
+  try {
+    device.pushErrorScope('validation');
+    const module = device.createShaderModule({ label: 'self-test prefill kernel', code });
+    const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error').map((m) => m.message);
+    const pipeline = device.createComputePipeline({ label: 'self-test prefill kernel', layout: 'auto', compute: { module, entryPoint: 'main' } });
+    const bufs = [storage(W), storage(X), storage(new Float32Array(T * rows), GPUBufferUsage.COPY_SRC), storage(new Uint32Array([T, 0, 0, 0]))];
+    const read = device.createBuffer({ size: T * rows * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    buffers.push(read);
+    const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+    const enc = device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(Math.ceil(rows / 128), Math.ceil(T / 64));
+    pass.end();
+    enc.copyBufferToBuffer(bufs[2]!, 0, read, 0, T * rows * 4);
+    device.queue.submit([enc.finish()]);
+    const err = await device.popErrorScope();
+    if (errors.length || err) return `failed: ${`${errors.join('; ')}${err ? ` ${err.message}` : ''}`.trim().slice(0, 300)}`;
+    await read.mapAsync(GPUMapMode.READ);
+    const got = new Float32Array(read.getMappedRange().slice(0));
+    read.unmap();
+    return compare(got, want);
+  } catch (e) {
+    return `failed: ${(e as Error).message.slice(0, 300)}`;
+  } finally {
+    for (const b of buffers) b.destroy();
   }
 }

@@ -10,7 +10,7 @@ import { selfTestShaderF16 } from '../../../src/backends/webgpu/self-test.js';
 import { SKIP_GPU } from './gpu.js';
 
 test('device features: reported, self-tested, and switched off by the options', { skip: SKIP_GPU }, async () => {
-  const g = await Gpu.acquire();
+  const g = await Gpu.acquire({ subgroupMatrix: true });
   try {
     const f = g.features;
     console.log(`features: ${g.featureSummary}`);
@@ -19,13 +19,14 @@ test('device features: reported, self-tested, and switched off by the options', 
     // a fast path is on only after its self-test passed
     if (f.shaderF16) assert.equal(f.selfTests['shader-f16'], 'passed');
     if (f.subgroupMatrixF16) assert.equal(f.selfTests['subgroup-matrix f16'], 'passed');
+    if (f.subgroupMatrixF16) assert.equal(f.selfTests[`prefill kernel (subgroup matrix, ${f.subgroupMatrixIndexing})`], 'passed');
     if (f.subgroupMatrixF16) assert.ok(f.shaderF16 && f.subgroupMatrixConfigs.some((c) => c.componentType === 'f16'));
     assert.match(g.featureSummary, /subgroups (on|off), shader-f16 (on|off), dot4I8Packed (on|off), subgroup matrix f16 (on|off)/);
     if (f.shaderF16) assert.equal(await selfTestShaderF16(g.device), 'passed');
   } finally {
     g.destroy();
   }
-  const plain = await Gpu.acquire({ dawnToggles: false, disableShaderF16: true, disableSubgroupMatrix: true, disableSubgroups: true });
+  const plain = await Gpu.acquire({ dawnToggles: false, disableShaderF16: true, subgroupMatrix: false, disableSubgroups: true });
   try {
     const f = plain.features;
     assert.deepEqual(f.dawnToggles, []);

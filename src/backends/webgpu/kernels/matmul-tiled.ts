@@ -33,6 +33,13 @@ export interface TiledMatmulShape {
 
 export type TiledKernel = 'f32' | 'subgroup-matrix-f16';
 
+/**
+ * How the subgroup-matrix kernel finds its subgroup: the `subgroup_id` builtin (WGSL language feature
+ * subgroup_id, subgroup-uniform under subgroup_uniformity), or local_invocation_index / subgroup size
+ * (right where subgroups are consecutive invocations). device.ts self-tests them in that order.
+ */
+export type SubgroupIndexing = 'subgroup-id' | 'invocation-index';
+
 /** Tokens x rows of one workgroup's tile. */
 export function tiledTile(kernel: TiledKernel): { tokens: number; rows: number } {
   return kernel === 'f32' ? { tokens: 128, rows: 128 } : { tokens: 64, rows: 128 };
@@ -214,13 +221,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
  * is the right matrix (k x rows), column-major; both with a padded stride of 40 halves (80 bytes).
  * Results go out through a 16 x 16 f32 scratch a subgroup, where the epilogue reads them.
  */
-export function matmulTiledSubgroupMatrixWgsl(s: TiledMatmulShape, subgroupSize: number): string {
+export function matmulTiledSubgroupMatrixWgsl(s: TiledMatmulShape, subgroupSize: number, indexing: SubgroupIndexing = 'subgroup-id'): string {
   const w = weightReader(s.weight, s.rows);
   const SG = subgroupSize, WG = 4 * SG, S = 40;
   const accs: string[] = [];
   for (let i = 0; i < 2; i++) for (let j = 0; j < 4; j++) accs.push(`a${i}${j}`);
+  // g (the subgroup) is uniform within each subgroup, which WGSL's uniformity analysis may not prove
+  // (device.ts's self-test of this kernel checks the result)
+  const byId = indexing === 'subgroup-id';
   return `enable f16;
 enable chromium_experimental_subgroup_matrix;
+${byId ? 'enable subgroups;\nrequires subgroup_id;\n' : ''}diagnostic(off, subgroup_uniformity);
 ${COMMON}${w.code}
 const COLS = ${s.cols}u;
 ${w.bindings}
@@ -231,12 +242,12 @@ var<workgroup> ws: array<f16, ${128 * S}>; // (128 rows, 32 k), stride ${S}
 var<workgroup> cs: array<f32, ${4 * 256}>; // a 16 x 16 result per subgroup
 
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {
   let T = step[0];
   let row0 = wid.x * 128u;
   let tok0 = wid.y * 64u;
-  let g = lid / ${SG}u;
-  let lane = lid % ${SG}u;
+  let g = ${byId ? 'sg_id' : `lid / ${SG}u`};
+  let lane = ${byId ? 'sg_lane' : `lid % ${SG}u`};
   let tb = (g / 2u) * 32u; // the subgroup's first token and row within the tile
   let rb = (g % 2u) * 64u;
 ${accs.map((a) => `  var ${a} = subgroup_matrix_result<f32, 16, 16>();`).join('\n')}
