@@ -32,6 +32,11 @@ export interface LoadModelOptions {
    * 'unfused' through the forward pass and CPU sampling. Penalties always take the forward path.
    */
   decode?: 'fused' | 'unfused';
+  /**
+   * WebGPU fused path only: x of the q4 matrix-vector products, 'int8' (default; blocks of 32 with
+   * dot4I8Packed, +0.03% NLL on the demo model) or 'f32' (the CPU's numerics). docs/PERFORMANCE.md.
+   */
+  matvecActivations?: 'int8' | 'f32';
   /** Positions each generation may hold, prompt included (default: the model's, at most 4096). */
   contextLength?: number;
   /**
@@ -320,7 +325,7 @@ export async function loadModel(source: ModelSource, options: LoadModelOptions =
 export async function modelFromLoaded(loaded: LoadedModel, options: LoadModelOptions = {}): Promise<Model> {
   // checked against the model's maximum before the engine allocates anything
   const contextLength = checkContextLength(loaded.config, options.contextLength ?? Math.min(loaded.config.maxPositionEmbeddings, 4096), 'the context length');
-  const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength, decode: options.decode });
+  const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength, decode: options.decode, webgpu: options.matvecActivations ? { matvecActivations: options.matvecActivations } : undefined });
   return new Model(loaded, engine, { maxConcurrency: options.maxConcurrency, maxQueued: options.maxQueued, prefixCacheBytes: options.prefixCacheBytes, backendNotice: notice });
 }
 

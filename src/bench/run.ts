@@ -31,6 +31,8 @@ export interface BenchOptions {
   attentionWorkgroup?: number;
   attention?: 'split' | 'split-heads' | 'single';
   workerWorkgroup?: number;
+  /** x of the q4 products: int8 blocks with dot4I8Packed (default) or f32 (FusedDecoderOptions.matvecActivations). */
+  activations?: 'int8' | 'f32';
   /** Compare the fused and unfused paths on this model first (logits over `check` tokens, greedy). */
   check: number;
   /** Log each dispatch's time (layer 0, head). */
@@ -62,6 +64,8 @@ export interface BenchResult {
   subgroups: boolean;
   /** The device's features and the self-tests' outcomes (device.ts). */
   features: GpuFeatures;
+  /** x of the q4 products as run (int8 only where the kernel applies: q4 with subgroups). */
+  activations: 'int8' | 'f32';
   /** With --check: largest relative difference of fused vs unfused logits, and greedy agreement. */
   check_max_rel_diff?: number;
   check_greedy_identical?: boolean;
@@ -78,7 +82,8 @@ function relativeDifference(a: Float32Array, b: Float32Array): number {
 
 /** Fused vs unfused on the same weights: logits after each of n prompt tokens, then n greedy tokens. */
 async function checkPaths(gpu: Gpu, config: ReturnType<typeof benchConfig>, w: Awaited<ReturnType<SyntheticWeights['model']>>, prompt: number[], n: number, workgroups?: number) {
-  const make = (path: DecodePath) => new FusedDecoder(gpu, config, w, { path, contextLength: 2 * n + 8, workgroups });
+  // f32 activations: both plans then compute the same sums, so they must agree to rounding
+  const make = (path: DecodePath) => new FusedDecoder(gpu, config, w, { path, contextLength: 2 * n + 8, workgroups, matvecActivations: 'f32' });
   const fused = make('fused'), unfused = make('unfused');
   try {
     let worst = 0;
@@ -125,9 +130,9 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
   const prompt = randomPrompt(Math.max(o.context, o.check), config.vocabSize, o.seed);
   try {
     const check = o.check > 0 ? await checkPaths(gpu, config, w, prompt, o.check, o.workgroups) : null;
-    if (check) o.log(`check: fused vs unfused logits relative difference <= ${check.worst.toExponential(2)} over ${o.check} tokens; greedy continuations ${check.identical ? 'identical' : 'DIFFER'}`);
+    if (check) o.log(`check (f32 activations): fused vs unfused logits relative difference <= ${check.worst.toExponential(2)} over ${o.check} tokens; greedy continuations ${check.identical ? 'identical' : 'DIFFER'}`);
     for (const path of o.paths) {
-      const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: o.normWorkgroups, unroll: o.unroll, attentionWorkgroup: o.attentionWorkgroup, attention: o.attention, workerWorkgroup: o.workerWorkgroup });
+      const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: o.normWorkgroups, unroll: o.unroll, attentionWorkgroup: o.attentionWorkgroup, attention: o.attention, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations });
       try {
         // warm-up: pipelines, caches, clocks
         await decoder.generate(prompt.slice(0, 8), { maxTokens: 8, lag: o.lag });
@@ -169,6 +174,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
           workgroups: decoder.workgroups,
           subgroups: gpu.subgroups,
           features: gpu.features,
+          activations: (o.activations ?? 'int8') === 'int8' && gpu.subgroups && (o.encoding === 'q4' || o.encoding === 'bitmap') && (o.bitmap ?? 'expand') === 'expand' ? 'int8' : 'f32',
           ...(check ? { check_max_rel_diff: check.worst, check_greedy_identical: check.identical } : {}),
         };
         o.log(

@@ -13,7 +13,7 @@
  * leaves lm_head dense).
  */
 import type { Gpu } from '../backends/webgpu/device.js';
-import { expandBitmap4, fusedWeightBytes, type FusedLayerWeights, type FusedMatrix, type FusedModelWeights } from '../backends/webgpu/fused/weights.js';
+import { expandBitmap4, fusedWeightBytes, rowBlocked, rowsPerBinding, type FusedLayerWeights, type FusedMatrix, type FusedModelWeights } from '../backends/webgpu/fused/weights.js';
 import type { ModelConfig } from '../model/config.js';
 
 export interface BenchShape {
@@ -90,6 +90,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 }`;
 }
 
+/** Bytes a row takes in each buffer of a matrix of this encoding (for splitting across bindings). */
+function rowBytes(cols: number, encoding: BenchEncoding, o: SyntheticOptions): number[] {
+  if (encoding === 'bf16') return [Math.ceil(cols / 8) * 16];
+  if (encoding === 'q8') return [Math.ceil(cols / 16) * 16, 4];
+  if (encoding === 'q4') return [(Math.ceil(cols / o.group) * o.group) / 2, Math.ceil(cols / o.group) * 4];
+  // bitmap: expanded to q4 with the tile as group (its own buffers are smaller)
+  return [(Math.ceil(cols / o.tile) * o.tile) / 2, Math.ceil(cols / o.tile) * 4];
+}
+
 /** xorshift32 for host-side masks. */
 function xorshift(seed: number): () => number {
   let x = (seed | 0) || 0x9e3779b9;
@@ -143,7 +152,16 @@ export class SyntheticWeights {
     return b;
   }
 
+  /** A matrix of random weights; split by rows where one binding cannot hold a buffer of it (as uploadFusedMatrix does). */
   matrix(label: string, rows: number, cols: number, encoding: BenchEncoding): FusedMatrix {
+    const per = rowsPerBinding(this.gpu, label, rowBytes(cols, encoding, this.o));
+    if (rows <= per) return this.block(label, rows, cols, encoding);
+    const blocks: FusedMatrix[] = [];
+    for (let r0 = 0; r0 < rows; r0 += per) blocks.push(this.block(`${label}.rows${r0}`, Math.min(per, rows - r0), cols, encoding));
+    return rowBlocked(blocks);
+  }
+
+  private block(label: string, rows: number, cols: number, encoding: BenchEncoding): FusedMatrix {
     if (encoding === 'bf16') {
       const units = Math.ceil(cols / 8);
       const buffers = { W: this.buffer(`${label}.w`, rows * units * 4, 2) };

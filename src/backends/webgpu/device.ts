@@ -62,6 +62,8 @@ export interface GpuOptions {
    * cannot set toggles: there the adapter's features decide.
    */
   dawnToggles?: boolean;
+  /** Polyfill WGSL's dot4I8Packed even where the language feature exists (tests run both). */
+  disablePackedDot?: boolean;
   /** Split tensors at this many bytes instead of the device's maxStorageBufferBindingSize (tests). */
   maxBindingBytes?: number;
   powerPreference?: GPUPowerPreference;
@@ -213,7 +215,7 @@ export class Gpu {
     const features: GpuFeatures = {
       subgroups,
       shaderF16,
-      packed4x8IntegerDotProduct: gpu.wgslLanguageFeatures?.has('packed_4x8_integer_dot_product') ?? false,
+      packed4x8IntegerDotProduct: !options.disablePackedDot && (gpu.wgslLanguageFeatures?.has('packed_4x8_integer_dot_product') ?? false),
       subgroupMinSize: info.subgroupMinSize ?? 0,
       subgroupMaxSize: info.subgroupMaxSize ?? 0,
       subgroupMatrixConfigs: configs,

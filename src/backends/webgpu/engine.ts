@@ -47,6 +47,11 @@ export interface WebGpuEngineOptions extends GpuOptions, UploadOptions {
    * engine falls back to 'unfused' and says why in `decodeNotice`.
    */
   decode?: 'fused' | 'unfused';
+  /**
+   * x of the fused path's q4 matrix-vector products: 'int8' (default; blocks of 32 with dot4I8Packed,
+   * where the adapter has subgroups) or 'f32' (the CPU's numerics). See FusedDecoderOptions.
+   */
+  matvecActivations?: 'int8' | 'f32';
   onProgress?: (tensor: string) => void;
 }
 
@@ -164,6 +169,8 @@ export class WebGpuEngine implements Engine {
   private spare: WebGpuSequence | null = null;
   private queue: Promise<unknown> = Promise.resolve();
   private disposed = false;
+  /** x of the fused decoders' q4 products (WebGpuEngineOptions.matvecActivations). */
+  matvecActivations: 'int8' | 'f32' = 'int8';
 
   private constructor(
     readonly config: ModelConfig,
@@ -241,7 +248,7 @@ export class WebGpuEngine implements Engine {
       if (fused) {
         try {
           spare.decoder = await gpu.allocating(`the fused decoder with a KV cache of ${ctx} positions (${mb(cacheBytes)})`, hint, () =>
-            guardAllocation(hint, () => new FusedDecoder(gpu, c, fused!, { path: 'fused', contextLength: ctx })),
+            guardAllocation(hint, () => new FusedDecoder(gpu, c, fused!, { path: 'fused', contextLength: ctx, matvecActivations: options.matvecActivations })),
           );
         } catch (e) {
           if (e instanceof DeviceLostError) throw e;
@@ -254,6 +261,7 @@ export class WebGpuEngine implements Engine {
         }
       }
       const engine = new WebGpuEngine(c, ctx, gpu, !options.gpu, weights, activations, chunk, fused, notice);
+      engine.matvecActivations = options.matvecActivations ?? 'int8';
       if (!spare.decoder) spare.cache = await gpu.allocating(`a KV cache of ${ctx} positions (${mb(cacheBytes)})`, hint, () => guardAllocation(hint, () => engine.newCache()));
       engine.spare = spare;
       return engine;
@@ -485,7 +493,7 @@ export class WebGpuEngine implements Engine {
     this.checkTokens(seq, prompt);
     if (!Number.isInteger(options.maxTokens) || options.maxTokens < 1) throw new InvalidInputError(`max tokens must be a whole number >= 1, got ${options.maxTokens}`);
     const decoder = (seq.decoder ??= guardAllocation(`a KV cache of ${this.contextLength} positions does not fit beside the model; use a smaller contextLength`, () =>
-      new FusedDecoder(this.gpu, this.config, this.fusedWeights!, { path: 'fused', contextLength: this.contextLength }),
+      new FusedDecoder(this.gpu, this.config, this.fusedWeights!, { path: 'fused', contextLength: this.contextLength, matvecActivations: this.matvecActivations }),
     ));
     // a truncated sequence: the decoder's cache holds more than the sequence, so it starts over
     if (decoder.length !== seq.decoded) {

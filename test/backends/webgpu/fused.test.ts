@@ -55,7 +55,8 @@ async function decoders(model: LoadedModel, weights: ModelWeights, contextLength
   const gpu = await testGpu(options);
   const w = uploadFusedWeights(gpu, weights, upload);
   // the unfused plan runs the one-workgroup-a-head attention, so the split attention is checked too
-  const make = (path: DecodePath) => new FusedDecoder(gpu, model.config, w, { path, contextLength, workgroups: 64, attention: path === 'fused' ? 'split' : 'single' });
+  // f32 activations: the token-for-token comparisons run on the CPU's numerics (int8: fused-nll.test)
+  const make = (path: DecodePath) => new FusedDecoder(gpu, model.config, w, { path, contextLength, workgroups: 64, attention: path === 'fused' ? 'split' : 'single', matvecActivations: 'f32' });
   const fused = make('fused'), unfused = make('unfused');
   return {
     fused, unfused,
@@ -196,5 +197,27 @@ test('fused matvec: q8 with a partial last unit, every int8 value, both inputs a
       }
       for (const b of Object.values(m.buffers)) b.destroy();
     }
+  }
+});
+
+test('fused decode: tensors larger than a storage binding are split by rows (embedding, lm_head) and match the CPU engine', { skip: SKIP_GPU }, async () => {
+  const model = await loadModel(BROWN);
+  const ref = await readReference(BROWN);
+  const ids = [...ref.inputIds.slice(0, 8)];
+  // binding limits under which the 4096 x 384 embedding (bf16, 3.1 MB) and lm_head split, the layer matrices not
+  const cases: [string, Pack | null, number][] = [['bf16', null, 2 << 20], ['q4 g32', q4, 512 << 10], ['q8', q8, 1 << 20]];
+  for (const [name, pack, maxBindingBytes] of cases) {
+    const weights = pack ? { ...model.weights, lmHead: pack(model.weights.lmHead), layers: model.weights.layers.map((L) => ({ ...L, qkv: L.qkv.map(pack), gateUp: L.gateUp.map(pack), o: pack(L.o), down: pack(L.down) })) } : model.weights;
+    const gpu = await testGpu({ maxBindingBytes });
+    const w = uploadFusedWeights(gpu, weights);
+    try {
+      assert.ok((w.embed.rowBlocks?.length ?? 1) > 1 && (w.lmHead.rowBlocks?.length ?? 1) > 1, `${name}: embedding and lm_head split (${w.embed.rowBlocks?.length}, ${w.lmHead.rowBlocks?.length} blocks)`);
+      for (const b of [w.embed, w.lmHead].flatMap((m) => m.rowBlocks!.flatMap((r) => Object.values(r.matrix.buffers)))) assert.ok(b.size <= maxBindingBytes);
+    } finally {
+      destroyFusedWeights(w);
+    }
+    const cpu = new CpuEngine(model.config, weights, 64);
+    const cpuLogits = await cpu.forward(cpu.createSequence(), ids, true);
+    await checkPaths(`${basename(BROWN)} ${name}, bindings of ${maxBindingBytes} bytes`, model, weights, cpuLogits, [ids], { maxBindingBytes });
   }
 });

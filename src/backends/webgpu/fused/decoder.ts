@@ -23,6 +23,7 @@ import {
   type DecodeAttentionShape, type SplitAttentionShape,
 } from '../kernels/fused-attention.js';
 import { fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecNeeds, fusedMatvecWgsl, vecsPerUnit, type FusedMatvecShape } from '../kernels/fused-matvec.js';
+import { int8Applies, int8Unroll } from '../kernels/fused-matvec-int8.js';
 import { attentionOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from '../ops.js';
 import type { FusedMatrix, FusedModelWeights } from './weights.js';
 
@@ -36,7 +37,7 @@ export interface FusedDecoderOptions {
   workgroups?: number;
   /** Workgroups of the matvecs that normalise x first (each does so once); default 264, 528 for lm_head-sized matrices. */
   normWorkgroups?: number;
-  /** Units each lane loads per pass in the subgroup matvec (default 1). */
+  /** Units each lane loads per pass in the subgroup matvec (default 1; the int8 kernel's default: int8Unroll). */
   unroll?: number;
   /** Invocations a workgroup of the subgroup matvec (the norm kernels; default 256). */
   workerWorkgroup?: number;
@@ -50,6 +51,12 @@ export interface FusedDecoderOptions {
    * docs/PERFORMANCE.md).
    */
   attention?: 'split' | 'split-heads' | 'single';
+  /**
+   * x of the q4 matrix-vector products: 'int8' (default) quantizes it per workgroup into int8 blocks of
+   * 32 and multiplies with dot4I8Packed (kernels/fused-matvec-int8.ts; needs subgroups, else f32),
+   * 'f32' keeps it in f32 (the CPU's numerics: what the token-for-token tests run).
+   */
+  matvecActivations?: 'int8' | 'f32';
 }
 
 export interface GpuSamplingValues {
@@ -73,7 +80,7 @@ export interface GenerateOptions {
 const FLAG_TOKEN_FROM_GPU = 7; // step word: 1 = the embedding reads the previously sampled id
 
 interface Plan {
-  embedding: Dispatch;
+  embedding: Dispatch[];
   layers: Dispatch[][];
   head: Dispatch[];
   argmax: Dispatch;
@@ -144,7 +151,7 @@ export class FusedDecoder {
       const o = mv(L.o, 'global', 'residual', { X: att, Y: x }, null, { xUnitMajor: unitMajor });
       const qkvUnfused = () => [
         norm(L.attnNorm),
-        mv(L.qkv, 'global', 'store', { X: xn, Y: qkv }, L.qkvBias),
+        ...mv(L.qkv, 'global', 'store', { X: xn, Y: qkv }, L.qkvBias),
         ropeKvOp(gpu_, heads, qkv, cosB, sinB, k[l]!, v[l]!, this.step),
       ];
       if (fused) {
@@ -158,30 +165,30 @@ export class FusedDecoder {
         const gateUpFused = this.fits(L.gateUp, 'norm', 'swiglu', false);
         return [
           ...(qkvFused
-            ? [mv(L.qkv, 'norm', 'qkv', { X: x, NW: L.attnNorm, QKV: qkv, KC: k[l]!, VC: v[l]!, COS: cosB, SIN: sinB, STEP: this.step }, L.qkvBias)]
+            ? mv(L.qkv, 'norm', 'qkv', { X: x, NW: L.attnNorm, QKV: qkv, KC: k[l]!, VC: v[l]!, COS: cosB, SIN: sinB, STEP: this.step }, L.qkvBias)
             : qkvUnfused()),
           ...attention,
-          o,
+          ...o,
           ...(gateUpFused
-            ? [mv(L.gateUp, 'norm', 'swiglu', { X: x, NW: L.mlpNorm, ACT: act }, null, actLayout)]
-            : [norm(L.mlpNorm), mv(L.gateUp, 'global', 'swiglu', { X: xn, ACT: act }, null, actLayout)]),
-          mv(L.down, 'global', 'residual', { X: act, Y: x }, null, { xUnitMajor: vecs > 1 }),
+            ? mv(L.gateUp, 'norm', 'swiglu', { X: x, NW: L.mlpNorm, ACT: act }, null, actLayout)
+            : [norm(L.mlpNorm), ...mv(L.gateUp, 'global', 'swiglu', { X: xn, ACT: act }, null, actLayout)]),
+          ...mv(L.down, 'global', 'residual', { X: act, Y: x }, null, { xUnitMajor: vecs > 1 }),
         ];
       }
       const down = mv(L.down, 'global', 'residual', { X: act, Y: x });
       return [
         ...qkvUnfused(),
         ...attention,
-        o,
+        ...o,
         norm(L.mlpNorm),
-        mv(L.gateUp, 'global', 'store', { X: xn, Y: gateUp }),
+        ...mv(L.gateUp, 'global', 'store', { X: xn, Y: gateUp }),
         swigluOp(gpu_, ffn, 1, gateUp, act, this.step),
-        down,
+        ...down,
       ];
     });
     const head = fused && this.fits(w.lmHead, 'norm', 'store', false)
-      ? [mv(w.lmHead, 'norm', 'store', { X: x, NW: w.finalNorm, Y: this.logits })]
-      : [norm(w.finalNorm), mv(w.lmHead, 'global', 'store', { X: xn, Y: this.logits })];
+      ? mv(w.lmHead, 'norm', 'store', { X: x, NW: w.finalNorm, Y: this.logits })
+      : [norm(w.finalNorm), ...mv(w.lmHead, 'global', 'store', { X: xn, Y: this.logits })];
     this.allocatedBytes = this.buffers.reduce((a, b) => a + b.size, 0);
     this.plan = {
       embedding: this.embedding(x),
@@ -204,15 +211,20 @@ export class FusedDecoder {
 
   private matvecShape(m: FusedMatrix, s: Omit<FusedMatvecShape, 'encoding' | 'rows' | 'cols' | 'units' | 'group' | 'workgroups'>): FusedMatvecShape {
     const limits = this.gpu.device.limits;
+    // int8 x where it applies (q4, subgroups, shared memory for the quantized x; 256 invocations)
+    const int8 = (this.options.matvecActivations ?? 'int8') === 'int8' && limits.maxComputeInvocationsPerWorkgroup >= 256 &&
+      int8Applies(m.encoding, m.units, this.gpu.subgroups, limits.maxComputeWorkgroupStorageSize);
     const shape: FusedMatvecShape = {
-      ...s, encoding: m.encoding, rows: m.rows, cols: m.cols, units: m.units, group: m.group, workgroups: 0, unroll: this.options.unroll ?? 1,
+      ...s, encoding: m.encoding, rows: m.rows, cols: m.cols, units: m.units, group: m.group, workgroups: 0, unroll: this.options.unroll ?? (int8 ? int8Unroll(m.units) : 1),
       workerWorkgroup: Math.min(this.options.workerWorkgroup ?? 256, limits.maxComputeInvocationsPerWorkgroup),
       maxInvocations: Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX),
+      activations: int8 ? 'int8' : 'f32',
     };
     // measured (bench/kernel-lab.ts, H100): 264 workgroups for layer matrices, 528 for a vocabulary-sized
-    // lm_head (phi-4 158 against 179 us, llama-3.2-1b 91 against 121 us)
+    // lm_head (phi-4 158 against 179 us, llama-3.2-1b 91 against 121 us); the int8 kernels quantize x
+    // once a workgroup whatever their input, so they take the norm kernels' grid
     const normDefault = m.rows >= 65536 ? 528 : 264;
-    const cap = s.input === 'norm' ? Math.min(this.workgroups, this.options.normWorkgroups ?? normDefault) : this.workgroups;
+    const cap = s.input === 'norm' || int8 ? Math.min(this.workgroups, this.options.normWorkgroups ?? normDefault) : this.workgroups;
     shape.workgroups = Math.min(cap, fusedBlocks(shape));
     return shape;
   }
@@ -235,11 +247,20 @@ export class FusedDecoder {
     return this.overLimits(shape) === null;
   }
 
-  private matvec(m: FusedMatrix, s: Omit<FusedMatvecShape, 'encoding' | 'rows' | 'cols' | 'units' | 'group' | 'workgroups'>, io: Record<string, GPUBuffer>): Dispatch {
+  /** One dispatch, or one a row block where the matrix is split across bindings ('store' and 'residual' only). */
+  private matvec(m: FusedMatrix, s: Omit<FusedMatvecShape, 'encoding' | 'rows' | 'cols' | 'units' | 'group' | 'workgroups'>, io: Record<string, GPUBuffer>): Dispatch[] {
+    if (!m.rowBlocks) return [this.matvecBlock(m, s, io)];
+    if (s.epilogue !== 'store' && s.epilogue !== 'residual') {
+      throw new Error(`a ${m.rows} x ${m.cols} ${m.encoding} matrix with the ${s.epilogue} epilogue is split across storage bindings (${m.bytes} bytes, over this device's limit of ${this.gpu.maxBindingBytes}); the fused path splits only the embedding, lm_head, o_proj and down_proj`);
+    }
+    return m.rowBlocks.map((b) => this.matvecBlock(b.matrix, { ...s, rowOffset: b.rowStart }, io));
+  }
+
+  private matvecBlock(m: FusedMatrix, s: Omit<FusedMatvecShape, 'encoding' | 'rows' | 'cols' | 'units' | 'group' | 'workgroups'>, io: Record<string, GPUBuffer>): Dispatch {
     const shape = this.matvecShape(m, s);
     const over = this.overLimits(shape);
     if (over) throw new Error(`the fused ${s.epilogue} matrix-vector kernel (${m.rows} x ${m.cols}, ${m.encoding}) needs ${over}`);
-    const f = { subgroups: this.gpu.subgroups };
+    const f = { subgroups: this.gpu.subgroups, packedDot: this.gpu.features.packed4x8IntegerDotProduct };
     const { encoding: _e, ...defines } = shape;
     const pipeline = this.gpu.pipeline('fused_matvec', { ...defines, encoding: m.encoding, ...f }, () => fusedMatvecWgsl(shape, f));
     const all = { ...m.buffers, ...io };
@@ -311,16 +332,22 @@ export class FusedDecoder {
     return { label: 'argmax', pipeline, bindGroup: this.gpu.bindGroup('decode_argmax', pipeline, [this.logits, this.token]), workgroups: () => [1, 1, 1] };
   }
 
-  private embedding(x: GPUBuffer): Dispatch {
+  /** The embedding lookup: one dispatch, or one a row block of a table split across bindings (each writes x only for its rows). */
+  private embedding(x: GPUBuffer): Dispatch[] {
     const e = this.weights.embed;
-    if (e.encoding !== 'f32' && e.encoding !== 'bf16' && e.encoding !== 'f16') throw new Error('the embedding table must be dense');
-    const pipeline = this.gpu.pipeline('fused_embedding', { dtype: e.encoding, hidden: e.cols, units: e.units }, () => fusedEmbeddingWgsl(e.encoding as 'f32', e.cols, e.units));
-    return { label: 'embedding', pipeline, bindGroup: this.gpu.bindGroup('embedding', pipeline, [e.buffers.W!, x, this.step, this.token]), workgroups: () => [1, 1, 1] };
+    const dtype = e.encoding;
+    if (dtype !== 'f32' && dtype !== 'bf16' && dtype !== 'f16') throw new Error('the embedding table must be dense');
+    const blocks = e.rowBlocks ?? [{ rowStart: 0, matrix: e }];
+    return blocks.map(({ rowStart, matrix }) => {
+      const rows = e.rowBlocks ? matrix.rows : 0xffffffff;
+      const pipeline = this.gpu.pipeline('fused_embedding', { dtype, hidden: e.cols, units: e.units, rowStart, rows }, () => fusedEmbeddingWgsl(dtype, e.cols, e.units, rowStart, rows));
+      return { label: 'embedding', pipeline, bindGroup: this.gpu.bindGroup('embedding', pipeline, [matrix.buffers.W!, x, this.step, this.token]), workgroups: () => [1, 1, 1] as [number, number, number] };
+    });
   }
 
   /** Dispatches one decode step encodes (embedding, layers, head, token choice). */
   get dispatchesPerToken(): number {
-    return 1 + this.plan.layers.reduce((a, l) => a + l.length, 0) + this.plan.head.length + 1;
+    return this.plan.embedding.length + this.plan.layers.reduce((a, l) => a + l.length, 0) + this.plan.head.length + 1;
   }
 
   get dispatchesPerLayer(): number {
@@ -349,7 +376,7 @@ export class FusedDecoder {
     this.stepWords[StepWord.pos0] = Math.max(0, this.length - 1);
     this.stepWords[FLAG_TOKEN_FROM_GPU] = 0;
     this.gpu.device.queue.writeBuffer(this.step, 0, this.stepWords);
-    const list = [this.plan.embedding, ...this.plan.layers[0]!, ...this.plan.head, this.plan.argmax];
+    const list = [...this.plan.embedding, ...this.plan.layers[0]!, ...this.plan.head, this.plan.argmax];
     const out: { label: string; microseconds: number }[] = [];
     for (const d of list) {
       const times: number[] = [];
@@ -391,7 +418,7 @@ export class FusedDecoder {
     device.queue.writeBuffer(this.step, 0, w);
     const encoder = device.createCommandEncoder();
     const pass = encoder.beginComputePass();
-    encodeDispatches(pass, [this.plan.embedding], 1);
+    encodeDispatches(pass, this.plan.embedding, 1);
     for (const layer of this.plan.layers) encodeDispatches(pass, layer, 1);
     if (output !== 'none') encodeDispatches(pass, this.plan.head, 1);
     if (output === 'argmax') encodeDispatches(pass, [this.plan.argmax], 1);

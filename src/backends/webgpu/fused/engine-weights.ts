@@ -21,11 +21,13 @@ import { DenseTensor, type WeightTensor } from '../../../model/tensor.js';
 import type { ModelWeights } from '../../../model/weights.js';
 import type { Gpu } from '../device.js';
 import { denseDtypeOf, memoizedUpload, type GpuLayerWeights, type GpuMatrix, type GpuModelWeights, type UploadOptions } from '../weights.js';
-import type { FusedMatrix, FusedModelWeights } from './weights.js';
+import { matrixBuffers, type FusedMatrix, type FusedModelWeights } from './weights.js';
 
 /** The engine's view of a fused matrix whose parts it can read as they are; null where it cannot. */
 export function sharedMatrix(parts: WeightTensor[], m: FusedMatrix, options: UploadOptions = {}): GpuMatrix | null {
   const { rows, cols } = m;
+  // split across bindings: the engine reads dense row blocks as its own segments; encoded ones it uploads itself
+  if (m.rowBlocks) return parts.every((p) => p instanceof DenseTensor && denseDtypeOf(p, options) === m.encoding) ? denseView(m) : null;
   const b = m.buffers;
   const first = parts[0]!;
   // the shapes checked too, so that a layout change in fused/weights.ts falls back to uploading
@@ -53,8 +55,11 @@ export function sharedMatrix(parts: WeightTensor[], m: FusedMatrix, options: Upl
 /** A dense fused matrix as the engine's dense matrix (one segment), whatever the checkpoint stored. */
 function denseView(m: FusedMatrix): GpuMatrix | null {
   const dtype = m.encoding;
-  if ((dtype !== 'f32' && dtype !== 'bf16' && dtype !== 'f16') || !m.buffers.W) return null;
-  return { encoding: 'dense', dtype, rows: m.rows, cols: m.cols, rowChunks: m.units, segments: [{ buffer: m.buffers.W, rowStart: 0, rows: m.rows }], bytes: m.bytes };
+  if (dtype !== 'f32' && dtype !== 'bf16' && dtype !== 'f16') return null;
+  const blocks = m.rowBlocks ?? [{ rowStart: 0, matrix: m }];
+  if (blocks.some((b) => !b.matrix.buffers.W)) return null;
+  const segments = blocks.map((b) => ({ buffer: b.matrix.buffers.W!, rowStart: b.rowStart, rows: b.matrix.rows }));
+  return { encoding: 'dense', dtype, rows: m.rows, cols: m.cols, rowChunks: m.units, segments, bytes: m.bytes };
 }
 
 /** The engine's weights, sharing the fused buffers wherever sharedMatrix can; the rest uploaded. */
@@ -104,10 +109,10 @@ export function gpuBuffersOf(w: Omit<GpuModelWeights, 'bytes'>): GPUBuffer[] {
 
 /** Every distinct buffer of the fused weights. */
 export function fusedBuffersOf(w: FusedModelWeights): GPUBuffer[] {
-  const all = new Set<GPUBuffer>([w.finalNorm, ...Object.values(w.embed.buffers), ...Object.values(w.lmHead.buffers)]);
+  const all = new Set<GPUBuffer>([w.finalNorm, ...matrixBuffers(w.embed), ...matrixBuffers(w.lmHead)]);
   for (const L of w.layers) {
     [L.attnNorm, L.mlpNorm, ...(L.qkvBias ? [L.qkvBias] : [])].forEach((b) => all.add(b));
-    for (const m of [L.qkv, L.o, L.gateUp, L.down]) Object.values(m.buffers).forEach((b) => all.add(b));
+    for (const m of [L.qkv, L.o, L.gateUp, L.down]) matrixBuffers(m).forEach((b) => all.add(b));
   }
   return [...all];
 }

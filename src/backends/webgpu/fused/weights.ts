@@ -34,6 +34,33 @@ export interface FusedMatrix {
   buffers: Record<string, GPUBuffer>;
   /** Bytes a full product reads (every buffer once). */
   bytes: number;
+  /**
+   * Where one storage binding cannot hold the matrix (maxStorageBufferBindingSize: 128 MiB by default
+   * in browsers and on lavapipe, 2 GiB on an H200): its rows split into blocks, each a matrix of its
+   * own over rows rowStart.. (dispatched one after another); `buffers` is then empty.
+   */
+  rowBlocks?: { rowStart: number; matrix: FusedMatrix }[];
+}
+
+/** Every buffer of a matrix (its row blocks' when split). */
+export function matrixBuffers(m: FusedMatrix): GPUBuffer[] {
+  return m.rowBlocks ? m.rowBlocks.flatMap((b) => Object.values(b.matrix.buffers)) : Object.values(m.buffers);
+}
+
+/** A matrix over row blocks (each a whole matrix of `rows` rows of the same encoding and columns). */
+export function rowBlocked(blocks: FusedMatrix[]): FusedMatrix {
+  if (blocks.length === 1) return blocks[0]!;
+  const first = blocks[0]!;
+  let r0 = 0;
+  const rowBlocks = blocks.map((matrix) => ((r0 += matrix.rows), { rowStart: r0 - matrix.rows, matrix }));
+  return { encoding: first.encoding, rows: r0, cols: first.cols, units: first.units, group: first.group, buffers: {}, bytes: blocks.reduce((a, b) => a + b.bytes, 0), rowBlocks };
+}
+
+/** Rows a block may hold so that none of its buffers (rowBytes each a row) exceeds one binding. */
+export function rowsPerBinding(gpu: Gpu, label: string, rowBytes: number[]): number {
+  const n = Math.floor(gpu.maxBindingBytes / Math.max(...rowBytes));
+  if (n < 1) throw new Error(`${label}: one row (${Math.max(...rowBytes)} bytes) exceeds this device's storage binding limit of ${gpu.maxBindingBytes} bytes`);
+  return n;
 }
 
 export interface FusedLayerWeights {
@@ -153,6 +180,7 @@ export function expandBitmap4(gpu: Gpu, m: FusedMatrix, label: string): FusedMat
   if (m.encoding !== 'bitmap4' || m.group % 32 !== 0) return m;
   const { rows, units: tiles, group: tile } = m;
   const units = (tiles * tile) / 32;
+  if (rows * units * 16 > gpu.maxBindingBytes) throw new Error(`${label}: expanded to q4 it needs ${rows * units * 16} bytes, over this device's storage binding limit of ${gpu.maxBindingBytes} bytes; use --bitmap walk or a device with a larger limit`);
   // COPY_SRC: tests read the expansion back
   const Q = gpu.createBuffer(`${label}.q`, rows * units * 16, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC);
   const SM = gpu.createBuffer(`${label}.sm`, rows * tiles * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC);
@@ -178,17 +206,32 @@ export function uploadFusedMatrix(gpu: Gpu, parts: WeightTensor[], label: string
   const first = parts[0]!;
   if (first instanceof Q4Tensor && parts.every((p) => p instanceof Q4Tensor && p.group === first.group)) {
     const { qweight, scaleMin } = joinQ4(parts as Q4Tensor[]);
-    const buffers = { Q: uploadWords(gpu, `${label}.q`, qweight), SM: uploadWords(gpu, `${label}.sm`, scaleMin) };
-    return { encoding: 'q4', rows, cols, units: first.wordsPerRow / 4, group: first.group, buffers, bytes: bytesOf(buffers) };
+    const words = first.wordsPerRow, halves = first.groups * 2;
+    const per = rowsPerBinding(gpu, label, [words * 4, halves * 2]);
+    const blocks: FusedMatrix[] = [];
+    for (let r0 = 0; r0 < rows; r0 += per) {
+      const n = Math.min(per, rows - r0), l = rows > per ? `${label}.rows${r0}` : label;
+      const buffers = { Q: uploadWords(gpu, `${l}.q`, qweight.subarray(r0 * words, (r0 + n) * words)), SM: uploadWords(gpu, `${l}.sm`, scaleMin.subarray(r0 * halves, (r0 + n) * halves)) };
+      blocks.push({ encoding: 'q4', rows: n, cols, units: words / 4, group: first.group, buffers, bytes: bytesOf(buffers) });
+    }
+    return rowBlocked(blocks);
   }
   if (parts.every((p) => p instanceof Q8Tensor)) {
     const units = Math.ceil(cols / 16);
     const { qweight, scales } = joinQ8(parts as Q8Tensor[], units);
-    const buffers = { Q: uploadWords(gpu, `${label}.q`, qweight), SCALE: uploadWords(gpu, `${label}.scale`, scales) };
-    return { encoding: 'q8', rows, cols, units, group: 0, buffers, bytes: bytesOf(buffers) };
+    const per = rowsPerBinding(gpu, label, [units * 16, 4]);
+    const blocks: FusedMatrix[] = [];
+    for (let r0 = 0; r0 < rows; r0 += per) {
+      const n = Math.min(per, rows - r0), l = rows > per ? `${label}.rows${r0}` : label;
+      const buffers = { Q: uploadWords(gpu, `${l}.q`, qweight.subarray(r0 * units * 4, (r0 + n) * units * 4)), SCALE: uploadWords(gpu, `${l}.scale`, scales.subarray(r0, r0 + n)) };
+      blocks.push({ encoding: 'q8', rows: n, cols, units, group: 0, buffers, bytes: bytesOf(buffers) });
+    }
+    return rowBlocked(blocks);
   }
   if (first instanceof BitmapTensor && parts.every((p) => p instanceof BitmapTensor && p.bits === 4 && p.tile === first.tile)) {
     const j = joinBitmap(parts as BitmapTensor[]);
+    const largest = Math.max(j.mask.byteLength, j.offsets.byteLength, j.values.byteLength, j.scales.byteLength);
+    if (largest > gpu.maxBindingBytes) throw new Error(`${label}: a 4-bit bitmap buffer of ${largest} bytes exceeds this device's storage binding limit of ${gpu.maxBindingBytes} bytes; bitmaps are not split across bindings (store this tensor as q4)`);
     const scales = new Uint16Array(Math.ceil(j.scales.length / 2) * 2);
     scales.set(j.scales);
     const buffers = {
@@ -201,10 +244,9 @@ export function uploadFusedMatrix(gpu: Gpu, parts: WeightTensor[], label: string
     return (options.bitmap ?? 'expand') === 'expand' ? expandBitmap4(gpu, m, label) : m;
   }
   const dense = denseRows(parts);
+  // uploadDense splits the rows into segments of at most one binding each
   const g = uploadDense(gpu, dense, label);
-  if (g.segments.length !== 1) throw new Error(`${label}: ${g.bytes} bytes exceed one storage binding; the fused path needs each matrix in one buffer`);
-  const buffers = { W: g.segments[0]!.buffer };
-  return { encoding: g.dtype, rows, cols, units: g.rowChunks, group: 0, buffers, bytes: bytesOf(buffers) };
+  return rowBlocked(g.segments.map((seg) => ({ encoding: g.dtype, rows: seg.rows, cols, units: g.rowChunks, group: 0, buffers: { W: seg.buffer }, bytes: seg.buffer.size })));
 }
 
 /** Uploads a model's weights for the fused path (parts joined, tensor by tensor). */
@@ -240,8 +282,8 @@ export function weightBytesPerToken(w: FusedModelWeights): number {
 
 export function destroyFusedWeights(w: FusedModelWeights): void {
   const seen = new Set<GPUBuffer>();
-  const all = [w.finalNorm, ...Object.values(w.embed.buffers), ...Object.values(w.lmHead.buffers)];
-  for (const L of w.layers) all.push(L.attnNorm, L.mlpNorm, ...(L.qkvBias ? [L.qkvBias] : []), ...[L.qkv, L.o, L.gateUp, L.down].flatMap((m) => Object.values(m.buffers)));
+  const all = [w.finalNorm, ...matrixBuffers(w.embed), ...matrixBuffers(w.lmHead)];
+  for (const L of w.layers) all.push(L.attnNorm, L.mlpNorm, ...(L.qkvBias ? [L.qkvBias] : []), ...[L.qkv, L.o, L.gateUp, L.down].flatMap(matrixBuffers));
   for (const b of all) if (!seen.has(b)) { seen.add(b); b.destroy(); }
 }
 

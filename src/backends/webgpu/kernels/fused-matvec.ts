@@ -25,7 +25,11 @@
  *   bitmap4       one tile of TILE columns per unit: MASK bits, OFFS first value index, VALS nibbles
  *                 (q + 8), SC f16 scale per (row, tile); W[r, c] = (q) * scale where the bit is set
  */
+import { int8MatvecWgsl, int8WorkgroupBytes } from './fused-matvec-int8.js';
 import { COMMON, f32Literal, header, reductions, subgroupLet, subgroupParam, type DenseDtype, type KernelFeatures } from './prelude.js';
+
+/** The kernel features plus WGSL's packed_4x8_integer_dot_product (dot4I8Packed; polyfilled without it). */
+export type MatvecFeatures = KernelFeatures & { packedDot?: boolean };
 
 export type FusedEncoding = DenseDtype | 'q4' | 'q8' | 'bitmap4';
 
@@ -60,6 +64,13 @@ export interface FusedMatvecShape {
   actVecs?: number;
   /** The device's maxComputeInvocationsPerWorkgroup: caps the lanes a row (default 512, as measured). */
   maxInvocations?: number;
+  /**
+   * q4 with subgroups: 'int8' quantizes x once per workgroup into int8 blocks of 32 (one scale each)
+   * and sums nibble x int8 products with dot4I8Packed (fused-matvec-int8.ts); 'f32' (default) keeps x in f32.
+   */
+  activations?: 'f32' | 'int8';
+  /** 'store' and 'residual': the output row (and bias row) of row 0, for a row block of a split matrix. */
+  rowOffset?: number;
 }
 
 /** vec4s of x one unit multiplies (0 for bitmap4, which reads x by column). */
@@ -126,7 +137,7 @@ export function invocationsPerRow(units: number, maxInvocations = 512): number {
   return best.busy > busy(pow2) + 0.05 ? best.tpr : pow2;
 }
 
-function blocksFor(s: Pick<FusedMatvecShape, 'rows' | 'epilogue' | 'numHeads' | 'numKvHeads' | 'headDim'>, br: number): number {
+export function blocksFor(s: Pick<FusedMatvecShape, 'rows' | 'epilogue' | 'numHeads' | 'numKvHeads' | 'headDim'>, br: number): number {
   if (s.epilogue === 'qkv') {
     const pairs = ((s.numHeads + s.numKvHeads) * s.headDim) / 2;
     return Math.ceil(pairs / (br / 2)) + Math.ceil((s.numKvHeads * s.headDim) / br);
@@ -158,6 +169,7 @@ export function fusedBlocks(s: Pick<FusedMatvecShape, 'rows' | 'units' | 'epilog
  * rmsnorm where the prologue does not fit.
  */
 export function fusedMatvecNeeds(s: FusedMatvecShape, f: KernelFeatures): { workgroupBytes: number; invocations: number } {
+  if (s.activations === 'int8') return { workgroupBytes: int8WorkgroupBytes(s.units), invocations: 256 };
   const subgroupVariant = f.subgroups && (s.input === 'norm' || s.encoding === 'bitmap4');
   const { tpr, wg: blockWg, br } = fusedLayout(s);
   const wg = subgroupVariant ? (s.workerWorkgroup ?? 256) : blockWg;
@@ -175,7 +187,7 @@ export function fusedMatvecBindings(s: FusedMatvecShape): string[] {
   return [...weights, ...input, ...out, ...(s.bias ? ['BIAS'] : [])];
 }
 
-function declarations(s: FusedMatvecShape): string {
+export function declarations(s: FusedMatvecShape): string {
   const types: Record<string, string> = {
     Q: 'array<vec4<u32>>', W: 'array<vec4<u32>>', SM: 'array<u32>', SCALE: 'array<f32>', MASK: 'array<u32>', OFFS: 'array<u32>', VALS: 'array<u32>', SC: 'array<u32>',
     X: s.input === 'norm' ? 'array<f32>' : 'array<vec4<f32>>', NW: 'array<f32>',
@@ -189,7 +201,7 @@ function declarations(s: FusedMatvecShape): string {
 }
 
 /** block_row(b, k): the matrix row of row k of block b, and whether it exists. */
-function blockRow(s: FusedMatvecShape, BLOCK_ROWS: number): string {
+export function blockRow(s: FusedMatvecShape, BLOCK_ROWS: number): string {
   if (s.epilogue === 'qkv') {
     const hd = s.headDim, half = s.rotaryDim / 2;
     const pairs = ((s.numHeads + s.numKvHeads) * hd) / 2;
@@ -349,7 +361,7 @@ function rowScale(s: FusedMatvecShape): string {
 s1 *= SCALE[block_row(b, 2u * t + 1u).x];`;
 }
 
-function epilogue(s: FusedMatvecShape, BLOCK_ROWS: number): string {
+export function epilogue(s: FusedMatvecShape, BLOCK_ROWS: number): string {
   const bias = (row: string) => (s.bias ? ` + BIAS[${row}]` : '');
   if (s.epilogue === 'qkv') {
     return `let pos = STEP[1];
@@ -381,7 +393,9 @@ if (b < ROPE_BLOCKS) {
     return `let i = b * ${BLOCK_ROWS / 2}u + t;
 if (i < FFN) { ACT[${s.actUnits && s.actVecs ? unitMajorIndex('i', s.actUnits, s.actVecs) : 'i'}] = s0 / (1.0 + exp(-s0)) * s1; }`;
   }
-  const write = (r: string, v: string) => (s.epilogue === 'residual' ? `Y[${r}] = Y[${r}] + ${v};` : `Y[${r}] = ${v}${bias(r)};`);
+  // a row block of a matrix split across bindings writes its rows from rowOffset on
+  const off = s.rowOffset ? ` + ${s.rowOffset}u` : '';
+  const write = (r: string, v: string) => (s.epilogue === 'residual' ? `Y[${r}${off}] = Y[${r}${off}] + ${v};` : `Y[${r}${off}] = ${v}${bias(r + off)};`);
   return `let r0 = block_row(b, 2u * t);
 let r1 = block_row(b, 2u * t + 1u);
 if (r0.y == 1u) { ${write('r0.x', 's0')} }
@@ -475,7 +489,8 @@ fn q8dot(w: vec4<u32>, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32
 
 `;
 
-export function fusedMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string {
+export function fusedMatvecWgsl(s: FusedMatvecShape, f: MatvecFeatures): string {
+  if (s.activations === 'int8') return int8MatvecWgsl(s, f);
   // measured on the H100: subgroup workers win where x is in shared memory and for bitmap4, blocks
   // for dense/q4 where x is global (q8, not measured, follows dense and q4)
   if (f.subgroups && (s.input === 'norm' || s.encoding === 'bitmap4')) return subgroupMatvecWgsl(s, f);
@@ -607,7 +622,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
  * Embedding row for the step's token into x: the id comes from the step (prompt tokens, STEP[8]) or
  * from the token the previous step's sampling wrote (STEP[7] == 1), so decoding needs no CPU round trip.
  */
-export function fusedEmbeddingWgsl(dtype: DenseDtype, hidden: number, rowChunks: number): string {
+export function fusedEmbeddingWgsl(dtype: DenseDtype, hidden: number, rowChunks: number, rowStart = 0, rows = 0xffffffff): string {
   const wordsPerRow = rowChunks * 4;
   const read = dtype === 'f32' ? 'bitcast<f32>(table[base + i])' : `${dtype}_pair(table[base + i / 2u])[i & 1u]`;
   return `${COMMON}
@@ -619,7 +634,9 @@ export function fusedEmbeddingWgsl(dtype: DenseDtype, hidden: number, rowChunks:
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
   let id = select(step[8], token[0], step[7] == 1u);
-  let base = id * ${wordsPerRow}u;
+  // a table split across bindings: each row block's dispatch writes x only for its own rows
+  if (id < ${rowStart}u || id - ${rowStart}u >= ${rows}u) { return; }
+  let base = (id - ${rowStart}u) * ${wordsPerRow}u;
   for (var i = lid; i < ${hidden}u; i += 256u) { x[i] = ${read}; }
 }
 `;

@@ -1,0 +1,162 @@
+/**
+ * The fused q4 matrix-vector kernel with int8 activations (`activations: 'int8'`, subgroup workers).
+ *
+ * The f32 kernel spends about three instructions a nibble (LOP3, FADD, FMA), so on the H200 its
+ * arithmetic, not memory, bounds the large matrices. Here each workgroup first quantizes x (after
+ * rmsnorm for 'norm' input, as read for 'global' input) into shared memory, in blocks of one unit (32
+ * columns) with one f32 scale each, like llama.cpp's q8_1:
+ *   d = max|x| / 127,  xq = round(x / d)  (int8, -127..127),  xsum = sum(x)  (f32, unquantized)
+ * and the hot loop takes a unit's 32 nibbles u of one row with 8 dot4I8Packed (the nibbles of each word
+ * split into its even and odd ones, 0x0F0F0F0F masks, are four non-negative int8 each; xq is stored in
+ * the same even/odd order):
+ *   sum_c W[r, c] x[c] ~= scale * d * sum(u xq) + min * xsum            (W = u * scale + min per group)
+ * which is about 6 instructions for 32 nibbles instead of 96. xsum stays exact, so only the rounding of
+ * x to 8 bits changes the result (measured through the decoder in docs/PERFORMANCE.md).
+ * Without WGSL's packed_4x8_integer_dot_product, dot4I8Packed and pack4xI8 are polyfilled.
+ *
+ * Shared memory: UNITS x 40 bytes (the int8 x in two vec4<u32> a unit, then (d, xsum)), so phi-4's
+ * down_proj (17920 columns) needs 22.4 KB: `int8Fits` checks the device's limit.
+ */
+import { COMMON, f32Literal, header, reductions } from './prelude.js';
+import { blockRow, blocksFor, declarations, epilogue, SG_RPT, type FusedMatvecShape, type MatvecFeatures } from './fused-matvec.js';
+
+const WG = 256;
+
+/** Shared-memory bytes of the int8 kernel (plus the reduction scratch). */
+export function int8WorkgroupBytes(units: number): number {
+  return units * 40 + 4 * WG * 4;
+}
+
+/** Whether the int8 variant applies to a matrix (q4, subgroups, x fits in shared memory). */
+export function int8Applies(encoding: string, units: number, subgroups: boolean, maxWorkgroupBytes: number): boolean {
+  return encoding === 'q4' && subgroups && int8WorkgroupBytes(units) <= maxWorkgroupBytes;
+}
+
+/**
+ * Units a lane loads per pass by default: about one per 128 units of the row (1 to 4), so that long
+ * rows (down_proj: 448-560 units) take about 4-5 dependent passes of loads instead of 14-18, with
+ * more bytes in flight per worker. A worker's passes are a chain of memory latencies: its next loads
+ * issue only once this pass's arithmetic has its data.
+ */
+export function int8Unroll(units: number): number {
+  return Math.max(1, Math.min(4, Math.ceil(units / 128)));
+}
+
+const POLYFILL = /* wgsl */ `
+fn dot4I8(a: u32, b: u32) -> i32 {
+  let x = bitcast<i32>(a);
+  let y = bitcast<i32>(b);
+  return extractBits(x, 0u, 8u) * extractBits(y, 0u, 8u) + extractBits(x, 8u, 8u) * extractBits(y, 8u, 8u)
+    + extractBits(x, 16u, 8u) * extractBits(y, 16u, 8u) + extractBits(x, 24u, 8u) * extractBits(y, 24u, 8u);
+}
+fn pack4xI8_(v: vec4<i32>) -> u32 {
+  let b = vec4<u32>(bitcast<vec4<u32>>(v) & vec4<u32>(0xFFu));
+  return b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
+}`;
+
+const NATIVE = /* wgsl */ `
+fn dot4I8(a: u32, b: u32) -> i32 { return dot4I8Packed(a, b); }
+fn pack4xI8_(v: vec4<i32>) -> u32 { return pack4xI8(v); }`;
+
+export function int8MatvecWgsl(s: FusedMatvecShape, f: MatvecFeatures): string {
+  if (s.encoding !== 'q4' || !f.subgroups) throw new Error('int8 activations: q4 with subgroups only');
+  const groups = blocksFor(s, SG_RPT);
+  const norm = s.input === 'norm';
+  // vec4 e of unit k of a global x: unit-major where a producer wrote it so
+  const xAt = (e: number) => (norm ? `X[k * 8u + ${e}u]` : s.xUnitMajor ? `X[${e}u * UNITS + k]` : `X[k * 8u + ${e}u]`);
+  const load = Array.from({ length: 8 }, (_, e) =>
+    norm ? `v[${e}] = select(vec4<f32>(0.0), X[k * 8u + ${e}u] * NW[k * 8u + ${e}u] * inv, k * 32u + ${4 * e}u < COLS);` : `v[${e}] = ${xAt(e)};`,
+  ).join('\n      ');
+  const rows = Array.from({ length: SG_RPT }, (_, j) => j);
+  const M = '0x0F0F0F0Fu';
+  const wordDot = (w: string, a: string, b: string) => `dot4I8(${w} & ${M}, ${a}) + dot4I8((${w} >> 4u) & ${M}, ${b})`;
+  const pass = Math.max(1, Math.min(s.unroll ?? 1, Math.ceil(s.units / 32)));
+  const lines: string[] = [];
+  for (let i = 0; i < pass; i++) {
+    lines.push(`let on${i} = kb + ${i}u * sg_size + lane < UNITS;`, `let k${i} = min(kb + ${i}u * sg_size + lane, UNITS - 1u);`);
+    for (const j of rows) lines.push(`let w${i}_${j} = Q[r${j} * UNITS + k${i}];`, `let sm${i}_${j} = SM[r${j} * GROUPS + (k${i} * 32u) / GROUP];`);
+  }
+  for (let i = 0; i < pass; i++) {
+    lines.push(`let xa${i} = XQA[k${i}];`, `let xb${i} = XQB[k${i}];`, `let xd${i} = select(vec2<f32>(0.0), XD[k${i}], on${i});`);
+    for (const j of rows) {
+      const w = `w${i}_${j}`;
+      lines.push(`{
+  let p = (${wordDot(`${w}.x`, `xa${i}.x`, `xa${i}.y`)}) + (${wordDot(`${w}.y`, `xa${i}.z`, `xa${i}.w`)})
+    + (${wordDot(`${w}.z`, `xb${i}.x`, `xb${i}.y`)}) + (${wordDot(`${w}.w`, `xb${i}.z`, `xb${i}.w`)});
+  let sm = unpack2x16float(sm${i}_${j});
+  acc[${j}] += sm.x * (xd${i}.x * f32(p)) + sm.y * xd${i}.y;
+}`);
+    }
+  }
+  const hot = lines.join('\n').split('\n').join('\n      ');
+  const decl = declarations(s).replace(/var<storage, read> X: array<f32>;/, 'var<storage, read> X: array<vec4<f32>>;').replace(/var<storage, read> NW: array<f32>;/, 'var<storage, read> NW: array<vec4<f32>>;');
+  return `${header(f)}diagnostic(off, subgroup_uniformity);
+${COMMON}
+${norm ? reductions(WG, f) : ''}
+${f.packedDot ? NATIVE : POLYFILL}
+const ROWS = ${s.rows}u;
+const COLS = ${s.cols}u;
+const UNITS = ${s.units}u;
+const NGROUPS = ${groups}u;
+const GROUP = ${s.group}u;
+const GROUPS = ${Math.ceil(s.cols / s.group)}u;
+${decl}
+// unit k of x as int8, even and odd columns of each 8 apart (the order of a nibble word's two masks):
+// XQA[k] = (even 0..7, odd 0..7, even 8..15, odd 8..15), XQB[k] the same for columns 16..31
+var<workgroup> XQA: array<vec4<u32>, ${s.units}>;
+var<workgroup> XQB: array<vec4<u32>, ${s.units}>;
+// (d, sum of x) of unit k
+var<workgroup> XD: array<vec2<f32>, ${s.units}>;
+${blockRow(s, SG_RPT)}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) lane: u32) {
+  ${norm ? `// rmsnorm's scale: the sum of squares over x (zero past COLS)
+  var ss = 0.0;
+  for (var i = lid; i < COLS / 4u; i += ${WG}u) { let v = X[i]; ss += dot(v, v); }
+  let inv = inverseSqrt(wg_sum(ss, lid, sg_size) / f32(COLS) + ${f32Literal(s.eps)});` : ''}
+  // x quantized a unit (32 columns) an invocation
+  for (var k = lid; k < UNITS; k += ${WG}u) {
+    var v: array<vec4<f32>, 8>;
+    ${load}
+    var amax = 0.0;
+    var sum = 0.0;
+    for (var e = 0u; e < 8u; e++) {
+      let a = abs(v[e]);
+      amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
+      sum += dot(v[e], vec4<f32>(1.0));
+    }
+    let d = amax / 127.0;
+    let id = select(0.0, 127.0 / amax, amax > 0.0);
+    var q: array<vec4<i32>, 8>;
+    for (var e = 0u; e < 8u; e++) { q[e] = vec4<i32>(round(v[e] * id)); }
+    XQA[k] = vec4<u32>(
+      pack4xI8_(vec4<i32>(q[0].x, q[0].z, q[1].x, q[1].z)), pack4xI8_(vec4<i32>(q[0].y, q[0].w, q[1].y, q[1].w)),
+      pack4xI8_(vec4<i32>(q[2].x, q[2].z, q[3].x, q[3].z)), pack4xI8_(vec4<i32>(q[2].y, q[2].w, q[3].y, q[3].w)));
+    XQB[k] = vec4<u32>(
+      pack4xI8_(vec4<i32>(q[4].x, q[4].z, q[5].x, q[5].z)), pack4xI8_(vec4<i32>(q[4].y, q[4].w, q[5].y, q[5].w)),
+      pack4xI8_(vec4<i32>(q[6].x, q[6].z, q[7].x, q[7].z)), pack4xI8_(vec4<i32>(q[6].y, q[6].w, q[7].y, q[7].w)));
+    XD[k] = vec2<f32>(d, sum);
+  }
+  workgroupBarrier();
+  let per = ${WG}u / sg_size;
+  let workers = ${s.workgroups}u * per;
+  for (var b = wid.x * per + lid / sg_size; b < NGROUPS; b += workers) {
+    ${rows.map((j) => `let r${j} = block_row(b, ${j}u).x;`).join('\n    ')}
+    var acc = array<f32, ${SG_RPT}>(${rows.map(() => '0.0').join(', ')});
+    // hot loop: PASS units a lane, every load issued before any arithmetic
+    for (var kb = 0u; kb < UNITS; kb += ${pass}u * sg_size) {
+      ${hot}
+    }
+    ${rows.map((j) => `let u${j} = subgroupAdd(acc[${j}]);`).join('\n    ')}
+    if (lane < ${SG_RPT / 2}u) {
+      let t = lane;
+      var s0 = u0;
+      var s1 = u1;
+      ${Array.from({ length: SG_RPT / 2 - 1 }, (_, i) => `if (t == ${i + 1}u) { s0 = u${2 * i + 2}; s1 = u${2 * i + 3}; }`).join('\n      ')}
+      ${epilogue(s, SG_RPT).split('\n').join('\n      ')}
+    }
+  }
+}
+`;
+}
