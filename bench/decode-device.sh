@@ -5,8 +5,9 @@
 #   npx esbuild src/cli/main.ts $B "$BAN" --outfile=.gpu/decode/app.mjs           (this build)
 #   npx esbuild src/cli/main.ts $B "$BAN" --outfile=.gpu/decode/old.mjs           (the build compared with, from the older checkout)
 #   npx esbuild bench/kernel-lab.ts $B "$BAN" --outfile=.gpu/decode/lab.mjs
-#   npx esbuild test/backends/webgpu/{fused,fused-matvec,fused-nll}.test.ts $B "$BAN" --outdir=.gpu/decode  (then rename to *.test.mjs)
-#   copy ../shared/fixtures/models/arch and text/brown/validation.txt under .gpu/decode/fixtures/; cp bench/decode-device.sh .gpu/decode/run.sh
+#   npx esbuild test/backends/webgpu/T.test.ts $B "$BAN" --inject:src/backends/webgpu/node-gpu.ts --outfile=.gpu/decode/T.test.mjs  (T = fused, fused-matvec, fused-nll;
+#     the inject registers Dawn: a bundle cannot reach dist's node-gpu.js by the computed import)
+#   copy ../shared/fixtures/text/brown/validation.txt (and for MODE=mid models/arch) under .gpu/decode/fixtures/; cp bench/decode-device.sh .gpu/decode/run.sh
 # Device: MODE=mid|final bash .gpu/decode/run.sh   (carry .gpu; results under $OUT: results.jsonl, bench.log, roofline.txt, tests*.log)
 set -uo pipefail
 eval "$(bash .gpu/setup.sh)"

@@ -10,6 +10,8 @@
  * On the device: bundle it like the CLI (bench/fused-device.sh) and run `node .gpu/lab.mjs`.
  */
 import { parseArgs } from 'node:util';
+// Dawn registered statically, so that a bundle of this program (the device run) finds it
+import '../src/backends/webgpu/node-gpu.js';
 import { Gpu } from '../src/backends/webgpu/device.js';
 import { fusedMatvecBindings, fusedMatvecWgsl, fusedBlocks, type FusedMatvecShape } from '../src/backends/webgpu/kernels/fused-matvec.js';
 import { attentionSplits, decodeAttentionPartWgsl, decodeAttentionWgsl, decodeCombineWgsl, type SplitAttentionShape } from '../src/backends/webgpu/kernels/fused-attention.js';
