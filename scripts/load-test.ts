@@ -31,6 +31,8 @@ const { values } = parseArgs({
     context: { type: 'string' },
     synthetic: { type: 'string' },
     'prompt-tokens': { type: 'string', default: '32' },
+    /** The pdvm CLI to start (default dist/src/cli/main.js; an esbuild bundle of src/cli/main.ts on the device). */
+    cli: { type: 'string' },
   },
 });
 const streams = Number(values.streams);
@@ -43,7 +45,7 @@ function percentile(sorted: number[], p: number): number {
 
 async function main(): Promise<void> {
   const synthetic = values.synthetic;
-  const serveArgs = [CLI, 'serve', ...(synthetic ? ['--synthetic', synthetic] : [MODEL_DIR]), '--port', '0', '--max-concurrency', String(maxConcurrency), '--backend', values.backend!];
+  const serveArgs = [values.cli ? resolve(values.cli) : CLI, 'serve', ...(synthetic ? ['--synthetic', synthetic] : [MODEL_DIR]), '--port', '0', '--max-concurrency', String(maxConcurrency), '--backend', values.backend!];
   if (values.context) serveArgs.push('--context', values.context);
   const modelName = synthetic ? `synthetic-${synthetic}-q4` : 'brown-llama-12m';
   const server = spawn(process.execPath, serveArgs, { stdio: ['ignore', 'ignore', 'pipe'] });

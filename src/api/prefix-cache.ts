@@ -1,9 +1,9 @@
 /**
  * Kept KV caches for prefix reuse: finished generations' sequences with the tokens they hold, least
- * recently used evicted first. A new prompt takes the kept cache sharing its longest prefix (the next
+ * recently used evicted first. A new prompt finds the kept cache sharing its longest prefix (the next
  * turn of a chat holds the previous turns; requests with one system prompt share it) and prefills only
- * the rest. A cache taken is no longer kept: it becomes the new generation's (and is kept again, longer,
- * when that one ends).
+ * the rest: the scheduler takes the kept cache over when the prompt continues all of it (a chat's next
+ * turn), else copies the shared prefix out of it (Sequence.copyPrefix) so it stays for others.
  */
 import type { Sequence } from '../runtime/engine.js';
 
@@ -33,22 +33,34 @@ export class PrefixCache {
 
   /**
    * The kept cache sharing the longest prefix with `prompt` (at most `maxLength` tokens of it, and at
-   * least MIN_REUSED_TOKENS or the whole of maxLength), removed from the kept set; null when none does.
+   * least MIN_REUSED_TOKENS or the whole of maxLength), with the number of tokens it holds; null when
+   * none does. It stays kept: take() or touch() it.
    */
-  take(prompt: ArrayLike<number>, maxLength: number): { seq: Sequence; length: number } | null {
-    let best = -1, bestLength = 0;
-    this.kept.forEach((k, i) => {
+  match(prompt: ArrayLike<number>, maxLength: number): { seq: Sequence; length: number; held: number } | null {
+    let best: Kept | null = null, bestLength = 0;
+    for (const k of this.kept) {
       const limit = Math.min(maxLength, k.tokens.length);
       let n = 0;
       while (n < limit && k.tokens[n] === prompt[n]) n++;
       if (n > bestLength) {
-        best = i;
+        best = k;
         bestLength = n;
       }
-    });
-    if (best < 0 || (bestLength < MIN_REUSED_TOKENS && bestLength < maxLength)) return null;
-    const [k] = this.kept.splice(best, 1);
-    return { seq: k!.seq, length: bestLength };
+    }
+    if (!best || (bestLength < MIN_REUSED_TOKENS && bestLength < maxLength)) return null;
+    return { seq: best.seq, length: bestLength, held: best.tokens.length };
+  }
+
+  /** Removes a kept cache (it becomes a running generation's). */
+  take(seq: Sequence): void {
+    const i = this.kept.findIndex((k) => k.seq === seq);
+    if (i >= 0) this.kept.splice(i, 1);
+  }
+
+  /** Marks a kept cache as just used (least recently used go first). */
+  touch(seq: Sequence): void {
+    const i = this.kept.findIndex((k) => k.seq === seq);
+    if (i >= 0) this.kept.push(this.kept.splice(i, 1)[0]!);
   }
 
   /** Keeps a finished sequence holding `tokens`; returns the sequence evicted to make room, if any. */

@@ -165,23 +165,38 @@ export class Scheduler {
     const promptIds = entry.job.promptIds;
     entry.gen = new Generation(this.ctx, promptIds, entry.job.options);
     // at least the prompt's last token is fed again: its logits choose the first new token
-    const reused = this.prefixCache?.take(promptIds, promptIds.length - 1) ?? null;
-    if (reused) {
-      reused.seq.truncate(reused.length);
-      entry.seq = reused.seq;
-      entry.fed = promptIds.slice(0, reused.length);
-      entry.gen.cachedTokens = reused.length;
-      return;
+    const found = this.prefixCache?.match(promptIds, promptIds.length - 1) ?? null;
+    if (found && (found.held === found.length || !found.seq.copyPrefix)) {
+      // the prompt continues all the kept cache holds (a chat's next turn): take it over
+      this.prefixCache!.take(found.seq);
+      found.seq.truncate(found.length);
+      entry.seq = found.seq;
+    } else {
+      entry.seq = this.newSequence();
+      entry.seq.reset();
+      // a shared prefix (a system prompt): copied out, the kept cache stays for other requests
+      if (found) {
+        entry.seq.copyPrefix!(found.seq, found.length);
+        this.prefixCache!.touch(found.seq);
+      }
     }
+    const reused = found?.length ?? 0;
+    entry.fed = promptIds.slice(0, reused);
+    entry.gen.cachedTokens = reused;
+  }
+
+  /**
+   * A new sequence; where memory is short, a kept cache gives way to it (the least recently used: its
+   * memory is reused as it is, reset by the caller).
+   */
+  private newSequence(): Sequence {
     try {
-      entry.seq = this.engine.createSequence();
+      return this.engine.createSequence();
     } catch (e) {
-      // out of memory: kept caches give way to running sequences
       const evicted = this.prefixCache?.evictOldest();
       if (!evicted) throw e;
-      entry.seq = evicted;
+      return evicted;
     }
-    entry.seq.reset();
   }
 
   private async roundRobinLoop(): Promise<void> {

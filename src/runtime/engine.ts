@@ -10,6 +10,12 @@ export interface Sequence {
   reset(): void;
   /** Drop cached positions past `length` (e.g. to reuse a shared prompt prefix). */
   truncate(length: number): void;
+  /**
+   * Where supported: make this sequence hold the first `length` positions of `source` (a copy of its
+   * KV cache entries; `source` is unchanged). Prefix reuse copies a shared prefix (a system prompt)
+   * out of a kept cache this way, so the kept cache can serve other requests too.
+   */
+  copyPrefix?(source: Sequence, length: number): void;
   dispose(): void;
 }
 

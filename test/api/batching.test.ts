@@ -182,3 +182,26 @@ test("prefix reuse: a prompt extending a kept cache prefills only the rest and g
   }
   assert.equal(seqs.live(), 0, 'dispose() frees the kept caches');
 });
+
+test('prefix reuse: a shared system prompt is copied out of the kept cache, so concurrent requests all reuse it and it stays kept', async () => {
+  const model = await loadModel(DEMO, { maxConcurrency: 4 });
+  const fresh = await loadModel(DEMO, { maxConcurrency: 4, prefixCacheBytes: 0 });
+  try {
+    const system = { role: 'system' as const, content: 'You answer questions about the Brown corpus, the jury, the county and the city, in short plain sentences.' };
+    const chat = (q: string) => [system, { role: 'user' as const, content: q }];
+    await model.chat(chat('Who was the foreman?'), { maxTokens: 4, temperature: 0 });
+    const questions = ['What did the jury say?', 'Where is Fulton County?', 'When was the election?'];
+    const results = await Promise.all(questions.map((q) => model.chat(chat(q), { maxTokens: 6, temperature: 0 })));
+    const systemTokens = model.chatPromptIds([system]).length;
+    for (const [i, r] of results.entries()) {
+      const want = await fresh.chat(chat(questions[i]!), { maxTokens: 6, temperature: 0 });
+      assert.ok(r.cachedTokens >= Math.min(16, systemTokens), `request ${i} reused ${r.cachedTokens} tokens`);
+      assert.deepEqual(r.tokenIds, want.tokenIds, `request ${i}: a copied prefix gives a fresh prefill's tokens`);
+    }
+    console.log(`# shared system prompt: ${results.map((r) => `${r.cachedTokens}/${r.promptTokens}`).join(', ')} prompt tokens reused`);
+    assert.equal(model.schedulerStats.keptCaches, 4, 'the first cache stayed kept beside the three new ones');
+  } finally {
+    await model.dispose();
+    await fresh.dispose();
+  }
+});

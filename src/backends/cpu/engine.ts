@@ -15,9 +15,10 @@ export class CpuSequence implements Sequence {
   readonly v: Float32Array[];
   /** Last-token logits of the latest forward, (vocab): each sequence has its own, so interleaved sequences never share. */
   readonly logits: Float32Array;
+  readonly kvDim: number;
   constructor(config: ModelConfig, contextLength: number) {
     this.logits = new Float32Array(config.vocabSize);
-    const kvDim = config.numKvHeads * config.headDim;
+    const kvDim = (this.kvDim = config.numKvHeads * config.headDim);
     this.k = Array.from({ length: config.numLayers }, () => new Float32Array(contextLength * kvDim));
     this.v = Array.from({ length: config.numLayers }, () => new Float32Array(contextLength * kvDim));
   }
@@ -26,6 +27,17 @@ export class CpuSequence implements Sequence {
   }
   truncate(length: number): void {
     this.length = Math.min(this.length, length);
+  }
+  copyPrefix(source: Sequence, length: number): void {
+    if (!(source instanceof CpuSequence) || source.kvDim !== this.kvDim || source.k.length !== this.k.length) {
+      throw new InvalidInputError('copyPrefix needs a sequence of the same engine');
+    }
+    const n = Math.min(length, source.length);
+    for (let l = 0; l < this.k.length; l++) {
+      this.k[l]!.set(source.k[l]!.subarray(0, n * this.kvDim));
+      this.v[l]!.set(source.v[l]!.subarray(0, n * this.kvDim));
+    }
+    this.length = n;
   }
   dispose(): void {}
 }
