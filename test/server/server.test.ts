@@ -193,7 +193,7 @@ test('one log line per request: id, status, tokens in and out, time to first tok
   assert.equal(t.logs.length, before + 1);
   const line = t.logs.at(-1)!;
   assert.ok(line.includes(r.id), line);
-  assert.match(line, /POST \/v1\/completions 200 in=4 out=12 ttft=\d+ms \d+(\.\d)? tok\/s total=\d+ms$/);
+  assert.match(line, /POST \/v1\/completions 200 in=4( cached=3)? out=12 ttft=\d+ms \d+(\.\d)? tok\/s total=\d+ms$/);
 });
 
 test('with --api-key: 401 without it or with a wrong one; /health stays open', async () => {
