@@ -24,10 +24,14 @@ export const CHROMIUM_ARGS = [
   '--disable-quic',
 ];
 
-/** A headless browser on a fresh profile (kept across pages of this context: OPFS persists); close() removes the profile. */
-export async function launchChromium(): Promise<{ browser: BrowserContext; close: () => Promise<void> }> {
+/**
+ * A headless browser on a fresh profile (kept across pages of this context: OPFS persists); close()
+ * removes the profile. `webgpu: false` leaves the WebGPU flags out: navigator.gpu then finds no adapter.
+ */
+export async function launchChromium(options: { webgpu?: boolean } = {}): Promise<{ browser: BrowserContext; close: () => Promise<void> }> {
   const profile = mkdtempSync(join(tmpdir(), 'pdvm-chromium-'));
-  const browser = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, viewport: { width: 900, height: 900 } });
+  const args = options.webgpu === false ? CHROMIUM_ARGS.filter((a) => !/webgpu|vulkan/i.test(a)) : CHROMIUM_ARGS;
+  const browser = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args, viewport: { width: 900, height: 900 } });
   return {
     browser,
     close: async () => {

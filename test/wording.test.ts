@@ -11,7 +11,8 @@ const library = "model weights take 25.2 MB and a KV cache of 4096 positions 1.2
 test('a library message in CLI flags and in plain words', () => {
   assert.equal(forCli(library), 'model weights take 25.2 MB and a KV cache of 4096 positions 1.2 GB; use a smaller --context or a smaller model, or --backend cpu');
   assert.equal(inPlainWords(library), 'model weights take 25.2 MB and a KV cache of 4096 positions 1.2 GB; use a smaller context length or a smaller model, or the CPU backend');
-  assert.equal(forCli("slower than the CPU; backend: 'webgpu' forces it"), 'slower than the CPU; --backend webgpu forces it');
+  assert.equal(forCli("slower than the CPU; asking for backend: 'webgpu' uses it anyway"), 'slower than the CPU; asking for --backend webgpu uses it anyway');
+  assert.equal(inPlainWords("slower than the CPU; asking for backend: 'webgpu' uses it anyway"), 'slower than the CPU; asking for the WebGPU backend uses it anyway');
   assert.equal(forCli("decoding through the forward pass; decode: 'unfused' asks for it"), 'decoding through the forward pass; --decode unfused asks for it');
   assert.equal(forCli('a message with no option in it'), 'a message with no option in it');
 });

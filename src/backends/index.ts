@@ -29,7 +29,7 @@ export async function createEngine(model: Pick<LoadedModel, 'config' | 'weights'
   if (options.backend === 'cpu') return { engine: cpu() };
   if (options.backend === 'auto') {
     const software = await softwareAdapter();
-    if (software) return { engine: cpu(), notice: `using the CPU backend: the only WebGPU adapter is a software one (${software}), slower than the CPU; backend: 'webgpu' forces it` };
+    if (software) return { engine: cpu(), notice: `using the CPU backend: the only WebGPU adapter is a software one (${software}), slower than the CPU; asking for backend: 'webgpu' uses it anyway` };
   }
   try {
     const engine = await WebGpuEngine.create(model, { decode: options.decode, ...options.webgpu, contextLength: options.contextLength });

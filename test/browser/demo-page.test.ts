@@ -4,6 +4,7 @@
  * pdvm's browser entry in its Worker and generates 16 greedy tokens on WebGPU (fused and unfused
  * decoding) and on the CPU backend; each run's ids must equal those the Node CPU backend gives here.
  * A screenshot after a generation must show the generated text (kept in dist/test-artifacts/).
+ * Without a WebGPU adapter, the page says so and runs the CPU backend.
  * All sums are float32 (there are no faster-numerics options yet; when they land, the page is asked
  * for the f32 ones here). Chromium comes from scripts/install-browser-test-deps.sh (CI runs it); where
  * it is missing the test fails, unless PDVM_SKIP_BROWSER_TESTS=1 says to skip.
@@ -109,6 +110,28 @@ test('the demo page in headless Chromium: 16 greedy tokens on WebGPU fused, unfu
     const ink = await inkedPixels(page, await page.locator('#output').screenshot());
     console.log(`screenshot: ${join(dir, 'demo-page.png')} (${shot.length} bytes); the output element ${ink.width}x${ink.height} with ${ink.inked} pixels off its background`);
     assert.ok(ink.inked > 200, `the output element's screenshot is blank (${ink.inked} pixels differ from the background)`);
+  } finally {
+    await close();
+    server.close();
+  }
+});
+
+test('the demo page without a WebGPU adapter says so and runs the CPU backend', { skip: SKIP, timeout: 300_000 }, async () => {
+  assert.ok(existsSync(CHROMIUM), `no chromium at ${CHROMIUM}: run scripts/install-browser-test-deps.sh (as root or with sudo), or set PDVM_SKIP_BROWSER_TESTS=1 to skip this test`);
+  await buildDemo();
+  const { server, url } = await serveDemo({ port: 0 });
+  const { browser, close } = await launchChromium({ webgpu: false });
+  try {
+    const page = await browser.newPage();
+    await page.goto(`${url}?backend=webgpu`);
+    await page.waitForFunction(() => (window as unknown as { pdvmDemo: DemoState }).pdvmDemo.ready || !document.getElementById('error')!.hidden, null, { timeout: 120_000 });
+    const { ready } = await demoState(page);
+    const status = await page.locator('#webgpu').textContent();
+    const notice = await page.locator('#notice').textContent();
+    console.log(`without WebGPU: "${status}" / notice "${notice}" / backend ${ready?.backend}`);
+    assert.equal(ready?.backend, 'cpu');
+    assert.match(status ?? '', /^No WebGPU: .*CPU backend/);
+    assert.match(notice ?? '', /running on the CPU/);
   } finally {
     await close();
     server.close();
