@@ -317,8 +317,13 @@ function modelId(where: string): string {
  */
 export async function loadModel(source: ModelSource, options: LoadModelOptions = {}): Promise<Model> {
   const { onProgress, signal, headers, fetch, cache } = options;
-  const loaded = await loadModelFiles(source, { onProgress, signal, headers, fetch, cache });
-  return modelFromLoaded(loaded, options);
+  // for WebGPU the matrices stay in their source until uploaded, a tensor at a time (model/lazy.ts)
+  const loaded = await loadModelFiles(source, { onProgress, signal, headers, fetch, cache, lazy: (options.backend ?? 'cpu') !== 'cpu' });
+  try {
+    return await modelFromLoaded(loaded, options);
+  } finally {
+    await loaded.close?.();
+  }
 }
 
 /** A Model over a model already in memory (a loader's result, or a synthetic model: `pdvm serve --synthetic`). */

@@ -6,6 +6,7 @@
 import type { LoadedModel } from '../model/load.js';
 import type { Engine } from '../runtime/engine.js';
 import { CpuEngine } from './cpu/engine.js';
+import { materializeWeights } from '../model/lazy.js';
 import { WebGpuEngine, type WebGpuEngineOptions } from './webgpu/engine.js';
 import { GpuOutOfMemoryError, WebGpuUnavailableError } from './webgpu/errors.js';
 import { softwareAdapter } from './webgpu/device.js';
@@ -25,18 +26,19 @@ export interface EngineOptions {
 
 /** Returns the engine and, when `auto` or the fused decode path fell back, a one-line notice saying why. */
 export async function createEngine(model: Pick<LoadedModel, 'config' | 'weights'>, options: EngineOptions): Promise<{ engine: Engine; notice?: string }> {
-  const cpu = () => new CpuEngine(model.config, model.weights, options.contextLength);
-  if (options.backend === 'cpu') return { engine: cpu() };
+  // the CPU multiplies from host memory: lazy weights (model/lazy.ts) are read in whole here
+  const cpu = async () => new CpuEngine(model.config, await materializeWeights(model.weights), options.contextLength);
+  if (options.backend === 'cpu') return { engine: await cpu() };
   if (options.backend === 'auto') {
     const software = await softwareAdapter();
-    if (software) return { engine: cpu(), notice: `using the CPU backend: the only WebGPU adapter is a software one (${software}), slower than the CPU; asking for backend: 'webgpu' uses it anyway` };
+    if (software) return { engine: await cpu(), notice: `using the CPU backend: the only WebGPU adapter is a software one (${software}), slower than the CPU; asking for backend: 'webgpu' uses it anyway` };
   }
   try {
     const engine = await WebGpuEngine.create(model, { decode: options.decode, ...options.webgpu, contextLength: options.contextLength });
     return engine.decodeNotice ? { engine, notice: engine.decodeNotice } : { engine };
   } catch (e) {
     if (options.backend === 'auto' && (e instanceof WebGpuUnavailableError || e instanceof GpuOutOfMemoryError)) {
-      return { engine: cpu(), notice: `using the CPU backend: ${e.message}` };
+      return { engine: await cpu(), notice: `using the CPU backend: ${e.message}` };
     }
     throw e;
   }

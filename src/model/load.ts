@@ -15,6 +15,7 @@ import { architectures } from './architectures/index.js';
 import { parseConfig } from './config.js';
 import { checkTensorsAgainstConfig, checkpointLookup } from './check.js';
 import type { LoadOptions, LoadedModel, TensorSummary } from './loaded.js';
+import { LazyTensor } from './lazy.js';
 import { DenseTensor, type WeightTensor } from './tensor.js';
 
 export type { LoadOptions, LoadedModel, LoadProgress, TensorSummary } from './loaded.js';
@@ -86,19 +87,36 @@ export async function loadHfModel(folder: FileSet | string, options: LoadOptions
     const matrices = new Map<string, WeightTensor>();
     const vectors = new Map<string, Float32Array>();
     const tensors: TensorSummary[] = [];
-    for (const spec of specs) {
+    const progress = (name: string, bytes: number) => {
+      loadedBytes = Math.min(totalBytes, loadedBytes + bytes);
+      options.onProgress?.({ phase: 'tensors', loadedBytes, totalBytes, tensor: name });
+    };
+    const aborted = () => {
       if (options.signal?.aborted) throw new AbortError(`loading ${files.name} was aborted`);
+    };
+    for (const spec of specs) {
+      aborted();
       const info = ckpt.info(spec.name);
-      const data = await ckpt.readF32(spec.name);
-      if (spec.kind === 'matrix') matrices.set(spec.name, new DenseTensor(spec.shape[0]!, spec.shape[1]!, data, info.dtype as 'F32'));
-      else vectors.set(spec.name, data);
+      const [rows, cols] = spec.shape as [number, number];
+      const read = async () => {
+        aborted();
+        const m = new DenseTensor(rows, cols, await ckpt.readF32(spec.name), info.dtype as 'F32');
+        progress(spec.name, info.byteLength);
+        return m;
+      };
+      if (spec.kind === 'vector') {
+        vectors.set(spec.name, await ckpt.readF32(spec.name));
+        progress(spec.name, info.byteLength);
+      } else if (options.lazy) matrices.set(spec.name, new LazyTensor(spec.name, 'dense', rows, cols, info.byteLength, read));
+      else matrices.set(spec.name, await read());
       tensors.push({ name: spec.name, encoding: 'dense', dtype: info.dtype, shape: info.shape, bytes: info.byteLength });
-      loadedBytes += info.byteLength;
-      options.onProgress?.({ phase: 'tensors', loadedBytes, totalBytes, tensor: spec.name });
     }
     const weights = arch.assemble(config, (n) => matrices.get(n)!, (n) => vectors.get(n)!, has);
-    return { path: files.name, config, weights, tokenizer, generationConfig, tensors };
-  } finally {
+    if (options.lazy) return { path: files.name, config, weights, tokenizer, generationConfig, tensors, close: () => ckpt.close() };
     await ckpt.close();
+    return { path: files.name, config, weights, tokenizer, generationConfig, tensors };
+  } catch (e) {
+    await ckpt.close();
+    throw e;
   }
 }

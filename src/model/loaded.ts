@@ -23,6 +23,11 @@ export interface LoadedModel {
   /** Defaults from generation_config.json (temperature, top_p, ...), as written there. */
   generationConfig: Record<string, unknown>;
   tensors: TensorSummary[];
+  /**
+   * Present when the matrices are lazy (LoadOptions.lazy): closes the sources they read from. Call it
+   * once the engine holds the weights (loadModel does).
+   */
+  close?: () => Promise<void>;
 }
 
 export interface LoadProgress {
@@ -39,4 +44,9 @@ export interface LoadOptions {
   onProgress?: (p: LoadProgress) => void;
   /** Cancels the load: it rejects with AbortError. */
   signal?: AbortSignal;
+  /**
+   * Leave the matrices in their source (model/lazy.ts) for an engine that streams them to its device;
+   * the 'tensors' progress then comes as they are read. The loaded model's close() ends the reading.
+   */
+  lazy?: boolean;
 }

@@ -21,10 +21,11 @@ import { Gpu, type GpuOptions } from './device.js';
 import { encodeDispatches, STEP_HEADER_WORDS, StepWord, type Dispatch } from './dispatch.js';
 import { DeviceLostError, GpuOutOfMemoryError } from './errors.js';
 import { FusedDecoder } from './fused/decoder.js';
-import { engineWeightsOverFused, fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
-import { uploadFusedWeights, type FusedModelWeights } from './fused/weights.js';
+import { fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
+import type { FusedModelWeights } from './fused/weights.js';
 import { argmaxOp, attentionOp, embeddingOp, matmulOp, prefillPathDescription, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from './ops.js';
-import { gpuWeightBytes, uploadVector, uploadWeights, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
+import { gpuWeightBytes, uploadVector, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
+import { guardAllocation, uploadModelWeights } from './upload.js';
 
 export interface WebGpuEngineOptions extends GpuOptions, UploadOptions {
   /** Positions a sequence can hold; sizes each sequence's KV cache. */
@@ -226,21 +227,11 @@ export class WebGpuEngine implements Engine {
       const weightBytes = gpuWeightBytes(model.weights, options);
       const cacheBytes = 2 * c.numLayers * cacheBytesPerLayer;
       const hint = `model weights take ${mb(weightBytes)} and a KV cache of ${ctx} positions ${mb(cacheBytes)}; use a smaller contextLength or a smaller model, or backend: 'cpu'`;
-      let notice: string | undefined;
-      let fused: FusedModelWeights | null = null;
-      if ((options.decode ?? 'fused') === 'fused') {
-        const made = recordingBuffers(gpu);
-        try {
-          fused = await gpu.allocating(`the model weights in the fused layout`, hint, () => guardAllocation(hint, () => uploadFusedWeights(made.gpu, model.weights)));
-        } catch (e) {
-          if (e instanceof DeviceLostError) throw e;
-          for (const b of made.buffers) b.destroy();
-          notice = `decoding through the forward pass: the fused path cannot hold these weights (${(e as Error).message})`;
-        }
-      }
-      const weights = await gpu.allocating(`the model weights (${mb(weightBytes)})`, hint, () =>
-        guardAllocation(hint, () => (fused ? engineWeightsOverFused(gpu, model.weights, fused, options, options.onProgress) : uploadWeights(gpu, model.weights, options, options.onProgress))),
-      );
+      // a tensor at a time, lazy tensors read as they are uploaded (upload.ts)
+      const uploaded = await uploadModelWeights(gpu, model.weights, { decode: options.decode ?? 'fused', upload: options, hint, onTensor: options.onProgress });
+      const weights = uploaded.weights;
+      let fused = uploaded.fused;
+      let notice = uploaded.notice;
       const activations = await gpu.allocating('the activations', hint, () => guardAllocation(hint, () => allocateActivations(gpu, c, ctx, chunk)));
       // the first sequence's cache, allocated now so that a model that cannot hold one fails here; on
       // the fused path it is the decoder's, which also builds (and so checks) the fused kernels
@@ -562,33 +553,6 @@ export class WebGpuEngine implements Engine {
     this.disposed = true;
     this.spare?.dispose();
     if (this.ownsGpu) this.gpu.destroy();
-  }
-}
-
-/**
- * The device seen through a Gpu whose createBuffer also records each buffer, so that an upload that
- * fails half-way can free what it made.
- */
-function recordingBuffers(gpu: Gpu): { gpu: Gpu; buffers: GPUBuffer[] } {
-  const buffers: GPUBuffer[] = [];
-  const recorder = Object.create(gpu) as Gpu;
-  recorder.createBuffer = (...args: Parameters<Gpu['createBuffer']>) => {
-    const b = gpu.createBuffer(...args);
-    buffers.push(b);
-    return b;
-  };
-  return { gpu: recorder, buffers };
-}
-
-/** Dawn throws RangeError for a mapped allocation it cannot make: report it as out of memory. */
-function guardAllocation<R>(hint: string, fn: () => R): R {
-  try {
-    return fn();
-  } catch (e) {
-    if (e instanceof RangeError || /memory|allocat/i.test((e as Error).message)) {
-      throw new GpuOutOfMemoryError(`GPU allocation failed (${(e as Error).message}); ${hint}`);
-    }
-    throw e;
   }
 }
 

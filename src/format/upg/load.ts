@@ -11,10 +11,11 @@ import { checkTensorsAgainstConfig } from '../../model/check.js';
 import { metadataJson, upgLookup } from './verify.js';
 import type { LoadOptions, LoadedModel, TensorSummary } from '../../model/loaded.js';
 import type { WeightTensor } from '../../model/tensor.js';
+import { LazyTensor } from '../../model/lazy.js';
 import { TextTokenizer } from '../../tokenizer/tokenizer.js';
 import { UpgFile } from './reader.js';
 
-/** Reads the artifact in `source` (closed when done, or on failure). */
+/** Reads the artifact in `source` (closed when done or on failure; with `lazy`, by the loaded model's close()). */
 export async function loadUpgModel(source: ByteSource, options: LoadOptions = {}): Promise<LoadedModel> {
   const file = await UpgFile.open(source);
   const path = source.name;
@@ -35,12 +36,32 @@ export async function loadUpgModel(source: ByteSource, options: LoadOptions = {}
     const matrices = new Map<string, WeightTensor>();
     const vectors = new Map<string, Float32Array>();
     const tensors: TensorSummary[] = [];
-    for (const spec of specs) {
+    const progress = (name: string, bytes: number) => {
+      loadedBytes = Math.min(totalBytes, loadedBytes + bytes);
+      options.onProgress?.({ phase: 'tensors', loadedBytes, totalBytes, tensor: name });
+    };
+    const aborted = () => {
       if (options.signal?.aborted) throw new AbortError(`loading ${path} was aborted`);
+    };
+    for (const spec of specs) {
+      aborted();
       const rec = file.record(spec.name);
-      if (spec.kind === 'matrix') matrices.set(spec.name, await file.readMatrix(spec.name));
-      else vectors.set(spec.name, await file.readVector(spec.name));
       const bytes = file.storedBytes(spec.name);
+      if (spec.kind === 'vector') {
+        vectors.set(spec.name, await file.readVector(spec.name));
+        progress(spec.name, bytes);
+      } else if (options.lazy) {
+        const read = async () => {
+          aborted();
+          const m = await file.readMatrix(spec.name);
+          progress(spec.name, bytes);
+          return m;
+        };
+        matrices.set(spec.name, new LazyTensor(spec.name, rec.encoding, rec.shape[0]!, rec.shape[1]!, bytes, read));
+      } else {
+        matrices.set(spec.name, await file.readMatrix(spec.name));
+        progress(spec.name, bytes);
+      }
       const params = Object.entries(rec.params).map(([k, v]) => `${k}=${v}`).join(',');
       tensors.push({
         name: spec.name,
@@ -51,12 +72,13 @@ export async function loadUpgModel(source: ByteSource, options: LoadOptions = {}
         sparsity: rec.stats?.sparsity,
         relError: rec.stats?.rel_error,
       });
-      loadedBytes += bytes;
-      options.onProgress?.({ phase: 'tensors', loadedBytes, totalBytes, tensor: spec.name });
     }
     const weights = arch.assemble(config, (n) => matrices.get(n)!, (n) => vectors.get(n)!, has);
-    return { path, config, weights, tokenizer, generationConfig, tensors };
-  } finally {
+    if (options.lazy) return { path, config, weights, tokenizer, generationConfig, tensors, close: () => file.close() };
     await file.close();
+    return { path, config, weights, tokenizer, generationConfig, tensors };
+  } catch (e) {
+    await file.close();
+    throw e;
   }
 }

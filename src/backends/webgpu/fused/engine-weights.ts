@@ -62,34 +62,46 @@ function denseView(m: FusedMatrix): GpuMatrix | null {
   return { encoding: 'dense', dtype, rows: m.rows, cols: m.cols, rowChunks: m.units, segments, bytes: m.bytes };
 }
 
+/** Uploads a matrix the engine cannot share with the fused path, in its own encoding (memoizedUpload). */
+export type OwnUpload = (t: WeightTensor, label: string) => GpuMatrix;
+
+/** The engine's view of one fused matrix: one shared matrix over all the parts, or each part uploaded. */
+export function matricesOver(parts: WeightTensor[], m: FusedMatrix, label: string, own: OwnUpload, options: UploadOptions): GpuMatrix[] {
+  const view = sharedMatrix(parts, m, options);
+  return view ? [view] : parts.map((t, i) => own(t, parts.length > 1 ? `${label}.${i}` : label));
+}
+
+/**
+ * The engine's embedding: an encoded embedding is looked up in the fused path's decoded table (one
+ * row a token, so the wider dtype costs nothing), unless lm_head is the same matrix (`tied`) and
+ * would be read whole.
+ */
+export function engineEmbeddingOverFused(embed: WeightTensor, tied: boolean, fusedEmbed: FusedMatrix, own: OwnUpload, options: UploadOptions = {}): GpuMatrix {
+  return sharedMatrix([embed], fusedEmbed, options) ?? (tied ? null : denseView(fusedEmbed)) ?? own(embed, 'embed');
+}
+
+export function engineLmHeadOverFused(lmHead: WeightTensor, fusedLmHead: FusedMatrix, own: OwnUpload, options: UploadOptions = {}): GpuMatrix {
+  return matricesOver([lmHead], fusedLmHead, 'lm_head', own, options)[0]!;
+}
+
 /** The engine's weights, sharing the fused buffers wherever sharedMatrix can; the rest uploaded. */
 export function engineWeightsOverFused(gpu: Gpu, w: ModelWeights, fused: FusedModelWeights, options: UploadOptions = {}, onTensor?: (name: string) => void): GpuModelWeights {
-  const views = new Map<FusedMatrix, GpuMatrix | null>();
   const own = memoizedUpload(gpu, options, onTensor);
-  /** One shared matrix over all the parts, or each part uploaded. */
-  const matrices = (parts: WeightTensor[], m: FusedMatrix, label: string): GpuMatrix[] => {
-    if (!views.has(m)) views.set(m, sharedMatrix(parts, m, options));
-    const view = views.get(m)!;
-    return view ? [view] : parts.map((t, i) => own(t, parts.length > 1 ? `${label}.${i}` : label));
-  };
-  const one = (t: WeightTensor, m: FusedMatrix, label: string): GpuMatrix => matrices([t], m, label)[0]!;
   const layers = w.layers.map((L, l): GpuLayerWeights => {
     const F = fused.layers[l]!;
     return {
       attnNorm: F.attnNorm,
-      qkv: matrices(L.qkv, F.qkv, `layers.${l}.qkv`),
+      qkv: matricesOver(L.qkv, F.qkv, `layers.${l}.qkv`, own, options),
       qkvBias: F.qkvBias,
-      o: one(L.o, F.o, `layers.${l}.o`),
+      o: matricesOver([L.o], F.o, `layers.${l}.o`, own, options)[0]!,
       mlpNorm: F.mlpNorm,
-      gateUp: matrices(L.gateUp, F.gateUp, `layers.${l}.gate_up`),
-      down: one(L.down, F.down, `layers.${l}.down`),
+      gateUp: matricesOver(L.gateUp, F.gateUp, `layers.${l}.gate_up`, own, options),
+      down: matricesOver([L.down], F.down, `layers.${l}.down`, own, options)[0]!,
     };
   });
-  // an encoded embedding: the fused path's decoded table serves the lookup as well (one row a token,
-  // so the wider dtype costs nothing), unless lm_head is the same matrix and would be read whole
-  const embedView = sharedMatrix([w.embed], fused.embed, options) ?? (w.lmHead === w.embed ? null : denseView(fused.embed));
-  const embed = embedView ?? own(w.embed, 'embed');
-  const lmHead = w.lmHead === w.embed ? embed : one(w.lmHead, fused.lmHead, 'lm_head');
+  const tied = w.lmHead === w.embed;
+  const embed = engineEmbeddingOverFused(w.embed, tied, fused.embed, own, options);
+  const lmHead = tied ? embed : engineLmHeadOverFused(w.lmHead, fused.lmHead, own, options);
   const weights = { embed, layers, finalNorm: fused.finalNorm, lmHead, bytes: 0 };
   return { ...weights, bytes: gpuBuffersOf(weights).reduce((a, b) => a + b.size, 0) };
 }

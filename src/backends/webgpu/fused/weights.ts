@@ -100,6 +100,8 @@ function bytesOf(buffers: Record<string, GPUBuffer>): number {
 }
 
 function denseRows(parts: WeightTensor[]): DenseTensor {
+  // one dense part is already its own rows: no copy (an embedding or lm_head is the largest tensor)
+  if (parts.length === 1 && parts[0] instanceof DenseTensor) return parts[0];
   const rows = parts.reduce((a, p) => a + p.rows, 0), cols = parts[0]!.cols;
   const dense = parts.every((p) => p instanceof DenseTensor) ? (parts as DenseTensor[]) : null;
   const data = new Float32Array(rows * cols);
@@ -249,6 +251,11 @@ export function uploadFusedMatrix(gpu: Gpu, parts: WeightTensor[], label: string
   return rowBlocked(g.segments.map((seg) => ({ encoding: g.dtype, rows: seg.rows, cols, units: g.rowChunks, group: 0, buffers: { W: seg.buffer }, bytes: seg.buffer.size })));
 }
 
+/** The embedding for the fused path: read a row a token, so kept dense (decoded once when stored in another encoding). */
+export function uploadFusedEmbedding(gpu: Gpu, embed: WeightTensor): FusedMatrix {
+  return uploadFusedMatrix(gpu, [embed instanceof DenseTensor ? embed : denseRows([embed])], 'embed');
+}
+
 /** Uploads a model's weights for the fused path (parts joined, tensor by tensor). */
 export function uploadFusedWeights(gpu: Gpu, w: ModelWeights, options: FusedUploadOptions = {}): FusedModelWeights {
   const layers = w.layers.map((L, l): FusedLayerWeights => ({
@@ -260,8 +267,7 @@ export function uploadFusedWeights(gpu: Gpu, w: ModelWeights, options: FusedUplo
     gateUp: uploadFusedMatrix(gpu, L.gateUp, `layers.${l}.gate_up`, options),
     down: uploadFusedMatrix(gpu, [L.down], `layers.${l}.down`, options),
   }));
-  // the embedding is read a row a token: kept dense (decoded once when stored in another encoding)
-  const embed = uploadFusedMatrix(gpu, [w.embed instanceof DenseTensor ? w.embed : denseRows([w.embed])], 'embed');
+  const embed = uploadFusedEmbedding(gpu, w.embed);
   const lmHead = w.lmHead === w.embed ? embed : uploadFusedMatrix(gpu, [w.lmHead], 'lm_head', options);
   const finalNorm = uploadFloats(gpu, 'final_norm', w.finalNorm);
   return { embed, layers, finalNorm, lmHead, bytes: fusedWeightBytes({ embed, layers, finalNorm, lmHead }) };
