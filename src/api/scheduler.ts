@@ -269,20 +269,21 @@ export class Scheduler {
         for (const entry of this.active) {
           if (!entry.filterReady) continue;
           if (entry.next !== null) {
-            rows.push({ seq: entry.seq!, tokens: entry.next, logits: true });
+            rows.push(this.chooseOnDevice(entry, { seq: entry.seq!, tokens: entry.next, logits: true }));
             entries.push(entry);
             decode++;
           } else if (prefill < budget) {
             const prompt = entry.job.promptIds, at = entry.fed.length;
             const n = Math.min(budget - prefill, prompt.length - at);
-            rows.push({ seq: entry.seq!, tokens: prompt.slice(at, at + n), logits: at + n === prompt.length });
+            const row = { seq: entry.seq!, tokens: prompt.slice(at, at + n), logits: at + n === prompt.length };
+            rows.push(row.logits ? this.chooseOnDevice(entry, row) : row);
             entries.push(entry);
             prefill += n;
           }
         }
         this.lastStep = { decodeRows: decode, prefillTokens: prefill };
         for (const e of entries) this.stepping.add(e);
-        let out: (Float32Array | null)[];
+        let out: (Float32Array | number | null)[];
         try {
           out = await this.engine.step!(rows);
         } catch (e) {
@@ -306,18 +307,28 @@ export class Scheduler {
     }
   }
 
-  private async afterStep(entry: Entry, row: StepRow, logits: Float32Array | null): Promise<void> {
+  /**
+   * Where the engine chooses tokens on the device, a row whose sampling the device does exactly (no
+   * penalties, no grammar mask) asks for its token instead of its logits.
+   */
+  private chooseOnDevice(entry: Entry, row: StepRow): StepRow {
+    const gen = entry.gen!;
+    const sampling = this.engine.stepChoosesTokens && !gen.filter ? gen.deviceSampling : null;
+    return sampling ? { ...row, choose: { sampling, random: gen.nextDraw() } } : row;
+  }
+
+  private async afterStep(entry: Entry, row: StepRow, logits: Float32Array | number | null): Promise<void> {
     if (entry.state !== 'active') {
       // cancelled while the step ran: its sequence can be freed now
       this.freeSequence(entry);
       return;
     }
     for (let i = 0; i < row.tokens.length; i++) entry.fed.push(row.tokens[i]!);
-    if (!logits) return; // a prompt chunk that is not the prompt's end
+    if (logits === null) return; // a prompt chunk that is not the prompt's end
     const gen = entry.gen!;
     let step;
     try {
-      step = await gen.choose(logits);
+      step = typeof logits === 'number' ? gen.takeChosen(logits) : await gen.choose(logits);
     } catch (e) {
       if (entry.state === 'active') {
         this.end(entry);

@@ -54,6 +54,12 @@ export interface StepRow {
   tokens: ArrayLike<number>;
   /** Return the logits of the last token (false for a prompt chunk that is not the prompt's end). */
   logits: boolean;
+  /**
+   * Where the engine's `stepChoosesTokens` is true: choose the row's next token on the device from its
+   * last token's logits, as DeviceSampling says (argmax at temperature 0, else `random` is the draw),
+   * and return the token id instead of the logits (only ids are read back). Other engines ignore it.
+   */
+  choose?: { sampling: DeviceSampling; random: number };
 }
 
 export interface Engine {
@@ -74,9 +80,12 @@ export interface Engine {
    * weight read once for all rows, and returns per row its last token's logits (vocab), or null where
    * `logits` is false. A row's arithmetic is that of a one-token step at its position whatever else
    * shares the step, so a sequence's tokens never depend on the batch. The arrays belong to the
-   * engine and are overwritten by the next step.
+   * engine and are overwritten by the next step. A row with `choose` (engines with stepChoosesTokens)
+   * gets the chosen token id instead.
    */
-  step?(rows: StepRow[]): Promise<(Float32Array | null)[]>;
+  step?(rows: StepRow[]): Promise<(Float32Array | number | null)[]>;
+  /** The step honours `StepRow.choose`: rows that ask get a token id back instead of logits. */
+  readonly stepChoosesTokens?: boolean;
   /**
    * Present where the engine can decode without returning logits (WebGPU's fused path): appends
    * `prompt` to the sequence, then chooses up to maxTokens tokens on the device, each one the next

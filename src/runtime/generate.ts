@@ -106,6 +106,7 @@ export class Generation {
   /** The grammar's per-generation token filter (after start()), or null. */
   filter: TokenFilter | null = null;
   private readonly constraint: Constraint | null;
+  private deviceRandom: Random | null = null;
   private readonly sampler: Sampler;
   private readonly detok: Detokenizer | null;
   private readonly stops: string[];
@@ -172,6 +173,23 @@ export class Generation {
       if (this.filter?.forced == null) return { chunks, end: false, feed };
       id = this.filter.forced;
     }
+  }
+
+  /**
+   * The draw for the next token the device chooses (device sampling: Random(seed), one draw per
+   * sampled token, as decodeOnDevice takes them); 0 when greedy (no draw is used).
+   */
+  nextDraw(): number {
+    if (this.sampling.temperature === 0) return 0;
+    this.deviceRandom ??= new Random(this.sampling.seed);
+    return this.deviceRandom.next();
+  }
+
+  /** Takes a token the device chose: as choose() without the sampler (no grammar filter here). */
+  takeChosen(id: number): { chunks: GenerationChunk[]; end: boolean; feed: number[] } {
+    this.firstToken();
+    const { chunk, end } = this.take(id);
+    return { chunks: chunk ? [chunk] : [], end, feed: end ? [] : [id] };
   }
 
   /** Marks the first token's arrival (the end of the prefill) once. */
@@ -271,7 +289,8 @@ export async function* generate(
           for (let at = 0; at < input.length; at += PREFILL_CHUNK) {
             if (signal?.aborted) throw new AbortError();
             const n = Math.min(PREFILL_CHUNK, input.length - at);
-            [last] = await engine.step([{ seq, tokens: input.slice(at, at + n), logits: at + n === input.length }]);
+            const [out] = await engine.step([{ seq, tokens: input.slice(at, at + n), logits: at + n === input.length }]);
+            last = out instanceof Float32Array ? out : null;
           }
           logits = last!;
         } else {

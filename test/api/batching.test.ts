@@ -205,3 +205,50 @@ test('prefix reuse: a shared system prompt is copied out of the kept cache, so c
     await fresh.dispose();
   }
 });
+
+test('an engine that chooses tokens on the device gets `choose` rows (greedy, seeded) and penalty rows keep their logits; greedy tokens equal the CPU sampler\'s', async () => {
+  const model = await loadModel(DEMO, { maxConcurrency: 8, prefixCacheBytes: 0 });
+  try {
+    const cpu = model.engine as CpuEngine;
+    const plain = await Promise.all([
+      model.generate('The jury said', { maxTokens: 8, temperature: 0 }),
+      model.generate('In the morning the', { maxTokens: 8, temperature: 0, repetitionPenalty: 1.3 }),
+    ]);
+    // a device stand-in: argmax on the host for rows that ask, as a GPU's argmax kernel would
+    let chosen = 0, sampled = 0;
+    const device = Object.assign(Object.create(Object.getPrototypeOf(cpu)) as CpuEngine, cpu, {
+      stepChoosesTokens: true,
+      async step(rows: Parameters<CpuEngine['stepSync']>[0]) {
+        const out = cpu.stepSync(rows);
+        return out.map((logits, i) => {
+          const ask = rows[i]!.choose;
+          if (!ask || !logits) return logits;
+          if (ask.sampling.temperature > 0) {
+            sampled++;
+            assert.ok(ask.random >= 0 && ask.random < 1);
+          }
+          chosen++;
+          let best = 0;
+          for (let v = 1; v < logits.length; v++) if (logits[v]! > logits[best]!) best = v;
+          return best;
+        });
+      },
+    });
+    const onDevice = new (model.constructor as new (...a: unknown[]) => typeof model)(model.loaded, device, { maxConcurrency: 8, prefixCacheBytes: 0 });
+    try {
+      const [greedy, penalised] = await Promise.all([
+        onDevice.generate('The jury said', { maxTokens: 8, temperature: 0 }),
+        onDevice.generate('In the morning the', { maxTokens: 8, temperature: 0, repetitionPenalty: 1.3 }),
+        onDevice.generate('He had never', { maxTokens: 4, temperature: 0.7, seed: 3 }),
+      ]);
+      assert.deepEqual(greedy!.tokenIds, plain[0]!.tokenIds, 'greedy tokens chosen on the device equal the CPU sampler\'s');
+      assert.deepEqual(penalised!.tokenIds, plain[1]!.tokenIds, 'a penalty row is sampled on the CPU from its logits');
+      assert.equal(chosen, 8 + 4, 'the greedy and the seeded rows asked the device; the penalty row did not');
+      assert.equal(sampled, 4, 'a draw for each seeded token');
+    } finally {
+      await onDevice.dispose();
+    }
+  } finally {
+    await model.dispose();
+  }
+});
