@@ -44,6 +44,7 @@ async function load(msg: Extract<ToWorker, { type: 'load' }>): Promise<void> {
   model = await loadModel(source, {
     backend,
     decode: msg.decode,
+    matvecActivations: msg.activations,
     contextLength: 512,
     cache: msg.cache,
     onProgress: (p) => post({ type: 'progress', phase: p.phase, loadedBytes: p.loadedBytes, totalBytes: p.totalBytes }),

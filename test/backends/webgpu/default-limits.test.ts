@@ -7,8 +7,7 @@
  * architecture fixtures with a QKV bias (qwen2) and fused QKV and gate/up (phi3). Where a fused
  * kernel needs more than the defaults (norm + QKV + RoPE + KV append binds 9 to 11 storage buffers)
  * the decoder runs its parts as separate dispatches.
- * Every sum is float32 on both sides (there are no faster-numerics options yet; when a f16 KV cache
- * or other faster numerics land, this test asks for their f32 options).
+ * On the f32 options (matvecActivations: 'f32'), so that every sum is float32 on both sides.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
