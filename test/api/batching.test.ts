@@ -252,3 +252,31 @@ test('an engine that chooses tokens on the device gets `choose` rows (greedy, se
     await model.dispose();
   }
 });
+
+test('kept caches give way to running generations: where a new KV cache cannot be allocated, the least recently used kept one is reused', async () => {
+  const model = await loadModel(DEMO, { maxConcurrency: 2 });
+  try {
+    const engine = model.engine;
+    const create = engine.createSequence.bind(engine);
+    let made = 0;
+    // memory for three caches at most
+    engine.createSequence = () => {
+      if (made === 3) throw new RangeError('Array buffer allocation failed');
+      made++;
+      return create();
+    };
+    const texts = await prompts(4);
+    for (const t of texts.slice(0, 3)) await model.generate(t, { maxTokens: 2, temperature: 0 });
+    assert.equal(model.schedulerStats.keptCaches, 3);
+    // two at once: both need a new cache; the two oldest kept ones give way
+    const [a, b] = await Promise.all([
+      model.generate(`${texts[3]} and`, { maxTokens: 3, temperature: 0 }),
+      model.generate(`${texts[3]} or`, { maxTokens: 3, temperature: 0 }),
+    ]);
+    assert.equal(a.tokenIds.length + b.tokenIds.length > 0, true);
+    assert.equal(made, 3, 'no cache beyond the three');
+    assert.equal(model.schedulerStats.keptCaches, 3, 'the two new ones kept, one old one left');
+  } finally {
+    await model.dispose();
+  }
+});

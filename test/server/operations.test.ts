@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
-import { spawnServe, startTestServer, waitFor } from './util.js';
+import { spawnServe, spawnServeOn, startTestServer, waitFor } from './util.js';
 
 const MODEL = 'brown-llama-12m';
 
@@ -159,4 +159,25 @@ test('SIGTERM finishes every stream of a running batch, then exits 0', async () 
   assert.deepEqual(await Promise.all(runs), [16, 16, 16, 16], 'each stream of the batch ran to its end');
   assert.equal(await exited, 0, stderr());
   assert.match(stderr(), /SIGTERM: finishing 4 request/);
+});
+
+test('pdvm serve --synthetic SHAPE: random q4 weights of a bench shape, token-id prompts, every stream to max_tokens, a chunk per token', async () => {
+  const { child, url, exited } = await spawnServeOn(null, ['--synthetic', 'brown-llama', '--context', '64']);
+  try {
+    const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'x', maxRetries: 0 });
+    assert.deepEqual((await client.models.list()).data.map((m) => m.id), ['synthetic-brown-llama-q4']);
+    const stream = await client.completions.create({ model: 'synthetic-brown-llama-q4', prompt: [5, 6, 7, 8], max_tokens: 5, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    let chunks = 0, usage: OpenAI.CompletionUsage | null | undefined;
+    for await (const chunk of stream) {
+      if (chunk.choices.length && chunk.choices[0]!.finish_reason === null) chunks++;
+      usage = chunk.usage ?? usage;
+    }
+    assert.equal(usage?.completion_tokens, 5, 'no EOS: the stream runs to max_tokens');
+    assert.equal(chunks, 5, 'one chunk per token (no tokenizer, so no text)');
+    const e = await client.completions.create({ model: 'synthetic-brown-llama-q4', prompt: 'text', max_tokens: 2 }).catch((x: unknown) => x);
+    assert.ok(e instanceof OpenAI.APIError && e.status === 400, `a text prompt is refused: ${e}`);
+  } finally {
+    child.kill('SIGTERM');
+    await exited;
+  }
 });

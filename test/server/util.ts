@@ -55,9 +55,9 @@ export function spawnServe(args: string[]): Promise<{ child: ChildProcess; url: 
   return spawnServeOn(DEMO, args);
 }
 
-/** `pdvm serve MODEL --port 0 ...`, resolved once it listens. */
-export async function spawnServeOn(modelPath: string, args: string[]): Promise<{ child: ChildProcess; url: string; stderr: () => string; exited: Promise<number | null> }> {
-  const child = spawn(process.execPath, [CLI, 'serve', modelPath, '--port', '0', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+/** `pdvm serve MODEL --port 0 ...` (null: no model argument, e.g. with --synthetic), resolved once it listens. */
+export async function spawnServeOn(modelPath: string | null, args: string[]): Promise<{ child: ChildProcess; url: string; stderr: () => string; exited: Promise<number | null> }> {
+  const child = spawn(process.execPath, [CLI, 'serve', ...(modelPath === null ? [] : [modelPath]), '--port', '0', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   const url = await new Promise<string>((resolve, reject) => {
