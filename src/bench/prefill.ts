@@ -26,6 +26,8 @@ export interface PrefillBenchOptions {
   chunk?: number;
   /** Timed runs (the median is reported). */
   runs: number;
+  /** Also time each dispatch of a layer's prefill step (profile_us_per_layer in the result). */
+  profile?: boolean;
   log: (line: string) => void;
 }
 
@@ -43,6 +45,8 @@ export interface PrefillBenchResult {
   weight_bytes: number;
   device: string;
   features: GpuFeatures;
+  /** With --profile: each dispatch of one layer's step of min(N, chunk) tokens, microseconds. */
+  profile_us_per_layer?: { label: string; microseconds: number }[];
 }
 
 function randomPrompt(n: number, vocab: number, seed: number): number[] {
@@ -79,6 +83,13 @@ export async function runPrefillBench(gpu: Gpu, o: PrefillBenchOptions): Promise
       times.push(performance.now() - p0);
       if (!Number.isFinite(logits[0]!)) throw new Error(`prefill gave a non-finite logit (${logits[0]})`);
     }
+    let profile: { label: string; microseconds: number }[] | undefined;
+    if (o.profile) {
+      const T = Math.min(o.prompt, engine.prefillChunk);
+      profile = await engine.profilePrefill(seq, T);
+      const layer = profile.filter((p) => !p.label.startsWith('embedding')).reduce((a, p) => a + p.microseconds, 0);
+      o.log(`profile, one step of ${T} tokens (µs a dispatch; layer 0, repeated alone): ${profile.map((p) => `${p.label} ${p.microseconds.toFixed(1)}`).join(', ')}; a layer ${layer.toFixed(0)} µs x ${config.numLayers} layers = ${((layer * config.numLayers) / 1000).toFixed(1)} ms`);
+    }
     const sorted = [...times].sort((a, b) => a - b);
     const ms = sorted[Math.floor(sorted.length / 2)]!;
     const r: PrefillBenchResult = {
@@ -94,6 +105,7 @@ export async function runPrefillBench(gpu: Gpu, o: PrefillBenchOptions): Promise
       weight_bytes: fused.bytes,
       device: gpu.adapterDescription,
       features: gpu.features,
+      ...(profile ? { profile_us_per_layer: profile } : {}),
     };
     o.log(`pp${o.prompt}: ${r.prompt_tokens_per_second.toFixed(0)} tok/s (${ms.toFixed(1)} ms; runs ${times.map((t) => t.toFixed(1)).join(', ')} ms)`);
     return r;

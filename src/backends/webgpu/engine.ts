@@ -461,6 +461,44 @@ export class WebGpuEngine implements Engine {
     return out;
   }
 
+  /**
+   * Time of each dispatch of one prefill step of T tokens from position 0 (layer 0's, then the
+   * embedding), each repeated `reps` times alone in a pass, the median of 3 (`pdvm bench --prefill N
+   * --profile`). Runs on a sequence's forward cache, whose contents it overwrites.
+   */
+  async profilePrefill(seqIn: Sequence, T: number, reps = 20): Promise<{ label: string; microseconds: number }[]> {
+    return this.serial(async () => {
+      const seq = this.live(seqIn);
+      if (!(T >= 1 && T <= this.prefillChunk)) throw new InvalidInputError(`profile: T must be in 1..${this.prefillChunk}`);
+      const cache = (seq.cache ??= this.newCache());
+      this.stepWords[StepWord.T] = T;
+      this.stepWords[StepWord.pos0] = 0;
+      for (let i = 0; i < T; i++) this.stepWords[STEP_HEADER_WORDS + i] = i % this.config.vocabSize;
+      this.gpu.device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, STEP_HEADER_WORDS + T);
+      const plan = T === 1 ? this.plans.decode[0]! : this.plans.prefill[0]!;
+      const list = [...this.plans.embedding, ...plan.beforeAttention, ...cache.dispatches[0]!, ...plan.afterAttention];
+      const out: { label: string; microseconds: number }[] = [];
+      for (const d of list) {
+        const times: number[] = [];
+        for (let r = 0; r < 3; r++) {
+          const encoder = this.gpu.device.createCommandEncoder();
+          const pass = encoder.beginComputePass();
+          for (let i = 0; i < reps; i++) encodeDispatches(pass, [d], T);
+          pass.end();
+          const t0 = performance.now();
+          this.gpu.device.queue.submit([encoder.finish()]);
+          await this.gpu.device.queue.onSubmittedWorkDone();
+          times.push(((performance.now() - t0) * 1000) / reps);
+        }
+        this.gpu.check();
+        times.sort((a, b) => a - b);
+        out.push({ label: d.label, microseconds: times[1]! });
+      }
+      seq.reset();
+      return out;
+    });
+  }
+
   private encodeLayers(pass: GPUComputePassEncoder, cache: ForwardCache, T: number): void {
     const layers = T === 1 ? this.plans.decode : this.plans.prefill;
     encodeDispatches(pass, this.plans.embedding, T);

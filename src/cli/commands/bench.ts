@@ -69,7 +69,7 @@ export function benchCommand(): Command {
         try {
           if (f.prefill !== undefined) {
             const r = await runPrefillBench(gpu, {
-              shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, seed: f.seed, prompt: f.prefill, chunk: f.prefillChunk, runs: f.runs,
+              shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, seed: f.seed, prompt: f.prefill, chunk: f.prefillChunk, runs: f.runs, profile: f.profile,
               log: (line) => process.stderr.write(`${line}\n`),
             });
             if (f.json) process.stdout.write(`${JSON.stringify(r)}\n`);

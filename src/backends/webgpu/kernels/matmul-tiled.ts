@@ -158,6 +158,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let tok0 = wid.y * 128u;
   let tx = lid % 16u;
   let ty = lid / 16u;
+  let low = tok0 + 4u * ty < T; // this invocation's first and second token quads hold tokens
+  let high = tok0 + 64u + 4u * ty < T;
   var acc: array<vec4<f32>, 16>; // token i (0..7), row half h: acc[2i + h] over 4 rows
   for (var kb = 0u; kb < COLS; kb += 16u) {
     // x tile: 128 tokens x 16 k, 8 values an invocation (a token's 16 k by 16 neighbours)
@@ -185,17 +187,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
     }
     workgroupBarrier();
-    // hot loop: 64 FMAs per 4 vec4 reads
+    // hot loop: 64 FMAs per 4 vec4 reads; token quads past T skipped (short prompts)
     for (var k = 0u; k < 16u; k++) {
-      let a0 = xs[k * 32u + (ty ^ k)];
-      let a1 = xs[k * 32u + 16u + (ty ^ k)];
       let b0 = ws[k * 32u + (tx ^ k)];
       let b1 = ws[k * 32u + 16u + (tx ^ k)];
-      for (var i = 0u; i < 4u; i++) {
-        acc[2u * i] += a0[i] * b0;
-        acc[2u * i + 1u] += a0[i] * b1;
-        acc[8u + 2u * i] += a1[i] * b0;
-        acc[8u + 2u * i + 1u] += a1[i] * b1;
+      if (low) {
+        let a0 = xs[k * 32u + (ty ^ k)];
+        for (var i = 0u; i < 4u; i++) {
+          acc[2u * i] += a0[i] * b0;
+          acc[2u * i + 1u] += a0[i] * b1;
+        }
+      }
+      if (high) {
+        let a1 = xs[k * 32u + 16u + (ty ^ k)];
+        for (var i = 0u; i < 4u; i++) {
+          acc[8u + 2u * i] += a1[i] * b0;
+          acc[8u + 2u * i + 1u] += a1[i] * b1;
+        }
       }
     }
     workgroupBarrier();
