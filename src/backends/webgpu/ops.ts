@@ -24,6 +24,7 @@ export function embeddingOp(gpu: Gpu, table: GpuMatrix, hidden: number, maxToken
   if (table.cols !== hidden) throw new Error(`embedding: table has ${table.cols} columns, hidden is ${hidden}`);
   need(x, maxTokens * hidden, 'embedding');
   if (table.encoding !== 'dense') {
+    if (table.rowBlocks) throw new Error(`embedding: an encoded table split across storage bindings is not supported; the fused path's dense table serves the lookup`);
     const shape = table.shape;
     const pipeline = gpu.pipeline(`embedding_${table.encoding}`, { ...shape }, () => embeddingUpgWgsl(shape));
     return [{ label: `embedding_${table.encoding}`, pipeline, bindGroup: gpu.bindGroup('embedding', pipeline, [...table.buffers, x, step]), workgroups: grid }];
@@ -69,6 +70,8 @@ export interface MatmulIo {
  * One dispatch per segment of W.
  */
 export function matmulOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, kind: 'matvec' | 'tiled', maxTokens: number): Dispatch[] {
+  // split across bindings: each row block writes its rows of y (and reads its rows of the bias)
+  if (m.encoding !== 'dense' && m.rowBlocks) return m.rowBlocks.flatMap((b) => matmulOp(gpu, b.matrix, { ...io, yOffset: io.yOffset + b.rowStart }, kind, maxTokens));
   const tokens = kind === 'matvec' ? 1 : maxTokens;
   need(io.x, tokens * m.cols, 'matmul input');
   need(io.y, (tokens - 1) * io.yStride + io.yOffset + m.rows, 'matmul output');

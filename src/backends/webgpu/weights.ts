@@ -39,6 +39,12 @@ export interface GpuEncodedMatrix {
   shape: UpgShape;
   buffers: GPUBuffer[];
   bytes: number;
+  /**
+   * A matrix larger than one storage binding, split by rows (the fused path's q4/q8 row blocks, shared):
+   * each block an encoded matrix over rows rowStart..; `buffers` is then empty and matmulOp dispatches
+   * each block at its output offset.
+   */
+  rowBlocks?: { rowStart: number; matrix: GpuEncodedMatrix }[];
 }
 
 export type GpuMatrix = GpuDenseMatrix | GpuEncodedMatrix;

@@ -19,6 +19,7 @@ import { rmsnorm } from '../../../src/backends/cpu/ops.js';
 import { BitmapTensor, Q4Tensor, Q8Tensor } from '../../../src/format/upg/encodings/index.js';
 import { pruneUnstructured, pruningScores } from '../../../src/compress/prune.js';
 import { CpuEngine } from '../../../src/backends/cpu/engine.js';
+import { WebGpuEngine } from '../../../src/backends/webgpu/engine.js';
 import { loadModel, type LoadedModel } from '../../../src/model/load.js';
 import { DenseTensor, type WeightTensor } from '../../../src/model/tensor.js';
 import type { ModelWeights } from '../../../src/model/weights.js';
@@ -219,5 +220,13 @@ test('fused decode: tensors larger than a storage binding are split by rows (emb
     const cpu = new CpuEngine(model.config, weights, 64);
     const cpuLogits = await cpu.forward(cpu.createSequence(), ids, true);
     await checkPaths(`${basename(BROWN)} ${name}, bindings of ${maxBindingBytes} bytes`, model, weights, cpuLogits, [ids], { maxBindingBytes });
+    // the forward pass (prefill) reads the same row blocks: the engine's logits of every position against the CPU's
+    const engine = await WebGpuEngine.create({ ...model, weights }, { contextLength: 64, gpu: await testGpu({ maxBindingBytes }) });
+    try {
+      assert.equal(engine.decode, 'fused', engine.decodeNotice);
+      assertClose(await engine.forward(engine.createSequence(), ids, true), cpuLogits, 1e-4, `${name}: engine forward logits over split bindings vs the CPU`);
+    } finally {
+      engine.dispose();
+    }
   }
 });

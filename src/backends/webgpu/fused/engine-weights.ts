@@ -20,14 +20,18 @@ import { Q8Tensor } from '../../../format/upg/encodings/q8.js';
 import { DenseTensor, type WeightTensor } from '../../../model/tensor.js';
 import type { ModelWeights } from '../../../model/weights.js';
 import type { Gpu } from '../device.js';
-import { denseDtypeOf, memoizedUpload, type GpuLayerWeights, type GpuMatrix, type GpuModelWeights, type UploadOptions } from '../weights.js';
+import { denseDtypeOf, memoizedUpload, type GpuEncodedMatrix, type GpuLayerWeights, type GpuMatrix, type GpuModelWeights, type UploadOptions } from '../weights.js';
 import { matrixBuffers, type FusedMatrix, type FusedModelWeights } from './weights.js';
 
 /** The engine's view of a fused matrix whose parts it can read as they are; null where it cannot. */
 export function sharedMatrix(parts: WeightTensor[], m: FusedMatrix, options: UploadOptions = {}): GpuMatrix | null {
   const { rows, cols } = m;
-  // split across bindings: the engine reads dense row blocks as its own segments; encoded ones it uploads itself
-  if (m.rowBlocks) return parts.every((p) => p instanceof DenseTensor && denseDtypeOf(p, options) === m.encoding) ? denseView(m) : null;
+  // split across bindings: dense row blocks become the engine's segments, encoded ones its row blocks
+  if (m.rowBlocks) {
+    if (parts.every((p) => p instanceof DenseTensor && denseDtypeOf(p, options) === m.encoding)) return denseView(m);
+    const blocks = m.rowBlocks.map((b) => ({ rowStart: b.rowStart, matrix: sharedMatrix(parts, b.matrix, options) }));
+    return encodedBlocks(m, blocks);
+  }
   const b = m.buffers;
   const first = parts[0]!;
   // the shapes checked too, so that a layout change in fused/weights.ts falls back to uploading
@@ -50,6 +54,18 @@ export function sharedMatrix(parts: WeightTensor[], m: FusedMatrix, options: Upl
   }
   if (parts.every((p) => p instanceof DenseTensor && denseDtypeOf(p, options) === m.encoding)) return denseView(m);
   return null;
+}
+
+/** An encoded matrix over row blocks the engine can each read (null where one cannot). */
+function encodedBlocks(m: FusedMatrix, blocks: { rowStart: number; matrix: GpuMatrix | null }[]): GpuMatrix | null {
+  const encoded: { rowStart: number; matrix: GpuEncodedMatrix }[] = [];
+  for (const b of blocks) {
+    if (b.matrix === null || b.matrix.encoding === 'dense' || b.matrix.encoding !== blocks[0]!.matrix?.encoding) return null;
+    encoded.push({ rowStart: b.rowStart, matrix: b.matrix });
+  }
+  const first = encoded[0]?.matrix;
+  if (!first) return null;
+  return { encoding: first.encoding, rows: m.rows, cols: m.cols, shape: { ...first.shape, rows: m.rows }, buffers: [], bytes: m.bytes, rowBlocks: encoded };
 }
 
 /** A dense fused matrix as the engine's dense matrix (one segment), whatever the checkpoint stored. */
@@ -109,7 +125,7 @@ export function engineWeightsOverFused(gpu: Gpu, w: ModelWeights, fused: FusedMo
 /** Every distinct buffer of the engine's weights. */
 export function gpuBuffersOf(w: Omit<GpuModelWeights, 'bytes'>): GPUBuffer[] {
   const all = new Set<GPUBuffer>([w.finalNorm]);
-  const matrix = (m: GpuMatrix) => (m.encoding === 'dense' ? m.segments.map((s) => s.buffer) : m.buffers).forEach((b) => all.add(b));
+  const matrix = (m: GpuMatrix) => (m.encoding === 'dense' ? m.segments.map((s) => s.buffer) : m.rowBlocks ? m.rowBlocks.flatMap((b) => b.matrix.buffers) : m.buffers).forEach((b) => all.add(b));
   matrix(w.embed);
   matrix(w.lmHead);
   for (const L of w.layers) {
@@ -136,6 +152,10 @@ export function fusedBuffersOf(w: FusedModelWeights): GPUBuffer[] {
  */
 export function engineWeightsOfFused(fused: FusedModelWeights): GpuModelWeights {
   const view = (m: FusedMatrix): GpuMatrix => {
+    if (m.rowBlocks && m.encoding !== 'f32' && m.encoding !== 'bf16' && m.encoding !== 'f16') {
+      const blocked = encodedBlocks(m, m.rowBlocks.map((b) => ({ rowStart: b.rowStart, matrix: view(b.matrix) })));
+      if (blocked) return blocked;
+    }
     const { rows, cols } = m, b = m.buffers;
     if (m.encoding === 'q4' && b.Q && b.SM) {
       return { encoding: 'q4', rows, cols, shape: { encoding: 'q4', rows, cols, group: m.group, groups: (m.units * 32) / m.group, wordsPerRow: m.units * 4 }, buffers: [b.Q, b.SM], bytes: m.bytes };
