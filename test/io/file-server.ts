@@ -51,7 +51,8 @@ export async function serveFiles(files: Map<string, Uint8Array>, options: FileSe
       return;
     }
     let body = file;
-    const headers: Record<string, string> = { 'content-type': 'application/octet-stream' };
+    const type = path.endsWith('.html') ? 'text/html; charset=utf-8' : path.endsWith('.js') ? 'text/javascript; charset=utf-8' : 'application/octet-stream';
+    const headers: Record<string, string> = { 'content-type': type };
     if (options.etag) headers.etag = options.etag;
     let status = 200;
     const m = /^bytes=(\d+)-(\d*)$/.exec(range ?? '');
