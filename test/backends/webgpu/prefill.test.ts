@@ -56,3 +56,23 @@ for (const dir of ALL_FIXTURE_MODELS) {
     }
   });
 }
+
+test('webgpu prefill profile: every dispatch of a layer step timed, then the sequence is empty', { skip: SKIP_GPU }, async () => {
+  const model = await loadModel(ALL_FIXTURE_MODELS[1]!);
+  const engine = await WebGpuEngine.create(model, { contextLength: 64, gpu: await testGpu() });
+  try {
+    const seq = engine.createSequence();
+    const rows = await engine.profilePrefill(seq, 9, 1);
+    console.log(rows.map((r) => `${r.label} ${r.microseconds.toFixed(0)} us`).join(', '));
+    const labels = rows.map((r) => r.label);
+    assert.ok(labels.includes('attention') && labels.includes('rope_kv') && labels.some((l) => l.startsWith('matmul_tiled_')), labels.join(', '));
+    assert.ok(rows.every((r) => r.microseconds > 0));
+    assert.equal(seq.length, 0);
+    // the sequence still prefills as the CPU engine does afterwards
+    const prompt = [1, 5, 9, 2, 7];
+    const cpu = new CpuEngine(model.config, model.weights, 64);
+    assertClose(await engine.forward(seq, prompt), await cpu.forward(cpu.createSequence(), prompt), 1e-4, 'logits after profiling');
+  } finally {
+    engine.dispose();
+  }
+});
