@@ -59,3 +59,26 @@ for (const dir of MODELS) {
     }
   });
 }
+
+test('webgpu default limits: the demo model decodes fused on its default int8 activations, with no GPU error and no fallback', { skip: SKIP_GPU }, async () => {
+  const model = await loadModel(DEMO);
+  const prompt = model.tokenizer!.encode('The jury said that', true);
+  const greedy = { temperature: 0, maxTokens: 16, ignoreEos: true };
+  const ctx = (engine: Engine): GenerationContext => ({ engine, tokenizer: model.tokenizer, eosTokenIds: model.config.eosTokenIds });
+  const cpu = new CpuEngine(model.config, model.weights, CONTEXT);
+  const want = (await generateAll(ctx(cpu), cpu.createSequence(), prompt, greedy)).tokenIds;
+  const gpu = await testGpu({ limits: 'default' });
+  const engine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu, prefillChunk: 8 });
+  try {
+    assert.equal(engine.decode, 'fused', engine.decodeNotice);
+    assert.equal(engine.decodeNotice, undefined);
+    const got = (await generateAll(ctx(engine), engine.createSequence(), prompt, greedy)).tokenIds;
+    gpu.check();
+    // int8 x is not the CPU's arithmetic: its loss is bounded by fused-nll.test; here it must run
+    const same = got.filter((id, i) => id === want[i]).length;
+    console.log(`demo int8 activations: ${got.length} ids, ${same} equal to the CPU's at the same position`);
+    assert.equal(got.length, 16);
+  } finally {
+    engine.dispose();
+  }
+});
