@@ -51,21 +51,43 @@ export function parseFloatOption(name: string) {
   };
 }
 
-/** Loads a model with a progress bar on stderr (when it is a terminal). */
-export async function loadForCli(path: string | undefined): Promise<LoadedModel> {
+/**
+ * Loads a model with a progress bar on stderr (when it is a terminal). `lazy` (for --backend webgpu or
+ * auto) leaves the matrices in the file until the engine uploads them (model/lazy.ts): the bar then
+ * runs on through createEngineForCli, which closes the model's file.
+ */
+export async function loadForCli(path: string | undefined, options: { lazy?: boolean } = {}): Promise<LoadedModel> {
   const bar = progressBar('loading', 'B');
+  let model: LoadedModel;
   try {
-    return await loadModel(path ?? demoModelPath(), {
-      onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes),
-    });
-  } finally {
+    model = await loadModel(path ?? demoModelPath(), { lazy: options.lazy, onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes) });
+  } catch (e) {
     bar.stop();
+    throw e;
   }
+  const close = model.close;
+  if (!close) {
+    bar.stop();
+    return model;
+  }
+  return {
+    ...model,
+    close: async () => {
+      bar.stop();
+      await close();
+    },
+  };
 }
 
 /** Creates the engine for --backend; prints the notice when `auto` or the fused decode path falls back. */
 export async function createEngineForCli(model: LoadedModel, backend: BackendChoice, contextLength: number, decode: DecodeChoice = 'fused'): Promise<Engine> {
-  const { engine, notice } = await createEngine(model, { backend, contextLength, decode });
+  let created: Awaited<ReturnType<typeof createEngine>>;
+  try {
+    created = await createEngine(model, { backend, contextLength, decode });
+  } finally {
+    await model.close?.(); // a lazy model's file: every matrix is in the engine now
+  }
+  const { engine, notice } = created;
   if (notice) process.stderr.write(`pdvm: ${forCli(notice)}\n`);
   return engine;
 }

@@ -60,7 +60,8 @@ export function generateCommand(): Command {
       if ((flags.prompt === undefined) === (flags.promptIds === undefined)) {
         throw new InvalidInputError('give exactly one of --prompt TEXT or --prompt-ids 1,2,3');
       }
-      const model = await loadForCli(modelPath);
+      // webgpu: the matrices stream from the file to the device (model/lazy.ts)
+      const model = await loadForCli(modelPath, { lazy: flags.backend !== 'cpu' });
       const { tokenizer } = model;
       let promptIds: number[];
       if (flags.promptIds !== undefined) {
