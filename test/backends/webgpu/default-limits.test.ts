@@ -82,3 +82,25 @@ test('webgpu default limits: the demo model decodes fused on its default int8 ac
     engine.dispose();
   }
 });
+
+test('webgpu default limits: the demo model decodes fused within 1 MiB storage bindings (matrices split by rows), token for token the CPU\'s', { skip: SKIP_GPU }, async () => {
+  const model = await loadModel(DEMO);
+  const prompt = model.tokenizer!.encode('The jury said that', true);
+  const greedy = { temperature: 0, maxTokens: 16, ignoreEos: true };
+  const ctx = (engine: Engine): GenerationContext => ({ engine, tokenizer: model.tokenizer, eosTokenIds: model.config.eosTokenIds });
+  const cpu = new CpuEngine(model.config, model.weights, CONTEXT);
+  const want = (await generateAll(ctx(cpu), cpu.createSequence(), prompt, greedy)).tokenIds;
+  // the embedding table (4096 x 384, 6.3 MB as f32 rows; 1.5 MB of q4 words) exceeds a 1 MiB binding
+  const gpu = await testGpu({ limits: 'default', maxBindingBytes: 1 << 20 });
+  const engine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu, prefillChunk: 8, matvecActivations: 'f32' });
+  try {
+    assert.equal(engine.decode, 'fused', engine.decodeNotice);
+    const got = (await generateAll(ctx(engine), engine.createSequence(), prompt, greedy)).tokenIds;
+    gpu.check();
+    const at = got.findIndex((id, i) => id !== want[i]);
+    console.log(`demo in 1 MiB bindings: ${got.length} ids, first difference from the CPU at ${at}`);
+    assert.deepEqual(got, want, `first difference at token ${at}: [${got}] vs the CPU's [${want}]`);
+  } finally {
+    engine.dispose();
+  }
+});
