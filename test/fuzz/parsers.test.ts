@@ -34,6 +34,7 @@ import { readJsonBody } from '../../src/server/http.js';
 import { parseChatCompletionRequest, parseCompletionRequest } from '../../src/server/validate.js';
 import { TextTokenizer } from '../../src/tokenizer/tokenizer.js';
 import { ARCH_MODELS } from '../helpers.js';
+import { writeSyntheticModel } from '../../bench/synthetic-model.js';
 
 const RUNS = Number(process.env.PDVM_FUZZ_RUNS ?? 150);
 const SEED = Number(process.env.PDVM_FUZZ_SEED ?? 20261204);
@@ -98,8 +99,11 @@ const TOKENIZER = {
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'pdvm-fuzz-'));
-  const out = join(dir, 'llama.upg');
-  await compressModel({ method: 'magnitude', sparsity: 0, pattern: 'unstructured', bits: 4, group: 64, skip: [], calibTokens: 64, input: ARCH_MODELS[0]!, output: out });
+  // a tiny model (2 layers of 64) so each case reads and checksums a few kilobytes
+  const model = join(dir, 'tiny');
+  await writeSyntheticModel(model, { architecture: 'LlamaForCausalLM', hidden: 64, intermediate: 64, layers: 2, heads: 2, kvHeads: 1, vocab: 32 });
+  const out = join(dir, 'tiny.upg');
+  await compressModel({ method: 'magnitude', sparsity: 0, pattern: 'unstructured', bits: 4, group: 64, skip: [], calibTokens: 64, input: model, output: out });
   upgBytes = new Uint8Array(await readFile(out));
   llamaConfig = JSON.parse(await readFile(join(ARCH_MODELS[0]!, 'config.json'), 'utf8'));
 });
