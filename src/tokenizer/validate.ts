@@ -23,8 +23,8 @@ function describe(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return `an array of ${v.length}`;
   if (typeof v === 'object') return 'an object';
-  const s = JSON.stringify(v);
-  return `${typeof v} ${s.length > 40 ? s.slice(0, 40) + '...' : s}`;
+  const s = JSON.stringify(v) ?? String(v);
+  return `${typeof v === 'string' ? 'the string' : typeof v} ${s.length > 40 ? s.slice(0, 40) + '...' : s}`;
 }
 
 const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
