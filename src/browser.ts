@@ -17,6 +17,7 @@ export { listCachedModels, deleteCachedModel, type CachedModel } from './io/brow
 export { ContextLengthError, ModelDisposedError, QueueFullError } from './api/errors.js';
 export { AbortError, ChatTemplateError, InvalidInputError, ModelFormatError, PdvmError, UnsupportedArchitectureError } from './errors.js';
 export { VerifyError, verifyUpg, type VerifyReport } from './format/upg/verify.js';
+export { GrammarError } from './runtime/grammar/compiler.js';
 export { DownloadError, HttpStatusError, IncompleteDownloadError, NetworkError, StorageQuotaError } from './io/errors.js';
 export { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './backends/webgpu/errors.js';
 export { registerGpuProvider, type GpuProvider } from './backends/webgpu/provider.js';

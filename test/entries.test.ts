@@ -82,6 +82,9 @@ test('"pdvm" resolves to the Node entry in Node; the demo model is reachable fro
   assert.ok(existsSync(node.demoModel()), node.demoModel());
   assert.match(browser.demoModel(), /^file:.*\/models\/brown-llama-12m\.upg$/);
   assert.equal(import.meta.resolve('pdvm/models/brown-llama-12m.upg'), browser.demoModel());
+  const errors = ['PdvmError', 'InvalidInputError', 'ModelFormatError', 'ChatTemplateError', 'UnsupportedArchitectureError', 'AbortError', 'ContextLengthError', 'QueueFullError', 'ModelDisposedError', 'GrammarError',
+    'DownloadError', 'HttpStatusError', 'NetworkError', 'IncompleteDownloadError', 'StorageQuotaError', 'WebGpuUnavailableError', 'GpuOutOfMemoryError', 'GpuValidationError', 'DeviceLostError'];
+  assert.deepEqual(errors.filter((e) => typeof (browser as Record<string, unknown>)[e] !== 'function'), [], 'typed errors missing from the exports');
 });
 
 /**
