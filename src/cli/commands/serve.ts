@@ -6,6 +6,7 @@ import { InvalidInputError } from '../../errors.js';
 import { startServer } from '../../server/server.js';
 import { action, backendOption, decodeOption, demoModelPath, parseFloatOption, parseIntOption, type BackendChoice, type DecodeChoice } from '../common.js';
 import { progressBar } from '../progress.js';
+import { forCli } from '../../wording.js';
 
 interface ServeFlags {
   host: string;
@@ -72,7 +73,7 @@ export function serveCommand(): Command {
       } finally {
         bar.stop();
       }
-      if (model.backendNotice) process.stderr.write(`pdvm: ${model.backendNotice}\n`);
+      if (model.backendNotice) process.stderr.write(`pdvm: ${forCli(model.backendNotice)}\n`);
       // a broken chat template is the operator's to fix: said now; chat requests get a 500 naming the file, completions work
       const templateProblem = model.loaded.tokenizer?.chatTemplateProblem();
       if (templateProblem) process.stderr.write(`pdvm: warning: ${templateProblem.message}; /v1/chat/completions will answer 500 until it is fixed\n`);
