@@ -5,7 +5,7 @@
  * first token and tokens/s.
  *
  *   npx tsc -p . && node dist/scripts/load-test.js [--streams 32] [--max-tokens 64] [--max-concurrency 32]
- *     [--backend cpu|webgpu] [--context N] [--synthetic llama-3.1-8b --prompt-tokens 32] [--alone N] [--cli PATH]
+ *     [--backend cpu|webgpu] [--context N] [--synthetic llama-3.1-8b --prompt-tokens 32] [--alone N] [--cli PATH] [--step-prefill-tokens N]
  *
  * With --synthetic SHAPE the server serves a model of that shape with random q4 weights (`pdvm serve
  * --synthetic`; nothing to download): prompts are random token ids, EOS never comes, so every stream
@@ -35,6 +35,7 @@ const { values } = parseArgs({
     cli: { type: 'string' },
     /** Requests run alone first (the single-stream baseline and the equality check): default every stream's. */
     alone: { type: 'string' },
+    'step-prefill-tokens': { type: 'string' },
   },
 });
 const streams = Number(values.streams);
@@ -49,6 +50,7 @@ async function main(): Promise<void> {
   const synthetic = values.synthetic;
   const serveArgs = [values.cli ? resolve(values.cli) : CLI, 'serve', ...(synthetic ? ['--synthetic', synthetic] : [MODEL_DIR]), '--port', '0', '--max-concurrency', String(maxConcurrency), '--backend', values.backend!];
   if (values.context) serveArgs.push('--context', values.context);
+  if (values['step-prefill-tokens']) serveArgs.push('--step-prefill-tokens', values['step-prefill-tokens']);
   const modelName = synthetic ? `synthetic-${synthetic}-q4` : 'brown-llama-12m';
   const server = spawn(process.execPath, serveArgs, { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';

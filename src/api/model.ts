@@ -13,7 +13,7 @@ import { loadModel as loadModelFiles, type LoadedModel, type LoadProgress, type 
 import type { FetchFunction } from '../io/http.js';
 import { generationConfigSource, generationDefaults } from '../runtime/defaults.js';
 import type { Engine } from '../runtime/engine.js';
-import type { GenerateOptions as RuntimeGenerateOptions, GenerationContext, GenerationResult } from '../runtime/generate.js';
+import { PREFILL_CHUNK, type GenerateOptions as RuntimeGenerateOptions, type GenerationContext, type GenerationResult } from '../runtime/generate.js';
 import { GrammarCompiler, GrammarError, type ResponseFormat, type TokenizerJson } from '../runtime/grammar/compiler.js';
 import { resolveSampling, type SamplingOptions } from '../runtime/sampling.js';
 import type { Constraint } from '../runtime/token-filter.js';
@@ -49,6 +49,11 @@ export interface LoadModelOptions {
    * off). Least recently used first out; a kept cache gives way when a running generation needs memory.
    */
   prefixCacheBytes?: number;
+  /**
+   * Prompt tokens a batched step prefills at most, over all prompts being read (default 64): larger
+   * cuts the time to first token of a burst, smaller keeps running streams smoother.
+   */
+  stepPrefillTokens?: number;
   /** Generations allowed to wait for a slot; past that, generate() throws QueueFullError (default 64). */
   maxQueued?: number;
   /** Called as the model loads: bytes downloaded ('download') and tensors read ('tensors'), each of a total. */
@@ -114,7 +119,7 @@ export class Model {
   private disposed = false;
   private grammars: GrammarCompiler | null = null;
 
-  constructor(readonly loaded: LoadedModel, readonly engine: Engine, options: { maxConcurrency?: number; maxQueued?: number; prefixCacheBytes?: number; backendNotice?: string } = {}) {
+  constructor(readonly loaded: LoadedModel, readonly engine: Engine, options: { maxConcurrency?: number; maxQueued?: number; prefixCacheBytes?: number; stepPrefillTokens?: number; backendNotice?: string } = {}) {
     this.id = modelId(loaded.path);
     this.backendNotice = options.backendNotice;
     this.context = {
@@ -130,7 +135,9 @@ export class Model {
     if (!Number.isInteger(maxActive) || maxActive < 1) throw new InvalidInputError(`max concurrency must be a whole number >= 1, got ${maxActive}`);
     if (!Number.isInteger(maxQueued) || maxQueued < 0) throw new InvalidInputError(`max queued must be a whole number >= 0, got ${maxQueued}`);
     if (!Number.isFinite(prefixCacheBytes) || prefixCacheBytes < 0) throw new InvalidInputError(`prefix cache bytes must be >= 0, got ${prefixCacheBytes}`);
-    this.scheduler = new Scheduler(engine, this.context, { maxActive, maxQueued, prefixCacheBytes });
+    const prefillTokens = options.stepPrefillTokens ?? PREFILL_CHUNK;
+    if (!Number.isInteger(prefillTokens) || prefillTokens < 1) throw new InvalidInputError(`step prefill tokens must be a whole number >= 1, got ${prefillTokens}`);
+    this.scheduler = new Scheduler(engine, this.context, { maxActive, maxQueued, prefixCacheBytes, prefillTokens });
   }
 
   get backend(): 'cpu' | 'webgpu' {
@@ -331,7 +338,7 @@ export async function modelFromLoaded(loaded: LoadedModel, options: LoadModelOpt
   // checked against the model's maximum before the engine allocates anything
   const contextLength = checkContextLength(loaded.config, options.contextLength ?? Math.min(loaded.config.maxPositionEmbeddings, 4096), 'the context length');
   const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength, decode: options.decode, webgpu: options.matvecActivations ? { matvecActivations: options.matvecActivations } : undefined });
-  return new Model(loaded, engine, { maxConcurrency: options.maxConcurrency, maxQueued: options.maxQueued, prefixCacheBytes: options.prefixCacheBytes, backendNotice: notice });
+  return new Model(loaded, engine, { maxConcurrency: options.maxConcurrency, maxQueued: options.maxQueued, prefixCacheBytes: options.prefixCacheBytes, stepPrefillTokens: options.stepPrefillTokens, backendNotice: notice });
 }
 
 /** KV cache memory the default batch size may take. */

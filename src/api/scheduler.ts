@@ -24,6 +24,9 @@ import { ModelDisposedError, QueueFullError } from './errors.js';
 import { PrefixCache } from './prefix-cache.js';
 import type { GenerationSink } from './stream.js';
 
+/** Event-loop turns between batched steps (each costs microseconds when nothing is waiting). */
+const TURNS_BETWEEN_STEPS = 4;
+
 export interface SchedulerLimits {
   /** Generations decoding at once (the batch size B; each holds a KV cache for the whole context). */
   maxActive: number;
@@ -300,7 +303,9 @@ export class Scheduler {
         }
         this.stepping.clear();
         for (let i = 0; i < entries.length; i++) await this.afterStep(entries[i]!, rows[i]!, out[i]!);
-        await yieldToEventLoop();
+        // a request goes through several turns of the event loop (connection, body, handler) before it
+        // is submitted; a batched step is long, so give it a few turns between steps, not one
+        for (let i = 0; i < TURNS_BETWEEN_STEPS; i++) await yieldToEventLoop();
       }
     } finally {
       this.looping = null;

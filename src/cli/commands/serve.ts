@@ -13,6 +13,7 @@ interface ServeFlags {
   port: number;
   maxConcurrency?: number;
   prefixCacheMb: number;
+  stepPrefillTokens: number;
   cors: string[];
   servedModelName: string[];
   acceptAnyModel?: boolean;
@@ -42,6 +43,7 @@ export function serveCommand(): Command {
     .option('--api-key <key>', 'require "Authorization: Bearer KEY" (default: $PDVM_API_KEY, else none)')
     .option('--max-body <bytes>', 'largest request body accepted', parseIntOption('--max-body'), 1024 * 1024)
     .option('--grace <seconds>', 'on SIGTERM, how long requests in flight may take to finish', parseFloatOption('--grace'), 10)
+    .option('--step-prefill-tokens <n>', 'prompt tokens a batched step prefills at most (larger: shorter time to first token in a burst; smaller: smoother running streams)', parseIntOption('--step-prefill-tokens'), 64)
     .option('--prefix-cache-mb <n>', 'memory for KV caches kept after requests end, for prefix reuse (0 = off)', parseFloatOption('--prefix-cache-mb'), 256)
     .option('--cors <origin>', 'let web pages from ORIGIN call the API (repeatable; * for any)', collect, [])
     .option('--served-model-name <name>', 'a name the model answers to (repeatable; the first is listed first; default: the file name)', collect, [])
@@ -66,6 +68,7 @@ export function serveCommand(): Command {
           maxConcurrency: flags.maxConcurrency,
           maxQueued: flags.maxQueue,
           prefixCacheBytes: flags.prefixCacheMb * 1024 * 1024,
+          stepPrefillTokens: flags.stepPrefillTokens,
           onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes),
         };
         if (flags.synthetic !== undefined && modelPath !== undefined) throw new InvalidInputError('give a model or --synthetic, not both');
