@@ -191,6 +191,7 @@ test('huge sizes: --context / --ctx 10^9 name the maximum; num_hidden_layers 10^
 
 test('paths: verify on a folder, model.safetensors that is a folder, a shard index whose weight_map is an array or maps to a number', async () => {
   expectCleanError(runCli(['verify', LLAMA]), LLAMA, 'is a folder');
+  expectCleanError(runCli(['verify', join(tmp, 'nothing.upg')]), 'nothing.upg: no such file');
   const dir = await copyModel();
   await unlink(join(dir, 'model.safetensors'));
   await mkdir(join(dir, 'model.safetensors'));

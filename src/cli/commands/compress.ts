@@ -91,7 +91,8 @@ export function verifyCommand(): Command {
     .argument('<file>', '.upg artifact')
     .action(action(async (path: string) => {
       const st = await stat(path).catch(() => null);
-      if (st?.isDirectory()) {
+      if (!st) throw new InvalidInputError(`${path}: no such file`);
+      if (st.isDirectory()) {
         throw new InvalidInputError(`${path}: is a folder; pdvm verify checks a .upg artifact (for a Hugging Face folder, \`pdvm inspect ${path}\` runs every loading check)`);
       }
       const bar = progressBar('verifying', 'tensors');
