@@ -5,7 +5,7 @@
  * first token and tokens/s.
  *
  *   npx tsc -p . && node dist/scripts/load-test.js [--streams 32] [--max-tokens 64] [--max-concurrency 32]
- *     [--backend cpu|webgpu] [--context N] [--synthetic llama-3.1-8b --prompt-tokens 32] [--alone N] [--cli PATH] [--step-prefill-tokens N]
+ *     [--backend cpu|webgpu] [--context N] [--synthetic llama-3.1-8b --prompt-tokens 32] [--alone N] [--cli PATH] [--step-prefill-tokens N] [--batched-step]
  *
  * With --synthetic SHAPE the server serves a model of that shape with random q4 weights (`pdvm serve
  * --synthetic`; nothing to download): prompts are random token ids, EOS never comes, so every stream
@@ -36,6 +36,7 @@ const { values } = parseArgs({
     /** Requests run alone first (the single-stream baseline and the equality check): default every stream's. */
     alone: { type: 'string' },
     'step-prefill-tokens': { type: 'string' },
+    'batched-step': { type: 'boolean' },
   },
 });
 const streams = Number(values.streams);
@@ -50,6 +51,7 @@ async function main(): Promise<void> {
   const synthetic = values.synthetic;
   const serveArgs = [values.cli ? resolve(values.cli) : CLI, 'serve', ...(synthetic ? ['--synthetic', synthetic] : [MODEL_DIR]), '--port', '0', '--max-concurrency', String(maxConcurrency), '--backend', values.backend!];
   if (values.context) serveArgs.push('--context', values.context);
+  if (values['batched-step']) serveArgs.push('--batched-step');
   if (values['step-prefill-tokens']) serveArgs.push('--step-prefill-tokens', values['step-prefill-tokens']);
   const modelName = synthetic ? `synthetic-${synthetic}-q4` : 'brown-llama-12m';
   const server = spawn(process.execPath, serveArgs, { stdio: ['ignore', 'ignore', 'pipe'] });

@@ -54,6 +54,12 @@ export interface LoadModelOptions {
    * cuts the time to first token of a burst, smaller keeps running streams smoother.
    */
   stepPrefillTokens?: number;
+  /**
+   * WebGPU: generations run together through the engine's batched step (continuous batching over the
+   * pooled KV cache) where the engine offers one; default false, as a single stream decodes faster
+   * through the fused path.
+   */
+  batchedStep?: boolean;
   /** Generations allowed to wait for a slot; past that, generate() throws QueueFullError (default 64). */
   maxQueued?: number;
   /** Called as the model loads: bytes downloaded ('download') and tensors read ('tensors'), each of a total. */
@@ -337,7 +343,12 @@ export async function loadModel(source: ModelSource, options: LoadModelOptions =
 export async function modelFromLoaded(loaded: LoadedModel, options: LoadModelOptions = {}): Promise<Model> {
   // checked against the model's maximum before the engine allocates anything
   const contextLength = checkContextLength(loaded.config, options.contextLength ?? Math.min(loaded.config.maxPositionEmbeddings, 4096), 'the context length');
-  const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength, decode: options.decode, webgpu: options.matvecActivations ? { matvecActivations: options.matvecActivations } : undefined });
+  // batchedStep: an option of the WebGPU engine with the pooled KV cache (a variable, not a literal, so
+  // this compiles against an engine that does not know it yet; such an engine ignores it)
+  const webgpu: Record<string, unknown> = {};
+  if (options.matvecActivations) webgpu.matvecActivations = options.matvecActivations;
+  if (options.batchedStep) webgpu.batchedStep = true;
+  const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength, decode: options.decode, webgpu: Object.keys(webgpu).length ? webgpu : undefined });
   return new Model(loaded, engine, { maxConcurrency: options.maxConcurrency, maxQueued: options.maxQueued, prefixCacheBytes: options.prefixCacheBytes, stepPrefillTokens: options.stepPrefillTokens, backendNotice: notice });
 }
 
