@@ -14,10 +14,11 @@ import type { FetchFunction } from '../io/http.js';
 import { generationConfigSource, generationDefaults } from '../runtime/defaults.js';
 import type { Engine } from '../runtime/engine.js';
 import { PREFILL_CHUNK, type GenerateOptions as RuntimeGenerateOptions, type GenerationContext, type GenerationResult } from '../runtime/generate.js';
-import { GrammarCompiler, GrammarError, type ResponseFormat, type TokenizerJson } from '../runtime/grammar/compiler.js';
+import { GrammarCompiler, GrammarError, type ResponseFormat, type TokenizerJson, jumpTokenizer } from '../runtime/grammar/compiler.js';
 import { resolveSampling, type SamplingOptions } from '../runtime/sampling.js';
 import type { Constraint } from '../runtime/token-filter.js';
-import type { ChatMessage } from '../tokenizer/tokenizer.js';
+import type { StructuralTag } from '@mlc-ai/web-xgrammar';
+import type { ChatMessage, ChatTemplateExtras } from '../tokenizer/tokenizer.js';
 import { ContextLengthError, ModelDisposedError } from './errors.js';
 import { kvCacheBytes, Scheduler, type SchedulerStats } from './scheduler.js';
 import { GenerationStream } from './stream.js';
@@ -96,12 +97,16 @@ export interface GenerateOptions extends SamplingOptions {
    * parses and validates. `strict: true` refuses schema keywords the engine cannot enforce.
    */
   responseFormat?: ResponseFormat;
-  /** A grammar in GBNF (xgrammar's EBNF; start rule `root`) that the output must match. */
-  grammar?: string;
+  /**
+   * A grammar the output must match: GBNF text (xgrammar's EBNF; start rule `root`), or an xgrammar
+   * structural tag (`{ type: 'structural_tag', format: {...} }`).
+   */
+  grammar?: Grammar;
   /** A constraint compiled beforehand by `model.compileConstraint` (reused across generations). */
   constraint?: Constraint | null;
 }
 
+export type Grammar = string | StructuralTag;
 export type { Constraint, ResponseFormat };
 
 /** A plain-text prompt, or token ids as they are (for models without a tokenizer). */
@@ -200,9 +205,14 @@ export class Model {
   }
 
   /** Token ids of a chat: the model's chat template with the assistant's turn opened. */
-  chatPromptIds(messages: ChatMessage[]): number[] {
+  chatPromptIds(messages: ChatMessage[], extras: ChatTemplateExtras = {}): number[] {
     const tokenizer = this.tokenizer();
-    return tokenizer.encode(tokenizer.applyChatTemplate(messages), false);
+    return tokenizer.encode(tokenizer.applyChatTemplate(messages, true, extras), false);
+  }
+
+  /** The chat template's source, or null (tool calling reads which format it speaks). */
+  get chatTemplate(): string | null {
+    return this.loaded.tokenizer?.files.chatTemplate ?? null;
   }
 
   /** Continues a prompt. With `stream: true`, an async iterable of chunks (with `result`); else the whole result. */
@@ -227,13 +237,24 @@ export class Model {
    * InvalidInputError) naming the problem: a schema or grammar xgrammar cannot compile, or with
    * `strict`, a keyword it cannot enforce.
    */
-  async compileConstraint(spec: { responseFormat?: ResponseFormat; grammar?: string }): Promise<Constraint | null> {
+  async compileConstraint(spec: { responseFormat?: ResponseFormat; grammar?: Grammar }): Promise<Constraint | null> {
     if (spec.responseFormat !== undefined && spec.grammar !== undefined) throw new GrammarError('give responseFormat or grammar, not both');
     if (spec.responseFormat === undefined && spec.grammar === undefined) return null;
+    const grammars = this.grammarCompiler();
+    if (spec.grammar === undefined) return grammars.responseFormat(spec.responseFormat!, 'responseFormat');
+    if (typeof spec.grammar === 'string') return grammars.grammar(spec.grammar);
+    return grammars.structuralTag(spec.grammar, 'structural tag', 'grammar');
+  }
+
+  /** The GBNF of a JSON schema as the engine enforces it (compact JSON), for building larger grammars; GrammarError names `param`. */
+  schemaGrammar(schema: Record<string, unknown> | boolean, options: { strict?: boolean; param?: string } = {}): Promise<string> {
+    return this.grammarCompiler().schemaGrammar(schema, options.strict ?? false, options.param ?? 'schema');
+  }
+
+  private grammarCompiler(): GrammarCompiler {
     const tokenizer = this.loaded.tokenizer;
     if (!tokenizer) throw new GrammarError(`${this.loaded.path} has no tokenizer.json, and a grammar is matched against token text`);
-    this.grammars ??= new GrammarCompiler(tokenizer.files.tokenizerJson as TokenizerJson, this.loaded.config.vocabSize);
-    return spec.grammar !== undefined ? this.grammars.grammar(spec.grammar) : this.grammars.responseFormat(spec.responseFormat!, 'responseFormat');
+    return (this.grammars ??= new GrammarCompiler(tokenizer.files.tokenizerJson as TokenizerJson, this.loaded.config.vocabSize, jumpTokenizer(tokenizer)));
   }
 
   /** Cancels every generation (they reject with ModelDisposedError) and frees the engine's memory. */

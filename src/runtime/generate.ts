@@ -163,7 +163,7 @@ export class Generation {
     this.firstToken();
     const chunks: GenerationChunk[] = [];
     const feed: number[] = [];
-    let id = this.sampler.sample(logits, this.filter?.bitmask);
+    let id = this.filter?.forced ?? this.sampler.sample(logits, this.filter?.bitmask);
     while (true) {
       if (this.filter) await this.filter.accept(id);
       const { chunk, end } = this.take(id);
@@ -275,7 +275,7 @@ export async function* generate(
   seq.reset();
   await g.start();
   try {
-    const onDevice = engine.decodeOnDevice && !engine.step && !g.filter ? g.deviceSampling : null;
+    const onDevice = engine.decodeOnDevice && !engine.step ? g.deviceSampling : null;
     if (g.maxTokens > 0 && onDevice) yield* decodeOnDevice(g, seq, onDevice, signal);
     else if (g.maxTokens > 0) {
       // the prompt first (in chunks through a batched step, as the scheduler feeds it), then each
@@ -325,6 +325,8 @@ async function* decodeOnDevice(g: Generation, seq: Sequence, onDevice: DeviceSam
     maxTokens: g.limit,
     sampling: onDevice,
     random: () => random.next(),
+    // the device masks each step by the filter and calls filter.accept before onToken
+    filter: g.filter,
     onToken: (id) => {
       g.firstToken();
       if (cancelled || signal?.aborted) return true;

@@ -20,6 +20,8 @@ export interface SamplingParams {
   stream?: boolean | null;
   stream_options?: { include_usage?: boolean | null } | null;
   user?: string;
+  /** Extension (as llama-server's): a GBNF grammar the output must match. */
+  grammar?: string;
 }
 
 export interface ChatContentPart {
@@ -27,26 +29,61 @@ export interface ChatContentPart {
   text: string;
 }
 
+export interface ToolCall {
+  id: string;
+  type: 'function';
+  function: { name: string; arguments: string };
+}
+
 export interface ChatMessageParam {
   role: 'system' | 'developer' | 'user' | 'assistant' | 'tool';
   content: string | ChatContentPart[] | null;
   name?: string;
+  /** assistant: the calls it made. */
+  tool_calls?: ToolCall[];
+  /** tool: the call this result answers. */
+  tool_call_id?: string;
 }
+
+export interface FunctionToolParam {
+  type: 'function';
+  function: { name: string; description?: string; parameters?: Record<string, unknown>; strict?: boolean | null };
+}
+
+export type ToolChoiceParam = 'none' | 'auto' | 'required' | { type: 'function'; function: { name: string } };
+
+export type ResponseFormatParam =
+  | { type: 'text' }
+  | { type: 'json_object' }
+  | { type: 'json_schema'; json_schema: { name: string; description?: string; schema?: Record<string, unknown>; strict?: boolean | null } };
 
 export interface ChatCompletionRequest extends SamplingParams {
   model: string;
   messages: ChatMessageParam[];
   /** The newer name of max_tokens; wins when both are given. */
   max_completion_tokens?: number | null;
+  tools?: FunctionToolParam[];
+  tool_choice?: ToolChoiceParam;
+  parallel_tool_calls?: boolean;
+  response_format?: ResponseFormatParam;
 }
 
 export interface CompletionRequest extends SamplingParams {
   model: string;
   /** One prompt: text, or token ids. (Lists of prompts need n > 1 choices and are refused.) */
   prompt: string | number[];
+  response_format?: ResponseFormatParam;
 }
 
-export type FinishReason = 'stop' | 'length';
+export type FinishReason = 'stop' | 'length' | 'tool_calls';
+
+/** A streamed piece of a call: the first for each index carries id, type and name. */
+export interface ToolCallDelta {
+  index: number;
+  id?: string;
+  type?: 'function';
+  function: { name?: string; arguments: string };
+}
 
 export interface Usage {
   prompt_tokens: number;
@@ -61,7 +98,7 @@ export interface ChatCompletion {
   object: 'chat.completion';
   created: number;
   model: string;
-  choices: { index: number; message: { role: 'assistant'; content: string }; finish_reason: FinishReason; logprobs: null }[];
+  choices: { index: number; message: { role: 'assistant'; content: string | null; tool_calls?: ToolCall[] }; finish_reason: FinishReason; logprobs: null }[];
   usage: Usage;
 }
 
@@ -70,7 +107,7 @@ export interface ChatCompletionChunk {
   object: 'chat.completion.chunk';
   created: number;
   model: string;
-  choices: { index: number; delta: { role?: 'assistant'; content?: string }; finish_reason: FinishReason | null; logprobs: null }[];
+  choices: { index: number; delta: { role?: 'assistant'; content?: string; tool_calls?: ToolCallDelta[] }; finish_reason: FinishReason | null; logprobs: null }[];
   /** With stream_options.include_usage: null on every chunk but the last, which has no choices. */
   usage?: Usage | null;
 }

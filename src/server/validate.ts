@@ -5,7 +5,8 @@
 import type { GenerateOptions } from '../api/model.js';
 import type { ChatMessage } from '../tokenizer/tokenizer.js';
 import { ApiError, badRequest } from './errors.js';
-import type { ChatCompletionRequest, ChatMessageParam, CompletionRequest, SamplingParams } from './openai-types.js';
+import { templateInput } from './tools.js';
+import type { ChatCompletionRequest, ChatMessageParam, CompletionRequest, FunctionToolParam, ResponseFormatParam, SamplingParams, ToolCall, ToolChoiceParam } from './openai-types.js';
 
 type Body = Record<string, unknown>;
 
@@ -52,10 +53,6 @@ function refuseUnsupported(body: Body): void {
   };
   if (body.logprobs !== undefined && body.logprobs !== null && body.logprobs !== false) refuse('logprobs', 'no log probabilities are returned');
   if (body.top_logprobs !== undefined && body.top_logprobs !== null && body.top_logprobs !== 0) refuse('top_logprobs', 'no log probabilities are returned');
-  if (Array.isArray(body.tools) && body.tools.length > 0) refuse('tools', 'no tool calling');
-  if (body.tool_choice !== undefined && body.tool_choice !== null && body.tool_choice !== 'none') refuse('tool_choice', 'no tool calling');
-  const format = body.response_format as { type?: unknown } | undefined | null;
-  if (format && format.type !== 'text') refuse('response_format', 'only plain text output');
   if (body.logit_bias && typeof body.logit_bias === 'object' && Object.keys(body.logit_bias).length > 0) refuse('logit_bias', 'no logit bias');
   if (body.echo === true) refuse('echo', 'the prompt is not echoed');
   if (typeof body.best_of === 'number' && body.best_of !== 1) refuse('best_of', 'one candidate per request');
@@ -84,6 +81,10 @@ function checkSampling(body: Body): SamplingParams & { model: string } {
     optionalBoolean(streamOptions as Body, 'include_usage');
   }
   if (body.user !== undefined && typeof body.user !== 'string') throw badRequest(`user must be a string, got ${describe(body.user)}`, 'user', 'invalid_type');
+  if (body.grammar !== undefined && body.grammar !== null && typeof body.grammar !== 'string') throw badRequest(`grammar must be GBNF text, got ${describe(body.grammar)}`, 'grammar', 'invalid_type');
+  const format = body.response_format as Body | null | undefined;
+  if (typeof body.grammar === 'string' && format && format.type !== 'text') throw badRequest('give grammar or response_format, not both', 'grammar', 'invalid_value');
+  if (typeof body.grammar === 'string' && Array.isArray(body.tools) && body.tools.length > 0 && body.tool_choice !== 'none') throw badRequest('grammar cannot be combined with tools unless tool_choice is "none"', 'grammar', 'invalid_value');
   return {
     model: body.model,
     max_tokens: optionalNumber(body, 'max_tokens', 1, Infinity, true),
@@ -99,6 +100,7 @@ function checkSampling(body: Body): SamplingParams & { model: string } {
     repetition_penalty: optionalNumber(body, 'repetition_penalty', 0, Infinity, false, true),
     stream: optionalBoolean(body, 'stream'),
     stream_options: streamOptions ? { include_usage: (streamOptions as Body).include_usage as boolean | undefined } : undefined,
+    ...(typeof body.grammar === 'string' ? { grammar: body.grammar } : {}),
   };
 }
 
@@ -107,14 +109,27 @@ function checkMessage(m: unknown, i: number): ChatMessageParam {
   if (typeof m !== 'object' || m === null || Array.isArray(m)) throw badRequest(`${at} must be an object with role and content, got ${describe(m)}`, at, 'invalid_type');
   const { role, content } = m as Body;
   if (typeof role !== 'string' || !ROLES.has(role)) throw badRequest(`${at}.role must be one of ${[...ROLES].join(', ')}, got ${describe(role)}`, `${at}.role`, 'invalid_value');
-  if (typeof content === 'string' || (content === null && role === 'assistant')) return { role: role as ChatMessageParam['role'], content };
+  const extra: Partial<ChatMessageParam> = {};
+  const calls = (m as Body).tool_calls;
+  if (calls !== undefined && calls !== null) {
+    if (role !== 'assistant') throw badRequest(`${at}.tool_calls belongs to assistant messages, not ${role}`, `${at}.tool_calls`, 'invalid_value');
+    extra.tool_calls = checkToolCalls(calls, `${at}.tool_calls`);
+  }
+  if (role === 'tool') {
+    const id = (m as Body).tool_call_id;
+    if (typeof id !== 'string') throw badRequest(`${at}.tool_call_id must be the id of the call this result answers, got ${describe(id)}`, `${at}.tool_call_id`, 'invalid_type');
+    extra.tool_call_id = id;
+  }
+  if (typeof (m as Body).name === 'string') extra.name = (m as Body).name as string;
+  if (typeof content === 'string' || ((content === null || content === undefined) && role === 'assistant' && extra.tool_calls)) return { role: role as ChatMessageParam['role'], content: (content ?? null) as string | null, ...extra };
+  if (content === null && role === 'assistant') return { role: 'assistant', content, ...extra };
   if (Array.isArray(content)) {
     content.forEach((part, j) => {
       if (typeof part !== 'object' || part === null || (part as Body).type !== 'text' || typeof (part as Body).text !== 'string') {
         throw badRequest(`${at}.content[${j}] must be a text part {"type": "text", "text": "..."}; this model reads text only`, `${at}.content`, 'invalid_value');
       }
     });
-    return { role: role as ChatMessageParam['role'], content: content as ChatMessageParam['content'] };
+    return { role: role as ChatMessageParam['role'], content: content as ChatMessageParam['content'], ...extra };
   }
   throw badRequest(`${at}.content must be a string or a list of text parts, got ${describe(content)}`, `${at}.content`, 'invalid_type');
 }
@@ -131,12 +146,101 @@ export function parseChatCompletionRequest(raw: unknown): ChatCompletionRequest 
   }
   const messages = body.messages.map(checkMessage);
   const maxCompletion = optionalNumber(body, 'max_completion_tokens', 1, Infinity, true);
-  return { ...sampling, messages, max_completion_tokens: maxCompletion };
+  const tools = checkTools(body.tools);
+  const toolChoice = checkToolChoice(body.tool_choice, tools);
+  const parallel = optionalBoolean(body, 'parallel_tool_calls');
+  const responseFormat = checkResponseFormat(body.response_format);
+  if (tools.length > 0 && toolChoice !== 'none' && responseFormat && responseFormat.type !== 'text') {
+    throw badRequest('response_format cannot be combined with tools unless tool_choice is "none": the reply is either calls or the format', 'response_format', 'invalid_value');
+  }
+  return {
+    ...sampling,
+    messages,
+    max_completion_tokens: maxCompletion,
+    ...(tools.length > 0 ? { tools, tool_choice: toolChoice } : {}),
+    ...(parallel !== undefined ? { parallel_tool_calls: parallel } : {}),
+    ...(responseFormat ? { response_format: responseFormat } : {}),
+  };
+}
+
+const FUNCTION_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
+
+function checkToolCalls(v: unknown, at: string): ToolCall[] {
+  if (!Array.isArray(v)) throw badRequest(`${at} must be a list of calls, got ${describe(v)}`, at, 'invalid_type');
+  return v.map((c, i) => {
+    const f = (c as Body | null)?.function as Body | undefined;
+    if (typeof c !== 'object' || c === null || typeof f !== 'object' || f === null || typeof f.name !== 'string' || typeof f.arguments !== 'string') {
+      throw badRequest(`${at}[${i}] must be {"id", "type": "function", "function": {"name", "arguments": "<JSON text>"}}`, `${at}[${i}]`, 'invalid_value');
+    }
+    try {
+      JSON.parse(f.arguments);
+    } catch {
+      throw badRequest(`${at}[${i}].function.arguments must be JSON text, got ${describe(f.arguments)}`, `${at}[${i}].function.arguments`, 'invalid_value');
+    }
+    const id = (c as Body).id;
+    return { id: typeof id === 'string' ? id : `call_${i}`, type: 'function', function: { name: f.name, arguments: f.arguments } };
+  });
+}
+
+function checkTools(v: unknown): FunctionToolParam[] {
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v)) throw badRequest(`tools must be a list of {"type": "function", "function": {...}}, got ${describe(v)}`, 'tools', 'invalid_type');
+  const names = new Set<string>();
+  return v.map((t, i) => {
+    const at = `tools[${i}]`;
+    const f = (t as Body | null)?.function as Body | undefined;
+    if (typeof t !== 'object' || t === null || (t as Body).type !== 'function' || typeof f !== 'object' || f === null) {
+      throw badRequest(`${at} must be {"type": "function", "function": {"name", "description", "parameters"}}`, at, 'invalid_value');
+    }
+    if (typeof f.name !== 'string' || !FUNCTION_NAME.test(f.name)) throw badRequest(`${at}.function.name must be 1-64 letters, digits, _ or -, got ${describe(f.name)}`, `${at}.function.name`, 'invalid_value');
+    if (names.has(f.name)) throw badRequest(`${at}.function.name "${f.name}" is given twice`, `${at}.function.name`, 'invalid_value');
+    names.add(f.name);
+    if (f.parameters !== undefined && (typeof f.parameters !== 'object' || f.parameters === null || Array.isArray(f.parameters))) {
+      throw badRequest(`${at}.function.parameters must be a JSON Schema object, got ${describe(f.parameters)}`, `${at}.function.parameters`, 'invalid_type');
+    }
+    if (f.description !== undefined && typeof f.description !== 'string') throw badRequest(`${at}.function.description must be a string`, `${at}.function.description`, 'invalid_type');
+    const strict = optionalBoolean(f, 'strict');
+    return { type: 'function', function: { name: f.name, ...(f.description !== undefined ? { description: f.description as string } : {}), ...(f.parameters !== undefined ? { parameters: f.parameters as Record<string, unknown> } : {}), ...(strict !== undefined ? { strict } : {}) } };
+  });
+}
+
+function checkToolChoice(v: unknown, tools: FunctionToolParam[]): ToolChoiceParam {
+  if (v === undefined || v === null) return tools.length > 0 ? 'auto' : 'none';
+  if (v === 'none' || v === 'auto' || v === 'required') {
+    if (v !== 'none' && tools.length === 0) throw badRequest(`tool_choice "${v}" needs tools`, 'tool_choice', 'invalid_value');
+    return v;
+  }
+  const name = ((v as Body | null)?.function as Body | undefined)?.name;
+  if (typeof v === 'object' && (v as Body).type === 'function' && typeof name === 'string') {
+    if (!tools.some((t) => t.function.name === name)) throw badRequest(`tool_choice names the function "${name}", which is not among tools`, 'tool_choice', 'invalid_value');
+    return { type: 'function', function: { name } };
+  }
+  throw badRequest(`tool_choice must be "none", "auto", "required" or {"type": "function", "function": {"name"}}, got ${describe(v)}`, 'tool_choice', 'invalid_value');
+}
+
+function checkResponseFormat(v: unknown): ResponseFormatParam | undefined {
+  if (v === undefined || v === null) return undefined;
+  const type = (v as Body | null)?.type;
+  if (typeof v !== 'object' || (type !== 'text' && type !== 'json_object' && type !== 'json_schema')) {
+    throw badRequest(`response_format must be {"type": "text" | "json_object" | "json_schema"}, got ${describe(v)}`, 'response_format', 'invalid_value');
+  }
+  if (type !== 'json_schema') return { type };
+  const spec = (v as Body).json_schema as Body | undefined;
+  if (typeof spec !== 'object' || spec === null || Array.isArray(spec)) {
+    throw badRequest('response_format.json_schema must be {"name", "schema", "strict"}', 'response_format.json_schema', 'missing_required_parameter');
+  }
+  if (spec.schema !== undefined && (typeof spec.schema !== 'object' || spec.schema === null || Array.isArray(spec.schema))) {
+    throw badRequest(`response_format.json_schema.schema must be a JSON Schema object, got ${describe(spec.schema)}`, 'response_format.json_schema.schema', 'invalid_type');
+  }
+  const strict = optionalBoolean(spec, 'strict');
+  return { type: 'json_schema', json_schema: { name: typeof spec.name === 'string' ? spec.name : 'response', ...(spec.schema ? { schema: spec.schema as Record<string, unknown> } : {}), ...(strict !== undefined ? { strict } : {}) } };
 }
 
 export function parseCompletionRequest(raw: unknown): CompletionRequest {
   const body = asObject(raw);
   const sampling = checkSampling(body);
+  if (Array.isArray(body.tools) && body.tools.length > 0) throw badRequest('tools are for /v1/chat/completions; completions take none', 'tools', 'unsupported_parameter');
+  const responseFormat = checkResponseFormat(body.response_format);
   let prompt = body.prompt;
   // a list holding one prompt is one prompt
   if (Array.isArray(prompt) && prompt.length === 1 && (typeof prompt[0] === 'string' || Array.isArray(prompt[0]))) prompt = prompt[0];
@@ -147,7 +251,7 @@ export function parseCompletionRequest(raw: unknown): CompletionRequest {
   if (typeof prompt !== 'string' && !isIds) {
     throw badRequest(`prompt must be a string or a list of token ids, got ${describe(prompt)}`, 'prompt', prompt === undefined ? 'missing_required_parameter' : 'invalid_type');
   }
-  return { ...sampling, prompt: prompt as string | number[] };
+  return { ...sampling, prompt: prompt as string | number[], ...(responseFormat ? { response_format: responseFormat } : {}) };
 }
 
 /**
@@ -160,14 +264,6 @@ export function checkModel(requested: string, served: string | string[], acceptA
   if (acceptAny) return names[0]!;
   const list = names.map((n) => `"${n}"`).join(', ');
   throw new ApiError(404, `the model "${requested}" does not exist here; this server serves ${list}`, 'invalid_request_error', 'model', 'model_not_found');
-}
-
-/** Chat messages as the chat template takes them: text parts joined, "developer" read as "system". */
-export function templateMessages(messages: ChatMessageParam[]): ChatMessage[] {
-  return messages.map((m) => ({
-    role: m.role === 'developer' ? 'system' : m.role,
-    content: typeof m.content === 'string' ? m.content : (m.content ?? []).map((p) => p.text).join(''),
-  }));
 }
 
 /** Wire sampling fields to the library's options (max tokens is decided by the handler). */
@@ -185,4 +281,9 @@ export function generateOptions(req: SamplingParams): GenerateOptions {
   };
   for (const key of Object.keys(options) as (keyof GenerateOptions)[]) if (options[key] === undefined) delete options[key];
   return options;
+}
+
+/** Chat messages as a chat template without tool support takes them: text parts joined, "developer" read as "system". */
+export function templateMessages(messages: ChatMessageParam[]): ChatMessage[] {
+  return templateInput(messages, [], false).messages;
 }

@@ -10,6 +10,17 @@ import { validateTokenizerJson } from './validate.js';
 export interface ChatMessage {
   role: 'system' | 'user' | 'assistant' | 'tool' | string;
   content: string;
+  /** An assistant turn's calls, as Hugging Face chat templates read them (arguments as an object). */
+  tool_calls?: { id?: string; type: 'function'; function: { name: string; arguments: unknown } }[];
+  /** A tool result's call id (role 'tool'). */
+  tool_call_id?: string;
+  name?: string;
+}
+
+/** What a chat template is given beside the messages (as transformers' apply_chat_template passes it). */
+export interface ChatTemplateExtras {
+  /** OpenAI-style tool definitions: [{ type: 'function', function: { name, description, parameters } }]. */
+  tools?: unknown[];
 }
 
 export interface TokenizerFiles {
@@ -129,12 +140,13 @@ export class TextTokenizer {
   }
 
   /** Renders messages with the model's chat template, ending with the assistant's turn prompt. */
-  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt = true): string {
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt = true, extras: ChatTemplateExtras = {}): string {
     const template = this.chatTemplate();
     let refusal: string | null = null;
     try {
       return template.render({
         messages,
+        ...(extras.tools ? { tools: extras.tools } : {}),
         add_generation_prompt: addGenerationPrompt,
         bos_token: this.bosToken ?? '',
         eos_token: this.eosToken ?? '',

@@ -15,11 +15,12 @@ import { CpuEngine } from '../../src/backends/cpu/engine.js';
 import { loadModel, type LoadedModel } from '../../src/model/load.js';
 import type { Engine } from '../../src/runtime/engine.js';
 import { generateAll, type GenerationContext } from '../../src/runtime/generate.js';
-import { GrammarCompiler, GrammarError, type TokenizerJson } from '../../src/runtime/grammar/compiler.js';
+import { GrammarCompiler, GrammarError, type TokenizerJson, jumpTokenizer } from '../../src/runtime/grammar/compiler.js';
 import { unenforcedKeywords } from '../../src/runtime/grammar/schema.js';
 import { argmax, resolveSampling, Sampler } from '../../src/runtime/sampling.js';
 import { countAllowed, isAllowed, maskLogits } from '../../src/runtime/token-filter.js';
 import { BROWN, rng } from '../helpers.js';
+import { charsGrammar } from './grammar-helpers.js';
 
 let loaded: LoadedModel | undefined;
 async function setup(): Promise<{ ctx: GenerationContext; grammars: GrammarCompiler; forwards: () => number }> {
@@ -34,7 +35,7 @@ async function setup(): Promise<{ ctx: GenerationContext; grammars: GrammarCompi
     forward: (seq, tokens, all) => (forwards++, cpu.forward(seq, tokens, all)),
     dispose: () => cpu.dispose(),
   };
-  const grammars = new GrammarCompiler(loaded.tokenizer!.files.tokenizerJson as TokenizerJson, loaded.config.vocabSize);
+  const grammars = new GrammarCompiler(loaded.tokenizer!.files.tokenizerJson as TokenizerJson, loaded.config.vocabSize, jumpTokenizer(loaded.tokenizer!));
   return { ctx: { engine, tokenizer: loaded.tokenizer, eosTokenIds: loaded.config.eosTokenIds }, grammars, forwards: () => forwards };
 }
 
@@ -82,20 +83,28 @@ test('the CPU sampler: an all-allowing mask changes nothing; a mask keeps every 
 /** A GBNF literal for text. */
 const literal = (s: string) => JSON.stringify(s);
 
-test('generate under a grammar allowing exactly the unconstrained greedy output gives the same tokens, with forced tokens skipping the sampler', async () => {
+test('generate under a grammar that allows what the model picks gives the unconstrained tokens; a forced string jumps forward', async () => {
   const { ctx, grammars, forwards } = await setup();
   const tokenizer = ctx.tokenizer!;
   const prompt = tokenizer.encode('The jury said', true);
   const seq = ctx.engine.createSequence();
-  const free = await generateAll(ctx, seq, prompt, { temperature: 0, maxTokens: 12, ignoreEos: true });
-  const constraint = await grammars.grammar(`root ::= ${literal(free.text)}`);
+  for (const options of [{ temperature: 0 }, { temperature: 1, topK: 0, topP: 1, minP: 0, seed: 5 }]) {
+    const free = await generateAll(ctx, seq, prompt, { ...options, maxTokens: 16 });
+    const constraint = await grammars.grammar(charsGrammar(free.text));
+    const got = await generateAll(ctx, seq, prompt, { ...options, maxTokens: 16, constraint });
+    console.log(`${JSON.stringify(options)}: unconstrained ${JSON.stringify(free.text)} [${free.tokenIds}]; constrained [${got.tokenIds}]`);
+    if (options.temperature === 0) assert.deepEqual(got.tokenIds, free.tokenIds);
+    else for (const id of got.tokenIds) assert.ok([...tokenizer.decode([id])].every((c) => free.text.includes(c)), `token ${id} outside the grammar`);
+    assert.equal(got.finishReason, free.finishReason);
+  }
+  // a literal: jump-forward feeds the tokenizer's tokens for it, several per forward call, then EOS
+  const literal = ' he was a good man, and he said so.';
   const before = forwards();
-  const constrained = await generateAll(ctx, seq, prompt, { temperature: 0, maxTokens: 20, constraint });
-  console.log(`unconstrained ${JSON.stringify(free.text)} ${free.tokenIds}; constrained ${constrained.tokenIds}, ${forwards() - before} forward calls for ${constrained.tokenIds.length + 1} tokens`);
-  assert.deepEqual(constrained.tokenIds, free.tokenIds);
-  assert.equal(constrained.text, free.text);
-  assert.equal(constrained.finishReason, 'stop'); // the grammar is complete: EOS forced
-  assert.ok(forwards() - before <= constrained.tokenIds.length, 'forced tokens share forward calls');
+  const forced = await generateAll(ctx, seq, prompt, { temperature: 1, seed: 1, maxTokens: 40, constraint: await grammars.grammar(`root ::= ${JSON.stringify(literal)}`) });
+  assert.equal(forced.text, literal);
+  assert.deepEqual(forced.tokenIds, tokenizer.encode(literal, false));
+  assert.equal(forced.finishReason, 'stop');
+  assert.equal(forwards() - before, 1, 'the whole literal is forced: one forward call (the prompt)');
   seq.dispose();
 });
 

@@ -77,8 +77,15 @@ test('wrong types and values are 400s naming the field', () => {
 
 test('features this server lacks are refused, not ignored', () => {
   expectError(() => parseChatCompletionRequest(chat({ logprobs: true })), 400, 'logprobs', /not supported/);
-  expectError(() => parseChatCompletionRequest(chat({ tools: [{ type: 'function' }] })), 400, 'tools', /not supported/);
-  expectError(() => parseChatCompletionRequest(chat({ response_format: { type: 'json_object' } })), 400, 'response_format', /not supported/);
+  expectError(() => parseChatCompletionRequest(chat({ tools: [{ type: 'function' }] })), 400, 'tools[0]', /must be \{"type": "function"/);
+  expectError(() => parseChatCompletionRequest(chat({ tools: [{ type: 'function', function: { name: 'a b' } }] })), 400, 'tools[0].function.name', /letters, digits/);
+  expectError(() => parseChatCompletionRequest(chat({ tool_choice: 'required' })), 400, 'tool_choice', /needs tools/);
+  expectError(() => parseChatCompletionRequest(chat({ tools: [{ type: 'function', function: { name: 'f' } }], tool_choice: { type: 'function', function: { name: 'g' } } })), 400, 'tool_choice', /not among tools/);
+  expectError(() => parseChatCompletionRequest(chat({ response_format: { type: 'xml' } })), 400, 'response_format', /json_schema/);
+  expectError(() => parseChatCompletionRequest(chat({ response_format: { type: 'json_schema', json_schema: { name: 'x', schema: [] } } })), 400, 'response_format.json_schema.schema', /JSON Schema object/);
+  expectError(() => parseChatCompletionRequest(chat({ messages: [{ role: 'tool', content: 'x' }] })), 400, 'messages[0].tool_call_id', /id of the call/);
+  expectError(() => parseChatCompletionRequest(chat({ messages: [{ role: 'assistant', content: null, tool_calls: [{ id: 'c', type: 'function', function: { name: 'f', arguments: '{' } }] }] })), 400, 'messages[0].tool_calls[0].function.arguments', /JSON text/);
+  assert.equal(parseChatCompletionRequest(chat({ response_format: { type: 'json_object' } })).response_format?.type, 'json_object');
   expectError(() => parseCompletionRequest({ model: 'm', prompt: 'x', echo: true }), 400, 'echo', /not supported/);
   // the harmless spellings of "off" pass
   parseChatCompletionRequest(chat({ logprobs: false, tools: [], response_format: { type: 'text' } }));

@@ -541,6 +541,7 @@ export class WebGpuEngine implements Engine {
         maxTokens: options.maxTokens,
         sampling: options.sampling,
         random: options.random,
+        filter: options.filter,
         onToken: (id) => seq.isDisposed || options.onToken(id),
       });
     })();

@@ -14,6 +14,7 @@ import { rmsnormWgsl, type RmsnormShape } from './kernels/rmsnorm.js';
 import { ropeKvWgsl, type RopeShape } from './kernels/rope.js';
 import { argmaxWgsl, sampleWgsl } from './kernels/sample.js';
 import { swigluWgsl } from './kernels/swiglu.js';
+import { TOKEN_MASK_WG, tokenMaskWgsl } from './kernels/token-mask.js';
 import type { GpuMatrix } from './weights.js';
 
 function need(buffer: GPUBuffer, floats: number, what: string): void {
@@ -193,6 +194,13 @@ export function argmaxOp(gpu: Gpu, vocab: number, logits: GPUBuffer, out: GPUBuf
 }
 
 /** Temperature / top-k / min-p / top-p draw from logits row 0 into out[0]; parameters from the step. */
+/** Masks one row of logits in place by a grammar's bitmask (kernels/token-mask.ts). */
+export function tokenMaskOp(gpu: Gpu, vocab: number, logits: GPUBuffer, mask: GPUBuffer): Dispatch {
+  need(logits, vocab, 'token_mask');
+  const pipeline = gpu.pipeline('token_mask', { vocab }, () => tokenMaskWgsl(vocab, { subgroups: false }));
+  return { label: 'token_mask', pipeline, bindGroup: gpu.bindGroup('token_mask', pipeline, [logits, mask]), workgroups: () => [Math.ceil(vocab / TOKEN_MASK_WG), 1, 1] };
+}
+
 export function sampleOp(gpu: Gpu, vocab: number, logits: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch {
   need(logits, vocab, 'sample');
   const f = { subgroups: gpu.subgroups };

@@ -1,6 +1,10 @@
 /** `pdvm generate [model] --prompt TEXT | --prompt-ids 1,2,3`: streams the continuation to stdout. */
 import { Command, Option } from 'commander';
+import { readFile } from 'node:fs/promises';
 import { InvalidInputError } from '../../errors.js';
+import type { LoadedModel } from '../../model/load.js';
+import { GrammarCompiler, type TokenizerJson, jumpTokenizer } from '../../runtime/grammar/compiler.js';
+import type { Constraint } from '../../runtime/token-filter.js';
 import { generate, type GenerationResult } from '../../runtime/generate.js';
 import { generationConfigSource, generationDefaults } from '../../runtime/defaults.js';
 import { action, backendOption, createEngineForCli, decodeOption, defaultContext, loadForCli, parseFloatOption, parseIntOption, type DecodeChoice } from '../common.js';
@@ -24,6 +28,32 @@ interface GenerateFlags {
   context?: number;
   backend: 'cpu' | 'webgpu' | 'auto';
   decode: DecodeChoice;
+  jsonSchema?: string;
+  grammar?: string;
+  strict?: boolean;
+}
+
+/** The constraint --json-schema FILE or --grammar FILE asks for (compiled by xgrammar), or null. */
+async function constraintOf(flags: GenerateFlags, model: LoadedModel): Promise<Constraint | null> {
+  if (flags.jsonSchema === undefined && flags.grammar === undefined) return null;
+  if (flags.jsonSchema !== undefined && flags.grammar !== undefined) throw new InvalidInputError('give --json-schema or --grammar, not both');
+  if (!model.tokenizer) throw new InvalidInputError(`${model.path} has no tokenizer.json, and a grammar is matched against token text`);
+  const file = (flags.jsonSchema ?? flags.grammar)!;
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new InvalidInputError(`${file}: cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); give the path of a ${flags.jsonSchema ? 'JSON Schema file' : 'GBNF grammar file'}`);
+  }
+  const grammars = new GrammarCompiler(model.tokenizer.files.tokenizerJson as TokenizerJson, model.config.vocabSize, jumpTokenizer(model.tokenizer));
+  if (flags.grammar !== undefined) return grammars.grammar(text, file);
+  let schema: unknown;
+  try {
+    schema = JSON.parse(text);
+  } catch (e) {
+    throw new InvalidInputError(`${file}: not JSON (${(e as Error).message}); --json-schema takes a JSON Schema file`);
+  }
+  return grammars.responseFormat({ type: 'json_schema', schema: schema as Record<string, unknown>, strict: flags.strict ?? false }, file);
 }
 
 export function parseIdList(text: string): number[] {
@@ -54,6 +84,9 @@ export function generateCommand(): Command {
     .option('--verbose', 'say on stderr which device, features and kernel paths run (webgpu)')
     .option('--ignore-eos', 'keep generating past the end-of-sequence token')
     .option('--context <n>', 'context length to allocate (default: the model\'s, at most 4096)', parseIntOption('--context'))
+    .option('--json-schema <file>', 'output JSON valid against this JSON Schema (enforced token by token)')
+    .option('--grammar <file>', 'output matching this GBNF grammar (start rule "root"; xgrammar\'s EBNF)')
+    .option('--strict', 'with --json-schema: refuse schema keywords the engine cannot enforce')
     .addOption(backendOption())
     .addOption(decodeOption())
     .action(action(async (modelPath: string | undefined, flags: GenerateFlags) => {
@@ -79,6 +112,7 @@ export function generateCommand(): Command {
           if (promptIds.length === 0 && model.config.bosTokenId !== null) promptIds = [model.config.bosTokenId];
         }
       }
+      const constraint = await constraintOf(flags, model);
       const engine = await createEngineForCli(model, flags.backend, defaultContext(model, flags.context), flags.decode);
       const described = (engine as { describe?: () => string }).describe?.();
       if (flags.verbose) process.stderr.write(`pdvm: backend ${engine.backend}${described ? `: ${described}` : ''}\n`);
@@ -92,6 +126,7 @@ export function generateCommand(): Command {
           repetitionPenalty: flags.repetitionPenalty, seed: flags.seed, stop: flags.stop, ignoreEos: flags.ignoreEos,
           // a chat reply also ends at the template's end-of-turn token
           eosTokenIds: flags.chat && tokenizer ? tokenizer.chatEndTokenIds(model.config.eosTokenIds) : undefined,
+          constraint,
         },
       );
       let result: GenerationResult;

@@ -62,28 +62,67 @@ export function describeVocabulary(json: TokenizerJson, vocabSize: number): { to
 }
 
 /** One compiled grammar: each generation gets its own matcher from it. */
+/** Text to token ids and back, for jump-forward (the tokenizer's own split of a forced string). */
+export interface JumpTokenizer {
+  encode(text: string): number[];
+  decode(ids: number[]): string;
+}
+
+/** A TextTokenizer as a JumpTokenizer: no special tokens added, none skipped. */
+export function jumpTokenizer(t: { encode(text: string, addSpecialTokens?: boolean): number[]; decode(ids: number[], skipSpecialTokens?: boolean): string }): JumpTokenizer {
+  return { encode: (text) => t.encode(text, false), decode: (ids) => t.decode(ids, false) };
+}
+
+/** A JumpTokenizer limited to tokens a grammar can produce (special tokens are not). */
+interface JumpTokens extends JumpTokenizer {
+  usable(id: number): boolean;
+}
+
 class CompiledConstraint implements Constraint {
-  constructor(private readonly compiled: CompiledGrammar, readonly description: string, private readonly vocabSize: number) {}
+  constructor(private readonly compiled: CompiledGrammar, readonly description: string, private readonly vocabSize: number, private readonly tokenizer: JumpTokens | null) {}
 
   async newFilter(stopTokenIds: number[]): Promise<TokenFilter> {
     const xg = await xgrammar();
     const matcher = await xg.GrammarMatcher.createGrammarMatcher(this.compiled, stopTokenIds.length ? stopTokenIds : undefined);
-    const filter = new MatcherFilter(matcher, this.description, this.vocabSize, new Set(stopTokenIds));
+    const filter = new MatcherFilter(matcher, this.description, this.vocabSize, new Set(stopTokenIds), this.tokenizer);
     await filter.refresh();
     return filter;
   }
 }
 
+/**
+ * One generation's matcher. Jump-forward: where the grammar forces a string (xgrammar's
+ * findJumpForwardString: `", "age": ` between two values), the tokenizer's own tokens for it are
+ * forced one after another with no sampling and no mask; a single allowed token is forced too.
+ */
 class MatcherFilter implements TokenFilter {
   bitmask: Int32Array = new Int32Array(0);
   forced: number | null = null;
   done = false;
   private steps = 0;
+  /** The rest of a forced string's tokens. */
+  private jump: number[] = [];
 
-  constructor(private readonly matcher: GrammarMatcher, private readonly description: string, private readonly vocabSize: number, private readonly stops: Set<number>) {}
+  constructor(private readonly matcher: GrammarMatcher, private readonly description: string, private readonly vocabSize: number, private readonly stops: Set<number>, private readonly tokenizer: JumpTokens | null) {}
 
   /** Computes the mask for the next token, and the forced token if there is one choice. */
   async refresh(): Promise<void> {
+    if (this.jump.length > 0) {
+      this.forced = this.jump.shift()!;
+      return;
+    }
+    if (this.tokenizer) {
+      const text = this.matcher.findJumpForwardString();
+      if (text.length > 1) {
+        const ids = this.tokenizer.encode(text);
+        // only where the tokens spell the string exactly (a tokenizer may add a prefix space...)
+        if (ids.length > 1 && ids.every((id) => this.tokenizer!.usable(id)) && this.tokenizer.decode(ids) === text) {
+          this.jump = ids;
+          this.forced = this.jump.shift()!;
+          return;
+        }
+      }
+    }
     this.bitmask = await this.matcher.getNextTokenBitmask();
     const { count, first } = countAllowed(this.bitmask, this.vocabSize);
     if (count === 0) {
@@ -102,7 +141,9 @@ class MatcherFilter implements TokenFilter {
   }
 
   async accept(id: number): Promise<void> {
-    if (!this.matcher.acceptToken(id)) throw new Error(`grammar matcher: token ${id} was chosen but is not allowed (a sampler ignored the mask)`);
+    if (!this.matcher.acceptToken(id)) {
+      throw new Error(`grammar matcher: token ${id} was chosen but is not allowed (a sampler ignored the mask)`);
+    }
     this.steps++;
     if (this.matcher.isTerminated()) {
       this.done = true;
@@ -121,13 +162,16 @@ class MatcherFilter implements TokenFilter {
 export class GrammarCompiler {
   private compiler: Promise<XgCompiler> | null = null;
   private readonly cache = new Map<string, Promise<CompiledConstraint>>();
+  private jumpTokens: JumpTokens | null = null;
 
-  constructor(private readonly tokenizerJson: TokenizerJson, readonly vocabSize: number) {}
+  constructor(private readonly tokenizerJson: TokenizerJson, readonly vocabSize: number, private readonly tokenizer: JumpTokenizer | null = null) {}
 
   private xgCompiler(): Promise<XgCompiler> {
     this.compiler ??= (async () => {
       const xg = await xgrammar();
       const v = describeVocabulary(this.tokenizerJson, this.vocabSize);
+      const tokenizer = this.tokenizer;
+      if (tokenizer) this.jumpTokens = { encode: (t) => tokenizer.encode(t), decode: (ids) => tokenizer.decode(ids), usable: (id) => id < v.tokens.length && v.tokens[id] !== '' };
       const info = await xg.TokenizerInfo.createTokenizerInfo(v.tokens, v.vocabType, v.prependSpace, this.vocabSize);
       return xg.GrammarCompiler.createGrammarCompiler(info);
     })();
@@ -140,7 +184,7 @@ export class GrammarCompiler {
       entry = (async () => {
         const compiler = await this.xgCompiler();
         const compiled = await xgrammarCall(() => run(compiler), (m) => new GrammarError(`the ${description} cannot be compiled: ${m}`, param));
-        return new CompiledConstraint(compiled, description, this.vocabSize);
+        return new CompiledConstraint(compiled, description, this.vocabSize, this.jumpTokens);
       })();
       entry.catch(() => this.cache.delete(key));
       if (this.cache.size > 64) this.cache.delete(this.cache.keys().next().value!);
@@ -180,6 +224,18 @@ export class GrammarCompiler {
   grammar(text: string, param = 'grammar'): Promise<Constraint> {
     if (typeof text !== 'string' || text.trim() === '') return Promise.reject(new GrammarError(`the ${param} is empty: give GBNF rules with a "root ::= ..." rule`, param));
     return this.compile(`ebnf:${text}`, 'grammar', param, (c) => c.compileGrammar(text, 'root'));
+  }
+
+  /**
+   * The GBNF of a JSON schema as this engine enforces it (compact JSON: ", " and ": " separators, no
+   * other whitespace), to embed in a larger grammar or structural tag. `param` names it in errors.
+   */
+  async schemaGrammar(schema: JsonSchema, strict: boolean, param: string): Promise<string> {
+    if (strict) {
+      const problems = unenforcedKeywords(schema);
+      if (problems.length > 0) throw new GrammarError(`${param}: strict is true but this engine cannot enforce ${problems.slice(0, 5).join(', ')}`, param);
+    }
+    return xgrammarCall((xg) => xg.Testings._jsonSchemaToEBNF(JSON.stringify(schema), false, -1, [', ', ': ']), (m) => new GrammarError(`${param}: the schema cannot be compiled: ${m}`, param));
   }
 
   /** An xgrammar structural tag (tool-call formats: see server/tools.ts). */

@@ -25,7 +25,13 @@ async function importXgrammar(): Promise<XgrammarModule> {
     return loadXgrammarModule();
   }
   const m = (await import('@mlc-ai/web-xgrammar')) as XgrammarModule & { default?: XgrammarModule };
-  return m.Grammar ? m : m.default!;
+  if (m.Grammar) return m;
+  if (m.default?.Grammar) return m.default;
+  // a bundler that keeps the package an ES module (it is marked "type": "module") runs the UMD's
+  // global branch: the library is then globalThis.xgrammar
+  const global = (globalThis as { xgrammar?: XgrammarModule }).xgrammar;
+  if (global?.Grammar) return global;
+  throw new Error('@mlc-ai/web-xgrammar loaded but exposes no Grammar; check how the bundler handles its UMD build');
 }
 
 /** The xgrammar module, started (its WebAssembly instantiated) on the first call. */

@@ -22,7 +22,7 @@ export function sampleReference(logits: Float32Array, o: Options, u: number): nu
   const max = sorted[0]!;
   const weight = (x: number) => Math.exp((x - max) / o.temperature);
   const kMin = o.topK > 0 && o.topK < n ? sorted[o.topK - 1]! : -Infinity;
-  const kept = (x: number, floor: number) => x >= kMin && x >= floor && weight(x) >= o.minP;
+  const kept = (x: number, floor: number) => x >= kMin && x >= floor && weight(x) > 0 && weight(x) >= o.minP;
   let floor = -Infinity;
   if (o.topP < 1) {
     const total = sorted.filter((x) => kept(x, -Infinity)).reduce((a, x) => a + weight(x), 0);

@@ -24,7 +24,8 @@ import {
 } from '../kernels/fused-attention.js';
 import { fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecNeeds, fusedMatvecWgsl, vecsPerUnit, type FusedMatvecShape } from '../kernels/fused-matvec.js';
 import { int8Applies, int8Unroll } from '../kernels/fused-matvec-int8.js';
-import { attentionOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from '../ops.js';
+import { attentionOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, tokenMaskOp } from '../ops.js';
+import type { TokenFilter } from '../../../runtime/token-filter.js';
 import type { FusedMatrix, FusedModelWeights } from './weights.js';
 
 export type DecodePath = 'fused' | 'unfused';
@@ -75,6 +76,12 @@ export interface GenerateOptions {
   sampling?: GpuSamplingValues;
   /** Uniform draws for temperature sampling, one per step. */
   random?: () => number;
+  /**
+   * A grammar's token filter (runtime/token-filter.ts): each step uploads its bitmask and masks the
+   * logits before argmax/sample, and `filter.accept(id)` runs before onToken. Steps run with a lag
+   * of 1; a token the filter forces is fed without a choice or a wait.
+   */
+  filter?: TokenFilter | null;
 }
 
 const FLAG_TOKEN_FROM_GPU = 7; // step word: 1 = the embedding reads the previously sampled id
@@ -103,6 +110,8 @@ export class FusedDecoder {
   private readonly logits: GPUBuffer;
   private readonly logitsReadback: GPUBuffer;
   private readonly ring: GPUBuffer[] = [];
+  /** The grammar's bitmask, ceil(vocab / 32) u32, and its masking dispatch: made on the first constrained step. */
+  private mask: { buffer: GPUBuffer; dispatch: Dispatch } | null = null;
   private readonly stepWords = new Uint32Array(STEP_HEADER_WORDS + 1);
   private readonly stepFloats = new Float32Array(this.stepWords.buffer);
   /** Bytes of every buffer this decoder allocated (KV cache, activations, readbacks). */
@@ -400,7 +409,7 @@ export class FusedDecoder {
    * Encodes and submits one step at position `length`: the token is `id`, or the one the previous
    * step chose when id is null. `output` adds lm_head and a token choice (copied to `readback`).
    */
-  private submitStep(id: number | null, output: 'none' | 'logits' | 'argmax' | 'sample', readback: GPUBuffer | null, random = 0, sampling?: GpuSamplingValues): void {
+  private submitStep(id: number | null, output: 'none' | 'logits' | 'argmax' | 'sample', readback: GPUBuffer | null, random = 0, sampling?: GpuSamplingValues, bitmask?: Int32Array): void {
     if (this.length >= this.options.contextLength) throw new InvalidInputError(`the context of ${this.options.contextLength} positions is full`);
     const w = this.stepWords;
     w[StepWord.T] = 1;
@@ -416,11 +425,19 @@ export class FusedDecoder {
     }
     const device = this.gpu.device;
     device.queue.writeBuffer(this.step, 0, w);
+    if (bitmask) {
+      this.mask ??= (() => {
+        const buffer = this.alloc('token_mask', Math.ceil(this.config.vocabSize / 32) * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST);
+        return { buffer, dispatch: tokenMaskOp(this.gpu, this.config.vocabSize, this.logits, buffer) };
+      })();
+      device.queue.writeBuffer(this.mask.buffer, 0, bitmask.buffer, bitmask.byteOffset, Math.ceil(this.config.vocabSize / 32) * 4);
+    }
     const encoder = device.createCommandEncoder();
     const pass = encoder.beginComputePass();
     encodeDispatches(pass, this.plan.embedding, 1);
     for (const layer of this.plan.layers) encodeDispatches(pass, layer, 1);
     if (output !== 'none') encodeDispatches(pass, this.plan.head, 1);
+    if (bitmask && output !== 'none') encodeDispatches(pass, [this.mask!.dispatch], 1);
     if (output === 'argmax') encodeDispatches(pass, [this.plan.argmax], 1);
     if (output === 'sample') encodeDispatches(pass, [this.plan.sample], 1);
     pass.end();
@@ -465,6 +482,7 @@ export class FusedDecoder {
    */
   async generate(prompt: ArrayLike<number>, options: GenerateOptions): Promise<number[]> {
     this.validate(prompt);
+    if (options.filter) return this.generateConstrained(prompt, options, options.filter);
     const lag = Math.max(1, options.lag ?? 8);
     const maxTokens = Math.min(options.maxTokens, this.options.contextLength - this.length - prompt.length + 1);
     if (maxTokens < 1) return [];
@@ -500,6 +518,45 @@ export class FusedDecoder {
         if (slot.mapState === 'mapped') slot.unmap();
       }
     }
+    this.length = base + out.length - 1;
+    return out;
+  }
+
+  /**
+   * generate() under a grammar: token n's mask needs token n-1, so each chosen token is read back
+   * before the next step is submitted (lag 1). A token the filter forces needs no choice: its step
+   * only feeds the previous token (no lm_head, no readback), so a run of forced tokens is submitted
+   * back to back, like a prefill.
+   */
+  private async generateConstrained(prompt: ArrayLike<number>, options: GenerateOptions, filter: TokenFilter): Promise<number[]> {
+    const maxTokens = Math.min(options.maxTokens, this.options.contextLength - this.length - prompt.length + 1);
+    if (maxTokens < 1) return [];
+    while (this.ring.length < 1) this.ring.push(this.alloc(`token_readback.${this.ring.length}`, 16, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST));
+    const slot = this.ring[0]!;
+    const output = options.sampling && options.sampling.temperature > 0 ? 'sample' : 'argmax';
+    for (let i = 0; i < prompt.length - 1; i++) this.submitStep(prompt[i]!, 'none', null);
+    const base = this.length + 1;
+    let input = prompt[prompt.length - 1]!;
+    const out: number[] = [];
+    while (out.length < maxTokens) {
+      let id: number;
+      if (filter.forced !== null) {
+        id = filter.forced;
+        this.submitStep(input, 'none', null);
+      } else {
+        const u = output === 'sample' ? (options.random ?? Math.random)() : 0;
+        this.submitStep(input, output, slot, u, options.sampling, filter.bitmask);
+        await this.settle(slot.mapAsync(GPUMapMode.READ, 0, 16));
+        id = new Uint32Array(slot.getMappedRange(0, 16))[0]!;
+        slot.unmap();
+      }
+      out.push(id);
+      await filter.accept(id);
+      if (options.onToken?.(id, out.length - 1) || filter.done) break;
+      input = id;
+    }
+    // the last step fed the token before the last one; forced steps never wait, so finish them here
+    await this.settle(this.gpu.device.queue.onSubmittedWorkDone());
     this.length = base + out.length - 1;
     return out;
   }

@@ -5,7 +5,8 @@
  * argmax: the largest logit, lowest index on ties (as the CPU's argmax).
  * sample: temperature, top-k, min-p and top-p, then one draw with the step's uniform number u:
  *   weight_i = exp((x_i - max) / temperature)
- *   keep i if  rank(x_i) < k (values tied with the k-th are kept too),  weight_i >= minP,
+ *   keep i if  rank(x_i) < k (values tied with the k-th are kept too),  weight_i >= minP and > 0
+ *              (a token a grammar masked out has weight 0: kernels/token-mask.ts),
  *              and x_i >= the largest threshold whose kept mass still reaches topP of the total;
  *   return the first kept i, in index order, where the running kept weight exceeds u * kept total.
  * Thresholds are found by bisection over the bits of an order-preserving u32 key of the logit, so no
@@ -100,7 +101,7 @@ fn main(@builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
     var z = 0.0;
     for (var i = lid; i < V; i += ${WG}u) {
       let w = exp((logits[i] - mx) * inv_temp);
-      if (key(logits[i]) >= k_min && w >= min_p) { z += w; }
+      if (key(logits[i]) >= k_min && w > 0.0 && w >= min_p) { z += w; }
     }
     let goal = top_p * wg_sum(z, lid, sg_size);
     var theta = 0u;
@@ -109,7 +110,7 @@ fn main(@builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
       var mass = 0.0;
       for (var i = lid; i < V; i += ${WG}u) {
         let w = exp((logits[i] - mx) * inv_temp);
-        if (key(logits[i]) >= max(cand, k_min) && w >= min_p) { mass += w; }
+        if (key(logits[i]) >= max(cand, k_min) && w > 0.0 && w >= min_p) { mass += w; }
       }
       if (wg_sum(mass, lid, sg_size) >= goal) { theta = cand; }
     }
@@ -123,7 +124,7 @@ fn main(@builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
   var last = 0u;
   for (var i = lo; i < hi; i++) {
     let w = exp((logits[i] - mx) * inv_temp);
-    if (key(logits[i]) >= p_min && w >= min_p) { local += w; last = i + 1u; }
+    if (key(logits[i]) >= p_min && w > 0.0 && w >= min_p) { local += w; last = i + 1u; }
   }
   let last_kept = wg_max_u(last, lid, sg_size);
   prefix[lid] = local;
@@ -140,7 +141,7 @@ fn main(@builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
   if (local > 0.0 && r >= run && r < run + local) {
     for (var i = lo; i < hi; i++) {
       let w = exp((logits[i] - mx) * inv_temp);
-      if (key(logits[i]) >= p_min && w >= min_p) {
+      if (key(logits[i]) >= p_min && w > 0.0 && w >= min_p) {
         run += w;
         if (run > r) { chosen = i; break; }
       }
