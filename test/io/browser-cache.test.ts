@@ -10,7 +10,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { loadModel, listCachedModels, deleteCachedModel, IncompleteDownloadError, StorageQuotaError, type ModelSource } from 'pdvm';
+import { loadModel, listCachedModels, deleteCachedModel, AbortError, IncompleteDownloadError, StorageQuotaError, type ModelSource } from 'pdvm';
 import { ROOT } from '../helpers.js';
 import { serveFiles } from './file-server.js';
 import { FakeStorage, installFakeStorage } from './fake-opfs.js';
@@ -90,6 +90,22 @@ test('a download cut short: IncompleteDownloadError naming the URL, nothing kept
       assert.match(e.message, /brown\.upg: the download ended after \d+ of 9027840 bytes/);
       return true;
     });
+    assert.deepEqual(await listCachedModels(), []);
+    assert.equal(storage.usage(), 0, 'no partial file left');
+  } finally {
+    await server.close();
+    uninstall();
+  }
+});
+
+test('a download aborted half-way: AbortError, nothing kept', async () => {
+  const storage = new FakeStorage();
+  const uninstall = installFakeStorage(storage);
+  const server = await serveFiles(new Map([['/brown.upg', bytes]]));
+  try {
+    const controller = new AbortController();
+    const load = loadModel(`${server.url}/brown.upg`, { signal: controller.signal, onProgress: (p) => p.phase === 'download' && p.loadedBytes > 0 && controller.abort() });
+    await assert.rejects(load, (e: unknown) => e instanceof AbortError && /loading .*brown\.upg was aborted/.test(e.message));
     assert.deepEqual(await listCachedModels(), []);
     assert.equal(storage.usage(), 0, 'no partial file left');
   } finally {
