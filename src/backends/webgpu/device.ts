@@ -6,7 +6,7 @@
  */
 import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
-import type { SubgroupIndexing } from './kernels/matmul-tiled.js';
+import { DEFAULT_SUBGROUP_MATRIX_TILE, parseSubgroupMatrixTile, type SubgroupIndexing, type SubgroupMatrixTile } from './kernels/matmul-tiled.js';
 import { selfTestPrefillKernel, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
 /** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
@@ -38,6 +38,8 @@ export interface GpuFeatures {
   subgroupMatrixF16: boolean;
   /** How that kernel finds its subgroup (the way that passed its self-test); null when off. */
   subgroupMatrixIndexing: SubgroupIndexing | null;
+  /** That kernel's tile. */
+  subgroupMatrixTile: SubgroupMatrixTile;
   /** Dawn toggles requested (Node). */
   dawnToggles: string[];
   /** Each self-test's outcome: 'passed', 'failed: why', or 'not run: why'. */
@@ -50,11 +52,13 @@ export interface GpuOptions {
   disableShaderF16?: boolean;
   /**
    * Use `chromium-experimental-subgroup-matrix` where offered and self-tested: the prefill's f16
-   * tensor-core kernel. Off by default (default: PDVM_SUBGROUP_MATRIX=1 in the environment turns it on):
-   * measured on the H200 it is slower than the f32 tiles so far (docs/PERFORMANCE.md), and Dawn prints
-   * deprecation warnings for its builtins on stdout.
+   * tensor-core kernel (default on; PDVM_SUBGROUP_MATRIX=0 in the environment turns it off, for the
+   * f32 tiles and their token-for-token agreement with the CPU). Dawn prints a deprecation warning
+   * for its builtins on stdout when it compiles them (docs/PERFORMANCE.md).
    */
   subgroupMatrix?: boolean;
+  /** The subgroup-matrix kernel's tile (default: PDVM_SM_TILE "TOKENSxROWSxAMxAN", else 128x256x4x4). */
+  subgroupMatrixTile?: SubgroupMatrixTile;
   /**
    * Node only: ask Dawn for the toggles allow_unsafe_apis and vulkan_enable_f16_on_nvidia (which expose
    * subgroup matrices and, on NVIDIA, shader-f16). Default on, unless PDVM_DAWN_TOGGLES=0; every fast
@@ -194,7 +198,7 @@ export class Gpu {
     }
     const subgroups = adapter.features.has('subgroups') && !options.disableSubgroups;
     const shaderF16 = adapter.features.has('shader-f16') && !options.disableShaderF16;
-    const matrixOn = options.subgroupMatrix ?? env('PDVM_SUBGROUP_MATRIX') === '1';
+    const matrixOn = options.subgroupMatrix ?? env('PDVM_SUBGROUP_MATRIX') !== '0';
     const matrix = adapter.features.has('chromium-experimental-subgroup-matrix' as GPUFeatureName) && matrixOn;
     const required = [...(subgroups ? ['subgroups'] : []), ...(shaderF16 ? ['shader-f16'] : []), ...(matrix ? ['chromium-experimental-subgroup-matrix'] : [])];
     const a = adapter.limits;
@@ -221,6 +225,7 @@ export class Gpu {
       subgroupMatrixConfigs: configs,
       subgroupMatrixF16: false,
       subgroupMatrixIndexing: null,
+      subgroupMatrixTile: options.subgroupMatrixTile ?? parseSubgroupMatrixTile(env('PDVM_SM_TILE')) ?? DEFAULT_SUBGROUP_MATRIX_TILE,
       dawnToggles: entry.toggles,
       selfTests: {},
     };
@@ -231,7 +236,7 @@ export class Gpu {
       if (r !== 'passed') features.shaderF16 = false;
     }
     const f16Matrix = configs.some((c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === 16 && c.N === 16 && c.K === 16);
-    if (!matrix) features.selfTests['subgroup-matrix f16'] = matrixOn ? 'not run: no chromium-experimental-subgroup-matrix' : 'not run: subgroup matrices not asked for (PDVM_SUBGROUP_MATRIX=1)';
+    if (!matrix) features.selfTests['subgroup-matrix f16'] = matrixOn ? 'not run: no chromium-experimental-subgroup-matrix' : 'not run: subgroup matrices turned off (PDVM_SUBGROUP_MATRIX=0)';
     else if (!f16Matrix || !features.shaderF16) features.selfTests['subgroup-matrix f16'] = 'not run: no f16->f32 16x16x16 configuration with shader-f16';
     else if (!(features.subgroupMinSize > 0 && features.subgroupMinSize === features.subgroupMaxSize)) features.selfTests['subgroup-matrix f16'] = 'not run: the subgroup size is not fixed';
     else {
@@ -242,7 +247,7 @@ export class Gpu {
       if (r === 'passed') {
         const ways: SubgroupIndexing[] = [...(subgroups && gpu.wgslLanguageFeatures?.has('subgroup_id') ? ['subgroup-id' as const] : []), 'invocation-index'];
         for (const way of ways) {
-          const k = await selfTestPrefillKernel(device, features.subgroupMaxSize, way);
+          const k = await selfTestPrefillKernel(device, features.subgroupMaxSize, way, features.subgroupMatrixTile);
           features.selfTests[`prefill kernel (subgroup matrix, ${way})`] = k;
           if (k === 'passed') {
             features.subgroupMatrixF16 = true;

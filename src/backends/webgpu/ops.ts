@@ -112,10 +112,10 @@ export function prefillKernel(gpu: Gpu): TiledKernel {
 /** A line naming the prefill's product kernel (bench, --verbose). */
 export function prefillPathDescription(gpu: Gpu): string {
   const k = prefillKernel(gpu);
-  const t = tiledTile(k);
+  const t = tiledTile(k, gpu.features.subgroupMatrixTile);
   return k === 'f32'
     ? `tiled f32 (${t.tokens} tokens x ${t.rows} rows a workgroup, WebGPU default limits)`
-    : `subgroup matrix f16 x f16 -> f32 16x16x16 (${t.tokens} tokens x ${t.rows} rows a workgroup)`;
+    : `subgroup matrix f16 x f16 -> f32 16x16x16 (${t.tokens} tokens x ${t.rows} rows a workgroup, ${gpu.features.subgroupMatrixTile.am} x ${gpu.features.subgroupMatrixTile.an} products a subgroup)`;
 }
 
 /**
@@ -124,7 +124,8 @@ export function prefillPathDescription(gpu: Gpu): string {
  */
 function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo): Dispatch[] | null {
   const kernel = prefillKernel(gpu);
-  const tile = tiledTile(kernel);
+  const matrixTile = gpu.features.subgroupMatrixTile;
+  const tile = tiledTile(kernel, matrixTile);
   const parts: { weight: TiledWeight; buffers: GPUBuffer[]; rows: number; rowStart: number }[] = [];
   if (m.encoding === 'dense') {
     for (const seg of m.segments) parts.push({ weight: { encoding: 'dense', dtype: m.dtype, rowChunks: m.rowChunks }, buffers: [seg.buffer], rows: seg.rows, rowStart: seg.rowStart });
@@ -139,8 +140,9 @@ function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo): Dispatch[] | null {
     const sg = gpu.features.subgroupMaxSize;
     const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
     const name = `matmul_tiled_${kernel}`;
-    const pipeline = gpu.pipeline(name, { ...shape, ...shape.weight, weight: p.weight.encoding, sg: kernel === 'f32' ? 0 : sg, indexing }, () =>
-      kernel === 'f32' ? matmulTiledF32Wgsl(shape) : matmulTiledSubgroupMatrixWgsl(shape, sg, indexing),
+    const tileKey = kernel === 'f32' ? '' : `${matrixTile.tokens}x${matrixTile.rows}x${matrixTile.am}x${matrixTile.an}`;
+    const pipeline = gpu.pipeline(name, { ...shape, ...shape.weight, weight: p.weight.encoding, sg: kernel === 'f32' ? 0 : sg, indexing, tile: tileKey }, () =>
+      kernel === 'f32' ? matmulTiledF32Wgsl(shape) : matmulTiledSubgroupMatrixWgsl(shape, sg, indexing, matrixTile),
     );
     const rowTiles = Math.ceil(p.rows / tile.rows);
     if (rowTiles > 65535) throw new Error(`matmul: ${p.rows} rows exceed the dispatch grid`);

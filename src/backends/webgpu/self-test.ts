@@ -6,7 +6,7 @@
  * exposes a broken feature costs speed, not correctness.
  */
 import { f32ToF16 } from '../../format/dtype.js';
-import { matmulTiledSubgroupMatrixWgsl, type SubgroupIndexing } from './kernels/matmul-tiled.js';
+import { matmulTiledSubgroupMatrixWgsl, type SubgroupIndexing, type SubgroupMatrixTile } from './kernels/matmul-tiled.js';
 
 /** Runs one workgroup of a kernel over (input words) and reads `outFloats` f32 back; throws on any error. */
 async function runOnce(device: GPUDevice, code: string, input: Uint32Array, outFloats: number): Promise<Float32Array> {
@@ -127,7 +127,7 @@ var<workgroup> cs: array<f32, ${M * N}>;
  * partial tiles (70 tokens, 130 rows, 80 columns; dense f32 weights), small integers so the answer is
  * exact: compiled, run and compared element by element.
  */
-export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: number, indexing: SubgroupIndexing): Promise<string> {
+export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: number, indexing: SubgroupIndexing, tile: SubgroupMatrixTile): Promise<string> {
   const T = 70, rows = 130, cols = 80;
   const W = new Float32Array(rows * cols), X = new Float32Array(T * cols);
   for (let i = 0; i < W.length; i++) W[i] = ((i * 7) % 9) - 4;
@@ -138,7 +138,7 @@ export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: num
     for (let c = 0; c < cols; c++) s += X[t * cols + c]! * W[r * cols + c]!;
     want[t * rows + r] = s;
   }
-  const code = matmulTiledSubgroupMatrixWgsl({ weight: { encoding: 'dense', dtype: 'f32', rowChunks: cols / 4 }, rows, cols, yStride: rows, yOffset: 0, bias: false, residual: false }, subgroupSize, indexing);
+  const code = matmulTiledSubgroupMatrixWgsl({ weight: { encoding: 'dense', dtype: 'f32', rowChunks: cols / 4 }, rows, cols, yStride: rows, yOffset: 0, bias: false, residual: false }, subgroupSize, indexing, tile);
   const buffers: GPUBuffer[] = [];
   const storage = (data: Float32Array | Uint32Array, extra = 0) => {
     const b = device.createBuffer({ size: Math.max(16, data.byteLength), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | extra });
@@ -159,7 +159,7 @@ export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: num
     const pass = enc.beginComputePass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup);
-    pass.dispatchWorkgroups(Math.ceil(rows / 128), Math.ceil(T / 64));
+    pass.dispatchWorkgroups(Math.ceil(rows / tile.rows), Math.ceil(T / tile.tokens));
     pass.end();
     enc.copyBufferToBuffer(bufs[2]!, 0, read, 0, T * rows * 4);
     device.queue.submit([enc.finish()]);

@@ -19,7 +19,7 @@ type BenchFlags = Omit<BenchOptions, 'paths' | 'probeBytes' | 'log' | 'profile'>
   profile: boolean;
   subgroups: boolean;
   f16: boolean;
-  subgroupMatrix?: boolean;
+  subgroupMatrix: boolean;
   dawnToggles: boolean;
   json: boolean;
   out?: string;
@@ -54,7 +54,7 @@ export function benchCommand(): Command {
     .option('--profile', 'log the time of each dispatch of a step (layer 0, lm_head, argmax)')
     .option('--no-subgroups', 'do not use subgroup operations')
     .option('--no-f16', 'do not use shader-f16 (nor the f16 subgroup matrices)')
-    .option('--subgroup-matrix', 'use subgroup matrices where offered and self-tested (the prefill\'s f16 tensor-core kernel; also PDVM_SUBGROUP_MATRIX=1)')
+    .option('--no-subgroup-matrix', 'do not use subgroup matrices (the prefill\'s f16 tensor-core kernel) although offered; also PDVM_SUBGROUP_MATRIX=0')
     .option('--no-dawn-toggles', 'Node: do not ask Dawn for allow_unsafe_apis / vulkan_enable_f16_on_nvidia (also PDVM_DAWN_TOGGLES=0)')
     .option('--prefill <n>', 'instead: prefill an n-token prompt through the engine\'s prefill path (like llama-bench ppN) and report prompt_tokens_per_second', parseIntOption('--prefill'))
     .option('--prefill-chunk <n>', 'with --prefill: tokens per prefill step (default the engine\'s, 512)', parseIntOption('--prefill-chunk'))
@@ -65,7 +65,7 @@ export function benchCommand(): Command {
       action(async (f: BenchFlags) => {
         if (!(f.density > 0 && f.density <= 1)) throw new Error('--density must be in (0, 1]');
         if (f.context < 2 || f.tokens < 2) throw new Error('--context and --tokens must be at least 2');
-        const gpu = await Gpu.acquire({ disableSubgroups: !f.subgroups, disableShaderF16: !f.f16, ...(f.subgroupMatrix ? { subgroupMatrix: true } : {}), ...(f.dawnToggles ? {} : { dawnToggles: false }) });
+        const gpu = await Gpu.acquire({ disableSubgroups: !f.subgroups, disableShaderF16: !f.f16, ...(f.subgroupMatrix ? {} : { subgroupMatrix: false }), ...(f.dawnToggles ? {} : { dawnToggles: false }) });
         try {
           if (f.prefill !== undefined) {
             const r = await runPrefillBench(gpu, {

@@ -4,8 +4,8 @@
  * brown-llama one 1,024): the logits of the prompt's last token within 1e-4 relative, prefilled in one
  * step and in steps of 100 (partial tiles), and the greedy continuation through `generate` (the fused
  * decoder's cache prefilled by these kernels) token for token.
- * On the f32 path (the default; with PDVM_SUBGROUP_MATRIX=1 on a device that offers them, the f16
- * tensor-core products have matmul-tiled.test.ts's tolerance instead, and this file refuses to run).
+ * On the f32 path: a device without subgroup matrices asked for (the f16 tensor-core products have
+ * matmul-tiled.test.ts's tolerance and the perplexity check instead).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -29,8 +29,8 @@ async function greedy(engine: Engine, prompt: number[], maxTokens: number): Prom
 for (const dir of ALL_FIXTURE_MODELS) {
   // (the device machine's copy of the fixtures may leave out brown-llama: bench/prefill-device.sh)
   test(`webgpu prefill: ${basename(dir)}, a long prompt, logits and greedy continuation vs the CPU engine`, { skip: SKIP_GPU || (!existsSync(dir) && `${dir} is not here`) }, async () => {
-    const gpu = await testGpu();
-    if (gpu.features.subgroupMatrixF16) assert.fail('this device runs the f16 subgroup-matrix prefill; run this file without PDVM_SUBGROUP_MATRIX=1 (the f32 path)');
+    const gpu = await testGpu({ subgroupMatrix: false });
+    assert.equal(gpu.features.subgroupMatrixF16, false);
     const model = await loadModel(dir);
     const c = model.config;
     const context = dir === BROWN ? 512 : Math.min(256, c.maxPositionEmbeddings);
@@ -59,7 +59,7 @@ for (const dir of ALL_FIXTURE_MODELS) {
 
 test('webgpu prefill profile: every dispatch of a layer step timed, then the sequence is empty', { skip: SKIP_GPU }, async () => {
   const model = await loadModel(ALL_FIXTURE_MODELS[1]!);
-  const engine = await WebGpuEngine.create(model, { contextLength: 64, gpu: await testGpu() });
+  const engine = await WebGpuEngine.create(model, { contextLength: 64, gpu: await testGpu({ subgroupMatrix: false }) });
   try {
     const seq = engine.createSequence();
     const rows = await engine.profilePrefill(seq, 9, 1);

@@ -41,8 +41,8 @@ export type TiledKernel = 'f32' | 'subgroup-matrix-f16';
 export type SubgroupIndexing = 'subgroup-id' | 'invocation-index';
 
 /** Tokens x rows of one workgroup's tile. */
-export function tiledTile(kernel: TiledKernel): { tokens: number; rows: number } {
-  return kernel === 'f32' ? { tokens: 128, rows: 128 } : { tokens: 64, rows: 128 };
+export function tiledTile(kernel: TiledKernel, matrixTile: SubgroupMatrixTile = DEFAULT_SUBGROUP_MATRIX_TILE): { tokens: number; rows: number } {
+  return kernel === 'f32' ? { tokens: 128, rows: 128 } : { tokens: matrixTile.tokens, rows: matrixTile.rows };
 }
 
 /** Whether the tiled kernels take this weight (else the row kernel runs). */
@@ -158,8 +158,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let tok0 = wid.y * 128u;
   let tx = lid % 16u;
   let ty = lid / 16u;
-  let low = tok0 + 4u * ty < T; // this invocation's first and second token quads hold tokens
-  let high = tok0 + 64u + 4u * ty < T;
   var acc: array<vec4<f32>, 16>; // token i (0..7), row half h: acc[2i + h] over 4 rows
   for (var kb = 0u; kb < COLS; kb += 16u) {
     // x tile: 128 tokens x 16 k, 8 values an invocation (a token's 16 k by 16 neighbours)
@@ -187,23 +185,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
     }
     workgroupBarrier();
-    // hot loop: 64 FMAs per 4 vec4 reads; token quads past T skipped (short prompts)
+    // hot loop: 64 FMAs per 4 vec4 reads
     for (var k = 0u; k < 16u; k++) {
+      let a0 = xs[k * 32u + (ty ^ k)];
+      let a1 = xs[k * 32u + 16u + (ty ^ k)];
       let b0 = ws[k * 32u + (tx ^ k)];
       let b1 = ws[k * 32u + 16u + (tx ^ k)];
-      if (low) {
-        let a0 = xs[k * 32u + (ty ^ k)];
-        for (var i = 0u; i < 4u; i++) {
-          acc[2u * i] += a0[i] * b0;
-          acc[2u * i + 1u] += a0[i] * b1;
-        }
-      }
-      if (high) {
-        let a1 = xs[k * 32u + 16u + (ty ^ k)];
-        for (var i = 0u; i < 4u; i++) {
-          acc[8u + 2u * i] += a1[i] * b0;
-          acc[8u + 2u * i + 1u] += a1[i] * b1;
-        }
+      for (var i = 0u; i < 4u; i++) {
+        acc[2u * i] += a0[i] * b0;
+        acc[2u * i + 1u] += a0[i] * b1;
+        acc[8u + 2u * i] += a1[i] * b0;
+        acc[8u + 2u * i + 1u] += a1[i] * b1;
       }
     }
     workgroupBarrier();
@@ -223,45 +215,63 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 /**
- * The tensor-core path: a workgroup of 4 subgroups (size SG, fixed: device.ts checks) computes 64
- * tokens x 128 rows; subgroup g takes tokens 32 (g / 2) .. + 32 and rows 64 (g % 2) .. + 64 as 2 x 4
- * result matrices of 16 x 16. x (tokens x k) is the left matrix, row-major; W (rows x k, stored [row][k])
- * is the right matrix (k x rows), column-major; both with a padded stride of 40 halves (80 bytes).
- * Results go out through a 16 x 16 f32 scratch a subgroup, where the epilogue reads them.
+ * The tensor-core kernel's tile: tokens x rows a workgroup, and each subgroup's share as am x an
+ * result matrices of 16 x 16 (so (tokens / 16am) x (rows / 16an) subgroups a workgroup).
  */
-export function matmulTiledSubgroupMatrixWgsl(s: TiledMatmulShape, subgroupSize: number, indexing: SubgroupIndexing = 'subgroup-id'): string {
+export interface SubgroupMatrixTile {
+  tokens: number;
+  rows: number;
+  am: number;
+  an: number;
+}
+
+/** Measured best of four on the H200 for 8B and phi-4 shapes (docs/PERFORMANCE.md). */
+export const DEFAULT_SUBGROUP_MATRIX_TILE: SubgroupMatrixTile = { tokens: 128, rows: 256, am: 4, an: 4 };
+
+/** "TOKENSxROWSxAMxAN" (PDVM_SM_TILE), or null when it does not describe a tile the kernel takes. */
+export function parseSubgroupMatrixTile(text: string | undefined): SubgroupMatrixTile | null {
+  const m = /^(\d+)x(\d+)x(\d+)x(\d+)$/.exec(text ?? '');
+  if (!m) return null;
+  const [tokens, rows, am, an] = m.slice(1).map(Number) as [number, number, number, number];
+  const ok = tokens % (16 * am) === 0 && rows % (16 * an) === 0 && (tokens / (16 * am)) * (rows / (16 * an)) <= 32 && am * an <= 16;
+  return ok ? { tokens, rows, am, an } : null;
+}
+
+/**
+ * The tensor-core path: a workgroup of subgroups (size SG, fixed: device.ts checks) computes
+ * tile.tokens x tile.rows; each subgroup a block of 16am tokens x 16an rows as am x an result
+ * matrices of 16 x 16. x (tokens x k) is the left matrix, row-major; W (rows x k, stored [row][k]) is
+ * the right matrix (k x rows), column-major; both with a padded stride of 40 halves (80 bytes).
+ * x is read as vec4s where the columns allow. Results go out through a 16 x 16 f32 scratch a
+ * subgroup, where the epilogue reads them.
+ */
+export function matmulTiledSubgroupMatrixWgsl(s: TiledMatmulShape, subgroupSize: number, indexing: SubgroupIndexing = 'subgroup-id', tile: SubgroupMatrixTile = DEFAULT_SUBGROUP_MATRIX_TILE): string {
   const w = weightReader(s.weight, s.rows);
-  const SG = subgroupSize, WG = 4 * SG, S = 40;
-  const accs: string[] = [];
-  for (let i = 0; i < 2; i++) for (let j = 0; j < 4; j++) accs.push(`a${i}${j}`);
+  const { tokens: TM, rows: TN, am: AM, an: AN } = tile;
+  const gm = TM / (16 * AM), gn = TN / (16 * AN); // subgroups along tokens, rows
+  const NSG = gm * gn;
+  const SG = subgroupSize, WG = NSG * SG, S = 40;
+  const vec = s.cols % 4 === 0;
+  const accs: [number, number][] = [];
+  for (let i = 0; i < AM; i++) for (let j = 0; j < AN; j++) accs.push([i, j]);
+  const acc = ([i, j]: [number, number]) => `a${i}_${j}`;
   // g (the subgroup) is uniform within each subgroup, which WGSL's uniformity analysis may not prove
   // (device.ts's self-test of this kernel checks the result)
   const byId = indexing === 'subgroup-id';
-  return `enable f16;
-enable chromium_experimental_subgroup_matrix;
-${byId ? 'enable subgroups;\nrequires subgroup_id;\n' : ''}diagnostic(off, subgroup_uniformity);
-${COMMON}${w.code}
-const COLS = ${s.cols}u;
-${w.bindings}
-${ioBindings(w.count, s.bias)}
-
-var<workgroup> xs: array<f16, ${64 * S}>;  // (64 tokens, 32 k), stride ${S}
-var<workgroup> ws: array<f16, ${128 * S}>; // (128 rows, 32 k), stride ${S}
-var<workgroup> cs: array<f32, ${4 * 256}>; // a 16 x 16 result per subgroup
-
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {
-  let T = step[0];
-  let row0 = wid.x * 128u;
-  let tok0 = wid.y * 64u;
-  let g = ${byId ? 'sg_id' : `lid / ${SG}u`};
-  let lane = ${byId ? 'sg_lane' : `lid % ${SG}u`};
-  let tb = (g / 2u) * 32u; // the subgroup's first token and row within the tile
-  let rb = (g % 2u) * 64u;
-${accs.map((a) => `  var ${a} = subgroup_matrix_result<f32, 16, 16>();`).join('\n')}
-  for (var kb = 0u; kb < COLS; kb += 32u) {
-    // x tile: 64 tokens x 32 k, rounded to f16 (clamped to its range)
-    for (var e = lid; e < 2048u; e += ${WG}u) {
+  const io = ioBindings(w.count, s.bias).replace('var<storage, read> x: array<f32>;', vec ? 'var<storage, read> x: array<vec4<f32>>;' : 'var<storage, read> x: array<f32>;');
+  const xLoad = vec
+    ? `for (var e = lid; e < ${(TM * 32) / 4}u; e += ${WG}u) {
+      let tt = e / 8u;
+      let k4 = (e % 8u) * 4u;
+      let t = tok0 + tt;
+      let c = kb + k4;
+      var v = vec4<f32>(0.0);
+      if (t < T && c < COLS) { v = x[(t * COLS + c) / 4u]; }
+      let h = vec4<f16>(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
+      let o = tt * ${S}u + k4;
+      xs[o] = h.x; xs[o + 1u] = h.y; xs[o + 2u] = h.z; xs[o + 3u] = h.w;
+    }`
+    : `for (var e = lid; e < ${TM * 32}u; e += ${WG}u) {
       let tt = e / 32u;
       let kk = e % 32u;
       let t = tok0 + tt;
@@ -269,35 +279,59 @@ ${accs.map((a) => `  var ${a} = subgroup_matrix_result<f32, 16, 16>();`).join('\
       var v = 0.0;
       if (t < T && c < COLS) { v = x[t * COLS + c]; }
       xs[tt * ${S}u + kk] = f16(clamp(v, -65504.0, 65504.0));
-    }
-    // weight tile: 128 rows x 32 k, 8 values a slice
-    for (var e = lid; e < 512u; e += ${WG}u) {
+    }`;
+  return `enable f16;
+enable chromium_experimental_subgroup_matrix;
+${byId ? 'enable subgroups;\nrequires subgroup_id;\n' : ''}diagnostic(off, subgroup_uniformity);
+${COMMON}${w.code}
+const COLS = ${s.cols}u;
+${w.bindings}
+${io}
+
+var<workgroup> xs: array<f16, ${TM * S}>;  // (${TM} tokens, 32 k), stride ${S}
+var<workgroup> ws: array<f16, ${TN * S}>; // (${TN} rows, 32 k), stride ${S}
+var<workgroup> cs: array<f32, ${NSG * 256}>; // a 16 x 16 result per subgroup
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {
+  let T = step[0];
+  let row0 = wid.x * ${TN}u;
+  let tok0 = wid.y * ${TM}u;
+  let g = ${byId ? 'sg_id' : `lid / ${SG}u`};
+  let lane = ${byId ? 'sg_lane' : `lid % ${SG}u`};
+  let tb = (g / ${gn}u) * ${16 * AM}u; // the subgroup's first token and row within the tile
+  let rb = (g % ${gn}u) * ${16 * AN}u;
+${accs.map((a) => `  var ${acc(a)} = subgroup_matrix_result<f32, 16, 16>();`).join('\n')}
+  for (var kb = 0u; kb < COLS; kb += 32u) {
+    // x tile: ${TM} tokens x 32 k, rounded to f16 (clamped to its range)
+    ${xLoad}
+    // weight tile: ${TN} rows x 32 k, 8 values a slice
+    for (var e = lid; e < ${TN * 4}u; e += ${WG}u) {
       let rr = e / 4u;
       let k0 = (e % 4u) * 8u;
       let sl = w_slice(row0 + rr, kb + k0);
       let o = rr * ${S}u + k0;
-      for (var j = 0u; j < 4u; j++) {
-        ws[o + j] = f16(sl.lo[j]);
-        ws[o + 4u + j] = f16(sl.hi[j]);
-      }
+      let lo = vec4<f16>(sl.lo);
+      let hi = vec4<f16>(sl.hi);
+      ws[o] = lo.x; ws[o + 1u] = lo.y; ws[o + 2u] = lo.z; ws[o + 3u] = lo.w;
+      ws[o + 4u] = hi.x; ws[o + 5u] = hi.y; ws[o + 6u] = hi.z; ws[o + 7u] = hi.w;
     }
     workgroupBarrier();
     for (var kk = 0u; kk < 32u; kk += 16u) {
-      let l0 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&xs, (tb) * ${S}u + kk, false, ${S}u);
-      let l1 = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&xs, (tb + 16u) * ${S}u + kk, false, ${S}u);
-${[0, 1, 2, 3].map((j) => `      let r${j} = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&ws, (rb + ${16 * j}u) * ${S}u + kk, true, ${S}u);`).join('\n')}
-${accs.map((a) => `      ${a} = subgroupMatrixMultiplyAccumulate(l${a[1]}, r${a[2]}, ${a});`).join('\n')}
+${Array.from({ length: AM }, (_, i) => `      let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&xs, (tb + ${16 * i}u) * ${S}u + kk, false, ${S}u);`).join('\n')}
+${Array.from({ length: AN }, (_, j) => `      let r${j} = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&ws, (rb + ${16 * j}u) * ${S}u + kk, true, ${S}u);`).join('\n')}
+${accs.map((a) => `      ${acc(a)} = subgroupMatrixMultiplyAccumulate(l${a[0]}, r${a[1]}, ${acc(a)});`).join('\n')}
     }
     workgroupBarrier();
   }
   // epilogue: each result through the subgroup's scratch
 ${accs
   .map(
-    (a) => `  subgroupMatrixStore(&cs, g * 256u, ${a}, false, 16u);
+    (a) => `  subgroupMatrixStore(&cs, g * 256u, ${acc(a)}, false, 16u);
   workgroupBarrier();
   for (var e = lane; e < 256u; e += ${SG}u) {
-    let t = tok0 + tb + ${16 * Number(a[1])}u + e / 16u;
-    let r = row0 + rb + ${16 * Number(a[2])}u + e % 16u;
+    let t = tok0 + tb + ${16 * a[0]}u + e / 16u;
+    let r = row0 + rb + ${16 * a[1]}u + e % 16u;
     let v = cs[g * 256u + e];
     ${epilogue(s, 't', 'r', 'v')}
   }
