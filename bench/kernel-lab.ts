@@ -15,6 +15,7 @@ import '../src/backends/webgpu/node-gpu.js';
 import { Gpu } from '../src/backends/webgpu/device.js';
 import { fusedMatvecBindings, fusedMatvecWgsl, fusedBlocks, type FusedMatvecShape } from '../src/backends/webgpu/kernels/fused-matvec.js';
 import { attentionSplits, decodeAttentionPartWgsl, decodeAttentionWgsl, decodeCombineWgsl, type SplitAttentionShape } from '../src/backends/webgpu/kernels/fused-attention.js';
+import type { KvLayout } from '../src/backends/webgpu/kernels/kv.js';
 import { BENCH_SHAPES } from '../src/bench/synthetic.js';
 import { fillKernel, measureReadBandwidth, readKernel } from '../src/bench/bandwidth.js';
 
@@ -285,11 +286,13 @@ if (only.has('attention')) {
       const K = randomBuffer('K', ctx * kvDim * 4, f32s(-1, 1));
       const V = randomBuffer('V', ctx * kvDim * 4, f32s(-1, 1));
       const out = randomBuffer('out', c.heads * c.headDim * 4, () => undefined);
-      const step = randomBuffer('step', 64, (u) => { u[0] = 1; u[1] = ctx - 1; });
+      // the row table at word 2: slot 0, position ctx - 1 (kernels/kv.ts)
+      const step = randomBuffer('step', 64, (u) => { u[0] = 1; u[1] = ctx - 1; u[2] = 0; u[3] = ctx - 1; });
+      const kvl: KvLayout = { storage: 'f32', contextLength: ctx, rowsAt: 2, kvBuffer: -1 };
       const kv = 2 * ctx * kvDim * 4;
       let attRef: Float32Array | null = null;
       if (ctx <= 8192) {
-        const p = pipe('attn', decodeAttentionWgsl(s, f, 256));
+        const p = pipe('attn', decodeAttentionWgsl(s, kvl, f, 256));
         const us = await time(p, gpu.bindGroup('attn', p, [qkv, K, V, out, step]), [c.heads, 1, 1]);
         console.log(`attention ${shape} ctx ${ctx} (KV ${(kv / 1e6).toFixed(1)} MB) old: ${us.toFixed(2)} µs`);
         attRef = await readBack(out, c.heads * c.headDim);
@@ -297,7 +300,7 @@ if (only.has('attention')) {
       for (const splits of [attentionSplits(s), 2 * attentionSplits(s)]) {
         const ss: SplitAttentionShape = { ...s, splits };
         const part = randomBuffer('part', c.heads * splits * (c.headDim + 2) * 4, () => undefined);
-        const p1 = pipe('part', decodeAttentionPartWgsl(ss, f));
+        const p1 = pipe('part', decodeAttentionPartWgsl(ss, kvl, f));
         const p2 = pipe('comb', decodeCombineWgsl(ss));
         const b1 = gpu.bindGroup('part', p1, [qkv, K, V, part, step]);
         const b2 = gpu.bindGroup('comb', p2, [part, out]);

@@ -38,6 +38,8 @@ export interface LoadModelOptions {
    * dot4I8Packed, +0.03% NLL on the demo model) or 'f32' (the CPU's numerics). docs/PERFORMANCE.md.
    */
   matvecActivations?: 'int8' | 'f32';
+  /** WebGPU only: the KV cache's storage, 'f16' (default: half the bytes) or 'f32' (docs/KV-CACHE.md). */
+  kvCache?: 'f16' | 'f32';
   /** Positions each generation may hold, prompt included (default: the model's, at most 4096). */
   contextLength?: number;
   /**
@@ -369,7 +371,7 @@ export async function modelFromLoaded(loaded: LoadedModel, options: LoadModelOpt
   const webgpu: Record<string, unknown> = {};
   if (options.matvecActivations) webgpu.matvecActivations = options.matvecActivations;
   if (options.batchedStep) webgpu.batchedStep = true;
-  const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength, decode: options.decode, webgpu: Object.keys(webgpu).length ? webgpu : undefined });
+  const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength, decode: options.decode, kvCache: options.kvCache, webgpu: Object.keys(webgpu).length ? webgpu : undefined });
   return new Model(loaded, engine, { maxConcurrency: options.maxConcurrency, maxQueued: options.maxQueued, prefixCacheBytes: options.prefixCacheBytes, stepPrefillTokens: options.stepPrefillTokens, backendNotice: notice });
 }
 

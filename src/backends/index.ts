@@ -20,6 +20,8 @@ export interface EngineOptions {
    * decodes through forward().
    */
   decode?: 'fused' | 'unfused';
+  /** WebGPU only: the KV cache's storage, 'f16' (default) or 'f32' (docs/KV-CACHE.md). */
+  kvCache?: 'f16' | 'f32';
   /** WebGPU only: tokens per prefill step, subgroup use, load progress... */
   webgpu?: Omit<WebGpuEngineOptions, 'contextLength'>;
 }
@@ -34,7 +36,7 @@ export async function createEngine(model: Pick<LoadedModel, 'config' | 'weights'
     if (software) return { engine: await cpu(), notice: `using the CPU backend: the only WebGPU adapter is a software one (${software}), slower than the CPU; asking for backend: 'webgpu' uses it anyway` };
   }
   try {
-    const engine = await WebGpuEngine.create(model, { decode: options.decode, ...options.webgpu, contextLength: options.contextLength });
+    const engine = await WebGpuEngine.create(model, { decode: options.decode, kvCache: options.kvCache, ...options.webgpu, contextLength: options.contextLength });
     return engine.decodeNotice ? { engine, notice: engine.decodeNotice } : { engine };
   } catch (e) {
     if (options.backend === 'auto' && (e instanceof WebGpuUnavailableError || e instanceof GpuOutOfMemoryError)) {

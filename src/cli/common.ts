@@ -35,6 +35,12 @@ export function decodeOption(): Option {
     .default('fused');
 }
 
+export type KvCacheChoice = 'f16' | 'f32';
+
+export function kvCacheOption(): Option {
+  return new Option('--kv-cache <dtype>', 'webgpu: the KV cache storage (f16 halves its bytes; f32 matches the CPU reference)').choices(['f16', 'f32']).default('f16');
+}
+
 export function parseIntOption(name: string) {
   return (v: string): number => {
     const n = Number(v);
@@ -80,10 +86,10 @@ export async function loadForCli(path: string | undefined, options: { lazy?: boo
 }
 
 /** Creates the engine for --backend; prints the notice when `auto` or the fused decode path falls back. */
-export async function createEngineForCli(model: LoadedModel, backend: BackendChoice, contextLength: number, decode: DecodeChoice = 'fused'): Promise<Engine> {
+export async function createEngineForCli(model: LoadedModel, backend: BackendChoice, contextLength: number, decode: DecodeChoice = 'fused', kvCache: KvCacheChoice = 'f16'): Promise<Engine> {
   let created: Awaited<ReturnType<typeof createEngine>>;
   try {
-    created = await createEngine(model, { backend, contextLength, decode });
+    created = await createEngine(model, { backend, contextLength, decode, kvCache });
   } finally {
     await model.close?.(); // a lazy model's file: every matrix is in the engine now
   }

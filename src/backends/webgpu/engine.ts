@@ -7,10 +7,13 @@
  * With `decode: 'fused'` (the default) the engine also decodes through the fused path
  * (`decodeOnDevice`: a FusedDecoder per sequence, one submit per token, tokens chosen on the GPU). The
  * weights are uploaded in the fused layout and the forward pass reads the same buffers wherever the
- * layouts coincide (fused/engine-weights.ts). Each sequence keeps the tokens it holds; its forward
- * cache and its decoder's cache are made on first use, and either one replays the tokens it lacks.
- * The decoder's cache has the forward cache's layout, so the forward pass's chunked kernels prefill it
- * (the prompt and any replay, all but the last token); the decoder steps from the last token.
+ * layouts coincide (fused/engine-weights.ts).
+ *
+ * One KV cache (kv-cache.ts: per layer K and V pools of slots, f16 by default) serves every
+ * sequence: a sequence takes a slot on first use, and the forward pass and its decoder both append
+ * to it, so a fused decode after a forward (or the reverse) replays nothing. The forward pass's
+ * chunked kernels prefill the prompt (all but its last token) into the slot; the decoder steps from
+ * the last token. Kernels find each row's slot and position in the step's row table.
  */
 import { InvalidInputError } from '../../errors.js';
 import type { ModelConfig } from '../../model/config.js';
@@ -23,9 +26,11 @@ import { DeviceLostError, GpuOutOfMemoryError } from './errors.js';
 import { FusedDecoder } from './fused/decoder.js';
 import { fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
 import type { FusedModelWeights } from './fused/weights.js';
-import { argmaxOp, attentionOp, embeddingOp, matmulOp, prefillPathDescription, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from './ops.js';
+import { argmaxOp, attentionOp, attentionTiledOp, embeddingOp, matmulOp, prefillPathDescription, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from './ops.js';
 import { gpuWeightBytes, uploadVector, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
 import { guardAllocation, uploadModelWeights } from './upload.js';
+import { rowsAt, stepWords, writeRows, type KvLayout } from './kernels/kv.js';
+import { KvCache, type KvCacheDtype, type KvSlot } from './kv-cache.js';
 
 export interface WebGpuEngineOptions extends GpuOptions, UploadOptions {
   /** Positions a sequence can hold; sizes each sequence's KV cache. */
@@ -35,6 +40,16 @@ export interface WebGpuEngineOptions extends GpuOptions, UploadOptions {
    * with the prefill's tiles. Logits of every position (perplexity) go out LOGITS_ROWS at a time.
    */
   prefillChunk?: number;
+  /** The KV cache's storage: 'f16' (default; two a word, docs/KV-CACHE.md) or 'f32'. */
+  kvCache?: KvCacheDtype;
+  /** Read and write the f16 cache as u32 words even where the device has shader-f16 (tests, CI). */
+  kvPacked?: boolean;
+  /** Prompt attention in tiles of queries x keys (default true; false: a workgroup per row and head). */
+  tiledAttention?: boolean;
+  /** KV cache slots allocated at load (sequences that can hold a cache without the pool growing); default 1. */
+  kvSlots?: number;
+  /** At most this many slots a KV buffer (default: as many as a storage binding holds; tests set 1). */
+  kvSlotsPerBuffer?: number;
   /** Use this device instead of acquiring one (the engine then does not destroy it). */
   gpu?: Gpu;
   /**
@@ -72,7 +87,7 @@ const LOGITS_ROWS = 128;
 const DEFAULT_PREFILL_CHUNK = 512;
 
 interface Activations {
-  step: GPUBuffer; // u32: header + (chunk) token ids
+  step: GPUBuffer; // u32: header + (chunk) token ids + (chunk) rows of (slot word, position)
   x: GPUBuffer; // (chunk, hidden) residual stream
   xn: GPUBuffer; // (chunk, hidden) normalised
   qkv: GPUBuffer; // (chunk, qDim + 2 kvDim)
@@ -93,6 +108,12 @@ interface LayerPlan {
   afterAttention: Dispatch[]; // o (+ residual), mlp norm, gate/up, swiglu, down (+ residual)
 }
 
+/** A layer's dispatches over one buffer group of the KV cache: rope_kv + attention, for one row or a prompt's rows. */
+interface LayerKv {
+  one: Dispatch[]; // attention a workgroup per (row, head)
+  prompt: Dispatch[]; // attention in tiles of queries x keys where the head dim suits it
+}
+
 interface Plans {
   embedding: Dispatch[];
   decode: LayerPlan[]; // matvec kernels (one token)
@@ -103,30 +124,19 @@ interface Plans {
   sample: Dispatch;
 }
 
-/** A sequence's KV cache for the forward pass: per layer K and V, and the dispatches bound to them. */
-interface ForwardCache {
-  k: GPUBuffer[]; // per layer: (contextLength, kvDim)
-  v: GPUBuffer[];
-  /** Per layer: rope_kv then attention, bound to this cache. */
-  dispatches: Dispatch[][];
-}
-
 /**
- * The tokens a sequence holds, and up to two KV caches of them, each made on first use: the forward
- * pass's and the fused decoder's. `cached` and `decoded` count the leading tokens each cache holds;
- * before a cache is used it is brought up to date by replaying the tokens it lacks.
+ * The tokens a sequence holds and its slot of the engine's KV cache (taken on first use), which holds
+ * the K and V of every token in `tokens`; its fused decoder (made on first use) appends to the same slot.
  */
 export class WebGpuSequence implements Sequence {
   readonly tokens: number[] = [];
-  cache: ForwardCache | null = null;
-  cached = 0;
+  slot: KvSlot | null = null;
   decoder: FusedDecoder | null = null;
-  /** The forward pass's dispatches bound to the decoder's KV buffers (for chunked prefill into them). */
-  decoderCache: ForwardCache | null = null;
-  decoded = 0;
   /** The decode running on this sequence; dispose frees the decoder only after it ends. */
   running: Promise<number[]> | null = null;
   private disposed = false;
+
+  constructor(private readonly kv: KvCache | null = null) {}
 
   get length(): number {
     return this.tokens.length;
@@ -137,8 +147,6 @@ export class WebGpuSequence implements Sequence {
   truncate(length: number): void {
     const n = Math.min(this.tokens.length, Math.max(0, Math.floor(length)));
     this.tokens.length = n;
-    this.cached = Math.min(this.cached, n);
-    this.decoded = Math.min(this.decoded, n);
   }
   get isDisposed(): boolean {
     return this.disposed;
@@ -147,8 +155,9 @@ export class WebGpuSequence implements Sequence {
     if (this.disposed) return;
     this.disposed = true;
     const free = () => {
-      for (const b of [...(this.cache?.k ?? []), ...(this.cache?.v ?? [])]) b.destroy();
       this.decoder?.dispose();
+      if (this.slot) this.kv?.release(this.slot);
+      this.slot = null;
     };
     if (this.running) void this.running.then(free, free);
     else free();
@@ -168,6 +177,10 @@ export class WebGpuEngine implements Engine {
   private readonly stepWords: Uint32Array;
   private readonly stepFloats: Float32Array;
   private spare: WebGpuSequence | null = null;
+  /** Per buffer group of the KV cache: per layer rope_kv and attention bound to it. */
+  private readonly kvDispatches = new Map<number, LayerKv[]>();
+  /** Word of the step buffer where the row table starts. */
+  private readonly rowsAt: number;
   private queue: Promise<unknown> = Promise.resolve();
   private disposed = false;
   /** x of the fused decoders' q4 products (WebGpuEngineOptions.matvecActivations). */
@@ -186,10 +199,14 @@ export class WebGpuEngine implements Engine {
     readonly fusedWeights: FusedModelWeights | null,
     /** Why the fused path is off although it was asked for; undefined otherwise. */
     readonly decodeNotice: string | undefined,
+    /** Every sequence's K and V (a slot each). */
+    readonly kv: KvCache,
+    private readonly tiledAttention = true,
   ) {
     this.plans = this.buildPlans();
     this.logitsOne = new Float32Array(config.vocabSize);
-    this.stepWords = new Uint32Array(STEP_HEADER_WORDS + prefillChunk);
+    this.rowsAt = rowsAt(STEP_HEADER_WORDS, prefillChunk);
+    this.stepWords = new Uint32Array(stepWords(STEP_HEADER_WORDS, prefillChunk));
     this.stepFloats = new Float32Array(this.stepWords.buffer);
     if (fusedWeights) this.decodeOnDevice = (seq, prompt, options) => this.decodeFused(seq, prompt, options);
   }
@@ -205,8 +222,8 @@ export class WebGpuEngine implements Engine {
   }
 
   /**
-   * Acquires a device (unless given), uploads the weights and allocates one sequence's KV cache (the
-   * fused decoder's when the fused path is on, else the forward pass's).
+   * Acquires a device (unless given), uploads the weights and allocates the KV cache's first slots
+   * (`kvSlots`, default 1) and the first sequence's fused decoder when the fused path is on.
    */
   static async create(model: { config: ModelConfig; weights: ModelWeights }, options: WebGpuEngineOptions): Promise<WebGpuEngine> {
     const c = model.config;
@@ -218,14 +235,11 @@ export class WebGpuEngine implements Engine {
       const qkvDim = (c.numHeads + 2 * c.numKvHeads) * c.headDim;
       const widest = Math.max(qkvDim, 2 * c.intermediateSize, c.vocabSize, c.hiddenSize) * 4;
       const chunk = Math.max(1, Math.min(options.prefillChunk ?? DEFAULT_PREFILL_CHUNK, ctx, Math.floor(gpu.maxBindingBytes / widest)));
-      const cacheBytesPerLayer = ctx * kvDim * 4;
-      if (cacheBytesPerLayer > gpu.maxBindingBytes) {
-        throw new GpuOutOfMemoryError(
-          `a KV cache of ${ctx} positions needs ${mb(cacheBytesPerLayer)} per layer for K (and V), over this device's storage binding limit of ${mb(gpu.maxBindingBytes)}; use a context length of at most ${Math.floor(gpu.maxBindingBytes / (kvDim * 4))}`,
-        );
-      }
+      // checks that one slot fits a storage binding (a pool of several slots is split across buffers)
+      const kv = new KvCache(gpu, { numLayers: c.numLayers, kvDim, contextLength: ctx, dtype: options.kvCache ?? 'f16', packed: options.kvPacked, maxSlotsPerBuffer: options.kvSlotsPerBuffer });
+      const slots = Math.max(1, Math.floor(options.kvSlots ?? 1));
       const weightBytes = gpuWeightBytes(model.weights, options);
-      const cacheBytes = 2 * c.numLayers * cacheBytesPerLayer;
+      const cacheBytes = kv.bytesFor(slots);
       const hint = `model weights take ${mb(weightBytes)} and a KV cache of ${ctx} positions ${mb(cacheBytes)}; use a smaller contextLength or a smaller model, or backend: 'cpu'`;
       // a tensor at a time, lazy tensors read as they are uploaded (upload.ts)
       const uploaded = await uploadModelWeights(gpu, model.weights, { decode: options.decode ?? 'fused', upload: options, hint, onTensor: options.onProgress });
@@ -233,13 +247,15 @@ export class WebGpuEngine implements Engine {
       let fused = uploaded.fused;
       let notice = uploaded.notice;
       const activations = await gpu.allocating('the activations', hint, () => guardAllocation(hint, () => allocateActivations(gpu, c, ctx, chunk)));
-      // the first sequence's cache, allocated now so that a model that cannot hold one fails here; on
-      // the fused path it is the decoder's, which also builds (and so checks) the fused kernels
-      const spare = new WebGpuSequence();
+      // the cache's first slots, allocated now so that a model that cannot hold one fails here
+      await gpu.allocating(`a KV cache of ${slots} x ${ctx} positions (${kv.shape.dtype}, ${mb(cacheBytes)})`, hint, () => guardAllocation(hint, () => kv.grow(slots)));
+      const spare = new WebGpuSequence(kv);
+      spare.slot = kv.acquire();
+      // the first sequence's decoder, which also builds (and so checks) the fused kernels
       if (fused) {
         try {
-          spare.decoder = await gpu.allocating(`the fused decoder with a KV cache of ${ctx} positions (${mb(cacheBytes)})`, hint, () =>
-            guardAllocation(hint, () => new FusedDecoder(gpu, c, fused!, { path: 'fused', contextLength: ctx, matvecActivations: options.matvecActivations })),
+          spare.decoder = await gpu.allocating(`the fused decoder`, hint, () =>
+            guardAllocation(hint, () => new FusedDecoder(gpu, c, fused!, { path: 'fused', contextLength: ctx, matvecActivations: options.matvecActivations, kv: { cache: kv, slot: spare.slot! } })),
           );
         } catch (e) {
           if (e instanceof DeviceLostError) throw e;
@@ -251,9 +267,8 @@ export class WebGpuEngine implements Engine {
           notice = `decoding through the forward pass: the fused decoder cannot run here (${(e as Error).message})`;
         }
       }
-      const engine = new WebGpuEngine(c, ctx, gpu, !options.gpu, weights, activations, chunk, fused, notice);
+      const engine = new WebGpuEngine(c, ctx, gpu, !options.gpu, weights, activations, chunk, fused, notice, kv, options.tiledAttention ?? true);
       engine.matvecActivations = options.matvecActivations ?? 'int8';
-      if (!spare.decoder) spare.cache = await gpu.allocating(`a KV cache of ${ctx} positions (${mb(cacheBytes)})`, hint, () => guardAllocation(hint, () => engine.newCache()));
       engine.spare = spare;
       return engine;
     } catch (e) {
@@ -266,15 +281,17 @@ export class WebGpuEngine implements Engine {
    * An engine over weights already on `gpu` (`pdvm bench`'s synthetic models), decoding through the
    * forward pass; the caller keeps the device and the weights.
    */
-  static async overGpuWeights(gpu: Gpu, config: ModelConfig, weights: GpuModelWeights, options: { contextLength: number; prefillChunk?: number }): Promise<WebGpuEngine> {
+  static async overGpuWeights(gpu: Gpu, config: ModelConfig, weights: GpuModelWeights, options: { contextLength: number; prefillChunk?: number; kvCache?: KvCacheDtype }): Promise<WebGpuEngine> {
     const c = config, ctx = options.contextLength;
     const widest = Math.max((c.numHeads + 2 * c.numKvHeads) * c.headDim, 2 * c.intermediateSize, c.vocabSize, c.hiddenSize) * 4;
     const chunk = Math.max(1, Math.min(options.prefillChunk ?? DEFAULT_PREFILL_CHUNK, ctx, Math.floor(gpu.maxBindingBytes / widest)));
     const hint = 'use a smaller --context or --prefill';
     const activations = await gpu.allocating('the activations', hint, () => guardAllocation(hint, () => allocateActivations(gpu, c, ctx, chunk)));
-    const engine = new WebGpuEngine(c, ctx, gpu, false, weights, activations, chunk, null, undefined);
-    const spare = new WebGpuSequence();
-    spare.cache = await gpu.allocating(`a KV cache of ${ctx} positions`, hint, () => guardAllocation(hint, () => engine.newCache()));
+    const kv = new KvCache(gpu, { numLayers: c.numLayers, kvDim: c.numKvHeads * c.headDim, contextLength: ctx, dtype: options.kvCache ?? 'f16' });
+    await gpu.allocating(`a KV cache of ${ctx} positions`, hint, () => guardAllocation(hint, () => kv.grow(1)));
+    const engine = new WebGpuEngine(c, ctx, gpu, false, weights, activations, chunk, null, undefined, kv);
+    const spare = new WebGpuSequence(kv);
+    spare.slot = kv.acquire();
     engine.spare = spare;
     return engine;
   }
@@ -318,25 +335,33 @@ export class WebGpuEngine implements Engine {
     };
   }
 
-  /**
-   * A forward-pass KV cache for the whole context: new buffers, or `over` a fused decoder's (the same
-   * (contextLength, kvDim) layout), which the forward pass then prefills in chunks.
-   */
-  private newCache(over?: { k: GPUBuffer[]; v: GPUBuffer[] }): ForwardCache {
-    const c = this.config, gpu = this.gpu, a = this.a;
-    const kvDim = c.numKvHeads * c.headDim;
-    const bytes = this.contextLength * kvDim * 4;
-    const k: GPUBuffer[] = [], v: GPUBuffer[] = [];
-    const dispatches: Dispatch[][] = [];
+  /** How the forward pass's kernels see the cache (rows of the whole step; `group` filters a batch across buffers). */
+  private kvLayout(group: number): KvLayout {
+    return { storage: this.kv.storage, contextLength: this.contextLength, rowsAt: this.rowsAt, kvBuffer: group };
+  }
+
+  /** Per layer rope_kv and attention bound to buffer group g of the cache (made on first use). */
+  private kvDispatchesOf(g: number): LayerKv[] {
+    let d = this.kvDispatches.get(g);
+    if (d) return d;
+    const c = this.config, gpu = this.gpu, a = this.a, group = this.kv.groups[g]!;
+    // every row of a single-sequence step is in its slot's group, so no filter
+    const kv = this.kvLayout(-1);
+    d = [];
+    const shape = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, rotaryDim: c.rotaryDim };
     for (let l = 0; l < c.numLayers; l++) {
-      k.push(over ? over.k[l]! : gpu.createBuffer(`kv.${l}.k`, bytes, STORAGE()));
-      v.push(over ? over.v[l]! : gpu.createBuffer(`kv.${l}.v`, bytes, STORAGE()));
-      dispatches.push([
-        ropeKvOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim }, a.qkv, a.cos, a.sin, k[l]!, v[l]!, a.step),
-        attentionOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow }, a.qkv, k[l]!, v[l]!, a.att, a.step),
-      ]);
+      const rope = ropeKvOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim }, kv, a.qkv, a.cos, a.sin, group.k[l]!, group.v[l]!, a.step);
+      const rows = attentionOp(gpu, shape, kv, a.qkv, group.k[l]!, group.v[l]!, a.att, a.step);
+      const tiled = this.tiledAttention ? attentionTiledOp(gpu, shape, kv, a.qkv, group.k[l]!, group.v[l]!, a.att, a.step) : null;
+      d.push({ one: [rope, rows], prompt: [rope, tiled ?? rows] });
     }
-    return { k, v, dispatches };
+    this.kvDispatches.set(g, d);
+    return d;
+  }
+
+  /** The sequence's slot, taken on first use (the pool grows by a buffer group when full). */
+  private slotOf(seq: WebGpuSequence): KvSlot {
+    return (seq.slot ??= guardAllocation(`a KV cache slot of ${this.contextLength} positions does not fit beside the model; use a smaller context length (--context)`, () => this.kv.acquire()));
   }
 
   /** A sequence; its caches are made on first use (the first one's were made at load). */
@@ -347,7 +372,7 @@ export class WebGpuEngine implements Engine {
       this.spare = null;
       return s;
     }
-    return new WebGpuSequence();
+    return new WebGpuSequence(this.kv);
   }
 
   private assertUsable(): void {
@@ -407,23 +432,16 @@ export class WebGpuEngine implements Engine {
     this.assertUsable();
     const seq = this.live(seqIn);
     this.checkTokens(seq, tokens);
-    const cache = (seq.cache ??= guardAllocation(`a KV cache of ${this.contextLength} positions does not fit beside the model; use a smaller contextLength`, () => this.newCache()));
-    // tokens the fused decoder appended since this cache was last used
-    if (seq.cached < seq.length) {
-      await this.runChunks(cache, seq.cached, seq.tokens.slice(seq.cached), 'none');
-      seq.cached = seq.length;
-    }
-    const out = await this.runChunks(cache, seq.cached, tokens, output);
-    seq.cached += tokens.length;
+    const out = await this.runChunks(this.slotOf(seq), seq.length, tokens, output);
     for (let i = 0; i < tokens.length; i++) seq.tokens.push(tokens[i]!);
     return out;
   }
 
   /**
-   * Runs tokens through a forward cache from position `pos0`, a prefill chunk a submit; 'none' only
+   * Runs tokens through a cache slot from position `pos0`, a prefill chunk a submit; 'none' only
    * fills the cache (submitted, nothing read back). The caller counts the tokens in.
    */
-  private async runChunks(cache: ForwardCache, pos0: number, tokens: ArrayLike<number>, output: 'none' | 'last' | 'all' | 'argmax' | 'sample'): Promise<Float32Array> {
+  private async runChunks(slot: KvSlot, pos0: number, tokens: ArrayLike<number>, output: 'none' | 'last' | 'all' | 'argmax' | 'sample'): Promise<Float32Array> {
     const vocab = this.config.vocabSize;
     const T = tokens.length;
     const out = output === 'all' ? new Float32Array(T * vocab) : this.logitsOne;
@@ -433,12 +451,16 @@ export class WebGpuEngine implements Engine {
       const last = s + n === T;
       this.stepWords[StepWord.T] = n;
       this.stepWords[StepWord.pos0] = pos0 + s;
-      for (let i = 0; i < n; i++) this.stepWords[STEP_HEADER_WORDS + i] = tokens[s + i]!;
-      this.gpu.device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, STEP_HEADER_WORDS + n);
+      for (let i = 0; i < n; i++) {
+        this.stepWords[STEP_HEADER_WORDS + i] = tokens[s + i]!;
+        this.stepWords[this.rowsAt + 2 * i] = slot.word;
+        this.stepWords[this.rowsAt + 2 * i + 1] = pos0 + s + i;
+      }
+      this.gpu.device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, this.rowsAt + 2 * n);
 
       const encoder = this.gpu.device.createCommandEncoder();
       const pass = encoder.beginComputePass();
-      this.encodeLayers(pass, cache, n);
+      this.encodeLayers(pass, this.kvDispatchesOf(slot.group.index), n);
       let readBytes = 0;
       if (output === 'all') {
         encodeDispatches(pass, n === 1 ? this.plans.lastLogits : this.plans.allLogits, n);
@@ -464,19 +486,23 @@ export class WebGpuEngine implements Engine {
   /**
    * Time of each dispatch of one prefill step of T tokens from position 0 (layer 0's, then the
    * embedding), each repeated `reps` times alone in a pass, the median of 3 (`pdvm bench --prefill N
-   * --profile`). Runs on a sequence's forward cache, whose contents it overwrites.
+   * --profile`). Runs on a sequence's KV slot, whose contents it overwrites.
    */
   async profilePrefill(seqIn: Sequence, T: number, reps = 20): Promise<{ label: string; microseconds: number }[]> {
     return this.serial(async () => {
       const seq = this.live(seqIn);
       if (!(T >= 1 && T <= this.prefillChunk)) throw new InvalidInputError(`profile: T must be in 1..${this.prefillChunk}`);
-      const cache = (seq.cache ??= this.newCache());
+      const slot = this.slotOf(seq);
       this.stepWords[StepWord.T] = T;
       this.stepWords[StepWord.pos0] = 0;
-      for (let i = 0; i < T; i++) this.stepWords[STEP_HEADER_WORDS + i] = i % this.config.vocabSize;
-      this.gpu.device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, STEP_HEADER_WORDS + T);
+      for (let i = 0; i < T; i++) {
+        this.stepWords[STEP_HEADER_WORDS + i] = i % this.config.vocabSize;
+        this.stepWords[this.rowsAt + 2 * i] = slot.word;
+        this.stepWords[this.rowsAt + 2 * i + 1] = i;
+      }
+      this.gpu.device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, this.rowsAt + 2 * T);
       const plan = T === 1 ? this.plans.decode[0]! : this.plans.prefill[0]!;
-      const list = [...this.plans.embedding, ...plan.beforeAttention, ...cache.dispatches[0]!, ...plan.afterAttention];
+      const list = [...this.plans.embedding, ...plan.beforeAttention, ...(T === 1 ? this.kvDispatchesOf(slot.group.index)[0]!.one : this.kvDispatchesOf(slot.group.index)[0]!.prompt), ...plan.afterAttention];
       const out: { label: string; microseconds: number }[] = [];
       for (const d of list) {
         const times: number[] = [];
@@ -499,42 +525,39 @@ export class WebGpuEngine implements Engine {
     });
   }
 
-  private encodeLayers(pass: GPUComputePassEncoder, cache: ForwardCache, T: number): void {
+  private encodeLayers(pass: GPUComputePassEncoder, kv: LayerKv[], T: number): void {
     const layers = T === 1 ? this.plans.decode : this.plans.prefill;
     encodeDispatches(pass, this.plans.embedding, T);
     for (let l = 0; l < layers.length; l++) {
       encodeDispatches(pass, layers[l]!.beforeAttention, T);
-      encodeDispatches(pass, cache.dispatches[l]!, T);
+      encodeDispatches(pass, T === 1 ? kv[l]!.one : kv[l]!.prompt, T);
       encodeDispatches(pass, layers[l]!.afterAttention, T);
     }
   }
 
   /**
-   * Engine.decodeOnDevice through the sequence's FusedDecoder (made on first use, with its own KV
-   * cache). The tokens its cache lacks (any the forward pass appended, then the prompt) but the last
-   * are prefilled by the forward pass's chunked kernels straight into the decoder's cache, the last
-   * starts the decode. Sequences decode independently of each other, so this waits only for forward
-   * passes in flight (their activations are shared).
+   * Engine.decodeOnDevice through the sequence's FusedDecoder (made on first use, over the sequence's
+   * slot). The prompt but its last token is prefilled by the forward pass's chunked kernels into the
+   * slot, the last starts the decode. Sequences decode independently of each other, so this waits
+   * only for forward passes in flight (their activations are shared).
    */
   private async decodeFused(seqIn: Sequence, prompt: ArrayLike<number>, options: DeviceDecodeOptions): Promise<number[]> {
     this.assertUsable();
     const seq = this.live(seqIn);
     this.checkTokens(seq, prompt);
     if (!Number.isInteger(options.maxTokens) || options.maxTokens < 1) throw new InvalidInputError(`max tokens must be a whole number >= 1, got ${options.maxTokens}`);
-    const decoder = (seq.decoder ??= guardAllocation(`a KV cache of ${this.contextLength} positions does not fit beside the model; use a smaller contextLength`, () =>
-      new FusedDecoder(this.gpu, this.config, this.fusedWeights!, { path: 'fused', contextLength: this.contextLength, matvecActivations: this.matvecActivations }),
+    const slot = this.slotOf(seq);
+    const decoder = (seq.decoder ??= guardAllocation(`the fused decoder's activations do not fit beside the model; use a smaller context length (--context)`, () =>
+      new FusedDecoder(this.gpu, this.config, this.fusedWeights!, { path: 'fused', contextLength: this.contextLength, matvecActivations: this.matvecActivations, kv: { cache: this.kv, slot } }),
     ));
-    // a truncated sequence: the decoder's cache holds more than the sequence, so it starts over
-    if (decoder.length !== seq.decoded) {
-      decoder.reset();
-      seq.decoded = 0;
-    }
-    const input = [...seq.tokens.slice(seq.decoded), ...Array.from(prompt)];
+    // the slot holds the sequence's tokens, whichever pass appended them
+    decoder.reset();
+    decoder.advance(seq.length);
+    const input = Array.from(prompt);
     // running from here on (the prefill included), so that no other call takes the sequence meanwhile
     const run = (async () => {
       if (input.length > 1) {
-        const view = (seq.decoderCache ??= this.newCache(decoder.kv));
-        await this.serial(() => this.runChunks(view, decoder.length, input.slice(0, -1), 'none'));
+        await this.serial(() => this.runChunks(slot, decoder.length, input.slice(0, -1), 'none'));
         decoder.advance(input.length - 1);
       }
       return decoder.generate(input.slice(-1), {
@@ -549,18 +572,13 @@ export class WebGpuEngine implements Engine {
     let out: number[];
     try {
       out = await run;
-    } catch (e) {
-      decoder.reset();
-      seq.decoded = 0;
-      throw e;
     } finally {
       seq.running = null;
     }
     if (out.length > 0) {
-      // the decoder holds the input and every token but the last
+      // the slot holds the prompt and every token but the last
       for (let i = 0; i < prompt.length; i++) seq.tokens.push(prompt[i]!);
       seq.tokens.push(...out.slice(0, -1));
-      seq.decoded = decoder.length;
       if (decoder.length !== seq.length) throw new Error(`fused decode: the decoder holds ${decoder.length} tokens, the sequence ${seq.length}`);
     }
     return out;
@@ -591,6 +609,7 @@ export class WebGpuEngine implements Engine {
     if (this.disposed) return;
     this.disposed = true;
     this.spare?.dispose();
+    this.kv.dispose();
     if (this.ownsGpu) this.gpu.destroy();
   }
 }
@@ -600,7 +619,7 @@ function allocateActivations(gpu: Gpu, c: ModelConfig, contextLength: number, ch
   const f32 = (label: string, floats: number, extra = 0) => gpu.createBuffer(label, floats * 4, GPUBufferUsage.STORAGE | extra);
   const { cos, sin } = ropeTables(c, contextLength);
   return {
-    step: gpu.createBuffer('step', (STEP_HEADER_WORDS + chunk) * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST),
+    step: gpu.createBuffer('step', stepWords(STEP_HEADER_WORDS, chunk) * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST),
     x: f32('x', chunk * c.hiddenSize),
     xn: f32('xn', chunk * c.hiddenSize),
     qkv: f32('qkv', chunk * (qDim + 2 * kvDim)),

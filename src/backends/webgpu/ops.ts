@@ -4,10 +4,11 @@
  */
 import type { Gpu } from './device.js';
 import type { Dispatch } from './dispatch.js';
-import { attentionWgsl, type AttentionShape } from './kernels/attention.js';
+import { attentionTiledFits, attentionTiledWgsl, attentionWgsl, TILE_Q, type AttentionShape } from './kernels/attention.js';
 import { embeddingWgsl } from './kernels/embedding.js';
 import { MATVEC_ROWS, matvecDenseWgsl, type DenseMatmulShape } from './kernels/matmul-dense.js';
 import { matmulTiledF32Wgsl, matmulTiledSubgroupMatrixWgsl, tiledSupports, tiledTile, type TiledKernel, type TiledMatmulShape, type TiledWeight } from './kernels/matmul-tiled.js';
+import { kvDefines, type KvLayout } from './kernels/kv.js';
 import { grid } from './kernels/prelude.js';
 import { embeddingUpgWgsl, matmulUpgWgsl } from './kernels/matmul-upg.js';
 import { rmsnormWgsl, type RmsnormShape } from './kernels/rmsnorm.js';
@@ -155,23 +156,44 @@ function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo): Dispatch[] | null {
   });
 }
 
+/**
+ * RoPE on the step's q and k, k and v appended to the KV cache at each row's slot and position (the
+ * row table, kernels/kv.ts); kCache and vCache are one buffer group of a layer's pools.
+ */
 export function ropeKvOp(
-  gpu: Gpu, s: RopeShape, qkv: GPUBuffer, cos: GPUBuffer, sin: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, step: GPUBuffer,
+  gpu: Gpu, s: RopeShape, kv: KvLayout, qkv: GPUBuffer, cos: GPUBuffer, sin: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, step: GPUBuffer,
 ): Dispatch {
   if (s.rotaryDim % 2 !== 0 || s.rotaryDim > s.headDim) throw new Error(`rope: rotary dim ${s.rotaryDim} must be even and <= head dim ${s.headDim}`);
-  const pipeline = gpu.pipeline('rope_kv', { ...s }, () => ropeKvWgsl(s));
+  const pipeline = gpu.pipeline('rope_kv', { ...s, ...kvDefines(kv) }, () => ropeKvWgsl(s, kv));
   return { label: 'rope_kv', pipeline, bindGroup: gpu.bindGroup('rope_kv', pipeline, [qkv, cos, sin, kCache, vCache, step]), workgroups: grid };
 }
 
-export function attentionOp(gpu: Gpu, s: AttentionShape, qkv: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch {
+/** Attention of each row of the step over its slot's keys 0..position (the row table, kernels/kv.ts). */
+export function attentionOp(gpu: Gpu, s: AttentionShape, kv: KvLayout, qkv: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch {
   if (s.numHeads % s.numKvHeads !== 0) throw new Error(`attention: ${s.numHeads} heads are not a multiple of ${s.numKvHeads} KV heads`);
   const f = { subgroups: gpu.subgroups };
-  const pipeline = gpu.pipeline('attention', { ...s, slidingWindow: s.slidingWindow ?? 0, ...f }, () => attentionWgsl(s, f));
+  const pipeline = gpu.pipeline('attention', { ...s, slidingWindow: s.slidingWindow ?? 0, ...f, ...kvDefines(kv) }, () => attentionWgsl(s, f, kv));
   return {
     label: 'attention',
     pipeline,
     bindGroup: gpu.bindGroup('attention', pipeline, [qkv, kCache, vCache, out, step]),
     workgroups: (T: number) => grid(T * s.numHeads),
+  };
+}
+
+/**
+ * Attention of a prompt's rows (one sequence: every row in one slot) in tiles of 16 queries x 16 keys,
+ * each key and value tile read once for the tile's rows; null where the head dim does not suit it.
+ */
+export function attentionTiledOp(gpu: Gpu, s: AttentionShape, kv: KvLayout, qkv: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch | null {
+  if (s.numHeads % s.numKvHeads !== 0) throw new Error(`attention: ${s.numHeads} heads are not a multiple of ${s.numKvHeads} KV heads`);
+  if (!attentionTiledFits(s) || gpu.device.limits.maxComputeWorkgroupStorageSize < 16384) return null;
+  const pipeline = gpu.pipeline('attention_tiled', { ...s, slidingWindow: s.slidingWindow ?? 0, ...kvDefines(kv) }, () => attentionTiledWgsl(s, kv));
+  return {
+    label: 'attention_tiled',
+    pipeline,
+    bindGroup: gpu.bindGroup('attention_tiled', pipeline, [qkv, kCache, vCache, out, step]),
+    workgroups: (T: number) => [s.numHeads, Math.ceil(T / TILE_Q), 1],
   };
 }
 

@@ -7,7 +7,7 @@ import { GrammarCompiler, type TokenizerJson, jumpTokenizer } from '../../runtim
 import type { Constraint } from '../../runtime/token-filter.js';
 import { generate, type GenerationResult } from '../../runtime/generate.js';
 import { generationConfigSource, generationDefaults } from '../../runtime/defaults.js';
-import { action, backendOption, createEngineForCli, decodeOption, defaultContext, loadForCli, parseFloatOption, parseIntOption, type DecodeChoice } from '../common.js';
+import { action, backendOption, createEngineForCli, decodeOption, kvCacheOption, type KvCacheChoice, defaultContext, loadForCli, parseFloatOption, parseIntOption, type DecodeChoice } from '../common.js';
 
 interface GenerateFlags {
   prompt?: string;
@@ -31,6 +31,7 @@ interface GenerateFlags {
   jsonSchema?: string;
   grammar?: string;
   strict?: boolean;
+  kvCache: KvCacheChoice;
 }
 
 /** The constraint --json-schema FILE or --grammar FILE asks for (compiled by xgrammar), or null. */
@@ -89,6 +90,7 @@ export function generateCommand(): Command {
     .option('--strict', 'with --json-schema: refuse schema keywords the engine cannot enforce')
     .addOption(backendOption())
     .addOption(decodeOption())
+    .addOption(kvCacheOption())
     .action(action(async (modelPath: string | undefined, flags: GenerateFlags) => {
       if ((flags.prompt === undefined) === (flags.promptIds === undefined)) {
         throw new InvalidInputError('give exactly one of --prompt TEXT or --prompt-ids 1,2,3');
@@ -113,7 +115,7 @@ export function generateCommand(): Command {
         }
       }
       const constraint = await constraintOf(flags, model);
-      const engine = await createEngineForCli(model, flags.backend, defaultContext(model, flags.context), flags.decode);
+      const engine = await createEngineForCli(model, flags.backend, defaultContext(model, flags.context), flags.decode, flags.kvCache);
       const described = (engine as { describe?: () => string }).describe?.();
       if (flags.verbose) process.stderr.write(`pdvm: backend ${engine.backend}${described ? `: ${described}` : ''}\n`);
       const seq = engine.createSequence();

@@ -4,7 +4,7 @@ import { loadModel, modelFromLoaded, type LoadModelOptions } from '../../api/mod
 import { syntheticModel } from '../../bench/host-synthetic.js';
 import { InvalidInputError } from '../../errors.js';
 import { startServer } from '../../server/server.js';
-import { action, backendOption, decodeOption, demoModelPath, parseFloatOption, parseIntOption, type BackendChoice, type DecodeChoice } from '../common.js';
+import { action, backendOption, decodeOption, kvCacheOption, type KvCacheChoice, demoModelPath, parseFloatOption, parseIntOption, type BackendChoice, type DecodeChoice } from '../common.js';
 import { progressBar } from '../progress.js';
 import { forCli } from '../../wording.js';
 
@@ -27,6 +27,7 @@ interface ServeFlags {
   grace: number;
   backend: BackendChoice;
   decode: DecodeChoice;
+  kvCache: KvCacheChoice;
 }
 
 /** Commander's way to take a repeatable flag. */
@@ -54,6 +55,7 @@ export function serveCommand(): Command {
     .option('--synthetic <shape>', 'serve a model of a bench shape (llama-3.1-8b, phi-4, ...) with random q4 weights instead of a file: token-id prompts only, no EOS (load tests on a machine without models)')
     .addOption(backendOption())
     .addOption(decodeOption())
+    .addOption(kvCacheOption())
     .action(action(async (modelPath: string | undefined, flags: ServeFlags) => {
       if (flags.port < 0 || flags.port > 65535) throw new InvalidInputError(`--port must be in 0..65535, got ${flags.port}`);
       if (flags.maxBody < 1) throw new InvalidInputError(`--max-body must be at least 1, got ${flags.maxBody}`);
@@ -66,6 +68,7 @@ export function serveCommand(): Command {
         const options: LoadModelOptions = {
           backend: flags.backend,
           decode: flags.decode,
+          kvCache: flags.kvCache,
           contextLength: flags.context,
           maxConcurrency: flags.maxConcurrency,
           maxQueued: flags.maxQueue,

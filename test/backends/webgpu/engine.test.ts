@@ -62,7 +62,7 @@ test('webgpu engine: a model in every UPG encoding matches the CPU engine on the
   for (const [name, enc] of Object.entries(ENCODERS)) {
     const weights = encodeWeights(model.weights, enc);
     const cpu = new CpuEngine(model.config, weights, 64);
-    const engine = await WebGpuEngine.create({ config: model.config, weights }, { contextLength: 64, prefillChunk: 32, gpu });
+    const engine = await WebGpuEngine.create({ config: model.config, weights }, { kvCache: 'f32', contextLength: 64, prefillChunk: 32, gpu });
     try {
       const cs = cpu.createSequence(), gs = engine.createSequence();
       // prefill of 39 tokens (two chunks), then one decode step
@@ -89,7 +89,7 @@ test('webgpu engine: createEngine picks the backend; typed errors for bad input 
     assert.equal(picked.engine.backend, 'webgpu');
     assert.equal(picked.notice, undefined);
   }
-  const auto = await createEngine(model, { backend: 'webgpu', contextLength: 8 });
+  const auto = await createEngine(model, { backend: 'webgpu', kvCache: 'f32', contextLength: 8 });
   assert.equal(auto.engine.backend, 'webgpu');
   try {
     const seq = auto.engine.createSequence();
@@ -102,7 +102,50 @@ test('webgpu engine: createEngine picks the backend; typed errors for bad input 
   }
   // 2 KV heads x 64 x 4 bytes = 512 bytes a position: 4096 positions do not fit a 1 MiB binding
   await assert.rejects(
-    WebGpuEngine.create(model, { contextLength: 4096, gpu: await testGpu({ maxBindingBytes: 1 << 20 }) }),
+    WebGpuEngine.create(model, { kvCache: 'f32', contextLength: 4096, gpu: await testGpu({ maxBindingBytes: 1 << 20 }) }),
     (e: Error) => e instanceof GpuOutOfMemoryError && /at most 2048/.test(e.message),
   );
+});
+
+test('webgpu engine: sequences in KV cache slots of different buffers (one slot a buffer) keep to their own keys, on the forward pass and the fused decode, f32 and f16 caches', { skip: SKIP_GPU }, async () => {
+  const dir = ARCH_MODELS[0]!;
+  const model = await loadModel(dir);
+  const ids = Array.from((await readReference(dir)).inputIds.subarray(0, 30));
+  const prompts = [ids.slice(0, 11), ids.slice(5, 25), ids.slice(2, 9)];
+  const gpu = await testGpu();
+  // the CPU's logits after each prompt, and its greedy continuation of 6 tokens
+  const want: { logits: Float32Array; greedy: number[] }[] = [];
+  for (const p of prompts) {
+    const cpu = new CpuEngine(model.config, model.weights, 64);
+    const s = cpu.createSequence();
+    const logits = Float32Array.from(await cpu.forward(s, p));
+    const greedy: number[] = [];
+    let l: Float32Array = logits;
+    for (let i = 0; i < 6; i++) {
+      greedy.push(l.indexOf(Math.max(...l)));
+      l = await cpu.forward(s, [greedy.at(-1)!]);
+    }
+    want.push({ logits, greedy });
+  }
+  for (const kvCache of ['f32', 'f16'] as const) {
+    const engine = await WebGpuEngine.create(model, { kvCache, kvSlotsPerBuffer: 1, contextLength: 64, prefillChunk: 8, gpu });
+    try {
+      assert.equal(engine.decode, 'fused');
+      const seqs = prompts.map(() => engine.createSequence());
+      // interleaved: each prompt's chunks go through the forward pass, each sequence in its own buffer
+      for (let i = 0; i < 3; i++) assertClose(await engine.forward(seqs[i]!, prompts[i]!), want[i]!.logits, kvCache === 'f32' ? 1e-4 : 2e-2, `${kvCache} forward logits of prompt ${i}`);
+      assert.equal(engine.kv.groups.length, 3);
+      // then the fused decoder continues each sequence from its slot
+      const got = await Promise.all(seqs.map((s, i) => engine.decodeOnDevice!(s, [want[i]!.greedy[0]!], { maxTokens: 5, sampling: { temperature: 0, topK: 0, topP: 1, minP: 0 }, random: Math.random, onToken: () => false })));
+      if (kvCache === 'f32') got.forEach((g, i) => assert.deepEqual(g, want[i]!.greedy.slice(1), `f32 greedy continuation of prompt ${i}`));
+      else got.forEach((g, i) => assert.equal(g.length, 5, `f16 continuation of prompt ${i}`));
+      // a disposed sequence's slot is taken by the next sequence, no new buffer
+      seqs[1]!.dispose();
+      const again = engine.createSequence();
+      assertClose(await engine.forward(again, prompts[1]!), want[1]!.logits, kvCache === 'f32' ? 1e-4 : 2e-2, `${kvCache} forward logits in a reused slot`);
+      assert.equal(engine.kv.groups.length, 3);
+    } finally {
+      engine.dispose();
+    }
+  }
 });

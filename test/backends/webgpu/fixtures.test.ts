@@ -17,7 +17,7 @@ for (const dir of ALL_FIXTURE_MODELS) {
     const model = await loadModel(dir);
     const ref = await readReference(dir);
     // a small prefill chunk so the 128-token brown-llama reference runs as several chunks
-    const engine = await WebGpuEngine.create(model, { contextLength: 256, prefillChunk: 48, gpu: await testGpu() });
+    const engine = await WebGpuEngine.create(model, { kvCache: 'f32', contextLength: 256, prefillChunk: 48, gpu: await testGpu() });
     try {
       const seq = engine.createSequence();
       const logits = await engine.forward(seq, ref.inputIds, true);

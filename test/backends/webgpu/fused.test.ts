@@ -11,7 +11,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { basename } from 'node:path';
-import { FusedDecoder, type DecodePath } from '../../../src/backends/webgpu/fused/decoder.js';
+import { FusedDecoder, type DecodePath, type FusedDecoderOptions } from '../../../src/backends/webgpu/fused/decoder.js';
 import { attentionSplits } from '../../../src/backends/webgpu/kernels/fused-attention.js';
 import { destroyFusedWeights, uploadFusedMatrix, uploadFusedWeights, type FusedUploadOptions } from '../../../src/backends/webgpu/fused/weights.js';
 import { fusedBlocks, fusedMatvecBindings, fusedMatvecWgsl, type FusedMatvecShape } from '../../../src/backends/webgpu/kernels/fused-matvec.js';
@@ -52,12 +52,15 @@ function compressed(m: ModelWeights, pack: Pack): ModelWeights {
   };
 }
 
-async function decoders(model: LoadedModel, weights: ModelWeights, contextLength: number, options: GpuOptions = {}, upload: FusedUploadOptions = {}) {
+/** The KV cache of the comparisons with the CPU and transformers: f32 (the f16 cache is checked by tolerance below). */
+const F32_KV = { kvCache: 'f32' } as const;
+
+async function decoders(model: LoadedModel, weights: ModelWeights, contextLength: number, options: GpuOptions = {}, upload: FusedUploadOptions = {}, kv: Pick<FusedDecoderOptions, 'kvCache' | 'kvPacked'> = F32_KV) {
   const gpu = await testGpu(options);
   const w = uploadFusedWeights(gpu, weights, upload);
   // the unfused plan runs the one-workgroup-a-head attention, so the split attention is checked too
   // f32 activations: the token-for-token comparisons run on the CPU's numerics (int8: fused-nll.test)
-  const make = (path: DecodePath) => new FusedDecoder(gpu, model.config, w, { path, contextLength, workgroups: 64, attention: path === 'fused' ? 'split' : 'single', matvecActivations: 'f32' });
+  const make = (path: DecodePath) => new FusedDecoder(gpu, model.config, w, { path, contextLength, workgroups: 64, attention: path === 'fused' ? 'split' : 'single', matvecActivations: 'f32', ...kv });
   const fused = make('fused'), unfused = make('unfused');
   return {
     fused, unfused,
@@ -128,6 +131,39 @@ for (const dir of ALL_FIXTURE_MODELS) {
     }
   });
 }
+
+test('fused decode: the f16 KV cache (native where the device has shader-f16, and packed in u32) keeps the fused and unfused paths together and near the f32 cache', { skip: SKIP_GPU }, async () => {
+  // qwen2 (biases) and phi3 (partial rotary, fused qkv): the f16 K rows hold RoPE pairs
+  for (const dir of [ARCH_MODELS[2]!, ARCH_MODELS[3]!]) {
+    const model = await loadModel(dir);
+    const ref = await readReference(dir);
+    const ids = [...ref.inputIds.slice(0, 16)];
+    const f32 = await decoders(model, model.weights, 160);
+    const want: Float32Array[] = [];
+    try {
+      for (const id of ids) want.push(await f32.fused.forwardLogits([id]));
+    } finally {
+      f32.dispose();
+    }
+    const gpu = await testGpu();
+    for (const packed of gpu.features.shaderF16 ? [false, true] : [true]) {
+      const { fused, unfused, dispose } = await decoders(model, model.weights, 160, {}, {}, { kvCache: 'f16', kvPacked: packed });
+      try {
+        for (let i = 0; i < ids.length; i++) {
+          const a = await fused.forwardLogits([ids[i]!]);
+          const b = await unfused.forwardLogits([ids[i]!]);
+          const what = `${basename(dir)} f16 KV cache (${packed ? 'packed' : 'native'}) after token ${i}`;
+          // the same f16 keys and values on both paths (one f16 step where the two k sums round apart)
+          assertClose(a, b, 1e-3, `${what}: fused vs unfused`);
+          // f16 keys and values against f32 ones: 2^-11 relative rounding of each
+          assertClose(a, want[i]!, 2e-2, `${what}: vs the f32 cache`);
+        }
+      } finally {
+        dispose();
+      }
+    }
+  }
+});
 
 // bitmaps run expanded to q4 (the default) and walked by the bitmap kernel
 const packs: [string, Pack, FusedUploadOptions][] = [['q4 g32', q4, {}], ['q8', q8, {}], ['bitmap 50% 4-bit', bitmap4, {}], ['bitmap 50% 4-bit, walked', bitmap4, { bitmap: 'walk' }]];

@@ -57,8 +57,8 @@ function assertSameGeneration(got: GenerationResult & { streamed: string }, want
 test('webgpu generate: the fused decode path gives the forward path\'s and the CPU\'s output', { skip: SKIP_GPU }, async () => {
   const model = await loadModel(BROWN);
   const gpu = await testGpu();
-  const fusedEngine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu });
-  const forwardEngine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu, decode: 'unfused' });
+  const fusedEngine = await WebGpuEngine.create(model, { kvCache: 'f32', contextLength: CONTEXT, gpu });
+  const forwardEngine = await WebGpuEngine.create(model, { kvCache: 'f32', contextLength: CONTEXT, gpu, decode: 'unfused' });
   try {
     assert.equal(fusedEngine.decode, 'fused', fusedEngine.decodeNotice);
     assert.equal(forwardEngine.decode, 'unfused');
@@ -117,7 +117,7 @@ test('webgpu generate: the forward pass reads the fused path\'s weight buffers (
   // the bf16 fixture; the .upg: q4 layers, q8 lm_head, q8 embedding (looked up in the fused path's decoded table)
   for (const path of [BROWN, join(ROOT, 'models', 'brown-llama-12m.upg')]) {
     const model = await loadModel(path);
-    const engine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu });
+    const engine = await WebGpuEngine.create(model, { kvCache: 'f32', contextLength: CONTEXT, gpu });
     try {
       assert.equal(engine.decode, 'fused', engine.decodeNotice);
       const fusedBuffers = new Set(fusedBuffersOf(engine.fusedWeights!));
@@ -136,7 +136,7 @@ test('webgpu generate: the forward pass reads the fused path\'s weight buffers (
 test('webgpu generate: seeded sampling through the fused path is reproducible and draws as forwardToken', { skip: SKIP_GPU }, async () => {
   const model = await loadModel(BROWN);
   const gpu = await testGpu();
-  const engine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu });
+  const engine = await WebGpuEngine.create(model, { kvCache: 'f32', contextLength: CONTEXT, gpu });
   try {
     const ctx = contextOf(model, engine);
     const prompt = model.tokenizer!.encode('In the morning, the', true);
@@ -161,7 +161,7 @@ test('webgpu generate: seeded sampling through the fused path is reproducible an
 test('webgpu generate: a sequence decoded on the GPU continues through forward(), and after an abort', { skip: SKIP_GPU }, async () => {
   const model = await loadModel(BROWN);
   const gpu = await testGpu();
-  const engine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu });
+  const engine = await WebGpuEngine.create(model, { kvCache: 'f32', contextLength: CONTEXT, gpu });
   const cpu = new CpuEngine(model.config, model.weights, CONTEXT);
   try {
     const ctx = contextOf(model, engine);
@@ -197,8 +197,8 @@ test('webgpu generate: where the fused path cannot hold the weights, the engine 
   const model = await loadModel(BROWN);
   // 1 MiB bindings: the forward pass splits the 8 MB embedding into segments, the fused kernels cannot
   const small = await testGpu({ maxBindingBytes: 1 << 20 });
-  const { engine, notice } = await createEngine(model, { backend: 'webgpu', contextLength: CONTEXT, webgpu: { gpu: small } });
-  const reference = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu: await testGpu(), decode: 'unfused' });
+  const { engine, notice } = await createEngine(model, { backend: 'webgpu', kvCache: 'f32', contextLength: CONTEXT, webgpu: { gpu: small } });
+  const reference = await WebGpuEngine.create(model, { kvCache: 'f32', contextLength: CONTEXT, gpu: await testGpu(), decode: 'unfused' });
   try {
     assert.match(notice ?? '', /decoding through the forward pass: the fused path cannot hold these weights \(.*one storage binding/);
     assert.equal(engine.decodeOnDevice, undefined);
@@ -218,8 +218,8 @@ test('webgpu generate: the fused path prefills the prompt through the forward pa
   const model = await loadModel(BROWN);
   const gpu = await testGpu();
   // chunks of 4 tokens: a prompt of several chunks and a partial last one
-  const fusedEngine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu, prefillChunk: 4 });
-  const forwardEngine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu, decode: 'unfused' });
+  const fusedEngine = await WebGpuEngine.create(model, { kvCache: 'f32', contextLength: CONTEXT, gpu, prefillChunk: 4 });
+  const forwardEngine = await WebGpuEngine.create(model, { kvCache: 'f32', contextLength: CONTEXT, gpu, decode: 'unfused' });
   try {
     const ctx = (engine: Engine) => contextOf(model, engine);
     const seq = fusedEngine.createSequence();
@@ -252,8 +252,8 @@ test('webgpu generate: chunked prefill into the decoder\'s cache matches the for
   for (const dir of ARCH_MODELS) {
     const model = await loadModel(dir);
     const ref = await readReference(dir);
-    const fusedEngine = await WebGpuEngine.create(model, { contextLength: 64, gpu, prefillChunk: 5 });
-    const forwardEngine = await WebGpuEngine.create(model, { contextLength: 64, gpu, decode: 'unfused' });
+    const fusedEngine = await WebGpuEngine.create(model, { kvCache: 'f32', contextLength: 64, gpu, prefillChunk: 5 });
+    const forwardEngine = await WebGpuEngine.create(model, { kvCache: 'f32', contextLength: 64, gpu, decode: 'unfused' });
     try {
       assert.equal(fusedEngine.decode, 'fused', fusedEngine.decodeNotice);
       const prompt = [...ref.inputIds.slice(0, 23)];

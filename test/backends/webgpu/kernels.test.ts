@@ -6,14 +6,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { addInPlace, applyRope, attention, rmsnorm, ropeTables, swiglu } from '../../../src/backends/cpu/ops.js';
-import { attentionOp, embeddingOp, matmulOp, rmsnormOp, ropeKvOp, swigluOp } from '../../../src/backends/webgpu/ops.js';
+import { attentionOp, attentionTiledOp, embeddingOp, matmulOp, rmsnormOp, ropeKvOp, swigluOp } from '../../../src/backends/webgpu/ops.js';
 import { attentionSplits, decodeAttentionPartGqaWgsl, decodeAttentionPartWgsl, decodeCombineWgsl } from '../../../src/backends/webgpu/kernels/fused-attention.js';
+import { kvDefines, type KvLayout } from '../../../src/backends/webgpu/kernels/kv.js';
 import { uploadDense } from '../../../src/backends/webgpu/weights.js';
 import { f32ToBf16, f32ToF16, f16ToF32 } from '../../../src/format/dtype.js';
 import type { ModelConfig } from '../../../src/model/config.js';
 import { DenseTensor } from '../../../src/model/tensor.js';
 import { assertClose, rng } from '../../helpers.js';
 import { featureVariants, read, run, SKIP_GPU, stepBuffer, storage, testGpu, zeros } from './gpu.js';
+import { kvStorages, poolBuffer, readPool, roundF16, stepWithRows } from './kv.js';
 
 function randomArray(n: number, seed: number, scale = 1): Float32Array {
   const r = rng(seed);
@@ -91,79 +93,149 @@ for (const { name, options } of variants) {
     }
   });
 
-  test(`webgpu kernels (${name}): rope + KV cache write and attention vs applyRope and attention`, async () => {
+  test(`webgpu kernels (${name}): rope + KV cache append and attention over slots (f32, f16, packed f16) vs applyRope and attention`, async () => {
     const gpu = await testGpu(options);
-    const cases: { c: ModelConfig; pos0: number; T: number }[] = [
-      { c: config({}), pos0: 0, T: 1 },
-      { c: config({}), pos0: 0, T: 77 }, // more keys than one 64-key block
-      { c: config({ numHeads: 6, numKvHeads: 2, headDim: 24, rotaryDim: 12 }), pos0: 5, T: 3 }, // partial rotary
-      { c: config({ slidingWindow: 16, ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 } }), pos0: 30, T: 20 },
-      { c: config({ numHeads: 2, numKvHeads: 2, headDim: 128, rotaryDim: 128 }), pos0: 130, T: 1 }, // head dim > 64 threads, long cache
+    // rows: one sequence's prompt (consecutive positions of one slot), or a batch (rows of different slots)
+    const prompt = (slot: number, pos0: number, T: number) => Array.from({ length: T }, (_, t) => ({ slot, pos: pos0 + t }));
+    const cases: { c: ModelConfig; rows: { slot: number; pos: number }[] }[] = [
+      { c: config({}), rows: prompt(0, 0, 1) },
+      { c: config({}), rows: prompt(1, 0, 77) }, // more keys than one 64-key block
+      { c: config({ numHeads: 6, numKvHeads: 2, headDim: 24, rotaryDim: 12 }), rows: prompt(2, 5, 3) }, // partial rotary
+      { c: config({ slidingWindow: 16, ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 } }), rows: prompt(1, 30, 20) },
+      { c: config({ numHeads: 2, numKvHeads: 2, headDim: 128, rotaryDim: 128 }), rows: prompt(0, 130, 1) }, // head dim > 64 threads, long cache
+      { c: config({ numHeads: 8, numKvHeads: 2, headDim: 64, rotaryDim: 64 }), rows: [{ slot: 2, pos: 90 }, { slot: 0, pos: 3 }, { slot: 1, pos: 0 }] }, // a batch
     ];
+    const slots = 3;
     let seed = 100;
-    for (const { c, pos0, T } of cases) {
-      const ctx = pos0 + T + 3;
+    for (const { c, rows } of cases) {
+      const T = rows.length;
+      const ctx = Math.max(...rows.map((r) => r.pos)) + 4;
       const qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim, stride = qDim + 2 * kvDim;
       const qkv = randomArray(T * stride, seed++);
-      const kCache = randomArray(ctx * kvDim, seed++), vCache = randomArray(ctx * kvDim, seed++); // earlier positions: random history
+      const kHist = randomArray(slots * ctx * kvDim, seed++), vHist = randomArray(slots * ctx * kvDim, seed++); // earlier positions: random history
       const { cos, sin } = ropeTables(c, ctx);
-      // CPU: rotate q and k, write k and v at pos0.., attend
+      // CPU: rotate q and k of each row at its position, write k and v into its slot, attend
       const q = Float32Array.from(qkv);
-      applyRope(q, T, stride, 0, c.numHeads, c.headDim, c.rotaryDim, pos0, cos, sin);
-      applyRope(q, T, stride, qDim, c.numKvHeads, c.headDim, c.rotaryDim, pos0, cos, sin);
-      const kWant = Float32Array.from(kCache), vWant = Float32Array.from(vCache);
-      for (let t = 0; t < T; t++) {
-        kWant.set(q.subarray(t * stride + qDim, t * stride + qDim + kvDim), (pos0 + t) * kvDim);
-        vWant.set(q.subarray(t * stride + qDim + kvDim, (t + 1) * stride), (pos0 + t) * kvDim);
-      }
-      const attWant = new Float32Array(T * qDim);
-      attention(q, stride, T, pos0, kWant, vWant, c, attWant, new Float32Array(ctx));
+      rows.forEach((r, t) => {
+        const row = q.subarray(t * stride, (t + 1) * stride);
+        applyRope(row, 1, stride, 0, c.numHeads, c.headDim, c.rotaryDim, r.pos, cos, sin);
+        applyRope(row, 1, stride, qDim, c.numKvHeads, c.headDim, c.rotaryDim, r.pos, cos, sin);
+      });
+      for (const kv of kvStorages(gpu)) {
+        const f16 = kv !== 'f32';
+        const kWant = f16 ? roundF16(kHist) : Float32Array.from(kHist), vWant = f16 ? roundF16(vHist) : Float32Array.from(vHist);
+        rows.forEach((r, t) => {
+          const k = q.subarray(t * stride + qDim, t * stride + qDim + kvDim), v = q.subarray(t * stride + qDim + kvDim, (t + 1) * stride);
+          kWant.set(f16 ? roundF16(k) : k, (r.slot * ctx + r.pos) * kvDim);
+          vWant.set(f16 ? roundF16(v) : v, (r.slot * ctx + r.pos) * kvDim);
+        });
+        const attWant = new Float32Array(T * qDim);
+        rows.forEach((r, t) => {
+          const cache = (a: Float32Array) => a.subarray(r.slot * ctx * kvDim, (r.slot + 1) * ctx * kvDim);
+          attention(q.subarray(t * stride, (t + 1) * stride), stride, 1, r.pos, cache(kWant), cache(vWant), c, attWant.subarray(t * qDim, (t + 1) * qDim), new Float32Array(ctx));
+        });
 
-      const qkvB = storage(gpu, qkv), kB = storage(gpu, kCache), vB = storage(gpu, vCache), out = zeros(gpu, T * qDim);
-      const step = stepBuffer(gpu, T, pos0);
-      const shape = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim };
-      await run(gpu, [
-        ropeKvOp(gpu, { ...shape, rotaryDim: c.rotaryDim }, qkvB, storage(gpu, cos), storage(gpu, sin), kB, vB, step),
-        attentionOp(gpu, { ...shape, slidingWindow: c.slidingWindow }, qkvB, kB, vB, out, step),
-      ], T);
-      const what = `heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} rot ${c.rotaryDim} window ${c.slidingWindow} pos0 ${pos0} T ${T}`;
-      const qGot = await read(gpu, qkvB, T * stride);
-      for (let t = 0; t < T; t++) assertClose(qGot.subarray(t * stride, t * stride + qDim), q.subarray(t * stride, t * stride + qDim), 1e-6, `rope q ${what}`);
-      assertClose(await read(gpu, kB, ctx * kvDim), kWant, 1e-6, `rope k cache ${what}`);
-      assertClose(await read(gpu, vB, ctx * kvDim), vWant, 0, `v cache ${what}`);
-      assertClose(await read(gpu, out, T * qDim), attWant, 1e-5, `attention ${what}`);
+        const layout: KvLayout = { storage: kv, contextLength: ctx, rowsAt: 8 + T, kvBuffer: -1 };
+        const qkvB = storage(gpu, qkv), out = zeros(gpu, T * qDim);
+        const kB = poolBuffer(gpu, kHist, kvDim, c.headDim, c.rotaryDim, kv, true), vB = poolBuffer(gpu, vHist, kvDim, c.headDim, c.rotaryDim, kv, false);
+        const step = stepWithRows(gpu, T, layout.rowsAt, rows);
+        const shape = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim };
+        await run(gpu, [
+          ropeKvOp(gpu, { ...shape, rotaryDim: c.rotaryDim }, layout, qkvB, storage(gpu, cos), storage(gpu, sin), kB, vB, step),
+          attentionOp(gpu, { ...shape, slidingWindow: c.slidingWindow, rotaryDim: c.rotaryDim }, layout, qkvB, kB, vB, out, step),
+        ], T);
+        const what = `${kv} cache, heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} rot ${c.rotaryDim} window ${c.slidingWindow} rows ${JSON.stringify(rows.length > 4 ? [rows[0], `x${T}`] : rows)}`;
+        const qGot = await read(gpu, qkvB, T * stride);
+        for (let t = 0; t < T; t++) assertClose(qGot.subarray(t * stride, t * stride + qDim), q.subarray(t * stride, t * stride + qDim), 1e-6, `rope q ${what}`);
+        // f16: the GPU's rotated k may round to the other neighbouring f16 (one f16 step, 2^-11 relative)
+        assertClose(await readPool(gpu, kB, slots * ctx * kvDim, kvDim, c.headDim, c.rotaryDim, kv, true), kWant, f16 ? 1e-3 : 1e-6, `rope k cache ${what}`);
+        assertClose(await readPool(gpu, vB, slots * ctx * kvDim, kvDim, c.headDim, c.rotaryDim, kv, false), vWant, 0, `v cache ${what}`);
+        assertClose(await read(gpu, out, T * qDim), attWant, f16 ? 1e-3 : 1e-5, `attention ${what}`);
+      }
     }
   });
 
-  test(`webgpu kernels (${name}): decode attention split into chunks of keys (per head and grouped), then combined, vs attention`, async () => {
+  test(`webgpu kernels (${name}): prompt attention in tiles of queries x keys (causal, windows cutting tiles, f32 and f16 caches) vs attention`, async () => {
+    const gpu = await testGpu(options);
+    // [config, slot, pos0, T]: head dims 64/96/128, GQA 1-4, windows cutting key tiles, a partial last
+    // query tile, 4000 keys
+    const cases: [ModelConfig, number, number, number][] = [
+      [config({ numHeads: 4, numKvHeads: 2, headDim: 64, rotaryDim: 64 }), 1, 0, 77],
+      [config({ numHeads: 8, numKvHeads: 2, headDim: 128, rotaryDim: 128, slidingWindow: 21 }), 0, 30, 40],
+      [config({ numHeads: 6, numKvHeads: 6, headDim: 96, rotaryDim: 32 }), 2, 5, 16],
+      [config({ numHeads: 4, numKvHeads: 1, headDim: 64, rotaryDim: 64, slidingWindow: 100 }), 1, 200, 33],
+      [config({ numHeads: 2, numKvHeads: 1, headDim: 64, rotaryDim: 64 }), 0, 3984, 16],
+    ];
+    const slots = 3;
+    let seed = 700;
+    for (const [c, slot, pos0, T] of cases) {
+      const ctx = pos0 + T + 3;
+      const qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim, stride = qDim + 2 * kvDim;
+      const qkv = randomArray(T * stride, seed++, 2);
+      const kHist = randomArray(slots * ctx * kvDim, seed++, 2), vHist = randomArray(slots * ctx * kvDim, seed++);
+      const shape = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, rotaryDim: c.rotaryDim };
+      for (const kv of gpu.features.shaderF16 && c.headDim === 64 ? kvStorages(gpu) : kvStorages(gpu).filter((k) => k !== 'f16')) {
+        const f16 = kv !== 'f32';
+        const kc = f16 ? roundF16(kHist) : kHist, vc = f16 ? roundF16(vHist) : vHist;
+        const cache = (x: Float32Array) => x.subarray(slot * ctx * kvDim, (slot + 1) * ctx * kvDim);
+        const want = new Float32Array(T * qDim);
+        attention(qkv, stride, T, pos0, cache(kc), cache(vc), c, want, new Float32Array(ctx));
+        const layout: KvLayout = { storage: kv, contextLength: ctx, rowsAt: 8 + T, kvBuffer: -1 };
+        const out = zeros(gpu, T * qDim);
+        const d = attentionTiledOp(gpu, shape, layout, storage(gpu, qkv), poolBuffer(gpu, kHist, kvDim, c.headDim, c.rotaryDim, kv, true), poolBuffer(gpu, vHist, kvDim, c.headDim, c.rotaryDim, kv, false), out, stepWithRows(gpu, T, layout.rowsAt, Array.from({ length: T }, (_, t) => ({ slot, pos: pos0 + t }))));
+        assert.ok(d, `the tiled kernel takes head dim ${c.headDim}`);
+        await run(gpu, [d], T);
+        assertClose(await read(gpu, out, T * qDim), want, f16 ? 1e-4 : 1e-5, `tiled attention (${kv} cache) heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} window ${c.slidingWindow} slot ${slot} pos0 ${pos0} T ${T}`);
+      }
+    }
+  });
+
+  test(`webgpu kernels (${name}): decode attention split into chunks of keys (per head and grouped), then combined, over slots (f32, f16, packed f16) vs attention`, async () => {
     const gpu = await testGpu(options);
     const f = { subgroups: gpu.subgroups };
-    // [config, context length, position]: more chunks than keys early, a window cutting chunks, head dim 128
-    const cases: [ModelConfig, number, number][] = [
-      [config({}), 300, 0], [config({}), 300, 250], [config({ slidingWindow: 100 }), 300, 250],
-      [config({ numHeads: 8, numKvHeads: 2, headDim: 128, rotaryDim: 128 }), 700, 650], [config({ numHeads: 6, numKvHeads: 3, headDim: 32 }), 4000, 3999], [config({ numHeads: 6, numKvHeads: 2, headDim: 64, rotaryDim: 64 }), 500, 480],
+    // [config, context length, rows (slot, position)]: more chunks than keys early, a window cutting
+    // chunks, head dims 32/64/96/128, 4000 keys, a batch of rows of different slots
+    const cases: [ModelConfig, number, { slot: number; pos: number }[]][] = [
+      [config({}), 300, [{ slot: 0, pos: 0 }]], [config({}), 300, [{ slot: 1, pos: 250 }]], [config({ slidingWindow: 100 }), 300, [{ slot: 2, pos: 250 }]],
+      [config({ numHeads: 8, numKvHeads: 2, headDim: 128, rotaryDim: 128 }), 700, [{ slot: 1, pos: 650 }]],
+      [config({ numHeads: 6, numKvHeads: 3, headDim: 32, rotaryDim: 32 }), 4000, [{ slot: 0, pos: 3999 }]],
+      [config({ numHeads: 6, numKvHeads: 2, headDim: 64, rotaryDim: 64 }), 500, [{ slot: 2, pos: 480 }, { slot: 0, pos: 17 }, { slot: 1, pos: 499 }]],
+      [config({ numHeads: 12, numKvHeads: 4, headDim: 96, rotaryDim: 64 }), 333, [{ slot: 1, pos: 300 }]],
     ];
+    const slots = 3;
     let seed = 900;
-    for (const [c, ctx, p] of cases) {
+    for (const [c, ctx, rows] of cases) {
+      const B = rows.length;
       const qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim, stride = qDim + 2 * kvDim;
-      const qkv = randomArray(stride, seed++, 2), kCache = randomArray(ctx * kvDim, seed++, 2), vCache = randomArray(ctx * kvDim, seed++);
-      const want = new Float32Array(qDim);
-      attention(qkv, stride, 1, p, kCache, vCache, c, want, new Float32Array(ctx));
-      const s = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: ctx, splits: attentionSplits({ numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: ctx }) };
+      const qkv = randomArray(B * stride, seed++, 2), kHist = randomArray(slots * ctx * kvDim, seed++, 2), vHist = randomArray(slots * ctx * kvDim, seed++);
+      const shape = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: ctx, rotaryDim: c.rotaryDim };
+      const s = { ...shape, splits: attentionSplits(shape) };
       assert.ok(s.splits > 1, 'each case runs more than one chunk');
-      // the per-head chunks, and the grouped-query chunks (a workgroup per KV head and chunk)
-      for (const gqa of [false, true]) {
-        const part = zeros(gpu, c.numHeads * s.splits * (c.headDim + 2)), out = zeros(gpu, qDim);
-        const p1 = gqa
-          ? gpu.pipeline('test_part_gqa', { ...s, slidingWindow: s.slidingWindow ?? 0 }, () => decodeAttentionPartGqaWgsl(s))
-          : gpu.pipeline('test_part', { ...s, slidingWindow: s.slidingWindow ?? 0, ...f }, () => decodeAttentionPartWgsl(s, f));
-        const p2 = gpu.pipeline('test_combine', { ...s, slidingWindow: s.slidingWindow ?? 0 }, () => decodeCombineWgsl(s));
-        const step = stepBuffer(gpu, 1, p);
-        await run(gpu, [
-          { label: 'part', pipeline: p1, bindGroup: gpu.bindGroup('part', p1, [storage(gpu, qkv), storage(gpu, kCache), storage(gpu, vCache), part, step]), workgroups: () => [(gqa ? c.numKvHeads : c.numHeads) * s.splits, 1, 1] },
-          { label: 'combine', pipeline: p2, bindGroup: gpu.bindGroup('combine', p2, [part, out]), workgroups: () => [c.numHeads, 1, 1] },
-        ], 1);
-        assertClose(await read(gpu, out, qDim), want, 1e-5, `split attention (${s.splits} chunks${gqa ? ', grouped' : ''}) heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} window ${c.slidingWindow} ctx ${ctx} position ${p}`);
+      for (const kv of kvStorages(gpu)) {
+        const f16 = kv !== 'f32';
+        const kc = f16 ? roundF16(kHist) : kHist, vc = f16 ? roundF16(vHist) : vHist;
+        const want = new Float32Array(B * qDim);
+        rows.forEach((r, t) => {
+          const cache = (a: Float32Array) => a.subarray(r.slot * ctx * kvDim, (r.slot + 1) * ctx * kvDim);
+          attention(qkv.subarray(t * stride, (t + 1) * stride), stride, 1, r.pos, cache(kc), cache(vc), c, want.subarray(t * qDim, (t + 1) * qDim), new Float32Array(ctx));
+        });
+        const layout: KvLayout = { storage: kv, contextLength: ctx, rowsAt: 9, kvBuffer: -1 };
+        const defines = { ...s, slidingWindow: s.slidingWindow ?? 0, ...kvDefines(layout) };
+        const kB = poolBuffer(gpu, kHist, kvDim, c.headDim, c.rotaryDim, kv, true), vB = poolBuffer(gpu, vHist, kvDim, c.headDim, c.rotaryDim, kv, false);
+        // the per-head chunks, and the grouped-query chunks (a workgroup per KV head and chunk)
+        for (const gqa of c.numHeads > c.numKvHeads ? [false, true] : [false]) {
+          const part = zeros(gpu, B * c.numHeads * s.splits * (c.headDim + 2)), out = zeros(gpu, B * qDim);
+          const p1 = gqa
+            ? gpu.pipeline('test_part_gqa', defines, () => decodeAttentionPartGqaWgsl(s, layout))
+            : gpu.pipeline('test_part', { ...defines, ...f }, () => decodeAttentionPartWgsl(s, layout, f));
+          const p2 = gpu.pipeline('test_combine', defines, () => decodeCombineWgsl(s));
+          const step = stepWithRows(gpu, 1, layout.rowsAt, rows);
+          await run(gpu, [
+            { label: 'part', pipeline: p1, bindGroup: gpu.bindGroup('part', p1, [storage(gpu, qkv), kB, vB, part, step]), workgroups: () => [(gqa ? c.numKvHeads : c.numHeads) * s.splits, B, 1] },
+            { label: 'combine', pipeline: p2, bindGroup: gpu.bindGroup('combine', p2, [part, out]), workgroups: () => [c.numHeads, B, 1] },
+          ], 1);
+          assertClose(await read(gpu, out, B * qDim), want, f16 ? 1e-4 : 1e-5, `split attention (${kv} cache, ${s.splits} chunks${gqa ? ', grouped' : ''}) heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} window ${c.slidingWindow} ctx ${ctx} rows ${JSON.stringify(rows)}`);
+        }
       }
     }
   });

@@ -47,7 +47,7 @@ for (const [name, options] of encodings) {
     const encodingsUsed = new Set(model.tensors.map((t) => t.encoding));
     assert.ok(encodingsUsed.size > 0);
     const cpu = (await parallelPerplexity(output, ids, CTX)).perplexity;
-    const { engine } = await createEngine(model, { backend: 'webgpu', contextLength: CTX + 1 });
+    const { engine } = await createEngine(model, { backend: 'webgpu', kvCache: 'f32', contextLength: CTX + 1 });
     try {
       const gpu = (await perplexity(engine, ids, CTX)).perplexity;
       const rel = Math.abs(gpu - cpu) / cpu;

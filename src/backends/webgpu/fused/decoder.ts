@@ -24,6 +24,8 @@ import {
 } from '../kernels/fused-attention.js';
 import { fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecNeeds, fusedMatvecWgsl, vecsPerUnit, type FusedMatvecShape } from '../kernels/fused-matvec.js';
 import { int8Applies, int8Unroll } from '../kernels/fused-matvec-int8.js';
+import { kvDefines, rowsAt, type KvLayout } from '../kernels/kv.js';
+import { KvCache, type KvCacheDtype, type KvSlot } from '../kv-cache.js';
 import { attentionOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, tokenMaskOp } from '../ops.js';
 import type { TokenFilter } from '../../../runtime/token-filter.js';
 import type { FusedMatrix, FusedModelWeights } from './weights.js';
@@ -34,6 +36,14 @@ export interface FusedDecoderOptions {
   path: DecodePath;
   /** Positions the KV cache holds. */
   contextLength: number;
+  /**
+   * The sequence's slot in an engine's KV cache (kv-cache.ts), which the engine's forward pass also
+   * fills; without it the decoder makes a cache of one slot of its own, of `kvCache` (default 'f16').
+   */
+  kv?: { cache: KvCache; slot: KvSlot };
+  kvCache?: KvCacheDtype;
+  /** f16 cache read and written as u32 words even where the device has shader-f16 (tests). */
+  kvPacked?: boolean;
   /** Workgroups per matvec dispatch (each walks blocks of rows); default 1024. */
   workgroups?: number;
   /** Workgroups of the matvecs that normalise x first (each does so once); default 264, 528 for lm_head-sized matrices. */
@@ -85,6 +95,7 @@ export interface GenerateOptions {
 }
 
 const FLAG_TOKEN_FROM_GPU = 7; // step word: 1 = the embedding reads the previously sampled id
+const ROWS_AT = rowsAt(STEP_HEADER_WORDS, 1); // the row table: one row (slot word, position)
 
 interface Plan {
   embedding: Dispatch[];
@@ -101,8 +112,10 @@ function padFloats(n: number): number {
 export class FusedDecoder {
   /** Tokens whose K and V are in the cache. */
   length = 0;
-  /** The KV cache, per layer (contextLength, kvDim) f32: the engine's forward pass prefills into it (see advance). */
-  readonly kv: { k: GPUBuffer[]; v: GPUBuffer[] } = { k: [], v: [] };
+  /** The KV cache slot this decoder appends to (the engine's forward pass prefills it too, see advance). */
+  readonly kv: { cache: KvCache; slot: KvSlot };
+  /** The cache when the decoder made its own. */
+  private readonly ownCache: KvCache | null = null;
   private readonly plan: Plan;
   private readonly buffers: GPUBuffer[] = [];
   private readonly step: GPUBuffer;
@@ -138,15 +151,17 @@ export class FusedDecoder {
     this.logitsReadback = this.alloc('logits_readback', c.vocabSize * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
     const { cos, sin } = ropeTables(c, ctx);
     const cosB = this.alloc('rope_cos', cos.byteLength, S, cos), sinB = this.alloc('rope_sin', sin.byteLength, S, sin);
-    const k: GPUBuffer[] = [], v: GPUBuffer[] = [];
-    for (let l = 0; l < c.numLayers; l++) {
-      k.push(this.alloc(`kv.${l}.k`, ctx * kvDim * 4, S));
-      v.push(this.alloc(`kv.${l}.v`, ctx * kvDim * 4, S));
+    if (options.kv) this.kv = options.kv;
+    else {
+      this.ownCache = new KvCache(gpu, { numLayers: c.numLayers, kvDim, contextLength: ctx, dtype: options.kvCache ?? 'f16', packed: options.kvPacked });
+      this.kv = { cache: this.ownCache, slot: this.ownCache.acquire() };
     }
-    this.kv.k.push(...k);
-    this.kv.v.push(...v);
+    if (this.kv.cache.shape.contextLength !== ctx) throw new Error(`fused decoder: a KV cache of ${this.kv.cache.shape.contextLength} positions for a context of ${ctx}`);
+    const k = this.kv.slot.group.k, v = this.kv.slot.group.v;
+    const kvLayout = this.kvLayout;
     const gpu_ = gpu, w = weights, eps = c.rmsNormEps;
     const heads = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim };
+    const kvShape = { kvStorage: kvLayout.storage, kvCtx: ctx, kvRows: ROWS_AT };
     const mv = (m: FusedMatrix, input: 'norm' | 'global', epilogue: FusedMatvecShape['epilogue'], io: Record<string, GPUBuffer>, bias: GPUBuffer | null = null, layout: Partial<FusedMatvecShape> = {}) =>
       this.matvec(m, { input, epilogue, bias: bias !== null, eps, ...heads, ...layout }, { ...io, ...(bias ? { BIAS: bias } : {}) });
     const fused = options.path === 'fused';
@@ -161,7 +176,7 @@ export class FusedDecoder {
       const qkvUnfused = () => [
         norm(L.attnNorm),
         ...mv(L.qkv, 'global', 'store', { X: xn, Y: qkv }, L.qkvBias),
-        ropeKvOp(gpu_, heads, qkv, cosB, sinB, k[l]!, v[l]!, this.step),
+        ropeKvOp(gpu_, heads, kvLayout, qkv, cosB, sinB, k[l]!, v[l]!, this.step),
       ];
       if (fused) {
         // the SwiGLU epilogue writes act unit-major for down_proj (coalesced x reads there)
@@ -174,7 +189,7 @@ export class FusedDecoder {
         const gateUpFused = this.fits(L.gateUp, 'norm', 'swiglu', false);
         return [
           ...(qkvFused
-            ? mv(L.qkv, 'norm', 'qkv', { X: x, NW: L.attnNorm, QKV: qkv, KC: k[l]!, VC: v[l]!, COS: cosB, SIN: sinB, STEP: this.step }, L.qkvBias)
+            ? mv(L.qkv, 'norm', 'qkv', { X: x, NW: L.attnNorm, QKV: qkv, KC: k[l]!, VC: v[l]!, COS: cosB, SIN: sinB, STEP: this.step }, L.qkvBias, kvShape)
             : qkvUnfused()),
           ...attention,
           ...o,
@@ -198,7 +213,7 @@ export class FusedDecoder {
     const head = fused && this.fits(w.lmHead, 'norm', 'store', false)
       ? mv(w.lmHead, 'norm', 'store', { X: x, NW: w.finalNorm, Y: this.logits })
       : [norm(w.finalNorm), ...mv(w.lmHead, 'global', 'store', { X: xn, Y: this.logits })];
-    this.allocatedBytes = this.buffers.reduce((a, b) => a + b.size, 0);
+    this.allocatedBytes = this.buffers.reduce((a, b) => a + b.size, 0) + (this.ownCache ? this.ownCache.bytesFor(this.ownCache.capacity) : 0);
     this.plan = {
       embedding: this.embedding(x),
       layers,
@@ -284,7 +299,12 @@ export class FusedDecoder {
 
   private attentionShape(): DecodeAttentionShape {
     const c = this.config;
-    return { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: this.options.contextLength };
+    return { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: this.options.contextLength, rotaryDim: c.rotaryDim };
+  }
+
+  /** How the kernels see the cache: the one row of the step's table, in the slot's buffer group. */
+  get kvLayout(): KvLayout {
+    return { storage: this.kv.cache.storage, contextLength: this.options.contextLength, rowsAt: ROWS_AT, kvBuffer: -1 };
   }
 
   /** The split attention's shape, or null where the single-workgroup kernel runs. */
@@ -308,13 +328,14 @@ export class FusedDecoder {
     const s = { ...this.attentionShape(), ...layout };
     const unitMajor = (layout.outVecs ?? 0) > 1;
     const f = { subgroups: this.gpu.subgroups };
+    const kv = this.kvLayout;
     if (chunks) {
       const split = { ...chunks.shape, ...layout }, part = chunks.part;
-      const defines = { ...split, slidingWindow: split.slidingWindow ?? 0 };
+      const defines = { ...split, slidingWindow: split.slidingWindow ?? 0, ...kvDefines(kv) };
       const grouped = (this.options.attention ?? 'split') === 'split' && c.numHeads > c.numKvHeads && gqaPartWorkgroupBytes(split) <= this.gpu.device.limits.maxComputeWorkgroupStorageSize;
       const p1 = grouped
-        ? this.gpu.pipeline('decode_attention_part_gqa', defines, () => decodeAttentionPartGqaWgsl(split))
-        : this.gpu.pipeline('decode_attention_part', { ...defines, ...f }, () => decodeAttentionPartWgsl(split, f));
+        ? this.gpu.pipeline('decode_attention_part_gqa', defines, () => decodeAttentionPartGqaWgsl(split, kv))
+        : this.gpu.pipeline('decode_attention_part', { ...defines, ...f }, () => decodeAttentionPartWgsl(split, kv, f));
       const p2 = this.gpu.pipeline('decode_attention_combine', defines, () => decodeCombineWgsl(split));
       const partGroups = (grouped ? c.numKvHeads : c.numHeads) * split.splits;
       return { unitMajor, dispatches: [
@@ -326,8 +347,8 @@ export class FusedDecoder {
     const wg = [this.options.attentionWorkgroup ?? ATTENTION_WG, 256].find(
       (n) => n <= limits.maxComputeInvocationsPerWorkgroup && attentionFits(s, n) && attentionWorkgroupBytes(s, n) <= limits.maxComputeWorkgroupStorageSize,
     );
-    if (!wg) return { unitMajor: false, dispatches: [attentionOp(this.gpu, { numHeads: s.numHeads, numKvHeads: s.numKvHeads, headDim: s.headDim, slidingWindow: s.slidingWindow }, qkv, k, v, att, this.step)] };
-    const pipeline = this.gpu.pipeline('decode_attention', { ...s, slidingWindow: s.slidingWindow ?? 0, wg, ...f }, () => decodeAttentionWgsl(s, f, wg));
+    if (!wg) return { unitMajor: false, dispatches: [attentionOp(this.gpu, { numHeads: s.numHeads, numKvHeads: s.numKvHeads, headDim: s.headDim, slidingWindow: s.slidingWindow, rotaryDim: s.rotaryDim ?? c.rotaryDim }, kv, qkv, k, v, att, this.step)] };
+    const pipeline = this.gpu.pipeline("decode_attention", { ...s, rotaryDim: s.rotaryDim ?? c.rotaryDim, slidingWindow: s.slidingWindow ?? 0, wg, ...f, ...kvDefines(kv) }, () => decodeAttentionWgsl(s, kv, f, wg));
     return { unitMajor, dispatches: [{ label: 'attention', pipeline, bindGroup: this.gpu.bindGroup('decode_attention', pipeline, [qkv, k, v, att, this.step]), workgroups: () => [c.numHeads, 1, 1] }] };
   }
 
@@ -384,6 +405,8 @@ export class FusedDecoder {
     this.stepWords[StepWord.T] = 1;
     this.stepWords[StepWord.pos0] = Math.max(0, this.length - 1);
     this.stepWords[FLAG_TOKEN_FROM_GPU] = 0;
+    this.stepWords[ROWS_AT] = this.kv.slot.word;
+    this.stepWords[ROWS_AT + 1] = Math.max(0, this.length - 1);
     this.gpu.device.queue.writeBuffer(this.step, 0, this.stepWords);
     const list = [...this.plan.embedding, ...this.plan.layers[0]!, ...this.plan.head, this.plan.argmax];
     const out: { label: string; microseconds: number }[] = [];
@@ -416,6 +439,8 @@ export class FusedDecoder {
     w[StepWord.pos0] = this.length;
     w[FLAG_TOKEN_FROM_GPU] = id === null ? 1 : 0;
     w[STEP_HEADER_WORDS] = id ?? 0;
+    w[ROWS_AT] = this.kv.slot.word;
+    w[ROWS_AT + 1] = this.length;
     this.stepFloats[StepWord.random] = random;
     if (sampling) {
       w[StepWord.topK] = sampling.topK;
@@ -573,8 +598,10 @@ export class FusedDecoder {
     }
   }
 
+  /** Frees the activations (and the KV cache when the decoder made its own; an engine's slot stays the engine's). */
   dispose(): void {
     for (const b of this.buffers) b.destroy();
     this.buffers.length = 0;
+    this.ownCache?.dispose();
   }
 }

@@ -4,9 +4,12 @@
  * buffer). Query head h reads KV head h / (numHeads / numKvHeads); with a sliding window W, position
  * p sees keys max(0, p-W+1)..p.
  *   softmax(q k^T / sqrt(headDim) + mask) v
- * qkv: (T, qDim + 2 kvDim), q at offset 0, already rotated; kCache, vCache: (contextLength, kvDim);
- * out: (T, qDim).
+ * Row t's slot and position come from the step's row table (kernels/kv.ts), so the rows of one
+ * dispatch may belong to different sequences.
+ * qkv: (T, qDim + 2 kvDim), q at offset 0, already rotated; kCache, vCache: KV pool buffers
+ * (slots, contextLength, kvDim); out: (T, qDim).
  */
+import { kDimFn, kvHeader, kvReadDecls, rowTable, type KvLayout } from './kv.js';
 import { COMMON, f32Literal, header, reductions, subgroupLet, subgroupParam, type KernelFeatures } from './prelude.js';
 
 export interface AttentionShape {
@@ -14,16 +17,17 @@ export interface AttentionShape {
   numKvHeads: number;
   headDim: number;
   slidingWindow: number | null;
+  rotaryDim: number;
 }
 
 const BLOCK = 64;
 
-export function attentionWgsl(s: AttentionShape, f: KernelFeatures): string {
+export function attentionWgsl(s: AttentionShape, f: KernelFeatures, kv: KvLayout): string {
   const qDim = s.numHeads * s.headDim;
   const kvDim = s.numKvHeads * s.headDim;
   const dimsPerThread = Math.ceil(s.headDim / BLOCK);
   const first = s.slidingWindow ? `select(0u, p + 1u - ${s.slidingWindow}u, p + 1u > ${s.slidingWindow}u)` : '0u';
-  return `${header(f)}${COMMON}${reductions(BLOCK, f)}
+  return `${header(f)}${kvHeader(kv)}${COMMON}${reductions(BLOCK, f)}
 const HD = ${s.headDim}u;
 const HEADS = ${s.numHeads}u;
 const GROUP = ${s.numHeads / s.numKvHeads}u;
@@ -31,10 +35,11 @@ const KV_DIM = ${kvDim}u;
 const STRIDE = ${qDim + 2 * kvDim}u;
 const DPT = ${dimsPerThread}u;
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;
-@group(0) @binding(1) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(2) var<storage, read> v_cache: array<f32>;
+${kvReadDecls(kv, 1, 2)}
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read> step: array<u32>;
+${rowTable(kv)}
+${kDimFn(kv.storage, s.rotaryDim)}
 
 var<workgroup> qs: array<f32, ${s.headDim}>;
 var<workgroup> ps: array<f32, ${BLOCK}>;
@@ -45,11 +50,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let idx = linear_workgroup(wid, nwg);
   let t = idx / HEADS;
   let h = idx % HEADS;
-  if (t >= step[0]) { return; }
+  if (t >= step[0] || !row_here(t)) { return; }
   let kv = (h / GROUP) * HD;
-  let p = step[1] + t;
+  let p = row_pos(t);
   let first = ${first};
-  for (var d = lid; d < HD; d += ${BLOCK}u) { qs[d] = qkv[t * STRIDE + h * HD + d]; }
+  // q in the order the cache stores K's dims
+  for (var d = lid; d < HD; d += ${BLOCK}u) { qs[d] = qkv[t * STRIDE + h * HD + k_dim(d)]; }
   workgroupBarrier();
   var m = -3.0e38; // running max of the scores
   var l = 0.0;     // running sum of exp(score - m)
@@ -59,7 +65,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var score = -3.0e38;
     if (j <= p) {
       var dotp = 0.0;
-      for (var d = 0u; d < HD; d++) { dotp += qs[d] * k_cache[j * KV_DIM + kv + d]; }
+      let kr = slot_row(t, j) * KV_DIM + kv;
+      for (var d = 0u; d < HD; d++) { dotp += qs[d] * load_k(kr + d); }
       score = dotp * ${f32Literal(1 / Math.sqrt(s.headDim))};
     }
     let mNew = max(m, wg_max(score, lid, sg_size));
@@ -73,7 +80,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       let d = lid + i * ${BLOCK}u;
       if (d < HD) {
         var a = acc[i] * correction;
-        for (var jj = 0u; jj < n; jj++) { a += ps[jj] * v_cache[(b + jj) * KV_DIM + kv + d]; }
+        let vr = slot_row(t, b) * KV_DIM + kv + d;
+        for (var jj = 0u; jj < n; jj++) { a += ps[jj] * load_v(vr + jj * KV_DIM); }
         acc[i] = a;
       }
     }
@@ -82,6 +90,129 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   for (var i = 0u; i < DPT; i++) {
     let d = lid + i * ${BLOCK}u;
     if (d < HD) { out[t * HEADS * HD + h * HD + d] = acc[i] / l; }
+  }
+}
+`;
+}
+
+/**
+ * Prompt attention in tiles of queries x keys (flash attention): one workgroup of 64 invocations per
+ * (query head h, tile of BQ = 16 consecutive rows of one sequence); the keys the tile sees are walked
+ * in tiles of BK = 16, each K tile and V tile read once from the cache into workgroup memory for all
+ * BQ rows (instead of once per row), with an online softmax (running max m, sum l, output rescaled).
+ *   invocation (row r = lid / 4, lane = lid % 4) keeps q's quarter lane*HD/4.. (pre-scaled, in K's
+ *   stored dim order) and that quarter of the row's output; a score is the sum of 4 partial dots
+ *   exchanged through workgroup memory.
+ *   row t sees keys first_t..p_t of its slot (p_t its position, first_t = max(0, p_t - W + 1) with a
+ *   sliding window W), so the causal mask and the window are per row; a key tile outside every row's
+ *   range is never read.
+ * Workgroup memory: BK x HD floats (K, then V) + BQ x BK x 4 partial scores: 12 KiB at HD 128, inside
+ * WebGPU's default 16 KiB. Needs HD % 16 == 0 (attentionTiledFits); other head dims take attentionWgsl.
+ * Rows of a tile must share a slot (one sequence's prompt); a batch of sequences takes attentionWgsl.
+ */
+export const TILE_Q = 16;
+const TILE_K = 16;
+const LANES = 4;
+
+export function attentionTiledFits(s: AttentionShape): boolean {
+  return s.headDim % (4 * LANES) === 0 && TILE_K * s.headDim * 4 + TILE_Q * TILE_K * LANES * 4 <= 16384;
+}
+
+export function attentionTiledWgsl(s: AttentionShape, kv: KvLayout): string {
+  const qDim = s.numHeads * s.headDim, kvDim = s.numKvHeads * s.headDim;
+  const HD4 = s.headDim / 4, PER = HD4 / LANES; // vec4s of a lane's quarter
+  const first = (p: string) => (s.slidingWindow ? `select(0u, ${p} + 1u - ${s.slidingWindow}u, ${p} + 1u > ${s.slidingWindow}u)` : '0u');
+  return `${kvHeader(kv)}${COMMON}
+const HD4 = ${HD4}u;
+const PER = ${PER}u;
+const HEADS = ${s.numHeads}u;
+const GROUP = ${s.numHeads / s.numKvHeads}u;
+const KV_DIM4 = ${kvDim / 4}u;
+const STRIDE = ${qDim + 2 * kvDim}u;
+const BQ = ${TILE_Q}u;
+const BK = ${TILE_K}u;
+@group(0) @binding(0) var<storage, read> qkv: array<f32>;
+${kvReadDecls(kv, 1, 2)}
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> step: array<u32>;
+${rowTable(kv)}
+${kDimFn(kv.storage, s.rotaryDim)}
+
+var<workgroup> tile: array<vec4<f32>, ${TILE_K * HD4}>;        // K rows, then V rows of the key tile
+var<workgroup> partial: array<f32, ${TILE_Q * TILE_K * LANES}>; // (row, key, lane) partial dots
+
+@compute @workgroup_size(${TILE_Q * LANES})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let h = wid.x;
+  let t0 = wid.y * BQ;
+  let T = step[0];
+  let r = lid / ${LANES}u;
+  let lane = lid % ${LANES}u;
+  let t = t0 + r;
+  let live = t < T;
+  let tl = min(t, T - 1u);
+  let p = row_pos(tl);
+  let firstKey = ${first('p')};
+  // the tile's key range: from the first row's first key to the last live row's position
+  let p0 = row_pos(t0);
+  let kBegin = ${first('p0')};
+  let kEnd = row_pos(min(t0 + BQ, T) - 1u);
+  let sb = slot_row(t0, 0u);
+  let kvh = h / GROUP;
+  var q: array<vec4<f32>, ${PER}>;
+  for (var i = 0u; i < PER; i++) {
+    let d = 4u * (lane * PER + i);
+    let qo = tl * STRIDE + h * ${s.headDim}u;
+    q[i] = vec4<f32>(qkv[qo + k_dim(d)], qkv[qo + k_dim(d + 1u)], qkv[qo + k_dim(d + 2u)], qkv[qo + k_dim(d + 3u)]) * ${f32Literal(1 / Math.sqrt(s.headDim))};
+  }
+  var acc: array<vec4<f32>, ${PER}>;
+  var m = -3.0e38;
+  var l = 0.0;
+  var pk: array<f32, ${TILE_K}>;
+  for (var k0 = kBegin; k0 <= kEnd; k0 += BK) {
+    for (var i = lid; i < BK * HD4; i += ${TILE_Q * LANES}u) {
+      let key = k0 + i / HD4;
+      tile[i] = select(vec4<f32>(0.0), load4_k((sb + key) * KV_DIM4 + kvh * HD4 + i % HD4), key <= kEnd);
+    }
+    workgroupBarrier();
+    for (var j = 0u; j < BK; j++) {
+      var s = 0.0;
+      for (var i = 0u; i < PER; i++) { s += dot(q[i], tile[j * HD4 + lane * PER + i]); }
+      partial[(r * BK + j) * ${LANES}u + lane] = s;
+    }
+    workgroupBarrier();
+    var mt = m;
+    for (var j = 0u; j < BK; j++) {
+      let o = (r * BK + j) * ${LANES}u;
+      let key = k0 + j;
+      let sc = (partial[o] + partial[o + 1u]) + (partial[o + 2u] + partial[o + 3u]);
+      let ok = live && key >= firstKey && key <= p;
+      pk[j] = select(-3.0e38, sc, ok);
+      mt = max(mt, pk[j]);
+    }
+    let correction = exp(m - mt);
+    var sum = 0.0;
+    for (var j = 0u; j < BK; j++) {
+      let e = select(0.0, exp(pk[j] - mt), pk[j] > -1.0e38);
+      pk[j] = e;
+      sum += e;
+    }
+    l = l * correction + sum;
+    m = mt;
+    for (var i = lid; i < BK * HD4; i += ${TILE_Q * LANES}u) {
+      let key = k0 + i / HD4;
+      tile[i] = select(vec4<f32>(0.0), load4_v((sb + key) * KV_DIM4 + kvh * HD4 + i % HD4), key <= kEnd);
+    }
+    workgroupBarrier();
+    for (var i = 0u; i < PER; i++) {
+      var a = acc[i] * correction;
+      for (var j = 0u; j < BK; j++) { a += pk[j] * tile[j * HD4 + lane * PER + i]; }
+      acc[i] = a;
+    }
+    workgroupBarrier();
+  }
+  if (live) {
+    for (var i = 0u; i < PER; i++) { out[(t * HEADS + h) * HD4 + lane * PER + i] = acc[i] / l; }
   }
 }
 `;

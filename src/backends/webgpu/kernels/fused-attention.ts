@@ -15,6 +15,7 @@
  * ties (as the CPU's argmax).
  */
 import { unitMajorIndex } from './fused-matvec.js';
+import { kDimFn, kvHeader, kvReadDecls, rowTable, type KvLayout } from './kv.js';
 import { COMMON, f32Literal, header, reductions, subgroupLet, subgroupParam, type KernelFeatures } from './prelude.js';
 
 export interface DecodeAttentionShape {
@@ -23,6 +24,8 @@ export interface DecodeAttentionShape {
   headDim: number;
   slidingWindow: number | null;
   contextLength: number;
+  /** Dims of a head that RoPE rotates (the f16 cache stores K's dims in pair order, kernels/kv.ts); default headDim. */
+  rotaryDim?: number;
   /** Write the output unit-major for an o_proj of these units a row and vec4s a unit (0: in order). */
   outUnits?: number;
   outVecs?: number;
@@ -51,13 +54,27 @@ export function attentionFits(s: DecodeAttentionShape, wg = ATTENTION_WG): boole
   return s.headDim % 4 === 0 && lanes <= wg && (lanes & (lanes - 1)) === 0 && keysOf(s) <= 8192;
 }
 
-/** The kernels' bindings: q (in qkv), the K and V caches, the output (`out` or the chunks' `part`), the step. */
-function attentionBindings(output: 'out' | 'part'): string {
+/**
+ * The kernels' bindings: q (in qkv), the K and V pool buffers, the output (`out` or the chunks'
+ * `part`), the step (with the row table); plus q_at(e) (float e of qkv) and k_dim (kernels/kv.ts).
+ * Row r = wid.y of a dispatch is row r of the table: its q at r * QKV_STRIDE4 vec4s of qkv.
+ */
+function attentionBindings(s: DecodeAttentionShape, kv: KvLayout, output: 'out' | 'part'): string {
   return `@group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> K: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> V: array<vec4<f32>>;
+${kvReadDecls(kv, 1, 2)}
 @group(0) @binding(3) var<storage, read_write> ${output}: array<f32>;
-@group(0) @binding(4) var<storage, read> step: array<u32>;`;
+@group(0) @binding(4) var<storage, read> step: array<u32>;
+${rowTable(kv)}
+${kDimFn(kv.storage, s.rotaryDim ?? s.headDim)}
+const QKV_STRIDE4 = ${((s.numHeads + 2 * s.numKvHeads) * s.headDim) / 4}u;
+fn q_at(e: u32) -> f32 { return qkv[e >> 2u][e & 3u]; }`;
+}
+
+/** WGSL: q4[i] (vec4 i of head `head` of row r, in K's stored dim order) times `scale`. */
+function loadQ4(kv: KvLayout, hd: number, head: string, i: string, scale: string): string {
+  if (kv.storage === 'f32') return `qkv[r * QKV_STRIDE4 + ${head} * ${hd / 4}u + ${i}] * ${scale}`;
+  const qo = `r * QKV_STRIDE4 * 4u + ${head} * ${hd}u`;
+  return `vec4<f32>(q_at(${qo} + k_dim(4u * ${i})), q_at(${qo} + k_dim(4u * ${i} + 1u)), q_at(${qo} + k_dim(4u * ${i} + 2u)), q_at(${qo} + k_dim(4u * ${i} + 3u))) * ${scale}`;
 }
 
 /**
@@ -66,7 +83,10 @@ function attentionBindings(output: 'out' | 'part'): string {
  */
 function keyRange(s: DecodeAttentionShape, chunk: boolean): string {
   const first = s.slidingWindow ? `select(0u, p + 1u - ${s.slidingWindow}u, p + 1u > ${s.slidingWindow}u)` : '0u';
-  return `let p = step[1];
+  return `let r = wid.y;
+  if (!row_here(r)) { return; }
+  let p = row_pos(r);
+  let sb = slot_row(r, 0u);
   let first = ${first};
   let n = p + 1u - first;${chunk ? `
   let len = (n + SPLITS - 1u) / SPLITS;
@@ -80,16 +100,16 @@ function keyRange(s: DecodeAttentionShape, chunk: boolean): string {
  * i + WG, ...; a whole HD-dot each, its vec4 loads all independent), softmax's max `m`, sc turned into
  * e^(s - m) and their sum `total`, published to the workgroup.
  */
-function softmaxScores(hd: number, WG: number, count: string, key0: string): string {
+function softmaxScores(kv: KvLayout, hd: number, WG: number, count: string, key0: string): string {
   const lanes = hd / 4;
-  const dot = Array.from({ length: lanes }, (_, i) => `dot(q4[${i}], K[base + ${i}u])`);
+  const dot = Array.from({ length: lanes }, (_, i) => `dot(q4[${i}], load4_k(base + ${i}u))`);
   // pairwise sums keep the dependency chain short
   const tree = (xs: string[]): string => (xs.length === 1 ? xs[0]! : `(${tree(xs.slice(0, xs.length / 2))} + ${tree(xs.slice(xs.length / 2))})`);
   return `var q4: array<vec4<f32>, ${lanes}>;
-  for (var i = 0u; i < HD4; i++) { q4[i] = qkv[h * HD4 + i] * ${f32Literal(1 / Math.sqrt(hd))}; }
+  for (var i = 0u; i < HD4; i++) { q4[i] = ${loadQ4(kv, hd, 'h', 'i', f32Literal(1 / Math.sqrt(hd)))}; }
   var m = -3.0e38;
   for (var j = lid; j < ${count}; j += ${WG}u) {
-    let base = (${key0} + j) * KV_DIM4 + kvh * HD4;
+    let base = (sb + ${key0} + j) * KV_DIM4 + kvh * HD4;
     let s = ${tree(dot)};
     sc[j] = s;
     m = max(m, s);
@@ -104,15 +124,15 @@ function softmaxScores(hd: number, WG: number, count: string, key0: string): str
   total = wg_sum(total, lid, sg_size); // its barriers also publish sc`;
 }
 
-export function decodeAttentionWgsl(s: DecodeAttentionShape, f: KernelFeatures, WG = ATTENTION_WG): string {
+export function decodeAttentionWgsl(s: DecodeAttentionShape, kv: KvLayout, f: KernelFeatures, WG = ATTENTION_WG): string {
   const hd = s.headDim, lanes = hd / 4, groups = WG / lanes;
   const keys = s.slidingWindow ? Math.min(s.slidingWindow, s.contextLength) : s.contextLength;
   const kvDim4 = (s.numKvHeads * hd) / 4;
-  return `${header(f)}${COMMON}${reductions(WG, f)}
+  return `${header(f)}${kvHeader(kv)}${COMMON}${reductions(WG, f)}
 const HD4 = ${lanes}u;
 const GROUP = ${s.numHeads / s.numKvHeads}u;
 const KV_DIM4 = ${kvDim4}u;
-${attentionBindings('out')}
+${attentionBindings(s, kv, 'out')}
 
 var<workgroup> sc: array<f32, ${keys}>;
 var<workgroup> partial: array<vec4<f32>, ${WG}>;
@@ -123,18 +143,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let h = wid.x;
   let kvh = h / GROUP;
   ${keyRange(s, false)}
-  ${softmaxScores(hd, WG, 'n', 'first')}
+  ${softmaxScores(kv, hd, WG, 'n', 'first')}
   let g = lid / HD4;
   let lane = lid % HD4;
   var acc = vec4<f32>(0.0);
-  for (var j = g; j < n; j += ${groups}u) { acc += sc[j] * V[(first + j) * KV_DIM4 + kvh * HD4 + lane]; }
+  for (var j = g; j < n; j += ${groups}u) { acc += sc[j] * load4_v((sb + first + j) * KV_DIM4 + kvh * HD4 + lane); }
   partial[lid] = acc;
   workgroupBarrier();
   if (lid < HD4) {
     var v = vec4<f32>(0.0);
     for (var i = 0u; i < ${groups}u; i++) { v += partial[i * HD4 + lid]; }
     let o = v / total;
-    for (var e = 0u; e < 4u; e++) { out[${outIndex(s, '4u * (h * HD4 + lid) + e')}] = o[e]; }
+    for (var e = 0u; e < 4u; e++) { out[r * ${s.numHeads * hd}u + ${outIndex(s, '4u * (h * HD4 + lid) + e')}] = o[e]; }
   }
 }
 `;
@@ -208,16 +228,16 @@ export function splitAttentionFits(s: DecodeAttentionShape, WG = SPLIT_WG): bool
   return s.headDim % 4 === 0 && lanes <= WG && (lanes & (lanes - 1)) === 0 && Math.ceil(keysOf(s) / attentionSplits(s)) <= 4096;
 }
 
-export function decodeAttentionPartWgsl(s: SplitAttentionShape, f: KernelFeatures, WG = SPLIT_WG): string {
+export function decodeAttentionPartWgsl(s: SplitAttentionShape, kv: KvLayout, f: KernelFeatures, WG = SPLIT_WG): string {
   const hd = s.headDim, lanes = hd / 4, groups = WG / lanes;
   const chunkMax = Math.ceil(keysOf(s) / s.splits);
   const kvDim4 = (s.numKvHeads * hd) / 4;
-  return `${header(f)}${COMMON}${reductions(WG, f)}
+  return `${header(f)}${kvHeader(kv)}${COMMON}${reductions(WG, f)}
 const HD4 = ${lanes}u;
 const GROUP = ${s.numHeads / s.numKvHeads}u;
 const KV_DIM4 = ${kvDim4}u;
 const SPLITS = ${s.splits}u;
-${attentionBindings('part')}
+${attentionBindings(s, kv, 'part')}
 
 var<workgroup> sc: array<f32, ${chunkMax}>;
 var<workgroup> partial: array<vec4<f32>, ${WG}>;
@@ -229,25 +249,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let c = wid.x % SPLITS;
   let kvh = h / GROUP;
   ${keyRange(s, true)}
-  ${softmaxScores(hd, WG, 'cn', 'first + k0')}
+  ${softmaxScores(kv, hd, WG, 'cn', 'first + k0')}
   let g = lid / HD4;
   let lane = lid % HD4;
   var a0 = vec4<f32>(0.0);
   var a1 = vec4<f32>(0.0);
   var a2 = vec4<f32>(0.0);
   var a3 = vec4<f32>(0.0);
-  let vb = (first + k0) * KV_DIM4 + kvh * HD4 + lane;
+  let vb = (sb + first + k0) * KV_DIM4 + kvh * HD4 + lane;
   var j = g;
   for (; j + ${3 * groups}u < cn; j += ${4 * groups}u) {
-    a0 += sc[j] * V[vb + j * KV_DIM4];
-    a1 += sc[j + ${groups}u] * V[vb + (j + ${groups}u) * KV_DIM4];
-    a2 += sc[j + ${2 * groups}u] * V[vb + (j + ${2 * groups}u) * KV_DIM4];
-    a3 += sc[j + ${3 * groups}u] * V[vb + (j + ${3 * groups}u) * KV_DIM4];
+    a0 += sc[j] * load4_v(vb + j * KV_DIM4);
+    a1 += sc[j + ${groups}u] * load4_v(vb + (j + ${groups}u) * KV_DIM4);
+    a2 += sc[j + ${2 * groups}u] * load4_v(vb + (j + ${2 * groups}u) * KV_DIM4);
+    a3 += sc[j + ${3 * groups}u] * load4_v(vb + (j + ${3 * groups}u) * KV_DIM4);
   }
-  for (; j < cn; j += ${groups}u) { a0 += sc[j] * V[vb + j * KV_DIM4]; }
+  for (; j < cn; j += ${groups}u) { a0 += sc[j] * load4_v(vb + j * KV_DIM4); }
   partial[lid] = (a0 + a1) + (a2 + a3);
   workgroupBarrier();
-  let o = (h * SPLITS + c) * ${hd + 2}u;
+  let o = ((r * ${s.numHeads}u + h) * SPLITS + c) * ${hd + 2}u;
   if (lid < HD4) {
     var v = vec4<f32>(0.0);
     for (var i = 0u; i < ${groups}u; i++) { v += partial[i * HD4 + lid]; }
@@ -276,25 +296,25 @@ export function gqaPartWorkgroupBytes(s: SplitAttentionShape, WG = SPLIT_WG): nu
   return G * (s.headDim / 4) * 16 + G * chunk * 4 + WG * 4 + G * 4 + G * WG * 16;
 }
 
-export function decodeAttentionPartGqaWgsl(s: SplitAttentionShape, WG = SPLIT_WG): string {
+export function decodeAttentionPartGqaWgsl(s: SplitAttentionShape, kv: KvLayout, WG = SPLIT_WG): string {
   const hd = s.headDim, HD4 = hd / 4, G = s.numHeads / s.numKvHeads, NG = WG / HD4;
   const CH = Math.ceil(keysOf(s) / s.splits);
   let L = 1;
   while (L * 2 <= WG / G) L *= 2;
   const gs = Array.from({ length: G }, (_, g) => g);
-  const kLoads = Array.from({ length: HD4 }, (_, i) => `let k${i} = K[base + ${i}u];`).join('\n    ');
+  const kLoads = Array.from({ length: HD4 }, (_, i) => `let k${i} = load4_k(base + ${i}u);`).join('\n    ');
   const dots = gs.map((g) => `sc[${g * CH}u + j] = ${Array.from({ length: HD4 }, (_, i) => `dot(k${i}, qs[${g * HD4 + i}u])`).join(' + ')};`).join('\n    ');
   // per-head tree over L lanes a head, entries red[idx * G + g]
   const tree = (op: string) => `for (var st = ${L / 2}u; st > 0u; st >>= 1u) {
     if (lid < ${G * L}u && idx < st) { red[lid] = ${op}(red[lid], red[lid + st * ${G}u]); }
     workgroupBarrier();
   }`;
-  return `
+  return `${kvHeader(kv)}
 const HD4 = ${HD4}u;
 const KV_DIM4 = ${(s.numKvHeads * hd) / 4}u;
 const SPLITS = ${s.splits}u;
 const G = ${G}u;
-${attentionBindings('part')}
+${attentionBindings(s, kv, 'part')}
 
 var<workgroup> qs: array<vec4<f32>, ${G * HD4}>;
 var<workgroup> sc: array<f32, ${G * CH}>;
@@ -309,11 +329,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let kvh = wid.x / SPLITS;
   let c = wid.x % SPLITS;
   ${keyRange(s, true)}
-  for (var i = lid; i < G * HD4; i += ${WG}u) { qs[i] = qkv[kvh * G * HD4 + i] * ${f32Literal(1 / Math.sqrt(hd))}; }
+  for (var i = lid; i < G * HD4; i += ${WG}u) { qs[i] = ${loadQ4(kv, hd, '(kvh * G + i / HD4)', '(i % HD4)', f32Literal(1 / Math.sqrt(hd)))}; }
   workgroupBarrier();
   // scores of every head of the group: one key row read once
   for (var j = lid; j < cn; j += ${WG}u) {
-    let base = (first + k0 + j) * KV_DIM4 + kvh * HD4;
+    let base = (sb + first + k0 + j) * KV_DIM4 + kvh * HD4;
     ${kLoads}
     ${dots}
   }
@@ -340,15 +360,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let lane = lid % HD4;
   let grp = lid / HD4;
   ${gs.map((h) => `var a${h} = vec4<f32>(0.0);`).join(' ')}
-  let vb = (first + k0) * KV_DIM4 + kvh * HD4 + lane;
+  let vb = (sb + first + k0) * KV_DIM4 + kvh * HD4 + lane;
   var j = grp;
   for (; j + ${NG}u < cn; j += ${2 * NG}u) {
-    let v0 = V[vb + j * KV_DIM4];
-    let v1 = V[vb + (j + ${NG}u) * KV_DIM4];
+    let v0 = load4_v(vb + j * KV_DIM4);
+    let v1 = load4_v(vb + (j + ${NG}u) * KV_DIM4);
     ${gs.map((h) => `a${h} += sc[${h * CH}u + j] * v0 + sc[${h * CH}u + j + ${NG}u] * v1;`).join('\n    ')}
   }
   if (j < cn) {
-    let v0 = V[vb + j * KV_DIM4];
+    let v0 = load4_v(vb + j * KV_DIM4);
     ${gs.map((h) => `a${h} += sc[${h * CH}u + j] * v0;`).join('\n    ')}
   }
   ${gs.map((h) => `partial[${h * WG}u + lid] = a${h};`).join('\n  ')}
@@ -358,11 +378,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let ln = lid % HD4;
     var v = vec4<f32>(0.0);
     for (var q = 0u; q < ${NG}u; q++) { v += partial[gh * ${WG}u + q * HD4 + ln]; }
-    let o = ((kvh * G + gh) * SPLITS + c) * ${hd + 2}u;
+    let o = ((r * ${s.numHeads}u + kvh * G + gh) * SPLITS + c) * ${hd + 2}u;
     for (var e = 0u; e < 4u; e++) { part[o + 4u * ln + e] = v[e]; }
   }
   if (lid < G) {
-    let o = ((kvh * G + lid) * SPLITS + c) * ${hd + 2}u;
+    let o = ((r * ${s.numHeads}u + kvh * G + lid) * SPLITS + c) * ${hd + 2}u;
     part[o + ${hd}u] = select(-3.0e38, mx[lid], cn > 0u);
     part[o + ${hd + 1}u] = red[lid];
   }
@@ -382,17 +402,19 @@ const HD = ${hd}u;
 @compute @workgroup_size(${hd})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) d: u32) {
   let h = wid.x;
+  let r = wid.y;
+  let ph = r * ${s.numHeads}u + h;
   var mx = -3.0e38;
-  for (var c = 0u; c < SPLITS; c++) { mx = max(mx, part[(h * SPLITS + c) * ${hd + 2}u + HD]); }
+  for (var c = 0u; c < SPLITS; c++) { mx = max(mx, part[(ph * SPLITS + c) * ${hd + 2}u + HD]); }
   var l = 0.0;
   var v = 0.0;
   for (var c = 0u; c < SPLITS; c++) {
-    let o = (h * SPLITS + c) * ${hd + 2}u;
+    let o = (ph * SPLITS + c) * ${hd + 2}u;
     let w = exp(part[o + HD] - mx);
     l += w * part[o + HD + 1u];
     v += w * part[o + d];
   }
-  out[${outIndex(s, 'h * HD + d')}] = v / l;
+  out[r * ${s.numHeads * hd}u + ${outIndex(s, 'h * HD + d')}] = v / l;
 }
 `;
 }

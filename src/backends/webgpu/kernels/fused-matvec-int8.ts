@@ -18,7 +18,7 @@
  * down_proj (17920 columns) needs 22.4 KB: `int8Fits` checks the device's limit.
  */
 import { COMMON, f32Literal, header, reductions } from './prelude.js';
-import { blockRow, blocksFor, declarations, epilogue, SG_RPT, type FusedMatvecShape, type MatvecFeatures } from './fused-matvec.js';
+import { blockRow, blocksFor, declarations, epilogue, f16Enable, SG_RPT, type FusedMatvecShape, type MatvecFeatures } from './fused-matvec.js';
 
 const WG = 256;
 
@@ -90,7 +90,7 @@ export function int8MatvecWgsl(s: FusedMatvecShape, f: MatvecFeatures): string {
   }
   const hot = lines.join('\n').split('\n').join('\n      ');
   const decl = declarations(s).replace(/var<storage, read> X: array<f32>;/, 'var<storage, read> X: array<vec4<f32>>;').replace(/var<storage, read> NW: array<f32>;/, 'var<storage, read> NW: array<vec4<f32>>;');
-  return `${header(f)}diagnostic(off, subgroup_uniformity);
+  return `${header(f)}${f16Enable(s)}diagnostic(off, subgroup_uniformity);
 ${COMMON}
 ${norm ? reductions(WG, f) : ''}
 ${f.packedDot ? NATIVE : POLYFILL}

@@ -26,6 +26,7 @@
  *                 (q + 8), SC f16 scale per (row, tile); W[r, c] = (q) * scale where the bit is set
  */
 import { int8MatvecWgsl, int8WorkgroupBytes } from './fused-matvec-int8.js';
+import type { KvStorage } from './kv.js';
 import { COMMON, f32Literal, header, reductions, subgroupLet, subgroupParam, type DenseDtype, type KernelFeatures } from './prelude.js';
 
 /** The kernel features plus WGSL's packed_4x8_integer_dot_product (dot4I8Packed; polyfilled without it). */
@@ -51,6 +52,13 @@ export interface FusedMatvecShape {
   numKvHeads: number;
   headDim: number;
   rotaryDim: number;
+  /**
+   * For 'qkv': the KV cache's storage ('f32' default; f16 caches take whole words of RoPE pairs,
+   * kernels/kv.ts), its context length, and the step word of the row table (slot word, position).
+   */
+  kvStorage?: KvStorage;
+  kvCtx?: number;
+  kvRows?: number;
   /** Workgroups in the grid (each walks blocks with this stride). */
   workgroups: number;
   /** Subgroup variant: units each lane loads per pass before any arithmetic (default 1, fastest measured). */
@@ -187,11 +195,24 @@ export function fusedMatvecBindings(s: FusedMatvecShape): string[] {
   return [...weights, ...input, ...out, ...(s.bias ? ['BIAS'] : [])];
 }
 
+export function f16Enable(s: FusedMatvecShape): string {
+  return s.epilogue === 'qkv' && s.kvStorage === 'f16' ? 'enable f16;\n' : '';
+}
+
+function kvType(s: FusedMatvecShape): string {
+  return s.kvStorage === 'f16' ? 'array<vec2<f16>>' : s.kvStorage === 'f16-packed' ? 'array<u32>' : 'array<f32>';
+}
+
+/** WGSL: the KV pair (a, b) as one f16 word of the cache. */
+function kvWord(s: FusedMatvecShape, a: string, b: string): string {
+  return s.kvStorage === 'f16' ? `vec2<f16>(vec2<f32>(${a}, ${b}))` : `pack2x16float(vec2<f32>(${a}, ${b}))`;
+}
+
 export function declarations(s: FusedMatvecShape): string {
   const types: Record<string, string> = {
     Q: 'array<vec4<u32>>', W: 'array<vec4<u32>>', SM: 'array<u32>', SCALE: 'array<f32>', MASK: 'array<u32>', OFFS: 'array<u32>', VALS: 'array<u32>', SC: 'array<u32>',
     X: s.input === 'norm' ? 'array<f32>' : 'array<vec4<f32>>', NW: 'array<f32>',
-    QKV: 'array<f32>', KC: 'array<f32>', VC: 'array<f32>', COS: 'array<f32>', SIN: 'array<f32>', STEP: 'array<u32>',
+    QKV: 'array<f32>', KC: kvType(s), VC: kvType(s), COS: 'array<f32>', SIN: 'array<f32>', STEP: 'array<u32>',
     ACT: 'array<f32>', Y: 'array<f32>', BIAS: 'array<f32>',
   };
   const written = new Set(['QKV', 'KC', 'VC', 'ACT', 'Y']);
@@ -364,7 +385,19 @@ s1 *= SCALE[block_row(b, 2u * t + 1u).x];`;
 export function epilogue(s: FusedMatvecShape, BLOCK_ROWS: number): string {
   const bias = (row: string) => (s.bias ? ` + BIAS[${row}]` : '');
   if (s.epilogue === 'qkv') {
-    return `let pos = STEP[1];
+    const f16 = s.kvStorage === 'f16' || s.kvStorage === 'f16-packed';
+    const rows = s.kvRows ?? 9;
+    const kWrite = f16
+      ? `let ke = krow + rr.x - Q_DIM;
+    KC[(ke - ke % HD) / 2u + pp] = ${kvWord(s, 'a', 'c')};`
+      : 'KC[krow + rr.x - Q_DIM] = a; KC[krow + rr.y - Q_DIM] = c;';
+    const vWrite = f16
+      ? `if (r0.y == 1u) { VC[(krow + r0.x - Q_DIM - KV_DIM) / 2u] = ${kvWord(s, `s0${bias('r0.x')}`, `s1${bias('r1.x')}`)}; }`
+      : `if (r0.y == 1u) { VC[krow + r0.x - Q_DIM - KV_DIM] = s0${bias('r0.x')}; }
+  if (r1.y == 1u) { VC[krow + r1.x - Q_DIM - KV_DIM] = s1${bias('r1.x')}; }`;
+    // the row table's row 0: slot word (slot in the low 16 bits) and position
+    return `let pos = STEP[${rows + 1}u];
+let krow = ((STEP[${rows}u] & 0xffffu) * ${s.kvCtx ?? 1}u + pos) * KV_DIM;
 if (b < ROPE_BLOCKS) {
   let p = b * ${BLOCK_ROWS / 2}u + t;
   if (p < NPAIRS) {
@@ -380,13 +413,12 @@ if (b < ROPE_BLOCKS) {
       a = a2;
     }
     if (rr.x < Q_DIM) { QKV[rr.x] = a; QKV[rr.y] = c; }
-    else { KC[pos * KV_DIM + rr.x - Q_DIM] = a; KC[pos * KV_DIM + rr.y - Q_DIM] = c; }
+    else { ${kWrite} }
   }
 } else {
   let r0 = block_row(b, 2u * t);
   let r1 = block_row(b, 2u * t + 1u);
-  if (r0.y == 1u) { VC[pos * KV_DIM + r0.x - Q_DIM - KV_DIM] = s0${bias('r0.x')}; }
-  if (r1.y == 1u) { VC[pos * KV_DIM + r1.x - Q_DIM - KV_DIM] = s1${bias('r1.x')}; }
+  ${vWrite}
 }`;
   }
   if (s.epilogue === 'swiglu') {
@@ -511,7 +543,7 @@ export function fusedMatvecWgsl(s: FusedMatvecShape, f: MatvecFeatures): string 
     let parts = select(TPR, TPR / sg_size, sg_whole);`
     : `for (var j = 0u; j < ${RPT}u; j++) { red[(quad * ${RPT}u + j) * TPR + lane] = acc[j]; }
     let parts = TPR;`;
-  return `${header(f)}${COMMON}${dense16Helpers(s)}
+  return `${header(f)}${f16Enable(s)}${COMMON}${dense16Helpers(s)}
 ${s.input === 'norm' ? reductions(wg, f) : ''}
 const ROWS = ${s.rows}u;
 const COLS = ${s.cols}u;
@@ -578,7 +610,7 @@ function subgroupMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string {
   // units a lane takes per pass (bitmap4 walks one tile at a time)
   const pass = s.encoding === 'bitmap4' ? 1 : Math.max(1, Math.min(s.unroll ?? 1, Math.ceil(s.units / 32)));
   const sums = Array.from({ length: SG_RPT }, (_, j) => `let u${j} = subgroupAdd(acc[${j}]);`).join('\n    ');
-  return `${header(f)}diagnostic(off, subgroup_uniformity);
+  return `${header(f)}${f16Enable(s)}diagnostic(off, subgroup_uniformity);
 ${COMMON}${dense16Helpers(s)}
 ${s.input === 'norm' ? reductions(wg, f) : ''}
 const ROWS = ${s.rows}u;

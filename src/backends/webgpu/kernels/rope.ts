@@ -3,8 +3,11 @@
  * one workgroup per token t at position p = pos0 + t. Pairs (i, i + rotaryDim/2) as transformers'
  * rotate_half:  x * cos + rotate_half(x) * sin; dims past rotaryDim pass through. cos/sin tables are
  * (contextLength, rotaryDim/2), computed on the CPU by ropeTables (default, linear or llama3 scaling).
- *   qkv: (T, qDim + 2 kvDim);  kCache, vCache: (contextLength, kvDim)
+ * Row t's slot and position come from the step's row table (kernels/kv.ts); the rotated k and v are
+ * written there by pairs (two f16 in a word).
+ *   qkv: (T, qDim + 2 kvDim);  kCache, vCache: KV pool buffers (slots, contextLength, kvDim)
  */
+import { kvHeader, kvWriteDecls, rowTable, type KvLayout } from './kv.js';
 import { COMMON } from './prelude.js';
 
 export interface RopeShape {
@@ -14,28 +17,29 @@ export interface RopeShape {
   rotaryDim: number;
 }
 
-export function ropeKvWgsl(s: RopeShape): string {
+export function ropeKvWgsl(s: RopeShape, kv: KvLayout): string {
   const qDim = s.numHeads * s.headDim;
   const kvDim = s.numKvHeads * s.headDim;
   const half = s.rotaryDim / 2;
-  return `${COMMON}
+  return `${kvHeader(kv)}${COMMON}
 const HD = ${s.headDim}u;
 const HALF = ${half}u;
+const ROT = ${s.rotaryDim}u;
 const Q_DIM = ${qDim}u;
 const KV_DIM = ${kvDim}u;
 const STRIDE = ${qDim + 2 * kvDim}u;
 @group(0) @binding(0) var<storage, read_write> qkv: array<f32>;
 @group(0) @binding(1) var<storage, read> cos_table: array<f32>;
 @group(0) @binding(2) var<storage, read> sin_table: array<f32>;
-@group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(4) var<storage, read_write> v_cache: array<f32>;
+${kvWriteDecls(kv, 3, 4)}
 @group(0) @binding(5) var<storage, read> step: array<u32>;
+${rowTable(kv)}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let t = linear_workgroup(wid, nwg);
-  if (t >= step[0]) { return; }
-  let p = step[1] + t;
+  if (t >= step[0] || !row_here(t)) { return; }
+  let p = row_pos(t);
   let base = t * STRIDE;
   let tab = p * HALF;
   for (var i = lid; i < ${s.numHeads}u * HALF; i += 64u) {
@@ -48,17 +52,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     qkv[o + HALF] = b * c + a * s;
   }
   let kb = base + Q_DIM;
-  for (var e = lid; e < KV_DIM; e += 64u) {
-    let d = e % HD;
-    let h0 = kb + e - d;
-    var v = qkv[kb + e];
-    if (d < HALF) {
-      v = v * cos_table[tab + d] - qkv[h0 + d + HALF] * sin_table[tab + d];
-    } else if (d < 2u * HALF) {
-      v = v * cos_table[tab + d - HALF] + qkv[h0 + d - HALF] * sin_table[tab + d - HALF];
+  let row = slot_row(t, p) * KV_DIM;
+  // pair w of a head: dims (w, w + HALF) rotated together, then pass-through dims two by two
+  for (var e = lid; e < KV_DIM / 2u; e += 64u) {
+    let h0 = (e / (HD / 2u)) * HD;
+    let w = e % (HD / 2u);
+    var da = ROT + 2u * (w - min(w, HALF));
+    var db = da + 1u;
+    var a = 0.0;
+    var b = 0.0;
+    if (w < HALF) {
+      da = w;
+      db = w + HALF;
+      let c = cos_table[tab + w];
+      let s = sin_table[tab + w];
+      let x = qkv[kb + h0 + da];
+      let y = qkv[kb + h0 + db];
+      a = x * c - y * s;
+      b = y * c + x * s;
+    } else {
+      a = qkv[kb + h0 + da];
+      b = qkv[kb + h0 + db];
     }
-    k_cache[p * KV_DIM + e] = v;
-    v_cache[p * KV_DIM + e] = qkv[kb + KV_DIM + e];
+    store_kpair(row + h0, w, da, db, a, b);
+    store_v(row + 2u * e, qkv[kb + KV_DIM + 2u * e], qkv[kb + KV_DIM + 2u * e + 1u]);
   }
 }
 `;
