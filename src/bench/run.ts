@@ -30,6 +30,8 @@ export interface BenchOptions {
   unroll?: number;
   attentionWorkgroup?: number;
   attention?: 'split' | 'split-heads' | 'single';
+  /** The KV caches to run, each over the same weights (default ['f16'], as generate runs). */
+  kvCaches?: ('f16' | 'f32')[];
   workerWorkgroup?: number;
   /** x of the q4 products: int8 blocks with dot4I8Packed (default) or f32 (FusedDecoderOptions.matvecActivations). */
   activations?: 'int8' | 'f32';
@@ -56,6 +58,10 @@ export interface BenchResult {
   dispatches_per_layer: number;
   weight_bytes_per_token: number;
   kv_bytes_per_token: number;
+  kv_cache: 'f16' | 'f32';
+  /** With --profile: layer 0's attention dispatches (µs) and the time to read its K and V at the probe's bandwidth. */
+  attention_us?: number;
+  attention_kv_read_us?: number;
   achieved_gbps: number;
   measured_read_gbps: number;
   bandwidth_fraction: number;
@@ -131,8 +137,8 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
   try {
     const check = o.check > 0 ? await checkPaths(gpu, config, w, prompt, o.check, o.workgroups) : null;
     if (check) o.log(`check (f32 activations): fused vs unfused logits relative difference <= ${check.worst.toExponential(2)} over ${o.check} tokens; greedy continuations ${check.identical ? 'identical' : 'DIFFER'}`);
-    for (const path of o.paths) {
-      const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: o.normWorkgroups, unroll: o.unroll, attentionWorkgroup: o.attentionWorkgroup, attention: o.attention, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations });
+    for (const path of o.paths) for (const kvCache of o.kvCaches ?? ['f16']) {
+      const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: o.normWorkgroups, unroll: o.unroll, attentionWorkgroup: o.attentionWorkgroup, attention: o.attention, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations, kvCache });
       try {
         // warm-up: pipelines, caches, clocks
         await decoder.generate(prompt.slice(0, 8), { maxTokens: 8, lag: o.lag });
@@ -140,19 +146,25 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
         const p0 = performance.now();
         await decoder.prefill(prompt.slice(0, o.context - 1));
         const prefillSeconds = (performance.now() - p0) / 1000;
-        if (o.profile) {
-          const rows = await decoder.profile();
-          o.log(`${path} profile at position ${decoder.length - 1} (µs per dispatch): ${rows.map((r) => `${r.label} ${r.microseconds.toFixed(1)}`).join(', ')}`);
-          decoder.reset();
-          await decoder.prefill(prompt.slice(0, o.context - 1));
-        }
+        const kvBytes = kvCache === 'f32' ? 4 : 2;
         const arrivals: number[] = [];
         await decoder.generate(prompt.slice(o.context - 1, o.context), { maxTokens: o.tokens + 1, lag: o.lag, onToken: () => (arrivals.push(performance.now()), false) });
+        let attention: { us: number; kvReadUs: number } | null = null;
+        if (o.profile) {
+          // after the timed decode (the cache holds context + tokens positions; profile overwrites the activations)
+          const rows = await decoder.profile();
+          o.log(`${path} ${kvCache} KV profile at position ${decoder.length - 1} (µs per dispatch): ${rows.map((r) => `${r.label} ${r.microseconds.toFixed(1)}`).join(', ')}`);
+          // layer 0's attention against reading its keys and values once at the probe's bandwidth
+          const us = rows.filter((r) => r.label.startsWith('attention')).reduce((a, r) => a + r.microseconds, 0);
+          const bytes = 2 * decoder.length * config.numKvHeads * config.headDim * kvBytes;
+          attention = { us, kvReadUs: bytes / (bw.medianGbps * 1e3) };
+          o.log(`${path} attention over ${decoder.length} keys (${kvCache} KV cache, ${(bytes / 1e6).toFixed(2)} MB a layer): ${us.toFixed(1)} µs; reading those bytes at the probe's ${bw.medianGbps.toFixed(0)} GB/s takes ${attention.kvReadUs.toFixed(1)} µs (${(us / attention.kvReadUs).toFixed(2)}x)`);
+        }
         const decodeSeconds = (arrivals.at(-1)! - arrivals[0]!) / 1000;
         const n = arrivals.length - 1;
         const tps = n / decodeSeconds;
         const achieved = (perToken * tps) / 1e9;
-        const kvPerToken = 2 * config.numLayers * config.numKvHeads * config.headDim * 4 * (o.context + o.tokens / 2);
+        const kvPerToken = 2 * config.numLayers * config.numKvHeads * config.headDim * kvBytes * (o.context + o.tokens / 2);
         const r: BenchResult = {
           shape: o.shape,
           encoding: o.encoding === 'q4' ? `q4 g${o.group}` : o.encoding === 'bitmap' ? `bitmap ${o.density * 100}% tile ${o.tile}, q4 values, ${(o.bitmap ?? 'expand') === 'expand' ? 'expanded to q4' : 'walked'}` : o.encoding,
@@ -167,6 +179,8 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
           dispatches_per_layer: decoder.dispatchesPerLayer,
           weight_bytes_per_token: perToken,
           kv_bytes_per_token: kvPerToken,
+          kv_cache: kvCache,
+          ...(attention ? { attention_us: attention.us, attention_kv_read_us: attention.kvReadUs } : {}),
           achieved_gbps: achieved,
           measured_read_gbps: bw.medianGbps,
           bandwidth_fraction: achieved / bw.medianGbps,
@@ -178,7 +192,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
           ...(check ? { check_max_rel_diff: check.worst, check_greedy_identical: check.identical } : {}),
         };
         o.log(
-          `${path}: decode ${r.decode_ms_per_token.toFixed(3)} ms/token (${tps.toFixed(1)} tok/s), ${achieved.toFixed(0)} GB/s = ${(100 * r.bandwidth_fraction).toFixed(1)}% of measured; ` +
+          `${path} (${kvCache} KV): decode ${r.decode_ms_per_token.toFixed(3)} ms/token (${tps.toFixed(1)} tok/s), ${achieved.toFixed(0)} GB/s = ${(100 * r.bandwidth_fraction).toFixed(1)}% of measured; ` +
             `prefill ${r.prefill_tokens_per_second.toFixed(1)} tok/s; ${r.dispatches_per_token} dispatches/token (${r.dispatches_per_layer}/layer)`,
         );
         results.push(r);

@@ -18,7 +18,7 @@
 import { InvalidInputError } from '../../errors.js';
 import type { ModelConfig } from '../../model/config.js';
 import type { ModelWeights } from '../../model/weights.js';
-import type { DeviceDecodeOptions, Engine, Sequence } from '../../runtime/engine.js';
+import type { DeviceDecodeOptions, Engine, Sequence, StepRow } from '../../runtime/engine.js';
 import { ropeTables } from '../cpu/ops.js';
 import { Gpu, type GpuOptions } from './device.js';
 import { encodeDispatches, STEP_HEADER_WORDS, StepWord, type Dispatch } from './dispatch.js';
@@ -44,7 +44,17 @@ export interface WebGpuEngineOptions extends GpuOptions, UploadOptions {
   kvCache?: KvCacheDtype;
   /** Read and write the f16 cache as u32 words even where the device has shader-f16 (tests, CI). */
   kvPacked?: boolean;
-  /** Prompt attention in tiles of queries x keys (default true; false: a workgroup per row and head). */
+  /**
+   * Offer Engine.step (continuous batching: rows of many sequences a pass, each in its KV slot). Off by
+   * default: generate() and the scheduler take step over the fused decode where it exists, and a
+   * single stream decodes faster through the fused path.
+   */
+  batchedStep?: boolean;
+  /**
+   * Prompt attention in tiles of queries x keys (kernels/attention.ts attentionTiledWgsl). Default: on,
+   * except on software adapters (lavapipe, SwiftShader), where LLVM takes minutes to compile the
+   * kernel (measured 170-250 s on the shared CI machine) and a workgroup per row and head serves.
+   */
   tiledAttention?: boolean;
   /** KV cache slots allocated at load (sequences that can hold a cache without the pool growing); default 1. */
   kvSlots?: number;
@@ -81,6 +91,9 @@ export interface GpuSampling {
 }
 
 const STORAGE = () => GPUBufferUsage.STORAGE;
+
+/** Adapters that run kernels on the CPU (Mesa lavapipe/llvmpipe, SwiftShader). */
+const SOFTWARE_ADAPTER = /llvmpipe|lavapipe|swiftshader/i;
 
 /** Rows of the logits buffer: forward(allLogits) runs its prompt in steps of at most this many tokens. */
 const LOGITS_ROWS = 128;
@@ -172,6 +185,8 @@ export class WebGpuEngine implements Engine {
   readonly backend = 'webgpu';
   /** Present when the fused decode path is on (see WebGpuEngineOptions.decode). */
   readonly decodeOnDevice?: (seq: Sequence, prompt: ArrayLike<number>, options: DeviceDecodeOptions) => Promise<number[]>;
+  /** Present with the `batchedStep` option: Engine.step, rows of many sequences a pass (see stepBatch). */
+  readonly step?: (rows: StepRow[]) => Promise<(Float32Array | null)[]>;
   private readonly plans: Plans;
   private readonly logitsOne: Float32Array;
   private readonly stepWords: Uint32Array;
@@ -179,6 +194,10 @@ export class WebGpuEngine implements Engine {
   private spare: WebGpuSequence | null = null;
   /** Per buffer group of the KV cache: per layer rope_kv and attention bound to it. */
   private readonly kvDispatches = new Map<number, LayerKv[]>();
+  /** The same for batched steps: only the rows whose slot is in the group (a batch may span groups). */
+  private readonly kvBatchDispatches = new Map<number, Dispatch[][]>();
+  /** step()'s logits rows (returned as views, overwritten by the next step). */
+  private stepLogits: Float32Array | null = null;
   /** Word of the step buffer where the row table starts. */
   private readonly rowsAt: number;
   private queue: Promise<unknown> = Promise.resolve();
@@ -202,7 +221,9 @@ export class WebGpuEngine implements Engine {
     /** Every sequence's K and V (a slot each). */
     readonly kv: KvCache,
     private readonly tiledAttention = true,
+    batchedStep = false,
   ) {
+    if (batchedStep) this.step = (rows) => this.stepBatch(rows);
     this.plans = this.buildPlans();
     this.logitsOne = new Float32Array(config.vocabSize);
     this.rowsAt = rowsAt(STEP_HEADER_WORDS, prefillChunk);
@@ -267,7 +288,7 @@ export class WebGpuEngine implements Engine {
           notice = `decoding through the forward pass: the fused decoder cannot run here (${(e as Error).message})`;
         }
       }
-      const engine = new WebGpuEngine(c, ctx, gpu, !options.gpu, weights, activations, chunk, fused, notice, kv, options.tiledAttention ?? true);
+      const engine = new WebGpuEngine(c, ctx, gpu, !options.gpu, weights, activations, chunk, fused, notice, kv, options.tiledAttention ?? !SOFTWARE_ADAPTER.test(gpu.adapterDescription), options.batchedStep ?? false);
       engine.matvecActivations = options.matvecActivations ?? 'int8';
       engine.spare = spare;
       return engine;
@@ -359,6 +380,23 @@ export class WebGpuEngine implements Engine {
     return d;
   }
 
+  /** Per layer rope_kv and per-row attention over the rows of a batch whose slot is in group g. */
+  private kvBatchDispatchesOf(g: number): Dispatch[][] {
+    let d = this.kvBatchDispatches.get(g);
+    if (d) return d;
+    const c = this.config, gpu = this.gpu, a = this.a, group = this.kv.groups[g]!;
+    const kv = this.kvLayout(g);
+    d = [];
+    for (let l = 0; l < c.numLayers; l++) {
+      d.push([
+        ropeKvOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim }, kv, a.qkv, a.cos, a.sin, group.k[l]!, group.v[l]!, a.step),
+        attentionOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, rotaryDim: c.rotaryDim }, kv, a.qkv, group.k[l]!, group.v[l]!, a.att, a.step),
+      ]);
+    }
+    this.kvBatchDispatches.set(g, d);
+    return d;
+  }
+
   /** The sequence's slot, taken on first use (the pool grows by a buffer group when full). */
   private slotOf(seq: WebGpuSequence): KvSlot {
     return (seq.slot ??= guardAllocation(`a KV cache slot of ${this.contextLength} positions does not fit beside the model; use a smaller context length (--context)`, () => this.kv.acquire()));
@@ -402,6 +440,93 @@ export class WebGpuEngine implements Engine {
     const run = this.queue.then(fn, fn);
     this.queue = run.catch(() => undefined);
     return run;
+  }
+
+  /**
+   * Engine.step (present with `batchedStep: true`): rows of different sequences in one pass (continuous batching). Each row's tokens go
+   * in at its sequence's length in its own slot (the row table); every weight is read once a pass for
+   * all rows. Every row runs the prompt plan (tiled matrix kernels, per-row attention over its slot)
+   * even alone, so a row's arithmetic does not depend on what shares the step. Passes hold at most
+   * min(prefillChunk, 128) tokens; a larger batch takes several, in order.
+   */
+  private stepBatch(rows: StepRow[]): Promise<(Float32Array | null)[]> {
+    return this.serial(() => this.stepNow(rows));
+  }
+
+  private async stepNow(rows: StepRow[]): Promise<(Float32Array | null)[]> {
+    this.assertUsable();
+    const seqs = rows.map((r) => this.live(r.seq));
+    if (new Set(seqs).size !== seqs.length) throw new InvalidInputError('a step takes each sequence at most once');
+    rows.forEach((r, i) => this.checkTokens(seqs[i]!, r.tokens));
+    const vocab = this.config.vocabSize;
+    const cap = Math.min(this.prefillChunk, LOGITS_ROWS);
+    const wanted = rows.filter((r) => r.logits).length;
+    if (!this.stepLogits || this.stepLogits.length < wanted * vocab) this.stepLogits = new Float32Array(Math.max(1, wanted) * vocab);
+    const out: (Float32Array | null)[] = rows.map(() => null);
+    let nextLogits = 0;
+    type Piece = { r: number; from: number; n: number };
+    let pieces: Piece[] = [];
+    let used = 0;
+    const flush = async () => {
+      const T = used;
+      this.stepWords[StepWord.T] = T;
+      this.stepWords[StepWord.pos0] = 0;
+      let t = 0;
+      const groups = new Set<number>();
+      const logitRows: { row: number; r: number }[] = [];
+      for (const p of pieces) {
+        const seq = seqs[p.r]!, slot = this.slotOf(seq), tokens = rows[p.r]!.tokens;
+        groups.add(slot.group.index);
+        for (let i = 0; i < p.n; i++, t++) {
+          this.stepWords[STEP_HEADER_WORDS + t] = tokens[p.from + i]!;
+          this.stepWords[this.rowsAt + 2 * t] = slot.word;
+          this.stepWords[this.rowsAt + 2 * t + 1] = seq.length + p.from + i;
+        }
+        if (rows[p.r]!.logits && p.from + p.n === tokens.length) logitRows.push({ row: t - 1, r: p.r });
+      }
+      this.gpu.device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, this.rowsAt + 2 * T);
+      const encoder = this.gpu.device.createCommandEncoder();
+      const pass = encoder.beginComputePass();
+      encodeDispatches(pass, this.plans.embedding, T);
+      for (let l = 0; l < this.plans.prefill.length; l++) {
+        encodeDispatches(pass, this.plans.prefill[l]!.beforeAttention, T);
+        for (const g of groups) encodeDispatches(pass, this.kvBatchDispatchesOf(g)[l]!, T);
+        encodeDispatches(pass, this.plans.prefill[l]!.afterAttention, T);
+      }
+      if (logitRows.length > 0) encodeDispatches(pass, this.plans.allLogits, T);
+      pass.end();
+      logitRows.forEach((x, k) => encoder.copyBufferToBuffer(this.a.logits, x.row * vocab * 4, this.a.logitsReadback, k * vocab * 4, vocab * 4));
+      this.gpu.device.queue.submit([encoder.finish()]);
+      if (logitRows.length > 0) {
+        const bytes = logitRows.length * vocab * 4;
+        await this.mapRead(this.a.logitsReadback, bytes);
+        const got = new Float32Array(this.a.logitsReadback.getMappedRange(0, bytes));
+        logitRows.forEach((x, k) => {
+          const view = this.stepLogits!.subarray(nextLogits * vocab, (nextLogits + 1) * vocab);
+          view.set(got.subarray(k * vocab, (k + 1) * vocab));
+          out[x.r] = view;
+          nextLogits++;
+        });
+        this.a.logitsReadback.unmap();
+      }
+      pieces = [];
+      used = 0;
+    };
+    for (let r = 0; r < rows.length; r++) {
+      const T = rows[r]!.tokens.length;
+      for (let from = 0; from < T; ) {
+        const n = Math.min(T - from, cap - used);
+        pieces.push({ r, from, n });
+        used += n;
+        from += n;
+        if (used === cap) await flush();
+      }
+    }
+    if (used > 0) await flush();
+    rows.forEach((r, i) => {
+      for (let k = 0; k < r.tokens.length; k++) seqs[i]!.tokens.push(r.tokens[k]!);
+    });
+    return out;
   }
 
   forward(seq: Sequence, tokens: ArrayLike<number>, allLogits = false): Promise<Float32Array> {

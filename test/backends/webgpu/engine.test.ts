@@ -128,7 +128,8 @@ test('webgpu engine: sequences in KV cache slots of different buffers (one slot 
     want.push({ logits, greedy });
   }
   for (const kvCache of ['f32', 'f16'] as const) {
-    const engine = await WebGpuEngine.create(model, { kvCache, kvSlotsPerBuffer: 1, contextLength: 64, prefillChunk: 8, gpu });
+    // the f32 run takes the tiled prompt attention (off by default on lavapipe, which compiles it slowly)
+    const engine = await WebGpuEngine.create(model, { kvCache, kvSlotsPerBuffer: 1, contextLength: 64, prefillChunk: 8, gpu, tiledAttention: kvCache === 'f32' });
     try {
       assert.equal(engine.decode, 'fused');
       const seqs = prompts.map(() => engine.createSequence());
@@ -147,5 +148,43 @@ test('webgpu engine: sequences in KV cache slots of different buffers (one slot 
     } finally {
       engine.dispose();
     }
+  }
+});
+
+test('webgpu engine: step() runs rows of different sequences (prompt chunks and decode rows, slots in different buffers) in one pass, each row as it runs alone and near the CPU', { skip: SKIP_GPU }, async () => {
+  const dir = ARCH_MODELS[0]!;
+  const model = await loadModel(dir);
+  const ids = Array.from((await readReference(dir)).inputIds.subarray(0, 30));
+  const gpu = await testGpu();
+  const engine = await WebGpuEngine.create(model, { kvCache: 'f32', kvSlotsPerBuffer: 2, batchedStep: true, contextLength: 64, prefillChunk: 16, gpu });
+  const cpu = new CpuEngine(model.config, model.weights, 64);
+  try {
+    const prompts = [ids.slice(0, 9), ids.slice(3, 23), ids.slice(10, 13)];
+    // alone: each sequence's prompt, then two decode tokens, one step call each
+    const alone: Float32Array[][] = [];
+    for (const p of prompts) {
+      const s = engine.createSequence();
+      const got = [Float32Array.from((await engine.step!([{ seq: s, tokens: p, logits: true }]))[0]!)];
+      for (const id of [5, 7]) got.push(Float32Array.from((await engine.step!([{ seq: s, tokens: [id], logits: true }]))[0]!));
+      alone.push(got);
+      s.dispose();
+    }
+    // together: the three prompts in one step (20 tokens: a second pass for the last ones), then decode rows together
+    const seqs = prompts.map(() => engine.createSequence());
+    let out = await engine.step!(prompts.map((p, i) => ({ seq: seqs[i]!, tokens: p, logits: true })));
+    out.forEach((l, i) => assert.deepEqual(Array.from(l!), Array.from(alone[i]![0]!), `prompt ${i} batched vs alone`));
+    for (const [k, id] of [5, 7].entries()) {
+      out = await engine.step!(seqs.map((seq) => ({ seq, tokens: [id], logits: true })));
+      out.forEach((l, i) => assert.deepEqual(Array.from(l!), Array.from(alone[i]![k + 1]!), `decode row ${i} step ${k} batched vs alone`));
+    }
+    assert.ok(engine.kv.groups.length >= 2, 'the slots span buffers');
+    // and the CPU's logits
+    for (const [i, p] of prompts.entries()) {
+      const s = cpu.createSequence();
+      assertClose(alone[i]![0]!, await cpu.forward(s, p), 1e-4, `prompt ${i} vs the CPU`);
+      assertClose(alone[i]![1]!, await cpu.forward(s, [5]), 1e-4, `decode ${i} vs the CPU`);
+    }
+  } finally {
+    engine.dispose();
   }
 });

@@ -125,7 +125,7 @@ export class FusedDecoder {
   private readonly ring: GPUBuffer[] = [];
   /** The grammar's bitmask, ceil(vocab / 32) u32, and its masking dispatch: made on the first constrained step. */
   private mask: { buffer: GPUBuffer; dispatch: Dispatch } | null = null;
-  private readonly stepWords = new Uint32Array(STEP_HEADER_WORDS + 1);
+  private readonly stepWords = new Uint32Array(ROWS_AT + 2); // header, the token id, the row table's one row
   private readonly stepFloats = new Float32Array(this.stepWords.buffer);
   /** Bytes of every buffer this decoder allocated (KV cache, activations, readbacks). */
   readonly allocatedBytes: number;

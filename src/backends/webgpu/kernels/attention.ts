@@ -121,6 +121,7 @@ export function attentionTiledFits(s: AttentionShape): boolean {
 export function attentionTiledWgsl(s: AttentionShape, kv: KvLayout): string {
   const qDim = s.numHeads * s.headDim, kvDim = s.numKvHeads * s.headDim;
   const HD4 = s.headDim / 4, PER = HD4 / LANES; // vec4s of a lane's quarter
+  const each = (f: (i: number) => string) => Array.from({ length: PER }, (_, i) => f(i)).join('\n  ');
   const first = (p: string) => (s.slidingWindow ? `select(0u, ${p} + 1u - ${s.slidingWindow}u, ${p} + 1u > ${s.slidingWindow}u)` : '0u');
   return `${kvHeader(kv)}${COMMON}
 const HD4 = ${HD4}u;
@@ -137,9 +138,14 @@ ${kvReadDecls(kv, 1, 2)}
 @group(0) @binding(4) var<storage, read> step: array<u32>;
 ${rowTable(kv)}
 ${kDimFn(kv.storage, s.rotaryDim)}
+// q's dims d..d+3 of the row at qo, in K's stored order, pre-scaled by 1/sqrt(HD)
+fn q_at(qo: u32, d: u32) -> vec4<f32> {
+  return vec4<f32>(qkv[qo + k_dim(d)], qkv[qo + k_dim(d + 1u)], qkv[qo + k_dim(d + 2u)], qkv[qo + k_dim(d + 3u)]) * ${f32Literal(1 / Math.sqrt(s.headDim))};
+}
 
 var<workgroup> tile: array<vec4<f32>, ${TILE_K * HD4}>;        // K rows, then V rows of the key tile
 var<workgroup> partial: array<f32, ${TILE_Q * TILE_K * LANES}>; // (row, key, lane) partial dots
+var<workgroup> probs: array<f32, ${TILE_Q * TILE_K}>;          // (row, key) e^(s - m), written by lane 0
 
 @compute @workgroup_size(${TILE_Q * LANES})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -159,16 +165,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let kEnd = row_pos(min(t0 + BQ, T) - 1u);
   let sb = slot_row(t0, 0u);
   let kvh = h / GROUP;
-  var q: array<vec4<f32>, ${PER}>;
-  for (var i = 0u; i < PER; i++) {
-    let d = 4u * (lane * PER + i);
-    let qo = tl * STRIDE + h * ${s.headDim}u;
-    q[i] = vec4<f32>(qkv[qo + k_dim(d)], qkv[qo + k_dim(d + 1u)], qkv[qo + k_dim(d + 2u)], qkv[qo + k_dim(d + 3u)]) * ${f32Literal(1 / Math.sqrt(s.headDim))};
-  }
-  var acc: array<vec4<f32>, ${PER}>;
+  let qo = tl * STRIDE + h * ${s.headDim}u;
+  ${each((i) => `let q${i} = q_at(qo, 4u * (lane * PER + ${i}u));`)}
+  ${each((i) => `var acc${i} = vec4<f32>(0.0);`)}
   var m = -3.0e38;
   var l = 0.0;
-  var pk: array<f32, ${TILE_K}>;
   for (var k0 = kBegin; k0 <= kEnd; k0 += BK) {
     for (var i = lid; i < BK * HD4; i += ${TILE_Q * LANES}u) {
       let key = k0 + i / HD4;
@@ -176,26 +177,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
     for (var j = 0u; j < BK; j++) {
-      var s = 0.0;
-      for (var i = 0u; i < PER; i++) { s += dot(q[i], tile[j * HD4 + lane * PER + i]); }
-      partial[(r * BK + j) * ${LANES}u + lane] = s;
+      let kb = j * HD4 + lane * PER;
+      partial[(r * BK + j) * ${LANES}u + lane] = ${Array.from({ length: PER }, (_, i) => `dot(q${i}, tile[kb + ${i}u])`).join(' + ')};
     }
     workgroupBarrier();
+    // every lane of a row finds the same max and sum; lane 0 publishes e^(s - m)
     var mt = m;
     for (var j = 0u; j < BK; j++) {
       let o = (r * BK + j) * ${LANES}u;
       let key = k0 + j;
-      let sc = (partial[o] + partial[o + 1u]) + (partial[o + 2u] + partial[o + 3u]);
       let ok = live && key >= firstKey && key <= p;
-      pk[j] = select(-3.0e38, sc, ok);
-      mt = max(mt, pk[j]);
+      mt = max(mt, select(-3.0e38, (partial[o] + partial[o + 1u]) + (partial[o + 2u] + partial[o + 3u]), ok));
     }
     let correction = exp(m - mt);
     var sum = 0.0;
     for (var j = 0u; j < BK; j++) {
-      let e = select(0.0, exp(pk[j] - mt), pk[j] > -1.0e38);
-      pk[j] = e;
+      let o = (r * BK + j) * ${LANES}u;
+      let key = k0 + j;
+      let ok = live && key >= firstKey && key <= p;
+      let e = select(0.0, exp((partial[o] + partial[o + 1u]) + (partial[o + 2u] + partial[o + 3u]) - mt), ok);
       sum += e;
+      if (lane == 0u) { probs[r * BK + j] = e; }
     }
     l = l * correction + sum;
     m = mt;
@@ -204,15 +206,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       tile[i] = select(vec4<f32>(0.0), load4_v((sb + key) * KV_DIM4 + kvh * HD4 + i % HD4), key <= kEnd);
     }
     workgroupBarrier();
-    for (var i = 0u; i < PER; i++) {
-      var a = acc[i] * correction;
-      for (var j = 0u; j < BK; j++) { a += pk[j] * tile[j * HD4 + lane * PER + i]; }
-      acc[i] = a;
+    ${each((i) => `acc${i} *= correction;`)}
+    for (var j = 0u; j < BK; j++) {
+      let pj = probs[r * BK + j];
+      let vb = j * HD4 + lane * PER;
+      ${each((i) => `acc${i} += pj * tile[vb + ${i}u];`)}
     }
     workgroupBarrier();
   }
   if (live) {
-    for (var i = 0u; i < PER; i++) { out[(t * HEADS + h) * HD4 + lane * PER + i] = acc[i] / l; }
+    let ob = (t * HEADS + h) * HD4 + lane * PER;
+    ${each((i) => `out[ob + ${i}u] = acc${i} / l;`)}
   }
 }
 `;
