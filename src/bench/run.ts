@@ -30,6 +30,8 @@ export interface BenchOptions {
   unroll?: number;
   attentionWorkgroup?: number;
   attention?: 'split' | 'split-heads' | 'single';
+  /** Chunks of keys of the split decode attention (default: the decoder's). */
+  attentionSplits?: number;
   /** The KV caches to run, each over the same weights (default ['f16'], as generate runs). */
   kvCaches?: ('f16' | 'f32')[];
   workerWorkgroup?: number;
@@ -138,7 +140,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
     const check = o.check > 0 ? await checkPaths(gpu, config, w, prompt, o.check, o.workgroups) : null;
     if (check) o.log(`check (f32 activations): fused vs unfused logits relative difference <= ${check.worst.toExponential(2)} over ${o.check} tokens; greedy continuations ${check.identical ? 'identical' : 'DIFFER'}`);
     for (const path of o.paths) for (const kvCache of o.kvCaches ?? ['f16']) {
-      const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: o.normWorkgroups, unroll: o.unroll, attentionWorkgroup: o.attentionWorkgroup, attention: o.attention, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations, kvCache });
+      const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: o.normWorkgroups, unroll: o.unroll, attentionWorkgroup: o.attentionWorkgroup, attention: o.attention, attentionSplits: o.attentionSplits, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations, kvCache });
       try {
         // warm-up: pipelines, caches, clocks
         await decoder.generate(prompt.slice(0, 8), { maxTokens: 8, lag: o.lag });

@@ -51,6 +51,7 @@ export function benchCommand(): Command {
     .addOption(new Option('--attention <kind>', 'decode attention: split (chunks of keys, a workgroup per KV head and chunk, then a combine), split-heads (a workgroup per query head and chunk) or single (a workgroup a head)').choices(['split', 'split-heads', 'single']).default('split'))
     .addOption(new Option('--activations <kind>', 'x of the q4 matrix-vector products: int8 (blocks of 32, dot4I8Packed) or f32').choices(['int8', 'f32']).default('int8'))
     .addOption(new Option('--kv-cache <dtype>', 'KV cache storage: f16 (as generate runs it), f32, or both (each over the same weights)').choices(['f16', 'f32', 'both']).default('f16'))
+    .option('--attention-splits <n>', 'chunks of keys of the split decode attention (default: about 64 keys each, at most 32)', parseIntOption('--attention-splits'))
     .option('--probe-mib <n>', 'read-bandwidth probe buffer (MiB)', parseIntOption('--probe-mib'), 1024)
     .option('--check <n>', 'first compare fused and unfused logits over n tokens and their greedy continuations (0: skip)', parseIntOption('--check'), 0)
     .option('--profile', 'log the time of each dispatch of a step (layer 0, lm_head, argmax)')
@@ -82,7 +83,7 @@ export function benchCommand(): Command {
           const results = await runBench(gpu, {
             shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, bitmap: f.bitmap, context: f.context,
             tokens: f.tokens, paths: f.path === 'both' ? ['fused', 'unfused'] : [f.path], seed: f.seed, lag: f.lag,
-            workgroups: f.workgroups, normWorkgroups: f.normWorkgroups, unroll: f.unroll, attentionWorkgroup: f.attentionWorkgroup, attention: f.attention, workerWorkgroup: f.workerWorkgroup, activations: f.activations, kvCaches: f.kvCache === 'both' ? ['f16', 'f32'] : [f.kvCache], check: f.check, profile: f.profile, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
+            workgroups: f.workgroups, normWorkgroups: f.normWorkgroups, unroll: f.unroll, attentionWorkgroup: f.attentionWorkgroup, attention: f.attention, attentionSplits: f.attentionSplits, workerWorkgroup: f.workerWorkgroup, activations: f.activations, kvCaches: f.kvCache === 'both' ? ['f16', 'f32'] : [f.kvCache], check: f.check, profile: f.profile, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
           });
           if (f.json) process.stdout.write(`${JSON.stringify(results.length > 1 ? { ...results[0], compared_with: results.slice(1) } : results[0])}\n`);
           else {

@@ -68,6 +68,8 @@ export interface FusedDecoderOptions {
    * 'f32' keeps it in f32 (the CPU's numerics: what the token-for-token tests run).
    */
   matvecActivations?: 'int8' | 'f32';
+  /** Chunks of keys of the split attention (default attentionSplits: about 64 keys each, at most 32). */
+  attentionSplits?: number;
 }
 
 export interface GpuSamplingValues {
@@ -312,7 +314,7 @@ export class FusedDecoder {
     const s = this.attentionShape();
     const limits = this.gpu.device.limits;
     if ((this.options.attention ?? 'split') === 'single' || !splitAttentionFits(s) || s.headDim > limits.maxComputeInvocationsPerWorkgroup) return null;
-    const split = { ...s, splits: attentionSplits(s) };
+    const split = { ...s, splits: Math.max(1, Math.floor(this.options.attentionSplits ?? attentionSplits(s))) };
     return split.splits > 1 ? split : null;
   }
 
