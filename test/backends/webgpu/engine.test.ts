@@ -129,7 +129,7 @@ test('webgpu engine: sequences in KV cache slots of different buffers (one slot 
   }
   for (const kvCache of ['f32', 'f16'] as const) {
     // the f32 run takes the tiled prompt attention (off by default on lavapipe, which compiles it slowly)
-    const engine = await WebGpuEngine.create(model, { kvCache, kvSlotsPerBuffer: 1, contextLength: 64, prefillChunk: 8, gpu, tiledAttention: kvCache === 'f32' });
+    const engine = await WebGpuEngine.create(model, { kvCache, kvSlotsPerBuffer: 1, contextLength: 64, prefillChunk: 8, gpu, tiledAttention: kvCache === 'f32', matvecActivations: 'f32' });
     try {
       assert.equal(engine.decode, 'fused');
       const seqs = prompts.map(() => engine.createSequence());
