@@ -22,9 +22,9 @@ timeout 120 node --test --test-reporter=spec .gpu/kv/fused-kv-nll.test.mjs 2>&1 
 echo "nll done at $((SECONDS - t0)) s" >> "$OUT/summary.txt"
 bench() { echo "== pdvm bench $*" >> "$OUT/bench.log"; timeout 170 node .gpu/kv/app.mjs bench --json "$@" >> "$OUT/results.jsonl" 2> >(grep -v Warning >> "$OUT/bench.log"); echo "bench $* done at $((SECONDS - t0)) s" >> "$OUT/summary.txt"; }
 for shape in llama-3.2-1b llama-3.1-8b phi-4; do
-  for ctx in 512 4096; do bench --shape "$shape" --encoding q4 --group 64 --context "$ctx" --tokens 64 --kv-cache both --profile --probe-mib 1024; done
+  for ctx in 512 4096; do bench --shape "$shape" --encoding q4 --group 64 --context "$ctx" --tokens 48 --kv-cache both --profile --probe-mib 512; done
 done
 # more chunks of keys at 4096 (the default is 32), and the packed f16 kernels (no shader-f16)
-for splits in 64 128; do bench --shape llama-3.1-8b --encoding q4 --group 64 --context 4096 --tokens 32 --kv-cache f16 --profile --attention-splits "$splits" --probe-mib 512; done
+for splits in 128; do bench --shape llama-3.1-8b --encoding q4 --group 64 --context 4096 --tokens 32 --kv-cache f16 --profile --attention-splits "$splits" --probe-mib 512; done
 bench --shape llama-3.1-8b --encoding q4 --group 64 --context 4096 --tokens 32 --kv-cache f16 --profile --no-f16 --probe-mib 512
 sleep 1
