@@ -3,7 +3,7 @@
  * a run with the same seed gives the same tokens. Temperature 0 is greedy (argmax).
  */
 import { InvalidInputError } from '../errors.js';
-import { maskLogits } from './token-filter.js';
+import { countAllowed, maskLogits } from './token-filter.js';
 
 export interface SamplingOptions {
   /** 0 = greedy. */
@@ -119,7 +119,12 @@ export class Sampler {
     const n = logits.length;
     const x = this.work;
     x.set(logits);
-    if (bitmask) maskLogits(x, bitmask);
+    // masked tokens sit at -Infinity: top-k over at most the allowed count never reaches them
+    let allowed = n;
+    if (bitmask) {
+      maskLogits(x, bitmask);
+      allowed = Math.max(1, countAllowed(bitmask, n).count);
+    }
     if (o.repetitionPenalty !== 1) {
       for (const id of this.seen) if (id < n) x[id] = x[id]! > 0 ? x[id]! / o.repetitionPenalty : x[id]! * o.repetitionPenalty;
     }
@@ -129,8 +134,8 @@ export class Sampler {
     if (o.temperature === 0) return argmax(x);
 
     // candidates sorted by logit, descending: the top k when k is set, else all
-    const k = o.topK > 0 ? Math.min(o.topK, n) : n;
-    const cand = this.topIndices(x, k, bitmask);
+    const k = Math.min(o.topK > 0 ? o.topK : n, n, allowed);
+    const cand = this.topIndices(x, k);
     const max = x[cand[0]!]!;
     const probs = new Float64Array(cand.length);
     let sum = 0;
@@ -163,26 +168,18 @@ export class Sampler {
     return cand[keep - 1]!;
   }
 
-  /**
-   * Indices of the k largest values of x, largest first (ties: lower index first); only among the
-   * tokens `bitmask` allows when given.
-   */
-  private topIndices(x: Float32Array, k: number, bitmask?: Int32Array): Int32Array {
+  /** Indices of the k largest values of x, largest first (ties: lower index first). */
+  private topIndices(x: Float32Array, k: number): Int32Array {
+    const n = x.length;
     const idx = this.index;
-    let m = 0; // candidates, in idx[0..m)
-    if (bitmask) {
-      for (let i = 0; i < x.length; i++) if (((bitmask[i >>> 5]! >>> (i & 31)) & 1) === 1) idx[m++] = i;
-    } else {
-      m = x.length;
-      for (let i = 0; i < m; i++) idx[i] = i;
+    if (k >= n / 4) {
+      for (let i = 0; i < n; i++) idx[i] = i;
+      const all = idx.subarray(0, n).sort((a, b) => x[b]! - x[a]! || a - b);
+      return all.subarray(0, k);
     }
-    k = Math.min(k, m);
-    if (k >= m / 4) return idx.subarray(0, m).sort((a, b) => x[b]! - x[a]! || a - b).subarray(0, k);
-    // keep a sorted list of the best k seen so far, in place at the front of idx (candidates are read
-    // from position c >= the list's end, so the list never overwrites one not yet read)
+    // keep a sorted list of the best k seen so far
     let size = 0;
-    for (let c = 0; c < m; c++) {
-      const i = idx[c]!;
+    for (let i = 0; i < n; i++) {
       const v = x[i]!;
       if (size === k && v <= x[idx[k - 1]!]!) continue;
       let j = size < k ? size++ : k - 1;
