@@ -2,7 +2,7 @@
  * The demo page: picks a model (the demo model served with the page, a URL or a local file), shows
  * the download, streams generated text from the Worker, and reports tokens/s and the adapter.
  * Query parameters preset the controls and load at once (the browser test uses them):
- *   ?backend=auto|webgpu|cpu&decode=fused|unfused&activations=int8|f32&autoload=0
+ *   ?backend=auto|webgpu|cpu&decode=fused|unfused&activations=int8|f32&kv=f16|f32&autoload=0
  * window.pdvmDemo holds the timings (navigation to model ready, to first token) and the last result.
  */
 import type { Done, FromWorker, ModelChoice, Ready, ToWorker } from './protocol.js';
@@ -15,6 +15,7 @@ const el = {
   backend: $<HTMLSelectElement>('backend'),
   decode: $<HTMLSelectElement>('decode'),
   activations: $<HTMLSelectElement>('activations'),
+  kvCache: $<HTMLSelectElement>('kv-cache'),
   cache: $<HTMLInputElement>('cache'),
   load: $<HTMLButtonElement>('load'),
   progress: $<HTMLProgressElement>('progress'),
@@ -85,7 +86,7 @@ function load(): void {
   el.progress.value = 0;
   el.progress.hidden = false;
   setBusy(true);
-  send({ type: 'load', model, backend: el.backend.value as 'auto', decode: el.decode.value as 'fused', activations: el.activations.value as 'int8', cache: el.cache.checked });
+  send({ type: 'load', model, backend: el.backend.value as 'auto', decode: el.decode.value as 'fused', activations: el.activations.value as 'int8', kvCache: el.kvCache.value as 'f16', cache: el.cache.checked });
 }
 
 function generate(): void {
@@ -189,7 +190,7 @@ el.prompt.onkeydown = (e) => {
 };
 
 const params = new URLSearchParams(location.search);
-for (const [key, select] of [['backend', el.backend], ['decode', el.decode], ['activations', el.activations]] as const) {
+for (const [key, select] of [['backend', el.backend], ['decode', el.decode], ['activations', el.activations], ['kv', el.kvCache]] as const) {
   const v = params.get(key);
   if (v && [...select.options].some((o) => o.value === v)) select.value = v;
 }

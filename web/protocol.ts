@@ -11,7 +11,7 @@ export interface Sampling {
 }
 
 export type ToWorker =
-  | { type: 'load'; model: ModelChoice; backend: 'auto' | 'webgpu' | 'cpu'; decode: 'fused' | 'unfused'; activations: 'int8' | 'f32'; cache: boolean }
+  | { type: 'load'; model: ModelChoice; backend: 'auto' | 'webgpu' | 'cpu'; decode: 'fused' | 'unfused'; activations: 'int8' | 'f32'; kvCache: 'f16' | 'f32'; cache: boolean }
   | { type: 'generate'; prompt: string; chat: { role: 'user' | 'assistant'; content: string }[] | null; sampling: Sampling }
   | { type: 'stop' };
 

@@ -45,6 +45,7 @@ async function load(msg: Extract<ToWorker, { type: 'load' }>): Promise<void> {
     backend,
     decode: msg.decode,
     matvecActivations: msg.activations,
+    kvCache: msg.kvCache,
     contextLength: 512,
     cache: msg.cache,
     onProgress: (p) => post({ type: 'progress', phase: p.phase, loadedBytes: p.loadedBytes, totalBytes: p.totalBytes }),

@@ -5,8 +5,9 @@
  * decoding) and on the CPU backend; each run's ids must equal those the Node CPU backend gives here.
  * A screenshot after a generation must show the generated text (kept in dist/test-artifacts/).
  * Without a WebGPU adapter, the page says so and runs the CPU backend.
- * On the f32 options (the page's activations=f32: the fused q4 products on float32 activations, not
- * the faster int8 default), so that every sum is float32 as on the CPU. Chromium comes from scripts/install-browser-test-deps.sh (CI runs it); where
+ * On the f32 options (the page's activations=f32 and kv=f32: the fused q4 products on float32
+ * activations and a float32 KV cache, not the faster int8 and f16 defaults), so that every sum is
+ * float32 as on the CPU. Chromium comes from scripts/install-browser-test-deps.sh (CI runs it); where
  * it is missing the test fails, unless PDVM_SKIP_BROWSER_TESTS=1 says to skip.
  */
 import { test } from 'node:test';
@@ -37,7 +38,7 @@ async function demoState(page: Page): Promise<DemoState> {
 async function generateOnPage(page: Page, url: string, backend: 'webgpu' | 'cpu', decode: 'fused' | 'unfused'): Promise<{ ids: number[]; text: string; ready: NonNullable<DemoState['ready']>; tokensPerSecond: number }> {
   const errors: string[] = [];
   page.on('pageerror', (e) => errors.push(e.message));
-  await page.goto(`${url}?backend=${backend}&decode=${decode}&activations=f32`);
+  await page.goto(`${url}?backend=${backend}&decode=${decode}&activations=f32&kv=f32`);
   await page.waitForFunction(() => {
     const s = (window as unknown as { pdvmDemo?: DemoState }).pdvmDemo;
     return s?.ready || !document.getElementById('error')!.hidden;

@@ -7,7 +7,8 @@
  * architecture fixtures with a QKV bias (qwen2) and fused QKV and gate/up (phi3). Where a fused
  * kernel needs more than the defaults (norm + QKV + RoPE + KV append binds 9 to 11 storage buffers)
  * the decoder runs its parts as separate dispatches.
- * On the f32 options (matvecActivations: 'f32'), so that every sum is float32 on both sides.
+ * On the f32 options (matvecActivations: 'f32', kvCache: 'f32'), so that every sum is float32 on both
+ * sides; the faster defaults (int8 activations, f16 KV cache) are run once, to run without error.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -44,7 +45,7 @@ for (const dir of MODELS) {
     const gpu = await testGpu({ limits: 'default' });
     for (const decode of ['fused', 'unfused'] as const) {
       // f32 activations: token for token against the CPU runs on the CPU's numerics (int8 x: fused-nll.test)
-      const engine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu, decode, prefillChunk: 8, matvecActivations: 'f32' });
+      const engine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu, decode, prefillChunk: 8, matvecActivations: 'f32', kvCache: 'f32' });
       try {
         assert.equal(engine.decode, decode, `${decode}: ${engine.decodeNotice}`);
         assert.equal(engine.decodeNotice, undefined);
@@ -60,7 +61,7 @@ for (const dir of MODELS) {
   });
 }
 
-test('webgpu default limits: the demo model decodes fused on its default int8 activations, with no GPU error and no fallback', { skip: SKIP_GPU }, async () => {
+test('webgpu default limits: the demo model decodes fused on its defaults (int8 activations, f16 KV cache), with no GPU error and no fallback', { skip: SKIP_GPU }, async () => {
   const model = await loadModel(DEMO);
   const prompt = model.tokenizer!.encode('The jury said that', true);
   const greedy = { temperature: 0, maxTokens: 16, ignoreEos: true };
@@ -74,9 +75,9 @@ test('webgpu default limits: the demo model decodes fused on its default int8 ac
     assert.equal(engine.decodeNotice, undefined);
     const got = (await generateAll(ctx(engine), engine.createSequence(), prompt, greedy)).tokenIds;
     gpu.check();
-    // int8 x is not the CPU's arithmetic: its loss is bounded by fused-nll.test; here it must run
+    // int8 x and f16 K/V are not the CPU's arithmetic (their loss: fused-nll.test, kv's tests); here they must run
     const same = got.filter((id, i) => id === want[i]).length;
-    console.log(`demo int8 activations: ${got.length} ids, ${same} equal to the CPU's at the same position`);
+    console.log(`demo on int8 activations and a f16 KV cache: ${got.length} ids, ${same} equal to the CPU's at the same position`);
     assert.equal(got.length, 16);
   } finally {
     engine.dispose();
@@ -92,7 +93,7 @@ test('webgpu default limits: the demo model decodes fused within 1 MiB storage b
   const want = (await generateAll(ctx(cpu), cpu.createSequence(), prompt, greedy)).tokenIds;
   // the embedding table (4096 x 384, 6.3 MB as f32 rows; 1.5 MB of q4 words) exceeds a 1 MiB binding
   const gpu = await testGpu({ limits: 'default', maxBindingBytes: 1 << 20 });
-  const engine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu, prefillChunk: 8, matvecActivations: 'f32' });
+  const engine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu, prefillChunk: 8, matvecActivations: 'f32', kvCache: 'f32' });
   try {
     assert.equal(engine.decode, 'fused', engine.decodeNotice);
     const got = (await generateAll(ctx(engine), engine.createSequence(), prompt, greedy)).tokenIds;
