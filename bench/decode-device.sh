@@ -18,7 +18,7 @@ date -u >> "$OUT/gpu.txt"
 t0=$(date +%s)
 b() { local name=$1 app=$2; shift 2; echo "== $name [$app] bench $* (t=$(( $(date +%s) - t0 ))s)" >> "$OUT/bench.log"; timeout 60 node $D/$app.mjs bench --json "$@" 2>&1 >> "$OUT/results.jsonl" | grep -v Warning >> "$OUT/bench.log"; }
 if [ "${MODE:-mid}" = mid ]; then
-  { timeout 40 node $D/fused-matvec.test.mjs; timeout 50 node $D/fused-nll.test.mjs; } 2>&1 | grep -v Warning > "$OUT/tests.log"
+  { timeout 40 node $D/fused-matvec.test.mjs; PDVM_NLL_TOKENS=2049 timeout 50 node $D/fused-nll.test.mjs; } 2>&1 | grep -v Warning > "$OUT/tests.log"
   b phi4-q4-int8 app --shape phi-4 --encoding q4 --group 64 --context 512 --tokens 128 --profile
   b phi4-q4-f32 app --shape phi-4 --encoding q4 --group 64 --context 512 --tokens 128 --activations f32 --profile
   b llama8b-q4-int8 app --shape llama-3.1-8b --encoding q4 --group 64 --context 512 --tokens 128
@@ -30,7 +30,7 @@ if [ "${MODE:-mid}" = mid ]; then
 fi
 if [ "${MODE:-mid}" = final ]; then
   S="--context 512 --tokens 128"
-  { timeout 40 node $D/fused-matvec.test.mjs; timeout 50 node $D/fused-nll.test.mjs; } 2>&1 | grep -v Warning > "$OUT/tests.log"
+  { timeout 40 node $D/fused-matvec.test.mjs; PDVM_NLL_TOKENS=2049 timeout 50 node $D/fused-nll.test.mjs; } 2>&1 | grep -v Warning > "$OUT/tests.log"
   timeout 90 node $D/lab.mjs --only roofline --shapes phi-4,llama-3.2-1b,llama-3.1-8b 2>&1 | grep -v Warning > "$OUT/roofline.txt"
   for sh in phi-4 llama-3.1-8b llama-3.2-1b; do
     b $sh-q4-new app --shape $sh --encoding q4 --group 64 $S $([ $sh = phi-4 ] && echo --profile)

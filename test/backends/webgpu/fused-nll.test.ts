@@ -1,7 +1,7 @@
 /**
  * What int8 activations cost in accuracy, measured through the fused decoder itself: teacher-forced
  * negative log-likelihood of the demo model (models/brown-llama-12m.upg: q4 g64 layers) over the first
- * 2,049 validation tokens by the fixtures' protocol (windows of 256 predicted tokens, no state between
+ * 2,049 validation tokens (PDVM_NLL_TOKENS; 513 by default) by the fixtures' protocol (windows of 256 predicted tokens, no state between
  * windows), with `matvecActivations: 'f32'` and 'int8'. The int8 mean NLL must stay within +0.5% of
  * the f32 one (issue 14); the f32 one equals the CPU's within 1e-3 (perplexity.test checks the engine).
  * Slow on lavapipe (two passes of 2,048 steps, each read back).
@@ -17,10 +17,12 @@ import { logProbability, perplexityTokenStream } from '../../../src/runtime/perp
 import { ROOT, VALIDATION_TEXT } from '../../helpers.js';
 import { SKIP_GPU, testGpu } from './gpu.js';
 
-const LIMIT = 2049;
+// 2,049 tokens (the issue's measure, 2 x 2,048 decode steps: about 11 CPU-minutes on lavapipe) with
+// PDVM_NLL_TOKENS=2049, as the device run and docs/PERFORMANCE.md do; CI checks the first 513 (two windows)
+const LIMIT = Number(process.env.PDVM_NLL_TOKENS ?? 513);
 const CTX = 256;
 
-test('fused decode: int8 activations keep the demo model\'s NLL over 2,049 validation tokens within +0.5% of f32', { skip: SKIP_GPU }, async () => {
+test(`fused decode: int8 activations keep the demo model's NLL over ${LIMIT} validation tokens within +0.5% of f32`, { skip: SKIP_GPU }, async () => {
   const model = await loadModel(join(ROOT, 'models', 'brown-llama-12m.upg'));
   const ids = perplexityTokenStream(model.tokenizer!, await readFile(VALIDATION_TEXT, 'utf8'), model.config.bosTokenId).slice(0, LIMIT);
   const gpu = await testGpu();
