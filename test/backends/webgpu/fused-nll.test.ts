@@ -17,7 +17,7 @@ import { logProbability, perplexityTokenStream } from '../../../src/runtime/perp
 import { ROOT, VALIDATION_TEXT } from '../../helpers.js';
 import { SKIP_GPU, testGpu } from './gpu.js';
 
-// 2,049 tokens (the issue's measure, 2 x 2,048 decode steps: about 11 CPU-minutes on lavapipe) with
+// 2,049 tokens (the issue's measure, 2 x 2,048 decode steps: about 10 CPU-minutes on lavapipe) with
 // PDVM_NLL_TOKENS=2049, as the device run and docs/PERFORMANCE.md do; CI checks the first 513 (two windows)
 const LIMIT = Number(process.env.PDVM_NLL_TOKENS ?? 513);
 const CTX = 256;
