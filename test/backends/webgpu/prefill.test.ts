@@ -4,8 +4,9 @@
  * brown-llama one 1,024): the logits of the prompt's last token within 1e-4 relative, prefilled in one
  * step and in steps of 100 (partial tiles), and the greedy continuation through `generate` (the fused
  * decoder's cache prefilled by these kernels) token for token.
- * On the f32 path: a device without subgroup matrices asked for (the f16 tensor-core products have
- * matmul-tiled.test.ts's tolerance and the perplexity check instead).
+ * On the f32 path: a device without subgroup matrices asked for, an f32 KV cache and f32 activations in
+ * the fused matvecs (the f16 tensor-core products, the f16 KV cache and int8 activations have their
+ * own tolerances: matmul-tiled.test.ts, the KV-cache and fused-nll tests, the perplexity checks).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -42,7 +43,8 @@ for (const dir of ALL_FIXTURE_MODELS) {
     const wantTokens = await greedy(cpu, prompt, generated);
     // brown-llama in one step only (lavapipe's time); the small fixtures also in steps of 100
     for (const prefillChunk of dir === BROWN ? [undefined] : [undefined, 100]) {
-      const engine = await WebGpuEngine.create(model, { contextLength: context, prefillChunk, gpu });
+      // the f32 arithmetic throughout: f32 KV cache and f32 activations in the fused decode's matvecs
+      const engine = await WebGpuEngine.create(model, { contextLength: context, prefillChunk, gpu, kvCache: 'f32', matvecActivations: 'f32' });
       try {
         const what = `${basename(dir)}, ${prompt.length}-token prompt, ${engine.prefillChunk} tokens a step`;
         const got = await engine.forward(engine.createSequence(), prompt);
@@ -59,7 +61,7 @@ for (const dir of ALL_FIXTURE_MODELS) {
 
 test('webgpu prefill profile: every dispatch of a layer step timed, then the sequence is empty', { skip: SKIP_GPU }, async () => {
   const model = await loadModel(ALL_FIXTURE_MODELS[1]!);
-  const engine = await WebGpuEngine.create(model, { contextLength: 64, gpu: await testGpu({ subgroupMatrix: false }) });
+  const engine = await WebGpuEngine.create(model, { contextLength: 64, gpu: await testGpu({ subgroupMatrix: false }), kvCache: 'f32', matvecActivations: 'f32' });
   try {
     const seq = engine.createSequence();
     const rows = await engine.profilePrefill(seq, 9, 1);
