@@ -339,10 +339,13 @@ export class Model {
   }
 }
 
-/** A path's or URL's last part without its extension: "models/brown-llama-12m.upg" -> "brown-llama-12m". */
-function modelId(where: string): string {
+/**
+ * A path's or URL's last part without a model file's extension: "models/brown-llama-12m.upg" ->
+ * "brown-llama-12m"; a folder keeps its dots ("Llama-3.1-8B-Instruct", not "Llama-3").
+ */
+export function modelId(where: string): string {
   const last = where.replace(/[?#].*$/, '').replace(/[\\/]+$/, '').split(/[\\/]/).pop() ?? where;
-  return last.replace(/\.[^.]*$/, '') || last || 'model';
+  return last.replace(/\.(upg|safetensors)$/i, '') || last || 'model';
 }
 
 /**

@@ -6,7 +6,7 @@
  */
 import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
-import { DEFAULT_SUBGROUP_MATRIX_TILE, parseSubgroupMatrixTile, type SubgroupIndexing, type SubgroupMatrixTile } from './kernels/matmul-tiled.js';
+import { DEFAULT_SUBGROUP_MATRIX_TILE, parseSubgroupMatrixTile, type SubgroupIndexing, type SubgroupMatrixSyntax, type SubgroupMatrixTile } from './kernels/matmul-tiled.js';
 import { selfTestPrefillKernel, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
 /** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
@@ -38,6 +38,8 @@ export interface GpuFeatures {
   subgroupMatrixF16: boolean;
   /** How that kernel finds its subgroup (the way that passed its self-test); null when off. */
   subgroupMatrixIndexing: SubgroupIndexing | null;
+  /** How the WGSL compiler spells subgroup-matrix loads and stores (the first form that passed its self-test). */
+  subgroupMatrixSyntax: SubgroupMatrixSyntax;
   /** That kernel's tile. */
   subgroupMatrixTile: SubgroupMatrixTile;
   /** Dawn toggles requested (Node). */
@@ -225,6 +227,7 @@ export class Gpu {
       subgroupMatrixConfigs: configs,
       subgroupMatrixF16: false,
       subgroupMatrixIndexing: null,
+      subgroupMatrixSyntax: 'template',
       subgroupMatrixTile: options.subgroupMatrixTile ?? parseSubgroupMatrixTile(env('PDVM_SM_TILE')) ?? DEFAULT_SUBGROUP_MATRIX_TILE,
       dawnToggles: entry.toggles,
       selfTests: {},
@@ -240,14 +243,24 @@ export class Gpu {
     else if (!f16Matrix || !features.shaderF16) features.selfTests['subgroup-matrix f16'] = 'not run: no f16->f32 16x16x16 configuration with shader-f16';
     else if (!(features.subgroupMinSize > 0 && features.subgroupMinSize === features.subgroupMaxSize)) features.selfTests['subgroup-matrix f16'] = 'not run: the subgroup size is not fixed';
     else {
-      const r = await selfTestSubgroupMatrix(device, features.subgroupMaxSize);
+      // the majorness as a template argument (current WGSL) first; the older bool argument compiles
+      // with a deprecation warning that dawn.node prints on stdout, so it is only the fallback
+      let r = '';
+      for (const syntax of ['template', 'argument'] as const) {
+        r = await selfTestSubgroupMatrix(device, features.subgroupMaxSize, syntax);
+        if (r === 'passed') {
+          features.subgroupMatrixSyntax = syntax;
+          break;
+        }
+        features.selfTests[`subgroup-matrix f16 (${syntax} majorness)`] = r;
+      }
       features.selfTests['subgroup-matrix f16'] = r;
       // and the prefill kernel built on them, run on a small product with partial tiles, in each way
       // of finding its subgroup until one passes
       if (r === 'passed') {
         const ways: SubgroupIndexing[] = [...(subgroups && gpu.wgslLanguageFeatures?.has('subgroup_id') ? ['subgroup-id' as const] : []), 'invocation-index'];
         for (const way of ways) {
-          const k = await selfTestPrefillKernel(device, features.subgroupMaxSize, way, features.subgroupMatrixTile);
+          const k = await selfTestPrefillKernel(device, features.subgroupMaxSize, way, features.subgroupMatrixTile, features.subgroupMatrixSyntax);
           features.selfTests[`prefill kernel (subgroup matrix, ${way})`] = k;
           if (k === 'passed') {
             features.subgroupMatrixF16 = true;

@@ -142,8 +142,8 @@ function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo): Dispatch[] | null {
     const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
     const name = `matmul_tiled_${kernel}`;
     const tileKey = kernel === 'f32' ? '' : `${matrixTile.tokens}x${matrixTile.rows}x${matrixTile.am}x${matrixTile.an}`;
-    const pipeline = gpu.pipeline(name, { ...shape, ...shape.weight, weight: p.weight.encoding, sg: kernel === 'f32' ? 0 : sg, indexing, tile: tileKey }, () =>
-      kernel === 'f32' ? matmulTiledF32Wgsl(shape) : matmulTiledSubgroupMatrixWgsl(shape, sg, indexing, matrixTile),
+    const pipeline = gpu.pipeline(name, { ...shape, ...shape.weight, weight: p.weight.encoding, sg: kernel === 'f32' ? 0 : sg, indexing, syntax: gpu.features.subgroupMatrixSyntax, tile: tileKey }, () =>
+      kernel === 'f32' ? matmulTiledF32Wgsl(shape) : matmulTiledSubgroupMatrixWgsl(shape, sg, indexing, matrixTile, gpu.features.subgroupMatrixSyntax),
     );
     const rowTiles = Math.ceil(p.rows / tile.rows);
     if (rowTiles > 65535) throw new Error(`matmul: ${p.rows} rows exceed the dispatch grid`);

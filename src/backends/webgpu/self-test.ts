@@ -6,7 +6,7 @@
  * exposes a broken feature costs speed, not correctness.
  */
 import { f32ToF16 } from '../../format/dtype.js';
-import { matmulTiledSubgroupMatrixWgsl, type SubgroupIndexing, type SubgroupMatrixTile } from './kernels/matmul-tiled.js';
+import { matmulTiledSubgroupMatrixWgsl, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, type SubgroupIndexing, type SubgroupMatrixSyntax, type SubgroupMatrixTile } from './kernels/matmul-tiled.js';
 
 /** Runs one workgroup of a kernel over (input words) and reads `outFloats` f32 back; throws on any error. */
 async function runOnce(device: GPUDevice, code: string, input: Uint32Array, outFloats: number): Promise<Float32Array> {
@@ -76,7 +76,7 @@ export async function selfTestShaderF16(device: GPUDevice): Promise<string> {
  * matmul-tiled.ts): left (tokens x k) row-major and right (k x rows, stored [row][k]) column-major
  * from workgroup memory with a padded stride, result stored to workgroup memory, two k steps.
  */
-export async function selfTestSubgroupMatrix(device: GPUDevice, subgroupSize: number): Promise<string> {
+export async function selfTestSubgroupMatrix(device: GPUDevice, subgroupSize: number, syntax: SubgroupMatrixSyntax): Promise<string> {
   const M = 16, N = 16, K = 32, S = 40; // S: the kernels' padded stride (f16 elements)
   const A = new Float32Array(M * K), W = new Float32Array(N * K);
   for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) A[m * K + k] = ((m * 7 + k * 3) % 9) - 4;
@@ -99,11 +99,11 @@ var<workgroup> cs: array<f32, ${M * N}>;
   workgroupBarrier();
   var acc = subgroup_matrix_result<f32, 16, 16>();
   for (var k = 0u; k < ${K}u; k += 16u) {
-    let l = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&xs, k, false, ${S}u);
-    let r = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&ws, k, true, ${S}u);
+    let l = ${subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', '&xs', 'k', false, `${S}u`)};
+    let r = ${subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<f16, 16, 16>', '&ws', 'k', true, `${S}u`)};
     acc = subgroupMatrixMultiplyAccumulate(l, r, acc);
   }
-  subgroupMatrixStore(&cs, 0u, acc, false, 16u);
+  ${subgroupMatrixStoreWgsl(syntax, '&cs', '0u', 'acc', false, '16u')};
   workgroupBarrier();
   for (var e = lid; e < ${M * N}u; e += ${subgroupSize}u) { o[e] = cs[e]; }
 }`;
@@ -127,7 +127,7 @@ var<workgroup> cs: array<f32, ${M * N}>;
  * partial tiles (70 tokens, 130 rows, 80 columns; dense f32 weights), small integers so the answer is
  * exact: compiled, run and compared element by element.
  */
-export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: number, indexing: SubgroupIndexing, tile: SubgroupMatrixTile): Promise<string> {
+export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: number, indexing: SubgroupIndexing, tile: SubgroupMatrixTile, syntax: SubgroupMatrixSyntax): Promise<string> {
   const T = 70, rows = 130, cols = 80;
   const W = new Float32Array(rows * cols), X = new Float32Array(T * cols);
   for (let i = 0; i < W.length; i++) W[i] = ((i * 7) % 9) - 4;
@@ -138,7 +138,7 @@ export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: num
     for (let c = 0; c < cols; c++) s += X[t * cols + c]! * W[r * cols + c]!;
     want[t * rows + r] = s;
   }
-  const code = matmulTiledSubgroupMatrixWgsl({ weight: { encoding: 'dense', dtype: 'f32', rowChunks: cols / 4 }, rows, cols, yStride: rows, yOffset: 0, bias: false, residual: false }, subgroupSize, indexing, tile);
+  const code = matmulTiledSubgroupMatrixWgsl({ weight: { encoding: 'dense', dtype: 'f32', rowChunks: cols / 4 }, rows, cols, yStride: rows, yOffset: 0, bias: false, residual: false }, subgroupSize, indexing, tile, syntax);
   const buffers: GPUBuffer[] = [];
   const storage = (data: Float32Array | Uint32Array, extra = 0) => {
     const b = device.createBuffer({ size: Math.max(16, data.byteLength), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | extra });

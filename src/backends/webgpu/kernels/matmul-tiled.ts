@@ -245,7 +245,29 @@ export function parseSubgroupMatrixTile(text: string | undefined): SubgroupMatri
  * x is read as vec4s where the columns allow. Results go out through a 16 x 16 f32 scratch a
  * subgroup, where the epilogue reads them.
  */
-export function matmulTiledSubgroupMatrixWgsl(s: TiledMatmulShape, subgroupSize: number, indexing: SubgroupIndexing = 'subgroup-id', tile: SubgroupMatrixTile = DEFAULT_SUBGROUP_MATRIX_TILE): string {
+/**
+ * How the WGSL compiler spells subgroup-matrix loads and stores: 'template' gives the majorness as a
+ * template argument (`subgroupMatrixLoad<T, col_major>(p, offset, stride)`), the form current Dawn
+ * accepts without a warning; 'argument' the older form with a bool argument
+ * (`subgroupMatrixLoad<T>(p, offset, colMajor, stride)`), which current Dawn still compiles but warns
+ * about as deprecated, and dawn.node prints such warnings on stdout. device.ts self-tests 'template'
+ * first and keeps the first form that compiles and gives the known answer.
+ */
+export type SubgroupMatrixSyntax = 'template' | 'argument';
+
+export function subgroupMatrixLoadWgsl(syntax: SubgroupMatrixSyntax, type: string, pointer: string, offset: string, colMajor: boolean, stride: string): string {
+  return syntax === 'template'
+    ? `subgroupMatrixLoad<${type}, ${colMajor ? 'col_major' : 'row_major'}>(${pointer}, ${offset}, ${stride})`
+    : `subgroupMatrixLoad<${type}>(${pointer}, ${offset}, ${colMajor}, ${stride})`;
+}
+
+export function subgroupMatrixStoreWgsl(syntax: SubgroupMatrixSyntax, pointer: string, offset: string, value: string, colMajor: boolean, stride: string): string {
+  return syntax === 'template'
+    ? `subgroupMatrixStore<${colMajor ? 'col_major' : 'row_major'}>(${pointer}, ${offset}, ${value}, ${stride})`
+    : `subgroupMatrixStore(${pointer}, ${offset}, ${value}, ${colMajor}, ${stride})`;
+}
+
+export function matmulTiledSubgroupMatrixWgsl(s: TiledMatmulShape, subgroupSize: number, indexing: SubgroupIndexing = 'subgroup-id', tile: SubgroupMatrixTile = DEFAULT_SUBGROUP_MATRIX_TILE, syntax: SubgroupMatrixSyntax = 'template'): string {
   const w = weightReader(s.weight, s.rows);
   const { tokens: TM, rows: TN, am: AM, an: AN } = tile;
   const gm = TM / (16 * AM), gn = TN / (16 * AN); // subgroups along tokens, rows
@@ -318,8 +340,8 @@ ${accs.map((a) => `  var ${acc(a)} = subgroup_matrix_result<f32, 16, 16>();`).jo
     }
     workgroupBarrier();
     for (var kk = 0u; kk < 32u; kk += 16u) {
-${Array.from({ length: AM }, (_, i) => `      let l${i} = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(&xs, (tb + ${16 * i}u) * ${S}u + kk, false, ${S}u);`).join('\n')}
-${Array.from({ length: AN }, (_, j) => `      let r${j} = subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(&ws, (rb + ${16 * j}u) * ${S}u + kk, true, ${S}u);`).join('\n')}
+${Array.from({ length: AM }, (_, i) => `      let l${i} = ${subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', '&xs', `(tb + ${16 * i}u) * ${S}u + kk`, false, `${S}u`)};`).join('\n')}
+${Array.from({ length: AN }, (_, j) => `      let r${j} = ${subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<f16, 16, 16>', '&ws', `(rb + ${16 * j}u) * ${S}u + kk`, true, `${S}u`)};`).join('\n')}
 ${accs.map((a) => `      ${acc(a)} = subgroupMatrixMultiplyAccumulate(l${a[0]}, r${a[1]}, ${acc(a)});`).join('\n')}
     }
     workgroupBarrier();
@@ -327,7 +349,7 @@ ${accs.map((a) => `      ${acc(a)} = subgroupMatrixMultiplyAccumulate(l${a[0]}, 
   // epilogue: each result through the subgroup's scratch
 ${accs
   .map(
-    (a) => `  subgroupMatrixStore(&cs, g * 256u, ${acc(a)}, false, 16u);
+    (a) => `  ${subgroupMatrixStoreWgsl(syntax, '&cs', 'g * 256u', acc(a), false, '16u')};
   workgroupBarrier();
   for (var e = lane; e < 256u; e += ${SG}u) {
     let t = tok0 + tb + ${16 * a[0]}u + e / 16u;
