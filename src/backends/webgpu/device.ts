@@ -55,8 +55,8 @@ export interface GpuOptions {
   /**
    * Use `chromium-experimental-subgroup-matrix` where offered and self-tested: the prefill's f16
    * tensor-core kernel (default on; PDVM_SUBGROUP_MATRIX=0 in the environment turns it off, for the
-   * f32 tiles and their token-for-token agreement with the CPU). Dawn prints a deprecation warning
-   * for its builtins on stdout when it compiles them (docs/PERFORMANCE.md).
+   * f32 tiles and their token-for-token agreement with the CPU). The kernels spell loads and stores
+   * in the form the WGSL compiler accepts without a deprecation warning where it can (self-tested).
    */
   subgroupMatrix?: boolean;
   /** The subgroup-matrix kernel's tile (default: PDVM_SM_TILE "TOKENSxROWSxAMxAN", else 128x256x4x4). */
