@@ -387,8 +387,12 @@ export class Scheduler {
   }
 }
 
-/** Bytes one sequence's KV cache takes: K and V of every layer for the whole context, float32. */
+/**
+ * Bytes one sequence's KV cache takes: the engine's figure (WebGPU: its slot, f16 by default), else
+ * K and V of every layer for the whole context in float32 (the CPU backend).
+ */
 export function kvCacheBytes(engine: Engine): number {
+  if (engine.kvBytesPerSequence !== undefined) return engine.kvBytesPerSequence;
   const c = engine.config;
   return c.numLayers * 2 * engine.contextLength * c.numKvHeads * c.headDim * 4;
 }

@@ -84,6 +84,8 @@ export interface Engine {
    * gets the chosen token id instead.
    */
   step?(rows: StepRow[]): Promise<(Float32Array | number | null)[]>;
+  /** Bytes one sequence's KV cache takes, where it is not float32 K and V of every layer for the whole context. */
+  readonly kvBytesPerSequence?: number;
   /** The step honours `StepRow.choose`: rows that ask get a token id back instead of logits. */
   readonly stepChoosesTokens?: boolean;
   /**

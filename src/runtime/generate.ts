@@ -283,20 +283,20 @@ export async function* generate(
       let input = promptIds;
       while (true) {
         if (signal?.aborted) throw new AbortError();
-        let logits: Float32Array;
+        let last: Float32Array | number | null = null;
         if (engine.step) {
-          let last: Float32Array | null = null;
+          // the device chooses where it can, as the scheduler has it (no penalties, no grammar)
+          const sampling = engine.stepChoosesTokens && !g.filter ? g.deviceSampling : null;
           for (let at = 0; at < input.length; at += PREFILL_CHUNK) {
             if (signal?.aborted) throw new AbortError();
-            const n = Math.min(PREFILL_CHUNK, input.length - at);
-            const [out] = await engine.step([{ seq, tokens: input.slice(at, at + n), logits: at + n === input.length }]);
-            last = out instanceof Float32Array ? out : null;
+            const n = Math.min(PREFILL_CHUNK, input.length - at), end = at + n === input.length;
+            const choose = end && sampling ? { sampling, random: g.nextDraw() } : undefined;
+            [last] = await engine.step([{ seq, tokens: input.slice(at, at + n), logits: end, ...(choose ? { choose } : {}) }]);
           }
-          logits = last!;
         } else {
-          logits = await engine.forward(seq, input);
+          last = await engine.forward(seq, input);
         }
-        const { chunks, end, feed } = await g.choose(logits);
+        const { chunks, end, feed } = typeof last === 'number' ? g.takeChosen(last) : await g.choose(last!);
         for (const chunk of chunks) {
           if (signal?.aborted) throw new AbortError();
           yield chunk;

@@ -26,7 +26,7 @@ import { DeviceLostError, GpuOutOfMemoryError } from './errors.js';
 import { FusedDecoder } from './fused/decoder.js';
 import { fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
 import type { FusedModelWeights } from './fused/weights.js';
-import { argmaxOp, attentionOp, attentionTiledOp, embeddingOp, matmulOp, prefillPathDescription, rmsnormOp, ropeKvOp, sampleOp, swigluOp } from './ops.js';
+import { argmaxOp, attentionOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, embeddingOp, matmulOp, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type MatmulIo } from './ops.js';
 import { gpuWeightBytes, uploadVector, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
 import { guardAllocation, uploadModelWeights } from './upload.js';
 import { rowsAt, stepWords, writeRows, type KvLayout } from './kernels/kv.js';
@@ -50,6 +50,12 @@ export interface WebGpuEngineOptions extends GpuOptions, UploadOptions {
    * single stream decodes faster through the fused path.
    */
   batchedStep?: boolean;
+  /**
+   * Rows of x the batched step's q4 products apply each weight to in one pass over the weights
+   * (kernels/batched-matvec.ts); default 8 (PDVM_BATCH_NB in the environment). A step of more decode
+   * rows reads the weights once per this many.
+   */
+  batchRows?: number;
   /**
    * Prompt attention in tiles of queries x keys (kernels/attention.ts attentionTiledWgsl). Default: on,
    * except on software adapters (lavapipe, SwiftShader), where LLVM takes minutes to compile the
@@ -127,6 +133,27 @@ interface LayerKv {
   prompt: Dispatch[]; // attention in tiles of queries x keys where the head dim suits it
 }
 
+/**
+ * The batched step's plan for rows of one token each (decode rows: one token of each of T sequences,
+ * each in its own slot and position): the products read each q4 weight once for a pass of rows
+ * (kernels/batched-matvec.ts; other encodings through the prefill's tiled kernels), attention per row
+ * over its slot, then lm_head for every row and the token choice per row on the GPU.
+ */
+interface DecodeRowsPlan {
+  /** Rows a pass at most (activations and logits are sized for the prefill chunk, logits for LOGITS_ROWS). */
+  maxRows: number;
+  layers: LayerPlan[];
+  head: Dispatch[];
+  choose: Dispatch;
+  /** u32 (maxRows, 8): per row sampling values in words 2..6 (as the step header's). */
+  params: GPUBuffer;
+  /** u32 (maxRows): the chosen ids. */
+  tokens: GPUBuffer;
+  tokensReadback: GPUBuffer;
+  /** Every buffer above and the int8 x (destroyed with the engine). */
+  buffers: GPUBuffer[];
+}
+
 interface Plans {
   embedding: Dispatch[];
   decode: LayerPlan[]; // matvec kernels (one token)
@@ -177,6 +204,11 @@ export class WebGpuSequence implements Sequence {
   }
 }
 
+/** An environment variable where there is an environment (Node), else undefined (browsers). */
+function envVar(name: string): string | undefined {
+  return (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.[name];
+}
+
 function mb(bytes: number): string {
   return `${(bytes / 1e6).toFixed(1)} MB`;
 }
@@ -186,7 +218,9 @@ export class WebGpuEngine implements Engine {
   /** Present when the fused decode path is on (see WebGpuEngineOptions.decode). */
   readonly decodeOnDevice?: (seq: Sequence, prompt: ArrayLike<number>, options: DeviceDecodeOptions) => Promise<number[]>;
   /** Present with the `batchedStep` option: Engine.step, rows of many sequences a pass (see stepBatch). */
-  readonly step?: (rows: StepRow[]) => Promise<(Float32Array | null)[]>;
+  readonly step?: (rows: StepRow[]) => Promise<(Float32Array | number | null)[]>;
+  /** With `batchedStep`: rows with `choose` get their token chosen on the GPU (only ids read back). */
+  readonly stepChoosesTokens?: boolean;
   private readonly plans: Plans;
   private readonly logitsOne: Float32Array;
   private readonly stepWords: Uint32Array;
@@ -198,6 +232,12 @@ export class WebGpuEngine implements Engine {
   private readonly kvBatchDispatches = new Map<number, Dispatch[][]>();
   /** step()'s logits rows (returned as views, overwritten by the next step). */
   private stepLogits: Float32Array | null = null;
+  /** The batched step's decode-row plan, made on the first step. */
+  private decodeRows: DecodeRowsPlan | null = null;
+  /** Rows a pass of the batched q4 products (WebGpuEngineOptions.batchRows). */
+  batchRows = 8;
+  /** Output rows a subgroup of the batched q4 products (PDVM_BATCH_RPS; default 2). */
+  batchRowsPerSubgroup = 2;
   /** Word of the step buffer where the row table starts. */
   private readonly rowsAt: number;
   private queue: Promise<unknown> = Promise.resolve();
@@ -223,7 +263,10 @@ export class WebGpuEngine implements Engine {
     private readonly tiledAttention = true,
     batchedStep = false,
   ) {
-    if (batchedStep) this.step = (rows) => this.stepBatch(rows);
+    if (batchedStep) {
+      this.step = (rows) => this.stepBatch(rows);
+      this.stepChoosesTokens = true;
+    }
     this.plans = this.buildPlans();
     this.logitsOne = new Float32Array(config.vocabSize);
     this.rowsAt = rowsAt(STEP_HEADER_WORDS, prefillChunk);
@@ -235,6 +278,11 @@ export class WebGpuEngine implements Engine {
   /** The device, its features and the paths that run, as one line (`pdvm generate --verbose`). */
   describe(): string {
     return `${this.gpu.adapterDescription}; ${this.gpu.featureSummary}; decode ${this.decode}; prefill ${this.prefillChunk} tokens a step, products ${prefillPathDescription(this.gpu)}`;
+  }
+
+  /** Bytes of one sequence's slot of the KV cache (every layer's K and V, in the cache's dtype). */
+  get kvBytesPerSequence(): number {
+    return this.kv.bytesFor(1);
   }
 
   /** 'fused' when generation decodes through the fused path, else 'unfused'. */
@@ -290,6 +338,8 @@ export class WebGpuEngine implements Engine {
       }
       const engine = new WebGpuEngine(c, ctx, gpu, !options.gpu, weights, activations, chunk, fused, notice, kv, options.tiledAttention ?? !SOFTWARE_ADAPTER.test(gpu.adapterDescription), options.batchedStep ?? false);
       engine.matvecActivations = options.matvecActivations ?? 'int8';
+      engine.batchRows = Math.max(1, Math.min(32, Math.floor(options.batchRows ?? Number(envVar('PDVM_BATCH_NB') ?? 8))));
+      engine.batchRowsPerSubgroup = Math.max(1, Math.min(8, Math.floor(Number(envVar('PDVM_BATCH_RPS') ?? 2))));
       engine.spare = spare;
       return engine;
     } catch (e) {
@@ -443,37 +493,39 @@ export class WebGpuEngine implements Engine {
   }
 
   /**
-   * Engine.step (present with `batchedStep: true`): rows of different sequences in one pass (continuous batching). Each row's tokens go
-   * in at its sequence's length in its own slot (the row table); every weight is read once a pass for
-   * all rows. Every row runs the prompt plan (tiled matrix kernels, per-row attention over its slot)
-   * even alone, so a row's arithmetic does not depend on what shares the step. Passes hold at most
-   * min(prefillChunk, 128) tokens; a larger batch takes several, in order.
+   * Engine.step (present with `batchedStep: true`): rows of different sequences (continuous batching),
+   * each row's tokens appended at its sequence's length in its own slot (the row table). Two plans:
+   *   prompt tokens (every token of a row, but the last of a row that wants logits): the prefill's
+   *     plan (tiled products, attention per row), passes of at most min(prefillChunk, 128) tokens;
+   *   the last token of each row that wants logits: the decode-row plan (one token a row, each q4
+   *     weight read once for `batchRows` rows, lm_head per row, the token chosen on the GPU for rows
+   *     with `choose`: only ids read back; other rows get their logits).
+   * Which plan a token takes depends only on its own row, and neither plan's per-row arithmetic
+   * depends on the other rows, so a sequence's tokens do not depend on what shares its steps.
    */
-  private stepBatch(rows: StepRow[]): Promise<(Float32Array | null)[]> {
+  private stepBatch(rows: StepRow[]): Promise<(Float32Array | number | null)[]> {
     return this.serial(() => this.stepNow(rows));
   }
 
-  private async stepNow(rows: StepRow[]): Promise<(Float32Array | null)[]> {
+  private async stepNow(rows: StepRow[]): Promise<(Float32Array | number | null)[]> {
     this.assertUsable();
     const seqs = rows.map((r) => this.live(r.seq));
     if (new Set(seqs).size !== seqs.length) throw new InvalidInputError('a step takes each sequence at most once');
-    rows.forEach((r, i) => this.checkTokens(seqs[i]!, r.tokens));
-    const vocab = this.config.vocabSize;
+    rows.forEach((r, i) => {
+      this.checkTokens(seqs[i]!, r.tokens);
+      if (r.logits && r.choose) checkSampling({ ...r.choose.sampling, random: r.choose.random });
+    });
+    // prompt tokens: through the prefill plan, passes of `cap` tokens (nothing read back)
     const cap = Math.min(this.prefillChunk, LOGITS_ROWS);
-    const wanted = rows.filter((r) => r.logits).length;
-    if (!this.stepLogits || this.stepLogits.length < wanted * vocab) this.stepLogits = new Float32Array(Math.max(1, wanted) * vocab);
-    const out: (Float32Array | null)[] = rows.map(() => null);
-    let nextLogits = 0;
     type Piece = { r: number; from: number; n: number };
     let pieces: Piece[] = [];
     let used = 0;
-    const flush = async () => {
+    const flush = () => {
       const T = used;
       this.stepWords[StepWord.T] = T;
       this.stepWords[StepWord.pos0] = 0;
       let t = 0;
       const groups = new Set<number>();
-      const logitRows: { row: number; r: number }[] = [];
       for (const p of pieces) {
         const seq = seqs[p.r]!, slot = this.slotOf(seq), tokens = rows[p.r]!.tokens;
         groups.add(slot.group.index);
@@ -482,7 +534,6 @@ export class WebGpuEngine implements Engine {
           this.stepWords[this.rowsAt + 2 * t] = slot.word;
           this.stepWords[this.rowsAt + 2 * t + 1] = seq.length + p.from + i;
         }
-        if (rows[p.r]!.logits && p.from + p.n === tokens.length) logitRows.push({ row: t - 1, r: p.r });
       }
       this.gpu.device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, this.rowsAt + 2 * T);
       const encoder = this.gpu.device.createCommandEncoder();
@@ -493,40 +544,166 @@ export class WebGpuEngine implements Engine {
         for (const g of groups) encodeDispatches(pass, this.kvBatchDispatchesOf(g)[l]!, T);
         encodeDispatches(pass, this.plans.prefill[l]!.afterAttention, T);
       }
-      if (logitRows.length > 0) encodeDispatches(pass, this.plans.allLogits, T);
       pass.end();
-      logitRows.forEach((x, k) => encoder.copyBufferToBuffer(this.a.logits, x.row * vocab * 4, this.a.logitsReadback, k * vocab * 4, vocab * 4));
       this.gpu.device.queue.submit([encoder.finish()]);
-      if (logitRows.length > 0) {
-        const bytes = logitRows.length * vocab * 4;
-        await this.mapRead(this.a.logitsReadback, bytes);
-        const got = new Float32Array(this.a.logitsReadback.getMappedRange(0, bytes));
-        logitRows.forEach((x, k) => {
-          const view = this.stepLogits!.subarray(nextLogits * vocab, (nextLogits + 1) * vocab);
-          view.set(got.subarray(k * vocab, (k + 1) * vocab));
-          out[x.r] = view;
-          nextLogits++;
-        });
-        this.a.logitsReadback.unmap();
-      }
       pieces = [];
       used = 0;
     };
     for (let r = 0; r < rows.length; r++) {
-      const T = rows[r]!.tokens.length;
+      const T = rows[r]!.tokens.length - (rows[r]!.logits ? 1 : 0);
       for (let from = 0; from < T; ) {
         const n = Math.min(T - from, cap - used);
         pieces.push({ r, from, n });
         used += n;
         from += n;
-        if (used === cap) await flush();
+        if (used === cap) flush();
       }
     }
-    if (used > 0) await flush();
+    if (used > 0) flush();
+    // the last token of each row that wants logits: through the decode-row plan
+    const out: (Float32Array | number | null)[] = rows.map(() => null);
+    const last = rows.flatMap((r, i) => (r.logits ? [i] : []));
+    if (last.length > 0) {
+      const plan = (this.decodeRows ??= this.buildDecodeRows());
+      const vocab = this.config.vocabSize;
+      const wanted = last.filter((i) => !rows[i]!.choose).length;
+      if (wanted > 0 && (!this.stepLogits || this.stepLogits.length < wanted * vocab)) this.stepLogits = new Float32Array(wanted * vocab);
+      let nextLogits = 0;
+      for (let at = 0; at < last.length; at += plan.maxRows) {
+        const part = last.slice(at, at + plan.maxRows);
+        nextLogits = await this.decodePass(plan, part.map((i) => ({ row: rows[i]!, seq: seqs[i]!, r: i })), out, nextLogits);
+      }
+    }
     rows.forEach((r, i) => {
       for (let k = 0; k < r.tokens.length; k++) seqs[i]!.tokens.push(r.tokens[k]!);
     });
     return out;
+  }
+
+  /**
+   * One pass of the decode-row plan over up to plan.maxRows rows (row t: the last token of a step
+   * row at position length + tokens - 1): ids of rows with `choose` to out[r], logits of the others
+   * (views of stepLogits from `nextLogits` on). Returns the next free logits row.
+   */
+  private async decodePass(plan: DecodeRowsPlan, part: { row: StepRow; seq: WebGpuSequence; r: number }[], out: (Float32Array | number | null)[], nextLogits: number): Promise<number> {
+    const T = part.length, vocab = this.config.vocabSize;
+    this.stepWords[StepWord.T] = T;
+    this.stepWords[StepWord.pos0] = 0;
+    const params = new Uint32Array(T * 8), paramFloats = new Float32Array(params.buffer);
+    const groups = new Set<number>();
+    let choosing = 0;
+    part.forEach(({ row, seq }, t) => {
+      const slot = this.slotOf(seq), n = row.tokens.length;
+      groups.add(slot.group.index);
+      this.stepWords[STEP_HEADER_WORDS + t] = row.tokens[n - 1]!;
+      this.stepWords[this.rowsAt + 2 * t] = slot.word;
+      this.stepWords[this.rowsAt + 2 * t + 1] = seq.length + n - 1;
+      if (row.choose) {
+        const c = row.choose;
+        choosing++;
+        paramFloats[t * 8 + StepWord.random] = c.random;
+        params[t * 8 + StepWord.topK] = c.sampling.topK;
+        paramFloats[t * 8 + StepWord.temperature] = c.sampling.temperature;
+        paramFloats[t * 8 + StepWord.topP] = c.sampling.topP;
+        paramFloats[t * 8 + StepWord.minP] = c.sampling.minP;
+      }
+    });
+    const device = this.gpu.device;
+    device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, this.rowsAt + 2 * T);
+    if (choosing > 0) device.queue.writeBuffer(plan.params, 0, params);
+    const encoder = device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    encodeDispatches(pass, this.plans.embedding, T);
+    for (let l = 0; l < plan.layers.length; l++) {
+      encodeDispatches(pass, plan.layers[l]!.beforeAttention, T);
+      for (const g of groups) encodeDispatches(pass, this.kvBatchDispatchesOf(g)[l]!, T);
+      encodeDispatches(pass, plan.layers[l]!.afterAttention, T);
+    }
+    encodeDispatches(pass, plan.head, T);
+    if (choosing > 0) encodeDispatches(pass, [plan.choose], T);
+    pass.end();
+    const logitRows = part.flatMap((p, t) => (p.row.choose ? [] : [{ t, r: p.r }]));
+    logitRows.forEach((x, k) => encoder.copyBufferToBuffer(this.a.logits, x.t * vocab * 4, this.a.logitsReadback, k * vocab * 4, vocab * 4));
+    if (choosing > 0) encoder.copyBufferToBuffer(plan.tokens, 0, plan.tokensReadback, 0, Math.ceil(T / 4) * 16);
+    device.queue.submit([encoder.finish()]);
+    if (choosing > 0) {
+      await this.mapRead(plan.tokensReadback, Math.ceil(T / 4) * 16);
+      const ids = new Uint32Array(plan.tokensReadback.getMappedRange(0, Math.ceil(T / 4) * 16));
+      part.forEach((p, t) => {
+        if (p.row.choose) out[p.r] = ids[t]!;
+      });
+      plan.tokensReadback.unmap();
+    }
+    if (logitRows.length > 0) {
+      const bytes = logitRows.length * vocab * 4;
+      await this.mapRead(this.a.logitsReadback, bytes);
+      const got = new Float32Array(this.a.logitsReadback.getMappedRange(0, bytes));
+      logitRows.forEach((x, k) => {
+        const view = this.stepLogits!.subarray(nextLogits * vocab, (nextLogits + 1) * vocab);
+        view.set(got.subarray(k * vocab, (k + 1) * vocab));
+        out[x.r] = view;
+        nextLogits++;
+      });
+      this.a.logitsReadback.unmap();
+    }
+    return nextLogits;
+  }
+
+  /** The decode-row plan (DecodeRowsPlan), made on the first batched step. */
+  private buildDecodeRows(): DecodeRowsPlan {
+    const c = this.config, gpu = this.gpu, a = this.a, w = this.weights, C = this.prefillChunk;
+    const H = c.hiddenSize, ffn = c.intermediateSize;
+    const qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim, qkvDim = qDim + 2 * kvDim;
+    const maxRows = Math.min(C, LOGITS_ROWS);
+    const activations = this.matvecActivations;
+    const widest = Math.max(H, qDim, ffn);
+    const int8 = activations === 'int8' && gpu.subgroups;
+    const buffers: GPUBuffer[] = [];
+    const buffer = (label: string, bytes: number, usage: GPUBufferUsageFlags) => {
+      const b = gpu.createBuffer(label, Math.max(16, Math.ceil(bytes / 16) * 16), usage);
+      buffers.push(b);
+      return b;
+    };
+    const xq = int8 ? buffer('batch_xq', maxRows * Math.ceil(widest / 32) * 32, STORAGE()) : undefined;
+    const xd = int8 ? buffer('batch_xd', maxRows * Math.ceil(widest / 32) * 8, STORAGE()) : undefined;
+    const options = { activations: int8 ? ('int8' as const) : ('f32' as const), nb: this.batchRows, rps: this.batchRowsPerSubgroup, xq, xd };
+    // x quantized for the int8 products that read it (nothing where x is f32 or its columns are not whole units)
+    const quantize = (x: GPUBuffer, cols: number): Dispatch[] => (int8 && cols % 32 === 0 ? [quantizeRowsOp(gpu, cols, maxRows, x, xq!, xd!, a.step)] : []);
+    const product = (m: GpuMatrix, io: MatmulIo): Dispatch[] => batchedMatvecOp(gpu, m, io, options) ?? matmulOp(gpu, m, io, 'tiled', maxRows);
+    const stacked = (parts: GpuMatrix[], x: GPUBuffer, y: GPUBuffer, yStride: number, bias: GPUBuffer | null) => {
+      let offset = 0;
+      return parts.flatMap((m) => {
+        const d = product(m, { x, y, yStride, yOffset: offset, bias, residual: false, step: a.step });
+        offset += m.rows;
+        return d;
+      });
+    };
+    const layers = w.layers.map((L): LayerPlan => ({
+      beforeAttention: [
+        rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, L.attnNorm, a.xn, a.step),
+        ...quantize(a.xn, H),
+        ...stacked(L.qkv, a.xn, a.qkv, qkvDim, L.qkvBias),
+      ],
+      afterAttention: [
+        ...quantize(a.att, qDim),
+        ...product(L.o, { x: a.att, y: a.x, yStride: H, yOffset: 0, bias: null, residual: true, step: a.step }),
+        rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, L.mlpNorm, a.xn, a.step),
+        ...quantize(a.xn, H),
+        ...stacked(L.gateUp, a.xn, a.gateUp, 2 * ffn, null),
+        swigluOp(gpu, ffn, C, a.gateUp, a.act, a.step),
+        ...quantize(a.act, ffn),
+        ...product(L.down, { x: a.act, y: a.x, yStride: H, yOffset: 0, bias: null, residual: true, step: a.step }),
+      ],
+    }));
+    const head = [
+      rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, w.finalNorm, a.xn, a.step),
+      ...quantize(a.xn, H),
+      ...product(w.lmHead, { x: a.xn, y: a.logits, yStride: c.vocabSize, yOffset: 0, bias: null, residual: false, step: a.step }),
+    ];
+    const params = buffer('batch_params', maxRows * 8 * 4, STORAGE() | GPUBufferUsage.COPY_DST);
+    const tokens = buffer('batch_tokens', maxRows * 4, STORAGE() | GPUBufferUsage.COPY_SRC);
+    const tokensReadback = buffer('batch_tokens_readback', maxRows * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    return { maxRows, layers, head, choose: chooseRowsOp(gpu, c.vocabSize, maxRows, a.logits, tokens, params), params, tokens, tokensReadback, buffers };
   }
 
   forward(seq: Sequence, tokens: ArrayLike<number>, allLogits = false): Promise<Float32Array> {
@@ -540,9 +717,7 @@ export class WebGpuEngine implements Engine {
   forwardToken(seq: Sequence, tokens: ArrayLike<number>, sampling: GpuSampling): Promise<number> {
     return this.serial(async () => {
       const s = sampling;
-      if (!(s.temperature >= 0) || !(s.topP > 0 && s.topP <= 1) || !(s.minP >= 0 && s.minP < 1) || !(s.random >= 0 && s.random < 1) || !(s.topK >= 0)) {
-        throw new InvalidInputError(`invalid GPU sampling options ${JSON.stringify(s)}`);
-      }
+      checkSampling(s);
       this.stepWords[StepWord.topK] = s.topK;
       this.stepFloats[StepWord.random] = s.random;
       this.stepFloats[StepWord.temperature] = s.temperature;
@@ -734,8 +909,15 @@ export class WebGpuEngine implements Engine {
     if (this.disposed) return;
     this.disposed = true;
     this.spare?.dispose();
+    for (const b of this.decodeRows?.buffers ?? []) b.destroy();
     this.kv.dispose();
     if (this.ownsGpu) this.gpu.destroy();
+  }
+}
+
+function checkSampling(s: GpuSampling): void {
+  if (!(s.temperature >= 0) || !(s.topP > 0 && s.topP <= 1) || !(s.minP >= 0 && s.minP < 1) || !(s.random >= 0 && s.random < 1) || !(s.topK >= 0)) {
+    throw new InvalidInputError(`invalid GPU sampling options ${JSON.stringify(s)}`);
   }
 }
 

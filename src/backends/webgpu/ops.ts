@@ -5,6 +5,7 @@
 import type { Gpu } from './device.js';
 import type { Dispatch } from './dispatch.js';
 import { attentionTiledFits, attentionTiledWgsl, attentionWgsl, TILE_Q, type AttentionShape } from './kernels/attention.js';
+import { BATCHED_WG, batchedBindings, batchedMatvecApplies, batchedMatvecWgsl, batchedWorkgroups, quantizeRowsWgsl, type BatchedMatvecShape } from './kernels/batched-matvec.js';
 import { embeddingWgsl } from './kernels/embedding.js';
 import { MATVEC_ROWS, matvecDenseWgsl, type DenseMatmulShape } from './kernels/matmul-dense.js';
 import { matmulTiledF32Wgsl, matmulTiledSubgroupMatrixWgsl, tiledSupports, tiledTile, type TiledKernel, type TiledMatmulShape, type TiledWeight } from './kernels/matmul-tiled.js';
@@ -223,6 +224,71 @@ export function tokenMaskOp(gpu: Gpu, vocab: number, logits: GPUBuffer, mask: GP
   need(logits, vocab, 'token_mask');
   const pipeline = gpu.pipeline('token_mask', { vocab }, () => tokenMaskWgsl(vocab, { subgroups: false }));
   return { label: 'token_mask', pipeline, bindGroup: gpu.bindGroup('token_mask', pipeline, [logits, mask]), workgroups: () => [Math.ceil(vocab / TOKEN_MASK_WG), 1, 1] };
+}
+
+/**
+ * Token choice for each of the step's T rows of logits (workgroup i: row i, its sampling values in
+ * params[8i + 2 ..], argmax at temperature 0) into out[i] (kernels/sample.ts, `rows`).
+ */
+export function chooseRowsOp(gpu: Gpu, vocab: number, maxRows: number, logits: GPUBuffer, out: GPUBuffer, params: GPUBuffer): Dispatch {
+  need(logits, maxRows * vocab, 'choose rows');
+  need(params, maxRows * 8, 'choose rows parameters');
+  const f = { subgroups: gpu.subgroups };
+  const pipeline = gpu.pipeline('sample', { vocab, rows: true, ...f }, () => sampleWgsl(vocab, f, true));
+  return { label: 'choose_rows', pipeline, bindGroup: gpu.bindGroup('sample', pipeline, [logits, out, params]), workgroups: (T: number) => [T, 1, 1] };
+}
+
+export interface BatchedMatvecOptions {
+  activations: 'f32' | 'int8';
+  /** Rows of x a pass over the weights, and output rows a subgroup (kernels/batched-matvec.ts). */
+  nb: number;
+  rps: number;
+  /** x quantized by quantizeRowsOp ('int8'): (T, units, 2) vec4<u32> and (T, units) vec2<f32>. */
+  xq?: GPUBuffer;
+  xd?: GPUBuffer;
+}
+
+/**
+ * y = W x for the step's T rows (a batched decode step), each q4 weight read once for `nb` rows:
+ * kernels/batched-matvec.ts, one dispatch per row block of a matrix split across bindings. Null where
+ * the kernel does not apply (not q4, no subgroups, groups or columns not whole units of 32).
+ */
+export function batchedMatvecOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, o: BatchedMatvecOptions): Dispatch[] | null {
+  if (!gpu.subgroups || m.encoding !== 'q4' || gpu.device.limits.maxComputeInvocationsPerWorkgroup < BATCHED_WG) return null;
+  if (m.rowBlocks) {
+    const parts = m.rowBlocks.map((b) => batchedMatvecOp(gpu, b.matrix, { ...io, yOffset: io.yOffset + b.rowStart }, o));
+    return parts.every((p) => p !== null) ? parts.flat() : null;
+  }
+  const q = m.shape;
+  if (q.encoding !== 'q4' || q.wordsPerRow * 8 !== m.cols || !batchedMatvecApplies({ cols: m.cols, group: q.group, units: m.cols / 32 })) return null;
+  if (io.yOffset + m.rows > io.yStride) throw new Error(`batched matvec: rows ${io.yOffset}..${io.yOffset + m.rows} exceed the output stride ${io.yStride}`);
+  if (io.bias) need(io.bias, io.yOffset + m.rows, 'batched matvec bias');
+  const shape: BatchedMatvecShape = {
+    rows: m.rows, cols: m.cols, units: m.cols / 32, group: q.group, yStride: io.yStride, yOffset: io.yOffset, bias: io.bias !== null, residual: io.residual,
+    activations: o.activations, nb: o.nb, rps: o.rps,
+  };
+  const f = { packedDot: gpu.features.packed4x8IntegerDotProduct };
+  const pipeline = gpu.pipeline('batched_matvec', { ...shape, ...f }, () => batchedMatvecWgsl(shape, f));
+  const all: Record<string, GPUBuffer | null | undefined> = { Q: m.buffers[0], SM: m.buffers[1], X: io.x, XQ: o.xq, XD: o.xd, Y: io.y, STEP: io.step, BIAS: io.bias };
+  const buffers = batchedBindings(shape).map((n) => {
+    const b = all[n];
+    if (!b) throw new Error(`batched matvec: no buffer for binding ${n}`);
+    return b;
+  });
+  const n = batchedWorkgroups(shape);
+  return [{ label: `batched_matvec_q4(${o.activations})`, pipeline, bindGroup: gpu.bindGroup('batched_matvec', pipeline, buffers), workgroups: () => [n, 1, 1] }];
+}
+
+/** The step's T rows of x (cols floats each) as int8 blocks for batchedMatvecOp ('int8'). */
+export function quantizeRowsOp(gpu: Gpu, cols: number, maxRows: number, x: GPUBuffer, xq: GPUBuffer, xd: GPUBuffer, step: GPUBuffer): Dispatch {
+  if (cols % 32 !== 0) throw new Error(`quantize rows: ${cols} columns are not whole units of 32`);
+  const units = cols / 32;
+  need(x, maxRows * cols, 'quantize rows input');
+  need(xq, maxRows * units * 8, 'quantize rows output');
+  need(xd, maxRows * units * 2, 'quantize rows scales');
+  const f = { packedDot: gpu.features.packed4x8IntegerDotProduct };
+  const pipeline = gpu.pipeline('quantize_rows', { units, ...f }, () => quantizeRowsWgsl(units, f));
+  return { label: 'quantize_rows', pipeline, bindGroup: gpu.bindGroup('quantize_rows', pipeline, [x, xq, xd, step]), workgroups: (T: number) => grid(Math.ceil((T * units) / 64)) };
 }
 
 export function sampleOp(gpu: Gpu, vocab: number, logits: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch {

@@ -165,18 +165,18 @@ test('webgpu engine: step() runs rows of different sequences (prompt chunks and 
     const alone: Float32Array[][] = [];
     for (const p of prompts) {
       const s = engine.createSequence();
-      const got = [Float32Array.from((await engine.step!([{ seq: s, tokens: p, logits: true }]))[0]!)];
-      for (const id of [5, 7]) got.push(Float32Array.from((await engine.step!([{ seq: s, tokens: [id], logits: true }]))[0]!));
+      const got = [Float32Array.from((await engine.step!([{ seq: s, tokens: p, logits: true }]))[0] as Float32Array)];
+      for (const id of [5, 7]) got.push(Float32Array.from((await engine.step!([{ seq: s, tokens: [id], logits: true }]))[0] as Float32Array));
       alone.push(got);
       s.dispose();
     }
     // together: the three prompts in one step (20 tokens: a second pass for the last ones), then decode rows together
     const seqs = prompts.map(() => engine.createSequence());
     let out = await engine.step!(prompts.map((p, i) => ({ seq: seqs[i]!, tokens: p, logits: true })));
-    out.forEach((l, i) => assert.deepEqual(Array.from(l!), Array.from(alone[i]![0]!), `prompt ${i} batched vs alone`));
+    out.forEach((l, i) => assert.deepEqual(Array.from(l as Float32Array), Array.from(alone[i]![0]!), `prompt ${i} batched vs alone`));
     for (const [k, id] of [5, 7].entries()) {
       out = await engine.step!(seqs.map((seq) => ({ seq, tokens: [id], logits: true })));
-      out.forEach((l, i) => assert.deepEqual(Array.from(l!), Array.from(alone[i]![k + 1]!), `decode row ${i} step ${k} batched vs alone`));
+      out.forEach((l, i) => assert.deepEqual(Array.from(l as Float32Array), Array.from(alone[i]![k + 1]!), `decode row ${i} step ${k} batched vs alone`));
     }
     assert.ok(engine.kv.groups.length >= 2, 'the slots span buffers');
     // and the CPU's logits

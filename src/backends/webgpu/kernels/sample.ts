@@ -52,7 +52,12 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 `;
 }
 
-export function sampleWgsl(vocab: number, f: KernelFeatures): string {
+/**
+ * `rows`: one workgroup per row of a (rows, vocab) logits buffer (a batched decode step), row i's
+ * values in params[8i + 2 .. 8i + 6]: u, top-k, temperature, top-p, min-p (as the step header's words 2..6);
+ * temperature 0 takes the argmax (largest logit, lowest index on ties); the id goes to out[i].
+ */
+export function sampleWgsl(vocab: number, f: KernelFeatures, rows = false): string {
   const per = Math.ceil(vocab / WG);
   return `${header(f)}${COMMON}${reductions(WG, f)}
 const V = ${vocab}u;
@@ -60,6 +65,7 @@ const PER = ${per}u; // contiguous logits per invocation in the final draw
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;
 @group(0) @binding(2) var<storage, read> step: array<u32>;
+${rows ? 'var<private> base: u32;\nfn lg(i: u32) -> f32 { return logits[base + i]; }' : 'fn lg(i: u32) -> f32 { return logits[i]; }'}
 
 var<workgroup> prefix: array<f32, ${WG}>;
 var<workgroup> total: f32;
@@ -72,25 +78,35 @@ fn key(x: f32) -> u32 {
 }
 
 @compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
   ${subgroupLet(f)}
-  let u = bitcast<f32>(step[2]);
-  let top_k = step[3];
-  let inv_temp = 1.0 / bitcast<f32>(step[4]);
-  let top_p = bitcast<f32>(step[5]);
-  let min_p = bitcast<f32>(step[6]);
+  ${rows ? 'base = wid.x * V;\n  let P = wid.x * 8u;' : 'let P = 0u;'}
+  let u = bitcast<f32>(step[P + 2u]);
+  let top_k = step[P + 3u];
+  let temperature = bitcast<f32>(step[P + 4u]);
+  let inv_temp = 1.0 / temperature;
+  let top_p = bitcast<f32>(step[P + 5u]);
+  let min_p = bitcast<f32>(step[P + 6u]);
 
   var mx = -3.0e38;
-  for (var i = lid; i < V; i += ${WG}u) { mx = max(mx, logits[i]); }
+  for (var i = lid; i < V; i += ${WG}u) { mx = max(mx, lg(i)); }
   mx = wg_max(mx, lid, sg_size);
-
+${rows ? `  if (temperature == 0.0) {
+    // argmax: the lowest index holding the maximum (~i is largest for the lowest i)
+    var best = 0u;
+    for (var i = lid; i < V; i += ${WG}u) { if (lg(i) == mx) { best = max(best, ~i); } }
+    best = wg_max_u(best, lid, sg_size);
+    if (lid == 0u) { out[wid.x] = ~best; }
+    return;
+  }
+` : ''}
   // top-k: the largest key threshold that still keeps at least k logits
   var k_min = 0u;
   if (top_k > 0u && top_k < V) {
     for (var bit = 32u; bit > 0u; bit--) {
       let cand = k_min | (1u << (bit - 1u));
       var c = 0u;
-      for (var i = lid; i < V; i += ${WG}u) { c += select(0u, 1u, key(logits[i]) >= cand); }
+      for (var i = lid; i < V; i += ${WG}u) { c += select(0u, 1u, key(lg(i)) >= cand); }
       if (wg_sum_u(c, lid, sg_size) >= top_k) { k_min = cand; }
     }
   }
@@ -100,8 +116,8 @@ fn main(@builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
   if (top_p < 1.0) {
     var z = 0.0;
     for (var i = lid; i < V; i += ${WG}u) {
-      let w = exp((logits[i] - mx) * inv_temp);
-      if (key(logits[i]) >= k_min && w > 0.0 && w >= min_p) { z += w; }
+      let w = exp((lg(i) - mx) * inv_temp);
+      if (key(lg(i)) >= k_min && w > 0.0 && w >= min_p) { z += w; }
     }
     let goal = top_p * wg_sum(z, lid, sg_size);
     var theta = 0u;
@@ -109,8 +125,8 @@ fn main(@builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
       let cand = theta | (1u << (bit - 1u));
       var mass = 0.0;
       for (var i = lid; i < V; i += ${WG}u) {
-        let w = exp((logits[i] - mx) * inv_temp);
-        if (key(logits[i]) >= max(cand, k_min) && w > 0.0 && w >= min_p) { mass += w; }
+        let w = exp((lg(i) - mx) * inv_temp);
+        if (key(lg(i)) >= max(cand, k_min) && w > 0.0 && w >= min_p) { mass += w; }
       }
       if (wg_sum(mass, lid, sg_size) >= goal) { theta = cand; }
     }
@@ -123,8 +139,8 @@ fn main(@builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
   var local = 0.0;
   var last = 0u;
   for (var i = lo; i < hi; i++) {
-    let w = exp((logits[i] - mx) * inv_temp);
-    if (key(logits[i]) >= p_min && w > 0.0 && w >= min_p) { local += w; last = i + 1u; }
+    let w = exp((lg(i) - mx) * inv_temp);
+    if (key(lg(i)) >= p_min && w > 0.0 && w >= min_p) { local += w; last = i + 1u; }
   }
   let last_kept = wg_max_u(last, lid, sg_size);
   prefix[lid] = local;
@@ -140,15 +156,15 @@ fn main(@builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
   var run = prefix[lid];
   if (local > 0.0 && r >= run && r < run + local) {
     for (var i = lo; i < hi; i++) {
-      let w = exp((logits[i] - mx) * inv_temp);
-      if (key(logits[i]) >= p_min && w > 0.0 && w >= min_p) {
+      let w = exp((lg(i) - mx) * inv_temp);
+      if (key(lg(i)) >= p_min && w > 0.0 && w >= min_p) {
         run += w;
         if (run > r) { chosen = i; break; }
       }
     }
   }
   workgroupBarrier();
-  if (lid == 0u) { out[0] = chosen; }
+  if (lid == 0u) { out[${rows ? 'wid.x' : '0u'}] = chosen; }
 }
 `;
 }

@@ -1,0 +1,207 @@
+/**
+ * Batched decode products: y = W x for the T rows of a batched decode step (one token of each of T
+ * sequences), q4 weights read once for NB rows at a time, so a step of up to NB sequences reads each
+ * weight once (T > NB: one pass over the weights per NB rows).
+ *   y[t * yStride + yOffset + r] (+)= sum_c W[r, c] x[t * cols + c]      (+ bias[yOffset + r])
+ * W is q4 as the fused layout stores it (fused/weights.ts): unit k of row r is the vec4<u32>
+ * Q[r * UNITS + k] (32 nibbles, column 8w + i at bits 4i of word w) and (scale, min) in the f16 pair
+ * SM[r * GROUPS + 32k / GROUP]; W[r, c] = nibble * scale + min.
+ *
+ * A subgroup takes RPS rows; its lanes walk the row's units (consecutive lanes, consecutive units:
+ * coalesced loads), each lane applying a unit's weights to the NB rows of x, then subgroupAdd folds
+ * the lanes. Two forms of x, as the fused decoder's (kernels/fused-matvec-int8.ts):
+ *   'f32':  x as stored (the CPU's numerics up to summation order);
+ *   'int8': x quantized by `quantizeRowsWgsl` into int8 blocks of one unit with one scale each
+ *           (d = max|x| / 127, xq = round(x / d), xsum = sum(x)), multiplied with dot4I8Packed:
+ *             sum_c W[r, c] x[c] ~= scale * d * sum(nibble * xq) + min * xsum.
+ * A row's sums do not depend on T or on which rows share the step: each of the NB slots runs the
+ * same operations in the same order (issue 15.3).
+ */
+import { COMMON, header } from './prelude.js';
+
+export interface BatchedMatvecShape {
+  rows: number;
+  cols: number;
+  /** Units of 32 columns a row (cols / 32). */
+  units: number;
+  /** Columns of a (scale, min) group, a multiple of 32. */
+  group: number;
+  yStride: number;
+  yOffset: number;
+  bias: boolean;
+  residual: boolean;
+  activations: 'f32' | 'int8';
+  /** Rows of x a pass over the weights. */
+  nb: number;
+  /** Output rows a subgroup. */
+  rps: number;
+}
+
+/** Invocations a workgroup of the batched product. */
+export const BATCHED_WG = 256;
+
+/** Whether the batched kernel takes a q4 matrix of this shape (whole units, groups of whole units). */
+export function batchedMatvecApplies(m: { cols: number; group: number; units: number }): boolean {
+  return m.cols % 32 === 0 && m.units * 32 === m.cols && m.group % 32 === 0;
+}
+
+/** Workgroups of one dispatch: about one block of RPS rows a subgroup of 32, at most a grid row. */
+export function batchedWorkgroups(s: BatchedMatvecShape): number {
+  return Math.max(1, Math.min(65535, Math.ceil(Math.ceil(s.rows / s.rps) / (BATCHED_WG / 32))));
+}
+
+/** Storage bindings in order: the weights, x, y, the step, the bias. */
+export function batchedBindings(s: BatchedMatvecShape): string[] {
+  return ['Q', 'SM', ...(s.activations === 'int8' ? ['XQ', 'XD'] : ['X']), 'Y', 'STEP', ...(s.bias ? ['BIAS'] : [])];
+}
+
+const PACKED_DOT = /* wgsl */ `
+fn dot4I8(a: u32, b: u32) -> i32 { return dot4I8Packed(a, b); }
+fn pack4xI8_(v: vec4<i32>) -> u32 { return pack4xI8(v); }`;
+
+const POLYFILL_DOT = /* wgsl */ `
+fn dot4I8(a: u32, b: u32) -> i32 {
+  let x = bitcast<i32>(a);
+  let y = bitcast<i32>(b);
+  return extractBits(x, 0u, 8u) * extractBits(y, 0u, 8u) + extractBits(x, 8u, 8u) * extractBits(y, 8u, 8u)
+    + extractBits(x, 16u, 8u) * extractBits(y, 16u, 8u) + extractBits(x, 24u, 8u) * extractBits(y, 24u, 8u);
+}
+fn pack4xI8_(v: vec4<i32>) -> u32 {
+  let b = vec4<u32>(bitcast<vec4<u32>>(v) & vec4<u32>(0xFFu));
+  return b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
+}`;
+
+export function batchedMatvecWgsl(s: BatchedMatvecShape, f: { packedDot: boolean }): string {
+  if (!batchedMatvecApplies(s)) throw new Error(`batched matvec: ${s.cols} columns in groups of ${s.group} (needs whole units of 32)`);
+  const int8 = s.activations === 'int8';
+  const names = batchedBindings(s);
+  const type: Record<string, string> = {
+    Q: 'array<vec4<u32>>', SM: 'array<u32>', XQ: 'array<vec4<u32>>', XD: 'array<vec2<f32>>', X: 'array<vec4<f32>>', Y: 'array<f32>', STEP: 'array<u32>', BIAS: 'array<f32>',
+  };
+  const decl = names.map((n, i) => `@group(0) @binding(${i}) var<storage, ${n === 'Y' ? 'read_write' : 'read'}> ${n}: ${type[n]};`).join('\n');
+  const J = Array.from({ length: s.rps }, (_, j) => j);
+  const N = Array.from({ length: s.nb }, (_, n) => n);
+  const M = '0x0F0F0F0Fu';
+  const wordDot = (w: string, a: string, b: string) => `dot4I8(${w} & ${M}, ${a}) + dot4I8((${w} >> 4u) & ${M}, ${b})`;
+  // the hot loop's body for unit k: weights of each row loaded first, then every x row applied
+  const body: string[] = [];
+  for (const j of J) body.push(`let w${j} = Q[r${j} * UNITS + k];`, `let sm${j} = unpack2x16float(SM[r${j} * GROUPS + (k * 32u) / GROUP]);`);
+  if (!int8) {
+    // dequantized once a unit, in column order: lo (nibbles 0..3) and hi (4..7) of each word
+    for (const j of J) {
+      for (let e = 0; e < 4; e++) {
+        const w = `w${j}[${e}]`;
+        body.push(
+          `let d${j}_${2 * e} = vec4<f32>(vec4<u32>(${w}, ${w} >> 4u, ${w} >> 8u, ${w} >> 12u) & vec4<u32>(15u)) * sm${j}.x + sm${j}.y;`,
+          `let d${j}_${2 * e + 1} = vec4<f32>(vec4<u32>(${w} >> 16u, ${w} >> 20u, ${w} >> 24u, ${w} >> 28u) & vec4<u32>(15u)) * sm${j}.x + sm${j}.y;`,
+        );
+      }
+    }
+  }
+  for (const n of N) {
+    const inner: string[] = [];
+    if (int8) {
+      inner.push(`let xi = (t0 + ${n}u) * UNITS + k;`, `let xa = XQ[xi * 2u];`, `let xb = XQ[xi * 2u + 1u];`, `let xd = XD[xi];`);
+      for (const j of J) {
+        inner.push(`{
+  let p = (${wordDot(`w${j}.x`, 'xa.x', 'xa.y')}) + (${wordDot(`w${j}.y`, 'xa.z', 'xa.w')})
+    + (${wordDot(`w${j}.z`, 'xb.x', 'xb.y')}) + (${wordDot(`w${j}.w`, 'xb.z', 'xb.w')});
+  acc[${j * s.nb + n}] += sm${j}.x * (xd.x * f32(p)) + sm${j}.y * xd.y;
+}`);
+      }
+    } else {
+      inner.push(`let xi = ((t0 + ${n}u) * UNITS + k) * 8u;`);
+      for (let e = 0; e < 8; e++) inner.push(`let x${e} = X[xi + ${e}u];`);
+      for (const j of J) {
+        inner.push(`acc[${j * s.nb + n}] += ((dot(d${j}_0, x0) + dot(d${j}_1, x1)) + (dot(d${j}_2, x2) + dot(d${j}_3, x3))) + ((dot(d${j}_4, x4) + dot(d${j}_5, x5)) + (dot(d${j}_6, x6) + dot(d${j}_7, x7)));`);
+      }
+    }
+    body.push(`if (${n}u < nt) {\n  ${inner.join('\n').split('\n').join('\n  ')}\n}`);
+  }
+  const writes = J.flatMap((j) =>
+    N.map((n) => `if (${n}u < nt) {
+  let v = subgroupAdd(acc[${j * s.nb + n}]);
+  if (lane == 0u && rb + ${j}u < ROWS) {
+    let o = (t0 + ${n}u) * ${s.yStride}u + ${s.yOffset}u + rb + ${j}u;
+    ${s.residual ? 'Y[o] = Y[o] + v' : 'Y[o] = v'}${s.bias ? ` + BIAS[${s.yOffset}u + rb + ${j}u]` : ''};
+  }
+}`),
+  );
+  const indent = (lines: string[], n: number) => lines.join('\n').split('\n').join('\n' + ' '.repeat(n));
+  return `${header({ subgroups: true })}diagnostic(off, subgroup_uniformity);
+${COMMON}
+${f.packedDot ? PACKED_DOT : POLYFILL_DOT}
+const ROWS = ${s.rows}u;
+const UNITS = ${s.units}u;
+const GROUP = ${s.group}u;
+const GROUPS = ${Math.ceil(s.cols / s.group)}u;
+const NB = ${s.nb}u;
+const RPS = ${s.rps}u;
+const BLOCKS = ${Math.ceil(s.rows / s.rps)}u;
+${decl}
+
+@compute @workgroup_size(${BATCHED_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+        @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) lane: u32) {
+  let T = STEP[0];
+  let per = ${BATCHED_WG}u / sg_size;
+  for (var t0 = 0u; t0 < T; t0 += NB) {
+    let nt = min(NB, T - t0);
+    for (var blk = wid.x * per + lid / sg_size; blk < BLOCKS; blk += nwg.x * per) {
+      let rb = blk * RPS;
+      ${J.map((j) => `let r${j} = min(rb + ${j}u, ROWS - 1u);`).join('\n      ')}
+      // zeroed explicitly: lavapipe kept the previous pass's sums in a var declared in the loop
+      var acc: array<f32, ${s.rps * s.nb}>;
+      for (var i = 0u; i < ${s.rps * s.nb}u; i++) { acc[i] = 0.0; }
+      // hot loop: a unit of each of RPS rows a lane, applied to the pass's rows of x
+      for (var k = lane; k < UNITS; k += sg_size) {
+        ${indent(body, 8)}
+      }
+      ${indent(writes, 6)}
+    }
+  }
+}
+`;
+}
+
+/**
+ * x (T rows of COLS floats) to the int8 blocks the batched product reads: per row t and unit k,
+ * XQ[2 (t UNITS + k)], XQ[.. + 1] the 32 values as int8 (even and odd columns of each 8 apart, the
+ * order of a q4 word's two nibble masks) and XD[t UNITS + k] = (d, sum of x). One invocation a unit.
+ */
+export function quantizeRowsWgsl(units: number, f: { packedDot: boolean }): string {
+  return `${COMMON}
+${f.packedDot ? PACKED_DOT : POLYFILL_DOT}
+const UNITS = ${units}u;
+@group(0) @binding(0) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> XQ: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read_write> XD: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read> STEP: array<u32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wid, nwg) * 64u + lid;
+  if (i >= STEP[0] * UNITS) { return; }
+  var v: array<vec4<f32>, 8>;
+  for (var e = 0u; e < 8u; e++) { v[e] = X[i * 8u + e]; }
+  var amax = 0.0;
+  var sum = 0.0;
+  for (var e = 0u; e < 8u; e++) {
+    let a = abs(v[e]);
+    amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
+    sum += dot(v[e], vec4<f32>(1.0));
+  }
+  let d = amax / 127.0;
+  let id = select(0.0, 127.0 / amax, amax > 0.0);
+  var q: array<vec4<i32>, 8>;
+  for (var e = 0u; e < 8u; e++) { q[e] = vec4<i32>(round(v[e] * id)); }
+  XQ[i * 2u] = vec4<u32>(
+    pack4xI8_(vec4<i32>(q[0].x, q[0].z, q[1].x, q[1].z)), pack4xI8_(vec4<i32>(q[0].y, q[0].w, q[1].y, q[1].w)),
+    pack4xI8_(vec4<i32>(q[2].x, q[2].z, q[3].x, q[3].z)), pack4xI8_(vec4<i32>(q[2].y, q[2].w, q[3].y, q[3].w)));
+  XQ[i * 2u + 1u] = vec4<u32>(
+    pack4xI8_(vec4<i32>(q[4].x, q[4].z, q[5].x, q[5].z)), pack4xI8_(vec4<i32>(q[4].y, q[4].w, q[5].y, q[5].w)),
+    pack4xI8_(vec4<i32>(q[6].x, q[6].z, q[7].x, q[7].z)), pack4xI8_(vec4<i32>(q[6].y, q[6].w, q[7].y, q[7].w)));
+  XD[i] = vec2<f32>(d, sum);
+}
+`;
+}

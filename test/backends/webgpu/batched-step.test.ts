@@ -1,0 +1,96 @@
+/**
+ * The WebGPU batched step's decode rows (engine.ts decodePass: the q4 products of
+ * kernels/batched-matvec.ts, attention per row over its slot, lm_head and the token choice per row)
+ * on the demo model (q4 layers), under WebGPU's default limits:
+ *  - on the f32 options, greedy ids chosen on the GPU equal the CPU backend's, token for token;
+ *  - three sequences stepped together (prompt rows in one step, then decode rows, greedy and sampled,
+ *    in passes of 2 rows) give exactly the ids each gives stepped alone, on the f32 options and on
+ *    the defaults (int8 activations, f16 KV cache);
+ *  - rows without `choose` get logits near the CPU's.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { CpuEngine } from '../../../src/backends/cpu/engine.js';
+import { WebGpuEngine, type WebGpuEngineOptions } from '../../../src/backends/webgpu/engine.js';
+import { loadModel } from '../../../src/model/load.js';
+import { generateAll, type GenerationContext } from '../../../src/runtime/generate.js';
+import type { DeviceSampling, StepRow } from '../../../src/runtime/engine.js';
+import { assertClose, ROOT } from '../../helpers.js';
+import { SKIP_GPU, testGpu } from './gpu.js';
+
+const DEMO = join(ROOT, 'models', 'brown-llama-12m.upg');
+const CONTEXT = 64;
+const GREEDY: DeviceSampling = { temperature: 0, topK: 0, topP: 1, minP: 0 };
+const SAMPLED: DeviceSampling = { temperature: 0.8, topK: 40, topP: 0.95, minP: 0.05 };
+
+test('webgpu batched step: decode rows through the batched q4 products, greedy ids equal the CPU\'s and every row equals itself alone', { skip: SKIP_GPU }, async () => {
+  const model = await loadModel(DEMO);
+  const gpu = await testGpu({ limits: 'default' });
+  const prompts = ['The jury said that', 'In the morning the city', 'He had never seen'].map((p) => model.tokenizer!.encode(p, true));
+  const cpu = new CpuEngine(model.config, model.weights, CONTEXT);
+  const ctx = (engine: CpuEngine | WebGpuEngine): GenerationContext => ({ engine, tokenizer: model.tokenizer, eosTokenIds: model.config.eosTokenIds });
+  const steps = 8;
+
+  for (const numerics of ['f32', 'defaults'] as const) {
+    const options: WebGpuEngineOptions = { contextLength: CONTEXT, gpu, prefillChunk: 8, batchedStep: true, batchRows: 2, ...(numerics === 'f32' ? { matvecActivations: 'f32', kvCache: 'f32' } : {}) };
+    const engine = await WebGpuEngine.create(model, options);
+    try {
+      assert.ok(engine.stepChoosesTokens);
+      // generate() through the step (the device choosing greedily) against the CPU
+      if (numerics === 'f32') {
+        for (const [i, p] of prompts.entries()) {
+          const greedy = { temperature: 0, maxTokens: steps, ignoreEos: true };
+          const want = (await generateAll(ctx(cpu), cpu.createSequence(), p, greedy)).tokenIds;
+          const seq = engine.createSequence();
+          const got = (await generateAll(ctx(engine), seq, p, greedy)).tokenIds;
+          seq.dispose();
+          const at = got.findIndex((id, k) => id !== want[k]);
+          console.log(`prompt ${i}: ${got.length} ids through the batched step, first difference from the CPU at ${at}`);
+          assert.deepEqual(got, want, `prompt ${i}: [${got}] vs the CPU's [${want}]`);
+        }
+      }
+      // row i samples when i is odd; draws fixed per step and row
+      const sampling = (i: number) => (i % 2 === 1 ? SAMPLED : GREEDY);
+      const draw = (i: number, k: number) => ((i * 7 + k * 3) % 10 + 0.5) / 10;
+      const run = async (together: boolean): Promise<number[][]> => {
+        const seqs = prompts.map(() => engine.createSequence());
+        const ids: number[][] = prompts.map(() => []);
+        const stepRows = async (rows: StepRow[], at: number[]) => {
+          if (together) {
+            const out = await engine.step!(rows);
+            out.forEach((o, j) => ids[at[j]!]!.push(o as number));
+          } else {
+            for (const [j, row] of rows.entries()) ids[at[j]!]!.push((await engine.step!([row]))[0] as number);
+          }
+        };
+        const all = prompts.map((_, i) => i);
+        await stepRows(prompts.map((p, i) => ({ seq: seqs[i]!, tokens: p, logits: true, choose: { sampling: sampling(i), random: draw(i, 0) } })), all);
+        for (let k = 1; k < steps; k++) {
+          await stepRows(seqs.map((seq, i) => ({ seq, tokens: [ids[i]!.at(-1)!], logits: true, choose: { sampling: sampling(i), random: draw(i, k) } })), all);
+        }
+        for (const s of seqs) s.dispose();
+        return ids;
+      };
+      const alone = await run(false);
+      const plan = (engine as unknown as { decodeRows: { layers: { beforeAttention: { label: string }[] }[] } }).decodeRows;
+      const labels = plan.layers[0]!.beforeAttention.map((d) => d.label);
+      assert.ok(labels.some((l) => l.startsWith('batched_matvec_q4')), `the q4 products run batched: ${labels.join(', ')}`);
+      const together = await run(true);
+      together.forEach((ids, i) => assert.deepEqual(ids, alone[i], `${numerics}: sequence ${i} (${i % 2 ? 'sampled' : 'greedy'}) stepped with the others vs alone`));
+      console.log(`${numerics}: 3 sequences x ${steps} tokens, batched = alone`);
+
+      // a row without choose: its logits, near the CPU's (f32 options)
+      if (numerics === 'f32') {
+        const seq = engine.createSequence(), cseq = cpu.createSequence();
+        const [out] = await engine.step!([{ seq, tokens: prompts[0]!, logits: true }]);
+        assertClose(out as Float32Array, await cpu.forward(cseq, prompts[0]!), 1e-4, 'prompt logits vs the CPU');
+        const [next] = await engine.step!([{ seq, tokens: [5], logits: true }]);
+        assertClose(next as Float32Array, await cpu.forward(cseq, [5]), 1e-4, 'decode-row logits vs the CPU');
+        seq.dispose();
+      }
+    } finally {
+      engine.dispose();
+    }
+  }
+});
