@@ -98,7 +98,7 @@ export async function handleChatCompletion(g: GenerationRequest, req: ChatComple
       const param = `tools[${i}].function.parameters`;
       grammars.set(t, await model.schemaGrammar(t.parameters ?? { type: 'object' }, { strict: t.strict ?? false, param }).catch((e) => grammarError(e, param)));
     }
-    const tag = toolCallTag(toolMode.family, tools, choice, req.parallel_tool_calls ?? true, (t) => grammars.get(t)!)!;
+    const tag = toolCallTag(toolMode.family, tools, choice, req.parallel_tool_calls ?? true, (t) => grammars.get(t)!, req.max_tool_calls)!;
     constraint = await model.compileConstraint({ grammar: tag }).catch((e) => grammarError(e, 'tools'));
   } else constraint = await responseFormatConstraint(model, req.response_format, req.grammar);
   await run(g, req, promptIds, { ...generateOptions(req), maxTokens, eosTokenIds: model.chatEndTokenIds, constraint }, 'messages', toolMode);

@@ -65,6 +65,8 @@ export interface ChatCompletionRequest extends SamplingParams {
   tools?: FunctionToolParam[];
   tool_choice?: ToolChoiceParam;
   parallel_tool_calls?: boolean;
+  /** Extension (the Responses API's name): with parallel calls, at most this many in one reply. */
+  max_tool_calls?: number;
   response_format?: ResponseFormatParam;
 }
 

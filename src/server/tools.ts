@@ -75,9 +75,12 @@ export function toolFamily(template: string | null): ToolFamily {
 }
 
 /**
- * The grammar for the calls: null for 'none' (no constraint). 'required' and a named function make
- * the whole reply one or more calls (one unless `parallel`); 'auto' lets the model write text and
- * constrains a call once it starts one.
+ * The grammar for the calls: null for 'none' (no constraint). A reply's calls are one block in the
+ * family's layout (Mistral's and Phi-4's lists hold every call; Hermes writes a <tool_call> block
+ * each): one call unless `parallel`, else one or more separated as the family separates them, at most
+ * `maxCalls` (undefined: no limit). 'required' and a named function make the whole reply that block;
+ * 'auto' lets the model write text first, and once it writes the family's trigger the rest of the
+ * reply is the block (OpenAI's reply is content, then tool_calls: text between calls has no place).
  */
 export function toolCallTag(
   family: ToolFamily,
@@ -86,28 +89,43 @@ export function toolCallTag(
   parallel: boolean,
   /** The grammar of a function's arguments (GBNF of its parameters schema, compact JSON). */
   argumentsGrammar: (tool: FunctionTool) => string,
+  maxCalls?: number,
 ): StructuralTag | null {
   if (choice === 'none') return null;
   const l = LAYOUTS[family];
   const chosen = typeof choice === 'object' ? tools.filter((t) => t.name === choice.name) : tools;
-  const call = (t: FunctionTool, open: string, close: string): TagFormat => ({
+  // The block opens with `open` (the list's opening, or the trigger where calls are not in a list)
+  // and ends with `close` (the last call's closing and the list's). The first call begins with the
+  // rest of a call's opening, every later one with `separator`, which closes the call before it.
+  // (xgrammar 0.1.27 takes tags_with_separator only last in a sequence or in a tag with an end, and
+  // no empty strings: hence a call's closing brace is written by what follows it.)
+  const head = `${l.listOpen}${l.itemOpen}{"name": `;
+  const open = l.listOpen || l.trigger;
+  if (!head.startsWith(open)) throw new Error(`tool format ${family}: a call's opening ${JSON.stringify(head)} does not start with ${JSON.stringify(open)}`);
+  const rest = head.slice(open.length);
+  const separator = `}${l.itemClose}${l.separator}${`${l.itemOpen}{"name": `.slice(0, `${l.itemOpen}{"name": `.length - rest.length)}`;
+  const close = `}${l.itemClose}${l.listClose}`;
+  const tags = chosen.map((t): TagFormat => ({
     type: 'tag',
-    begin: `${open}{"name": ${JSON.stringify(t.name)}, "${l.argumentsKey}": `,
+    begin: `${rest}${JSON.stringify(t.name)}, "${l.argumentsKey}": `,
     content: { type: 'grammar', grammar: argumentsGrammar(t) },
-    end: `}${close}`,
-  });
-  if (choice === 'auto') {
-    // a free reply until the trigger; one whole call (its list included) per trigger
-    const tags = chosen.map((t) => call(t, l.listOpen + l.itemOpen, l.itemClose + l.listClose));
-    return { type: 'structural_tag', format: { type: 'triggered_tags', triggers: [l.trigger], tags, at_least_one: false, stop_after_first: !parallel } };
+    end: '',
+  }));
+  const one: StructuralTagFormat = tags.length === 1 ? tags[0]! : { type: 'or', elements: tags };
+  const limit = parallel ? maxCalls ?? Infinity : 1;
+  let calls: StructuralTagFormat;
+  if (limit === 1) calls = one;
+  else if (limit === Infinity) calls = { type: 'tags_with_separator', tags, separator, at_least_one: true };
+  else {
+    // a call, then up to limit - 1 more, each after the separator
+    const nothing: StructuralTagFormat = { type: 'grammar', grammar: 'root ::= ""' };
+    let more: StructuralTagFormat = { type: 'sequence', elements: [{ type: 'const_string', value: separator }, one] };
+    for (let k = 2; k < limit; k++) more = { type: 'sequence', elements: [{ type: 'const_string', value: separator }, one, { type: 'or', elements: [nothing, more] }] };
+    calls = { type: 'sequence', elements: [one, { type: 'or', elements: [nothing, more] }] };
   }
-  const tags = chosen.map((t) => call(t, l.itemOpen, l.itemClose));
-  const calls: StructuralTagFormat = parallel
-    ? { type: 'tags_with_separator', tags, separator: l.separator, at_least_one: true }
-    : tags.length === 1 ? tags[0]! : { type: 'or', elements: tags };
-  // a list's brackets wrap the calls as a tag (xgrammar takes tags_with_separator last in a sequence only)
-  const format: StructuralTagFormat = l.listOpen ? { type: 'tag', begin: l.listOpen, content: calls, end: l.listClose } : calls;
-  return { type: 'structural_tag', format };
+  const block: TagFormat = { type: 'tag', begin: open, content: calls, end: close };
+  if (choice !== 'auto') return { type: 'structural_tag', format: block };
+  return { type: 'structural_tag', format: { type: 'triggered_tags', triggers: [l.trigger], tags: [block], at_least_one: false, stop_after_first: true } };
 }
 
 /** End of the JSON value starting at text[start] ('{' or '['), or -1 where it does not close. */

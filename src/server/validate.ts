@@ -149,6 +149,9 @@ export function parseChatCompletionRequest(raw: unknown): ChatCompletionRequest 
   const tools = checkTools(body.tools);
   const toolChoice = checkToolChoice(body.tool_choice, tools);
   const parallel = optionalBoolean(body, 'parallel_tool_calls');
+  // each further call adds a copy of the calls' grammar: a limit past a few dozen is no limit in practice
+  const maxToolCalls = optionalNumber(body, 'max_tool_calls', 1, MAX_TOOL_CALLS, true);
+  if (maxToolCalls !== undefined && tools.length === 0) throw badRequest('max_tool_calls needs tools', 'max_tool_calls', 'invalid_value');
   const responseFormat = checkResponseFormat(body.response_format);
   if (tools.length > 0 && toolChoice !== 'none' && responseFormat && responseFormat.type !== 'text') {
     throw badRequest('response_format cannot be combined with tools unless tool_choice is "none": the reply is either calls or the format', 'response_format', 'invalid_value');
@@ -159,9 +162,13 @@ export function parseChatCompletionRequest(raw: unknown): ChatCompletionRequest 
     max_completion_tokens: maxCompletion,
     ...(tools.length > 0 ? { tools, tool_choice: toolChoice } : {}),
     ...(parallel !== undefined ? { parallel_tool_calls: parallel } : {}),
+    ...(maxToolCalls !== undefined ? { max_tool_calls: maxToolCalls } : {}),
     ...(responseFormat ? { response_format: responseFormat } : {}),
   };
 }
+
+/** The largest max_tool_calls taken (the grammar holds the calls' rules once per call). */
+const MAX_TOOL_CALLS = 32;
 
 const FUNCTION_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
 

@@ -1,7 +1,8 @@
 /**
  * Structured output and tool calling through `pdvm serve`, end to end with the official `openai`
  * client on the demo model (CPU): json_schema replies at temperature 1 all parse and validate (ajv);
- * tool_choice "required" replies all carry a valid call (streamed too); a multi-turn tool
+ * tool_choice "required" replies all carry a valid call (streamed too); with parallel_tool_calls
+ * several calls come back, each valid, streamed and not; a multi-turn tool
  * conversation round-trips through the chat template; schemas and grammars the engine cannot compile
  * or satisfy get a 400 naming the problem; each tool-call family's template (test/server/tool-templates.ts)
  * renders tools and call history, and the calls the model writes in that format come back as tool_calls.
@@ -12,7 +13,7 @@ import AjvModule from 'ajv';
 import OpenAI from 'openai';
 import { Model, startServer } from 'pdvm';
 import { TextTokenizer } from '../../src/tokenizer/tokenizer.js';
-import { templateInput, toolFamily } from '../../src/server/tools.js';
+import { parseToolCalls, templateInput, toolFamily } from '../../src/server/tools.js';
 import { HERMES, LLAMA3, MISTRAL, PHI4 } from './tool-templates.js';
 import { startTestServer, type TestServer } from './util.js';
 
@@ -152,6 +153,72 @@ test('20 tool_choice "required" requests at temperature 1 all yield a valid call
   }
   assert.equal(finish, 'tool_calls');
   assert.ok(calls.length >= 1 && calls.every((c) => c.name === 'get_time' && validateTime(JSON.parse(c.arguments)) && c.id), JSON.stringify(calls));
+});
+
+test('parallel_tool_calls: several calls in one reply, each valid, streamed and not; false gives one; unlimited calls cut by max_tokens are "length"', async () => {
+  const validCall = (c: { name: string; arguments: string }) => {
+    const args = JSON.parse(c.arguments);
+    return c.name === 'get_weather' ? validateWeather(args) : c.name === 'get_time' && validateTime(args);
+  };
+  const request = (seed: number, extra: Record<string, unknown>) => ({
+    model: MODEL,
+    messages: [{ role: 'user' as const, content: 'The weather in Paris and in Oslo, and the time?' }],
+    tools: [WEATHER, TIME],
+    tool_choice: 'required' as const,
+    temperature: 1,
+    seed,
+    max_tokens: 200,
+    ...extra,
+  });
+  // the demo model all but never ends a run of calls by itself (EOS after a call: p ~ 1e-5), so max_tool_calls bounds it
+  const counts: number[] = [];
+  const plain = await inBatches(6, 3, (seed) => t.client.chat.completions.create({ ...request(seed, { parallel_tool_calls: true, max_tool_calls: 3 }) } as OpenAI.ChatCompletionCreateParamsNonStreaming));
+  for (const [i, r] of plain.entries()) {
+    const choice = r.choices[0]!;
+    assert.equal(choice.finish_reason, 'tool_calls', `reply ${i}: ${JSON.stringify(choice.message)}`);
+    const calls = choice.message.tool_calls! as OpenAI.ChatCompletionMessageFunctionToolCall[];
+    assert.ok(calls.length >= 1 && calls.length <= 3, `reply ${i}: ${calls.length} calls`);
+    assert.equal(new Set(calls.map((c) => c.id)).size, calls.length, 'call ids are distinct');
+    for (const c of calls) assert.ok(validCall(c.function), `reply ${i}: ${JSON.stringify(c)}`);
+    counts.push(calls.length);
+  }
+  const streamed = await inBatches(3, 3, async (seed) => {
+    const stream = await t.client.chat.completions.create({ ...request(10 + seed, { parallel_tool_calls: true, max_tool_calls: 3 }), stream: true } as OpenAI.ChatCompletionCreateParamsStreaming);
+    const calls: { id?: string; name: string; arguments: string }[] = [];
+    let finish: string | null = null;
+    for await (const chunk of stream) {
+      for (const d of chunk.choices[0]?.delta.tool_calls ?? []) {
+        calls[d.index] ??= { name: '', arguments: '' };
+        if (d.id) calls[d.index]!.id = d.id;
+        calls[d.index]!.name += d.function?.name ?? '';
+        calls[d.index]!.arguments += d.function?.arguments ?? '';
+      }
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    return { calls, finish };
+  });
+  for (const [i, { calls, finish }] of streamed.entries()) {
+    assert.equal(finish, 'tool_calls', `stream ${i}`);
+    assert.ok(calls.length >= 1 && calls.length <= 3 && calls.every((c) => c.id && validCall(c)), `stream ${i}: ${JSON.stringify(calls)}`);
+    counts.push(calls.length);
+  }
+  console.log(`calls per reply (parallel, max_tool_calls 3): ${counts.join(' ')}`);
+  assert.ok(counts.some((n) => n >= 2), 'no reply held several calls');
+
+  // parallel_tool_calls false: exactly one call, every time
+  const single = await inBatches(3, 3, (seed) => t.client.chat.completions.create(request(20 + seed, { parallel_tool_calls: false }) as OpenAI.ChatCompletionCreateParamsNonStreaming));
+  for (const r of single) {
+    assert.equal(r.choices[0]!.finish_reason, 'tool_calls');
+    assert.equal(r.choices[0]!.message.tool_calls!.length, 1);
+  }
+
+  // no limit: the run of calls goes on until max_tokens, reported as "length" with the text; every
+  // call completed before the cut is valid
+  const cut = await t.client.chat.completions.create(request(30, { max_tokens: 120 }) as OpenAI.ChatCompletionCreateParamsNonStreaming);
+  assert.equal(cut.choices[0]!.finish_reason, 'length');
+  assert.equal(cut.choices[0]!.message.tool_calls, undefined);
+  const complete = parseToolCalls('default', cut.choices[0]!.message.content!).calls;
+  assert.ok(complete.length >= 1 && complete.every(validCall), cut.choices[0]!.message.content!);
 });
 
 test('a multi-turn tool conversation round-trips: the call and its result go back through the template', async () => {

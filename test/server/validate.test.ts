@@ -81,6 +81,10 @@ test('features this server lacks are refused, not ignored', () => {
   expectError(() => parseChatCompletionRequest(chat({ tools: [{ type: 'function', function: { name: 'a b' } }] })), 400, 'tools[0].function.name', /letters, digits/);
   expectError(() => parseChatCompletionRequest(chat({ tool_choice: 'required' })), 400, 'tool_choice', /needs tools/);
   expectError(() => parseChatCompletionRequest(chat({ tools: [{ type: 'function', function: { name: 'f' } }], tool_choice: { type: 'function', function: { name: 'g' } } })), 400, 'tool_choice', /not among tools/);
+  expectError(() => parseChatCompletionRequest(chat({ max_tool_calls: 2 })), 400, 'max_tool_calls', /needs tools/);
+  expectError(() => parseChatCompletionRequest(chat({ tools: [{ type: 'function', function: { name: 'f' } }], max_tool_calls: 0 })), 400, 'max_tool_calls', /\[1, 32\]/);
+  expectError(() => parseChatCompletionRequest(chat({ tools: [{ type: 'function', function: { name: 'f' } }], max_tool_calls: 1.5 })), 400, 'max_tool_calls', /whole number/);
+  assert.equal(parseChatCompletionRequest(chat({ tools: [{ type: 'function', function: { name: 'f' } }], max_tool_calls: 3 })).max_tool_calls, 3);
   expectError(() => parseChatCompletionRequest(chat({ response_format: { type: 'xml' } })), 400, 'response_format', /json_schema/);
   expectError(() => parseChatCompletionRequest(chat({ response_format: { type: 'json_schema', json_schema: { name: 'x', schema: [] } } })), 400, 'response_format.json_schema.schema', /JSON Schema object/);
   expectError(() => parseChatCompletionRequest(chat({ messages: [{ role: 'tool', content: 'x' }] })), 400, 'messages[0].tool_call_id', /id of the call/);
