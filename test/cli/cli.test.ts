@@ -2,12 +2,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import AjvModule from 'ajv';
 import { readTokenizerFiles } from '../../src/format/hf.js';
 import { TextTokenizer } from '../../src/tokenizer/tokenizer.js';
 import { ARCH_MODELS, BROWN, CLI, VALIDATION_TEXT, readReference } from '../helpers.js';
 import { SKIP_GPU } from '../backends/webgpu/gpu.js';
+
+const Ajv = AjvModule.default;
 
 function run(args: string[]) {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 300_000 });
@@ -79,4 +83,42 @@ test('--chat applies the chat template; inspect describes the model; every comma
   assert.equal(i.parameters, 12587904);
   assert.equal(i.context_length, 1024);
   for (const cmd of ['generate', 'perplexity', 'inspect']) assert.match(run([cmd, '--help']).stdout, /Usage: pdvm/);
+});
+
+test('generate --json-schema / --grammar: the output validates or matches; bad files, --strict and unsatisfiable grammars fail with one line', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'pdvm-grammar-'));
+  try {
+    const schema = { type: 'object', properties: { name: { type: 'string', pattern: '^[a-z]{1,8}$' }, age: { type: 'integer', minimum: 0, maximum: 99 } }, required: ['name', 'age'], additionalProperties: false };
+    await writeFile(join(dir, 'person.json'), JSON.stringify(schema));
+    await writeFile(join(dir, 'yes.gbnf'), 'root ::= ("yes" | "no") ", " [a-z]+ "."\n');
+    await writeFile(join(dir, 'unique.json'), JSON.stringify({ type: 'array', items: { enum: ['a', 'b'] }, uniqueItems: true }));
+    await writeFile(join(dir, 'broken.json'), '{"type": ');
+    await writeFile(join(dir, 'never.gbnf'), 'root ::= root "a"\n');
+    const validate = new Ajv().compile(schema);
+    for (const seed of ['1', '2']) {
+      const r = JSON.parse(run(['generate', '--prompt', 'A person:', '--json-schema', join(dir, 'person.json'), '--temperature', '1', '--seed', seed, '-n', '60', '--json']).stdout);
+      assert.equal(r.finish_reason, 'stop', r.text);
+      assert.ok(validate(JSON.parse(r.text)), `${r.text}: ${JSON.stringify(validate.errors)}`);
+    }
+    const text = run(['generate', '--prompt', 'Was it?', '--grammar', join(dir, 'yes.gbnf'), '--temperature', '1', '--seed', '3', '-n', '30']).stdout;
+    assert.match(text, /^(yes|no), [a-z]+\.\n?$/);
+    // without --strict the unenforceable keyword is left out; with it, refused
+    const loose = JSON.parse(run(['generate', '--prompt', 'List:', '--json-schema', join(dir, 'unique.json'), '--temperature', '1', '--seed', '1', '-n', '30', '--json']).stdout);
+    if (loose.finish_reason === 'stop') assert.ok(JSON.parse(loose.text).every((x: string) => x === 'a' || x === 'b'), loose.text);
+    const fails: [string[], RegExp][] = [
+      [['--json-schema', join(dir, 'unique.json'), '--strict'], /unique\.json: strict is true but this engine cannot enforce #: "uniqueItems"/],
+      [['--json-schema', join(dir, 'broken.json')], /broken\.json: not JSON/],
+      [['--json-schema', join(dir, 'missing.json')], /missing\.json: cannot be read \(ENOENT\)/],
+      [['--grammar', join(dir, 'never.gbnf')], /allows no first token/],
+      [['--grammar', join(dir, 'yes.gbnf'), '--json-schema', join(dir, 'person.json')], /not both/],
+    ];
+    for (const [flags, message] of fails) {
+      const r = spawnSync(process.execPath, [CLI, 'generate', '--prompt', 'x', '-n', '4', ...flags], { encoding: 'utf8', timeout: 120_000 });
+      assert.equal(r.status, 1, `${flags.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, message, flags.join(' '));
+      assert.equal(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
