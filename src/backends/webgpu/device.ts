@@ -6,7 +6,7 @@
  */
 import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
-import { DEFAULT_SUBGROUP_MATRIX_TILE, parseSubgroupMatrixTile, type SubgroupIndexing, type SubgroupMatrixSyntax, type SubgroupMatrixTile } from './kernels/matmul-tiled.js';
+import { parseTensorCoreTile, TENSOR_CORE_TILES, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
 import { selfTestPrefillKernel, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
 /** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
@@ -40,8 +40,8 @@ export interface GpuFeatures {
   subgroupMatrixIndexing: SubgroupIndexing | null;
   /** How the WGSL compiler spells subgroup-matrix loads and stores (the first form that passed its self-test). */
   subgroupMatrixSyntax: SubgroupMatrixSyntax;
-  /** That kernel's tile. */
-  subgroupMatrixTile: SubgroupMatrixTile;
+  /** That kernel's tile for every matrix; null: chosen per matrix shape (chooseTensorCoreTile). */
+  subgroupMatrixTile: TensorCoreTile | null;
   /** Dawn toggles requested (Node). */
   dawnToggles: string[];
   /** Each self-test's outcome: 'passed', 'failed: why', or 'not run: why'. */
@@ -59,8 +59,11 @@ export interface GpuOptions {
    * in the form the WGSL compiler accepts without a deprecation warning where it can (self-tested).
    */
   subgroupMatrix?: boolean;
-  /** The subgroup-matrix kernel's tile (default: PDVM_SM_TILE "TOKENSxROWSxAMxAN", else 128x256x4x4). */
-  subgroupMatrixTile?: SubgroupMatrixTile;
+  /**
+   * The tensor-core kernel's tile for every matrix (default: PDVM_SM_TILE, a bench/prefill-lab.ts
+   * name such as "h64-4422", else chosen per matrix shape).
+   */
+  subgroupMatrixTile?: TensorCoreTile;
   /**
    * Node only: ask Dawn for the toggles allow_unsafe_apis and vulkan_enable_f16_on_nvidia (which expose
    * subgroup matrices and, on NVIDIA, shader-f16). Default on, unless PDVM_DAWN_TOGGLES=0; every fast
@@ -158,6 +161,7 @@ export class Gpu {
   private firstError: GPUError | null = null;
   private readonly pipelines = new Map<string, GPUComputePipeline>();
   private readonly modules = new Map<string, GPUShaderModule>();
+  private readonly scratchBuffers = new Map<string, GPUBuffer>();
   /** Largest byte size a storage binding may have (tensors above it are split). */
   readonly maxBindingBytes: number;
 
@@ -228,7 +232,7 @@ export class Gpu {
       subgroupMatrixF16: false,
       subgroupMatrixIndexing: null,
       subgroupMatrixSyntax: 'template',
-      subgroupMatrixTile: options.subgroupMatrixTile ?? parseSubgroupMatrixTile(env('PDVM_SM_TILE')) ?? DEFAULT_SUBGROUP_MATRIX_TILE,
+      subgroupMatrixTile: options.subgroupMatrixTile ?? parseTensorCoreTile(env('PDVM_SM_TILE')),
       dawnToggles: entry.toggles,
       selfTests: {},
     };
@@ -260,7 +264,8 @@ export class Gpu {
       if (r === 'passed') {
         const ways: SubgroupIndexing[] = [...(subgroups && gpu.wgslLanguageFeatures?.has('subgroup_id') ? ['subgroup-id' as const] : []), 'invocation-index'];
         for (const way of ways) {
-          const k = await selfTestPrefillKernel(device, features.subgroupMaxSize, way, features.subgroupMatrixTile, features.subgroupMatrixSyntax);
+          const tiles = features.subgroupMatrixTile ? [features.subgroupMatrixTile] : TENSOR_CORE_TILES;
+          const k = await selfTestPrefillKernel(device, features.subgroupMaxSize, way, tiles, features.subgroupMatrixSyntax);
           features.selfTests[`prefill kernel (subgroup matrix, ${way})`] = k;
           if (k === 'passed') {
             features.subgroupMatrixF16 = true;
@@ -331,6 +336,19 @@ export class Gpu {
       this.pipelines.set(key, p);
     }
     return p;
+  }
+
+  /**
+   * A storage buffer of at least `bytes` shared by every kernel that asks for `name`: each user writes
+   * what it reads earlier in the same sequence of dispatches (the prefill's f16 copy of x). A larger
+   * request replaces it for later users; earlier bind groups keep the buffer they hold.
+   */
+  scratch(name: string, bytes: number): GPUBuffer {
+    const have = this.scratchBuffers.get(name);
+    if (have && have.size >= bytes) return have;
+    const b = this.createBuffer(`scratch ${name}`, bytes, GPUBufferUsage.STORAGE);
+    this.scratchBuffers.set(name, b);
+    return b;
   }
 
   bindGroup(label: string, pipeline: GPUComputePipeline, buffers: GPUBuffer[]): GPUBindGroup {

@@ -8,7 +8,10 @@ import { attentionTiledFits, attentionTiledWgsl, attentionWgsl, TILE_Q, type Att
 import { BATCHED_WG, batchedBindings, batchedMatvecApplies, batchedMatvecWgsl, batchedWorkgroups, quantizeRowsWgsl, type BatchedMatvecShape } from './kernels/batched-matvec.js';
 import { embeddingWgsl } from './kernels/embedding.js';
 import { MATVEC_ROWS, matvecDenseWgsl, type DenseMatmulShape } from './kernels/matmul-dense.js';
-import { matmulTiledF32Wgsl, matmulTiledSubgroupMatrixWgsl, tiledSupports, tiledTile, type TiledKernel, type TiledMatmulShape, type TiledWeight } from './kernels/matmul-tiled.js';
+import {
+  chooseTensorCoreTile, convertF16Invocations, convertF16Wgsl, F32_TILE, linearGrid, matmulTensorCoreWgsl, matmulTiledF32Wgsl, paddedCols, tensorCoreTileName,
+  tensorCoreTileSize, tensorCoreWorkgroupBytes, tiledSupports, type TiledKernel, type TiledMatmulShape, type TiledWeight,
+} from './kernels/matmul-tiled.js';
 import { kvDefines, type KvLayout } from './kernels/kv.js';
 import { grid } from './kernels/prelude.js';
 import { embeddingUpgWgsl, matmulUpgWgsl } from './kernels/matmul-upg.js';
@@ -82,7 +85,7 @@ export function matmulOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, kind: 'matvec' | 
   if (io.bias) need(io.bias, io.yOffset + m.rows, 'matmul bias');
   const f = { subgroups: gpu.subgroups };
   if (kind === 'tiled') {
-    const tiled = tiledOp(gpu, m, io);
+    const tiled = tiledOp(gpu, m, io, maxTokens);
     if (tiled) return tiled;
   }
   if (m.encoding !== 'dense') {
@@ -113,21 +116,18 @@ export function prefillKernel(gpu: Gpu): TiledKernel {
 
 /** A line naming the prefill's product kernel (bench, --verbose). */
 export function prefillPathDescription(gpu: Gpu): string {
-  const k = prefillKernel(gpu);
-  const t = tiledTile(k, gpu.features.subgroupMatrixTile);
-  return k === 'f32'
-    ? `tiled f32 (${t.tokens} tokens x ${t.rows} rows a workgroup, WebGPU default limits)`
-    : `subgroup matrix f16 x f16 -> f32 16x16x16 (${t.tokens} tokens x ${t.rows} rows a workgroup, ${gpu.features.subgroupMatrixTile.am} x ${gpu.features.subgroupMatrixTile.an} products a subgroup)`;
+  if (prefillKernel(gpu) === 'f32') return `tiled f32 (${F32_TILE.tokens} tokens x ${F32_TILE.rows} rows a workgroup, WebGPU default limits)`;
+  const fixed = gpu.features.subgroupMatrixTile;
+  const tiles = fixed ? `tile ${tensorCoreTileName(fixed)}` : 'tiles 128 tokens x 128 rows, or 64 x 128 for narrow matrices';
+  return `tensor cores: subgroup matrix f16 x f16 -> f32 16x16x16, x converted to f16 once a product, W dequantized to f16 in workgroup memory 64 columns a stage (${tiles})`;
 }
 
 /**
  * The matrix-matrix prefill kernel (kernels/matmul-tiled.ts) for q4, q8 and dense matrices, one
- * dispatch per segment; null for the encodings it does not take (nm, csr, bitmap walked).
+ * dispatch per segment (the tensor-core path converts x to f16 first); null for the encodings it does
+ * not take (nm, csr, bitmap walked).
  */
-function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo): Dispatch[] | null {
-  const kernel = prefillKernel(gpu);
-  const matrixTile = gpu.features.subgroupMatrixTile;
-  const tile = tiledTile(kernel, matrixTile);
+function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, maxTokens: number): Dispatch[] | null {
   const parts: { weight: TiledWeight; buffers: GPUBuffer[]; rows: number; rowStart: number }[] = [];
   if (m.encoding === 'dense') {
     for (const seg of m.segments) parts.push({ weight: { encoding: 'dense', dtype: m.dtype, rowChunks: m.rowChunks }, buffers: [seg.buffer], rows: seg.rows, rowStart: seg.rowStart });
@@ -137,24 +137,56 @@ function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo): Dispatch[] | null {
     parts.push({ weight: { encoding: 'q8', wordsPerRow: m.shape.wordsPerRow }, buffers: m.buffers, rows: m.rows, rowStart: 0 });
   } else return null;
   if (!parts.every((p) => tiledSupports(p.weight))) return null;
-  return parts.map((p) => {
-    const shape: TiledMatmulShape = { weight: p.weight, rows: p.rows, cols: m.cols, yStride: io.yStride, yOffset: io.yOffset + p.rowStart, bias: io.bias !== null, residual: io.residual };
-    const sg = gpu.features.subgroupMaxSize;
-    const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
-    const name = `matmul_tiled_${kernel}`;
-    const tileKey = kernel === 'f32' ? '' : `${matrixTile.tokens}x${matrixTile.rows}x${matrixTile.am}x${matrixTile.an}`;
-    const pipeline = gpu.pipeline(name, { ...shape, ...shape.weight, weight: p.weight.encoding, sg: kernel === 'f32' ? 0 : sg, indexing, syntax: gpu.features.subgroupMatrixSyntax, tile: tileKey }, () =>
-      kernel === 'f32' ? matmulTiledF32Wgsl(shape) : matmulTiledSubgroupMatrixWgsl(shape, sg, indexing, matrixTile, gpu.features.subgroupMatrixSyntax),
-    );
-    const rowTiles = Math.ceil(p.rows / tile.rows);
+  const shapeOf = (p: (typeof parts)[number]): TiledMatmulShape => ({ weight: p.weight, rows: p.rows, cols: m.cols, yStride: io.yStride, yOffset: io.yOffset + p.rowStart, bias: io.bias !== null, residual: io.residual });
+  const tail = [io.y, io.step, ...(io.bias ? [io.bias] : [])];
+  if (prefillKernel(gpu) === 'f32') {
+    return parts.map((p) => {
+      const shape = shapeOf(p);
+      const pipeline = gpu.pipeline('matmul_tiled_f32', { ...shape, ...shape.weight, weight: p.weight.encoding }, () => matmulTiledF32Wgsl(shape));
+      const rowTiles = Math.ceil(p.rows / F32_TILE.rows);
+      if (rowTiles > 65535) throw new Error(`matmul: ${p.rows} rows exceed the dispatch grid`);
+      return {
+        label: `matmul_tiled_f32_${p.weight.encoding}`,
+        pipeline,
+        bindGroup: gpu.bindGroup('matmul_tiled_f32', pipeline, [...p.buffers, io.x, ...tail]),
+        workgroups: (T: number) => [rowTiles, Math.ceil(T / F32_TILE.tokens), 1],
+      };
+    });
+  }
+  // tensor cores: x in f16 (tokens padded to the tile, columns to a stage) in a scratch buffer every
+  // product shares, written just before it is read
+  const tokensPadded = Math.ceil(maxTokens / 128) * 128;
+  const x16 = gpu.scratch('x16', tokensPadded * paddedCols(m.cols) * 2);
+  const convert = gpu.pipeline('convert_f16', { cols: m.cols }, () => convertF16Wgsl(m.cols));
+  const dispatches: Dispatch[] = [{
+    label: 'convert_f16',
+    pipeline: convert,
+    bindGroup: gpu.bindGroup('convert_f16', convert, [io.x, x16, io.step]),
+    workgroups: (T: number) => linearGrid(convertF16Invocations(T, m.cols)),
+  }];
+  const sg = gpu.features.subgroupMaxSize;
+  const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
+  const syntax = gpu.features.subgroupMatrixSyntax;
+  for (const p of parts) {
+    const shape = shapeOf(p);
+    const tile = gpu.features.subgroupMatrixTile ?? chooseTensorCoreTile(p.rows, maxTokens);
+    if (tensorCoreWorkgroupBytes(tile) > gpu.device.limits.maxComputeWorkgroupStorageSize) {
+      throw new Error(`matmul: the tensor-core tile ${tensorCoreTileName(tile)} needs ${tensorCoreWorkgroupBytes(tile)} bytes of workgroup memory, over the device's ${gpu.device.limits.maxComputeWorkgroupStorageSize}`);
+    }
+    const size = tensorCoreTileSize(tile);
+    const rowTiles = Math.ceil(p.rows / size.rows);
     if (rowTiles > 65535) throw new Error(`matmul: ${p.rows} rows exceed the dispatch grid`);
-    return {
-      label: `${name}_${p.weight.encoding}`,
+    const pipeline = gpu.pipeline('matmul_tensor_core', { ...shape, ...shape.weight, weight: p.weight.encoding, sg, indexing, syntax, tile: tensorCoreTileName(tile) }, () =>
+      matmulTensorCoreWgsl(shape, sg, indexing, tile, syntax),
+    );
+    dispatches.push({
+      label: `matmul_tensor_core_${p.weight.encoding}`,
       pipeline,
-      bindGroup: gpu.bindGroup(name, pipeline, [...p.buffers, io.x, io.y, io.step, ...(io.bias ? [io.bias] : [])]),
-      workgroups: (T: number) => [rowTiles, Math.ceil(T / tile.tokens), 1],
-    };
-  });
+      bindGroup: gpu.bindGroup('matmul_tensor_core', pipeline, [...p.buffers, x16, ...tail]),
+      workgroups: (T: number) => [Math.ceil(T / size.tokens), rowTiles, 1],
+    });
+  }
+  return dispatches;
 }
 
 /**

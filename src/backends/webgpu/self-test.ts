@@ -6,7 +6,7 @@
  * exposes a broken feature costs speed, not correctness.
  */
 import { f32ToF16 } from '../../format/dtype.js';
-import { matmulTiledSubgroupMatrixWgsl, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, type SubgroupIndexing, type SubgroupMatrixSyntax, type SubgroupMatrixTile } from './kernels/matmul-tiled.js';
+import { convertF16Invocations, convertF16Wgsl, linearGrid, matmulTensorCoreWgsl, paddedCols, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, tensorCoreTileName, tensorCoreTileSize, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
 
 /** Runs one workgroup of a kernel over (input words) and reads `outFloats` f32 back; throws on any error. */
 async function runOnce(device: GPUDevice, code: string, input: Uint32Array, outFloats: number): Promise<Float32Array> {
@@ -123,11 +123,12 @@ var<workgroup> cs: array<f32, ${M * N}>;
 }
 
 /**
- * The prefill's subgroup-matrix kernel itself (kernels/matmul-tiled.ts) on a small product with
- * partial tiles (70 tokens, 130 rows, 80 columns; dense f32 weights), small integers so the answer is
- * exact: compiled, run and compared element by element.
+ * The prefill's tensor-core kernel itself (kernels/matmul-tiled.ts: x converted to f16, then the
+ * product) in each of `tiles`, on a small product with partial tiles (70 tokens, 130 rows, 80
+ * columns: a padded stage; dense f32 weights), small integers so the answer is exact: compiled, run
+ * and compared element by element.
  */
-export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: number, indexing: SubgroupIndexing, tile: SubgroupMatrixTile, syntax: SubgroupMatrixSyntax): Promise<string> {
+export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: number, indexing: SubgroupIndexing, tiles: readonly TensorCoreTile[], syntax: SubgroupMatrixSyntax): Promise<string> {
   const T = 70, rows = 130, cols = 80;
   const W = new Float32Array(rows * cols), X = new Float32Array(T * cols);
   for (let i = 0; i < W.length; i++) W[i] = ((i * 7) % 9) - 4;
@@ -138,40 +139,57 @@ export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: num
     for (let c = 0; c < cols; c++) s += X[t * cols + c]! * W[r * cols + c]!;
     want[t * rows + r] = s;
   }
-  const code = matmulTiledSubgroupMatrixWgsl({ weight: { encoding: 'dense', dtype: 'f32', rowChunks: cols / 4 }, rows, cols, yStride: rows, yOffset: 0, bias: false, residual: false }, subgroupSize, indexing, tile, syntax);
   const buffers: GPUBuffer[] = [];
-  const storage = (data: Float32Array | Uint32Array, extra = 0) => {
-    const b = device.createBuffer({ size: Math.max(16, data.byteLength), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | extra });
-    device.queue.writeBuffer(b, 0, data);
+  const storage = (data: Float32Array | Uint32Array | number, extra = 0) => {
+    const bytes = typeof data === 'number' ? data : data.byteLength;
+    const b = device.createBuffer({ size: Math.max(16, Math.ceil(bytes / 16) * 16), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | extra });
+    if (typeof data !== 'number') device.queue.writeBuffer(b, 0, data);
     buffers.push(b);
     return b;
   };
+  const compile = async (label: string, code: string) => {
+    const module = device.createShaderModule({ label, code });
+    const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error').map((m) => m.message);
+    if (errors.length) throw new Error(`${label}: ${errors.join('; ')}`);
+    return device.createComputePipeline({ label, layout: 'auto', compute: { module, entryPoint: 'main' } });
+  };
+  const bind = (pipeline: GPUComputePipeline, bufs: GPUBuffer[]) =>
+    device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
   try {
     device.pushErrorScope('validation');
-    const module = device.createShaderModule({ label: 'self-test prefill kernel', code });
-    const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error').map((m) => m.message);
-    const pipeline = device.createComputePipeline({ label: 'self-test prefill kernel', layout: 'auto', compute: { module, entryPoint: 'main' } });
-    const bufs = [storage(W), storage(X), storage(new Float32Array(T * rows), GPUBufferUsage.COPY_SRC), storage(new Uint32Array([T, 0, 0, 0]))];
-    const read = device.createBuffer({ size: T * rows * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-    buffers.push(read);
-    const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
-    const enc = device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, bindGroup);
-    pass.dispatchWorkgroups(Math.ceil(rows / tile.rows), Math.ceil(T / tile.tokens));
-    pass.end();
-    enc.copyBufferToBuffer(bufs[2]!, 0, read, 0, T * rows * 4);
-    device.queue.submit([enc.finish()]);
-    const err = await device.popErrorScope();
-    if (errors.length || err) return `failed: ${`${errors.join('; ')}${err ? ` ${err.message}` : ''}`.trim().slice(0, 300)}`;
-    await read.mapAsync(GPUMapMode.READ);
-    const got = new Float32Array(read.getMappedRange().slice(0));
-    read.unmap();
-    return compare(got, want);
+    const w = storage(W), x = storage(X), step = storage(new Uint32Array([T, 0, 0, 0]));
+    const x16 = storage(Math.ceil(T / 128) * 128 * paddedCols(cols) * 2);
+    const convert = await compile('self-test convert_f16', convertF16Wgsl(cols));
+    for (const tile of tiles) {
+      const code = matmulTensorCoreWgsl({ weight: { encoding: 'dense', dtype: 'f32', rowChunks: cols / 4 }, rows, cols, yStride: rows, yOffset: 0, bias: false, residual: false }, subgroupSize, indexing, tile, syntax);
+      const pipeline = await compile(`self-test prefill kernel ${tensorCoreTileName(tile)}`, code);
+      const y = storage(T * rows * 4, GPUBufferUsage.COPY_SRC);
+      const read = device.createBuffer({ size: T * rows * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+      buffers.push(read);
+      const enc = device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      pass.setPipeline(convert);
+      pass.setBindGroup(0, bind(convert, [x, x16, step]));
+      pass.dispatchWorkgroups(...linearGrid(convertF16Invocations(T, cols)));
+      const size = tensorCoreTileSize(tile);
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, bind(pipeline, [w, x16, y, step]));
+      pass.dispatchWorkgroups(Math.ceil(T / size.tokens), Math.ceil(rows / size.rows));
+      pass.end();
+      enc.copyBufferToBuffer(y, 0, read, 0, T * rows * 4);
+      device.queue.submit([enc.finish()]);
+      await read.mapAsync(GPUMapMode.READ);
+      const got = new Float32Array(read.getMappedRange().slice(0));
+      read.unmap();
+      const r = compare(got, want);
+      if (r !== 'passed') return `${r} (tile ${tensorCoreTileName(tile)})`;
+    }
+    return 'passed';
   } catch (e) {
     return `failed: ${(e as Error).message.slice(0, 300)}`;
   } finally {
+    const err = await device.popErrorScope().catch(() => null);
+    if (err) console.warn(`prefill kernel self-test: ${err.message.slice(0, 300)}`);
     for (const b of buffers) b.destroy();
   }
 }

@@ -2,12 +2,13 @@
  * The prefill's matrix-matrix kernels (kernels/matmul-tiled.ts) against each encoding's CPU matmul:
  * q4 (g64, g32), q8, dense f32 / bf16 / f16, with bias and residual epilogues, on shapes with partial
  * tiles of tokens, rows and k. Each kernel the device can run: the f32 tiles everywhere (within 1e-5),
- * the f16 subgroup-matrix tiles where device.ts's self-test passed (within F16_TOLERANCE: x and W are
- * rounded to f16, about 2^-12 relative each, the sums are f32).
+ * the tensor-core kernel where device.ts's self-test passed (within F16_TOLERANCE: x and W are
+ * rounded to f16, about 2^-12 relative each, the sums are f32), in each tile it may choose.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { matmulOp, prefillKernel } from '../../../src/backends/webgpu/ops.js';
+import { TENSOR_CORE_TILES, tensorCoreTileName } from '../../../src/backends/webgpu/kernels/matmul-tiled.js';
 import { uploadDense, uploadEncoded } from '../../../src/backends/webgpu/weights.js';
 import { f16ToF32, f32ToBf16, f32ToF16 } from '../../../src/format/dtype.js';
 import { Q4Tensor, Q8Tensor } from '../../../src/format/upg/encodings/index.js';
@@ -35,6 +36,8 @@ const variants = SKIP_GPU ? [] : [
   { name: 'f32 tiles', options: { subgroupMatrix: false } },
   { name: 'f32 tiles, default limits', options: { subgroupMatrix: false, limits: 'default' as const } },
   { name: 'subgroup matrices where offered', options: { subgroupMatrix: true } },
+  // each tile the tensor-core path may choose, on every shape
+  ...TENSOR_CORE_TILES.map((tile) => ({ name: `subgroup matrices, tile ${tensorCoreTileName(tile)}`, options: { subgroupMatrix: true, subgroupMatrixTile: tile } })),
 ];
 
 for (const { name, options } of variants) {
@@ -61,7 +64,9 @@ for (const { name, options } of variants) {
         const x = randomArray(T * cols, seed++);
         const yStride = rows + 3, yOffset = 2;
         const y0 = randomArray(T * yStride, seed++);
-        const bias = randomArray(rows + 2, seed++);
+        // no bias on the first shape: the tensor-core kernel's whole tiles store straight to y there
+        // (loading the residual as their initial sums); partial tiles and bias go through its scratch
+        const bias = rows === 300 ? null : randomArray(rows + 2, seed++);
         const residual = rows !== 64;
         const prod = new Float32Array(T * yStride);
         w.matmul(x, T, prod, yStride, yOffset);
@@ -69,11 +74,11 @@ for (const { name, options } of variants) {
         for (let i = 0; i < T; i++) {
           for (let r = 0; r < rows; r++) {
             const o = i * yStride + yOffset + r;
-            want[o] = prod[o]! + bias[yOffset + r]! + (residual ? y0[o]! : 0);
+            want[o] = prod[o]! + (bias ? bias[yOffset + r]! : 0) + (residual ? y0[o]! : 0);
           }
         }
         const y = storage(gpu, y0);
-        await run(gpu, matmulOp(gpu, m, { x: storage(gpu, x), y, yStride, yOffset, bias: storage(gpu, bias), residual, step: stepBuffer(gpu, T, 0) }, 'tiled', T), T);
+        await run(gpu, matmulOp(gpu, m, { x: storage(gpu, x), y, yStride, yOffset, bias: bias ? storage(gpu, bias) : null, residual, step: stepBuffer(gpu, T, 0) }, 'tiled', T), T);
         const got = await read(gpu, y, T * yStride);
         const what = `${kernel}: ${w.encoding}${w instanceof DenseTensor ? ` ${w.storedDtype}` : ''} T=${T} [${rows}x${cols}]`;
         console.log(`${what}: relative difference ${compare(got, want).rel.toExponential(2)}`);

@@ -6,9 +6,11 @@
  * Two kernels over the same weight readers:
  *   tiled f32 (the fallback, every device): 128 tokens x 128 rows a workgroup of 256, 8 x 8 outputs an
  *     invocation, K in steps of 16 through 16 KiB of workgroup memory (WebGPU's default limits);
- *   subgroup matrix f16 (where device.ts's self-test passed): 64 tokens x 128 rows a workgroup of four
- *     subgroups, each 32 x 64 as 2 x 4 f16 x f16 -> f32 16x16x16 products (tensor cores), K in steps
- *     of 32; x and W rounded to f16 in workgroup memory, sums in f32.
+ *   tensor cores (f16 x f16 -> f32 16x16x16 subgroup matrices, where device.ts's self-tests passed):
+ *     x converted to f16 once a product (convert_f16), then each subgroup's 16 x 16 results multiply
+ *     x straight from global memory with W dequantized to f16 in workgroup memory 64 columns a stage,
+ *     the next stage's weight words loaded while this one multiplies (the 'hybrid' TensorCoreTile;
+ *     the other layouts are kept for bench/prefill-lab.ts, which measured them).
  * Weights: q4 (group a multiple of 8; 4-bit bitmaps expanded to q4 included), q8, dense f32/bf16/f16.
  * nm, csr and unexpanded bitmaps go through matmul-upg.ts's row kernel.
  */
@@ -40,10 +42,8 @@ export type TiledKernel = 'f32' | 'subgroup-matrix-f16';
  */
 export type SubgroupIndexing = 'subgroup-id' | 'invocation-index';
 
-/** Tokens x rows of one workgroup's tile. */
-export function tiledTile(kernel: TiledKernel, matrixTile: SubgroupMatrixTile = DEFAULT_SUBGROUP_MATRIX_TILE): { tokens: number; rows: number } {
-  return kernel === 'f32' ? { tokens: 128, rows: 128 } : { tokens: matrixTile.tokens, rows: matrixTile.rows };
-}
+/** Tokens x rows of one workgroup's tile of the f32 kernel. */
+export const F32_TILE = { tokens: 128, rows: 128 };
 
 /** Whether the tiled kernels take this weight (else the row kernel runs). */
 export function tiledSupports(w: TiledWeight): boolean {
@@ -215,37 +215,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 /**
- * The tensor-core kernel's tile: tokens x rows a workgroup, and each subgroup's share as am x an
- * result matrices of 16 x 16 (so (tokens / 16am) x (rows / 16an) subgroups a workgroup).
- */
-export interface SubgroupMatrixTile {
-  tokens: number;
-  rows: number;
-  am: number;
-  an: number;
-}
-
-/** Measured best of four on the H200 for 8B and phi-4 shapes (docs/PERFORMANCE.md). */
-export const DEFAULT_SUBGROUP_MATRIX_TILE: SubgroupMatrixTile = { tokens: 128, rows: 256, am: 4, an: 4 };
-
-/** "TOKENSxROWSxAMxAN" (PDVM_SM_TILE), or null when it does not describe a tile the kernel takes. */
-export function parseSubgroupMatrixTile(text: string | undefined): SubgroupMatrixTile | null {
-  const m = /^(\d+)x(\d+)x(\d+)x(\d+)$/.exec(text ?? '');
-  if (!m) return null;
-  const [tokens, rows, am, an] = m.slice(1).map(Number) as [number, number, number, number];
-  const ok = tokens % (16 * am) === 0 && rows % (16 * an) === 0 && (tokens / (16 * am)) * (rows / (16 * an)) <= 32 && am * an <= 16;
-  return ok ? { tokens, rows, am, an } : null;
-}
-
-/**
- * The tensor-core path: a workgroup of subgroups (size SG, fixed: device.ts checks) computes
- * tile.tokens x tile.rows; each subgroup a block of 16am tokens x 16an rows as am x an result
- * matrices of 16 x 16. x (tokens x k) is the left matrix, row-major; W (rows x k, stored [row][k]) is
- * the right matrix (k x rows), column-major; both with a padded stride of 40 halves (80 bytes).
- * x is read as vec4s where the columns allow. Results go out through a 16 x 16 f32 scratch a
- * subgroup, where the epilogue reads them.
- */
-/**
  * How the WGSL compiler spells subgroup-matrix loads and stores: 'template' gives the majorness as a
  * template argument (`subgroupMatrixLoad<T, col_major>(p, offset, stride)`), the form current Dawn
  * accepts without a warning; 'argument' the older form with a bool argument
@@ -267,99 +236,308 @@ export function subgroupMatrixStoreWgsl(syntax: SubgroupMatrixSyntax, pointer: s
     : `subgroupMatrixStore(${pointer}, ${offset}, ${value}, ${colMajor}, ${stride})`;
 }
 
-export function matmulTiledSubgroupMatrixWgsl(s: TiledMatmulShape, subgroupSize: number, indexing: SubgroupIndexing = 'subgroup-id', tile: SubgroupMatrixTile = DEFAULT_SUBGROUP_MATRIX_TILE, syntax: SubgroupMatrixSyntax = 'template'): string {
+// ---------------------------------------------------------------------------------------------------
+// Tensor-core products with f16 operands in global memory (measured against the kernel above in
+// bench/prefill-lab.ts). x is converted to f16 once a product (`convert_f16`), W dequantized to f16
+// once a step (`dequant_f16`), both rows padded to KP columns (a multiple of 64, the pad zeros); the
+// product then loads its 16 x 16 operands straight from those buffers (or, 'hybrid', W through
+// workgroup memory dequantized in the kernel) with no staging copy of x.
+// ---------------------------------------------------------------------------------------------------
+
+/** Columns of the f16 operand buffers: cols rounded up to 64 (a whole stage; the pad is zeros). */
+export function paddedCols(cols: number): number {
+  return Math.ceil(cols / 64) * 64;
+}
+
+/** Workgroups of 256 for n invocations over a 2D grid of at most 4096 in x. */
+export function linearGrid(n: number): [number, number, number] {
+  const wgs = Math.max(1, Math.ceil(n / 256));
+  return wgs <= 4096 ? [wgs, 1, 1] : [4096, Math.ceil(wgs / 4096), 1];
+}
+const LINEAR_INDEX = 'let i = (wid.y * 4096u + wid.x) * 256u + lid;';
+
+/**
+ * x (T x cols f32) -> x16 (T x KP f16, pad columns zero), 4 values an invocation, clamped to f16's
+ * range. Rows past T are left as they are (a product's row t reads only x row t).
+ */
+export function convertF16Wgsl(cols: number): string {
+  const KP = paddedCols(cols);
+  const vec = cols % 4 === 0;
+  return `const COLS = ${cols}u;
+const KP4 = ${KP / 4}u;
+@group(0) @binding(0) var<storage, read> x: array<${vec ? 'vec4<f32>' : 'f32'}>;
+@group(0) @binding(1) var<storage, read_write> x16: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read> step: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  ${LINEAR_INDEX}
+  let t = i / KP4;
+  let c = (i % KP4) * 4u;
+  if (t >= step[0]) { return; }
+  var v = vec4<f32>(0.0);
+  ${vec ? 'if (c < COLS) { v = x[(t * COLS + c) / 4u]; }' : `for (var j = 0u; j < 4u; j++) { if (c + j < COLS) { v[j] = x[t * COLS + c + j]; } }`}
+  v = clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0));
+  x16[i] = vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw));
+}
+`;
+}
+
+/** Invocations of convertF16Wgsl for T tokens. */
+export function convertF16Invocations(T: number, cols: number): number {
+  return (T * paddedCols(cols)) / 4;
+}
+
+/**
+ * W (rows x cols, any TiledWeight) -> w16 (rowsPadded x KP f16), 8 values an invocation through
+ * w_slice (zeros past the rows and columns).
+ */
+export function dequantF16Wgsl(w: TiledWeight, rows: number, cols: number, rowsPadded: number): string {
+  const r = weightReader(w, rows);
+  const KP = paddedCols(cols);
+  return `${COMMON}${r.code}
+const SLICES = ${KP / 8}u;
+const TOTAL = ${rowsPadded * (KP / 8)}u;
+${r.bindings}
+@group(0) @binding(${r.count}) var<storage, read_write> w16: array<vec4<u32>>;
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  ${LINEAR_INDEX}
+  if (i >= TOTAL) { return; }
+  let sl = w_slice(i / SLICES, (i % SLICES) * 8u);
+  w16[i] = vec4<u32>(pack2x16float(sl.lo.xy), pack2x16float(sl.lo.zw), pack2x16float(sl.hi.xy), pack2x16float(sl.hi.zw));
+}
+`;
+}
+
+/**
+ * A tensor-core kernel's tile: gm x gn subgroups a workgroup, each am x an results of 16 x 16 (so
+ * 16 am gm tokens x 16 an gn rows a workgroup), and where the operands come from:
+ *   'direct': x16 and the dequantized w16, both straight from global memory;
+ *   'hybrid': x16 from global memory, W dequantized into workgroup memory ks columns a stage;
+ *   'staged': both through workgroup memory, ks columns a stage.
+ * Staged operands are loaded into registers a stage ahead (their loads fly while the stage before
+ * multiplies).
+ */
+export interface TensorCoreTile {
+  am: number;
+  an: number;
+  gm: number;
+  gn: number;
+  kind: 'direct' | 'hybrid' | 'staged';
+  ks: number;
+}
+
+/** 'h64-4422' style: kind letter, ks, am an gm gn (bench/prefill-lab.ts's names, PDVM_SM_TILE). */
+export function tensorCoreTileName(t: TensorCoreTile): string {
+  return `${t.kind[0]}${t.kind === 'direct' ? '' : t.ks}-${t.am}${t.an}${t.gm}${t.gn}`;
+}
+
+export function parseTensorCoreTile(text: string | undefined): TensorCoreTile | null {
+  const m = /^([dhs])(\d*)-([1-4])([1-4])([1-4])([1-4])$/.exec(text ?? '');
+  if (!m) return null;
+  const kind = ({ d: 'direct', h: 'hybrid', s: 'staged' } as const)[m[1] as 'd' | 'h' | 's'];
+  const ks = Number(m[2] || 32);
+  const [am, an, gm, gn] = m.slice(3).map(Number) as [number, number, number, number];
+  return (ks === 32 || ks === 64) && gm * gn <= 8 ? { am, an, gm, gn, kind, ks } : null;
+}
+
+/**
+ * The tile for a matrix of `rows` rows at up to `maxTokens` tokens a step (measured on the H200,
+ * docs/PERFORMANCE.md): 128 tokens x 128 rows where that gives at least a workgroup per SM of a large
+ * GPU (132), else 64 x 128 (twice the workgroups for narrow matrices).
+ */
+export function chooseTensorCoreTile(rows: number, maxTokens: number): TensorCoreTile {
+  const wide = Math.ceil(maxTokens / 128) * Math.ceil(rows / 128) >= 132;
+  return TENSOR_CORE_TILES[wide ? 0 : 1]!;
+}
+
+/** Every tile chooseTensorCoreTile returns (device.ts self-tests each). */
+export const TENSOR_CORE_TILES: readonly TensorCoreTile[] = [
+  { am: 4, an: 4, gm: 2, gn: 2, kind: 'hybrid', ks: 64 },
+  { am: 2, an: 4, gm: 2, gn: 2, kind: 'hybrid', ks: 64 },
+];
+
+export function tensorCoreTileSize(t: TensorCoreTile): { tokens: number; rows: number } {
+  return { tokens: 16 * t.am * t.gm, rows: 16 * t.an * t.gn };
+}
+
+/** Workgroup memory of a tensor-core kernel, bytes. */
+export function tensorCoreWorkgroupBytes(t: TensorCoreTile): number {
+  const { tokens, rows } = tensorCoreTileSize(t);
+  const S = t.ks + 8;
+  return (t.kind === 'direct' ? 0 : rows * S * 2) + (t.kind === 'staged' ? tokens * S * 2 : 0) + t.gm * t.gn * 1024;
+}
+
+/**
+ * y = W x on the tensor cores (f16 x f16 -> f32 16x16x16 subgroup matrices), x16 (tokens x KP f16,
+ * convertF16Wgsl) the left matrices (row-major), W the right (k x rows, column-major), per
+ * TensorCoreTile. Workgroup x = token tile (so the tiles sharing a weight tile run together), y = row
+ * tile. Results of whole tiles go straight to y (a residual loaded as the initial accumulator);
+ * partial tiles and bias go through a scratch matrix a subgroup. `lab: 'workgroup-only'` (direct
+ * only; timing only, wrong results) loads both operands from workgroup memory never written: the
+ * loop's ceiling without global loads.
+ */
+export function matmulTensorCoreWgsl(
+  s: TiledMatmulShape, subgroupSize: number, indexing: SubgroupIndexing, tile: TensorCoreTile, syntax: SubgroupMatrixSyntax = 'template', lab?: 'workgroup-only',
+): string {
+  const { am: AM, an: AN, gm: GM, gn: GN, kind } = tile;
+  const { tokens: TM, rows: TN } = tensorCoreTileSize(tile);
+  const NSG = GM * GN, SG = subgroupSize, WG = NSG * SG;
+  const KP = paddedCols(s.cols);
+  const KS = tile.ks, S = KS + 8; // workgroup-memory row stride in halves (16-byte aligned, off the bank period)
+  const stagesW = kind !== 'direct', stagesX = kind === 'staged';
+  if (stagesW && (KP % KS !== 0 || KS % 16 !== 0 || (TN * KS) % (8 * WG) !== 0 || (stagesX && (TM * KS) % (8 * WG) !== 0))) {
+    throw new Error(`matmul tensor-core kernel: ks ${KS} does not divide ${KP} columns or the stage`);
+  }
+  const PW = stagesW ? (TN * KS) / (8 * WG) : 0; // W slices of 8 an invocation stages
+  const PX = stagesX ? (TM * KS) / (8 * WG) : 0; // x slices of 8
+  const byId = indexing === 'subgroup-id';
   const w = weightReader(s.weight, s.rows);
-  const { tokens: TM, rows: TN, am: AM, an: AN } = tile;
-  const gm = TM / (16 * AM), gn = TN / (16 * AN); // subgroups along tokens, rows
-  const NSG = gm * gn;
-  const SG = subgroupSize, WG = NSG * SG, S = 40;
-  const vec = s.cols % 4 === 0;
   const accs: [number, number][] = [];
   for (let i = 0; i < AM; i++) for (let j = 0; j < AN; j++) accs.push([i, j]);
   const acc = ([i, j]: [number, number]) => `a${i}_${j}`;
-  // g (the subgroup) is uniform within each subgroup, which WGSL's uniformity analysis may not prove
-  // (device.ts's self-test of this kernel checks the result)
-  const byId = indexing === 'subgroup-id';
-  const io = ioBindings(w.count, s.bias).replace('var<storage, read> x: array<f32>;', vec ? 'var<storage, read> x: array<vec4<f32>>;' : 'var<storage, read> x: array<f32>;');
-  const xLoad = vec
-    ? `for (var e = lid; e < ${(TM * 32) / 4}u; e += ${WG}u) {
-      let tt = e / 8u;
-      let k4 = (e % 8u) * 4u;
-      let t = tok0 + tt;
-      let c = kb + k4;
-      var v = vec4<f32>(0.0);
-      if (t < T && c < COLS) { v = x[(t * COLS + c) / 4u]; }
-      let h = vec4<f16>(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
-      let o = tt * ${S}u + k4;
-      xs[o] = h.x; xs[o + 1u] = h.y; xs[o + 2u] = h.z; xs[o + 3u] = h.w;
-    }`
-    : `for (var e = lid; e < ${TM * 32}u; e += ${WG}u) {
-      let tt = e / 32u;
-      let kk = e % 32u;
-      let t = tok0 + tt;
-      let c = kb + kk;
-      var v = 0.0;
-      if (t < T && c < COLS) { v = x[t * COLS + c]; }
-      xs[tt * ${S}u + kk] = f16(clamp(v, -65504.0, 65504.0));
-    }`;
+  const L = (p: string, off: string, stride: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', p, off, false, stride);
+  const R = (p: string, off: string, stride: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<f16, 16, 16>', p, off, true, stride);
+  const wsOnly = lab === 'workgroup-only' && kind === 'direct';
+  const mmaStep = (x: { p: string; off: (i: number) => string; stride: string }, wm: { p: string; off: (j: number) => string; stride: string }) => [
+    ...Array.from({ length: AM }, (_, i) => `      let l${i} = ${L(x.p, x.off(i), x.stride)};`),
+    ...Array.from({ length: AN }, (_, j) => `      let r${j} = ${R(wm.p, wm.off(j), wm.stride)};`),
+    ...accs.map((a) => `      ${acc(a)} = subgroupMatrixMultiplyAccumulate(l${a[0]}, r${a[1]}, ${acc(a)});`),
+  ].join('\n');
+  let loop: string;
+  if (kind === 'direct') {
+    const x = wsOnly ? { p: '&xs', off: (i: number) => `(tbl + ${16 * i}u) * 40u + (k % 32u)`, stride: '40u' } : { p: '&x16', off: (i: number) => `(tb + ${16 * i}u) * KP + k`, stride: 'KP' };
+    const wm = wsOnly ? { p: '&ws', off: (j: number) => `(rbl + ${16 * j}u) * 40u + (k % 32u)`, stride: '40u' } : { p: '&w16', off: (j: number) => `(rb + ${16 * j}u) * KP + k`, stride: 'KP' };
+    loop = `  for (var k = 0u; k < KP; k += 16u) {
+${mmaStep(x, wm)}
+  }`;
+  } else {
+    const e = (p: number) => `lid + ${p * WG}u`;
+    const S8 = KS / 8;
+    const loadW = (kb: string) => Array.from({ length: PW }, (_, p) => `    rw[${p}] = w_raw(row0 + (${e(p)}) / ${S8}u, ${kb} + ((${e(p)}) % ${S8}u) * 8u);`).join('\n');
+    const loadX = (kb: string) => Array.from({ length: PX }, (_, p) => `    rx[${p}] = x16[((tok0 + (${e(p)}) / ${S8}u) * KP + ${kb} + ((${e(p)}) % ${S8}u) * 8u) / 8u];`).join('\n');
+    const store8 = (arr: string, o: string, lo: string, hi: string) => `${arr}[${o}] = ${lo}.x; ${arr}[${o} + 1u] = ${lo}.y; ${arr}[${o} + 2u] = ${lo}.z; ${arr}[${o} + 3u] = ${lo}.w;
+      ${arr}[${o} + 4u] = ${hi}.x; ${arr}[${o} + 5u] = ${hi}.y; ${arr}[${o} + 6u] = ${hi}.z; ${arr}[${o} + 7u] = ${hi}.w;`;
+    const x = stagesX ? { p: '&xs', off: (i: number) => `(tbl + ${16 * i}u) * ${S}u + kk`, stride: `${S}u` } : { p: '&x16', off: (i: number) => `(tb + ${16 * i}u) * KP + kb + kk`, stride: 'KP' };
+    loop = `  var rw: array<vec4<u32>, ${PW}>;
+${stagesX ? `  var rx: array<vec4<u32>, ${PX}>;
+` : ''}${loadW('0u')}
+${stagesX ? loadX('0u') : ''}
+  for (var kb = 0u; kb < KP; kb += ${KS}u) {
+${Array.from({ length: PW }, (_, p) => `    {
+      let e = ${e(p)};
+      let sl = w_unraw(rw[${p}]);
+      let o = (e / ${S8}u) * ${S}u + (e % ${S8}u) * 8u;
+      let lo = vec4<f16>(sl.lo);
+      let hi = vec4<f16>(sl.hi);
+      ${store8('ws', 'o', 'lo', 'hi')}
+    }`).join('\n')}
+${Array.from({ length: PX }, (_, p) => `    {
+      let e = ${e(p)};
+      let o = (e / ${S8}u) * ${S}u + (e % ${S8}u) * 8u;
+      let lo = vec4<f16>(bitcast<vec2<f16>>(rx[${p}].x), bitcast<vec2<f16>>(rx[${p}].y));
+      let hi = vec4<f16>(bitcast<vec2<f16>>(rx[${p}].z), bitcast<vec2<f16>>(rx[${p}].w));
+      ${store8('xs', 'o', 'lo', 'hi')}
+    }`).join('\n')}
+    workgroupBarrier();
+    if (kb + ${KS}u < KP) {
+${loadW(`kb + ${KS}u`)}
+${stagesX ? loadX(`kb + ${KS}u`) : ''}
+    }
+    for (var kk = 0u; kk < ${KS}u; kk += 16u) {
+${mmaStep(x, { p: '&ws', off: (j) => `(rbl + ${16 * j}u) * ${S}u + kk`, stride: `${S}u` })}
+    }
+    workgroupBarrier();
+  }`;
+  }
+  const YS = `${s.yStride}u`, YO = `${s.yOffset}u`;
+  const resultLoad = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_result<f32, 16, 16>', '&y', off, false, YS);
+  const nw = stagesW ? w.count : 1;
   return `enable f16;
 enable chromium_experimental_subgroup_matrix;
 ${byId ? 'enable subgroups;\nrequires subgroup_id;\n' : ''}diagnostic(off, subgroup_uniformity);
-${COMMON}${w.code}
-const COLS = ${s.cols}u;
-${w.bindings}
-${io}
-
-var<workgroup> xs: array<f16, ${TM * S}>;  // (${TM} tokens, 32 k), stride ${S}
-var<workgroup> ws: array<f16, ${TN * S}>; // (${TN} rows, 32 k), stride ${S}
-var<workgroup> cs: array<f32, ${NSG * 256}>; // a 16 x 16 result per subgroup
+${COMMON}${stagesW ? `${w.code}\n${rawReader(s.weight)}` : `const ROWS = ${s.rows}u;`}
+const KP = ${KP}u;
+${stagesW ? w.bindings : '@group(0) @binding(0) var<storage, read> w16: array<f16>;'}
+@group(0) @binding(${nw}) var<storage, read> x16: array<${stagesX ? 'vec4<u32>' : 'f16'}>;
+@group(0) @binding(${nw + 1}) var<storage, read_write> y: array<f32>;
+@group(0) @binding(${nw + 2}) var<storage, read> step: array<u32>;
+${s.bias ? `@group(0) @binding(${nw + 3}) var<storage, read> bias: array<f32>;` : ''}
+${stagesW ? `var<workgroup> ws: array<f16, ${TN * S}>; // (${TN} rows, ${KS} k), stride ${S}` : ''}
+${stagesX ? `var<workgroup> xs: array<f16, ${TM * S}>; // (${TM} tokens, ${KS} k), stride ${S}` : ''}
+${wsOnly ? `var<workgroup> xs: array<f16, ${TM * 40}>;\nvar<workgroup> ws: array<f16, ${TN * 40}>;` : ''}
+var<workgroup> cs: array<f32, ${NSG * 256}>; // a 16 x 16 result a subgroup (partial tiles)
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {
   let T = step[0];
-  let row0 = wid.x * ${TN}u;
-  let tok0 = wid.y * ${TM}u;
+  let tok0 = wid.x * ${TM}u;
+  let row0 = wid.y * ${TN}u;
   let g = ${byId ? 'sg_id' : `lid / ${SG}u`};
   let lane = ${byId ? 'sg_lane' : `lid % ${SG}u`};
-  let tb = (g / ${gn}u) * ${16 * AM}u; // the subgroup's first token and row within the tile
-  let rb = (g % ${gn}u) * ${16 * AN}u;
+  let tbl = (g / ${GN}u) * ${16 * AM}u; // the subgroup's first token and row within the tile
+  let rbl = (g % ${GN}u) * ${16 * AN}u;
+  let tb = tok0 + tbl;
+  let rb = row0 + rbl;
+  // whole: every result of this subgroup lands in y (no bias to add)
+  let whole = ${s.bias ? 'false' : `tb + ${16 * AM}u <= T && rb + ${16 * AN}u <= ROWS`};
 ${accs.map((a) => `  var ${acc(a)} = subgroup_matrix_result<f32, 16, 16>();`).join('\n')}
-  for (var kb = 0u; kb < COLS; kb += 32u) {
-    // x tile: ${TM} tokens x 32 k, rounded to f16 (clamped to its range)
-    ${xLoad}
-    // weight tile: ${TN} rows x 32 k, 8 values a slice
-    for (var e = lid; e < ${TN * 4}u; e += ${WG}u) {
-      let rr = e / 4u;
-      let k0 = (e % 4u) * 8u;
-      let sl = w_slice(row0 + rr, kb + k0);
-      let o = rr * ${S}u + k0;
-      let lo = vec4<f16>(sl.lo);
-      let hi = vec4<f16>(sl.hi);
-      ws[o] = lo.x; ws[o + 1u] = lo.y; ws[o + 2u] = lo.z; ws[o + 3u] = lo.w;
-      ws[o + 4u] = hi.x; ws[o + 5u] = hi.y; ws[o + 6u] = hi.z; ws[o + 7u] = hi.w;
-    }
-    workgroupBarrier();
-    for (var kk = 0u; kk < 32u; kk += 16u) {
-${Array.from({ length: AM }, (_, i) => `      let l${i} = ${subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', '&xs', `(tb + ${16 * i}u) * ${S}u + kk`, false, `${S}u`)};`).join('\n')}
-${Array.from({ length: AN }, (_, j) => `      let r${j} = ${subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<f16, 16, 16>', '&ws', `(rb + ${16 * j}u) * ${S}u + kk`, true, `${S}u`)};`).join('\n')}
-${accs.map((a) => `      ${acc(a)} = subgroupMatrixMultiplyAccumulate(l${a[0]}, r${a[1]}, ${acc(a)});`).join('\n')}
-    }
-    workgroupBarrier();
-  }
-  // epilogue: each result through the subgroup's scratch
+${s.residual ? `  if (whole) {
+${accs.map((a) => `    ${acc(a)} = ${resultLoad(`(tb + ${16 * a[0]}u) * ${YS} + ${YO} + rb + ${16 * a[1]}u`)};`).join('\n')}
+  }` : ''}
+${loop}
+  // epilogue
 ${accs
   .map(
-    (a) => `  ${subgroupMatrixStoreWgsl(syntax, '&cs', 'g * 256u', acc(a), false, '16u')};
+    (a) => `  if (whole) {
+    ${subgroupMatrixStoreWgsl(syntax, '&y', `(tb + ${16 * a[0]}u) * ${YS} + ${YO} + rb + ${16 * a[1]}u`, acc(a), false, YS)};
+  } else {
+    ${subgroupMatrixStoreWgsl(syntax, '&cs', 'g * 256u', acc(a), false, '16u')};
+  }
   workgroupBarrier();
-  for (var e = lane; e < 256u; e += ${SG}u) {
-    let t = tok0 + tb + ${16 * a[0]}u + e / 16u;
-    let r = row0 + rb + ${16 * a[1]}u + e % 16u;
-    let v = cs[g * 256u + e];
-    ${epilogue(s, 't', 'r', 'v')}
+  if (!whole) {
+    for (var e = lane; e < 256u; e += ${SG}u) {
+      let t = tb + ${16 * a[0]}u + e / 16u;
+      let r = rb + ${16 * a[1]}u + e % 16u;
+      let v = cs[g * 256u + e];
+      ${epilogue(s, 't', 'r', 'v')}
+    }
   }
   workgroupBarrier();`,
   )
   .join('\n')}
 }
 `;
+}
+
+/**
+ * w_raw(r, k0): the words W[r, k0 .. k0 + 8) is made of, loaded now and unpacked later by w_unraw
+ * (so that the loads of the next stage fly while this one multiplies). q4: (word, scale_min); q8:
+ * (word, word, scale); 16-bit: the chunk; f32: the slice rounded to f16 pairs at once.
+ */
+function rawReader(w: TiledWeight): string {
+  switch (w.encoding) {
+    case 'q4':
+      return `fn w_raw(r: u32, k0: u32) -> vec4<u32> {
+  let wi = k0 / 8u;
+  if (r >= ROWS || wi >= ${w.wordsPerRow}u) { return vec4<u32>(0u); } // scale and min 0: zeros
+  return vec4<u32>(qweight[r * ${w.wordsPerRow}u + wi], scale_min[r * ${w.groups}u + k0 / ${w.group}u], 0u, 0u);
+}
+fn w_unraw(raw: vec4<u32>) -> Slice {
+  let word = raw.x;
+  let sm = unpack2x16float(raw.y);
+  let lo = vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u));
+  let hi = vec4<f32>(vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u));
+  return Slice(lo * sm.x + sm.y, hi * sm.x + sm.y);
+}`;
+    default:
+      // the other encodings: the slice itself, packed to f16 pairs (its loads are not deferred)
+      return `fn w_raw(r: u32, k0: u32) -> vec4<u32> {
+  let sl = w_slice(r, k0);
+  return vec4<u32>(pack2x16float(sl.lo.xy), pack2x16float(sl.lo.zw), pack2x16float(sl.hi.xy), pack2x16float(sl.hi.zw));
+}
+fn w_unraw(raw: vec4<u32>) -> Slice {
+  return Slice(vec4<f32>(unpack2x16float(raw.x), unpack2x16float(raw.y)), vec4<f32>(unpack2x16float(raw.z), unpack2x16float(raw.w)));
+}`;
+  }
 }
