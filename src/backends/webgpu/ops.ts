@@ -118,8 +118,8 @@ export function prefillKernel(gpu: Gpu): TiledKernel {
 export function prefillPathDescription(gpu: Gpu): string {
   if (prefillKernel(gpu) === 'f32') return `tiled f32 (${F32_TILE.tokens} tokens x ${F32_TILE.rows} rows a workgroup, WebGPU default limits)`;
   const fixed = gpu.features.subgroupMatrixTile;
-  const tiles = fixed ? `tile ${tensorCoreTileName(fixed)}` : 'tiles 128 tokens x 128 rows, or 64 x 128 for narrow matrices';
-  return `tensor cores: subgroup matrix f16 x f16 -> f32 16x16x16, x converted to f16 once a product, W dequantized to f16 in workgroup memory 64 columns a stage (${tiles})`;
+  const tiles = fixed ? `tile ${tensorCoreTileName(fixed)}` : 'tiles of 128 tokens x 128 rows, or 64 x 128 for narrow matrices';
+  return `tensor cores: subgroup matrix f16 x f16 -> f32 16x16x16, x converted to f16 once a product, x and W (dequantized to f16) staged through workgroup memory 64 columns a stage (${tiles})`;
 }
 
 /**

@@ -7,9 +7,9 @@
  *   tiled f32 (the fallback, every device): 128 tokens x 128 rows a workgroup of 256, 8 x 8 outputs an
  *     invocation, K in steps of 16 through 16 KiB of workgroup memory (WebGPU's default limits);
  *   tensor cores (f16 x f16 -> f32 16x16x16 subgroup matrices, where device.ts's self-tests passed):
- *     x converted to f16 once a product (convert_f16), then each subgroup's 16 x 16 results multiply
- *     x straight from global memory with W dequantized to f16 in workgroup memory 64 columns a stage,
- *     the next stage's weight words loaded while this one multiplies (the 'hybrid' TensorCoreTile;
+ *     x converted to f16 once a product (convert_f16); x and W (dequantized to f16) staged through
+ *     workgroup memory 64 columns a stage, the next stage's words loaded into registers while this
+ *     one multiplies; each subgroup 32 or 64 tokens x 64 rows as 16 x 16 results (TensorCoreTile;
  *     the other layouts are kept for bench/prefill-lab.ts, which measured them).
  * Weights: q4 (group a multiple of 8; 4-bit bitmaps expanded to q4 included), q8, dense f32/bf16/f16.
  * nm, csr and unexpanded bitmaps go through matmul-upg.ts's row kernel.
@@ -342,19 +342,20 @@ export function parseTensorCoreTile(text: string | undefined): TensorCoreTile | 
 }
 
 /**
- * The tile for a matrix of `rows` rows at up to `maxTokens` tokens a step (measured on the H200,
- * docs/PERFORMANCE.md): 128 tokens x 128 rows where that gives at least a workgroup per SM of a large
- * GPU (132), else 64 x 128 (twice the workgroups for narrow matrices).
+ * The tile for a matrix of `rows` rows at up to `maxTokens` tokens a step (bench/prefill-lab.ts on the
+ * H200, docs/PERFORMANCE.md): both operands staged through workgroup memory 64 columns a stage, 128
+ * tokens x 128 rows a workgroup where that gives at least 96 workgroups, else 64 x 128 (twice the
+ * workgroups: the 1B shape's 2,048-row matrices).
  */
 export function chooseTensorCoreTile(rows: number, maxTokens: number): TensorCoreTile {
-  const wide = Math.ceil(maxTokens / 128) * Math.ceil(rows / 128) >= 132;
+  const wide = Math.ceil(maxTokens / 128) * Math.ceil(rows / 128) >= 96;
   return TENSOR_CORE_TILES[wide ? 0 : 1]!;
 }
 
 /** Every tile chooseTensorCoreTile returns (device.ts self-tests each). */
 export const TENSOR_CORE_TILES: readonly TensorCoreTile[] = [
-  { am: 4, an: 4, gm: 2, gn: 2, kind: 'hybrid', ks: 64 },
-  { am: 2, an: 4, gm: 2, gn: 2, kind: 'hybrid', ks: 64 },
+  { am: 4, an: 4, gm: 2, gn: 2, kind: 'staged', ks: 64 },
+  { am: 2, an: 4, gm: 2, gn: 2, kind: 'staged', ks: 64 },
 ];
 
 export function tensorCoreTileSize(t: TensorCoreTile): { tokens: number; rows: number } {

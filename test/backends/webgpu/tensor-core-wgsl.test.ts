@@ -1,0 +1,58 @@
+/**
+ * The tensor-core prefill kernel's WGSL (kernels/matmul-tiled.ts) where no device has subgroup
+ * matrices (lavapipe, CI): each layout and tile, each weight encoding, bias and residual epilogues, both
+ * ways of finding the subgroup, with the subgroup-matrix builtins rewritten into scalar stand-ins of
+ * the same arguments, must pass Tint's checks. Catches WGSL errors outside the builtins before a
+ * device with tensor cores runs the kernel (there, matmul-tiled.test.ts compares it with the CPU).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { convertF16Wgsl, dequantF16Wgsl, matmulTensorCoreWgsl, TENSOR_CORE_TILES, tensorCoreTileName, type TensorCoreTile, type TiledMatmulShape } from '../../../src/backends/webgpu/kernels/matmul-tiled.js';
+import { SKIP_GPU, testGpu } from './gpu.js';
+
+/** The kernel with every subgroup-matrix type and builtin replaced by f32 arithmetic on the same operands. */
+function withScalarStandIns(code: string): string {
+  return code
+    .replace('enable chromium_experimental_subgroup_matrix;\n', '')
+    .replace('requires subgroup_id;\n', '')
+    .replace('enable subgroups;\n', '')
+    .replace(', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32', '')
+    .replace(/\bsg_id\b/g, '0u')
+    .replace(/\bsg_lane\b/g, '0u')
+    .replace(/subgroup_matrix_result<f32, 16, 16>\(\)/g, 'f32()')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_\w+<\w+, 16, 16>, (?:row|col)_major>\(&(\w+), (.*), ([^,()]+)\)/g, 'f32($1[$2]) + f32($3)')
+    .replace(/subgroupMatrixMultiplyAccumulate\((\w+), (\w+), (\w+)\)/g, '$3 + $1 * $2')
+    .replace(/subgroupMatrixStore<(?:row|col)_major>\(&(\w+), (.*), (\w+), ([^,()]+)\)/g, '$1[$2] = $3 + f32($4)');
+}
+
+const shapes: TiledMatmulShape[] = [
+  { weight: { encoding: 'q4', wordsPerRow: 256, group: 64, groups: 32 }, rows: 3072, cols: 2048, yStride: 3072, yOffset: 0, bias: false, residual: false },
+  { weight: { encoding: 'q4', wordsPerRow: 9, group: 8, groups: 9 }, rows: 130, cols: 72, yStride: 133, yOffset: 2, bias: true, residual: true },
+  { weight: { encoding: 'q8', wordsPerRow: 18 }, rows: 130, cols: 72, yStride: 133, yOffset: 2, bias: false, residual: true },
+  { weight: { encoding: 'dense', dtype: 'f32', rowChunks: 18 }, rows: 130, cols: 72, yStride: 133, yOffset: 2, bias: false, residual: true },
+  { weight: { encoding: 'dense', dtype: 'bf16', rowChunks: 9 }, rows: 130, cols: 72, yStride: 133, yOffset: 2, bias: true, residual: false },
+];
+const tiles: TensorCoreTile[] = [...TENSOR_CORE_TILES, { am: 4, an: 4, gm: 2, gn: 2, kind: 'hybrid', ks: 64 }, { am: 4, an: 4, gm: 2, gn: 2, kind: 'direct', ks: 32 }];
+
+test('the tensor-core prefill kernel\'s WGSL passes Tint\'s checks outside the subgroup-matrix builtins', { skip: SKIP_GPU }, async () => {
+  const gpu = await testGpu();
+  const failures: string[] = [];
+  const check = async (what: string, code: string) => {
+    const info = await gpu.device.createShaderModule({ code }).getCompilationInfo();
+    const errors = info.messages.filter((m) => m.type === 'error');
+    if (errors.length) failures.push(`${what}: ${errors.map((e) => `line ${e.lineNum}: ${e.message}`).join('; ')}`);
+  };
+  let n = 0;
+  for (const s of shapes) {
+    await check(`convert_f16 ${s.cols}`, convertF16Wgsl(s.cols));
+    await check(`dequant_f16 ${s.weight.encoding}`, dequantF16Wgsl(s.weight, s.rows, s.cols, Math.ceil(s.rows / 128) * 128));
+    for (const tile of tiles) {
+      for (const indexing of ['subgroup-id', 'invocation-index'] as const) {
+        await check(`${s.weight.encoding} ${tensorCoreTileName(tile)} ${indexing}`, withScalarStandIns(matmulTensorCoreWgsl(s, 32, indexing, tile)));
+        n++;
+      }
+    }
+  }
+  console.log(`${n} kernels checked, ${failures.length} failed`);
+  assert.deepEqual(failures, []);
+});
