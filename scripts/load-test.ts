@@ -4,12 +4,13 @@
  * openai client, checks each stream's text against the same request run alone, and prints time to
  * first token and tokens/s.
  *
- *   npx tsc -p . && node dist/scripts/load-test.js [--streams 32] [--max-tokens 64] [--max-concurrency 32]
+ *   npx tsc -p . && node dist/scripts/load-test.js [--streams 32 | --streams 1,8,32] [--max-tokens 64] [--max-concurrency 32]
  *     [--backend cpu|webgpu] [--context N] [--synthetic llama-3.1-8b --prompt-tokens 32] [--alone N] [--cli PATH] [--step-prefill-tokens N] [--batched-step]
  *
  * With --synthetic SHAPE the server serves a model of that shape with random q4 weights (`pdvm serve
  * --synthetic`; nothing to download): prompts are random token ids, EOS never comes, so every stream
  * runs to --max-tokens. The aggregate rate under load is compared with one stream's rate alone.
+ * A list of stream counts runs one burst of each against the same server (one start, one baseline).
  */
 import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
@@ -39,7 +40,8 @@ const { values } = parseArgs({
     'batched-step': { type: 'boolean' },
   },
 });
-const streams = Number(values.streams);
+const bursts = values.streams!.split(',').map(Number);
+const streams = Math.max(...bursts);
 const maxTokens = Number(values['max-tokens']);
 const maxConcurrency = Number(values['max-concurrency'] ?? streams);
 
@@ -92,26 +94,30 @@ async function main(): Promise<void> {
   await run(synthetic ? randomIds(4) : 'Warm up', performance.now());
   const alone: Awaited<ReturnType<typeof run>>[] = [];
   for (const p of prompts.slice(0, Number(values.alone ?? streams))) alone.push(await run(p, performance.now()));
-  const t0 = performance.now();
-  const together = await Promise.all(prompts.map((p) => run(p, t0)));
-  const wall = (performance.now() - t0) / 1000;
-  server.kill('SIGTERM');
-
-  const mismatches = alone.filter((r, i) => r.text !== together[i]!.text).length;
-  const ttft = together.map((r) => r.first).sort((a, b) => a - b);
-  const perStream = together.map((r) => (r.tokens - 1) / ((r.end - r.first) / 1000)).sort((a, b) => a - b);
-  const tokens = together.reduce((a, r) => a + r.tokens, 0);
   const soloTtft = alone.map((r) => r.first).sort((a, b) => a - b);
   const soloRate = alone.map((r) => (r.tokens - 1) / ((r.end - r.first) / 1000)).sort((a, b) => a - b);
   const soloTokens = alone.reduce((a, r) => a + r.tokens, 0);
   const soloWall = alone.reduce((a, r) => a + r.end, 0) / 1000;
-  console.log(`pdvm serve load test: ${modelName} on ${values.backend}, ${streams} concurrent greedy streams x ${maxTokens} tokens, --max-concurrency ${maxConcurrency}, ${new Date().toISOString().slice(0, 10)}`);
-  console.log(`  alone (one at a time): time to first token median ${percentile(soloTtft, 50).toFixed(0)} ms; ${percentile(soloRate, 50).toFixed(1)} tok/s decode per stream; ${(soloTokens / soloWall).toFixed(1)} tok/s end to end`);
-  console.log(`  under load: ${tokens} tokens in ${wall.toFixed(2)} s = ${(tokens / wall).toFixed(1)} tok/s overall = ${(tokens / wall / (soloTokens / soloWall)).toFixed(2)}x one stream end to end`);
-  console.log(`  time to first token: median ${percentile(ttft, 50).toFixed(0)} ms, p95 ${percentile(ttft, 95).toFixed(0)} ms, max ${ttft.at(-1)!.toFixed(0)} ms`);
-  console.log(`  per stream: median ${percentile(perStream, 50).toFixed(2)} tok/s (min ${perStream[0]!.toFixed(2)}, max ${perStream.at(-1)!.toFixed(2)})`);
-  if (synthetic) console.log('  (a synthetic model has no tokenizer: its replies carry no text to compare with the runs alone)');
-  else console.log(`  streams equal to the same request run alone: ${alone.length - mismatches}/${alone.length}`);
+  console.log(`pdvm serve load test: ${modelName} on ${values.backend}${values['batched-step'] ? ' (--batched-step)' : ''}, greedy streams x ${maxTokens} tokens, --max-concurrency ${maxConcurrency}, ${new Date().toISOString().slice(0, 10)}`);
+  console.log(`  alone (one at a time, ${alone.length}): time to first token median ${percentile(soloTtft, 50).toFixed(0)} ms; ${percentile(soloRate, 50).toFixed(1)} tok/s decode per stream; ${(soloTokens / soloWall).toFixed(1)} tok/s end to end`);
+  let mismatches = 0;
+  for (const n of bursts) {
+    const t0 = performance.now();
+    const together = await Promise.all(prompts.slice(0, n).map((p) => run(p, t0)));
+    const wall = (performance.now() - t0) / 1000;
+    const wrong = alone.filter((r, i) => i < n && r.text !== together[i]!.text).length;
+    mismatches += wrong;
+    const ttft = together.map((r) => r.first).sort((a, b) => a - b);
+    const perStream = together.map((r) => (r.tokens - 1) / ((r.end - r.first) / 1000)).sort((a, b) => a - b);
+    const tokens = together.reduce((a, r) => a + r.tokens, 0);
+    console.log(`${n} concurrent streams:`);
+    console.log(`  under load: ${tokens} tokens in ${wall.toFixed(2)} s = ${(tokens / wall).toFixed(1)} tok/s overall = ${(tokens / wall / (soloTokens / soloWall)).toFixed(2)}x one stream end to end`);
+    console.log(`  time to first token: median ${percentile(ttft, 50).toFixed(0)} ms, p95 ${percentile(ttft, 95).toFixed(0)} ms, max ${ttft.at(-1)!.toFixed(0)} ms`);
+    console.log(`  per stream: median ${percentile(perStream, 50).toFixed(2)} tok/s (min ${perStream[0]!.toFixed(2)}, max ${perStream.at(-1)!.toFixed(2)})`);
+    if (synthetic) console.log('  (a synthetic model has no tokenizer: its replies carry no text to compare with the runs alone)');
+    else console.log(`  streams equal to the same request run alone: ${Math.min(n, alone.length) - wrong}/${Math.min(n, alone.length)}`);
+  }
+  server.kill('SIGTERM');
   if (mismatches > 0) process.exitCode = 1;
 }
 

@@ -30,6 +30,9 @@ import { argmaxOp, attentionOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp,
 import { gpuWeightBytes, uploadVector, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
 import { guardAllocation, uploadModelWeights } from './upload.js';
 import { rowsAt, stepWords, writeRows, type KvLayout } from './kernels/kv.js';
+import { ARGMAX_PARTS } from './kernels/sample.js';
+import { attentionSplits, decodeAttentionPartGqaWgsl, decodeAttentionPartWgsl, decodeCombineWgsl, gqaPartWorkgroupBytes, splitAttentionFits, type SplitAttentionShape } from './kernels/fused-attention.js';
+import { kvDefines } from './kernels/kv.js';
 import { KvCache, type KvCacheDtype, type KvSlot } from './kv-cache.js';
 
 export interface WebGpuEngineOptions extends GpuOptions, UploadOptions {
@@ -133,6 +136,13 @@ interface LayerKv {
   prompt: Dispatch[]; // attention in tiles of queries x keys where the head dim suits it
 }
 
+/** A token of a batched step: token i of step row r; `head`: it goes on to lm_head (its row's last, logits wanted). */
+interface PassRow {
+  r: number;
+  i: number;
+  head: boolean;
+}
+
 /**
  * The batched step's plan for rows of one token each (decode rows: one token of each of T sequences,
  * each in its own slot and position): the products read each q4 weight once for a pass of rows
@@ -143,10 +153,21 @@ interface DecodeRowsPlan {
   /** Rows a pass at most (activations and logits are sized for the prefill chunk, logits for LOGITS_ROWS). */
   maxRows: number;
   layers: LayerPlan[];
+  /**
+   * Decode attention in chunks of keys (the fused decoder's split kernels, a row of the table per
+   * workgroup row): per layer the chunks' combine, after every buffer group's chunk dispatch
+   * (kvDecodeDispatchesOf); null where the split kernels do not apply (kvBatchDispatchesOf's instead).
+   */
+  split: { shape: SplitAttentionShape; part: GPUBuffer; combine: Dispatch[] } | null;
+  /** Final norm and lm_head over the first L rows (L from `headStep`). */
   head: Dispatch[];
-  choose: Dispatch;
-  /** u32 (maxRows, 8): per row sampling values in words 2..6 (as the step header's). */
+  /** Per-row argmax parts, then the token choice, over the first L rows. */
+  choose: Dispatch[];
+  /** u32 (4): L, the rows going on to lm_head (the head dispatches' step). */
+  headStep: GPUBuffer;
+  /** u32 (maxRows, 8): per row sampling values in words 2..6 (as the step header's), and its host copy. */
   params: GPUBuffer;
+  paramWords: Uint32Array;
   /** u32 (maxRows): the chosen ids. */
   tokens: GPUBuffer;
   tokensReadback: GPUBuffer;
@@ -230,10 +251,14 @@ export class WebGpuEngine implements Engine {
   private readonly kvDispatches = new Map<number, LayerKv[]>();
   /** The same for batched steps: only the rows whose slot is in the group (a batch may span groups). */
   private readonly kvBatchDispatches = new Map<number, Dispatch[][]>();
+  /** The same with the split decode attention's chunk dispatch (decode-row passes). */
+  private readonly kvDecodeDispatches = new Map<number, Dispatch[][]>();
   /** step()'s logits rows (returned as views, overwritten by the next step). */
   private stepLogits: Float32Array | null = null;
   /** The batched step's decode-row plan, made on the first step. */
   private decodeRows: DecodeRowsPlan | null = null;
+  /** A decode-row pass encoded ahead for the next step of the same rows (`T|groups`), or null. */
+  private spareDecodePass: { key: string; plan: DecodeRowsPlan; commands: GPUCommandBuffer } | null = null;
   /** Rows a pass of the batched q4 products (WebGpuEngineOptions.batchRows). */
   batchRows = 8;
   /** Output rows a subgroup of the batched q4 products (PDVM_BATCH_RPS; default 2). */
@@ -352,15 +377,17 @@ export class WebGpuEngine implements Engine {
    * An engine over weights already on `gpu` (`pdvm bench`'s synthetic models), decoding through the
    * forward pass; the caller keeps the device and the weights.
    */
-  static async overGpuWeights(gpu: Gpu, config: ModelConfig, weights: GpuModelWeights, options: { contextLength: number; prefillChunk?: number; kvCache?: KvCacheDtype }): Promise<WebGpuEngine> {
+  static async overGpuWeights(
+    gpu: Gpu, config: ModelConfig, weights: GpuModelWeights, options: { contextLength: number; prefillChunk?: number; kvCache?: KvCacheDtype; batchedStep?: boolean; kvSlots?: number },
+  ): Promise<WebGpuEngine> {
     const c = config, ctx = options.contextLength;
     const widest = Math.max((c.numHeads + 2 * c.numKvHeads) * c.headDim, 2 * c.intermediateSize, c.vocabSize, c.hiddenSize) * 4;
     const chunk = Math.max(1, Math.min(options.prefillChunk ?? DEFAULT_PREFILL_CHUNK, ctx, Math.floor(gpu.maxBindingBytes / widest)));
     const hint = 'use a smaller --context or --prefill';
     const activations = await gpu.allocating('the activations', hint, () => guardAllocation(hint, () => allocateActivations(gpu, c, ctx, chunk)));
     const kv = new KvCache(gpu, { numLayers: c.numLayers, kvDim: c.numKvHeads * c.headDim, contextLength: ctx, dtype: options.kvCache ?? 'f16' });
-    await gpu.allocating(`a KV cache of ${ctx} positions`, hint, () => guardAllocation(hint, () => kv.grow(1)));
-    const engine = new WebGpuEngine(c, ctx, gpu, false, weights, activations, chunk, null, undefined, kv);
+    await gpu.allocating(`a KV cache of ${ctx} positions`, hint, () => guardAllocation(hint, () => kv.grow(Math.max(1, options.kvSlots ?? 1))));
+    const engine = new WebGpuEngine(c, ctx, gpu, false, weights, activations, chunk, null, undefined, kv, !SOFTWARE_ADAPTER.test(gpu.adapterDescription), options.batchedStep ?? false);
     const spare = new WebGpuSequence(kv);
     spare.slot = kv.acquire();
     engine.spare = spare;
@@ -430,6 +457,30 @@ export class WebGpuEngine implements Engine {
     return d;
   }
 
+  /** Per layer rope_kv and the split decode attention's chunks over the rows of a decode-row pass whose slot is in group g. */
+  private kvDecodeDispatchesOf(plan: DecodeRowsPlan, g: number): Dispatch[][] {
+    let d = this.kvDecodeDispatches.get(g);
+    if (d) return d;
+    const c = this.config, gpu = this.gpu, a = this.a, group = this.kv.groups[g]!, split = plan.split!;
+    const kv = this.kvLayout(g);
+    const defines = { ...split.shape, slidingWindow: split.shape.slidingWindow ?? 0, ...kvDefines(kv) };
+    const grouped = c.numHeads > c.numKvHeads && gqaPartWorkgroupBytes(split.shape) <= gpu.device.limits.maxComputeWorkgroupStorageSize;
+    const f = { subgroups: gpu.subgroups };
+    const pipeline = grouped
+      ? gpu.pipeline('decode_attention_part_gqa', defines, () => decodeAttentionPartGqaWgsl(split.shape, kv))
+      : gpu.pipeline('decode_attention_part', { ...defines, ...f }, () => decodeAttentionPartWgsl(split.shape, kv, f));
+    const groupsA = (grouped ? c.numKvHeads : c.numHeads) * split.shape.splits;
+    d = [];
+    for (let l = 0; l < c.numLayers; l++) {
+      d.push([
+        ropeKvOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim }, kv, a.qkv, a.cos, a.sin, group.k[l]!, group.v[l]!, a.step),
+        { label: 'attention_part', pipeline, bindGroup: gpu.bindGroup('decode_attention_part', pipeline, [a.qkv, group.k[l]!, group.v[l]!, split.part, a.step]), workgroups: (T: number) => [groupsA, T, 1] },
+      ]);
+    }
+    this.kvDecodeDispatches.set(g, d);
+    return d;
+  }
+
   /** Per layer rope_kv and per-row attention over the rows of a batch whose slot is in group g. */
   private kvBatchDispatchesOf(g: number): Dispatch[][] {
     let d = this.kvBatchDispatches.get(g);
@@ -494,14 +545,12 @@ export class WebGpuEngine implements Engine {
 
   /**
    * Engine.step (present with `batchedStep: true`): rows of different sequences (continuous batching),
-   * each row's tokens appended at its sequence's length in its own slot (the row table). Two plans:
-   *   prompt tokens (every token of a row, but the last of a row that wants logits): the prefill's
-   *     plan (tiled products, attention per row), passes of at most min(prefillChunk, 128) tokens;
-   *   the last token of each row that wants logits: the decode-row plan (one token a row, each q4
-   *     weight read once for `batchRows` rows, lm_head per row, the token chosen on the GPU for rows
-   *     with `choose`: only ids read back; other rows get their logits).
-   * Which plan a token takes depends only on its own row, and neither plan's per-row arithmetic
-   * depends on the other rows, so a sequence's tokens do not depend on what shares its steps.
+   * each row's tokens appended at its sequence's length in its own slot (the row table). Every token
+   * is a row of the decode-row plan (DecodeRowsPlan: each q4 weight read once for `batchRows` rows,
+   * attention per row over its slot), in passes of at most plan.maxRows rows; only the last token of
+   * each row that wants logits goes on to lm_head and, for rows with `choose`, the token choice on the
+   * GPU (only ids read back; other rows get their logits). A token's arithmetic depends only on its
+   * own row, so a sequence's tokens do not depend on what shares its steps.
    */
   private stepBatch(rows: StepRow[]): Promise<(Float32Array | number | null)[]> {
     return this.serial(() => this.stepNow(rows));
@@ -515,65 +564,21 @@ export class WebGpuEngine implements Engine {
       this.checkTokens(seqs[i]!, r.tokens);
       if (r.logits && r.choose) checkSampling({ ...r.choose.sampling, random: r.choose.random });
     });
-    // prompt tokens: through the prefill plan, passes of `cap` tokens (nothing read back)
-    const cap = Math.min(this.prefillChunk, LOGITS_ROWS);
-    type Piece = { r: number; from: number; n: number };
-    let pieces: Piece[] = [];
-    let used = 0;
-    const flush = () => {
-      const T = used;
-      this.stepWords[StepWord.T] = T;
-      this.stepWords[StepWord.pos0] = 0;
-      let t = 0;
-      const groups = new Set<number>();
-      for (const p of pieces) {
-        const seq = seqs[p.r]!, slot = this.slotOf(seq), tokens = rows[p.r]!.tokens;
-        groups.add(slot.group.index);
-        for (let i = 0; i < p.n; i++, t++) {
-          this.stepWords[STEP_HEADER_WORDS + t] = tokens[p.from + i]!;
-          this.stepWords[this.rowsAt + 2 * t] = slot.word;
-          this.stepWords[this.rowsAt + 2 * t + 1] = seq.length + p.from + i;
-        }
-      }
-      this.gpu.device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, this.rowsAt + 2 * T);
-      const encoder = this.gpu.device.createCommandEncoder();
-      const pass = encoder.beginComputePass();
-      encodeDispatches(pass, this.plans.embedding, T);
-      for (let l = 0; l < this.plans.prefill.length; l++) {
-        encodeDispatches(pass, this.plans.prefill[l]!.beforeAttention, T);
-        for (const g of groups) encodeDispatches(pass, this.kvBatchDispatchesOf(g)[l]!, T);
-        encodeDispatches(pass, this.plans.prefill[l]!.afterAttention, T);
-      }
-      pass.end();
-      this.gpu.device.queue.submit([encoder.finish()]);
-      pieces = [];
-      used = 0;
-    };
-    for (let r = 0; r < rows.length; r++) {
-      const T = rows[r]!.tokens.length - (rows[r]!.logits ? 1 : 0);
-      for (let from = 0; from < T; ) {
-        const n = Math.min(T - from, cap - used);
-        pieces.push({ r, from, n });
-        used += n;
-        from += n;
-        if (used === cap) flush();
-      }
-    }
-    if (used > 0) flush();
-    // the last token of each row that wants logits: through the decode-row plan
+    const plan = (this.decodeRows ??= this.buildDecodeRows());
+    const vocab = this.config.vocabSize;
+    const wanted = rows.filter((r) => r.logits && !r.choose).length;
+    if (wanted > 0 && (!this.stepLogits || this.stepLogits.length < wanted * vocab)) this.stepLogits = new Float32Array(wanted * vocab);
     const out: (Float32Array | number | null)[] = rows.map(() => null);
-    const last = rows.flatMap((r, i) => (r.logits ? [i] : []));
-    if (last.length > 0) {
-      const plan = (this.decodeRows ??= this.buildDecodeRows());
-      const vocab = this.config.vocabSize;
-      const wanted = last.filter((i) => !rows[i]!.choose).length;
-      if (wanted > 0 && (!this.stepLogits || this.stepLogits.length < wanted * vocab)) this.stepLogits = new Float32Array(wanted * vocab);
-      let nextLogits = 0;
-      for (let at = 0; at < last.length; at += plan.maxRows) {
-        const part = last.slice(at, at + plan.maxRows);
-        nextLogits = await this.decodePass(plan, part.map((i) => ({ row: rows[i]!, seq: seqs[i]!, r: i })), out, nextLogits);
+    // the step's tokens in row order, cut into passes (a sequence's earlier positions in the same or an earlier pass)
+    const passes: PassRow[][] = [[]];
+    rows.forEach((row, r) => {
+      for (let i = 0; i < row.tokens.length; i++) {
+        if (passes.at(-1)!.length === plan.maxRows) passes.push([]);
+        passes.at(-1)!.push({ r, i, head: row.logits && i === row.tokens.length - 1 });
       }
-    }
+    });
+    let nextLogits = 0;
+    for (const part of passes) nextLogits = await this.decodePass(plan, rows, seqs, part, out, nextLogits);
     rows.forEach((r, i) => {
       for (let k = 0; k < r.tokens.length; k++) seqs[i]!.tokens.push(r.tokens[k]!);
     });
@@ -581,24 +586,27 @@ export class WebGpuEngine implements Engine {
   }
 
   /**
-   * One pass of the decode-row plan over up to plan.maxRows rows (row t: the last token of a step
-   * row at position length + tokens - 1): ids of rows with `choose` to out[r], logits of the others
-   * (views of stepLogits from `nextLogits` on). Returns the next free logits row.
+   * One pass of the decode-row plan: token i of step row r at position length + i of its sequence,
+   * the rows going on to lm_head first (the head dispatches take the first L rows). Ids of rows with
+   * `choose` go to out[r], logits of the others to views of stepLogits from `nextLogits` on; returns
+   * the next free logits row. A pass without head rows is submitted and not waited for.
    */
-  private async decodePass(plan: DecodeRowsPlan, part: { row: StepRow; seq: WebGpuSequence; r: number }[], out: (Float32Array | number | null)[], nextLogits: number): Promise<number> {
-    const T = part.length, vocab = this.config.vocabSize;
+  private async decodePass(plan: DecodeRowsPlan, rows: StepRow[], seqs: WebGpuSequence[], part: PassRow[], out: (Float32Array | number | null)[], nextLogits: number): Promise<number> {
+    const vocab = this.config.vocabSize;
+    const ordered = [...part.filter((p) => p.head), ...part.filter((p) => !p.head)];
+    const T = ordered.length, L = part.filter((p) => p.head).length;
     this.stepWords[StepWord.T] = T;
     this.stepWords[StepWord.pos0] = 0;
-    const params = new Uint32Array(T * 8), paramFloats = new Float32Array(params.buffer);
+    const params = plan.paramWords.fill(0), paramFloats = new Float32Array(params.buffer);
     const groups = new Set<number>();
     let choosing = 0;
-    part.forEach(({ row, seq }, t) => {
-      const slot = this.slotOf(seq), n = row.tokens.length;
+    ordered.forEach(({ r, i, head }, t) => {
+      const seq = seqs[r]!, row = rows[r]!, slot = this.slotOf(seq);
       groups.add(slot.group.index);
-      this.stepWords[STEP_HEADER_WORDS + t] = row.tokens[n - 1]!;
+      this.stepWords[STEP_HEADER_WORDS + t] = row.tokens[i]!;
       this.stepWords[this.rowsAt + 2 * t] = slot.word;
-      this.stepWords[this.rowsAt + 2 * t + 1] = seq.length + n - 1;
-      if (row.choose) {
+      this.stepWords[this.rowsAt + 2 * t + 1] = seq.length + i;
+      if (head && row.choose) {
         const c = row.choose;
         choosing++;
         paramFloats[t * 8 + StepWord.random] = c.random;
@@ -610,27 +618,24 @@ export class WebGpuEngine implements Engine {
     });
     const device = this.gpu.device;
     device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, this.rowsAt + 2 * T);
-    if (choosing > 0) device.queue.writeBuffer(plan.params, 0, params);
-    const encoder = device.createCommandEncoder();
-    const pass = encoder.beginComputePass();
-    encodeDispatches(pass, this.plans.embedding, T);
-    for (let l = 0; l < plan.layers.length; l++) {
-      encodeDispatches(pass, plan.layers[l]!.beforeAttention, T);
-      for (const g of groups) encodeDispatches(pass, this.kvBatchDispatchesOf(g)[l]!, T);
-      encodeDispatches(pass, plan.layers[l]!.afterAttention, T);
-    }
-    encodeDispatches(pass, plan.head, T);
-    if (choosing > 0) encodeDispatches(pass, [plan.choose], T);
-    pass.end();
-    const logitRows = part.flatMap((p, t) => (p.row.choose ? [] : [{ t, r: p.r }]));
-    logitRows.forEach((x, k) => encoder.copyBufferToBuffer(this.a.logits, x.t * vocab * 4, this.a.logitsReadback, k * vocab * 4, vocab * 4));
-    if (choosing > 0) encoder.copyBufferToBuffer(plan.tokens, 0, plan.tokensReadback, 0, Math.ceil(T / 4) * 16);
-    device.queue.submit([encoder.finish()]);
+    if (L > 0) device.queue.writeBuffer(plan.headStep, 0, new Uint32Array([L, 0, 0, 0]));
+    if (choosing > 0) device.queue.writeBuffer(plan.params, 0, params, 0, L * 8);
+    const logitRows = ordered.flatMap((p, t) => (p.head && !rows[p.r]!.choose ? [{ t, r: p.r }] : []));
+    const idBytes = Math.ceil(L / 4) * 16;
+    // a pass of decode rows that all choose (the steady state) was likely encoded during the previous one
+    const steady = logitRows.length === 0 && choosing === T && L === T;
+    const key = `${T}|${[...groups].join(',')}`;
+    const spare = this.spareDecodePass;
+    this.spareDecodePass = null;
+    const commands = steady && spare?.key === key && spare.plan === plan ? spare.commands : this.encodeDecodePass(plan, T, L, groups, choosing > 0, logitRows.map((x) => x.t));
+    device.queue.submit([commands]);
+    // encode the next step's pass while the GPU runs this one (its ids and rows go in by writeBuffer)
+    if (steady) this.spareDecodePass = { key, plan, commands: this.encodeDecodePass(plan, T, L, groups, true, []) };
     if (choosing > 0) {
-      await this.mapRead(plan.tokensReadback, Math.ceil(T / 4) * 16);
-      const ids = new Uint32Array(plan.tokensReadback.getMappedRange(0, Math.ceil(T / 4) * 16));
-      part.forEach((p, t) => {
-        if (p.row.choose) out[p.r] = ids[t]!;
+      await this.mapRead(plan.tokensReadback, idBytes);
+      const ids = new Uint32Array(plan.tokensReadback.getMappedRange(0, idBytes));
+      ordered.forEach((p, t) => {
+        if (p.head && rows[p.r]!.choose) out[p.r] = ids[t]!;
       });
       plan.tokensReadback.unmap();
     }
@@ -647,6 +652,88 @@ export class WebGpuEngine implements Engine {
       this.a.logitsReadback.unmap();
     }
     return nextLogits;
+  }
+
+  /**
+   * The batched q4 products' rows a pass and output rows a subgroup (benchmarks sweep them); the
+   * decode-row plan is rebuilt at the next step.
+   */
+  setBatchKernel(rowsAPass: number, rowsASubgroup: number): void {
+    for (const b of this.decodeRows?.buffers ?? []) b.destroy();
+    this.decodeRows = null;
+    this.spareDecodePass = null;
+    this.kvDecodeDispatches.clear();
+    this.batchRows = rowsAPass;
+    this.batchRowsPerSubgroup = rowsASubgroup;
+  }
+
+  /**
+   * Time of each dispatch of one decode-row pass over the rows of `seqs` (layer 0's, then the head's
+   * and the token choice), each repeated `reps` times alone in a pass, the median of 3 (benchmarks).
+   * Writes the sequences' next position in their slots (overwritten by their next step).
+   */
+  async profileDecodeRows(seqsIn: Sequence[], reps = 20): Promise<{ label: string; microseconds: number }[]> {
+    return this.serial(async () => {
+      const seqs = seqsIn.map((s) => this.live(s));
+      const plan = (this.decodeRows ??= this.buildDecodeRows());
+      const T = seqs.length;
+      if (!(T >= 1 && T <= plan.maxRows)) throw new InvalidInputError(`profile: 1..${plan.maxRows} sequences`);
+      this.stepWords[StepWord.T] = T;
+      const groups = new Set<number>();
+      seqs.forEach((seq, t) => {
+        const slot = this.slotOf(seq);
+        groups.add(slot.group.index);
+        this.stepWords[STEP_HEADER_WORDS + t] = t % this.config.vocabSize;
+        this.stepWords[this.rowsAt + 2 * t] = slot.word;
+        this.stepWords[this.rowsAt + 2 * t + 1] = seq.length;
+      });
+      this.gpu.device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, this.rowsAt + 2 * T);
+      const kv = [...[...groups].flatMap((g) => (plan.split ? this.kvDecodeDispatchesOf(plan, g)[0]! : this.kvBatchDispatchesOf(g)[0]!)), ...(plan.split ? [plan.split.combine[0]!] : [])];
+      this.gpu.device.queue.writeBuffer(plan.headStep, 0, new Uint32Array([T, 0, 0, 0]));
+      const list = [...this.plans.embedding, ...plan.layers[0]!.beforeAttention, ...kv, ...plan.layers[0]!.afterAttention, ...plan.head, ...plan.choose];
+      const out: { label: string; microseconds: number }[] = [];
+      for (const d of list) {
+        const times: number[] = [];
+        for (let r = 0; r < 3; r++) {
+          const encoder = this.gpu.device.createCommandEncoder();
+          const pass = encoder.beginComputePass();
+          for (let i = 0; i < reps; i++) encodeDispatches(pass, [d], T);
+          pass.end();
+          const t0 = performance.now();
+          this.gpu.device.queue.submit([encoder.finish()]);
+          await this.gpu.device.queue.onSubmittedWorkDone();
+          times.push(((performance.now() - t0) * 1000) / reps);
+        }
+        this.gpu.check();
+        times.sort((a, b) => a - b);
+        out.push({ label: d.label, microseconds: times[1]! });
+      }
+      return out;
+    });
+  }
+
+  /**
+   * One decode-row pass's commands: T rows through the layers, the first L through the head, the
+   * choice (`choose`) and the copies of the ids and of logits rows `logitRows` (in that order) to
+   * the readback buffers. Depends on the step buffer's contents only through the GPU.
+   */
+  private encodeDecodePass(plan: DecodeRowsPlan, T: number, L: number, groups: Set<number>, choose: boolean, logitRows: number[]): GPUCommandBuffer {
+    const vocab = this.config.vocabSize;
+    const encoder = this.gpu.device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    encodeDispatches(pass, this.plans.embedding, T);
+    for (let l = 0; l < plan.layers.length; l++) {
+      encodeDispatches(pass, plan.layers[l]!.beforeAttention, T);
+      for (const g of groups) encodeDispatches(pass, plan.split ? this.kvDecodeDispatchesOf(plan, g)[l]! : this.kvBatchDispatchesOf(g)[l]!, T);
+      if (plan.split) encodeDispatches(pass, [plan.split.combine[l]!], T);
+      encodeDispatches(pass, plan.layers[l]!.afterAttention, T);
+    }
+    if (L > 0) encodeDispatches(pass, plan.head, L);
+    if (choose) encodeDispatches(pass, plan.choose, L);
+    pass.end();
+    logitRows.forEach((t, k) => encoder.copyBufferToBuffer(this.a.logits, t * vocab * 4, this.a.logitsReadback, k * vocab * 4, vocab * 4));
+    if (choose) encoder.copyBufferToBuffer(plan.tokens, 0, plan.tokensReadback, 0, Math.ceil(L / 4) * 16);
+    return encoder.finish();
   }
 
   /** The decode-row plan (DecodeRowsPlan), made on the first batched step. */
@@ -695,15 +782,32 @@ export class WebGpuEngine implements Engine {
         ...product(L.down, { x: a.act, y: a.x, yStride: H, yOffset: 0, bias: null, residual: true, step: a.step }),
       ],
     }));
+    // the head over the first L rows of the pass (their step: headStep, T = L)
+    const headStep = buffer('batch_head_step', 16, STORAGE() | GPUBufferUsage.COPY_DST);
+    const quantizeHead = int8 && H % 32 === 0 ? [quantizeRowsOp(gpu, H, maxRows, a.xn, xq!, xd!, headStep)] : [];
     const head = [
-      rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, w.finalNorm, a.xn, a.step),
-      ...quantize(a.xn, H),
-      ...product(w.lmHead, { x: a.xn, y: a.logits, yStride: c.vocabSize, yOffset: 0, bias: null, residual: false, step: a.step }),
+      rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, w.finalNorm, a.xn, headStep),
+      ...quantizeHead,
+      ...product(w.lmHead, { x: a.xn, y: a.logits, yStride: c.vocabSize, yOffset: 0, bias: null, residual: false, step: headStep }),
     ];
     const params = buffer('batch_params', maxRows * 8 * 4, STORAGE() | GPUBufferUsage.COPY_DST);
     const tokens = buffer('batch_tokens', maxRows * 4, STORAGE() | GPUBufferUsage.COPY_SRC);
     const tokensReadback = buffer('batch_tokens_readback', maxRows * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
-    return { maxRows, layers, head, choose: chooseRowsOp(gpu, c.vocabSize, maxRows, a.logits, tokens, params), params, tokens, tokensReadback, buffers };
+    const parts = buffer('batch_argmax_parts', maxRows * ARGMAX_PARTS * 8, STORAGE());
+    const choose = chooseRowsOp(gpu, c.vocabSize, maxRows, a.logits, tokens, params, parts);
+    // decode attention in chunks of keys, where its kernels apply
+    const attention = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: this.contextLength, rotaryDim: c.rotaryDim };
+    let split: DecodeRowsPlan['split'] = null;
+    if (splitAttentionFits(attention) && c.headDim <= gpu.device.limits.maxComputeInvocationsPerWorkgroup) {
+      const shape = { ...attention, splits: Math.max(1, attentionSplits(attention)) };
+      const part = buffer('batch_attention_parts', maxRows * c.numHeads * shape.splits * (c.headDim + 2) * 4, STORAGE());
+      if (part.size <= gpu.maxBindingBytes) {
+        const pipeline = gpu.pipeline('decode_attention_combine', { ...shape, slidingWindow: shape.slidingWindow ?? 0 }, () => decodeCombineWgsl(shape));
+        const combine = { label: 'attention_combine', pipeline, bindGroup: gpu.bindGroup('decode_attention_combine', pipeline, [part, a.att]), workgroups: (T: number) => [c.numHeads, T, 1] as [number, number, number] };
+        split = { shape, part, combine: w.layers.map(() => combine) };
+      }
+    }
+    return { maxRows, layers, head, choose, split, headStep, params, paramWords: new Uint32Array(maxRows * 8), tokens, tokensReadback, buffers };
   }
 
   forward(seq: Sequence, tokens: ArrayLike<number>, allLogits = false): Promise<Float32Array> {

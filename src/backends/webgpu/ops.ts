@@ -17,7 +17,7 @@ import { grid } from './kernels/prelude.js';
 import { embeddingUpgWgsl, matmulUpgWgsl } from './kernels/matmul-upg.js';
 import { rmsnormWgsl, type RmsnormShape } from './kernels/rmsnorm.js';
 import { ropeKvWgsl, type RopeShape } from './kernels/rope.js';
-import { argmaxWgsl, sampleWgsl } from './kernels/sample.js';
+import { ARGMAX_PARTS, argmaxPartsWgsl, argmaxWgsl, sampleWgsl } from './kernels/sample.js';
 import { swigluWgsl } from './kernels/swiglu.js';
 import { TOKEN_MASK_WG, tokenMaskWgsl } from './kernels/token-mask.js';
 import type { GpuMatrix } from './weights.js';
@@ -262,12 +262,17 @@ export function tokenMaskOp(gpu: Gpu, vocab: number, logits: GPUBuffer, mask: GP
  * Token choice for each of the step's T rows of logits (workgroup i: row i, its sampling values in
  * params[8i + 2 ..], argmax at temperature 0) into out[i] (kernels/sample.ts, `rows`).
  */
-export function chooseRowsOp(gpu: Gpu, vocab: number, maxRows: number, logits: GPUBuffer, out: GPUBuffer, params: GPUBuffer): Dispatch {
+export function chooseRowsOp(gpu: Gpu, vocab: number, maxRows: number, logits: GPUBuffer, out: GPUBuffer, params: GPUBuffer, parts: GPUBuffer): Dispatch[] {
   need(logits, maxRows * vocab, 'choose rows');
   need(params, maxRows * 8, 'choose rows parameters');
+  need(parts, maxRows * ARGMAX_PARTS * 2, 'choose rows argmax parts');
   const f = { subgroups: gpu.subgroups };
+  const first = gpu.pipeline('argmax_parts', { vocab }, () => argmaxPartsWgsl(vocab));
   const pipeline = gpu.pipeline('sample', { vocab, rows: true, ...f }, () => sampleWgsl(vocab, f, true));
-  return { label: 'choose_rows', pipeline, bindGroup: gpu.bindGroup('sample', pipeline, [logits, out, params]), workgroups: (T: number) => [T, 1, 1] };
+  return [
+    { label: 'argmax_parts', pipeline: first, bindGroup: gpu.bindGroup('argmax_parts', first, [logits, parts]), workgroups: (T: number) => [ARGMAX_PARTS, T, 1] },
+    { label: 'choose_rows', pipeline, bindGroup: gpu.bindGroup('sample', pipeline, [logits, out, params, parts]), workgroups: (T: number) => [T, 1, 1] },
+  ];
 }
 
 export interface BatchedMatvecOptions {

@@ -129,7 +129,10 @@ test('webgpu per-row token choice: each row as the one-row argmax or sample kern
     pf[i * 8 + 6] = s.minP;
   });
   const out = zeros(gpu, rows);
-  await run(gpu, [chooseRowsOp(gpu, vocab, rows, storage(gpu, logits), out, storage(gpu, params))], rows);
+  // row 2: the maximum at two indices in different chunks of the argmax (the lower one wins)
+  logits[2 * vocab + 700] = 9;
+  logits[2 * vocab + 5] = 9;
+  await run(gpu, chooseRowsOp(gpu, vocab, rows, storage(gpu, logits), out, storage(gpu, params), zeros(gpu, rows * 64 * 2)), rows);
   const got = await readU32(gpu, out, rows);
   const one = zeros(gpu, 4);
   for (const [i, s] of settings.entries()) {
@@ -138,4 +141,5 @@ test('webgpu per-row token choice: each row as the one-row argmax or sample kern
     await run(gpu, [s.temperature === 0 ? argmaxOp(gpu, vocab, row, one) : sampleOp(gpu, vocab, row, one, step)], 1);
     assert.equal(got[i], (await readU32(gpu, one, 1))[0], `row ${i} ${JSON.stringify(s)}`);
   }
+  assert.equal(got[2], 5, 'a tie goes to the lowest index');
 });

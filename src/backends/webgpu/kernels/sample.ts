@@ -16,6 +16,53 @@ import { COMMON, header, reductions, subgroupLet, subgroupParam, type KernelFeat
 
 const WG = 256;
 
+/** Chunks of a row the batched argmax splits the vocabulary into (one workgroup each). */
+export const ARGMAX_PARTS = 64;
+
+/**
+ * Per row t (workgroup y) and chunk c (workgroup x) of a (rows, vocab) logits buffer: the chunk's
+ * largest logit and its lowest index, as (f32 bits, index) in parts[t * ARGMAX_PARTS + c]; index
+ * 0xffffffff for an empty chunk.
+ */
+export function argmaxPartsWgsl(vocab: number): string {
+  const chunk = Math.ceil(vocab / ARGMAX_PARTS);
+  return `const V = ${vocab}u;
+const CHUNK = ${chunk}u;
+@group(0) @binding(0) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read_write> parts: array<vec2<u32>>;
+
+var<workgroup> best_v: array<f32, ${WG}>;
+var<workgroup> best_i: array<u32, ${WG}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let base = wid.y * V;
+  let end = min(V, (wid.x + 1u) * CHUNK);
+  var bv = -3.4e38;
+  var bi = 0xffffffffu;
+  for (var i = wid.x * CHUNK + lid; i < end; i += ${WG}u) {
+    let v = logits[base + i];
+    if (v > bv || bi == 0xffffffffu) { bv = v; bi = i; }
+  }
+  best_v[lid] = bv;
+  best_i[lid] = bi;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) {
+      let ov = best_v[lid + s];
+      let oi = best_i[lid + s];
+      if (oi != 0xffffffffu && (ov > best_v[lid] || (ov == best_v[lid] && oi < best_i[lid]) || best_i[lid] == 0xffffffffu)) {
+        best_v[lid] = ov;
+        best_i[lid] = oi;
+      }
+    }
+    workgroupBarrier();
+  }
+  if (lid == 0u) { parts[wid.y * ${ARGMAX_PARTS}u + wid.x] = vec2<u32>(bitcast<u32>(best_v[0]), best_i[0]); }
+}
+`;
+}
+
 export function argmaxWgsl(vocab: number, f: KernelFeatures): string {
   return `${header(f)}${COMMON}
 const V = ${vocab}u;
@@ -55,7 +102,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 /**
  * `rows`: one workgroup per row of a (rows, vocab) logits buffer (a batched decode step), row i's
  * values in params[8i + 2 .. 8i + 6]: u, top-k, temperature, top-p, min-p (as the step header's words 2..6);
- * temperature 0 takes the argmax (largest logit, lowest index on ties); the id goes to out[i].
+ * temperature 0 takes the argmax (largest logit, lowest index on ties) from the row's ARGMAX_PARTS
+ * partial maxima (`argmaxPartsWgsl`, dispatched first); the id goes to out[i].
  */
 export function sampleWgsl(vocab: number, f: KernelFeatures, rows = false): string {
   const per = Math.ceil(vocab / WG);
@@ -65,7 +113,7 @@ const PER = ${per}u; // contiguous logits per invocation in the final draw
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;
 @group(0) @binding(2) var<storage, read> step: array<u32>;
-${rows ? 'var<private> base: u32;\nfn lg(i: u32) -> f32 { return logits[base + i]; }' : 'fn lg(i: u32) -> f32 { return logits[i]; }'}
+${rows ? `@group(0) @binding(3) var<storage, read> parts: array<vec2<u32>>; // (value bits, index) of each chunk\n` : ''}${rows ? 'var<private> base: u32;\nfn lg(i: u32) -> f32 { return logits[base + i]; }' : 'fn lg(i: u32) -> f32 { return logits[i]; }'}
 
 var<workgroup> prefix: array<f32, ${WG}>;
 var<workgroup> total: f32;
@@ -87,19 +135,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let inv_temp = 1.0 / temperature;
   let top_p = bitcast<f32>(step[P + 5u]);
   let min_p = bitcast<f32>(step[P + 6u]);
-
-  var mx = -3.0e38;
-  for (var i = lid; i < V; i += ${WG}u) { mx = max(mx, lg(i)); }
-  mx = wg_max(mx, lid, sg_size);
 ${rows ? `  if (temperature == 0.0) {
-    // argmax: the lowest index holding the maximum (~i is largest for the lowest i)
-    var best = 0u;
-    for (var i = lid; i < V; i += ${WG}u) { if (lg(i) == mx) { best = max(best, ~i); } }
-    best = wg_max_u(best, lid, sg_size);
-    if (lid == 0u) { out[wid.x] = ~best; }
+    // argmax over the chunks' maxima: the largest value, the lowest index on ties (chunks are in index order)
+    if (lid == 0u) {
+      var best = parts[wid.x * ${ARGMAX_PARTS}u];
+      for (var c = 1u; c < ${ARGMAX_PARTS}u; c++) {
+        let p = parts[wid.x * ${ARGMAX_PARTS}u + c];
+        if (p.y != 0xffffffffu && (best.y == 0xffffffffu || bitcast<f32>(p.x) > bitcast<f32>(best.x))) { best = p; }
+      }
+      out[wid.x] = best.y;
+    }
     return;
   }
 ` : ''}
+  var mx = -3.0e38;
+  for (var i = lid; i < V; i += ${WG}u) { mx = max(mx, lg(i)); }
+  mx = wg_max(mx, lid, sg_size);
+
   // top-k: the largest key threshold that still keeps at least k logits
   var k_min = 0u;
   if (top_k > 0u && top_k < V) {

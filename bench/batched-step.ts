@@ -1,0 +1,86 @@
+/**
+ * The WebGPU batched step's decode rows on a synthetic model of a named shape (random q4 weights made
+ * on the GPU, as `pdvm bench`): B sequences each prefilled with a prompt, then decode steps of B rows
+ * (one token each, chosen greedily on the GPU), timed from the step call to the ids' arrival. Prints,
+ * per setting of the batched q4 kernel (rows a pass NB, output rows a subgroup RPS) and per B, the ms
+ * a step and the aggregate tok/s, beside the fused decoder's single-stream rate in the same process
+ * (the best one-stream path); with --profile, each dispatch of a decode-row pass (layer 0, head).
+ * A program, not a test: figures go to docs/PERFORMANCE.md.
+ *   node bench/batched-step.js [--shape llama-3.1-8b] [--batches 1,8,32] [--kernels 8x2,16x2] [--steps 16]
+ *     [--context 512] [--prompt 32] [--profile 1,32] [--fused-tokens 128]
+ */
+import { parseArgs } from 'node:util';
+import { Gpu } from '../src/backends/webgpu/device.js';
+import { WebGpuEngine } from '../src/backends/webgpu/engine.js';
+import { FusedDecoder } from '../src/backends/webgpu/fused/decoder.js';
+import { engineWeightsOfFused } from '../src/backends/webgpu/fused/engine-weights.js';
+import { BENCH_SHAPES, benchConfig, SyntheticWeights } from '../src/bench/synthetic.js';
+import type { DeviceSampling, Sequence } from '../src/runtime/engine.js';
+
+const { values } = parseArgs({
+  options: {
+    shape: { type: 'string', default: 'llama-3.1-8b' },
+    batches: { type: 'string', default: '1,8,32' },
+    kernels: { type: 'string', default: '8x2' },
+    steps: { type: 'string', default: '16' },
+    context: { type: 'string', default: '512' },
+    prompt: { type: 'string', default: '32' },
+    profile: { type: 'string', default: '' },
+    'fused-tokens': { type: 'string', default: '128' },
+  },
+});
+const shape = BENCH_SHAPES[values.shape!];
+if (!shape) throw new Error(`unknown shape ${values.shape}; one of ${Object.keys(BENCH_SHAPES).join(', ')}`);
+const config = benchConfig(shape);
+const batches = values.batches!.split(',').map(Number);
+const steps = Number(values.steps), context = Number(values.context), promptTokens = Number(values.prompt);
+const GREEDY: DeviceSampling = { temperature: 0, topK: 0, topP: 1, minP: 0 };
+
+const gpu = await Gpu.acquire({});
+console.log(`device: ${gpu.adapterDescription}; ${gpu.featureSummary}; ${new Date().toISOString()}`);
+const t0 = performance.now();
+const fused = await new SyntheticWeights(gpu, { encoding: 'q4', group: 64, tile: 64, density: 0.5, seed: 1 }).model(config);
+console.log(`weights: ${values.shape} q4 g64, ${(fused.bytes / 1e9).toFixed(2)} GB (made in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+const engine = await WebGpuEngine.overGpuWeights(gpu, config, engineWeightsOfFused(fused), { contextLength: context, batchedStep: true, kvSlots: Math.max(...batches) + 1 });
+const prompt = (b: number) => Array.from({ length: promptTokens }, (_, i) => (b * 7919 + i * 104729) % config.vocabSize);
+
+// the fused decoder alone (one stream), over a slot of the same cache
+{
+  const slot = engine.kv.acquire();
+  const decoder = new FusedDecoder(gpu, config, fused, { path: 'fused', contextLength: context, kv: { cache: engine.kv, slot } });
+  const n = Number(values['fused-tokens']);
+  await decoder.generate(prompt(0), { maxTokens: 8 });
+  decoder.reset();
+  const f0 = performance.now();
+  const ids = await decoder.generate(prompt(0), { maxTokens: n });
+  const s = (performance.now() - f0) / 1000;
+  console.log(`fused decoder, one stream: ${ids.length} tokens after a ${promptTokens}-token prompt in ${s.toFixed(3)} s = ${(ids.length / s).toFixed(1)} tok/s`);
+  decoder.dispose();
+  engine.kv.release(slot);
+}
+
+const results: { kernel: string; B: number; msPerStep: number; tokPerS: number }[] = [];
+for (const k of values.kernels!.split(',')) {
+  const [nb, rps] = k.split('x').map(Number) as [number, number];
+  engine.setBatchKernel(nb, rps);
+  for (const B of batches) {
+    const seqs: Sequence[] = Array.from({ length: B }, () => engine.createSequence());
+    let ids = (await engine.step!(seqs.map((seq, b) => ({ seq, tokens: prompt(b), logits: true, choose: { sampling: GREEDY, random: 0 } })))) as number[];
+    const decode = async () => {
+      ids = (await engine.step!(seqs.map((seq, b) => ({ seq, tokens: [ids[b]!], logits: true, choose: { sampling: GREEDY, random: 0 } })))) as number[];
+    };
+    for (let i = 0; i < 2; i++) await decode(); // warm
+    const s0 = performance.now();
+    for (let i = 0; i < steps; i++) await decode();
+    const ms = (performance.now() - s0) / steps;
+    results.push({ kernel: k, B, msPerStep: ms, tokPerS: (B * 1000) / ms });
+    console.log(`kernel NB x RPS ${k}, B ${B}: ${ms.toFixed(2)} ms a step = ${((B * 1000) / ms).toFixed(1)} tok/s`);
+    if (values.profile!.split(',').map(Number).includes(B)) {
+      const p = await engine.profileDecodeRows(seqs);
+      console.log(`  profile (µs a dispatch: embedding, layer 0, head, choice): ${p.map((d) => `${d.label} ${d.microseconds.toFixed(1)}`).join(', ')}`);
+    }
+    for (const s of seqs) s.dispose();
+  }
+}
+console.log(JSON.stringify(results));
+engine.dispose();
