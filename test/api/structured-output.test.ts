@@ -3,9 +3,9 @@
  * chat() and generate() take responseFormat (json_object, json_schema) and grammar (GBNF); output
  * that ends with 'stop' parses and validates (ajv). The schema is always enforced: without strict a
  * keyword the engine cannot enforce is left out and the rest still holds; strict refuses it. In a
- * batch (the scheduler's batched CPU step) each sequence has its own grammar: concurrent requests
- * with different grammars each keep to theirs, and an unconstrained request among them gives the
- * tokens it gives alone.
+ * batch (the scheduler's batched step, on the CPU and on WebGPU) each sequence has its own grammar:
+ * concurrent requests with different grammars each keep to theirs, and an unconstrained request
+ * among them gives the tokens it gives alone.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import AjvModule from 'ajv';
 import { GrammarError, loadModel, type GenerationResult, type Model } from 'pdvm';
 import { ROOT } from '../helpers.js';
+import { SKIP_GPU } from '../backends/webgpu/gpu.js';
 
 const Ajv = AjvModule.default;
 const DEMO = join(ROOT, 'models', 'brown-llama-12m.upg');
@@ -74,9 +75,10 @@ test('the schema is always enforced; strict only refuses keywords the engine can
   );
 });
 
-test('in a batch each sequence has its own grammar; an unconstrained one gives its tokens alone', async () => {
+/** Concurrent requests with different grammars (and one without) on `m`: each keeps to its own; returns the widest step. */
+async function mixedBatch(m: Model): Promise<number> {
   const free = { temperature: 0, maxTokens: 24, ignoreEos: true };
-  const alone = await model.generate('The jury said', free);
+  const alone = await m.generate('The jury said', free);
   const requests: { options: Parameters<Model['generate']>[1]; check: (r: GenerationResult) => void }[] = [
     { options: free, check: (r) => assert.deepEqual(r.tokenIds, alone.tokenIds, 'the unconstrained request differs from its run alone') },
     { options: { grammar: 'root ::= [0-9]{3} "-" [0-9]{4}', temperature: 1, seed: 1, maxTokens: 24 }, check: (r) => assert.match(r.text, /^[0-9]{3}-[0-9]{4}$/) },
@@ -85,11 +87,24 @@ test('in a batch each sequence has its own grammar; an unconstrained one gives i
   ];
   let widest = 0;
   const results = await Promise.all(requests.map(async ({ options }) => {
-    const stream = model.generate('The jury said', { ...options, stream: true });
-    for await (const _ of stream) widest = Math.max(widest, model.schedulerStats.lastStepDecodeRows);
+    const stream = m.generate('The jury said', { ...options, stream: true });
+    for await (const _ of stream) widest = Math.max(widest, m.schedulerStats.lastStepDecodeRows);
     return stream.result;
   }));
   results.forEach((r, i) => requests[i]!.check(r));
-  console.log(`widest batched step: ${widest} decode rows; ${results.map((r) => JSON.stringify(r.text)).join(', ')}`);
-  assert.ok(widest >= 2, 'the requests never shared a step');
+  console.log(`${m.backend}: widest batched step ${widest} decode rows; ${results.map((r) => JSON.stringify(r.text)).join(', ')}`);
+  return widest;
+}
+
+test('in a batch each sequence has its own grammar; an unconstrained one gives its tokens alone', async () => {
+  assert.ok((await mixedBatch(model)) >= 2, 'the requests never shared a step');
+});
+
+test('the same through the WebGPU batched step (constrained rows masked from their logits, the free row chosen on the GPU)', { skip: SKIP_GPU }, async () => {
+  const gpuModel = await loadModel(DEMO, { backend: 'webgpu', batchedStep: true, maxConcurrency: 4 });
+  try {
+    assert.ok((await mixedBatch(gpuModel)) >= 2, 'the requests never shared a step');
+  } finally {
+    await gpuModel.dispose();
+  }
 });
