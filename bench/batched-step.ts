@@ -4,7 +4,8 @@
  * (one token each, chosen greedily on the GPU), timed from the step call to the ids' arrival. Prints,
  * per setting of the batched q4 kernel (rows a pass NB, output rows a subgroup RPS) and per B, the ms
  * a step and the aggregate tok/s, beside the fused decoder's single-stream rate in the same process
- * (the best one-stream path); with --profile, each dispatch of a decode-row pass (layer 0, head).
+ * (the best one-stream path); `--kernels tiled` puts the prefill's matrix-matrix kernels in the
+ * products instead; with --profile, each dispatch of a decode-row pass (layer 0, head).
  * A program, not a test: figures go to docs/PERFORMANCE.md.
  *   node bench/batched-step.js [--shape llama-3.1-8b] [--batches 1,8,32] [--kernels 8x2,16x2] [--steps 16]
  *     [--context 512] [--prompt 32] [--profile 1,32] [--fused-tokens 128]
@@ -61,8 +62,9 @@ const prompt = (b: number) => Array.from({ length: promptTokens }, (_, i) => (b 
 
 const results: { kernel: string; B: number; msPerStep: number; tokPerS: number }[] = [];
 for (const k of values.kernels!.split(',')) {
-  const [nb, rps] = k.split('x').map(Number) as [number, number];
-  engine.setBatchKernel(nb, rps);
+  // NBxRPS: the batched q4 products; 'tiled': the prefill's matrix-matrix kernels
+  const [nb, rps] = k === 'tiled' ? [8, 2] : (k.split('x').map(Number) as [number, number]);
+  engine.setBatchKernel(nb, rps, k === 'tiled' ? 'tiled' : 'matvec');
   for (const B of batches) {
     const seqs: Sequence[] = Array.from({ length: B }, () => engine.createSequence());
     let ids = (await engine.step!(seqs.map((seq, b) => ({ seq, tokens: prompt(b), logits: true, choose: { sampling: GREEDY, random: 0 } })))) as number[];

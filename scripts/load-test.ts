@@ -101,7 +101,14 @@ async function main(): Promise<void> {
   console.log(`pdvm serve load test: ${modelName} on ${values.backend}${values['batched-step'] ? ' (--batched-step)' : ''}, greedy streams x ${maxTokens} tokens, --max-concurrency ${maxConcurrency}, ${new Date().toISOString().slice(0, 10)}`);
   console.log(`  alone (one at a time, ${alone.length}): time to first token median ${percentile(soloTtft, 50).toFixed(0)} ms; ${percentile(soloRate, 50).toFixed(1)} tok/s decode per stream; ${(soloTokens / soloWall).toFixed(1)} tok/s end to end`);
   let mismatches = 0;
+  // the server's batched steps (/metrics): how much of a burst's time the engine's steps take
+  const stepCounters = async () => {
+    const text = await fetch(`${url}/metrics`).then((r) => r.text()).catch(() => '');
+    const value = (name: string) => Number(new RegExp(`^${name} ([0-9.e+-]+)$`, 'm').exec(text)?.[1] ?? NaN);
+    return { steps: value('pdvm_batch_steps'), seconds: value('pdvm_batch_step_seconds') };
+  };
   for (const n of bursts) {
+    const before = await stepCounters();
     const t0 = performance.now();
     const together = await Promise.all(prompts.slice(0, n).map((p) => run(p, t0)));
     const wall = (performance.now() - t0) / 1000;
@@ -114,6 +121,9 @@ async function main(): Promise<void> {
     console.log(`  under load: ${tokens} tokens in ${wall.toFixed(2)} s = ${(tokens / wall).toFixed(1)} tok/s overall = ${(tokens / wall / (soloTokens / soloWall)).toFixed(2)}x one stream end to end`);
     console.log(`  time to first token: median ${percentile(ttft, 50).toFixed(0)} ms, p95 ${percentile(ttft, 95).toFixed(0)} ms, max ${ttft.at(-1)!.toFixed(0)} ms`);
     console.log(`  per stream: median ${percentile(perStream, 50).toFixed(2)} tok/s (min ${perStream[0]!.toFixed(2)}, max ${perStream.at(-1)!.toFixed(2)})`);
+    const after = await stepCounters();
+    const steps = after.steps - before.steps, inSteps = after.seconds - before.seconds;
+    if (steps > 0) console.log(`  batched steps: ${steps}, ${((inSteps / steps) * 1000).toFixed(2)} ms each in the engine; ${((inSteps / wall) * 100).toFixed(0)}% of the burst's wall time`);
     if (synthetic) console.log('  (a synthetic model has no tokenizer: its replies carry no text to compare with the runs alone)');
     else console.log(`  streams equal to the same request run alone: ${Math.min(n, alone.length) - wrong}/${Math.min(n, alone.length)}`);
   }

@@ -52,6 +52,9 @@ export interface SchedulerStats {
   /** Rows of the latest batched step: decode rows and prompt-chunk rows. */
   lastStepDecodeRows: number;
   lastStepPrefillTokens: number;
+  /** Batched steps run, and the seconds spent awaiting them (the rest of the loop's time is the server's). */
+  steps: number;
+  stepSeconds: number;
   /** KV caches held by running generations and kept for prefix reuse, and their bytes. */
   runningCaches: number;
   keptCaches: number;
@@ -88,6 +91,7 @@ export class Scheduler {
   private readonly prefixCache: PrefixCache | null;
   private readonly slotBytes: number;
   private lastStep = { decodeRows: 0, prefillTokens: 0 };
+  private steps = { count: 0, seconds: 0 };
 
   constructor(private readonly engine: Engine, private readonly ctx: GenerationContext, readonly limits: SchedulerLimits) {
     this.batched = engine.step !== undefined;
@@ -112,6 +116,8 @@ export class Scheduler {
       queued: this.queue.length,
       lastStepDecodeRows: this.lastStep.decodeRows,
       lastStepPrefillTokens: this.lastStep.prefillTokens,
+      steps: this.steps.count,
+      stepSeconds: this.steps.seconds,
       runningCaches: this.active.length,
       keptCaches: kept,
       cacheBytes: (this.active.length + kept) * this.slotBytes,
@@ -288,7 +294,10 @@ export class Scheduler {
         for (const e of entries) this.stepping.add(e);
         let out: (Float32Array | number | null)[];
         try {
+          const t0 = performance.now();
           out = await this.engine.step!(rows);
+          this.steps.count++;
+          this.steps.seconds += (performance.now() - t0) / 1000;
         } catch (e) {
           this.stepping.clear();
           for (const entry of entries) {

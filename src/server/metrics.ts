@@ -34,6 +34,8 @@ export class ServerMetrics {
     new Gauge({ name: 'pdvm_running_requests', help: 'Generations holding a KV cache slot', registers, collect() { this.set(stats().active); } });
     new Gauge({ name: 'pdvm_max_concurrency', help: 'Generations decoding at once at most (the batch size)', registers, collect() { this.set(model.maxConcurrency); } });
     new Gauge({ name: 'pdvm_batch_size', help: 'Decode rows in the latest batched step', registers, collect() { this.set(stats().lastStepDecodeRows); } });
+    new Gauge({ name: 'pdvm_batch_steps', help: 'Batched steps run since the start', registers, collect() { this.set(stats().steps); } });
+    new Gauge({ name: 'pdvm_batch_step_seconds', help: 'Seconds spent in batched steps since the start (the engine\'s share of the serving loop)', registers, collect() { this.set(stats().stepSeconds); } });
     new Gauge({ name: 'pdvm_batch_prefill_tokens', help: 'Prompt tokens prefilled in the latest batched step', registers, collect() { this.set(stats().lastStepPrefillTokens); } });
     new Gauge({
       name: 'pdvm_kv_cache_bytes', help: 'KV cache memory held, by running generations and kept for prefix reuse', labelNames: ['state'], registers,

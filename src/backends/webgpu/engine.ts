@@ -263,6 +263,12 @@ export class WebGpuEngine implements Engine {
   batchRows = 8;
   /** Output rows a subgroup of the batched q4 products (PDVM_BATCH_RPS; default 2). */
   batchRowsPerSubgroup = 2;
+  /**
+   * The decode-row plan's products: 'matvec' (default; kernels/batched-matvec.ts for q4) or 'tiled'
+   * (the prefill's matrix-matrix kernels, tensor cores where self-tested: PDVM_BATCH_PRODUCTS=tiled,
+   * for measuring them at small T).
+   */
+  batchProducts: 'matvec' | 'tiled' = 'matvec';
   /** Word of the step buffer where the row table starts. */
   private readonly rowsAt: number;
   private queue: Promise<unknown> = Promise.resolve();
@@ -365,6 +371,7 @@ export class WebGpuEngine implements Engine {
       engine.matvecActivations = options.matvecActivations ?? 'int8';
       engine.batchRows = Math.max(1, Math.min(32, Math.floor(options.batchRows ?? Number(envVar('PDVM_BATCH_NB') ?? 8))));
       engine.batchRowsPerSubgroup = Math.max(1, Math.min(8, Math.floor(Number(envVar('PDVM_BATCH_RPS') ?? 2))));
+      engine.batchProducts = envVar('PDVM_BATCH_PRODUCTS') === 'tiled' ? 'tiled' : 'matvec';
       engine.spare = spare;
       return engine;
     } catch (e) {
@@ -658,13 +665,14 @@ export class WebGpuEngine implements Engine {
    * The batched q4 products' rows a pass and output rows a subgroup (benchmarks sweep them); the
    * decode-row plan is rebuilt at the next step.
    */
-  setBatchKernel(rowsAPass: number, rowsASubgroup: number): void {
+  setBatchKernel(rowsAPass: number, rowsASubgroup: number, products: 'matvec' | 'tiled' = 'matvec'): void {
     for (const b of this.decodeRows?.buffers ?? []) b.destroy();
     this.decodeRows = null;
     this.spareDecodePass = null;
     this.kvDecodeDispatches.clear();
     this.batchRows = rowsAPass;
     this.batchRowsPerSubgroup = rowsASubgroup;
+    this.batchProducts = products;
   }
 
   /**
@@ -756,7 +764,7 @@ export class WebGpuEngine implements Engine {
     const options = { activations: int8 ? ('int8' as const) : ('f32' as const), nb: this.batchRows, rps: this.batchRowsPerSubgroup, xq, xd };
     // x quantized for the int8 products that read it (nothing where x is f32 or its columns are not whole units)
     const quantize = (x: GPUBuffer, cols: number): Dispatch[] => (int8 && cols % 32 === 0 ? [quantizeRowsOp(gpu, cols, maxRows, x, xq!, xd!, a.step)] : []);
-    const product = (m: GpuMatrix, io: MatmulIo): Dispatch[] => batchedMatvecOp(gpu, m, io, options) ?? matmulOp(gpu, m, io, 'tiled', maxRows);
+    const product = (m: GpuMatrix, io: MatmulIo): Dispatch[] => (this.batchProducts === 'matvec' ? batchedMatvecOp(gpu, m, io, options) : null) ?? matmulOp(gpu, m, io, 'tiled', maxRows);
     const stacked = (parts: GpuMatrix[], x: GPUBuffer, y: GPUBuffer, yStride: number, bias: GPUBuffer | null) => {
       let offset = 0;
       return parts.flatMap((m) => {

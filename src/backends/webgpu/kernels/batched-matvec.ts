@@ -82,10 +82,12 @@ export function batchedMatvecWgsl(s: BatchedMatvecShape, f: { packedDot: boolean
   const J = Array.from({ length: s.rps }, (_, j) => j);
   const N = Array.from({ length: s.nb }, (_, n) => n);
   const M = '0x0F0F0F0Fu';
-  const wordDot = (w: string, a: string, b: string) => `dot4I8(${w} & ${M}, ${a}) + dot4I8((${w} >> 4u) & ${M}, ${b})`;
+  // a word's even and odd nibbles as four non-negative int8 each, split once a unit (not once a row of x)
+  const wordDot = (j: number, e: number, a: string, b: string) => `dot4I8(lo${j}_${e}, ${a}) + dot4I8(hi${j}_${e}, ${b})`;
   // the hot loop's body for unit k: weights of each row loaded first, then every x row applied
   const body: string[] = [];
   for (const j of J) body.push(`let w${j} = Q[r${j} * UNITS + k];`, `let sm${j} = unpack2x16float(SM[r${j} * GROUPS + (k * 32u) / GROUP]);`);
+  if (int8) for (const j of J) for (let e = 0; e < 4; e++) body.push(`let lo${j}_${e} = w${j}[${e}] & ${M};`, `let hi${j}_${e} = (w${j}[${e}] >> 4u) & ${M};`);
   if (!int8) {
     // dequantized once a unit, in column order: lo (nibbles 0..3) and hi (4..7) of each word
     for (const j of J) {
@@ -104,8 +106,8 @@ export function batchedMatvecWgsl(s: BatchedMatvecShape, f: { packedDot: boolean
       inner.push(`let xi = (t0 + ${n}u) * UNITS + k;`, `let xa = XQ[xi * 2u];`, `let xb = XQ[xi * 2u + 1u];`, `let xd = XD[xi];`);
       for (const j of J) {
         inner.push(`{
-  let p = (${wordDot(`w${j}.x`, 'xa.x', 'xa.y')}) + (${wordDot(`w${j}.y`, 'xa.z', 'xa.w')})
-    + (${wordDot(`w${j}.z`, 'xb.x', 'xb.y')}) + (${wordDot(`w${j}.w`, 'xb.z', 'xb.w')});
+  let p = (${wordDot(j, 0, 'xa.x', 'xa.y')}) + (${wordDot(j, 1, 'xa.z', 'xa.w')})
+    + (${wordDot(j, 2, 'xb.x', 'xb.y')}) + (${wordDot(j, 3, 'xb.z', 'xb.w')});
   acc[${j * s.nb + n}] += sm${j}.x * (xd.x * f32(p)) + sm${j}.y * xd.y;
 }`);
       }
