@@ -4,17 +4,19 @@
 #         into /work/main/.gpu/prefill with the validation text; about 3 MB)
 #   device (carry .gpu): bash .gpu/prefill/prefill-device.sh   (results under $OUT)
 # 1. the device's features and self-tests; the prefill product kernels against the CPU (f32 tiles, and the
-#    tensor-core kernel in each tile it may choose)
+#    tensor-core kernel in each tile it may choose); prompt attention (f32 tiles, tensor cores) against the CPU
 # 2. pdvm bench --prefill 512 on llama-3.2-1b / llama-3.1-8b / phi-4 q4 g64 (the default path), --profile on 8B
 # 3. perplexity of the q4 demo model on the default (tensor-core) path (the CPU's: docs/PERFORMANCE.md)
-# 4. bench/prefill-lab.ts: the tensor-core kernel's layouts and tiles on the real shapes, against the f32 tiles
+# 4. bench/prefill-lab.ts: the tensor-core kernel's layouts and tiles on the real shapes, against the f32 tiles (LAB=0: not)
+# 5. LONG=N: pdvm bench --prefill N on phi-4 (one run), e.g. LONG=16384; NO_TC_ATTENTION=1: 8B pp512 also
+#    with the f32 prompt attention (PDVM_TC_ATTENTION=0)
 set -uo pipefail
 if [ "${1:-}" = "--build" ]; then
   set -e
   K=/work/main/.gpu/prefill; rm -rf "$K"; mkdir -p "$K"
   B=(--bundle --platform=node --format=esm --external:webgpu "--banner:js=import { createRequire as __pdvmCreateRequire } from 'node:module'; const require = __pdvmCreateRequire(import.meta.url);")
   npx esbuild src/cli/main.ts "${B[@]}" --outfile="$K/app.mjs" --log-level=warning
-  for t in matmul-tiled device; do npx esbuild test/backends/webgpu/$t.test.ts "${B[@]}" --inject:src/backends/webgpu/node-gpu.ts --outfile="$K/$t.test.mjs" --log-level=warning; done
+  for t in matmul-tiled device kernels; do npx esbuild test/backends/webgpu/$t.test.ts "${B[@]}" --inject:src/backends/webgpu/node-gpu.ts --outfile="$K/$t.test.mjs" --log-level=warning; done
   npx esbuild bench/prefill-lab.ts "${B[@]}" --inject:src/backends/webgpu/node-gpu.ts --outfile="$K/lab.mjs" --log-level=warning
   cp ../shared/fixtures/text/brown/validation.txt "$K/"
   cp bench/prefill-device.sh "$K/"
@@ -25,13 +27,16 @@ K=.gpu/prefill; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 t() { echo "== $*" >> "$OUT/tests.log"; timeout 60 "$@" 2>&1 | grep -v Warning >> "$OUT/tests.log"; }
 t node --test $K/device.test.mjs $K/matmul-tiled.test.mjs
-bench() { echo "== pdvm bench $*" >> "$OUT/bench.log"; timeout 40 node $K/app.mjs bench --json "$@" >> "$OUT/results.jsonl" 2> >(grep -v Warning >> "$OUT/bench.log"); }
+t node --test --test-name-pattern="prompt attention in tiles" $K/kernels.test.mjs
+bench() { echo "== pdvm bench $*" >> "$OUT/bench.log"; timeout ${BENCH_S:-40} node $K/app.mjs bench --json "$@" >> "$OUT/results.jsonl" 2> >(grep -v Warning >> "$OUT/bench.log"); }
 bench --shape llama-3.2-1b --encoding q4 --group 64 --prefill 512 --runs 3
 bench --shape llama-3.1-8b --encoding q4 --group 64 --prefill 512 --runs 3 --profile
 bench --shape phi-4 --encoding q4 --group 64 --prefill 512 --runs 3
+[ "${NO_TC_ATTENTION:-}" = "" ] || PDVM_TC_ATTENTION=0 bench --shape llama-3.1-8b --encoding q4 --group 64 --prefill 512 --runs 3 --profile
 echo "== perplexity" >> "$OUT/perplexity.log"
 timeout 40 node $K/app.mjs perplexity models/brown-llama-12m.upg --text $K/validation.txt --limit 2049 --backend webgpu --json >> "$OUT/perplexity.log" 2> >(grep -v Warning >> "$OUT/perplexity.log")
-timeout ${LAB_S:-60} node $K/lab.mjs --json "$OUT/lab.jsonl" --budget ${LAB_BUDGET_S:-40} --shapes ${LAB_SHAPES:-llama-3.1-8b:gate_up,llama-3.2-1b:qkv,llama-3.1-8b:down,phi-4:qkv,llama-3.2-1b:down,llama-3.2-1b:gate_up} > "$OUT/lab.log" 2>&1
+[ "${LONG:-}" = "" ] || bench --shape phi-4 --encoding q4 --group 64 --prefill $LONG --runs 1
+[ "${LAB:-1}" = 0 ] || timeout ${LAB_S:-60} node $K/lab.mjs --json "$OUT/lab.jsonl" --budget ${LAB_BUDGET_S:-40} --shapes ${LAB_SHAPES:-llama-3.1-8b:gate_up,llama-3.2-1b:qkv,llama-3.1-8b:down,phi-4:qkv,llama-3.2-1b:down,llama-3.2-1b:gate_up} > "$OUT/lab.log" 2>&1
 echo "lab exit $?" >> "$OUT/lab.log"
 [ -z "${EXTRA:-}" ] || eval "$EXTRA"
 sleep 1

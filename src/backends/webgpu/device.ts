@@ -7,7 +7,7 @@
 import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
 import { parseTensorCoreTile, TENSOR_CORE_TILES, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
-import { selfTestPrefillKernel, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
+import { selfTestPrefillKernel, selfTestPromptAttention, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
 /** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
 export interface SubgroupMatrixConfig {
@@ -40,6 +40,8 @@ export interface GpuFeatures {
   subgroupMatrixIndexing: SubgroupIndexing | null;
   /** How the WGSL compiler spells subgroup-matrix loads and stores (the first form that passed its self-test). */
   subgroupMatrixSyntax: SubgroupMatrixSyntax;
+  /** Prompt attention on the tensor cores (kernels/attention-tensor-core.ts), self-tested. */
+  attentionTensorCore: boolean;
   /** That kernel's tile for every matrix; null: chosen per matrix shape (chooseTensorCoreTile). */
   subgroupMatrixTile: TensorCoreTile | null;
   /** Dawn toggles requested (Node). */
@@ -64,6 +66,11 @@ export interface GpuOptions {
    * name such as "h64-4422", else chosen per matrix shape).
    */
   subgroupMatrixTile?: TensorCoreTile;
+  /**
+   * Prompt attention on the tensor cores where subgroup matrices are used and its self-test passes
+   * (default on; PDVM_TC_ATTENTION=0 turns it off: the f32 tiles of kernels/attention.ts serve).
+   */
+  tensorCoreAttention?: boolean;
   /**
    * Node only: ask Dawn for the toggles allow_unsafe_apis and vulkan_enable_f16_on_nvidia (which expose
    * subgroup matrices and, on NVIDIA, shader-f16). Default on, unless PDVM_DAWN_TOGGLES=0; every fast
@@ -233,6 +240,7 @@ export class Gpu {
       subgroupMatrixIndexing: null,
       subgroupMatrixSyntax: 'template',
       subgroupMatrixTile: options.subgroupMatrixTile ?? parseTensorCoreTile(env('PDVM_SM_TILE')),
+      attentionTensorCore: false,
       dawnToggles: entry.toggles,
       selfTests: {},
     };
@@ -271,6 +279,15 @@ export class Gpu {
             features.subgroupMatrixF16 = true;
             features.subgroupMatrixIndexing = way;
             break;
+          }
+        }
+        // prompt attention on the same primitives (and subgroup shuffles), unless turned off
+        if (features.subgroupMatrixF16 && subgroups && features.subgroupMaxSize === 32) {
+          if (options.tensorCoreAttention === false || env('PDVM_TC_ATTENTION') === '0') features.selfTests['prompt attention (subgroup matrix)'] = 'not run: turned off (PDVM_TC_ATTENTION=0)';
+          else {
+            const a = await selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax);
+            features.selfTests['prompt attention (subgroup matrix)'] = a;
+            features.attentionTensorCore = a === 'passed';
           }
         }
       }

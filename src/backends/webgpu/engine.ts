@@ -26,7 +26,7 @@ import { DeviceLostError, GpuOutOfMemoryError } from './errors.js';
 import { FusedDecoder } from './fused/decoder.js';
 import { fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
 import type { FusedModelWeights } from './fused/weights.js';
-import { argmaxOp, attentionOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, embeddingOp, matmulOp, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type MatmulIo } from './ops.js';
+import { argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, embeddingOp, matmulOp, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type MatmulIo } from './ops.js';
 import { gpuWeightBytes, uploadVector, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
 import { guardAllocation, uploadModelWeights } from './upload.js';
 import { rowsAt, stepWords, writeRows, type KvLayout } from './kernels/kv.js';
@@ -457,7 +457,10 @@ export class WebGpuEngine implements Engine {
     for (let l = 0; l < c.numLayers; l++) {
       const rope = ropeKvOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim }, kv, a.qkv, a.cos, a.sin, group.k[l]!, group.v[l]!, a.step);
       const rows = attentionOp(gpu, shape, kv, a.qkv, group.k[l]!, group.v[l]!, a.att, a.step);
-      const tiled = this.tiledAttention ? attentionTiledOp(gpu, shape, kv, a.qkv, group.k[l]!, group.v[l]!, a.att, a.step) : null;
+      // prompts: the tensor cores where self-tested, else tiles of 16 x 16 in f32
+      const tiled = this.tiledAttention
+        ? (attentionTensorCoreOp(gpu, shape, kv, a.qkv, group.k[l]!, group.v[l]!, a.att, a.step) ?? attentionTiledOp(gpu, shape, kv, a.qkv, group.k[l]!, group.v[l]!, a.att, a.step))
+        : null;
       d.push({ one: [rope, rows], prompt: [rope, tiled ?? rows] });
     }
     this.kvDispatches.set(g, d);

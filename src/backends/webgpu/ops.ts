@@ -13,6 +13,7 @@ import {
   tensorCoreTileSize, tensorCoreWorkgroupBytes, tiledSupports, type TiledKernel, type TiledMatmulShape, type TiledWeight,
 } from './kernels/matmul-tiled.js';
 import { kvDefines, type KvLayout } from './kernels/kv.js';
+import { attentionTensorCoreBytes, attentionTensorCoreFits, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
 import { grid } from './kernels/prelude.js';
 import { embeddingUpgWgsl, matmulUpgWgsl } from './kernels/matmul-upg.js';
 import { rmsnormWgsl, type RmsnormShape } from './kernels/rmsnorm.js';
@@ -227,6 +228,24 @@ export function attentionTiledOp(gpu: Gpu, s: AttentionShape, kv: KvLayout, qkv:
     pipeline,
     bindGroup: gpu.bindGroup('attention_tiled', pipeline, [qkv, kCache, vCache, out, step]),
     workgroups: (T: number) => [s.numHeads, Math.ceil(T / TILE_Q), 1],
+  };
+}
+
+/**
+ * Attention of a prompt's rows on the tensor cores (kernels/attention-tensor-core.ts: tiles of 64
+ * queries x 32 keys, f16 operands, f32 sums) where device.ts's self-test of it passed; null elsewhere
+ * (attentionTiledOp serves).
+ */
+export function attentionTensorCoreOp(gpu: Gpu, s: AttentionShape, kv: KvLayout, qkv: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch | null {
+  if (!gpu.features.attentionTensorCore || !attentionTensorCoreFits(s) || attentionTensorCoreBytes(s) > gpu.device.limits.maxComputeWorkgroupStorageSize) return null;
+  if (s.numHeads % s.numKvHeads !== 0) throw new Error(`attention: ${s.numHeads} heads are not a multiple of ${s.numKvHeads} KV heads`);
+  const sg = gpu.features.subgroupMaxSize, indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index', syntax = gpu.features.subgroupMatrixSyntax;
+  const pipeline = gpu.pipeline('attention_tensor_core', { ...s, slidingWindow: s.slidingWindow ?? 0, ...kvDefines(kv), sg, indexing, syntax }, () => attentionTensorCoreWgsl(s, kv, sg, indexing, syntax));
+  return {
+    label: 'attention_tensor_core',
+    pipeline,
+    bindGroup: gpu.bindGroup('attention_tensor_core', pipeline, [qkv, kCache, vCache, out, step]),
+    workgroups: (T: number) => [s.numHeads, Math.ceil(T / TC_TILE_Q), 1],
   };
 }
 

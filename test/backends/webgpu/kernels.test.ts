@@ -6,16 +6,22 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { addInPlace, applyRope, attention, rmsnorm, ropeTables, swiglu } from '../../../src/backends/cpu/ops.js';
-import { attentionOp, attentionTiledOp, embeddingOp, matmulOp, rmsnormOp, ropeKvOp, swigluOp } from '../../../src/backends/webgpu/ops.js';
+import { attentionOp, attentionTensorCoreOp, attentionTiledOp, embeddingOp, matmulOp, rmsnormOp, ropeKvOp, swigluOp } from '../../../src/backends/webgpu/ops.js';
 import { attentionSplits, splitAttentionFits, decodeAttentionPartGqaWgsl, decodeAttentionPartWgsl, decodeCombineWgsl } from '../../../src/backends/webgpu/kernels/fused-attention.js';
 import { kvDefines, type KvLayout, type KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
 import { uploadDense } from '../../../src/backends/webgpu/weights.js';
 import { f32ToBf16, f32ToF16, f16ToF32 } from '../../../src/format/dtype.js';
 import type { ModelConfig } from '../../../src/model/config.js';
 import { DenseTensor } from '../../../src/model/tensor.js';
-import { assertClose, rng } from '../../helpers.js';
+import { assertClose, compare, rng } from '../../helpers.js';
 import { featureVariants, read, run, SKIP_GPU, stepBuffer, storage, testGpu, zeros } from './gpu.js';
 import { kvStorages, poolBuffer, readPool, roundF16, stepWithRows } from './kv.js';
+
+/**
+ * Norm-relative tolerance of the tensor-core prompt attention (kernels/attention-tensor-core.ts): q, k,
+ * v and the probabilities rounded to f16 (2^-11 relative each), scores and sums in f32.
+ */
+const TC_ATTENTION_TOLERANCE = 5e-3;
 
 function randomArray(n: number, seed: number, scale = 1): Float32Array {
   const r = rng(seed);
@@ -185,7 +191,16 @@ for (const { name, options } of variants) {
         const d = attentionTiledOp(gpu, shape, layout, storage(gpu, qkv), poolBuffer(gpu, kHist, kvDim, c.headDim, c.rotaryDim, kv, true), poolBuffer(gpu, vHist, kvDim, c.headDim, c.rotaryDim, kv, false), out, stepWithRows(gpu, T, layout.rowsAt, Array.from({ length: T }, (_, t) => ({ slot, pos: pos0 + t }))));
         assert.ok(d, `the tiled kernel takes head dim ${c.headDim}`);
         await run(gpu, [d], T);
-        assertClose(await read(gpu, out, T * qDim), want, f16 ? 1e-4 : 1e-5, `tiled attention (${kv} cache) heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} window ${c.slidingWindow} slot ${slot} pos0 ${pos0} T ${T}`);
+        const what = `(${kv} cache) heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} window ${c.slidingWindow} slot ${slot} pos0 ${pos0} T ${T}`;
+        assertClose(await read(gpu, out, T * qDim), want, f16 ? 1e-4 : 1e-5, `tiled attention ${what}`);
+        // the tensor-core kernel where the device self-tested it: f16 q, k, v and probabilities
+        const tc = attentionTensorCoreOp(gpu, shape, layout, storage(gpu, qkv), poolBuffer(gpu, kHist, kvDim, c.headDim, c.rotaryDim, kv, true), poolBuffer(gpu, vHist, kvDim, c.headDim, c.rotaryDim, kv, false), out, stepWithRows(gpu, T, layout.rowsAt, Array.from({ length: T }, (_, t) => ({ slot, pos: pos0 + t }))));
+        if (tc) {
+          await run(gpu, [tc], T);
+          const got = await read(gpu, out, T * qDim);
+          console.log(`tensor-core attention ${what}: relative difference ${compare(got, want).rel.toExponential(2)}`);
+          assertClose(got, want, TC_ATTENTION_TOLERANCE, `tensor-core attention ${what}`);
+        }
       }
     }
   });

@@ -1,13 +1,16 @@
 /**
- * The tensor-core prefill kernel's WGSL (kernels/matmul-tiled.ts) where no device has subgroup
- * matrices (lavapipe, CI): each layout and tile, each weight encoding, bias and residual epilogues, both
- * ways of finding the subgroup, with the subgroup-matrix builtins rewritten into scalar stand-ins of
- * the same arguments, must pass Tint's checks. Catches WGSL errors outside the builtins before a
+ * The tensor-core prefill kernels' WGSL (kernels/matmul-tiled.ts, kernels/attention-tensor-core.ts)
+ * where no device has subgroup matrices (lavapipe, CI): each layout and tile, each weight encoding,
+ * bias and residual epilogues, each KV cache storage, head dims and windows, both ways of finding the
+ * subgroup, with the subgroup-matrix builtins rewritten into scalar stand-ins of the same arguments,
+ * must pass Tint's checks. Catches WGSL errors outside the builtins before a
  * device with tensor cores runs the kernel (there, matmul-tiled.test.ts compares it with the CPU).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { convertF16Wgsl, dequantF16Wgsl, matmulTensorCoreWgsl, TENSOR_CORE_TILES, tensorCoreTileName, type TensorCoreTile, type TiledMatmulShape } from '../../../src/backends/webgpu/kernels/matmul-tiled.js';
+import { attentionTensorCoreWgsl } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
+import type { KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
 import { SKIP_GPU, testGpu } from './gpu.js';
 
 /** The kernel with every subgroup-matrix type and builtin replaced by f32 arithmetic on the same operands. */
@@ -15,13 +18,12 @@ function withScalarStandIns(code: string): string {
   return code
     .replace('enable chromium_experimental_subgroup_matrix;\n', '')
     .replace('requires subgroup_id;\n', '')
-    .replace('enable subgroups;\n', '')
     .replace(', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32', '')
     .replace(/\bsg_id\b/g, '0u')
     .replace(/\bsg_lane\b/g, '0u')
     .replace(/subgroup_matrix_result<f32, 16, 16>\(\)/g, 'f32()')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_\w+<\w+, 16, 16>, (?:row|col)_major>\(&(\w+), (.*), ([^,()]+)\)/g, 'f32($1[$2]) + f32($3)')
-    .replace(/subgroupMatrixMultiplyAccumulate\((\w+), (\w+), (\w+)\)/g, '$3 + $1 * $2')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_\w+<\w+, 16, 16>, (?:row|col)_major>\(&(\w+), ([^,]*), ([^,()]+)\)/g, 'f32($1[$2]) + f32($3)')
+    .replace(/subgroupMatrixMultiplyAccumulate\((\w+), (.*), (\w+)\)/g, '$3 + $1 * ($2)')
     .replace(/subgroupMatrixStore<(?:row|col)_major>\(&(\w+), (.*), (\w+), ([^,()]+)\)/g, '$1[$2] = $3 + f32($4)');
 }
 
@@ -49,6 +51,16 @@ test('the tensor-core prefill kernel\'s WGSL passes Tint\'s checks outside the s
     for (const tile of tiles) {
       for (const indexing of ['subgroup-id', 'invocation-index'] as const) {
         await check(`${s.weight.encoding} ${tensorCoreTileName(tile)} ${indexing}`, withScalarStandIns(matmulTensorCoreWgsl(s, 32, indexing, tile)));
+        n++;
+      }
+    }
+  }
+  const attentions: [number, number, number, number | null, KvStorage][] = [[32, 8, 64, null, 'f16'], [40, 10, 128, null, 'f16-packed'], [6, 6, 96, 21, 'f32'], [4, 1, 64, 100, 'f16']];
+  if (gpu.subgroups) {
+    for (const [numHeads, numKvHeads, headDim, slidingWindow, storage] of attentions) {
+      for (const indexing of ['subgroup-id', 'invocation-index'] as const) {
+        const s = { numHeads, numKvHeads, headDim, slidingWindow, rotaryDim: headDim };
+        await check(`attention ${numHeads}/${numKvHeads}x${headDim} window ${slidingWindow} ${storage} ${indexing}`, withScalarStandIns(attentionTensorCoreWgsl(s, { storage, contextLength: 4096, rowsAt: 520, kvBuffer: -1 }, 32, indexing)));
         n++;
       }
     }
