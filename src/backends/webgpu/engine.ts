@@ -26,7 +26,7 @@ import { DeviceLostError, GpuOutOfMemoryError } from './errors.js';
 import { FusedDecoder } from './fused/decoder.js';
 import { fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
 import type { FusedModelWeights } from './fused/weights.js';
-import { argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, embeddingOp, matmulOp, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type MatmulIo } from './ops.js';
+import { argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, embeddingOp, matmulOp, normQuantizeRowsOp, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type MatmulIo } from './ops.js';
 import { gpuWeightBytes, uploadVector, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
 import { guardAllocation, uploadModelWeights } from './upload.js';
 import { rowsAt, stepWords, writeRows, type KvLayout } from './kernels/kv.js';
@@ -776,29 +776,28 @@ export class WebGpuEngine implements Engine {
         return d;
       });
     };
+    // int8 x: rmsnorm and SwiGLU write the int8 blocks as they go (one dispatch each instead of two)
+    const fuse = int8 && H % 32 === 0 && ffn % 32 === 0;
+    const norm = (weight: GPUBuffer, step: GPUBuffer): Dispatch[] =>
+      fuse
+        ? [normQuantizeRowsOp(gpu, H, c.rmsNormEps, maxRows, a.x, weight, a.xn, xq!, xd!, step)]
+        : [rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, weight, a.xn, step), ...(int8 && H % 32 === 0 ? [quantizeRowsOp(gpu, H, maxRows, a.xn, xq!, xd!, step)] : [])];
+    const swiglu = fuse ? [quantizeRowsOp(gpu, ffn, maxRows, a.act, xq!, xd!, a.step, a.gateUp)] : [swigluOp(gpu, ffn, C, a.gateUp, a.act, a.step), ...quantize(a.act, ffn)];
     const layers = w.layers.map((L): LayerPlan => ({
-      beforeAttention: [
-        rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, L.attnNorm, a.xn, a.step),
-        ...quantize(a.xn, H),
-        ...stacked(L.qkv, a.xn, a.qkv, qkvDim, L.qkvBias),
-      ],
+      beforeAttention: [...norm(L.attnNorm, a.step), ...stacked(L.qkv, a.xn, a.qkv, qkvDim, L.qkvBias)],
       afterAttention: [
         ...quantize(a.att, qDim),
         ...product(L.o, { x: a.att, y: a.x, yStride: H, yOffset: 0, bias: null, residual: true, step: a.step }),
-        rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, L.mlpNorm, a.xn, a.step),
-        ...quantize(a.xn, H),
+        ...norm(L.mlpNorm, a.step),
         ...stacked(L.gateUp, a.xn, a.gateUp, 2 * ffn, null),
-        swigluOp(gpu, ffn, C, a.gateUp, a.act, a.step),
-        ...quantize(a.act, ffn),
+        ...swiglu,
         ...product(L.down, { x: a.act, y: a.x, yStride: H, yOffset: 0, bias: null, residual: true, step: a.step }),
       ],
     }));
     // the head over the first L rows of the pass (their step: headStep, T = L)
     const headStep = buffer('batch_head_step', 16, STORAGE() | GPUBufferUsage.COPY_DST);
-    const quantizeHead = int8 && H % 32 === 0 ? [quantizeRowsOp(gpu, H, maxRows, a.xn, xq!, xd!, headStep)] : [];
     const head = [
-      rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, w.finalNorm, a.xn, headStep),
-      ...quantizeHead,
+      ...norm(w.finalNorm, headStep),
       ...product(w.lmHead, { x: a.xn, y: a.logits, yStride: c.vocabSize, yOffset: 0, bias: null, residual: false, step: headStep }),
     ];
     const params = buffer('batch_params', maxRows * 8 * 4, STORAGE() | GPUBufferUsage.COPY_DST);

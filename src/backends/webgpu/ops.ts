@@ -5,7 +5,7 @@
 import type { Gpu } from './device.js';
 import type { Dispatch } from './dispatch.js';
 import { attentionTiledFits, attentionTiledWgsl, attentionWgsl, TILE_Q, type AttentionShape } from './kernels/attention.js';
-import { BATCHED_WG, batchedBindings, batchedMatvecApplies, batchedMatvecWgsl, batchedWorkgroups, quantizeRowsWgsl, type BatchedMatvecShape } from './kernels/batched-matvec.js';
+import { BATCHED_WG, batchedBindings, batchedMatvecApplies, batchedMatvecWgsl, batchedWorkgroups, normQuantizeRowsWgsl, quantizeRowsWgsl, type BatchedMatvecShape } from './kernels/batched-matvec.js';
 import { embeddingWgsl } from './kernels/embedding.js';
 import { MATVEC_ROWS, matvecDenseWgsl, type DenseMatmulShape } from './kernels/matmul-dense.js';
 import {
@@ -14,7 +14,7 @@ import {
 } from './kernels/matmul-tiled.js';
 import { kvDefines, type KvLayout } from './kernels/kv.js';
 import { attentionTensorCoreBytes, attentionTensorCoreFits, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
-import { grid } from './kernels/prelude.js';
+import { f32Literal, grid } from './kernels/prelude.js';
 import { embeddingUpgWgsl, matmulUpgWgsl } from './kernels/matmul-upg.js';
 import { rmsnormWgsl, type RmsnormShape } from './kernels/rmsnorm.js';
 import { ropeKvWgsl, type RopeShape } from './kernels/rope.js';
@@ -335,16 +335,39 @@ export function batchedMatvecOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, o: Batched
   return [{ label: `batched_matvec_q4(${o.activations})`, pipeline, bindGroup: gpu.bindGroup('batched_matvec', pipeline, buffers), workgroups: () => [n, 1, 1] }];
 }
 
-/** The step's T rows of x (cols floats each) as int8 blocks for batchedMatvecOp ('int8'). */
-export function quantizeRowsOp(gpu: Gpu, cols: number, maxRows: number, x: GPUBuffer, xq: GPUBuffer, xd: GPUBuffer, step: GPUBuffer): Dispatch {
+/**
+ * The step's T rows of x (cols floats each) as int8 blocks for batchedMatvecOp ('int8'); with
+ * `gateUp`, x is first computed as SwiGLU of its rows (T, 2 cols) and stored (swiglu and quantize in one).
+ */
+export function quantizeRowsOp(gpu: Gpu, cols: number, maxRows: number, x: GPUBuffer, xq: GPUBuffer, xd: GPUBuffer, step: GPUBuffer, gateUp?: GPUBuffer): Dispatch {
   if (cols % 32 !== 0) throw new Error(`quantize rows: ${cols} columns are not whole units of 32`);
   const units = cols / 32;
   need(x, maxRows * cols, 'quantize rows input');
   need(xq, maxRows * units * 8, 'quantize rows output');
   need(xd, maxRows * units * 2, 'quantize rows scales');
+  if (gateUp) need(gateUp, maxRows * 2 * cols, 'swiglu quantize input');
   const f = { packedDot: gpu.features.packed4x8IntegerDotProduct };
-  const pipeline = gpu.pipeline('quantize_rows', { units, ...f }, () => quantizeRowsWgsl(units, f));
-  return { label: 'quantize_rows', pipeline, bindGroup: gpu.bindGroup('quantize_rows', pipeline, [x, xq, xd, step]), workgroups: (T: number) => grid(Math.ceil((T * units) / 64)) };
+  const source = gateUp ? 'swiglu' : 'plain';
+  const pipeline = gpu.pipeline('quantize_rows', { units, source, ...f }, () => quantizeRowsWgsl(units, f, source));
+  return {
+    label: gateUp ? 'swiglu_quantize_rows' : 'quantize_rows', pipeline,
+    bindGroup: gpu.bindGroup('quantize_rows', pipeline, [x, xq, xd, step, ...(gateUp ? [gateUp] : [])]),
+    workgroups: (T: number) => grid(Math.ceil((T * units) / 64)),
+  };
+}
+
+/** RMSNorm of the step's T rows into xn and their int8 blocks for batchedMatvecOp in one dispatch (a workgroup a row). */
+export function normQuantizeRowsOp(gpu: Gpu, hidden: number, eps: number, maxRows: number, x: GPUBuffer, w: GPUBuffer, xn: GPUBuffer, xq: GPUBuffer, xd: GPUBuffer, step: GPUBuffer): Dispatch {
+  if (hidden % 32 !== 0) throw new Error(`norm quantize rows: ${hidden} columns are not whole units of 32`);
+  const units = hidden / 32;
+  need(w, hidden, 'norm quantize weight');
+  need(x, maxRows * hidden, 'norm quantize input');
+  need(xn, maxRows * hidden, 'norm quantize output');
+  need(xq, maxRows * units * 8, 'norm quantize int8 output');
+  need(xd, maxRows * units * 2, 'norm quantize scales');
+  const f = { packedDot: gpu.features.packed4x8IntegerDotProduct, subgroups: gpu.subgroups };
+  const pipeline = gpu.pipeline('norm_quantize_rows', { units, eps, ...f }, () => normQuantizeRowsWgsl(units, f32Literal(eps), f));
+  return { label: 'rmsnorm_quantize_rows', pipeline, bindGroup: gpu.bindGroup('norm_quantize_rows', pipeline, [x, w, xn, xq, xd, step]), workgroups: grid };
 }
 
 export function sampleOp(gpu: Gpu, vocab: number, logits: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch {

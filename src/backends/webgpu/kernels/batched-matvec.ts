@@ -17,7 +17,7 @@
  * A row's sums do not depend on T or on which rows share the step: each of the NB slots runs the
  * same operations in the same order (issue 15.3).
  */
-import { COMMON, header } from './prelude.js';
+import { COMMON, header, reductions, subgroupLet, subgroupParam } from './prelude.js';
 
 export interface BatchedMatvecShape {
   rows: number;
@@ -167,25 +167,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 /**
- * x (T rows of COLS floats) to the int8 blocks the batched product reads: per row t and unit k,
- * XQ[2 (t UNITS + k)], XQ[.. + 1] the 32 values as int8 (even and odd columns of each 8 apart, the
- * order of a q4 word's two nibble masks) and XD[t UNITS + k] = (d, sum of x). One invocation a unit.
+ * Unit i of the int8 x: XQ[2i], XQ[2i + 1] the 32 values v as int8 (even and odd columns of each 8
+ * apart, the order of a q4 word's two nibble masks) and XD[i] = (d, sum of v), d = max|v| / 127.
  */
-export function quantizeRowsWgsl(units: number, f: { packedDot: boolean }): string {
-  return `${COMMON}
-${f.packedDot ? PACKED_DOT : POLYFILL_DOT}
-const UNITS = ${units}u;
-@group(0) @binding(0) var<storage, read> X: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> XQ: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read_write> XD: array<vec2<f32>>;
-@group(0) @binding(3) var<storage, read> STEP: array<u32>;
-
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = linear_workgroup(wid, nwg) * 64u + lid;
-  if (i >= STEP[0] * UNITS) { return; }
-  var v: array<vec4<f32>, 8>;
-  for (var e = 0u; e < 8u; e++) { v[e] = X[i * 8u + e]; }
+const STORE_UNIT = /* wgsl */ `
+fn store_unit(i: u32, v: array<vec4<f32>, 8>) {
   var amax = 0.0;
   var sum = 0.0;
   for (var e = 0u; e < 8u; e++) {
@@ -204,6 +190,81 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     pack4xI8_(vec4<i32>(q[4].x, q[4].z, q[5].x, q[5].z)), pack4xI8_(vec4<i32>(q[4].y, q[4].w, q[5].y, q[5].w)),
     pack4xI8_(vec4<i32>(q[6].x, q[6].z, q[7].x, q[7].z)), pack4xI8_(vec4<i32>(q[6].y, q[6].w, q[7].y, q[7].w)));
   XD[i] = vec2<f32>(d, sum);
+}`;
+
+/**
+ * x (T rows of COLS floats) to the int8 blocks the batched product reads: per row t and unit k,
+ * unit t UNITS + k (STORE_UNIT). One invocation a unit. Two producers fused in front where the
+ * decode-row plan has them:
+ *   'swiglu': x = silu(gate) * up of gate_up rows (T, 2 COLS) (as kernels/swiglu.ts), also stored to X;
+ *   'plain':  x as stored.
+ */
+export function quantizeRowsWgsl(units: number, f: { packedDot: boolean }, source: 'plain' | 'swiglu' = 'plain'): string {
+  const load = source === 'plain'
+    ? 'for (var e = 0u; e < 8u; e++) { v[e] = X[i * 8u + e]; }'
+    : `let t = i / UNITS;
+  let c0 = (i % UNITS) * 8u; // vec4 of the row
+  for (var e = 0u; e < 8u; e++) {
+    let g = GU[t * 2u * UNITS * 8u + c0 + e];
+    let u = GU[t * 2u * UNITS * 8u + UNITS * 8u + c0 + e];
+    v[e] = g / (vec4<f32>(1.0) + exp(-g)) * u;
+    X[i * 8u + e] = v[e];
+  }`;
+  return `${COMMON}
+${f.packedDot ? PACKED_DOT : POLYFILL_DOT}
+const UNITS = ${units}u;
+@group(0) @binding(0) var<storage, ${source === 'plain' ? 'read' : 'read_write'}> X: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> XQ: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read_write> XD: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read> STEP: array<u32>;
+${source === 'swiglu' ? '@group(0) @binding(4) var<storage, read> GU: array<vec4<f32>>;' : ''}
+${STORE_UNIT}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wid, nwg) * 64u + lid;
+  if (i >= STEP[0] * UNITS) { return; }
+  var v: array<vec4<f32>, 8>;
+  ${load}
+  store_unit(i, v);
+}
+`;
+}
+
+/**
+ * RMSNorm and the int8 blocks in one: a workgroup of 256 per row, out = x * rsqrt(mean(x^2) + eps) * w
+ * (as kernels/rmsnorm.ts) to XN and, a unit an invocation, to XQ / XD (STORE_UNIT).
+ */
+export function normQuantizeRowsWgsl(units: number, eps: string, f: { packedDot: boolean; subgroups: boolean }): string {
+  return `${header(f)}${COMMON}${reductions(256, f)}
+${f.packedDot ? PACKED_DOT : POLYFILL_DOT}
+const UNITS = ${units}u;
+const H = ${units * 32}u;
+@group(0) @binding(0) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> W: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> XN: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> XQ: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read_write> XD: array<vec2<f32>>;
+@group(0) @binding(5) var<storage, read> STEP: array<u32>;
+${STORE_UNIT}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
+  ${subgroupLet(f)}
+  let row = linear_workgroup(wid, nwg);
+  if (row >= STEP[0]) { return; }
+  var ss = 0.0;
+  for (var i = lid; i < H / 4u; i += 256u) { let v = X[row * H / 4u + i]; ss += dot(v, v); }
+  let scale = inverseSqrt(wg_sum(ss, lid, sg_size) / f32(H) + ${eps});
+  for (var k = lid; k < UNITS; k += 256u) {
+    var v: array<vec4<f32>, 8>;
+    for (var e = 0u; e < 8u; e++) {
+      let j = k * 8u + e;
+      v[e] = X[row * H / 4u + j] * scale * W[j];
+      XN[row * H / 4u + j] = v[e];
+    }
+    store_unit(row * UNITS + k, v);
+  }
 }
 `;
 }
