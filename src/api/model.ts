@@ -60,9 +60,16 @@ export interface LoadModelOptions {
   /**
    * WebGPU: generations run together through the engine's batched step (continuous batching over the
    * pooled KV cache) where the engine offers one; default false, as a single stream decodes faster
-   * through the fused path.
+   * through the fused path (see soloOnDevice).
    */
   batchedStep?: boolean;
+  /**
+   * With batchedStep: a generation decoding alone (none other running or queued, no penalties, no
+   * grammar) takes the fused decode path until another arrives, then joins the batch from its KV slot
+   * (`pdvm serve --batched-step` sets it). Default false: a lone generation steps through the batched
+   * kernels too, so a request's tokens are exactly the same alone or batched.
+   */
+  soloOnDevice?: boolean;
   /** Generations allowed to wait for a slot; past that, generate() throws QueueFullError (default 64). */
   maxQueued?: number;
   /** Called as the model loads: bytes downloaded ('download') and tensors read ('tensors'), each of a total. */
@@ -132,7 +139,7 @@ export class Model {
   private disposed = false;
   private grammars: GrammarCompiler | null = null;
 
-  constructor(readonly loaded: LoadedModel, readonly engine: Engine, options: { maxConcurrency?: number; maxQueued?: number; prefixCacheBytes?: number; stepPrefillTokens?: number; backendNotice?: string } = {}) {
+  constructor(readonly loaded: LoadedModel, readonly engine: Engine, options: { maxConcurrency?: number; maxQueued?: number; prefixCacheBytes?: number; stepPrefillTokens?: number; backendNotice?: string; soloOnDevice?: boolean } = {}) {
     this.id = modelId(loaded.path);
     this.backendNotice = options.backendNotice;
     this.context = {
@@ -150,7 +157,7 @@ export class Model {
     if (!Number.isFinite(prefixCacheBytes) || prefixCacheBytes < 0) throw new InvalidInputError(`prefix cache bytes must be >= 0, got ${prefixCacheBytes}`);
     const prefillTokens = options.stepPrefillTokens ?? PREFILL_CHUNK;
     if (!Number.isInteger(prefillTokens) || prefillTokens < 1) throw new InvalidInputError(`step prefill tokens must be a whole number >= 1, got ${prefillTokens}`);
-    this.scheduler = new Scheduler(engine, this.context, { maxActive, maxQueued, prefixCacheBytes, prefillTokens });
+    this.scheduler = new Scheduler(engine, this.context, { maxActive, maxQueued, prefixCacheBytes, prefillTokens, soloOnDevice: options.soloOnDevice });
   }
 
   get backend(): 'cpu' | 'webgpu' {
@@ -375,7 +382,7 @@ export async function modelFromLoaded(loaded: LoadedModel, options: LoadModelOpt
   if (options.matvecActivations) webgpu.matvecActivations = options.matvecActivations;
   if (options.batchedStep) webgpu.batchedStep = true;
   const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength, decode: options.decode, kvCache: options.kvCache, webgpu: Object.keys(webgpu).length ? webgpu : undefined });
-  return new Model(loaded, engine, { maxConcurrency: options.maxConcurrency, maxQueued: options.maxQueued, prefixCacheBytes: options.prefixCacheBytes, stepPrefillTokens: options.stepPrefillTokens, backendNotice: notice });
+  return new Model(loaded, engine, { maxConcurrency: options.maxConcurrency, maxQueued: options.maxQueued, prefixCacheBytes: options.prefixCacheBytes, stepPrefillTokens: options.stepPrefillTokens, backendNotice: notice, soloOnDevice: options.batchedStep === true && options.soloOnDevice === true });
 }
 
 /** KV cache memory the default batch size may take. */

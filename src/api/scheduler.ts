@@ -36,6 +36,13 @@ export interface SchedulerLimits {
   prefillTokens?: number;
   /** Bytes finished generations' caches may keep for prefix reuse (0 = none; batched engines only). */
   prefixCacheBytes?: number;
+  /**
+   * Engines with both a batched step and a device decoder (WebGPU): a generation decoding alone (no
+   * other active or queued, no grammar, sampling the device does) runs through decodeOnDevice (the
+   * fused decoder, the fastest one-stream path) until another arrives; both append to its KV slot.
+   * Default false; off, a lone generation steps through the batched kernels like any other.
+   */
+  soloOnDevice?: boolean;
 }
 
 export interface GenerationJob {
@@ -272,6 +279,12 @@ export class Scheduler {
             }
           }
         }
+        const solo = this.soloCandidate();
+        if (solo) {
+          await this.decodeSolo(solo);
+          await yieldToEventLoop();
+          continue;
+        }
         const rows: StepRow[] = [];
         const entries: Entry[] = [];
         let prefill = 0, decode = 0;
@@ -321,6 +334,61 @@ export class Scheduler {
     }
   }
 
+  /** The one active generation, when it may decode through the engine's device decoder (SchedulerLimits.soloOnDevice). */
+  private soloCandidate(): Entry | null {
+    if (!this.limits.soloOnDevice || !this.engine.decodeOnDevice || this.active.length !== 1 || this.queue.length > 0) return null;
+    const entry = this.active[0]!;
+    const gen = entry.gen!;
+    return entry.filterReady && entry.next?.length === 1 && !gen.filter && gen.deviceSampling ? entry : null;
+  }
+
+  /**
+   * Decodes a lone generation through decodeOnDevice from its next token until it ends or another
+   * generation arrives (then the device's steps past the token that stopped it are discarded and the
+   * generation goes on in the batch from that token). One draw per sampled token, as in a batch.
+   */
+  private async decodeSolo(entry: Entry): Promise<void> {
+    const gen = entry.gen!, seq = entry.seq!, input = entry.next!;
+    let ended = false;
+    this.stepping.add(entry);
+    this.lastStep = { decodeRows: 1, prefillTokens: 0 };
+    let ids: number[];
+    try {
+      ids = await this.engine.decodeOnDevice!(seq, input, {
+        maxTokens: this.engine.contextLength,
+        sampling: gen.deviceSampling!,
+        random: () => gen.nextDraw(),
+        onToken: (id) => {
+          if (entry.state !== 'active') return true;
+          const step = gen.takeChosen(id);
+          for (const chunk of step.chunks) entry.job.sink.push(chunk);
+          if (step.end) {
+            ended = true;
+            return true;
+          }
+          entry.next = step.feed;
+          return this.active.length > 1 || this.queue.length > 0;
+        },
+      });
+    } catch (e) {
+      this.stepping.delete(entry);
+      if (entry.state !== 'active') this.freeSequence(entry);
+      else {
+        this.end(entry);
+        entry.job.sink.fail(e);
+      }
+      return;
+    }
+    this.stepping.delete(entry);
+    if (entry.state !== 'active') {
+      this.freeSequence(entry);
+      return;
+    }
+    // the sequence holds the input and every token but the last, which is fed next (or never)
+    entry.fed.push(...input, ...ids.slice(0, -1));
+    if (ended) this.finish(entry);
+  }
+
   /**
    * Where the engine chooses tokens on the device, a row whose sampling the device does exactly (no
    * penalties, no grammar mask) asks for its token instead of its logits.
@@ -356,7 +424,12 @@ export class Scheduler {
       entry.next = step.feed;
       return;
     }
-    const { tail, result } = gen.finish();
+    this.finish(entry);
+  }
+
+  /** A generation that ended well: its tail and result, its cache kept for prefix reuse, its slot freed. */
+  private finish(entry: Entry): void {
+    const { tail, result } = entry.gen!.finish();
     if (tail) entry.job.sink.push(tail);
     // a cache that finished well is kept for a later prompt sharing its prefix
     if (this.prefixCache && entry.seq && !this.closed) {

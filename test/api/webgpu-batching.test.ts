@@ -42,3 +42,56 @@ test('WebGPU batched step: 4 concurrent greedy streams each equal the request ru
     await model.dispose();
   }
 });
+
+test('WebGPU batched step with soloOnDevice: a lone stream decodes on the fused path and hands over to the batch when another arrives; tokens are the CPU\'s (f32 options)', async (t) => {
+  const demo = join(ROOT, 'models', 'brown-llama-12m.upg');
+  let model: Model;
+  try {
+    model = await loadModel(demo, { backend: 'webgpu', batchedStep: true, soloOnDevice: true, matvecActivations: 'f32', kvCache: 'f32', maxConcurrency: 4, prefixCacheBytes: 0, contextLength: 128 });
+  } catch (e) {
+    if (e instanceof WebGpuUnavailableError) {
+      t.skip(`no WebGPU here: ${e.message}`);
+      return;
+    }
+    throw e;
+  }
+  const cpu = await loadModel(demo, { backend: 'cpu', contextLength: 128 });
+  try {
+    if (!model.engine.step || !model.engine.decodeOnDevice) {
+      t.skip('this WebGPU engine offers no batched step and fused decoder');
+      return;
+    }
+    const a = 'The jury said', b = 'In the morning the city of Atlanta';
+    const greedy = (maxTokens: number) => ({ maxTokens, temperature: 0, ignoreEos: true });
+    const want = { a: (await cpu.generate(a, greedy(24))).tokenIds, b: (await cpu.generate(b, greedy(8))).tokenIds };
+    // alone: one batched step for the prompt, then the fused decoder for every token
+    const s0 = model.schedulerStats.steps;
+    const alone = await model.generate(a, greedy(24));
+    const aloneSteps = model.schedulerStats.steps - s0;
+    assert.deepEqual(alone.tokenIds, want.a, 'the lone stream vs the CPU');
+    assert.equal(aloneSteps, 1, `the lone stream took ${aloneSteps} batched steps (its prompt's only)`);
+    // A alone on the fused path, then B arrives: both go on in batched steps from their slots
+    let release!: () => void;
+    const started = new Promise<void>((ok) => (release = ok));
+    const s1 = model.schedulerStats.steps;
+    const first = (async () => {
+      const ids: number[] = [];
+      for await (const chunk of model.generate(a, { ...greedy(24), stream: true })) {
+        ids.push(...chunk.tokenIds);
+        if (ids.length >= 4) release();
+      }
+      return ids;
+    })();
+    await started;
+    const second = await model.generate(b, greedy(8));
+    const got = await first;
+    const mixedSteps = model.schedulerStats.steps - s1;
+    console.log(`# A: ${got.length} tokens, B: ${second.tokenIds.length}; ${mixedSteps} batched steps while both ran`);
+    assert.deepEqual(got, want.a, 'A (fused, then batched, then fused) vs the CPU');
+    assert.deepEqual(second.tokenIds, want.b, 'B (batched) vs the CPU');
+    assert.ok(mixedSteps >= 8, `B joined the batch (${mixedSteps} batched steps)`);
+  } finally {
+    await model.dispose();
+    await cpu.dispose();
+  }
+});

@@ -46,7 +46,7 @@ export function serveCommand(): Command {
     .option('--max-body <bytes>', 'largest request body accepted', parseIntOption('--max-body'), 1024 * 1024)
     .option('--grace <seconds>', 'on SIGTERM, how long requests in flight may take to finish', parseFloatOption('--grace'), 10)
     .option('--step-prefill-tokens <n>', 'prompt tokens a batched step prefills at most (larger: shorter time to first token in a burst; smaller: smoother running streams)', parseIntOption('--step-prefill-tokens'), 64)
-    .option('--batched-step', 'webgpu: decode the running generations together through the batched step (continuous batching), where the engine has one')
+    .option('--batched-step', 'webgpu: decode the running generations together through the batched step (continuous batching); a generation running alone takes the fused decode path until another arrives')
     .option('--prefix-cache-mb <n>', 'memory for KV caches kept after requests end, for prefix reuse (0 = off)', parseFloatOption('--prefix-cache-mb'), 256)
     .option('--cors <origin>', 'let web pages from ORIGIN call the API (repeatable; * for any)', collect, [])
     .option('--served-model-name <name>', 'a name the model answers to (repeatable; the first is listed first; default: the file name)', collect, [])
@@ -75,6 +75,7 @@ export function serveCommand(): Command {
           prefixCacheBytes: flags.prefixCacheMb * 1024 * 1024,
           stepPrefillTokens: flags.stepPrefillTokens,
           batchedStep: flags.batchedStep,
+          soloOnDevice: flags.batchedStep,
           onProgress: (p) => bar.update(p.loadedBytes, p.totalBytes),
         };
         if (flags.synthetic !== undefined && modelPath !== undefined) throw new InvalidInputError('give a model or --synthetic, not both');
