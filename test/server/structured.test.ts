@@ -1,7 +1,8 @@
 /**
  * Structured output and tool calling through `pdvm serve`, end to end with the official `openai`
  * client on the demo model (CPU): json_schema replies at temperature 1 all parse and validate (ajv);
- * tool_choice "required" replies all carry a valid call (streamed too); with parallel_tool_calls
+ * tool_choice "required" replies all carry a valid call (streamed too); "auto" gives text, then a
+ * call once the model writes the trigger (a stand-in engine makes it); with parallel_tool_calls
  * several calls come back, each valid, streamed and not; a multi-turn tool
  * conversation round-trips through the chat template; schemas and grammars the engine cannot compile
  * or satisfy get a 400 naming the problem; each tool-call family's template (test/server/tool-templates.ts)
@@ -12,6 +13,7 @@ import assert from 'node:assert/strict';
 import AjvModule from 'ajv';
 import OpenAI from 'openai';
 import { Model, startServer } from 'pdvm';
+import type { CpuEngine } from '../../src/backends/cpu/engine.js';
 import { TextTokenizer } from '../../src/tokenizer/tokenizer.js';
 import { parseToolCalls, templateInput, toolFamily } from '../../src/server/tools.js';
 import { HERMES, LLAMA3, MISTRAL, PHI4 } from './tool-templates.js';
@@ -221,6 +223,58 @@ test('parallel_tool_calls: several calls in one reply, each valid, streamed and 
   assert.ok(complete.length >= 1 && complete.every(validCall), cut.choices[0]!.message.content!);
 });
 
+test('tool_choice "auto": text, then once the model writes the trigger a constrained call; content and tool_calls come back apart, streamed too', async () => {
+  // the demo model never writes <tool_call> by itself: a stand-in engine raises the logit of the next
+  // token of "<tool_call>" after three free tokens, as a model that decides to call would; from the
+  // trigger on the grammar alone chooses (the call and its arguments are sampled under the mask)
+  const messages: OpenAI.ChatCompletionMessageParam[] = [{ role: 'user', content: 'What time is it?' }];
+  const input = templateInput(messages as Parameters<typeof templateInput>[0], [TIME.function as never], false);
+  const promptLength = t.model.chatPromptIds(input.messages).length;
+  const trigger = t.model.tokenize('<tool_call>', { addSpecialTokens: false });
+  const cpu = t.model.engine as CpuEngine;
+  const wants = Object.assign(Object.create(Object.getPrototypeOf(cpu)) as CpuEngine, cpu, {
+    async step(rows: Parameters<CpuEngine['stepSync']>[0]) {
+      return cpu.stepSync(rows).map((logits, i) => {
+        const generated = rows[i]!.seq.length - promptLength; // the index of the token these logits choose
+        if (!logits || generated < 3 || generated >= 3 + trigger.length) return logits;
+        const out = Float32Array.from(logits);
+        out[trigger[generated - 3]!]! += 100;
+        return out;
+      });
+    },
+  });
+  const model = new Model(t.model.loaded, wants, { maxConcurrency: 2, prefixCacheBytes: 0 });
+  const server = await startServer(model, { port: 0, log: () => {} });
+  server.http.keepAliveTimeout = 120_000;
+  try {
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'none', maxRetries: 0, timeout: 600_000 });
+    for (const seed of [1, 2]) {
+      const r: OpenAI.ChatCompletion = await client.chat.completions.create({ model: MODEL, messages, tools: [TIME], tool_choice: "auto", parallel_tool_calls: false, temperature: 1, seed, max_tokens: 80 });
+      const choice = r.choices[0]!;
+      assert.equal(choice.finish_reason, 'tool_calls', JSON.stringify(choice.message));
+      assert.ok(choice.message.content && choice.message.content.length > 0 && !choice.message.content.includes('<tool'), `content before the call: ${JSON.stringify(choice.message.content)}`);
+      const calls = choice.message.tool_calls! as OpenAI.ChatCompletionMessageFunctionToolCall[];
+      assert.equal(calls.length, 1);
+      assert.equal(calls[0]!.function.name, 'get_time');
+      assert.ok(validateTime(JSON.parse(calls[0]!.function.arguments)), calls[0]!.function.arguments);
+    }
+    const stream = await client.chat.completions.create({ model: MODEL, messages, tools: [TIME], tool_choice: 'auto', max_tool_calls: 2, temperature: 1, seed: 3, max_tokens: 120, stream: true } as OpenAI.ChatCompletionCreateParamsStreaming);
+    let content = '', finish: string | null = null;
+    const args: string[] = [];
+    for await (const chunk of stream) {
+      content += chunk.choices[0]?.delta.content ?? '';
+      for (const d of chunk.choices[0]?.delta.tool_calls ?? []) args[d.index] = (args[d.index] ?? '') + (d.function?.arguments ?? '');
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    assert.equal(finish, 'tool_calls');
+    assert.ok(content.length > 0 && !content.includes('<tool'), `streamed content holds back the calls: ${JSON.stringify(content)}`);
+    assert.ok(args.length >= 1 && args.length <= 2 && args.every((a) => validateTime(JSON.parse(a))), JSON.stringify(args));
+    console.log(`auto: ${JSON.stringify(content)} then ${args.map((a) => `get_time(${a})`).join(', ')}`);
+  } finally {
+    await server.close(1000);
+  }
+});
+
 test('a multi-turn tool conversation round-trips: the call and its result go back through the template', async () => {
   const messages: OpenAI.ChatCompletionMessageParam[] = [{ role: 'user', content: 'What is the weather in Paris?' }];
   const first = await t.client.chat.completions.create({ model: MODEL, messages, tools: [WEATHER], tool_choice: 'required', parallel_tool_calls: false, temperature: 0.8, seed: 1, max_tokens: 128 });
@@ -265,6 +319,10 @@ test('schemas and grammars the engine cannot compile, enforce or satisfy get a 4
   e = await apiError(chat({ grammar: 'root ::= root "a"' }));
   assert.equal(e.status, 400);
   assert.match(e.message, /allows no first token/);
+  // a grammar that dies after its first tokens: the same, mid-generation (not a hang)
+  e = await apiError(chat({ grammar: 'root ::= "ab" x\nx ::= x "c"' }));
+  assert.equal(e.status, 400);
+  assert.match(e.message, /allows no token after 2 tokens/);
   const ok = await t.client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'yes or no?' }], max_tokens: 8, temperature: 1, seed: 1, grammar: 'root ::= ("yes" | "no") "."' } as OpenAI.ChatCompletionCreateParamsNonStreaming);
   assert.match(ok.choices[0]!.message.content!, /^(yes|no)\.$/);
   console.log(`errors answered in ${(performance.now() - started).toFixed(0)} ms`);
