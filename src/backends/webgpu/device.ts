@@ -68,7 +68,8 @@ export interface GpuOptions {
   subgroupMatrixTile?: TensorCoreTile;
   /**
    * Prompt attention on the tensor cores where subgroup matrices are used and its self-test passes
-   * (default on; PDVM_TC_ATTENTION=0 turns it off: the f32 tiles of kernels/attention.ts serve).
+   * (default off until measured on a GPU with tensor cores: PDVM_TC_ATTENTION=1 turns it on; else the
+   * f32 tiles of kernels/attention.ts serve).
    */
   tensorCoreAttention?: boolean;
   /**
@@ -283,7 +284,8 @@ export class Gpu {
         }
         // prompt attention on the same primitives (and subgroup shuffles), unless turned off
         if (features.subgroupMatrixF16 && subgroups && features.subgroupMaxSize === 32) {
-          if (options.tensorCoreAttention === false || env('PDVM_TC_ATTENTION') === '0') features.selfTests['prompt attention (subgroup matrix)'] = 'not run: turned off (PDVM_TC_ATTENTION=0)';
+          const asked = options.tensorCoreAttention ?? env('PDVM_TC_ATTENTION') === '1';
+          if (!asked) features.selfTests['prompt attention (subgroup matrix)'] = 'not run: not asked for (PDVM_TC_ATTENTION=1)';
           else {
             const a = await selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax);
             features.selfTests['prompt attention (subgroup matrix)'] = a;
