@@ -483,7 +483,8 @@ export class WebGpuEngine implements Engine {
     d = [];
     for (let l = 0; l < c.numLayers; l++) {
       d.push([
-        ropeKvOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim }, kv, a.qkv, a.cos, a.sin, group.k[l]!, group.v[l]!, a.step),
+        // a token's RoPE and KV append over 8 workgroups (decode passes have few tokens)
+        ropeKvOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim }, kv, a.qkv, a.cos, a.sin, group.k[l]!, group.v[l]!, a.step, 8),
         { label: 'attention_part', pipeline, bindGroup: gpu.bindGroup('decode_attention_part', pipeline, [a.qkv, group.k[l]!, group.v[l]!, split.part, a.step]), workgroups: (T: number) => [groupsA, T, 1] },
       ]);
     }

@@ -195,11 +195,12 @@ function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, maxTokens: number): Dispa
  * row table, kernels/kv.ts); kCache and vCache are one buffer group of a layer's pools.
  */
 export function ropeKvOp(
-  gpu: Gpu, s: RopeShape, kv: KvLayout, qkv: GPUBuffer, cos: GPUBuffer, sin: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, step: GPUBuffer,
+  gpu: Gpu, s: RopeShape, kv: KvLayout, qkv: GPUBuffer, cos: GPUBuffer, sin: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, step: GPUBuffer, parts = 1,
 ): Dispatch {
   if (s.rotaryDim % 2 !== 0 || s.rotaryDim > s.headDim) throw new Error(`rope: rotary dim ${s.rotaryDim} must be even and <= head dim ${s.headDim}`);
-  const pipeline = gpu.pipeline('rope_kv', { ...s, ...kvDefines(kv) }, () => ropeKvWgsl(s, kv));
-  return { label: 'rope_kv', pipeline, bindGroup: gpu.bindGroup('rope_kv', pipeline, [qkv, cos, sin, kCache, vCache, step]), workgroups: grid };
+  const pipeline = gpu.pipeline('rope_kv', { ...s, ...kvDefines(kv), parts }, () => ropeKvWgsl(s, kv, parts));
+  const workgroups = (T: number): [number, number, number] => (parts > 1 ? [T, parts, 1] : grid(T));
+  return { label: 'rope_kv', pipeline, bindGroup: gpu.bindGroup('rope_kv', pipeline, [qkv, cos, sin, kCache, vCache, step]), workgroups };
 }
 
 /** Attention of each row of the step over its slot's keys 0..position (the row table, kernels/kv.ts). */

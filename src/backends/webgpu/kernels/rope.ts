@@ -17,7 +17,12 @@ export interface RopeShape {
   rotaryDim: number;
 }
 
-export function ropeKvWgsl(s: RopeShape, kv: KvLayout): string {
+/**
+ * `parts` > 1 (batched decode rows, at most 65535 of them): workgroup (t, j) takes every parts-th
+ * pair of token t from the j-th on, so a token's work spreads over `parts` workgroups (a lone
+ * workgroup a token is latency-bound when the step has few tokens); each pair's arithmetic is the same.
+ */
+export function ropeKvWgsl(s: RopeShape, kv: KvLayout, parts = 1): string {
   const qDim = s.numHeads * s.headDim;
   const kvDim = s.numKvHeads * s.headDim;
   const half = s.rotaryDim / 2;
@@ -37,12 +42,13 @@ ${rowTable(kv)}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let t = linear_workgroup(wid, nwg);
+  let t = ${parts > 1 ? 'wid.x' : 'linear_workgroup(wid, nwg)'};
+  let first = ${parts > 1 ? 'wid.y * 64u + lid' : 'lid'};
   if (t >= step[0] || !row_here(t)) { return; }
   let p = row_pos(t);
   let base = t * STRIDE;
   let tab = p * HALF;
-  for (var i = lid; i < ${s.numHeads}u * HALF; i += 64u) {
+  for (var i = first; i < ${s.numHeads}u * HALF; i += ${64 * parts}u) {
     let o = base + (i / HALF) * HD + i % HALF;
     let c = cos_table[tab + i % HALF];
     let s = sin_table[tab + i % HALF];
@@ -54,7 +60,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let kb = base + Q_DIM;
   let row = slot_row(t, p) * KV_DIM;
   // pair w of a head: dims (w, w + HALF) rotated together, then pass-through dims two by two
-  for (var e = lid; e < KV_DIM / 2u; e += 64u) {
+  for (var e = first; e < KV_DIM / 2u; e += ${64 * parts}u) {
     let h0 = (e / (HD / 2u)) * HD;
     let w = e % (HD / 2u);
     var da = ROT + 2u * (w - min(w, HALF));
