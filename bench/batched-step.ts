@@ -8,7 +8,7 @@
  * products instead; with --profile, each dispatch of a decode-row pass (layer 0, head).
  * A program, not a test: figures go to docs/PERFORMANCE.md.
  *   node bench/batched-step.js [--shape llama-3.1-8b] [--batches 1,8,32] [--kernels 8x2,16x2] [--steps 16]
- *     [--context 512] [--prompt 32] [--profile 1,32] [--fused-tokens 128]
+ *     [--context 512] [--prompt 32] [--profile 1,32] [--fused-tokens 128] [--kv-slots N]
  */
 import { parseArgs } from 'node:util';
 import { Gpu } from '../src/backends/webgpu/device.js';
@@ -28,6 +28,8 @@ const { values } = parseArgs({
     prompt: { type: 'string', default: '32' },
     profile: { type: 'string', default: '' },
     'fused-tokens': { type: 'string', default: '128' },
+    /** KV slots allocated at load (default: every sequence's, one buffer group); 1 grows the pool on demand, in doubling groups, as a server without preallocation does. */
+    'kv-slots': { type: 'string' },
   },
 });
 const shape = BENCH_SHAPES[values.shape!];
@@ -42,7 +44,7 @@ console.log(`device: ${gpu.adapterDescription}; ${gpu.featureSummary}; ${new Dat
 const t0 = performance.now();
 const fused = await new SyntheticWeights(gpu, { encoding: 'q4', group: 64, tile: 64, density: 0.5, seed: 1 }).model(config);
 console.log(`weights: ${values.shape} q4 g64, ${(fused.bytes / 1e9).toFixed(2)} GB (made in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
-const engine = await WebGpuEngine.overGpuWeights(gpu, config, engineWeightsOfFused(fused), { contextLength: context, batchedStep: true, kvSlots: Math.max(...batches) + 1 });
+const engine = await WebGpuEngine.overGpuWeights(gpu, config, engineWeightsOfFused(fused), { contextLength: context, batchedStep: true, kvSlots: Number(values['kv-slots'] ?? Math.max(...batches) + 2) });
 const prompt = (b: number) => Array.from({ length: promptTokens }, (_, i) => (b * 7919 + i * 104729) % config.vocabSize);
 
 // the fused decoder alone (one stream), over a slot of the same cache
@@ -76,7 +78,7 @@ for (const k of values.kernels!.split(',')) {
     for (let i = 0; i < steps; i++) await decode();
     const ms = (performance.now() - s0) / steps;
     results.push({ kernel: k, B, msPerStep: ms, tokPerS: (B * 1000) / ms });
-    console.log(`kernel NB x RPS ${k}, B ${B}: ${ms.toFixed(2)} ms a step = ${((B * 1000) / ms).toFixed(1)} tok/s`);
+    console.log(`kernel NB x RPS ${k}, B ${B}: ${ms.toFixed(2)} ms a step = ${((B * 1000) / ms).toFixed(1)} tok/s (KV buffer groups ${engine.kv.groups.length})`);
     if (values.profile!.split(',').map(Number).includes(B)) {
       const p = await engine.profileDecodeRows(seqs);
       console.log(`  profile (µs a dispatch: embedding, layer 0, head, choice): ${p.map((d) => `${d.label} ${d.microseconds.toFixed(1)}`).join(', ')}`);

@@ -380,7 +380,16 @@ export async function modelFromLoaded(loaded: LoadedModel, options: LoadModelOpt
   // this compiles against an engine that does not know it yet; such an engine ignores it)
   const webgpu: Record<string, unknown> = {};
   if (options.matvecActivations) webgpu.matvecActivations = options.matvecActivations;
-  if (options.batchedStep) webgpu.batchedStep = true;
+  if (options.batchedStep) {
+    webgpu.batchedStep = true;
+    // the slots of the batch (and as many kept caches) allocated at load, in one buffer group: a pool
+    // grown on demand doubles into several groups (6 for 32 streams), and a batched step dispatches
+    // RoPE and attention once a group
+    const c = loaded.config;
+    const slotBytes = 2 * c.numLayers * contextLength * c.numKvHeads * c.headDim * (options.kvCache === 'f32' ? 4 : 2);
+    const running = options.maxConcurrency ?? Math.max(1, Math.min(32, Math.floor(DEFAULT_KV_BUDGET_BYTES / slotBytes)));
+    webgpu.kvSlots = running + Math.min(running, Math.floor((options.prefixCacheBytes ?? DEFAULT_PREFIX_CACHE_BYTES) / slotBytes)) + 1;
+  }
   const { engine, notice } = await createEngine(loaded, { backend: options.backend ?? 'cpu', contextLength, decode: options.decode, kvCache: options.kvCache, webgpu: Object.keys(webgpu).length ? webgpu : undefined });
   return new Model(loaded, engine, { maxConcurrency: options.maxConcurrency, maxQueued: options.maxQueued, prefixCacheBytes: options.prefixCacheBytes, stepPrefillTokens: options.stepPrefillTokens, backendNotice: notice, soloOnDevice: options.batchedStep === true && options.soloOnDevice === true });
 }
