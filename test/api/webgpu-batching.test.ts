@@ -1,7 +1,8 @@
 /**
  * Continuous batching on WebGPU (lavapipe in CI): with `batchedStep`, concurrent greedy generations of
  * different prompts and lengths run through the engine's batched step, and each equals the same
- * request run alone through the same step (a row's arithmetic does not depend on the batch). Skipped,
+ * request run alone through the same step (a row's arithmetic does not depend on the batch); streams
+ * aborted mid-batch leave no KV slot taken. Skipped,
  * with the reason, where no WebGPU adapter exists or the engine offers no batched step.
  */
 import { test } from 'node:test';
@@ -38,6 +39,26 @@ test('WebGPU batched step: 4 concurrent greedy streams each equal the request ru
     together.forEach((r, i) => assert.deepEqual(r.tokenIds, alone[i]!.tokenIds, `stream ${i} (${JSON.stringify(prompts[i])}) differs from the request run alone`));
     console.log(`# widest decode batch seen: ${widest} rows`);
     assert.ok(widest >= 2, `the streams decoded in batches (widest ${widest})`);
+
+    // aborting streams mid-batch leaks no KV slot; the stream left equals its run alone
+    const kv = (model.engine as unknown as { kv: { slotsInUse: number } }).kv;
+    const idle = kv.slotsInUse;
+    const controllers = prompts.map(() => new AbortController());
+    const runs = prompts.map((p, i) =>
+      (async () => {
+        const ids: number[] = [];
+        for await (const chunk of model.generate(p, { ...options(i), maxTokens: 12, signal: controllers[i]!.signal, stream: true })) {
+          ids.push(...chunk.tokenIds);
+          if (i !== 1 && ids.length >= 2) controllers[i]!.abort();
+        }
+        return ids;
+      })(),
+    );
+    const settled = await Promise.allSettled(runs);
+    settled.forEach((r, i) => assert.equal(r.status, i === 1 ? 'fulfilled' : 'rejected', `stream ${i} ${i === 1 ? 'finished' : 'was aborted'}`));
+    const kept = await model.generate(prompts[1]!, { ...options(1), maxTokens: 12 });
+    assert.deepEqual((settled[1] as PromiseFulfilledResult<number[]>).value, kept.tokenIds, 'the stream left equals its run alone');
+    assert.equal(kv.slotsInUse, idle, `KV slots in use after the aborts: ${kv.slotsInUse}, before: ${idle}`);
   } finally {
     await model.dispose();
   }
