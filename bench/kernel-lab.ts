@@ -14,7 +14,11 @@ import { parseArgs } from 'node:util';
 import '../src/backends/webgpu/node-gpu.js';
 import { Gpu } from '../src/backends/webgpu/device.js';
 import { fusedMatvecBindings, fusedMatvecWgsl, fusedBlocks, type FusedMatvecShape } from '../src/backends/webgpu/kernels/fused-matvec.js';
-import { attentionSplits, decodeAttentionPartWgsl, decodeAttentionWgsl, decodeCombineWgsl, type SplitAttentionShape } from '../src/backends/webgpu/kernels/fused-attention.js';
+import {
+  attentionSplits, chunkedAttentionConfig, chunkedAttentionPartFloats, chunkedAttentionSplits, decodeAttentionChunksWgsl, decodeAttentionMergeWgsl, decodeAttentionPartGqaWgsl,
+  decodeCombineWgsl, type SplitAttentionShape,
+} from '../src/backends/webgpu/kernels/fused-attention.js';
+import { f32ToF16 } from '../src/format/dtype.js';
 import type { KvLayout } from '../src/backends/webgpu/kernels/kv.js';
 import { BENCH_SHAPES } from '../src/bench/synthetic.js';
 import { fillKernel, measureReadBandwidth, readKernel } from '../src/bench/bandwidth.js';
@@ -277,40 +281,58 @@ if (only.has('roofline')) {
 }
 
 if (only.has('attention')) {
+  // decode attention at 512 and 4096 keys with the f16 cache (as the decoder runs it): the earlier
+  // grouped kernel (a lane a key row) + combine against the chunked kernel (every load first) + merge,
+  // and one pure-read dispatch of the same K and V bytes (the floor of one dispatch)
+  const probe = await measureReadBandwidth(gpu);
+  console.log(`attention: read probe ${probe.medianGbps.toFixed(0)} GB/s`);
+  const storages: KvLayout['storage'][] = gpu.features.shaderF16 ? ['f16', 'f16-packed'] : ['f16-packed'];
   for (const shape of values.shapes!.split(',')) {
     const c = BENCH_SHAPES[shape]!;
-    for (const ctx of [512, 4096]) {
+    for (const keys of [512, 4096]) {
+      const ctx = keys;
       const kvDim = c.kvHeads * c.headDim;
-      const s = { numHeads: c.heads, numKvHeads: c.kvHeads, headDim: c.headDim, slidingWindow: null, contextLength: ctx };
+      const s = { numHeads: c.heads, numKvHeads: c.kvHeads, headDim: c.headDim, slidingWindow: null, contextLength: ctx, rotaryDim: c.headDim };
       const qkv = randomBuffer('qkv', (c.heads + 2 * c.kvHeads) * c.headDim * 4, f32s(-1, 1));
-      const K = randomBuffer('K', ctx * kvDim * 4, f32s(-1, 1));
-      const V = randomBuffer('V', ctx * kvDim * 4, f32s(-1, 1));
+      const halves = (u: Uint32Array) => { for (let i = 0; i < u.length; i++) u[i] = f32ToF16(((rnd() >>> 8) / 2 ** 24) * 2 - 1) | (f32ToF16(((rnd() >>> 8) / 2 ** 24) * 2 - 1) << 16); };
+      const K = randomBuffer('K', ctx * kvDim * 2, halves);
+      const V = randomBuffer('V', ctx * kvDim * 2, halves);
       const out = randomBuffer('out', c.heads * c.headDim * 4, () => undefined);
-      // the row table at word 2: slot 0, position ctx - 1 (kernels/kv.ts)
       const step = randomBuffer('step', 64, (u) => { u[0] = 1; u[1] = ctx - 1; u[2] = 0; u[3] = ctx - 1; });
-      const kvl: KvLayout = { storage: 'f32', contextLength: ctx, rowsAt: 2, kvBuffer: -1 };
-      const kv = 2 * ctx * kvDim * 4;
-      let attRef: Float32Array | null = null;
-      if (ctx <= 8192) {
-        const p = pipe('attn', decodeAttentionWgsl(s, kvl, f, 256));
-        const us = await time(p, gpu.bindGroup('attn', p, [qkv, K, V, out, step]), [c.heads, 1, 1]);
-        console.log(`attention ${shape} ctx ${ctx} (KV ${(kv / 1e6).toFixed(1)} MB) old: ${us.toFixed(2)} µs`);
-        attRef = await readBack(out, c.heads * c.headDim);
+      const bytes = 2 * ctx * kvDim * 2;
+      const sink = randomBuffer('sink', 1 << 22, () => undefined);
+      for (const pt of [2, 4, 8]) {
+        const vec4s = bytes / 2 / 16, wgs = Math.max(1, Math.ceil(vec4s / 256 / pt));
+        const p = pipe('kvread', readKernel(vec4s, wgs * 256));
+        const t = await time(p, gpu.bindGroup('kvread', p, [K, sink]), [wgs, 1, 1]);
+        const t2 = await time(p, gpu.bindGroup('kvread', p, [V, sink]), [wgs, 1, 1]);
+        console.log(`attention ${shape} ${keys} keys: pure read of K, V (${(bytes / 1e6).toFixed(2)} MB, ${pt} vec4s an invocation): ${t.toFixed(2)} + ${t2.toFixed(2)} µs; bytes at the probe ${(bytes / probe.medianGbps / 1e3).toFixed(2)} µs`);
       }
-      for (const splits of [attentionSplits(s), 2 * attentionSplits(s)]) {
-        const ss: SplitAttentionShape = { ...s, splits };
-        const part = randomBuffer('part', c.heads * splits * (c.headDim + 2) * 4, () => undefined);
-        const p1 = pipe('part', decodeAttentionPartWgsl(ss, kvl, f));
+      for (const storage of storages) {
+        const kvl: KvLayout = { storage, contextLength: ctx, rowsAt: 2, kvBuffer: -1 };
+        const ss: SplitAttentionShape = { ...s, splits: attentionSplits(s) };
+        const part = randomBuffer('part', c.heads * ss.splits * (c.headDim + 2) * 4, () => undefined);
+        const p1 = pipe('gqa', decodeAttentionPartGqaWgsl(ss, kvl));
         const p2 = pipe('comb', decodeCombineWgsl(ss));
-        const b1 = gpu.bindGroup('part', p1, [qkv, K, V, part, step]);
-        const b2 = gpu.bindGroup('comb', p2, [part, out]);
-        const t1 = await time(p1, b1, [c.heads * splits, 1, 1]);
-        const t2 = await time(p2, b2, [c.heads, 1, 1]);
-        const diff = attRef ? worst(await readBack(out, c.heads * c.headDim), attRef).toExponential(2) : '-';
-        console.log(`attention ${shape} ctx ${ctx} split ${splits}: part ${t1.toFixed(2)} µs + combine ${t2.toFixed(2)} µs (worst relative difference to old ${diff})`);
+        const t1 = await time(p1, gpu.bindGroup('gqa', p1, [qkv, K, V, part, step]), [c.kvHeads * ss.splits, 1, 1]);
+        const t2 = await time(p2, gpu.bindGroup('comb', p2, [part, out]), [c.heads, 1, 1]);
+        const ref = await readBack(out, c.heads * c.headDim);
+        console.log(`attention ${shape} ${keys} keys ${storage}: split-gqa (${ss.splits} chunks) ${t1.toFixed(2)} + combine ${t2.toFixed(2)} = ${(t1 + t2).toFixed(2)} µs`);
         part.destroy();
+        const base = chunkedAttentionConfig(s, device.limits)!;
+        for (const config of [base, { wg: 128, chunk: 32, lanesPerKey: 4 }, { wg: 64, chunk: 64, lanesPerKey: 4 }, { wg: 128, chunk: 128, lanesPerKey: 4 }]) {
+          const cs = { ...s, splits: chunkedAttentionSplits(s, config), config };
+          const cpart = randomBuffer('cpart', chunkedAttentionPartFloats(cs) * 4, () => undefined);
+          const q1 = pipe('chunks', decodeAttentionChunksWgsl(cs, kvl));
+          const q2 = pipe('merge', decodeAttentionMergeWgsl(cs, f));
+          const u1 = await time(q1, gpu.bindGroup('chunks', q1, [qkv, K, V, cpart, step]), [c.kvHeads * cs.splits, 1, 1]);
+          const u2 = await time(q2, gpu.bindGroup('merge', q2, [cpart, out]), [c.heads, 1, 1]);
+          const diff = worst(await readBack(out, c.heads * c.headDim), ref).toExponential(2);
+          console.log(`attention ${shape} ${keys} keys ${storage}: chunks (wg ${config.wg}, ${config.chunk} keys, ${cs.splits} chunks) ${u1.toFixed(2)} + merge ${u2.toFixed(2)} = ${(u1 + u2).toFixed(2)} µs (${((u1 + u2) / (bytes / probe.medianGbps / 1e3)).toFixed(2)}x the bytes at the probe; worst relative difference to split-gqa ${diff})`);
+          cpart.destroy();
+        }
       }
-      for (const b of [qkv, K, V, out, step]) b.destroy();
+      for (const b of [qkv, K, V, out, step, sink]) b.destroy();
     }
   }
 }

@@ -7,7 +7,7 @@
  * achieved GB/s = weight bytes one step reads x tokens/s; bandwidth_fraction = that / measured read GB/s.
  */
 import type { Gpu, GpuFeatures } from '../backends/webgpu/device.js';
-import { FusedDecoder, type DecodePath } from '../backends/webgpu/fused/decoder.js';
+import { FusedDecoder, type DecodeAttentionKind, type DecodePath } from '../backends/webgpu/fused/decoder.js';
 import { destroyFusedWeights, weightBytesPerToken } from '../backends/webgpu/fused/weights.js';
 import { measureReadBandwidth } from './bandwidth.js';
 import { BENCH_SHAPES, benchConfig, SyntheticWeights, type BenchEncoding } from './synthetic.js';
@@ -29,7 +29,8 @@ export interface BenchOptions {
   normWorkgroups?: number;
   unroll?: number;
   attentionWorkgroup?: number;
-  attention?: 'split' | 'split-heads' | 'single';
+  /** Decode attention kinds to run, each over the same weights (default the decoder's). */
+  attention?: DecodeAttentionKind[];
   /** Chunks of keys of the split decode attention (default: the decoder's). */
   attentionSplits?: number;
   /** The KV caches to run, each over the same weights (default ['f16'], as generate runs). */
@@ -61,6 +62,8 @@ export interface BenchResult {
   weight_bytes_per_token: number;
   kv_bytes_per_token: number;
   kv_cache: 'f16' | 'f32';
+  /** The decode attention kind asked for (FusedDecoderOptions.attention; default 'split'). */
+  attention: DecodeAttentionKind;
   /** With --profile: layer 0's attention dispatches (µs) and the time to read its K and V at the probe's bandwidth. */
   attention_us?: number;
   attention_kv_read_us?: number;
@@ -139,8 +142,8 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
   try {
     const check = o.check > 0 ? await checkPaths(gpu, config, w, prompt, o.check, o.workgroups) : null;
     if (check) o.log(`check (f32 activations): fused vs unfused logits relative difference <= ${check.worst.toExponential(2)} over ${o.check} tokens; greedy continuations ${check.identical ? 'identical' : 'DIFFER'}`);
-    for (const path of o.paths) for (const kvCache of o.kvCaches ?? ['f16']) {
-      const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: o.normWorkgroups, unroll: o.unroll, attentionWorkgroup: o.attentionWorkgroup, attention: o.attention, attentionSplits: o.attentionSplits, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations, kvCache });
+    for (const path of o.paths) for (const kvCache of o.kvCaches ?? ['f16']) for (const attentionKind of o.attention ?? ['split']) {
+      const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: o.normWorkgroups, unroll: o.unroll, attentionWorkgroup: o.attentionWorkgroup, attention: attentionKind, attentionSplits: o.attentionSplits, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations, kvCache });
       try {
         // warm-up: pipelines, caches, clocks
         await decoder.generate(prompt.slice(0, 8), { maxTokens: 8, lag: o.lag });
@@ -155,7 +158,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
         if (o.profile) {
           // after the timed decode (the cache holds context + tokens positions; profile overwrites the activations)
           const rows = await decoder.profile();
-          o.log(`${path} ${kvCache} KV profile at position ${decoder.length - 1} (µs per dispatch): ${rows.map((r) => `${r.label} ${r.microseconds.toFixed(1)}`).join(', ')}`);
+          o.log(`${path} ${kvCache} KV ${attentionKind} attention profile at position ${decoder.length - 1} (µs per dispatch): ${rows.map((r) => `${r.label} ${r.microseconds.toFixed(1)}`).join(', ')}`);
           // layer 0's attention against reading its keys and values once at the probe's bandwidth
           const us = rows.filter((r) => r.label.startsWith('attention')).reduce((a, r) => a + r.microseconds, 0);
           const bytes = 2 * decoder.length * config.numKvHeads * config.headDim * kvBytes;
@@ -182,6 +185,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
           weight_bytes_per_token: perToken,
           kv_bytes_per_token: kvPerToken,
           kv_cache: kvCache,
+          attention: attentionKind,
           ...(attention ? { attention_us: attention.us, attention_kv_read_us: attention.kvReadUs } : {}),
           achieved_gbps: achieved,
           measured_read_gbps: bw.medianGbps,
@@ -194,7 +198,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
           ...(check ? { check_max_rel_diff: check.worst, check_greedy_identical: check.identical } : {}),
         };
         o.log(
-          `${path} (${kvCache} KV): decode ${r.decode_ms_per_token.toFixed(3)} ms/token (${tps.toFixed(1)} tok/s), ${achieved.toFixed(0)} GB/s = ${(100 * r.bandwidth_fraction).toFixed(1)}% of measured; ` +
+          `${path} (${kvCache} KV, ${attentionKind} attention): decode ${r.decode_ms_per_token.toFixed(3)} ms/token (${tps.toFixed(1)} tok/s), ${achieved.toFixed(0)} GB/s = ${(100 * r.bandwidth_fraction).toFixed(1)}% of measured; ` +
             `prefill ${r.prefill_tokens_per_second.toFixed(1)} tok/s; ${r.dispatches_per_token} dispatches/token (${r.dispatches_per_layer}/layer)`,
         );
         results.push(r);

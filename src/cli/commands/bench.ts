@@ -10,6 +10,18 @@ import { Gpu } from '../../backends/webgpu/device.js';
 import { runPrefillBench } from '../../bench/prefill.js';
 import { runBench, type BenchOptions } from '../../bench/run.js';
 import { BENCH_SHAPES } from '../../bench/synthetic.js';
+import type { DecodeAttentionKind } from '../../backends/webgpu/fused/decoder.js';
+import { InvalidArgumentError } from 'commander';
+
+const ATTENTION_KINDS: readonly DecodeAttentionKind[] = ['split', 'split-gqa', 'split-heads', 'single'];
+
+function parseAttentionKinds(value: string): DecodeAttentionKind[] {
+  const kinds = value.split(',').map((k) => k.trim());
+  for (const k of kinds) {
+    if (!(ATTENTION_KINDS as readonly string[]).includes(k)) throw new InvalidArgumentError(`'${k}' is not a decode attention kind; one of ${ATTENTION_KINDS.join(', ')} (or several, comma-separated)`);
+  }
+  return kinds as DecodeAttentionKind[];
+}
 import { action, parseFloatOption, parseIntOption } from '../common.js';
 
 /** The CLI's flags: the bench's options, with one --path instead of a list and the probe in MiB. */
@@ -48,10 +60,10 @@ export function benchCommand(): Command {
     .option('--worker-workgroup <n>', 'invocations a workgroup of the matvecs that normalise x first (256, 512 or 1024)', parseIntOption('--worker-workgroup'))
     .option('--unroll <n>', 'units each lane loads per pass (subgroup matvec)', parseIntOption('--unroll'))
     .option('--attention-workgroup <n>', 'invocations of the decode attention workgroup (256 or 1024)', parseIntOption('--attention-workgroup'))
-    .addOption(new Option('--attention <kind>', 'decode attention: split (chunks of keys, a workgroup per KV head and chunk, then a combine), split-heads (a workgroup per query head and chunk) or single (a workgroup a head)').choices(['split', 'split-heads', 'single']).default('split'))
+    .option('--attention <kinds>', 'decode attention, a kind or a comma-separated list run over the same weights: split (chunks of at most 64 keys, a workgroup per KV head and chunk, every load issued first, then a merge; the default), split-gqa (the earlier grouped kernel: a lane a key row), split-heads (a workgroup per query head and chunk), single (a workgroup a head)', parseAttentionKinds, ['split'] as DecodeAttentionKind[])
     .addOption(new Option('--activations <kind>', 'x of the q4 matrix-vector products: int8 (blocks of 32, dot4I8Packed) or f32').choices(['int8', 'f32']).default('int8'))
     .addOption(new Option('--kv-cache <dtype>', 'KV cache storage: f16 (as generate runs it), f32, or both (each over the same weights)').choices(['f16', 'f32', 'both']).default('f16'))
-    .option('--attention-splits <n>', 'chunks of keys of the split decode attention (default: about 64 keys each, at most 32)', parseIntOption('--attention-splits'))
+    .option('--attention-splits <n>', 'chunks of keys of the split decode attention (default: at most 64 keys each; split-gqa/split-heads: about 64 each, at most 32)', parseIntOption('--attention-splits'))
     .option('--probe-mib <n>', 'read-bandwidth probe buffer (MiB)', parseIntOption('--probe-mib'), 1024)
     .option('--check <n>', 'first compare fused and unfused logits over n tokens and their greedy continuations (0: skip)', parseIntOption('--check'), 0)
     .option('--profile', 'log the time of each dispatch of a step (layer 0, lm_head, argmax)')

@@ -7,7 +7,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { addInPlace, applyRope, attention, rmsnorm, ropeTables, swiglu } from '../../../src/backends/cpu/ops.js';
 import { attentionOp, attentionTensorCoreOp, attentionTiledOp, embeddingOp, matmulOp, rmsnormOp, ropeKvOp, swigluOp } from '../../../src/backends/webgpu/ops.js';
-import { attentionSplits, splitAttentionFits, decodeAttentionPartGqaWgsl, decodeAttentionPartWgsl, decodeCombineWgsl } from '../../../src/backends/webgpu/kernels/fused-attention.js';
+import {
+  attentionSplits, splitAttentionFits, decodeAttentionPartGqaWgsl, decodeAttentionPartWgsl, decodeCombineWgsl, chunkedAttentionConfig, chunkedAttentionSplits,
+  chunkedAttentionPartFloats, chunkedAttentionWorkgroupBytes, decodeAttentionChunksWgsl, decodeAttentionMergeWgsl,
+} from '../../../src/backends/webgpu/kernels/fused-attention.js';
 import { kvDefines, type KvLayout, type KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
 import { uploadDense } from '../../../src/backends/webgpu/weights.js';
 import { f32ToBf16, f32ToF16, f16ToF32 } from '../../../src/format/dtype.js';
@@ -253,6 +256,60 @@ for (const { name, options } of variants) {
           ], 1);
           assertClose(await read(gpu, out, B * qDim), want, f16 ? 1e-4 : 1e-5, `split attention (${kv} cache, ${s.splits} chunks${gqa ? ', grouped' : ''}) heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} window ${c.slidingWindow} ctx ${ctx} rows ${JSON.stringify(rows)}`);
         }
+      }
+    }
+  });
+
+  test(`webgpu kernels (${name}): decode attention in chunks with every load issued first (the default), then merged, over slots (f32, f16, packed f16) vs attention`, async () => {
+    const gpu = await testGpu(options);
+    const f = { subgroups: gpu.subgroups };
+    // [config, context length, rows (slot, position), default limits?]: fewer keys than chunks, a
+    // window cutting chunks, head dims 32/64/96/128, one KV head a query head, 4 and 8 query heads a KV
+    // head, 4000 keys (63 chunks), a batch of rows of different slots
+    const cases: [ModelConfig, number, { slot: number; pos: number }[]][] = [
+      [config({}), 300, [{ slot: 0, pos: 0 }]], [config({ slidingWindow: 100 }), 300, [{ slot: 2, pos: 250 }]],
+      [config({ numHeads: 8, numKvHeads: 2, headDim: 128, rotaryDim: 128 }), 700, [{ slot: 1, pos: 650 }]],
+      [config({ numHeads: 12, numKvHeads: 4, headDim: 96, rotaryDim: 96 }), 333, [{ slot: 1, pos: 300 }, { slot: 0, pos: 40 }]],
+      [config({ numHeads: 4, numKvHeads: 4, headDim: 96, rotaryDim: 48 }), 200, [{ slot: 2, pos: 199 }]],
+      [config({ numHeads: 6, numKvHeads: 3, headDim: 32, rotaryDim: 32 }), 4000, [{ slot: 0, pos: 3999 }]],
+      [config({ numHeads: 16, numKvHeads: 2, headDim: 128, rotaryDim: 128 }), 150, [{ slot: 0, pos: 149 }]],
+      [config({ numHeads: 6, numKvHeads: 2, headDim: 64, rotaryDim: 64 }), 500, [{ slot: 2, pos: 480 }, { slot: 0, pos: 17 }, { slot: 1, pos: 499 }]],
+    ];
+    const slots = 3;
+    let seed = 1900;
+    // the grouped cases also on a device with WebGPU's default limits (16 KiB of workgroup memory: 8 query heads a KV head take 64 invocations)
+    const defaults = await testGpu({ ...options, limits: 'default' });
+    const runs = [...cases.map((k, index) => ({ k, index, gpu })), ...[2, 6].map((index) => ({ k: cases[index]!, index: -1, gpu: defaults }))];
+    for (const { k: [c, ctx, rows], index, gpu } of runs) {
+      const B = rows.length;
+      const qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim, stride = qDim + 2 * kvDim;
+      const qkv = randomArray(B * stride, seed++, 2), kHist = randomArray(slots * ctx * kvDim, seed++, 2), vHist = randomArray(slots * ctx * kvDim, seed++);
+      const shape = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: ctx, rotaryDim: c.rotaryDim };
+      const config_ = chunkedAttentionConfig(shape, gpu.device.limits);
+      assert.ok(config_, `the chunked kernel takes heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} within the device's limits`);
+      assert.ok(chunkedAttentionWorkgroupBytes(shape, config_) <= gpu.device.limits.maxComputeWorkgroupStorageSize);
+      const s = { ...shape, splits: chunkedAttentionSplits(shape, config_), config: config_ };
+      assert.ok(s.splits > 1, 'each case runs more than one chunk');
+      for (const kv of kvStorages(gpu).filter((k) => k !== 'f16' || index === 2)) {
+        const f16 = kv !== 'f32';
+        const kc = f16 ? roundF16(kHist) : kHist, vc = f16 ? roundF16(vHist) : vHist;
+        const want = new Float32Array(B * qDim);
+        rows.forEach((r, t) => {
+          const cache = (a: Float32Array) => a.subarray(r.slot * ctx * kvDim, (r.slot + 1) * ctx * kvDim);
+          attention(qkv.subarray(t * stride, (t + 1) * stride), stride, 1, r.pos, cache(kc), cache(vc), c, want.subarray(t * qDim, (t + 1) * qDim), new Float32Array(ctx));
+        });
+        const layout: KvLayout = { storage: kv, contextLength: ctx, rowsAt: 9, kvBuffer: -1 };
+        const defines = { ...s, ...s.config, config: 0, slidingWindow: s.slidingWindow ?? 0, ...kvDefines(layout) };
+        const kB = poolBuffer(gpu, kHist, kvDim, c.headDim, c.rotaryDim, kv, true), vB = poolBuffer(gpu, vHist, kvDim, c.headDim, c.rotaryDim, kv, false);
+        const part = zeros(gpu, chunkedAttentionPartFloats(s, B)), out = zeros(gpu, B * qDim);
+        const p1 = gpu.pipeline('test_chunks', defines, () => decodeAttentionChunksWgsl(s, layout));
+        const p2 = gpu.pipeline('test_merge', { ...defines, ...f }, () => decodeAttentionMergeWgsl(s, f));
+        const step = stepWithRows(gpu, 1, layout.rowsAt, rows);
+        await run(gpu, [
+          { label: 'chunks', pipeline: p1, bindGroup: gpu.bindGroup('chunks', p1, [storage(gpu, qkv), kB, vB, part, step]), workgroups: () => [c.numKvHeads * s.splits, B, 1] },
+          { label: 'merge', pipeline: p2, bindGroup: gpu.bindGroup('merge', p2, [part, out]), workgroups: () => [c.numHeads, B, 1] },
+        ], 1);
+        assertClose(await read(gpu, out, B * qDim), want, f16 ? 1e-4 : 1e-5, `chunked attention (${index < 0 ? 'default limits, ' : ''}${kv} cache, ${s.splits} chunks of ${s.config.chunk}, ${s.config.wg} invocations) heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} window ${c.slidingWindow} ctx ${ctx} rows ${JSON.stringify(rows)}`);
       }
     }
   });

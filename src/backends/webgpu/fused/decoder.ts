@@ -4,7 +4,8 @@
  *                                   | o[+residual] | gate_up[norm, SwiGLU] | down[+residual]
  *   unfused (10 dispatches a layer) rmsnorm | qkv | rope_kv | attention part | combine | o[+residual]
  *                                   | rmsnorm | gate_up | swiglu | down[+residual]
- * (attention is one dispatch instead of two with `attention: 'single'`, or for contexts of at most 64).
+ * (attention is one dispatch instead of two with `attention: 'single'`, or for contexts of at most 64;
+ * the default split attention is decodeAttentionChunksWgsl + decodeAttentionMergeWgsl).
  * plus an embedding dispatch (the id read from the step or from the previous step's sampled token)
  * and final norm, lm_head and argmax/sample. Each step is one small writeBuffer (position, sampling
  * values), one compute pass, one submit. `generate` never waits for a token before encoding the next:
@@ -19,7 +20,8 @@ import { encodeDispatches, STEP_HEADER_WORDS, StepWord, type Dispatch } from '..
 import { DeviceLostError } from '../errors.js';
 import {
   ATTENTION_WG, attentionFits, attentionSplits, splitAttentionFits, attentionWorkgroupBytes, decodeArgmaxWgsl, decodeAttentionPartGqaWgsl, decodeAttentionPartWgsl, decodeAttentionWgsl,
-  decodeCombineWgsl, gqaPartWorkgroupBytes,
+  decodeCombineWgsl, gqaPartWorkgroupBytes, chunkedAttentionConfig, chunkedAttentionPartFloats, chunkedAttentionSplits, decodeAttentionChunksWgsl,
+  decodeAttentionMergeWgsl, type ChunkedAttentionShape,
   type DecodeAttentionShape, type SplitAttentionShape,
 } from '../kernels/fused-attention.js';
 import { fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecNeeds, fusedMatvecWgsl, vecsPerUnit, type FusedMatvecShape } from '../kernels/fused-matvec.js';
@@ -55,22 +57,24 @@ export interface FusedDecoderOptions {
   /** Invocations of the decode attention workgroup (default 256; 1024 where its scores fit). */
   attentionWorkgroup?: number;
   /**
-   * Decode attention: 'split' cuts the keys into chunks of about 64, one workgroup per KV head and
-   * chunk for all the query heads that share it (grouped-query attention: each key and value row read
-   * once), and combines the chunks in a second dispatch; 'split-heads' the same with a workgroup per
-   * query head and chunk; 'single' one workgroup per head. Default 'split' (measured in
-   * docs/PERFORMANCE.md).
+   * Decode attention: 'split' cuts the keys into chunks of at most 64, one workgroup per KV head and
+   * chunk for all the query heads that share it, every K and V load of a chunk issued first
+   * (decodeAttentionChunksWgsl), and merges the chunks in a second dispatch; 'split-gqa' the earlier
+   * grouped kernel (a lane a key row, at most 32 chunks); 'split-heads' a workgroup per query head and
+   * chunk; 'single' one workgroup per head. Default 'split' (measured in docs/PERFORMANCE.md).
    */
-  attention?: 'split' | 'split-heads' | 'single';
+  attention?: DecodeAttentionKind;
   /**
    * x of the q4 matrix-vector products: 'int8' (default) quantizes it per workgroup into int8 blocks of
    * 32 and multiplies with dot4I8Packed (kernels/fused-matvec-int8.ts; needs subgroups, else f32),
    * 'f32' keeps it in f32 (the CPU's numerics: what the token-for-token tests run).
    */
   matvecActivations?: 'int8' | 'f32';
-  /** Chunks of keys of the split attention (default attentionSplits: about 64 keys each, at most 32). */
+  /** Chunks of keys of the split attention (default: chunks of at most 64 keys; 'split-gqa' and 'split-heads': about 64 keys each, at most 32). */
   attentionSplits?: number;
 }
+
+export type DecodeAttentionKind = 'split' | 'split-gqa' | 'split-heads' | 'single';
 
 export interface GpuSamplingValues {
   temperature: number;
@@ -168,7 +172,10 @@ export class FusedDecoder {
       this.matvec(m, { input, epilogue, bias: bias !== null, eps, ...heads, ...layout }, { ...io, ...(bias ? { BIAS: bias } : {}) });
     const fused = options.path === 'fused';
     const split = this.splitShape();
-    const chunks = split ? { shape: split, part: f32('attention_parts', c.numHeads * split.splits * (c.headDim + 2)) } : null;
+    const chunked = this.chunkedShape();
+    const chunks = chunked
+      ? { shape: chunked, part: f32('attention_parts', chunkedAttentionPartFloats(chunked)) }
+      : split ? { shape: split, part: f32('attention_parts', c.numHeads * split.splits * (c.headDim + 2)) } : null;
     const norm = (weight: GPUBuffer) => rmsnormOp(gpu_, { hidden: c.hiddenSize, eps, mode: 'all' }, 1, x, weight, xn, this.step);
     const layers = w.layers.map((L, l): Dispatch[] => {
       // attention writes its output unit-major for o_proj where its kernel can (coalesced x reads there)
@@ -309,7 +316,17 @@ export class FusedDecoder {
     return { storage: this.kv.cache.storage, contextLength: this.options.contextLength, rowsAt: ROWS_AT, kvBuffer: -1 };
   }
 
-  /** The split attention's shape, or null where the single-workgroup kernel runs. */
+  /** The chunked attention's shape (the default), or null where it does not apply or another kind is asked for. */
+  private chunkedShape(): ChunkedAttentionShape | null {
+    const s = this.attentionShape();
+    if ((this.options.attention ?? 'split') !== 'split') return null;
+    const config = chunkedAttentionConfig(s, this.gpu.device.limits);
+    if (!config) return null;
+    const splits = chunkedAttentionSplits(s, config, this.options.attentionSplits);
+    return splits > 1 ? { ...s, splits, config } : null;
+  }
+
+  /** The earlier split attention's shape, or null where the single-workgroup kernel runs. */
   private splitShape(): SplitAttentionShape | null {
     const s = this.attentionShape();
     const limits = this.gpu.device.limits;
@@ -323,7 +340,7 @@ export class FusedDecoder {
    * a head in one workgroup's shared memory where they fit, else the engine's kernel.
    */
   private attention(
-    qkv: GPUBuffer, k: GPUBuffer, v: GPUBuffer, att: GPUBuffer, chunks: { shape: SplitAttentionShape; part: GPUBuffer } | null,
+    qkv: GPUBuffer, k: GPUBuffer, v: GPUBuffer, att: GPUBuffer, chunks: { shape: SplitAttentionShape | ChunkedAttentionShape; part: GPUBuffer } | null,
     layout: { outUnits?: number; outVecs?: number },
   ): { dispatches: Dispatch[]; unitMajor: boolean } {
     const c = this.config;
@@ -331,10 +348,21 @@ export class FusedDecoder {
     const unitMajor = (layout.outVecs ?? 0) > 1;
     const f = { subgroups: this.gpu.subgroups };
     const kv = this.kvLayout;
+    if (chunks && 'config' in chunks.shape) {
+      const chunked = { ...chunks.shape, ...layout }, part = chunks.part;
+      const defines = { ...chunked, ...chunked.config, config: 0, slidingWindow: chunked.slidingWindow ?? 0, ...kvDefines(kv) };
+      const p1 = this.gpu.pipeline('decode_attention_chunks', defines, () => decodeAttentionChunksWgsl(chunked, kv));
+      const p2 = this.gpu.pipeline('decode_attention_merge', { ...defines, ...f }, () => decodeAttentionMergeWgsl(chunked, f));
+      const groups = c.numKvHeads * chunked.splits;
+      return { unitMajor, dispatches: [
+        { label: 'attention_part', pipeline: p1, bindGroup: this.gpu.bindGroup('decode_attention_chunks', p1, [qkv, k, v, part, this.step]), workgroups: () => [groups, 1, 1] },
+        { label: 'attention_combine', pipeline: p2, bindGroup: this.gpu.bindGroup('decode_attention_merge', p2, [part, att]), workgroups: () => [c.numHeads, 1, 1] },
+      ] };
+    }
     if (chunks) {
-      const split = { ...chunks.shape, ...layout }, part = chunks.part;
+      const split = { ...(chunks.shape as SplitAttentionShape), ...layout }, part = chunks.part;
       const defines = { ...split, slidingWindow: split.slidingWindow ?? 0, ...kvDefines(kv) };
-      const grouped = (this.options.attention ?? 'split') === 'split' && c.numHeads > c.numKvHeads && gqaPartWorkgroupBytes(split) <= this.gpu.device.limits.maxComputeWorkgroupStorageSize;
+      const grouped = (this.options.attention ?? 'split') !== 'split-heads' && c.numHeads > c.numKvHeads && gqaPartWorkgroupBytes(split) <= this.gpu.device.limits.maxComputeWorkgroupStorageSize;
       const p1 = grouped
         ? this.gpu.pipeline('decode_attention_part_gqa', defines, () => decodeAttentionPartGqaWgsl(split, kv))
         : this.gpu.pipeline('decode_attention_part', { ...defines, ...f }, () => decodeAttentionPartWgsl(split, kv, f));

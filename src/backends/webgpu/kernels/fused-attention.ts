@@ -418,3 +418,241 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 `;
 }
+
+/**
+ * Flash-decoding in two kernels built for bandwidth (the decoder's default where its configuration fits):
+ *
+ * decode_attention_chunks: one workgroup per (KV head, chunk of at most CH keys), for all G query
+ *   heads of that KV head (each K and V row read once). Every K and V load of the chunk is issued
+ *   before any is used (CH x HD / WG values a lane of each), so a dispatch has its whole KV in flight:
+ *   K: Q lanes a key row, lane q reading vec4s q, q + Q, ... (Q consecutive lanes cover consecutive
+ *      words of the row: every 32-byte sector a load instruction touches is used whole for Q = 4, f16);
+ *      their partial dots summed through shared memory into the G x CH scores
+ *   V: teams of HD/4 lanes, lane ln reading vec4 ln of keys team, team + NG, ...; each team keeps its
+ *      own max and sum of exponentials per head (no workgroup-wide max pass), the teams merged at the end
+ *   Writes per (row, head, chunk) one record of HD + 4 floats: o (unnormalised), then (m, l, 0, 0).
+ * decode_attention_merge: one workgroup per (head, row) over the chunks' records, lanes across chunks
+ *   and vec4s of the head: out = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c.
+ * Any head dim that is a multiple of 4 with HD/4 <= WG (96 included), any G, sliding windows, rows on
+ * the grid's y as the other attention kernels.
+ */
+export interface ChunkedAttentionConfig {
+  /** Invocations of the chunk kernel. */
+  wg: number;
+  /** Keys a chunk at most. */
+  chunk: number;
+  /** Lanes a key row in the score phase. */
+  lanesPerKey: number;
+}
+
+export interface ChunkedAttentionShape extends DecodeAttentionShape {
+  splits: number;
+  config: ChunkedAttentionConfig;
+}
+
+/** Invocations of the merge kernel. */
+export const MERGE_WG = 128;
+
+function chunkedLayout(s: DecodeAttentionShape, cfg: ChunkedAttentionConfig) {
+  const HD4 = s.headDim / 4, G = s.numHeads / s.numKvHeads, Q = cfg.lanesPerKey;
+  const KPP = cfg.wg / Q, P = Math.ceil(cfg.chunk / KPP), NG = Math.floor(cfg.wg / HD4), T = Math.ceil(cfg.chunk / NG);
+  return { HD4, G, Q, KPP, P, NG, T, CH: P * KPP };
+}
+
+/** Workgroup memory of the chunk kernel: q / team partials, dot partials, scores, team (m, l). */
+export function chunkedAttentionWorkgroupBytes(s: DecodeAttentionShape, cfg: ChunkedAttentionConfig): number {
+  const { HD4, G, NG, P, CH } = chunkedLayout(s, cfg);
+  return Math.max(G * HD4, G * NG * HD4) * 16 + P * G * cfg.wg * 4 + G * CH * 4 + G * NG * 8;
+}
+
+/**
+ * The chunk kernel's configuration for this shape within the device's limits (workgroup memory,
+ * invocations), or null where it does not apply (head dim not a multiple of 4, or too large).
+ */
+export function chunkedAttentionConfig(s: DecodeAttentionShape, limits: { maxComputeWorkgroupStorageSize: number; maxComputeInvocationsPerWorkgroup: number }): ChunkedAttentionConfig | null {
+  const HD4 = s.headDim / 4;
+  if (s.headDim % 4 !== 0 || s.numHeads % s.numKvHeads !== 0) return null;
+  const lanesPerKey = HD4 % 4 === 0 ? 4 : HD4 % 2 === 0 ? 2 : 1;
+  for (const wg of [128, 64]) {
+    if (wg > limits.maxComputeInvocationsPerWorkgroup || HD4 > wg || MERGE_WG > limits.maxComputeInvocationsPerWorkgroup) continue;
+    for (const chunk of [64, 32]) {
+      const cfg = { wg, chunk: Math.max(chunk, wg / lanesPerKey), lanesPerKey };
+      if (chunkedAttentionWorkgroupBytes(s, cfg) + 256 <= limits.maxComputeWorkgroupStorageSize) return { ...cfg, chunk: chunkedLayout(s, cfg).CH };
+    }
+  }
+  return null;
+}
+
+/** Chunks of keys a head for this configuration (at least `splits` where asked). */
+export function chunkedAttentionSplits(s: DecodeAttentionShape, cfg: ChunkedAttentionConfig, splits?: number): number {
+  return Math.max(Math.ceil(keysOf(s) / cfg.chunk), splits ?? 1);
+}
+
+/** Floats of the chunk records for `rows` rows. */
+export function chunkedAttentionPartFloats(s: ChunkedAttentionShape, rows = 1): number {
+  return rows * s.numHeads * s.splits * (s.headDim + 4);
+}
+
+export function decodeAttentionChunksWgsl(s: ChunkedAttentionShape, kv: KvLayout): string {
+  const { HD4, G, Q, KPP, P, NG, T, CH } = chunkedLayout(s, s.config);
+  const WG = s.config.wg;
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const perKey = HD4 / Q;
+  // every load first: K of passes pp (key kk + pp * KPP, vec4s q + Q * i), V of keys grp + NG * t
+  const kLoads = range(P).flatMap((pp) => range(perKey).map((i) => `let k${pp}_${i} = load4_k(kb + min(kk + ${pp * KPP}u, last) * KV_DIM4 + q + ${Q * i}u);`));
+  const vLoads = range(T).map((t) => `let v${t} = load4_v(vb + min(grp + ${NG * t}u, last) * KV_DIM4);`);
+  const dots = range(P).flatMap((pp) => range(G).map((g) =>
+    `red[${(pp * G + g) * WG}u + lid] = ${range(perKey).map((i) => `dot(k${pp}_${i}, scratch[${g * HD4}u + q + ${Q * i}u])`).join(' + ')};`));
+  const heads = range(G).map((g) => {
+    const scores = range(T).map((t) => `let s${g}_${t} = select(-3.0e38, sc[${g * CH}u + grp + ${NG * t}u], grp + ${NG * t}u < cn);`).join('\n      ');
+    const max = range(T).map((t) => `s${g}_${t}`).reduce((a, b) => `max(${a}, ${b})`);
+    const exps = range(T).map((t) => `let e${g}_${t} = select(0.0, exp(s${g}_${t} - m${g}), grp + ${NG * t}u < cn);`).join('\n      ');
+    const acc = range(T).map((t) => `e${g}_${t} * v${t}`).join(' + ');
+    const sum = range(T).map((t) => `e${g}_${t}`).join(' + ');
+    return `${scores}
+      let m${g} = ${max};
+      ${exps}
+      scratch[${g * NG * HD4}u + grp * HD4 + ln] = ${acc};
+      if (ln == 0u) { ml[${g * NG}u + grp] = vec2<f32>(m${g}, ${sum}); }`;
+  }).join('\n      ');
+  return `${kvHeader(kv)}
+const HD4 = ${HD4}u;
+const KV_DIM4 = ${(s.numKvHeads * s.headDim) / 4}u;
+const SPLITS = ${s.splits}u;
+const G = ${G}u;
+const NG = ${NG}u;
+const REC4 = ${HD4 + 1}u;
+@group(0) @binding(0) var<storage, read> qkv: array<vec4<f32>>;
+${kvReadDecls(kv, 1, 2)}
+@group(0) @binding(3) var<storage, read_write> part: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> step: array<u32>;
+${rowTable(kv)}
+${kDimFn(kv.storage, s.rotaryDim ?? s.headDim)}
+const QKV_STRIDE4 = ${((s.numHeads + 2 * s.numKvHeads) * s.headDim) / 4}u;
+fn q_at(e: u32) -> f32 { return qkv[e >> 2u][e & 3u]; }
+
+// q of the G heads (K's stored dim order, scaled by 1/sqrt(HD)), later the teams' partial outputs
+var<workgroup> scratch: array<vec4<f32>, ${Math.max(G * HD4, G * NG * HD4)}>;
+// partial dots: (pass, head, lane)
+var<workgroup> red: array<f32, ${P * G * WG}>;
+// scores: (head, key of the chunk)
+var<workgroup> sc: array<f32, ${G * CH}>;
+// each team's (max, sum of exponentials) a head
+var<workgroup> ml: array<vec2<f32>, ${G * NG}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let kvh = wid.x / SPLITS;
+  let c = wid.x % SPLITS;
+  ${keyRange(s, true)}
+  if (cn == 0u) {
+    // no keys in this chunk (early positions): an empty record for each head
+    for (var i = lid; i < G * REC4; i += ${WG}u) {
+      let rec = (r * ${s.numHeads}u + kvh * G + i / REC4) * SPLITS + c;
+      part[rec * REC4 + i % REC4] = select(vec4<f32>(0.0), vec4<f32>(-3.0e38, 0.0, 0.0, 0.0), i % REC4 == HD4);
+    }
+    return;
+  }
+  let last = cn - 1u;
+  let q = lid % ${Q}u;
+  let kk = lid / ${Q}u;
+  let grp = min(lid / HD4, NG - 1u);
+  let ln = lid % HD4;
+  let kb = (sb + first + k0) * KV_DIM4 + kvh * HD4;
+  let vb = kb + ln;
+  ${kLoads.join('\n  ')}
+  ${vLoads.join('\n  ')}
+  for (var i = lid; i < G * HD4; i += ${WG}u) { scratch[i] = ${loadQ4(kv, s.headDim, '(kvh * G + i / HD4)', '(i % HD4)', f32Literal(1 / Math.sqrt(s.headDim)))}; }
+  workgroupBarrier();
+  ${dots.join('\n  ')}
+  workgroupBarrier();
+  for (var i = lid; i < G * ${CH}u; i += ${WG}u) {
+    let j = i % ${CH}u;
+    let at = ((j / ${KPP}u) * G + i / ${CH}u) * ${WG}u + (j % ${KPP}u) * ${Q}u;
+    sc[i] = ${range(Q).map((qq) => `red[at + ${qq}u]`).join(' + ')};
+  }
+  workgroupBarrier();
+  if (lid < NG * HD4) {
+      ${heads}
+  }
+  workgroupBarrier();
+  for (var i = lid; i < G * HD4; i += ${WG}u) {
+    let gh = i / HD4;
+    let l4 = i % HD4;
+    var mx = -3.0e38;
+    for (var t = 0u; t < NG; t++) { mx = max(mx, ml[gh * NG + t].x); }
+    var o = vec4<f32>(0.0);
+    var l = 0.0;
+    for (var t = 0u; t < NG; t++) {
+      let w = exp(ml[gh * NG + t].x - mx);
+      o += w * scratch[(gh * NG + t) * HD4 + l4];
+      l += w * ml[gh * NG + t].y;
+    }
+    let rec = (r * ${s.numHeads}u + kvh * G + gh) * SPLITS + c;
+    part[rec * REC4 + l4] = o;
+    if (l4 == 0u) { part[rec * REC4 + HD4] = vec4<f32>(mx, l, 0.0, 0.0); }
+  }
+}
+`;
+}
+
+/** out of head h, row r from its chunks' records (decodeAttentionChunksWgsl). */
+export function decodeAttentionMergeWgsl(s: ChunkedAttentionShape, f: KernelFeatures): string {
+  const HD4 = s.headDim / 4, WG = MERGE_WG, NC = Math.floor(WG / HD4);
+  return `${header(f)}${COMMON}${reductions(WG, f)}
+const SPLITS = ${s.splits}u;
+const HD4 = ${HD4}u;
+const NC = ${NC}u;
+const REC4 = ${HD4 + 1}u;
+@group(0) @binding(0) var<storage, read> part: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+var<workgroup> acc: array<vec4<f32>, ${NC * HD4}>;
+var<workgroup> sums: array<f32, ${NC}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
+  ${subgroupLet(f)}
+  let h = wid.x;
+  let r = wid.y;
+  let rec0 = (r * ${s.numHeads}u + h) * SPLITS;
+  var m = -3.0e38;
+  for (var c = lid; c < SPLITS; c += ${WG}u) { m = max(m, part[(rec0 + c) * REC4 + HD4].x); }
+  let mx = wg_max(m, lid, sg_size);
+  let cg = lid / HD4;
+  let ln = lid % HD4;
+  if (cg < NC) {
+    var o0 = vec4<f32>(0.0);
+    var o1 = vec4<f32>(0.0);
+    var l = 0.0;
+    var c = cg;
+    for (; c + NC < SPLITS; c += 2u * NC) {
+      let a = part[(rec0 + c) * REC4 + HD4].xy;
+      let b = part[(rec0 + c + NC) * REC4 + HD4].xy;
+      let oa = part[(rec0 + c) * REC4 + ln];
+      let ob = part[(rec0 + c + NC) * REC4 + ln];
+      let wa = exp(a.x - mx);
+      let wb = exp(b.x - mx);
+      o0 += wa * oa;
+      o1 += wb * ob;
+      l += wa * a.y + wb * b.y;
+    }
+    if (c < SPLITS) {
+      let a = part[(rec0 + c) * REC4 + HD4].xy;
+      let wa = exp(a.x - mx);
+      o0 += wa * part[(rec0 + c) * REC4 + ln];
+      l += wa * a.y;
+    }
+    acc[cg * HD4 + ln] = o0 + o1;
+    if (ln == 0u) { sums[cg] = l; }
+  }
+  workgroupBarrier();
+  if (lid < HD4) {
+    var o = vec4<f32>(0.0);
+    var l = 0.0;
+    for (var i = 0u; i < NC; i++) { o += acc[i * HD4 + lid]; l += sums[i]; }
+    o = o / l;
+    for (var e = 0u; e < 4u; e++) { out[r * ${s.numHeads * s.headDim}u + ${outIndex(s, `h * ${s.headDim}u + 4u * lid + e`)}] = o[e]; }
+  }
+}
+`;
+}
