@@ -27,7 +27,8 @@ export interface BenchOptions {
   lag: number;
   workgroups?: number;
   normWorkgroups?: number;
-  unroll?: number;
+  /** Units a lane loads per pass of the subgroup matvecs, each run over the same weights (0: the decoder's default, as without). */
+  unroll?: number[];
   attentionWorkgroup?: number;
   /** Decode attention kinds to run, each over the same weights (default the decoder's). */
   attention?: DecodeAttentionKind[];
@@ -64,6 +65,8 @@ export interface BenchResult {
   kv_cache: 'f16' | 'f32';
   /** The decode attention kind asked for (FusedDecoderOptions.attention; default 'split'). */
   attention: DecodeAttentionKind;
+  /** Units a lane loads per pass of the subgroup matvecs ('default': the decoder's choice a matrix). */
+  unroll: number | 'default';
   /** With --profile: layer 0's attention dispatches (µs) and the time to read its K and V at the probe's bandwidth. */
   attention_us?: number;
   attention_kv_read_us?: number;
@@ -142,8 +145,8 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
   try {
     const check = o.check > 0 ? await checkPaths(gpu, config, w, prompt, o.check, o.workgroups) : null;
     if (check) o.log(`check (f32 activations): fused vs unfused logits relative difference <= ${check.worst.toExponential(2)} over ${o.check} tokens; greedy continuations ${check.identical ? 'identical' : 'DIFFER'}`);
-    for (const path of o.paths) for (const kvCache of o.kvCaches ?? ['f16']) for (const attentionKind of o.attention ?? ['split']) {
-      const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: o.normWorkgroups, unroll: o.unroll, attentionWorkgroup: o.attentionWorkgroup, attention: attentionKind, attentionSplits: o.attentionSplits, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations, kvCache });
+    for (const path of o.paths) for (const kvCache of o.kvCaches ?? ['f16']) for (const attentionKind of o.attention ?? ['split']) for (const unroll of o.unroll ?? [0]) {
+      const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: o.normWorkgroups, unroll: unroll || undefined, attentionWorkgroup: o.attentionWorkgroup, attention: attentionKind, attentionSplits: o.attentionSplits, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations, kvCache });
       try {
         // warm-up: pipelines, caches, clocks
         await decoder.generate(prompt.slice(0, 8), { maxTokens: 8, lag: o.lag });
@@ -158,7 +161,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
         if (o.profile) {
           // after the timed decode (the cache holds context + tokens positions; profile overwrites the activations)
           const rows = await decoder.profile();
-          o.log(`${path} ${kvCache} KV ${attentionKind} attention profile at position ${decoder.length - 1} (µs per dispatch): ${rows.map((r) => `${r.label} ${r.microseconds.toFixed(1)}`).join(', ')}`);
+          o.log(`${path} ${kvCache} KV ${attentionKind} attention unroll ${unroll || 'default'} profile at position ${decoder.length - 1} (µs per dispatch): ${rows.map((r) => `${r.label} ${r.microseconds.toFixed(1)}`).join(', ')}`);
           // layer 0's attention against reading its keys and values once at the probe's bandwidth
           const us = rows.filter((r) => r.label.startsWith('attention')).reduce((a, r) => a + r.microseconds, 0);
           const bytes = 2 * decoder.length * config.numKvHeads * config.headDim * kvBytes;
@@ -186,6 +189,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
           kv_bytes_per_token: kvPerToken,
           kv_cache: kvCache,
           attention: attentionKind,
+          unroll: unroll || 'default',
           ...(attention ? { attention_us: attention.us, attention_kv_read_us: attention.kvReadUs } : {}),
           achieved_gbps: achieved,
           measured_read_gbps: bw.medianGbps,
@@ -198,7 +202,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
           ...(check ? { check_max_rel_diff: check.worst, check_greedy_identical: check.identical } : {}),
         };
         o.log(
-          `${path} (${kvCache} KV, ${attentionKind} attention): decode ${r.decode_ms_per_token.toFixed(3)} ms/token (${tps.toFixed(1)} tok/s), ${achieved.toFixed(0)} GB/s = ${(100 * r.bandwidth_fraction).toFixed(1)}% of measured; ` +
+          `${path} (${kvCache} KV, ${attentionKind} attention, unroll ${unroll || 'default'}): decode ${r.decode_ms_per_token.toFixed(3)} ms/token (${tps.toFixed(1)} tok/s), ${achieved.toFixed(0)} GB/s = ${(100 * r.bandwidth_fraction).toFixed(1)}% of measured; ` +
             `prefill ${r.prefill_tokens_per_second.toFixed(1)} tok/s; ${r.dispatches_per_token} dispatches/token (${r.dispatches_per_layer}/layer)`,
         );
         results.push(r);

@@ -15,6 +15,16 @@ import { InvalidArgumentError } from 'commander';
 
 const ATTENTION_KINDS: readonly DecodeAttentionKind[] = ['split', 'split-gqa', 'split-heads', 'single'];
 
+function parseUnrolls(value: string): number[] {
+  return value.split(',').map((v) => {
+    const t = v.trim();
+    if (t === 'default') return 0;
+    const n = Number(t);
+    if (!Number.isInteger(n) || n < 0 || n > 16) throw new InvalidArgumentError(`--unroll: '${t}' is not 'default' or a whole number 0-16`);
+    return n;
+  });
+}
+
 function parseAttentionKinds(value: string): DecodeAttentionKind[] {
   const kinds = value.split(',').map((k) => k.trim());
   for (const k of kinds) {
@@ -58,7 +68,7 @@ export function benchCommand(): Command {
     .option('--workgroups <n>', 'workgroups per matvec dispatch', parseIntOption('--workgroups'))
     .option('--norm-workgroups <n>', 'workgroups per matvec that normalises x first', parseIntOption('--norm-workgroups'))
     .option('--worker-workgroup <n>', 'invocations a workgroup of the matvecs that normalise x first (256, 512 or 1024)', parseIntOption('--worker-workgroup'))
-    .option('--unroll <n>', 'units each lane loads per pass (subgroup matvec)', parseIntOption('--unroll'))
+    .option('--unroll <n>', "units each lane loads per pass (subgroup matvecs); a comma-separated list runs each over the same weights ('default' or 0: the decoder's choice a matrix)", parseUnrolls)
     .option('--attention-workgroup <n>', 'invocations of the decode attention workgroup (256 or 1024)', parseIntOption('--attention-workgroup'))
     .option('--attention <kinds>', 'decode attention, a kind or a comma-separated list run over the same weights: split (chunks of at most 64 keys, a workgroup per KV head and chunk, every load issued first, then a merge; the default), split-gqa (the earlier grouped kernel: a lane a key row), split-heads (a workgroup per query head and chunk), single (a workgroup a head)', parseAttentionKinds, ['split'] as DecodeAttentionKind[])
     .addOption(new Option('--activations <kind>', 'x of the q4 matrix-vector products: int8 (blocks of 32, dot4I8Packed) or f32').choices(['int8', 'f32']).default('int8'))

@@ -9,7 +9,7 @@ import { addInPlace, applyRope, attention, rmsnorm, ropeTables, swiglu } from '.
 import { attentionOp, attentionTensorCoreOp, attentionTiledOp, embeddingOp, matmulOp, rmsnormOp, ropeKvOp, swigluOp } from '../../../src/backends/webgpu/ops.js';
 import {
   attentionSplits, splitAttentionFits, decodeAttentionPartGqaWgsl, decodeAttentionPartWgsl, decodeCombineWgsl, chunkedAttentionConfig, chunkedAttentionSplits,
-  chunkedAttentionPartFloats, chunkedAttentionWorkgroupBytes, decodeAttentionChunksWgsl, decodeAttentionMergeWgsl,
+  chunkedAttentionPartFloats, chunkedAttentionWorkgroupBytes, decodeAttentionChunksWgsl, decodeAttentionMergeWgsl, decodeArgmaxWgsl,
 } from '../../../src/backends/webgpu/kernels/fused-attention.js';
 import { kvDefines, type KvLayout, type KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
 import { uploadDense } from '../../../src/backends/webgpu/weights.js';
@@ -352,4 +352,25 @@ test('webgpu kernels: the fused residual add equals addInPlace', { skip: SKIP_GP
   const yb = storage(gpu, y0);
   await run(gpu, matmulOp(gpu, uploadDense(gpu, w, 'w'), { x: storage(gpu, x), y: yb, yStride: rows, yOffset: 0, bias: null, residual: true, step: stepBuffer(gpu, T, 0) }, 'tiled', T), T);
   assertClose(await read(gpu, yb, T * rows), want, gpu.features.subgroupMatrixF16 ? 3e-3 : 1e-6, 'residual add');
+});
+
+test('webgpu kernels: the fused decoder\'s argmax (8 loads a pass, then the tail) equals the CPU argmax, lowest index on ties', { skip: SKIP_GPU }, async () => {
+  const gpu = await testGpu();
+  const wg = Math.min(1024, gpu.device.limits.maxComputeInvocationsPerWorkgroup);
+  // vocabularies below one pass, across the 8-load passes and the tail, and one not a multiple of 4
+  for (const vocab of [7, 4 * wg + 3, 32 * wg + 5, 128256]) {
+    const r = rng(vocab);
+    const logits = Float32Array.from({ length: vocab }, () => Math.round(r() * 50) / 10);
+    // ties of the maximum at several places (the lowest must win)
+    const at = [vocab - 1, Math.floor(vocab / 2), Math.floor(vocab / 3) + 1];
+    for (const i of at) logits[i] = 9;
+    const padded = new Float32Array(Math.ceil(vocab / 4) * 4);
+    padded.set(logits);
+    padded.fill(100, vocab); // past the vocabulary: never chosen
+    const out = storage(gpu, new Uint32Array(4));
+    const pipeline = gpu.pipeline('test_decode_argmax', { vocab, wg }, () => decodeArgmaxWgsl(vocab, wg));
+    await run(gpu, [{ label: 'argmax', pipeline, bindGroup: gpu.bindGroup('argmax', pipeline, [storage(gpu, padded), out]), workgroups: () => [1, 1, 1] }], 1);
+    const got = new Uint32Array((await read(gpu, out, 1)).buffer)[0];
+    assert.equal(got, Math.min(...at), `argmax over ${vocab} logits`);
+  }
 });

@@ -24,7 +24,7 @@ import {
   decodeAttentionMergeWgsl, type ChunkedAttentionShape,
   type DecodeAttentionShape, type SplitAttentionShape,
 } from '../kernels/fused-attention.js';
-import { fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecNeeds, fusedMatvecWgsl, vecsPerUnit, type FusedMatvecShape } from '../kernels/fused-matvec.js';
+import { embeddingWorkgroups, fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecNeeds, fusedMatvecWgsl, vecsPerUnit, type FusedMatvecShape } from '../kernels/fused-matvec.js';
 import { int8Applies, int8Unroll } from '../kernels/fused-matvec-int8.js';
 import { kvDefines, rowsAt, type KvLayout } from '../kernels/kv.js';
 import { KvCache, type KvCacheDtype, type KvSlot } from '../kv-cache.js';
@@ -401,7 +401,7 @@ export class FusedDecoder {
     return blocks.map(({ rowStart, matrix }) => {
       const rows = e.rowBlocks ? matrix.rows : 0xffffffff;
       const pipeline = this.gpu.pipeline('fused_embedding', { dtype, hidden: e.cols, units: e.units, rowStart, rows }, () => fusedEmbeddingWgsl(dtype, e.cols, e.units, rowStart, rows));
-      return { label: 'embedding', pipeline, bindGroup: this.gpu.bindGroup('embedding', pipeline, [matrix.buffers.W!, x, this.step, this.token]), workgroups: () => [1, 1, 1] as [number, number, number] };
+      return { label: 'embedding', pipeline, bindGroup: this.gpu.bindGroup('embedding', pipeline, [matrix.buffers.W!, x, this.step, this.token]), workgroups: () => [embeddingWorkgroups(e.cols), 1, 1] as [number, number, number] };
     });
   }
 
