@@ -62,6 +62,10 @@ export function int8MatvecWgsl(s: FusedMatvecShape, f: MatvecFeatures): string {
   if (s.encoding !== 'q4' || !f.subgroups) throw new Error('int8 activations: q4 with subgroups only');
   const groups = blocksFor(s, SG_RPT);
   const norm = s.input === 'norm';
+  // a norm input of at most WG units: each invocation reads its unit of x and of the norm weight once,
+  // for the sum of squares and then the quantization (otherwise x is read twice: two L2 round trips
+  // before the first weight load); `normOneRead: false` keeps the two reads
+  const oneRead = norm && s.units <= WG && s.normOneRead !== false;
   // vec4 e of unit k of a global x: unit-major where a producer wrote it so
   const xAt = (e: number) => (norm ? `X[k * 8u + ${e}u]` : s.xUnitMajor ? `X[${e}u * UNITS + k]` : `X[k * 8u + ${e}u]`);
   const load = Array.from({ length: 8 }, (_, e) =>
@@ -111,14 +115,26 @@ ${blockRow(s, SG_RPT)}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) lane: u32) {
-  ${norm ? `// rmsnorm's scale: the sum of squares over x (zero past COLS)
+  ${oneRead ? `// rmsnorm's scale from the unit each invocation then quantizes (x and the norm weight read once)
+  var v: array<vec4<f32>, 8>;
+  var nw: array<vec4<f32>, 8>;
+  var ss = 0.0;
+  let ku = min(lid, UNITS - 1u);
+  for (var e = 0u; e < 8u; e++) {
+    v[e] = select(vec4<f32>(0.0), X[ku * 8u + e], lid < UNITS && ku * 32u + 4u * e < COLS);
+    nw[e] = NW[ku * 8u + e];
+    ss += dot(v[e], v[e]);
+  }
+  let inv = inverseSqrt(wg_sum(ss, lid, sg_size) / f32(COLS) + ${f32Literal(s.eps)});
+  for (var e = 0u; e < 8u; e++) { v[e] = v[e] * nw[e] * inv; }
+  for (var k = lid; k < UNITS; k += ${WG}u) {` : norm ? `// rmsnorm's scale: the sum of squares over x (zero past COLS)
   var ss = 0.0;
   for (var i = lid; i < COLS / 4u; i += ${WG}u) { let v = X[i]; ss += dot(v, v); }
-  let inv = inverseSqrt(wg_sum(ss, lid, sg_size) / f32(COLS) + ${f32Literal(s.eps)});` : ''}
+  let inv = inverseSqrt(wg_sum(ss, lid, sg_size) / f32(COLS) + ${f32Literal(s.eps)});` : ''}${oneRead ? '' : `
   // x quantized a unit (32 columns) an invocation
   for (var k = lid; k < UNITS; k += ${WG}u) {
     var v: array<vec4<f32>, 8>;
-    ${load}
+    ${load}`}
     var amax = 0.0;
     var sum = 0.0;
     for (var e = 0u; e < 8u; e++) {

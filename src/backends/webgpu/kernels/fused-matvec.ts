@@ -67,6 +67,8 @@ export interface FusedMatvecShape {
   workerWorkgroup?: number;
   /** 'global' input: x is stored unit-major (see unitMajorIndex), as a producer wrote it for this matrix. */
   xUnitMajor?: boolean;
+  /** int8 'norm' input of at most 256 units: read x once for the norm and the quantization (default true). */
+  normOneRead?: boolean;
   /** 'swiglu': write act unit-major for a consumer with these units a row and vec4s a unit (0: in order). */
   actUnits?: number;
   actVecs?: number;
