@@ -286,7 +286,7 @@ if (only.has('attention')) {
   // and one pure-read dispatch of the same K and V bytes (the floor of one dispatch)
   const probe = await measureReadBandwidth(gpu);
   console.log(`attention: read probe ${probe.medianGbps.toFixed(0)} GB/s`);
-  const storages: KvLayout['storage'][] = gpu.features.shaderF16 ? ['f16', 'f16-packed'] : ['f16-packed'];
+  const storages: KvLayout['storage'][] = gpu.features.shaderF16 ? ['f16'] : ['f16-packed'];
   for (const shape of values.shapes!.split(',')) {
     const c = BENCH_SHAPES[shape]!;
     for (const keys of [512, 4096]) {
@@ -301,7 +301,7 @@ if (only.has('attention')) {
       const step = randomBuffer('step', 64, (u) => { u[0] = 1; u[1] = ctx - 1; u[2] = 0; u[3] = ctx - 1; });
       const bytes = 2 * ctx * kvDim * 2;
       const sink = randomBuffer('sink', 1 << 22, () => undefined);
-      for (const pt of [2, 4, 8]) {
+      for (const pt of [4]) {
         const vec4s = bytes / 2 / 16, wgs = Math.max(1, Math.ceil(vec4s / 256 / pt));
         const p = pipe('kvread', readKernel(vec4s, wgs * 256));
         const t = await time(p, gpu.bindGroup('kvread', p, [K, sink]), [wgs, 1, 1]);
@@ -320,7 +320,7 @@ if (only.has('attention')) {
         console.log(`attention ${shape} ${keys} keys ${storage}: split-gqa (${ss.splits} chunks) ${t1.toFixed(2)} + combine ${t2.toFixed(2)} = ${(t1 + t2).toFixed(2)} µs`);
         part.destroy();
         const base = chunkedAttentionConfig(s, device.limits)!;
-        for (const config of [base, { wg: 128, chunk: 32, lanesPerKey: 4 }, { wg: 64, chunk: 64, lanesPerKey: 4 }, { wg: 128, chunk: 128, lanesPerKey: 4 }]) {
+        for (const config of [base, { wg: 128, chunk: 128, lanesPerKey: 4 }]) {
           const cs = { ...s, splits: chunkedAttentionSplits(s, config), config };
           const cpart = randomBuffer('cpart', chunkedAttentionPartFloats(cs) * 4, () => undefined);
           const q1 = pipe('chunks', decodeAttentionChunksWgsl(cs, kvl));

@@ -41,6 +41,12 @@ export interface BenchOptions {
   activations?: 'int8' | 'f32';
   /** Compare the fused and unfused paths on this model first (logits over `check` tokens, greedy). */
   check: number;
+  /**
+   * Take the context's first positions as already in the cache (zeros, FusedDecoder.advance) instead
+   * of prefilling them a step each: decode and attention times at that context (the kernels read the
+   * same bytes whatever the cache holds) without the prefill's minutes; prefill_tokens_per_second is 0.
+   */
+  skipPrefill?: boolean;
   /** Log each dispatch's time (layer 0, head). */
   profile?: boolean;
   /** Bytes of the read-bandwidth probe's buffer. */
@@ -152,8 +158,9 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
         await decoder.generate(prompt.slice(0, 8), { maxTokens: 8, lag: o.lag });
         decoder.reset();
         const p0 = performance.now();
-        await decoder.prefill(prompt.slice(0, o.context - 1));
-        const prefillSeconds = (performance.now() - p0) / 1000;
+        if (o.skipPrefill) decoder.advance(o.context - 1);
+        else await decoder.prefill(prompt.slice(0, o.context - 1));
+        const prefillSeconds = o.skipPrefill ? Infinity : (performance.now() - p0) / 1000;
         const kvBytes = kvCache === 'f32' ? 4 : 2;
         const arrivals: number[] = [];
         await decoder.generate(prompt.slice(o.context - 1, o.context), { maxTokens: o.tokens + 1, lag: o.lag, onToken: () => (arrivals.push(performance.now()), false) });

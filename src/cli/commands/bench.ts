@@ -68,6 +68,7 @@ export function benchCommand(): Command {
     .option('--workgroups <n>', 'workgroups per matvec dispatch', parseIntOption('--workgroups'))
     .option('--norm-workgroups <n>', 'workgroups per matvec that normalises x first', parseIntOption('--norm-workgroups'))
     .option('--worker-workgroup <n>', 'invocations a workgroup of the matvecs that normalise x first (256, 512 or 1024)', parseIntOption('--worker-workgroup'))
+    .option('--skip-prefill', 'take the context as already in the KV cache (zeros) instead of prefilling it a step each: decode and attention figures at long contexts without the prefill time (prefill tok/s then 0)')
     .option('--unroll <n>', "units each lane loads per pass (subgroup matvecs); a comma-separated list runs each over the same weights ('default' or 0: the decoder's choice a matrix)", parseUnrolls)
     .option('--attention-workgroup <n>', 'invocations of the decode attention workgroup (256 or 1024)', parseIntOption('--attention-workgroup'))
     .option('--attention <kinds>', 'decode attention, a kind or a comma-separated list run over the same weights: split (chunks of at most 64 keys, a workgroup per KV head and chunk, every load issued first, then a merge; the default), split-gqa (the earlier grouped kernel: a lane a key row), split-heads (a workgroup per query head and chunk), single (a workgroup a head)', parseAttentionKinds, ['split'] as DecodeAttentionKind[])
@@ -105,7 +106,7 @@ export function benchCommand(): Command {
           const results = await runBench(gpu, {
             shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, bitmap: f.bitmap, context: f.context,
             tokens: f.tokens, paths: f.path === 'both' ? ['fused', 'unfused'] : [f.path], seed: f.seed, lag: f.lag,
-            workgroups: f.workgroups, normWorkgroups: f.normWorkgroups, unroll: f.unroll, attentionWorkgroup: f.attentionWorkgroup, attention: f.attention, attentionSplits: f.attentionSplits, workerWorkgroup: f.workerWorkgroup, activations: f.activations, kvCaches: f.kvCache === 'both' ? ['f16', 'f32'] : [f.kvCache], check: f.check, profile: f.profile, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
+            workgroups: f.workgroups, normWorkgroups: f.normWorkgroups, unroll: f.unroll, attentionWorkgroup: f.attentionWorkgroup, attention: f.attention, attentionSplits: f.attentionSplits, workerWorkgroup: f.workerWorkgroup, activations: f.activations, kvCaches: f.kvCache === 'both' ? ['f16', 'f32'] : [f.kvCache], check: f.check, skipPrefill: f.skipPrefill, profile: f.profile, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
           });
           if (f.json) process.stdout.write(`${JSON.stringify(results.length > 1 ? { ...results[0], compared_with: results.slice(1) } : results[0])}\n`);
           else {
