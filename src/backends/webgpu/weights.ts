@@ -156,7 +156,10 @@ export function uploadEncoded(gpu: Gpu, t: WeightTensor, label: string): GpuEnco
     const bytes = stored.get(role);
     if (!bytes) throw new Error(`${label}: encoding ${shape.encoding} has no '${role}' buffer`);
     if (bytes.length > gpu.maxBindingBytes) {
-      throw new GpuOutOfMemoryError(`${label}: its ${role} buffer (${bytes.length} bytes) exceeds this device's storage binding limit of ${gpu.maxBindingBytes}; splitting encoded tensors is not supported yet: store this tensor dense or use a smaller model`);
+      const mb = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+      throw new GpuOutOfMemoryError(
+        `${label}: the adapter is too small for this tensor: its ${shape.encoding} '${role}' buffer (${mb(bytes.length)}) exceeds the adapter's storage binding limit (maxStorageBufferBindingSize, ${mb(gpu.maxBindingBytes)}), and ${shape.encoding} tensors are not split across bindings; compress it as q4 or q8 (split by rows), or use backend: 'cpu'`,
+      );
     }
     const buffer = gpu.createBuffer(`${label}.${role}`, bytes.length, GPUBufferUsage.STORAGE, true);
     new Uint8Array(buffer.getMappedRange()).set(bytes); // the tail past bytes.length stays zero

@@ -4,6 +4,7 @@
  * pass), with bias and residual epilogues.
  */
 import { test } from 'node:test';
+import assert from 'node:assert/strict';
 import { embeddingOp, matmulOp } from '../../../src/backends/webgpu/ops.js';
 import { uploadEncoded } from '../../../src/backends/webgpu/weights.js';
 import { BitmapTensor, CsrTensor, NmTensor, Q4Tensor, Q8Tensor } from '../../../src/format/upg/encodings/index.js';
@@ -97,5 +98,22 @@ test('webgpu encodings: embedding lookup from every encoding vs readRow', { skip
     const x = zeros(gpu, ids.length * H);
     await run(gpu, embeddingOp(gpu, uploadEncoded(gpu, table, 'embed'), H, ids.length, x, stepBuffer(gpu, ids.length, 0, ids)), ids.length);
     assertClose(await read(gpu, x, ids.length * H), want, 1e-6, `embedding ${describe(table)}`);
+  }
+});
+
+test('webgpu encodings: an nm, csr or 8-bit bitmap tensor over the storage binding limit is refused with a one-line "adapter too small" message naming it and the fix', { skip: SKIP_GPU }, async () => {
+  const gpu = await testGpu({ maxBindingBytes: 1024 });
+  const w = randomArray(64 * 128, 31);
+  const cases: [string, WeightTensor][] = [
+    ['nm', NmTensor.pack(64, 128, nmPrune(w, 64, 128, 2, 4), 2, 4, 4)],
+    ['csr', CsrTensor.pack(64, 128, sparse(64, 128, 0.5, 32))],
+    ['bitmap', BitmapTensor.pack(64, 128, sparse(64, 128, 0.5, 33), 64, 8)],
+  ];
+  for (const [encoding, t] of cases) {
+    assert.throws(() => uploadEncoded(gpu, t, 'model.layers.0.mlp.down_proj'), (e: Error) => {
+      assert.match(e.message, new RegExp(`^model\\.layers\\.0\\.mlp\\.down_proj: the adapter is too small for this tensor: its ${encoding} '\\w+' buffer \\([0-9.]+ MiB\\) exceeds the adapter's storage binding limit \\(maxStorageBufferBindingSize, 0\\.0 MiB\\).*compress it as q4 or q8.*backend: 'cpu'$`));
+      assert.ok(!e.message.includes('\n'), 'one line');
+      return true;
+    });
   }
 });
