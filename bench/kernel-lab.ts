@@ -324,7 +324,7 @@ if (only.has('attention')) {
           const cs = { ...s, splits: chunkedAttentionSplits(s, config), config };
           const cpart = randomBuffer('cpart', chunkedAttentionPartFloats(cs) * 4, () => undefined);
           const q1 = pipe('chunks', decodeAttentionChunksWgsl(cs, kvl));
-          const q2 = pipe('merge', decodeAttentionMergeWgsl(cs, f));
+          const q2 = pipe('merge', decodeAttentionMergeWgsl(cs));
           const u1 = await time(q1, gpu.bindGroup('chunks', q1, [qkv, K, V, cpart, step]), [c.kvHeads * cs.splits, 1, 1]);
           const u2 = await time(q2, gpu.bindGroup('merge', q2, [cpart, out]), [c.heads, 1, 1]);
           const diff = worst(await readBack(out, c.heads * c.headDim), ref).toExponential(2);

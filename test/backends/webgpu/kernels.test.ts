@@ -9,7 +9,7 @@ import { addInPlace, applyRope, attention, rmsnorm, ropeTables, swiglu } from '.
 import { attentionOp, attentionTensorCoreOp, attentionTiledOp, embeddingOp, matmulOp, rmsnormOp, ropeKvOp, swigluOp } from '../../../src/backends/webgpu/ops.js';
 import {
   attentionSplits, splitAttentionFits, decodeAttentionPartGqaWgsl, decodeAttentionPartWgsl, decodeCombineWgsl, chunkedAttentionConfig, chunkedAttentionSplits,
-  chunkedAttentionPartFloats, chunkedAttentionWorkgroupBytes, decodeAttentionChunksWgsl, decodeAttentionMergeWgsl, decodeArgmaxWgsl,
+  chunkedAttentionPartFloats, chunkedAttentionWorkgroupBytes, decodeAttentionChunksWgsl, decodeAttentionMergeWgsl, decodeArgmaxWgsl, mergeLayout,
 } from '../../../src/backends/webgpu/kernels/fused-attention.js';
 import { kvDefines, type KvLayout, type KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
 import { uploadDense } from '../../../src/backends/webgpu/weights.js';
@@ -303,13 +303,18 @@ for (const { name, options } of variants) {
         const kB = poolBuffer(gpu, kHist, kvDim, c.headDim, c.rotaryDim, kv, true), vB = poolBuffer(gpu, vHist, kvDim, c.headDim, c.rotaryDim, kv, false);
         const part = zeros(gpu, chunkedAttentionPartFloats(s, B)), out = zeros(gpu, B * qDim);
         const p1 = gpu.pipeline('test_chunks', defines, () => decodeAttentionChunksWgsl(s, layout));
-        const p2 = gpu.pipeline('test_merge', { ...defines, ...f }, () => decodeAttentionMergeWgsl(s, f));
         const step = stepWithRows(gpu, 1, layout.rowsAt, rows);
-        await run(gpu, [
-          { label: 'chunks', pipeline: p1, bindGroup: gpu.bindGroup('chunks', p1, [storage(gpu, qkv), kB, vB, part, step]), workgroups: () => [c.numKvHeads * s.splits, B, 1] },
-          { label: 'merge', pipeline: p2, bindGroup: gpu.bindGroup('merge', p2, [part, out]), workgroups: () => [c.numHeads, B, 1] },
-        ], 1);
-        assertClose(await read(gpu, out, B * qDim), want, f16 ? 1e-4 : 1e-5, `chunked attention (${index < 0 ? 'default limits, ' : ''}${kv} cache, ${s.splits} chunks of ${s.config.chunk}, ${s.config.wg} invocations) heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} window ${c.slidingWindow} ctx ${ctx} rows ${JSON.stringify(rows)}`);
+        // the merge as the decoder builds it (records unrolled, groups merged in shared memory where
+        // several), and with one group of HD/4 lanes (more than 16 records a lane: the loop form)
+        for (const lanes of index === 5 ? [256, c.headDim / 4] : [256]) {
+          const merge = mergeLayout(s, lanes);
+          const p2 = gpu.pipeline('test_merge', { ...defines, lanes }, () => decodeAttentionMergeWgsl(s, lanes));
+          await run(gpu, [
+            { label: 'chunks', pipeline: p1, bindGroup: gpu.bindGroup('chunks', p1, [storage(gpu, qkv), kB, vB, part, step]), workgroups: () => [c.numKvHeads * s.splits, B, 1] },
+            { label: 'merge', pipeline: p2, bindGroup: gpu.bindGroup('merge', p2, [part, out]), workgroups: () => [c.numHeads, B, 1] },
+          ], 1);
+          assertClose(await read(gpu, out, B * qDim), want, f16 ? 1e-4 : 1e-5, `chunked attention (${index < 0 ? 'default limits, ' : ''}${kv} cache, ${s.splits} chunks of ${s.config.chunk}, ${s.config.wg} invocations; merge ${merge.nc} groups x ${merge.r} records) heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} window ${c.slidingWindow} ctx ${ctx} rows ${JSON.stringify(rows)}`);
+        }
       }
     }
   });

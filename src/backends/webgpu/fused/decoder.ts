@@ -352,7 +352,8 @@ export class FusedDecoder {
       const chunked = { ...chunks.shape, ...layout }, part = chunks.part;
       const defines = { ...chunked, ...chunked.config, config: 0, slidingWindow: chunked.slidingWindow ?? 0, ...kvDefines(kv) };
       const p1 = this.gpu.pipeline('decode_attention_chunks', defines, () => decodeAttentionChunksWgsl(chunked, kv));
-      const p2 = this.gpu.pipeline('decode_attention_merge', { ...defines, ...f }, () => decodeAttentionMergeWgsl(chunked, f));
+      const lanes = Math.min(256, this.gpu.device.limits.maxComputeInvocationsPerWorkgroup, this.gpu.device.limits.maxComputeWorkgroupSizeX);
+      const p2 = this.gpu.pipeline('decode_attention_merge', { ...defines, lanes }, () => decodeAttentionMergeWgsl(chunked, lanes));
       const groups = c.numKvHeads * chunked.splits;
       return { unitMajor, dispatches: [
         { label: 'attention_part', pipeline: p1, bindGroup: this.gpu.bindGroup('decode_attention_chunks', p1, [qkv, k, v, part, this.step]), workgroups: () => [groups, 1, 1] },

@@ -461,8 +461,6 @@ export interface ChunkedAttentionShape extends DecodeAttentionShape {
   config: ChunkedAttentionConfig;
 }
 
-/** Invocations of the merge kernel. */
-export const MERGE_WG = 128;
 
 function chunkedLayout(s: DecodeAttentionShape, cfg: ChunkedAttentionConfig) {
   const HD4 = s.headDim / 4, G = s.numHeads / s.numKvHeads, Q = cfg.lanesPerKey;
@@ -485,7 +483,7 @@ export function chunkedAttentionConfig(s: DecodeAttentionShape, limits: { maxCom
   if (s.headDim % 4 !== 0 || s.numHeads % s.numKvHeads !== 0) return null;
   const lanesPerKey = HD4 % 4 === 0 ? 4 : HD4 % 2 === 0 ? 2 : 1;
   for (const wg of [128, 64]) {
-    if (wg > limits.maxComputeInvocationsPerWorkgroup || HD4 > wg || MERGE_WG > limits.maxComputeInvocationsPerWorkgroup) continue;
+    if (wg > limits.maxComputeInvocationsPerWorkgroup || HD4 > wg) continue;
     for (const chunk of [64, 32]) {
       const cfg = { wg, chunk: Math.max(chunk, wg / lanesPerKey), lanesPerKey };
       if (chunkedAttentionWorkgroupBytes(s, cfg) + 256 <= limits.maxComputeWorkgroupStorageSize) return { ...cfg, chunk: chunkedLayout(s, cfg).CH };
@@ -607,63 +605,80 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 `;
 }
 
-/** out of head h, row r from its chunks' records (decodeAttentionChunksWgsl). */
-export function decodeAttentionMergeWgsl(s: ChunkedAttentionShape, f: KernelFeatures): string {
-  const HD4 = s.headDim / 4, WG = MERGE_WG, NC = Math.floor(WG / HD4);
-  return `${header(f)}${COMMON}${reductions(WG, f)}
+/**
+ * The merge's layout: NC groups of HD/4 lanes, each lane folding R = ceil(SPLITS / NC) records (at most
+ * 16 a lane: every record's loads issued together, one L2 round trip), NC * HD/4 <= maxInvocations.
+ */
+export function mergeLayout(s: ChunkedAttentionShape, maxInvocations = 256): { nc: number; r: number; wg: number } {
+  const HD4 = s.headDim / 4;
+  const most = Math.max(1, Math.floor(maxInvocations / HD4));
+  const nc = Math.min(most, Math.max(1, Math.ceil(s.splits / 16)));
+  return { nc, r: Math.ceil(s.splits / nc), wg: nc * HD4 };
+}
+
+/**
+ * out of head h, row r from its chunks' records (decodeAttentionChunksWgsl): lane (group cg, vec4 ln)
+ * loads records cg, cg + NC, ... all at once, folds them against their own max; the NC groups are
+ * merged through shared memory (none where NC = 1).
+ */
+export function decodeAttentionMergeWgsl(s: ChunkedAttentionShape, maxInvocations = 256): string {
+  const HD4 = s.headDim / 4;
+  const { nc: NC, r: R, wg: WG } = mergeLayout(s, maxInvocations);
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const unrolled = R <= 16;
+  const fold = unrolled
+    ? `${range(R).map((t) => `let c${t} = min(cg + ${NC * t}u, SPLITS - 1u);
+  let ml${t} = select(vec2<f32>(-3.0e38, 0.0), part[(rec0 + c${t}) * REC4 + HD4].xy, cg + ${NC * t}u < SPLITS);
+  let o${t} = part[(rec0 + c${t}) * REC4 + ln];`).join('\n  ')}
+  let mx = ${range(R).map((t) => `ml${t}.x`).reduce((x, y) => `max(${x}, ${y})`)};
+  ${range(R).map((t) => `let w${t} = exp(ml${t}.x - mx);`).join('\n  ')}
+  let o = ${range(R).map((t) => `w${t} * o${t}`).join(' + ')};
+  let l = ${range(R).map((t) => `w${t} * ml${t}.y`).join(' + ')};`
+    : `var mx = -3.0e38;
+  for (var c = cg; c < SPLITS; c += ${NC}u) { mx = max(mx, part[(rec0 + c) * REC4 + HD4].x); }
+  var o = vec4<f32>(0.0);
+  var l = 0.0;
+  for (var c = cg; c < SPLITS; c += ${NC}u) {
+    let ml = part[(rec0 + c) * REC4 + HD4].xy;
+    let w = exp(ml.x - mx);
+    o += w * part[(rec0 + c) * REC4 + ln];
+    l += w * ml.y;
+  }`;
+  const store = (o: string) => `for (var e = 0u; e < 4u; e++) { out[r * ${s.numHeads * s.headDim}u + ${outIndex(s, `h * ${s.headDim}u + 4u * ln + e`)}] = ${o}[e]; }`;
+  return `
 const SPLITS = ${s.splits}u;
 const HD4 = ${HD4}u;
-const NC = ${NC}u;
 const REC4 = ${HD4 + 1}u;
 @group(0) @binding(0) var<storage, read> part: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
-var<workgroup> acc: array<vec4<f32>, ${NC * HD4}>;
-var<workgroup> sums: array<f32, ${NC}>;
+${NC > 1 ? `var<workgroup> acc: array<vec4<f32>, ${NC * HD4}>;
+var<workgroup> sums: array<vec2<f32>, ${NC}>;` : ''}
 
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${subgroupParam(f)}) {
-  ${subgroupLet(f)}
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let h = wid.x;
   let r = wid.y;
   let rec0 = (r * ${s.numHeads}u + h) * SPLITS;
-  var m = -3.0e38;
-  for (var c = lid; c < SPLITS; c += ${WG}u) { m = max(m, part[(rec0 + c) * REC4 + HD4].x); }
-  let mx = wg_max(m, lid, sg_size);
   let cg = lid / HD4;
   let ln = lid % HD4;
-  if (cg < NC) {
-    var o0 = vec4<f32>(0.0);
-    var o1 = vec4<f32>(0.0);
-    var l = 0.0;
-    var c = cg;
-    for (; c + NC < SPLITS; c += 2u * NC) {
-      let a = part[(rec0 + c) * REC4 + HD4].xy;
-      let b = part[(rec0 + c + NC) * REC4 + HD4].xy;
-      let oa = part[(rec0 + c) * REC4 + ln];
-      let ob = part[(rec0 + c + NC) * REC4 + ln];
-      let wa = exp(a.x - mx);
-      let wb = exp(b.x - mx);
-      o0 += wa * oa;
-      o1 += wb * ob;
-      l += wa * a.y + wb * b.y;
-    }
-    if (c < SPLITS) {
-      let a = part[(rec0 + c) * REC4 + HD4].xy;
-      let wa = exp(a.x - mx);
-      o0 += wa * part[(rec0 + c) * REC4 + ln];
-      l += wa * a.y;
-    }
-    acc[cg * HD4 + ln] = o0 + o1;
-    if (ln == 0u) { sums[cg] = l; }
-  }
+  ${fold}
+  ${NC === 1 ? `let v = o / l;
+  ${store('v')}` : `acc[lid] = o;
+  if (ln == 0u) { sums[cg] = vec2<f32>(mx, l); }
   workgroupBarrier();
   if (lid < HD4) {
-    var o = vec4<f32>(0.0);
-    var l = 0.0;
-    for (var i = 0u; i < NC; i++) { o += acc[i * HD4 + lid]; l += sums[i]; }
-    o = o / l;
-    for (var e = 0u; e < 4u; e++) { out[r * ${s.numHeads * s.headDim}u + ${outIndex(s, `h * ${s.headDim}u + 4u * lid + e`)}] = o[e]; }
-  }
+    var m = -3.0e38;
+    for (var i = 0u; i < ${NC}u; i++) { m = max(m, sums[i].x); }
+    var v = vec4<f32>(0.0);
+    var t = 0.0;
+    for (var i = 0u; i < ${NC}u; i++) {
+      let w = exp(sums[i].x - m);
+      v += w * acc[i * HD4 + ln];
+      t += w * sums[i].y;
+    }
+    v = v / t;
+    ${store('v')}
+  }`}
 }
 `;
 }

@@ -62,10 +62,11 @@ export function int8MatvecWgsl(s: FusedMatvecShape, f: MatvecFeatures): string {
   if (s.encoding !== 'q4' || !f.subgroups) throw new Error('int8 activations: q4 with subgroups only');
   const groups = blocksFor(s, SG_RPT);
   const norm = s.input === 'norm';
-  // a norm input of at most WG units: each invocation reads its unit of x and of the norm weight once,
-  // for the sum of squares and then the quantization (otherwise x is read twice: two L2 round trips
-  // before the first weight load); `normOneRead: false` keeps the two reads
-  const oneRead = norm && s.units <= WG && s.normOneRead !== false;
+  // `normOneRead` (a norm input of at most WG units): each invocation reads its unit of x and of the
+  // norm weight once, for the sum of squares and then the quantization, instead of x twice. Off by
+  // default: slower on the H200 (llama-3.2-1b qkv 10.0 against 8.0 µs, phi-4 lm_head 90 against 80;
+  // docs/PERFORMANCE.md)
+  const oneRead = norm && s.units <= WG && s.normOneRead === true;
   // vec4 e of unit k of a global x: unit-major where a producer wrote it so
   const xAt = (e: number) => (norm ? `X[k * 8u + ${e}u]` : s.xUnitMajor ? `X[${e}u * UNITS + k]` : `X[k * 8u + ${e}u]`);
   const load = Array.from({ length: 8 }, (_, e) =>

@@ -67,7 +67,7 @@ export interface FusedMatvecShape {
   workerWorkgroup?: number;
   /** 'global' input: x is stored unit-major (see unitMajorIndex), as a producer wrote it for this matrix. */
   xUnitMajor?: boolean;
-  /** int8 'norm' input of at most 256 units: read x once for the norm and the quantization (default true). */
+  /** int8 'norm' input of at most 256 units: read x once for the norm and the quantization (default false: measured slower). */
   normOneRead?: boolean;
   /** 'swiglu': write act unit-major for a consumer with these units a row and vec4s a unit (0: in order). */
   actUnits?: number;
