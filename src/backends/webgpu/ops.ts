@@ -31,10 +31,13 @@ export function embeddingOp(gpu: Gpu, table: GpuMatrix, hidden: number, maxToken
   if (table.cols !== hidden) throw new Error(`embedding: table has ${table.cols} columns, hidden is ${hidden}`);
   need(x, maxTokens * hidden, 'embedding');
   if (table.encoding !== 'dense') {
-    if (table.rowBlocks) throw new Error(`embedding: an encoded table split across storage bindings is not supported; the fused path's dense table serves the lookup`);
-    const shape = table.shape;
-    const pipeline = gpu.pipeline(`embedding_${table.encoding}`, { ...shape }, () => embeddingUpgWgsl(shape));
-    return [{ label: `embedding_${table.encoding}`, pipeline, bindGroup: gpu.bindGroup('embedding', pipeline, [...table.buffers, x, step]), workgroups: grid }];
+    // a table split across bindings: a dispatch a row block, each writing only the ids in its rows
+    const blocks = table.rowBlocks ?? [{ rowStart: 0, matrix: table }];
+    return blocks.map(({ rowStart, matrix }) => {
+      const shape = matrix.shape, rows = table.rowBlocks ? matrix.rows : 0xffffffff;
+      const pipeline = gpu.pipeline(`embedding_${table.encoding}`, { ...shape, rowStart, blockRows: rows }, () => embeddingUpgWgsl(shape, rowStart, rows));
+      return { label: `embedding_${table.encoding}`, pipeline, bindGroup: gpu.bindGroup('embedding', pipeline, [...matrix.buffers, x, step]), workgroups: grid };
+    });
   }
   return table.segments.map((seg) => {
     const shape = { dtype: table.dtype, hidden, rowStart: seg.rowStart, rows: seg.rows, rowChunks: table.rowChunks };

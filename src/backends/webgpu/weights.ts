@@ -149,18 +149,51 @@ function upgShape(t: WeightTensor): UpgShape {
   }
 }
 
+/** An encoded tensor whose rows can be cut into tensors of their own (nm, csr, bitmap: `sliceRows`). */
+interface RowSliceable extends PackedTensor {
+  sliceRows(r0: number, r1: number): RowSliceable;
+}
+
+function fitsBinding(gpu: Gpu, t: PackedTensor): boolean {
+  return t.buffers().every((b) => b.bytes.length <= gpu.maxBindingBytes);
+}
+
+/**
+ * Row blocks of t whose buffers each fit one storage binding: the rows halved until every part fits
+ * (each part's buffers are views or small re-packs of t's, so this costs little). Null where one row
+ * alone does not fit.
+ */
+function rowBlocksOf(gpu: Gpu, t: RowSliceable, r0 = 0, r1 = t.rows): { rowStart: number; tensor: RowSliceable }[] | null {
+  const part = r0 === 0 && r1 === t.rows ? t : t.sliceRows(r0, r1);
+  if (fitsBinding(gpu, part)) return [{ rowStart: r0, tensor: part }];
+  if (r1 - r0 === 1) return null;
+  const mid = r0 + Math.floor((r1 - r0) / 2);
+  const a = rowBlocksOf(gpu, t, r0, mid), b = a && rowBlocksOf(gpu, t, mid, r1);
+  return a && b ? [...a, ...b] : null;
+}
+
 export function uploadEncoded(gpu: Gpu, t: WeightTensor, label: string): GpuEncodedMatrix {
   const shape = upgShape(t);
-  const stored = new Map((t as PackedTensor).buffers().map((b) => [b.role, b.bytes]));
+  const packed = t as PackedTensor;
+  if (!fitsBinding(gpu, packed)) {
+    // larger than one storage binding: row blocks, each its own encoded matrix (matmulOp dispatches
+    // each at its output offset), where the encoding can cut its rows
+    const sliceable = typeof (t as Partial<RowSliceable>).sliceRows === 'function' ? (t as unknown as RowSliceable) : null;
+    const blocks = sliceable ? rowBlocksOf(gpu, sliceable) : null;
+    if (blocks) {
+      const rowBlocks = blocks.map((b, i) => ({ rowStart: b.rowStart, matrix: uploadEncoded(gpu, b.tensor as unknown as WeightTensor, `${label}[rows ${b.rowStart}.., block ${i}]`) }));
+      return { encoding: shape.encoding, rows: t.rows, cols: t.cols, shape, buffers: [], bytes: rowBlocks.reduce((a, b) => a + b.matrix.bytes, 0), rowBlocks };
+    }
+    const largest = packed.buffers().reduce((a, b) => (b.bytes.length > a.bytes.length ? b : a));
+    const mb = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+    throw new GpuOutOfMemoryError(
+      `${label}: the adapter is too small for this tensor: its ${shape.encoding} '${largest.role}' buffer (${mb(largest.bytes.length)}) exceeds the adapter's storage binding limit (maxStorageBufferBindingSize, ${mb(gpu.maxBindingBytes)})${sliceable ? ' even for a single row' : `, and ${shape.encoding} tensors are not split across bindings`}; ${sliceable ? 'use a device with a larger limit' : 'compress it as q4 or q8 (split by rows)'}, or use backend: 'cpu'`,
+    );
+  }
+  const stored = new Map(packed.buffers().map((b) => [b.role, b.bytes]));
   const buffers = upgRoles(shape.encoding).map((role) => {
     const bytes = stored.get(role);
     if (!bytes) throw new Error(`${label}: encoding ${shape.encoding} has no '${role}' buffer`);
-    if (bytes.length > gpu.maxBindingBytes) {
-      const mb = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
-      throw new GpuOutOfMemoryError(
-        `${label}: the adapter is too small for this tensor: its ${shape.encoding} '${role}' buffer (${mb(bytes.length)}) exceeds the adapter's storage binding limit (maxStorageBufferBindingSize, ${mb(gpu.maxBindingBytes)}), and ${shape.encoding} tensors are not split across bindings; compress it as q4 or q8 (split by rows), or use backend: 'cpu'`,
-      );
-    }
     const buffer = gpu.createBuffer(`${label}.${role}`, bytes.length, GPUBufferUsage.STORAGE, true);
     new Uint8Array(buffer.getMappedRange()).set(bytes); // the tail past bytes.length stays zero
     buffer.unmap();

@@ -89,31 +89,52 @@ test('webgpu encodings: q8, q4, bitmap, nm, csr products vs their CPU matmul', {
 });
 
 test('webgpu encodings: embedding lookup from every encoding vs readRow', { skip: SKIP_GPU }, async () => {
-  const gpu = await testGpu();
   const vocab = 50, H = 300;
   const ids = [0, 49, 1, 7, 7];
-  for (const table of tensors(vocab, H, 77)) {
-    const want = new Float32Array(ids.length * H);
-    ids.forEach((id, t) => table.readRow(id, want.subarray(t * H, (t + 1) * H)));
-    const x = zeros(gpu, ids.length * H);
-    await run(gpu, embeddingOp(gpu, uploadEncoded(gpu, table, 'embed'), H, ids.length, x, stepBuffer(gpu, ids.length, 0, ids)), ids.length);
-    assertClose(await read(gpu, x, ids.length * H), want, 1e-6, `embedding ${describe(table)}`);
+  // whole tables, and tables split by rows over 1 KiB bindings (a dispatch a block)
+  for (const maxBindingBytes of [undefined, 1024]) {
+    const gpu = await testGpu(maxBindingBytes ? { maxBindingBytes } : {});
+    for (const table of tensors(vocab, H, 77)) {
+      const want = new Float32Array(ids.length * H);
+      ids.forEach((id, t) => table.readRow(id, want.subarray(t * H, (t + 1) * H)));
+      const x = zeros(gpu, ids.length * H);
+      const m = uploadEncoded(gpu, table, 'embed');
+      await run(gpu, embeddingOp(gpu, m, H, ids.length, x, stepBuffer(gpu, ids.length, 0, ids)), ids.length);
+      assertClose(await read(gpu, x, ids.length * H), want, 1e-6, `embedding ${describe(table)}${m.rowBlocks ? ` in ${m.rowBlocks.length} row blocks` : ''}`);
+    }
   }
 });
 
-test('webgpu encodings: an nm, csr or 8-bit bitmap tensor over the storage binding limit is refused with a one-line "adapter too small" message naming it and the fix', { skip: SKIP_GPU }, async () => {
+test('webgpu encodings: tensors larger than a storage binding are split by rows (every encoding) and their products match the CPU matmul; a row alone too large is refused in one line', { skip: SKIP_GPU }, async () => {
+  // bindings of 1 KiB: every tensor below but the 4-bit bitmap of 37 rows is several blocks
   const gpu = await testGpu({ maxBindingBytes: 1024 });
-  const w = randomArray(64 * 128, 31);
-  const cases: [string, WeightTensor][] = [
-    ['nm', NmTensor.pack(64, 128, nmPrune(w, 64, 128, 2, 4), 2, 4, 4)],
-    ['csr', CsrTensor.pack(64, 128, sparse(64, 128, 0.5, 32))],
-    ['bitmap', BitmapTensor.pack(64, 128, sparse(64, 128, 0.5, 33), 64, 8)],
-  ];
-  for (const [encoding, t] of cases) {
-    assert.throws(() => uploadEncoded(gpu, t, 'model.layers.0.mlp.down_proj'), (e: Error) => {
-      assert.match(e.message, new RegExp(`^model\\.layers\\.0\\.mlp\\.down_proj: the adapter is too small for this tensor: its ${encoding} '\\w+' buffer \\([0-9.]+ MiB\\) exceeds the adapter's storage binding limit \\(maxStorageBufferBindingSize, 0\\.0 MiB\\).*compress it as q4 or q8.*backend: 'cpu'$`));
-      assert.ok(!e.message.includes('\n'), 'one line');
-      return true;
-    });
+  let seed = 500;
+  for (const [T, rows, cols] of [[1, 37, 300], [5, 64, 127]] as const) {
+    for (const w of tensors(rows, cols, seed++)) {
+      const m = uploadEncoded(gpu, w, 'w');
+      const over = (w as unknown as { buffers(): { bytes: Uint8Array }[] }).buffers().some((b) => b.bytes.length > 1024);
+      assert.equal(Boolean(m.rowBlocks), over, `${describe(w)}: split into row blocks exactly when a buffer exceeds the binding`);
+      if (m.rowBlocks) assert.equal(m.rowBlocks.reduce((a, b) => a + b.matrix.rows, 0), rows);
+      const x = randomArray(T * cols, seed++);
+      const yStride = rows + 2, yOffset = 1;
+      const y0 = randomArray(T * yStride, seed++);
+      const bias = randomArray(rows + 1, seed++);
+      const prod = new Float32Array(T * yStride);
+      w.matmul(x, T, prod, yStride, yOffset);
+      const want = Float32Array.from(y0);
+      for (let t = 0; t < T; t++) for (let r = 0; r < rows; r++) { const o = t * yStride + yOffset + r; want[o] = prod[o]! + bias[yOffset + r]! + y0[o]!; }
+      const y = storage(gpu, y0);
+      const io = { x: storage(gpu, x), y, yStride, yOffset, bias: storage(gpu, bias), residual: true, step: stepBuffer(gpu, T, 0) };
+      await run(gpu, matmulOp(gpu, m, io, T === 1 ? 'matvec' : 'tiled', T), T);
+      const tol = T > 1 && gpu.features.subgroupMatrixF16 && (w.encoding === 'q4' || w.encoding === 'q8') ? 3e-3 : 1e-5;
+      assertClose(await read(gpu, y, T * yStride), want, tol, `${describe(w)} T=${T} in ${m.rowBlocks?.length ?? 1} row blocks`);
+    }
   }
+  // one row of 4,096 int8 values does not fit 1 KiB
+  const wide = CsrTensor.pack(2, 4096, randomArray(2 * 4096, 9));
+  assert.throws(() => uploadEncoded(gpu, wide, 'model.layers.0.mlp.down_proj'), (e: Error) => {
+    assert.match(e.message, /^model\.layers\.0\.mlp\.down_proj: the adapter is too small for this tensor: its csr 'entries' buffer \([0-9.]+ MiB\) exceeds the adapter's storage binding limit \(maxStorageBufferBindingSize, 0\.0 MiB\) even for a single row; .*backend: 'cpu'$/);
+    assert.ok(!e.message.includes('\n'), 'one line');
+    return true;
+  });
 });

@@ -260,3 +260,24 @@ test('row blocks packed separately and joined give the same buffers as packing t
     for (let i = 0; i < a.length; i++) assert.deepEqual(Buffer.from(b[i]!.bytes), Buffer.from(a[i]!.bytes), `${what} ${a[i]!.role}`);
   }
 });
+
+test('upg encodings: sliceRows cuts any row range out of a tensor exactly (every value as unpacked), and concatRows of the slices gives it back', () => {
+  const rows = 23, cols = 200;
+  const w = randomMatrix(rows, cols, 71), sp = prune(w, rows, cols, 72), nm24 = prune(w, rows, cols, 73, [2, 4]), nm48 = prune(w, rows, cols, 74, [4, 8]);
+  const all: { sliceRows(a: number, b: number): EncodedTensor; unpack(): Float32Array }[] = [
+    Q8Tensor.pack(rows, cols, w), Q4Tensor.pack(rows, cols, w, 64), CsrTensor.pack(rows, cols, sp), BitmapTensor.pack(rows, cols, sp, 64, 8),
+    BitmapTensor.pack(rows, cols, sp, 32, 4), NmTensor.pack(rows, cols, nm24, 2, 4, 8), NmTensor.pack(rows, cols, nm48, 4, 8, 4, 64),
+  ];
+  for (const t of all) {
+    const whole = t.unpack();
+    const cuts = [0, 1, 8, 9, 17, rows];
+    const parts = cuts.slice(1).map((r1, i) => t.sliceRows(cuts[i]!, r1));
+    parts.forEach((p, i) => {
+      const r0 = cuts[i]!;
+      assert.equal(p.rows, cuts[i + 1]! - r0);
+      assert.deepEqual(Array.from(p.unpack()), Array.from(whole.subarray(r0 * cols, cuts[i + 1]! * cols)), `${(t as unknown as EncodedTensor).encoding} rows ${r0}..${cuts[i + 1]}`);
+    });
+    const back = (t.constructor as unknown as { concatRows(p: EncodedTensor[]): { unpack(): Float32Array } }).concatRows(parts);
+    assert.deepEqual(Array.from(back.unpack()), Array.from(whole), `${(t as unknown as EncodedTensor).encoding}: concatRows of the slices`);
+  }
+});

@@ -196,7 +196,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 /** x[t] = row ids[t] of the encoded table, one workgroup per token. */
-export function embeddingUpgWgsl(s: UpgShape): string {
+/** The lookup of token rows; for a row block of a table split across bindings (rows rowStart ..), only the ids in its rows. */
+export function embeddingUpgWgsl(s: UpgShape, rowStart = 0, rows = 0xffffffff): string {
   const nb = upgRoles(s.encoding).length;
   return `${COMMON}${ACCESS}
 const COLS = ${s.cols}u;
@@ -212,7 +213,9 @@ fn emit(c: u32, v: f32) { out[base + c] = v; }
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let t = linear_workgroup(wid, nwg);
   if (t >= step[0]) { return; }
-  let r = step[${STEP_HEADER_WORDS}u + t];
+  let id = step[${STEP_HEADER_WORDS}u + t];
+  if (id < ${rowStart}u || id - ${rowStart}u >= ${rows}u) { return; }
+  let r = id - ${rowStart}u;
   base = t * COLS;
   for (var c = lid; c < COLS; c += ${WG}u) { out[base + c] = 0.0; }
   storageBarrier();

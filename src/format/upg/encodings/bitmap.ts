@@ -116,6 +116,21 @@ export class BitmapTensor implements EncodedTensor {
     return new BitmapTensor(rows, p0.cols, p0.tile, p0.bits, concatArrays(parts.map((p) => p.mask)), offsets, values, scales);
   }
 
+  /** Rows r0 .. r1 - 1 as a tensor of their own (the inverse of concatRows; 4-bit values re-packed from their first nibble). */
+  sliceRows(r0: number, r1: number): BitmapTensor {
+    const t = this.tiles;
+    const a = this.offsets[r0 * t]!, b = this.offsets[r1 * t]!;
+    const offsets = this.offsets.slice(r0 * t, r1 * t + 1).map((o) => o - a);
+    let values: Int8Array | Uint32Array;
+    if (this.bits === 8) values = (this.values as Int8Array).subarray(a, b);
+    else {
+      values = new Uint32Array(Math.ceil((b - a) / 8));
+      for (let k = a; k < b; k++) setNibble(values, k - a, getNibble(this.values as Uint32Array, k));
+    }
+    const scalesPerRow = this.bits === 8 ? 1 : t;
+    return new BitmapTensor(r1 - r0, this.cols, this.tile, this.bits, this.mask.subarray(r0 * this.maskWordsPerRow, r1 * this.maskWordsPerRow), offsets, values, this.scales.subarray(r0 * scalesPerRow, r1 * scalesPerRow));
+  }
+
   static expectedBuffers(rows: number, cols: number, tile: number, bits: number, nnz: number): Omit<UpgBuffer, 'bytes'>[] {
     const tiles = Math.ceil(cols / tile);
     return [

@@ -58,6 +58,13 @@ export class CsrTensor implements EncodedTensor {
     return new CsrTensor(rows, parts[0]!.cols, rowPtr, concatArrays(parts.map((p) => p.entries)), concatArrays(parts.map((p) => p.scales)));
   }
 
+  /** Rows r0 .. r1 - 1 as a tensor of their own (the inverse of concatRows; buffers are views where they can be). */
+  sliceRows(r0: number, r1: number): CsrTensor {
+    const a = this.rowPtr[r0]!, b = this.rowPtr[r1]!;
+    const rowPtr = this.rowPtr.slice(r0, r1 + 1).map((p) => p - a);
+    return new CsrTensor(r1 - r0, this.cols, rowPtr, this.entries.subarray(a, b), this.scales.subarray(r0, r1));
+  }
+
   static expectedBuffers(rows: number, count: number): Omit<UpgBuffer, 'bytes'>[] {
     return [
       { role: 'row_ptr', dtype: 'U32', shape: [rows + 1] },

@@ -115,6 +115,16 @@ export class NmTensor implements EncodedTensor {
     return new NmTensor(rows, p0.cols, p0.n, p0.m, p0.bits, p0.group, concatArrays(parts.map((p) => p.mask)), values, scales);
   }
 
+  /** Rows r0 .. r1 - 1 as a tensor of their own (the inverse of concatRows; views of these buffers). */
+  sliceRows(r0: number, r1: number): NmTensor {
+    const s = this.shape;
+    const scalesPerRow = this.bits === 8 ? 1 : s.groups;
+    return new NmTensor(
+      r1 - r0, this.cols, this.n, this.m, this.bits, this.group, this.mask.subarray(r0 * s.maskWords, r1 * s.maskWords),
+      this.values.subarray(r0 * s.valueStride, r1 * s.valueStride), this.scales.subarray(r0 * scalesPerRow, r1 * scalesPerRow),
+    );
+  }
+
   static expectedBuffers(rows: number, cols: number, n: number, m: number, bits: number, group: number): Omit<UpgBuffer, 'bytes'>[] {
     const s = nmShape(cols, n, m, bits, group);
     return [

@@ -53,6 +53,11 @@ export class Q4Tensor implements EncodedTensor {
     return new Q4Tensor(rows, cols, group, qweight, scaleMin);
   }
 
+  /** Rows r0 .. r1 - 1 as a tensor of their own (views of these buffers; the inverse of concatRows). */
+  sliceRows(r0: number, r1: number): Q4Tensor {
+    return new Q4Tensor(r1 - r0, this.cols, this.group, this.qweight.subarray(r0 * this.wordsPerRow, r1 * this.wordsPerRow), this.scaleMin.subarray(r0 * this.groups * 2, r1 * this.groups * 2));
+  }
+
   static concatRows(parts: Q4Tensor[]): Q4Tensor {
     const rows = parts.reduce((a, p) => a + p.rows, 0);
     return new Q4Tensor(rows, parts[0]!.cols, parts[0]!.group, concatArrays(parts.map((p) => p.qweight)), concatArrays(parts.map((p) => p.scaleMin)));

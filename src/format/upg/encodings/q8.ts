@@ -28,6 +28,11 @@ export class Q8Tensor implements EncodedTensor {
   }
 
   /** The tensor of consecutive row blocks packed separately (the compressor packs big matrices a block at a time). */
+  /** Rows r0 .. r1 - 1 as a tensor of their own (views of these buffers; the inverse of concatRows). */
+  sliceRows(r0: number, r1: number): Q8Tensor {
+    return new Q8Tensor(r1 - r0, this.cols, this.qweight.subarray(r0 * this.stride, r1 * this.stride), this.scales.subarray(r0, r1));
+  }
+
   static concatRows(parts: Q8Tensor[]): Q8Tensor {
     const rows = parts.reduce((a, p) => a + p.rows, 0);
     return new Q8Tensor(rows, parts[0]!.cols, concatArrays(parts.map((p) => p.qweight)), concatArrays(parts.map((p) => p.scales)));
