@@ -67,6 +67,10 @@ for (const { name, options } of variants) {
         { temperature: 0.7, topK: 40, topP: 0.9, minP: 0 },
         { temperature: 1.3, topK: 0, topP: 0.5, minP: 0.05 },
         { temperature: 0.5, topK: 1, topP: 1, minP: 0 },
+        // fewer than k pass min-p at 300 (the top-k search is skipped), more at 4099
+        { temperature: 0.3, topK: 40, topP: 0.95, minP: 0.5 },
+        // top-p over the whole vocabulary: more kept logits than an invocation holds at 4099 (the search reads the vocabulary)
+        { temperature: 1, topK: 0, topP: 0.9, minP: 0 },
       ];
       for (const s of settings) {
         for (let i = 0; i < 6; i++) {

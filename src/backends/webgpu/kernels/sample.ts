@@ -15,6 +15,8 @@
 import { COMMON, header, reductions, subgroupLet, subgroupParam, type KernelFeatures } from './prelude.js';
 
 const WG = 256;
+/** Kept logits an invocation holds for the top-p search (more anywhere: the search reads the vocabulary each step). */
+const CAP = 16;
 
 /** Chunks of a row the batched argmax splits the vocabulary into (one workgroup each). */
 export const ARGMAX_PARTS = 64;
@@ -118,6 +120,8 @@ ${rows ? `@group(0) @binding(3) var<storage, read> parts: array<vec2<u32>>; // (
 var<workgroup> prefix: array<f32, ${WG}>;
 var<workgroup> total: f32;
 var<workgroup> chosen: u32;
+var<workgroup> passing_all: u32;
+var<workgroup> most_all: u32;
 
 // order-preserving map of f32 to u32: a < b  <=>  key(a) < key(b)
 fn key(x: f32) -> u32 {
@@ -152,9 +156,22 @@ ${rows ? `  if (temperature == 0.0) {
   for (var i = lid; i < V; i += ${WG}u) { mx = max(mx, lg(i)); }
   mx = wg_max(mx, lid, sg_size);
 
-  // top-k: the largest key threshold that still keeps at least k logits
+  // top-k: the largest key threshold that still keeps at least k logits. Skipped where at most k
+  // logits pass min-p (weights fall with the key, so those are the top ones and k_min would keep them
+  // all: the kept set, and everything below, is the same with k_min = 0)
   var k_min = 0u;
+  var passing = 0u;
   if (top_k > 0u && top_k < V) {
+    for (var i = lid; i < V; i += ${WG}u) {
+      let w = exp((lg(i) - mx) * inv_temp);
+      passing += select(0u, 1u, w > 0.0 && w >= min_p);
+    }
+    let all = wg_sum_u(passing, lid, sg_size);
+    if (lid == 0u) { passing_all = all; }
+  }
+  // (a workgroup-uniform value, for the loop below calls barriers)
+  passing = workgroupUniformLoad(&passing_all);
+  if (top_k > 0u && top_k < V && passing > top_k) {
     for (var bit = 32u; bit > 0u; bit--) {
       let cand = k_min | (1u << (bit - 1u));
       var c = 0u;
@@ -165,7 +182,37 @@ ${rows ? `  if (temperature == 0.0) {
 
   // top-p: the largest key threshold whose kept mass still reaches top_p of the total
   var p_min = k_min;
+  // top-p over the kept logits each invocation holds in registers (its indices in order, at most CAP):
+  // the same sums in the same order as the loops over the vocabulary below, without reading it 33 times
+  var cw: array<f32, ${CAP}>;
+  var ck: array<u32, ${CAP}>;
+  var cn = 0u;
+  var most = ${CAP + 1}u;
   if (top_p < 1.0) {
+    for (var i = lid; i < V; i += ${WG}u) {
+      let w = exp((lg(i) - mx) * inv_temp);
+      if (key(lg(i)) >= k_min && w > 0.0 && w >= min_p) {
+        if (cn < ${CAP}u) { cw[cn] = w; ck[cn] = key(lg(i)); }
+        cn += 1u;
+      }
+    }
+    let m = wg_max_u(cn, lid, sg_size);
+    if (lid == 0u) { most_all = m; }
+  }
+  most = workgroupUniformLoad(&most_all);
+  if (top_p < 1.0 && most <= ${CAP}u) {
+    var z = 0.0;
+    for (var j = 0u; j < cn; j++) { z += cw[j]; }
+    let goal = top_p * wg_sum(z, lid, sg_size);
+    var theta = 0u;
+    for (var bit = 32u; bit > 0u; bit--) {
+      let cand = theta | (1u << (bit - 1u));
+      var mass = 0.0;
+      for (var j = 0u; j < cn; j++) { if (ck[j] >= max(cand, k_min)) { mass += cw[j]; } }
+      if (wg_sum(mass, lid, sg_size) >= goal) { theta = cand; }
+    }
+    p_min = max(theta, k_min);
+  } else if (top_p < 1.0) {
     var z = 0.0;
     for (var i = lid; i < V; i += ${WG}u) {
       let w = exp((lg(i) - mx) * inv_temp);
