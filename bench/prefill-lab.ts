@@ -43,14 +43,19 @@ const syntax = f.subgroupMatrixSyntax;
 type Variant =
   | { name: string; kind: 'f32' }
   | { name: string; kind: 'direct'; tile: TensorCoreTile; lab?: 'workgroup-only' };
-const d = (am: number, an: number, gm: number, gn: number, kind: TensorCoreTile['kind'] = 'direct', ks = 32, lab?: 'workgroup-only'): Variant => ({
-  name: `${tensorCoreTileName({ am, an, gm, gn, kind, ks })}${lab ? '-wgonly' : ''}`, kind: 'direct', tile: { am, an, gm, gn, kind, ks }, ...(lab ? { lab } : {}),
-});
+const d = (am: number, an: number, gm: number, gn: number, kind: TensorCoreTile['kind'] = 'direct', ks = 32, lab?: 'workgroup-only', f16Dequant = false): Variant => {
+  const tile: TensorCoreTile = { am, an, gm, gn, kind, ks, ...(f16Dequant ? { f16Dequant } : {}) };
+  return { name: `${tensorCoreTileName(tile)}${lab ? '-wgonly' : ''}`, kind: 'direct', tile, ...(lab ? { lab } : {}) };
+};
 const ALL: Variant[] = [
   { name: 'f32', kind: 'f32' },
   d(4, 4, 2, 2, 'hybrid', 64), d(2, 4, 2, 2, 'hybrid', 64), d(4, 4, 2, 4, 'hybrid', 64), d(4, 4, 2, 4, 'hybrid', 32),
   d(4, 4, 2, 2, 'staged', 32), d(4, 4, 2, 2, 'staged', 64), d(2, 4, 2, 2, 'staged', 32), d(2, 4, 2, 2, 'staged', 64), d(4, 4, 2, 4, 'staged', 32),
   d(4, 4, 2, 2, 'direct', 32, 'workgroup-only'), d(4, 4, 2, 4, 'direct', 32, 'workgroup-only'),
+  // q4 dequantized in f16 arithmetic
+  d(4, 4, 2, 2, 'staged', 64, undefined, true), d(2, 4, 2, 2, 'staged', 64, undefined, true), d(4, 4, 2, 4, 'staged', 32, undefined, true), d(4, 4, 2, 2, 'staged', 32, undefined, true),
+  // 8 subgroups of 32 tokens x 64 rows on a 128 x 128 tile (half the accumulators a subgroup, twice the subgroups)
+  d(2, 4, 4, 2, 'staged', 64, undefined, true), d(2, 4, 4, 2, 'staged', 32, undefined, true),
 ];
 const wanted = values.variants ? new Set(values.variants.split(',')) : null;
 const variants = ALL.filter((v) => v.name === 'f32' || ((!wanted || wanted.has(v.name)) && f.subgroupMatrixF16));

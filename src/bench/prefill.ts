@@ -3,8 +3,8 @@
  * the shape (random weights in the encoding, made on the GPU) behind a WebGpuEngine; an N-token
  * prompt goes through the engine's real prefill path (forward(): the prompt in steps of the prefill
  * chunk, each layer's products through the matrix-matrix kernels, attention over the cache, the last
- * token's logits read back), timed from the call to the logits' arrival, after a warm-up that builds
- * the pipelines. prompt_tokens_per_second = N / that time (median of the runs).
+ * token's logits read back), timed from the call to the logits' arrival, after a warm-up of at least
+ * a second that builds the pipelines and wakes the GPU. prompt_tokens_per_second = N / that time (median of the runs).
  */
 import type { Gpu, GpuFeatures } from '../backends/webgpu/device.js';
 import { WebGpuEngine } from '../backends/webgpu/engine.js';
@@ -73,8 +73,14 @@ export async function runPrefillBench(gpu: Gpu, o: PrefillBenchOptions): Promise
     o.log(`prefill: ${engine.prefillChunk} tokens a step; products ${prefillPathDescription(gpu)}`);
     const prompt = randomPrompt(o.prompt, config.vocabSize, o.seed);
     const seq = engine.createSequence();
-    // warm-up: every pipeline of a full step and of a last partial one
-    await engine.forward(seq, prompt.slice(0, Math.min(o.prompt, engine.prefillChunk + 1)));
+    // warm-up: every pipeline of a full step and of a last partial one, repeated for at least a second
+    // (on the H100 and H200 the first runs after the device was idle took 2-4x the later ones:
+    // docs/PERFORMANCE.md, llama-3.2-1b pp512 runs of 2026-12-05)
+    const w0 = performance.now();
+    do {
+      seq.reset();
+      await engine.forward(seq, prompt.slice(0, Math.min(o.prompt, engine.prefillChunk + 1)));
+    } while (performance.now() - w0 < 1000);
     const times: number[] = [];
     for (let i = 0; i < o.runs; i++) {
       seq.reset();

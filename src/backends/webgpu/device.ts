@@ -42,6 +42,8 @@ export interface GpuFeatures {
   subgroupMatrixSyntax: SubgroupMatrixSyntax;
   /** Prompt attention on the tensor cores (kernels/attention-tensor-core.ts), self-tested. */
   attentionTensorCore: boolean;
+  /** That attention split over keys and merged (long prompts, uneven causal tiles), self-tested. */
+  attentionSplit: boolean;
   /** That kernel's tile for every matrix; null: chosen per matrix shape (chooseTensorCoreTile). */
   subgroupMatrixTile: TensorCoreTile | null;
   /** Dawn toggles requested (Node). */
@@ -68,7 +70,7 @@ export interface GpuOptions {
   subgroupMatrixTile?: TensorCoreTile;
   /**
    * Prompt attention on the tensor cores where subgroup matrices are used and its self-test passes
-   * (default off until measured on a GPU with tensor cores: PDVM_TC_ATTENTION=1 turns it on; else the
+   * (default on since measured on the H100, 2026-12-05: PDVM_TC_ATTENTION=0 turns it off; else the
    * f32 tiles of kernels/attention.ts serve).
    */
   tensorCoreAttention?: boolean;
@@ -242,6 +244,7 @@ export class Gpu {
       subgroupMatrixSyntax: 'template',
       subgroupMatrixTile: options.subgroupMatrixTile ?? parseTensorCoreTile(env('PDVM_SM_TILE')),
       attentionTensorCore: false,
+      attentionSplit: false,
       dawnToggles: entry.toggles,
       selfTests: {},
     };
@@ -284,12 +287,19 @@ export class Gpu {
         }
         // prompt attention on the same primitives (and subgroup shuffles), unless turned off
         if (features.subgroupMatrixF16 && subgroups && features.subgroupMaxSize === 32) {
-          const asked = options.tensorCoreAttention ?? env('PDVM_TC_ATTENTION') === '1';
-          if (!asked) features.selfTests['prompt attention (subgroup matrix)'] = 'not run: not asked for (PDVM_TC_ATTENTION=1)';
+          const asked = options.tensorCoreAttention ?? env('PDVM_TC_ATTENTION') !== '0';
+          if (!asked) features.selfTests['prompt attention (subgroup matrix)'] = 'not run: turned off (PDVM_TC_ATTENTION=0)';
           else {
             const a = await selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax);
             features.selfTests['prompt attention (subgroup matrix)'] = a;
             features.attentionTensorCore = a === 'passed';
+            // and split over keys, then merged (alone switched off if it fails; PDVM_ATTENTION_SPLIT=0: not used)
+            if (features.attentionTensorCore && env('PDVM_ATTENTION_SPLIT') === '0') features.selfTests['prompt attention split over keys (subgroup matrix)'] = 'not run: turned off (PDVM_ATTENTION_SPLIT=0)';
+            else if (features.attentionTensorCore) {
+              const b = await selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax, true);
+              features.selfTests['prompt attention split over keys (subgroup matrix)'] = b;
+              features.attentionSplit = b === 'passed';
+            }
           }
         }
       }

@@ -26,7 +26,9 @@ import { DeviceLostError, GpuOutOfMemoryError } from './errors.js';
 import { FusedDecoder } from './fused/decoder.js';
 import { fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
 import type { FusedModelWeights } from './fused/weights.js';
-import { argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, embeddingOp, matmulOp, normQuantizeRowsOp, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type MatmulIo } from './ops.js';
+import { attentionSplitFor } from './kernels/attention-tensor-core.js';
+import { paddedCols } from './kernels/matmul-tiled.js';
+import { argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, embeddingOp, matmulOp, normQuantizeRowsOp, prefillKernel, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type MatmulIo } from './ops.js';
 import { gpuWeightBytes, uploadVector, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
 import { guardAllocation, uploadModelWeights } from './upload.js';
 import { rowsAt, stepWords, writeRows, type KvLayout } from './kernels/kv.js';
@@ -134,6 +136,9 @@ interface LayerPlan {
 interface LayerKv {
   one: Dispatch[]; // attention a workgroup per (row, head)
   prompt: Dispatch[]; // attention in tiles of queries x keys where the head dim suits it
+  /** Steps whose last key is at least `longFrom` in: attention split over keys, then merged. */
+  promptLong: Dispatch[];
+  longFrom: number;
 }
 
 /** A token of a batched step: token i of step row r; `head`: it goes on to lm_head (its row's last, logits wanted). */
@@ -405,28 +410,37 @@ export class WebGpuEngine implements Engine {
     const c = this.config, gpu = this.gpu, a = this.a, w = this.weights, C = this.prefillChunk;
     const H = c.hiddenSize, ffn = c.intermediateSize;
     const qDim = c.numHeads * c.headDim, kvDim = c.numKvHeads * c.headDim, qkvDim = qDim + 2 * kvDim;
-    const stacked = (parts: GpuMatrix[], x: GPUBuffer, y: GPUBuffer, yStride: number, bias: GPUBuffer | null, kind: 'matvec' | 'tiled') => {
+    // tensor-core prefill: rmsnorm and swiglu also write their rows in f16 for the products after them
+    // (no convert_f16 of their own; PDVM_FUSED_CONVERT=0: they convert as the o product does)
+    const x16 = (kind: 'matvec' | 'tiled') =>
+      kind === 'tiled' && prefillKernel(gpu) === 'subgroup-matrix-f16' && envVar('PDVM_FUSED_CONVERT') !== '0'
+        ? gpu.scratch('x16', Math.ceil(C / 128) * 128 * Math.max(paddedCols(H), paddedCols(ffn), paddedCols(qDim)) * 2)
+        : undefined;
+    const stacked = (parts: GpuMatrix[], x: GPUBuffer, y: GPUBuffer, yStride: number, bias: GPUBuffer | null, kind: 'matvec' | 'tiled', f16?: GPUBuffer) => {
       let offset = 0;
       return parts.flatMap((m) => {
-        const d = matmulOp(gpu, m, { x, y, yStride, yOffset: offset, bias, residual: false, step: a.step }, kind, C);
+        const d = matmulOp(gpu, m, { x, y, yStride, yOffset: offset, bias, residual: false, step: a.step, ...(f16 ? { x16: f16 } : {}) }, kind, C);
         offset += m.rows;
         return d;
       });
     };
-    const layerPlans = (kind: 'matvec' | 'tiled'): LayerPlan[] =>
-      w.layers.map((L) => ({
+    const layerPlans = (kind: 'matvec' | 'tiled'): LayerPlan[] => {
+      const f16 = x16(kind);
+      const normCols = f16 ? { f16Cols: paddedCols(H) } : {};
+      return w.layers.map((L) => ({
         beforeAttention: [
-          rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, L.attnNorm, a.xn, a.step),
-          ...stacked(L.qkv, a.xn, a.qkv, qkvDim, L.qkvBias, kind),
+          rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all', ...normCols }, C, a.x, L.attnNorm, a.xn, a.step, f16),
+          ...stacked(L.qkv, a.xn, a.qkv, qkvDim, L.qkvBias, kind, f16),
         ],
         afterAttention: [
           ...matmulOp(gpu, L.o, { x: a.att, y: a.x, yStride: H, yOffset: 0, bias: null, residual: true, step: a.step }, kind, C),
-          rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, L.mlpNorm, a.xn, a.step),
-          ...stacked(L.gateUp, a.xn, a.gateUp, 2 * ffn, null, kind),
-          swigluOp(gpu, ffn, C, a.gateUp, a.act, a.step),
-          ...matmulOp(gpu, L.down, { x: a.act, y: a.x, yStride: H, yOffset: 0, bias: null, residual: true, step: a.step }, kind, C),
+          rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all', ...normCols }, C, a.x, L.mlpNorm, a.xn, a.step, f16),
+          ...stacked(L.gateUp, a.xn, a.gateUp, 2 * ffn, null, kind, f16),
+          swigluOp(gpu, ffn, C, a.gateUp, a.act, a.step, f16),
+          ...matmulOp(gpu, L.down, { x: a.act, y: a.x, yStride: H, yOffset: 0, bias: null, residual: true, step: a.step, ...(f16 ? { x16: f16 } : {}) }, kind, C),
         ],
       }));
+    };
     const lmHead = (kind: 'matvec' | 'tiled') =>
       matmulOp(gpu, w.lmHead, { x: a.xn, y: a.logits, yStride: c.vocabSize, yOffset: 0, bias: null, residual: false, step: a.step }, kind, Math.min(C, LOGITS_ROWS));
     return {
@@ -454,14 +468,16 @@ export class WebGpuEngine implements Engine {
     const kv = this.kvLayout(-1);
     d = [];
     const shape = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, rotaryDim: c.rotaryDim };
+    // long prompts: the tensor-core attention split over keys where self-tested (a step splits once its last key is two splits in)
+    const split = gpu.features.attentionTensorCore && gpu.features.attentionSplit ? attentionSplitFor(shape, this.contextLength, this.prefillChunk, gpu.maxBindingBytes) : null;
     for (let l = 0; l < c.numLayers; l++) {
       const rope = ropeKvOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim }, kv, a.qkv, a.cos, a.sin, group.k[l]!, group.v[l]!, a.step);
       const rows = attentionOp(gpu, shape, kv, a.qkv, group.k[l]!, group.v[l]!, a.att, a.step);
       // prompts: the tensor cores where self-tested, else tiles of 16 x 16 in f32
-      const tiled = this.tiledAttention
-        ? (attentionTensorCoreOp(gpu, shape, kv, a.qkv, group.k[l]!, group.v[l]!, a.att, a.step) ?? attentionTiledOp(gpu, shape, kv, a.qkv, group.k[l]!, group.v[l]!, a.att, a.step))
-        : null;
-      d.push({ one: [rope, rows], prompt: [rope, tiled ?? rows] });
+      const tc = (splitKeys: number) => (this.tiledAttention ? attentionTensorCoreOp(gpu, shape, kv, a.qkv, group.k[l]!, group.v[l]!, a.att, a.step, this.prefillChunk, splitKeys) : null);
+      const prompt = tc(0) ?? [(this.tiledAttention ? attentionTiledOp(gpu, shape, kv, a.qkv, group.k[l]!, group.v[l]!, a.att, a.step) : null) ?? rows];
+      const long = split ? tc(split.keys) : null;
+      d.push({ one: [rope, rows], prompt: [rope, ...prompt], promptLong: [rope, ...(long ?? prompt)], longFrom: split ? 2 * split.keys : Infinity });
     }
     this.kvDispatches.set(g, d);
     return d;
@@ -875,7 +891,7 @@ export class WebGpuEngine implements Engine {
 
       const encoder = this.gpu.device.createCommandEncoder();
       const pass = encoder.beginComputePass();
-      this.encodeLayers(pass, this.kvDispatchesOf(slot.group.index), n);
+      this.encodeLayers(pass, this.kvDispatchesOf(slot.group.index), n, pos0 + s + n);
       let readBytes = 0;
       if (output === 'all') {
         encodeDispatches(pass, n === 1 ? this.plans.lastLogits : this.plans.allLogits, n);
@@ -940,12 +956,13 @@ export class WebGpuEngine implements Engine {
     });
   }
 
-  private encodeLayers(pass: GPUComputePassEncoder, kv: LayerKv[], T: number): void {
+  /** The step's dispatches; `end`: the position after its last token (long prompts split attention over keys). */
+  private encodeLayers(pass: GPUComputePassEncoder, kv: LayerKv[], T: number, end: number): void {
     const layers = T === 1 ? this.plans.decode : this.plans.prefill;
     encodeDispatches(pass, this.plans.embedding, T);
     for (let l = 0; l < layers.length; l++) {
       encodeDispatches(pass, layers[l]!.beforeAttention, T);
-      encodeDispatches(pass, T === 1 ? kv[l]!.one : kv[l]!.prompt, T);
+      encodeDispatches(pass, T === 1 ? kv[l]!.one : end >= kv[l]!.longFrom ? kv[l]!.promptLong : kv[l]!.prompt, T);
       encodeDispatches(pass, layers[l]!.afterAttention, T);
     }
   }

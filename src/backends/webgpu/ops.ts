@@ -13,13 +13,13 @@ import {
   tensorCoreTileSize, tensorCoreWorkgroupBytes, tiledSupports, type TiledKernel, type TiledMatmulShape, type TiledWeight,
 } from './kernels/matmul-tiled.js';
 import { kvDefines, type KvLayout } from './kernels/kv.js';
-import { attentionTensorCoreBytes, attentionTensorCoreFits, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
+import { attentionMergeWgsl, attentionPartsBytes, attentionSplitFor, attentionTensorCoreBytes, attentionTensorCoreFits, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
 import { f32Literal, grid } from './kernels/prelude.js';
 import { embeddingUpgWgsl, matmulUpgWgsl } from './kernels/matmul-upg.js';
 import { rmsnormWgsl, type RmsnormShape } from './kernels/rmsnorm.js';
 import { ropeKvWgsl, type RopeShape } from './kernels/rope.js';
 import { ARGMAX_PARTS, argmaxPartsWgsl, argmaxWgsl, sampleWgsl } from './kernels/sample.js';
-import { swigluWgsl } from './kernels/swiglu.js';
+import { swigluF16Wgsl, swigluWgsl } from './kernels/swiglu.js';
 import { TOKEN_MASK_WG, tokenMaskWgsl } from './kernels/token-mask.js';
 import type { GpuMatrix } from './weights.js';
 
@@ -46,16 +46,19 @@ export function embeddingOp(gpu: Gpu, table: GpuMatrix, hidden: number, maxToken
   });
 }
 
-export function rmsnormOp(gpu: Gpu, s: RmsnormShape, maxTokens: number, x: GPUBuffer, w: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch {
+/** RMSNorm; with `x16` (and s.f16Cols) the rows also as f16 for the tensor-core products (F16Input). */
+export function rmsnormOp(gpu: Gpu, s: RmsnormShape, maxTokens: number, x: GPUBuffer, w: GPUBuffer, out: GPUBuffer, step: GPUBuffer, x16?: GPUBuffer): Dispatch {
   need(w, s.hidden, 'rmsnorm weight');
   need(x, maxTokens * s.hidden, 'rmsnorm input');
   need(out, (s.mode === 'all' ? maxTokens : 1) * s.hidden, 'rmsnorm output');
+  if (!x16 !== (s.f16Cols === undefined)) throw new Error('rmsnorm: an f16 output needs both its buffer and its columns');
+  if (x16) need(x16, (maxTokens * s.f16Cols!) / 2, 'rmsnorm f16 output');
   const f = { subgroups: gpu.subgroups };
   const pipeline = gpu.pipeline('rmsnorm', { ...s, ...f }, () => rmsnormWgsl(s, f));
   return {
-    label: `rmsnorm(${s.mode})`,
+    label: `rmsnorm(${s.mode}${x16 ? ', f16 too' : ''})`,
     pipeline,
-    bindGroup: gpu.bindGroup('rmsnorm', pipeline, [x, w, out, step]),
+    bindGroup: gpu.bindGroup('rmsnorm', pipeline, [x, w, out, step, ...(x16 ? [x16] : [])]),
     workgroups: s.mode === 'all' ? grid : () => [1, 1, 1],
   };
 }
@@ -73,6 +76,11 @@ export interface MatmulIo {
   /** y += W x (fused residual add) instead of y = W x. */
   residual: boolean;
   step: GPUBuffer;
+  /**
+   * x already in f16 (tokens, paddedCols(cols)), written by the kernel before (rmsnorm, swiglu with
+   * an f16 output): the tensor-core products read it instead of converting x themselves.
+   */
+  x16?: GPUBuffer;
 }
 
 /**
@@ -123,7 +131,8 @@ export function prefillPathDescription(gpu: Gpu): string {
   if (prefillKernel(gpu) === 'f32') return `tiled f32 (${F32_TILE.tokens} tokens x ${F32_TILE.rows} rows a workgroup, WebGPU default limits)`;
   const fixed = gpu.features.subgroupMatrixTile;
   const tiles = fixed ? `tile ${tensorCoreTileName(fixed)}` : 'tiles of 128 tokens x 128 rows, or 64 x 128 for narrow matrices';
-  return `tensor cores: subgroup matrix f16 x f16 -> f32 16x16x16, x converted to f16 once a product, x and W (dequantized to f16) staged through workgroup memory 64 columns a stage (${tiles})`;
+  const attention = gpu.features.attentionTensorCore ? `tensor cores${gpu.features.attentionSplit ? ', split over keys' : ''}` : 'f32 tiles';
+  return `tensor cores: subgroup matrix f16 x f16 -> f32 16x16x16, x converted to f16 once a product, x and W (dequantized to f16) staged through workgroup memory 64 columns a stage (${tiles}); prompt attention: ${attention}`;
 }
 
 /**
@@ -160,14 +169,22 @@ function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, maxTokens: number): Dispa
   // tensor cores: x in f16 (tokens padded to the tile, columns to a stage) in a scratch buffer every
   // product shares, written just before it is read
   const tokensPadded = Math.ceil(maxTokens / 128) * 128;
-  const x16 = gpu.scratch('x16', tokensPadded * paddedCols(m.cols) * 2);
-  const convert = gpu.pipeline('convert_f16', { cols: m.cols }, () => convertF16Wgsl(m.cols));
-  const dispatches: Dispatch[] = [{
-    label: 'convert_f16',
-    pipeline: convert,
-    bindGroup: gpu.bindGroup('convert_f16', convert, [io.x, x16, io.step]),
-    workgroups: (T: number) => linearGrid(convertF16Invocations(T, m.cols)),
-  }];
+  const dispatches: Dispatch[] = [];
+  let x16: GPUBuffer;
+  if (io.x16) {
+    // rows past the step's T are never stored to y (a product's row t reads only x row t)
+    need(io.x16, (maxTokens * paddedCols(m.cols)) / 2, 'matmul f16 input');
+    x16 = io.x16;
+  } else {
+    x16 = gpu.scratch('x16', tokensPadded * paddedCols(m.cols) * 2);
+    const convert = gpu.pipeline('convert_f16', { cols: m.cols }, () => convertF16Wgsl(m.cols));
+    dispatches.push({
+      label: 'convert_f16',
+      pipeline: convert,
+      bindGroup: gpu.bindGroup('convert_f16', convert, [io.x, x16, io.step]),
+      workgroups: (T: number) => linearGrid(convertF16Invocations(T, m.cols)),
+    });
+  }
   const sg = gpu.features.subgroupMaxSize;
   const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
   const syntax = gpu.features.subgroupMatrixSyntax;
@@ -238,24 +255,60 @@ export function attentionTiledOp(gpu: Gpu, s: AttentionShape, kv: KvLayout, qkv:
 /**
  * Attention of a prompt's rows on the tensor cores (kernels/attention-tensor-core.ts: tiles of 64
  * queries x 32 keys, f16 operands, f32 sums) where device.ts's self-test of it passed; null elsewhere
- * (attentionTiledOp serves).
+ * (attentionTiledOp serves). Split over keys where the context has several splits (attentionSplitFor,
+ * or `splitKeys` keys a split, 0 for none) and their partial results for maxTokens rows fit a binding:
+ * then the kernel writes them to scratch buffers and attention_merge combines them into `out`.
  */
-export function attentionTensorCoreOp(gpu: Gpu, s: AttentionShape, kv: KvLayout, qkv: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch | null {
+export function attentionTensorCoreOp(
+  gpu: Gpu, s: AttentionShape, kv: KvLayout, qkv: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, out: GPUBuffer, step: GPUBuffer, maxTokens: number, splitKeys?: number,
+): Dispatch[] | null {
   if (!gpu.features.attentionTensorCore || !attentionTensorCoreFits(s) || attentionTensorCoreBytes(s) > gpu.device.limits.maxComputeWorkgroupStorageSize) return null;
   if (s.numHeads % s.numKvHeads !== 0) throw new Error(`attention: ${s.numHeads} heads are not a multiple of ${s.numKvHeads} KV heads`);
+  need(out, maxTokens * s.numHeads * s.headDim, 'attention output');
   const sg = gpu.features.subgroupMaxSize, indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index', syntax = gpu.features.subgroupMatrixSyntax;
-  const pipeline = gpu.pipeline('attention_tensor_core', { ...s, slidingWindow: s.slidingWindow ?? 0, ...kvDefines(kv), sg, indexing, syntax }, () => attentionTensorCoreWgsl(s, kv, sg, indexing, syntax));
-  return {
-    label: 'attention_tensor_core',
-    pipeline,
-    bindGroup: gpu.bindGroup('attention_tensor_core', pipeline, [qkv, kCache, vCache, out, step]),
-    workgroups: (T: number) => [s.numHeads, Math.ceil(T / TC_TILE_Q), 1],
-  };
+  let split = !gpu.features.attentionSplit || splitKeys === 0 ? null : splitKeys ? { keys: splitKeys, splits: Math.ceil(kv.contextLength / splitKeys) } : attentionSplitFor(s, kv.contextLength, maxTokens, gpu.maxBindingBytes);
+  if (split && (split.splits < 2 || attentionPartsBytes(s, split, maxTokens).o > gpu.maxBindingBytes)) split = null;
+  const defines = { ...s, slidingWindow: s.slidingWindow ?? 0, ...kvDefines(kv), sg, indexing, syntax, splitKeys: split?.keys ?? 0, splits: split?.splits ?? 1 };
+  const pipeline = gpu.pipeline('attention_tensor_core', defines, () => attentionTensorCoreWgsl(s, kv, sg, indexing, syntax, split));
+  if (!split) {
+    return [{
+      label: 'attention_tensor_core',
+      pipeline,
+      bindGroup: gpu.bindGroup('attention_tensor_core', pipeline, [qkv, kCache, vCache, out, step]),
+      workgroups: (T: number) => [s.numHeads, Math.ceil(T / TC_TILE_Q), 1],
+    }];
+  }
+  // partial results: scratch every layer's attention shares (written and read within one dispatch pair)
+  const bytes = attentionPartsBytes(s, split, maxTokens);
+  const parts = gpu.scratch('attention_parts', bytes.o), ml = gpu.scratch('attention_ml', bytes.ml);
+  const merge = gpu.pipeline('attention_merge', defines, () => attentionMergeWgsl(s, kv, split));
+  const z = split.splits;
+  return [
+    {
+      label: 'attention_tensor_core',
+      pipeline,
+      bindGroup: gpu.bindGroup('attention_tensor_core', pipeline, [qkv, kCache, vCache, parts, step, ml]),
+      workgroups: (T: number) => [s.numHeads, Math.ceil(T / TC_TILE_Q), z],
+    },
+    { label: 'attention_merge', pipeline: merge, bindGroup: gpu.bindGroup('attention_merge', merge, [parts, ml, out, step]), workgroups: (T: number) => grid(T * s.numHeads) },
+  ];
 }
 
-export function swigluOp(gpu: Gpu, ffn: number, maxTokens: number, gateUp: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch {
+/** SwiGLU; with `x16` the rows also as f16 (paddedCols(ffn) columns) for the tensor-core down product. */
+export function swigluOp(gpu: Gpu, ffn: number, maxTokens: number, gateUp: GPUBuffer, out: GPUBuffer, step: GPUBuffer, x16?: GPUBuffer): Dispatch {
   need(gateUp, maxTokens * 2 * ffn, 'swiglu input');
   need(out, maxTokens * ffn, 'swiglu output');
+  if (x16) {
+    const cols = paddedCols(ffn);
+    need(x16, (maxTokens * cols) / 2, 'swiglu f16 output');
+    const fused = gpu.pipeline('swiglu_f16', { ffn, cols }, () => swigluF16Wgsl(ffn, cols));
+    return {
+      label: 'swiglu(f16 too)',
+      pipeline: fused,
+      bindGroup: gpu.bindGroup('swiglu_f16', fused, [gateUp, out, step, x16]),
+      workgroups: (T: number) => grid(Math.ceil((T * cols) / 2 / 256)),
+    };
+  }
   const pipeline = gpu.pipeline('swiglu', { ffn }, () => swigluWgsl(ffn));
   return {
     label: 'swiglu',

@@ -6,7 +6,7 @@
  * exposes a broken feature costs speed, not correctness.
  */
 import { f32ToF16 } from '../../format/dtype.js';
-import { attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
+import { attentionMergeWgsl, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
 import { convertF16Invocations, convertF16Wgsl, linearGrid, matmulTensorCoreWgsl, paddedCols, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, tensorCoreTileName, tensorCoreTileSize, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
 
 /** Runs one workgroup of a kernel over (input words) and reads `outFloats` f32 back; throws on any error. */
@@ -199,9 +199,10 @@ export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: num
  * The prompt attention on the tensor cores (kernels/attention-tensor-core.ts) on a small prompt: 2
  * query heads sharing a KV head of dim 32, 70 rows at positions 0..69 (a partial second query tile,
  * keys in 3 tiles), an f32 cache, against the same attention in f64 here; within 1e-2 of the largest
- * output (f16 q, k, v and probabilities).
+ * output (f16 q, k, v and probabilities); in one pass over the keys, or (`splitOverKeys`) split over
+ * keys (a split a key tile) then merged (attention_merge).
  */
-export async function selfTestPromptAttention(device: GPUDevice, subgroupSize: number, indexing: SubgroupIndexing, syntax: SubgroupMatrixSyntax): Promise<string> {
+export async function selfTestPromptAttention(device: GPUDevice, subgroupSize: number, indexing: SubgroupIndexing, syntax: SubgroupMatrixSyntax, splitOverKeys = false): Promise<string> {
   const T = 70, heads = 2, HD = 32, qDim = heads * HD, kvDim = HD, stride = qDim + 2 * kvDim, ctx = 80, rowsAt = 8;
   const wave = (i: number, a: number) => Math.sin(i * a) * 0.9;
   const qkv = Float32Array.from({ length: T * stride }, (_, i) => wave(i, 0.37));
@@ -222,7 +223,8 @@ export async function selfTestPromptAttention(device: GPUDevice, subgroupSize: n
   const stepWords = new Uint32Array(rowsAt + 2 * T);
   stepWords[0] = T;
   for (let t = 0; t < T; t++) { stepWords[rowsAt + 2 * t] = 0; stepWords[rowsAt + 2 * t + 1] = t; }
-  const code = attentionTensorCoreWgsl({ numHeads: heads, numKvHeads: 1, headDim: HD, slidingWindow: null, rotaryDim: HD }, { storage: 'f32', contextLength: ctx, rowsAt, kvBuffer: -1 }, subgroupSize, indexing, syntax);
+  const shape = { numHeads: heads, numKvHeads: 1, headDim: HD, slidingWindow: null, rotaryDim: HD };
+  const layout = { storage: 'f32' as const, contextLength: ctx, rowsAt, kvBuffer: -1 };
   const buffers: GPUBuffer[] = [];
   const storage = (data: Float32Array | Uint32Array | number, extra = 0) => {
     const bytes = typeof data === 'number' ? data : data.byteLength;
@@ -233,27 +235,44 @@ export async function selfTestPromptAttention(device: GPUDevice, subgroupSize: n
   };
   device.pushErrorScope('validation');
   try {
-    const module = device.createShaderModule({ label: 'self-test prompt attention', code });
-    const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error').map((m) => m.message);
-    if (errors.length) return `failed: ${errors.join('; ').slice(0, 300)}`;
-    const pipeline = device.createComputePipeline({ label: 'self-test prompt attention', layout: 'auto', compute: { module, entryPoint: 'main' } });
-    const out = storage(T * qDim * 4, GPUBufferUsage.COPY_SRC);
-    const bufs = [storage(qkv), storage(K), storage(V), out, storage(stepWords)];
-    const read = device.createBuffer({ size: T * qDim * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-    buffers.push(read);
-    const enc = device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) }));
-    pass.dispatchWorkgroups(heads, Math.ceil(T / TC_TILE_Q));
-    pass.end();
-    enc.copyBufferToBuffer(out, 0, read, 0, T * qDim * 4);
-    device.queue.submit([enc.finish()]);
-    await read.mapAsync(GPUMapMode.READ);
-    const got = new Float32Array(read.getMappedRange().slice(0));
-    read.unmap();
-    for (let i = 0; i < want.length; i++) {
-      if (!(Math.abs(got[i]! - want[i]!) <= 1e-2 * scale)) return `failed: element ${i} is ${got[i]}, the reference ${want[i]!.toFixed(5)}`;
+    const compile = async (label: string, code: string): Promise<GPUComputePipeline | string> => {
+      const module = device.createShaderModule({ label, code });
+      const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error').map((m) => m.message);
+      if (errors.length) return `failed: ${errors.join('; ').slice(0, 300)}`;
+      return device.createComputePipeline({ label, layout: 'auto', compute: { module, entryPoint: 'main' } });
+    };
+    const inputs = [storage(qkv), storage(K), storage(V)], step = storage(stepWords);
+    // in one pass over the keys, or split over keys by 32 (3 splits) and merged
+    for (const split of [splitOverKeys ? { keys: 32, splits: Math.ceil(ctx / 32) } : null]) {
+      const what = split ? ' (split over keys)' : '';
+      const pipeline = await compile('self-test prompt attention', attentionTensorCoreWgsl(shape, layout, subgroupSize, indexing, syntax, split));
+      if (typeof pipeline === 'string') return `${pipeline}${what}`;
+      const merge = split ? await compile('self-test prompt attention merge', attentionMergeWgsl(shape, layout, split)) : null;
+      if (typeof merge === 'string') return `${merge}${what}`;
+      const out = storage(T * qDim * 4, GPUBufferUsage.COPY_SRC);
+      const parts = split ? storage(T * heads * split.splits * HD * 4) : null, ml = split ? storage(T * heads * split.splits * 8) : null;
+      const read = device.createBuffer({ size: T * qDim * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+      buffers.push(read);
+      const bind = (p: GPUComputePipeline, bufs: GPUBuffer[]) => device.createBindGroup({ layout: p.getBindGroupLayout(0), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+      const enc = device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, bind(pipeline, split ? [...inputs, parts!, step, ml!] : [...inputs, out, step]));
+      pass.dispatchWorkgroups(heads, Math.ceil(T / TC_TILE_Q), split ? split.splits : 1);
+      if (merge) {
+        pass.setPipeline(merge);
+        pass.setBindGroup(0, bind(merge, [parts!, ml!, out, step]));
+        pass.dispatchWorkgroups(T * heads);
+      }
+      pass.end();
+      enc.copyBufferToBuffer(out, 0, read, 0, T * qDim * 4);
+      device.queue.submit([enc.finish()]);
+      await read.mapAsync(GPUMapMode.READ);
+      const got = new Float32Array(read.getMappedRange().slice(0));
+      read.unmap();
+      for (let i = 0; i < want.length; i++) {
+        if (!(Math.abs(got[i]! - want[i]!) <= 1e-2 * scale)) return `failed${what}: element ${i} is ${got[i]}, the reference ${want[i]!.toFixed(5)}`;
+      }
     }
     return 'passed';
   } catch (e) {

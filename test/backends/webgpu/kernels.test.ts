@@ -99,6 +99,13 @@ for (const { name, options } of variants) {
       assertClose(await read(gpu, out, T * H), want, 1e-6, `rmsnorm all T=${T} H=${H}`);
       await run(gpu, [rmsnormOp(gpu, { hidden: H, eps: 1e-5, mode: 'last' }, T, xb, wb, out, step)], T);
       assertClose(await read(gpu, out, H), want.subarray((T - 1) * H), 1e-6, `rmsnorm last T=${T} H=${H}`);
+      // with the f16 copy the tensor-core products read (columns padded to a stage)
+      const cols = Math.ceil(H / 64) * 64;
+      const x16 = zeros(gpu, (T * cols) / 2);
+      await run(gpu, [rmsnormOp(gpu, { hidden: H, eps: 1e-5, mode: 'all', f16Cols: cols }, T, xb, wb, out, step, x16)], T);
+      const got = await read(gpu, out, T * H);
+      assertClose(got, want, 1e-6, `rmsnorm all (f16 too) T=${T} H=${H}`);
+      assertF16Copy(await read(gpu, x16, (T * cols) / 2), got, T, H, cols, `rmsnorm f16 T=${T} H=${H}`);
     }
   });
 
@@ -196,13 +203,18 @@ for (const { name, options } of variants) {
         await run(gpu, [d], T);
         const what = `(${kv} cache) heads ${c.numHeads}/${c.numKvHeads}x${c.headDim} window ${c.slidingWindow} slot ${slot} pos0 ${pos0} T ${T}`;
         assertClose(await read(gpu, out, T * qDim), want, f16 ? 1e-4 : 1e-5, `tiled attention ${what}`);
-        // the tensor-core kernel where the device self-tested it: f16 q, k, v and probabilities
-        const tc = attentionTensorCoreOp(gpu, shape, layout, storage(gpu, qkv), poolBuffer(gpu, kHist, kvDim, c.headDim, c.rotaryDim, kv, true), poolBuffer(gpu, vHist, kvDim, c.headDim, c.rotaryDim, kv, false), out, stepWithRows(gpu, T, layout.rowsAt, Array.from({ length: T }, (_, t) => ({ slot, pos: pos0 + t }))));
-        if (tc) {
-          await run(gpu, [tc], T);
-          const got = await read(gpu, out, T * qDim);
-          console.log(`tensor-core attention ${what}: relative difference ${compare(got, want).rel.toExponential(2)}`);
-          assertClose(got, want, TC_ATTENTION_TOLERANCE, `tensor-core attention ${what}`);
+        // the tensor-core kernel where the device self-tested it (f16 q, k, v and probabilities): the
+        // context's own split over keys, and splits of one key tile each (many splits, then merged)
+        for (const splitKeys of [undefined, 32]) {
+          const step = stepWithRows(gpu, T, layout.rowsAt, Array.from({ length: T }, (_, t) => ({ slot, pos: pos0 + t })));
+          const tcOut = zeros(gpu, T * qDim);
+          const tc = attentionTensorCoreOp(gpu, shape, layout, storage(gpu, qkv), poolBuffer(gpu, kHist, kvDim, c.headDim, c.rotaryDim, kv, true), poolBuffer(gpu, vHist, kvDim, c.headDim, c.rotaryDim, kv, false), tcOut, step, T, splitKeys);
+          if (!tc) break;
+          await run(gpu, tc, T);
+          const got = await read(gpu, tcOut, T * qDim);
+          const how = `${what}, ${tc.length > 1 ? `split, ${tc[0]!.workgroups(T)[2]} splits` : 'one split'}`;
+          console.log(`tensor-core attention ${how}: relative difference ${compare(got, want).rel.toExponential(2)}`);
+          assertClose(got, want, TC_ATTENTION_TOLERANCE, `tensor-core attention ${how}`);
         }
       }
     }
@@ -328,6 +340,12 @@ for (const { name, options } of variants) {
       const out = zeros(gpu, T * ffn);
       await run(gpu, [swigluOp(gpu, ffn, T, storage(gpu, gu), out, stepBuffer(gpu, T, 0))], T);
       assertClose(await read(gpu, out, T * ffn), want, 1e-6, `swiglu T=${T} ffn=${ffn}`);
+      const cols = Math.ceil(ffn / 64) * 64;
+      const x16 = zeros(gpu, (T * cols) / 2), out2 = zeros(gpu, T * ffn);
+      await run(gpu, [swigluOp(gpu, ffn, T, storage(gpu, gu), out2, stepBuffer(gpu, T, 0), x16)], T);
+      const got = await read(gpu, out2, T * ffn);
+      assertClose(got, want, 1e-6, `swiglu (f16 too) T=${T} ffn=${ffn}`);
+      assertF16Copy(await read(gpu, x16, (T * cols) / 2), got, T, ffn, cols, `swiglu f16 T=${T} ffn=${ffn}`);
     }
     for (const dtype of ['F32', 'BF16', 'F16'] as const) {
       const vocab = 101, H = 127;
@@ -342,6 +360,18 @@ for (const { name, options } of variants) {
       assertClose(await read(gpu, x, ids.length * H), want, 0, `embedding ${dtype}`);
     }
   });
+}
+
+/** x16 (T rows of `cols` f16, packed in pairs) holds each of T x n values rounded to f16 (within one f16 step), then zeros. */
+function assertF16Copy(packed: Float32Array, want: Float32Array, T: number, n: number, cols: number, what: string): void {
+  const halves = new Uint16Array(packed.buffer, packed.byteOffset, T * cols);
+  for (let t = 0; t < T; t++) {
+    for (let c = 0; c < cols; c++) {
+      const got = f16ToF32(halves[t * cols + c]!);
+      const w = c < n ? Math.max(-65504, Math.min(65504, want[t * n + c]!)) : 0;
+      assert.ok(Math.abs(got - w) <= Math.abs(w) * 2 ** -10 + 2 ** -24, `${what}: row ${t} column ${c} is ${got}, want ${w} in f16`);
+    }
+  }
 }
 
 test('webgpu kernels: the fused residual add equals addInPlace', { skip: SKIP_GPU }, async () => {

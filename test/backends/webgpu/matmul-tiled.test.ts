@@ -38,6 +38,9 @@ const variants = SKIP_GPU ? [] : [
   { name: 'subgroup matrices where offered', options: { subgroupMatrix: true } },
   // each tile the tensor-core path may choose, on every shape
   ...TENSOR_CORE_TILES.map((tile) => ({ name: `subgroup matrices, tile ${tensorCoreTileName(tile)}`, options: { subgroupMatrix: true, subgroupMatrixTile: tile } })),
+  // the same tiles with q4 dequantized in f32 (PDVM_SM_TILE=s64-4422), and a tile of 8 subgroups
+  ...[...TENSOR_CORE_TILES.map((tile) => ({ ...tile, f16Dequant: false })), { am: 4, an: 4, gm: 2, gn: 4, kind: 'staged' as const, ks: 32, f16Dequant: true }]
+    .map((tile) => ({ name: `subgroup matrices, tile ${tensorCoreTileName(tile)}`, options: { subgroupMatrix: true, subgroupMatrixTile: tile } })),
 ];
 
 for (const { name, options } of variants) {

@@ -9,7 +9,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { convertF16Wgsl, dequantF16Wgsl, matmulTensorCoreWgsl, TENSOR_CORE_TILES, tensorCoreTileName, type TensorCoreTile, type TiledMatmulShape } from '../../../src/backends/webgpu/kernels/matmul-tiled.js';
-import { attentionTensorCoreWgsl } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
+import { attentionMergeWgsl, attentionSplitFor, attentionTensorCoreWgsl } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
 import type { KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
 import { SKIP_GPU, testGpu } from './gpu.js';
 
@@ -34,7 +34,11 @@ const shapes: TiledMatmulShape[] = [
   { weight: { encoding: 'dense', dtype: 'f32', rowChunks: 18 }, rows: 130, cols: 72, yStride: 133, yOffset: 2, bias: false, residual: true },
   { weight: { encoding: 'dense', dtype: 'bf16', rowChunks: 9 }, rows: 130, cols: 72, yStride: 133, yOffset: 2, bias: true, residual: false },
 ];
-const tiles: TensorCoreTile[] = [...TENSOR_CORE_TILES, { am: 4, an: 4, gm: 2, gn: 2, kind: 'hybrid', ks: 64 }, { am: 4, an: 4, gm: 2, gn: 2, kind: 'direct', ks: 32 }];
+const tiles: TensorCoreTile[] = [
+  ...TENSOR_CORE_TILES, { am: 4, an: 4, gm: 2, gn: 2, kind: 'hybrid', ks: 64 }, { am: 4, an: 4, gm: 2, gn: 2, kind: 'direct', ks: 32 },
+  ...TENSOR_CORE_TILES.map((tile) => ({ ...tile, f16Dequant: false })), { am: 4, an: 4, gm: 2, gn: 4, kind: 'staged', ks: 32, f16Dequant: true },
+  { am: 2, an: 4, gm: 4, gn: 2, kind: 'staged', ks: 64, f16Dequant: true },
+];
 
 test('the tensor-core prefill kernel\'s WGSL passes Tint\'s checks outside the subgroup-matrix builtins', { skip: SKIP_GPU }, async () => {
   const gpu = await testGpu();
@@ -60,8 +64,13 @@ test('the tensor-core prefill kernel\'s WGSL passes Tint\'s checks outside the s
     for (const [numHeads, numKvHeads, headDim, slidingWindow, storage] of attentions) {
       for (const indexing of ['subgroup-id', 'invocation-index'] as const) {
         const s = { numHeads, numKvHeads, headDim, slidingWindow, rotaryDim: headDim };
-        await check(`attention ${numHeads}/${numKvHeads}x${headDim} window ${slidingWindow} ${storage} ${indexing}`, withScalarStandIns(attentionTensorCoreWgsl(s, { storage, contextLength: 4096, rowsAt: 520, kvBuffer: -1 }, 32, indexing)));
-        n++;
+        const kv = { storage, contextLength: 4096, rowsAt: 520, kvBuffer: -1 };
+        await check(`attention ${numHeads}/${numKvHeads}x${headDim} window ${slidingWindow} ${storage} ${indexing}`, withScalarStandIns(attentionTensorCoreWgsl(s, kv, 32, indexing)));
+        const split = attentionSplitFor(s, kv.contextLength, 512, 2 ** 31);
+        assert.ok(split && split.splits > 1);
+        await check(`attention split ${JSON.stringify(split)} ${numHeads}/${numKvHeads}x${headDim} window ${slidingWindow} ${storage} ${indexing}`, withScalarStandIns(attentionTensorCoreWgsl(s, kv, 32, indexing, 'template', split)));
+        if (indexing === 'subgroup-id') await check(`attention merge ${numHeads}/${numKvHeads}x${headDim} window ${slidingWindow}`, attentionMergeWgsl(s, kv, split));
+        n += indexing === 'subgroup-id' ? 3 : 2;
       }
     }
   }

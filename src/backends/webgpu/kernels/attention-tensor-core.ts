@@ -13,6 +13,12 @@
  *   subgroup; row t sees keys first_t..p_t of its slot (causal mask, sliding window per row).
  * Workgroup memory at HD 128: Q 17 KiB, a K or V tile 8.5 KiB, scores 9 KiB, P 5 KiB (40 KiB).
  * Rows of a tile share a slot (one sequence's prompt). Needs HD % 16 == 0, HD <= 256.
+ * Split over keys (AttentionSplit, the default where its partial results fit a binding): workgroup z
+ * takes only keys z SK .. z SK + SK - 1 of its tile's range and writes its rows' output normalised by
+ * its own sum, with its max m and sum l, to `parts`; attention_merge (attentionMergeWgsl) combines the
+ * splits of a row: out = sum_z O_z l_z exp(m_z - M) / sum_z l_z exp(m_z - M). A workgroup walks at
+ * most SK keys, so a long prompt's last tiles run as many workgroups as splits instead of one long
+ * loop, and the tiles of a causal prompt are no longer as uneven as their key ranges.
  */
 import type { AttentionShape } from './attention.js';
 import { kDimFn, kvHeader, kvReadDecls, rowTable, type KvLayout } from './kv.js';
@@ -21,6 +27,32 @@ import { COMMON, f32Literal } from './prelude.js';
 
 export const TC_TILE_Q = 64;
 const TC_TILE_K = 32;
+
+/** Keys a workgroup takes (a multiple of the key tile) and splits of the context (grid z). */
+export interface AttentionSplit {
+  keys: number;
+  splits: number;
+}
+
+/**
+ * The split for a context: about 16 splits of at least 512 keys, fewer where their partial outputs
+ * for maxTokens rows (T x heads x splits x HD f32) would pass maxBytes; null where one split is all
+ * (the kernel writes out directly). On the H100 a 512-token prompt in splits of 128 keys took longer
+ * than one pass (8B: 203 + 22 µs of merge against 141 µs), a 16,384-token one far less (docs/PERFORMANCE.md):
+ * the engine splits a step only where its last key is at least two splits in.
+ */
+export function attentionSplitFor(s: AttentionShape, contextLength: number, maxTokens: number, maxBytes: number): AttentionSplit | null {
+  let keys = Math.max(512, Math.ceil(contextLength / 16 / TC_TILE_K) * TC_TILE_K);
+  while (Math.ceil(contextLength / keys) > 1 && maxTokens * s.numHeads * Math.ceil(contextLength / keys) * s.headDim * 4 > maxBytes) keys *= 2;
+  const splits = Math.ceil(contextLength / keys);
+  return splits > 1 ? { keys, splits } : null;
+}
+
+/** Bytes of the partial outputs (O) and (m, l) pairs of a split for maxTokens rows. */
+export function attentionPartsBytes(s: AttentionShape, split: AttentionSplit, maxTokens: number): { o: number; ml: number } {
+  const n = maxTokens * s.numHeads * split.splits;
+  return { o: n * s.headDim * 4, ml: n * 8 };
+}
 
 export function attentionTensorCoreFits(s: AttentionShape): boolean {
   return s.headDim % 16 === 0 && s.headDim <= 256;
@@ -32,7 +64,11 @@ export function attentionTensorCoreBytes(s: AttentionShape): number {
   return TC_TILE_Q * SQ * 2 + TC_TILE_K * SQ * 2 + TC_TILE_Q * (TC_TILE_K + 4) * 4 + TC_TILE_Q * (TC_TILE_K + 8) * 2;
 }
 
-export function attentionTensorCoreWgsl(s: AttentionShape, kv: KvLayout, subgroupSize: number, indexing: SubgroupIndexing, syntax: SubgroupMatrixSyntax = 'template'): string {
+export function attentionTensorCoreWgsl(
+  s: AttentionShape, kv: KvLayout, subgroupSize: number, indexing: SubgroupIndexing, syntax: SubgroupMatrixSyntax = 'template', split: AttentionSplit | null = null,
+): string {
+  if (split && split.keys % TC_TILE_K !== 0) throw new Error(`attention (tensor cores): a split of ${split.keys} keys is not whole key tiles`);
+  const PS = split ? `${s.numHeads * split.splits * s.headDim}u` : ''; // row stride of parts
   if (subgroupSize !== 32) throw new Error(`attention (tensor cores): needs subgroups of 32, not ${subgroupSize}`);
   const qDim = s.numHeads * s.headDim, kvDim = s.numKvHeads * s.headDim;
   const HD = s.headDim, ND = HD / 16, SQ = HD + 8, SS = TC_TILE_K + 4, SP = TC_TILE_K + 8;
@@ -48,13 +84,20 @@ ${range(ND).map((i) => `    s0 = subgroupMatrixMultiplyAccumulate(q${i}, ${R('&k
     s1 = subgroupMatrixMultiplyAccumulate(q${i}, ${R('&kvs', `${16 * SQ + 16 * i}u`, `${SQ}u`, true)}, s1);`).join('\n')}
     ${subgroupMatrixStoreWgsl(syntax, '&ss', `g * ${16 * SS}u`, 's0', false, `${SS}u`)};
     ${subgroupMatrixStoreWgsl(syntax, '&ss', `g * ${16 * SS}u + 16u`, 's1', false, `${SS}u`)};`;
-  const loadTile = (fn: 'load4_k' | 'load4_v') => `    for (var i = lid; i < ${TC_TILE_K * (HD / 4)}u; i += 128u) {
-      let key = k0 + i / ${HD / 4}u;
-      let d = (i % ${HD / 4}u) * 4u;
-      let v = vec4<f16>(select(vec4<f32>(0.0), ${fn}((sb + key) * KV_DIM4 + kvh * ${HD / 4}u + d / 4u), key <= kEnd));
-      let o = (i / ${HD / 4}u) * ${SQ}u + d;
+  // a K or V tile (32 keys x HD) in HD / 16 vec4 units an invocation: fetched into registers (rg) a
+  // step ahead, put into kvs after the barrier that frees it
+  const NL = HD / 16;
+  const fetch = (fn: 'load4_k' | 'load4_v', k0: string) => range(NL).map((j) => `    {
+      let i = lid + ${128 * j}u;
+      let key = ${k0} + i / ${HD / 4}u;
+      rg[${j}] = vec4<f16>(select(vec4<f32>(0.0), ${fn}((sb + key) * KV_DIM4 + kvh * ${HD / 4}u + i % ${HD / 4}u), key <= kHi));
+    }`).join('\n');
+  const put = range(NL).map((j) => `    {
+      let i = lid + ${128 * j}u;
+      let o = (i / ${HD / 4}u) * ${SQ}u + (i % ${HD / 4}u) * 4u;
+      let v = rg[${j}];
       kvs[o] = v.x; kvs[o + 1u] = v.y; kvs[o + 2u] = v.z; kvs[o + 3u] = v.w;
-    }`;
+    }`).join('\n');
   return `enable f16;
 enable subgroups;
 enable chromium_experimental_subgroup_matrix;
@@ -66,8 +109,9 @@ const KV_DIM4 = ${kvDim / 4}u;
 const STRIDE = ${qDim + 2 * kvDim}u;
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;
 ${kvReadDecls(kv, 1, 2)}
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;${split ? ' // (T, HEADS, SPLITS, HD): each split\'s output' : ''}
 @group(0) @binding(4) var<storage, read> step: array<u32>;
+${split ? '@group(0) @binding(5) var<storage, read_write> ml: array<vec2<f32>>; // (T, HEADS, SPLITS): (m, l)' : ''}
 ${rowTable(kv)}
 ${kDimFn(kv.storage, s.rotaryDim)}
 
@@ -89,6 +133,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let kBegin = ${first('p0')};
   let kEnd = row_pos(min(t0 + ${TC_TILE_Q}u, T) - 1u);
   let sb = slot_row(t0, 0u);
+  // this workgroup's keys: all of them, or split z's
+  let kLo = ${split ? `max(kBegin, wid.z * ${split.keys}u)` : 'kBegin'};
+  let kHi = ${split ? `min(kEnd, wid.z * ${split.keys}u + ${split.keys - 1}u)` : 'kEnd'};
+  if (kLo > kHi) { return; }
   // q, pre-scaled, in K's stored dim order (rows past T repeat the last: finite, never stored)
   for (var i = lid; i < ${TC_TILE_Q * HD}u; i += 128u) {
     let t = min(t0 + i / ${HD}u, T - 1u);
@@ -102,46 +150,59 @@ ${range(ND).map((i) => `  let q${i} = ${L('&qs', `g * ${16 * SQ}u + ${16 * i}u`,
   let t = t0 + rr;
   let live = t < T;
   let p = row_pos(min(t, T - 1u));
-  let firstKey = ${first('p')};
+  let firstKey = max(${first('p')}, kLo);
+  let lastKey = min(p, kHi);
   var m = -3.0e38;
   var l = 0.0;
-  // pass 1: each row's max and sum
-  for (var k0 = kBegin; k0 <= kEnd; k0 += ${TC_TILE_K}u) {
-${loadTile('load4_k')}
+  var rg: array<vec4<f16>, ${NL}>;
+  // pass 1: each row's max and sum (the next K tile's loads in flight while this one's scores run)
+${fetch('load4_k', 'kLo')}
+  for (var k0 = kLo; k0 <= kHi; k0 += ${TC_TILE_K}u) {
+${put}
     workgroupBarrier();
+    if (k0 + ${TC_TILE_K}u <= kHi) {
+${fetch('load4_k', `k0 + ${TC_TILE_K}u`)}
+    }
 ${scores}
     workgroupBarrier();
     var tmax = -3.0e38;
     for (var c = 0u; c < 16u; c++) {
       let key = k0 + half * 16u + c;
-      if (live && key >= firstKey && key <= p) { tmax = max(tmax, ss[rr * ${SS}u + half * 16u + c]); }
+      if (live && key >= firstKey && key <= lastKey) { tmax = max(tmax, ss[rr * ${SS}u + half * 16u + c]); }
     }
     tmax = max(tmax, subgroupShuffleXor(tmax, 1u));
     let mNew = max(m, tmax);
     var sum = 0.0;
     for (var c = 0u; c < 16u; c++) {
       let key = k0 + half * 16u + c;
-      if (live && key >= firstKey && key <= p) { sum += exp(ss[rr * ${SS}u + half * 16u + c] - mNew); }
+      if (live && key >= firstKey && key <= lastKey) { sum += exp(ss[rr * ${SS}u + half * 16u + c] - mNew); }
     }
     sum += subgroupShuffleXor(sum, 1u);
     l = l * exp(m - mNew) + sum;
     m = mNew;
-    workgroupBarrier();
+    // (no barrier: the next tile is put into kvs only after every scores read it, and ss is written
+    // again only after the next barrier)
   }
-  // pass 2: P = exp(s - m) / l, O += P V
+  // pass 2: P = exp(s - m) / l, O += P V (V's loads in flight while the scores run, the next K's
+  // while P V runs)
   let inv = select(0.0, 1.0 / l, l > 0.0);
 ${range(ND).map((n) => `  var o${n} = subgroup_matrix_result<f32, 16, 16>();`).join('\n')}
-  for (var k0 = kBegin; k0 <= kEnd; k0 += ${TC_TILE_K}u) {
-${loadTile('load4_k')}
+${fetch('load4_k', 'kLo')}
+  for (var k0 = kLo; k0 <= kHi; k0 += ${TC_TILE_K}u) {
+${put}
     workgroupBarrier();
+${fetch('load4_v', 'k0')}
 ${scores}
     workgroupBarrier();
     for (var c = 0u; c < 16u; c++) {
       let key = k0 + half * 16u + c;
-      let ok = live && key >= firstKey && key <= p;
+      let ok = live && key >= firstKey && key <= lastKey;
       ps[rr * ${SP}u + half * 16u + c] = f16(select(0.0, exp(ss[rr * ${SS}u + half * 16u + c] - m) * inv, ok));
     }
-${loadTile('load4_v')}
+${put}
+    if (k0 + ${TC_TILE_K}u <= kHi) {
+${fetch('load4_k', `k0 + ${TC_TILE_K}u`)}
+    }
     workgroupBarrier();
 ${range(2).map((kk) => `    {
       let pl = ${L('&ps', `g * ${16 * SP}u + ${16 * kk}u`, `${SP}u`)};
@@ -149,10 +210,13 @@ ${range(ND).map((n) => `      o${n} = subgroupMatrixMultiplyAccumulate(pl, ${R('
     }`).join('\n')}
     workgroupBarrier();
   }
-  // out (T, HEADS * HD): whole subgroups of live rows straight, the last partial one through ss
+  // out (T, HEADS * HD), or parts: whole subgroups of live rows straight, the last partial one through ss
   let whole = t0 + g * 16u + 16u <= T;
-${range(ND).map((n) => `  if (whole) {
-    ${subgroupMatrixStoreWgsl(syntax, '&out', `(t0 + g * 16u) * ${qDim}u + h * ${HD}u + ${16 * n}u`, `o${n}`, false, `${qDim}u`)};
+${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + wid.z] = vec2<f32>(m, l); }
+` : ''}${range(ND).map((n) => `  if (whole) {
+    ${split
+      ? subgroupMatrixStoreWgsl(syntax, '&out', `(t0 + g * 16u) * ${PS} + (h * ${split.splits}u + wid.z) * ${HD}u + ${16 * n}u`, `o${n}`, false, PS)
+      : subgroupMatrixStoreWgsl(syntax, '&out', `(t0 + g * 16u) * ${qDim}u + h * ${HD}u + ${16 * n}u`, `o${n}`, false, `${qDim}u`)};
   } else {
     ${subgroupMatrixStoreWgsl(syntax, '&ss', `g * ${16 * SS}u`, `o${n}`, false, `${SS}u`)};
   }
@@ -160,10 +224,59 @@ ${range(ND).map((n) => `  if (whole) {
   if (!whole) {
     for (var e = lane; e < 256u; e += 32u) {
       let tt = t0 + g * 16u + e / 16u;
-      if (tt < T) { out[tt * ${qDim}u + h * ${HD}u + ${16 * n}u + e % 16u] = ss[(g * 16u + e / 16u) * ${SS}u + e % 16u]; }
+      if (tt < T) { out[${split ? `tt * ${PS} + (h * ${split.splits}u + wid.z) * ${HD}u` : `tt * ${qDim}u + h * ${HD}u`} + ${16 * n}u + e % 16u] = ss[(g * 16u + e / 16u) * ${SS}u + e % 16u]; }
     }
   }
   workgroupBarrier();`).join('\n')}
+}
+`;
+}
+
+/**
+ * The splits of each (row, head) combined (a workgroup of 64 each): the max M of the splits' maxes,
+ * then out = sum_z O_z l_z exp(m_z - M) / sum_z l_z exp(m_z - M) over the splits whose keys meet the
+ * row's (first key .. position; every one of them was written by attentionTensorCoreWgsl).
+ */
+export function attentionMergeWgsl(s: AttentionShape, kv: KvLayout, split: AttentionSplit): string {
+  const qDim = s.numHeads * s.headDim, HD = s.headDim, Z = split.splits, SK = split.keys;
+  const first = s.slidingWindow ? `select(0u, p + 1u - ${s.slidingWindow}u, p + 1u > ${s.slidingWindow}u)` : '0u';
+  return `${COMMON}
+const HEADS = ${s.numHeads}u;
+@group(0) @binding(0) var<storage, read> parts: array<f32>; // (T, HEADS, ${Z}, ${HD})
+@group(0) @binding(1) var<storage, read> ml: array<vec2<f32>>; // (T, HEADS, ${Z})
+@group(0) @binding(2) var<storage, read_write> out: array<f32>; // (T, HEADS * ${HD})
+@group(0) @binding(3) var<storage, read> step: array<u32>;
+${rowTable(kv)}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = linear_workgroup(wid, nwg);
+  let t = i / HEADS;
+  let h = i % HEADS;
+  if (t >= step[0]) { return; }
+  let p = row_pos(t);
+  let z0 = (${first}) / ${SK}u;
+  let z1 = p / ${SK}u;
+  let base = (t * HEADS + h) * ${Z}u;
+  var mx = -3.0e38;
+  for (var z = z0; z <= z1; z++) {
+    let v = ml[base + z];
+    if (v.y > 0.0) { mx = max(mx, v.x); }
+  }
+  var total = 0.0;
+  for (var z = z0; z <= z1; z++) {
+    let v = ml[base + z];
+    if (v.y > 0.0) { total += v.y * exp(v.x - mx); }
+  }
+  let inv = select(0.0, 1.0 / total, total > 0.0);
+  for (var d = lid; d < ${HD}u; d += 64u) {
+    var acc = 0.0;
+    for (var z = z0; z <= z1; z++) {
+      let v = ml[base + z];
+      if (v.y > 0.0) { acc += parts[(base + z) * ${HD}u + d] * (v.y * exp(v.x - mx)); }
+    }
+    out[t * ${qDim}u + h * ${HD}u + d] = acc * inv;
+  }
 }
 `;
 }

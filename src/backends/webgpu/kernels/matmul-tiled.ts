@@ -325,27 +325,34 @@ export interface TensorCoreTile {
   gn: number;
   kind: 'direct' | 'hybrid' | 'staged';
   ks: number;
+  /**
+   * q4 weights dequantized in f16 arithmetic (each nibble pair made an f16 by its exponent bits,
+   * then q * scale + min as a vec2<f16> fma) instead of f32 then converted: a third of the
+   * instructions of the staging copy; other encodings ignore it.
+   */
+  f16Dequant?: boolean;
 }
 
 /** 'h64-4422' style: kind letter, ks, am an gm gn (bench/prefill-lab.ts's names, PDVM_SM_TILE). */
 export function tensorCoreTileName(t: TensorCoreTile): string {
-  return `${t.kind[0]}${t.kind === 'direct' ? '' : t.ks}-${t.am}${t.an}${t.gm}${t.gn}`;
+  return `${t.kind[0]}${t.kind === 'direct' ? '' : t.ks}${t.f16Dequant ? 'f' : ''}-${t.am}${t.an}${t.gm}${t.gn}`;
 }
 
 export function parseTensorCoreTile(text: string | undefined): TensorCoreTile | null {
-  const m = /^([dhs])(\d*)-([1-4])([1-4])([1-4])([1-4])$/.exec(text ?? '');
+  const m = /^([dhs])(\d*)(f?)-([1-4])([1-4])([1-4])([1-4])$/.exec(text ?? '');
   if (!m) return null;
   const kind = ({ d: 'direct', h: 'hybrid', s: 'staged' } as const)[m[1] as 'd' | 'h' | 's'];
   const ks = Number(m[2] || 32);
-  const [am, an, gm, gn] = m.slice(3).map(Number) as [number, number, number, number];
-  return (ks === 32 || ks === 64) && gm * gn <= 8 ? { am, an, gm, gn, kind, ks } : null;
+  const [am, an, gm, gn] = m.slice(4).map(Number) as [number, number, number, number];
+  return (ks === 32 || ks === 64) && gm * gn <= 8 ? { am, an, gm, gn, kind, ks, ...(m[3] ? { f16Dequant: true } : {}) } : null;
 }
 
 /**
  * The tile for a matrix of `rows` rows at up to `maxTokens` tokens a step (bench/prefill-lab.ts on the
  * H200, docs/PERFORMANCE.md): both operands staged through workgroup memory 64 columns a stage, 128
  * tokens x 128 rows a workgroup where that gives at least 96 workgroups, else 64 x 128 (twice the
- * workgroups: the 1B shape's 2,048-row matrices).
+ * workgroups: the 1B shape's 2,048-row matrices); q4 dequantized in f16 arithmetic (measured on the
+ * H100, 2026-12-05: 8B gate_up 994 -> 890 µs, down 506 -> 429 in the engine's profile).
  */
 export function chooseTensorCoreTile(rows: number, maxTokens: number): TensorCoreTile {
   const wide = Math.ceil(maxTokens / 128) * Math.ceil(rows / 128) >= 96;
@@ -354,8 +361,8 @@ export function chooseTensorCoreTile(rows: number, maxTokens: number): TensorCor
 
 /** Every tile chooseTensorCoreTile returns (device.ts self-tests each). */
 export const TENSOR_CORE_TILES: readonly TensorCoreTile[] = [
-  { am: 4, an: 4, gm: 2, gn: 2, kind: 'staged', ks: 64 },
-  { am: 2, an: 4, gm: 2, gn: 2, kind: 'staged', ks: 64 },
+  { am: 4, an: 4, gm: 2, gn: 2, kind: 'staged', ks: 64, f16Dequant: true },
+  { am: 2, an: 4, gm: 2, gn: 2, kind: 'staged', ks: 64, f16Dequant: true },
 ];
 
 export function tensorCoreTileSize(t: TensorCoreTile): { tokens: number; rows: number } {
@@ -387,6 +394,7 @@ export function matmulTensorCoreWgsl(
   const KP = paddedCols(s.cols);
   const KS = tile.ks, S = KS + 8; // workgroup-memory row stride in halves (16-byte aligned, off the bank period)
   const stagesW = kind !== 'direct', stagesX = kind === 'staged';
+  const f16q4 = stagesW && tile.f16Dequant === true && s.weight.encoding === 'q4';
   if (stagesW && (KP % KS !== 0 || KS % 16 !== 0 || (TN * KS) % (8 * WG) !== 0 || (stagesX && (TM * KS) % (8 * WG) !== 0))) {
     throw new Error(`matmul tensor-core kernel: ks ${KS} does not divide ${KP} columns or the stage`);
   }
@@ -427,10 +435,12 @@ ${stagesX ? loadX('0u') : ''}
   for (var kb = 0u; kb < KP; kb += ${KS}u) {
 ${Array.from({ length: PW }, (_, p) => `    {
       let e = ${e(p)};
-      let sl = w_unraw(rw[${p}]);
       let o = (e / ${S8}u) * ${S}u + (e % ${S8}u) * 8u;
+${f16q4 ? `      let sl = w_unraw16(rw[${p}]);
+      let lo = sl.lo;
+      let hi = sl.hi;` : `      let sl = w_unraw(rw[${p}]);
       let lo = vec4<f16>(sl.lo);
-      let hi = vec4<f16>(sl.hi);
+      let hi = vec4<f16>(sl.hi);`}
       ${store8('ws', 'o', 'lo', 'hi')}
     }`).join('\n')}
 ${Array.from({ length: PX }, (_, p) => `    {
@@ -457,7 +467,7 @@ ${mmaStep(x, { p: '&ws', off: (j) => `(rbl + ${16 * j}u) * ${S}u + kk`, stride: 
   return `enable f16;
 enable chromium_experimental_subgroup_matrix;
 ${byId ? 'enable subgroups;\nrequires subgroup_id;\n' : ''}diagnostic(off, subgroup_uniformity);
-${COMMON}${stagesW ? `${w.code}\n${rawReader(s.weight)}` : `const ROWS = ${s.rows}u;`}
+${COMMON}${stagesW ? `${w.code}\n${rawReader(s.weight)}${f16q4 ? `\n${Q4_UNRAW_F16}` : ''}` : `const ROWS = ${s.rows}u;`}
 const KP = ${KP}u;
 ${stagesW ? w.bindings : '@group(0) @binding(0) var<storage, read> w16: array<f16>;'}
 @group(0) @binding(${nw}) var<storage, read> x16: array<${stagesX ? 'vec4<u32>' : 'f16'}>;
@@ -510,6 +520,25 @@ ${accs
 }
 `;
 }
+
+/**
+ * q4 words to f16 in f16 arithmetic: (nibble | 0x6400) is the f16 1024 + q exactly, minus 1024 is q,
+ * then q * scale + min by one vec2<f16> fma (the f32 path's value rounded to f16 where the fma is
+ * fused). Pair j of a word holds nibbles j and j + 4.
+ */
+const Q4_UNRAW_F16 = `struct Slice16 { lo: vec4<f16>, hi: vec4<f16> }
+fn w_unraw16(raw: vec4<u32>) -> Slice16 {
+  let word = raw.x;
+  let sm = bitcast<vec2<f16>>(raw.y); // (scale, min)
+  let sc = vec2<f16>(sm.x);
+  let mn = vec2<f16>(sm.y);
+  let k = vec2<f16>(1024.0);
+  let p0 = fma(bitcast<vec2<f16>>((word & 0x000f000fu) | 0x64006400u) - k, sc, mn);
+  let p1 = fma(bitcast<vec2<f16>>(((word >> 4u) & 0x000f000fu) | 0x64006400u) - k, sc, mn);
+  let p2 = fma(bitcast<vec2<f16>>(((word >> 8u) & 0x000f000fu) | 0x64006400u) - k, sc, mn);
+  let p3 = fma(bitcast<vec2<f16>>(((word >> 12u) & 0x000f000fu) | 0x64006400u) - k, sc, mn);
+  return Slice16(vec4<f16>(p0.x, p1.x, p2.x, p3.x), vec4<f16>(p0.y, p1.y, p2.y, p3.y));
+}`;
 
 /**
  * w_raw(r, k0): the words W[r, k0 .. k0 + 8) is made of, loaded now and unpacked later by w_unraw
