@@ -69,13 +69,13 @@ test('fused matvec: q4 subgroup workers after the norm prologue, several row gro
       for (const workerWorkgroup of [256, 1024]) {
         const shape: FusedMatvecShape = {
           encoding: 'q4', rows, cols, units: m.units, group: m.group, input: 'norm', epilogue: 'store', bias: false, eps: 1e-5,
-          numHeads: 0, numKvHeads: 0, headDim: 0, rotaryDim: 0, workgroups, workerWorkgroup,
+          numHeads: 0, numKvHeads: 0, headDim: 0, rotaryDim: 0, workgroups, workerWorkgroup, interleaveWorkers: workerWorkgroup === 1024,
         };
         const io: Record<string, GPUBuffer> = { ...m.buffers, X: storage(gpu, x), NW: storage(gpu, nw), Y: storage(gpu, new Float32Array(rows)) };
         const pipeline = gpu.pipeline('fused_matvec_workers_test', { ...shape, ...f }, () => fusedMatvecWgsl(shape, f));
         const bindGroup = gpu.bindGroup('fused_matvec_workers_test', pipeline, fusedMatvecBindings(shape).map((n) => io[n]!));
         await run(gpu, [{ label: 'matvec', pipeline, bindGroup, workgroups: () => [workgroups, 1, 1] }], 1);
-        assertClose(await read(gpu, io.Y!, rows), want, 1e-5, `q4 [${rows}, ${cols}] norm, ${workgroups} workgroups of ${workerWorkgroup} (${name})`);
+        assertClose(await read(gpu, io.Y!, rows), want, 1e-5, `q4 [${rows}, ${cols}] norm, ${workgroups} workgroups of ${workerWorkgroup}${shape.interleaveWorkers ? ', interleaved' : ''} (${name})`);
         for (const b of [io.X!, io.NW!, io.Y!]) b.destroy();
       }
       for (const b of Object.values(m.buffers)) b.destroy();
@@ -112,7 +112,8 @@ test('fused matvec: q4 with int8 activations (dot4I8Packed and its polyfill, nor
       const x = Float32Array.from({ length: cols }, () => (next() * 2 - 1) * (next() < 0.05 ? 20 : 1)); // a few outliers
       const nw = Float32Array.from({ length: cols }, () => 0.5 + next());
       // the norm input with x read once (default, at most 256 units) and twice
-      for (const [input, normOneRead] of [['norm', true], ['norm', false], ['global', true]] as const) {
+      // octets: x (times the norm weight, rmsnorm's scale applied to the sums) quantized by octets of lanes
+      for (const [input, normOneRead, octets] of [['norm', true, false], ['norm', false, false], ['norm', false, true], ['global', true, false], ['global', true, true]] as const) {
         const xin = new Float32Array(cols);
         if (input === 'norm') rmsnorm(x, nw, 1e-5, 1, xin);
         else xin.set(x);
@@ -130,7 +131,7 @@ test('fused matvec: q4 with int8 activations (dot4I8Packed and its polyfill, nor
         }
         const shape: FusedMatvecShape = {
           encoding: 'q4', rows, cols, units: m.units, group: m.group, input, epilogue: 'store', bias: false, eps: 1e-5,
-          numHeads: 0, numKvHeads: 0, headDim: 0, rotaryDim: 0, workgroups, activations: 'int8', normOneRead, xUnitMajor: input === 'global' && unitMajor, unroll: cols === 5120 ? 4 : cols === 320 ? 2 : 1,
+          numHeads: 0, numKvHeads: 0, headDim: 0, rotaryDim: 0, workgroups, activations: 'int8', normOneRead, int8Octets: octets, interleaveWorkers: octets || input === 'global', xUnitMajor: input === 'global' && unitMajor, unroll: cols === 5120 ? 4 : cols === 320 ? 2 : 1,
         };
         // a global x as the producers store it: unit-major (vec4 e of unit k at e * units + k) or in order, zero-padded
         const xg = new Float32Array(m.units * 32);
@@ -140,7 +141,7 @@ test('fused matvec: q4 with int8 activations (dot4I8Packed and its polyfill, nor
         const bindGroup = gpu.bindGroup('fused_matvec_int8_test', pipeline, fusedMatvecBindings(shape).map((n) => io[n]!));
         await run(gpu, [{ label: 'matvec', pipeline, bindGroup, workgroups: () => [workgroups, 1, 1] }], 1);
         const got = await read(gpu, io.Y!, rows);
-        assertClose(got, want, 1e-5, `q4 int8 [${rows}, ${cols}] g${group} ${input}${input === 'norm' && !normOneRead ? ' (x read twice)' : ''}${shape.xUnitMajor ? ' unit-major' : ''} (${packed ? 'dot4I8Packed' : 'polyfill'}) vs the int8-rounded x`);
+        assertClose(got, want, 1e-5, `q4 int8 [${rows}, ${cols}] g${group} ${input}${octets ? ' (octets)' : input === 'norm' && !normOneRead ? ' (x read twice)' : ''}${shape.xUnitMajor ? ' unit-major' : ''}${shape.interleaveWorkers ? ' interleaved' : ''} (${packed ? 'dot4I8Packed' : 'polyfill'}) vs the int8-rounded x`);
         // and how far int8 rounding moves the product from the f32 one (printed; bounded loosely)
         const e = compare(got, exact);
         console.log(`q4 int8 [${rows}, ${cols}] ${input}: relative difference to the f32-x product ${e.rel.toExponential(2)}`);

@@ -70,6 +70,15 @@ export interface FusedDecoderOptions {
    * 'f32' keeps it in f32 (the CPU's numerics: what the token-for-token tests run).
    */
   matvecActivations?: 'int8' | 'f32';
+  /**
+   * The int8 kernels' prologue: 'octets' quantizes x (x * normWeight after a norm, rmsnorm's scale
+   * applied to the finished sums) by octets of lanes, every load at once, one barrier; 'units' one
+   * invocation a unit (after a pass for the sum of squares). Default 'octets' where subgroups have at
+   * least 8 lanes.
+   */
+  int8Prologue?: 'octets' | 'units';
+  /** Subgroup workers: row groups dealt across workgroups first (default true; kernels/fused-matvec.ts firstGroup). */
+  interleaveWorkers?: boolean;
   /** Chunks of keys of the split attention (default: chunks of at most 64 keys; 'split-gqa' and 'split-heads': about 64 keys each, at most 32). */
   attentionSplits?: number;
 }
@@ -252,6 +261,8 @@ export class FusedDecoder {
       workerWorkgroup: Math.min(this.options.workerWorkgroup ?? 256, limits.maxComputeInvocationsPerWorkgroup),
       maxInvocations: Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX),
       activations: int8 ? 'int8' : 'f32',
+      int8Octets: int8 && (this.options.int8Prologue ?? 'octets') === 'octets' && this.gpu.features.subgroupMinSize >= 8,
+      interleaveWorkers: this.options.interleaveWorkers ?? true,
     };
     // measured (bench/kernel-lab.ts, H100): 264 workgroups for layer matrices, 528 for a vocabulary-sized
     // lm_head (phi-4 158 against 179 us, llama-3.2-1b 91 against 121 us); the int8 kernels quantize x
@@ -428,18 +439,20 @@ export class FusedDecoder {
   }
 
   /**
-   * Microseconds each dispatch of one step takes (layer 0's, the head's, argmax's): each is encoded
+   * Microseconds each dispatch of one step takes (layer 0's, the head's, argmax's, and with `sample`
+   * the sampling kernel's): each is encoded
    * `reps` times in one pass, timed to the GPU's finish, median of 3. The cache is left at `length`;
    * activations are overwritten (call reset and prefill again before decoding).
    */
-  async profile(reps = 200): Promise<{ label: string; microseconds: number }[]> {
+  async profile(reps = 200, options: { sample?: boolean } = {}): Promise<{ label: string; microseconds: number }[]> {
     this.stepWords[StepWord.T] = 1;
     this.stepWords[StepWord.pos0] = Math.max(0, this.length - 1);
     this.stepWords[FLAG_TOKEN_FROM_GPU] = 0;
     this.stepWords[ROWS_AT] = this.kv.slot.word;
     this.stepWords[ROWS_AT + 1] = Math.max(0, this.length - 1);
     this.gpu.device.queue.writeBuffer(this.step, 0, this.stepWords);
-    const list = [...this.plan.embedding, ...this.plan.layers[0]!, ...this.plan.head, this.plan.argmax];
+    // with `sample`, the sampling kernel too (it reads the sampling values of the last step written)
+    const list = [...this.plan.embedding, ...this.plan.layers[0]!, ...this.plan.head, this.plan.argmax, ...(options.sample ? [this.plan.sample] : [])];
     const out: { label: string; microseconds: number }[] = [];
     for (const d of list) {
       const times: number[] = [];

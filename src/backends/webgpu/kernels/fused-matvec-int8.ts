@@ -18,7 +18,7 @@
  * down_proj (17920 columns) needs 22.4 KB: `int8Fits` checks the device's limit.
  */
 import { COMMON, f32Literal, header, reductions } from './prelude.js';
-import { blockRow, blocksFor, declarations, epilogue, f16Enable, SG_RPT, type FusedMatvecShape, type MatvecFeatures } from './fused-matvec.js';
+import { blockRow, blocksFor, declarations, epilogue, f16Enable, firstGroup, SG_RPT, type FusedMatvecShape, type MatvecFeatures } from './fused-matvec.js';
 
 const WG = 256;
 
@@ -58,6 +58,73 @@ const NATIVE = /* wgsl */ `
 fn dot4I8(a: u32, b: u32) -> i32 { return dot4I8Packed(a, b); }
 fn pack4xI8_(v: vec4<i32>) -> u32 { return pack4xI8(v); }`;
 
+/**
+ * The octet prologue (`int8Octets`): 8 lanes a unit, lane e of an octet holding vec4 e
+ * of it, so each load instruction reads 4 whole units of x and of the norm weight (the one-invocation-
+ * a-unit prologue reads 32 units' 128-byte rows a lane at a time, and x twice: once for the sum of
+ * squares, once to quantize). x * normWeight is quantized before rmsnorm's scale is known: the scale
+ * 1/rms is one number for the whole row, so it moves neither a block's int8 values nor its scale's
+ * ratio, and it multiplies the finished sums instead (both terms of a unit, d sum(u xq) and
+ * min sum(x), are linear in x). One L2 round trip and one barrier before the first weight load,
+ * instead of two round trips and three barriers. A global x (o_proj, down_proj) is quantized the same
+ * way, all its loads issued at once (down_proj's 448-560 units took 2-3 dependent rounds of loads at
+ * one invocation a unit). The octet's max and sum go through subgroup
+ * shuffles (subgroups of at least 8 lanes: the decoder checks subgroupMinSize).
+ */
+function octetPrologue(s: FusedMatvecShape): string {
+  const sweeps = Math.ceil(s.units / (WG / 8));
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const norm = s.input === 'norm';
+  // a global x as its producer stored it: vec4 e of unit k at e * UNITS + k (unit-major) or k * 8 + e
+  const at = (k: string) => (!norm && s.xUnitMajor ? `e * UNITS + ${k}` : `${k} * 8u + e`);
+  const loads = range(sweeps).map((i) => `let ku${i} = min(${i * (WG / 8)}u + lid / 8u, UNITS - 1u);
+  let x${i} = select(vec4<f32>(0.0), X[${at(`ku${i}`)}], ${i * (WG / 8)}u + lid / 8u < UNITS && (ku${i} * 8u + e) * 4u < COLS);${norm ? `
+  let n${i} = NW[ku${i} * 8u + e];` : ''}`).join('\n  ');
+  const quantize = range(sweeps).map((i) => `{
+    let k = ${i * (WG / 8)}u + lid / 8u;
+    ${norm ? `ss += dot(x${i}, x${i});
+    let v = x${i} * n${i};` : `let v = x${i};`}
+    let av = abs(v);
+    var amax = max(max(av.x, av.y), max(av.z, av.w));
+    var sum = (v.x + v.y) + (v.z + v.w);
+    for (var m = 1u; m < 8u; m <<= 1u) {
+      amax = max(amax, subgroupShuffleXor(amax, m));
+      sum += subgroupShuffleXor(sum, m);
+    }
+    let q = vec4<i32>(round(v * select(0.0, 127.0 / amax, amax > 0.0)));
+    // lanes 2p and 2p + 1 hold columns 8p..8p+7: the even lane packs their even columns, the odd lane the odd ones
+    let nb = subgroupShuffleXor(q, 1u);
+    let qa = select(q, nb, odd);
+    let qb = select(nb, q, odd);
+    let w = select(pack4xI8_(vec4<i32>(qa.x, qa.z, qb.x, qb.z)), pack4xI8_(vec4<i32>(qa.y, qa.w, qb.y, qb.w)), odd);
+    if (k < UNITS) {
+      if (e < 4u) { XQA[k][e] = w; } else { XQB[k][e - 4u] = w; }
+      if (e == 0u) { XD[k] = vec2<f32>(amax / 127.0, sum); }
+    }
+  }`).join('\n  ');
+  if (!norm) {
+    return `// x quantized by octets of lanes (all loads first)
+  let e = lid % 8u;
+  let odd = (e & 1u) == 1u;
+  ${loads}
+  ${quantize}
+  workgroupBarrier();`;
+  }
+  return `// x * normWeight quantized by octets of lanes (all loads first); rmsnorm's scale 1/rms from the sum of
+  // squares each subgroup leaves in SS, applied to the finished sums
+  let e = lid % 8u;
+  let odd = (e & 1u) == 1u;
+  ${loads}
+  var ss = 0.0;
+  ${quantize}
+  let sst = subgroupAdd(ss);
+  if (lane == 0u) { SS[lid / sg_size] = sst; }
+  workgroupBarrier();
+  var total = 0.0;
+  for (var i = 0u; i < ${WG}u / sg_size; i++) { total += SS[i]; }
+  let inv = inverseSqrt(total / f32(COLS) + ${f32Literal(s.eps)});`;
+}
+
 export function int8MatvecWgsl(s: FusedMatvecShape, f: MatvecFeatures): string {
   if (s.encoding !== 'q4' || !f.subgroups) throw new Error('int8 activations: q4 with subgroups only');
   const groups = blocksFor(s, SG_RPT);
@@ -66,7 +133,9 @@ export function int8MatvecWgsl(s: FusedMatvecShape, f: MatvecFeatures): string {
   // norm weight once, for the sum of squares and then the quantization, instead of x twice. Off by
   // default: slower on the H200 (llama-3.2-1b qkv 10.0 against 8.0 µs, phi-4 lm_head 90 against 80;
   // docs/PERFORMANCE.md)
-  const oneRead = norm && s.units <= WG && s.normOneRead === true;
+  const oneRead = norm && s.units <= WG && s.normOneRead === true && s.int8Octets !== true;
+  // `int8Octets` (subgroups of at least 8): octetPrologue below
+  const octets = s.int8Octets === true;
   // vec4 e of unit k of a global x: unit-major where a producer wrote it so
   const xAt = (e: number) => (norm ? `X[k * 8u + ${e}u]` : s.xUnitMajor ? `X[${e}u * UNITS + k]` : `X[k * 8u + ${e}u]`);
   const load = Array.from({ length: 8 }, (_, e) =>
@@ -97,7 +166,7 @@ export function int8MatvecWgsl(s: FusedMatvecShape, f: MatvecFeatures): string {
   const decl = declarations(s).replace(/var<storage, read> X: array<f32>;/, 'var<storage, read> X: array<vec4<f32>>;').replace(/var<storage, read> NW: array<f32>;/, 'var<storage, read> NW: array<vec4<f32>>;');
   return `${header(f)}${f16Enable(s)}diagnostic(off, subgroup_uniformity);
 ${COMMON}
-${norm ? reductions(WG, f) : ''}
+${norm && !octets ? reductions(WG, f) : ''}
 ${f.packedDot ? NATIVE : POLYFILL}
 const ROWS = ${s.rows}u;
 const COLS = ${s.cols}u;
@@ -111,12 +180,14 @@ ${decl}
 var<workgroup> XQA: array<vec4<u32>, ${s.units}>;
 var<workgroup> XQB: array<vec4<u32>, ${s.units}>;
 // (d, sum of x) of unit k
-var<workgroup> XD: array<vec2<f32>, ${s.units}>;
+var<workgroup> XD: array<vec2<f32>, ${s.units}>;${octets && norm ? `
+// each subgroup's sum of squares of x (subgroups of at least 8 lanes)
+var<workgroup> SS: array<f32, ${WG / 8}>;` : ''}
 ${blockRow(s, SG_RPT)}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) lane: u32) {
-  ${oneRead ? `// rmsnorm's scale from the unit each invocation then quantizes (x and the norm weight read once)
+  ${octets ? octetPrologue(s) : oneRead ? `// rmsnorm's scale from the unit each invocation then quantizes (x and the norm weight read once)
   var v: array<vec4<f32>, 8>;
   var nw: array<vec4<f32>, 8>;
   var ss = 0.0;
@@ -131,7 +202,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   for (var k = lid; k < UNITS; k += ${WG}u) {` : norm ? `// rmsnorm's scale: the sum of squares over x (zero past COLS)
   var ss = 0.0;
   for (var i = lid; i < COLS / 4u; i += ${WG}u) { let v = X[i]; ss += dot(v, v); }
-  let inv = inverseSqrt(wg_sum(ss, lid, sg_size) / f32(COLS) + ${f32Literal(s.eps)});` : ''}${oneRead ? '' : `
+  let inv = inverseSqrt(wg_sum(ss, lid, sg_size) / f32(COLS) + ${f32Literal(s.eps)});` : ''}${octets ? '' : `${oneRead ? '' : `
   // x quantized a unit (32 columns) an invocation
   for (var k = lid; k < UNITS; k += ${WG}u) {
     var v: array<vec4<f32>, 8>;
@@ -155,17 +226,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       pack4xI8_(vec4<i32>(q[6].x, q[6].z, q[7].x, q[7].z)), pack4xI8_(vec4<i32>(q[6].y, q[6].w, q[7].y, q[7].w)));
     XD[k] = vec2<f32>(d, sum);
   }
-  workgroupBarrier();
+  workgroupBarrier();`}
   let per = ${WG}u / sg_size;
   let workers = ${s.workgroups}u * per;
-  for (var b = wid.x * per + lid / sg_size; b < NGROUPS; b += workers) {
+  for (var b = ${firstGroup(s)}; b < NGROUPS; b += workers) {
     ${rows.map((j) => `let r${j} = block_row(b, ${j}u).x;`).join('\n    ')}
     var acc = array<f32, ${SG_RPT}>(${rows.map(() => '0.0').join(', ')});
     // hot loop: PASS units a lane, every load issued before any arithmetic
     for (var kb = 0u; kb < UNITS; kb += ${pass}u * sg_size) {
       ${hot}
     }
-    ${rows.map((j) => `let u${j} = subgroupAdd(acc[${j}]);`).join('\n    ')}
+    ${rows.map((j) => `let u${j} = subgroupAdd(acc[${j}])${octets && norm ? ' * inv' : ''};`).join('\n    ')}
     if (lane < ${SG_RPT / 2}u) {
       let t = lane;
       var s0 = u0;

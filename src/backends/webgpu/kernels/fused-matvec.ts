@@ -69,6 +69,14 @@ export interface FusedMatvecShape {
   xUnitMajor?: boolean;
   /** int8 'norm' input of at most 256 units: read x once for the norm and the quantization (default false: measured slower). */
   normOneRead?: boolean;
+  /**
+   * int8: quantize x (a 'norm' input: x * normWeight, rmsnorm's scale applied to the finished sums) by
+   * octets of lanes, every load issued at once, one barrier (fused-matvec-int8.ts, octetPrologue).
+   * Needs subgroups of at least 8 lanes.
+   */
+  int8Octets?: boolean;
+  /** Subgroup workers: row groups dealt across workgroups first (firstGroup). */
+  interleaveWorkers?: boolean;
   /** 'swiglu': write act unit-major for a consumer with these units a row and vec4s a unit (0: in order). */
   actUnits?: number;
   actVecs?: number;
@@ -601,6 +609,17 @@ fn chunk_lo(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.x), unpa
 fn chunk_hi(w: vec4<u32>) -> vec4<f32> { return vec4<f32>(unpack_pair(w.z), unpack_pair(w.w)); }`;
 }
 
+/**
+ * The first row group of a subgroup worker (WGSL). Blocked: workgroup w's workers take groups
+ * w * per .. w * per + per - 1 of each round, so a matrix of fewer groups than workers (o_proj,
+ * down_proj, a round's tail) runs on the first workgroups only (llama-3.2-1b's o_proj: 512 groups, 64
+ * of 264 workgroups, on at most 64 of the H200's 132 SMs). Interleaved (`interleaveWorkers`): worker
+ * i of workgroup w takes group i * workgroups + w, spreading those groups over every workgroup.
+ */
+export function firstGroup(s: FusedMatvecShape): string {
+  return s.interleaveWorkers ? `(lid / sg_size) * ${s.workgroups}u + wid.x` : 'wid.x * per + lid / sg_size';
+}
+
 /** Rows each subgroup worker computes (x loaded once for all); 8 measured slower on the H100 (phi-4 q4 8.49 against 7.59 ms/token). */
 export const SG_RPT = 4;
 
@@ -629,7 +648,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   ${normPrologue(s, wg, xs4)}
   let per = ${wg}u / sg_size;
   let workers = ${s.workgroups}u * per;
-  for (var b = wid.x * per + lid / sg_size; b < NGROUPS; b += workers) {
+  for (var b = ${firstGroup(s)}; b < NGROUPS; b += workers) {
     ${Array.from({ length: SG_RPT }, (_, j) => `let r${j} = block_row(b, ${j}u).x;`).join('\n    ')}
     var acc = array<f32, ${SG_RPT}>(${Array.from({ length: SG_RPT }, () => '0.0').join(', ')});
     // hot loop
