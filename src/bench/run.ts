@@ -26,7 +26,16 @@ export interface BenchOptions {
   seed: number;
   lag: number;
   workgroups?: number;
-  normWorkgroups?: number;
+  /** Workgroups of the norm and int8 matvecs, each run over the same weights (0: the decoder's default). */
+  normWorkgroups?: number[];
+  /** The int8 kernels' norm prologue, each run over the same weights (FusedDecoderOptions.int8Prologue). */
+  int8Prologue?: ('octets' | 'units')[];
+  /** Row groups dealt across workgroups first or not, each run over the same weights (FusedDecoderOptions.interleaveWorkers). */
+  interleave?: boolean[];
+  /** Sampling temperatures, each run over the same weights: 0 greedy (argmax), above 0 sampled on the GPU with top-k 40, top-p 0.95, min-p 0.05. */
+  temperatures?: number[];
+  /** Runs of the whole list of variants (ABAB..., to see the spread within a process). */
+  repeat?: number;
   /** Units a lane loads per pass of the subgroup matvecs, each run over the same weights (0: the decoder's default, as without). */
   unroll?: number[];
   attentionWorkgroup?: number;
@@ -73,6 +82,11 @@ export interface BenchResult {
   attention: DecodeAttentionKind;
   /** Units a lane loads per pass of the subgroup matvecs ('default': the decoder's choice a matrix). */
   unroll: number | 'default';
+  norm_workgroups: number | 'default';
+  int8_prologue: 'octets' | 'units' | 'default';
+  interleave_workers: boolean | 'default';
+  /** 0: greedy (argmax); above 0: sampled on the GPU (top-k 40, top-p 0.95, min-p 0.05). */
+  temperature: number;
   /** With --profile: layer 0's attention dispatches (µs) and the time to read its K and V at the probe's bandwidth. */
   attention_us?: number;
   attention_kv_read_us?: number;
@@ -151,11 +165,34 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
   try {
     const check = o.check > 0 ? await checkPaths(gpu, config, w, prompt, o.check, o.workgroups) : null;
     if (check) o.log(`check (f32 activations): fused vs unfused logits relative difference <= ${check.worst.toExponential(2)} over ${o.check} tokens; greedy continuations ${check.identical ? 'identical' : 'DIFFER'}`);
-    for (const path of o.paths) for (const kvCache of o.kvCaches ?? ['f16']) for (const attentionKind of o.attention ?? ['split']) for (const unroll of o.unroll ?? [0]) {
-      const decoder = new FusedDecoder(gpu, config, w, { path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: o.normWorkgroups, unroll: unroll || undefined, attentionWorkgroup: o.attentionWorkgroup, attention: attentionKind, attentionSplits: o.attentionSplits, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations, kvCache });
+    // every combination of the listed variants, each over the same weights, the list `repeat` times
+    type Variant = { path: DecodePath; kvCache: 'f16' | 'f32'; attentionKind: DecodeAttentionKind; unroll: number; normWorkgroups: number; prologue?: 'octets' | 'units'; interleave?: boolean; temperature: number };
+    let variants: Variant[] = [{ path: o.paths[0]!, kvCache: 'f16', attentionKind: 'split', unroll: 0, normWorkgroups: 0, temperature: 0 }];
+    const each = <K extends keyof Variant>(key: K, values: Variant[K][] | undefined) => {
+      if (values && values.length > 0) variants = variants.flatMap((v) => values.map((x) => ({ ...v, [key]: x })));
+    };
+    each('path', o.paths);
+    each('kvCache', o.kvCaches);
+    each('attentionKind', o.attention);
+    each('unroll', o.unroll);
+    each('normWorkgroups', o.normWorkgroups);
+    each('prologue', o.int8Prologue);
+    each('interleave', o.interleave);
+    each('temperature', o.temperatures);
+    variants = Array.from({ length: Math.max(1, o.repeat ?? 1) }, () => variants).flat();
+    for (const { path, kvCache, attentionKind, unroll, normWorkgroups, prologue, interleave, temperature } of variants) {
+      const decoder = new FusedDecoder(gpu, config, w, {
+        path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: normWorkgroups || undefined, unroll: unroll || undefined, attentionWorkgroup: o.attentionWorkgroup,
+        attention: attentionKind, attentionSplits: o.attentionSplits, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations, kvCache, int8Prologue: prologue, interleaveWorkers: interleave,
+      });
+      const variantName = `${kvCache} KV, ${attentionKind} attention, unroll ${unroll || 'default'}, norm workgroups ${normWorkgroups || 'default'}, prologue ${prologue ?? 'default'}, interleave ${interleave ?? 'default'}, ${temperature > 0 ? `sampled at temperature ${temperature}` : 'greedy'}`;
+      // seeded uniform draws for the sampled runs
+      let draws = o.seed || 1;
+      const sampling = temperature > 0 ? { temperature, topK: 40, topP: 0.95, minP: 0.05 } : undefined;
+      const random = () => ((draws = (Math.imul(draws, 1103515245) + 12345) >>> 0) >>> 8) / 2 ** 24;
       try {
         // warm-up: pipelines, caches, clocks
-        await decoder.generate(prompt.slice(0, 8), { maxTokens: 8, lag: o.lag });
+        await decoder.generate(prompt.slice(0, 8), { maxTokens: 8, lag: o.lag, sampling, random });
         decoder.reset();
         const p0 = performance.now();
         if (o.skipPrefill) decoder.advance(o.context - 1);
@@ -163,12 +200,12 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
         const prefillSeconds = o.skipPrefill ? Infinity : (performance.now() - p0) / 1000;
         const kvBytes = kvCache === 'f32' ? 4 : 2;
         const arrivals: number[] = [];
-        await decoder.generate(prompt.slice(o.context - 1, o.context), { maxTokens: o.tokens + 1, lag: o.lag, onToken: () => (arrivals.push(performance.now()), false) });
+        await decoder.generate(prompt.slice(o.context - 1, o.context), { maxTokens: o.tokens + 1, lag: o.lag, sampling, random, onToken: () => (arrivals.push(performance.now()), false) });
         let attention: { us: number; kvReadUs: number } | null = null;
         if (o.profile) {
           // after the timed decode (the cache holds context + tokens positions; profile overwrites the activations)
-          const rows = await decoder.profile();
-          o.log(`${path} ${kvCache} KV ${attentionKind} attention unroll ${unroll || 'default'} profile at position ${decoder.length - 1} (µs per dispatch): ${rows.map((r) => `${r.label} ${r.microseconds.toFixed(1)}`).join(', ')}`);
+          const rows = await decoder.profile(200, { sample: temperature > 0 });
+          o.log(`${path} ${variantName} profile at position ${decoder.length - 1} (µs per dispatch): ${rows.map((r) => `${r.label} ${r.microseconds.toFixed(1)}`).join(', ')}`);
           // layer 0's attention against reading its keys and values once at the probe's bandwidth
           const us = rows.filter((r) => r.label.startsWith('attention')).reduce((a, r) => a + r.microseconds, 0);
           const bytes = 2 * decoder.length * config.numKvHeads * config.headDim * kvBytes;
@@ -197,6 +234,10 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
           kv_cache: kvCache,
           attention: attentionKind,
           unroll: unroll || 'default',
+          norm_workgroups: normWorkgroups || 'default',
+          int8_prologue: prologue ?? 'default',
+          interleave_workers: interleave ?? 'default',
+          temperature,
           ...(attention ? { attention_us: attention.us, attention_kv_read_us: attention.kvReadUs } : {}),
           achieved_gbps: achieved,
           measured_read_gbps: bw.medianGbps,
@@ -209,7 +250,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
           ...(check ? { check_max_rel_diff: check.worst, check_greedy_identical: check.identical } : {}),
         };
         o.log(
-          `${path} (${kvCache} KV, ${attentionKind} attention, unroll ${unroll || 'default'}): decode ${r.decode_ms_per_token.toFixed(3)} ms/token (${tps.toFixed(1)} tok/s), ${achieved.toFixed(0)} GB/s = ${(100 * r.bandwidth_fraction).toFixed(1)}% of measured; ` +
+          `${path} (${variantName}): decode ${r.decode_ms_per_token.toFixed(3)} ms/token (${tps.toFixed(1)} tok/s), ${achieved.toFixed(0)} GB/s = ${(100 * r.bandwidth_fraction).toFixed(1)}% of measured; ` +
             `prefill ${r.prefill_tokens_per_second.toFixed(1)} tok/s; ${r.dispatches_per_token} dispatches/token (${r.dispatches_per_layer}/layer)`,
         );
         results.push(r);

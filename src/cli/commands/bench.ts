@@ -34,8 +34,19 @@ function parseAttentionKinds(value: string): DecodeAttentionKind[] {
 }
 import { action, parseFloatOption, parseIntOption } from '../common.js';
 
+/** A comma-separated list of values, each checked by `one`. */
+function listOf<T>(flag: string, one: (t: string) => T | undefined, what: string): (value: string) => T[] {
+  return (value) => value.split(',').map((v) => {
+    const x = one(v.trim());
+    if (x === undefined) throw new InvalidArgumentError(`${flag}: '${v.trim()}' is not ${what}`);
+    return x;
+  });
+}
+const wholeNumber = (t: string) => (/^\d+$/.test(t) ? Number(t) : undefined);
+
 /** The CLI's flags: the bench's options, with one --path instead of a list and the probe in MiB. */
-type BenchFlags = Omit<BenchOptions, 'paths' | 'probeBytes' | 'log' | 'profile' | 'kvCaches'> & {
+type BenchFlags = Omit<BenchOptions, 'paths' | 'probeBytes' | 'log' | 'profile' | 'kvCaches' | 'temperatures'> & {
+  temperature?: number[];
   kvCache: 'f16' | 'f32' | 'both';
   path: 'fused' | 'unfused' | 'both';
   probeMib: number;
@@ -66,7 +77,11 @@ export function benchCommand(): Command {
     .option('--seed <n>', 'seed of the random weights', parseIntOption('--seed'), 1)
     .option('--lag <n>', 'steps the CPU runs ahead of the ids it has read', parseIntOption('--lag'), 8)
     .option('--workgroups <n>', 'workgroups per matvec dispatch', parseIntOption('--workgroups'))
-    .option('--norm-workgroups <n>', 'workgroups per matvec that normalises x first', parseIntOption('--norm-workgroups'))
+    .option('--norm-workgroups <n>', "workgroups per matvec that normalises x first (and per int8 matvec); a comma-separated list runs each over the same weights ('default' or 0: the decoder's)", listOf('--norm-workgroups', (t) => (t === 'default' ? 0 : wholeNumber(t)), "'default' or a whole number"))
+    .option('--int8-prologue <kinds>', "the int8 kernels' norm prologue: octets (x * norm weight quantized by octets of lanes, the scale applied to the sums) or units (one invocation a unit); a comma-separated list runs each", listOf('--int8-prologue', (t) => (t === 'octets' || t === 'units' ? t : undefined), 'octets or units'))
+    .option('--interleave <list>', 'subgroup matvecs: row groups dealt across workgroups first (on) or a workgroup\'s workers on consecutive groups (off); a comma-separated list runs each', listOf('--interleave', (t) => (t === 'on' ? true : t === 'off' ? false : undefined), 'on or off'))
+    .option('--temperature <list>', 'sampling temperature of the decode: 0 greedy (argmax), above 0 sampled on the GPU with top-k 40, top-p 0.95, min-p 0.05; a comma-separated list runs each', listOf('--temperature', (t) => (Number.isFinite(Number(t)) && Number(t) >= 0 ? Number(t) : undefined), 'a number >= 0'))
+    .option('--repeat <n>', 'runs of the whole list of variants (ABAB: the spread within a process)', parseIntOption('--repeat'), 1)
     .option('--worker-workgroup <n>', 'invocations a workgroup of the matvecs that normalise x first (256, 512 or 1024)', parseIntOption('--worker-workgroup'))
     .option('--skip-prefill', 'take the context as already in the KV cache (zeros) instead of prefilling it a step each: decode and attention figures at long contexts without the prefill time (prefill tok/s then 0)')
     .option('--unroll <n>', "units each lane loads per pass (subgroup matvecs); a comma-separated list runs each over the same weights ('default' or 0: the decoder's choice a matrix)", parseUnrolls)
@@ -106,7 +121,7 @@ export function benchCommand(): Command {
           const results = await runBench(gpu, {
             shape: f.shape, encoding: f.encoding, group: f.group, tile: f.tile, density: f.density, bitmap: f.bitmap, context: f.context,
             tokens: f.tokens, paths: f.path === 'both' ? ['fused', 'unfused'] : [f.path], seed: f.seed, lag: f.lag,
-            workgroups: f.workgroups, normWorkgroups: f.normWorkgroups, unroll: f.unroll, attentionWorkgroup: f.attentionWorkgroup, attention: f.attention, attentionSplits: f.attentionSplits, workerWorkgroup: f.workerWorkgroup, activations: f.activations, kvCaches: f.kvCache === 'both' ? ['f16', 'f32'] : [f.kvCache], check: f.check, skipPrefill: f.skipPrefill, profile: f.profile, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
+            workgroups: f.workgroups, normWorkgroups: f.normWorkgroups, int8Prologue: f.int8Prologue, interleave: f.interleave, temperatures: f.temperature, repeat: f.repeat, unroll: f.unroll, attentionWorkgroup: f.attentionWorkgroup, attention: f.attention, attentionSplits: f.attentionSplits, workerWorkgroup: f.workerWorkgroup, activations: f.activations, kvCaches: f.kvCache === 'both' ? ['f16', 'f32'] : [f.kvCache], check: f.check, skipPrefill: f.skipPrefill, profile: f.profile, probeBytes: f.probeMib * 2 ** 20, log: (line) => process.stderr.write(`${line}\n`),
           });
           if (f.json) process.stdout.write(`${JSON.stringify(results.length > 1 ? { ...results[0], compared_with: results.slice(1) } : results[0])}\n`);
           else {
