@@ -18,7 +18,7 @@ import { f32Literal, grid } from './kernels/prelude.js';
 import { embeddingUpgWgsl, matmulUpgWgsl } from './kernels/matmul-upg.js';
 import { rmsnormWgsl, type RmsnormShape } from './kernels/rmsnorm.js';
 import { ropeKvWgsl, type RopeShape } from './kernels/rope.js';
-import { ARGMAX_PARTS, argmaxPartsWgsl, argmaxWgsl, sampleWgsl } from './kernels/sample.js';
+import { ARGMAX_PARTS, argmaxPartsWgsl, argmaxWgsl, sampleWgsl, sampleWorkgroupSize } from './kernels/sample.js';
 import { swigluF16Wgsl, swigluWgsl } from './kernels/swiglu.js';
 import { TOKEN_MASK_WG, tokenMaskWgsl } from './kernels/token-mask.js';
 import type { GpuMatrix } from './weights.js';
@@ -344,7 +344,8 @@ export function chooseRowsOp(gpu: Gpu, vocab: number, maxRows: number, logits: G
   need(parts, maxRows * ARGMAX_PARTS * 2, 'choose rows argmax parts');
   const f = { subgroups: gpu.subgroups };
   const first = gpu.pipeline('argmax_parts', { vocab }, () => argmaxPartsWgsl(vocab));
-  const pipeline = gpu.pipeline('sample', { vocab, rows: true, ...f }, () => sampleWgsl(vocab, f, true));
+  const wg = sampleWorkgroupSize(gpu.device.limits);
+  const pipeline = gpu.pipeline('sample', { vocab, rows: true, wg, ...f }, () => sampleWgsl(vocab, f, true, wg));
   return [
     { label: 'argmax_parts', pipeline: first, bindGroup: gpu.bindGroup('argmax_parts', first, [logits, parts]), workgroups: (T: number) => [ARGMAX_PARTS, T, 1] },
     { label: 'choose_rows', pipeline, bindGroup: gpu.bindGroup('sample', pipeline, [logits, out, params, parts]), workgroups: (T: number) => [T, 1, 1] },
@@ -430,6 +431,7 @@ export function normQuantizeRowsOp(gpu: Gpu, hidden: number, eps: number, maxRow
 export function sampleOp(gpu: Gpu, vocab: number, logits: GPUBuffer, out: GPUBuffer, step: GPUBuffer): Dispatch {
   need(logits, vocab, 'sample');
   const f = { subgroups: gpu.subgroups };
-  const pipeline = gpu.pipeline('sample', { vocab, ...f }, () => sampleWgsl(vocab, f));
+  const wg = sampleWorkgroupSize(gpu.device.limits);
+  const pipeline = gpu.pipeline('sample', { vocab, wg, ...f }, () => sampleWgsl(vocab, f, false, wg));
   return { label: 'sample', pipeline, bindGroup: gpu.bindGroup('sample', pipeline, [logits, out, step]), workgroups: () => [1, 1, 1] };
 }
