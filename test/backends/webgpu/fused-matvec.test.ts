@@ -112,8 +112,8 @@ test('fused matvec: q4 with int8 activations (dot4I8Packed and its polyfill, nor
       const x = Float32Array.from({ length: cols }, () => (next() * 2 - 1) * (next() < 0.05 ? 20 : 1)); // a few outliers
       const nw = Float32Array.from({ length: cols }, () => 0.5 + next());
       // the norm input with x read once (default, at most 256 units) and twice
-      // octets: x (times the norm weight, rmsnorm's scale applied to the sums) quantized by octets of lanes
-      for (const [input, normOneRead, octets] of [['norm', true, false], ['norm', false, false], ['norm', false, true], ['global', true, false], ['global', true, true]] as const) {
+      // octets: x * the norm weight quantized by octets of lanes, rmsnorm's scale applied to the sums
+      for (const [input, normOneRead, octets] of [['norm', true, false], ['norm', false, false], ['norm', false, true], ['global', true, false]] as const) {
         const xin = new Float32Array(cols);
         if (input === 'norm') rmsnorm(x, nw, 1e-5, 1, xin);
         else xin.set(x);

@@ -71,10 +71,10 @@ export interface FusedDecoderOptions {
    */
   matvecActivations?: 'int8' | 'f32';
   /**
-   * The int8 kernels' prologue: 'octets' quantizes x (x * normWeight after a norm, rmsnorm's scale
-   * applied to the finished sums) by octets of lanes, every load at once, one barrier; 'units' one
-   * invocation a unit (after a pass for the sum of squares). Default 'octets' where subgroups have at
-   * least 8 lanes.
+   * The int8 kernels' norm prologue: 'octets' quantizes x * normWeight by octets of lanes (coalesced,
+   * x read once, one barrier) and applies rmsnorm's scale to the finished sums; 'units' one invocation
+   * a unit after a pass for the sum of squares. Default 'octets' where subgroups have at least 8 lanes
+   * (the kernels with a global x keep one invocation a unit: octets measured slower there).
    */
   int8Prologue?: 'octets' | 'units';
   /** Subgroup workers: row groups dealt across workgroups first (default true; kernels/fused-matvec.ts firstGroup). */
@@ -261,7 +261,7 @@ export class FusedDecoder {
       workerWorkgroup: Math.min(this.options.workerWorkgroup ?? 256, limits.maxComputeInvocationsPerWorkgroup),
       maxInvocations: Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX),
       activations: int8 ? 'int8' : 'f32',
-      int8Octets: int8 && (this.options.int8Prologue ?? 'octets') === 'octets' && this.gpu.features.subgroupMinSize >= 8,
+      int8Octets: int8 && s.input === 'norm' && (this.options.int8Prologue ?? 'octets') === 'octets' && this.gpu.features.subgroupMinSize >= 8,
       interleaveWorkers: this.options.interleaveWorkers ?? true,
     };
     // measured (bench/kernel-lab.ts, H100): 264 workgroups for layer matrices, 528 for a vocabulary-sized

@@ -59,31 +59,29 @@ fn dot4I8(a: u32, b: u32) -> i32 { return dot4I8Packed(a, b); }
 fn pack4xI8_(v: vec4<i32>) -> u32 { return pack4xI8(v); }`;
 
 /**
- * The octet prologue (`int8Octets`): 8 lanes a unit, lane e of an octet holding vec4 e
+ * The octet prologue of a norm input (`int8Octets`): 8 lanes a unit, lane e of an octet holding vec4 e
  * of it, so each load instruction reads 4 whole units of x and of the norm weight (the one-invocation-
  * a-unit prologue reads 32 units' 128-byte rows a lane at a time, and x twice: once for the sum of
  * squares, once to quantize). x * normWeight is quantized before rmsnorm's scale is known: the scale
  * 1/rms is one number for the whole row, so it moves neither a block's int8 values nor its scale's
  * ratio, and it multiplies the finished sums instead (both terms of a unit, d sum(u xq) and
  * min sum(x), are linear in x). One L2 round trip and one barrier before the first weight load,
- * instead of two round trips and three barriers. A global x (o_proj, down_proj) is quantized the same
- * way, all its loads issued at once (down_proj's 448-560 units took 2-3 dependent rounds of loads at
- * one invocation a unit). The octet's max and sum go through subgroup
- * shuffles (subgroups of at least 8 lanes: the decoder checks subgroupMinSize).
+ * instead of two round trips and three barriers. The octet's max and sum go through subgroup
+ * shuffles (subgroups of at least 8 lanes: the decoder checks subgroupMinSize). Not for a global x
+ * (o_proj, down_proj): the same octets there, every load issued at once, measured slower on the H100
+ * (phi-4 down_proj 33.2 against 27.0 µs, o_proj 9.9 against 8.3; llama-3.2-1b down_proj 12.3 against
+ * 8.4: docs/PERFORMANCE.md).
  */
 function octetPrologue(s: FusedMatvecShape): string {
   const sweeps = Math.ceil(s.units / (WG / 8));
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-  const norm = s.input === 'norm';
-  // a global x as its producer stored it: vec4 e of unit k at e * UNITS + k (unit-major) or k * 8 + e
-  const at = (k: string) => (!norm && s.xUnitMajor ? `e * UNITS + ${k}` : `${k} * 8u + e`);
-  const loads = range(sweeps).map((i) => `let ku${i} = min(${i * (WG / 8)}u + lid / 8u, UNITS - 1u);
-  let x${i} = select(vec4<f32>(0.0), X[${at(`ku${i}`)}], ${i * (WG / 8)}u + lid / 8u < UNITS && (ku${i} * 8u + e) * 4u < COLS);${norm ? `
-  let n${i} = NW[ku${i} * 8u + e];` : ''}`).join('\n  ');
+  const loads = range(sweeps).map((i) => `let kx${i} = min(${i * (WG / 8)}u + lid / 8u, UNITS - 1u) * 8u + e;
+  let x${i} = select(vec4<f32>(0.0), X[kx${i}], ${i * (WG / 8)}u + lid / 8u < UNITS && kx${i} * 4u < COLS);
+  let n${i} = NW[kx${i}];`).join('\n  ');
   const quantize = range(sweeps).map((i) => `{
     let k = ${i * (WG / 8)}u + lid / 8u;
-    ${norm ? `ss += dot(x${i}, x${i});
-    let v = x${i} * n${i};` : `let v = x${i};`}
+    ss += dot(x${i}, x${i});
+    let v = x${i} * n${i};
     let av = abs(v);
     var amax = max(max(av.x, av.y), max(av.z, av.w));
     var sum = (v.x + v.y) + (v.z + v.w);
@@ -102,14 +100,6 @@ function octetPrologue(s: FusedMatvecShape): string {
       if (e == 0u) { XD[k] = vec2<f32>(amax / 127.0, sum); }
     }
   }`).join('\n  ');
-  if (!norm) {
-    return `// x quantized by octets of lanes (all loads first)
-  let e = lid % 8u;
-  let odd = (e & 1u) == 1u;
-  ${loads}
-  ${quantize}
-  workgroupBarrier();`;
-  }
   return `// x * normWeight quantized by octets of lanes (all loads first); rmsnorm's scale 1/rms from the sum of
   // squares each subgroup leaves in SS, applied to the finished sums
   let e = lid % 8u;
@@ -134,8 +124,8 @@ export function int8MatvecWgsl(s: FusedMatvecShape, f: MatvecFeatures): string {
   // default: slower on the H200 (llama-3.2-1b qkv 10.0 against 8.0 µs, phi-4 lm_head 90 against 80;
   // docs/PERFORMANCE.md)
   const oneRead = norm && s.units <= WG && s.normOneRead === true && s.int8Octets !== true;
-  // `int8Octets` (subgroups of at least 8): octetPrologue below
-  const octets = s.int8Octets === true;
+  // `int8Octets` (a norm input, subgroups of at least 8): octetPrologue below
+  const octets = norm && s.int8Octets === true;
   // vec4 e of unit k of a global x: unit-major where a producer wrote it so
   const xAt = (e: number) => (norm ? `X[k * 8u + ${e}u]` : s.xUnitMajor ? `X[${e}u * UNITS + k]` : `X[k * 8u + ${e}u]`);
   const load = Array.from({ length: 8 }, (_, e) =>
@@ -180,7 +170,7 @@ ${decl}
 var<workgroup> XQA: array<vec4<u32>, ${s.units}>;
 var<workgroup> XQB: array<vec4<u32>, ${s.units}>;
 // (d, sum of x) of unit k
-var<workgroup> XD: array<vec2<f32>, ${s.units}>;${octets && norm ? `
+var<workgroup> XD: array<vec2<f32>, ${s.units}>;${octets ? `
 // each subgroup's sum of squares of x (subgroups of at least 8 lanes)
 var<workgroup> SS: array<f32, ${WG / 8}>;` : ''}
 ${blockRow(s, SG_RPT)}
@@ -236,7 +226,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var kb = 0u; kb < UNITS; kb += ${pass}u * sg_size) {
       ${hot}
     }
-    ${rows.map((j) => `let u${j} = subgroupAdd(acc[${j}])${octets && norm ? ' * inv' : ''};`).join('\n    ')}
+    ${rows.map((j) => `let u${j} = subgroupAdd(acc[${j}])${octets ? ' * inv' : ''};`).join('\n    ')}
     if (lane < ${SG_RPT / 2}u) {
       let t = lane;
       var s0 = u0;

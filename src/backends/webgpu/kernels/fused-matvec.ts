@@ -70,9 +70,9 @@ export interface FusedMatvecShape {
   /** int8 'norm' input of at most 256 units: read x once for the norm and the quantization (default false: measured slower). */
   normOneRead?: boolean;
   /**
-   * int8: quantize x (a 'norm' input: x * normWeight, rmsnorm's scale applied to the finished sums) by
-   * octets of lanes, every load issued at once, one barrier (fused-matvec-int8.ts, octetPrologue).
-   * Needs subgroups of at least 8 lanes.
+   * int8 'norm' input: quantize x * normWeight by octets of lanes (coalesced, x read once, one barrier)
+   * and apply rmsnorm's scale to the finished sums (fused-matvec-int8.ts, octetPrologue). Needs
+   * subgroups of at least 8 lanes.
    */
   int8Octets?: boolean;
   /** Subgroup workers: row groups dealt across workgroups first (firstGroup). */
