@@ -5,14 +5,17 @@
  * per setting of the batched q4 kernel (rows a pass NB, output rows a subgroup RPS) and per B, the ms
  * a step and the aggregate tok/s, beside the fused decoder's single-stream rate in the same process
  * (the best one-stream path); `--kernels tiled` puts the prefill's matrix-matrix kernels in the
- * products instead; with --profile, each dispatch of a decode-row pass (layer 0, head).
+ * products instead, `tc` the batched tensor-core products (kernels/batched-tensor-core.ts; `tc-KS-WARPS`
+ * with columns a stage and the subgroups a dispatch aims at); with --profile, each dispatch of a
+ * decode-row pass (layer 0, head).
  * A program, not a test: figures go to docs/PERFORMANCE.md.
- *   node bench/batched-step.js [--shape llama-3.1-8b] [--batches 1,8,32] [--kernels 8x2,16x2] [--steps 16]
+ *   node bench/batched-step.js [--shape llama-3.1-8b] [--batches 1,8,32] [--kernels 8x2,tc,tc-128-4096] [--steps 16]
  *     [--context 512] [--prompt 32] [--profile 1,32] [--fused-tokens 128] [--kv-slots N]
  */
 import { parseArgs } from 'node:util';
 import { Gpu } from '../src/backends/webgpu/device.js';
 import { WebGpuEngine } from '../src/backends/webgpu/engine.js';
+import { defaultTensorCoreSplit } from '../src/backends/webgpu/batched-products.js';
 import { FusedDecoder } from '../src/backends/webgpu/fused/decoder.js';
 import { engineWeightsOfFused } from '../src/backends/webgpu/fused/engine-weights.js';
 import { BENCH_SHAPES, benchConfig, SyntheticWeights } from '../src/bench/synthetic.js';
@@ -45,6 +48,7 @@ const t0 = performance.now();
 const fused = await new SyntheticWeights(gpu, { encoding: 'q4', group: 64, tile: 64, density: 0.5, seed: 1 }).model(config);
 console.log(`weights: ${values.shape} q4 g64, ${(fused.bytes / 1e9).toFixed(2)} GB (made in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
 const engine = await WebGpuEngine.overGpuWeights(gpu, config, engineWeightsOfFused(fused), { contextLength: context, batchedStep: true, kvSlots: Number(values['kv-slots'] ?? Math.max(...batches) + 2) });
+console.log(`batched products: ${engine.batchProducts} (self-test: ${gpu.features.selfTests['batched products (subgroup matrix)'] ?? 'not run'})`);
 const prompt = (b: number) => Array.from({ length: promptTokens }, (_, i) => (b * 7919 + i * 104729) % config.vocabSize);
 
 // the fused decoder alone (one stream), over a slot of the same cache
@@ -64,9 +68,14 @@ const prompt = (b: number) => Array.from({ length: promptTokens }, (_, i) => (b 
 
 const results: { kernel: string; B: number; msPerStep: number; tokPerS: number }[] = [];
 for (const k of values.kernels!.split(',')) {
-  // NBxRPS: the batched q4 products; 'tiled': the prefill's matrix-matrix kernels
-  const [nb, rps] = k === 'tiled' ? [8, 2] : (k.split('x').map(Number) as [number, number]);
-  engine.setBatchKernel(nb, rps, k === 'tiled' ? 'tiled' : 'matvec');
+  // NBxRPS: the batched q4 products; 'tiled': the prefill's matrix-matrix kernels; 'tc[-KS-WARPS]': the tensor-core products
+  const tc = /^tc(?:-(\d+)-(\d+))?$/.exec(k);
+  if (tc && engine.batchProducts !== 'tensor-core' && !process.env.PDVM_BATCH_PRODUCTS) {
+    console.log(`kernel ${k}: skipped, the tensor-core products are off here (${gpu.features.selfTests['batched products (subgroup matrix)']})`);
+    continue;
+  }
+  const [nb, rps] = k === 'tiled' || tc ? [8, 2] : (k.split('x').map(Number) as [number, number]);
+  engine.setBatchKernel(nb, rps, k === 'tiled' ? 'tiled' : tc ? 'tensor-core' : 'matvec', tc ? (tc[1] ? { ks: Number(tc[1]), warps: Number(tc[2]) } : defaultTensorCoreSplit()) : undefined);
   for (const B of batches) {
     const seqs: Sequence[] = Array.from({ length: B }, () => engine.createSequence());
     let ids = (await engine.step!(seqs.map((seq, b) => ({ seq, tokens: prompt(b), logits: true, choose: { sampling: GREEDY, random: 0 } })))) as number[];
@@ -78,7 +87,7 @@ for (const k of values.kernels!.split(',')) {
     for (let i = 0; i < steps; i++) await decode();
     const ms = (performance.now() - s0) / steps;
     results.push({ kernel: k, B, msPerStep: ms, tokPerS: (B * 1000) / ms });
-    console.log(`kernel NB x RPS ${k}, B ${B}: ${ms.toFixed(2)} ms a step = ${((B * 1000) / ms).toFixed(1)} tok/s (KV buffer groups ${engine.kv.groups.length})`);
+    console.log(`kernel ${k}, B ${B}: ${ms.toFixed(2)} ms a step = ${((B * 1000) / ms).toFixed(1)} tok/s (KV buffer groups ${engine.kv.groups.length})`);
     if (values.profile!.split(',').map(Number).includes(B)) {
       const p = await engine.profileDecodeRows(seqs);
       console.log(`  profile (µs a dispatch: embedding, layer 0, head, choice): ${p.map((d) => `${d.label} ${d.microseconds.toFixed(1)}`).join(', ')}`);

@@ -31,6 +31,7 @@ import { paddedCols } from './kernels/matmul-tiled.js';
 import { argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, embeddingOp, matmulOp, normQuantizeRowsOp, prefillKernel, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type MatmulIo } from './ops.js';
 import { gpuWeightBytes, uploadVector, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
 import { guardAllocation, uploadModelWeights } from './upload.js';
+import { batchedTensorCoreOp, defaultTensorCoreSplit, normX16Op, selfTestBatchedTensorCore, swigluX16Op, x16Bytes, x16Op, type TensorCoreSplit } from './batched-products.js';
 import { rowsAt, stepWords, writeRows, type KvLayout } from './kernels/kv.js';
 import { ARGMAX_PARTS } from './kernels/sample.js';
 import { attentionSplits, decodeAttentionPartGqaWgsl, decodeAttentionPartWgsl, decodeCombineWgsl, gqaPartWorkgroupBytes, splitAttentionFits, type SplitAttentionShape } from './kernels/fused-attention.js';
@@ -61,6 +62,15 @@ export interface WebGpuEngineOptions extends GpuOptions, UploadOptions {
    * rows reads the weights once per this many.
    */
   batchRows?: number;
+  /**
+   * The batched step's q4 products: 'tensor-core' (kernels/batched-tensor-core.ts: f16 subgroup
+   * matrices, 32 rows of x a pass over the weights) where the device has self-tested f16 subgroup
+   * matrices and that kernel's own self-test passes, else 'matvec' (kernels/batched-matvec.ts);
+   * 'tiled' puts the prefill's matrix-matrix kernels there (measurements). The choice is the
+   * device's, never the step's: a row's arithmetic does not depend on how many rows share the step.
+   * Default: PDVM_BATCH_PRODUCTS in the environment, else 'tensor-core' where it passes.
+   */
+  batchProducts?: 'tensor-core' | 'matvec' | 'tiled';
   /**
    * Prompt attention in tiles of queries x keys (kernels/attention.ts attentionTiledWgsl). Default: on,
    * except on software adapters (lavapipe, SwiftShader), where LLVM takes minutes to compile the
@@ -269,11 +279,15 @@ export class WebGpuEngine implements Engine {
   /** Output rows a subgroup of the batched q4 products (PDVM_BATCH_RPS; default 2). */
   batchRowsPerSubgroup = 2;
   /**
-   * The decode-row plan's products: 'matvec' (default; kernels/batched-matvec.ts for q4) or 'tiled'
-   * (the prefill's matrix-matrix kernels, tensor cores where self-tested: PDVM_BATCH_PRODUCTS=tiled,
-   * for measuring them at small T).
+   * The decode-row plan's products (WebGpuEngineOptions.batchProducts): 'tensor-core'
+   * (kernels/batched-tensor-core.ts, where self-tested), 'matvec' (kernels/batched-matvec.ts for q4)
+   * or 'tiled' (the prefill's matrix-matrix kernels, for measuring them at small T).
    */
-  batchProducts: 'matvec' | 'tiled' = 'matvec';
+  batchProducts: 'tensor-core' | 'matvec' | 'tiled' = 'matvec';
+  /** The tensor-core products' stage split (PDVM_TC_KS, PDVM_TC_WARPS). */
+  batchTensorCoreSplit: TensorCoreSplit = defaultTensorCoreSplit();
+  /** Why the batched step's products are not on the tensor cores (the self-test's outcome), or null. */
+  batchProductsNotice: string | null = null;
   /** Word of the step buffer where the row table starts. */
   private readonly rowsAt: number;
   private queue: Promise<unknown> = Promise.resolve();
@@ -376,7 +390,7 @@ export class WebGpuEngine implements Engine {
       engine.matvecActivations = options.matvecActivations ?? 'int8';
       engine.batchRows = Math.max(1, Math.min(32, Math.floor(options.batchRows ?? Number(envVar('PDVM_BATCH_NB') ?? 8))));
       engine.batchRowsPerSubgroup = Math.max(1, Math.min(8, Math.floor(Number(envVar('PDVM_BATCH_RPS') ?? 2))));
-      engine.batchProducts = envVar('PDVM_BATCH_PRODUCTS') === 'tiled' ? 'tiled' : 'matvec';
+      if (options.batchedStep) await engine.chooseBatchProducts(options.batchProducts);
       engine.spare = spare;
       return engine;
     } catch (e) {
@@ -400,10 +414,29 @@ export class WebGpuEngine implements Engine {
     const kv = new KvCache(gpu, { numLayers: c.numLayers, kvDim: c.numKvHeads * c.headDim, contextLength: ctx, dtype: options.kvCache ?? 'f16' });
     await gpu.allocating(`a KV cache of ${ctx} positions`, hint, () => guardAllocation(hint, () => kv.grow(Math.max(1, options.kvSlots ?? 1))));
     const engine = new WebGpuEngine(c, ctx, gpu, false, weights, activations, chunk, null, undefined, kv, !SOFTWARE_ADAPTER.test(gpu.adapterDescription), options.batchedStep ?? false);
+    if (options.batchedStep) await engine.chooseBatchProducts();
     const spare = new WebGpuSequence(kv);
     spare.slot = kv.acquire();
     engine.spare = spare;
     return engine;
+  }
+
+  /**
+   * The batched step's products (WebGpuEngineOptions.batchProducts): the one asked for, else
+   * PDVM_BATCH_PRODUCTS, else the tensor cores where their self-test passes on this device.
+   */
+  private async chooseBatchProducts(asked?: 'tensor-core' | 'matvec' | 'tiled'): Promise<void> {
+    const v = asked ?? envVar('PDVM_BATCH_PRODUCTS');
+    // the f32 options keep the CPU's numerics (f32 x); the tensor cores multiply f16
+    const want = v === 'matvec' || v === 'tiled' ? v : this.matvecActivations === 'f32' ? 'matvec' : 'tensor-core';
+    if (want !== 'tensor-core') {
+      this.batchProducts = want;
+      return;
+    }
+    const r = await selfTestBatchedTensorCore(this.gpu);
+    this.gpu.features.selfTests['batched products (subgroup matrix)'] = r;
+    this.batchProducts = r === 'passed' ? 'tensor-core' : 'matvec';
+    this.batchProductsNotice = r === 'passed' ? null : r;
   }
 
   private buildPlans(): Plans {
@@ -685,7 +718,7 @@ export class WebGpuEngine implements Engine {
    * The batched q4 products' rows a pass and output rows a subgroup (benchmarks sweep them); the
    * decode-row plan is rebuilt at the next step.
    */
-  setBatchKernel(rowsAPass: number, rowsASubgroup: number, products: 'matvec' | 'tiled' = 'matvec'): void {
+  setBatchKernel(rowsAPass: number, rowsASubgroup: number, products: 'tensor-core' | 'matvec' | 'tiled' = 'matvec', split?: TensorCoreSplit): void {
     for (const b of this.decodeRows?.buffers ?? []) b.destroy();
     this.decodeRows = null;
     this.spareDecodePass = null;
@@ -693,6 +726,7 @@ export class WebGpuEngine implements Engine {
     this.batchRows = rowsAPass;
     this.batchRowsPerSubgroup = rowsASubgroup;
     this.batchProducts = products;
+    if (split) this.batchTensorCoreSplit = split;
   }
 
   /**
@@ -779,12 +813,18 @@ export class WebGpuEngine implements Engine {
       buffers.push(b);
       return b;
     };
-    const xq = int8 ? buffer('batch_xq', maxRows * Math.ceil(widest / 32) * 32, STORAGE()) : undefined;
-    const xd = int8 ? buffer('batch_xd', maxRows * Math.ceil(widest / 32) * 8, STORAGE()) : undefined;
+    // tensor cores: x as f16 rows (written by the norm, the SwiGLU or a copy) for every q4 product
+    const tc = this.batchProducts === 'tensor-core' && H % 32 === 0 && ffn % 32 === 0 && qDim % 32 === 0 ? buffer('batch_x16', x16Bytes(maxRows, widest), STORAGE()) : undefined;
+    const xq = int8 && !tc ? buffer('batch_xq', maxRows * Math.ceil(widest / 32) * 32, STORAGE()) : undefined;
+    const xd = int8 && !tc ? buffer('batch_xd', maxRows * Math.ceil(widest / 32) * 8, STORAGE()) : undefined;
     const options = { activations: int8 ? ('int8' as const) : ('f32' as const), nb: this.batchRows, rps: this.batchRowsPerSubgroup, xq, xd };
+    const tcSplit = this.batchTensorCoreSplit;
     // x quantized for the int8 products that read it (nothing where x is f32 or its columns are not whole units)
-    const quantize = (x: GPUBuffer, cols: number): Dispatch[] => (int8 && cols % 32 === 0 ? [quantizeRowsOp(gpu, cols, maxRows, x, xq!, xd!, a.step)] : []);
-    const product = (m: GpuMatrix, io: MatmulIo): Dispatch[] => (this.batchProducts === 'matvec' ? batchedMatvecOp(gpu, m, io, options) : null) ?? matmulOp(gpu, m, io, 'tiled', maxRows);
+    const quantize = (x: GPUBuffer, cols: number): Dispatch[] => (tc ? [x16Op(gpu, cols, x, tc, a.step)] : int8 && cols % 32 === 0 ? [quantizeRowsOp(gpu, cols, maxRows, x, xq!, xd!, a.step)] : []);
+    const product = (m: GpuMatrix, io: MatmulIo): Dispatch[] =>
+      (tc ? batchedTensorCoreOp(gpu, m, io, { x16: tc, split: tcSplit }) : null) ??
+      (this.batchProducts !== 'tiled' && !tc ? batchedMatvecOp(gpu, m, io, options) : null) ??
+      matmulOp(gpu, m, io, 'tiled', maxRows);
     const stacked = (parts: GpuMatrix[], x: GPUBuffer, y: GPUBuffer, yStride: number, bias: GPUBuffer | null) => {
       let offset = 0;
       return parts.flatMap((m) => {
@@ -794,12 +834,14 @@ export class WebGpuEngine implements Engine {
       });
     };
     // int8 x: rmsnorm and SwiGLU write the int8 blocks as they go (one dispatch each instead of two)
-    const fuse = int8 && H % 32 === 0 && ffn % 32 === 0;
+    const fuse = int8 && !tc && H % 32 === 0 && ffn % 32 === 0;
     const norm = (weight: GPUBuffer, step: GPUBuffer): Dispatch[] =>
-      fuse
+      tc
+        ? [normX16Op(gpu, H, c.rmsNormEps, a.x, weight, a.xn, tc, step)]
+        : fuse
         ? [normQuantizeRowsOp(gpu, H, c.rmsNormEps, maxRows, a.x, weight, a.xn, xq!, xd!, step)]
         : [rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, weight, a.xn, step), ...(int8 && H % 32 === 0 ? [quantizeRowsOp(gpu, H, maxRows, a.xn, xq!, xd!, step)] : [])];
-    const swiglu = fuse ? [quantizeRowsOp(gpu, ffn, maxRows, a.act, xq!, xd!, a.step, a.gateUp)] : [swigluOp(gpu, ffn, C, a.gateUp, a.act, a.step), ...quantize(a.act, ffn)];
+    const swiglu = tc ? [swigluX16Op(gpu, ffn, a.gateUp, a.act, tc, a.step)] : fuse ? [quantizeRowsOp(gpu, ffn, maxRows, a.act, xq!, xd!, a.step, a.gateUp)] : [swigluOp(gpu, ffn, C, a.gateUp, a.act, a.step), ...quantize(a.act, ffn)];
     const layers = w.layers.map((L): LayerPlan => ({
       beforeAttention: [...norm(L.attnNorm, a.step), ...stacked(L.qkv, a.xn, a.qkv, qkvDim, L.qkvBias)],
       afterAttention: [

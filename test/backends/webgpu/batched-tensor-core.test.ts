@@ -1,0 +1,159 @@
+/**
+ * The batched step's tensor-core products (kernels/batched-tensor-core.ts, batched-products.ts):
+ *  - the f16 rows of x (plain copy, SwiGLU, RMSNorm) against the CPU, in their permuted order, on any
+ *    device (lavapipe in CI);
+ *  - the product's WGSL, with the subgroup-matrix builtins rewritten into scalar stand-ins of the same
+ *    arguments, passes Tint's checks in every stage split (where no device has subgroup matrices);
+ *  - where the device has self-tested f16 subgroup matrices (the H200): the product of a random q4
+ *    matrix against a float64 CPU product (x and the weights rounded to f16 as the kernel does), with
+ *    bias and residual, and every row's result bitwise the same whatever T (issue 15.3).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { batchedTensorCoreOp, normX16Op, selfTestBatchedTensorCore, swigluX16Op, tensorCoreProductsUnavailable, x16Bytes, x16Op } from '../../../src/backends/webgpu/batched-products.js';
+import { batchedTensorCoreWgsl, x16Cols } from '../../../src/backends/webgpu/kernels/batched-tensor-core.js';
+import type { GpuMatrix } from '../../../src/backends/webgpu/weights.js';
+import { f16ToF32, f32ToF16 } from '../../../src/format/dtype.js';
+import { assertClose, rng } from '../../helpers.js';
+import { read, readU32, run, SKIP_GPU, stepBuffer, storage, testGpu, zeros } from './gpu.js';
+
+const f16 = (v: number) => f16ToF32(f32ToF16(v));
+
+/** Row t of X16 back in column order (the halves c0 c4 c1 c5 c2 c6 c3 c7 of each 8). */
+function x16Row(words: Uint32Array, t: number, cols: number): Float32Array {
+  const kp = x16Cols(cols), out = new Float32Array(cols);
+  for (let c = 0; c < kp; c++) {
+    const g = c >> 3, j = c & 7;
+    const half = j < 4 ? 2 * j : 2 * (j - 4) + 1; // position within the 8
+    const word = words[(t * kp + 8 * g + half) >> 1]!;
+    const v = f16ToF32((half & 1 ? word >>> 16 : word) & 0xffff);
+    if (c < cols) out[c] = v;
+    else assert.equal(v, 0, `row ${t}: pad column ${c} is ${v}`);
+  }
+  return out;
+}
+
+test('webgpu x16 rows: plain, SwiGLU and RMSNorm rows of x as f16 in the tensor-core products\' order', { skip: SKIP_GPU }, async () => {
+  const gpu = await testGpu({ limits: 'default' });
+  const r = rng(3);
+  const T = 5, cols = 96, eps = 1e-5;
+  const x = Float32Array.from({ length: T * cols }, () => r() * 4 - 2);
+  const gu = Float32Array.from({ length: T * 2 * cols }, () => r() * 4 - 2);
+  const w = Float32Array.from({ length: cols }, () => r() + 0.5);
+  const step = stepBuffer(gpu, T - 1, 0); // the last row is left alone
+  for (const source of ['plain', 'swiglu', 'norm'] as const) {
+    const xb = storage(gpu, x), gub = storage(gpu, gu), wb = storage(gpu, w), out = zeros(gpu, T * cols);
+    const x16 = zeros(gpu, x16Bytes(T, cols) / 4);
+    const op = source === 'plain' ? x16Op(gpu, cols, xb, x16, step) : source === 'swiglu' ? swigluX16Op(gpu, cols, gub, out, x16, step) : normX16Op(gpu, cols, eps, xb, wb, out, x16, step);
+    await run(gpu, [op], T - 1);
+    const words = await readU32(gpu, x16, x16Bytes(T, cols) / 4);
+    const stored = await read(gpu, out, T * cols);
+    for (let t = 0; t < T - 1; t++) {
+      const want = new Float32Array(cols);
+      let ss = 0;
+      for (let c = 0; c < cols; c++) ss += x[t * cols + c]! ** 2;
+      for (let c = 0; c < cols; c++) {
+        const g = gu[t * 2 * cols + c]!, u = gu[t * 2 * cols + cols + c]!;
+        want[c] = source === 'plain' ? x[t * cols + c]! : source === 'swiglu' ? (g / (1 + Math.exp(-g))) * u : (x[t * cols + c]! / Math.sqrt(ss / cols + eps)) * w[c]!;
+      }
+      if (source !== 'plain') assertClose(stored.subarray(t * cols, (t + 1) * cols), want, 1e-5, `${source} row ${t} (f32)`);
+      assertClose(x16Row(words, t, cols), want.map(f16), 1e-3, `${source} row ${t} (f16)`);
+    }
+    for (let i = 0; i < x16Cols(cols) / 2; i++) assert.equal(words[(T - 1) * (x16Cols(cols) / 2) + i], 0, 'a row past T is untouched');
+  }
+});
+
+/** The kernel with every subgroup-matrix type and builtin replaced by f32 arithmetic on the same operands (as tensor-core-wgsl.test.ts). */
+function withScalarStandIns(code: string): string {
+  return code
+    .replace('enable chromium_experimental_subgroup_matrix;\n', '')
+    .replace('requires subgroup_id;\n', '')
+    .replace(', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32', '')
+    .replace(/\bsg_id\b/g, '0u')
+    .replace(/\bsg_lane\b/g, '0u')
+    .replace(/subgroup_matrix_result<f32, 16, 16>\(\)/g, 'f32()')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_\w+<\w+, 16, 16>, (?:row|col)_major>\(&(\w+), ([^,]*), ([^,()]+)\)/g, 'f32($1[$2]) + f32($3)')
+    .replace(/subgroupMatrixMultiplyAccumulate\((\w+), (.*), (\w+)\)/g, '$3 + $1 * ($2)')
+    .replace(/subgroupMatrixStore<(?:row|col)_major>\(&(\w+), (.*), (\w+), ([^,()]+)\)/g, '$1[$2] = $3 + f32($4)');
+}
+
+test('the batched tensor-core product\'s WGSL passes Tint\'s checks outside the subgroup-matrix builtins', { skip: SKIP_GPU }, async (t) => {
+  const gpu = await testGpu();
+  if (!gpu.device.features.has('shader-f16')) {
+    t.skip('no shader-f16 on this adapter');
+    return;
+  }
+  const failures: string[] = [];
+  for (const [rows, cols, group, bias, residual] of [[4096, 14336, 64, false, true], [48, 192, 64, true, true], [130, 96, 32, false, false]] as const) {
+    for (const [ks, nsg] of [[64, 1], [64, 4], [128, 2], [32, 8], [256, 1]] as const) {
+      for (const indexing of ['subgroup-id', 'invocation-index'] as const) {
+        const code = withScalarStandIns(batchedTensorCoreWgsl({ rows, cols, units: cols / 32, group, yStride: rows + 2, yOffset: 1, bias, residual, ks, nsg }, 32, indexing, 'template'));
+        const info = await gpu.device.createShaderModule({ code }).getCompilationInfo();
+        const errors = info.messages.filter((m) => m.type === 'error');
+        if (errors.length) failures.push(`${rows}x${cols} ks ${ks} nsg ${nsg} ${indexing}: ${errors.map((e) => `line ${e.lineNum}: ${e.message}`).join('; ')}`);
+      }
+    }
+  }
+  assert.deepEqual(failures, []);
+});
+
+test('webgpu batched tensor-core products: q4 x f16 rows equal the CPU product, and each row is the same whatever T', { skip: SKIP_GPU }, async (t) => {
+  const gpu = await testGpu();
+  const why = tensorCoreProductsUnavailable(gpu);
+  if (why) {
+    t.skip(`no tensor-core products here (${why})`);
+    return;
+  }
+  assert.equal(await selfTestBatchedTensorCore(gpu), 'passed');
+  const r = rng(11);
+  for (const [rows, cols, group] of [[70, 256, 64], [33, 4096, 32]] as const) {
+    const words = new Uint32Array((rows * cols) / 8).map(() => Math.floor(r() * 4294967296));
+    const groups = cols / group, sm = new Uint32Array(rows * groups), w = new Float64Array(rows * cols);
+    for (let i = 0; i < rows; i++) {
+      for (let g = 0; g < groups; g++) {
+        const scale = f32ToF16((r() + 0.1) * 0.05), min = f32ToF16(-(r() * 0.4));
+        sm[i * groups + g] = scale | (min << 16);
+        for (let c = g * group; c < (g + 1) * group; c++) {
+          const nibble = (words[(i * cols + c) >> 3]! >>> ((c & 7) * 4)) & 15;
+          w[i * cols + c] = f16(nibble * f16ToF32(scale) + f16ToF32(min)); // the kernel's f16 dequantization
+        }
+      }
+    }
+    const m = {
+      encoding: 'q4', rows, cols, bytes: words.byteLength + sm.byteLength,
+      shape: { encoding: 'q4', rows, cols, group, groups, wordsPerRow: cols / 8 },
+      buffers: [storage(gpu, words), storage(gpu, sm)],
+    } as unknown as GpuMatrix;
+    const T = 40, yStride = rows + 5, yOffset = 3;
+    const x = Float32Array.from({ length: T * cols }, () => r() * 2 - 1);
+    const y0 = Float32Array.from({ length: T * yStride }, () => r());
+    const biasValues = Float32Array.from({ length: yStride }, () => r() - 0.5);
+    const xb = storage(gpu, x), bias = storage(gpu, biasValues), x16 = zeros(gpu, x16Bytes(T, cols) / 4);
+    const want = Float64Array.from(y0);
+    for (let tt = 0; tt < T; tt++) for (let i = 0; i < rows; i++) {
+      let s = 0;
+      for (let c = 0; c < cols; c++) s += w[i * cols + c]! * f16(x[tt * cols + c]!);
+      want[tt * yStride + yOffset + i] += s + biasValues[yOffset + i]!;
+    }
+    for (const split of [{ ks: 64, warps: 1 }, { ks: 64, warps: 100000 }, { ks: 128, warps: 8 }]) {
+      const results: Float32Array[] = [];
+      for (const steps of [T, 1, 17]) {
+        const y = storage(gpu, y0);
+        const step = stepBuffer(gpu, steps, 0);
+        const op = batchedTensorCoreOp(gpu, m, { x: xb, y, yStride, yOffset, bias, residual: true, step }, { x16, split });
+        assert.ok(op, 'the kernel applies');
+        await run(gpu, [x16Op(gpu, cols, xb, x16, step), ...op], steps);
+        results.push(await read(gpu, y, T * yStride));
+      }
+      const [all, one, some] = results as [Float32Array, Float32Array, Float32Array];
+      const what = `${rows} x ${cols} g${group} ${op(split)}`;
+      for (let i = 0; i < yStride; i++) assert.equal(one[i], all[i], `${what}: row 0, output ${i}: alone vs among ${T}`);
+      for (let i = 0; i < 17 * yStride; i++) assert.equal(some[i], all[i], `${what}: output ${i}: among 17 vs ${T}`);
+      for (let i = 17 * yStride; i < T * yStride; i++) assert.equal(some[i], y0[i], `${what}: row ${Math.floor(i / yStride)} untouched by a step of 17`);
+      assertClose(all, want, 1e-4, `${what} vs the CPU`);
+    }
+  }
+  function op(split: { ks: number; warps: number }): string {
+    return `ks ${split.ks}, warps ${split.warps}`;
+  }
+});
