@@ -105,7 +105,10 @@ async function main(): Promise<void> {
   const stepCounters = async () => {
     const text = await fetch(`${url}/metrics`).then((r) => r.text()).catch(() => '');
     const value = (name: string) => Number(new RegExp(`^${name} ([0-9.e+-]+)$`, 'm').exec(text)?.[1] ?? NaN);
-    return { steps: value('pdvm_batch_steps'), seconds: value('pdvm_batch_step_seconds') };
+    return {
+      steps: value('pdvm_batch_steps'), seconds: value('pdvm_batch_step_seconds'), between: value('pdvm_batch_between_step_seconds'),
+      decodeSteps: value('pdvm_batch_decode_steps'), decodeSeconds: value('pdvm_batch_decode_step_seconds'), decodeRows: value('pdvm_batch_decode_step_rows'),
+    };
   };
   for (const n of bursts) {
     const before = await stepCounters();
@@ -123,7 +126,11 @@ async function main(): Promise<void> {
     console.log(`  per stream: median ${percentile(perStream, 50).toFixed(2)} tok/s (min ${perStream[0]!.toFixed(2)}, max ${perStream.at(-1)!.toFixed(2)})`);
     const after = await stepCounters();
     const steps = after.steps - before.steps, inSteps = after.seconds - before.seconds;
-    if (steps > 0) console.log(`  batched steps: ${steps}, ${((inSteps / steps) * 1000).toFixed(2)} ms each in the engine; ${((inSteps / wall) * 100).toFixed(0)}% of the burst's wall time`);
+    if (steps > 0) {
+      console.log(`  batched steps: ${steps}, ${((inSteps / steps) * 1000).toFixed(2)} ms each in the engine; ${((inSteps / wall) * 100).toFixed(0)}% of the burst's wall time; ${(((after.between - before.between) / steps) * 1000).toFixed(2)} ms between steps`);
+      const d = after.decodeSteps - before.decodeSteps;
+      if (d > 0) console.log(`  of which decode rows only: ${d} steps, ${(((after.decodeSeconds - before.decodeSeconds) / d) * 1000).toFixed(2)} ms each, ${((after.decodeRows - before.decodeRows) / d).toFixed(1)} rows on average`);
+    }
     if (synthetic) console.log('  (a synthetic model has no tokenizer: its replies carry no text to compare with the runs alone)');
     else console.log(`  streams equal to the same request run alone: ${Math.min(n, alone.length) - wrong}/${Math.min(n, alone.length)}`);
   }

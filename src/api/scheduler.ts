@@ -62,11 +62,27 @@ export interface SchedulerStats {
   /** Batched steps run, and the seconds spent awaiting them (the rest of the loop's time is the server's). */
   steps: number;
   stepSeconds: number;
+  /** The same for the steps of decode rows only (no prompt tokens), and the rows they took. */
+  decodeSteps: number;
+  decodeStepSeconds: number;
+  decodeStepRows: number;
+  /** Seconds between a batched step's end and the next one's start (sampling, streaming, the event loop). */
+  betweenStepSeconds: number;
   /** KV caches held by running generations and kept for prefix reuse, and their bytes. */
   runningCaches: number;
   keptCaches: number;
   cacheBytes: number;
   keptBytes: number;
+}
+
+/** A batched step started on the engine: its rows, whose entries they belong to, and when it started. */
+interface Flight {
+  entries: Entry[];
+  rows: StepRow[];
+  step: Promise<(Float32Array | number | null)[]>;
+  t0: number;
+  prefill: number;
+  decode: number;
 }
 
 interface Entry {
@@ -98,7 +114,9 @@ export class Scheduler {
   private readonly prefixCache: PrefixCache | null;
   private readonly slotBytes: number;
   private lastStep = { decodeRows: 0, prefillTokens: 0 };
-  private steps = { count: 0, seconds: 0 };
+  private steps = { count: 0, seconds: 0, decode: 0, decodeSeconds: 0, decodeRows: 0, between: 0 };
+  /** performance.now() at the end of the latest batched step while the loop runs, else null. */
+  private lastStepEnd: number | null = null;
 
   constructor(private readonly engine: Engine, private readonly ctx: GenerationContext, readonly limits: SchedulerLimits) {
     this.batched = engine.step !== undefined;
@@ -125,6 +143,10 @@ export class Scheduler {
       lastStepPrefillTokens: this.lastStep.prefillTokens,
       steps: this.steps.count,
       stepSeconds: this.steps.seconds,
+      decodeSteps: this.steps.decode,
+      decodeStepSeconds: this.steps.decodeSeconds,
+      decodeStepRows: this.steps.decodeRows,
+      betweenStepSeconds: this.steps.between,
       runningCaches: this.active.length,
       keptCaches: kept,
       cacheBytes: (this.active.length + kept) * this.slotBytes,
@@ -262,55 +284,41 @@ export class Scheduler {
    * The continuous batching loop: each step takes every decoding generation's next token and prompt
    * chunks of the prefilling ones (oldest first, up to the step's prefill budget), runs them as one
    * batched step, then samples each row that produced logits.
+   * On an engine that steps on a device (stepChoosesTokens: WebGPU), the next step is launched as soon
+   * as this one's tokens are known, before their text goes out to the streams and the event loop
+   * turns: that work then runs while the device computes instead of between steps. (On the CPU a
+   * step computes where it is called, so the text goes out first.)
    */
   private async batchLoop(): Promise<void> {
     const budget = this.limits.prefillTokens ?? PREFILL_CHUNK;
+    const overlap = this.engine.stepChoosesTokens === true;
+    let flight: Flight | null = null;
     try {
-      while (this.active.length > 0) {
-        // generations new to the loop make their grammar filters first
-        for (const entry of this.active.filter((e) => !e.filterReady)) {
-          entry.filterReady = true;
-          try {
-            await entry.gen!.start();
-          } catch (e) {
-            if (entry.state === 'active') {
-              this.end(entry);
-              entry.job.sink.fail(e);
-            }
+      while (this.active.length > 0 || flight) {
+        if (!flight) {
+          await this.startFilters();
+          const solo = this.soloCandidate();
+          if (solo) {
+            await this.decodeSolo(solo);
+            await yieldToEventLoop();
+            continue;
           }
+          flight = this.launch(budget);
+          if (!flight) continue;
         }
-        const solo = this.soloCandidate();
-        if (solo) {
-          await this.decodeSolo(solo);
-          await yieldToEventLoop();
-          continue;
-        }
-        const rows: StepRow[] = [];
-        const entries: Entry[] = [];
-        let prefill = 0, decode = 0;
-        for (const entry of this.active) {
-          if (!entry.filterReady) continue;
-          if (entry.next !== null) {
-            rows.push(this.chooseOnDevice(entry, { seq: entry.seq!, tokens: entry.next, logits: true }));
-            entries.push(entry);
-            decode++;
-          } else if (prefill < budget) {
-            const prompt = entry.job.promptIds, at = entry.fed.length;
-            const n = Math.min(budget - prefill, prompt.length - at);
-            const row = { seq: entry.seq!, tokens: prompt.slice(at, at + n), logits: at + n === prompt.length };
-            rows.push(row.logits ? this.chooseOnDevice(entry, row) : row);
-            entries.push(entry);
-            prefill += n;
-          }
-        }
-        this.lastStep = { decodeRows: decode, prefillTokens: prefill };
-        for (const e of entries) this.stepping.add(e);
+        const { entries, rows, step, t0, prefill, decode } = flight;
+        flight = null;
         let out: (Float32Array | number | null)[];
         try {
-          const t0 = performance.now();
-          out = await this.engine.step!(rows);
+          out = await step;
+          const t1 = (this.lastStepEnd = performance.now());
           this.steps.count++;
-          this.steps.seconds += (performance.now() - t0) / 1000;
+          this.steps.seconds += (t1 - t0) / 1000;
+          if (prefill === 0) {
+            this.steps.decode++;
+            this.steps.decodeSeconds += (t1 - t0) / 1000;
+            this.steps.decodeRows += decode;
+          }
         } catch (e) {
           this.stepping.clear();
           for (const entry of entries) {
@@ -324,14 +332,69 @@ export class Scheduler {
           continue;
         }
         this.stepping.clear();
-        for (let i = 0; i < entries.length; i++) await this.afterStep(entries[i]!, rows[i]!, out[i]!);
+        // the streams' text waits in `emits` until the next step is on its way
+        const emits: (() => void)[] = [];
+        for (let i = 0; i < entries.length; i++) await this.afterStep(entries[i]!, rows[i]!, out[i]!, emits);
+        if (overlap && this.active.length > 0) {
+          await this.startFilters();
+          if (!this.soloCandidate()) flight = this.launch(budget);
+          // one turn: the step's commands are submitted (the engine runs it from a microtask)
+          await yieldToEventLoop();
+        }
+        for (const emit of emits) emit();
         // a request goes through several turns of the event loop (connection, body, handler) before it
         // is submitted; a batched step is long, so give it a few turns between steps, not one
         for (let i = 0; i < TURNS_BETWEEN_STEPS; i++) await yieldToEventLoop();
       }
     } finally {
       this.looping = null;
+      this.lastStepEnd = null;
     }
+  }
+
+  /** Generations new to the loop make their grammar filters (Generation.start()) before their first step. */
+  private async startFilters(): Promise<void> {
+    for (const entry of this.active.filter((e) => !e.filterReady)) {
+      entry.filterReady = true;
+      try {
+        await entry.gen!.start();
+      } catch (e) {
+        if (entry.state === 'active') {
+          this.end(entry);
+          entry.job.sink.fail(e);
+        }
+      }
+    }
+  }
+
+  /** The next batched step's rows (decode rows, then prompt chunks up to the budget), started on the engine; null when there are none. */
+  private launch(budget: number): Flight | null {
+    const rows: StepRow[] = [];
+    const entries: Entry[] = [];
+    let prefill = 0, decode = 0;
+    for (const entry of this.active) {
+      if (!entry.filterReady) continue;
+      if (entry.next !== null) {
+        rows.push(this.chooseOnDevice(entry, { seq: entry.seq!, tokens: entry.next, logits: true }));
+        entries.push(entry);
+        decode++;
+      } else if (prefill < budget) {
+        const prompt = entry.job.promptIds, at = entry.fed.length;
+        const n = Math.min(budget - prefill, prompt.length - at);
+        const row = { seq: entry.seq!, tokens: prompt.slice(at, at + n), logits: at + n === prompt.length };
+        rows.push(row.logits ? this.chooseOnDevice(entry, row) : row);
+        entries.push(entry);
+        prefill += n;
+      }
+    }
+    if (rows.length === 0) return null;
+    this.lastStep = { decodeRows: decode, prefillTokens: prefill };
+    for (const e of entries) this.stepping.add(e);
+    const t0 = performance.now();
+    if (this.lastStepEnd !== null) this.steps.between += (t0 - this.lastStepEnd) / 1000;
+    const step = this.engine.step!(rows);
+    step.catch(() => {}); // awaited by the loop; not an unhandled rejection meanwhile
+    return { entries, rows, step, t0, prefill, decode };
   }
 
   /** The one active generation, when it may decode through the engine's device decoder (SchedulerLimits.soloOnDevice). */
@@ -399,7 +462,8 @@ export class Scheduler {
     return sampling ? { ...row, choose: { sampling, random: gen.nextDraw() } } : row;
   }
 
-  private async afterStep(entry: Entry, row: StepRow, logits: Float32Array | number | null): Promise<void> {
+  /** A step's result for one entry: its state now, its text (chunks, the end) pushed to `emits` for the caller to send. */
+  private async afterStep(entry: Entry, row: StepRow, logits: Float32Array | number | null, emits: (() => void)[]): Promise<void> {
     if (entry.state !== 'active') {
       // cancelled while the step ran: its sequence can be freed now
       this.freeSequence(entry);
@@ -419,18 +483,25 @@ export class Scheduler {
       return;
     }
     if (entry.state !== 'active') return; // cancelled while a grammar filter advanced
-    for (const chunk of step.chunks) entry.job.sink.push(chunk);
+    const sink = entry.job.sink, chunks = step.chunks;
+    if (chunks.length > 0) emits.push(() => {
+      for (const chunk of chunks) sink.push(chunk);
+    });
     if (!step.end) {
       entry.next = step.feed;
       return;
     }
-    this.finish(entry);
+    this.finish(entry, emits);
   }
 
-  /** A generation that ended well: its tail and result, its cache kept for prefix reuse, its slot freed. */
-  private finish(entry: Entry): void {
+  /** A generation that ended well: its tail and result (sent now, or pushed to `emits`), its cache kept for prefix reuse, its slot freed. */
+  private finish(entry: Entry, emits?: (() => void)[]): void {
     const { tail, result } = entry.gen!.finish();
-    if (tail) entry.job.sink.push(tail);
+    const sink = entry.job.sink;
+    const send = () => {
+      if (tail) sink.push(tail);
+      sink.finish(result);
+    };
     // a cache that finished well is kept for a later prompt sharing its prefix
     if (this.prefixCache && entry.seq && !this.closed) {
       const evicted = this.prefixCache.put(entry.seq, entry.fed);
@@ -438,7 +509,8 @@ export class Scheduler {
       entry.seq = null;
     }
     this.end(entry);
-    entry.job.sink.finish(result);
+    if (emits) emits.push(send);
+    else send();
   }
 
   private cancel(entry: Entry, error: Error): void {

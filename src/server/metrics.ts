@@ -36,6 +36,10 @@ export class ServerMetrics {
     new Gauge({ name: 'pdvm_batch_size', help: 'Decode rows in the latest batched step', registers, collect() { this.set(stats().lastStepDecodeRows); } });
     new Gauge({ name: 'pdvm_batch_steps', help: 'Batched steps run since the start', registers, collect() { this.set(stats().steps); } });
     new Gauge({ name: 'pdvm_batch_step_seconds', help: 'Seconds spent in batched steps since the start (the engine\'s share of the serving loop)', registers, collect() { this.set(stats().stepSeconds); } });
+    new Gauge({ name: 'pdvm_batch_decode_steps', help: 'Batched steps of decode rows only (no prompt tokens) since the start', registers, collect() { this.set(stats().decodeSteps); } });
+    new Gauge({ name: 'pdvm_batch_decode_step_seconds', help: 'Seconds spent in batched steps of decode rows only', registers, collect() { this.set(stats().decodeStepSeconds); } });
+    new Gauge({ name: 'pdvm_batch_decode_step_rows', help: 'Rows of the batched steps of decode rows only, summed', registers, collect() { this.set(stats().decodeStepRows); } });
+    new Gauge({ name: 'pdvm_batch_between_step_seconds', help: 'Seconds between a batched step\'s end and the next one\'s start while the loop runs (sampling, streaming, the event loop)', registers, collect() { this.set(stats().betweenStepSeconds); } });
     new Gauge({ name: 'pdvm_batch_prefill_tokens', help: 'Prompt tokens prefilled in the latest batched step', registers, collect() { this.set(stats().lastStepPrefillTokens); } });
     new Gauge({
       name: 'pdvm_kv_cache_bytes', help: 'KV cache memory held, by running generations and kept for prefix reuse', labelNames: ['state'], registers,
