@@ -5,8 +5,8 @@
  * per setting of the batched q4 kernel (rows a pass NB, output rows a subgroup RPS) and per B, the ms
  * a step and the aggregate tok/s, beside the fused decoder's single-stream rate in the same process
  * (the best one-stream path); `--kernels tiled` puts the prefill's matrix-matrix kernels in the
- * products instead, `tc` the batched tensor-core products (kernels/batched-tensor-core.ts; `tc-KS-WARPS`
- * with columns a stage and the subgroups a dispatch aims at); with --profile, each dispatch of a
+ * products instead, `tc` the batched tensor-core products (kernels/batched-tensor-core.ts; `tc-KS-WARPS[-DEPTH]`
+ * with columns a stage, the subgroups a dispatch aims at and the stages loaded ahead); with --profile, each dispatch of a
  * decode-row pass (layer 0, head).
  * A program, not a test: figures go to docs/PERFORMANCE.md.
  *   node bench/batched-step.js [--shape llama-3.1-8b] [--batches 1,8,32] [--kernels 8x2,tc,tc-128-4096] [--steps 16]
@@ -15,11 +15,12 @@
 import { parseArgs } from 'node:util';
 import { Gpu } from '../src/backends/webgpu/device.js';
 import { WebGpuEngine } from '../src/backends/webgpu/engine.js';
-import { defaultTensorCoreSplit } from '../src/backends/webgpu/batched-products.js';
+import { defaultTensorCoreSplit, selfTestBatchedTensorCore } from '../src/backends/webgpu/batched-products.js';
 import { FusedDecoder } from '../src/backends/webgpu/fused/decoder.js';
 import { engineWeightsOfFused } from '../src/backends/webgpu/fused/engine-weights.js';
 import { BENCH_SHAPES, benchConfig, SyntheticWeights } from '../src/bench/synthetic.js';
 import type { DeviceSampling, Sequence } from '../src/runtime/engine.js';
+import { Scheduler } from '../src/api/scheduler.js';
 
 const { values } = parseArgs({
   options: {
@@ -31,6 +32,9 @@ const { values } = parseArgs({
     prompt: { type: 'string', default: '32' },
     profile: { type: 'string', default: '' },
     'fused-tokens': { type: 'string', default: '128' },
+    /** Bursts of N greedy generations of --scheduler-tokens through the server's scheduler in this process (no HTTP), after the kernels: its steps' time against the bench's. */
+    scheduler: { type: 'string', default: '' },
+    'scheduler-tokens': { type: 'string', default: '128' },
     /** KV slots allocated at load (default: every sequence's, one buffer group); 1 grows the pool on demand, in doubling groups, as a server without preallocation does. */
     'kv-slots': { type: 'string' },
   },
@@ -48,7 +52,9 @@ const t0 = performance.now();
 const fused = await new SyntheticWeights(gpu, { encoding: 'q4', group: 64, tile: 64, density: 0.5, seed: 1 }).model(config);
 console.log(`weights: ${values.shape} q4 g64, ${(fused.bytes / 1e9).toFixed(2)} GB (made in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
 const engine = await WebGpuEngine.overGpuWeights(gpu, config, engineWeightsOfFused(fused), { contextLength: context, batchedStep: true, kvSlots: Number(values['kv-slots'] ?? Math.max(...batches) + 2) });
-console.log(`batched products: ${engine.batchProducts} (self-test: ${gpu.features.selfTests['batched products (subgroup matrix)'] ?? 'not run'})`);
+// the tensor-core products where asked for (--kernels tc...) and their self-test passes here
+if (values.kernels!.split(',').some((k) => k.startsWith('tc'))) gpu.features.selfTests['batched products (subgroup matrix)'] ??= await selfTestBatchedTensorCore(gpu);
+console.log(`batched products by default: ${engine.batchProducts}; tensor-core self-test: ${gpu.features.selfTests['batched products (subgroup matrix)'] ?? 'not run'}`);
 const prompt = (b: number) => Array.from({ length: promptTokens }, (_, i) => (b * 7919 + i * 104729) % config.vocabSize);
 
 // the fused decoder alone (one stream), over a slot of the same cache
@@ -69,13 +75,13 @@ const prompt = (b: number) => Array.from({ length: promptTokens }, (_, i) => (b 
 const results: { kernel: string; B: number; msPerStep: number; tokPerS: number }[] = [];
 for (const k of values.kernels!.split(',')) {
   // NBxRPS: the batched q4 products; 'tiled': the prefill's matrix-matrix kernels; 'tc[-KS-WARPS]': the tensor-core products
-  const tc = /^tc(?:-(\d+)-(\d+))?$/.exec(k);
-  if (tc && engine.batchProducts !== 'tensor-core' && !process.env.PDVM_BATCH_PRODUCTS) {
+  const tc = /^tc(?:-(\d+)-(\d+)(?:-(\d))?)?$/.exec(k);
+  if (tc && gpu.features.selfTests['batched products (subgroup matrix)'] !== 'passed') {
     console.log(`kernel ${k}: skipped, the tensor-core products are off here (${gpu.features.selfTests['batched products (subgroup matrix)']})`);
     continue;
   }
   const [nb, rps] = k === 'tiled' || tc ? [8, 2] : (k.split('x').map(Number) as [number, number]);
-  engine.setBatchKernel(nb, rps, k === 'tiled' ? 'tiled' : tc ? 'tensor-core' : 'matvec', tc ? (tc[1] ? { ks: Number(tc[1]), warps: Number(tc[2]) } : defaultTensorCoreSplit()) : undefined);
+  engine.setBatchKernel(nb, rps, k === 'tiled' ? 'tiled' : tc ? 'tensor-core' : 'matvec', tc ? (tc[1] ? { ks: Number(tc[1]), warps: Number(tc[2]), depth: Number(tc[3] ?? 1) } : defaultTensorCoreSplit()) : undefined);
   for (const B of batches) {
     const seqs: Sequence[] = Array.from({ length: B }, () => engine.createSequence());
     let ids = (await engine.step!(seqs.map((seq, b) => ({ seq, tokens: prompt(b), logits: true, choose: { sampling: GREEDY, random: 0 } })))) as number[];
@@ -96,4 +102,25 @@ for (const k of values.kernels!.split(',')) {
   }
 }
 console.log(JSON.stringify(results));
+
+// the same engine under the server's scheduler (continuous batching, sampling bookkeeping, the
+// launch-ahead of the next step), with the last kernel of --kernels: are its steps the bench's?
+if (values.scheduler) {
+  const scheduler = new Scheduler(engine, { engine, tokenizer: null, eosTokenIds: [] }, { maxActive: 64, maxQueued: 64 });
+  const maxTokens = Number(values['scheduler-tokens']);
+  for (const n of values.scheduler.split(',').map(Number)) {
+    const before = scheduler.stats;
+    const t0 = performance.now();
+    const done = Array.from({ length: n }, (_, b) => new Promise<number>((ok, fail) => {
+      let tokens = 0;
+      scheduler.submit({ promptIds: prompt(b + 100), options: { maxTokens, temperature: 0, ignoreEos: true }, sink: { push: () => { tokens++; }, finish: (r) => ok(r.tokenIds.length), fail } });
+    }));
+    const tokens = (await Promise.all(done)).reduce((a, b) => a + b, 0);
+    const wall = (performance.now() - t0) / 1000;
+    const after = scheduler.stats;
+    const steps = after.steps - before.steps, decodeSteps = after.decodeSteps - before.decodeSteps;
+    console.log(`scheduler, ${n} generations (${engine.batchProducts}): ${tokens} tokens in ${wall.toFixed(2)} s = ${(tokens / wall).toFixed(1)} tok/s; ${steps} steps, ${(((after.stepSeconds - before.stepSeconds) / steps) * 1000).toFixed(2)} ms each; decode rows only ${decodeSteps} steps, ${(((after.decodeStepSeconds - before.decodeStepSeconds) / decodeSteps) * 1000).toFixed(2)} ms each, ${((after.decodeStepRows - before.decodeStepRows) / decodeSteps).toFixed(1)} rows; ${(((after.betweenStepSeconds - before.betweenStepSeconds) / steps) * 1000).toFixed(2)} ms between steps`);
+  }
+  await scheduler.close();
+}
 engine.dispose();

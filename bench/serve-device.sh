@@ -16,11 +16,11 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "
 t0=$(date +%s)
 tl() { echo "t=$(( $(date +%s) - t0 ))s $*" >> "$OUT/log.txt"; }
 for t in batched-tensor-core batched-step; do
-  timeout 60 node --test $D/$t.test.mjs 2>&1 | grep -v Warning | grep -E "^(ok|not ok)|# (pass|fail|skip)|rror|relative|prompt|SKIP" >> "$OUT/tests.log"
+  timeout 40 node --test $D/$t.test.mjs 2>&1 | grep -v Warning | grep -E "^(ok|not ok)|# (pass|fail|skip)|rror|relative|prompt|SKIP" >> "$OUT/tests.log"
   tl "test $t"
 done
-timeout 150 node $D/batched-step.mjs --shape llama-3.1-8b --batches "$BATCHES" --kernels "$KERNELS" --steps 12 --context 512 --prompt 32 --profile 8,32 2>&1 | grep -v Warning > "$OUT/bench.txt"
+timeout 100 node $D/batched-step.mjs --shape llama-3.1-8b --batches "$BATCHES" --kernels "$KERNELS" --steps 12 --context 512 --prompt 32 --profile 8,32 2>&1 | grep -v Warning > "$OUT/bench.txt"
 tl bench
-timeout 180 node $D/load-test.mjs --cli $D/cli.mjs --synthetic llama-3.1-8b --backend webgpu --batched-step --context 512 --max-concurrency 32 \
+timeout 120 node $D/load-test.mjs --cli $D/cli.mjs --synthetic llama-3.1-8b --backend webgpu --batched-step --context 512 --max-concurrency 32 \
   --streams 1,8,32 --alone 2 --max-tokens 128 --prompt-tokens 32 2>&1 | grep -v Warning > "$OUT/load.txt"
 tl load

@@ -41,6 +41,10 @@ test('GET /metrics: Prometheus text with requests, tokens, queue, batch, KV cach
     assert.equal(metric(text, 'pdvm_running_requests'), 0);
     assert.equal(metric(text, 'pdvm_max_concurrency'), 4);
     assert.ok(metric(text, 'pdvm_batch_size') !== undefined);
+    // decode-only steps: at least one a token after the first, a row or more each
+    assert.ok(metric(text, 'pdvm_batch_decode_steps')! >= 4 && metric(text, 'pdvm_batch_decode_step_seconds')! > 0);
+    assert.ok(metric(text, 'pdvm_batch_decode_step_rows')! >= metric(text, 'pdvm_batch_decode_steps')!);
+    assert.ok(metric(text, 'pdvm_batch_between_step_seconds')! >= 0);
     // the second request copied the prompt out of the first one's kept cache: both are kept now
     assert.equal(metric(text, 'pdvm_kv_caches{state="kept"}'), 2);
     assert.equal(metric(text, 'pdvm_kv_cache_bytes{state="kept"}'), 2 * 6 * 2 * 1024 * 128 * 4);

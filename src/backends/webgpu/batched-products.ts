@@ -17,6 +17,8 @@ import { f32Literal, grid } from './kernels/prelude.js';
 export interface TensorCoreSplit {
   ks: number;
   warps: number;
+  /** Stages loaded ahead (1 or 2). */
+  depth?: number;
 }
 
 function env(name: string): string | undefined {
@@ -25,7 +27,7 @@ function env(name: string): string | undefined {
 
 /** The default split (PDVM_TC_KS, PDVM_TC_WARPS in the environment for measuring others). */
 export function defaultTensorCoreSplit(): TensorCoreSplit {
-  return { ks: Number(env('PDVM_TC_KS') ?? 64), warps: Number(env('PDVM_TC_WARPS') ?? 2048) };
+  return { ks: Number(env('PDVM_TC_KS') ?? 64), warps: Number(env('PDVM_TC_WARPS') ?? 2048), depth: Number(env('PDVM_TC_DEPTH') ?? 1) };
 }
 
 /** Why the tensor-core products cannot run on this device, or null when they can (before the self-test). */
@@ -34,7 +36,7 @@ export function tensorCoreProductsUnavailable(gpu: Gpu): string | null {
   if (!f.subgroupMatrixF16 || !f.subgroupMatrixIndexing) return 'no self-tested f16 subgroup matrices';
   if (!f.shaderF16) return 'no shader-f16';
   if (!(f.subgroupMinSize > 0 && f.subgroupMinSize === f.subgroupMaxSize)) return 'the subgroup size is not fixed';
-  if ((TC_ROWS * 2) % f.subgroupMaxSize !== 0) return `subgroup size ${f.subgroupMaxSize}`;
+  if (f.subgroupMaxSize % 4 !== 0 || f.subgroupMaxSize > 128) return `subgroup size ${f.subgroupMaxSize}`;
   return null;
 }
 
@@ -42,9 +44,9 @@ export function tensorCoreProductsUnavailable(gpu: Gpu): string | null {
 export function tensorCoreStages(gpu: Gpu, rows: number, cols: number, split: TensorCoreSplit): { ks: number; nsg: number } {
   const limits = gpu.device.limits, sg = gpu.features.subgroupMaxSize;
   const fits = (ks: number, nsg: number) => batchedTensorCoreBytes({ ks, nsg }) <= limits.maxComputeWorkgroupStorageSize && nsg * sg <= limits.maxComputeInvocationsPerWorkgroup;
-  let ks = split.ks;
-  while (ks > 32 && (!fits(ks, 1) || (TC_ROWS * ks) / 32 < sg)) ks /= 2;
-  while ((TC_ROWS * ks) / 32 < sg) ks *= 2;
+  // a load instruction's lanes take whole units of whole rows (sg a multiple of 4 KS / 32)
+  let ks = Math.min(256, split.ks);
+  while (ks > 32 && (!fits(ks, 1) || sg % ((4 * ks) / 32) !== 0)) ks /= 2;
   const blocks = Math.ceil(rows / TC_ROWS), stages = Math.ceil(cols / ks);
   let nsg = 1;
   while (nsg < 8 && blocks * nsg < split.warps && stages >= 2 * nsg && fits(ks, 2 * nsg)) nsg *= 2;
@@ -65,14 +67,15 @@ export function batchedTensorCoreOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, o: { x
   if (q.encoding !== 'q4' || q.wordsPerRow * 8 !== m.cols || !batchedTensorCoreApplies({ cols: m.cols, group: q.group, units: m.cols / 32 })) return null;
   if (io.yOffset + m.rows > io.yStride) throw new Error(`batched tensor-core product: rows ${io.yOffset}..${io.yOffset + m.rows} exceed the output stride ${io.yStride}`);
   const { ks, nsg } = tensorCoreStages(gpu, m.rows, m.cols, o.split);
-  const shape: BatchedTensorCoreShape = { rows: m.rows, cols: m.cols, units: m.cols / 32, group: q.group, yStride: io.yStride, yOffset: io.yOffset, bias: io.bias !== null, residual: io.residual, ks, nsg };
+  const depth = o.split.depth === 2 ? 2 : 1;
+  const shape: BatchedTensorCoreShape = { rows: m.rows, cols: m.cols, units: m.cols / 32, group: q.group, yStride: io.yStride, yOffset: io.yOffset, bias: io.bias !== null, residual: io.residual, ks, nsg, depth };
   const f = gpu.features;
   const pipeline = gpu.pipeline('batched_tensor_core', { ...shape, sg: f.subgroupMaxSize, indexing: f.subgroupMatrixIndexing!, syntax: f.subgroupMatrixSyntax }, () =>
     batchedTensorCoreWgsl(shape, f.subgroupMaxSize, f.subgroupMatrixIndexing!, f.subgroupMatrixSyntax));
   const all: Record<string, GPUBuffer | null> = { Q: m.buffers[0]!, SM: m.buffers[1]!, X16: o.x16, Y: io.y, STEP: io.step, BIAS: io.bias };
   const buffers = batchedTensorCoreBindings(shape).map((n) => all[n]!);
   const n = Math.ceil(m.rows / TC_ROWS);
-  return [{ label: `batched_tensor_core_q4(ks ${ks}, nsg ${nsg})`, pipeline, bindGroup: gpu.bindGroup('batched_tensor_core', pipeline, buffers), workgroups: () => grid(n) }];
+  return [{ label: `batched_tensor_core_q4(ks ${ks}, nsg ${nsg}, depth ${depth})`, pipeline, bindGroup: gpu.bindGroup('batched_tensor_core', pipeline, buffers), workgroups: () => grid(n) }];
 }
 
 /** Bytes of the x16 rows for up to maxRows rows of at most `cols` columns (whole passes of 32 rows). */
@@ -152,8 +155,8 @@ export async function selfTestBatchedTensorCore(gpu: Gpu): Promise<string> {
     const x16 = storage(x16Bytes(T, cols));
     const convert = await compile('self-test x16 rows', x16RowsWgsl(cols, 'plain', { subgroups: false }));
     const limits = device.limits;
-    const splits = [{ ks: 64, nsg: 1 }, { ks: 64, nsg: 2 }, { ks: 128, nsg: 1 }, { ks: 64, nsg: 4 }, { ks: 32, nsg: 8 }, { ks: 64, nsg: 8 }]
-      .filter((s) => batchedTensorCoreBytes(s) <= limits.maxComputeWorkgroupStorageSize && s.nsg * f.subgroupMaxSize <= limits.maxComputeInvocationsPerWorkgroup && (TC_ROWS * s.ks) / 32 >= f.subgroupMaxSize);
+    const splits = [{ ks: 64, nsg: 1 }, { ks: 64, nsg: 2, depth: 2 }, { ks: 128, nsg: 1, depth: 2 }, { ks: 64, nsg: 4 }, { ks: 32, nsg: 8, depth: 2 }, { ks: 64, nsg: 8 }]
+      .filter((s) => batchedTensorCoreBytes(s) <= limits.maxComputeWorkgroupStorageSize && s.nsg * f.subgroupMaxSize <= limits.maxComputeInvocationsPerWorkgroup && f.subgroupMaxSize % ((4 * s.ks) / 32) === 0);
     for (const split of splits) {
       const shape: BatchedTensorCoreShape = { rows, cols, units, group, yStride, yOffset, bias: true, residual: true, ...split };
       const pipeline = await compile(`self-test batched tensor core ks ${split.ks} nsg ${split.nsg}`, batchedTensorCoreWgsl(shape, f.subgroupMaxSize, f.subgroupMatrixIndexing!, f.subgroupMatrixSyntax));

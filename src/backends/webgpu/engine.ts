@@ -63,12 +63,13 @@ export interface WebGpuEngineOptions extends GpuOptions, UploadOptions {
    */
   batchRows?: number;
   /**
-   * The batched step's q4 products: 'tensor-core' (kernels/batched-tensor-core.ts: f16 subgroup
-   * matrices, 32 rows of x a pass over the weights) where the device has self-tested f16 subgroup
-   * matrices and that kernel's own self-test passes, else 'matvec' (kernels/batched-matvec.ts);
-   * 'tiled' puts the prefill's matrix-matrix kernels there (measurements). The choice is the
-   * device's, never the step's: a row's arithmetic does not depend on how many rows share the step.
-   * Default: PDVM_BATCH_PRODUCTS in the environment, else 'tensor-core' where it passes.
+   * The batched step's q4 products: 'matvec' (default; kernels/batched-matvec.ts), 'tensor-core'
+   * (kernels/batched-tensor-core.ts: f16 subgroup matrices, 32 rows of x a pass over the weights;
+   * only where the device has self-tested f16 subgroup matrices and that kernel's own self-test
+   * passes, else 'matvec') or 'tiled' (the prefill's matrix-matrix kernels; measurements). The choice
+   * holds for every step, never per step: a row's arithmetic does not depend on how many rows share
+   * it. Default: PDVM_BATCH_PRODUCTS in the environment, else 'matvec' (on the H100, 2026-12-05, the
+   * tensor-core products were 2.1x slower at 8 rows and 1.14x faster at 32: docs/PERFORMANCE.md).
    */
   batchProducts?: 'tensor-core' | 'matvec' | 'tiled';
   /**
@@ -423,12 +424,12 @@ export class WebGpuEngine implements Engine {
 
   /**
    * The batched step's products (WebGpuEngineOptions.batchProducts): the one asked for, else
-   * PDVM_BATCH_PRODUCTS, else the tensor cores where their self-test passes on this device.
+   * PDVM_BATCH_PRODUCTS, else 'matvec'; the tensor cores only where their self-test passes here.
    */
   private async chooseBatchProducts(asked?: 'tensor-core' | 'matvec' | 'tiled'): Promise<void> {
     const v = asked ?? envVar('PDVM_BATCH_PRODUCTS');
     // the f32 options keep the CPU's numerics (f32 x); the tensor cores multiply f16
-    const want = v === 'matvec' || v === 'tiled' ? v : this.matvecActivations === 'f32' ? 'matvec' : 'tensor-core';
+    const want = v === 'tiled' ? v : v === 'tensor-core' && this.matvecActivations !== 'f32' ? 'tensor-core' : 'matvec';
     if (want !== 'tensor-core') {
       this.batchProducts = want;
       return;

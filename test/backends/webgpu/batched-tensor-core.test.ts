@@ -19,13 +19,13 @@ import { read, readU32, run, SKIP_GPU, stepBuffer, storage, testGpu, zeros } fro
 
 const f16 = (v: number) => f16ToF32(f32ToF16(v));
 
-/** Row t of X16 back in column order (the halves c0 c4 c1 c5 c2 c6 c3 c7 of each 8). */
+/** Row t of X16 back in column order (column 8w + j + 4h of a unit at its half 8j + 2w + h). */
 function x16Row(words: Uint32Array, t: number, cols: number): Float32Array {
   const kp = x16Cols(cols), out = new Float32Array(cols);
   for (let c = 0; c < kp; c++) {
-    const g = c >> 3, j = c & 7;
-    const half = j < 4 ? 2 * j : 2 * (j - 4) + 1; // position within the 8
-    const word = words[(t * kp + 8 * g + half) >> 1]!;
+    const w = (c & 31) >> 3, j = c & 3, h = (c & 7) >> 2;
+    const half = (c & ~31) + 8 * j + 2 * w + h;
+    const word = words[(t * kp + half) >> 1]!;
     const v = f16ToF32((half & 1 ? word >>> 16 : word) & 0xffff);
     if (c < cols) out[c] = v;
     else assert.equal(v, 0, `row ${t}: pad column ${c} is ${v}`);
@@ -85,9 +85,9 @@ test('the batched tensor-core product\'s WGSL passes Tint\'s checks outside the 
   }
   const failures: string[] = [];
   for (const [rows, cols, group, bias, residual] of [[4096, 14336, 64, false, true], [48, 192, 64, true, true], [130, 96, 32, false, false]] as const) {
-    for (const [ks, nsg] of [[64, 1], [64, 4], [128, 2], [32, 8], [256, 1]] as const) {
+    for (const [ks, nsg, depth] of [[64, 1, 1], [64, 4, 2], [128, 2, 1], [32, 8, 2], [256, 1, 1]] as const) {
       for (const indexing of ['subgroup-id', 'invocation-index'] as const) {
-        const code = withScalarStandIns(batchedTensorCoreWgsl({ rows, cols, units: cols / 32, group, yStride: rows + 2, yOffset: 1, bias, residual, ks, nsg }, 32, indexing, 'template'));
+        const code = withScalarStandIns(batchedTensorCoreWgsl({ rows, cols, units: cols / 32, group, yStride: rows + 2, yOffset: 1, bias, residual, ks, nsg, depth }, 32, indexing, 'template'));
         const info = await gpu.device.createShaderModule({ code }).getCompilationInfo();
         const errors = info.messages.filter((m) => m.type === 'error');
         if (errors.length) failures.push(`${rows}x${cols} ks ${ks} nsg ${nsg} ${indexing}: ${errors.map((e) => `line ${e.lineNum}: ${e.message}`).join('; ')}`);
@@ -95,6 +95,69 @@ test('the batched tensor-core product\'s WGSL passes Tint\'s checks outside the 
     }
   }
   assert.deepEqual(failures, []);
+});
+
+/**
+ * The kernel with each subgroup matrix emulated by every invocation on its own (a 16 x 16 array in
+ * registers, loads, products and stores done element by element, the same on every lane): runs
+ * anywhere, slowly, with the kernel's own addressing.
+ */
+function withEmulatedMatrices(code: string): string {
+  const helpers = `
+alias Mat = array<f32, 256>;
+fn sm_left_X16(off: u32, stride: u32) -> Mat { var m: Mat; for (var i = 0u; i < 16u; i++) { for (var k = 0u; k < 16u; k++) { m[i * 16u + k] = f32(X16[off + i * stride + k]); } } return m; }
+fn sm_right_ws(off: u32, stride: u32) -> Mat { var m: Mat; for (var k = 0u; k < 16u; k++) { for (var n = 0u; n < 16u; n++) { m[k * 16u + n] = f32(ws[off + n * stride + k]); } } return m; }
+fn sm_mma(l: Mat, r: Mat, a: Mat) -> Mat {
+  var o = a;
+  for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { var s = o[i * 16u + n]; for (var k = 0u; k < 16u; k++) { s += l[i * 16u + k] * r[k * 16u + n]; } o[i * 16u + n] = s; } }
+  return o;
+}
+fn sm_store_cs(off: u32, v: Mat, stride: u32) { for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { cs[off + i * stride + n] = v[i * 16u + n]; } } }
+`;
+  return code
+    .replace('enable chromium_experimental_subgroup_matrix;\n', '')
+    .replace(/\n@compute/, `${helpers}\n@compute`)
+    .replace(/subgroup_matrix_result<f32, 16, 16>\(\)/g, 'Mat()')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>\(&X16, /g, 'sm_left_X16(')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>\(&ws, /g, 'sm_right_ws(')
+    .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
+    .replace(/subgroupMatrixStore<row_major>\(&cs, /g, 'sm_store_cs(');
+}
+
+test('the batched tensor-core product with emulated subgroup matrices gives the exact answer of a small q4 product (4 stages over 2 subgroups; its addressing, permutation and epilogue)', { skip: SKIP_GPU }, async (t) => {
+  const gpu = await testGpu();
+  if (!gpu.device.features.has('shader-f16')) {
+    t.skip('no shader-f16 on this adapter');
+    return;
+  }
+  const device = gpu.device;
+  const T = 37, rows = 48, cols = 128, group = 64, units = cols / 32, groups = cols / group;
+  const q = new Uint32Array(rows * units * 4), sm = new Uint32Array(rows * groups).fill(0x3c00 | (0xc000 << 16)); // scale 1, min -2
+  for (let i = 0; i < q.length; i++) q[i] = (Math.imul(i + 1, 2654435761) >>> 0) ^ (i * 40503);
+  const x = Float32Array.from({ length: T * cols }, (_, i) => ((i * 5) % 7) - 3);
+  const yStride = rows + 3, yOffset = 2;
+  const bias = Float32Array.from({ length: yStride }, (_, i) => (i % 5) - 2), y0 = Float32Array.from({ length: T * yStride }, (_, i) => (i % 3) - 1);
+  const want = Float32Array.from(y0);
+  for (let tt = 0; tt < T; tt++) for (let r = 0; r < rows; r++) {
+    let s = 0;
+    for (let c = 0; c < cols; c++) s += (((q[(r * units + (c >> 5)) * 4 + ((c & 31) >> 3)]! >>> (4 * (c & 7))) & 15) - 2) * x[tt * cols + c]!;
+    want[tt * yStride + yOffset + r] = s + bias[yOffset + r]! + y0[tt * yStride + yOffset + r]!;
+  }
+  const step = stepBuffer(gpu, T, 0), x16 = zeros(gpu, x16Bytes(T, cols) / 4), xb = storage(gpu, x);
+  const convert = x16Op(gpu, cols, xb, x16, step);
+  for (const [ks, nsg, depth] of [[32, 2, 2]] as const) {
+    const code = withEmulatedMatrices(batchedTensorCoreWgsl({ rows, cols, units, group, yStride, yOffset, bias: true, residual: true, ks, nsg, depth }, 32, 'invocation-index', 'template'));
+    const module = device.createShaderModule({ code });
+    const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error');
+    assert.deepEqual(errors.map((e) => `line ${e.lineNum}: ${e.message}`), [], `ks ${ks} nsg ${nsg} compiles`);
+    const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+    const y = storage(gpu, y0);
+    const product = { label: 'emulated', pipeline, bindGroup: gpu.bindGroup('emulated', pipeline, [storage(gpu, q), storage(gpu, sm), x16, y, step, storage(gpu, bias)]), workgroups: () => [Math.ceil(rows / 32), 1, 1] as [number, number, number] };
+    await run(gpu, [convert, product], T);
+    const got = await read(gpu, y, T * yStride);
+    const bad = want.findIndex((v, i) => got[i] !== v);
+    assert.equal(bad, -1, `ks ${ks} nsg ${nsg}: element ${bad} (token ${Math.floor(bad / yStride)}, column ${bad % yStride}) is ${got[bad]}, want ${want[bad]}`);
+  }
 });
 
 test('webgpu batched tensor-core products: q4 x f16 rows equal the CPU product, and each row is the same whatever T', { skip: SKIP_GPU }, async (t) => {
@@ -135,7 +198,7 @@ test('webgpu batched tensor-core products: q4 x f16 rows equal the CPU product, 
       for (let c = 0; c < cols; c++) s += w[i * cols + c]! * f16(x[tt * cols + c]!);
       want[tt * yStride + yOffset + i] += s + biasValues[yOffset + i]!;
     }
-    for (const split of [{ ks: 64, warps: 1 }, { ks: 64, warps: 100000 }, { ks: 128, warps: 8 }]) {
+    for (const split of [{ ks: 64, warps: 1 }, { ks: 64, warps: 100000, depth: 2 }, { ks: 128, warps: 8, depth: 2 }]) {
       const results: Float32Array[] = [];
       for (const steps of [T, 1, 17]) {
         const y = storage(gpu, y0);
@@ -153,7 +216,7 @@ test('webgpu batched tensor-core products: q4 x f16 rows equal the CPU product, 
       assertClose(all, want, 1e-4, `${what} vs the CPU`);
     }
   }
-  function op(split: { ks: number; warps: number }): string {
-    return `ks ${split.ks}, warps ${split.warps}`;
+  function op(split: { ks: number; warps: number; depth?: number }): string {
+    return `ks ${split.ks}, warps ${split.warps}, depth ${split.depth ?? 1}`;
   }
 });

@@ -7,10 +7,12 @@
  * pair SM[r * GROUPS + 32k / GROUP]; W[r, c] = nibble * scale + min.
  *
  * x is first written as f16 rows (`X16`, x16RowsWgsl: by the RMSNorm, the SwiGLU or a plain copy),
- * KP = cols rounded up to 256 halves a row (pad zeros), each 8 columns c0..c7 stored in the order
- * c0 c4 c1 c5 c2 c6 c3 c7: the order in which a q4 word's nibbles come out two at a time
- * ((word >> 4j) & 0x000F000F gives nibbles j and j + 4 as the low and high half). W and x share the
- * permutation, so the sums are those of the columns in order.
+ * KP = cols rounded up to 256 halves a row (pad zeros), the columns of each unit of 32 permuted: column
+ * 8w + j + 4h (word w, nibble j + 4h of the q4 unit) at half 8j + 2w + h of the unit. (word >> 4j) &
+ * 0x000F000F gives nibbles j and j + 4 as one pair of halves, and the four lanes holding words 0..3 of
+ * a unit write their pair j to four consecutive words, so that a store instruction's lanes (4 rows x 2
+ * units x 4 words at KS 64) fall in 32 different banks. W and x share the permutation, so the sums are
+ * those of the columns in order.
  *
  * A workgroup takes 32 output rows (two 16-row right matrices) and NSG subgroups; subgroup g
  * dequantizes stages g, g + NSG, ... (KS columns each) of those rows to f16 in its part of workgroup
@@ -51,6 +53,8 @@ export interface BatchedTensorCoreShape {
   ks: number;
   /** Subgroups a workgroup, each over its own stages (1, 2, 4 or 8). */
   nsg: number;
+  /** Stages a subgroup's words are loaded ahead of their use: 1 or 2 (twice the registers, twice the bytes in flight). */
+  depth?: number;
 }
 
 /** Whether the kernel takes a q4 matrix of this shape (whole units, groups of whole units). */
@@ -73,42 +77,71 @@ export function batchedTensorCoreWgsl(s: BatchedTensorCoreShape, subgroupSize: n
   const KS = s.ks, NSG = s.nsg, SG = subgroupSize, WG = NSG * SG;
   if (![32, 64, 128, 256].includes(KS) || ![1, 2, 4, 8].includes(NSG)) throw new Error(`batched tensor-core product: KS ${KS}, NSG ${NSG} (KS 32..256, NSG 1..8, powers of two)`);
   const UPS = KS / 32; // units a row a stage
-  const UL = (TC_ROWS * UPS) / SG; // units a lane a stage
-  if (!Number.isInteger(UL) || UL < 1) throw new Error(`batched tensor-core product: ${TC_ROWS} rows x ${UPS} units a stage over ${SG} lanes`);
+  const UL = (TC_ROWS * UPS * 4) / SG; // words a lane a stage
+  if (!Number.isInteger(UL) || UL < 1 || SG % (4 * UPS) !== 0) throw new Error(`batched tensor-core product: ${TC_ROWS} rows x ${UPS} units a stage over ${SG} lanes`);
+  const RPI = SG / (4 * UPS); // rows a load instruction
   const S = KS + 8; // ws row stride in halves (16-byte aligned, off the bank period)
   const KP = x16Cols(s.cols);
   const STAGES = Math.ceil(s.cols / KS);
   const byId = indexing === 'subgroup-id';
   const names = batchedTensorCoreBindings(s);
-  const type: Record<string, string> = { Q: 'array<vec4<u32>>', SM: 'array<u32>', X16: 'array<f16>', Y: 'array<f32>', STEP: 'array<u32>', BIAS: 'array<f32>' };
+  const type: Record<string, string> = { Q: 'array<u32>', SM: 'array<u32>', X16: 'array<f16>', Y: 'array<f32>', STEP: 'array<u32>', BIAS: 'array<f32>' };
   const decl = names.map((n, i) => `@group(0) @binding(${i}) var<storage, ${n === 'Y' ? 'read_write' : 'read'}> ${n}: ${type[n]};`).join('\n');
   const P = Array.from({ length: UL }, (_, p) => p);
   const L = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', '&X16', off, false, 'KP');
   const R = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<f16, 16, 16>', '&ws', off, true, `${S}u`);
-  // a stage's words for this lane: unit e of the stage is row e / UPS, unit e % UPS of the stage
-  const load = (stage: string) => P.map((p) => `{
-      let e = lane + ${p * SG}u;
-      let r = rb + e / ${UPS}u;
-      let k = ${stage} * ${UPS}u + e % ${UPS}u;
+  // a stage's words for this lane: lane l holds word l % 4 of unit (l / 4) % UPS of the stage, row
+  // l / (4 UPS) + RPI p (coalesced: consecutive lanes, consecutive words of a row)
+  const load = (stage: string, set: string) => P.map((p) => `{
+      let r = rb + lane / ${4 * UPS}u + ${p * RPI}u;
+      let k = ${stage} * ${UPS}u + (lane / 4u) % ${UPS}u;
       if (r < ROWS && k < UNITS) {
-        rq[${p}] = Q[r * UNITS + k];
-        rs[${p}] = SM[r * GROUPS + (k * 32u) / GROUP];
+        rq${set}[${p}] = Q[(r * UNITS + k) * 4u + lane % 4u];
+        rs${set}[${p}] = SM[r * GROUPS + (k * 32u) / GROUP];
       } else {
-        rq[${p}] = vec4<u32>(0u);
-        rs[${p}] = 0u; // scale and min 0: zeros
+        rq${set}[${p}] = 0u;
+        rs${set}[${p}] = 0u; // scale and min 0: zeros
       }
     }`).join('\n    ');
-  // nibbles j and j + 4 of word w as f16 (1024 + n, exactly), then n * scale + min
-  const dequant = P.map((p) => {
-    const lines = [`let e = lane + ${p * SG}u;`, `let o = wsg + (e / ${UPS}u) * ${S}u + (e % ${UPS}u) * 32u;`, `let sm = bitcast<vec2<f16>>(rs[${p}]);`, `let sc = vec2<f16>(sm.x);`, `let mn = vec2<f16>(sm.y);`];
-    for (let w = 0; w < 4; w++) {
-      for (let j = 0; j < 4; j++) {
-        const bits = j === 0 ? `rq[${p}][${w}]` : `(rq[${p}][${w}] >> ${4 * j}u)`;
-        lines.push(`{ let v = fma(bitcast<vec2<f16>>((${bits} & 0x000F000Fu) | 0x64006400u) - vec2<f16>(1024.0h), sc, mn); ws[o + ${8 * w + 2 * j}u] = v.x; ws[o + ${8 * w + 2 * j + 1}u] = v.y; }`);
-      }
+  // nibbles j and j + 4 of the word as f16 (1024 + n, exactly), then n * scale + min, to word 4j + w of the unit
+  const dequant = (set: string) => P.map((p) => {
+    const lines = [`let o = wsg + (lane / ${4 * UPS}u + ${p * RPI}u) * ${S}u + ((lane / 4u) % ${UPS}u) * 32u + 2u * (lane % 4u);`, `let sm = bitcast<vec2<f16>>(rs${set}[${p}]);`, `let sc = vec2<f16>(sm.x);`, `let mn = vec2<f16>(sm.y);`];
+    for (let j = 0; j < 4; j++) {
+      const bits = j === 0 ? `rq${set}[${p}]` : `(rq${set}[${p}] >> ${4 * j}u)`;
+      lines.push(`{ let v = fma(bitcast<vec2<f16>>((${bits} & 0x000F000Fu) | 0x64006400u) - vec2<f16>(1024.0h), sc, mn); ws[o + ${8 * j}u] = v.x; ws[o + ${8 * j + 1}u] = v.y; }`);
     }
     return `{\n      ${lines.join('\n      ')}\n    }`;
   }).join('\n    ');
+  const DEPTH = s.depth ?? 1;
+  if (DEPTH !== 1 && DEPTH !== 2) throw new Error(`batched tensor-core product: depth ${DEPTH} (1 or 2)`);
+  const sets = DEPTH === 2 ? ['A', 'B'] : ['A'];
+  // stage it0 + d from register set `set`: dequantized, the set reloaded DEPTH stages ahead, multiplied
+  const stage = (set: string, d: number) => `${d > 0 ? `if (it0 + ${d}u < ITERS) ` : ''}{
+        let it = it0 + ${d}u;
+        let st = it * ${NSG}u + g;
+        ${dequant(set).split('\n').join('\n    ')}
+        workgroupBarrier();
+        if (it + ${DEPTH}u < ITERS) {
+          let next = st + ${DEPTH * NSG}u;
+          ${load('next', set).split('\n').join('\n      ')}
+        }
+        if (st < STAGES) {
+          let k0 = st * ${KS}u;
+          for (var kk = 0u; kk < ${KS}u; kk += 16u) {
+            let r0 = ${R('wsg + kk')};
+            let r1 = ${R(`wsg + ${16 * S}u + kk`)};
+            let l0 = ${L('t0 * KP + k0 + kk')};
+            a0_0 = subgroupMatrixMultiplyAccumulate(l0, r0, a0_0);
+            a0_1 = subgroupMatrixMultiplyAccumulate(l0, r1, a0_1);
+            if (two) {
+              let l1 = ${L('(t0 + 16u) * KP + k0 + kk')};
+              a1_0 = subgroupMatrixMultiplyAccumulate(l1, r0, a1_0);
+              a1_1 = subgroupMatrixMultiplyAccumulate(l1, r1, a1_1);
+            }
+          }
+        }
+        workgroupBarrier();
+      }`;
   const acc = (i: number, j: number) => `a${i}_${j}`;
   const epilogue = [0, 1].flatMap((i) => [0, 1].map((j) => `${i === 1 ? 'if (two) ' : ''}{
       ${subgroupMatrixStoreWgsl(syntax, '&cs', 'g * 256u', acc(i, j), false, '16u')};
@@ -155,34 +188,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var a0_1 = subgroup_matrix_result<f32, 16, 16>();
     var a1_0 = subgroup_matrix_result<f32, 16, 16>();
     var a1_1 = subgroup_matrix_result<f32, 16, 16>();
-    var rq: array<vec4<u32>, ${UL}>;
-    var rs: array<u32, ${UL}>;
-    ${load('g')}
-    // hot loop: a stage of this subgroup's columns, dequantized, then multiplied
-    for (var it = 0u; it < ITERS; it++) {
-      let st = it * ${NSG}u + g;
-      ${dequant.split('\n').join('\n  ')}
-      workgroupBarrier();
-      if (it + 1u < ITERS) {
-        let next = st + ${NSG}u;
-        ${load('next').split('\n').join('\n    ')}
-      }
-      if (st < STAGES) {
-        let k0 = st * ${KS}u;
-        for (var kk = 0u; kk < ${KS}u; kk += 16u) {
-          let r0 = ${R('wsg + kk')};
-          let r1 = ${R(`wsg + ${16 * S}u + kk`)};
-          let l0 = ${L('t0 * KP + k0 + kk')};
-          a0_0 = subgroupMatrixMultiplyAccumulate(l0, r0, a0_0);
-          a0_1 = subgroupMatrixMultiplyAccumulate(l0, r1, a0_1);
-          if (two) {
-            let l1 = ${L('(t0 + 16u) * KP + k0 + kk')};
-            a1_0 = subgroupMatrixMultiplyAccumulate(l1, r0, a1_0);
-            a1_1 = subgroupMatrixMultiplyAccumulate(l1, r1, a1_1);
-          }
-        }
-      }
-      workgroupBarrier();
+    ${sets.map((set) => `var rq${set}: array<u32, ${UL}>;\n    var rs${set}: array<u32, ${UL}>;`).join('\n    ')}
+    ${load('g', 'A')}
+    ${DEPTH === 2 ? `if (1u < ITERS) {\n      let second = g + ${NSG}u;\n      ${load('second', 'B').split('\n').join('\n  ')}\n    }` : ''}
+    // hot loop: a stage of this subgroup's columns, dequantized, then multiplied (DEPTH stages an iteration, each from its register set)
+    for (var it0 = 0u; it0 < ITERS; it0 += ${DEPTH}u) {
+      ${sets.map((set, d) => stage(set, d)).join('\n      ')}
     }
     // the subgroups' partial sums added in subgroup order, then bias and residual
     ${epilogue.join('\n    ')}
@@ -192,9 +203,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 /**
- * x to the product's f16 rows (X16, TC layout above): per token row t and 8 columns w, the word
- * X16[t * KP / 8 + w] of the halves c0 c4 c1 c5 c2 c6 c3 c7 (clamped to f16's range; zeros past
- * cols). Three producers:
+ * x to the product's f16 rows (X16, the layout above): per token row t and 8 columns 8w.. of unit u,
+ * the words X16[t * KP / 2 + 16 u + 4 j + w % 4] = (x[8w + j], x[8w + j + 4]) for j = 0..3 (clamped
+ * to f16's range; zeros past cols). Three producers:
  *   'plain':  x as stored (T, cols) f32; an invocation per 8 columns;
  *   'swiglu': x = silu(gate) * up of gate_up rows (T, 2 cols) (as kernels/swiglu.ts), also stored to X;
  *   'norm':   RMSNorm of x's rows (a workgroup of 256 per row; out = x * rsqrt(mean(x^2) + eps) * w, as
@@ -204,10 +215,15 @@ export function x16RowsWgsl(cols: number, source: 'plain' | 'swiglu' | 'norm', f
   if (cols % 8 !== 0) throw new Error(`x16 rows: ${cols} columns are not a multiple of 8`);
   const W8 = cols / 8, KP8 = x16Cols(cols) / 8;
   const PACK = /* wgsl */ `
-fn x16_word(lo: vec4<f32>, hi: vec4<f32>) -> vec4<u32> {
+// columns 8w .. 8w + 7 of row t (lo, hi) to their four words
+fn store_x16(t: u32, w: u32, lo: vec4<f32>, hi: vec4<f32>) {
   let a = clamp(lo, vec4<f32>(-65504.0), vec4<f32>(65504.0));
   let b = clamp(hi, vec4<f32>(-65504.0), vec4<f32>(65504.0));
-  return vec4<u32>(pack2x16float(vec2<f32>(a.x, b.x)), pack2x16float(vec2<f32>(a.y, b.y)), pack2x16float(vec2<f32>(a.z, b.z)), pack2x16float(vec2<f32>(a.w, b.w)));
+  let o = t * KP8 * 4u + (w / 4u) * 16u + w % 4u;
+  X16[o] = pack2x16float(vec2<f32>(a.x, b.x));
+  X16[o + 4u] = pack2x16float(vec2<f32>(a.y, b.y));
+  X16[o + 8u] = pack2x16float(vec2<f32>(a.z, b.z));
+  X16[o + 12u] = pack2x16float(vec2<f32>(a.w, b.w));
 }`;
   const consts = `const W8 = ${W8}u; // 8-column groups of a row of x
 const KP8 = ${KP8}u; // of a row of X16`;
@@ -217,7 +233,7 @@ ${consts}
 @group(0) @binding(0) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> W: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> XN: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> X16: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read_write> X16: array<u32>;
 @group(0) @binding(4) var<storage, read> STEP: array<u32>;
 
 @compute @workgroup_size(256)
@@ -238,7 +254,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       XN[i] = lo;
       XN[i + 1u] = hi;
     }
-    X16[row * KP8 + w] = x16_word(lo, hi);
+    store_x16(row, w, lo, hi);
   }
 }
 `;
@@ -247,7 +263,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   return `${COMMON}${PACK}
 ${consts}
 @group(0) @binding(0) var<storage, ${swiglu ? 'read_write' : 'read'}> X: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> X16: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> X16: array<u32>;
 @group(0) @binding(2) var<storage, read> STEP: array<u32>;
 ${swiglu ? '@group(0) @binding(3) var<storage, read> GU: array<vec4<f32>>;' : ''}
 
@@ -270,7 +286,7 @@ ${swiglu ? `    let gi = t * W8 * 4u + 2u * w; // gate of row t; up W8 * 2 vec4 
     X[x + 1u] = hi;` : `    lo = X[x];
     hi = X[x + 1u];`}
   }
-  X16[i] = x16_word(lo, hi);
+  store_x16(t, w, lo, hi);
 }
 `;
 }
