@@ -6,7 +6,9 @@
  * a step and the aggregate tok/s, beside the fused decoder's single-stream rate in the same process
  * (the best one-stream path); `--kernels tiled` puts the prefill's matrix-matrix kernels in the
  * products instead, `tc` the batched tensor-core products (kernels/batched-tensor-core.ts; `tc-KS-WARPS[-DEPTH]`
- * with columns a stage, the subgroups a dispatch aims at and the stages loaded ahead); with --profile, each dispatch of a
+ * with columns a stage, the subgroups a dispatch aims at and the stages loaded ahead; `...-nodequant`
+ * and `...-nox` time the kernel without its weights' dequantization or without x's global loads:
+ * wrong tokens, timing only); with --profile, each dispatch of a
  * decode-row pass (layer 0, head).
  * A program, not a test: figures go to docs/PERFORMANCE.md.
  *   node bench/batched-step.js [--shape llama-3.1-8b] [--batches 1,8,32] [--kernels 8x2,tc,tc-128-4096] [--steps 16]
@@ -75,13 +77,13 @@ const prompt = (b: number) => Array.from({ length: promptTokens }, (_, i) => (b 
 const results: { kernel: string; B: number; msPerStep: number; tokPerS: number }[] = [];
 for (const k of values.kernels!.split(',')) {
   // NBxRPS: the batched q4 products; 'tiled': the prefill's matrix-matrix kernels; 'tc[-KS-WARPS]': the tensor-core products
-  const tc = /^tc(?:-(\d+)-(\d+)(?:-(\d))?)?$/.exec(k);
+  const tc = /^tc(?:-(\d+)-(\d+)(?:-(\d))?(?:-(nodequant|nox))?)?$/.exec(k);
   if (tc && gpu.features.selfTests['batched products (subgroup matrix)'] !== 'passed') {
     console.log(`kernel ${k}: skipped, the tensor-core products are off here (${gpu.features.selfTests['batched products (subgroup matrix)']})`);
     continue;
   }
   const [nb, rps] = k === 'tiled' || tc ? [8, 2] : (k.split('x').map(Number) as [number, number]);
-  engine.setBatchKernel(nb, rps, k === 'tiled' ? 'tiled' : tc ? 'tensor-core' : 'matvec', tc ? (tc[1] ? { ks: Number(tc[1]), warps: Number(tc[2]), depth: Number(tc[3] ?? 1) } : defaultTensorCoreSplit()) : undefined);
+  engine.setBatchKernel(nb, rps, k === 'tiled' ? 'tiled' : tc ? 'tensor-core' : 'matvec', tc ? (tc[1] ? { ks: Number(tc[1]), warps: Number(tc[2]), depth: Number(tc[3] ?? 1), lab: tc[4] === 'nodequant' ? 'no-dequant' : tc[4] === 'nox' ? 'no-x-loads' : undefined } : defaultTensorCoreSplit()) : undefined);
   for (const B of batches) {
     const seqs: Sequence[] = Array.from({ length: B }, () => engine.createSequence());
     let ids = (await engine.step!(seqs.map((seq, b) => ({ seq, tokens: prompt(b), logits: true, choose: { sampling: GREEDY, random: 0 } })))) as number[];

@@ -19,6 +19,8 @@ export interface TensorCoreSplit {
   warps: number;
   /** Stages loaded ahead (1 or 2). */
   depth?: number;
+  /** Timing only (BatchedTensorCoreShape.lab): wrong results. */
+  lab?: 'no-dequant' | 'no-x-loads';
 }
 
 function env(name: string): string | undefined {
@@ -68,14 +70,14 @@ export function batchedTensorCoreOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, o: { x
   if (io.yOffset + m.rows > io.yStride) throw new Error(`batched tensor-core product: rows ${io.yOffset}..${io.yOffset + m.rows} exceed the output stride ${io.yStride}`);
   const { ks, nsg } = tensorCoreStages(gpu, m.rows, m.cols, o.split);
   const depth = o.split.depth === 2 ? 2 : 1;
-  const shape: BatchedTensorCoreShape = { rows: m.rows, cols: m.cols, units: m.cols / 32, group: q.group, yStride: io.yStride, yOffset: io.yOffset, bias: io.bias !== null, residual: io.residual, ks, nsg, depth };
+  const shape: BatchedTensorCoreShape = { rows: m.rows, cols: m.cols, units: m.cols / 32, group: q.group, yStride: io.yStride, yOffset: io.yOffset, bias: io.bias !== null, residual: io.residual, ks, nsg, depth, ...(o.split.lab ? { lab: o.split.lab } : {}) };
   const f = gpu.features;
   const pipeline = gpu.pipeline('batched_tensor_core', { ...shape, sg: f.subgroupMaxSize, indexing: f.subgroupMatrixIndexing!, syntax: f.subgroupMatrixSyntax }, () =>
     batchedTensorCoreWgsl(shape, f.subgroupMaxSize, f.subgroupMatrixIndexing!, f.subgroupMatrixSyntax));
   const all: Record<string, GPUBuffer | null> = { Q: m.buffers[0]!, SM: m.buffers[1]!, X16: o.x16, Y: io.y, STEP: io.step, BIAS: io.bias };
   const buffers = batchedTensorCoreBindings(shape).map((n) => all[n]!);
   const n = Math.ceil(m.rows / TC_ROWS);
-  return [{ label: `batched_tensor_core_q4(ks ${ks}, nsg ${nsg}, depth ${depth})`, pipeline, bindGroup: gpu.bindGroup('batched_tensor_core', pipeline, buffers), workgroups: () => grid(n) }];
+  return [{ label: `batched_tensor_core_q4(ks ${ks}, nsg ${nsg}, depth ${depth}${shape.lab ? `, ${shape.lab}` : ''})`, pipeline, bindGroup: gpu.bindGroup('batched_tensor_core', pipeline, buffers), workgroups: () => grid(n) }];
 }
 
 /** Bytes of the x16 rows for up to maxRows rows of at most `cols` columns (whole passes of 32 rows). */

@@ -94,6 +94,12 @@ test('the batched tensor-core product\'s WGSL passes Tint\'s checks outside the 
       }
     }
   }
+  // the timing-only variants of bench/batched-step.ts
+  for (const lab of ['no-dequant', 'no-x-loads'] as const) {
+    const code = withScalarStandIns(batchedTensorCoreWgsl({ rows: 4096, cols: 14336, units: 448, group: 64, yStride: 4096, yOffset: 0, bias: false, residual: true, ks: 64, nsg: 8, lab }, 32, 'subgroup-id', 'template'));
+    const errors = (await gpu.device.createShaderModule({ code }).getCompilationInfo()).messages.filter((m) => m.type === 'error');
+    if (errors.length) failures.push(`${lab}: ${errors.map((e) => `line ${e.lineNum}: ${e.message}`).join('; ')}`);
+  }
   assert.deepEqual(failures, []);
 });
 

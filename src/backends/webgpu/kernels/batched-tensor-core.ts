@@ -55,6 +55,13 @@ export interface BatchedTensorCoreShape {
   nsg: number;
   /** Stages a subgroup's words are loaded ahead of their use: 1 or 2 (twice the registers, twice the bytes in flight). */
   depth?: number;
+  /**
+   * Timing only, wrong results (bench/batched-step.ts `tc-...-nodequant` / `-nox`): 'no-dequant' reads
+   * no weights and writes nothing to workgroup memory (the products of whatever is there: the
+   * subgroup-matrix loads, products, barriers and epilogue alone); 'no-x-loads' takes the left
+   * matrices from workgroup memory instead of X16 (the cost of x's global loads).
+   */
+  lab?: 'no-dequant' | 'no-x-loads';
 }
 
 /** Whether the kernel takes a q4 matrix of this shape (whole units, groups of whole units). */
@@ -88,11 +95,13 @@ export function batchedTensorCoreWgsl(s: BatchedTensorCoreShape, subgroupSize: n
   const type: Record<string, string> = { Q: 'array<u32>', SM: 'array<u32>', X16: 'array<f16>', Y: 'array<f32>', STEP: 'array<u32>', BIAS: 'array<f32>' };
   const decl = names.map((n, i) => `@group(0) @binding(${i}) var<storage, ${n === 'Y' ? 'read_write' : 'read'}> ${n}: ${type[n]};`).join('\n');
   const P = Array.from({ length: UL }, (_, p) => p);
-  const L = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', '&X16', off, false, 'KP');
+  const L = (off: string) => s.lab === 'no-x-loads'
+    ? subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', '&ws', `wsg + ((${off}) % ${16 * S}u)`, false, `${S}u`)
+    : subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', '&X16', off, false, 'KP');
   const R = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<f16, 16, 16>', '&ws', off, true, `${S}u`);
   // a stage's words for this lane: lane l holds word l % 4 of unit (l / 4) % UPS of the stage, row
   // l / (4 UPS) + RPI p (coalesced: consecutive lanes, consecutive words of a row)
-  const load = (stage: string, set: string) => P.map((p) => `{
+  const load = (stage: string, set: string) => s.lab === 'no-dequant' ? '' : P.map((p) => `{
       let r = rb + lane / ${4 * UPS}u + ${p * RPI}u;
       let k = ${stage} * ${UPS}u + (lane / 4u) % ${UPS}u;
       if (r < ROWS && k < UNITS) {
@@ -104,7 +113,7 @@ export function batchedTensorCoreWgsl(s: BatchedTensorCoreShape, subgroupSize: n
       }
     }`).join('\n    ');
   // nibbles j and j + 4 of the word as f16 (1024 + n, exactly), then n * scale + min, to word 4j + w of the unit
-  const dequant = (set: string) => P.map((p) => {
+  const dequant = (set: string) => s.lab === 'no-dequant' ? '' : P.map((p) => {
     const lines = [`let o = wsg + (lane / ${4 * UPS}u + ${p * RPI}u) * ${S}u + ((lane / 4u) % ${UPS}u) * 32u + 2u * (lane % 4u);`, `let sm = bitcast<vec2<f16>>(rs${set}[${p}]);`, `let sc = vec2<f16>(sm.x);`, `let mn = vec2<f16>(sm.y);`];
     for (let j = 0; j < 4; j++) {
       const bits = j === 0 ? `rq${set}[${p}]` : `(rq${set}[${p}] >> ${4 * j}u)`;
@@ -178,6 +187,7 @@ var<workgroup> cs: array<f32, ${NSG * 256}>; // per subgroup a 16 x 16 partial s
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {
   let T = STEP[0];
+  ${s.lab ? '// every binding stays in the auto layout\n  if (T == 0xFFFFFFFFu) { Y[0] = f32(Q[0]) + f32(SM[0]) + f32(X16[0]); }' : ''}
   let rb = linear_workgroup(wid, nwg) * ${TC_ROWS}u;
   let g = ${byId ? 'sg_id' : `lid / ${SG}u`};
   let lane = ${byId ? 'sg_lane' : `lid % ${SG}u`};
