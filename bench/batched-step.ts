@@ -14,7 +14,7 @@
  *   node bench/batched-step.js [--shape llama-3.1-8b] [--batches 1,8,32] [--kernels 8x2,tc,tc-128-4096] [--steps 16]
  *     [--context 512] [--prompt 32] [--profile 1,32] [--fused-tokens 128] [--kv-slots N]
  */
-import { parseArgs } from 'node:util';
+import { scriptArgs } from '../scripts/args.js';
 import { Gpu } from '../src/backends/webgpu/device.js';
 import { WebGpuEngine } from '../src/backends/webgpu/engine.js';
 import { defaultTensorCoreSplit, selfTestBatchedTensorCore } from '../src/backends/webgpu/batched-products.js';
@@ -24,7 +24,7 @@ import { BENCH_SHAPES, benchConfig, SyntheticWeights } from '../src/bench/synthe
 import type { DeviceSampling, Sequence } from '../src/runtime/engine.js';
 import { Scheduler } from '../src/api/scheduler.js';
 
-const { values } = parseArgs({
+const { values } = scriptArgs({
   options: {
     shape: { type: 'string', default: 'llama-3.1-8b' },
     batches: { type: 'string', default: '1,8,32' },

@@ -9,7 +9,7 @@ import { fork } from 'node:child_process';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
+import { scriptArgs } from '../scripts/args.js';
 import { fileURLToPath } from 'node:url';
 import { compressModel } from '../src/compress/compress.js';
 import type { CompressOptions } from '../src/compress/plan.js';
@@ -30,7 +30,7 @@ interface ChildResult {
   outputBytes: number;
 }
 
-const { values } = parseArgs({
+const { values } = scriptArgs({
   options: {
     child: { type: 'string' },
     input: { type: 'string' },

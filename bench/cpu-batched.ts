@@ -6,13 +6,13 @@
  * docs/PERFORMANCE.md.
  *   npx tsc -p . && node dist/bench/cpu-batched.js [--batches 1,4,8,16,32] [--steps 24] [--context 256]
  */
-import { parseArgs } from 'node:util';
+import { scriptArgs } from '../scripts/args.js';
 import os from 'node:os';
 import { CpuEngine } from '../src/backends/cpu/engine.js';
 import { demoModelPath } from '../src/cli/common.js';
 import { loadModel } from '../src/model/load.js';
 
-const { values } = parseArgs({ options: { batches: { type: 'string', default: '1,4,8,16,32' }, steps: { type: 'string', default: '24' }, context: { type: 'string', default: '256' } } });
+const { values } = scriptArgs({ options: { batches: { type: 'string', default: '1,4,8,16,32' }, steps: { type: 'string', default: '24' }, context: { type: 'string', default: '256' } } });
 const steps = Number(values.steps);
 const loaded = await loadModel(demoModelPath());
 const engine = new CpuEngine(loaded.config, loaded.weights, Number(values.context));

@@ -3,14 +3,14 @@
  *   npm run bench:cpu [-- --prompt 128 --decode 128 --runs 3 --model PATH]
  * Prints a table and one JSON line. A program, not a test: figures go to docs/PERFORMANCE.md.
  */
-import { parseArgs } from 'node:util';
+import { scriptArgs } from '../scripts/args.js';
 import os from 'node:os';
 import { loadModel } from '../src/model/load.js';
 import { CpuEngine } from '../src/backends/cpu/engine.js';
 import { argmax } from '../src/runtime/sampling.js';
 import { demoModelPath } from '../src/cli/common.js';
 
-const { values } = parseArgs({
+const { values } = scriptArgs({
   options: {
     model: { type: 'string' },
     prompt: { type: 'string', default: '128' },

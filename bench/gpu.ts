@@ -8,7 +8,7 @@
  * logits row back each token, as the CPU-side sampler needs. A program, not a test: the figures go to
  * docs/PERFORMANCE.md with the command that produced them.
  */
-import { parseArgs } from 'node:util';
+import { scriptArgs } from '../scripts/args.js';
 import { WebGpuEngine } from '../src/backends/webgpu/engine.js';
 import { BitmapTensor, CsrTensor, NmTensor, Q4Tensor, Q8Tensor } from '../src/format/upg/encodings/index.js';
 import { f32ToF16, f16ToF32 } from '../src/format/dtype.js';
@@ -17,7 +17,7 @@ import { loadModel } from '../src/model/load.js';
 import { DenseTensor, type WeightTensor } from '../src/model/tensor.js';
 import type { ModelWeights } from '../src/model/weights.js';
 
-const { values } = parseArgs({
+const { values } = scriptArgs({
   options: {
     model: { type: 'string' },
     synthetic: { type: 'string' },

@@ -21,7 +21,7 @@
  *     logits row, 1000 submits back to back (µs each).
  * A program, not a test.
  */
-import { parseArgs } from 'node:util';
+import { scriptArgs } from '../scripts/args.js';
 import '../src/io/node-files.js'; // Node file access (a bundle of this program does not reach it by the computed import)
 import os from 'node:os';
 import { demoModelPath } from '../src/cli/common.js';
@@ -33,7 +33,7 @@ import { xgrammar, type XgrammarModule } from '../src/runtime/grammar/xgrammar.j
 import { resolveSampling, Sampler } from '../src/runtime/sampling.js';
 import type { TokenFilter } from '../src/runtime/token-filter.js';
 
-const { values, positionals } = parseArgs({
+const { values, positionals } = scriptArgs({
   allowPositionals: true,
   options: {
     backend: { type: 'string', default: 'cpu' },

@@ -9,7 +9,7 @@
  * buffers of the shape's q4 g64 sizes, so nothing is served from L2), with nothing else to do.
  * On the device: bundle it like the CLI (bench/fused-device.sh) and run `node .gpu/lab.mjs`.
  */
-import { parseArgs } from 'node:util';
+import { scriptArgs } from '../scripts/args.js';
 // Dawn registered statically, so that a bundle of this program (the device run) finds it
 import '../src/backends/webgpu/node-gpu.js';
 import { Gpu } from '../src/backends/webgpu/device.js';
@@ -23,7 +23,7 @@ import type { KvLayout } from '../src/backends/webgpu/kernels/kv.js';
 import { BENCH_SHAPES } from '../src/bench/synthetic.js';
 import { fillKernel, measureReadBandwidth, readKernel } from '../src/bench/bandwidth.js';
 
-const { values } = parseArgs({
+const { values } = scriptArgs({
   options: {
     only: { type: 'string', default: 'matvec,attention,gap' },
     reps: { type: 'string', default: '100' },

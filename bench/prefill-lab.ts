@@ -7,7 +7,7 @@
  *   node dist/bench/prefill-lab.js [--variants cur,d4422,...] [--shapes ...] [--tokens 512] [--json FILE]
  * On the device: bundle with --inject:src/backends/webgpu/node-gpu.ts (bench/prefill-device.sh --lab).
  */
-import { parseArgs } from 'node:util';
+import { scriptArgs } from '../scripts/args.js';
 import { appendFileSync } from 'node:fs';
 import '../src/backends/webgpu/node-gpu.js';
 import { Gpu } from '../src/backends/webgpu/device.js';
@@ -18,7 +18,7 @@ import {
 import { f16ToF32, f32ToF16 } from '../src/format/dtype.js';
 import { BENCH_SHAPES } from '../src/bench/synthetic.js';
 
-const { values } = parseArgs({
+const { values } = scriptArgs({
   options: {
     variants: { type: 'string', default: '' },
     shapes: { type: 'string', default: 'llama-3.1-8b:gate_up,llama-3.2-1b:qkv,phi-4:qkv,llama-3.1-8b:down,llama-3.2-1b:gate_up,llama-3.2-1b:down,llama-3.1-8b:qkv,phi-4:down' },

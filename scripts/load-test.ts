@@ -16,14 +16,14 @@ import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { scriptArgs } from './args.js';
 import OpenAI from 'openai';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
 const MODEL_DIR = join(ROOT, 'models', 'brown-llama-12m.upg');
 
-const { values } = parseArgs({
+const { values } = scriptArgs({
   options: {
     streams: { type: 'string', default: '32' },
     'max-tokens': { type: 'string', default: '64' },

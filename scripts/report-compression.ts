@@ -4,7 +4,7 @@
  *   npm run report:compression [-- --limit 8193 | --full] [--calib-tokens 2048]
  * Calibration (Wanda) reads ../shared/fixtures/text/brown/train.txt.
  */
-import { parseArgs } from 'node:util';
+import { scriptArgs } from './args.js';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +16,7 @@ import { parallelPerplexity } from '../src/runtime/parallel-perplexity.js';
 import { perplexityTokenStream } from '../src/runtime/perplexity.js';
 import { BROWN, ROOT, TRAIN_TEXT, VALIDATION_TEXT } from '../test/helpers.js';
 
-const { values } = parseArgs({ options: { limit: { type: 'string', default: '8193' }, full: { type: 'boolean' }, 'calib-tokens': { type: 'string', default: '2048' } } });
+const { values } = scriptArgs({ options: { limit: { type: 'string', default: '8193' }, full: { type: 'boolean' }, 'calib-tokens': { type: 'string', default: '2048' } } });
 const calibTokens = Number(values['calib-tokens']);
 
 const base: CompressOptions = { method: 'magnitude', sparsity: 0, pattern: 'unstructured', bits: 8, group: 64, skip: [], calibTokens };
