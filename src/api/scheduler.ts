@@ -402,7 +402,10 @@ export class Scheduler {
     if (!this.limits.soloOnDevice || !this.engine.decodeOnDevice || this.active.length !== 1 || this.queue.length > 0) return null;
     const entry = this.active[0]!;
     const gen = entry.gen!;
-    return entry.filterReady && entry.next?.length === 1 && !gen.filter && gen.deviceSampling ? entry : null;
+    // decoding (one token to feed), or still to prefill: a lone prompt goes through the device decoder's
+    // prefill (the prompt-processing kernels) instead of batched steps of decode rows
+    const ready = entry.next === null ? entry.fed.length < entry.job.promptIds.length : entry.next.length === 1;
+    return entry.filterReady && ready && !gen.filter && gen.deviceSampling ? entry : null;
   }
 
   /**
@@ -411,10 +414,11 @@ export class Scheduler {
    * generation goes on in the batch from that token). One draw per sampled token, as in a batch.
    */
   private async decodeSolo(entry: Entry): Promise<void> {
-    const gen = entry.gen!, seq = entry.seq!, input = entry.next!;
+    const gen = entry.gen!, seq = entry.seq!;
+    const input = entry.next ?? entry.job.promptIds.slice(entry.fed.length);
     let ended = false;
     this.stepping.add(entry);
-    this.lastStep = { decodeRows: 1, prefillTokens: 0 };
+    this.lastStep = { decodeRows: 1, prefillTokens: entry.next === null ? input.length : 0 };
     let ids: number[];
     try {
       ids = await this.engine.decodeOnDevice!(seq, input, {

@@ -66,6 +66,7 @@ for (const [name, extra, reused] of [
       assert.equal(first.cached, 0, 'nothing is kept before the first request');
       if (reused) assert.ok(second.cached >= 16, `the second request reused ${second.cached} prompt tokens (at least 16 expected)\n${server.log()}`);
       else assert.equal(second.cached, 0, 'no prefix reuse without the batched step');
+      assert.equal(second.text, first.text, 'the same greedy reply, from a kept cache or a fresh prefill');
     } finally {
       await server.stop();
     }
