@@ -7,6 +7,8 @@ const CLI: [RegExp, string][] = [
   [/backend: '(cpu|webgpu|auto)'/g, '--backend $1'],
   [/decode: '(fused|unfused)'/g, '--decode $1'],
   [/\bcontextLength\b/g, '--context'],
+  [/\bmaxConcurrency\b/g, '--max-concurrency'],
+  [/\bprefixCacheBytes\b/g, '--prefix-cache-mb'],
 ];
 
 const PLAIN: [RegExp, string][] = [
@@ -15,6 +17,8 @@ const PLAIN: [RegExp, string][] = [
   [/backend: 'auto'/g, 'automatic backend choice'],
   [/decode: '(fused|unfused)'/g, 'the $1 decode path'],
   [/\bcontextLength\b/g, 'context length'],
+  [/\bmaxConcurrency\b/g, 'number of generations at once'],
+  [/\bprefixCacheBytes\b/g, 'prefix cache budget'],
 ];
 
 const rewrite = (message: string, table: [RegExp, string][]) => table.reduce((m, [from, to]) => m.replace(from, to), message);

@@ -15,4 +15,7 @@ test('a library message in CLI flags and in plain words', () => {
   assert.equal(inPlainWords("slower than the CPU; asking for backend: 'webgpu' uses it anyway"), 'slower than the CPU; asking for the WebGPU backend uses it anyway');
   assert.equal(forCli("decoding through the forward pass; decode: 'unfused' asks for it"), 'decoding through the forward pass; --decode unfused asks for it');
   assert.equal(forCli('a message with no option in it'), 'a message with no option in it');
+  const batch = "4 KV caches of 4096 positions 2.1 GB; use a smaller maxConcurrency, prefixCacheBytes or contextLength";
+  assert.equal(forCli(batch), '4 KV caches of 4096 positions 2.1 GB; use a smaller --max-concurrency, --prefix-cache-mb or --context');
+  assert.equal(inPlainWords(batch), '4 KV caches of 4096 positions 2.1 GB; use a smaller number of generations at once, prefix cache budget or context length');
 });

@@ -360,7 +360,9 @@ export class WebGpuEngine implements Engine {
       const slots = Math.max(1, Math.floor(options.kvSlots ?? 1));
       const weightBytes = gpuWeightBytes(model.weights, options);
       const cacheBytes = kv.bytesFor(slots);
-      const hint = `model weights take ${mb(weightBytes)} and a KV cache of ${ctx} positions ${mb(cacheBytes)}; use a smaller contextLength or a smaller model, or backend: 'cpu'`;
+      const hint = slots > 1
+        ? `model weights take ${mb(weightBytes)} and ${slots} KV caches of ${ctx} positions ${mb(cacheBytes)}; use a smaller maxConcurrency, prefixCacheBytes or contextLength, or a smaller model, or backend: 'cpu'`
+        : `model weights take ${mb(weightBytes)} and a KV cache of ${ctx} positions ${mb(cacheBytes)}; use a smaller contextLength or a smaller model, or backend: 'cpu'`;
       // a tensor at a time, lazy tensors read as they are uploaded (upload.ts)
       const uploaded = await uploadModelWeights(gpu, model.weights, { decode: options.decode ?? 'fused', upload: options, hint, onTensor: options.onProgress });
       const weights = uploaded.weights;
