@@ -12,6 +12,7 @@ import {
   type BatchedTensorCoreShape,
 } from './kernels/batched-tensor-core.js';
 import { f32Literal, grid } from './kernels/prelude.js';
+import { selfTestKit } from './self-test.js';
 
 /** How the stages of a product are split: KS columns a stage; NSG subgroups a workgroup until the dispatch has about `warps` subgroups. */
 export interface TensorCoreSplit {
@@ -135,22 +136,7 @@ export async function selfTestBatchedTensorCore(gpu: Gpu): Promise<string> {
     const o = t * yStride + yOffset + r;
     want[o] = s + bias[yOffset + r]! + y0[o]!;
   }
-  const created: GPUBuffer[] = [];
-  const storage = (data: Float32Array | Uint32Array | number, extra = 0) => {
-    const bytes = typeof data === 'number' ? data : data.byteLength;
-    const b = device.createBuffer({ size: Math.max(16, Math.ceil(bytes / 16) * 16), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | extra });
-    if (typeof data !== 'number') device.queue.writeBuffer(b, 0, data);
-    created.push(b);
-    return b;
-  };
-  const compile = async (label: string, code: string) => {
-    const module = device.createShaderModule({ label, code });
-    const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error').map((m) => m.message);
-    if (errors.length) throw new Error(`${label}: ${errors.join('; ')}`);
-    return device.createComputePipeline({ label, layout: 'auto', compute: { module, entryPoint: 'main' } });
-  };
-  const bind = (pipeline: GPUComputePipeline, bufs: GPUBuffer[]) =>
-    device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+  const { storage, compile, bind, submitAndRead, destroy } = selfTestKit(device);
   device.pushErrorScope('validation');
   try {
     const qb = storage(q), smb = storage(sm), xb = storage(x), biasb = storage(bias), step = storage(new Uint32Array([T, 0, 0, 0]));
@@ -163,8 +149,6 @@ export async function selfTestBatchedTensorCore(gpu: Gpu): Promise<string> {
       const shape: BatchedTensorCoreShape = { rows, cols, units, group, yStride, yOffset, bias: true, residual: true, ...split };
       const pipeline = await compile(`self-test batched tensor core ks ${split.ks} nsg ${split.nsg}`, batchedTensorCoreWgsl(shape, f.subgroupMaxSize, f.subgroupMatrixIndexing!, f.subgroupMatrixSyntax));
       const y = storage(y0, GPUBufferUsage.COPY_SRC);
-      const read = device.createBuffer({ size: y0.byteLength, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-      created.push(read);
       const enc = device.createCommandEncoder();
       const pass = enc.beginComputePass();
       pass.setPipeline(convert);
@@ -174,11 +158,7 @@ export async function selfTestBatchedTensorCore(gpu: Gpu): Promise<string> {
       pass.setBindGroup(0, bind(pipeline, [qb, smb, x16, y, step, biasb]));
       pass.dispatchWorkgroups(Math.ceil(rows / TC_ROWS));
       pass.end();
-      enc.copyBufferToBuffer(y, 0, read, 0, y0.byteLength);
-      device.queue.submit([enc.finish()]);
-      await read.mapAsync(GPUMapMode.READ);
-      const got = new Float32Array(read.getMappedRange().slice(0));
-      read.unmap();
+      const got = await submitAndRead(enc, y, y0.byteLength);
       for (let i = 0; i < want.length; i++) {
         if (got[i] !== want[i]) return `failed: element ${i} is ${got[i]}, the known answer ${want[i]} (ks ${split.ks}, nsg ${split.nsg})`;
       }
@@ -188,7 +168,7 @@ export async function selfTestBatchedTensorCore(gpu: Gpu): Promise<string> {
     return `failed: ${(e as Error).message.slice(0, 300)}`;
   } finally {
     const err = await device.popErrorScope().catch(() => null);
-    for (const b of created) b.destroy();
+    destroy();
     if (err) return `failed: ${err.message.slice(0, 300)}`;
   }
 }

@@ -9,6 +9,45 @@ import { f32ToF16 } from '../../format/dtype.js';
 import { attentionMergeWgsl, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
 import { convertF16Invocations, convertF16Wgsl, linearGrid, matmulTensorCoreWgsl, paddedCols, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, tensorCoreTileName, tensorCoreTileSize, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
 
+/**
+ * What a self-test that runs real kernels needs: storage buffers (filled, or a size), pipelines
+ * compiled with their errors thrown, bind groups, and a submit that reads a buffer back as f32.
+ * `destroy` frees every buffer it made.
+ */
+export function selfTestKit(device: GPUDevice) {
+  const buffers: GPUBuffer[] = [];
+  const storage = (data: Float32Array | Uint32Array | number, extra = 0): GPUBuffer => {
+    const bytes = typeof data === 'number' ? data : data.byteLength;
+    const b = device.createBuffer({ size: Math.max(16, Math.ceil(bytes / 16) * 16), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | extra });
+    if (typeof data !== 'number') device.queue.writeBuffer(b, 0, data);
+    buffers.push(b);
+    return b;
+  };
+  const compile = async (label: string, code: string): Promise<GPUComputePipeline> => {
+    const module = device.createShaderModule({ label, code });
+    const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error').map((m) => m.message);
+    if (errors.length) throw new Error(`${label}: ${errors.join('; ')}`);
+    return device.createComputePipeline({ label, layout: 'auto', compute: { module, entryPoint: 'main' } });
+  };
+  const bind = (pipeline: GPUComputePipeline, bufs: GPUBuffer[]): GPUBindGroup =>
+    device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+  /** Copies `bytes` of `src` out at the end of `enc`, submits it and returns them as f32. */
+  const submitAndRead = async (enc: GPUCommandEncoder, src: GPUBuffer, bytes: number): Promise<Float32Array> => {
+    const read = device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    buffers.push(read);
+    enc.copyBufferToBuffer(src, 0, read, 0, bytes);
+    device.queue.submit([enc.finish()]);
+    await read.mapAsync(GPUMapMode.READ);
+    const got = new Float32Array(read.getMappedRange().slice(0));
+    read.unmap();
+    return got;
+  };
+  const destroy = () => {
+    for (const b of buffers) b.destroy();
+  };
+  return { storage, compile, bind, submitAndRead, destroy };
+}
+
 /** Runs one workgroup of a kernel over (input words) and reads `outFloats` f32 back; throws on any error. */
 async function runOnce(device: GPUDevice, code: string, input: Uint32Array, outFloats: number): Promise<Float32Array> {
   device.pushErrorScope('validation');
@@ -140,22 +179,7 @@ export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: num
     for (let c = 0; c < cols; c++) s += X[t * cols + c]! * W[r * cols + c]!;
     want[t * rows + r] = s;
   }
-  const buffers: GPUBuffer[] = [];
-  const storage = (data: Float32Array | Uint32Array | number, extra = 0) => {
-    const bytes = typeof data === 'number' ? data : data.byteLength;
-    const b = device.createBuffer({ size: Math.max(16, Math.ceil(bytes / 16) * 16), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | extra });
-    if (typeof data !== 'number') device.queue.writeBuffer(b, 0, data);
-    buffers.push(b);
-    return b;
-  };
-  const compile = async (label: string, code: string) => {
-    const module = device.createShaderModule({ label, code });
-    const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error').map((m) => m.message);
-    if (errors.length) throw new Error(`${label}: ${errors.join('; ')}`);
-    return device.createComputePipeline({ label, layout: 'auto', compute: { module, entryPoint: 'main' } });
-  };
-  const bind = (pipeline: GPUComputePipeline, bufs: GPUBuffer[]) =>
-    device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+  const { storage, compile, bind, submitAndRead, destroy } = selfTestKit(device);
   try {
     device.pushErrorScope('validation');
     const w = storage(W), x = storage(X), step = storage(new Uint32Array([T, 0, 0, 0]));
@@ -165,8 +189,6 @@ export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: num
       const code = matmulTensorCoreWgsl({ weight: { encoding: 'dense', dtype: 'f32', rowChunks: cols / 4 }, rows, cols, yStride: rows, yOffset: 0, bias: false, residual: false }, subgroupSize, indexing, tile, syntax);
       const pipeline = await compile(`self-test prefill kernel ${tensorCoreTileName(tile)}`, code);
       const y = storage(T * rows * 4, GPUBufferUsage.COPY_SRC);
-      const read = device.createBuffer({ size: T * rows * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-      buffers.push(read);
       const enc = device.createCommandEncoder();
       const pass = enc.beginComputePass();
       pass.setPipeline(convert);
@@ -177,11 +199,7 @@ export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: num
       pass.setBindGroup(0, bind(pipeline, [w, x16, y, step]));
       pass.dispatchWorkgroups(Math.ceil(T / size.tokens), Math.ceil(rows / size.rows));
       pass.end();
-      enc.copyBufferToBuffer(y, 0, read, 0, T * rows * 4);
-      device.queue.submit([enc.finish()]);
-      await read.mapAsync(GPUMapMode.READ);
-      const got = new Float32Array(read.getMappedRange().slice(0));
-      read.unmap();
+      const got = await submitAndRead(enc, y, T * rows * 4);
       const r = compare(got, want);
       if (r !== 'passed') return `${r} (tile ${tensorCoreTileName(tile)})`;
     }
@@ -191,7 +209,7 @@ export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: num
   } finally {
     const err = await device.popErrorScope().catch(() => null);
     if (err) console.warn(`prefill kernel self-test: ${err.message.slice(0, 300)}`);
-    for (const b of buffers) b.destroy();
+    destroy();
   }
 }
 
@@ -225,22 +243,12 @@ export async function selfTestPromptAttention(device: GPUDevice, subgroupSize: n
   for (let t = 0; t < T; t++) { stepWords[rowsAt + 2 * t] = 0; stepWords[rowsAt + 2 * t + 1] = t; }
   const shape = { numHeads: heads, numKvHeads: 1, headDim: HD, slidingWindow: null, rotaryDim: HD };
   const layout = { storage: 'f32' as const, contextLength: ctx, rowsAt, kvBuffer: -1 };
-  const buffers: GPUBuffer[] = [];
-  const storage = (data: Float32Array | Uint32Array | number, extra = 0) => {
-    const bytes = typeof data === 'number' ? data : data.byteLength;
-    const b = device.createBuffer({ size: Math.max(16, Math.ceil(bytes / 16) * 16), usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | extra });
-    if (typeof data !== 'number') device.queue.writeBuffer(b, 0, data);
-    buffers.push(b);
-    return b;
-  };
+  const kit = selfTestKit(device), { storage, bind, submitAndRead } = kit;
   device.pushErrorScope('validation');
   try {
-    const compile = async (label: string, code: string): Promise<GPUComputePipeline | string> => {
-      const module = device.createShaderModule({ label, code });
-      const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === 'error').map((m) => m.message);
-      if (errors.length) return `failed: ${errors.join('; ').slice(0, 300)}`;
-      return device.createComputePipeline({ label, layout: 'auto', compute: { module, entryPoint: 'main' } });
-    };
+    // a kernel that does not compile is this test's answer, with the split it was asked in
+    const compile = (label: string, code: string): Promise<GPUComputePipeline | string> =>
+      kit.compile(label, code).catch((e: Error) => `failed: ${e.message.slice(0, 300)}`);
     const inputs = [storage(qkv), storage(K), storage(V)], step = storage(stepWords);
     // in one pass over the keys, or split over keys by 32 (3 splits) and merged
     for (const split of [splitOverKeys ? { keys: 32, splits: Math.ceil(ctx / 32) } : null]) {
@@ -251,9 +259,6 @@ export async function selfTestPromptAttention(device: GPUDevice, subgroupSize: n
       if (typeof merge === 'string') return `${merge}${what}`;
       const out = storage(T * qDim * 4, GPUBufferUsage.COPY_SRC);
       const parts = split ? storage(T * heads * split.splits * HD * 4) : null, ml = split ? storage(T * heads * split.splits * 8) : null;
-      const read = device.createBuffer({ size: T * qDim * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-      buffers.push(read);
-      const bind = (p: GPUComputePipeline, bufs: GPUBuffer[]) => device.createBindGroup({ layout: p.getBindGroupLayout(0), entries: bufs.map((buffer, binding) => ({ binding, resource: { buffer } })) });
       const enc = device.createCommandEncoder();
       const pass = enc.beginComputePass();
       pass.setPipeline(pipeline);
@@ -265,11 +270,7 @@ export async function selfTestPromptAttention(device: GPUDevice, subgroupSize: n
         pass.dispatchWorkgroups(T * heads);
       }
       pass.end();
-      enc.copyBufferToBuffer(out, 0, read, 0, T * qDim * 4);
-      device.queue.submit([enc.finish()]);
-      await read.mapAsync(GPUMapMode.READ);
-      const got = new Float32Array(read.getMappedRange().slice(0));
-      read.unmap();
+      const got = await submitAndRead(enc, out, T * qDim * 4);
       for (let i = 0; i < want.length; i++) {
         if (!(Math.abs(got[i]! - want[i]!) <= 1e-2 * scale)) return `failed${what}: element ${i} is ${got[i]}, the reference ${want[i]!.toFixed(5)}`;
       }
@@ -280,6 +281,6 @@ export async function selfTestPromptAttention(device: GPUDevice, subgroupSize: n
   } finally {
     const err = await device.popErrorScope().catch(() => null);
     if (err) console.warn(`prompt attention self-test: ${err.message.slice(0, 300)}`);
-    for (const b of buffers) b.destroy();
+    kit.destroy();
   }
 }
