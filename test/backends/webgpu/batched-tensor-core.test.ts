@@ -15,7 +15,7 @@ import { batchedTensorCoreWgsl, x16Cols } from '../../../src/backends/webgpu/ker
 import type { GpuMatrix } from '../../../src/backends/webgpu/weights.js';
 import { f16ToF32, f32ToF16 } from '../../../src/format/dtype.js';
 import { assertClose, rng } from '../../helpers.js';
-import { read, readU32, run, SKIP_GPU, stepBuffer, storage, testGpu, zeros } from './gpu.js';
+import { read, readU32, run, SKIP_GPU, stepBuffer, storage, testGpu, withScalarStandIns, zeros } from './gpu.js';
 
 const f16 = (v: number) => f16ToF32(f32ToF16(v));
 
@@ -62,20 +62,6 @@ test('webgpu x16 rows: plain, SwiGLU and RMSNorm rows of x as f16 in the tensor-
     for (let i = 0; i < x16Cols(cols) / 2; i++) assert.equal(words[(T - 1) * (x16Cols(cols) / 2) + i], 0, 'a row past T is untouched');
   }
 });
-
-/** The kernel with every subgroup-matrix type and builtin replaced by f32 arithmetic on the same operands (as tensor-core-wgsl.test.ts). */
-function withScalarStandIns(code: string): string {
-  return code
-    .replace('enable chromium_experimental_subgroup_matrix;\n', '')
-    .replace('requires subgroup_id;\n', '')
-    .replace(', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32', '')
-    .replace(/\bsg_id\b/g, '0u')
-    .replace(/\bsg_lane\b/g, '0u')
-    .replace(/subgroup_matrix_result<f32, 16, 16>\(\)/g, 'f32()')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_\w+<\w+, 16, 16>, (?:row|col)_major>\(&(\w+), ([^,]*), ([^,()]+)\)/g, 'f32($1[$2]) + f32($3)')
-    .replace(/subgroupMatrixMultiplyAccumulate\((\w+), (.*), (\w+)\)/g, '$3 + $1 * ($2)')
-    .replace(/subgroupMatrixStore<(?:row|col)_major>\(&(\w+), (.*), (\w+), ([^,()]+)\)/g, '$1[$2] = $3 + f32($4)');
-}
 
 test('the batched tensor-core product\'s WGSL passes Tint\'s checks outside the subgroup-matrix builtins', { skip: SKIP_GPU }, async (t) => {
   const gpu = await testGpu();

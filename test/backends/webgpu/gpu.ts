@@ -84,3 +84,20 @@ export async function readU32(gpu: Gpu, buffer: GPUBuffer, words: number): Promi
   const f = await read(gpu, buffer, words);
   return new Uint32Array(f.buffer);
 }
+
+/**
+ * The kernel with every subgroup-matrix type and builtin replaced by f32 arithmetic on the same
+ * operands: the rest of a tensor-core kernel checked by Tint, or run, where no GPU has them.
+ */
+export function withScalarStandIns(code: string): string {
+  return code
+    .replace('enable chromium_experimental_subgroup_matrix;\n', '')
+    .replace('requires subgroup_id;\n', '')
+    .replace(', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32', '')
+    .replace(/\bsg_id\b/g, '0u')
+    .replace(/\bsg_lane\b/g, '0u')
+    .replace(/subgroup_matrix_result<f32, 16, 16>\(\)/g, 'f32()')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_\w+<\w+, 16, 16>, (?:row|col)_major>\(&(\w+), ([^,]*), ([^,()]+)\)/g, 'f32($1[$2]) + f32($3)')
+    .replace(/subgroupMatrixMultiplyAccumulate\((\w+), (.*), (\w+)\)/g, '$3 + $1 * ($2)')
+    .replace(/subgroupMatrixStore<(?:row|col)_major>\(&(\w+), (.*), (\w+), ([^,()]+)\)/g, '$1[$2] = $3 + f32($4)');
+}

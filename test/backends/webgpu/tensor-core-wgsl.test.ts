@@ -11,21 +11,7 @@ import assert from 'node:assert/strict';
 import { convertF16Wgsl, dequantF16Wgsl, matmulTensorCoreWgsl, TENSOR_CORE_TILES, tensorCoreTileName, type TensorCoreTile, type TiledMatmulShape } from '../../../src/backends/webgpu/kernels/matmul-tiled.js';
 import { attentionMergeWgsl, attentionSplitFor, attentionTensorCoreWgsl } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
 import type { KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
-import { SKIP_GPU, testGpu } from './gpu.js';
-
-/** The kernel with every subgroup-matrix type and builtin replaced by f32 arithmetic on the same operands. */
-function withScalarStandIns(code: string): string {
-  return code
-    .replace('enable chromium_experimental_subgroup_matrix;\n', '')
-    .replace('requires subgroup_id;\n', '')
-    .replace(', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32', '')
-    .replace(/\bsg_id\b/g, '0u')
-    .replace(/\bsg_lane\b/g, '0u')
-    .replace(/subgroup_matrix_result<f32, 16, 16>\(\)/g, 'f32()')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_\w+<\w+, 16, 16>, (?:row|col)_major>\(&(\w+), ([^,]*), ([^,()]+)\)/g, 'f32($1[$2]) + f32($3)')
-    .replace(/subgroupMatrixMultiplyAccumulate\((\w+), (.*), (\w+)\)/g, '$3 + $1 * ($2)')
-    .replace(/subgroupMatrixStore<(?:row|col)_major>\(&(\w+), (.*), (\w+), ([^,()]+)\)/g, '$1[$2] = $3 + f32($4)');
-}
+import { SKIP_GPU, testGpu, withScalarStandIns } from './gpu.js';
 
 const shapes: TiledMatmulShape[] = [
   { weight: { encoding: 'q4', wordsPerRow: 256, group: 64, groups: 32 }, rows: 3072, cols: 2048, yStride: 3072, yOffset: 0, bias: false, residual: false },
