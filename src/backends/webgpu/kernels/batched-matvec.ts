@@ -19,7 +19,8 @@
  */
 import { COMMON, header, reductions, subgroupLet, subgroupParam } from './prelude.js';
 
-export interface BatchedMatvecShape {
+/** A q4 product of a batched step: the matrix, where its rows go in y, and what is added to them. */
+export interface BatchedProductShape {
   rows: number;
   cols: number;
   /** Units of 32 columns a row (cols / 32). */
@@ -30,6 +31,9 @@ export interface BatchedMatvecShape {
   yOffset: number;
   bias: boolean;
   residual: boolean;
+}
+
+export interface BatchedMatvecShape extends BatchedProductShape {
   activations: 'f32' | 'int8';
   /** Rows of x a pass over the weights. */
   nb: number;

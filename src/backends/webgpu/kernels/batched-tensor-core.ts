@@ -25,6 +25,7 @@
  * its own dot products in the same order whatever shares the step (issue 15.3). The stage split (NSG,
  * KS) is chosen per matrix shape, never per T.
  */
+import type { BatchedProductShape } from './batched-matvec.js';
 import { COMMON, header, reductions, subgroupLet, subgroupParam } from './prelude.js';
 import { subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, type SubgroupIndexing, type SubgroupMatrixSyntax } from './matmul-tiled.js';
 
@@ -38,17 +39,7 @@ export function x16Cols(cols: number): number {
   return Math.ceil(cols / 256) * 256;
 }
 
-export interface BatchedTensorCoreShape {
-  rows: number;
-  cols: number;
-  /** Units of 32 columns a row (cols / 32). */
-  units: number;
-  /** Columns of a (scale, min) group, a multiple of 32. */
-  group: number;
-  yStride: number;
-  yOffset: number;
-  bias: boolean;
-  residual: boolean;
+export interface BatchedTensorCoreShape extends BatchedProductShape {
   /** Columns a stage: 32, 64, 128 or 256. */
   ks: number;
   /** Subgroups a workgroup, each over its own stages (1, 2, 4 or 8). */
