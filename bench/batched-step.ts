@@ -3,7 +3,8 @@
  * on the GPU, as `pdvm bench`): B sequences each prefilled with a prompt, then decode steps of B rows
  * (one token each, chosen greedily on the GPU), timed from the step call to the ids' arrival. Prints,
  * per setting of the batched q4 kernel (rows a pass NB, output rows a subgroup RPS) and per B, the ms
- * a step and the aggregate tok/s, beside the fused decoder's single-stream rate in the same process
+ * a step and the aggregate tok/s (`rNB-GxRPS`: the 'rows' layout, G sets of 8 lanes a 32, RPS rows a
+ * lane), beside the fused decoder's single-stream rate in the same process
  * (the best one-stream path); `--kernels tiled` puts the prefill's matrix-matrix kernels in the
  * products instead, `tc` the batched tensor-core products (kernels/batched-tensor-core.ts; `tc-KS-WARPS[-DEPTH]`
  * with columns a stage, the subgroups a dispatch aims at and the stages loaded ahead; `...-nodequant`
@@ -11,7 +12,7 @@
  * wrong tokens, timing only); with --profile, each dispatch of a
  * decode-row pass (layer 0, head).
  * A program, not a test: figures go to docs/PERFORMANCE.md.
- *   node bench/batched-step.js [--shape llama-3.1-8b] [--batches 1,8,32] [--kernels 8x2,tc,tc-128-4096] [--steps 16]
+ *   node bench/batched-step.js [--shape llama-3.1-8b] [--batches 1,8,32] [--kernels 8x2,r8-4x2,tc,tc-128-4096] [--steps 16]
  *     [--context 512] [--prompt 32] [--profile 1,32] [--fused-tokens 128] [--kv-slots N]
  */
 import { scriptArgs } from '../scripts/args.js';
@@ -76,14 +77,16 @@ const prompt = (b: number) => Array.from({ length: promptTokens }, (_, i) => (b 
 
 const results: { kernel: string; B: number; msPerStep: number; tokPerS: number }[] = [];
 for (const k of values.kernels!.split(',')) {
-  // NBxRPS: the batched q4 products; 'tiled': the prefill's matrix-matrix kernels; 'tc[-KS-WARPS]': the tensor-core products
+  // NBxRPS: the batched q4 products ('units' layout); rNB-GxRPS: the same in the 'rows' layout; 'tiled': the
+  // prefill's matrix-matrix kernels; 'tc[-KS-WARPS]': the tensor-core products
   const tc = /^tc(?:-(\d+)-(\d+)(?:-(\d))?(?:-(nodequant|nox))?)?$/.exec(k);
+  const rows = /^r(\d+)-(\d+)x(\d+)$/.exec(k);
   if (tc && gpu.features.selfTests['batched products (subgroup matrix)'] !== 'passed') {
     console.log(`kernel ${k}: skipped, the tensor-core products are off here (${gpu.features.selfTests['batched products (subgroup matrix)']})`);
     continue;
   }
-  const [nb, rps] = k === 'tiled' || tc ? [8, 2] : (k.split('x').map(Number) as [number, number]);
-  engine.setBatchKernel(nb, rps, k === 'tiled' ? 'tiled' : tc ? 'tensor-core' : 'matvec', tc ? (tc[1] ? { ks: Number(tc[1]), warps: Number(tc[2]), depth: Number(tc[3] ?? 1), lab: tc[4] === 'nodequant' ? 'no-dequant' : tc[4] === 'nox' ? 'no-x-loads' : undefined } : defaultTensorCoreSplit()) : undefined);
+  const [nb, rps] = k === 'tiled' || tc ? [8, 2] : rows ? [Number(rows[1]), Number(rows[3])] : (k.split('x').map(Number) as [number, number]);
+  engine.setBatchKernel(nb, { layout: rows ? 'rows' : 'units', rps, groups: rows ? Number(rows[2]) : 4 }, k === 'tiled' ? 'tiled' : tc ? 'tensor-core' : 'matvec', tc ? (tc[1] ? { ks: Number(tc[1]), warps: Number(tc[2]), depth: Number(tc[3] ?? 1), lab: tc[4] === 'nodequant' ? 'no-dequant' : tc[4] === 'nox' ? 'no-x-loads' : undefined } : defaultTensorCoreSplit()) : undefined);
   for (const B of batches) {
     const seqs: Sequence[] = Array.from({ length: B }, () => engine.createSequence());
     let ids = (await engine.step!(seqs.map((seq, b) => ({ seq, tokens: prompt(b), logits: true, choose: { sampling: GREEDY, random: 0 } })))) as number[];

@@ -28,7 +28,7 @@ import { fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
 import type { FusedModelWeights } from './fused/weights.js';
 import { attentionSplitFor } from './kernels/attention-tensor-core.js';
 import { paddedCols } from './kernels/matmul-tiled.js';
-import { argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, embeddingOp, matmulOp, normQuantizeRowsOp, prefillKernel, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type MatmulIo } from './ops.js';
+import { argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, embeddingOp, matmulOp, normQuantizeRowsOp, prefillKernel, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type BatchedMatvecSplit, type MatmulIo } from './ops.js';
 import { gpuWeightBytes, uploadVector, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
 import { guardAllocation, uploadModelWeights } from './upload.js';
 import { batchedTensorCoreOp, defaultTensorCoreSplit, normX16Op, selfTestBatchedTensorCore, swigluX16Op, x16Bytes, x16Op, type TensorCoreSplit } from './batched-products.js';
@@ -246,6 +246,14 @@ function envVar(name: string): string | undefined {
   return (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.[name];
 }
 
+/** The batched q4 products' lanes from PDVM_BATCH_LAYOUT, PDVM_BATCH_RPS and PDVM_BATCH_GROUPS (WebGpuEngine.batchSplit). */
+function batchSplitFromEnvironment(): Omit<BatchedMatvecSplit, 'nb'> {
+  const layout = envVar('PDVM_BATCH_LAYOUT') === 'rows' ? 'rows' : 'units';
+  const rps = Math.max(1, Math.min(8, Math.floor(Number(envVar('PDVM_BATCH_RPS') ?? 2))));
+  const groups = [1, 2, 4].includes(Number(envVar('PDVM_BATCH_GROUPS'))) ? Number(envVar('PDVM_BATCH_GROUPS')) : 4;
+  return { layout, rps, groups };
+}
+
 function mb(bytes: number): string {
   return `${(bytes / 1e6).toFixed(1)} MB`;
 }
@@ -277,8 +285,12 @@ export class WebGpuEngine implements Engine {
   private spareDecodePass: { key: string; plan: DecodeRowsPlan; commands: GPUCommandBuffer } | null = null;
   /** Rows a pass of the batched q4 products (WebGpuEngineOptions.batchRows). */
   batchRows = 8;
-  /** Output rows a subgroup of the batched q4 products (PDVM_BATCH_RPS; default 2). */
-  batchRowsPerSubgroup = 2;
+  /**
+   * The batched q4 products' lanes (kernels/batched-matvec.ts): PDVM_BATCH_LAYOUT ('units' or
+   * 'rows'; default 'units'), PDVM_BATCH_RPS (output rows a subgroup, or a lane for 'rows'; default 2),
+   * PDVM_BATCH_GROUPS ('rows': sets of 8 lanes on different rows a 32 lanes; default 4).
+   */
+  batchSplit: Omit<BatchedMatvecSplit, 'nb'> = batchSplitFromEnvironment();
   /**
    * The decode-row plan's products (WebGpuEngineOptions.batchProducts): 'tensor-core'
    * (kernels/batched-tensor-core.ts, where self-tested), 'matvec' (kernels/batched-matvec.ts for q4)
@@ -392,7 +404,6 @@ export class WebGpuEngine implements Engine {
       const engine = new WebGpuEngine(c, ctx, gpu, !options.gpu, weights, activations, chunk, fused, notice, kv, options.tiledAttention ?? !SOFTWARE_ADAPTER.test(gpu.adapterDescription), options.batchedStep ?? false);
       engine.matvecActivations = options.matvecActivations ?? 'int8';
       engine.batchRows = Math.max(1, Math.min(32, Math.floor(options.batchRows ?? Number(envVar('PDVM_BATCH_NB') ?? 8))));
-      engine.batchRowsPerSubgroup = Math.max(1, Math.min(8, Math.floor(Number(envVar('PDVM_BATCH_RPS') ?? 2))));
       if (options.batchedStep) await engine.chooseBatchProducts(options.batchProducts);
       engine.spare = spare;
       return engine;
@@ -718,16 +729,16 @@ export class WebGpuEngine implements Engine {
   }
 
   /**
-   * The batched q4 products' rows a pass and output rows a subgroup (benchmarks sweep them); the
-   * decode-row plan is rebuilt at the next step.
+   * The batched q4 products' rows a pass and lanes (benchmarks sweep them); the decode-row plan is
+   * rebuilt at the next step.
    */
-  setBatchKernel(rowsAPass: number, rowsASubgroup: number, products: 'tensor-core' | 'matvec' | 'tiled' = 'matvec', split?: TensorCoreSplit): void {
+  setBatchKernel(rowsAPass: number, lanes: Omit<BatchedMatvecSplit, 'nb'>, products: 'tensor-core' | 'matvec' | 'tiled' = 'matvec', split?: TensorCoreSplit): void {
     for (const b of this.decodeRows?.buffers ?? []) b.destroy();
     this.decodeRows = null;
     this.spareDecodePass = null;
     this.kvDecodeDispatches.clear();
     this.batchRows = rowsAPass;
-    this.batchRowsPerSubgroup = rowsASubgroup;
+    this.batchSplit = lanes;
     this.batchProducts = products;
     if (split) this.batchTensorCoreSplit = split;
   }
@@ -820,7 +831,7 @@ export class WebGpuEngine implements Engine {
     const tc = this.batchProducts === 'tensor-core' && H % 32 === 0 && ffn % 32 === 0 && qDim % 32 === 0 ? buffer('batch_x16', x16Bytes(maxRows, widest), STORAGE()) : undefined;
     const xq = int8 && !tc ? buffer('batch_xq', maxRows * Math.ceil(widest / 32) * 32, STORAGE()) : undefined;
     const xd = int8 && !tc ? buffer('batch_xd', maxRows * Math.ceil(widest / 32) * 8, STORAGE()) : undefined;
-    const options = { activations: int8 ? ('int8' as const) : ('f32' as const), nb: this.batchRows, rps: this.batchRowsPerSubgroup, xq, xd };
+    const options = { activations: int8 ? ('int8' as const) : ('f32' as const), nb: this.batchRows, ...this.batchSplit, xq, xd };
     const tcSplit = this.batchTensorCoreSplit;
     // x quantized for the int8 products that read it (nothing where x is f32 or its columns are not whole units)
     const quantize = (x: GPUBuffer, cols: number): Dispatch[] => (tc ? [x16Op(gpu, cols, x, tc, a.step)] : int8 && cols % 32 === 0 ? [quantizeRowsOp(gpu, cols, maxRows, x, xq!, xd!, a.step)] : []);

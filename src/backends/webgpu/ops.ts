@@ -5,7 +5,7 @@
 import type { Gpu } from './device.js';
 import type { Dispatch } from './dispatch.js';
 import { attentionTiledFits, attentionTiledWgsl, attentionWgsl, TILE_Q, type AttentionShape } from './kernels/attention.js';
-import { BATCHED_WG, batchedBindings, batchedMatvecApplies, batchedMatvecWgsl, batchedWorkgroups, normQuantizeRowsWgsl, quantizeRowsWgsl, type BatchedMatvecShape } from './kernels/batched-matvec.js';
+import { BATCHED_WG, batchedBindings, batchedLayoutApplies, batchedMatvecApplies, batchedMatvecWgsl, batchedRowsLayoutBytes, batchedWorkgroups, normQuantizeRowsWgsl, quantizeRowsWgsl, type BatchedMatvecShape } from './kernels/batched-matvec.js';
 import { embeddingWgsl } from './kernels/embedding.js';
 import { MATVEC_ROWS, matvecDenseWgsl, type DenseMatmulShape } from './kernels/matmul-dense.js';
 import {
@@ -352,11 +352,20 @@ export function chooseRowsOp(gpu: Gpu, vocab: number, maxRows: number, logits: G
   ];
 }
 
-export interface BatchedMatvecOptions {
-  activations: 'f32' | 'int8';
-  /** Rows of x a pass over the weights, and output rows a subgroup (kernels/batched-matvec.ts). */
+/** The batched q4 kernel's work split (kernels/batched-matvec.ts BatchedMatvecShape). */
+export interface BatchedMatvecSplit {
+  /** Rows of x a pass over the weights. */
   nb: number;
+  /** 'units': output rows a subgroup; 'rows': output rows a lane. */
   rps: number;
+  /** 'rows' where the subgroups hold its sets of 8 lanes, else 'units'. */
+  layout: 'units' | 'rows';
+  /** 'rows': sets of 8 lanes on different rows a 32 lanes. */
+  groups: number;
+}
+
+export interface BatchedMatvecOptions extends BatchedMatvecSplit {
+  activations: 'f32' | 'int8';
   /** x quantized by quantizeRowsOp ('int8'): (T, units, 2) vec4<u32> and (T, units) vec2<f32>. */
   xq?: GPUBuffer;
   xd?: GPUBuffer;
@@ -379,8 +388,10 @@ export function batchedMatvecOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, o: Batched
   if (io.bias) need(io.bias, io.yOffset + m.rows, 'batched matvec bias');
   const shape: BatchedMatvecShape = {
     rows: m.rows, cols: m.cols, units: m.cols / 32, group: q.group, yStride: io.yStride, yOffset: io.yOffset, bias: io.bias !== null, residual: io.residual,
-    activations: o.activations, nb: o.nb, rps: o.rps,
+    activations: o.activations, nb: o.nb, rps: o.rps, groups: o.groups,
+    layout: 'units',
   };
+  if (o.layout === 'rows' && batchedLayoutApplies(gpu.features) && batchedRowsLayoutBytes({ ...shape, layout: 'rows' }) <= gpu.device.limits.maxComputeWorkgroupStorageSize) shape.layout = 'rows';
   const f = { packedDot: gpu.features.packed4x8IntegerDotProduct };
   const pipeline = gpu.pipeline('batched_matvec', { ...shape, ...f }, () => batchedMatvecWgsl(shape, f));
   const all: Record<string, GPUBuffer | null | undefined> = { Q: m.buffers[0], SM: m.buffers[1], X: io.x, XQ: o.xq, XD: o.xd, Y: io.y, STEP: io.step, BIAS: io.bias };
@@ -390,7 +401,7 @@ export function batchedMatvecOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, o: Batched
     return b;
   });
   const n = batchedWorkgroups(shape);
-  return [{ label: `batched_matvec_q4(${o.activations})`, pipeline, bindGroup: gpu.bindGroup('batched_matvec', pipeline, buffers), workgroups: () => [n, 1, 1] }];
+  return [{ label: `batched_matvec_q4(${o.activations}, ${shape.layout})`, pipeline, bindGroup: gpu.bindGroup('batched_matvec', pipeline, buffers), workgroups: () => [n, 1, 1] }];
 }
 
 /**

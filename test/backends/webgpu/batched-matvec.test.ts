@@ -2,12 +2,12 @@
  * The batched decode products (kernels/batched-matvec.ts) against a float64 CPU product of the same
  * q4 matrix, for T rows of x in passes of NB: f32 activations at 1e-5, int8 activations at the int8
  * reference (x quantized as the kernel does) at 1e-5 and the f32 product at 2e-2; a residual and a
- * bias; and every row's result bitwise the same whatever T (issue 15.3). Also the per-row token
+ * bias; both lane layouts ('units', 'rows'); and every row's result bitwise the same whatever T (issue 15.3). Also the per-row token
  * choice (kernels/sample.ts `rows`) against the CPU rule.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { argmaxOp, batchedMatvecOp, chooseRowsOp, quantizeRowsOp, sampleOp } from '../../../src/backends/webgpu/ops.js';
+import { argmaxOp, batchedMatvecOp, chooseRowsOp, quantizeRowsOp, sampleOp, type BatchedMatvecSplit } from '../../../src/backends/webgpu/ops.js';
 import type { GpuMatrix } from '../../../src/backends/webgpu/weights.js';
 import { f16ToF32, f32ToF16 } from '../../../src/format/dtype.js';
 import { assertClose, rng } from '../../helpers.js';
@@ -54,7 +54,8 @@ test('webgpu batched q4 products: T rows in passes of NB equal the CPU product, 
     return;
   }
   const r = rng(7);
-  for (const [rows, cols, group] of [[37, 96, 32], [70, 256, 64]] as const) {
+  // 2,112 columns: 66 units, more than the 'rows' layout's 64 lanes across the columns
+  for (const [rows, cols, group] of [[37, 96, 32], [70, 256, 64], [21, 2112, 64]] as const) {
     const { words, sm, w, scaled, mins } = q4Matrix(rows, cols, group, rows);
     const m = {
       encoding: 'q4', rows, cols, bytes: words.byteLength + sm.byteLength,
@@ -68,20 +69,27 @@ test('webgpu batched q4 products: T rows in passes of NB equal the CPU product, 
     const xb = storage(gpu, x), bias = storage(gpu, biasValues);
     const xq = zeros(gpu, T * cols), xd = zeros(gpu, (T * cols) / 16);
     for (const activations of ['f32', 'int8'] as const) {
-      for (const [nb, rps] of [[4, 2], [8, 1], [3, 4]] as const) {
+      const splits: BatchedMatvecSplit[] = [
+        { layout: 'units', nb: 4, rps: 2, groups: 4 }, { layout: 'units', nb: 8, rps: 1, groups: 4 }, { layout: 'units', nb: 3, rps: 4, groups: 4 },
+        { layout: 'rows', nb: 8, rps: 2, groups: 4 }, { layout: 'rows', nb: 3, rps: 1, groups: 2 }, { layout: 'rows', nb: 5, rps: 4, groups: 1 },
+      ];
+      for (const split of splits) {
+        const { nb, rps } = split;
         const results: Float32Array[] = [];
         for (const steps of [T, 1, 5]) {
           const y = storage(gpu, y0);
           const step = stepBuffer(gpu, steps, 0);
-          const op = batchedMatvecOp(gpu, m, { x: xb, y, yStride, yOffset, bias, residual: true, step }, { activations, nb, rps, xq, xd });
+          const op = batchedMatvecOp(gpu, m, { x: xb, y, yStride, yOffset, bias, residual: true, step }, { activations, ...split, xq, xd });
           assert.ok(op, 'the kernel applies');
+          // the 'rows' layout runs wherever subgroups hold its sets of 8 lanes (lavapipe's hold 8)
+          if (gpu.features.subgroupMinSize >= 8) assert.ok(op[0]!.label.includes(split.layout), `${op[0]!.label} for ${split.layout}`);
           await run(gpu, [...(activations === 'int8' ? [quantizeRowsOp(gpu, cols, T, xb, xq, xd, step)] : []), ...op], steps);
           results.push(await read(gpu, y, T * yStride));
         }
         const [all, one, five] = results as [Float32Array, Float32Array, Float32Array];
         // each row's sums are bitwise the same whether it ran among 1, 5 or 11 rows
-        for (let i = 0; i < yStride; i++) assert.equal(one[i], all[i], `row 0, output ${i}: alone vs among ${T} (${activations}, nb ${nb})`);
-        for (let i = 0; i < 5 * yStride; i++) assert.equal(five[i], all[i], `output ${i}: among 5 vs ${T} (${activations}, nb ${nb})`);
+        for (let i = 0; i < yStride; i++) assert.equal(one[i], all[i], `row 0, output ${i}: alone vs among ${T} (${activations}, ${split.layout} nb ${nb} rps ${rps})`);
+        for (let i = 0; i < 5 * yStride; i++) assert.equal(five[i], all[i], `output ${i}: among 5 vs ${T} (${activations}, ${split.layout} nb ${nb} rps ${rps})`);
         for (let i = 5 * yStride; i < T * yStride; i++) assert.equal(five[i], y0[i], `row ${Math.floor(i / yStride)} untouched by a step of 5`);
         // against the CPU: y0 + W x + bias over the rows this matrix writes
         // int8: scale * nibble applied to the rounded x, min to the exact x (its sum is kept exact)
@@ -99,7 +107,7 @@ test('webgpu batched q4 products: T rows in passes of NB equal the CPU product, 
         const exact = want(x);
         const ref = activations === 'f32' ? exact : want(quantized(x));
         void w;
-        assertClose(all, ref, 1e-5, `${rows} x ${cols} g${group} ${activations} nb ${nb} rps ${rps} vs the CPU`);
+        assertClose(all, ref, 1e-5, `${rows} x ${cols} g${group} ${activations} ${split.layout} nb ${nb} rps ${rps} vs the CPU`);
         if (activations === 'int8') assertClose(all, exact, 2e-2, `${rows} x ${cols} int8 vs the f32 product`);
       }
     }

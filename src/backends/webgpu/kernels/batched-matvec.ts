@@ -7,9 +7,18 @@
  * Q[r * UNITS + k] (32 nibbles, column 8w + i at bits 4i of word w) and (scale, min) in the f16 pair
  * SM[r * GROUPS + 32k / GROUP]; W[r, c] = nibble * scale + min.
  *
- * A subgroup takes RPS rows; its lanes walk the row's units (consecutive lanes, consecutive units:
- * coalesced loads), each lane applying a unit's weights to the NB rows of x, then subgroupAdd folds
- * the lanes. Two forms of x, as the fused decoder's (kernels/fused-matvec-int8.ts):
+ * Two layouts of a workgroup's 256 lanes (BatchedMatvecShape.layout):
+ *   'units': a subgroup takes RPS rows; its lanes walk the row's units (consecutive lanes, consecutive
+ *            units: coalesced loads), each lane applying a unit's weights to the NB rows of x, then
+ *            subgroupAdd folds the lanes. Each x load of a subgroup touches 32 different units.
+ *   'rows':  a workgroup takes G * RPS rows; lanes in sets of 8 consecutive units (one 128-byte line
+ *            of a row's weights), G sets a 32 lanes on different rows, 256 / (8 G) slices of the
+ *            columns. A lane holds RPS rows x NB rows of x in registers: each weight word, unpacked
+ *            once, serves the NB rows, and each x load of a subgroup touches 8 units (the G sets read
+ *            the same ones), so x's loads cost a quarter of the 'units' layout's; the 8 lanes fold by
+ *            shuffles, the slices through workgroup memory in slice order. Needs subgroups of at least
+ *            8 lanes (batchedLayoutApplies).
+ * Two forms of x, as the fused decoder's (kernels/fused-matvec-int8.ts):
  *   'f32':  x as stored (the CPU's numerics up to summation order);
  *   'int8': x quantized by `quantizeRowsWgsl` into int8 blocks of one unit with one scale each
  *           (d = max|x| / 127, xq = round(x / d), xsum = sum(x)), multiplied with dot4I8Packed:
@@ -37,8 +46,30 @@ export interface BatchedMatvecShape extends BatchedProductShape {
   activations: 'f32' | 'int8';
   /** Rows of x a pass over the weights. */
   nb: number;
-  /** Output rows a subgroup. */
+  /** 'units': output rows a subgroup; 'rows': output rows a lane. */
   rps: number;
+  /** How a workgroup's lanes split the matrix (the file's comment). */
+  layout: 'units' | 'rows';
+  /** 'rows': sets of 8 lanes on different rows a 32 lanes (1, 2 or 4); the columns go in 256 / (8 groups) slices. */
+  groups: number;
+}
+
+/** Lanes of the 'rows' layout that walk consecutive units of one row (one 128-byte line of q4 words). */
+const UNIT_LANES = 8;
+
+/** Whether the 'rows' layout runs here: its shuffles fold sets of 8 lanes, so subgroups must hold them. */
+export function batchedLayoutApplies(f: { subgroupMinSize: number }): boolean {
+  return f.subgroupMinSize >= UNIT_LANES;
+}
+
+/** Workgroup memory of the 'rows' layout: a partial sum per slice, output row and row of x. */
+export function batchedRowsLayoutBytes(s: BatchedMatvecShape): number {
+  return (BATCHED_WG / (UNIT_LANES * s.groups)) * rowsAWorkgroup(s) * s.nb * 4;
+}
+
+/** Output rows a workgroup of the 'rows' layout. */
+function rowsAWorkgroup(s: BatchedMatvecShape): number {
+  return s.groups * s.rps;
 }
 
 /** Invocations a workgroup of the batched product. */
@@ -51,6 +82,7 @@ export function batchedMatvecApplies(m: { cols: number; group: number; units: nu
 
 /** Workgroups of one dispatch: about one block of RPS rows a subgroup of 32, at most a grid row. */
 export function batchedWorkgroups(s: BatchedMatvecShape): number {
+  if (s.layout === 'rows') return Math.max(1, Math.min(65535, Math.ceil(s.rows / rowsAWorkgroup(s))));
   return Math.max(1, Math.min(65535, Math.ceil(Math.ceil(s.rows / s.rps) / (BATCHED_WG / 32))));
 }
 
@@ -124,17 +156,8 @@ export function batchedMatvecWgsl(s: BatchedMatvecShape, f: { packedDot: boolean
     }
     body.push(`if (${n}u < nt) {\n  ${inner.join('\n').split('\n').join('\n  ')}\n}`);
   }
-  const writes = J.flatMap((j) =>
-    N.map((n) => `if (${n}u < nt) {
-  let v = subgroupAdd(acc[${j * s.nb + n}]);
-  if (lane == 0u && rb + ${j}u < ROWS) {
-    let o = (t0 + ${n}u) * ${s.yStride}u + ${s.yOffset}u + rb + ${j}u;
-    ${s.residual ? 'Y[o] = Y[o] + v' : 'Y[o] = v'}${s.bias ? ` + BIAS[${s.yOffset}u + rb + ${j}u]` : ''};
-  }
-}`),
-  );
   const indent = (lines: string[], n: number) => lines.join('\n').split('\n').join('\n' + ' '.repeat(n));
-  return `${header({ subgroups: true })}diagnostic(off, subgroup_uniformity);
+  const prelude = `${header({ subgroups: true })}diagnostic(off, subgroup_uniformity);
 ${COMMON}
 ${f.packedDot ? PACKED_DOT : POLYFILL_DOT}
 const ROWS = ${s.rows}u;
@@ -143,8 +166,26 @@ const GROUP = ${s.group}u;
 const GROUPS = ${Math.ceil(s.cols / s.group)}u;
 const NB = ${s.nb}u;
 const RPS = ${s.rps}u;
-const BLOCKS = ${Math.ceil(s.rows / s.rps)}u;
 ${decl}
+`;
+  const store = (o: string, row: string) => `${s.residual ? `Y[${o}] = Y[${o}] + v` : `Y[${o}] = v`}${s.bias ? ` + BIAS[${s.yOffset}u + ${row}]` : ''};`;
+  return s.layout === 'rows' ? prelude + rowsLayoutMain(s, J, N, indent(body, 8), store) : prelude + unitsLayoutMain(s, J, N, indent(body, 8), store);
+}
+
+type Store = (index: string, row: string) => string;
+
+/** The 'units' layout: a subgroup a block of RPS rows, its lanes across the row's units. */
+function unitsLayoutMain(s: BatchedMatvecShape, J: number[], N: number[], body: string, store: Store): string {
+  const writes = J.flatMap((j) =>
+    N.map((n) => `if (${n}u < nt) {
+  let v = subgroupAdd(acc[${j * s.nb + n}]);
+  if (lane == 0u && rb + ${j}u < ROWS) {
+    let o = (t0 + ${n}u) * ${s.yStride}u + ${s.yOffset}u + rb + ${j}u;
+    ${store('o', `rb + ${j}u`)}
+  }
+}`),
+  );
+  return `const BLOCKS = ${Math.ceil(s.rows / s.rps)}u;
 
 @compute @workgroup_size(${BATCHED_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32,
@@ -161,9 +202,68 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       for (var i = 0u; i < ${s.rps * s.nb}u; i++) { acc[i] = 0.0; }
       // hot loop: a unit of each of RPS rows a lane, applied to the pass's rows of x
       for (var k = lane; k < UNITS; k += sg_size) {
-        ${indent(body, 8)}
+        ${body}
       }
-      ${indent(writes, 6)}
+      ${writes.join('\n').split('\n').join('\n      ')}
+    }
+  }
+}
+`;
+}
+
+/**
+ * The 'rows' layout: a workgroup a block of G * RPS rows. Lane lid: u = lid % 8 its place in a set of
+ * 8 consecutive units, g = (lid / 8) % G its rows (g RPS .. g RPS + RPS - 1 of the block), s = lid / (8 G)
+ * its slice of the columns (units s 8 + u, then every 8 S after). The sums of a row of x fold in a fixed
+ * order whatever T: 8 lanes by shuffles (xor 4, 2, 1), then the S slices in slice order.
+ */
+function rowsLayoutMain(s: BatchedMatvecShape, J: number[], N: number[], body: string, store: Store): string {
+  const G = s.groups, S = BATCHED_WG / (UNIT_LANES * G), RW = rowsAWorkgroup(s);
+  const fold = J.flatMap((j) => N.map((n) => `if (${n}u < nt) {
+  var v = acc[${j * s.nb + n}];
+  v += subgroupShuffleXor(v, 4u);
+  v += subgroupShuffleXor(v, 2u);
+  v += subgroupShuffleXor(v, 1u);
+  if (u == 0u) { PART[((s * G + g) * RPS + ${j}u) * NB + ${n}u] = v; }
+}`));
+  return `const U = ${UNIT_LANES}u;
+const G = ${G}u;
+const S = ${S}u;
+const RW = ${RW}u;
+const BLOCKS = ${Math.ceil(s.rows / RW)}u;
+// (slice, row of the block, row of x) partial sums
+var<workgroup> PART: array<f32, ${batchedRowsLayoutBytes(s) / 4}>;
+
+@compute @workgroup_size(${BATCHED_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let T = STEP[0];
+  let u = lid % U;
+  let g = (lid / U) % G;
+  let s = lid / (U * G);
+  for (var blk = wid.x; blk < BLOCKS; blk += nwg.x) {
+    let rb = blk * RW + g * RPS;
+    ${J.map((j) => `let r${j} = min(rb + ${j}u, ROWS - 1u);`).join('\n    ')}
+    for (var t0 = 0u; t0 < T; t0 += NB) {
+      let nt = min(NB, T - t0);
+      var acc: array<f32, ${s.rps * s.nb}>;
+      for (var i = 0u; i < ${s.rps * s.nb}u; i++) { acc[i] = 0.0; }
+      // hot loop: a unit of each of RPS rows a lane, applied to the pass's rows of x
+      for (var k = s * U + u; k < UNITS; k += S * U) {
+        ${body}
+      }
+      ${fold.join('\n').split('\n').join('\n      ')}
+      workgroupBarrier();
+      for (var i = lid; i < RW * NB; i += ${BATCHED_WG}u) {
+        let n = i % NB;
+        let row = blk * RW + i / NB;
+        if (n < nt && row < ROWS) {
+          var v = 0.0;
+          for (var p = 0u; p < S; p++) { v += PART[(p * RW + i / NB) * NB + n]; }
+          let o = (t0 + n) * ${s.yStride}u + ${s.yOffset}u + row;
+          ${store('o', 'row')}
+        }
+      }
+      workgroupBarrier();
     }
   }
 }
