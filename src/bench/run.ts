@@ -34,6 +34,8 @@ export interface BenchOptions {
   interleave?: boolean[];
   /** Sampling temperatures, each run over the same weights: 0 greedy (argmax), above 0 sampled on the GPU with top-k 40, top-p 0.95, min-p 0.05. */
   temperatures?: number[];
+  /** The greedy token's choice, each run over the same weights (FusedDecoderOptions.argmax). */
+  argmax?: ('fused' | 'dispatch')[];
   /** Runs of the whole list of variants (ABAB..., to see the spread within a process). */
   repeat?: number;
   /** Units a lane loads per pass of the subgroup matvecs, each run over the same weights (0: the decoder's default, as without). */
@@ -85,6 +87,7 @@ export interface BenchResult {
   norm_workgroups: number | 'default';
   int8_prologue: 'octets' | 'units' | 'default';
   interleave_workers: boolean | 'default';
+  argmax: 'fused' | 'dispatch' | 'default';
   /** 0: greedy (argmax); above 0: sampled on the GPU (top-k 40, top-p 0.95, min-p 0.05). */
   temperature: number;
   /** With --profile: layer 0's attention dispatches (µs) and the time to read its K and V at the probe's bandwidth. */
@@ -166,7 +169,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
     const check = o.check > 0 ? await checkPaths(gpu, config, w, prompt, o.check, o.workgroups) : null;
     if (check) o.log(`check (f32 activations): fused vs unfused logits relative difference <= ${check.worst.toExponential(2)} over ${o.check} tokens; greedy continuations ${check.identical ? 'identical' : 'DIFFER'}`);
     // every combination of the listed variants, each over the same weights, the list `repeat` times
-    type Variant = { path: DecodePath; kvCache: 'f16' | 'f32'; attentionKind: DecodeAttentionKind; unroll: number; normWorkgroups: number; prologue?: 'octets' | 'units'; interleave?: boolean; temperature: number };
+    type Variant = { path: DecodePath; kvCache: 'f16' | 'f32'; attentionKind: DecodeAttentionKind; unroll: number; normWorkgroups: number; prologue?: 'octets' | 'units'; interleave?: boolean; argmax?: 'fused' | 'dispatch'; temperature: number };
     let variants: Variant[] = [{ path: o.paths[0]!, kvCache: 'f16', attentionKind: 'split', unroll: 0, normWorkgroups: 0, temperature: 0 }];
     const each = <K extends keyof Variant>(key: K, values: Variant[K][] | undefined) => {
       if (values && values.length > 0) variants = variants.flatMap((v) => values.map((x) => ({ ...v, [key]: x })));
@@ -179,13 +182,14 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
     each('prologue', o.int8Prologue);
     each('interleave', o.interleave);
     each('temperature', o.temperatures);
+    each('argmax', o.argmax);
     variants = Array.from({ length: Math.max(1, o.repeat ?? 1) }, () => variants).flat();
-    for (const { path, kvCache, attentionKind, unroll, normWorkgroups, prologue, interleave, temperature } of variants) {
+    for (const { path, kvCache, attentionKind, unroll, normWorkgroups, prologue, interleave, argmax, temperature } of variants) {
       const decoder = new FusedDecoder(gpu, config, w, {
         path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: normWorkgroups || undefined, unroll: unroll || undefined, attentionWorkgroup: o.attentionWorkgroup,
-        attention: attentionKind, attentionSplits: o.attentionSplits, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations, kvCache, int8Prologue: prologue, interleaveWorkers: interleave,
+        attention: attentionKind, attentionSplits: o.attentionSplits, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations, kvCache, int8Prologue: prologue, interleaveWorkers: interleave, argmax,
       });
-      const variantName = `${kvCache} KV, ${attentionKind} attention, unroll ${unroll || 'default'}, norm workgroups ${normWorkgroups || 'default'}, prologue ${prologue ?? 'default'}, interleave ${interleave ?? 'default'}, ${temperature > 0 ? `sampled at temperature ${temperature}` : 'greedy'}`;
+      const variantName = `${kvCache} KV, ${attentionKind} attention, unroll ${unroll || 'default'}, norm workgroups ${normWorkgroups || 'default'}, prologue ${prologue ?? 'default'}, interleave ${interleave ?? 'default'}, argmax ${argmax ?? 'default'}, ${temperature > 0 ? `sampled at temperature ${temperature}` : 'greedy'}`;
       // seeded uniform draws for the sampled runs
       let draws = o.seed || 1;
       const sampling = temperature > 0 ? { temperature, topK: 40, topP: 0.95, minP: 0.05 } : undefined;
@@ -237,6 +241,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
           norm_workgroups: normWorkgroups || 'default',
           int8_prologue: prologue ?? 'default',
           interleave_workers: interleave ?? 'default',
+          argmax: argmax ?? 'default',
           temperature,
           ...(attention ? { attention_us: attention.us, attention_kv_read_us: attention.kvReadUs } : {}),
           achieved_gbps: achieved,

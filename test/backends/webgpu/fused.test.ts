@@ -266,3 +266,46 @@ test('fused decode: tensors larger than a storage binding are split by rows (emb
     }
   }
 });
+
+test("fused decode: lm_head's argmax partials (argmax: 'fused') choose the argmax dispatch's tokens, ties included", { skip: SKIP_GPU }, async () => {
+  // the llama fixture (2 MB: it travels to the device with the test)
+  const model = await loadModel(ARCH_MODELS[0]!);
+  const ref = await readReference(ARCH_MODELS[0]!);
+  const gpu = await testGpu();
+  // a second lm_head whose rows repeat every 7: every logit ties with others in other workgroups,
+  // and the lowest row must win as in the dispatch
+  const head = dense(model.weights.lmHead), cols = model.weights.lmHead.cols;
+  const tied = new Float32Array(head.length);
+  for (let r = 0; r < model.weights.lmHead.rows; r++) tied.set(head.subarray((r % 7) * cols, (r % 7 + 1) * cols), r * cols);
+  const heads: [string, WeightTensor][] = [['as stored', model.weights.lmHead], ['rows tied', new DenseTensor(model.weights.lmHead.rows, cols, tied)]];
+  for (const [headName, lmHead] of heads) {
+    for (const [packName, pack] of [['dense', null], ['q4', q4]] as const) {
+      const weights = pack ? compressed({ ...model.weights, lmHead }, pack) : { ...model.weights, lmHead };
+      const w = uploadFusedWeights(gpu, weights);
+      for (const activations of ['f32', 'int8'] as const) {
+        const name = `${headName}, ${packName}, ${activations} x`;
+        const make = (argmax: 'fused' | 'dispatch') => new FusedDecoder(gpu, model.config, w, { path: 'fused', contextLength: 96, workgroups: 64, matvecActivations: activations, argmax });
+        const fused = make('fused'), dispatch = make('dispatch');
+        try {
+          if (gpu.subgroups) assert.equal(fused.dispatchesPerToken, dispatch.dispatchesPerToken - 1, `${name}: no argmax dispatch`);
+          for (const { prompt } of ref.prompts) {
+            fused.reset();
+            dispatch.reset();
+            const want = await dispatch.generate(prompt, { maxTokens: 12, lag: 1 });
+            if (headName === 'rows tied') assert.ok(want.every((id) => id < 7), `${name}: tied rows choose the lowest`);
+            assert.deepEqual(await fused.generate(prompt, { maxTokens: 12, lag: 4 }), want, `${name}: greedy continuation of [${prompt}]`);
+            // stopped mid-stream and resumed: the partials of steps past the stop are not used
+            fused.reset();
+            const a = await fused.generate(prompt, { maxTokens: 12, lag: 4, onToken: (_id, n) => n === 4 });
+            assert.deepEqual(a, want.slice(0, 5), `${name}: stopped continuation`);
+            assert.deepEqual(await fused.generate([a.at(-1)!], { maxTokens: 3, lag: 4 }), want.slice(5, 8), `${name}: continuation after a stop`);
+          }
+        } finally {
+          fused.dispose();
+          dispatch.dispose();
+        }
+      }
+      destroyFusedWeights(w);
+    }
+  }
+});

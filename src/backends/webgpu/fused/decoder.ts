@@ -81,6 +81,14 @@ export interface FusedDecoderOptions {
   interleaveWorkers?: boolean;
   /** Chunks of keys of the split attention (default: chunks of at most 64 keys; 'split-gqa' and 'split-heads': about 64 keys each, at most 32). */
   attentionSplits?: number;
+  /**
+   * The greedy token: 'dispatch' (default) runs decodeArgmaxWgsl over the logits after lm_head;
+   * 'fused' has lm_head's workgroups write the largest of their rows (FusedMatvecShape.argmaxPartials)
+   * and the next step's embedding reduce those partials, one dispatch boundary fewer a token (the CPU
+   * reduces the same partials for the readback). Fused path, subgroups, lm_head in one dispatch;
+   * elsewhere, and for steps under a grammar's mask or sampled, the argmax dispatch.
+   */
+  argmax?: 'fused' | 'dispatch';
 }
 
 export type DecodeAttentionKind = 'split' | 'split-gqa' | 'split-heads' | 'single';
@@ -120,6 +128,22 @@ interface Plan {
   sample: Dispatch;
 }
 
+/**
+ * The token a readback slot holds: the id itself (16 bytes), or the largest of lm_head's argmax
+ * partials, (value bits, row) pairs, lowest row on ties and rows 0xffffffff skipped (the rule of
+ * decodeArgmaxWgsl and of the embedding's reduction).
+ */
+export function readChoice(words: Uint32Array, partials: boolean): number {
+  if (!partials) return words[0]!;
+  const values = new Float32Array(words.buffer, words.byteOffset, words.length);
+  let best = -Infinity, row = 0xffffffff;
+  for (let p = 0; p + 1 < words.length; p += 2) {
+    const v = values[p]!, r = words[p + 1]!;
+    if (r !== 0xffffffff && (row === 0xffffffff || v > best || (v === best && r < row))) { best = v; row = r; }
+  }
+  return row;
+}
+
 function padFloats(n: number): number {
   return Math.ceil(n / 256) * 256;
 }
@@ -138,6 +162,10 @@ export class FusedDecoder {
   private readonly logits: GPUBuffer;
   private readonly logitsReadback: GPUBuffer;
   private readonly ring: GPUBuffer[] = [];
+  /** lm_head's argmax partials (argmax: 'fused'): a (value bits, row) pair a workgroup. */
+  private readonly partials: { buffer: GPUBuffer; count: number } | null = null;
+  /** Where the last step that chose a token left it: the token buffer, or the partials (argmax: 'fused'). */
+  private lastChoice: 'token' | 'partials' = 'token';
   /** The grammar's bitmask, ceil(vocab / 32) u32, and its masking dispatch: made on the first constrained step. */
   private mask: { buffer: GPUBuffer; dispatch: Dispatch } | null = null;
   private readonly stepWords = new Uint32Array(ROWS_AT + 2); // header, the token id, the row table's one row
@@ -228,8 +256,11 @@ export class FusedDecoder {
         ...down,
       ];
     });
-    const head = fused && this.fits(w.lmHead, 'norm', 'store', false)
-      ? mv(w.lmHead, 'norm', 'store', { X: x, NW: w.finalNorm, Y: this.logits })
+    const headFused = fused && this.fits(w.lmHead, 'norm', 'store', false);
+    const partialsShape = headFused && options.argmax === 'fused' ? this.argmaxPartialsShape() : null;
+    if (partialsShape) this.partials = { buffer: this.alloc('argmax_partials', partialsShape.workgroups * 8, S | GPUBufferUsage.COPY_SRC), count: partialsShape.workgroups };
+    const head = headFused
+      ? mv(w.lmHead, 'norm', 'store', { X: x, NW: w.finalNorm, Y: this.logits, ...(this.partials ? { AMAX: this.partials.buffer } : {}) }, null, this.partials ? { argmaxPartials: true } : {})
       : [norm(w.finalNorm), ...mv(w.lmHead, 'global', 'store', { X: xn, Y: this.logits })];
     this.allocatedBytes = this.buffers.reduce((a, b) => a + b.size, 0) + (this.ownCache ? this.ownCache.bytesFor(this.ownCache.capacity) : 0);
     this.plan = {
@@ -271,6 +302,17 @@ export class FusedDecoder {
     const cap = s.input === 'norm' || int8 ? Math.min(this.workgroups, this.options.normWorkgroups ?? normDefault) : this.workgroups;
     shape.workgroups = Math.min(cap, fusedBlocks(shape));
     return shape;
+  }
+
+  /**
+   * lm_head's shape with argmax partials, or null where they do not apply: they need the subgroup
+   * kernels (subgroups of at least 4 lanes), lm_head in one dispatch, and the device's limits.
+   */
+  private argmaxPartialsShape(): FusedMatvecShape | null {
+    const c = this.config, m = this.weights.lmHead;
+    if (!this.gpu.subgroups || this.gpu.features.subgroupMinSize < 4 || m.rowBlocks) return null;
+    const shape = this.matvecShape(m, { input: 'norm', epilogue: 'store', bias: false, eps: c.rmsNormEps, numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim, argmaxPartials: true });
+    return this.overLimits(shape) === null ? shape : null;
   }
 
   /** What the fused matvec of this shape asks beyond the device's limits, or null when it fits. */
@@ -412,14 +454,16 @@ export class FusedDecoder {
     const blocks = e.rowBlocks ?? [{ rowStart: 0, matrix: e }];
     return blocks.map(({ rowStart, matrix }) => {
       const rows = e.rowBlocks ? matrix.rows : 0xffffffff;
-      const pipeline = this.gpu.pipeline('fused_embedding', { dtype, hidden: e.cols, units: e.units, rowStart, rows }, () => fusedEmbeddingWgsl(dtype, e.cols, e.units, rowStart, rows));
-      return { label: 'embedding', pipeline, bindGroup: this.gpu.bindGroup('embedding', pipeline, [matrix.buffers.W!, x, this.step, this.token]), workgroups: () => [embeddingWorkgroups(e.cols), 1, 1] as [number, number, number] };
+      const partials = this.partials?.count ?? 0;
+      const pipeline = this.gpu.pipeline('fused_embedding', { dtype, hidden: e.cols, units: e.units, rowStart, rows, partials }, () => fusedEmbeddingWgsl(dtype, e.cols, e.units, rowStart, rows, partials));
+      const buffers = [matrix.buffers.W!, x, this.step, this.token, ...(this.partials ? [this.partials.buffer] : [])];
+      return { label: 'embedding', pipeline, bindGroup: this.gpu.bindGroup('embedding', pipeline, buffers), workgroups: () => [embeddingWorkgroups(e.cols), 1, 1] as [number, number, number] };
     });
   }
 
   /** Dispatches one decode step encodes (embedding, layers, head, token choice). */
   get dispatchesPerToken(): number {
-    return this.plan.embedding.length + this.plan.layers.reduce((a, l) => a + l.length, 0) + this.plan.head.length + 1;
+    return this.plan.embedding.length + this.plan.layers.reduce((a, l) => a + l.length, 0) + this.plan.head.length + (this.partials ? 0 : 1);
   }
 
   get dispatchesPerLayer(): number {
@@ -452,7 +496,8 @@ export class FusedDecoder {
     this.stepWords[ROWS_AT + 1] = Math.max(0, this.length - 1);
     this.gpu.device.queue.writeBuffer(this.step, 0, this.stepWords);
     // with `sample`, the sampling kernel too (it reads the sampling values of the last step written)
-    const list = [...this.plan.embedding, ...this.plan.layers[0]!, ...this.plan.head, this.plan.argmax, ...(options.sample ? [this.plan.sample] : [])];
+    // (with argmax partials the embedding reduces them and no argmax dispatch runs a greedy step)
+    const list = [...this.plan.embedding, ...this.plan.layers[0]!, ...this.plan.head, ...(this.partials ? [] : [this.plan.argmax]), ...(options.sample ? [this.plan.sample] : [])];
     const out: { label: string; microseconds: number }[] = [];
     for (const d of list) {
       const times: number[] = [];
@@ -481,7 +526,7 @@ export class FusedDecoder {
     const w = this.stepWords;
     w[StepWord.T] = 1;
     w[StepWord.pos0] = this.length;
-    w[FLAG_TOKEN_FROM_GPU] = id === null ? 1 : 0;
+    w[FLAG_TOKEN_FROM_GPU] = id !== null ? 0 : this.lastChoice === 'partials' ? 2 : 1;
     w[STEP_HEADER_WORDS] = id ?? 0;
     w[ROWS_AT] = this.kv.slot.word;
     w[ROWS_AT + 1] = this.length;
@@ -507,13 +552,24 @@ export class FusedDecoder {
     for (const layer of this.plan.layers) encodeDispatches(pass, layer, 1);
     if (output !== 'none') encodeDispatches(pass, this.plan.head, 1);
     if (bitmask && output !== 'none') encodeDispatches(pass, [this.mask!.dispatch], 1);
-    if (output === 'argmax') encodeDispatches(pass, [this.plan.argmax], 1);
+    // a greedy step without a mask leaves its choice in lm_head's argmax partials where they exist
+    const partials = output === 'argmax' && !bitmask ? this.partials : null;
+    if (output === 'argmax' && !partials) encodeDispatches(pass, [this.plan.argmax], 1);
     if (output === 'sample') encodeDispatches(pass, [this.plan.sample], 1);
     pass.end();
+    if (output === 'argmax' || output === 'sample') this.lastChoice = partials ? 'partials' : 'token';
     if (output === 'logits') encoder.copyBufferToBuffer(this.logits, 0, this.logitsReadback, 0, this.config.vocabSize * 4);
-    if (readback) encoder.copyBufferToBuffer(this.token, 0, readback, 0, 16);
+    if (readback) {
+      if (partials) encoder.copyBufferToBuffer(partials.buffer, 0, readback, 0, partials.count * 8);
+      else encoder.copyBufferToBuffer(this.token, 0, readback, 0, 16);
+    }
     device.queue.submit([encoder.finish()]);
     this.length++;
+  }
+
+  /** Bytes of a readback slot: the token, or lm_head's argmax partials. */
+  private get readbackBytes(): number {
+    return Math.max(16, (this.partials?.count ?? 0) * 8);
   }
 
   private validate(tokens: ArrayLike<number>): void {
@@ -555,8 +611,10 @@ export class FusedDecoder {
     const lag = Math.max(1, options.lag ?? 8);
     const maxTokens = Math.min(options.maxTokens, this.options.contextLength - this.length - prompt.length + 1);
     if (maxTokens < 1) return [];
-    while (this.ring.length < lag) this.ring.push(this.alloc(`token_readback.${this.ring.length}`, 16, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST));
+    while (this.ring.length < lag) this.ring.push(this.alloc(`token_readback.${this.ring.length}`, this.readbackBytes, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST));
     const output = options.sampling && options.sampling.temperature > 0 ? 'sample' : 'argmax';
+    const fromPartials = output === 'argmax' && this.partials !== null;
+    const bytes = fromPartials ? this.partials!.count * 8 : 16;
     const draw = () => (output === 'sample' ? (options.random ?? Math.random)() : 0);
     for (let i = 0; i < prompt.length - 1; i++) this.submitStep(prompt[i]!, 'none', null);
     const base = this.length + 1; // cache length once token 0 is chosen
@@ -564,7 +622,7 @@ export class FusedDecoder {
     const submit = (n: number) => {
       const slot = this.ring[n % lag]!;
       this.submitStep(n === 0 ? prompt[prompt.length - 1]! : null, output, slot, draw(), options.sampling);
-      pending[n] = this.settle(slot.mapAsync(GPUMapMode.READ, 0, 16));
+      pending[n] = this.settle(slot.mapAsync(GPUMapMode.READ, 0, bytes));
     };
     const out: number[] = [];
     let submitted = 0;
@@ -573,7 +631,7 @@ export class FusedDecoder {
       for (let n = 0; n < maxTokens; n++) {
         await pending[n];
         const slot = this.ring[n % lag]!;
-        const id = new Uint32Array(slot.getMappedRange(0, 16))[0]!;
+        const id = readChoice(new Uint32Array(slot.getMappedRange(0, bytes)), fromPartials);
         slot.unmap();
         out.push(id);
         if (options.onToken?.(id, n) || n === maxTokens - 1) break;
@@ -600,7 +658,7 @@ export class FusedDecoder {
   private async generateConstrained(prompt: ArrayLike<number>, options: GenerateOptions, filter: TokenFilter): Promise<number[]> {
     const maxTokens = Math.min(options.maxTokens, this.options.contextLength - this.length - prompt.length + 1);
     if (maxTokens < 1) return [];
-    while (this.ring.length < 1) this.ring.push(this.alloc(`token_readback.${this.ring.length}`, 16, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST));
+    while (this.ring.length < 1) this.ring.push(this.alloc(`token_readback.${this.ring.length}`, this.readbackBytes, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST));
     const slot = this.ring[0]!;
     const output = options.sampling && options.sampling.temperature > 0 ? 'sample' : 'argmax';
     for (let i = 0; i < prompt.length - 1; i++) this.submitStep(prompt[i]!, 'none', null);

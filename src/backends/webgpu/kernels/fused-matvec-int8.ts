@@ -18,7 +18,7 @@
  * down_proj (17920 columns) needs 22.4 KB: `int8Fits` checks the device's limit.
  */
 import { COMMON, f32Literal, header, reductions } from './prelude.js';
-import { blockRow, blocksFor, declarations, epilogue, f16Enable, firstGroup, SG_RPT, type FusedMatvecShape, type MatvecFeatures } from './fused-matvec.js';
+import { argmaxTracking, blockRow, blocksFor, declarations, epilogue, f16Enable, firstGroup, SG_RPT, type FusedMatvecShape, type MatvecFeatures } from './fused-matvec.js';
 
 const WG = 256;
 
@@ -153,6 +153,7 @@ export function int8MatvecWgsl(s: FusedMatvecShape, f: MatvecFeatures): string {
     }
   }
   const hot = lines.join('\n').split('\n').join('\n      ');
+  const am = argmaxTracking(s, WG);
   const decl = declarations(s).replace(/var<storage, read> X: array<f32>;/, 'var<storage, read> X: array<vec4<f32>>;').replace(/var<storage, read> NW: array<f32>;/, 'var<storage, read> NW: array<vec4<f32>>;');
   return `${header(f)}${f16Enable(s)}diagnostic(off, subgroup_uniformity);
 ${COMMON}
@@ -173,7 +174,7 @@ var<workgroup> XQB: array<vec4<u32>, ${s.units}>;
 var<workgroup> XD: array<vec2<f32>, ${s.units}>;${octets ? `
 // each subgroup's sum of squares of x (subgroups of at least 8 lanes)
 var<workgroup> SS: array<f32, ${WG / 8}>;` : ''}
-${blockRow(s, SG_RPT)}
+${blockRow(s, SG_RPT)}${am.decl}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) lane: u32) {
@@ -219,6 +220,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   workgroupBarrier();`}
   let per = ${WG}u / sg_size;
   let workers = ${s.workgroups}u * per;
+  ${am.init}
   for (var b = ${firstGroup(s)}; b < NGROUPS; b += workers) {
     ${rows.map((j) => `let r${j} = block_row(b, ${j}u).x;`).join('\n    ')}
     var acc = array<f32, ${SG_RPT}>(${rows.map(() => '0.0').join(', ')});
@@ -232,9 +234,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       var s0 = u0;
       var s1 = u1;
       ${Array.from({ length: SG_RPT / 2 - 1 }, (_, i) => `if (t == ${i + 1}u) { s0 = u${2 * i + 2}; s1 = u${2 * i + 3}; }`).join('\n      ')}
-      ${epilogue(s, SG_RPT).split('\n').join('\n      ')}
+      ${(epilogue(s, SG_RPT) + am.track).split('\n').join('\n      ')}
     }
-  }
+  }${am.finish}
 }
 `;
 }

@@ -89,6 +89,12 @@ export interface FusedMatvecShape {
   activations?: 'f32' | 'int8';
   /** 'store' and 'residual': the output row (and bias row) of row 0, for a row block of a split matrix. */
   rowOffset?: number;
+  /**
+   * 'store' without bias, subgroup workers (lm_head): each workgroup also writes the largest of the
+   * rows it computed, (value bits, row) with the lowest row on ties, to AMAX[workgroup], so the next
+   * step's embedding picks the greedy token without an argmax dispatch (argmaxTracking below).
+   */
+  argmaxPartials?: boolean;
 }
 
 /** vec4s of x one unit multiplies (0 for bitmap4, which reads x by column). */
@@ -187,12 +193,14 @@ export function fusedBlocks(s: Pick<FusedMatvecShape, 'rows' | 'units' | 'epilog
  * rmsnorm where the prologue does not fit.
  */
 export function fusedMatvecNeeds(s: FusedMatvecShape, f: KernelFeatures): { workgroupBytes: number; invocations: number } {
-  if (s.activations === 'int8') return { workgroupBytes: int8WorkgroupBytes(s.units), invocations: 256 };
+  // argmax partials: a value and a row a subgroup (subgroups of at least 4 lanes)
+  const argmax = (wg: number) => (s.argmaxPartials ? 2 * wg : 0);
+  if (s.activations === 'int8') return { workgroupBytes: int8WorkgroupBytes(s.units) + argmax(256), invocations: 256 };
   const subgroupVariant = f.subgroups && (s.input === 'norm' || s.encoding === 'bitmap4');
   const { tpr, wg: blockWg, br } = fusedLayout(s);
   const wg = subgroupVariant ? (s.workerWorkgroup ?? 256) : blockWg;
   const norm = s.input === 'norm' ? s.units * columnsPerUnit(s.encoding, s.group) * 4 + (s.encoding === 'q4' ? s.units * 4 : 0) + 4 * 2 * (wg + wg / 4) : 0;
-  return { workgroupBytes: norm + (subgroupVariant ? 0 : br * tpr * 4), invocations: wg };
+  return { workgroupBytes: norm + (subgroupVariant ? argmax(wg) : br * tpr * 4), invocations: wg };
 }
 
 /** Binding names in binding order; the op binds buffers by these names. */
@@ -202,7 +210,7 @@ export function fusedMatvecBindings(s: FusedMatvecShape): string[] {
   const input = s.input === 'norm' ? ['X', 'NW'] : ['X'];
   const out =
     s.epilogue === 'qkv' ? ['QKV', 'KC', 'VC', 'COS', 'SIN', 'STEP'] : s.epilogue === 'swiglu' ? ['ACT'] : ['Y'];
-  return [...weights, ...input, ...out, ...(s.bias ? ['BIAS'] : [])];
+  return [...weights, ...input, ...out, ...(s.bias ? ['BIAS'] : []), ...(s.argmaxPartials ? ['AMAX'] : [])];
 }
 
 export function f16Enable(s: FusedMatvecShape): string {
@@ -223,9 +231,9 @@ export function declarations(s: FusedMatvecShape): string {
     Q: 'array<vec4<u32>>', W: 'array<vec4<u32>>', SM: 'array<u32>', SCALE: 'array<f32>', MASK: 'array<u32>', OFFS: 'array<u32>', VALS: 'array<u32>', SC: 'array<u32>',
     X: s.input === 'norm' ? 'array<f32>' : 'array<vec4<f32>>', NW: 'array<f32>',
     QKV: 'array<f32>', KC: kvType(s), VC: kvType(s), COS: 'array<f32>', SIN: 'array<f32>', STEP: 'array<u32>',
-    ACT: 'array<f32>', Y: 'array<f32>', BIAS: 'array<f32>',
+    ACT: 'array<f32>', Y: 'array<f32>', BIAS: 'array<f32>', AMAX: 'array<vec2<u32>>',
   };
-  const written = new Set(['QKV', 'KC', 'VC', 'ACT', 'Y']);
+  const written = new Set(['QKV', 'KC', 'VC', 'ACT', 'Y', 'AMAX']);
   return fusedMatvecBindings(s)
     .map((n, i) => `@group(0) @binding(${i}) var<storage, ${written.has(n) ? 'read_write' : 'read'}> ${n}: ${types[n]};`)
     .join('\n');
@@ -620,6 +628,49 @@ export function firstGroup(s: FusedMatvecShape): string {
   return s.interleaveWorkers ? `(lid / sg_size) * ${s.workgroups}u + wid.x` : 'wid.x * per + lid / sg_size';
 }
 
+/**
+ * `argmaxPartials` (WGSL pieces of the subgroup kernels): each lane that finishes row pairs keeps the
+ * largest of its rows (its rows come in increasing order, so '>' keeps the lowest on ties), then the
+ * subgroup's largest (subgroupMax, lowest row among equals) and the workgroup's go to AMAX[workgroup]
+ * as (value bits, row). A workgroup without rows writes row 0xffffffff, which the reduction skips.
+ * The greedy token is then the largest of the partials (fusedEmbeddingWgsl reduces them on the GPU,
+ * FusedDecoder.readArgmax on the CPU), the same rule as decodeArgmaxWgsl.
+ */
+export function argmaxTracking(s: FusedMatvecShape, wg: number): { decl: string; init: string; track: string; finish: string } {
+  if (!s.argmaxPartials) return { decl: '', init: '', track: '', finish: '' };
+  if (s.epilogue !== 'store' || s.bias || s.rowOffset) throw new Error('argmax partials: a whole store matrix without bias only');
+  return {
+    decl: `
+// the largest output of each subgroup worker (value, row), for AMAX
+var<workgroup> AM_V: array<f32, ${wg / 4}>;
+var<workgroup> AM_I: array<u32, ${wg / 4}>;`,
+    // -3.4e38 for none yet (WGSL has no -inf literal; a product's logits are finite)
+    init: `var am_v = -3.4e38;
+  var am_i = 0xffffffffu;`,
+    track: `
+let a0 = block_row(b, 2u * t);
+let a1 = block_row(b, 2u * t + 1u);
+if (a0.y == 1u && (am_i == 0xffffffffu || s0 > am_v)) { am_v = s0; am_i = a0.x; }
+if (a1.y == 1u && (am_i == 0xffffffffu || s1 > am_v)) { am_v = s1; am_i = a1.x; }`,
+    finish: `
+  // argmax partials: the subgroup's largest output (lowest row among equals), then the workgroup's
+  let am_m = subgroupMax(am_v);
+  let am_c = subgroupMin(select(0xffffffffu, am_i, am_i != 0xffffffffu && am_v == am_m));
+  if (lane == 0u) { AM_V[lid / sg_size] = am_m; AM_I[lid / sg_size] = am_c; }
+  workgroupBarrier();
+  if (lid == 0u) {
+    var bv = -3.4e38;
+    var bi = 0xffffffffu;
+    for (var i = 0u; i < ${wg}u / sg_size; i++) {
+      let v = AM_V[i];
+      let r = AM_I[i];
+      if (r != 0xffffffffu && (bi == 0xffffffffu || v > bv || (v == bv && r < bi))) { bv = v; bi = r; }
+    }
+    AMAX[wid.x] = vec2<u32>(bitcast<u32>(bv), bi);
+  }`,
+  };
+}
+
 /** Rows each subgroup worker computes (x loaded once for all); 8 measured slower on the H100 (phi-4 q4 8.49 against 7.59 ms/token). */
 export const SG_RPT = 4;
 
@@ -631,6 +682,7 @@ function subgroupMatvecWgsl(s: FusedMatvecShape, f: KernelFeatures): string {
   // units a lane takes per pass (bitmap4 walks one tile at a time)
   const pass = s.encoding === 'bitmap4' ? 1 : Math.max(1, Math.min(s.unroll ?? 1, Math.ceil(s.units / 32)));
   const sums = Array.from({ length: SG_RPT }, (_, j) => `let u${j} = subgroupAdd(acc[${j}]);`).join('\n    ');
+  const am = argmaxTracking(s, wg);
   return `${header(f)}${f16Enable(s)}diagnostic(off, subgroup_uniformity);
 ${COMMON}${dense16Helpers(s)}
 ${s.input === 'norm' ? reductions(wg, f) : ''}
@@ -641,13 +693,14 @@ const NGROUPS = ${groups}u;
 ${s.encoding === 'q4' ? `const GROUP = ${s.group}u;\nconst GROUPS = ${Math.ceil(s.cols / s.group)}u;` : ''}
 ${declarations(s)}
 ${s.input === 'norm' ? `var<workgroup> xs: array<vec4<f32>, ${xs4}>;` : ''}${s.input === 'norm' && s.encoding === 'q4' ? `\nvar<workgroup> xsum: array<f32, ${s.units}>;` : ''}
-${blockRow(s, SG_RPT)}
+${blockRow(s, SG_RPT)}${am.decl}
 ${Q4_HELPERS}${Q8_HELPERS}
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) lane: u32) {
   ${normPrologue(s, wg, xs4)}
   let per = ${wg}u / sg_size;
   let workers = ${s.workgroups}u * per;
+  ${am.init}
   for (var b = ${firstGroup(s)}; b < NGROUPS; b += workers) {
     ${Array.from({ length: SG_RPT }, (_, j) => `let r${j} = block_row(b, ${j}u).x;`).join('\n    ')}
     var acc = array<f32, ${SG_RPT}>(${Array.from({ length: SG_RPT }, () => '0.0').join(', ')});
@@ -664,9 +717,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       var s1 = u1;
       ${Array.from({ length: SG_RPT / 2 - 1 }, (_, i) => `if (t == ${i + 1}u) { s0 = u${2 * i + 2}; s1 = u${2 * i + 3}; }`).join('\n      ')}
       ${rowScale(s).split('\n').join('\n      ')}
-      ${epilogue(s, SG_RPT).split('\n').join('\n      ')}
+      ${(epilogue(s, SG_RPT) + am.track).split('\n').join('\n      ')}
     }
-  }
+  }${am.finish}
 }
 `;
 }
@@ -680,20 +733,51 @@ export function embeddingWorkgroups(hidden: number): number {
   return Math.ceil(hidden / 256);
 }
 
-export function fusedEmbeddingWgsl(dtype: DenseDtype, hidden: number, rowChunks: number, rowStart = 0, rows = 0xffffffff): string {
+export function fusedEmbeddingWgsl(dtype: DenseDtype, hidden: number, rowChunks: number, rowStart = 0, rows = 0xffffffff, argmaxPartials = 0): string {
   const wordsPerRow = rowChunks * 4;
   const read = dtype === 'f32' ? 'bitcast<f32>(table[base + i])' : `${dtype}_pair(table[base + i / 2u])[i & 1u]`;
+  // with argmax partials (lm_head's, FusedMatvecShape.argmaxPartials) STEP[7] == 2 takes their largest:
+  // each workgroup reduces them (a few hundred pairs from L2) instead of an argmax dispatch between the steps
+  const partials = argmaxPartials > 0;
   return `${COMMON}
 @group(0) @binding(0) var<storage, read> table: array<u32>;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> step: array<u32>;
-@group(0) @binding(3) var<storage, read> token: array<u32>;
+@group(0) @binding(3) var<storage, read> token: array<u32>;${partials ? `
+@group(0) @binding(4) var<storage, read> amax: array<vec2<u32>>;
+var<workgroup> best_v: array<f32, 256>;
+var<workgroup> best_i: array<u32, 256>;
+
+// the largest of lm_head's partials (value, row), lowest row on ties; rows 0xffffffff are empty
+fn better(v: f32, r: u32, bv: f32, bi: u32) -> bool {
+  return r != 0xffffffffu && (bi == 0xffffffffu || v > bv || (v == bv && r < bi));
+}
+fn partials_argmax(lid: u32) -> u32 {
+  var bv = 0.0;
+  var bi = 0xffffffffu;
+  for (var p = lid; p < ${argmaxPartials}u; p += 256u) {
+    let a = amax[p];
+    if (better(bitcast<f32>(a.x), a.y, bv, bi)) { bv = bitcast<f32>(a.x); bi = a.y; }
+  }
+  best_v[lid] = bv;
+  best_i[lid] = bi;
+  workgroupBarrier();
+  for (var s = 128u; s > 0u; s >>= 1u) {
+    if (lid < s && better(best_v[lid + s], best_i[lid + s], best_v[lid], best_i[lid])) {
+      best_v[lid] = best_v[lid + s];
+      best_i[lid] = best_i[lid + s];
+    }
+    workgroupBarrier();
+  }
+  return workgroupUniformLoad(&best_i[0]);
+}` : ''}
 
 // one element an invocation, ceil(hidden / 256) workgroups (embeddingWorkgroups): a single load's
 // latency instead of a loop of hidden / 256 dependent ones (10 µs on phi-4's 5120 in one workgroup)
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let id = select(step[8], token[0], step[7] == 1u);
+  ${partials ? `let best = partials_argmax(lid);
+  let id = select(select(step[8], token[0], step[7] == 1u), best, step[7] == 2u);` : 'let id = select(step[8], token[0], step[7] == 1u);'}
   // a table split across bindings: each row block's dispatch writes x only for its own rows
   if (id < ${rowStart}u || id - ${rowStart}u >= ${rows}u) { return; }
   let base = (id - ${rowStart}u) * ${wordsPerRow}u;
