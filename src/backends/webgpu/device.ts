@@ -7,7 +7,8 @@
 import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
 import { parseTensorCoreTile, TENSOR_CORE_TILES, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
-import { selfTestPrefillKernel, selfTestPromptAttention, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
+import { INT8_TILES, parseInt8Tile, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
+import { selfTestPrefillInt8, selfTestPrefillKernel, selfTestPromptAttention, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
 /** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
 export interface SubgroupMatrixConfig {
@@ -46,6 +47,16 @@ export interface GpuFeatures {
   attentionSplit: boolean;
   /** That kernel's tile for every matrix; null: chosen per matrix shape (chooseTensorCoreTile). */
   subgroupMatrixTile: TensorCoreTile | null;
+  /**
+   * q4 g64 prefill products on i8 x i8 -> i32 subgroup matrices at 16x16x32 (kernels/matmul-int8.ts),
+   * asked for (GpuOptions.prefillInt8) and self-tested.
+   */
+  subgroupMatrixI8: boolean;
+  /** How this Dawn spells the int8 kernel's loads and counts their offsets (the way that passed its self-test). */
+  int8Syntax: SubgroupMatrixSyntax;
+  int8Units: Int8Units;
+  /** The int8 kernel's tile for every matrix (PDVM_I8_TILE); null: chosen per matrix shape. */
+  int8Tile: Int8Tile | null;
   /** Dawn toggles requested (Node). */
   dawnToggles: string[];
   /** Each self-test's outcome: 'passed', 'failed: why', or 'not run: why'. */
@@ -81,6 +92,12 @@ export interface GpuOptions {
    * cannot set toggles: there the adapter's features decide.
    */
   dawnToggles?: boolean;
+  /**
+   * q4 matrices in groups of 64 on the int8 tensor cores (x quantized to int8 per token and 64
+   * columns) where i8 x i8 -> i32 16x16x32 subgroup matrices are offered and the kernel's self-test
+   * passes (default off: PDVM_PREFILL_I8=1 turns it on). Changes the numbers: see kernels/matmul-int8.ts.
+   */
+  prefillInt8?: boolean;
   /** Polyfill WGSL's dot4I8Packed even where the language feature exists (tests run both). */
   disablePackedDot?: boolean;
   /** Split tensors at this many bytes instead of the device's maxStorageBufferBindingSize (tests). */
@@ -160,7 +177,7 @@ export function featureSummary(f: GpuFeatures): string {
   const configs = f.subgroupMatrixConfigs.map((c) => `${c.componentType}->${c.resultComponentType} ${c.M}x${c.N}x${c.K}`).join(', ');
   const tests = Object.entries(f.selfTests).map(([k, v]) => `${k} ${v}`).join('; ');
   return `subgroups ${on(f.subgroups)}, shader-f16 ${on(f.shaderF16)}, dot4I8Packed ${on(f.packed4x8IntegerDotProduct)}, ` +
-    `subgroup matrix f16 ${on(f.subgroupMatrixF16)} (configurations: ${configs || 'none'}), ` +
+    `subgroup matrix f16 ${on(f.subgroupMatrixF16)}, i8 ${on(f.subgroupMatrixI8)} (configurations: ${configs || 'none'}), ` +
     `Dawn toggles: ${f.dawnToggles.join(', ') || 'none'}${tests ? `; self-tests: ${tests}` : ''}`;
 }
 
@@ -245,6 +262,10 @@ export class Gpu {
       subgroupMatrixTile: options.subgroupMatrixTile ?? parseTensorCoreTile(env('PDVM_SM_TILE')),
       attentionTensorCore: false,
       attentionSplit: false,
+      subgroupMatrixI8: false,
+      int8Syntax: 'template',
+      int8Units: 'words',
+      int8Tile: parseInt8Tile(env('PDVM_I8_TILE')),
       dawnToggles: entry.toggles,
       selfTests: {},
     };
@@ -283,6 +304,26 @@ export class Gpu {
             features.subgroupMatrixF16 = true;
             features.subgroupMatrixIndexing = way;
             break;
+          }
+        }
+        // q4 products on the int8 tensor cores, where asked for: each way of counting an i8 load's
+        // offset until one gives the known answer
+        const i8Matrix = configs.some((c) => c.componentType === 'i8' && c.resultComponentType === 'i32' && c.M === 16 && c.N === 16 && c.K === 32);
+        if (features.subgroupMatrixF16 && (options.prefillInt8 ?? env('PDVM_PREFILL_I8') === '1')) {
+          if (!i8Matrix || features.subgroupMaxSize !== 32) features.selfTests['prefill int8'] = 'not run: no i8->i32 16x16x32 configuration with subgroups of 32';
+          else {
+            const tiles = features.int8Tile ? [features.int8Tile] : INT8_TILES;
+            const other = features.subgroupMatrixSyntax === 'template' ? 'argument' : 'template';
+            for (const [syntax, units] of [[features.subgroupMatrixSyntax, 'words'], [features.subgroupMatrixSyntax, 'bytes'], [other, 'words'], [other, 'bytes']] as const) {
+              const k = await selfTestPrefillInt8(device, features.subgroupMatrixIndexing!, tiles, syntax, units);
+              features.selfTests[`prefill int8 (${syntax} majorness, offsets in ${units})`] = k;
+              if (k === 'passed') {
+                features.subgroupMatrixI8 = true;
+                features.int8Syntax = syntax;
+                features.int8Units = units;
+                break;
+              }
+            }
           }
         }
         // prompt attention on the same primitives (and subgroup shuffles), unless turned off

@@ -12,6 +12,7 @@ import {
   chooseTensorCoreTile, convertF16Invocations, convertF16Wgsl, F32_TILE, linearGrid, matmulTensorCoreWgsl, matmulTiledF32Wgsl, paddedCols, tensorCoreTileName,
   tensorCoreTileSize, tensorCoreWorkgroupBytes, tiledSupports, type TiledKernel, type TiledMatmulShape, type TiledWeight,
 } from './kernels/matmul-tiled.js';
+import { chooseInt8Tile, int8InputBytes, int8Supports, int8TileName, int8TileSize, int8WorkgroupBytes, matmulInt8Wgsl, quantizeBlocksGrid, quantizeBlocksWgsl } from './kernels/matmul-int8.js';
 import { kvDefines, type KvLayout } from './kernels/kv.js';
 import { attentionMergeWgsl, attentionPartsBytes, attentionSplitFor, attentionTensorCoreBytes, attentionTensorCoreFits, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
 import { f32Literal, grid } from './kernels/prelude.js';
@@ -132,7 +133,10 @@ export function prefillPathDescription(gpu: Gpu): string {
   const fixed = gpu.features.subgroupMatrixTile;
   const tiles = fixed ? `tile ${tensorCoreTileName(fixed)}` : 'tiles of 128 tokens x 128 rows, or 64 x 128 for narrow matrices';
   const attention = gpu.features.attentionTensorCore ? `tensor cores${gpu.features.attentionSplit ? ', split over keys' : ''}` : 'f32 tiles';
-  return `tensor cores: subgroup matrix f16 x f16 -> f32 16x16x16, x converted to f16 once a product, x and W (dequantized to f16) staged through workgroup memory 64 columns a stage (${tiles}); prompt attention: ${attention}`;
+  const int8 = gpu.features.subgroupMatrixI8
+    ? `; q4 g64 matrices on int8 tensor cores (i8 x i8 -> i32 16x16x32, x quantized per token and 64 columns, ${gpu.features.int8Tile ? `tile ${int8TileName(gpu.features.int8Tile)}` : '128 or 64 tokens x 128 rows'})`
+    : '';
+  return `tensor cores: subgroup matrix f16 x f16 -> f32 16x16x16, x converted to f16 once a product, x and W (dequantized to f16) staged through workgroup memory 64 columns a stage (${tiles})${int8}; prompt attention: ${attention}`;
 }
 
 /**
@@ -166,6 +170,8 @@ function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, maxTokens: number): Dispa
       };
     });
   }
+  // q4 g64 on the int8 tensor cores where self-tested and asked for (PDVM_PREFILL_I8=1)
+  if (gpu.features.subgroupMatrixI8 && parts.length === 1 && int8Supports(shapeOf(parts[0]!))) return int8Op(gpu, shapeOf(parts[0]!), parts[0]!.buffers, io, maxTokens);
   // tensor cores: x in f16 (tokens padded to the tile, columns to a stage) in a scratch buffer every
   // product shares, written just before it is read
   const tokensPadded = Math.ceil(maxTokens / 128) * 128;
@@ -208,6 +214,36 @@ function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, maxTokens: number): Dispa
     });
   }
   return dispatches;
+}
+
+/**
+ * A q4 g64 product on the int8 tensor cores (kernels/matmul-int8.ts): x quantized per token and block
+ * of 64 columns into scratch buffers every such product shares (written just before it is read), then
+ * the product.
+ */
+function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: MatmulIo, maxTokens: number): Dispatch[] {
+  const tile = gpu.features.int8Tile ?? chooseInt8Tile(shape.rows, maxTokens);
+  if (int8WorkgroupBytes(tile) > gpu.device.limits.maxComputeWorkgroupStorageSize) {
+    throw new Error(`matmul: the int8 tile ${int8TileName(tile)} needs ${int8WorkgroupBytes(tile)} bytes of workgroup memory, over the device's ${gpu.device.limits.maxComputeWorkgroupStorageSize}`);
+  }
+  const size = int8TileSize(tile);
+  const bytes = int8InputBytes(Math.ceil(maxTokens / 512) * 512, shape.cols);
+  const xq = gpu.scratch('xq', bytes.xq), xscale = gpu.scratch('xscale', bytes.xscale);
+  const quantize = gpu.pipeline('quantize_blocks', { cols: shape.cols }, () => quantizeBlocksWgsl(shape.cols));
+  const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
+  const syntax = gpu.features.int8Syntax, units = gpu.features.int8Units;
+  const pipeline = gpu.pipeline('matmul_int8', { ...shape, ...shape.weight, weight: 'q4', indexing, syntax, units, tile: int8TileName(tile) }, () => matmulInt8Wgsl(shape, indexing, tile, syntax, units));
+  const rowTiles = Math.ceil(shape.rows / size.rows);
+  if (rowTiles > 65535) throw new Error(`matmul: ${shape.rows} rows exceed the dispatch grid`);
+  return [
+    { label: 'quantize_blocks', pipeline: quantize, bindGroup: gpu.bindGroup('quantize_blocks', quantize, [io.x, xq, xscale, io.step]), workgroups: (T: number) => quantizeBlocksGrid(T, shape.cols) },
+    {
+      label: 'matmul_int8_q4',
+      pipeline,
+      bindGroup: gpu.bindGroup('matmul_int8', pipeline, [...buffers, xq, xscale, io.y, io.step, ...(io.bias ? [io.bias] : [])]),
+      workgroups: (T: number) => [Math.ceil(T / size.tokens), rowTiles, 1],
+    },
+  ];
 }
 
 /**

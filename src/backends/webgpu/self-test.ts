@@ -7,6 +7,7 @@
  */
 import { f32ToF16 } from '../../format/dtype.js';
 import { attentionMergeWgsl, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
+import { int8InputBytes, int8TileName, int8TileSize, matmulInt8Wgsl, quantizeBlocksGrid, quantizeBlocksWgsl, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
 import { convertF16Invocations, convertF16Wgsl, linearGrid, matmulTensorCoreWgsl, paddedCols, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, tensorCoreTileName, tensorCoreTileSize, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
 
 /**
@@ -209,6 +210,62 @@ export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: num
   } finally {
     const err = await device.popErrorScope().catch(() => null);
     if (err) console.warn(`prefill kernel self-test: ${err.message.slice(0, 300)}`);
+    destroy();
+  }
+}
+
+/**
+ * The q4 product on the int8 tensor cores (kernels/matmul-int8.ts: quantize_blocks, then the product)
+ * in each of `tiles`, on 70 tokens x 130 rows x 128 columns (partial tiles, two groups) with a
+ * residual: every block of x holds a +-127, so x quantizes to itself with scale 1, and the weights'
+ * scales and mins are quarters and integers, so the answer is exact.
+ */
+export async function selfTestPrefillInt8(device: GPUDevice, indexing: SubgroupIndexing, tiles: readonly Int8Tile[], syntax: SubgroupMatrixSyntax, units: Int8Units): Promise<string> {
+  const T = 70, rows = 130, cols = 128, groups = cols / 64, wordsPerRow = cols / 8;
+  const X = Float32Array.from({ length: T * cols }, (_, i) => (i % 64 === 0 ? ((i / 64) % 2 ? -127 : 127) : (((i / cols) | 0) * 5 + (i % cols) * 3) % 15 - 7));
+  const nibble = (r: number, c: number) => (r * 7 + c * 11) % 16;
+  const scale = (r: number, g: number) => 0.25 * (1 + ((r + g) % 3)), min = (r: number, g: number) => -((r + 2 * g) % 5);
+  const q = new Uint32Array(rows * wordsPerRow), sm = new Uint32Array(rows * groups);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) q[r * wordsPerRow + (c >> 3)]! |= nibble(r, c) << (4 * (c & 7));
+    for (let g = 0; g < groups; g++) sm[r * groups + g] = (f32ToF16(scale(r, g)) | (f32ToF16(min(r, g)) << 16)) >>> 0;
+  }
+  const y0 = Float32Array.from({ length: T * rows }, (_, i) => (i % 7) - 3);
+  const want = Float32Array.from(y0);
+  for (let t = 0; t < T; t++) for (let r = 0; r < rows; r++) {
+    let s = 0;
+    for (let c = 0; c < cols; c++) s += (nibble(r, c) * scale(r, c >> 6) + min(r, c >> 6)) * X[t * cols + c]!;
+    want[t * rows + r]! += s;
+  }
+  const { storage, compile, bind, submitAndRead, destroy } = selfTestKit(device);
+  try {
+    device.pushErrorScope('validation');
+    const x = storage(X), qb = storage(q), smb = storage(sm), step = storage(new Uint32Array([T, 0, 0, 0]));
+    const bytes = int8InputBytes(512, cols), xq = storage(bytes.xq), xscale = storage(bytes.xscale);
+    const quantize = await compile('self-test quantize_blocks', quantizeBlocksWgsl(cols));
+    for (const tile of tiles) {
+      const shape = { weight: { encoding: 'q4' as const, wordsPerRow, group: 64, groups }, rows, cols, yStride: rows, yOffset: 0, bias: false, residual: true };
+      const pipeline = await compile(`self-test int8 product ${int8TileName(tile)}`, matmulInt8Wgsl(shape, indexing, tile, syntax, units));
+      const y = storage(y0, GPUBufferUsage.COPY_SRC);
+      const enc = device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      pass.setPipeline(quantize);
+      pass.setBindGroup(0, bind(quantize, [x, xq, xscale, step]));
+      pass.dispatchWorkgroups(...quantizeBlocksGrid(T, cols));
+      const size = int8TileSize(tile);
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, bind(pipeline, [qb, smb, xq, xscale, y, step]));
+      pass.dispatchWorkgroups(Math.ceil(T / size.tokens), Math.ceil(rows / size.rows));
+      pass.end();
+      const r = compare(await submitAndRead(enc, y, T * rows * 4), want);
+      if (r !== 'passed') return `${r} (tile ${int8TileName(tile)})`;
+    }
+    return 'passed';
+  } catch (e) {
+    return `failed: ${(e as Error).message.slice(0, 300)}`;
+  } finally {
+    const err = await device.popErrorScope().catch(() => null);
+    if (err) console.warn(`int8 prefill self-test: ${err.message.slice(0, 300)}`);
     destroy();
   }
 }

@@ -1,0 +1,270 @@
+/**
+ * Prefill products y = W x of q4 matrices (group 64) on the int8 tensor cores: i8 x i8 -> i32
+ * subgroup matrices at 16x16x32 (about twice the f16 rate on the H200, docs/PERFORMANCE.md).
+ *   quantize_blocks: x (T x cols f32) -> xq, int8 per token and block of 64 columns (the q4 group),
+ *     xq[t, c] = round(x[t, c] / s), s = max |x| / 127 over the block, and xscale[t, block] =
+ *     (s, sum of the block's x in f32);
+ *   matmul_int8: per stage of 64 columns (one group), the q4 nibbles (0..15) staged as i8 and xq as
+ *     is, the i32 products of the group on the tensor cores, then each 16 x 16 i32 result stored to
+ *     workgroup memory (WGSL gives no element access to a subgroup matrix) and added to f32
+ *     accumulators in registers:
+ *       y[t, r] += scale[r, g] s[t, g] sum_c q[r, c] xq[t, c] + min[r, g] sum_c x[t, c]
+ *     which is sum_c (q scale + min) x with x rounded to int8 in the first term only.
+ * Columns are permuted within each 8 (0 2 4 6 1 3 5 7) in both xq and the staged weights, so that a
+ * q4 word becomes two words of 4 bytes with two masks (its even and its odd nibbles); the sums over
+ * a group do not depend on the order.
+ * Tolerance: x rounded to int8 per block of 64 (relative error about 1/254 of the block's largest
+ * value an element): products within 2e-2 relative (norm) of the f32 reference, checked in
+ * matmul-int8.test.ts; the model's perplexity in docs/PERFORMANCE.md.
+ */
+import { subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, type SubgroupIndexing, type SubgroupMatrixSyntax, type TiledMatmulShape } from './matmul-tiled.js';
+
+/** Columns a block of xq and a stage of the product: the q4 group this path takes. */
+export const INT8_BLOCK = 64;
+
+/**
+ * How this Dawn counts the offset and stride of an i8 subgroup-matrix load (whose array holds i32
+ * words, 4 values each): in values ('bytes') or in the array's words ('words'). The proposal of the
+ * time and its lowering disagree between versions, so device.ts self-tests both.
+ */
+export type Int8Units = 'bytes' | 'words';
+
+/** gm x gn subgroups a workgroup, each am x an results of 16 x 16 (16 am gm tokens x 16 an gn rows). */
+export interface Int8Tile {
+  am: number;
+  an: number;
+  gm: number;
+  gn: number;
+}
+
+/** 'AMANGMGN', e.g. '2442' (PDVM_I8_TILE). */
+export function int8TileName(t: Int8Tile): string {
+  return `${t.am}${t.an}${t.gm}${t.gn}`;
+}
+
+export function parseInt8Tile(text: string | undefined): Int8Tile | null {
+  const m = /^([1-4])([1-4])([1-8])([1-8])$/.exec(text ?? '');
+  if (!m) return null;
+  const [am, an, gm, gn] = m.slice(1).map(Number) as [number, number, number, number];
+  return gm * gn <= 16 ? { am, an, gm, gn } : null;
+}
+
+/**
+ * Every tile chooseInt8Tile returns (device.ts self-tests each): 128 tokens x 128 rows a workgroup of
+ * 8 subgroups (32 x 64 each: 8 results, 64 f32 accumulators an invocation), or 64 x 128 where that
+ * gives too few workgroups for the GPU (the 1B shape's 2,048-row matrices).
+ */
+export const INT8_TILES: readonly Int8Tile[] = [
+  { am: 2, an: 4, gm: 4, gn: 2 },
+  { am: 2, an: 4, gm: 2, gn: 2 },
+];
+
+export function chooseInt8Tile(rows: number, maxTokens: number): Int8Tile {
+  const wide = Math.ceil(maxTokens / 128) * Math.ceil(rows / 128) >= 96;
+  return INT8_TILES[wide ? 0 : 1]!;
+}
+
+export function int8TileSize(t: Int8Tile): { tokens: number; rows: number } {
+  return { tokens: 16 * t.am * t.gm, rows: 16 * t.an * t.gn };
+}
+
+/** Staged rows' stride in workgroup memory, bytes: a stage plus 16 (off the bank period, 16-byte aligned). */
+const STRIDE = INT8_BLOCK + 16;
+
+/** Workgroup memory of the product, bytes. */
+export function int8WorkgroupBytes(t: Int8Tile): number {
+  const { tokens, rows } = int8TileSize(t);
+  return (tokens + rows) * STRIDE + t.gm * t.gn * 2 * 1024 + 2 * (tokens + rows) * 8;
+}
+
+/** Whether this path takes the matrix: q4 in groups of 64 over whole groups. */
+export function int8Supports(s: Pick<TiledMatmulShape, 'weight' | 'cols'>): boolean {
+  return s.weight.encoding === 'q4' && s.weight.group === INT8_BLOCK && s.cols % INT8_BLOCK === 0;
+}
+
+/** Bytes of xq and of xscale for `tokens` rows of `cols` columns. */
+export function int8InputBytes(tokens: number, cols: number): { xq: number; xscale: number } {
+  return { xq: tokens * cols, xscale: (tokens * cols * 8) / INT8_BLOCK };
+}
+
+/** One invocation a (token, block): 16 vec4 loads, the block's max and sum, 16 words of int8 out. */
+export function quantizeBlocksWgsl(cols: number): string {
+  if (cols % INT8_BLOCK !== 0) throw new Error(`quantize_blocks: ${cols} columns are not whole blocks of ${INT8_BLOCK}`);
+  return `const BLOCKS = ${cols / INT8_BLOCK}u;
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> xq: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read_write> xscale: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read> step: array<u32>;
+fn byte(v: f32) -> u32 { return u32(i32(round(v))) & 0xffu; }
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.y * 65535u + wid.x) * 64u + lid; // (token, block)
+  if (i >= step[0] * BLOCKS) { return; }
+  var v: array<vec4<f32>, 16>;
+  var amax = 0.0;
+  var sum = 0.0;
+  for (var j = 0u; j < 16u; j++) {
+    v[j] = x[i * 16u + j];
+    amax = max(amax, max(max(abs(v[j].x), abs(v[j].y)), max(abs(v[j].z), abs(v[j].w))));
+    sum += (v[j].x + v[j].y) + (v[j].z + v[j].w);
+  }
+  let inv = select(0.0, 127.0 / amax, amax > 0.0);
+  xscale[i] = vec2<f32>(amax / 127.0, sum);
+  // 8 columns (two vec4) -> the even columns' bytes, then the odd columns'
+  for (var j = 0u; j < 4u; j++) {
+    let a = v[4u * j] * inv;
+    let b = v[4u * j + 1u] * inv;
+    let c = v[4u * j + 2u] * inv;
+    let d = v[4u * j + 3u] * inv;
+    xq[i * 4u + j] = vec4<u32>(
+      byte(a.x) | (byte(a.z) << 8u) | (byte(b.x) << 16u) | (byte(b.z) << 24u),
+      byte(a.y) | (byte(a.w) << 8u) | (byte(b.y) << 16u) | (byte(b.w) << 24u),
+      byte(c.x) | (byte(c.z) << 8u) | (byte(d.x) << 16u) | (byte(d.z) << 24u),
+      byte(c.y) | (byte(c.w) << 8u) | (byte(d.y) << 16u) | (byte(d.w) << 24u));
+  }
+}
+`;
+}
+
+/** Workgroups of quantizeBlocksWgsl for T tokens. */
+export function quantizeBlocksGrid(T: number, cols: number): [number, number, number] {
+  const n = Math.max(1, Math.ceil((T * cols) / INT8_BLOCK / 64));
+  return n <= 65535 ? [n, 1, 1] : [65535, Math.ceil(n / 65535), 1];
+}
+
+/**
+ * The product (see the file's comment). Bindings: qweight (as vec4<u32>), scale_min, xq, xscale, y,
+ * step, bias. Workgroup x = token tile, y = row tile. Requires subgroups of 32 (8 results of a
+ * 16 x 16 matrix an invocation).
+ */
+export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, tile: Int8Tile, syntax: SubgroupMatrixSyntax, units: Int8Units): string {
+  if (s.weight.encoding !== 'q4' || !int8Supports(s)) throw new Error('matmul_int8: only q4 matrices in groups of 64 over whole groups');
+  const { am: AM, an: AN, gm: GM, gn: GN } = tile;
+  const { tokens: TM, rows: TN } = int8TileSize(tile);
+  const NSG = GM * GN, WG = NSG * 32;
+  const W4 = s.weight.wordsPerRow / 4; // vec4 words a row
+  const PX = (TM * 4) / WG, PW = (TN * 2) / WG; // vec4 loads an invocation a stage: x (4 a token), W (2 a row)
+  if (PX % 1 !== 0 || PW % 1 !== 0 || TM > WG || TN > WG) throw new Error(`matmul_int8: tile ${int8TileName(tile)} does not divide its stage among ${WG} invocations`);
+  const u = units === 'words' ? 4 : 1;
+  const SU = STRIDE / u; // stride in load units
+  const L = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', '&xs', off, false, `${SU}u`);
+  const R = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', '&ws', off, true, `${SU}u`);
+  const tiles: [number, number][] = [];
+  for (let i = 0; i < AM; i++) for (let j = 0; j < AN; j++) tiles.push([i, j]);
+  const byId = indexing === 'subgroup-id';
+  const YS = `${s.yStride}u`, YO = `${s.yOffset}u`;
+  const store = (t: string, r: string, v: string) => `if (${t} < T && ${r} < ROWS) {
+        let o = ${t} * ${YS} + ${YO} + ${r};
+        var out = ${v}${s.bias ? ` + bias[${YO} + ${r}]` : ''};
+        ${s.residual ? 'out += y[o];' : ''}
+        y[o] = out;
+      }`;
+  return `enable chromium_experimental_subgroup_matrix;
+${byId ? 'enable subgroups;\nrequires subgroup_id;\n' : ''}diagnostic(off, subgroup_uniformity);
+const ROWS = ${s.rows}u;
+const STAGES = ${s.cols / INT8_BLOCK}u;
+const W4 = ${W4}u;
+const GROUPS = ${s.weight.groups}u;
+@group(0) @binding(0) var<storage, read> qweight: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> scale_min: array<u32>;
+@group(0) @binding(2) var<storage, read> xq: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> xscale: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> step: array<u32>;
+${s.bias ? '@group(0) @binding(6) var<storage, read> bias: array<f32>;' : ''}
+var<workgroup> xs: array<i32, ${(TM * STRIDE) / 4}>; // (${TM} tokens, 64 k) int8, stride ${STRIDE} bytes
+var<workgroup> ws: array<i32, ${(TN * STRIDE) / 4}>; // (${TN} rows, 64 k) int8 (nibbles 0..15)
+var<workgroup> cs: array<i32, ${NSG * 512}>; // two 16 x 16 i32 results a subgroup
+var<workgroup> xsc: array<vec2<f32>, ${2 * TM}>; // (s, block sum) a token, two stages
+var<workgroup> wsc: array<vec2<f32>, ${2 * TN}>; // (scale, min) a row, two stages
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {
+  let T = step[0];
+  let tok0 = wid.x * ${TM}u;
+  let row0 = wid.y * ${TN}u;
+  let g = ${byId ? 'sg_id' : 'lid / 32u'};
+  let lane = ${byId ? 'sg_lane' : 'lid % 32u'};
+  let tbl = (g / ${GN}u) * ${16 * AM}u; // the subgroup's first token and row within the tile
+  let rbl = (g % ${GN}u) * ${16 * AN}u;
+  let er = lane / 2u; // this invocation's row of a 16 x 16 result, and its 8 columns from ec
+  let ec = (lane % 2u) * 8u;
+${tiles.map(([i, j]) => `  var f${i}${j}a = vec4<f32>(0.0);\n  var f${i}${j}b = vec4<f32>(0.0);`).join('\n')}
+  // a stage's words, loaded into registers a stage ahead
+  var rx: array<vec4<u32>, ${PX}>;
+  var rw: array<vec4<u32>, ${PW}>;
+  var rxs = vec2<f32>(0.0);
+  var rws = 0u;
+${stageLoads('0u', PX, PW, WG, TM)}
+  for (var kb = 0u; kb < STAGES; kb++) {
+    let p = (kb % 2u) * ${TM}u;
+    let q = (kb % 2u) * ${TN}u;
+${Array.from({ length: PX }, (_, n) => `    {
+      let e = lid + ${n * WG}u; // token e / 4, bytes 16 (e % 4)
+      let o = (e / 4u) * ${STRIDE / 4}u + (e % 4u) * 4u;
+      let v = bitcast<vec4<i32>>(rx[${n}]);
+      xs[o] = v.x; xs[o + 1u] = v.y; xs[o + 2u] = v.z; xs[o + 3u] = v.w;
+    }`).join('\n')}
+${Array.from({ length: PW }, (_, n) => `    {
+      let e = lid + ${n * WG}u; // row e / 2, columns 32 (e % 2): each word's even nibbles, then its odd ones
+      let o = (e / 2u) * ${STRIDE / 4}u + (e % 2u) * 8u;
+      let w = rw[${n}];
+      let lo = bitcast<vec4<i32>>(w & vec4<u32>(0x0f0f0f0fu));
+      let hi = bitcast<vec4<i32>>((w >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu));
+      ws[o] = lo.x; ws[o + 1u] = hi.x; ws[o + 2u] = lo.y; ws[o + 3u] = hi.y;
+      ws[o + 4u] = lo.z; ws[o + 5u] = hi.z; ws[o + 6u] = lo.w; ws[o + 7u] = hi.w;
+    }`).join('\n')}
+    if (lid < ${TM}u) { xsc[p + lid] = rxs; }
+    if (lid < ${TN}u) { wsc[q + lid] = unpack2x16float(rws); }
+    workgroupBarrier();
+    if (kb + 1u < STAGES) {
+${stageLoads('kb + 1u', PX, PW, WG, TM).replace(/^/gm, '  ')}
+    }
+    // hot loop: the group's i32 products, two k steps of 32
+${tiles.map(([i, j]) => `    var c${i}${j} = subgroup_matrix_result<i32, 16, 16>();`).join('\n')}
+${[0, 32].map((kk) => [
+    ...Array.from({ length: AM }, (_, i) => `    let l${i}k${kk} = ${L(`((tbl + ${16 * i}u) * ${STRIDE}u + ${kk}u) / ${u}u`)};`),
+    ...Array.from({ length: AN }, (_, j) => `    let r${j}k${kk} = ${R(`((rbl + ${16 * j}u) * ${STRIDE}u + ${kk}u) / ${u}u`)};`),
+    ...tiles.map(([i, j]) => `    c${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}k${kk}, r${j}k${kk}, c${i}${j});`),
+  ].join('\n')).join('\n')}
+    // each result through workgroup memory (two slots a subgroup, a barrier each) into the f32 sums
+${tiles.map(([i, j], n) => `    ${subgroupMatrixStoreWgsl(syntax, '&cs', `g * 512u + ${(n % 2) * 256}u`, `c${i}${j}`, false, '16u')};
+    workgroupBarrier();
+    {
+      let o = g * 512u + ${(n % 2) * 256}u + er * 16u + ec;
+      let ca = vec4<f32>(vec4<i32>(cs[o], cs[o + 1u], cs[o + 2u], cs[o + 3u]));
+      let cb = vec4<f32>(vec4<i32>(cs[o + 4u], cs[o + 5u], cs[o + 6u], cs[o + 7u]));
+      let xv = xsc[p + tbl + ${16 * i}u + er];
+      let r = q + rbl + ${16 * j}u + ec;
+      let w0 = wsc[r]; let w1 = wsc[r + 1u]; let w2 = wsc[r + 2u]; let w3 = wsc[r + 3u];
+      let w4 = wsc[r + 4u]; let w5 = wsc[r + 5u]; let w6 = wsc[r + 6u]; let w7 = wsc[r + 7u];
+      f${i}${j}a += ca * (xv.x * vec4<f32>(w0.x, w1.x, w2.x, w3.x)) + xv.y * vec4<f32>(w0.y, w1.y, w2.y, w3.y);
+      f${i}${j}b += cb * (xv.x * vec4<f32>(w4.x, w5.x, w6.x, w7.x)) + xv.y * vec4<f32>(w4.y, w5.y, w6.y, w7.y);
+    }`).join('\n')}
+  }
+  // epilogue: this invocation's 8 results of each 16 x 16 tile (one token, 8 rows)
+${tiles.map(([i, j]) => `  for (var e = 0u; e < 8u; e++) {
+    let t = tok0 + tbl + ${16 * i}u + er;
+    let r = row0 + rbl + ${16 * j}u + ec + e;
+    let v = select(f${i}${j}b[e % 4u], f${i}${j}a[e % 4u], e < 4u);
+    ${store('t', 'r', 'v')}
+  }`).join('\n')}
+}
+`;
+}
+
+/**
+ * Loads of stage `kb` into registers: x's 16-byte pieces (4 a token), W's vec4 words (2 a row: 32
+ * columns each), the token's (s, sum) and the row's (scale, min). Past the rows: zeros.
+ */
+function stageLoads(kb: string, PX: number, PW: number, WG: number, TM: number): string {
+  return [
+    ...Array.from({ length: PX }, (_, n) => `  rx[${n}] = xq[(tok0 + (lid + ${n * WG}u) / 4u) * STAGES * 4u + (${kb}) * 4u + (lid + ${n * WG}u) % 4u];`),
+    ...Array.from({ length: PW }, (_, n) => `  {
+    let r = row0 + (lid + ${n * WG}u) / 2u;
+    rw[${n}] = select(vec4<u32>(0u), qweight[min(r, ROWS - 1u) * W4 + (${kb}) * 2u + (lid + ${n * WG}u) % 2u], r < ROWS);
+  }`),
+    `  rxs = xscale[(tok0 + min(lid, ${TM - 1}u)) * STAGES + (${kb})];`,
+    `  { let r = row0 + lid; rws = select(0u, scale_min[min(r, ROWS - 1u) * GROUPS + (${kb})], r < ROWS); }`,
+  ].join('\n');
+}

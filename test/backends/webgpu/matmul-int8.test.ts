@@ -1,0 +1,202 @@
+/**
+ * The q4 prefill product on the int8 tensor cores (kernels/matmul-int8.ts):
+ *  - quantize_blocks against the CPU (int8 values, block scales and sums), on any device;
+ *  - the product with its subgroup matrices emulated by every invocation (i8 loads from the i32
+ *    workgroup arrays in either way of counting offsets, i32 products, stores), against the CPU doing
+ *    the kernel's arithmetic: its addressing, column permutation, per-group scaling and epilogue
+ *    (bias, residual, partial tiles) on lavapipe;
+ *  - where the device has self-tested the path (PDVM_PREFILL_I8 asked; the H200): the real kernel
+ *    through matmulOp against the same CPU arithmetic (tight) and against the f32 product (the
+ *    documented tolerance of x rounded to int8).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { INT8_TILES, int8InputBytes, int8TileName, int8TileSize, matmulInt8Wgsl, quantizeBlocksGrid, quantizeBlocksWgsl, type Int8Tile, type Int8Units } from '../../../src/backends/webgpu/kernels/matmul-int8.js';
+import { matmulOp } from '../../../src/backends/webgpu/ops.js';
+import type { GpuMatrix } from '../../../src/backends/webgpu/weights.js';
+import { f16ToF32, f32ToF16 } from '../../../src/format/dtype.js';
+import { assertClose, compare, rng } from '../../helpers.js';
+import { read, readU32, run, SKIP_GPU, stepBuffer, storage, testGpu, zeros } from './gpu.js';
+
+/** A random q4 g64 matrix: words, packed (scale, min) and its f64 values. */
+function q4Matrix(rows: number, cols: number, seed: number) {
+  const r = rng(seed), groups = cols / 64, wordsPerRow = cols / 8;
+  const words = new Uint32Array(rows * wordsPerRow).map(() => Math.floor(r() * 4294967296));
+  const sm = new Uint32Array(rows * groups), scale = new Float64Array(rows * groups), min = new Float64Array(rows * groups);
+  for (let i = 0; i < rows * groups; i++) {
+    const s = f32ToF16((r() + 0.1) * 0.05), m = f32ToF16(-(r() * 0.4));
+    sm[i] = (s | (m << 16)) >>> 0;
+    scale[i] = f16ToF32(s);
+    min[i] = f16ToF32(m);
+  }
+  const nibble = (row: number, c: number) => (words[row * wordsPerRow + (c >> 3)]! >>> (4 * (c & 7))) & 15;
+  return { words, sm, scale, min, nibble, groups, wordsPerRow };
+}
+
+/** The kernel's arithmetic on the CPU: x per (token, block) to int8 (round half away from zero), sums exact. */
+function quantizeCpu(x: Float32Array, T: number, cols: number) {
+  const q = new Int8Array(T * cols), s = new Float64Array((T * cols) / 64), sum = new Float64Array((T * cols) / 64);
+  for (let b = 0; b < (T * cols) / 64; b++) {
+    let amax = 0, acc = 0;
+    for (let c = 0; c < 64; c++) {
+      amax = Math.max(amax, Math.abs(x[b * 64 + c]!));
+      acc += x[b * 64 + c]!;
+    }
+    const inv = amax > 0 ? Math.fround(127 / amax) : 0;
+    for (let c = 0; c < 64; c++) {
+      const v = Math.fround(x[b * 64 + c]! * inv);
+      q[b * 64 + c] = Math.sign(v) * Math.round(Math.abs(v));
+    }
+    s[b] = Math.fround(amax / 127);
+    sum[b] = acc;
+  }
+  return { q, s, sum };
+}
+
+function productCpu(m: ReturnType<typeof q4Matrix>, x: Float32Array, T: number, rows: number, cols: number, quantized: boolean): Float64Array {
+  const xq = quantizeCpu(x, T, cols), y = new Float64Array(T * rows);
+  for (let t = 0; t < T; t++) for (let r = 0; r < rows; r++) {
+    let acc = 0;
+    for (let g = 0; g < m.groups; g++) {
+      const b = t * m.groups + g, sc = m.scale[r * m.groups + g]!, mn = m.min[r * m.groups + g]!;
+      if (quantized) {
+        let i = 0;
+        for (let c = g * 64; c < g * 64 + 64; c++) i += m.nibble(r, c) * xq.q[t * cols + c]!;
+        acc += i * sc * xq.s[b]! + mn * xq.sum[b]!;
+      } else {
+        for (let c = g * 64; c < g * 64 + 64; c++) acc += (m.nibble(r, c) * sc + mn) * x[t * cols + c]!;
+      }
+    }
+    y[t * rows + r] = acc;
+  }
+  return y;
+}
+
+test('webgpu quantize_blocks: x to int8 per token and 64 columns (permuted within 8), scales and sums, against the CPU', { skip: SKIP_GPU }, async () => {
+  const gpu = await testGpu({ limits: 'default' });
+  const T = 5, cols = 192, r = rng(5);
+  const x = Float32Array.from({ length: T * cols }, () => (r() - 0.5) * 6);
+  x.fill(0, 64, 128); // an all-zero block: scale 0
+  const bytes = int8InputBytes(T, cols);
+  const xq = zeros(gpu, bytes.xq / 4), xs = zeros(gpu, bytes.xscale / 4), step = stepBuffer(gpu, T, 0);
+  const pipeline = gpu.pipeline('quantize_blocks', { cols }, () => quantizeBlocksWgsl(cols));
+  await run(gpu, [{ label: 'quantize_blocks', pipeline, bindGroup: gpu.bindGroup('q', pipeline, [storage(gpu, x), xq, xs, step]), workgroups: (n) => quantizeBlocksGrid(n, cols) }], T);
+  const words = await readU32(gpu, xq, bytes.xq / 4), scales = await read(gpu, xs, bytes.xscale / 4);
+  const want = quantizeCpu(x, T, cols);
+  const perm = [0, 2, 4, 6, 1, 3, 5, 7];
+  let worst = 0;
+  for (let i = 0; i < T * cols; i++) {
+    const c = (i & ~7) + perm[i & 7]!; // the column stored at byte i
+    const got = ((words[i >> 2]! << (24 - 8 * (i & 3))) >> 24);
+    worst = Math.max(worst, Math.abs(got - want.q[c]!));
+  }
+  assert.ok(worst <= 1, `int8 values differ from the CPU's by up to ${worst} (rounding ties allow 1)`);
+  for (let b = 0; b < (T * cols) / 64; b++) {
+    assert.equal(scales[2 * b], want.s[b], `block ${b} scale`);
+    assert.ok(Math.abs(scales[2 * b + 1]! - want.sum[b]!) <= 1e-5 * (1 + Math.abs(want.sum[b]!)), `block ${b} sum ${scales[2 * b + 1]} vs ${want.sum[b]}`);
+  }
+});
+
+/**
+ * The kernel with each subgroup matrix emulated by every invocation on its own: i8 values read from
+ * the i32 workgroup arrays at (offset + row * stride) in `units` plus k bytes, 16 x 16 x 32 i32
+ * products, stores element by element; only lane 0 of each subgroup works (the others' matrices stay
+ * zero and they store nothing), which is 32 times faster on lavapipe and reads the same memory.
+ */
+function withEmulatedI8Matrices(code: string, units: Int8Units): string {
+  const U = units === 'words' ? 4 : 1;
+  const helpers = `
+alias MatA = array<i32, 512>;
+alias MatC = array<i32, 256>;
+var<private> emu_active: bool;
+fn i8_at(b: u32, xsw: bool) -> i32 { let w = select(ws[b / 4u], xs[b / 4u], xsw); return extractBits(w, (b % 4u) * 8u, 8u); }
+fn sm_left(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var i = 0u; i < 16u; i++) { for (var k = 0u; k < 32u; k++) { m[i * 32u + k] = i8_at((off + i * stride) * ${U}u + k, true); } } return m; }
+fn sm_right(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var n = 0u; n < 16u; n++) { for (var k = 0u; k < 32u; k++) { m[n * 32u + k] = i8_at((off + n * stride) * ${U}u + k, false); } } return m; }
+fn sm_mma(l: MatA, r: MatA, a: MatC) -> MatC {
+  var o = a;
+  if (!emu_active) { return o; }
+  for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { var s = o[i * 16u + n]; for (var k = 0u; k < 32u; k++) { s += l[i * 32u + k] * r[n * 32u + k]; } o[i * 16u + n] = s; } }
+  return o;
+}
+fn sm_store(off: u32, v: MatC, stride: u32) { if (!emu_active) { return; } for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { cs[off + i * stride + n] = v[i * 16u + n]; } } }
+`;
+  return code
+    .replace('enable chromium_experimental_subgroup_matrix;\n', '')
+    .replace(/\n@compute/, `${helpers}\n@compute`)
+    .replace(/(let lane = [^;]*;)/, '$1\n  emu_active = lane == 0u;')
+    .replace(/subgroup_matrix_result<i32, 16, 16>\(\)/g, 'MatC()')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_left<i8, 32, 16>, row_major>\(&xs, /g, 'sm_left(')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_right<i8, 16, 32>, col_major>\(&ws, /g, 'sm_right(')
+    .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
+    .replace(/subgroupMatrixStore<row_major>\(&cs, /g, 'sm_store(');
+}
+
+test('the int8 product with emulated subgroup matrices equals the CPU doing its arithmetic (addressing, permutation, per-group scales, bias, residual, partial tiles)', { skip: SKIP_GPU }, async () => {
+  const gpu = await testGpu();
+  const device = gpu.device;
+  const T = 21, rows = 40, cols = 128, yStride = rows + 3, yOffset = 2, r = rng(9);
+  const m = q4Matrix(rows, cols, 4);
+  const x = Float32Array.from({ length: T * cols }, () => (r() - 0.5) * 4);
+  const bias = Float32Array.from({ length: yStride }, () => r() - 0.5), y0 = Float32Array.from({ length: T * yStride }, () => r());
+  const prod = productCpu(m, x, T, rows, cols, true);
+  const want = Float64Array.from(y0);
+  for (let t = 0; t < T; t++) for (let i = 0; i < rows; i++) want[t * yStride + yOffset + i] += prod[t * rows + i]! + bias[yOffset + i]!;
+  const step = stepBuffer(gpu, T, 0), bytes = int8InputBytes(512, cols);
+  const xq = zeros(gpu, bytes.xq / 4), xs = zeros(gpu, bytes.xscale / 4);
+  const quantize = gpu.pipeline('quantize_blocks', { cols }, () => quantizeBlocksWgsl(cols));
+  const quantizeOp = { label: 'quantize_blocks', pipeline: quantize, bindGroup: gpu.bindGroup('q', quantize, [storage(gpu, x), xq, xs, step]), workgroups: (n: number) => quantizeBlocksGrid(n, cols) };
+  const shape = { weight: { encoding: 'q4' as const, wordsPerRow: m.wordsPerRow, group: 64, groups: m.groups }, rows, cols, yStride, yOffset, bias: true, residual: true };
+  // lavapipe takes about 45 s a variant (compiling the emulation): one by default, every one with PDVM_I8_EMULATE_ALL=1
+  const all = process.env.PDVM_I8_EMULATE_ALL === '1';
+  const tiles: Int8Tile[] = [{ am: 1, an: 2, gm: 2, gn: 1 }, ...(all ? [{ am: 1, an: 1, gm: 1, gn: 1 }, ...INT8_TILES] : [])];
+  for (const tile of tiles) {
+    for (const units of all ? (['words', 'bytes'] as const) : (['words'] as const)) {
+      const code = withEmulatedI8Matrices(matmulInt8Wgsl(shape, 'invocation-index', tile, 'template', units), units);
+      const module = device.createShaderModule({ code });
+      const errors = (await module.getCompilationInfo()).messages.filter((e) => e.type === 'error');
+      assert.deepEqual(errors.map((e) => `line ${e.lineNum}: ${e.message}`), [], `tile ${int8TileName(tile)} compiles`);
+      const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+      const y = storage(gpu, y0), size = int8TileSize(tile);
+      const product = { label: 'emulated', pipeline, bindGroup: gpu.bindGroup('emulated', pipeline, [storage(gpu, m.words), storage(gpu, m.sm), xq, xs, y, step, storage(gpu, bias)]), workgroups: (n: number) => [Math.ceil(n / size.tokens), Math.ceil(rows / size.rows), 1] as [number, number, number] };
+      await run(gpu, [quantizeOp, product], T);
+      assertClose(await read(gpu, y, T * yStride), want, 1e-6, `tile ${int8TileName(tile)}, offsets in ${units}`);
+    }
+  }
+});
+
+test('webgpu int8 prefill products (the device\'s tensor cores, where self-tested): q4 g64 through matmulOp against the CPU', { skip: SKIP_GPU }, async (t) => {
+  const gpu = await testGpu({ prefillInt8: true });
+  if (!gpu.features.subgroupMatrixI8) {
+    const why = Object.entries(gpu.features.selfTests).filter(([k]) => k.startsWith('prefill int8')).map(([k, v]) => `${k}: ${v}`);
+    t.skip(`no int8 tensor-core path here (${why.join('; ') || 'no subgroup matrices'})`);
+    return;
+  }
+  const r = rng(21);
+  for (const [T, rows, cols, bias, residual] of [[70, 130, 256, true, true], [512, 1024, 4096, false, true], [200, 3072, 2048, false, false]] as const) {
+    const m = q4Matrix(rows, cols, rows);
+    const x = Float32Array.from({ length: T * cols }, () => (r() - 0.5) * 2 * (r() < 0.01 ? 20 : 1));
+    const yStride = rows + 5, yOffset = 3;
+    const biasValues = Float32Array.from({ length: yStride }, () => r() - 0.5), y0 = Float32Array.from({ length: T * yStride }, () => r());
+    const matrix = {
+      encoding: 'q4', rows, cols, bytes: m.words.byteLength + m.sm.byteLength,
+      shape: { encoding: 'q4', rows, cols, group: 64, groups: m.groups, wordsPerRow: m.wordsPerRow },
+      buffers: [storage(gpu, m.words), storage(gpu, m.sm)],
+    } as unknown as GpuMatrix;
+    const y = storage(gpu, y0);
+    const ops = matmulOp(gpu, matrix, { x: storage(gpu, x), y, yStride, yOffset, bias: bias ? storage(gpu, biasValues) : null, residual, step: stepBuffer(gpu, T, 0) }, 'tiled', T);
+    assert.deepEqual(ops.map((o) => o.label), ['quantize_blocks', 'matmul_int8_q4']);
+    await run(gpu, ops, T);
+    const got = await read(gpu, y, T * yStride);
+    for (const quantized of [true, false]) {
+      const prod = productCpu(m, x, T, rows, cols, quantized);
+      const want = Float64Array.from(y0);
+      for (let tt = 0; tt < T; tt++) for (let i = 0; i < rows; i++) {
+        const o = tt * yStride + yOffset + i;
+        want[o] = (residual ? y0[o]! : 0) + prod[tt * rows + i]! + (bias ? biasValues[yOffset + i]! : 0);
+      }
+      const rel = compare(got, want).rel;
+      console.log(`${T} x ${rows} x ${cols}: ${quantized ? 'against the CPU with x rounded as the kernel does' : 'against the f32 product'}: ${rel.toExponential(2)} relative`);
+      assertClose(got, want, quantized ? 1e-5 : 2e-2, `${T} x ${rows} x ${cols} (${quantized ? 'int8 arithmetic' : 'f32 product'})`);
+    }
+  }
+});
