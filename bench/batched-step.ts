@@ -3,8 +3,9 @@
  * on the GPU, as `pdvm bench`): B sequences each prefilled with a prompt, then decode steps of B rows
  * (one token each, chosen greedily on the GPU), timed from the step call to the ids' arrival. Prints,
  * per setting of the batched q4 kernel (rows a pass NB, output rows a subgroup RPS) and per B, the ms
- * a step and the aggregate tok/s (`rNB-GxRPS`: the 'rows' layout, G sets of 8 lanes a 32, RPS rows a
- * lane), beside the fused decoder's single-stream rate in the same process
+ * a step and the aggregate tok/s (`rNB-GxRPS[-sS][-uU]`: the 'rows' layout, G sets of 8 lanes a 32, RPS
+ * rows a lane, S slices of the columns, U units a lane loaded at once; a `+cq` suffix: the attention
+ * merge writes the o product's int8 x), beside the fused decoder's single-stream rate in the same process
  * (the best one-stream path); `--kernels tiled` puts the prefill's matrix-matrix kernels in the
  * products instead, `tc` the batched tensor-core products (kernels/batched-tensor-core.ts; `tc-KS-WARPS[-DEPTH]`
  * with columns a stage, the subgroups a dispatch aims at and the stages loaded ahead; `...-nodequant`
@@ -76,17 +77,21 @@ const prompt = (b: number) => Array.from({ length: promptTokens }, (_, i) => (b 
 }
 
 const results: { kernel: string; B: number; msPerStep: number; tokPerS: number }[] = [];
-for (const k of values.kernels!.split(',')) {
+for (const name of values.kernels!.split(',')) {
+  // `+cq`: the attention merge writes the o product's int8 x (WebGpuEngine.batchCombineQuantize)
+  const combineQuantize = name.endsWith('+cq');
+  const k = name.replace(/\+cq$/, '');
   // NBxRPS: the batched q4 products ('units' layout); rNB-GxRPS: the same in the 'rows' layout; 'tiled': the
   // prefill's matrix-matrix kernels; 'tc[-KS-WARPS]': the tensor-core products
   const tc = /^tc(?:-(\d+)-(\d+)(?:-(\d))?(?:-(nodequant|nox))?)?$/.exec(k);
-  const rows = /^r(\d+)-(\d+)x(\d+)$/.exec(k);
+  const rows = /^r(\d+)-(\d+)x(\d+)(?:-s(\d+))?(?:-u(\d+))?$/.exec(k);
   if (tc && gpu.features.selfTests['batched products (subgroup matrix)'] !== 'passed') {
     console.log(`kernel ${k}: skipped, the tensor-core products are off here (${gpu.features.selfTests['batched products (subgroup matrix)']})`);
     continue;
   }
   const [nb, rps] = k === 'tiled' || tc ? [8, 2] : rows ? [Number(rows[1]), Number(rows[3])] : (k.split('x').map(Number) as [number, number]);
-  engine.setBatchKernel(nb, { layout: rows ? 'rows' : 'units', rps, groups: rows ? Number(rows[2]) : 4 }, k === 'tiled' ? 'tiled' : tc ? 'tensor-core' : 'matvec', tc ? (tc[1] ? { ks: Number(tc[1]), warps: Number(tc[2]), depth: Number(tc[3] ?? 1), lab: tc[4] === 'nodequant' ? 'no-dequant' : tc[4] === 'nox' ? 'no-x-loads' : undefined } : defaultTensorCoreSplit()) : undefined);
+  const lanes = rows ? { layout: 'rows' as const, rps, groups: Number(rows[2]), slices: rows[4] ? Number(rows[4]) : undefined, unroll: Number(rows[5] ?? 1) } : { layout: 'units' as const, rps, groups: 4 };
+  engine.setBatchKernel(nb, lanes, k === 'tiled' ? 'tiled' : tc ? 'tensor-core' : 'matvec', tc ? (tc[1] ? { ks: Number(tc[1]), warps: Number(tc[2]), depth: Number(tc[3] ?? 1), lab: tc[4] === 'nodequant' ? 'no-dequant' : tc[4] === 'nox' ? 'no-x-loads' : undefined } : defaultTensorCoreSplit()) : undefined, combineQuantize);
   for (const B of batches) {
     const seqs: Sequence[] = Array.from({ length: B }, () => engine.createSequence());
     let ids = (await engine.step!(seqs.map((seq, b) => ({ seq, tokens: prompt(b), logits: true, choose: { sampling: GREEDY, random: 0 } })))) as number[];
@@ -97,8 +102,8 @@ for (const k of values.kernels!.split(',')) {
     const s0 = performance.now();
     for (let i = 0; i < steps; i++) await decode();
     const ms = (performance.now() - s0) / steps;
-    results.push({ kernel: k, B, msPerStep: ms, tokPerS: (B * 1000) / ms });
-    console.log(`kernel ${k}, B ${B}: ${ms.toFixed(2)} ms a step = ${((B * 1000) / ms).toFixed(1)} tok/s (KV buffer groups ${engine.kv.groups.length})`);
+    results.push({ kernel: name, B, msPerStep: ms, tokPerS: (B * 1000) / ms });
+    console.log(`kernel ${name}, B ${B}: ${ms.toFixed(2)} ms a step = ${((B * 1000) / ms).toFixed(1)} tok/s (KV buffer groups ${engine.kv.groups.length})`);
     if (values.profile!.split(',').map(Number).includes(B)) {
       const p = await engine.profileDecodeRows(seqs);
       console.log(`  profile (µs a dispatch: embedding, layer 0, head, choice): ${p.map((d) => `${d.label} ${d.microseconds.toFixed(1)}`).join(', ')}`);

@@ -28,13 +28,13 @@ import { fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
 import type { FusedModelWeights } from './fused/weights.js';
 import { attentionSplitFor } from './kernels/attention-tensor-core.js';
 import { paddedCols } from './kernels/matmul-tiled.js';
-import { argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, embeddingOp, matmulOp, normQuantizeRowsOp, prefillKernel, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type BatchedMatvecSplit, type MatmulIo } from './ops.js';
+import { argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, decodeCombineOp, embeddingOp, matmulOp, normQuantizeRowsOp, prefillKernel, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type BatchedMatvecSplit, type MatmulIo } from './ops.js';
 import { gpuWeightBytes, uploadVector, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
 import { guardAllocation, uploadModelWeights } from './upload.js';
 import { batchedTensorCoreOp, defaultTensorCoreSplit, normX16Op, selfTestBatchedTensorCore, swigluX16Op, x16Bytes, x16Op, type TensorCoreSplit } from './batched-products.js';
 import { rowsAt, stepWords, writeRows, type KvLayout } from './kernels/kv.js';
 import { ARGMAX_PARTS } from './kernels/sample.js';
-import { attentionSplits, decodeAttentionPartGqaWgsl, decodeAttentionPartWgsl, decodeCombineWgsl, gqaPartWorkgroupBytes, splitAttentionFits, type SplitAttentionShape } from './kernels/fused-attention.js';
+import { attentionSplits, decodeAttentionPartGqaWgsl, decodeAttentionPartWgsl, gqaPartWorkgroupBytes, splitAttentionFits, type SplitAttentionShape } from './kernels/fused-attention.js';
 import { kvDefines } from './kernels/kv.js';
 import { KvCache, type KvCacheDtype, type KvSlot } from './kv-cache.js';
 
@@ -251,7 +251,9 @@ function batchSplitFromEnvironment(): Omit<BatchedMatvecSplit, 'nb'> {
   const layout = envVar('PDVM_BATCH_LAYOUT') === 'rows' ? 'rows' : 'units';
   const rps = Math.max(1, Math.min(8, Math.floor(Number(envVar('PDVM_BATCH_RPS') ?? 2))));
   const groups = [1, 2, 4].includes(Number(envVar('PDVM_BATCH_GROUPS'))) ? Number(envVar('PDVM_BATCH_GROUPS')) : 4;
-  return { layout, rps, groups };
+  const slices = [1, 2, 4, 8, 16, 32].includes(Number(envVar('PDVM_BATCH_SLICES'))) ? Number(envVar('PDVM_BATCH_SLICES')) : undefined;
+  const unroll = Math.max(1, Math.min(4, Math.floor(Number(envVar('PDVM_BATCH_UNROLL') ?? 1))));
+  return { layout, rps, groups, slices, unroll };
 }
 
 function mb(bytes: number): string {
@@ -288,7 +290,9 @@ export class WebGpuEngine implements Engine {
   /**
    * The batched q4 products' lanes (kernels/batched-matvec.ts): PDVM_BATCH_LAYOUT ('units' or
    * 'rows'; default 'units'), PDVM_BATCH_RPS (output rows a subgroup, or a lane for 'rows'; default 2),
-   * PDVM_BATCH_GROUPS ('rows': sets of 8 lanes on different rows a 32 lanes; default 4).
+   * PDVM_BATCH_GROUPS ('rows': sets of 8 lanes on different rows a 32 lanes; default 4),
+   * PDVM_BATCH_SLICES ('rows': slices of the columns a workgroup; default 256 / (8 groups)),
+   * PDVM_BATCH_UNROLL ('rows': units a lane loads at once; default 1).
    */
   batchSplit: Omit<BatchedMatvecSplit, 'nb'> = batchSplitFromEnvironment();
   /**
@@ -297,6 +301,11 @@ export class WebGpuEngine implements Engine {
    * or 'tiled' (the prefill's matrix-matrix kernels, for measuring them at small T).
    */
   batchProducts: 'tensor-core' | 'matvec' | 'tiled' = 'matvec';
+  /**
+   * The split decode attention's merge writes the o product's int8 x itself (one dispatch a layer
+   * fewer): PDVM_BATCH_COMBINE_QUANTIZE=1; off by default.
+   */
+  batchCombineQuantize = envVar('PDVM_BATCH_COMBINE_QUANTIZE') === '1';
   /** The tensor-core products' stage split (PDVM_TC_KS, PDVM_TC_WARPS). */
   batchTensorCoreSplit: TensorCoreSplit = defaultTensorCoreSplit();
   /** Why the batched step's products are not on the tensor cores (the self-test's outcome), or null. */
@@ -732,13 +741,14 @@ export class WebGpuEngine implements Engine {
    * The batched q4 products' rows a pass and lanes (benchmarks sweep them); the decode-row plan is
    * rebuilt at the next step.
    */
-  setBatchKernel(rowsAPass: number, lanes: Omit<BatchedMatvecSplit, 'nb'>, products: 'tensor-core' | 'matvec' | 'tiled' = 'matvec', split?: TensorCoreSplit): void {
+  setBatchKernel(rowsAPass: number, lanes: Omit<BatchedMatvecSplit, 'nb'>, products: 'tensor-core' | 'matvec' | 'tiled' = 'matvec', split?: TensorCoreSplit, combineQuantize = this.batchCombineQuantize): void {
     for (const b of this.decodeRows?.buffers ?? []) b.destroy();
     this.decodeRows = null;
     this.spareDecodePass = null;
     this.kvDecodeDispatches.clear();
     this.batchRows = rowsAPass;
     this.batchSplit = lanes;
+    this.batchCombineQuantize = combineQuantize;
     this.batchProducts = products;
     if (split) this.batchTensorCoreSplit = split;
   }
@@ -856,10 +866,25 @@ export class WebGpuEngine implements Engine {
         ? [normQuantizeRowsOp(gpu, H, c.rmsNormEps, maxRows, a.x, weight, a.xn, xq!, xd!, step)]
         : [rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, weight, a.xn, step), ...(int8 && H % 32 === 0 ? [quantizeRowsOp(gpu, H, maxRows, a.xn, xq!, xd!, step)] : [])];
     const swiglu = tc ? [swigluX16Op(gpu, ffn, a.gateUp, a.act, tc, a.step)] : fuse ? [quantizeRowsOp(gpu, ffn, maxRows, a.act, xq!, xd!, a.step, a.gateUp)] : [swigluOp(gpu, ffn, C, a.gateUp, a.act, a.step), ...quantize(a.act, ffn)];
+    // decode attention in chunks of keys, where its kernels apply
+    const attention = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: this.contextLength, rotaryDim: c.rotaryDim };
+    let split: DecodeRowsPlan['split'] = null;
+    const combineQuantizes = this.batchCombineQuantize && fuse && qDim % 32 === 0 && c.headDim % 32 === 0;
+    let quantizedByCombine = false;
+    if (splitAttentionFits(attention) && c.headDim <= gpu.device.limits.maxComputeInvocationsPerWorkgroup) {
+      const shape = { ...attention, splits: Math.max(1, attentionSplits(attention)) };
+      const part = buffer('batch_attention_parts', maxRows * c.numHeads * shape.splits * (c.headDim + 2) * 4, STORAGE());
+      if (part.size <= gpu.maxBindingBytes) {
+        // int8 x: the merge writes the o product's int8 blocks too (batchCombineQuantize), else a dispatch of its own
+        const combine = combineQuantizes ? quantizeRowsOp(gpu, qDim, maxRows, a.att, xq!, xd!, a.step, undefined, { records: part, shape }) : decodeCombineOp(gpu, shape, part, a.att);
+        split = { shape, part, combine: w.layers.map(() => combine) };
+        quantizedByCombine = combineQuantizes;
+      }
+    }
     const layers = w.layers.map((L): LayerPlan => ({
       beforeAttention: [...norm(L.attnNorm, a.step), ...stacked(L.qkv, a.xn, a.qkv, qkvDim, L.qkvBias)],
       afterAttention: [
-        ...quantize(a.att, qDim),
+        ...(quantizedByCombine ? [] : quantize(a.att, qDim)),
         ...product(L.o, { x: a.att, y: a.x, yStride: H, yOffset: 0, bias: null, residual: true, step: a.step }),
         ...norm(L.mlpNorm, a.step),
         ...stacked(L.gateUp, a.xn, a.gateUp, 2 * ffn, null),
@@ -878,18 +903,6 @@ export class WebGpuEngine implements Engine {
     const tokensReadback = buffer('batch_tokens_readback', maxRows * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
     const parts = buffer('batch_argmax_parts', maxRows * ARGMAX_PARTS * 8, STORAGE());
     const choose = chooseRowsOp(gpu, c.vocabSize, maxRows, a.logits, tokens, params, parts);
-    // decode attention in chunks of keys, where its kernels apply
-    const attention = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: this.contextLength, rotaryDim: c.rotaryDim };
-    let split: DecodeRowsPlan['split'] = null;
-    if (splitAttentionFits(attention) && c.headDim <= gpu.device.limits.maxComputeInvocationsPerWorkgroup) {
-      const shape = { ...attention, splits: Math.max(1, attentionSplits(attention)) };
-      const part = buffer('batch_attention_parts', maxRows * c.numHeads * shape.splits * (c.headDim + 2) * 4, STORAGE());
-      if (part.size <= gpu.maxBindingBytes) {
-        const pipeline = gpu.pipeline('decode_attention_combine', { ...shape, slidingWindow: shape.slidingWindow ?? 0 }, () => decodeCombineWgsl(shape));
-        const combine = { label: 'attention_combine', pipeline, bindGroup: gpu.bindGroup('decode_attention_combine', pipeline, [part, a.att]), workgroups: (T: number) => [c.numHeads, T, 1] as [number, number, number] };
-        split = { shape, part, combine: w.layers.map(() => combine) };
-      }
-    }
     return { maxRows, layers, head, choose, split, headStep, params, paramWords: new Uint32Array(maxRows * 8), tokens, tokensReadback, buffers };
   }
 

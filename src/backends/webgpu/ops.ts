@@ -5,7 +5,8 @@
 import type { Gpu } from './device.js';
 import type { Dispatch } from './dispatch.js';
 import { attentionTiledFits, attentionTiledWgsl, attentionWgsl, TILE_Q, type AttentionShape } from './kernels/attention.js';
-import { BATCHED_WG, batchedBindings, batchedLayoutApplies, batchedMatvecApplies, batchedMatvecWgsl, batchedRowsLayoutBytes, batchedWorkgroups, normQuantizeRowsWgsl, quantizeRowsWgsl, type BatchedMatvecShape } from './kernels/batched-matvec.js';
+import { BATCHED_WG, batchedBindings, batchedLayoutApplies, batchedMatvecApplies, batchedMatvecWgsl, batchedRowsLayoutBytes, batchedWorkgroups, batchedWorkgroupSize, normQuantizeRowsWgsl, quantizeRowsWgsl, type AttentionRecords, type BatchedMatvecShape } from './kernels/batched-matvec.js';
+import { decodeCombineWgsl, type SplitAttentionShape } from './kernels/fused-attention.js';
 import { embeddingWgsl } from './kernels/embedding.js';
 import { MATVEC_ROWS, matvecDenseWgsl, type DenseMatmulShape } from './kernels/matmul-dense.js';
 import {
@@ -398,6 +399,9 @@ export interface BatchedMatvecSplit {
   layout: 'units' | 'rows';
   /** 'rows': sets of 8 lanes on different rows a 32 lanes. */
   groups: number;
+  /** 'rows': slices of the columns a workgroup (default 256 / (8 groups)) and units a lane loads at once (default 1). */
+  slices?: number;
+  unroll?: number;
 }
 
 export interface BatchedMatvecOptions extends BatchedMatvecSplit {
@@ -424,10 +428,12 @@ export function batchedMatvecOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, o: Batched
   if (io.bias) need(io.bias, io.yOffset + m.rows, 'batched matvec bias');
   const shape: BatchedMatvecShape = {
     rows: m.rows, cols: m.cols, units: m.cols / 32, group: q.group, yStride: io.yStride, yOffset: io.yOffset, bias: io.bias !== null, residual: io.residual,
-    activations: o.activations, nb: o.nb, rps: o.rps, groups: o.groups,
+    activations: o.activations, nb: o.nb, rps: o.rps, groups: o.groups, slices: o.slices ?? BATCHED_WG / (8 * o.groups), unroll: o.unroll ?? 1,
     layout: 'units',
   };
-  if (o.layout === 'rows' && batchedLayoutApplies(gpu.features) && batchedRowsLayoutBytes({ ...shape, layout: 'rows' }) <= gpu.device.limits.maxComputeWorkgroupStorageSize) shape.layout = 'rows';
+  const rows: BatchedMatvecShape = { ...shape, layout: 'rows' };
+  const fits = batchedRowsLayoutBytes(rows) <= gpu.device.limits.maxComputeWorkgroupStorageSize && batchedWorkgroupSize(rows) <= gpu.device.limits.maxComputeInvocationsPerWorkgroup;
+  if (o.layout === 'rows' && batchedLayoutApplies(gpu.features) && fits) shape.layout = 'rows';
   const f = { packedDot: gpu.features.packed4x8IntegerDotProduct };
   const pipeline = gpu.pipeline('batched_matvec', { ...shape, ...f }, () => batchedMatvecWgsl(shape, f));
   const all: Record<string, GPUBuffer | null | undefined> = { Q: m.buffers[0], SM: m.buffers[1], X: io.x, XQ: o.xq, XD: o.xd, Y: io.y, STEP: io.step, BIAS: io.bias };
@@ -440,11 +446,17 @@ export function batchedMatvecOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, o: Batched
   return [{ label: `batched_matvec_q4(${o.activations}, ${shape.layout})`, pipeline, bindGroup: gpu.bindGroup('batched_matvec', pipeline, buffers), workgroups: () => [n, 1, 1] }];
 }
 
+/** The split decode attention's merge of its chunks' records into att, a workgroup a (head, row). */
+export function decodeCombineOp(gpu: Gpu, shape: SplitAttentionShape, part: GPUBuffer, att: GPUBuffer): Dispatch {
+  const pipeline = gpu.pipeline('decode_attention_combine', { ...shape, slidingWindow: shape.slidingWindow ?? 0 }, () => decodeCombineWgsl(shape));
+  return { label: 'attention_combine', pipeline, bindGroup: gpu.bindGroup('decode_attention_combine', pipeline, [part, att]), workgroups: (T: number) => [shape.numHeads, T, 1] };
+}
+
 /**
  * The step's T rows of x (cols floats each) as int8 blocks for batchedMatvecOp ('int8'); with
  * `gateUp`, x is first computed as SwiGLU of its rows (T, 2 cols) and stored (swiglu and quantize in one).
  */
-export function quantizeRowsOp(gpu: Gpu, cols: number, maxRows: number, x: GPUBuffer, xq: GPUBuffer, xd: GPUBuffer, step: GPUBuffer, gateUp?: GPUBuffer): Dispatch {
+export function quantizeRowsOp(gpu: Gpu, cols: number, maxRows: number, x: GPUBuffer, xq: GPUBuffer, xd: GPUBuffer, step: GPUBuffer, gateUp?: GPUBuffer, attention?: { records: GPUBuffer; shape: AttentionRecords }): Dispatch {
   if (cols % 32 !== 0) throw new Error(`quantize rows: ${cols} columns are not whole units of 32`);
   const units = cols / 32;
   need(x, maxRows * cols, 'quantize rows input');
@@ -452,11 +464,13 @@ export function quantizeRowsOp(gpu: Gpu, cols: number, maxRows: number, x: GPUBu
   need(xd, maxRows * units * 2, 'quantize rows scales');
   if (gateUp) need(gateUp, maxRows * 2 * cols, 'swiglu quantize input');
   const f = { packedDot: gpu.features.packed4x8IntegerDotProduct };
-  const source = gateUp ? 'swiglu' : 'plain';
-  const pipeline = gpu.pipeline('quantize_rows', { units, source, ...f }, () => quantizeRowsWgsl(units, f, source));
+  if (attention) need(attention.records, maxRows * attention.shape.numHeads * attention.shape.splits * (attention.shape.headDim + 2), 'attention records');
+  const source = gateUp ? 'swiglu' : attention ? 'combine' : 'plain';
+  const records = attention ? { numHeads: attention.shape.numHeads, headDim: attention.shape.headDim, splits: attention.shape.splits } : undefined;
+  const pipeline = gpu.pipeline('quantize_rows', { units, source, ...records, ...f }, () => quantizeRowsWgsl(units, f, source, records));
   return {
-    label: gateUp ? 'swiglu_quantize_rows' : 'quantize_rows', pipeline,
-    bindGroup: gpu.bindGroup('quantize_rows', pipeline, [x, xq, xd, step, ...(gateUp ? [gateUp] : [])]),
+    label: `${source === 'plain' ? '' : source === 'swiglu' ? 'swiglu_' : 'attention_combine_'}quantize_rows`, pipeline,
+    bindGroup: gpu.bindGroup('quantize_rows', pipeline, [x, xq, xd, step, ...(gateUp ? [gateUp] : attention ? [attention.records] : [])]),
     workgroups: (T: number) => grid(Math.ceil((T * units) / 64)),
   };
 }

@@ -7,7 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { argmaxOp, batchedMatvecOp, chooseRowsOp, quantizeRowsOp, sampleOp, type BatchedMatvecSplit } from '../../../src/backends/webgpu/ops.js';
+import { argmaxOp, batchedMatvecOp, chooseRowsOp, decodeCombineOp, quantizeRowsOp, sampleOp, type BatchedMatvecSplit } from '../../../src/backends/webgpu/ops.js';
 import type { GpuMatrix } from '../../../src/backends/webgpu/weights.js';
 import { f16ToF32, f32ToF16 } from '../../../src/format/dtype.js';
 import { assertClose, rng } from '../../helpers.js';
@@ -70,8 +70,9 @@ test('webgpu batched q4 products: T rows in passes of NB equal the CPU product, 
     const xq = zeros(gpu, T * cols), xd = zeros(gpu, (T * cols) / 16);
     for (const activations of ['f32', 'int8'] as const) {
       const splits: BatchedMatvecSplit[] = [
-        { layout: 'units', nb: 4, rps: 2, groups: 4 }, { layout: 'units', nb: 8, rps: 1, groups: 4 }, { layout: 'units', nb: 3, rps: 4, groups: 4 },
-        { layout: 'rows', nb: 8, rps: 2, groups: 4 }, { layout: 'rows', nb: 3, rps: 1, groups: 2 }, { layout: 'rows', nb: 5, rps: 4, groups: 1 },
+        { layout: 'units', nb: 4, rps: 2, groups: 4 }, { layout: 'units', nb: 3, rps: 4, groups: 4 },
+        { layout: 'rows', nb: 8, rps: 2, groups: 4 }, { layout: 'rows', nb: 8, rps: 2, groups: 4, slices: 2, unroll: 2 },
+        { layout: 'rows', nb: 3, rps: 1, groups: 2, unroll: 3 }, { layout: 'rows', nb: 5, rps: 4, groups: 1, slices: 4 },
       ];
       for (const split of splits) {
         const { nb, rps } = split;
@@ -88,8 +89,8 @@ test('webgpu batched q4 products: T rows in passes of NB equal the CPU product, 
         }
         const [all, one, five] = results as [Float32Array, Float32Array, Float32Array];
         // each row's sums are bitwise the same whether it ran among 1, 5 or 11 rows
-        for (let i = 0; i < yStride; i++) assert.equal(one[i], all[i], `row 0, output ${i}: alone vs among ${T} (${activations}, ${split.layout} nb ${nb} rps ${rps})`);
-        for (let i = 0; i < 5 * yStride; i++) assert.equal(five[i], all[i], `output ${i}: among 5 vs ${T} (${activations}, ${split.layout} nb ${nb} rps ${rps})`);
+        for (let i = 0; i < yStride; i++) assert.equal(one[i], all[i], `row 0, output ${i}: alone vs among ${T} (${activations}, ${JSON.stringify(split)})`);
+        for (let i = 0; i < 5 * yStride; i++) assert.equal(five[i], all[i], `output ${i}: among 5 vs ${T} (${activations}, ${JSON.stringify(split)})`);
         for (let i = 5 * yStride; i < T * yStride; i++) assert.equal(five[i], y0[i], `row ${Math.floor(i / yStride)} untouched by a step of 5`);
         // against the CPU: y0 + W x + bias over the rows this matrix writes
         // int8: scale * nibble applied to the rounded x, min to the exact x (its sum is kept exact)
@@ -107,10 +108,37 @@ test('webgpu batched q4 products: T rows in passes of NB equal the CPU product, 
         const exact = want(x);
         const ref = activations === 'f32' ? exact : want(quantized(x));
         void w;
-        assertClose(all, ref, 1e-5, `${rows} x ${cols} g${group} ${activations} ${split.layout} nb ${nb} rps ${rps} vs the CPU`);
+        assertClose(all, ref, 1e-5, `${rows} x ${cols} g${group} ${activations} ${JSON.stringify(split)} vs the CPU`);
         if (activations === 'int8') assertClose(all, exact, 2e-2, `${rows} x ${cols} int8 vs the f32 product`);
       }
     }
+  }
+});
+
+test('webgpu attention merge with the int8 blocks: the same x, int8 values and scales as the merge then the quantization', { skip: SKIP_GPU }, async () => {
+  const gpu = await testGpu();
+  const r = rng(11);
+  const shape = { numHeads: 3, numKvHeads: 1, headDim: 64, contextLength: 256, slidingWindow: null, splits: 4 };
+  const T = 5, cols = shape.numHeads * shape.headDim, record = shape.headDim + 2;
+  // records (row, head, chunk): o, then (m, l); chunk 3 of every head empty (m = -3e38, l = 0, as a chunk past the keys)
+  const records = Float32Array.from({ length: T * shape.numHeads * shape.splits * record }, (_, i) => {
+    const chunk = Math.floor(i / record) % shape.splits, at = i % record;
+    if (chunk === 3) return at === shape.headDim ? -3e38 : 0;
+    return at === shape.headDim ? r() * 4 - 2 : at === shape.headDim + 1 ? r() * 3 + 0.5 : r() * 2 - 1;
+  });
+  const part = storage(gpu, records), step = stepBuffer(gpu, T, 0);
+  const outputs = async (merged: boolean) => {
+    const att = zeros(gpu, T * cols), xq = zeros(gpu, T * cols), xd = zeros(gpu, (T * cols) / 16);
+    const ops = merged
+      ? [quantizeRowsOp(gpu, cols, T, att, xq, xd, step, undefined, { records: part, shape })]
+      : [decodeCombineOp(gpu, shape, part, att), quantizeRowsOp(gpu, cols, T, att, xq, xd, step)];
+    await run(gpu, ops, T);
+    return [await read(gpu, att, T * cols), await readU32(gpu, xq, T * cols / 4), await readU32(gpu, xd, (T * cols) / 16)] as const;
+  };
+  const [want, got] = [await outputs(false), await outputs(true)];
+  for (const [k, name] of ['att', 'int8 values', 'scales and sums'].entries()) {
+    const a = want[k]!, b = got[k]!;
+    for (let i = 0; i < a.length; i++) assert.equal(b[i], a[i], `${name} ${i}: merged ${b[i]} vs ${a[i]}`);
   }
 });
 

@@ -50,8 +50,12 @@ export interface BatchedMatvecShape extends BatchedProductShape {
   rps: number;
   /** How a workgroup's lanes split the matrix (the file's comment). */
   layout: 'units' | 'rows';
-  /** 'rows': sets of 8 lanes on different rows a 32 lanes (1, 2 or 4); the columns go in 256 / (8 groups) slices. */
+  /** 'rows': sets of 8 lanes on different rows a 32 lanes (1, 2 or 4). */
   groups: number;
+  /** 'rows': slices of the columns (a workgroup: 8 groups slices lanes, at most 256). */
+  slices: number;
+  /** 'rows': units a lane loads at once (each set of weight loads issued before any product). */
+  unroll: number;
 }
 
 /** Lanes of the 'rows' layout that walk consecutive units of one row (one 128-byte line of q4 words). */
@@ -64,7 +68,12 @@ export function batchedLayoutApplies(f: { subgroupMinSize: number }): boolean {
 
 /** Workgroup memory of the 'rows' layout: a partial sum per slice, output row and row of x. */
 export function batchedRowsLayoutBytes(s: BatchedMatvecShape): number {
-  return (BATCHED_WG / (UNIT_LANES * s.groups)) * rowsAWorkgroup(s) * s.nb * 4;
+  return s.slices * rowsAWorkgroup(s) * s.nb * 4;
+}
+
+/** Invocations a workgroup: BATCHED_WG, or 8 groups slices for 'rows'. */
+export function batchedWorkgroupSize(s: BatchedMatvecShape): number {
+  return s.layout === 'rows' ? UNIT_LANES * s.groups * s.slices : BATCHED_WG;
 }
 
 /** Output rows a workgroup of the 'rows' layout. */
@@ -119,43 +128,59 @@ export function batchedMatvecWgsl(s: BatchedMatvecShape, f: { packedDot: boolean
   const N = Array.from({ length: s.nb }, (_, n) => n);
   const M = '0x0F0F0F0Fu';
   // a word's even and odd nibbles as four non-negative int8 each, split once a unit (not once a row of x)
-  const wordDot = (j: number, e: number, a: string, b: string) => `dot4I8(lo${j}_${e}, ${a}) + dot4I8(hi${j}_${e}, ${b})`;
-  // the hot loop's body for unit k: weights of each row loaded first, then every x row applied
-  const body: string[] = [];
-  for (const j of J) body.push(`let w${j} = Q[r${j} * UNITS + k];`, `let sm${j} = unpack2x16float(SM[r${j} * GROUPS + (k * 32u) / GROUP]);`);
-  if (int8) for (const j of J) for (let e = 0; e < 4; e++) body.push(`let lo${j}_${e} = w${j}[${e}] & ${M};`, `let hi${j}_${e} = (w${j}[${e}] >> 4u) & ${M};`);
-  if (!int8) {
-    // dequantized once a unit, in column order: lo (nibbles 0..3) and hi (4..7) of each word
-    for (const j of J) {
-      for (let e = 0; e < 4; e++) {
-        const w = `w${j}[${e}]`;
-        body.push(
-          `let d${j}_${2 * e} = vec4<f32>(vec4<u32>(${w}, ${w} >> 4u, ${w} >> 8u, ${w} >> 12u) & vec4<u32>(15u)) * sm${j}.x + sm${j}.y;`,
-          `let d${j}_${2 * e + 1} = vec4<f32>(vec4<u32>(${w} >> 16u, ${w} >> 20u, ${w} >> 24u, ${w} >> 28u) & vec4<u32>(15u)) * sm${j}.x + sm${j}.y;`,
-        );
+  const wordDot = (j: string, e: number, a: string, b: string) => `dot4I8(lo${j}_${e}, ${a}) + dot4I8(hi${j}_${e}, ${b})`;
+  // unit `k` of each of the RPS rows: its loads (`at`: the unit loaded, k or k clamped to the row), then
+  // every x row applied; names end in `q` (a lane's q-th unit of an iteration)
+  const unitLoads = (at: string, q: string) =>
+    J.flatMap((j) => [`let w${j}${q} = Q[r${j} * UNITS + ${at}];`, `let sm${j}${q} = unpack2x16float(SM[r${j} * GROUPS + (${at} * 32u) / GROUP]);`]);
+  const unitProducts = (k: string, q: string) => {
+    const lines: string[] = [];
+    if (int8) for (const j of J) for (let e = 0; e < 4; e++) lines.push(`let lo${j}${q}_${e} = w${j}${q}[${e}] & ${M};`, `let hi${j}${q}_${e} = (w${j}${q}[${e}] >> 4u) & ${M};`);
+    if (!int8) {
+      // dequantized once a unit, in column order: lo (nibbles 0..3) and hi (4..7) of each word
+      for (const j of J) {
+        for (let e = 0; e < 4; e++) {
+          const w = `w${j}${q}[${e}]`, sm = `sm${j}${q}`;
+          lines.push(
+            `let d${j}${q}_${2 * e} = vec4<f32>(vec4<u32>(${w}, ${w} >> 4u, ${w} >> 8u, ${w} >> 12u) & vec4<u32>(15u)) * ${sm}.x + ${sm}.y;`,
+            `let d${j}${q}_${2 * e + 1} = vec4<f32>(vec4<u32>(${w} >> 16u, ${w} >> 20u, ${w} >> 24u, ${w} >> 28u) & vec4<u32>(15u)) * ${sm}.x + ${sm}.y;`,
+          );
+        }
       }
     }
-  }
-  for (const n of N) {
-    const inner: string[] = [];
-    if (int8) {
-      inner.push(`let xi = (t0 + ${n}u) * UNITS + k;`, `let xa = XQ[xi * 2u];`, `let xb = XQ[xi * 2u + 1u];`, `let xd = XD[xi];`);
-      for (const j of J) {
-        inner.push(`{
-  let p = (${wordDot(j, 0, 'xa.x', 'xa.y')}) + (${wordDot(j, 1, 'xa.z', 'xa.w')})
-    + (${wordDot(j, 2, 'xb.x', 'xb.y')}) + (${wordDot(j, 3, 'xb.z', 'xb.w')});
-  acc[${j * s.nb + n}] += sm${j}.x * (xd.x * f32(p)) + sm${j}.y * xd.y;
+    for (const n of N) {
+      const inner: string[] = [];
+      if (int8) {
+        inner.push(`let xi = (t0 + ${n}u) * UNITS + ${k};`, `let xa = XQ[xi * 2u];`, `let xb = XQ[xi * 2u + 1u];`, `let xd = XD[xi];`);
+        for (const j of J) {
+          const jq = `${j}${q}`;
+          inner.push(`{
+  let p = (${wordDot(jq, 0, 'xa.x', 'xa.y')}) + (${wordDot(jq, 1, 'xa.z', 'xa.w')})
+    + (${wordDot(jq, 2, 'xb.x', 'xb.y')}) + (${wordDot(jq, 3, 'xb.z', 'xb.w')});
+  acc[${j * s.nb + n}] += sm${jq}.x * (xd.x * f32(p)) + sm${jq}.y * xd.y;
 }`);
+        }
+      } else {
+        inner.push(`let xi = ((t0 + ${n}u) * UNITS + ${k}) * 8u;`);
+        for (let e = 0; e < 8; e++) inner.push(`let x${e} = X[xi + ${e}u];`);
+        for (const j of J) {
+          const d = (i: number) => `d${j}${q}_${i}`;
+          inner.push(`acc[${j * s.nb + n}] += ((dot(${d(0)}, x0) + dot(${d(1)}, x1)) + (dot(${d(2)}, x2) + dot(${d(3)}, x3))) + ((dot(${d(4)}, x4) + dot(${d(5)}, x5)) + (dot(${d(6)}, x6) + dot(${d(7)}, x7)));`);
+        }
       }
-    } else {
-      inner.push(`let xi = ((t0 + ${n}u) * UNITS + k) * 8u;`);
-      for (let e = 0; e < 8; e++) inner.push(`let x${e} = X[xi + ${e}u];`);
-      for (const j of J) {
-        inner.push(`acc[${j * s.nb + n}] += ((dot(d${j}_0, x0) + dot(d${j}_1, x1)) + (dot(d${j}_2, x2) + dot(d${j}_3, x3))) + ((dot(d${j}_4, x4) + dot(d${j}_5, x5)) + (dot(d${j}_6, x6) + dot(d${j}_7, x7)));`);
-      }
+      lines.push(`if (${n}u < nt) {\n  ${inner.join('\n').split('\n').join('\n  ')}\n}`);
     }
-    body.push(`if (${n}u < nt) {\n  ${inner.join('\n').split('\n').join('\n  ')}\n}`);
-  }
+    return lines;
+  };
+  // the hot loop's body: 'units' a unit a lane; 'rows' `unroll` units a lane, every weight load first
+  // (units k, k + 8 S, ...; the sums still add them in that order)
+  const unroll = s.layout === 'rows' ? s.unroll : 1;
+  const body = unroll === 1
+    ? [...unitLoads('k', ''), ...unitProducts('k', '')]
+    : [
+      ...Array.from({ length: unroll }, (_, q) => [`let k${q} = k + ${q}u * STRIDE;`, ...unitLoads(`min(k${q}, UNITS - 1u)`, `_${q}`)]).flat(),
+      ...Array.from({ length: unroll }, (_, q) => (q === 0 ? unitProducts('k0', '_0') : [`if (k${q} < UNITS) {`, ...unitProducts(`k${q}`, `_${q}`).map((l) => '  ' + l.split('\n').join('\n  ')), '}'])).flat(),
+    ];
   const indent = (lines: string[], n: number) => lines.join('\n').split('\n').join('\n' + ' '.repeat(n));
   const prelude = `${header({ subgroups: true })}diagnostic(off, subgroup_uniformity);
 ${COMMON}
@@ -169,7 +194,7 @@ const RPS = ${s.rps}u;
 ${decl}
 `;
   const store = (o: string, row: string) => `${s.residual ? `Y[${o}] = Y[${o}] + v` : `Y[${o}] = v`}${s.bias ? ` + BIAS[${s.yOffset}u + ${row}]` : ''};`;
-  return s.layout === 'rows' ? prelude + rowsLayoutMain(s, J, N, indent(body, 8), store) : prelude + unitsLayoutMain(s, J, N, indent(body, 8), store);
+  return s.layout === 'rows' ? prelude + rowsLayoutMain(s, indent(body, 8), store) : prelude + unitsLayoutMain(s, J, N, indent(body, 8), store);
 }
 
 type Store = (index: string, row: string) => string;
@@ -215,26 +240,42 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * The 'rows' layout: a workgroup a block of G * RPS rows. Lane lid: u = lid % 8 its place in a set of
  * 8 consecutive units, g = (lid / 8) % G its rows (g RPS .. g RPS + RPS - 1 of the block), s = lid / (8 G)
  * its slice of the columns (units s 8 + u, then every 8 S after). The sums of a row of x fold in a fixed
- * order whatever T: 8 lanes by shuffles (xor 4, 2, 1), then the S slices in slice order.
+ * order whatever T: the 8 lanes of a set by shuffles (xor 4, 2, 1), each step keeping half of the
+ * values a lane holds and sending the other half (7/8 of a shuffle a value instead of 3), so lane u
+ * ends with values u E .. u E + E - 1 (E = RPS NB / 8, rounded up); then the S slices in slice order.
  */
-function rowsLayoutMain(s: BatchedMatvecShape, J: number[], N: number[], body: string, store: Store): string {
-  const G = s.groups, S = BATCHED_WG / (UNIT_LANES * G), RW = rowsAWorkgroup(s);
-  const fold = J.flatMap((j) => N.map((n) => `if (${n}u < nt) {
-  var v = acc[${j * s.nb + n}];
-  v += subgroupShuffleXor(v, 4u);
-  v += subgroupShuffleXor(v, 2u);
-  v += subgroupShuffleXor(v, 1u);
-  if (u == 0u) { PART[((s * G + g) * RPS + ${j}u) * NB + ${n}u] = v; }
-}`));
+function rowsLayoutMain(s: BatchedMatvecShape, body: string, store: Store): string {
+  const G = s.groups, S = s.slices, RW = rowsAWorkgroup(s), V = s.rps * s.nb;
+  const E = Math.ceil(V / UNIT_LANES), padded = E * UNIT_LANES;
+  const value = (i: number) => (i < V ? `acc[${i}]` : '0.0');
+  // transpose-fold: values 0 .. padded - 1 in a0_*; after the step of xor m, a lane keeps `count` values
+  const steps: string[] = [];
+  let count = padded, from = 'a0';
+  steps.push(`var ${from} = array<f32, ${padded}>(${Array.from({ length: padded }, (_, i) => value(i)).join(', ')});`);
+  // unrolled, constant indices only: the arrays stay in registers
+  for (const m of [4, 2, 1]) {
+    const half = count / 2, to = `a${m}`, upper = `upper${m}`;
+    steps.push(`var ${to}: array<f32, ${half}>;`, `let ${upper} = (u & ${m}u) != 0u;`);
+    for (let i = 0; i < half; i++) {
+      steps.push(`${to}[${i}] = select(${from}[${i}], ${from}[${i + half}], ${upper}) + subgroupShuffleXor(select(${from}[${i + half}], ${from}[${i}], ${upper}), ${m}u);`);
+    }
+    count = half;
+    from = to;
+  }
+  const parts = Array.from({ length: E }, (_, e) => `{
+  let v = u * ${E}u + ${e}u; // j NB + n
+  if (v < ${V}u) { PART[(s * RW + g * RPS + v / NB) * NB + v % NB] = a1[${e}]; }
+}`);
   return `const U = ${UNIT_LANES}u;
 const G = ${G}u;
 const S = ${S}u;
+const STRIDE = S * U;
 const RW = ${RW}u;
 const BLOCKS = ${Math.ceil(s.rows / RW)}u;
 // (slice, row of the block, row of x) partial sums
 var<workgroup> PART: array<f32, ${batchedRowsLayoutBytes(s) / 4}>;
 
-@compute @workgroup_size(${BATCHED_WG})
+@compute @workgroup_size(${batchedWorkgroupSize(s)})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let T = STEP[0];
   let u = lid % U;
@@ -242,18 +283,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let s = lid / (U * G);
   for (var blk = wid.x; blk < BLOCKS; blk += nwg.x) {
     let rb = blk * RW + g * RPS;
-    ${J.map((j) => `let r${j} = min(rb + ${j}u, ROWS - 1u);`).join('\n    ')}
+    ${Array.from({ length: s.rps }, (_, j) => `let r${j} = min(rb + ${j}u, ROWS - 1u);`).join('\n    ')}
     for (var t0 = 0u; t0 < T; t0 += NB) {
       let nt = min(NB, T - t0);
-      var acc: array<f32, ${s.rps * s.nb}>;
-      for (var i = 0u; i < ${s.rps * s.nb}u; i++) { acc[i] = 0.0; }
-      // hot loop: a unit of each of RPS rows a lane, applied to the pass's rows of x
-      for (var k = s * U + u; k < UNITS; k += S * U) {
+      var acc: array<f32, ${V}>;
+      for (var i = 0u; i < ${V}u; i++) { acc[i] = 0.0; }
+      // hot loop: ${s.unroll} unit(s) of each of RPS rows a lane, applied to the pass's rows of x
+      for (var k = s * U + u; k < UNITS; k += STRIDE * ${s.unroll}u) {
         ${body}
       }
-      ${fold.join('\n').split('\n').join('\n      ')}
+      ${steps.join('\n').split('\n').join('\n      ')}
+      ${parts.join('\n').split('\n').join('\n      ')}
       workgroupBarrier();
-      for (var i = lid; i < RW * NB; i += ${BATCHED_WG}u) {
+      for (var i = lid; i < RW * NB; i += ${batchedWorkgroupSize(s)}u) {
         let n = i % NB;
         let row = blk * RW + i / NB;
         if (n < nt && row < ROWS) {
@@ -296,16 +338,47 @@ fn store_unit(i: u32, v: array<vec4<f32>, 8>) {
   XD[i] = vec2<f32>(d, sum);
 }`;
 
+/** The split decode attention's records (kernels/fused-attention.ts): per (row, head, chunk) HD + 2 floats. */
+export interface AttentionRecords {
+  numHeads: number;
+  headDim: number;
+  splits: number;
+}
+
 /**
  * x (T rows of COLS floats) to the int8 blocks the batched product reads: per row t and unit k,
  * unit t UNITS + k (STORE_UNIT). One invocation a unit. Two producers fused in front where the
  * decode-row plan has them:
  *   'swiglu': x = silu(gate) * up of gate_up rows (T, 2 COLS) (as kernels/swiglu.ts), also stored to X;
+ *   'combine': x = the split decode attention's merge of its chunks' records (PART, as
+ *              kernels/fused-attention.ts decodeCombineWgsl, the same operations in the same order) for
+ *              the unit's 32 dims of one head, also stored to X (one dispatch instead of two);
  *   'plain':  x as stored.
  */
-export function quantizeRowsWgsl(units: number, f: { packedDot: boolean }, source: 'plain' | 'swiglu' = 'plain'): string {
+export function quantizeRowsWgsl(units: number, f: { packedDot: boolean }, source: 'plain' | 'swiglu' | 'combine' = 'plain', attention?: AttentionRecords): string {
+  if (source === 'combine' && !(attention && attention.headDim % 32 === 0)) throw new Error('quantize rows: the attention merge needs whole units of 32 in a head');
   const load = source === 'plain'
     ? 'for (var e = 0u; e < 8u; e++) { v[e] = X[i * 8u + e]; }'
+    : source === 'combine'
+    ? `let t = i / UNITS;
+  let h = ((i % UNITS) * 32u) / HD;
+  let d0 = ((i % UNITS) * 32u) % HD;
+  let ph = t * HEADS + h;
+  var mx = -3.0e38;
+  for (var c = 0u; c < SPLITS; c++) { mx = max(mx, PART[(ph * SPLITS + c) * (HD + 2u) + HD]); }
+  var l = 0.0;
+  var a: array<f32, 32>;
+  for (var e = 0u; e < 32u; e++) { a[e] = 0.0; }
+  for (var c = 0u; c < SPLITS; c++) {
+    let o = (ph * SPLITS + c) * (HD + 2u);
+    let w = exp(PART[o + HD] - mx);
+    l += w * PART[o + HD + 1u];
+    for (var e = 0u; e < 32u; e++) { a[e] += w * PART[o + d0 + e]; }
+  }
+  for (var e = 0u; e < 8u; e++) {
+    v[e] = vec4<f32>(a[4u * e], a[4u * e + 1u], a[4u * e + 2u], a[4u * e + 3u]) / l;
+    X[i * 8u + e] = v[e];
+  }`
     : `let t = i / UNITS;
   let c0 = (i % UNITS) * 8u; // vec4 of the row
   for (var e = 0u; e < 8u; e++) {
@@ -322,6 +395,10 @@ const UNITS = ${units}u;
 @group(0) @binding(2) var<storage, read_write> XD: array<vec2<f32>>;
 @group(0) @binding(3) var<storage, read> STEP: array<u32>;
 ${source === 'swiglu' ? '@group(0) @binding(4) var<storage, read> GU: array<vec4<f32>>;' : ''}
+${source === 'combine' ? `@group(0) @binding(4) var<storage, read> PART: array<f32>;
+const HEADS = ${attention!.numHeads}u;
+const HD = ${attention!.headDim}u;
+const SPLITS = ${attention!.splits}u;` : ''}
 ${STORE_UNIT}
 
 @compute @workgroup_size(64)
