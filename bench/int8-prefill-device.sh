@@ -7,11 +7,16 @@
 #         own timeout and none starts past BUDGET_S seconds)
 # 1. the features and self-tests with PDVM_PREFILL_I8=1; matmul-int8.test (the real kernel against the CPU) and
 #    matmul-tiled.test / device.test (the f16 path unchanged)
-# 2. pdvm bench --prefill 512, q4 g64, llama-3.1-8b / phi-4 / llama-3.2-1b: the default (f16 tensor cores) and
-#    PDVM_PREFILL_I8=1 in the same call (8B with --profile both ways)
-# 3. perplexity of the q4 demo (models/brown-llama-12m.upg, first 2,049 validation tokens) with PDVM_PREFILL_I8=1,
-#    windows of 256 and --ctx 1024 (CPU: 81.774742 and 117.499696)
-# 4. TILES="2422 2242 ...": 8B pp512 with PDVM_I8_TILE set to each
+# 2. pdvm bench --prefill 512, q4 g64: llama-3.1-8b --profile on the default (f16 tensor cores), then with
+#    PDVM_PREFILL_I8=1 and PDVM_I8_TILE set to each of TILES ("default" for none), then LAB_TILES with
+#    PDVM_I8_LAB=no-scale (timing only: no per-group scaling)
+# 3. CHECK_TILES: the int8 device test again with each tile
+# 4. perplexity of the q4 demo (models/brown-llama-12m.upg, first 2,049 validation tokens) with PDVM_PREFILL_I8=1
+#    and each of PPL_TILES, --ctx 1024 and windows of 256 (CPU: 117.499696 and 81.774742)
+# 5. phi-4 and llama-3.2-1b pp512 (5 runs): the default, then PDVM_PREFILL_I8=1 with each of SHAPE_TILES
+# 6. matmul-tiled.test and device.test (F16_TESTS=0: not)
+# e.g. TILES="default 2422s 2242s" LAB_TILES="2442" CHECK_TILES="2422s" PPL_TILES="2422s" SHAPE_TILES="2422s"
+#      bash .gpu/prefill/int8-prefill-device.sh
 set -uo pipefail
 if [ "${1:-}" = "--build" ]; then
   set -e
@@ -35,13 +40,13 @@ I8=PDVM_PREFILL_I8=1
 PDVM_PREFILL_I8=1 t node --test $K/matmul-int8.test.mjs
 Q="--encoding q4 --group 64 --prefill 512 --runs 3"
 bench --shape llama-3.1-8b $Q --profile
-ENVS=$I8 bench --shape llama-3.1-8b $Q --profile
-ENVS=$I8 ppl --ctx 1024
-ENVS=$I8 ppl
-bench --shape phi-4 $Q
-ENVS=$I8 bench --shape phi-4 $Q
-bench --shape llama-3.2-1b $Q --runs 5
-ENVS=$I8 bench --shape llama-3.2-1b $Q --runs 5
-for tile in ${TILES:-}; do ENVS="$I8 PDVM_I8_TILE=$tile" bench --shape llama-3.1-8b $Q; done
-TEST_S=50 t node --test $K/matmul-tiled.test.mjs $K/device.test.mjs
+for tile in ${TILES:-default}; do E="$I8"; [ $tile = default ] || E="$I8 PDVM_I8_TILE=$tile"; ENVS="$E" bench --shape llama-3.1-8b $Q --profile; done
+for tile in ${LAB_TILES:-}; do ENVS="$I8 PDVM_I8_TILE=$tile PDVM_I8_LAB=no-scale" bench --shape llama-3.1-8b $Q --profile; done
+for tile in ${CHECK_TILES:-}; do PDVM_PREFILL_I8=1 PDVM_I8_TILE=$tile TEST_S=30 t node --test --test-name-pattern="tensor cores" $K/matmul-int8.test.mjs; done
+for tile in ${PPL_TILES:-default}; do E="$I8"; [ $tile = default ] || E="$I8 PDVM_I8_TILE=$tile"; ENVS="$E" ppl --ctx 1024; ENVS="$E" ppl; done
+for shape in phi-4 llama-3.2-1b; do
+  bench --shape $shape $Q --runs 5
+  for tile in ${SHAPE_TILES:-default}; do E="$I8"; [ $tile = default ] || E="$I8 PDVM_I8_TILE=$tile"; ENVS="$E" bench --shape $shape $Q --runs 5; done
+done
+[ "${F16_TESTS:-1}" = 0 ] || TEST_S=50 t node --test $K/matmul-tiled.test.mjs $K/device.test.mjs
 sleep 1

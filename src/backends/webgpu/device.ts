@@ -57,6 +57,8 @@ export interface GpuFeatures {
   int8Units: Int8Units;
   /** The int8 kernel's tile for every matrix (PDVM_I8_TILE); null: chosen per matrix shape. */
   int8Tile: Int8Tile | null;
+  /** PDVM_I8_LAB=no-scale: the int8 kernel without its per-group scaling (timing only, wrong results). */
+  int8Lab: 'no-scale' | null;
   /** Dawn toggles requested (Node). */
   dawnToggles: string[];
   /** Each self-test's outcome: 'passed', 'failed: why', or 'not run: why'. */
@@ -266,6 +268,7 @@ export class Gpu {
       int8Syntax: 'template',
       int8Units: 'words',
       int8Tile: parseInt8Tile(env('PDVM_I8_TILE')),
+      int8Lab: env('PDVM_I8_LAB') === 'no-scale' ? 'no-scale' : null,
       dawnToggles: entry.toggles,
       selfTests: {},
     };

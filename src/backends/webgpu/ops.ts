@@ -135,7 +135,7 @@ export function prefillPathDescription(gpu: Gpu): string {
   const tiles = fixed ? `tile ${tensorCoreTileName(fixed)}` : 'tiles of 128 tokens x 128 rows, or 64 x 128 for narrow matrices';
   const attention = gpu.features.attentionTensorCore ? `tensor cores${gpu.features.attentionSplit ? ', split over keys' : ''}` : 'f32 tiles';
   const int8 = gpu.features.subgroupMatrixI8
-    ? `; q4 g64 matrices on int8 tensor cores (i8 x i8 -> i32 16x16x32, x quantized per token and 64 columns, ${gpu.features.int8Tile ? `tile ${int8TileName(gpu.features.int8Tile)}` : '128 or 64 tokens x 128 rows'})`
+    ? `; q4 g64 matrices on int8 tensor cores (i8 x i8 -> i32 16x16x32, x quantized per token and 64 columns, ${gpu.features.int8Tile ? `tile ${int8TileName(gpu.features.int8Tile)}` : '128 or 64 tokens x 128 rows'}${gpu.features.int8Lab ? `, lab ${gpu.features.int8Lab}: timing only` : ''})`
     : '';
   return `tensor cores: subgroup matrix f16 x f16 -> f32 16x16x16, x converted to f16 once a product, x and W (dequantized to f16) staged through workgroup memory 64 columns a stage (${tiles})${int8}; prompt attention: ${attention}`;
 }
@@ -233,7 +233,10 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
   const quantize = gpu.pipeline('quantize_blocks', { cols: shape.cols }, () => quantizeBlocksWgsl(shape.cols));
   const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
   const syntax = gpu.features.int8Syntax, units = gpu.features.int8Units;
-  const pipeline = gpu.pipeline('matmul_int8', { ...shape, ...shape.weight, weight: 'q4', indexing, syntax, units, tile: int8TileName(tile) }, () => matmulInt8Wgsl(shape, indexing, tile, syntax, units));
+  const lab = gpu.features.int8Lab ?? undefined;
+  const pipeline = gpu.pipeline('matmul_int8', { ...shape, ...shape.weight, weight: 'q4', indexing, syntax, units, tile: int8TileName(tile), lab: lab ?? '' }, () =>
+    matmulInt8Wgsl(shape, indexing, tile, syntax, units, lab),
+  );
   const rowTiles = Math.ceil(shape.rows / size.rows);
   if (rowTiles > 65535) throw new Error(`matmul: ${shape.rows} rows exceed the dispatch grid`);
   return [

@@ -109,26 +109,26 @@ function withEmulatedI8Matrices(code: string, units: Int8Units): string {
 alias MatA = array<i32, 512>;
 alias MatC = array<i32, 256>;
 var<private> emu_active: bool;
-fn i8_at(b: u32, xsw: bool) -> i32 { let w = select(ws[b / 4u], xs[b / 4u], xsw); return extractBits(w, (b % 4u) * 8u, 8u); }
-fn sm_left(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var i = 0u; i < 16u; i++) { for (var k = 0u; k < 32u; k++) { m[i * 32u + k] = i8_at((off + i * stride) * ${U}u + k, true); } } return m; }
-fn sm_right(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var n = 0u; n < 16u; n++) { for (var k = 0u; k < 32u; k++) { m[n * 32u + k] = i8_at((off + n * stride) * ${U}u + k, false); } } return m; }
+fn i8_at(b: u32) -> i32 { return extractBits(smem[b / 4u], (b % 4u) * 8u, 8u); }
+fn sm_left(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var i = 0u; i < 16u; i++) { for (var k = 0u; k < 32u; k++) { m[i * 32u + k] = i8_at((off + i * stride) * ${U}u + k); } } return m; }
+fn sm_right(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var n = 0u; n < 16u; n++) { for (var k = 0u; k < 32u; k++) { m[n * 32u + k] = i8_at((off + n * stride) * ${U}u + k); } } return m; }
 fn sm_mma(l: MatA, r: MatA, a: MatC) -> MatC {
   var o = a;
   if (!emu_active) { return o; }
   for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { var s = o[i * 16u + n]; for (var k = 0u; k < 32u; k++) { s += l[i * 32u + k] * r[n * 32u + k]; } o[i * 16u + n] = s; } }
   return o;
 }
-fn sm_store(off: u32, v: MatC, stride: u32) { if (!emu_active) { return; } for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { cs[off + i * stride + n] = v[i * 16u + n]; } } }
+fn sm_store(off: u32, v: MatC, stride: u32) { if (!emu_active) { return; } for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { smem[off + i * stride + n] = v[i * 16u + n]; } } }
 `;
   return code
     .replace('enable chromium_experimental_subgroup_matrix;\n', '')
     .replace(/\n@compute/, `${helpers}\n@compute`)
     .replace(/(let lane = [^;]*;)/, '$1\n  emu_active = lane == 0u;')
     .replace(/subgroup_matrix_result<i32, 16, 16>\(\)/g, 'MatC()')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_left<i8, 32, 16>, row_major>\(&xs, /g, 'sm_left(')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_right<i8, 16, 32>, col_major>\(&ws, /g, 'sm_right(')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_left<i8, 32, 16>, row_major>\(&smem, /g, 'sm_left(')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_right<i8, 16, 32>, col_major>\(&smem, /g, 'sm_right(')
     .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
-    .replace(/subgroupMatrixStore<row_major>\(&cs, /g, 'sm_store(');
+    .replace(/subgroupMatrixStore<row_major>\(&smem, /g, 'sm_store(');
 }
 
 test('the int8 product with emulated subgroup matrices equals the CPU doing its arithmetic (addressing, permutation, per-group scales, bias, residual, partial tiles)', { skip: SKIP_GPU }, async () => {
@@ -146,9 +146,13 @@ test('the int8 product with emulated subgroup matrices equals the CPU doing its 
   const quantize = gpu.pipeline('quantize_blocks', { cols }, () => quantizeBlocksWgsl(cols));
   const quantizeOp = { label: 'quantize_blocks', pipeline: quantize, bindGroup: gpu.bindGroup('q', quantize, [storage(gpu, x), xq, xs, step]), workgroups: (n: number) => quantizeBlocksGrid(n, cols) };
   const shape = { weight: { encoding: 'q4' as const, wordsPerRow: m.wordsPerRow, group: 64, groups: m.groups }, rows, cols, yStride, yOffset, bias: true, residual: true };
-  // lavapipe takes about 45 s a variant (compiling the emulation): one by default, every one with PDVM_I8_EMULATE_ALL=1
+  // lavapipe takes about 45 s a variant (compiling the emulation): each epilogue once by default, every
+  // tile and way of counting offsets with PDVM_I8_EMULATE_ALL=1
   const all = process.env.PDVM_I8_EMULATE_ALL === '1';
-  const tiles: Int8Tile[] = [{ am: 1, an: 2, gm: 2, gn: 1 }, ...(all ? [{ am: 1, an: 1, gm: 1, gn: 1 }, ...INT8_TILES] : [])];
+  const tiles: Int8Tile[] = [
+    { am: 1, an: 2, gm: 2, gn: 1, epilogue: 'tile' }, { am: 1, an: 2, gm: 2, gn: 2, epilogue: 'stage' },
+    ...(all ? [{ am: 1, an: 1, gm: 1, gn: 1, epilogue: 'tile' as const }, ...INT8_TILES, { am: 2, an: 4, gm: 2, gn: 2, epilogue: 'stage' as const }] : []),
+  ];
   for (const tile of tiles) {
     for (const units of all ? (['words', 'bytes'] as const) : (['words'] as const)) {
       const code = withEmulatedI8Matrices(matmulInt8Wgsl(shape, 'invocation-index', tile, 'template', units), units);

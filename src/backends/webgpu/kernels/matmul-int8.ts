@@ -29,24 +29,39 @@ export const INT8_BLOCK = 64;
  */
 export type Int8Units = 'bytes' | 'words';
 
-/** gm x gn subgroups a workgroup, each am x an results of 16 x 16 (16 am gm tokens x 16 an gn rows). */
+/**
+ * gm x gn subgroups a workgroup, each am x an results of 16 x 16 (16 am gm tokens x 16 an gn rows),
+ * and how the i32 results of a group reach the f32 sums:
+ *   'tile': one result at a time through two slots a subgroup, a workgroup barrier each (am an
+ *     barriers a stage; workgroup memory for any tile);
+ *   'stage': every subgroup's results of the stage at once, over the staged operands (no longer
+ *     needed then): four barriers a stage, but 1 KiB a result, so at most 32 results a workgroup.
+ */
 export interface Int8Tile {
   am: number;
   an: number;
   gm: number;
   gn: number;
+  epilogue: 'tile' | 'stage';
 }
 
-/** 'AMANGMGN', e.g. '2442' (PDVM_I8_TILE). */
+/** 'AMANGMGN', with an 's' for the epilogue by stage: e.g. '2442', '2422s' (PDVM_I8_TILE). */
 export function int8TileName(t: Int8Tile): string {
-  return `${t.am}${t.an}${t.gm}${t.gn}`;
+  return `${t.am}${t.an}${t.gm}${t.gn}${t.epilogue === 'stage' ? 's' : ''}`;
 }
 
 export function parseInt8Tile(text: string | undefined): Int8Tile | null {
-  const m = /^([1-4])([1-4])([1-8])([1-8])$/.exec(text ?? '');
+  const m = /^([1-4])([1-4])([1-8])([1-8])(s?)$/.exec(text ?? '');
   if (!m) return null;
-  const [am, an, gm, gn] = m.slice(1).map(Number) as [number, number, number, number];
-  return gm * gn <= 16 ? { am, an, gm, gn } : null;
+  const [am, an, gm, gn] = m.slice(1, 5).map(Number) as [number, number, number, number];
+  const t: Int8Tile = { am, an, gm, gn, epilogue: m[5] ? 'stage' : 'tile' };
+  return gm * gn <= 16 && int8TileFits(t) ? t : null;
+}
+
+/** Whether the tile's stage divides among its invocations and fits 48 KiB of workgroup memory. */
+export function int8TileFits(t: Int8Tile): boolean {
+  const { tokens, rows } = int8TileSize(t);
+  return tokens <= 32 * t.gm * t.gn && rows <= 32 * t.gm * t.gn && int8WorkgroupBytes(t) <= 49152;
 }
 
 /**
@@ -55,8 +70,8 @@ export function parseInt8Tile(text: string | undefined): Int8Tile | null {
  * gives too few workgroups for the GPU (the 1B shape's 2,048-row matrices).
  */
 export const INT8_TILES: readonly Int8Tile[] = [
-  { am: 2, an: 4, gm: 4, gn: 2 },
-  { am: 2, an: 4, gm: 2, gn: 2 },
+  { am: 2, an: 4, gm: 4, gn: 2, epilogue: 'tile' },
+  { am: 2, an: 4, gm: 2, gn: 2, epilogue: 'tile' },
 ];
 
 export function chooseInt8Tile(rows: number, maxTokens: number): Int8Tile {
@@ -64,17 +79,25 @@ export function chooseInt8Tile(rows: number, maxTokens: number): Int8Tile {
   return INT8_TILES[wide ? 0 : 1]!;
 }
 
-export function int8TileSize(t: Int8Tile): { tokens: number; rows: number } {
+export function int8TileSize(t: Pick<Int8Tile, 'am' | 'an' | 'gm' | 'gn'>): { tokens: number; rows: number } {
   return { tokens: 16 * t.am * t.gm, rows: 16 * t.an * t.gn };
 }
 
 /** Staged rows' stride in workgroup memory, bytes: a stage plus 16 (off the bank period, 16-byte aligned). */
 const STRIDE = INT8_BLOCK + 16;
 
+/** i32 words of the shared array: the staged x and W, and (epilogue) the results over them or beside them. */
+function sharedWords(t: Int8Tile): { xs: number; staged: number; results: number; total: number } {
+  const { tokens, rows } = int8TileSize(t);
+  const xs = (tokens * STRIDE) / 4, staged = xs + (rows * STRIDE) / 4;
+  const results = t.gm * t.gn * (t.epilogue === 'stage' ? t.am * t.an : 2) * 256;
+  return { xs, staged, results, total: t.epilogue === 'stage' ? Math.max(staged, results) : staged + results };
+}
+
 /** Workgroup memory of the product, bytes. */
 export function int8WorkgroupBytes(t: Int8Tile): number {
   const { tokens, rows } = int8TileSize(t);
-  return (tokens + rows) * STRIDE + t.gm * t.gn * 2 * 1024 + 2 * (tokens + rows) * 8;
+  return sharedWords(t).total * 4 + 2 * (tokens + rows) * 8;
 }
 
 /** Whether this path takes the matrix: q4 in groups of 64 over whole groups. */
@@ -135,20 +158,24 @@ export function quantizeBlocksGrid(T: number, cols: number): [number, number, nu
 /**
  * The product (see the file's comment). Bindings: qweight (as vec4<u32>), scale_min, xq, xscale, y,
  * step, bias. Workgroup x = token tile, y = row tile. Requires subgroups of 32 (8 results of a
- * 16 x 16 matrix an invocation).
+ * 16 x 16 matrix an invocation). `lab: 'no-scale'` (timing only, wrong results): the i32 products
+ * summed over every group and scaled once at the end, without the per-group round trip: what the
+ * staging and the tensor cores alone take.
  */
-export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, tile: Int8Tile, syntax: SubgroupMatrixSyntax, units: Int8Units): string {
+export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, tile: Int8Tile, syntax: SubgroupMatrixSyntax, units: Int8Units, lab?: 'no-scale'): string {
   if (s.weight.encoding !== 'q4' || !int8Supports(s)) throw new Error('matmul_int8: only q4 matrices in groups of 64 over whole groups');
+  if (!int8TileFits(tile)) throw new Error(`matmul_int8: tile ${int8TileName(tile)} does not fit its workgroup`);
   const { am: AM, an: AN, gm: GM, gn: GN } = tile;
   const { tokens: TM, rows: TN } = int8TileSize(tile);
   const NSG = GM * GN, WG = NSG * 32;
+  const words = sharedWords(tile);
+  const byStage = tile.epilogue === 'stage', noScale = lab === 'no-scale';
+  const CS = byStage ? 0 : words.staged; // where the results go: over the staged operands, or after them
   const W4 = s.weight.wordsPerRow / 4; // vec4 words a row
-  const PX = (TM * 4) / WG, PW = (TN * 2) / WG; // vec4 loads an invocation a stage: x (4 a token), W (2 a row)
-  if (PX % 1 !== 0 || PW % 1 !== 0 || TM > WG || TN > WG) throw new Error(`matmul_int8: tile ${int8TileName(tile)} does not divide its stage among ${WG} invocations`);
+  const NX = TM * 4, NW = TN * 2; // vec4 loads a stage: x (4 a token), W (2 a row)
   const u = units === 'words' ? 4 : 1;
-  const SU = STRIDE / u; // stride in load units
-  const L = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', '&xs', off, false, `${SU}u`);
-  const R = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', '&ws', off, true, `${SU}u`);
+  const L = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', '&smem', off, false, `${STRIDE / u}u`);
+  const R = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', '&smem', off, true, `${STRIDE / u}u`);
   const tiles: [number, number][] = [];
   for (let i = 0; i < AM; i++) for (let j = 0; j < AN; j++) tiles.push([i, j]);
   const byId = indexing === 'subgroup-id';
@@ -159,6 +186,36 @@ export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, 
         ${s.residual ? 'out += y[o];' : ''}
         y[o] = out;
       }`;
+  // result n of this subgroup in the shared array (i32 words), and its scaling into the f32 sums
+  const slot = (n: number) => (byStage ? `${CS}u + (g * ${AM * AN}u + ${n}u) * 256u` : `${CS}u + g * 512u + ${(n % 2) * 256}u`);
+  const scaleInto = ([i, j]: [number, number], n: number) => `    {
+      let o = ${slot(n)} + er * 16u + ec;
+      let ca = vec4<f32>(vec4<i32>(smem[o], smem[o + 1u], smem[o + 2u], smem[o + 3u]));
+      let cb = vec4<f32>(vec4<i32>(smem[o + 4u], smem[o + 5u], smem[o + 6u], smem[o + 7u]));
+      let xv = xsc[p + tbl + ${16 * i}u + er];
+      let r = q + rbl + ${16 * j}u + ec;
+      let w0 = wsc[r]; let w1 = wsc[r + 1u]; let w2 = wsc[r + 2u]; let w3 = wsc[r + 3u];
+      let w4 = wsc[r + 4u]; let w5 = wsc[r + 5u]; let w6 = wsc[r + 6u]; let w7 = wsc[r + 7u];
+      f${i}${j}a += ca * (xv.x * vec4<f32>(w0.x, w1.x, w2.x, w3.x)) + xv.y * vec4<f32>(w0.y, w1.y, w2.y, w3.y);
+      f${i}${j}b += cb * (xv.x * vec4<f32>(w4.x, w5.x, w6.x, w7.x)) + xv.y * vec4<f32>(w4.y, w5.y, w6.y, w7.y);
+    }`;
+  const storeResult = ([i, j]: [number, number], n: number) => `    ${subgroupMatrixStoreWgsl(syntax, '&smem', slot(n), `c${i}${j}`, false, '16u')};`;
+  const perGroup = noScale
+    ? ''
+    : byStage
+      ? `    workgroupBarrier(); // every subgroup's loads of the staged operands done: the results go over them
+${tiles.map(storeResult).join('\n')}
+    workgroupBarrier();
+${tiles.map(scaleInto).join('\n')}
+    workgroupBarrier(); // the results read before the next stage is staged over them`
+      : tiles.map((t, n) => `${storeResult(t, n)}\n    workgroupBarrier();\n${scaleInto(t, n)}`).join('\n');
+  const finalNoScale = noScale ? `  {
+    let p = 0u;
+    let q = 0u;
+    workgroupBarrier();
+${tiles.map((t, n) => `${storeResult(t, n)}\n    workgroupBarrier();\n${scaleInto(t, n)}`).join('\n')}
+  }` : '';
+  const results = tiles.map(([i, j]) => `    var c${i}${j} = subgroup_matrix_result<i32, 16, 16>();`).join('\n');
   return `enable chromium_experimental_subgroup_matrix;
 ${byId ? 'enable subgroups;\nrequires subgroup_id;\n' : ''}diagnostic(off, subgroup_uniformity);
 const ROWS = ${s.rows}u;
@@ -172,9 +229,9 @@ const GROUPS = ${s.weight.groups}u;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> step: array<u32>;
 ${s.bias ? '@group(0) @binding(6) var<storage, read> bias: array<f32>;' : ''}
-var<workgroup> xs: array<i32, ${(TM * STRIDE) / 4}>; // (${TM} tokens, 64 k) int8, stride ${STRIDE} bytes
-var<workgroup> ws: array<i32, ${(TN * STRIDE) / 4}>; // (${TN} rows, 64 k) int8 (nibbles 0..15)
-var<workgroup> cs: array<i32, ${NSG * 512}>; // two 16 x 16 i32 results a subgroup
+// x (${TM} tokens, 64 k) int8 at 0, W (${TN} rows, 64 k) int8 (nibbles 0..15) at ${words.xs} (i32 words),
+// stride ${STRIDE} bytes; the i32 results at ${CS} (${byStage ? 'every result of the stage, over the staged operands' : 'two slots a subgroup'})
+var<workgroup> smem: array<i32, ${words.total}>;
 var<workgroup> xsc: array<vec2<f32>, ${2 * TM}>; // (s, block sum) a token, two stages
 var<workgroup> wsc: array<vec2<f32>, ${2 * TN}>; // (scale, min) a row, two stages
 
@@ -191,57 +248,47 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let ec = (lane % 2u) * 8u;
 ${tiles.map(([i, j]) => `  var f${i}${j}a = vec4<f32>(0.0);\n  var f${i}${j}b = vec4<f32>(0.0);`).join('\n')}
   // a stage's words, loaded into registers a stage ahead
-  var rx: array<vec4<u32>, ${PX}>;
-  var rw: array<vec4<u32>, ${PW}>;
+  var rx: array<vec4<u32>, ${Math.ceil(NX / WG)}>;
+  var rw: array<vec4<u32>, ${Math.ceil(NW / WG)}>;
   var rxs = vec2<f32>(0.0);
   var rws = 0u;
-${stageLoads('0u', PX, PW, WG, TM)}
+${stageLoads('0u', NX, NW, WG, TM)}
+${noScale ? results : ''}
   for (var kb = 0u; kb < STAGES; kb++) {
     let p = (kb % 2u) * ${TM}u;
     let q = (kb % 2u) * ${TN}u;
-${Array.from({ length: PX }, (_, n) => `    {
+${Array.from({ length: Math.ceil(NX / WG) }, (_, n) => `    ${guard(n, NX, WG)}{
       let e = lid + ${n * WG}u; // token e / 4, bytes 16 (e % 4)
       let o = (e / 4u) * ${STRIDE / 4}u + (e % 4u) * 4u;
       let v = bitcast<vec4<i32>>(rx[${n}]);
-      xs[o] = v.x; xs[o + 1u] = v.y; xs[o + 2u] = v.z; xs[o + 3u] = v.w;
+      smem[o] = v.x; smem[o + 1u] = v.y; smem[o + 2u] = v.z; smem[o + 3u] = v.w;
     }`).join('\n')}
-${Array.from({ length: PW }, (_, n) => `    {
+${Array.from({ length: Math.ceil(NW / WG) }, (_, n) => `    ${guard(n, NW, WG)}{
       let e = lid + ${n * WG}u; // row e / 2, columns 32 (e % 2): each word's even nibbles, then its odd ones
-      let o = (e / 2u) * ${STRIDE / 4}u + (e % 2u) * 8u;
+      let o = ${words.xs}u + (e / 2u) * ${STRIDE / 4}u + (e % 2u) * 8u;
       let w = rw[${n}];
       let lo = bitcast<vec4<i32>>(w & vec4<u32>(0x0f0f0f0fu));
       let hi = bitcast<vec4<i32>>((w >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu));
-      ws[o] = lo.x; ws[o + 1u] = hi.x; ws[o + 2u] = lo.y; ws[o + 3u] = hi.y;
-      ws[o + 4u] = lo.z; ws[o + 5u] = hi.z; ws[o + 6u] = lo.w; ws[o + 7u] = hi.w;
+      smem[o] = lo.x; smem[o + 1u] = hi.x; smem[o + 2u] = lo.y; smem[o + 3u] = hi.y;
+      smem[o + 4u] = lo.z; smem[o + 5u] = hi.z; smem[o + 6u] = lo.w; smem[o + 7u] = hi.w;
     }`).join('\n')}
     if (lid < ${TM}u) { xsc[p + lid] = rxs; }
     if (lid < ${TN}u) { wsc[q + lid] = unpack2x16float(rws); }
     workgroupBarrier();
     if (kb + 1u < STAGES) {
-${stageLoads('kb + 1u', PX, PW, WG, TM).replace(/^/gm, '  ')}
+${stageLoads('kb + 1u', NX, NW, WG, TM).replace(/^/gm, '  ')}
     }
     // hot loop: the group's i32 products, two k steps of 32
-${tiles.map(([i, j]) => `    var c${i}${j} = subgroup_matrix_result<i32, 16, 16>();`).join('\n')}
+${noScale ? '' : results}
 ${[0, 32].map((kk) => [
     ...Array.from({ length: AM }, (_, i) => `    let l${i}k${kk} = ${L(`((tbl + ${16 * i}u) * ${STRIDE}u + ${kk}u) / ${u}u`)};`),
-    ...Array.from({ length: AN }, (_, j) => `    let r${j}k${kk} = ${R(`((rbl + ${16 * j}u) * ${STRIDE}u + ${kk}u) / ${u}u`)};`),
+    ...Array.from({ length: AN }, (_, j) => `    let r${j}k${kk} = ${R(`(${words.xs * 4}u + (rbl + ${16 * j}u) * ${STRIDE}u + ${kk}u) / ${u}u`)};`),
     ...tiles.map(([i, j]) => `    c${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}k${kk}, r${j}k${kk}, c${i}${j});`),
   ].join('\n')).join('\n')}
-    // each result through workgroup memory (two slots a subgroup, a barrier each) into the f32 sums
-${tiles.map(([i, j], n) => `    ${subgroupMatrixStoreWgsl(syntax, '&cs', `g * 512u + ${(n % 2) * 256}u`, `c${i}${j}`, false, '16u')};
-    workgroupBarrier();
-    {
-      let o = g * 512u + ${(n % 2) * 256}u + er * 16u + ec;
-      let ca = vec4<f32>(vec4<i32>(cs[o], cs[o + 1u], cs[o + 2u], cs[o + 3u]));
-      let cb = vec4<f32>(vec4<i32>(cs[o + 4u], cs[o + 5u], cs[o + 6u], cs[o + 7u]));
-      let xv = xsc[p + tbl + ${16 * i}u + er];
-      let r = q + rbl + ${16 * j}u + ec;
-      let w0 = wsc[r]; let w1 = wsc[r + 1u]; let w2 = wsc[r + 2u]; let w3 = wsc[r + 3u];
-      let w4 = wsc[r + 4u]; let w5 = wsc[r + 5u]; let w6 = wsc[r + 6u]; let w7 = wsc[r + 7u];
-      f${i}${j}a += ca * (xv.x * vec4<f32>(w0.x, w1.x, w2.x, w3.x)) + xv.y * vec4<f32>(w0.y, w1.y, w2.y, w3.y);
-      f${i}${j}b += cb * (xv.x * vec4<f32>(w4.x, w5.x, w6.x, w7.x)) + xv.y * vec4<f32>(w4.y, w5.y, w6.y, w7.y);
-    }`).join('\n')}
+    // the i32 results through workgroup memory into the f32 sums, scaled by this group's scales
+${perGroup}
   }
+${finalNoScale}
   // epilogue: this invocation's 8 results of each 16 x 16 tile (one token, 8 rows)
 ${tiles.map(([i, j]) => `  for (var e = 0u; e < 8u; e++) {
     let t = tok0 + tbl + ${16 * i}u + er;
@@ -253,14 +300,19 @@ ${tiles.map(([i, j]) => `  for (var e = 0u; e < 8u; e++) {
 `;
 }
 
+/** `if (e < n) ` where the n loads of a stage do not fill the last round of WG invocations. */
+function guard(round: number, n: number, WG: number): string {
+  return (round + 1) * WG > n ? `if (lid + ${round * WG}u < ${n}u) ` : '';
+}
+
 /**
  * Loads of stage `kb` into registers: x's 16-byte pieces (4 a token), W's vec4 words (2 a row: 32
  * columns each), the token's (s, sum) and the row's (scale, min). Past the rows: zeros.
  */
-function stageLoads(kb: string, PX: number, PW: number, WG: number, TM: number): string {
+function stageLoads(kb: string, NX: number, NW: number, WG: number, TM: number): string {
   return [
-    ...Array.from({ length: PX }, (_, n) => `  rx[${n}] = xq[(tok0 + (lid + ${n * WG}u) / 4u) * STAGES * 4u + (${kb}) * 4u + (lid + ${n * WG}u) % 4u];`),
-    ...Array.from({ length: PW }, (_, n) => `  {
+    ...Array.from({ length: Math.ceil(NX / WG) }, (_, n) => `  ${guard(n, NX, WG)}{ rx[${n}] = xq[(tok0 + (lid + ${n * WG}u) / 4u) * STAGES * 4u + (${kb}) * 4u + (lid + ${n * WG}u) % 4u]; }`),
+    ...Array.from({ length: Math.ceil(NW / WG) }, (_, n) => `  ${guard(n, NW, WG)}{
     let r = row0 + (lid + ${n * WG}u) / 2u;
     rw[${n}] = select(vec4<u32>(0u), qweight[min(r, ROWS - 1u) * W4 + (${kb}) * 2u + (lid + ${n * WG}u) % 2u], r < ROWS);
   }`),
