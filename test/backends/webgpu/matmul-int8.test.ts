@@ -11,7 +11,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { INT8_TILES, int8InputBytes, int8TileName, int8TileSize, matmulInt8Wgsl, quantizeBlocksGrid, quantizeBlocksWgsl, type Int8Tile, type Int8Units } from '../../../src/backends/webgpu/kernels/matmul-int8.js';
+import { INT8_TILES, int8InputBytes, int8TileName, parseInt8Tile, int8TileSize, matmulInt8Wgsl, quantizeBlocksGrid, quantizeBlocksWgsl, type Int8Tile, type Int8Units } from '../../../src/backends/webgpu/kernels/matmul-int8.js';
 import { matmulOp } from '../../../src/backends/webgpu/ops.js';
 import type { GpuMatrix } from '../../../src/backends/webgpu/weights.js';
 import { f16ToF32, f32ToF16 } from '../../../src/format/dtype.js';
@@ -130,6 +130,31 @@ fn sm_store(off: u32, v: MatC, stride: u32) { if (!emu_active) { return; } for (
     .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
     .replace(/subgroupMatrixStore<row_major>\(&smem, /g, 'sm_store(');
 }
+
+test('the int8 product\'s WGSL passes Tint\'s checks outside the subgroup-matrix builtins (every tile, epilogue, lab variant, both ways of finding the subgroup)', { skip: SKIP_GPU }, async () => {
+  const gpu = await testGpu();
+  // stand-ins of the same arguments for the builtins (no pipeline is made: Tint's checks only)
+  const standIns = (code: string) => code
+    .replace('enable chromium_experimental_subgroup_matrix;\n', '')
+    .replace('requires subgroup_id;\n', '')
+    .replace(/\n@compute/, '\nalias MatC = array<i32, 256>;\nfn sm_load(o: u32, s: u32) -> MatC { var m: MatC; m[0] = i32(o + s); return m; }\nfn sm_mma(a: MatC, b: MatC, c: MatC) -> MatC { return c; }\nfn sm_store(o: u32, v: MatC, s: u32) { smem[o + s] = v[0]; }\n@compute')
+    .replace(/subgroup_matrix_result<i32, 16, 16>\(\)/g, 'MatC()')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_\w+<i8, \d+, \d+>, \w+_major>\(&smem, /g, 'sm_load(')
+    .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
+    .replace(/subgroupMatrixStore<row_major>\(&smem, /g, 'sm_store(');
+  const shape = { weight: { encoding: 'q4' as const, wordsPerRow: 512, group: 64, groups: 64 }, rows: 14336, cols: 4096, yStride: 14340, yOffset: 2, bias: true, residual: true };
+  const failures: string[] = [];
+  for (const tile of [...INT8_TILES, ...['2422s', '2242s', '1422s', '2222s', '1111'].map((n) => parseInt8Tile(n)!)]) {
+    for (const lab of [undefined, 'no-scale'] as const) {
+      for (const indexing of ['subgroup-id', 'invocation-index'] as const) {
+        const code = standIns(matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', lab));
+        const errors = (await gpu.device.createShaderModule({ code }).getCompilationInfo()).messages.filter((m) => m.type === 'error');
+        if (errors.length) failures.push(`${int8TileName(tile)} ${lab ?? ''} ${indexing}: ${errors.map((e) => `line ${e.lineNum}: ${e.message}`).join('; ')}`);
+      }
+    }
+  }
+  assert.deepEqual(failures, []);
+});
 
 test('the int8 product with emulated subgroup matrices equals the CPU doing its arithmetic (addressing, permutation, per-group scales, bias, residual, partial tiles)', { skip: SKIP_GPU }, async () => {
   const gpu = await testGpu();

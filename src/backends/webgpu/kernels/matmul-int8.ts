@@ -21,7 +21,7 @@
  * Measured there: 2.2x slower than the f16 tensor-core kernel (the per-group round trip of the i32
  * results through workgroup memory is 70% of its time), so it is off by default.
  */
-import { subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, type SubgroupIndexing, type SubgroupMatrixSyntax, type TiledMatmulShape } from './matmul-tiled.js';
+import { epilogue, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, type SubgroupIndexing, type SubgroupMatrixSyntax, type TiledMatmulShape } from './matmul-tiled.js';
 
 /** Columns a block of xq and a stage of the product: the q4 group this path takes. */
 export const INT8_BLOCK = 64;
@@ -183,13 +183,6 @@ export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, 
   const tiles: [number, number][] = [];
   for (let i = 0; i < AM; i++) for (let j = 0; j < AN; j++) tiles.push([i, j]);
   const byId = indexing === 'subgroup-id';
-  const YS = `${s.yStride}u`, YO = `${s.yOffset}u`;
-  const store = (t: string, r: string, v: string) => `if (${t} < T && ${r} < ROWS) {
-        let o = ${t} * ${YS} + ${YO} + ${r};
-        var out = ${v}${s.bias ? ` + bias[${YO} + ${r}]` : ''};
-        ${s.residual ? 'out += y[o];' : ''}
-        y[o] = out;
-      }`;
   // result n of this subgroup in the shared array (i32 words), and its scaling into the f32 sums
   const slot = (n: number) => (byStage ? `${CS}u + (g * ${AM * AN}u + ${n}u) * 256u` : `${CS}u + g * 512u + ${(n % 2) * 256}u`);
   const scaleInto = ([i, j]: [number, number], n: number) => `    {
@@ -298,7 +291,7 @@ ${tiles.map(([i, j]) => `  for (var e = 0u; e < 8u; e++) {
     let t = tok0 + tbl + ${16 * i}u + er;
     let r = row0 + rbl + ${16 * j}u + ec + e;
     let v = select(f${i}${j}b[e % 4u], f${i}${j}a[e % 4u], e < 4u);
-    ${store('t', 'r', 'v')}
+    ${epilogue(s, 't', 'r', 'v')}
   }`).join('\n')}
 }
 `;

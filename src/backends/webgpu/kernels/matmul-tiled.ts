@@ -126,7 +126,7 @@ ${bias ? `@group(0) @binding(${first + 3}) var<storage, read> bias: array<f32>;`
 }
 
 /** WGSL storing value v of token t, row r with the epilogue (bias, residual), bounds checked. */
-function epilogue(s: TiledMatmulShape, t: string, r: string, v: string): string {
+export function epilogue(s: TiledMatmulShape, t: string, r: string, v: string): string {
   return `if (${t} < T && ${r} < ROWS) {
         let o = ${t} * ${s.yStride}u + ${s.yOffset}u + ${r};
         var out = ${v}${s.bias ? ` + bias[${s.yOffset}u + ${r}]` : ''};
