@@ -36,6 +36,10 @@ export interface BenchOptions {
   temperatures?: number[];
   /** The greedy token's choice, each run over the same weights (FusedDecoderOptions.argmax). */
   argmax?: ('fused' | 'dispatch')[];
+  /** The grid of the int8 kernels with a global x, each run over the same weights (FusedDecoderOptions.globalGrid). */
+  globalGrid?: ('default' | 'one-round')[];
+  /** SwiGLU's output storage, each run over the same weights (FusedDecoderOptions.act). */
+  act?: ('f32' | 'f16')[];
   /** Runs of the whole list of variants (ABAB..., to see the spread within a process). */
   repeat?: number;
   /** Units a lane loads per pass of the subgroup matvecs, each run over the same weights (0: the decoder's default, as without). */
@@ -88,6 +92,8 @@ export interface BenchResult {
   int8_prologue: 'octets' | 'units' | 'default';
   interleave_workers: boolean | 'default';
   argmax: 'fused' | 'dispatch' | 'default';
+  global_grid: 'default' | 'one-round';
+  act: 'f32' | 'f16' | 'default';
   /** 0: greedy (argmax); above 0: sampled on the GPU (top-k 40, top-p 0.95, min-p 0.05). */
   temperature: number;
   /** With --profile: layer 0's attention dispatches (µs) and the time to read its K and V at the probe's bandwidth. */
@@ -169,7 +175,7 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
     const check = o.check > 0 ? await checkPaths(gpu, config, w, prompt, o.check, o.workgroups) : null;
     if (check) o.log(`check (f32 activations): fused vs unfused logits relative difference <= ${check.worst.toExponential(2)} over ${o.check} tokens; greedy continuations ${check.identical ? 'identical' : 'DIFFER'}`);
     // every combination of the listed variants, each over the same weights, the list `repeat` times
-    type Variant = { path: DecodePath; kvCache: 'f16' | 'f32'; attentionKind: DecodeAttentionKind; unroll: number; normWorkgroups: number; prologue?: 'octets' | 'units'; interleave?: boolean; argmax?: 'fused' | 'dispatch'; temperature: number };
+    type Variant = { path: DecodePath; kvCache: 'f16' | 'f32'; attentionKind: DecodeAttentionKind; unroll: number; normWorkgroups: number; prologue?: 'octets' | 'units'; interleave?: boolean; argmax?: 'fused' | 'dispatch'; globalGrid?: 'default' | 'one-round'; act?: 'f32' | 'f16'; temperature: number };
     let variants: Variant[] = [{ path: o.paths[0]!, kvCache: 'f16', attentionKind: 'split', unroll: 0, normWorkgroups: 0, temperature: 0 }];
     const each = <K extends keyof Variant>(key: K, values: Variant[K][] | undefined) => {
       if (values && values.length > 0) variants = variants.flatMap((v) => values.map((x) => ({ ...v, [key]: x })));
@@ -183,13 +189,15 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
     each('interleave', o.interleave);
     each('temperature', o.temperatures);
     each('argmax', o.argmax);
+    each('globalGrid', o.globalGrid);
+    each('act', o.act);
     variants = Array.from({ length: Math.max(1, o.repeat ?? 1) }, () => variants).flat();
-    for (const { path, kvCache, attentionKind, unroll, normWorkgroups, prologue, interleave, argmax, temperature } of variants) {
+    for (const { path, kvCache, attentionKind, unroll, normWorkgroups, prologue, interleave, argmax, globalGrid, act, temperature } of variants) {
       const decoder = new FusedDecoder(gpu, config, w, {
         path, contextLength: o.context + o.tokens + 16, workgroups: o.workgroups, normWorkgroups: normWorkgroups || undefined, unroll: unroll || undefined, attentionWorkgroup: o.attentionWorkgroup,
-        attention: attentionKind, attentionSplits: o.attentionSplits, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations, kvCache, int8Prologue: prologue, interleaveWorkers: interleave, argmax,
+        attention: attentionKind, attentionSplits: o.attentionSplits, workerWorkgroup: o.workerWorkgroup, matvecActivations: o.activations, kvCache, int8Prologue: prologue, interleaveWorkers: interleave, argmax, globalGrid, act,
       });
-      const variantName = `${kvCache} KV, ${attentionKind} attention, unroll ${unroll || 'default'}, norm workgroups ${normWorkgroups || 'default'}, prologue ${prologue ?? 'default'}, interleave ${interleave ?? 'default'}, argmax ${argmax ?? 'default'}, ${temperature > 0 ? `sampled at temperature ${temperature}` : 'greedy'}`;
+      const variantName = `${kvCache} KV, ${attentionKind} attention, unroll ${unroll || 'default'}, norm workgroups ${normWorkgroups || 'default'}, prologue ${prologue ?? 'default'}, interleave ${interleave ?? 'default'}, argmax ${argmax ?? 'default'}, global grid ${globalGrid ?? 'default'}, act ${act ?? 'default'}, ${temperature > 0 ? `sampled at temperature ${temperature}` : 'greedy'}`;
       // seeded uniform draws for the sampled runs
       let draws = o.seed || 1;
       const sampling = temperature > 0 ? { temperature, topK: 40, topP: 0.95, minP: 0.05 } : undefined;
@@ -242,6 +250,8 @@ export async function runBench(gpu: Gpu, o: BenchOptions): Promise<BenchResult[]
           int8_prologue: prologue ?? 'default',
           interleave_workers: interleave ?? 'default',
           argmax: argmax ?? 'default',
+          global_grid: globalGrid ?? 'default',
+          act: act ?? 'default',
           temperature,
           ...(attention ? { attention_us: attention.us, attention_kv_read_us: attention.kvReadUs } : {}),
           achieved_gbps: achieved,

@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { FusedDecoder } from '../../../src/backends/webgpu/fused/decoder.js';
+import { FusedDecoder, type FusedDecoderOptions } from '../../../src/backends/webgpu/fused/decoder.js';
 import { destroyFusedWeights, uploadFusedWeights } from '../../../src/backends/webgpu/fused/weights.js';
 import { loadModel } from '../../../src/model/load.js';
 import { logProbability, perplexityTokenStream } from '../../../src/runtime/perplexity.js';
@@ -29,10 +29,14 @@ test(`fused decode: int8 activations keep the demo model's NLL over ${LIMIT} val
   const w = uploadFusedWeights(gpu, model.weights);
   const nll: Record<string, number> = {};
   try {
-    // PDVM_NLL_UNITS=1 adds int8 with the one-invocation-a-unit norm prologue (the default is octets where it applies)
-    const runs = [['f32', 'f32'], ['int8', 'int8'], ...(process.env.PDVM_NLL_UNITS === '1' ? [['int8 units', 'int8'] as const] : [])] as const;
-    for (const [name, activations] of runs) {
-      const decoder = new FusedDecoder(gpu, model.config, w, { path: 'fused', contextLength: CTX + 1, matvecActivations: activations, ...(name === 'int8 units' ? { int8Prologue: 'units' as const } : {}) });
+    // PDVM_NLL_UNITS=1 adds int8 with the one-invocation-a-unit norm prologue (the default is octets where
+    // it applies), PDVM_NLL_ACT_F16=1 int8 with SwiGLU's output stored as f16 (act: 'f16')
+    type Run = [string, Omit<FusedDecoderOptions, 'contextLength'>];
+    const runs: Run[] = [['f32', { path: 'fused', matvecActivations: 'f32' }], ['int8', { path: 'fused', matvecActivations: 'int8' }]];
+    if (process.env.PDVM_NLL_UNITS === '1') runs.push(['int8 units', { path: 'fused', matvecActivations: 'int8', int8Prologue: 'units' }]);
+    if (process.env.PDVM_NLL_ACT_F16 === '1') runs.push(['int8 act f16', { path: 'fused', matvecActivations: 'int8', act: 'f16' }]);
+    for (const [name, options] of runs) {
+      const decoder = new FusedDecoder(gpu, model.config, w, { ...options, contextLength: CTX + 1 });
       try {
         let sum = 0, n = 0;
         for (let s = 0; s + 1 < ids.length; s += CTX) {
@@ -56,4 +60,9 @@ test(`fused decode: int8 activations keep the demo model's NLL over ${LIMIT} val
   const change = nll.int8! / nll.f32! - 1;
   console.log(`int8 vs f32 mean NLL: ${(100 * change).toFixed(3)}%`);
   assert.ok(change <= 0.005, `int8 activations raise the mean NLL by ${(100 * change).toFixed(3)}% (> 0.5%): ${nll.int8} vs ${nll.f32}`);
+  for (const name of Object.keys(nll).filter((n) => n !== 'f32' && n !== 'int8')) {
+    const c = nll[name]! / nll.f32! - 1;
+    console.log(`${name} vs f32 mean NLL: ${(100 * c).toFixed(3)}%`);
+    assert.ok(c <= 0.005, `${name} raises the mean NLL by ${(100 * c).toFixed(3)}% (> 0.5%)`);
+  }
 });

@@ -24,7 +24,7 @@ import {
   decodeAttentionMergeWgsl, type ChunkedAttentionShape,
   type DecodeAttentionShape, type SplitAttentionShape,
 } from '../kernels/fused-attention.js';
-import { embeddingWorkgroups, fusedBlocks, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecNeeds, fusedMatvecWgsl, vecsPerUnit, type FusedMatvecShape } from '../kernels/fused-matvec.js';
+import { blocksFor, embeddingWorkgroups, fusedBlocks, SG_RPT, fusedEmbeddingWgsl, fusedMatvecBindings, fusedMatvecNeeds, fusedMatvecWgsl, vecsPerUnit, type FusedMatvecShape } from '../kernels/fused-matvec.js';
 import { int8Applies, int8Unroll } from '../kernels/fused-matvec-int8.js';
 import { kvDefines, rowsAt, type KvLayout } from '../kernels/kv.js';
 import { KvCache, type KvCacheDtype, type KvSlot } from '../kv-cache.js';
@@ -82,13 +82,28 @@ export interface FusedDecoderOptions {
   /** Chunks of keys of the split attention (default: chunks of at most 64 keys; 'split-gqa' and 'split-heads': about 64 keys each, at most 32). */
   attentionSplits?: number;
   /**
-   * The greedy token: 'dispatch' (default) runs decodeArgmaxWgsl over the logits after lm_head;
-   * 'fused' has lm_head's workgroups write the largest of their rows (FusedMatvecShape.argmaxPartials)
-   * and the next step's embedding reduce those partials, one dispatch boundary fewer a token (the CPU
-   * reduces the same partials for the readback). Fused path, subgroups, lm_head in one dispatch;
-   * elsewhere, and for steps under a grammar's mask or sampled, the argmax dispatch.
+   * The greedy token: 'fused' (default) has lm_head's workgroups write the largest of their rows
+   * (FusedMatvecShape.argmaxPartials) and the next step's embedding reduce those partials, one
+   * dispatch boundary fewer a token (the CPU reduces the same partials for the readback); 'dispatch'
+   * runs decodeArgmaxWgsl over the logits after lm_head. Fused needs the fused path, subgroups and
+   * lm_head in one dispatch; elsewhere, and for steps under a grammar's mask or sampled, the argmax
+   * dispatch runs. Measured on the H100: 8-10 µs a token less (docs/PERFORMANCE.md, "Issue 14 on
+   * 2026-12-05 evening").
    */
   argmax?: 'fused' | 'dispatch';
+  /**
+   * Grid of the int8 kernels with a global x (o_proj, down_proj): 'default' the norm kernels' (264
+   * workgroups, each quantizing all of x); 'one-round' as many workgroups as give every subgroup
+   * worker at most one row group (fewer copies of the quantization prologue where the rows are few,
+   * phi-4's down_proj 160 instead of 264). Not measured to be faster: off by default.
+   */
+  globalGrid?: 'default' | 'one-round';
+  /**
+   * SwiGLU's output between gate/up and down_proj where both run the int8 kernels: 'f32' (default) or
+   * 'f16' (pairs in u32 words), which halves what each of down_proj's workgroups reads to quantize it
+   * (its int8 blocks are coarser than f16). Not measured to be faster: off by default.
+   */
+  act?: 'f32' | 'f16';
 }
 
 export type DecodeAttentionKind = 'split' | 'split-gqa' | 'split-heads' | 'single';
@@ -227,7 +242,8 @@ export class FusedDecoder {
       if (fused) {
         // the SwiGLU epilogue writes act unit-major for down_proj (coalesced x reads there)
         const vecs = vecsPerUnit(L.down.encoding);
-        const actLayout = vecs > 1 ? { actUnits: L.down.units, actVecs: vecs } : {};
+        const actF16 = options.act === 'f16' && vecs > 1 && this.int8(L.gateUp) && this.int8(L.down);
+        const actLayout = vecs > 1 ? { actUnits: L.down.units, actVecs: vecs, actF16 } : {};
         // where the device's limits refuse a fused kernel (WebGPU's defaults: 8 storage buffers a
         // stage, which norm+QKV+RoPE+KV append exceeds; 16 KiB of workgroup memory, which a long row's
         // normalised x exceeds), its parts run as the unfused plan's dispatches
@@ -242,7 +258,7 @@ export class FusedDecoder {
           ...(gateUpFused
             ? mv(L.gateUp, 'norm', 'swiglu', { X: x, NW: L.mlpNorm, ACT: act }, null, actLayout)
             : [norm(L.mlpNorm), ...mv(L.gateUp, 'global', 'swiglu', { X: xn, ACT: act }, null, actLayout)]),
-          ...mv(L.down, 'global', 'residual', { X: act, Y: x }, null, { xUnitMajor: vecs > 1 }),
+          ...mv(L.down, 'global', 'residual', { X: act, Y: x }, null, { xUnitMajor: vecs > 1, xF16: actF16 }),
         ];
       }
       const down = mv(L.down, 'global', 'residual', { X: act, Y: x });
@@ -257,7 +273,7 @@ export class FusedDecoder {
       ];
     });
     const headFused = fused && this.fits(w.lmHead, 'norm', 'store', false);
-    const partialsShape = headFused && options.argmax === 'fused' ? this.argmaxPartialsShape() : null;
+    const partialsShape = headFused && (options.argmax ?? 'fused') === 'fused' ? this.argmaxPartialsShape() : null;
     if (partialsShape) this.partials = { buffer: this.alloc('argmax_partials', partialsShape.workgroups * 8, S | GPUBufferUsage.COPY_SRC), count: partialsShape.workgroups };
     const head = headFused
       ? mv(w.lmHead, 'norm', 'store', { X: x, NW: w.finalNorm, Y: this.logits, ...(this.partials ? { AMAX: this.partials.buffer } : {}) }, null, this.partials ? { argmaxPartials: true } : {})
@@ -301,6 +317,11 @@ export class FusedDecoder {
     const normDefault = m.rows >= 65536 ? 528 : 264;
     const cap = s.input === 'norm' || int8 ? Math.min(this.workgroups, this.options.normWorkgroups ?? normDefault) : this.workgroups;
     shape.workgroups = Math.min(cap, fusedBlocks(shape));
+    if (int8 && s.input === 'global' && this.options.globalGrid === 'one-round') {
+      // workers a workgroup at the largest subgroup size; a row group each
+      const workers = Math.max(1, Math.floor(256 / Math.max(1, this.gpu.features.subgroupMaxSize)));
+      shape.workgroups = Math.min(shape.workgroups, Math.ceil(blocksFor(shape, SG_RPT) / workers));
+    }
     return shape;
   }
 
@@ -324,6 +345,12 @@ export class FusedDecoder {
     if (needs.invocations > limits.maxComputeInvocationsPerWorkgroup) return `${needs.invocations} invocations a workgroup (the device allows ${limits.maxComputeInvocationsPerWorkgroup})`;
     if (needs.workgroupBytes > limits.maxComputeWorkgroupStorageSize) return `${needs.workgroupBytes} bytes of workgroup memory (the device allows ${limits.maxComputeWorkgroupStorageSize})`;
     return null;
+  }
+
+  /** Whether a matrix runs the int8 kernel (kernels/fused-matvec-int8.ts). */
+  private int8(m: FusedMatrix): boolean {
+    const c = this.config;
+    return this.matvecShape(m, { input: 'global', epilogue: 'store', bias: false, eps: c.rmsNormEps, numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim }).activations === 'int8';
   }
 
   /** Whether the fused matvec with this prologue and epilogue fits the device's limits. */

@@ -127,7 +127,10 @@ export function int8MatvecWgsl(s: FusedMatvecShape, f: MatvecFeatures): string {
   // `int8Octets` (a norm input, subgroups of at least 8): octetPrologue below
   const octets = norm && s.int8Octets === true;
   // vec4 e of unit k of a global x: unit-major where a producer wrote it so
-  const xAt = (e: number) => (norm ? `X[k * 8u + ${e}u]` : s.xUnitMajor ? `X[${e}u * UNITS + k]` : `X[k * 8u + ${e}u]`);
+  const xAt = (e: number) => {
+    const at = norm ? `X[k * 8u + ${e}u]` : s.xUnitMajor ? `X[${e}u * UNITS + k]` : `X[k * 8u + ${e}u]`;
+    return s.xF16 && !norm ? `x16(${at})` : at;
+  };
   const load = Array.from({ length: 8 }, (_, e) =>
     norm ? `v[${e}] = select(vec4<f32>(0.0), X[k * 8u + ${e}u] * NW[k * 8u + ${e}u] * inv, k * 32u + ${4 * e}u < COLS);` : `v[${e}] = ${xAt(e)};`,
   ).join('\n      ');
@@ -158,7 +161,8 @@ export function int8MatvecWgsl(s: FusedMatvecShape, f: MatvecFeatures): string {
   return `${header(f)}${f16Enable(s)}diagnostic(off, subgroup_uniformity);
 ${COMMON}
 ${norm && !octets ? reductions(WG, f) : ''}
-${f.packedDot ? NATIVE : POLYFILL}
+${f.packedDot ? NATIVE : POLYFILL}${s.xF16 && !norm ? `
+fn x16(w: vec2<u32>) -> vec4<f32> { return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }` : ''}
 const ROWS = ${s.rows}u;
 const COLS = ${s.cols}u;
 const UNITS = ${s.units}u;

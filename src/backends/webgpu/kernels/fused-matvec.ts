@@ -80,6 +80,14 @@ export interface FusedMatvecShape {
   /** 'swiglu': write act unit-major for a consumer with these units a row and vec4s a unit (0: in order). */
   actUnits?: number;
   actVecs?: number;
+  /**
+   * 'swiglu' of the subgroup kernels: act as f16 pairs (ACT: array<u32>), lane 0 of a worker writing
+   * its two act values as one word; for an int8 down_proj (xF16), whose every workgroup then reads half
+   * the bytes of x in its quantization prologue.
+   */
+  actF16?: boolean;
+  /** int8 kernel with a global x stored as f16 (ACT of an actF16 producer): X is array<vec2<u32>>, 4 values a vec2. */
+  xF16?: boolean;
   /** The device's maxComputeInvocationsPerWorkgroup: caps the lanes a row (default 512, as measured). */
   maxInvocations?: number;
   /**
@@ -229,9 +237,9 @@ function kvWord(s: FusedMatvecShape, a: string, b: string): string {
 export function declarations(s: FusedMatvecShape): string {
   const types: Record<string, string> = {
     Q: 'array<vec4<u32>>', W: 'array<vec4<u32>>', SM: 'array<u32>', SCALE: 'array<f32>', MASK: 'array<u32>', OFFS: 'array<u32>', VALS: 'array<u32>', SC: 'array<u32>',
-    X: s.input === 'norm' ? 'array<f32>' : 'array<vec4<f32>>', NW: 'array<f32>',
+    X: s.input === 'norm' ? 'array<f32>' : s.xF16 ? 'array<vec2<u32>>' : 'array<vec4<f32>>', NW: 'array<f32>',
     QKV: 'array<f32>', KC: kvType(s), VC: kvType(s), COS: 'array<f32>', SIN: 'array<f32>', STEP: 'array<u32>',
-    ACT: 'array<f32>', Y: 'array<f32>', BIAS: 'array<f32>', AMAX: 'array<vec2<u32>>',
+    ACT: s.actF16 ? 'array<u32>' : 'array<f32>', Y: 'array<f32>', BIAS: 'array<f32>', AMAX: 'array<vec2<u32>>',
   };
   const written = new Set(['QKV', 'KC', 'VC', 'ACT', 'Y', 'AMAX']);
   return fusedMatvecBindings(s)
@@ -437,6 +445,16 @@ if (b < ROPE_BLOCKS) {
   let r0 = block_row(b, 2u * t);
   let r1 = block_row(b, 2u * t + 1u);
   ${vWrite}
+}`;
+  }
+  if (s.epilogue === 'swiglu' && s.actF16) {
+    // lane 0 writes both act values of the worker's row group (gate/up pairs u0,u1 and u2,u3) as one
+    // f16 word: act i and i + 1 (i even) are neighbours in the unit-major order too
+    if (BLOCK_ROWS !== 4) throw new Error('actF16: row groups of two gate/up pairs only');
+    return `let i = b * 2u;
+if (t == 0u && i < FFN) {
+  let a1 = select(0.0, u2 / (1.0 + exp(-u2)) * u3, i + 1u < FFN);
+  ACT[(${s.actUnits && s.actVecs ? unitMajorIndex('i', s.actUnits, s.actVecs) : 'i'}) / 2u] = pack2x16float(vec2<f32>(u0 / (1.0 + exp(-u0)) * u1, a1));
 }`;
   }
   if (s.epilogue === 'swiglu') {
