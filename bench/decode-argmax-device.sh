@@ -3,8 +3,10 @@
 # partials (`--argmax fused`) against the argmax dispatch in one process, ctx 512, three q4 shapes;
 # chunks of about 32 keys (`--attention-splits`) at 512 and 4,096 keys. Call 2 (MODE=final, the
 # default): the same with argmax fused as the default, `--global-grid one-round` for o_proj and
-# down_proj, `--act f16` (SwiGLU's output as f16 for the int8 down_proj; its NLL), the old build (82f6f20), q8 and bf16, attention at 4,096 keys, the roofline before and
-# after; the tests of the argmax partials and the llama fixture token for token on the device.
+# down_proj, `--act f16` (SwiGLU's output as f16 for the int8 down_proj; its NLL), the old build
+# (82f6f20), q8 and bf16, attention at 4,096 keys, the roofline before and after; the tests of the
+# argmax partials and the llama fixture token for token on the device. Call 1 ran on 2026-12-05 18:49
+# UTC; call 2 was never run (the session's device budget ran out first): docs/PERFORMANCE.md.
 # Stage (dev machine; .gpu is git-ignored, the device runs /work/main's tree with carry):
 #   B="--bundle --platform=node --format=esm --external:webgpu"; BAN="--banner:js=import{createRequire}from'module';const require=createRequire(import.meta.url);"
 #   npx esbuild src/cli/main.ts $B "$BAN" --outfile=/work/main/.gpu/decode/app.mjs        (this build)

@@ -87,7 +87,7 @@ export interface FusedDecoderOptions {
    * dispatch boundary fewer a token (the CPU reduces the same partials for the readback); 'dispatch'
    * runs decodeArgmaxWgsl over the logits after lm_head. Fused needs the fused path, subgroups and
    * lm_head in one dispatch; elsewhere, and for steps under a grammar's mask or sampled, the argmax
-   * dispatch runs. Measured on the H100: 8-10 µs a token less (docs/PERFORMANCE.md, "Issue 14 on
+   * dispatch runs. Measured on the H100: 6-10 µs a token less (docs/PERFORMANCE.md, "Issue 14 on
    * 2026-12-05 evening").
    */
   argmax?: 'fused' | 'dispatch';
