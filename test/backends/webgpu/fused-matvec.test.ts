@@ -10,7 +10,7 @@ import { uploadFusedMatrix } from '../../../src/backends/webgpu/fused/weights.js
 import { fusedBlocks, fusedLayout, fusedMatvecBindings, fusedMatvecWgsl, type FusedMatvecShape } from '../../../src/backends/webgpu/kernels/fused-matvec.js';
 import { Q4Tensor } from '../../../src/format/upg/encodings/index.js';
 import { DenseTensor, type WeightTensor } from '../../../src/model/tensor.js';
-import { f16ToF32 } from '../../../src/format/dtype.js';
+import { f16ToF32, f32ToF16 } from '../../../src/format/dtype.js';
 import { rmsnorm } from '../../../src/backends/cpu/ops.js';
 import { assertClose, compare, rng } from '../../helpers.js';
 import { SKIP_GPU, featureVariants, read, run, storage, testGpu, zeros } from './gpu.js';
@@ -112,11 +112,12 @@ test('fused matvec: q4 with int8 activations (dot4I8Packed and its polyfill, nor
       const x = Float32Array.from({ length: cols }, () => (next() * 2 - 1) * (next() < 0.05 ? 20 : 1)); // a few outliers
       const nw = Float32Array.from({ length: cols }, () => 0.5 + next());
       // the norm input with x read once (default, at most 256 units) and twice
-      // octets: x * the norm weight quantized by octets of lanes, rmsnorm's scale applied to the sums
-      for (const [input, normOneRead, octets] of [['norm', true, false], ['norm', false, false], ['norm', false, true], ['global', true, false]] as const) {
+      // octets: x * the norm weight quantized by octets of lanes, rmsnorm's scale applied to the sums;
+      // xF16: a global x stored as f16 pairs (an act: 'f16' SwiGLU's output), so the product of its f16 values
+      for (const [input, normOneRead, octets, xF16] of [['norm', true, false, false], ['norm', false, false, false], ['norm', false, true, false], ['global', true, false, false], ['global', true, false, true]] as const) {
         const xin = new Float32Array(cols);
         if (input === 'norm') rmsnorm(x, nw, 1e-5, 1, xin);
-        else xin.set(x);
+        else for (let i = 0; i < cols; i++) xin[i] = xF16 ? f16ToF32(f32ToF16(x[i]!)) : x[i]!;
         const exact = new Float32Array(rows), want = new Float32Array(rows);
         t.matmul(xin, 1, exact, rows, 0);
         // the kernel's sum: scale * sum(u xq) from the rounded x, min * sum(x) from the exact one
@@ -131,17 +132,20 @@ test('fused matvec: q4 with int8 activations (dot4I8Packed and its polyfill, nor
         }
         const shape: FusedMatvecShape = {
           encoding: 'q4', rows, cols, units: m.units, group: m.group, input, epilogue: 'store', bias: false, eps: 1e-5,
-          numHeads: 0, numKvHeads: 0, headDim: 0, rotaryDim: 0, workgroups, activations: 'int8', normOneRead, int8Octets: octets, interleaveWorkers: octets || input === 'global', xUnitMajor: input === 'global' && unitMajor, unroll: cols === 5120 ? 4 : cols === 320 ? 2 : 1,
+          numHeads: 0, numKvHeads: 0, headDim: 0, rotaryDim: 0, workgroups, activations: 'int8', normOneRead, int8Octets: octets, interleaveWorkers: octets || input === 'global', xUnitMajor: input === 'global' && unitMajor, unroll: cols === 5120 ? 4 : cols === 320 ? 2 : 1, xF16,
         };
         // a global x as the producers store it: unit-major (vec4 e of unit k at e * units + k) or in order, zero-padded
         const xg = new Float32Array(m.units * 32);
         for (let i = 0; i < cols; i++) xg[shape.xUnitMajor ? ((((i >> 2) % 8) * m.units + ((i >> 2) >> 3)) * 4 + (i & 3)) : i] = x[i]!;
-        const io: Record<string, GPUBuffer> = { ...m.buffers, X: storage(gpu, input === 'norm' ? x : xg), NW: storage(gpu, nw), Y: zeros(gpu, rows) };
+        // as f16 pairs: float i of that order is half i, word i / 2
+        const xh = new Uint32Array(xg.length / 2);
+        for (let i = 0; i < xg.length; i++) xh[i >> 1] = xh[i >> 1]! | (f32ToF16(xg[i]!) << (16 * (i & 1)));
+        const io: Record<string, GPUBuffer> = { ...m.buffers, X: storage(gpu, input === 'norm' ? x : xF16 ? xh : xg), NW: storage(gpu, nw), Y: zeros(gpu, rows) };
         const pipeline = gpu.pipeline('fused_matvec_int8_test', { ...shape, ...f }, () => fusedMatvecWgsl(shape, f));
         const bindGroup = gpu.bindGroup('fused_matvec_int8_test', pipeline, fusedMatvecBindings(shape).map((n) => io[n]!));
         await run(gpu, [{ label: 'matvec', pipeline, bindGroup, workgroups: () => [workgroups, 1, 1] }], 1);
         const got = await read(gpu, io.Y!, rows);
-        assertClose(got, want, 1e-5, `q4 int8 [${rows}, ${cols}] g${group} ${input}${octets ? ' (octets)' : input === 'norm' && !normOneRead ? ' (x read twice)' : ''}${shape.xUnitMajor ? ' unit-major' : ''}${shape.interleaveWorkers ? ' interleaved' : ''} (${packed ? 'dot4I8Packed' : 'polyfill'}) vs the int8-rounded x`);
+        assertClose(got, want, 1e-5, `q4 int8 [${rows}, ${cols}] g${group} ${input}${octets ? ' (octets)' : input === 'norm' && !normOneRead ? ' (x read twice)' : ''}${shape.xUnitMajor ? ' unit-major' : ''}${shape.interleaveWorkers ? ' interleaved' : ''}${xF16 ? ' f16 x' : ''} (${packed ? 'dot4I8Packed' : 'polyfill'}) vs the int8-rounded x`);
         // and how far int8 rounding moves the product from the f32 one (printed; bounded loosely)
         const e = compare(got, exact);
         console.log(`q4 int8 [${rows}, ${cols}] ${input}: relative difference to the f32-x product ${e.rel.toExponential(2)}`);

@@ -23,7 +23,7 @@ import { WebGpuEngine } from '../../../src/backends/webgpu/engine.js';
 import { loadModel, type LoadedModel } from '../../../src/model/load.js';
 import { DenseTensor, type WeightTensor } from '../../../src/model/tensor.js';
 import type { ModelWeights } from '../../../src/model/weights.js';
-import { ALL_FIXTURE_MODELS, ARCH_MODELS, BROWN, assertClose, readReference, rng } from '../../helpers.js';
+import { ALL_FIXTURE_MODELS, ARCH_MODELS, BROWN, assertClose, compare, readReference, rng } from '../../helpers.js';
 import { SKIP_GPU, featureVariants, read, run, storage, testGpu, zeros } from './gpu.js';
 import type { GpuOptions } from '../../../src/backends/webgpu/device.js';
 
@@ -307,5 +307,31 @@ test("fused decode: lm_head's argmax partials (argmax: 'fused') choose the argma
       }
       destroyFusedWeights(w);
     }
+  }
+});
+
+test("fused decode: the int8 kernels' one-round grid (globalGrid) gives the default grid's logits; f16 act moves them no more than int8 x does", { skip: SKIP_GPU }, async () => {
+  const model = await loadModel(ARCH_MODELS[0]!);
+  const ref = await readReference(ARCH_MODELS[0]!);
+  const gpu = await testGpu();
+  if (!gpu.subgroups) return; // the int8 kernels run on subgroup workers only
+  const w = uploadFusedWeights(gpu, compressed(model.weights, q4));
+  const make = (o: Pick<FusedDecoderOptions, 'globalGrid' | 'act' | 'matvecActivations'>) => new FusedDecoder(gpu, model.config, w, { path: 'fused', contextLength: 64, matvecActivations: 'int8', ...o });
+  const exact = make({ matvecActivations: 'f32' }), base = make({}), grid = make({ globalGrid: 'one-round' }), half = make({ act: 'f16' });
+  try {
+    const ids = [...ref.inputIds.slice(0, 12)];
+    for (let i = 0; i < ids.length; i++) {
+      const f32 = await exact.forwardLogits([ids[i]!]);
+      const want = await base.forwardLogits([ids[i]!]);
+      // the same sums on fewer workgroups: each row is still one worker's
+      assertClose(await grid.forwardLogits([ids[i]!]), want, 0, `one-round grid vs the default after token ${i}`);
+      // SwiGLU's output rounded to f16 before down_proj's int8 blocks: on this small random model int8 x
+      // alone moves the logits by 7-16% (relative to the largest), f16 act then by 3-6% more or less
+      const int8Moved = compare(want, f32).rel, halfMoved = compare(await half.forwardLogits([ids[i]!]), f32).rel;
+      assert.ok(halfMoved <= 1.5 * int8Moved + 1e-3, `f16 act moved the logits by ${halfMoved} against int8 x's ${int8Moved} after token ${i}`);
+    }
+  } finally {
+    for (const d of [exact, base, grid, half]) d.dispose();
+    destroyFusedWeights(w);
   }
 });
