@@ -246,9 +246,9 @@ function envVar(name: string): string | undefined {
   return (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.[name];
 }
 
-/** The batched q4 products' lanes from PDVM_BATCH_LAYOUT, PDVM_BATCH_RPS and PDVM_BATCH_GROUPS (WebGpuEngine.batchSplit). */
+/** The batched q4 products' lanes from PDVM_BATCH_LAYOUT, _RPS, _GROUPS, _SLICES and _UNROLL (WebGpuEngine.batchSplit). */
 function batchSplitFromEnvironment(): Omit<BatchedMatvecSplit, 'nb'> {
-  const layout = envVar('PDVM_BATCH_LAYOUT') === 'rows' ? 'rows' : 'units';
+  const layout = envVar('PDVM_BATCH_LAYOUT') === 'units' ? 'units' : 'rows';
   const rps = Math.max(1, Math.min(8, Math.floor(Number(envVar('PDVM_BATCH_RPS') ?? 2))));
   const groups = [1, 2, 4].includes(Number(envVar('PDVM_BATCH_GROUPS'))) ? Number(envVar('PDVM_BATCH_GROUPS')) : 4;
   const slices = [1, 2, 4, 8, 16, 32].includes(Number(envVar('PDVM_BATCH_SLICES'))) ? Number(envVar('PDVM_BATCH_SLICES')) : undefined;
@@ -288,8 +288,10 @@ export class WebGpuEngine implements Engine {
   /** Rows a pass of the batched q4 products (WebGpuEngineOptions.batchRows). */
   batchRows = 8;
   /**
-   * The batched q4 products' lanes (kernels/batched-matvec.ts): PDVM_BATCH_LAYOUT ('units' or
-   * 'rows'; default 'units'), PDVM_BATCH_RPS (output rows a subgroup, or a lane for 'rows'; default 2),
+   * The batched q4 products' lanes (kernels/batched-matvec.ts): PDVM_BATCH_LAYOUT ('rows' or
+   * 'units'; default 'rows': on the H100 its products took 109 against 173 µs a layer at 8 rows and 363
+   * against 536 at 32, docs/PERFORMANCE.md "Issue 15 on 2026-12-05 evening"; 'rows' falls back to 'units'
+   * where subgroups hold fewer than 8 lanes), PDVM_BATCH_RPS (output rows a subgroup, or a lane for 'rows'; default 2),
    * PDVM_BATCH_GROUPS ('rows': sets of 8 lanes on different rows a 32 lanes; default 4),
    * PDVM_BATCH_SLICES ('rows': slices of the columns a workgroup; default 256 / (8 groups)),
    * PDVM_BATCH_UNROLL ('rows': units a lane loads at once; default 1).
@@ -303,7 +305,9 @@ export class WebGpuEngine implements Engine {
   batchProducts: 'tensor-core' | 'matvec' | 'tiled' = 'matvec';
   /**
    * The split decode attention's merge writes the o product's int8 x itself (one dispatch a layer
-   * fewer): PDVM_BATCH_COMBINE_QUANTIZE=1; off by default.
+   * fewer): PDVM_BATCH_COMBINE_QUANTIZE=1. Off by default: alone the merged dispatch took 12.6 µs at 8
+   * rows against 4.5 + 5.2 for the two it replaces (H100, 2026-12-05), and whole steps did not show it
+   * faster beyond their noise.
    */
   batchCombineQuantize = envVar('PDVM_BATCH_COMBINE_QUANTIZE') === '1';
   /** The tensor-core products' stage split (PDVM_TC_KS, PDVM_TC_WARPS). */

@@ -115,7 +115,7 @@ test('webgpu batched q4 products: T rows in passes of NB equal the CPU product, 
   }
 });
 
-test('webgpu attention merge with the int8 blocks: the same x, int8 values and scales as the merge then the quantization', { skip: SKIP_GPU }, async () => {
+test('webgpu attention merge with the int8 blocks: the x, int8 values and scales of the merge then the quantization (to 1e-6, int8 within 1)', { skip: SKIP_GPU }, async () => {
   const gpu = await testGpu();
   const r = rng(11);
   const shape = { numHeads: 3, numKvHeads: 1, headDim: 64, contextLength: 256, slidingWindow: null, splits: 4 };
@@ -135,11 +135,14 @@ test('webgpu attention merge with the int8 blocks: the same x, int8 values and s
     await run(gpu, ops, T);
     return [await read(gpu, att, T * cols), await readU32(gpu, xq, T * cols / 4), await readU32(gpu, xd, (T * cols) / 16)] as const;
   };
+  // not bitwise: the two kernels' a += w * o may be contracted differently (on the H100 1 ulp apart),
+  // and an int8 value may then round the other way
   const [want, got] = [await outputs(false), await outputs(true)];
-  for (const [k, name] of ['att', 'int8 values', 'scales and sums'].entries()) {
-    const a = want[k]!, b = got[k]!;
-    for (let i = 0; i < a.length; i++) assert.equal(b[i], a[i], `${name} ${i}: merged ${b[i]} vs ${a[i]}`);
-  }
+  assertClose(got[0], want[0], 1e-6, 'att: merged vs merge then quantize');
+  assertClose(new Float32Array(got[2].buffer), new Float32Array(want[2].buffer), 1e-6, 'scales and sums: merged vs merge then quantize');
+  const bytes = (u: Uint32Array) => new Int8Array(u.buffer, u.byteOffset, u.byteLength);
+  const [gq, wq] = [bytes(got[1]), bytes(want[1])];
+  for (let i = 0; i < wq.length; i++) assert.ok(Math.abs(gq[i]! - wq[i]!) <= 1, `int8 value ${i}: merged ${gq[i]} vs ${wq[i]}`);
 });
 
 test('webgpu per-row token choice: each row as the one-row argmax or sample kernel chooses (sample.test.ts checks those against the CPU rule)', { skip: SKIP_GPU }, async () => {
