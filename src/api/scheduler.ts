@@ -379,8 +379,12 @@ export class Scheduler {
         entries.push(entry);
         decode++;
       } else if (prefill < budget) {
+        // a chunk of `budget` tokens (the prompt's rest where shorter), cut where it would be alone:
+        // an engine may prefill a chunk as a whole (WebGPU's prefill kernels), its arithmetic then
+        // depending on the chunk; one that does not fit beside this step's others waits for the next
         const prompt = entry.job.promptIds, at = entry.fed.length;
-        const n = Math.min(budget - prefill, prompt.length - at);
+        const n = Math.min(budget, prompt.length - at);
+        if (prefill > 0 && prefill + n > budget) continue;
         const row = { seq: entry.seq!, tokens: prompt.slice(at, at + n), logits: at + n === prompt.length };
         rows.push(row.logits ? this.chooseOnDevice(entry, row) : row);
         entries.push(entry);

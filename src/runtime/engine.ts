@@ -78,8 +78,10 @@ export interface Engine {
    * Present where the engine runs many sequences in one pass (continuous batching): appends each row's
    * tokens to its own sequence (every sequence at most once a step, at its own position) with each
    * weight read once for all rows, and returns per row its last token's logits (vocab), or null where
-   * `logits` is false. A row's arithmetic is that of a one-token step at its position whatever else
-   * shares the step, so a sequence's tokens never depend on the batch. The arrays belong to the
+   * `logits` is false. A row's arithmetic does not depend on the other rows of the step, so a
+   * sequence's tokens never depend on the batch (an engine may run a row's prompt tokens through its
+   * prefill kernels, whose results depend on where the prompt is cut into rows: callers cut a prompt
+   * at the same places alone or batched, as the scheduler and generate() do). The arrays belong to the
    * engine and are overwritten by the next step. A row with `choose` (engines with stepChoosesTokens)
    * gets the chosen token id instead.
    */

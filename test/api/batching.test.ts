@@ -122,6 +122,43 @@ test('a long prompt is prefilled in chunks between decode steps: a running strea
   }
 });
 
+test('the scheduler cuts a prompt into chunks at the same places alone and batched (an engine may prefill a chunk as a whole)', async () => {
+  const model = await loadModel(DEMO, { maxConcurrency: 4, prefixCacheBytes: 0 });
+  try {
+    const words = (await readFile(VALIDATION_TEXT, 'utf8')).split(' ');
+    const ids = [model.promptIds(words.slice(0, 200).join(' ')).slice(0, 150), model.promptIds(words.slice(300, 400).join(' ')).slice(0, 30), model.promptIds(words.slice(500, 600).join(' ')).slice(0, 45)];
+    // each prompt's rows from an empty sequence to its first logits: the lengths of its chunks (the
+    // prompts' lengths tell them apart)
+    const engine = model.engine, step = engine.step!.bind(engine);
+    const open = new Map<Sequence, number[]>(), cuts = new Map<number, number[]>();
+    engine.step = (rows) => {
+      for (const r of rows) {
+        if (r.seq.length === 0) open.set(r.seq, []);
+        const list = open.get(r.seq);
+        if (!list) continue;
+        list.push(r.tokens.length);
+        if (!r.logits) continue;
+        const total = list.reduce((a, b) => a + b, 0);
+        cuts.set(ids.findIndex((p) => p.length === total), list);
+        open.delete(r.seq);
+      }
+      return step(rows);
+    };
+    const options = { maxTokens: 2, temperature: 0, ignoreEos: true };
+    for (const p of ids) await model.generate(p, options);
+    const alone = ids.map((_, i) => cuts.get(i));
+    cuts.clear();
+    open.clear();
+    await Promise.all(ids.map((p) => model.generate(p, options)));
+    const batched = ids.map((_, i) => cuts.get(i));
+    console.log(`# chunks alone ${JSON.stringify(alone)}, batched ${JSON.stringify(batched)}`);
+    assert.deepEqual(alone, [[64, 64, 22], [30], [45]], 'alone: chunks of 64 from the prompt\'s start');
+    assert.deepEqual(batched, alone, 'batched: the same chunks');
+  } finally {
+    await model.dispose();
+  }
+});
+
 test('aborting streams mid-batch leaks no KV cache; the others equal their runs alone', async () => {
   const model = await loadModel(DEMO, { maxConcurrency: 8, prefixCacheBytes: 0 });
   const seqs = countSequences(model);

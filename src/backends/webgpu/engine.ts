@@ -314,6 +314,18 @@ export class WebGpuEngine implements Engine {
   batchTensorCoreSplit: TensorCoreSplit = defaultTensorCoreSplit();
   /** Why the batched step's products are not on the tensor cores (the self-test's outcome), or null. */
   batchProductsNotice: string | null = null;
+  /**
+   * Where a batched step's prompt tokens go. 'prefill' (default): every token of a row but a last one
+   * that wants logits runs through the forward pass's chunked prefill kernels (runChunks: each weight
+   * read once for the chunk, on the tensor cores where they run), a row at a time before the step's
+   * decode pass, which then takes only the rows' last tokens. 'rows' (PDVM_STEP_PROMPTS=rows): every
+   * token is a decode row of the batched products (each weight read once per `batchRows` tokens; on
+   * the H100 a burst of 8 streams spent about 300 ms of 1.28 s in such prompt steps,
+   * docs/PERFORMANCE.md "Issue 15 on 2026-12-05 evening"). Either way a token's arithmetic does not
+   * depend on the other rows of its step; with 'prefill' a prompt token's depends on the chunk it is
+   * fed in, so the scheduler cuts a prompt at the same places alone or in a batch.
+   */
+  stepPrompts: 'prefill' | 'rows' = envVar('PDVM_STEP_PROMPTS') === 'rows' ? 'rows' : 'prefill';
   /** Word of the step buffer where the row table starts. */
   private readonly rowsAt: number;
   private queue: Promise<unknown> = Promise.resolve();
@@ -632,8 +644,9 @@ export class WebGpuEngine implements Engine {
 
   /**
    * Engine.step (present with `batchedStep: true`): rows of different sequences (continuous batching),
-   * each row's tokens appended at its sequence's length in its own slot (the row table). Every token
-   * is a row of the decode-row plan (DecodeRowsPlan: each q4 weight read once for `batchRows` rows,
+   * each row's tokens appended at its sequence's length in its own slot (the row table). A row's
+   * prompt tokens go through the prefill's kernels first (stepPrompts); the others are rows of the
+   * decode-row plan (DecodeRowsPlan: each q4 weight read once for `batchRows` rows,
    * attention per row over its slot), in passes of at most plan.maxRows rows; only the last token of
    * each row that wants logits goes on to lm_head and, for rows with `choose`, the token choice on the
    * GPU (only ids read back; other rows get their logits). A token's arithmetic depends only on its
@@ -656,16 +669,23 @@ export class WebGpuEngine implements Engine {
     const wanted = rows.filter((r) => r.logits && !r.choose).length;
     if (wanted > 0 && (!this.stepLogits || this.stepLogits.length < wanted * vocab)) this.stepLogits = new Float32Array(wanted * vocab);
     const out: (Float32Array | number | null)[] = rows.map(() => null);
-    // the step's tokens in row order, cut into passes (a sequence's earlier positions in the same or an earlier pass)
+    // prompt tokens (stepPrompts 'prefill'): a row's tokens but a last one wanting logits go through the
+    // prefill's kernels into its slot first (submitted, not waited for); the decode pass starts after them
+    const decodeFrom = rows.map((row) => (this.stepPrompts === 'prefill' ? row.tokens.length - (row.logits ? 1 : 0) : 0));
+    for (const [r, row] of rows.entries()) {
+      const n = decodeFrom[r]!;
+      if (n > 0) await this.runChunks(this.slotOf(seqs[r]!), seqs[r]!.length, Array.prototype.slice.call(row.tokens, 0, n) as number[], 'none');
+    }
+    // the step's decode tokens in row order, cut into passes (a sequence's earlier positions in the same or an earlier pass)
     const passes: PassRow[][] = [[]];
     rows.forEach((row, r) => {
-      for (let i = 0; i < row.tokens.length; i++) {
+      for (let i = decodeFrom[r]!; i < row.tokens.length; i++) {
         if (passes.at(-1)!.length === plan.maxRows) passes.push([]);
         passes.at(-1)!.push({ r, i, head: row.logits && i === row.tokens.length - 1 });
       }
     });
     let nextLogits = 0;
-    for (const part of passes) nextLogits = await this.decodePass(plan, rows, seqs, part, out, nextLogits);
+    for (const part of passes) if (part.length > 0) nextLogits = await this.decodePass(plan, rows, seqs, part, out, nextLogits);
     rows.forEach((r, i) => {
       for (let k = 0; k < r.tokens.length; k++) seqs[i]!.tokens.push(r.tokens[k]!);
     });

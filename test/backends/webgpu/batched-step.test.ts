@@ -3,10 +3,12 @@
  * kernels/batched-matvec.ts, attention per row over its slot, lm_head and the token choice per row)
  * on the demo model (q4 layers), under WebGPU's default limits:
  *  - on the f32 options, greedy ids chosen on the GPU equal the CPU backend's, token for token;
- *  - three sequences stepped together (prompt rows in one step, then decode rows, greedy and sampled,
- *    in passes of 2 rows) give exactly the ids each gives stepped alone, on the f32 options and on
- *    the defaults (int8 activations, f16 KV cache);
- *  - rows without `choose` get logits near the CPU's (1e-4 on the f32 options, 2e-2 on the defaults: measured 5.8e-3).
+ *  - three sequences stepped together (prompts in one step, through the prefill's kernels but their
+ *    last tokens, then decode rows, greedy and sampled, in passes of 2 rows) give exactly the ids each
+ *    gives stepped alone, on the f32 options and on the defaults (int8 activations, f16 KV cache);
+ *  - rows without `choose` get logits near the CPU's (1e-4 on the f32 options, 2e-2 on the defaults:
+ *    measured 3.2e-3), the prompt through the prefill's kernels (the default) or as decode rows
+ *    (stepPrompts 'rows': 5.2e-3).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -88,16 +90,27 @@ test('webgpu batched step: decode rows through the batched q4 products, greedy i
       together.forEach((ids, i) => assert.deepEqual(ids, alone[i], `${numerics}: sequence ${i} (${i % 2 ? 'sampled' : 'greedy'}) stepped with the others vs alone`));
       console.log(`${numerics}: 3 sequences x ${steps} tokens, batched = alone`);
 
-      // a row without choose: its logits, near the CPU's (f32 options: 1e-4; int8 x and a f16 cache: 2e-2)
-      {
+      // a row without choose: its logits, near the CPU's (f32 options: 1e-4; int8 x and a f16 cache: 2e-2),
+      // its prompt through the prefill's kernels (the default) and as decode rows (stepPrompts 'rows')
+      const prefilled: number[] = [];
+      const e = engine as unknown as { runChunks: (slot: unknown, pos0: number, tokens: ArrayLike<number>, output: string) => Promise<Float32Array> };
+      const runChunks = e.runChunks.bind(engine);
+      e.runChunks = (slot, pos0, tokens, output) => {
+        prefilled.push(tokens.length);
+        return runChunks(slot, pos0, tokens, output);
+      };
+      for (const prompts_ of ['prefill', 'rows'] as const) {
+        engine.stepPrompts = prompts_;
+        prefilled.length = 0;
         const tol = numerics === 'f32' ? 1e-4 : 2e-2;
         const seq = engine.createSequence(), cseq = cpu.createSequence();
         const [out] = await engine.step!([{ seq, tokens: prompts[0]!, logits: true }]);
         const want = await cpu.forward(cseq, prompts[0]!);
-        console.log(`${numerics}: prompt logits vs the CPU, relative error ${relError(out as Float32Array, want).toExponential(2)}`);
-        assertClose(out as Float32Array, want, tol, `${numerics}: prompt logits vs the CPU`);
+        console.log(`${numerics}, prompt as ${prompts_}: prompt logits vs the CPU, relative error ${relError(out as Float32Array, want).toExponential(2)}`);
+        assertClose(out as Float32Array, want, tol, `${numerics}, prompt as ${prompts_}: prompt logits vs the CPU`);
+        assert.deepEqual(prefilled, prompts_ === 'prefill' ? [prompts[0]!.length - 1] : [], `${numerics}: tokens through the prefill's kernels with stepPrompts '${prompts_}'`);
         const [next] = await engine.step!([{ seq, tokens: [5], logits: true }]);
-        assertClose(next as Float32Array, await cpu.forward(cseq, [5]), tol, `${numerics}: decode-row logits vs the CPU`);
+        assertClose(next as Float32Array, await cpu.forward(cseq, [5]), tol, `${numerics}, prompt as ${prompts_}: decode-row logits vs the CPU`);
         seq.dispose();
       }
     } finally {
