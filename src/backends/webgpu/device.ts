@@ -7,7 +7,7 @@
 import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
 import { parseTensorCoreTile, TENSOR_CORE_TILES, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
-import { INT8_TILES, parseInt8Tile, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
+import { INT8_TILES, parseInt8Tile, type Int8Scaling, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
 import { selfTestPrefillInt8, selfTestPrefillKernel, selfTestPromptAttention, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
 /** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
@@ -59,6 +59,8 @@ export interface GpuFeatures {
   int8Tile: Int8Tile | null;
   /** PDVM_I8_LAB=no-scale: the int8 kernel without its per-group scaling (timing only, wrong results). */
   int8Lab: 'no-scale' | null;
+  /** How the int8 products scale: per q4 group ('group', PDVM_PREFILL_I8=1) or once per row and token ('row', PDVM_PREFILL_I8=row). */
+  int8Scaling: Int8Scaling;
   /** Dawn toggles requested (Node). */
   dawnToggles: string[];
   /** Each self-test's outcome: 'passed', 'failed: why', or 'not run: why'. */
@@ -97,9 +99,11 @@ export interface GpuOptions {
   /**
    * q4 matrices in groups of 64 on the int8 tensor cores (x quantized to int8 per token and 64
    * columns) where i8 x i8 -> i32 16x16x32 subgroup matrices are offered and the kernel's self-test
-   * passes (default off: PDVM_PREFILL_I8=1 turns it on). Changes the numbers: see kernels/matmul-int8.ts.
+   * passes (default off: PDVM_PREFILL_I8=1 turns it on). 'row': W rounded again to int8 a row and x per
+   * token, no per-group round trip (PDVM_PREFILL_I8=row; a byte a weight more). Changes the numbers:
+   * see kernels/matmul-int8.ts.
    */
-  prefillInt8?: boolean;
+  prefillInt8?: boolean | 'row';
   /** Polyfill WGSL's dot4I8Packed even where the language feature exists (tests run both). */
   disablePackedDot?: boolean;
   /** Split tensors at this many bytes instead of the device's maxStorageBufferBindingSize (tests). */
@@ -269,6 +273,7 @@ export class Gpu {
       int8Units: 'words',
       int8Tile: parseInt8Tile(env('PDVM_I8_TILE')),
       int8Lab: env('PDVM_I8_LAB') === 'no-scale' ? 'no-scale' : null,
+      int8Scaling: (options.prefillInt8 ?? env('PDVM_PREFILL_I8')) === 'row' ? 'row' : 'group',
       dawnToggles: entry.toggles,
       selfTests: {},
     };
@@ -312,14 +317,15 @@ export class Gpu {
         // q4 products on the int8 tensor cores, where asked for: each way of counting an i8 load's
         // offset until one gives the known answer
         const i8Matrix = configs.some((c) => c.componentType === 'i8' && c.resultComponentType === 'i32' && c.M === 16 && c.N === 16 && c.K === 32);
-        if (features.subgroupMatrixF16 && (options.prefillInt8 ?? env('PDVM_PREFILL_I8') === '1')) {
+        const askedI8 = options.prefillInt8 ?? (['1', 'group', 'row'].includes(env('PDVM_PREFILL_I8') ?? '') || false);
+        if (features.subgroupMatrixF16 && askedI8) {
           if (!i8Matrix || features.subgroupMaxSize !== 32) features.selfTests['prefill int8'] = 'not run: no i8->i32 16x16x32 configuration with subgroups of 32';
           else {
             const tiles = features.int8Tile ? [features.int8Tile] : INT8_TILES;
             const other = features.subgroupMatrixSyntax === 'template' ? 'argument' : 'template';
             for (const [syntax, units] of [[features.subgroupMatrixSyntax, 'words'], [features.subgroupMatrixSyntax, 'bytes'], [other, 'words'], [other, 'bytes']] as const) {
-              const k = await selfTestPrefillInt8(device, features.subgroupMatrixIndexing!, tiles, syntax, units);
-              features.selfTests[`prefill int8 (${syntax} majorness, offsets in ${units})`] = k;
+              const k = await selfTestPrefillInt8(device, features.subgroupMatrixIndexing!, tiles, syntax, units, features.int8Scaling);
+              features.selfTests[`prefill int8 ${features.int8Scaling} (${syntax} majorness, offsets in ${units})`] = k;
               if (k === 'passed') {
                 features.subgroupMatrixI8 = true;
                 features.int8Syntax = syntax;

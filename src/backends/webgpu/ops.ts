@@ -13,7 +13,7 @@ import {
   chooseTensorCoreTile, convertF16Invocations, convertF16Wgsl, F32_TILE, linearGrid, matmulTensorCoreWgsl, matmulTiledF32Wgsl, paddedCols, tensorCoreTileName,
   tensorCoreTileSize, tensorCoreWorkgroupBytes, tiledSupports, type TiledKernel, type TiledMatmulShape, type TiledWeight,
 } from './kernels/matmul-tiled.js';
-import { chooseInt8Tile, int8InputBytes, int8Supports, int8TileName, int8TileSize, int8WorkgroupBytes, matmulInt8Wgsl, quantizeBlocksGrid, quantizeBlocksWgsl } from './kernels/matmul-int8.js';
+import { chooseInt8Tile, int8InputBytes, int8Supports, int8TileName, int8TileSize, int8WorkgroupBytes, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl } from './kernels/matmul-int8.js';
 import { kvDefines, type KvLayout } from './kernels/kv.js';
 import { attentionMergeWgsl, attentionPartsBytes, attentionSplitFor, attentionTensorCoreBytes, attentionTensorCoreFits, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
 import { f32Literal, grid } from './kernels/prelude.js';
@@ -135,7 +135,7 @@ export function prefillPathDescription(gpu: Gpu): string {
   const tiles = fixed ? `tile ${tensorCoreTileName(fixed)}` : 'tiles of 128 tokens x 128 rows, or 64 x 128 for narrow matrices';
   const attention = gpu.features.attentionTensorCore ? `tensor cores${gpu.features.attentionSplit ? ', split over keys' : ''}` : 'f32 tiles';
   const int8 = gpu.features.subgroupMatrixI8
-    ? `; q4 g64 matrices on int8 tensor cores (i8 x i8 -> i32 16x16x32, x quantized per token and 64 columns, ${gpu.features.int8Tile ? `tile ${int8TileName(gpu.features.int8Tile)}` : '128 or 64 tokens x 128 rows'}${gpu.features.int8Lab ? `, lab ${gpu.features.int8Lab}: timing only` : ''})`
+    ? `; q4 g64 matrices on int8 tensor cores (i8 x i8 -> i32 16x16x32, ${gpu.features.int8Scaling === 'row' ? 'x quantized per token, W rounded again to int8 per row (a byte a weight more)' : 'x quantized per token and 64 columns'}, ${gpu.features.int8Tile ? `tile ${int8TileName(gpu.features.int8Tile)}` : '128 or 64 tokens x 128 rows'}${gpu.features.int8Lab ? `, lab ${gpu.features.int8Lab}: timing only` : ''})`
     : '';
   return `tensor cores: subgroup matrix f16 x f16 -> f32 16x16x16, x converted to f16 once a product, x and W (dequantized to f16) staged through workgroup memory 64 columns a stage (${tiles})${int8}; prompt attention: ${attention}`;
 }
@@ -219,8 +219,9 @@ function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, maxTokens: number): Dispa
 
 /**
  * A q4 g64 product on the int8 tensor cores (kernels/matmul-int8.ts): x quantized per token and block
- * of 64 columns into scratch buffers every such product shares (written just before it is read), then
- * the product.
+ * of 64 columns (scaling 'group') or per token ('row') into scratch buffers every such product shares
+ * (written just before it is read), then the product. Scaling 'row' reads the matrix rounded again to
+ * int8 a row, made here once a matrix (a byte a weight and a scale a row, beside the q4 words).
  */
 function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: MatmulIo, maxTokens: number): Dispatch[] {
   const tile = gpu.features.int8Tile ?? chooseInt8Tile(shape.rows, maxTokens);
@@ -230,24 +231,48 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
   const size = int8TileSize(tile);
   const bytes = int8InputBytes(Math.ceil(maxTokens / 512) * 512, shape.cols);
   const xq = gpu.scratch('xq', bytes.xq), xscale = gpu.scratch('xscale', bytes.xscale);
-  const quantize = gpu.pipeline('quantize_blocks', { cols: shape.cols }, () => quantizeBlocksWgsl(shape.cols));
+  const scaling = gpu.features.int8Scaling;
+  const quantize = scaling === 'row'
+    ? { label: 'quantize_tokens', pipeline: gpu.pipeline('quantize_tokens', { cols: shape.cols }, () => quantizeTokensWgsl(shape.cols)), grid: (T: number) => quantizeTokensGrid(T) }
+    : { label: 'quantize_blocks', pipeline: gpu.pipeline('quantize_blocks', { cols: shape.cols }, () => quantizeBlocksWgsl(shape.cols)), grid: (T: number) => quantizeBlocksGrid(T, shape.cols) };
   const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
   const syntax = gpu.features.int8Syntax, units = gpu.features.int8Units;
   const lab = gpu.features.int8Lab ?? undefined;
-  const pipeline = gpu.pipeline('matmul_int8', { ...shape, ...shape.weight, weight: 'q4', indexing, syntax, units, tile: int8TileName(tile), lab: lab ?? '' }, () =>
-    matmulInt8Wgsl(shape, indexing, tile, syntax, units, lab),
+  const pipeline = gpu.pipeline('matmul_int8', { ...shape, ...shape.weight, weight: 'q4', indexing, syntax, units, tile: int8TileName(tile), lab: lab ?? '', scaling }, () =>
+    matmulInt8Wgsl(shape, indexing, tile, syntax, units, lab, scaling),
   );
   const rowTiles = Math.ceil(shape.rows / size.rows);
   if (rowTiles > 65535) throw new Error(`matmul: ${shape.rows} rows exceed the dispatch grid`);
+  const weights = scaling === 'row' ? int8Rows(gpu, shape, buffers) : buffers;
   return [
-    { label: 'quantize_blocks', pipeline: quantize, bindGroup: gpu.bindGroup('quantize_blocks', quantize, [io.x, xq, xscale, io.step]), workgroups: (T: number) => quantizeBlocksGrid(T, shape.cols) },
+    { label: quantize.label, pipeline: quantize.pipeline, bindGroup: gpu.bindGroup(quantize.label, quantize.pipeline, [io.x, xq, xscale, io.step]), workgroups: quantize.grid },
     {
-      label: 'matmul_int8_q4',
+      label: scaling === 'row' ? 'matmul_int8_rows' : 'matmul_int8_q4',
       pipeline,
-      bindGroup: gpu.bindGroup('matmul_int8', pipeline, [...buffers, xq, xscale, io.y, io.step, ...(io.bias ? [io.bias] : [])]),
+      bindGroup: gpu.bindGroup('matmul_int8', pipeline, [...weights, xq, xscale, io.y, io.step, ...(io.bias ? [io.bias] : [])]),
       workgroups: (T: number) => [Math.ceil(T / size.tokens), rowTiles, 1],
     },
   ];
+}
+
+/** A q4 g64 matrix rounded again to int8 a row (kernels/matmul-int8.ts q4ToInt8RowsWgsl), made once and kept beside its q4 words. */
+const int8RowsOf = new WeakMap<GPUBuffer, GPUBuffer[]>();
+function int8Rows(gpu: Gpu, shape: TiledMatmulShape, q4: GPUBuffer[]): GPUBuffer[] {
+  const known = int8RowsOf.get(q4[0]!);
+  if (known) return known;
+  const device = gpu.device;
+  const w8 = gpu.createBuffer('int8_rows', shape.rows * shape.cols, GPUBufferUsage.STORAGE);
+  const wscale = gpu.createBuffer('int8_rows_scale', Math.max(16, shape.rows * 4), GPUBufferUsage.STORAGE);
+  const pipeline = gpu.pipeline('q4_to_int8_rows', { rows: shape.rows, cols: shape.cols }, () => q4ToInt8RowsWgsl(shape.rows, shape.cols));
+  const encoder = device.createCommandEncoder();
+  const pass = encoder.beginComputePass();
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, gpu.bindGroup('q4_to_int8_rows', pipeline, [q4[0]!, q4[1]!, w8, wscale]));
+  pass.dispatchWorkgroups(...q4ToInt8RowsGrid(shape.rows));
+  pass.end();
+  device.queue.submit([encoder.finish()]);
+  int8RowsOf.set(q4[0]!, [w8, wscale]);
+  return [w8, wscale];
 }
 
 /**

@@ -7,7 +7,7 @@
  */
 import { f32ToF16 } from '../../format/dtype.js';
 import { attentionMergeWgsl, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
-import { int8InputBytes, int8TileName, int8TileSize, matmulInt8Wgsl, quantizeBlocksGrid, quantizeBlocksWgsl, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
+import { int8InputBytes, int8TileName, int8TileSize, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl, type Int8Scaling, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
 import { convertF16Invocations, convertF16Wgsl, linearGrid, matmulTensorCoreWgsl, paddedCols, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, tensorCoreTileName, tensorCoreTileSize, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
 
 /**
@@ -218,13 +218,16 @@ export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: num
  * The q4 product on the int8 tensor cores (kernels/matmul-int8.ts: quantize_blocks, then the product)
  * in each of `tiles`, on 70 tokens x 130 rows x 128 columns (partial tiles, two groups) with a
  * residual: every block of x holds a +-127, so x quantizes to itself with scale 1, and the weights'
- * scales and mins are quarters and integers, so the answer is exact.
+ * scales and mins are quarters and integers, so the answer is exact. Scaling 'row' (q4_to_int8_rows and
+ * quantize_tokens first): the weights decode to integers within +-127, with a -127 in every row, so
+ * they too round to themselves with scale 1.
  */
-export async function selfTestPrefillInt8(device: GPUDevice, indexing: SubgroupIndexing, tiles: readonly Int8Tile[], syntax: SubgroupMatrixSyntax, units: Int8Units): Promise<string> {
-  const T = 70, rows = 130, cols = 128, groups = cols / 64, wordsPerRow = cols / 8;
+export async function selfTestPrefillInt8(device: GPUDevice, indexing: SubgroupIndexing, tiles: readonly Int8Tile[], syntax: SubgroupMatrixSyntax, units: Int8Units, scaling: Int8Scaling = 'group'): Promise<string> {
+  const T = 70, rows = 130, cols = 128, groups = cols / 64, wordsPerRow = cols / 8, byRow = scaling === 'row';
   const X = Float32Array.from({ length: T * cols }, (_, i) => (i % 64 === 0 ? ((i / 64) % 2 ? -127 : 127) : (((i / cols) | 0) * 5 + (i % cols) * 3) % 15 - 7));
-  const nibble = (r: number, c: number) => (r * 7 + c * 11) % 16;
-  const scale = (r: number, g: number) => 0.25 * (1 + ((r + g) % 3)), min = (r: number, g: number) => -((r + 2 * g) % 5);
+  const nibble = (r: number, c: number) => (byRow && c === 0 ? 0 : (r * 7 + c * 11) % 16);
+  const scale = (r: number, g: number) => (byRow ? [1, 2, 4, 8][(r + g) % 4]! : 0.25 * (1 + ((r + g) % 3)));
+  const min = (r: number, g: number) => (byRow ? (g === 0 ? -127 : [-60, 0, -7][(r + g) % 3]!) : -((r + 2 * g) % 5));
   const q = new Uint32Array(rows * wordsPerRow), sm = new Uint32Array(rows * groups);
   for (let r = 0; r < rows; r++) {
     for (let c = 0; c < cols; c++) q[r * wordsPerRow + (c >> 3)]! |= nibble(r, c) << (4 * (c & 7));
@@ -242,19 +245,26 @@ export async function selfTestPrefillInt8(device: GPUDevice, indexing: SubgroupI
     device.pushErrorScope('validation');
     const x = storage(X), qb = storage(q), smb = storage(sm), step = storage(new Uint32Array([T, 0, 0, 0]));
     const bytes = int8InputBytes(512, cols), xq = storage(bytes.xq), xscale = storage(bytes.xscale);
-    const quantize = await compile('self-test quantize_blocks', quantizeBlocksWgsl(cols));
+    const quantize = byRow ? await compile('self-test quantize_tokens', quantizeTokensWgsl(cols)) : await compile('self-test quantize_blocks', quantizeBlocksWgsl(cols));
+    const convert = byRow ? await compile('self-test q4_to_int8_rows', q4ToInt8RowsWgsl(rows, cols)) : null;
+    const w8 = byRow ? storage(new Uint32Array((rows * cols) / 4)) : null, wscale = byRow ? storage(new Float32Array(rows)) : null;
     for (const tile of tiles) {
       const shape = { weight: { encoding: 'q4' as const, wordsPerRow, group: 64, groups }, rows, cols, yStride: rows, yOffset: 0, bias: false, residual: true };
-      const pipeline = await compile(`self-test int8 product ${int8TileName(tile)}`, matmulInt8Wgsl(shape, indexing, tile, syntax, units));
+      const pipeline = await compile(`self-test int8 product ${int8TileName(tile)} (${scaling})`, matmulInt8Wgsl(shape, indexing, tile, syntax, units, undefined, scaling));
       const y = storage(y0, GPUBufferUsage.COPY_SRC);
       const enc = device.createCommandEncoder();
       const pass = enc.beginComputePass();
+      if (convert) {
+        pass.setPipeline(convert);
+        pass.setBindGroup(0, bind(convert, [qb, smb, w8!, wscale!]));
+        pass.dispatchWorkgroups(...q4ToInt8RowsGrid(rows));
+      }
       pass.setPipeline(quantize);
       pass.setBindGroup(0, bind(quantize, [x, xq, xscale, step]));
-      pass.dispatchWorkgroups(...quantizeBlocksGrid(T, cols));
+      pass.dispatchWorkgroups(...(byRow ? quantizeTokensGrid(T) : quantizeBlocksGrid(T, cols)));
       const size = int8TileSize(tile);
       pass.setPipeline(pipeline);
-      pass.setBindGroup(0, bind(pipeline, [qb, smb, xq, xscale, y, step]));
+      pass.setBindGroup(0, bind(pipeline, byRow ? [w8!, wscale!, xq, xscale, y, step] : [qb, smb, xq, xscale, y, step]));
       pass.dispatchWorkgroups(Math.ceil(T / size.tokens), Math.ceil(rows / size.rows));
       pass.end();
       const r = compare(await submitAndRead(enc, y, T * rows * 4), want);

@@ -20,6 +20,13 @@
  * (docs/PERFORMANCE.md, "Issue 13 on 2026-12-05 evening: int8 tensor cores").
  * Measured there: 2.2x slower than the f16 tensor-core kernel (the per-group round trip of the i32
  * results through workgroup memory is 70% of its time), so it is off by default.
+ *
+ * Scaling 'row' (PDVM_PREFILL_I8=row) has no per-group round trip: the q4 matrix is decoded and
+ * rounded again to int8 with one scale a row (q4ToInt8Rows, once, into a buffer of its own: a byte a
+ * weight), x to int8 with one scale a token (quantize_tokens), so y[t, r] = S_r s_t sum_c w8 xq is one
+ * i32 sum over every column, scaled once at the end (what the 'no-scale' lab measured: 10,091 tok/s on
+ * the 8B shape, H100). Both in natural column order. Its cost in accuracy, emulated on the CPU
+ * (bench/int8-numerics.ts, the demo model's q4 perplexity): +0.076% against +0.110% for 'group'.
  */
 import { epilogue, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, type SubgroupIndexing, type SubgroupMatrixSyntax, type TiledMatmulShape } from './matmul-tiled.js';
 
@@ -32,6 +39,9 @@ export const INT8_BLOCK = 64;
  * time and its lowering disagree between versions, so device.ts self-tests both.
  */
 export type Int8Units = 'bytes' | 'words';
+
+/** How the product is scaled: per q4 group and 64 columns of x ('group'), or once per row and token ('row'). */
+export type Int8Scaling = 'group' | 'row';
 
 /**
  * gm x gn subgroups a workgroup, each am x an results of 16 x 16 (16 am gm tokens x 16 an gn rows),
@@ -160,23 +170,125 @@ export function quantizeBlocksGrid(T: number, cols: number): [number, number, nu
 }
 
 /**
+ * Scaling 'row': x (T x cols f32) -> xq, int8 per token in natural column order (cols / 16 vec4 a
+ * token), xscale[t] = (max |x| / 127 over the token, 0). A workgroup of 64 a token, its invocations
+ * striding over the token's vec4s.
+ */
+export function quantizeTokensWgsl(cols: number): string {
+  if (cols % INT8_BLOCK !== 0) throw new Error(`quantize_tokens: ${cols} columns are not whole blocks of ${INT8_BLOCK}`);
+  return `const N = ${cols / 4}u; // vec4 a token
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> xq: array<u32>;
+@group(0) @binding(2) var<storage, read_write> xscale: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read> step: array<u32>;
+var<workgroup> part: array<f32, 64>;
+fn byte(v: f32) -> u32 { return u32(i32(round(v))) & 0xffu; }
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let t = wid.y * 65535u + wid.x;
+  if (t >= step[0]) { return; } // uniform: the whole workgroup has one token
+  var amax = 0.0;
+  for (var j = lid; j < N; j += 64u) {
+    let v = abs(x[t * N + j]);
+    amax = max(amax, max(max(v.x, v.y), max(v.z, v.w)));
+  }
+  part[lid] = amax;
+  workgroupBarrier();
+  for (var w = 32u; w > 0u; w = w / 2u) {
+    if (lid < w) { part[lid] = max(part[lid], part[lid + w]); }
+    workgroupBarrier();
+  }
+  let m = part[0];
+  let inv = select(0.0, 127.0 / m, m > 0.0);
+  if (lid == 0u) { xscale[t] = vec2<f32>(m / 127.0, 0.0); }
+  for (var j = lid; j < N; j += 64u) {
+    let a = x[t * N + j] * inv;
+    xq[t * N + j] = byte(a.x) | (byte(a.y) << 8u) | (byte(a.z) << 16u) | (byte(a.w) << 24u);
+  }
+}
+`;
+}
+
+/** Workgroups of quantizeTokensWgsl for T tokens. */
+export function quantizeTokensGrid(T: number): [number, number, number] {
+  const n = Math.max(1, T);
+  return n <= 65535 ? [n, 1, 1] : [65535, Math.ceil(n / 65535), 1];
+}
+
+/**
+ * Scaling 'row', once a matrix: its q4 g64 values decoded (u scale + min, as the f32 kernels decode
+ * them) and rounded to int8 with one scale a row: w8 (rows x cols / 4 u32, natural column order) and
+ * wscale[r] = max |W[r, :]| / 127. A workgroup of 64 a row, each invocation cols / 64 columns (one
+ * group: 8 q4 words in, 16 words out).
+ */
+export function q4ToInt8RowsWgsl(rows: number, cols: number): string {
+  if (cols % INT8_BLOCK !== 0) throw new Error(`q4_to_int8_rows: ${cols} columns are not whole groups of ${INT8_BLOCK}`);
+  const G = cols / INT8_BLOCK;
+  return `const ROWS = ${rows}u;
+const G = ${G}u;
+@group(0) @binding(0) var<storage, read> qweight: array<u32>;
+@group(0) @binding(1) var<storage, read> scale_min: array<u32>;
+@group(0) @binding(2) var<storage, read_write> w8: array<u32>;
+@group(0) @binding(3) var<storage, read_write> wscale: array<f32>;
+var<workgroup> part: array<f32, 64>;
+fn byte(v: f32) -> u32 { return u32(i32(round(v))) & 0xffu; }
+fn decoded(r: u32, g: u32, c: u32) -> f32 {
+  let sm = unpack2x16float(scale_min[r * G + g]);
+  return f32((qweight[r * G * 8u + g * 8u + c / 8u] >> ((c % 8u) * 4u)) & 15u) * sm.x + sm.y;
+}
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let r = wid.y * 65535u + wid.x;
+  if (r >= ROWS) { return; } // uniform: the whole workgroup has one row
+  var amax = 0.0;
+  for (var g = lid; g < G; g += 64u) {
+    for (var c = 0u; c < 64u; c++) { amax = max(amax, abs(decoded(r, g, c))); }
+  }
+  part[lid] = amax;
+  workgroupBarrier();
+  for (var w = 32u; w > 0u; w = w / 2u) {
+    if (lid < w) { part[lid] = max(part[lid], part[lid + w]); }
+    workgroupBarrier();
+  }
+  let m = part[0];
+  let inv = select(0.0, 127.0 / m, m > 0.0);
+  if (lid == 0u) { wscale[r] = m / 127.0; }
+  for (var g = lid; g < G; g += 64u) {
+    for (var c = 0u; c < 64u; c += 4u) {
+      w8[r * G * 16u + g * 16u + c / 4u] = byte(decoded(r, g, c) * inv) | (byte(decoded(r, g, c + 1u) * inv) << 8u)
+        | (byte(decoded(r, g, c + 2u) * inv) << 16u) | (byte(decoded(r, g, c + 3u) * inv) << 24u);
+    }
+  }
+}
+`;
+}
+
+/** Workgroups of q4ToInt8RowsWgsl. */
+export function q4ToInt8RowsGrid(rows: number): [number, number, number] {
+  return rows <= 65535 ? [rows, 1, 1] : [65535, Math.ceil(rows / 65535), 1];
+}
+
+/**
  * The product (see the file's comment). Bindings: qweight (as vec4<u32>), scale_min, xq, xscale, y,
  * step, bias. Workgroup x = token tile, y = row tile. Requires subgroups of 32 (8 results of a
  * 16 x 16 matrix an invocation). `lab: 'no-scale'` (timing only, wrong results): the i32 products
  * summed over every group and scaled once at the end, without the per-group round trip: what the
  * staging and the tensor cores alone take.
  */
-export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, tile: Int8Tile, syntax: SubgroupMatrixSyntax, units: Int8Units, lab?: 'no-scale'): string {
+export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, tile: Int8Tile, syntax: SubgroupMatrixSyntax, units: Int8Units, lab?: 'no-scale', scaling: Int8Scaling = 'group'): string {
   if (s.weight.encoding !== 'q4' || !int8Supports(s)) throw new Error('matmul_int8: only q4 matrices in groups of 64 over whole groups');
   if (!int8TileFits(tile)) throw new Error(`matmul_int8: tile ${int8TileName(tile)} does not fit its workgroup`);
   const { am: AM, an: AN, gm: GM, gn: GN } = tile;
   const { tokens: TM, rows: TN } = int8TileSize(tile);
   const NSG = GM * GN, WG = NSG * 32;
   const words = sharedWords(tile);
-  const byStage = tile.epilogue === 'stage', noScale = lab === 'no-scale';
+  const byRow = scaling === 'row';
+  if (byRow && tile.epilogue === 'stage') throw new Error(`matmul_int8: scaling 'row' has no per-stage epilogue (tile ${int8TileName(tile)})`);
+  // one i32 sum over every stage, scaled once at the end: 'row' scaling, or the lab's timing variant
+  const byStage = tile.epilogue === 'stage' && !byRow, noScale = lab === 'no-scale' || byRow;
   const CS = byStage ? 0 : words.staged; // where the results go: over the staged operands, or after them
-  const W4 = s.weight.wordsPerRow / 4; // vec4 words a row
-  const NX = TM * 4, NW = TN * 2; // vec4 loads a stage: x (4 a token), W (2 a row)
+  const W4 = byRow ? s.cols / 16 : s.weight.wordsPerRow / 4; // vec4 words a row (int8 or q4)
+  const NX = TM * 4, NW = TN * (byRow ? 4 : 2); // vec4 loads a stage: x (4 a token), W (2 a row of q4, 4 of int8)
   const u = units === 'words' ? 4 : 1;
   const L = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', '&smem', off, false, `${STRIDE / u}u`);
   const R = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', '&smem', off, true, `${STRIDE / u}u`);
@@ -198,7 +310,7 @@ export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, 
     }`;
   const storeResult = ([i, j]: [number, number], n: number) => `    ${subgroupMatrixStoreWgsl(syntax, '&smem', slot(n), `c${i}${j}`, false, '16u')};`;
   const perGroup = noScale
-    ? ''
+    ? '    workgroupBarrier(); // every subgroup\'s loads of the staged operands done before the next stage goes over them'
     : byStage
       ? `    workgroupBarrier(); // every subgroup's loads of the staged operands done: the results go over them
 ${tiles.map(storeResult).join('\n')}
@@ -209,7 +321,10 @@ ${tiles.map(scaleInto).join('\n')}
   const finalNoScale = noScale ? `  {
     let p = 0u;
     let q = 0u;
-    workgroupBarrier();
+${byRow ? `    // the token's and the row's scales, (s, 0) as the scaling below takes them
+    if (lid < ${TM}u) { xsc[lid] = xscale[min(tok0 + lid, T - 1u)]; }
+    if (lid < ${TN}u) { let r = row0 + lid; wsc[lid] = vec2<f32>(select(0.0, wrow[min(r, ROWS - 1u)], r < ROWS), 0.0); }
+` : ''}    workgroupBarrier();
 ${tiles.map((t, n) => `${storeResult(t, n)}\n    workgroupBarrier();\n${scaleInto(t, n)}`).join('\n')}
   }` : '';
   const results = tiles.map(([i, j]) => `    var c${i}${j} = subgroup_matrix_result<i32, 16, 16>();`).join('\n');
@@ -219,14 +334,14 @@ const ROWS = ${s.rows}u;
 const STAGES = ${s.cols / INT8_BLOCK}u;
 const W4 = ${W4}u;
 const GROUPS = ${s.weight.groups}u;
-@group(0) @binding(0) var<storage, read> qweight: array<vec4<u32>>;
-@group(0) @binding(1) var<storage, read> scale_min: array<u32>;
+@group(0) @binding(0) var<storage, read> qweight: array<vec4<u32>>;${byRow ? ' // int8 a weight' : ''}
+${byRow ? '@group(0) @binding(1) var<storage, read> wrow: array<f32>; // a scale a row' : '@group(0) @binding(1) var<storage, read> scale_min: array<u32>;'}
 @group(0) @binding(2) var<storage, read> xq: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> xscale: array<vec2<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> step: array<u32>;
 ${s.bias ? '@group(0) @binding(6) var<storage, read> bias: array<f32>;' : ''}
-// x (${TM} tokens, 64 k) int8 at 0, W (${TN} rows, 64 k) int8 (nibbles 0..15) at ${words.xs} (i32 words),
+// x (${TM} tokens, 64 k) int8 at 0, W (${TN} rows, 64 k) int8 (${byRow ? 'rounded a row' : 'nibbles 0..15'}) at ${words.xs} (i32 words),
 // stride ${STRIDE} bytes; the i32 results at ${CS} (${byStage ? 'every result of the stage, over the staged operands' : 'two slots a subgroup'})
 var<workgroup> smem: array<i32, ${words.total}>;
 var<workgroup> xsc: array<vec2<f32>, ${2 * TM}>; // (s, block sum) a token, two stages
@@ -249,7 +364,7 @@ ${tiles.map(([i, j]) => `  var f${i}${j}a = vec4<f32>(0.0);\n  var f${i}${j}b = 
   var rw: array<vec4<u32>, ${Math.ceil(NW / WG)}>;
   var rxs = vec2<f32>(0.0);
   var rws = 0u;
-${stageLoads('0u', NX, NW, WG, TM)}
+${stageLoads('0u', NX, NW, WG, TM, byRow)}
 ${noScale ? results : ''}
   for (var kb = 0u; kb < STAGES; kb++) {
     let p = (kb % 2u) * ${TM}u;
@@ -260,7 +375,12 @@ ${Array.from({ length: Math.ceil(NX / WG) }, (_, n) => `    ${guard(n, NX, WG)}{
       let v = bitcast<vec4<i32>>(rx[${n}]);
       smem[o] = v.x; smem[o + 1u] = v.y; smem[o + 2u] = v.z; smem[o + 3u] = v.w;
     }`).join('\n')}
-${Array.from({ length: Math.ceil(NW / WG) }, (_, n) => `    ${guard(n, NW, WG)}{
+${Array.from({ length: Math.ceil(NW / WG) }, (_, n) => byRow ? `    ${guard(n, NW, WG)}{
+      let e = lid + ${n * WG}u; // row e / 4, bytes 16 (e % 4)
+      let o = ${words.xs}u + (e / 4u) * ${STRIDE / 4}u + (e % 4u) * 4u;
+      let v = bitcast<vec4<i32>>(rw[${n}]);
+      smem[o] = v.x; smem[o + 1u] = v.y; smem[o + 2u] = v.z; smem[o + 3u] = v.w;
+    }` : `    ${guard(n, NW, WG)}{
       let e = lid + ${n * WG}u; // row e / 2, columns 32 (e % 2): each word's even nibbles, then its odd ones
       let o = ${words.xs}u + (e / 2u) * ${STRIDE / 4}u + (e % 2u) * 8u;
       let w = rw[${n}];
@@ -269,11 +389,11 @@ ${Array.from({ length: Math.ceil(NW / WG) }, (_, n) => `    ${guard(n, NW, WG)}{
       smem[o] = lo.x; smem[o + 1u] = hi.x; smem[o + 2u] = lo.y; smem[o + 3u] = hi.y;
       smem[o + 4u] = lo.z; smem[o + 5u] = hi.z; smem[o + 6u] = lo.w; smem[o + 7u] = hi.w;
     }`).join('\n')}
-    if (lid < ${TM}u) { xsc[p + lid] = rxs; }
+${byRow ? '' : `    if (lid < ${TM}u) { xsc[p + lid] = rxs; }
     if (lid < ${TN}u) { wsc[q + lid] = unpack2x16float(rws); }
-    workgroupBarrier();
+`}    workgroupBarrier();
     if (kb + 1u < STAGES) {
-${stageLoads('kb + 1u', NX, NW, WG, TM).replace(/^/gm, '  ')}
+${stageLoads('kb + 1u', NX, NW, WG, TM, byRow).replace(/^/gm, '  ')}
     }
     // hot loop: the group's i32 products, two k steps of 32
 ${noScale ? '' : results}
@@ -306,14 +426,17 @@ function guard(round: number, n: number, WG: number): string {
  * Loads of stage `kb` into registers: x's 16-byte pieces (4 a token), W's vec4 words (2 a row: 32
  * columns each), the token's (s, sum) and the row's (scale, min). Past the rows: zeros.
  */
-function stageLoads(kb: string, NX: number, NW: number, WG: number, TM: number): string {
+function stageLoads(kb: string, NX: number, NW: number, WG: number, TM: number, byRow: boolean): string {
+  const per = byRow ? 4 : 2; // vec4 words of W a row a stage
   return [
     ...Array.from({ length: Math.ceil(NX / WG) }, (_, n) => `  ${guard(n, NX, WG)}{ rx[${n}] = xq[(tok0 + (lid + ${n * WG}u) / 4u) * STAGES * 4u + (${kb}) * 4u + (lid + ${n * WG}u) % 4u]; }`),
     ...Array.from({ length: Math.ceil(NW / WG) }, (_, n) => `  ${guard(n, NW, WG)}{
-    let r = row0 + (lid + ${n * WG}u) / 2u;
-    rw[${n}] = select(vec4<u32>(0u), qweight[min(r, ROWS - 1u) * W4 + (${kb}) * 2u + (lid + ${n * WG}u) % 2u], r < ROWS);
+    let r = row0 + (lid + ${n * WG}u) / ${per}u;
+    rw[${n}] = select(vec4<u32>(0u), qweight[min(r, ROWS - 1u) * W4 + (${kb}) * ${per}u + (lid + ${n * WG}u) % ${per}u], r < ROWS);
   }`),
-    `  rxs = xscale[(tok0 + min(lid, ${TM - 1}u)) * STAGES + (${kb})];`,
-    `  { let r = row0 + lid; rws = select(0u, scale_min[min(r, ROWS - 1u) * GROUPS + (${kb})], r < ROWS); }`,
+    ...(byRow ? [] : [
+      `  rxs = xscale[(tok0 + min(lid, ${TM - 1}u)) * STAGES + (${kb})];`,
+      `  { let r = row0 + lid; rws = select(0u, scale_min[min(r, ROWS - 1u) * GROUPS + (${kb})], r < ROWS); }`,
+    ]),
   ].join('\n');
 }
