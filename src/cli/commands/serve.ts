@@ -45,7 +45,7 @@ export function serveCommand(): Command {
     .option('--api-key <key>', 'require "Authorization: Bearer KEY" (default: $PDVM_API_KEY, else none)')
     .option('--max-body <bytes>', 'largest request body accepted', parseIntOption('--max-body'), 1024 * 1024)
     .option('--grace <seconds>', 'on SIGTERM, how long requests in flight may take to finish', parseFloatOption('--grace'), 10)
-    .option('--step-prefill-tokens <n>', 'prompt tokens a batched step prefills at most (larger: shorter time to first token in a burst; smaller: smoother running streams)', parseIntOption('--step-prefill-tokens'), 64)
+    .option('--step-prefill-tokens <n>', 'prompt tokens a batched step prefills at most, and the size of the chunks a prompt is cut into (larger: shorter time to first token in a burst; smaller: smoother running streams)', parseIntOption('--step-prefill-tokens'), 64)
     .option('--batched-step', 'webgpu (the default): decode the running generations together through the batched step (continuous batching, prefix reuse); a generation running alone takes the fused decode path until another arrives')
     .option('--no-batched-step', 'webgpu: generations take turns, a step each, through the fused decode path (no prefix reuse)')
     .option('--prefix-cache-mb <n>', 'memory for KV caches kept after requests end, for prefix reuse (0 = off)', parseFloatOption('--prefix-cache-mb'), 256)

@@ -169,6 +169,20 @@ export function quantizeBlocksGrid(T: number, cols: number): [number, number, nu
   return n <= 65535 ? [n, 1, 1] : [65535, Math.ceil(n / 65535), 1];
 }
 
+/** WGSL shared by the 'row' kernels (workgroups of 64): a value to an int8 byte, and the workgroup's largest value. */
+const ROW_HELPERS = `var<workgroup> part: array<f32, 64>;
+fn byte(v: f32) -> u32 { return u32(i32(round(v))) & 0xffu; }
+// the largest of the 64 invocations' v (every invocation calls it)
+fn workgroup_max(lid: u32, v: f32) -> f32 {
+  part[lid] = v;
+  workgroupBarrier();
+  for (var w = 32u; w > 0u; w = w / 2u) {
+    if (lid < w) { part[lid] = max(part[lid], part[lid + w]); }
+    workgroupBarrier();
+  }
+  return part[0];
+}`;
+
 /**
  * Scaling 'row': x (T x cols f32) -> xq, int8 per token in natural column order (cols / 16 vec4 a
  * token), xscale[t] = (max |x| / 127 over the token, 0). A workgroup of 64 a token, its invocations
@@ -181,8 +195,7 @@ export function quantizeTokensWgsl(cols: number): string {
 @group(0) @binding(1) var<storage, read_write> xq: array<u32>;
 @group(0) @binding(2) var<storage, read_write> xscale: array<vec2<f32>>;
 @group(0) @binding(3) var<storage, read> step: array<u32>;
-var<workgroup> part: array<f32, 64>;
-fn byte(v: f32) -> u32 { return u32(i32(round(v))) & 0xffu; }
+${ROW_HELPERS}
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let t = wid.y * 65535u + wid.x;
@@ -192,13 +205,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let v = abs(x[t * N + j]);
     amax = max(amax, max(max(v.x, v.y), max(v.z, v.w)));
   }
-  part[lid] = amax;
-  workgroupBarrier();
-  for (var w = 32u; w > 0u; w = w / 2u) {
-    if (lid < w) { part[lid] = max(part[lid], part[lid + w]); }
-    workgroupBarrier();
-  }
-  let m = part[0];
+  let m = workgroup_max(lid, amax);
   let inv = select(0.0, 127.0 / m, m > 0.0);
   if (lid == 0u) { xscale[t] = vec2<f32>(m / 127.0, 0.0); }
   for (var j = lid; j < N; j += 64u) {
@@ -230,8 +237,7 @@ const G = ${G}u;
 @group(0) @binding(1) var<storage, read> scale_min: array<u32>;
 @group(0) @binding(2) var<storage, read_write> w8: array<u32>;
 @group(0) @binding(3) var<storage, read_write> wscale: array<f32>;
-var<workgroup> part: array<f32, 64>;
-fn byte(v: f32) -> u32 { return u32(i32(round(v))) & 0xffu; }
+${ROW_HELPERS}
 fn decoded(r: u32, g: u32, c: u32) -> f32 {
   let sm = unpack2x16float(scale_min[r * G + g]);
   return f32((qweight[r * G * 8u + g * 8u + c / 8u] >> ((c % 8u) * 4u)) & 15u) * sm.x + sm.y;
@@ -244,13 +250,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   for (var g = lid; g < G; g += 64u) {
     for (var c = 0u; c < 64u; c++) { amax = max(amax, abs(decoded(r, g, c))); }
   }
-  part[lid] = amax;
-  workgroupBarrier();
-  for (var w = 32u; w > 0u; w = w / 2u) {
-    if (lid < w) { part[lid] = max(part[lid], part[lid + w]); }
-    workgroupBarrier();
-  }
-  let m = part[0];
+  let m = workgroup_max(lid, amax);
   let inv = select(0.0, 127.0 / m, m > 0.0);
   if (lid == 0u) { wscale[r] = m / 127.0; }
   for (var g = lid; g < G; g += 64u) {
