@@ -49,7 +49,9 @@ async function generateOnPage(page: Page, url: string, backend: 'webgpu' | 'cpu'
   await page.fill('#prompt', PROMPT);
   await page.fill('#temperature', '0');
   await page.fill('#max-tokens', String(TOKENS));
-  await page.click('#generate');
+  // Playwright's click waits for two steady animation frames: under CI's load (lavapipe tests beside
+  // SwiftShader on 2 cores) the page's frames have come more than the default 30 s apart
+  await page.click('#generate', { timeout: 180_000 });
   await page.waitForFunction(() => {
     const s = (window as unknown as { pdvmDemo: DemoState }).pdvmDemo;
     return s.last !== null || !document.getElementById('error')!.hidden;
@@ -137,7 +139,7 @@ test('the demo page without a WebGPU adapter says so and runs the CPU backend; a
     // a model from a local file
     await page.selectOption('#source', 'file');
     await page.setInputFiles('#file', join(ROOT, 'models', 'brown-llama-12m.upg'));
-    await page.click('#load');
+    await page.click('#load', { timeout: 180_000 });
     await page.waitForFunction(() => (window as unknown as { pdvmDemo: DemoState & { ready: { name: string } | null } }).pdvmDemo.ready?.name === 'brown-llama-12m.upg', null, { timeout: 120_000 });
 
     // chat through the model's template: the reply in its own turn, as long as the generation's text
@@ -146,7 +148,7 @@ test('the demo page without a WebGPU adapter says so and runs the CPU backend; a
     await page.fill('#temperature', '0');
     await page.fill('#max-tokens', '8');
     await page.evaluate(() => ((window as unknown as { pdvmDemo: DemoState }).pdvmDemo.last = null));
-    await page.click('#generate');
+    await page.click('#generate', { timeout: 180_000 });
     await page.waitForFunction(() => (window as unknown as { pdvmDemo: DemoState }).pdvmDemo.last !== null, null, { timeout: 120_000 });
     const reply = (await demoState(page)).last!;
     assert.equal(await page.locator('#output .turn.user').textContent(), 'Hello');
@@ -157,9 +159,9 @@ test('the demo page without a WebGPU adapter says so and runs the CPU backend; a
     await page.uncheck('#chat');
     await page.fill('#max-tokens', '400');
     await page.evaluate(() => ((window as unknown as { pdvmDemo: DemoState }).pdvmDemo.last = null));
-    await page.click('#generate');
+    await page.click('#generate', { timeout: 180_000 });
     await page.waitForFunction(() => (document.querySelector('#output')?.getAttribute('data-token-ids') ?? '').split(',').length >= 4, null, { timeout: 120_000 });
-    await page.click('#stop');
+    await page.click('#stop', { timeout: 180_000 });
     await page.waitForFunction(() => (window as unknown as { pdvmDemo: DemoState }).pdvmDemo.last !== null, null, { timeout: 120_000 });
     const stopped = (await demoState(page)).last!;
     console.log(`chat reply ${JSON.stringify(reply.text)}; stopped after ${stopped.tokenIds.length} tokens`);

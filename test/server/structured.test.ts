@@ -319,10 +319,11 @@ test('schemas and grammars the engine cannot compile, enforce or satisfy get a 4
   e = await apiError(chat({ grammar: 'root ::= root "a"' }));
   assert.equal(e.status, 400);
   assert.match(e.message, /allows no first token/);
-  // a grammar that dies after its first tokens: the same, mid-generation (not a hang)
+  // a grammar that dies after its first tokens: the same, mid-generation (not a hang); "ab" comes as
+  // one token or two, as the default temperature's draw picks "ab" or "a" (CI saw both)
   e = await apiError(chat({ grammar: 'root ::= "ab" x\nx ::= x "c"' }));
   assert.equal(e.status, 400);
-  assert.match(e.message, /allows no token after 2 tokens/);
+  assert.match(e.message, /allows no token after [12] tokens/);
   const ok = await t.client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'yes or no?' }], max_tokens: 8, temperature: 1, seed: 1, grammar: 'root ::= ("yes" | "no") "."' } as OpenAI.ChatCompletionCreateParamsNonStreaming);
   assert.match(ok.choices[0]!.message.content!, /^(yes|no)\.$/);
   console.log(`errors answered in ${(performance.now() - started).toFixed(0)} ms`);
