@@ -255,6 +255,9 @@ export class Gpu {
     const info = adapter.info as GPUAdapterInfo & { subgroupMatrixConfigs?: Iterable<SubgroupMatrixConfig> };
     const description = [info.vendor, info.architecture, info.device, info.description].filter((s) => s).join(' ') || 'unknown adapter';
     const configs = matrix ? Array.from(info.subgroupMatrixConfigs ?? [], (c) => ({ componentType: c.componentType, resultComponentType: c.resultComponentType, M: c.M, N: c.N, K: c.K })) : [];
+    // q4 products on the int8 tensor cores: asked for per group (true) or per row ('row'), or not
+    const i8 = env('PDVM_PREFILL_I8');
+    const prefillInt8 = options.prefillInt8 ?? (i8 === 'row' ? 'row' : i8 === '1' || i8 === 'group');
     const features: GpuFeatures = {
       subgroups,
       shaderF16,
@@ -273,7 +276,7 @@ export class Gpu {
       int8Units: 'words',
       int8Tile: parseInt8Tile(env('PDVM_I8_TILE')),
       int8Lab: env('PDVM_I8_LAB') === 'no-scale' ? 'no-scale' : null,
-      int8Scaling: (options.prefillInt8 ?? env('PDVM_PREFILL_I8')) === 'row' ? 'row' : 'group',
+      int8Scaling: prefillInt8 === 'row' ? 'row' : 'group',
       dawnToggles: entry.toggles,
       selfTests: {},
     };
@@ -317,8 +320,7 @@ export class Gpu {
         // q4 products on the int8 tensor cores, where asked for: each way of counting an i8 load's
         // offset until one gives the known answer
         const i8Matrix = configs.some((c) => c.componentType === 'i8' && c.resultComponentType === 'i32' && c.M === 16 && c.N === 16 && c.K === 32);
-        const askedI8 = options.prefillInt8 ?? (['1', 'group', 'row'].includes(env('PDVM_PREFILL_I8') ?? '') || false);
-        if (features.subgroupMatrixF16 && askedI8) {
+        if (features.subgroupMatrixF16 && prefillInt8) {
           if (!i8Matrix || features.subgroupMaxSize !== 32) features.selfTests['prefill int8'] = 'not run: no i8->i32 16x16x32 configuration with subgroups of 32';
           else {
             const tiles = features.int8Tile ? [features.int8Tile] : INT8_TILES;

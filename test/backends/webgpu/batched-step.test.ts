@@ -99,18 +99,18 @@ test('webgpu batched step: decode rows through the batched q4 products, greedy i
         prefilled.push(tokens.length);
         return runChunks(slot, pos0, tokens, output);
       };
-      for (const prompts_ of ['prefill', 'rows'] as const) {
-        engine.stepPrompts = prompts_;
+      for (const way of ['prefill', 'rows'] as const) {
+        engine.stepPrompts = way;
         prefilled.length = 0;
         const tol = numerics === 'f32' ? 1e-4 : 2e-2;
         const seq = engine.createSequence(), cseq = cpu.createSequence();
         const [out] = await engine.step!([{ seq, tokens: prompts[0]!, logits: true }]);
         const want = await cpu.forward(cseq, prompts[0]!);
-        console.log(`${numerics}, prompt as ${prompts_}: prompt logits vs the CPU, relative error ${relError(out as Float32Array, want).toExponential(2)}`);
-        assertClose(out as Float32Array, want, tol, `${numerics}, prompt as ${prompts_}: prompt logits vs the CPU`);
-        assert.deepEqual(prefilled, prompts_ === 'prefill' ? [prompts[0]!.length - 1] : [], `${numerics}: tokens through the prefill's kernels with stepPrompts '${prompts_}'`);
+        console.log(`${numerics}, prompt as ${way}: prompt logits vs the CPU, relative error ${relError(out as Float32Array, want).toExponential(2)}`);
+        assertClose(out as Float32Array, want, tol, `${numerics}, prompt as ${way}: prompt logits vs the CPU`);
+        assert.deepEqual(prefilled, way === 'prefill' ? [prompts[0]!.length - 1] : [], `${numerics}: tokens through the prefill's kernels with stepPrompts '${way}'`);
         const [next] = await engine.step!([{ seq, tokens: [5], logits: true }]);
-        assertClose(next as Float32Array, await cpu.forward(cseq, [5]), tol, `${numerics}, prompt as ${prompts_}: decode-row logits vs the CPU`);
+        assertClose(next as Float32Array, await cpu.forward(cseq, [5]), tol, `${numerics}, prompt as ${way}: decode-row logits vs the CPU`);
         seq.dispose();
       }
     } finally {

@@ -362,25 +362,13 @@ ${tiles.map(([i, j]) => `  var f${i}${j}a = vec4<f32>(0.0);\n  var f${i}${j}b = 
   // a stage's words, loaded into registers a stage ahead
   var rx: array<vec4<u32>, ${Math.ceil(NX / WG)}>;
   var rw: array<vec4<u32>, ${Math.ceil(NW / WG)}>;
-  var rxs = vec2<f32>(0.0);
-  var rws = 0u;
-${stageLoads('0u', NX, NW, WG, TM, byRow)}
+${byRow ? '' : '  var rxs = vec2<f32>(0.0);\n  var rws = 0u;\n'}${stageLoads('0u', NX, NW, WG, TM, byRow)}
 ${noScale ? results : ''}
   for (var kb = 0u; kb < STAGES; kb++) {
     let p = (kb % 2u) * ${TM}u;
     let q = (kb % 2u) * ${TN}u;
-${Array.from({ length: Math.ceil(NX / WG) }, (_, n) => `    ${guard(n, NX, WG)}{
-      let e = lid + ${n * WG}u; // token e / 4, bytes 16 (e % 4)
-      let o = (e / 4u) * ${STRIDE / 4}u + (e % 4u) * 4u;
-      let v = bitcast<vec4<i32>>(rx[${n}]);
-      smem[o] = v.x; smem[o + 1u] = v.y; smem[o + 2u] = v.z; smem[o + 3u] = v.w;
-    }`).join('\n')}
-${Array.from({ length: Math.ceil(NW / WG) }, (_, n) => byRow ? `    ${guard(n, NW, WG)}{
-      let e = lid + ${n * WG}u; // row e / 4, bytes 16 (e % 4)
-      let o = ${words.xs}u + (e / 4u) * ${STRIDE / 4}u + (e % 4u) * 4u;
-      let v = bitcast<vec4<i32>>(rw[${n}]);
-      smem[o] = v.x; smem[o + 1u] = v.y; smem[o + 2u] = v.z; smem[o + 3u] = v.w;
-    }` : `    ${guard(n, NW, WG)}{
+${Array.from({ length: Math.ceil(NX / WG) }, (_, n) => stageBytes(n, NX, WG, 'rx', 0)).join('\n')}
+${Array.from({ length: Math.ceil(NW / WG) }, (_, n) => byRow ? stageBytes(n, NW, WG, 'rw', words.xs) : `    ${guard(n, NW, WG)}{
       let e = lid + ${n * WG}u; // row e / 2, columns 32 (e % 2): each word's even nibbles, then its odd ones
       let o = ${words.xs}u + (e / 2u) * ${STRIDE / 4}u + (e % 2u) * 8u;
       let w = rw[${n}];
@@ -415,6 +403,19 @@ ${tiles.map(([i, j]) => `  for (var e = 0u; e < 8u; e++) {
   }`).join('\n')}
 }
 `;
+}
+
+/**
+ * Round `n` of a stage's copy of int8 words from registers `reg` (vec4<u32>, 16 bytes each, 4 a token
+ * or row) into the shared array from word `base`: piece e is token or row e / 4, bytes 16 (e % 4).
+ */
+function stageBytes(n: number, count: number, WG: number, reg: string, base: number): string {
+  return `    ${guard(n, count, WG)}{
+      let e = lid + ${n * WG}u; // token or row e / 4, bytes 16 (e % 4)
+      let o = ${base ? `${base}u + ` : ''}(e / 4u) * ${STRIDE / 4}u + (e % 4u) * 4u;
+      let v = bitcast<vec4<i32>>(${reg}[${n}]);
+      smem[o] = v.x; smem[o + 1u] = v.y; smem[o + 2u] = v.z; smem[o + 3u] = v.w;
+    }`;
 }
 
 /** `if (e < n) ` where the n loads of a stage do not fill the last round of WG invocations. */
