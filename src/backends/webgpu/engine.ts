@@ -21,7 +21,7 @@ import type { ModelWeights } from '../../model/weights.js';
 import type { DeviceDecodeOptions, Engine, Sequence, StepRow } from '../../runtime/engine.js';
 import { ropeTables } from '../cpu/ops.js';
 import { Gpu, type GpuOptions } from './device.js';
-import { encodeDispatches, STEP_HEADER_WORDS, StepWord, type Dispatch } from './dispatch.js';
+import { encodeDispatches, timeDispatches, STEP_HEADER_WORDS, StepWord, type Dispatch } from './dispatch.js';
 import { DeviceLostError, GpuOutOfMemoryError } from './errors.js';
 import { FusedDecoder } from './fused/decoder.js';
 import { fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
@@ -801,23 +801,7 @@ export class WebGpuEngine implements Engine {
       const kv = [...[...groups].flatMap((g) => (plan.split ? this.kvDecodeDispatchesOf(plan, g)[0]! : this.kvBatchDispatchesOf(g)[0]!)), ...(plan.split ? [plan.split.combine[0]!] : [])];
       this.gpu.device.queue.writeBuffer(plan.headStep, 0, new Uint32Array([T, 0, 0, 0]));
       const list = [...this.plans.embedding, ...plan.layers[0]!.beforeAttention, ...kv, ...plan.layers[0]!.afterAttention, ...plan.head, ...plan.choose];
-      const out: { label: string; microseconds: number }[] = [];
-      for (const d of list) {
-        const times: number[] = [];
-        for (let r = 0; r < 3; r++) {
-          const encoder = this.gpu.device.createCommandEncoder();
-          const pass = encoder.beginComputePass();
-          for (let i = 0; i < reps; i++) encodeDispatches(pass, [d], T);
-          pass.end();
-          const t0 = performance.now();
-          this.gpu.device.queue.submit([encoder.finish()]);
-          await this.gpu.device.queue.onSubmittedWorkDone();
-          times.push(((performance.now() - t0) * 1000) / reps);
-        }
-        this.gpu.check();
-        times.sort((a, b) => a - b);
-        out.push({ label: d.label, microseconds: times[1]! });
-      }
+      const out = await timeDispatches(this.gpu.device, list, T, reps, () => this.gpu.device.queue.onSubmittedWorkDone(), () => this.gpu.check());
       return out;
     });
   }
@@ -1027,23 +1011,7 @@ export class WebGpuEngine implements Engine {
       this.gpu.device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, this.rowsAt + 2 * T);
       const plan = T === 1 ? this.plans.decode[0]! : this.plans.prefill[0]!;
       const list = [...this.plans.embedding, ...plan.beforeAttention, ...(T === 1 ? this.kvDispatchesOf(slot.group.index)[0]!.one : this.kvDispatchesOf(slot.group.index)[0]!.prompt), ...plan.afterAttention];
-      const out: { label: string; microseconds: number }[] = [];
-      for (const d of list) {
-        const times: number[] = [];
-        for (let r = 0; r < 3; r++) {
-          const encoder = this.gpu.device.createCommandEncoder();
-          const pass = encoder.beginComputePass();
-          for (let i = 0; i < reps; i++) encodeDispatches(pass, [d], T);
-          pass.end();
-          const t0 = performance.now();
-          this.gpu.device.queue.submit([encoder.finish()]);
-          await this.gpu.device.queue.onSubmittedWorkDone();
-          times.push(((performance.now() - t0) * 1000) / reps);
-        }
-        this.gpu.check();
-        times.sort((a, b) => a - b);
-        out.push({ label: d.label, microseconds: times[1]! });
-      }
+      const out = await timeDispatches(this.gpu.device, list, T, reps, () => this.gpu.device.queue.onSubmittedWorkDone(), () => this.gpu.check());
       seq.reset();
       return out;
     });

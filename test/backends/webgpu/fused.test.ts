@@ -335,3 +335,39 @@ test("fused decode: the int8 kernels' one-round grid (globalGrid) gives the defa
     destroyFusedWeights(w);
   }
 });
+
+test('profiles (--profile): the fused decoder and the batched step time every dispatch of a layer, and decoding goes on as before', { skip: SKIP_GPU }, async () => {
+  const model = await loadModel(ARCH_MODELS[0]!);
+  const ref = await readReference(ARCH_MODELS[0]!);
+  const gpu = await testGpu();
+  const prompt = ref.prompts[0]!.prompt;
+  const w = uploadFusedWeights(gpu, model.weights);
+  const fused = new FusedDecoder(gpu, model.config, w, { path: 'fused', contextLength: 64, workgroups: 64, matvecActivations: 'f32' });
+  try {
+    const want = await fused.generate(prompt, { maxTokens: 6 });
+    const rows = await fused.profile(2);
+    console.log(`fused: ${rows.map((r) => `${r.label} ${r.microseconds.toFixed(0)} us`).join(', ')}`);
+    assert.ok(rows.length >= fused.dispatchesPerToken / model.config.numLayers && rows.every((r) => r.microseconds > 0), rows.map((r) => r.label).join(', '));
+    fused.reset();
+    assert.deepEqual(await fused.generate(prompt, { maxTokens: 6 }), want, 'greedy continuation after profiling');
+  } finally {
+    fused.dispose();
+    destroyFusedWeights(w);
+  }
+  const engine = await WebGpuEngine.create(model, { contextLength: 64, gpu, batchedStep: true, kvCache: 'f32', matvecActivations: 'f32' });
+  try {
+    const seqs = [engine.createSequence(), engine.createSequence()];
+    for (const seq of seqs) await engine.forward(seq, prompt);
+    const rows = await engine.profileDecodeRows(seqs, 2);
+    console.log(`batched step: ${rows.map((r) => `${r.label} ${r.microseconds.toFixed(0)} us`).join(', ')}`);
+    const labels = rows.map((r) => r.label);
+    assert.ok(labels.some((l) => l.includes('attention')) && labels.length > 6 && rows.every((r) => r.microseconds > 0), labels.join(', '));
+    // the sequences still continue as the CPU engine does (profiling wrote only their next position)
+    const cpu = new CpuEngine(model.config, model.weights, 64);
+    const cseq = cpu.createSequence();
+    await cpu.forward(cseq, prompt);
+    assertClose(await engine.forward(seqs[0]!, [prompt[0]!]), await cpu.forward(cseq, [prompt[0]!]), 1e-4, 'logits after profiling');
+  } finally {
+    engine.dispose();
+  }
+});

@@ -16,7 +16,7 @@ import { InvalidInputError } from '../../../errors.js';
 import type { ModelConfig } from '../../../model/config.js';
 import { ropeTables } from '../../cpu/ops.js';
 import type { Gpu } from '../device.js';
-import { encodeDispatches, STEP_HEADER_WORDS, StepWord, type Dispatch } from '../dispatch.js';
+import { encodeDispatches, timeDispatches, STEP_HEADER_WORDS, StepWord, type Dispatch } from '../dispatch.js';
 import { DeviceLostError } from '../errors.js';
 import {
   ATTENTION_WG, attentionFits, attentionSplits, splitAttentionFits, attentionWorkgroupBytes, decodeArgmaxWgsl, decodeAttentionPartGqaWgsl, decodeAttentionPartWgsl, decodeAttentionWgsl,
@@ -525,23 +525,7 @@ export class FusedDecoder {
     // with `sample`, the sampling kernel too (it reads the sampling values of the last step written)
     // (with argmax partials the embedding reduces them and no argmax dispatch runs a greedy step)
     const list = [...this.plan.embedding, ...this.plan.layers[0]!, ...this.plan.head, ...(this.partials ? [] : [this.plan.argmax]), ...(options.sample ? [this.plan.sample] : [])];
-    const out: { label: string; microseconds: number }[] = [];
-    for (const d of list) {
-      const times: number[] = [];
-      for (let r = 0; r < 3; r++) {
-        const encoder = this.gpu.device.createCommandEncoder();
-        const pass = encoder.beginComputePass();
-        for (let i = 0; i < reps; i++) encodeDispatches(pass, [d], 1);
-        pass.end();
-        const t0 = performance.now();
-        this.gpu.device.queue.submit([encoder.finish()]);
-        await this.settle(this.gpu.device.queue.onSubmittedWorkDone());
-        times.push(((performance.now() - t0) * 1000) / reps);
-      }
-      times.sort((a, b) => a - b);
-      out.push({ label: d.label, microseconds: times[1]! });
-    }
-    return out;
+    return timeDispatches(this.gpu.device, list, 1, reps, () => this.settle(this.gpu.device.queue.onSubmittedWorkDone()));
   }
 
   /**
