@@ -47,7 +47,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let v = logits[base + i];
     if (v > bv || bi == 0xffffffffu) { bv = v; bi = i; }
   }
-  best_v[lid] = bv;
+${workgroupArgmax()}
+  if (lid == 0u) { parts[wid.y * ${ARGMAX_PARTS}u + wid.x] = vec2<u32>(bitcast<u32>(best_v[0]), best_i[0]); }
+}
+`;
+}
+
+/**
+ * The workgroup's (value, index) maximum into best_v[0] / best_i[0] from each invocation's (bv, bi):
+ * the larger value wins, the lower index on ties, 0xffffffff marks none.
+ */
+function workgroupArgmax(): string {
+  return `  best_v[lid] = bv;
   best_i[lid] = bi;
   workgroupBarrier();
   for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
@@ -60,10 +71,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
     }
     workgroupBarrier();
-  }
-  if (lid == 0u) { parts[wid.y * ${ARGMAX_PARTS}u + wid.x] = vec2<u32>(bitcast<u32>(best_v[0]), best_i[0]); }
-}
-`;
+  }`;
 }
 
 export function argmaxWgsl(vocab: number, f: KernelFeatures): string {
@@ -83,20 +91,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     let v = logits[i];
     if (v > bv || bi == 0xffffffffu) { bv = v; bi = i; }
   }
-  best_v[lid] = bv;
-  best_i[lid] = bi;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
-    if (lid < s) {
-      let ov = best_v[lid + s];
-      let oi = best_i[lid + s];
-      if (oi != 0xffffffffu && (ov > best_v[lid] || (ov == best_v[lid] && oi < best_i[lid]) || best_i[lid] == 0xffffffffu)) {
-        best_v[lid] = ov;
-        best_i[lid] = oi;
-      }
-    }
-    workgroupBarrier();
-  }
+${workgroupArgmax()}
   if (lid == 0u) { out[0] = best_i[0]; }
 }
 `;
