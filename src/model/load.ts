@@ -4,7 +4,7 @@
  * Hugging Face folder (here, through format/hf.ts), into the canonical weights plus config, tokenizer,
  * chat template and generation defaults.
  */
-import { AbortError, ModelFormatError } from '../errors.js';
+import { ModelFormatError } from '../errors.js';
 import { CheckpointTensors, readTokenizerFiles } from '../format/hf.js';
 import { loadUpgModel } from '../format/upg/load.js';
 import { readOptionalJson, type FileSet } from '../io/files.js';
@@ -14,7 +14,7 @@ import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { architectures } from './architectures/index.js';
 import { parseConfig } from './config.js';
 import { checkTensorsAgainstConfig, checkpointLookup } from './check.js';
-import type { LoadOptions, LoadedModel, TensorSummary } from './loaded.js';
+import { tensorLoading, type LoadOptions, type LoadedModel, type TensorSummary } from './loaded.js';
 import { LazyTensor } from './lazy.js';
 import { DenseTensor, type WeightTensor } from './tensor.js';
 
@@ -83,17 +83,10 @@ export async function loadHfModel(folder: FileSet | string, options: LoadOptions
       }
     }
     const totalBytes = specs.reduce((a, s) => a + ckpt.info(s.name).byteLength, 0);
-    let loadedBytes = 0;
     const matrices = new Map<string, WeightTensor>();
     const vectors = new Map<string, Float32Array>();
     const tensors: TensorSummary[] = [];
-    const progress = (name: string, bytes: number) => {
-      loadedBytes = Math.min(totalBytes, loadedBytes + bytes);
-      options.onProgress?.({ phase: 'tensors', loadedBytes, totalBytes, tensor: name });
-    };
-    const aborted = () => {
-      if (options.signal?.aborted) throw new AbortError(`loading ${files.name} was aborted`);
-    };
+    const { progress, aborted } = tensorLoading(options, totalBytes, files.name);
     for (const spec of specs) {
       aborted();
       const info = ckpt.info(spec.name);

@@ -1,4 +1,5 @@
 /** What a loader gives: the canonical weights plus everything generation needs. Types only. */
+import { AbortError } from '../errors.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 import type { ModelConfig } from './config.js';
 import type { ModelWeights } from './weights.js';
@@ -49,4 +50,21 @@ export interface LoadOptions {
    * the 'tensors' progress then comes as they are read. The loaded model's close() ends the reading.
    */
   lazy?: boolean;
+}
+
+/**
+ * A loader's 'tensors' progress over `totalBytes` (never past it) and its abort check, which throws
+ * AbortError naming `what` once options.signal is aborted.
+ */
+export function tensorLoading(options: LoadOptions, totalBytes: number, what: string): { progress: (tensor: string, bytes: number) => void; aborted: () => void } {
+  let loadedBytes = 0;
+  return {
+    progress: (tensor, bytes) => {
+      loadedBytes = Math.min(totalBytes, loadedBytes + bytes);
+      options.onProgress?.({ phase: 'tensors', loadedBytes, totalBytes, tensor });
+    },
+    aborted: () => {
+      if (options.signal?.aborted) throw new AbortError(`loading ${what} was aborted`);
+    },
+  };
 }

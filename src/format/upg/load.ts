@@ -3,13 +3,12 @@
  * their encodings (the CPU engine multiplies from them directly), vectors become float32, and config,
  * tokenizer and chat template come from the artifact's metadata.
  */
-import { AbortError } from '../../errors.js';
 import type { ByteSource } from '../../io/source.js';
 import { architectures } from '../../model/architectures/index.js';
 import { parseConfig } from '../../model/config.js';
 import { checkTensorsAgainstConfig } from '../../model/check.js';
 import { metadataJson, upgLookup } from './verify.js';
-import type { LoadOptions, LoadedModel, TensorSummary } from '../../model/loaded.js';
+import { tensorLoading, type LoadOptions, type LoadedModel, type TensorSummary } from '../../model/loaded.js';
 import type { WeightTensor } from '../../model/tensor.js';
 import { LazyTensor } from '../../model/lazy.js';
 import { TextTokenizer } from '../../tokenizer/tokenizer.js';
@@ -32,17 +31,10 @@ export async function loadUpgModel(source: ByteSource, options: LoadOptions = {}
     const has = (n: string) => file.records.has(n);
     const specs = checkTensorsAgainstConfig(config, upgLookup(file));
     const totalBytes = specs.reduce((a, s) => a + file.storedBytes(s.name), 0);
-    let loadedBytes = 0;
     const matrices = new Map<string, WeightTensor>();
     const vectors = new Map<string, Float32Array>();
     const tensors: TensorSummary[] = [];
-    const progress = (name: string, bytes: number) => {
-      loadedBytes = Math.min(totalBytes, loadedBytes + bytes);
-      options.onProgress?.({ phase: 'tensors', loadedBytes, totalBytes, tensor: name });
-    };
-    const aborted = () => {
-      if (options.signal?.aborted) throw new AbortError(`loading ${path} was aborted`);
-    };
+    const { progress, aborted } = tensorLoading(options, totalBytes, path);
     for (const spec of specs) {
       aborted();
       const rec = file.record(spec.name);
