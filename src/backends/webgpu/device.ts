@@ -59,7 +59,7 @@ export interface GpuFeatures {
   int8Tile: Int8Tile | null;
   /** PDVM_I8_LAB=no-scale: the int8 kernel without its per-group scaling (timing only, wrong results). */
   int8Lab: 'no-scale' | null;
-  /** How the int8 products scale: per q4 group ('group', PDVM_PREFILL_I8=1) or once per row and token ('row', PDVM_PREFILL_I8=row). */
+  /** How the int8 products scale: per q4 group ('group', PDVM_PREFILL_I8=1) or once per row and token ('row' or 'row-q4', PDVM_PREFILL_I8=row|row-q4). */
   int8Scaling: Int8Scaling;
   /** Dawn toggles requested (Node). */
   dawnToggles: string[];
@@ -100,10 +100,11 @@ export interface GpuOptions {
    * q4 matrices in groups of 64 on the int8 tensor cores (x quantized to int8 per token and 64
    * columns) where i8 x i8 -> i32 16x16x32 subgroup matrices are offered and the kernel's self-test
    * passes (default off: PDVM_PREFILL_I8=1 turns it on). 'row': W rounded again to int8 a row and x per
-   * token, no per-group round trip (PDVM_PREFILL_I8=row; a byte a weight more). Changes the numbers:
-   * see kernels/matmul-int8.ts.
+   * token, no per-group round trip (PDVM_PREFILL_I8=row; a byte a weight more); 'row-q4': the same
+   * bytes made from the q4 words as they are staged (PDVM_PREFILL_I8=row-q4; 8 bytes a row more).
+   * Changes the numbers: see kernels/matmul-int8.ts.
    */
-  prefillInt8?: boolean | 'row';
+  prefillInt8?: boolean | 'row' | 'row-q4';
   /** Polyfill WGSL's dot4I8Packed even where the language feature exists (tests run both). */
   disablePackedDot?: boolean;
   /** Split tensors at this many bytes instead of the device's maxStorageBufferBindingSize (tests). */
@@ -257,7 +258,7 @@ export class Gpu {
     const configs = matrix ? Array.from(info.subgroupMatrixConfigs ?? [], (c) => ({ componentType: c.componentType, resultComponentType: c.resultComponentType, M: c.M, N: c.N, K: c.K })) : [];
     // q4 products on the int8 tensor cores: asked for per group (true) or per row ('row'), or not
     const i8 = env('PDVM_PREFILL_I8');
-    const prefillInt8 = options.prefillInt8 ?? (i8 === 'row' ? 'row' : i8 === '1' || i8 === 'group');
+    const prefillInt8 = options.prefillInt8 ?? (i8 === 'row' || i8 === 'row-q4' ? i8 : i8 === '1' || i8 === 'group');
     const features: GpuFeatures = {
       subgroups,
       shaderF16,
@@ -276,7 +277,7 @@ export class Gpu {
       int8Units: 'words',
       int8Tile: parseInt8Tile(env('PDVM_I8_TILE')),
       int8Lab: env('PDVM_I8_LAB') === 'no-scale' ? 'no-scale' : null,
-      int8Scaling: prefillInt8 === 'row' ? 'row' : 'group',
+      int8Scaling: prefillInt8 === 'row' || prefillInt8 === 'row-q4' ? prefillInt8 : 'group',
       dawnToggles: entry.toggles,
       selfTests: {},
     };

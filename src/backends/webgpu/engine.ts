@@ -490,8 +490,9 @@ export class WebGpuEngine implements Engine {
         : undefined;
     const stacked = (parts: GpuMatrix[], x: GPUBuffer, y: GPUBuffer, yStride: number, bias: GPUBuffer | null, kind: 'matvec' | 'tiled', f16?: GPUBuffer) => {
       let offset = 0;
+      const prepared = new Map<string, GPUBuffer>(); // x converted or quantized once for all the parts
       return parts.flatMap((m) => {
-        const d = matmulOp(gpu, m, { x, y, yStride, yOffset: offset, bias, residual: false, step: a.step, ...(f16 ? { x16: f16 } : {}) }, kind, C);
+        const d = matmulOp(gpu, m, { x, y, yStride, yOffset: offset, bias, residual: false, step: a.step, prepared, ...(f16 ? { x16: f16 } : {}) }, kind, C);
         offset += m.rows;
         return d;
       });
@@ -859,8 +860,9 @@ export class WebGpuEngine implements Engine {
       matmulOp(gpu, m, io, 'tiled', maxRows);
     const stacked = (parts: GpuMatrix[], x: GPUBuffer, y: GPUBuffer, yStride: number, bias: GPUBuffer | null) => {
       let offset = 0;
+      const prepared = new Map<string, GPUBuffer>(); // x converted or quantized once for all the parts
       return parts.flatMap((m) => {
-        const d = product(m, { x, y, yStride, yOffset: offset, bias, residual: false, step: a.step });
+        const d = product(m, { x, y, yStride, yOffset: offset, bias, residual: false, step: a.step, prepared });
         offset += m.rows;
         return d;
       });

@@ -83,6 +83,12 @@ export interface MatmulIo {
    * an f16 output): the tensor-core products read it instead of converting x themselves.
    */
   x16?: GPUBuffer;
+  /**
+   * The products of one x in a row (a layer's q, k and v; gate and up): what an earlier one already
+   * made of x (its f16 copy, its int8 rows), by scratch buffer, so a later one reads it instead of
+   * making it again. Shared by the callers' products of that x, in dispatch order.
+   */
+  prepared?: Map<string, GPUBuffer>;
 }
 
 /**
@@ -135,7 +141,7 @@ export function prefillPathDescription(gpu: Gpu): string {
   const tiles = fixed ? `tile ${tensorCoreTileName(fixed)}` : 'tiles of 128 tokens x 128 rows, or 64 x 128 for narrow matrices';
   const attention = gpu.features.attentionTensorCore ? `tensor cores${gpu.features.attentionSplit ? ', split over keys' : ''}` : 'f32 tiles';
   const int8 = gpu.features.subgroupMatrixI8
-    ? `; q4 g64 matrices on int8 tensor cores (i8 x i8 -> i32 16x16x32, ${gpu.features.int8Scaling === 'row' ? 'x quantized per token, W rounded again to int8 per row (a byte a weight more)' : 'x quantized per token and 64 columns'}, ${gpu.features.int8Tile ? `tile ${int8TileName(gpu.features.int8Tile)}` : '128 or 64 tokens x 128 rows'}${gpu.features.int8Lab ? `, lab ${gpu.features.int8Lab}: timing only` : ''})`
+    ? `; q4 g64 matrices on int8 tensor cores (i8 x i8 -> i32 16x16x32, ${{ row: 'x quantized per token, W rounded again to int8 per row (a byte a weight more)', 'row-q4': 'x quantized per token, W rounded to int8 per row as its q4 words are staged', group: 'x quantized per token and 64 columns' }[gpu.features.int8Scaling]}, ${gpu.features.int8Tile ? `tile ${int8TileName(gpu.features.int8Tile)}` : '128 or 64 tokens x 128 rows'}${gpu.features.int8Lab ? `, lab ${gpu.features.int8Lab}: timing only` : ''})`
     : '';
   return `tensor cores: subgroup matrix f16 x f16 -> f32 16x16x16, x converted to f16 once a product, x and W (dequantized to f16) staged through workgroup memory 64 columns a stage (${tiles})${int8}; prompt attention: ${attention}`;
 }
@@ -184,13 +190,15 @@ function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, maxTokens: number): Dispa
     x16 = io.x16;
   } else {
     x16 = gpu.scratch('x16', tokensPadded * paddedCols(m.cols) * 2);
-    const convert = gpu.pipeline('convert_f16', { cols: m.cols }, () => convertF16Wgsl(m.cols));
-    dispatches.push({
-      label: 'convert_f16',
-      pipeline: convert,
-      bindGroup: gpu.bindGroup('convert_f16', convert, [io.x, x16, io.step]),
-      workgroups: (T: number) => linearGrid(convertF16Invocations(T, m.cols)),
-    });
+    if (!madeBefore(io, `x16 ${m.cols}`, x16)) {
+      const convert = gpu.pipeline('convert_f16', { cols: m.cols }, () => convertF16Wgsl(m.cols));
+      dispatches.push({
+        label: 'convert_f16',
+        pipeline: convert,
+        bindGroup: gpu.bindGroup('convert_f16', convert, [io.x, x16, io.step]),
+        workgroups: (T: number) => linearGrid(convertF16Invocations(T, m.cols)),
+      });
+    }
   }
   const sg = gpu.features.subgroupMaxSize;
   const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
@@ -217,6 +225,14 @@ function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, maxTokens: number): Dispa
   return dispatches;
 }
 
+/** Whether an earlier product of io.x made `what` into `buffer` (io.prepared); records it if not. */
+function madeBefore(io: MatmulIo, what: string, buffer: GPUBuffer): boolean {
+  if (!io.prepared) return false;
+  if (io.prepared.get(what) === buffer) return true;
+  io.prepared.set(what, buffer);
+  return false;
+}
+
 /**
  * A q4 g64 product on the int8 tensor cores (kernels/matmul-int8.ts): x quantized per token and block
  * of 64 columns (scaling 'group') or per token ('row') into scratch buffers every such product shares
@@ -232,7 +248,7 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
   const bytes = int8InputBytes(Math.ceil(maxTokens / 512) * 512, shape.cols);
   const xq = gpu.scratch('xq', bytes.xq), xscale = gpu.scratch('xscale', bytes.xscale);
   const scaling = gpu.features.int8Scaling;
-  const quantize = scaling === 'row'
+  const quantize = scaling !== 'group'
     ? { label: 'quantize_tokens', pipeline: gpu.pipeline('quantize_tokens', { cols: shape.cols }, () => quantizeTokensWgsl(shape.cols)), grid: (T: number) => quantizeTokensGrid(T) }
     : { label: 'quantize_blocks', pipeline: gpu.pipeline('quantize_blocks', { cols: shape.cols }, () => quantizeBlocksWgsl(shape.cols)), grid: (T: number) => quantizeBlocksGrid(T, shape.cols) };
   const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
@@ -243,36 +259,47 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
   );
   const rowTiles = Math.ceil(shape.rows / size.rows);
   if (rowTiles > 65535) throw new Error(`matmul: ${shape.rows} rows exceed the dispatch grid`);
+  // 'row': the int8 rows in place of the q4 words; 'row-q4': the q4 words, and the rows' scales after the step
   const weights = scaling === 'row' ? int8Rows(gpu, shape, buffers) : buffers;
+  const rowScales = scaling === 'row-q4' ? int8Rows(gpu, shape, buffers, true) : [];
+  // x quantized once for the products of one x in a row (both its buffers as an earlier one left them)
+  const rowsMade = madeBefore(io, `${quantize.label} ${shape.cols}`, xq), scalesMade = madeBefore(io, `${quantize.label} scales ${shape.cols}`, xscale);
   return [
-    { label: quantize.label, pipeline: quantize.pipeline, bindGroup: gpu.bindGroup(quantize.label, quantize.pipeline, [io.x, xq, xscale, io.step]), workgroups: quantize.grid },
+    ...(rowsMade && scalesMade
+      ? []
+      : [{ label: quantize.label, pipeline: quantize.pipeline, bindGroup: gpu.bindGroup(quantize.label, quantize.pipeline, [io.x, xq, xscale, io.step]), workgroups: quantize.grid }]),
     {
-      label: scaling === 'row' ? 'matmul_int8_rows' : 'matmul_int8_q4',
+      label: scaling === 'group' ? 'matmul_int8_q4' : 'matmul_int8_rows',
       pipeline,
-      bindGroup: gpu.bindGroup('matmul_int8', pipeline, [...weights, xq, xscale, io.y, io.step, ...(io.bias ? [io.bias] : [])]),
+      bindGroup: gpu.bindGroup('matmul_int8', pipeline, [...weights, xq, xscale, io.y, io.step, ...rowScales, ...(io.bias ? [io.bias] : [])]),
       workgroups: (T: number) => [Math.ceil(T / size.tokens), rowTiles, 1],
     },
   ];
 }
 
-/** A q4 g64 matrix rounded again to int8 a row (kernels/matmul-int8.ts q4ToInt8RowsWgsl), made once and kept beside its q4 words. */
-const int8RowsOf = new WeakMap<GPUBuffer, GPUBuffer[]>();
-function int8Rows(gpu: Gpu, shape: TiledMatmulShape, q4: GPUBuffer[]): GPUBuffer[] {
-  const known = int8RowsOf.get(q4[0]!);
+/**
+ * A q4 g64 matrix rounded again to int8 a row (kernels/matmul-int8.ts q4ToInt8RowsWgsl), made once and
+ * kept beside its q4 words; `scalesOnly` (scaling 'row-q4'): only each row's (scale, 127 / max).
+ */
+const int8RowsOf = new WeakMap<GPUBuffer, GPUBuffer[]>(), int8RowScalesOf = new WeakMap<GPUBuffer, GPUBuffer[]>();
+function int8Rows(gpu: Gpu, shape: TiledMatmulShape, q4: GPUBuffer[], scalesOnly = false): GPUBuffer[] {
+  const memo = scalesOnly ? int8RowScalesOf : int8RowsOf;
+  const known = memo.get(q4[0]!);
   if (known) return known;
   const device = gpu.device;
-  const w8 = gpu.createBuffer('int8_rows', shape.rows * shape.cols, GPUBufferUsage.STORAGE);
-  const wscale = gpu.createBuffer('int8_rows_scale', Math.max(16, shape.rows * 4), GPUBufferUsage.STORAGE);
-  const pipeline = gpu.pipeline('q4_to_int8_rows', { rows: shape.rows, cols: shape.cols }, () => q4ToInt8RowsWgsl(shape.rows, shape.cols));
+  const out = scalesOnly
+    ? [gpu.createBuffer('int8_row_scales', Math.max(16, shape.rows * 8), GPUBufferUsage.STORAGE)]
+    : [gpu.createBuffer('int8_rows', shape.rows * shape.cols, GPUBufferUsage.STORAGE), gpu.createBuffer('int8_rows_scale', Math.max(16, shape.rows * 4), GPUBufferUsage.STORAGE)];
+  const pipeline = gpu.pipeline('q4_to_int8_rows', { rows: shape.rows, cols: shape.cols, scalesOnly }, () => q4ToInt8RowsWgsl(shape.rows, shape.cols, scalesOnly));
   const encoder = device.createCommandEncoder();
   const pass = encoder.beginComputePass();
   pass.setPipeline(pipeline);
-  pass.setBindGroup(0, gpu.bindGroup('q4_to_int8_rows', pipeline, [q4[0]!, q4[1]!, w8, wscale]));
+  pass.setBindGroup(0, gpu.bindGroup('q4_to_int8_rows', pipeline, [q4[0]!, q4[1]!, ...out]));
   pass.dispatchWorkgroups(...q4ToInt8RowsGrid(shape.rows));
   pass.end();
   device.queue.submit([encoder.finish()]);
-  int8RowsOf.set(q4[0]!, [w8, wscale]);
-  return [w8, wscale];
+  memo.set(q4[0]!, out);
+  return out;
 }
 
 /**

@@ -220,10 +220,11 @@ export async function selfTestPrefillKernel(device: GPUDevice, subgroupSize: num
  * residual: every block of x holds a +-127, so x quantizes to itself with scale 1, and the weights'
  * scales and mins are quarters and integers, so the answer is exact. Scaling 'row' (q4_to_int8_rows and
  * quantize_tokens first): the weights decode to integers within +-127, with a -127 in every row, so
- * they too round to themselves with scale 1.
+ * they too round to themselves with scale 1; 'row-q4' the same, the product rounding the q4 words as it
+ * stages them (q4_to_int8_rows making only the rows' scales).
  */
 export async function selfTestPrefillInt8(device: GPUDevice, indexing: SubgroupIndexing, tiles: readonly Int8Tile[], syntax: SubgroupMatrixSyntax, units: Int8Units, scaling: Int8Scaling = 'group'): Promise<string> {
-  const T = 70, rows = 130, cols = 128, groups = cols / 64, wordsPerRow = cols / 8, byRow = scaling === 'row';
+  const T = 70, rows = 130, cols = 128, groups = cols / 64, wordsPerRow = cols / 8, byRow = scaling !== 'group', w8 = scaling === 'row';
   const X = Float32Array.from({ length: T * cols }, (_, i) => (i % 64 === 0 ? ((i / 64) % 2 ? -127 : 127) : (((i / cols) | 0) * 5 + (i % cols) * 3) % 15 - 7));
   const nibble = (r: number, c: number) => (byRow && c === 0 ? 0 : (r * 7 + c * 11) % 16);
   const scale = (r: number, g: number) => (byRow ? [1, 2, 4, 8][(r + g) % 4]! : 0.25 * (1 + ((r + g) % 3)));
@@ -246,8 +247,9 @@ export async function selfTestPrefillInt8(device: GPUDevice, indexing: SubgroupI
     const x = storage(X), qb = storage(q), smb = storage(sm), step = storage(new Uint32Array([T, 0, 0, 0]));
     const bytes = int8InputBytes(512, cols), xq = storage(bytes.xq), xscale = storage(bytes.xscale);
     const quantize = byRow ? await compile('self-test quantize_tokens', quantizeTokensWgsl(cols)) : await compile('self-test quantize_blocks', quantizeBlocksWgsl(cols));
-    const convert = byRow ? await compile('self-test q4_to_int8_rows', q4ToInt8RowsWgsl(rows, cols)) : null;
-    const w8 = byRow ? storage(new Uint32Array((rows * cols) / 4)) : null, wscale = byRow ? storage(new Float32Array(rows)) : null;
+    const convert = byRow ? await compile('self-test q4_to_int8_rows', q4ToInt8RowsWgsl(rows, cols, !w8)) : null;
+    // 'row': the int8 rows and a scale a row; 'row-q4': (scale, 127 / max) a row
+    const rowsOut = w8 ? [storage(new Uint32Array((rows * cols) / 4)), storage(new Float32Array(rows))] : byRow ? [storage(new Float32Array(2 * rows))] : [];
     for (const tile of tiles) {
       const shape = { weight: { encoding: 'q4' as const, wordsPerRow, group: 64, groups }, rows, cols, yStride: rows, yOffset: 0, bias: false, residual: true };
       const pipeline = await compile(`self-test int8 product ${int8TileName(tile)} (${scaling})`, matmulInt8Wgsl(shape, indexing, tile, syntax, units, undefined, scaling));
@@ -256,7 +258,7 @@ export async function selfTestPrefillInt8(device: GPUDevice, indexing: SubgroupI
       const pass = enc.beginComputePass();
       if (convert) {
         pass.setPipeline(convert);
-        pass.setBindGroup(0, bind(convert, [qb, smb, w8!, wscale!]));
+        pass.setBindGroup(0, bind(convert, [qb, smb, ...rowsOut]));
         pass.dispatchWorkgroups(...q4ToInt8RowsGrid(rows));
       }
       pass.setPipeline(quantize);
@@ -264,7 +266,7 @@ export async function selfTestPrefillInt8(device: GPUDevice, indexing: SubgroupI
       pass.dispatchWorkgroups(...(byRow ? quantizeTokensGrid(T) : quantizeBlocksGrid(T, cols)));
       const size = int8TileSize(tile);
       pass.setPipeline(pipeline);
-      pass.setBindGroup(0, bind(pipeline, byRow ? [w8!, wscale!, xq, xscale, y, step] : [qb, smb, xq, xscale, y, step]));
+      pass.setBindGroup(0, bind(pipeline, w8 ? [...rowsOut, xq, xscale, y, step] : [qb, smb, xq, xscale, y, step, ...rowsOut]));
       pass.dispatchWorkgroups(Math.ceil(T / size.tokens), Math.ceil(rows / size.rows));
       pass.end();
       const r = compare(await submitAndRead(enc, y, T * rows * 4), want);

@@ -7,6 +7,8 @@
  *    (bias, residual, partial tiles) on lavapipe;
  *  - scaling 'row': q4_to_int8_rows and quantize_tokens against the CPU, and the product (emulated
  *    as above) against the CPU doing its arithmetic (one i32 sum a row and token, scaled once);
+ *  - scaling 'row-q4': the same, the product rounding the q4 words as it stages them from the rows'
+ *    (scale, 127 / max) that q4_to_int8_rows makes alone;
  *  - where the device has self-tested the path (PDVM_PREFILL_I8 asked; the H200): the real kernel
  *    through matmulOp against the same CPU arithmetic (tight) and against the f32 product (the
  *    documented tolerance of x rounded to int8).
@@ -211,10 +213,10 @@ test('the int8 product\'s WGSL passes Tint\'s checks outside the subgroup-matrix
   const shape = { weight: { encoding: 'q4' as const, wordsPerRow: 512, group: 64, groups: 64 }, rows: 14336, cols: 4096, yStride: 14340, yOffset: 2, bias: true, residual: true };
   const failures: string[] = [];
   for (const tile of [...INT8_TILES, ...['2422s', '2242s', '1422s', '2222s', '1111'].map((n) => parseInt8Tile(n)!)]) {
-    for (const lab of [undefined, 'no-scale', 'row'] as const) {
-      if (lab === 'row' && tile.epilogue === 'stage') continue;
+    for (const lab of [undefined, 'no-scale', 'row', 'row-q4'] as const) {
+      if ((lab === 'row' || lab === 'row-q4') && tile.epilogue === 'stage') continue;
       for (const indexing of ['subgroup-id', 'invocation-index'] as const) {
-        const code = standIns(lab === 'row' ? matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', undefined, 'row') : matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', lab));
+        const code = standIns(lab === 'row' || lab === 'row-q4' ? matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', undefined, lab) : matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', lab));
         const errors = (await gpu.device.createShaderModule({ code }).getCompilationInfo()).messages.filter((m) => m.type === 'error');
         if (errors.length) failures.push(`${int8TileName(tile)} ${lab ?? ''} ${indexing}: ${errors.map((e) => `line ${e.lineNum}: ${e.message}`).join('; ')}`);
       }
@@ -259,35 +261,37 @@ test('the int8 product with emulated subgroup matrices equals the CPU doing its 
     }
   }
 
-  // scaling 'row': the matrix rounded to int8 a row, x a token, one i32 sum scaled once (the first tile)
-  {
-    const tile = tiles[0]!, size = int8TileSize(tile);
+  // scaling 'row': the matrix rounded to int8 a row, x a token, one i32 sum scaled once (the first tile);
+  // 'row-q4': the same bytes made by the product from the q4 words as it stages them
+  for (const scaling of ['row', 'row-q4'] as const) {
+    const tile = tiles[0]!, size = int8TileSize(tile), fromQ4 = scaling === 'row-q4';
     const prodRows = productRowsCpu(m, x, T, rows, cols);
     const wantRows = Float64Array.from(y0);
     for (let t = 0; t < T; t++) for (let i = 0; i < rows; i++) wantRows[t * yStride + yOffset + i] += prodRows[t * rows + i]! + bias[yOffset + i]!;
-    const w8 = zeros(gpu, (rows * cols) / 4), ws = zeros(gpu, rows);
-    const conv = gpu.pipeline('q4_to_int8_rows', { rows, cols }, () => q4ToInt8RowsWgsl(rows, cols));
+    const made = fromQ4 ? [zeros(gpu, 2 * rows)] : [zeros(gpu, (rows * cols) / 4), zeros(gpu, rows)];
+    const conv = gpu.pipeline('q4_to_int8_rows', { rows, cols, fromQ4 }, () => q4ToInt8RowsWgsl(rows, cols, fromQ4));
     const qt = gpu.pipeline('quantize_tokens', { cols }, () => quantizeTokensWgsl(cols));
-    const code = withEmulatedI8Matrices(matmulInt8Wgsl(shape, 'invocation-index', tile, 'template', 'words', undefined, 'row'), 'words');
+    const code = withEmulatedI8Matrices(matmulInt8Wgsl(shape, 'invocation-index', tile, 'template', 'words', undefined, scaling), 'words');
     const module = device.createShaderModule({ code });
     const errors = (await module.getCompilationInfo()).messages.filter((e) => e.type === 'error');
-    assert.deepEqual(errors.map((e) => `line ${e.lineNum}: ${e.message}`), [], `tile ${int8TileName(tile)} (row) compiles`);
+    assert.deepEqual(errors.map((e) => `line ${e.lineNum}: ${e.message}`), [], `tile ${int8TileName(tile)} (${scaling}) compiles`);
     const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
-    const y = storage(gpu, y0);
+    const y = storage(gpu, y0), words = storage(gpu, m.words), sm = storage(gpu, m.sm);
+    const productBuffers = fromQ4 ? [words, sm, xq, xs, y, step, made[0]!, storage(gpu, bias)] : [made[0]!, made[1]!, xq, xs, y, step, storage(gpu, bias)];
     await run(gpu, [
-      { label: 'q4_to_int8_rows', pipeline: conv, bindGroup: gpu.bindGroup('c', conv, [storage(gpu, m.words), storage(gpu, m.sm), w8, ws]), workgroups: () => q4ToInt8RowsGrid(rows) },
+      { label: 'q4_to_int8_rows', pipeline: conv, bindGroup: gpu.bindGroup('c', conv, [words, sm, ...made]), workgroups: () => q4ToInt8RowsGrid(rows) },
       { label: 'quantize_tokens', pipeline: qt, bindGroup: gpu.bindGroup('qt', qt, [storage(gpu, x), xq, xs, step]), workgroups: (n: number) => quantizeTokensGrid(n) },
-      { label: 'emulated rows', pipeline, bindGroup: gpu.bindGroup('emulated', pipeline, [w8, ws, xq, xs, y, step, storage(gpu, bias)]), workgroups: (n: number) => [Math.ceil(n / size.tokens), Math.ceil(rows / size.rows), 1] as [number, number, number] },
+      { label: 'emulated rows', pipeline, bindGroup: gpu.bindGroup('emulated', pipeline, productBuffers), workgroups: (n: number) => [Math.ceil(n / size.tokens), Math.ceil(rows / size.rows), 1] as [number, number, number] },
     ], T);
     // a rounding tie may put one int8 value 1 apart from the CPU's
-    assertClose(await read(gpu, y, T * yStride), wantRows, 1e-5, `tile ${int8TileName(tile)}, scaling 'row'`);
+    assertClose(await read(gpu, y, T * yStride), wantRows, 1e-5, `tile ${int8TileName(tile)}, scaling '${scaling}'`);
   }
 });
 
-test('webgpu int8 prefill products (the device\'s tensor cores, where self-tested): q4 g64 through matmulOp against the CPU, scaling per group and per row', { skip: SKIP_GPU }, async (t) => {
+test('webgpu int8 prefill products (the device\'s tensor cores, where self-tested): q4 g64 through matmulOp against the CPU, scaling per group and per row (kept int8 rows, or rounded from the q4 words in the kernel)', { skip: SKIP_GPU }, async (t) => {
   const missing: string[] = [];
-  for (const scaling of ['group', 'row'] as const) {
-    const gpu = await testGpu({ prefillInt8: scaling === 'row' ? 'row' : true });
+  for (const scaling of ['group', 'row', 'row-q4'] as const) {
+    const gpu = await testGpu({ prefillInt8: scaling === 'group' ? true : scaling });
     if (!gpu.features.subgroupMatrixI8) {
       const why = Object.entries(gpu.features.selfTests).filter(([k]) => k.startsWith('prefill int8')).map(([k, v]) => `${k}: ${v}`);
       missing.push(`${scaling}: no int8 tensor-core path here (${why.join('; ') || 'no subgroup matrices'})`);
@@ -306,7 +310,7 @@ test('webgpu int8 prefill products (the device\'s tensor cores, where self-teste
       } as unknown as GpuMatrix;
       const y = storage(gpu, y0);
       const ops = matmulOp(gpu, matrix, { x: storage(gpu, x), y, yStride, yOffset, bias: bias ? storage(gpu, biasValues) : null, residual, step: stepBuffer(gpu, T, 0) }, 'tiled', T);
-      assert.deepEqual(ops.map((o) => o.label), scaling === 'row' ? ['quantize_tokens', 'matmul_int8_rows'] : ['quantize_blocks', 'matmul_int8_q4']);
+      assert.deepEqual(ops.map((o) => o.label), scaling === 'group' ? ['quantize_blocks', 'matmul_int8_q4'] : ['quantize_tokens', 'matmul_int8_rows']);
       await run(gpu, ops, T);
       const got = await read(gpu, y, T * yStride);
       const withEpilogue = (prod: Float64Array) => {
@@ -318,7 +322,7 @@ test('webgpu int8 prefill products (the device\'s tensor cores, where self-teste
         return want;
       };
       const exact = withEpilogue(productCpu(m, x, T, rows, cols, false));
-      const arithmetic = withEpilogue(scaling === 'row' ? productRowsCpu(m, x, T, rows, cols) : productCpu(m, x, T, rows, cols, true));
+      const arithmetic = withEpilogue(scaling === 'group' ? productCpu(m, x, T, rows, cols, true) : productRowsCpu(m, x, T, rows, cols));
       const relArithmetic = compare(got, arithmetic).rel, relExact = compare(got, exact).rel, relCpu = compare(Float32Array.from(arithmetic), exact).rel;
       console.log(`${scaling}, ${T} x ${rows} x ${cols}: against the CPU doing its arithmetic ${relArithmetic.toExponential(2)}; against the f32 product ${relExact.toExponential(2)} (the CPU's int8 arithmetic: ${relCpu.toExponential(2)})`);
       assertClose(got, arithmetic, 1e-5, `${scaling}, ${T} x ${rows} x ${cols} (int8 arithmetic)`);
@@ -327,6 +331,6 @@ test('webgpu int8 prefill products (the device\'s tensor cores, where self-teste
       assertClose(got, exact, scaling === 'group' ? 3e-2 : 1.05 * relCpu + 1e-4, `${scaling}, ${T} x ${rows} x ${cols} (f32 product)`);
     }
   }
-  if (missing.length === 2) t.skip(missing.join('; '));
+  if (missing.length === 3) t.skip(missing.join('; '));
   else for (const m of missing) t.diagnostic(m);
 });

@@ -27,6 +27,12 @@
  * i32 sum over every column, scaled once at the end (what the 'no-scale' lab measured: 10,091 tok/s on
  * the 8B shape, H100). Both in natural column order. Its cost in accuracy, emulated on the CPU
  * (bench/int8-numerics.ts, the demo model's q4 perplexity): +0.076% against +0.110% for 'group'.
+ *
+ * Scaling 'row-q4' (PDVM_PREFILL_I8=row-q4) gives the same bytes without keeping them: only each row's
+ * (scale, 127 / max) is made once (q4ToInt8Rows, scalesOnly), and the product rounds the q4 words it
+ * stages (nibble x scale + min, times 127 / max, rounded): the q4 words' bytes read instead of a byte a
+ * weight, for some arithmetic in the staging. Meant for the batched decode step, whose products read
+ * every weight once for few tokens.
  */
 import { epilogue, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, type SubgroupIndexing, type SubgroupMatrixSyntax, type TiledMatmulShape } from './matmul-tiled.js';
 
@@ -40,8 +46,13 @@ export const INT8_BLOCK = 64;
  */
 export type Int8Units = 'bytes' | 'words';
 
-/** How the product is scaled: per q4 group and 64 columns of x ('group'), or once per row and token ('row'). */
-export type Int8Scaling = 'group' | 'row';
+/**
+ * How the product is scaled: per q4 group and 64 columns of x ('group'), or once per row and token:
+ * from the matrix rounded again to int8 a row once, kept beside it ('row': a byte a weight more), or
+ * rounded so as the q4 words are staged ('row-q4': the same bytes, made in the kernel, only a scale
+ * and its inverse a row kept).
+ */
+export type Int8Scaling = 'group' | 'row' | 'row-q4';
 
 /**
  * gm x gn subgroups a workgroup, each am x an results of 16 x 16 (16 am gm tokens x 16 an gn rows),
@@ -226,17 +237,18 @@ export function quantizeTokensGrid(T: number): [number, number, number] {
  * Scaling 'row', once a matrix: its q4 g64 values decoded (u scale + min, as the f32 kernels decode
  * them) and rounded to int8 with one scale a row: w8 (rows x cols / 4 u32, natural column order) and
  * wscale[r] = max |W[r, :]| / 127. A workgroup of 64 a row, each invocation cols / 64 columns (one
- * group: 8 q4 words in, 16 words out).
+ * group: 8 q4 words in, 16 words out). `scalesOnly` (scaling 'row-q4'): only wrow[r] = (max / 127,
+ * 127 / max), the kernel rounding the q4 words itself as this one would.
  */
-export function q4ToInt8RowsWgsl(rows: number, cols: number): string {
+export function q4ToInt8RowsWgsl(rows: number, cols: number, scalesOnly = false): string {
   if (cols % INT8_BLOCK !== 0) throw new Error(`q4_to_int8_rows: ${cols} columns are not whole groups of ${INT8_BLOCK}`);
   const G = cols / INT8_BLOCK;
   return `const ROWS = ${rows}u;
 const G = ${G}u;
 @group(0) @binding(0) var<storage, read> qweight: array<u32>;
 @group(0) @binding(1) var<storage, read> scale_min: array<u32>;
-@group(0) @binding(2) var<storage, read_write> w8: array<u32>;
-@group(0) @binding(3) var<storage, read_write> wscale: array<f32>;
+${scalesOnly ? '@group(0) @binding(2) var<storage, read_write> wrow: array<vec2<f32>>; // (scale, 127 / max) a row' : `@group(0) @binding(2) var<storage, read_write> w8: array<u32>;
+@group(0) @binding(3) var<storage, read_write> wscale: array<f32>;`}
 ${ROW_HELPERS}
 fn decoded(r: u32, g: u32, c: u32) -> f32 {
   let sm = unpack2x16float(scale_min[r * G + g]);
@@ -252,13 +264,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   let m = workgroup_max(lid, amax);
   let inv = select(0.0, 127.0 / m, m > 0.0);
-  if (lid == 0u) { wscale[r] = m / 127.0; }
+${scalesOnly ? '  if (lid == 0u) { wrow[r] = vec2<f32>(m / 127.0, inv); }' : `  if (lid == 0u) { wscale[r] = m / 127.0; }
   for (var g = lid; g < G; g += 64u) {
     for (var c = 0u; c < 64u; c += 4u) {
       w8[r * G * 16u + g * 16u + c / 4u] = byte(decoded(r, g, c) * inv) | (byte(decoded(r, g, c + 1u) * inv) << 8u)
         | (byte(decoded(r, g, c + 2u) * inv) << 16u) | (byte(decoded(r, g, c + 3u) * inv) << 24u);
     }
-  }
+  }`}
 }
 `;
 }
@@ -282,13 +294,13 @@ export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, 
   const { tokens: TM, rows: TN } = int8TileSize(tile);
   const NSG = GM * GN, WG = NSG * 32;
   const words = sharedWords(tile);
-  const byRow = scaling === 'row';
-  if (byRow && tile.epilogue === 'stage') throw new Error(`matmul_int8: scaling 'row' has no per-stage epilogue (tile ${int8TileName(tile)})`);
+  const byRow = scaling !== 'group', w8 = scaling === 'row'; // one scale a row and token; W as int8 bytes (else q4 words)
+  if (byRow && tile.epilogue === 'stage') throw new Error(`matmul_int8: scaling '${scaling}' has no per-stage epilogue (tile ${int8TileName(tile)})`);
   // one i32 sum over every stage, scaled once at the end: 'row' scaling, or the lab's timing variant
   const byStage = tile.epilogue === 'stage' && !byRow, noScale = lab === 'no-scale' || byRow;
   const CS = byStage ? 0 : words.staged; // where the results go: over the staged operands, or after them
-  const W4 = byRow ? s.cols / 16 : s.weight.wordsPerRow / 4; // vec4 words a row (int8 or q4)
-  const NX = TM * 4, NW = TN * (byRow ? 4 : 2); // vec4 loads a stage: x (4 a token), W (2 a row of q4, 4 of int8)
+  const W4 = w8 ? s.cols / 16 : s.weight.wordsPerRow / 4; // vec4 words a row (int8 or q4)
+  const NX = TM * 4, NW = TN * (w8 ? 4 : 2); // vec4 loads a stage: x (4 a token), W (2 a row of q4, 4 of int8)
   const u = units === 'words' ? 4 : 1;
   const L = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', '&smem', off, false, `${STRIDE / u}u`);
   const R = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', '&smem', off, true, `${STRIDE / u}u`);
@@ -323,7 +335,7 @@ ${tiles.map(scaleInto).join('\n')}
     let q = 0u;
 ${byRow ? `    // the token's and the row's scales, (s, 0) as the scaling below takes them
     if (lid < ${TM}u) { xsc[lid] = xscale[min(tok0 + lid, T - 1u)]; }
-    if (lid < ${TN}u) { let r = row0 + lid; wsc[lid] = vec2<f32>(select(0.0, wrow[min(r, ROWS - 1u)], r < ROWS), 0.0); }
+    if (lid < ${TN}u) { let r = row0 + lid; wsc[lid] = vec2<f32>(select(0.0, wrow[min(r, ROWS - 1u)]${w8 ? '' : '.x'}, r < ROWS), 0.0); }
 ` : ''}    workgroupBarrier();
 ${tiles.map((t, n) => `${storeResult(t, n)}\n    workgroupBarrier();\n${scaleInto(t, n)}`).join('\n')}
   }` : '';
@@ -334,13 +346,14 @@ const ROWS = ${s.rows}u;
 const STAGES = ${s.cols / INT8_BLOCK}u;
 const W4 = ${W4}u;
 const GROUPS = ${s.weight.groups}u;
-@group(0) @binding(0) var<storage, read> qweight: array<vec4<u32>>;${byRow ? ' // int8 a weight' : ''}
-${byRow ? '@group(0) @binding(1) var<storage, read> wrow: array<f32>; // a scale a row' : '@group(0) @binding(1) var<storage, read> scale_min: array<u32>;'}
+@group(0) @binding(0) var<storage, read> qweight: array<vec4<u32>>;${w8 ? ' // int8 a weight' : ''}
+${w8 ? '@group(0) @binding(1) var<storage, read> wrow: array<f32>; // a scale a row' : '@group(0) @binding(1) var<storage, read> scale_min: array<u32>;'}
 @group(0) @binding(2) var<storage, read> xq: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> xscale: array<vec2<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> step: array<u32>;
-${s.bias ? '@group(0) @binding(6) var<storage, read> bias: array<f32>;' : ''}
+${byRow && !w8 ? '@group(0) @binding(6) var<storage, read> wrow: array<vec2<f32>>; // (scale, 127 / max) a row\n' : ''}${s.bias ? `@group(0) @binding(${byRow && !w8 ? 7 : 6}) var<storage, read> bias: array<f32>;` : ''}
+${byRow && !w8 ? Q4_ROW_BYTES : ''}
 // x (${TM} tokens, 64 k) int8 at 0, W (${TN} rows, 64 k) int8 (${byRow ? 'rounded a row' : 'nibbles 0..15'}) at ${words.xs} (i32 words),
 // stride ${STRIDE} bytes; the i32 results at ${CS} (${byStage ? 'every result of the stage, over the staged operands' : 'two slots a subgroup'})
 var<workgroup> smem: array<i32, ${words.total}>;
@@ -362,13 +375,13 @@ ${tiles.map(([i, j]) => `  var f${i}${j}a = vec4<f32>(0.0);\n  var f${i}${j}b = 
   // a stage's words, loaded into registers a stage ahead
   var rx: array<vec4<u32>, ${Math.ceil(NX / WG)}>;
   var rw: array<vec4<u32>, ${Math.ceil(NW / WG)}>;
-${byRow ? '' : '  var rxs = vec2<f32>(0.0);\n  var rws = 0u;\n'}${stageLoads('0u', NX, NW, WG, TM, byRow)}
+${byRow ? '' : '  var rxs = vec2<f32>(0.0);\n  var rws = 0u;\n'}${byRow && !w8 ? rowQ4Registers(NW, WG, TN) : ''}${stageLoads('0u', NX, NW, WG, TM, scaling)}
 ${noScale ? results : ''}
   for (var kb = 0u; kb < STAGES; kb++) {
     let p = (kb % 2u) * ${TM}u;
     let q = (kb % 2u) * ${TN}u;
 ${Array.from({ length: Math.ceil(NX / WG) }, (_, n) => stageBytes(n, NX, WG, 'rx', 0)).join('\n')}
-${Array.from({ length: Math.ceil(NW / WG) }, (_, n) => byRow ? stageBytes(n, NW, WG, 'rw', words.xs) : `    ${guard(n, NW, WG)}{
+${Array.from({ length: Math.ceil(NW / WG) }, (_, n) => w8 ? stageBytes(n, NW, WG, 'rw', words.xs) : byRow ? stageQ4Rounded(n, NW, WG, words.xs) : `    ${guard(n, NW, WG)}{
       let e = lid + ${n * WG}u; // row e / 2, columns 32 (e % 2): each word's even nibbles, then its odd ones
       let o = ${words.xs}u + (e / 2u) * ${STRIDE / 4}u + (e % 2u) * 8u;
       let w = rw[${n}];
@@ -381,7 +394,7 @@ ${byRow ? '' : `    if (lid < ${TM}u) { xsc[p + lid] = rxs; }
     if (lid < ${TN}u) { wsc[q + lid] = unpack2x16float(rws); }
 `}    workgroupBarrier();
     if (kb + 1u < STAGES) {
-${stageLoads('kb + 1u', NX, NW, WG, TM, byRow).replace(/^/gm, '  ')}
+${stageLoads('kb + 1u', NX, NW, WG, TM, scaling).replace(/^/gm, '  ')}
     }
     // hot loop: the group's i32 products, two k steps of 32
 ${noScale ? '' : results}
@@ -418,6 +431,44 @@ function stageBytes(n: number, count: number, WG: number, reg: string, base: num
     }`;
 }
 
+/**
+ * Scaling 'row-q4': a q4 word (8 columns) decoded as q4_to_int8_rows decodes it (nibble x scale + min)
+ * and rounded to int8 with the row's 127 / max: two words of 4 bytes in natural column order.
+ */
+const Q4_ROW_BYTES = `fn q4_row_bytes(w: u32, sm: vec2<f32>, inv: f32) -> vec2<u32> {
+  let lo = (vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u)) * sm.x + sm.y) * inv;
+  let hi = (vec4<f32>((vec4<u32>(w) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u)) * sm.x + sm.y) * inv;
+  let a = vec4<u32>(vec4<i32>(round(lo))) & vec4<u32>(0xffu);
+  let b = vec4<u32>(vec4<i32>(round(hi))) & vec4<u32>(0xffu);
+  return vec2<u32>(a.x | (a.y << 8u) | (a.z << 16u) | (a.w << 24u), b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u));
+}`;
+
+/** Scaling 'row-q4': each load round's group scale and min (a stage ahead) and its row's 127 / max (once). */
+function rowQ4Registers(NW: number, WG: number, TN: number): string {
+  const n = Math.ceil(NW / WG);
+  return `  var rsm: array<u32, ${n}>;
+  var rinv: array<f32, ${n}>;
+${Array.from({ length: n }, (_, k) => `  { let r = row0 + (lid + ${k * WG}u) / 2u; rinv[${k}] = select(0.0, wrow[min(r, ROWS - 1u)].y, r < ROWS && lid + ${k * WG}u < ${2 * TN}u); }`).join('\n')}
+`;
+}
+
+/**
+ * Scaling 'row-q4', round `n` of a stage's copy of W: piece e is row e / 2, columns 32 (e % 2): its 4 q4
+ * words rounded to 8 words of int8 in natural order.
+ */
+function stageQ4Rounded(n: number, NW: number, WG: number, base: number): string {
+  return `    ${guard(n, NW, WG)}{
+      let e = lid + ${n * WG}u; // row e / 2, columns 32 (e % 2)
+      let o = ${base}u + (e / 2u) * ${STRIDE / 4}u + (e % 2u) * 8u;
+      let w = rw[${n}];
+      let sm = unpack2x16float(rsm[${n}]);
+      let a = q4_row_bytes(w.x, sm, rinv[${n}]); let b = q4_row_bytes(w.y, sm, rinv[${n}]);
+      let c = q4_row_bytes(w.z, sm, rinv[${n}]); let d = q4_row_bytes(w.w, sm, rinv[${n}]);
+      smem[o] = bitcast<i32>(a.x); smem[o + 1u] = bitcast<i32>(a.y); smem[o + 2u] = bitcast<i32>(b.x); smem[o + 3u] = bitcast<i32>(b.y);
+      smem[o + 4u] = bitcast<i32>(c.x); smem[o + 5u] = bitcast<i32>(c.y); smem[o + 6u] = bitcast<i32>(d.x); smem[o + 7u] = bitcast<i32>(d.y);
+    }`;
+}
+
 /** `if (e < n) ` where the n loads of a stage do not fill the last round of WG invocations. */
 function guard(round: number, n: number, WG: number): string {
   return (round + 1) * WG > n ? `if (lid + ${round * WG}u < ${n}u) ` : '';
@@ -427,15 +478,16 @@ function guard(round: number, n: number, WG: number): string {
  * Loads of stage `kb` into registers: x's 16-byte pieces (4 a token), W's vec4 words (2 a row: 32
  * columns each), the token's (s, sum) and the row's (scale, min). Past the rows: zeros.
  */
-function stageLoads(kb: string, NX: number, NW: number, WG: number, TM: number, byRow: boolean): string {
-  const per = byRow ? 4 : 2; // vec4 words of W a row a stage
+function stageLoads(kb: string, NX: number, NW: number, WG: number, TM: number, scaling: Int8Scaling): string {
+  const per = scaling === 'row' ? 4 : 2; // vec4 words of W a row a stage
   return [
     ...Array.from({ length: Math.ceil(NX / WG) }, (_, n) => `  ${guard(n, NX, WG)}{ rx[${n}] = xq[(tok0 + (lid + ${n * WG}u) / 4u) * STAGES * 4u + (${kb}) * 4u + (lid + ${n * WG}u) % 4u]; }`),
     ...Array.from({ length: Math.ceil(NW / WG) }, (_, n) => `  ${guard(n, NW, WG)}{
     let r = row0 + (lid + ${n * WG}u) / ${per}u;
-    rw[${n}] = select(vec4<u32>(0u), qweight[min(r, ROWS - 1u) * W4 + (${kb}) * ${per}u + (lid + ${n * WG}u) % ${per}u], r < ROWS);
+    rw[${n}] = select(vec4<u32>(0u), qweight[min(r, ROWS - 1u) * W4 + (${kb}) * ${per}u + (lid + ${n * WG}u) % ${per}u], r < ROWS);${scaling === 'row-q4' ? `
+    rsm[${n}] = select(0u, scale_min[min(r, ROWS - 1u) * GROUPS + (${kb})], r < ROWS);` : ''}
   }`),
-    ...(byRow ? [] : [
+    ...(scaling !== 'group' ? [] : [
       `  rxs = xscale[(tok0 + min(lid, ${TM - 1}u)) * STAGES + (${kb})];`,
       `  { let r = row0 + lid; rws = select(0u, scale_min[min(r, ROWS - 1u) * GROUPS + (${kb})], r < ROWS); }`,
     ]),
