@@ -315,17 +315,18 @@ export class WebGpuEngine implements Engine {
   /** Why the batched step's products are not on the tensor cores (the self-test's outcome), or null. */
   batchProductsNotice: string | null = null;
   /**
-   * Where a batched step's prompt tokens go. 'prefill' (default): every token of a row but a last one
-   * that wants logits runs through the forward pass's chunked prefill kernels (runChunks: each weight
-   * read once for the chunk, on the tensor cores where they run), a row at a time before the step's
-   * decode pass, which then takes only the rows' last tokens. 'rows' (PDVM_STEP_PROMPTS=rows): every
-   * token is a decode row of the batched products (each weight read once per `batchRows` tokens; on
-   * the H100 a burst of 8 streams spent about 300 ms of 1.28 s in such prompt steps,
-   * docs/PERFORMANCE.md "Issue 15 on 2026-12-05 evening"). Either way a token's arithmetic does not
+   * Where a batched step's prompt tokens go. 'rows' (default): every token is a decode row of the
+   * batched products, the prompts of all the step's rows together (each weight read once per
+   * `batchRows` tokens). 'prefill' (PDVM_STEP_PROMPTS=prefill): every token of a row but a last one
+   * that wants logits runs through the forward pass's chunked prefill kernels (runChunks), a row at a
+   * time before the step's decode pass. On the H200 (2026-12-06, docs/PERFORMANCE.md "Issue 15 on
+   * 2026-12-06") 'prefill' was the slower: each row's chunk is a pass of its own over every weight, and
+   * the tensor-core products are slow at a chunk's few tokens (32 streams of 32-token prompts 1,244
+   * tok/s against 1,549 as rows); on lavapipe it was the faster. Either way a token's arithmetic does not
    * depend on the other rows of its step; with 'prefill' a prompt token's depends on the chunk it is
    * fed in, so the scheduler cuts a prompt at the same places alone or in a batch.
    */
-  stepPrompts: 'prefill' | 'rows' = envVar('PDVM_STEP_PROMPTS') === 'rows' ? 'rows' : 'prefill';
+  stepPrompts: 'prefill' | 'rows' = envVar('PDVM_STEP_PROMPTS') === 'prefill' ? 'prefill' : 'rows';
   /** Word of the step buffer where the row table starts. */
   private readonly rowsAt: number;
   private queue: Promise<unknown> = Promise.resolve();

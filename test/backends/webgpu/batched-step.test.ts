@@ -3,12 +3,12 @@
  * kernels/batched-matvec.ts, attention per row over its slot, lm_head and the token choice per row)
  * on the demo model (q4 layers), under WebGPU's default limits:
  *  - on the f32 options, greedy ids chosen on the GPU equal the CPU backend's, token for token;
- *  - three sequences stepped together (prompts in one step, through the prefill's kernels but their
- *    last tokens, then decode rows, greedy and sampled, in passes of 2 rows) give exactly the ids each
- *    gives stepped alone, on the f32 options and on the defaults (int8 activations, f16 KV cache);
+ *  - three sequences stepped together (prompts in one step as decode rows, the default, then decode
+ *    rows, greedy and sampled, in passes of 2 rows) give exactly the ids each gives stepped alone, on
+ *    the f32 options and on the defaults (int8 activations, f16 KV cache);
  *  - rows without `choose` get logits near the CPU's (1e-4 on the f32 options, 2e-2 on the defaults:
- *    measured 3.2e-3), the prompt through the prefill's kernels (the default) or as decode rows
- *    (stepPrompts 'rows': 5.2e-3).
+ *    measured 3.2e-3), the prompt as decode rows (the default: 5.2e-3) or through the prefill's
+ *    kernels (stepPrompts 'prefill').
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -91,7 +91,7 @@ test('webgpu batched step: decode rows through the batched q4 products, greedy i
       console.log(`${numerics}: 3 sequences x ${steps} tokens, batched = alone`);
 
       // a row without choose: its logits, near the CPU's (f32 options: 1e-4; int8 x and a f16 cache: 2e-2),
-      // its prompt through the prefill's kernels (the default) and as decode rows (stepPrompts 'rows')
+      // its prompt through the prefill's kernels (stepPrompts 'prefill') and as decode rows (the default)
       const prefilled: number[] = [];
       const e = engine as unknown as { runChunks: (slot: unknown, pos0: number, tokens: ArrayLike<number>, output: string) => Promise<Float32Array> };
       const runChunks = e.runChunks.bind(engine);

@@ -199,7 +199,7 @@ fn sm_store(off: u32, v: MatC, stride: u32) { if (!emu_active) { return; } for (
     .replace(/subgroupMatrixStore<row_major>\(&smem, /g, 'sm_store(');
 }
 
-test('the int8 product\'s WGSL passes Tint\'s checks outside the subgroup-matrix builtins (every tile, epilogue, lab variant, scaling \'row\', both ways of finding the subgroup)', { skip: SKIP_GPU }, async () => {
+test('the int8 product\'s WGSL passes Tint\'s checks outside the subgroup-matrix builtins (every tile, epilogue, lab variant, scalings \'row\' and \'row-q4\', both ways of finding the subgroup)', { skip: SKIP_GPU }, async () => {
   const gpu = await testGpu();
   // stand-ins of the same arguments for the builtins (no pipeline is made: Tint's checks only)
   const standIns = (code: string) => code
