@@ -858,7 +858,7 @@ export class WebGpuEngine implements Engine {
     const product = (m: GpuMatrix, io: MatmulIo): Dispatch[] =>
       (tc ? batchedTensorCoreOp(gpu, m, io, { x16: tc, split: tcSplit }) : null) ??
       (this.batchProducts !== 'tiled' && !tc ? batchedMatvecOp(gpu, m, io, options) : null) ??
-      matmulOp(gpu, m, io, 'tiled', maxRows);
+      matmulOp(gpu, m, { ...io, fewTokens: true }, 'tiled', maxRows);
     const stacked = (parts: GpuMatrix[], x: GPUBuffer, y: GPUBuffer, yStride: number, bias: GPUBuffer | null) => {
       let offset = 0;
       const prepared = new Map<string, GPUBuffer>(); // x converted or quantized once for all the parts

@@ -13,7 +13,7 @@ import {
   chooseTensorCoreTile, convertF16Invocations, convertF16Wgsl, F32_TILE, linearGrid, matmulTensorCoreWgsl, matmulTiledF32Wgsl, paddedCols, tensorCoreTileName,
   tensorCoreTileSize, tensorCoreWorkgroupBytes, tiledSupports, type TiledKernel, type TiledMatmulShape, type TiledWeight,
 } from './kernels/matmul-tiled.js';
-import { chooseInt8Tile, int8InputBytes, int8Supports, int8TileName, int8TileSize, int8WorkgroupBytes, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl } from './kernels/matmul-int8.js';
+import { chooseInt8Split, chooseInt8Tile, INT8_BLOCK, INT8_FEW_TILE, int8SplitCombineWgsl, type Int8Split, int8InputBytes, int8Supports, int8TileName, int8TileSize, int8WorkgroupBytes, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl } from './kernels/matmul-int8.js';
 import { kvDefines, type KvLayout } from './kernels/kv.js';
 import { attentionMergeWgsl, attentionPartsBytes, attentionSplitFor, attentionTensorCoreBytes, attentionTensorCoreFits, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
 import { f32Literal, grid } from './kernels/prelude.js';
@@ -89,6 +89,11 @@ export interface MatmulIo {
    * making it again. Shared by the callers' products of that x, in dispatch order.
    */
   prepared?: Map<string, GPUBuffer>;
+  /**
+   * The batched decode step's products (few tokens a step): the int8 path, scaled by row, takes its
+   * small tile and splits the columns over workgroups (kernels/matmul-int8.ts Int8Split).
+   */
+  fewTokens?: boolean;
 }
 
 /**
@@ -225,6 +230,17 @@ function tiledOp(gpu: Gpu, m: GpuMatrix, io: MatmulIo, maxTokens: number): Dispa
   return dispatches;
 }
 
+/** int8_split_combine: y (+)= the parts' sum (+ bias), one invocation a (token, row). */
+function splitCombine(gpu: Gpu, shape: TiledMatmulShape, split: Int8Split, parts: GPUBuffer, io: MatmulIo): Dispatch {
+  const pipeline = gpu.pipeline('int8_split_combine', { rows: shape.rows, yStride: shape.yStride, yOffset: shape.yOffset, bias: shape.bias, residual: shape.residual, ...split }, () => int8SplitCombineWgsl(shape, split));
+  return {
+    label: 'int8_split_combine',
+    pipeline,
+    bindGroup: gpu.bindGroup('int8_split_combine', pipeline, [parts, io.y, io.step, ...(io.bias ? [io.bias] : [])]),
+    workgroups: (T: number) => linearGrid(T * shape.rows),
+  };
+}
+
 /** Whether an earlier product of io.x made `what` into `buffer` (io.prepared); records it if not. */
 function madeBefore(io: MatmulIo, what: string, buffer: GPUBuffer): boolean {
   if (!io.prepared) return false;
@@ -240,7 +256,8 @@ function madeBefore(io: MatmulIo, what: string, buffer: GPUBuffer): boolean {
  * int8 a row, made here once a matrix (a byte a weight and a scale a row, beside the q4 words).
  */
 function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: MatmulIo, maxTokens: number): Dispatch[] {
-  const tile = gpu.features.int8Tile ?? chooseInt8Tile(shape.rows, maxTokens);
+  const few = io.fewTokens === true && gpu.features.int8Scaling !== 'group';
+  const tile = gpu.features.int8Tile ?? (few ? INT8_FEW_TILE : chooseInt8Tile(shape.rows, maxTokens));
   if (int8WorkgroupBytes(tile) > gpu.device.limits.maxComputeWorkgroupStorageSize) {
     throw new Error(`matmul: the int8 tile ${int8TileName(tile)} needs ${int8WorkgroupBytes(tile)} bytes of workgroup memory, over the device's ${gpu.device.limits.maxComputeWorkgroupStorageSize}`);
   }
@@ -254,11 +271,15 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
   const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
   const syntax = gpu.features.int8Syntax, units = gpu.features.int8Units;
   const lab = gpu.features.int8Lab ?? undefined;
-  const pipeline = gpu.pipeline('matmul_int8', { ...shape, ...shape.weight, weight: 'q4', indexing, syntax, units, tile: int8TileName(tile), lab: lab ?? '', scaling }, () =>
-    matmulInt8Wgsl(shape, indexing, tile, syntax, units, lab, scaling),
-  );
   const rowTiles = Math.ceil(shape.rows / size.rows);
   if (rowTiles > 65535) throw new Error(`matmul: ${shape.rows} rows exceed the dispatch grid`);
+  // few tokens: the columns split over workgroups, the parts added by int8_split_combine
+  const parts = few ? chooseInt8Split(rowTiles, shape.cols / INT8_BLOCK) : 1;
+  const split = parts > 1 ? { parts, maxTokens } : undefined;
+  const pipeline = gpu.pipeline('matmul_int8', { ...shape, ...shape.weight, weight: 'q4', indexing, syntax, units, tile: int8TileName(tile), lab: lab ?? '', scaling, parts, maxTokens: split ? maxTokens : 0 }, () =>
+    matmulInt8Wgsl(shape, indexing, tile, syntax, units, lab, scaling, split),
+  );
+  const partsBuffer = split ? gpu.scratch('int8_parts', parts * maxTokens * shape.rows * 4) : null;
   // 'row': the int8 rows in place of the q4 words; 'row-q4': the q4 words, and the rows' scales after the step
   const weights = scaling === 'row' ? int8Rows(gpu, shape, buffers) : buffers;
   const rowScales = scaling === 'row-q4' ? int8Rows(gpu, shape, buffers, true) : [];
@@ -271,9 +292,10 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
     {
       label: scaling === 'group' ? 'matmul_int8_q4' : 'matmul_int8_rows',
       pipeline,
-      bindGroup: gpu.bindGroup('matmul_int8', pipeline, [...weights, xq, xscale, io.y, io.step, ...rowScales, ...(io.bias ? [io.bias] : [])]),
-      workgroups: (T: number) => [Math.ceil(T / size.tokens), rowTiles, 1],
+      bindGroup: gpu.bindGroup('matmul_int8', pipeline, [...weights, xq, xscale, partsBuffer ?? io.y, io.step, ...rowScales, ...(io.bias && !split ? [io.bias] : [])]),
+      workgroups: (T: number) => [Math.ceil(T / size.tokens), rowTiles, parts],
     },
+    ...(split ? [splitCombine(gpu, shape, split, partsBuffer!, io)] : []),
   ];
 }
 

@@ -7,7 +7,7 @@
  */
 import { f32ToF16 } from '../../format/dtype.js';
 import { attentionMergeWgsl, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
-import { int8InputBytes, int8TileName, int8TileSize, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl, type Int8Scaling, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
+import { INT8_FEW_TILE, int8InputBytes, int8SplitCombineWgsl, int8TileName, int8TileSize, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl, type Int8Scaling, type Int8Split, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
 import { convertF16Invocations, convertF16Wgsl, linearGrid, matmulTensorCoreWgsl, paddedCols, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, tensorCoreTileName, tensorCoreTileSize, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
 
 /**
@@ -250,10 +250,14 @@ export async function selfTestPrefillInt8(device: GPUDevice, indexing: SubgroupI
     const convert = byRow ? await compile('self-test q4_to_int8_rows', q4ToInt8RowsWgsl(rows, cols, !w8)) : null;
     // 'row': the int8 rows and a scale a row; 'row-q4': (scale, 127 / max) a row
     const rowsOut = w8 ? [storage(new Uint32Array((rows * cols) / 4)), storage(new Float32Array(rows))] : byRow ? [storage(new Float32Array(2 * rows))] : [];
-    for (const tile of tiles) {
+    // every tile; scaled by row, the few-token tile also with its columns split in two and combined
+    const runs = [...tiles.map((tile) => ({ tile, split: undefined as Int8Split | undefined })), ...(byRow && tiles.includes(INT8_FEW_TILE) ? [{ tile: INT8_FEW_TILE, split: { parts: 2, maxTokens: T } }] : [])];
+    for (const { tile, split } of runs) {
       const shape = { weight: { encoding: 'q4' as const, wordsPerRow, group: 64, groups }, rows, cols, yStride: rows, yOffset: 0, bias: false, residual: true };
-      const pipeline = await compile(`self-test int8 product ${int8TileName(tile)} (${scaling})`, matmulInt8Wgsl(shape, indexing, tile, syntax, units, undefined, scaling));
-      const y = storage(y0, GPUBufferUsage.COPY_SRC);
+      const name = `${int8TileName(tile)} (${scaling}${split ? `, columns in ${split.parts}` : ''})`;
+      const pipeline = await compile(`self-test int8 product ${name}`, matmulInt8Wgsl(shape, indexing, tile, syntax, units, undefined, scaling, split));
+      const combine = split ? await compile(`self-test int8 split combine`, int8SplitCombineWgsl(shape, split)) : null;
+      const y = storage(y0, GPUBufferUsage.COPY_SRC), parts = split ? storage(new Float32Array(split.parts * T * rows)) : null;
       const enc = device.createCommandEncoder();
       const pass = enc.beginComputePass();
       if (convert) {
@@ -266,11 +270,17 @@ export async function selfTestPrefillInt8(device: GPUDevice, indexing: SubgroupI
       pass.dispatchWorkgroups(...(byRow ? quantizeTokensGrid(T) : quantizeBlocksGrid(T, cols)));
       const size = int8TileSize(tile);
       pass.setPipeline(pipeline);
-      pass.setBindGroup(0, bind(pipeline, w8 ? [...rowsOut, xq, xscale, y, step] : [qb, smb, xq, xscale, y, step, ...rowsOut]));
-      pass.dispatchWorkgroups(Math.ceil(T / size.tokens), Math.ceil(rows / size.rows));
+      const out = parts ?? y;
+      pass.setBindGroup(0, bind(pipeline, w8 ? [...rowsOut, xq, xscale, out, step] : [qb, smb, xq, xscale, out, step, ...rowsOut]));
+      pass.dispatchWorkgroups(Math.ceil(T / size.tokens), Math.ceil(rows / size.rows), split?.parts ?? 1);
+      if (combine) {
+        pass.setPipeline(combine);
+        pass.setBindGroup(0, bind(combine, [parts!, y, step]));
+        pass.dispatchWorkgroups(Math.ceil((T * rows) / 256));
+      }
       pass.end();
       const r = compare(await submitAndRead(enc, y, T * rows * 4), want);
-      if (r !== 'passed') return `${r} (tile ${int8TileName(tile)})`;
+      if (r !== 'passed') return `${r} (tile ${name})`;
     }
     return 'passed';
   } catch (e) {

@@ -15,7 +15,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { INT8_TILES, int8InputBytes, int8TileName, parseInt8Tile, int8TileSize, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl, type Int8Tile, type Int8Units } from '../../../src/backends/webgpu/kernels/matmul-int8.js';
+import { INT8_FEW_TILE, INT8_TILES, int8InputBytes, int8SplitCombineWgsl, int8TileName, parseInt8Tile, int8TileSize, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl, type Int8Split, type Int8Tile, type Int8Units } from '../../../src/backends/webgpu/kernels/matmul-int8.js';
 import { matmulOp } from '../../../src/backends/webgpu/ops.js';
 import type { GpuMatrix } from '../../../src/backends/webgpu/weights.js';
 import type { Gpu } from '../../../src/backends/webgpu/device.js';
@@ -251,7 +251,7 @@ test('the int8 product\'s WGSL passes Tint\'s checks outside the subgroup-matrix
     for (const lab of [undefined, 'no-scale', 'row', 'row-q4'] as const) {
       if ((lab === 'row' || lab === 'row-q4') && tile.epilogue === 'stage') continue;
       for (const indexing of ['subgroup-id', 'invocation-index'] as const) {
-        const code = standIns(lab === 'row' || lab === 'row-q4' ? matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', undefined, lab) : matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', lab));
+        const code = standIns(lab === 'row' || lab === 'row-q4' ? matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', undefined, lab, tile === INT8_FEW_TILE ? { parts: 4, maxTokens: 128 } : undefined) : matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', lab));
         const errors = (await gpu.device.createShaderModule({ code }).getCompilationInfo()).messages.filter((m) => m.type === 'error');
         if (errors.length) failures.push(`${int8TileName(tile)} ${lab ?? ''} ${indexing}: ${errors.map((e) => `line ${e.lineNum}: ${e.message}`).join('; ')}`);
       }
@@ -297,33 +297,43 @@ test('the int8 product with emulated subgroup matrices equals the CPU doing its 
   }
 
   // scaling 'row': the matrix rounded to int8 a row, x a token, one i32 sum scaled once (the first tile);
-  // 'row-q4': the same bytes made by the product from the q4 words as it stages them
-  for (const scaling of ['row', 'row-q4'] as const) {
-    const tile = tiles[0]!, size = int8TileSize(tile), fromQ4 = scaling === 'row-q4';
+  // 'row-q4': the same bytes made by the product from the q4 words as it stages them; and 'row-q4' on the
+  // batched step's tile with its columns split in two parts, added by int8_split_combine
+  const cases = [
+    { scaling: 'row' as const, tile: tiles[0]!, split: undefined as Int8Split | undefined },
+    { scaling: 'row-q4' as const, tile: tiles[0]!, split: undefined },
+    { scaling: 'row-q4' as const, tile: INT8_FEW_TILE, split: { parts: 2, maxTokens: T } },
+  ];
+  for (const { scaling, tile, split } of cases) {
+    const size = int8TileSize(tile), fromQ4 = scaling === 'row-q4', name = `tile ${int8TileName(tile)}, scaling '${scaling}'${split ? `, columns in ${split.parts}` : ''}`;
     const prodRows = productRowsCpu(m, x, T, rows, cols);
     const wantRows = Float64Array.from(y0);
     for (let t = 0; t < T; t++) for (let i = 0; i < rows; i++) wantRows[t * yStride + yOffset + i] += prodRows[t * rows + i]! + bias[yOffset + i]!;
     const made = fromQ4 ? [zeros(gpu, 2 * rows)] : [zeros(gpu, (rows * cols) / 4), zeros(gpu, rows)];
     const conv = gpu.pipeline('q4_to_int8_rows', { rows, cols, fromQ4 }, () => q4ToInt8RowsWgsl(rows, cols, fromQ4));
     const qt = gpu.pipeline('quantize_tokens', { cols }, () => quantizeTokensWgsl(cols));
-    const code = withEmulatedI8Matrices(matmulInt8Wgsl(shape, 'invocation-index', tile, 'template', 'words', undefined, scaling), 'words');
+    const code = withEmulatedI8Matrices(matmulInt8Wgsl(shape, 'invocation-index', tile, 'template', 'words', undefined, scaling, split), 'words');
     const module = device.createShaderModule({ code });
     const errors = (await module.getCompilationInfo()).messages.filter((e) => e.type === 'error');
-    assert.deepEqual(errors.map((e) => `line ${e.lineNum}: ${e.message}`), [], `tile ${int8TileName(tile)} (${scaling}) compiles`);
+    assert.deepEqual(errors.map((e) => `line ${e.lineNum}: ${e.message}`), [], `${name} compiles`);
     const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
-    const y = storage(gpu, y0), words = storage(gpu, m.words), sm = storage(gpu, m.sm);
-    const productBuffers = fromQ4 ? [words, sm, xq, xs, y, step, made[0]!, storage(gpu, bias)] : [made[0]!, made[1]!, xq, xs, y, step, storage(gpu, bias)];
+    const y = storage(gpu, y0), words = storage(gpu, m.words), sm = storage(gpu, m.sm), biasBuffer = storage(gpu, bias);
+    // split: the product writes its parts (no bias there), the combine adds them, the bias and y
+    const parts = split ? zeros(gpu, split.parts * split.maxTokens * rows) : null, out = parts ?? y, productBias = split ? [] : [biasBuffer];
+    const productBuffers = fromQ4 ? [words, sm, xq, xs, out, step, made[0]!, ...productBias] : [made[0]!, made[1]!, xq, xs, out, step, ...productBias];
+    const combine = split ? gpu.pipeline('int8_split_combine', { rows, yStride, yOffset, bias: true, residual: true, ...split }, () => int8SplitCombineWgsl(shape, split)) : null;
     await run(gpu, [
       { label: 'q4_to_int8_rows', pipeline: conv, bindGroup: gpu.bindGroup('c', conv, [words, sm, ...made]), workgroups: () => q4ToInt8RowsGrid(rows) },
       { label: 'quantize_tokens', pipeline: qt, bindGroup: gpu.bindGroup('qt', qt, [storage(gpu, x), xq, xs, step]), workgroups: (n: number) => quantizeTokensGrid(n) },
-      { label: 'emulated rows', pipeline, bindGroup: gpu.bindGroup('emulated', pipeline, productBuffers), workgroups: (n: number) => [Math.ceil(n / size.tokens), Math.ceil(rows / size.rows), 1] as [number, number, number] },
+      { label: 'emulated rows', pipeline, bindGroup: gpu.bindGroup('emulated', pipeline, productBuffers), workgroups: (n: number) => [Math.ceil(n / size.tokens), Math.ceil(rows / size.rows), split?.parts ?? 1] as [number, number, number] },
+      ...(combine ? [{ label: 'int8_split_combine', pipeline: combine, bindGroup: gpu.bindGroup('combine', combine, [parts!, y, step, biasBuffer]), workgroups: (n: number) => [Math.ceil((n * rows) / 256), 1, 1] as [number, number, number] }] : []),
     ], T);
     // a rounding tie may put one int8 value 1 apart from the CPU's; from the device's own bytes, none
     const got = await read(gpu, y, T * yStride);
-    assertClose(got, wantRows, 1e-5, `tile ${int8TileName(tile)}, scaling '${scaling}'`);
+    assertClose(got, wantRows, 1e-5, name);
     const fromDevice = await productRowsFromDevice(gpu, m, x, T, rows, cols), wantDevice = Float64Array.from(y0);
     for (let t = 0; t < T; t++) for (let i = 0; i < rows; i++) wantDevice[t * yStride + yOffset + i] += fromDevice[t * rows + i]! + bias[yOffset + i]!;
-    assertClose(got, wantDevice, 1e-6, `tile ${int8TileName(tile)}, scaling '${scaling}', against the device's own int8 bytes`);
+    assertClose(got, wantDevice, 1e-6, `${name}, against the device's own int8 bytes`);
   }
 });
 
@@ -337,7 +347,9 @@ test('webgpu int8 prefill products (the device\'s tensor cores, where self-teste
       continue;
     }
     const r = rng(21);
-    for (const [T, rows, cols, bias, residual] of [[70, 130, 256, true, true], [512, 1024, 4096, false, true], [200, 3072, 2048, false, false]] as const) {
+    // the last case as the batched decode step's products (fewTokens: the small tile, columns split)
+    for (const [T, rows, cols, bias, residual, few] of [[70, 130, 256, true, true, false], [512, 1024, 4096, false, true, false], [200, 3072, 2048, false, false, false], [21, 3072, 2048, true, true, true]] as const) {
+      if (few && scaling === 'group') continue;
       const m = q4Matrix(rows, cols, rows);
       const x = Float32Array.from({ length: T * cols }, () => (r() - 0.5) * 2 * (r() < 0.01 ? 20 : 1));
       const yStride = rows + 5, yOffset = 3;
@@ -348,8 +360,8 @@ test('webgpu int8 prefill products (the device\'s tensor cores, where self-teste
         buffers: [storage(gpu, m.words), storage(gpu, m.sm)],
       } as unknown as GpuMatrix;
       const y = storage(gpu, y0);
-      const ops = matmulOp(gpu, matrix, { x: storage(gpu, x), y, yStride, yOffset, bias: bias ? storage(gpu, biasValues) : null, residual, step: stepBuffer(gpu, T, 0) }, 'tiled', T);
-      assert.deepEqual(ops.map((o) => o.label), scaling === 'group' ? ['quantize_blocks', 'matmul_int8_q4'] : ['quantize_tokens', 'matmul_int8_rows']);
+      const ops = matmulOp(gpu, matrix, { x: storage(gpu, x), y, yStride, yOffset, bias: bias ? storage(gpu, biasValues) : null, residual, step: stepBuffer(gpu, T, 0), fewTokens: few }, 'tiled', few ? 128 : T);
+      assert.deepEqual(ops.map((o) => o.label), scaling === 'group' ? ['quantize_blocks', 'matmul_int8_q4'] : ['quantize_tokens', 'matmul_int8_rows', ...(few ? ['int8_split_combine'] : [])]);
       await run(gpu, ops, T);
       const got = await read(gpu, y, T * yStride);
       const withEpilogue = (prod: Float64Array) => {
@@ -365,7 +377,7 @@ test('webgpu int8 prefill products (the device\'s tensor cores, where self-teste
       const arithmetic = withEpilogue(scaling === 'group' ? productCpu(m, x, T, rows, cols, true) : await productRowsFromDevice(gpu, m, x, T, rows, cols));
       const relArithmetic = compare(got, arithmetic).rel, relExact = compare(got, exact).rel;
       const relCpu = compare(Float32Array.from(scaling === 'group' ? arithmetic : withEpilogue(productRowsCpu(m, x, T, rows, cols))), exact).rel;
-      console.log(`${scaling}, ${T} x ${rows} x ${cols}: against the CPU doing its arithmetic ${relArithmetic.toExponential(2)}; against the f32 product ${relExact.toExponential(2)} (the CPU's int8 arithmetic: ${relCpu.toExponential(2)})`);
+      console.log(`${scaling}${few ? ' (few tokens, columns split)' : ''}, ${T} x ${rows} x ${cols}: against the CPU doing its arithmetic ${relArithmetic.toExponential(2)}; against the f32 product ${relExact.toExponential(2)} (the CPU's int8 arithmetic: ${relCpu.toExponential(2)})`);
       // 'group' against the CPU's own rounding of x: a value at a rounding boundary (the device's division
       // is within a few ULP) may land one step apart: 1.4e-5 on the H100's 512 x 1024 x 4096
       assertClose(got, arithmetic, scaling === 'group' ? 5e-5 : 1e-5, `${scaling}, ${T} x ${rows} x ${cols} (int8 arithmetic)`);

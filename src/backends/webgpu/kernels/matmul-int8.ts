@@ -35,8 +35,14 @@
  * Scaling 'row-q4' (PDVM_PREFILL_I8=row-q4) gives the same bytes without keeping them: only each row's
  * (scale, 127 / max) is made once (q4ToInt8Rows, scalesOnly), and the product rounds the q4 words it
  * stages (nibble x scale + min, times 127 / max, rounded): the q4 words' bytes read instead of a byte a
- * weight, for some arithmetic in the staging. Meant for the batched decode step, whose products read
- * every weight once for few tokens.
+ * weight, for some arithmetic in the staging.
+ *
+ * Few tokens (the batched decode step's products, MatmulIo.fewTokens; scaling by row only): the tiles
+ * above give a 6,144-row matrix 48 workgroups, far too few to stream the weights (measured on the H200:
+ * 49-113 µs for the 8B qkv at 8 rows against 17 for the batched matvec). INT8_FEW_TILE (16 tokens x 128
+ * rows) with the columns split into parts (Int8Split, chosen per matrix for about 384 workgroups)
+ * gives hundreds; each part's f32 results go to a scratch buffer and int8_split_combine adds them in
+ * order. Not yet timed on a GPU.
  */
 import { epilogue, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, type SubgroupIndexing, type SubgroupMatrixSyntax, type TiledMatmulShape } from './matmul-tiled.js';
 
@@ -94,14 +100,21 @@ export function int8TileFits(t: Int8Tile): boolean {
 }
 
 /**
- * Every tile chooseInt8Tile returns (device.ts self-tests each): 128 tokens x 128 rows a workgroup of
- * 8 subgroups (32 x 64 each: 8 results, 64 f32 accumulators an invocation), or 64 x 128 where that
- * gives too few workgroups for the GPU (the 1B shape's 2,048-row matrices).
+ * Every tile chooseInt8Tile returns, and INT8_FEW_TILE (device.ts self-tests each): 128 tokens x 128
+ * rows a workgroup of 8 subgroups (32 x 64 each: 8 results, 64 f32 accumulators an invocation), or
+ * 64 x 128 where that gives too few workgroups for the GPU (the 1B shape's 2,048-row matrices).
  */
 export const INT8_TILES: readonly Int8Tile[] = [
   { am: 2, an: 4, gm: 4, gn: 2, epilogue: 'tile' },
   { am: 2, an: 4, gm: 2, gn: 2, epilogue: 'tile' },
+  { am: 1, an: 1, gm: 1, gn: 8, epilogue: 'tile' }, // INT8_FEW_TILE
 ];
+
+/**
+ * The tile of the batched decode step's products (few tokens, MatmulIo.fewTokens): 16 tokens x 128
+ * rows, 8 subgroups of one 16 x 16 result each, with the columns split (Int8Split) for workgroups.
+ */
+export const INT8_FEW_TILE: Int8Tile = INT8_TILES[2]!;
 
 export function chooseInt8Tile(rows: number, maxTokens: number): Int8Tile {
   const wide = Math.ceil(maxTokens / 128) * Math.ceil(rows / 128) >= 96;
@@ -132,6 +145,46 @@ export function int8WorkgroupBytes(t: Int8Tile): number {
 /** Whether this path takes the matrix: q4 in groups of 64 over whole groups. */
 export function int8Supports(s: Pick<TiledMatmulShape, 'weight' | 'cols'>): boolean {
   return s.weight.encoding === 'q4' && s.weight.group === INT8_BLOCK && s.cols % INT8_BLOCK === 0;
+}
+
+/**
+ * The columns split into `parts` (scaling by row only): workgroup z sums its part's stages and writes
+ * its f32 results to part z of a scratch buffer (parts x maxTokens x rows), and int8_split_combine
+ * adds the parts in order, then the bias and the residual. For few tokens (the batched decode step),
+ * so that a matrix of few row tiles still gives the GPU enough workgroups. The parts are a property of
+ * the matrix and of maxTokens, never of T, so a token's result does not depend on what shares its step.
+ */
+export interface Int8Split {
+  parts: number;
+  maxTokens: number;
+}
+
+/** The parts for a matrix of `rowTiles` row tiles and `stages` stages: about 384 workgroups a token tile, a power of two dividing the stages, at most 16. */
+export function chooseInt8Split(rowTiles: number, stages: number): number {
+  let parts = 1;
+  while (parts < 16 && rowTiles * parts * 2 <= 384 && stages % (parts * 2) === 0) parts *= 2;
+  return parts;
+}
+
+/** y (+)= the sum of the parts (in order) + bias: one invocation a (token, row). */
+export function int8SplitCombineWgsl(s: TiledMatmulShape, split: Int8Split): string {
+  return `const ROWS = ${s.rows}u;
+@group(0) @binding(0) var<storage, read> parts: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read> step: array<u32>;
+${s.bias ? '@group(0) @binding(3) var<storage, read> bias: array<f32>;' : ''}
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let T = step[0];
+  let i = (wid.y * 4096u + wid.x) * 256u + lid;
+  let t = i / ROWS;
+  let r = i % ROWS;
+  if (t >= T) { return; }
+  var v = 0.0;
+  for (var z = 0u; z < ${split.parts}u; z++) { v += parts[(z * ${split.maxTokens}u + t) * ROWS + r]; }
+  ${epilogue(s, 't', 'r', 'v')}
+}
+`;
 }
 
 /** Bytes of xq and of xscale for `tokens` rows of `cols` columns. */
@@ -291,7 +344,7 @@ export function q4ToInt8RowsGrid(rows: number): [number, number, number] {
  * summed over every group and scaled once at the end, without the per-group round trip: what the
  * staging and the tensor cores alone take.
  */
-export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, tile: Int8Tile, syntax: SubgroupMatrixSyntax, units: Int8Units, lab?: 'no-scale', scaling: Int8Scaling = 'group'): string {
+export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, tile: Int8Tile, syntax: SubgroupMatrixSyntax, units: Int8Units, lab?: 'no-scale', scaling: Int8Scaling = 'group', split?: Int8Split): string {
   if (s.weight.encoding !== 'q4' || !int8Supports(s)) throw new Error('matmul_int8: only q4 matrices in groups of 64 over whole groups');
   if (!int8TileFits(tile)) throw new Error(`matmul_int8: tile ${int8TileName(tile)} does not fit its workgroup`);
   const { am: AM, an: AN, gm: GM, gn: GN } = tile;
@@ -303,6 +356,8 @@ export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, 
   // one i32 sum over every stage, scaled once at the end: 'row' scaling, or the lab's timing variant
   const byStage = tile.epilogue === 'stage' && !byRow, noScale = lab === 'no-scale' || byRow;
   const CS = byStage ? 0 : words.staged; // where the results go: over the staged operands, or after them
+  const parts = split && split.parts > 1 ? split : null;
+  if (parts && (!byRow || (s.cols / INT8_BLOCK) % parts.parts !== 0)) throw new Error(`matmul_int8: a split into ${parts.parts} needs scaling by row and whole stages a part (${s.cols / INT8_BLOCK} stages)`);
   const W4 = w8 ? s.cols / 16 : s.weight.wordsPerRow / 4; // vec4 words a row (int8 or q4)
   const NX = TM * 4, NW = TN * (w8 ? 4 : 2); // vec4 loads a stage: x (4 a token), W (2 a row of q4, 4 of int8)
   const u = units === 'words' ? 4 : 1;
@@ -356,7 +411,7 @@ ${w8 ? '@group(0) @binding(1) var<storage, read> wrow: array<f32>; // a scale a 
 @group(0) @binding(3) var<storage, read> xscale: array<vec2<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> step: array<u32>;
-${byRow && !w8 ? '@group(0) @binding(6) var<storage, read> wrow: array<vec2<f32>>; // (scale, 127 / max) a row\n' : ''}${s.bias ? `@group(0) @binding(${byRow && !w8 ? 7 : 6}) var<storage, read> bias: array<f32>;` : ''}
+${byRow && !w8 ? '@group(0) @binding(6) var<storage, read> wrow: array<vec2<f32>>; // (scale, 127 / max) a row\n' : ''}${s.bias && !parts ? `@group(0) @binding(${byRow && !w8 ? 7 : 6}) var<storage, read> bias: array<f32>;` : ''}
 ${byRow && !w8 ? Q4_ROW_BYTES : ''}
 // x (${TM} tokens, 64 k) int8 at 0, W (${TN} rows, 64 k) int8 (${byRow ? 'rounded a row' : 'nibbles 0..15'}) at ${words.xs} (i32 words),
 // stride ${STRIDE} bytes; the i32 results at ${CS} (${byStage ? 'every result of the stage, over the staged operands' : 'two slots a subgroup'})
@@ -379,9 +434,11 @@ ${tiles.map(([i, j]) => `  var f${i}${j}a = vec4<f32>(0.0);\n  var f${i}${j}b = 
   // a stage's words, loaded into registers a stage ahead
   var rx: array<vec4<u32>, ${Math.ceil(NX / WG)}>;
   var rw: array<vec4<u32>, ${Math.ceil(NW / WG)}>;
-${byRow ? '' : '  var rxs = vec2<f32>(0.0);\n  var rws = 0u;\n'}${byRow && !w8 ? rowQ4Registers(NW, WG, TN) : ''}${stageLoads('0u', NX, NW, WG, TM, scaling)}
+${parts ? `  let k0 = wid.z * ${s.cols / INT8_BLOCK / parts.parts}u; // this part's stages
+  let k1 = k0 + ${s.cols / INT8_BLOCK / parts.parts}u;
+` : ''}${byRow ? '' : '  var rxs = vec2<f32>(0.0);\n  var rws = 0u;\n'}${byRow && !w8 ? rowQ4Registers(NW, WG, TN) : ''}${stageLoads(parts ? 'k0' : '0u', NX, NW, WG, TM, scaling)}
 ${noScale ? results : ''}
-  for (var kb = 0u; kb < STAGES; kb++) {
+  for (var kb = ${parts ? 'k0' : '0u'}; kb < ${parts ? 'k1' : 'STAGES'}; kb++) {
     let p = (kb % 2u) * ${TM}u;
     let q = (kb % 2u) * ${TN}u;
 ${Array.from({ length: Math.ceil(NX / WG) }, (_, n) => stageBytes(n, NX, WG, 'rx', 0)).join('\n')}
@@ -397,7 +454,7 @@ ${Array.from({ length: Math.ceil(NW / WG) }, (_, n) => w8 ? stageBytes(n, NW, WG
 ${byRow ? '' : `    if (lid < ${TM}u) { xsc[p + lid] = rxs; }
     if (lid < ${TN}u) { wsc[q + lid] = unpack2x16float(rws); }
 `}    workgroupBarrier();
-    if (kb + 1u < STAGES) {
+    if (kb + 1u < ${parts ? 'k1' : 'STAGES'}) {
 ${stageLoads('kb + 1u', NX, NW, WG, TM, scaling).replace(/^/gm, '  ')}
     }
     // hot loop: the group's i32 products, two k steps of 32
@@ -411,12 +468,12 @@ ${[0, 32].map((kk) => [
 ${perGroup}
   }
 ${finalNoScale}
-  // epilogue: this invocation's 8 results of each 16 x 16 tile (one token, 8 rows)
+  // epilogue: this invocation's 8 results of each 16 x 16 tile (one token, 8 rows)${parts ? `; the part's sums to y's part z (int8_split_combine adds them)` : ''}
 ${tiles.map(([i, j]) => `  for (var e = 0u; e < 8u; e++) {
     let t = tok0 + tbl + ${16 * i}u + er;
     let r = row0 + rbl + ${16 * j}u + ec + e;
     let v = select(f${i}${j}b[e % 4u], f${i}${j}a[e % 4u], e < 4u);
-    ${epilogue(s, 't', 'r', 'v')}
+    ${parts ? `if (t < T && r < ROWS) { y[(wid.z * ${parts.maxTokens}u + t) * ROWS + r] = v; }` : epilogue(s, 't', 'r', 'v')}
   }`).join('\n')}
 }
 `;
