@@ -646,10 +646,10 @@ export class WebGpuEngine implements Engine {
 
   /**
    * Engine.step (present with `batchedStep: true`): rows of different sequences (continuous batching),
-   * each row's tokens appended at its sequence's length in its own slot (the row table). A row's
-   * prompt tokens go through the prefill's kernels first (stepPrompts); the others are rows of the
-   * decode-row plan (DecodeRowsPlan: each q4 weight read once for `batchRows` rows,
-   * attention per row over its slot), in passes of at most plan.maxRows rows; only the last token of
+   * each row's tokens appended at its sequence's length in its own slot (the row table). The tokens
+   * are rows of the decode-row plan (DecodeRowsPlan: each q4 weight read once for `batchRows` rows,
+   * attention per row over its slot; with stepPrompts 'prefill' a row's prompt tokens go through the
+   * prefill's kernels first), in passes of at most plan.maxRows rows; only the last token of
    * each row that wants logits goes on to lm_head and, for rows with `choose`, the token choice on the
    * GPU (only ids read back; other rows get their logits). A token's arithmetic depends only on its
    * own row, so a sequence's tokens do not depend on what shares its steps.
