@@ -491,7 +491,7 @@ export class WebGpuEngine implements Engine {
         : undefined;
     const stacked = (parts: GpuMatrix[], x: GPUBuffer, y: GPUBuffer, yStride: number, bias: GPUBuffer | null, kind: 'matvec' | 'tiled', f16?: GPUBuffer) => {
       let offset = 0;
-      const prepared = new Map<string, GPUBuffer>(); // x converted or quantized once for all the parts
+      const prepared = new Map<string, GPUBuffer[]>(); // x converted or quantized once for all the parts
       return parts.flatMap((m) => {
         const d = matmulOp(gpu, m, { x, y, yStride, yOffset: offset, bias, residual: false, step: a.step, prepared, ...(f16 ? { x16: f16 } : {}) }, kind, C);
         offset += m.rows;
@@ -861,7 +861,7 @@ export class WebGpuEngine implements Engine {
       matmulOp(gpu, m, { ...io, fewTokens: true }, 'tiled', maxRows);
     const stacked = (parts: GpuMatrix[], x: GPUBuffer, y: GPUBuffer, yStride: number, bias: GPUBuffer | null) => {
       let offset = 0;
-      const prepared = new Map<string, GPUBuffer>(); // x converted or quantized once for all the parts
+      const prepared = new Map<string, GPUBuffer[]>(); // x converted or quantized once for all the parts
       return parts.flatMap((m) => {
         const d = product(m, { x, y, yStride, yOffset: offset, bias, residual: false, step: a.step, prepared });
         offset += m.rows;

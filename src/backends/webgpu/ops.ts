@@ -88,7 +88,7 @@ export interface MatmulIo {
    * made of x (its f16 copy, its int8 rows), by scratch buffer, so a later one reads it instead of
    * making it again. Shared by the callers' products of that x, in dispatch order.
    */
-  prepared?: Map<string, GPUBuffer>;
+  prepared?: Map<string, GPUBuffer[]>;
   /**
    * The batched decode step's products (few tokens a step): the int8 path, scaled by row, takes its
    * small tile and splits the columns over workgroups (kernels/matmul-int8.ts Int8Split).
@@ -241,19 +241,22 @@ function splitCombine(gpu: Gpu, shape: TiledMatmulShape, split: Int8Split, parts
   };
 }
 
-/** Whether an earlier product of io.x made `what` into `buffer` (io.prepared); records it if not. */
-function madeBefore(io: MatmulIo, what: string, buffer: GPUBuffer): boolean {
+/** Whether an earlier product of io.x made `what` into these `buffers` (io.prepared); records it if not. */
+function madeBefore(io: MatmulIo, what: string, ...buffers: GPUBuffer[]): boolean {
   if (!io.prepared) return false;
-  if (io.prepared.get(what) === buffer) return true;
-  io.prepared.set(what, buffer);
+  const had = io.prepared.get(what);
+  if (had && had.length === buffers.length && had.every((b, i) => b === buffers[i])) return true;
+  io.prepared.set(what, buffers);
   return false;
 }
 
 /**
  * A q4 g64 product on the int8 tensor cores (kernels/matmul-int8.ts): x quantized per token and block
- * of 64 columns (scaling 'group') or per token ('row') into scratch buffers every such product shares
- * (written just before it is read), then the product. Scaling 'row' reads the matrix rounded again to
- * int8 a row, made here once a matrix (a byte a weight and a scale a row, beside the q4 words).
+ * of 64 columns (scaling 'group') or per token ('row', 'row-q4') into scratch buffers every such
+ * product shares (written just before it is read), then the product. Scaling 'row' reads the matrix
+ * rounded again to int8 a row, made here once a matrix (a byte a weight and a scale a row, beside the
+ * q4 words); 'row-q4' the q4 words and each row's scales, made here once. With io.fewTokens (scaling
+ * by row): the few-token tile and the columns split over workgroups, then int8_split_combine.
  */
 function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: MatmulIo, maxTokens: number): Dispatch[] {
   const few = io.fewTokens === true && gpu.features.int8Scaling !== 'group';
@@ -283,10 +286,9 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
   // 'row': the int8 rows in place of the q4 words; 'row-q4': the q4 words, and the rows' scales after the step
   const weights = scaling === 'row' ? int8Rows(gpu, shape, buffers) : buffers;
   const rowScales = scaling === 'row-q4' ? int8Rows(gpu, shape, buffers, true) : [];
-  // x quantized once for the products of one x in a row (both its buffers as an earlier one left them)
-  const rowsMade = madeBefore(io, `${quantize.label} ${shape.cols}`, xq), scalesMade = madeBefore(io, `${quantize.label} scales ${shape.cols}`, xscale);
   return [
-    ...(rowsMade && scalesMade
+    // x quantized once for the products of one x in a row (both its buffers as an earlier one left them)
+    ...(madeBefore(io, `${quantize.label} ${shape.cols}`, xq, xscale)
       ? []
       : [{ label: quantize.label, pipeline: quantize.pipeline, bindGroup: gpu.bindGroup(quantize.label, quantize.pipeline, [io.x, xq, xscale, io.step]), workgroups: quantize.grid }]),
     {

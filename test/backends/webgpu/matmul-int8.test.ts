@@ -136,7 +136,7 @@ function worstByte(words: Uint32Array, want: Int8Array): number {
 async function productRowsFromDevice(gpu: Gpu, m: ReturnType<typeof q4Matrix>, x: Float32Array, T: number, rows: number, cols: number): Promise<Float64Array> {
   const xq = zeros(gpu, (T * cols) / 4), xs = zeros(gpu, 2 * T), w8 = zeros(gpu, (rows * cols) / 4), ws = zeros(gpu, rows);
   const qt = gpu.pipeline('quantize_tokens', { cols }, () => quantizeTokensWgsl(cols));
-  const conv = gpu.pipeline('q4_to_int8_rows', { rows, cols, fromQ4: false }, () => q4ToInt8RowsWgsl(rows, cols));
+  const conv = gpu.pipeline('q4_to_int8_rows', { rows, cols, scalesOnly: false }, () => q4ToInt8RowsWgsl(rows, cols));
   await run(gpu, [
     { label: 'quantize_tokens', pipeline: qt, bindGroup: gpu.bindGroup('qt', qt, [storage(gpu, x), xq, xs, stepBuffer(gpu, T, 0)]), workgroups: (n: number) => quantizeTokensGrid(n) },
     { label: 'q4_to_int8_rows', pipeline: conv, bindGroup: gpu.bindGroup('c', conv, [storage(gpu, m.words), storage(gpu, m.sm), w8, ws]), workgroups: () => q4ToInt8RowsGrid(rows) },
@@ -310,7 +310,7 @@ test('the int8 product with emulated subgroup matrices equals the CPU doing its 
     const wantRows = Float64Array.from(y0);
     for (let t = 0; t < T; t++) for (let i = 0; i < rows; i++) wantRows[t * yStride + yOffset + i] += prodRows[t * rows + i]! + bias[yOffset + i]!;
     const made = fromQ4 ? [zeros(gpu, 2 * rows)] : [zeros(gpu, (rows * cols) / 4), zeros(gpu, rows)];
-    const conv = gpu.pipeline('q4_to_int8_rows', { rows, cols, fromQ4 }, () => q4ToInt8RowsWgsl(rows, cols, fromQ4));
+    const conv = gpu.pipeline('q4_to_int8_rows', { rows, cols, scalesOnly: fromQ4 }, () => q4ToInt8RowsWgsl(rows, cols, fromQ4));
     const qt = gpu.pipeline('quantize_tokens', { cols }, () => quantizeTokensWgsl(cols));
     const code = withEmulatedI8Matrices(matmulInt8Wgsl(shape, 'invocation-index', tile, 'template', 'words', undefined, scaling, split), 'words');
     const module = device.createShaderModule({ code });

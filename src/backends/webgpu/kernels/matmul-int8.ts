@@ -17,8 +17,9 @@
  * largest value / 127): products within 3e-2 relative (norm) of the f32 product where 1% of x are
  * outliers at 20 times the rest (measured 2.0e-2 on the H100), and within 5e-5 of the CPU doing the
  * same int8 arithmetic (measured 1.2e-7 to 1.4e-5 on the H100: the device's 127 / max is a few ULP
- * from the CPU's, so a value at a rounding boundary may land one step apart): matmul-int8.test.ts; the demo model's perplexity +0.11%
- * (docs/PERFORMANCE.md, "Issue 13 on 2026-12-05 evening: int8 tensor cores").
+ * from the CPU's, so a value at a rounding boundary may land one step apart): matmul-int8.test.ts;
+ * the demo model's perplexity +0.11% (docs/PERFORMANCE.md, "Issue 13 on 2026-12-05 evening: int8
+ * tensor cores").
  * Measured there: 2.2x slower than the f16 tensor-core kernel (the per-group round trip of the i32
  * results through workgroup memory is 70% of its time), so it is off by default.
  *
@@ -44,7 +45,7 @@
  * gives hundreds; each part's f32 results go to a scratch buffer and int8_split_combine adds them in
  * order. Not yet timed on a GPU.
  */
-import { epilogue, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, type SubgroupIndexing, type SubgroupMatrixSyntax, type TiledMatmulShape } from './matmul-tiled.js';
+import { epilogue, LINEAR_INDEX, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, type SubgroupIndexing, type SubgroupMatrixSyntax, type TiledMatmulShape } from './matmul-tiled.js';
 
 /** Columns a block of xq and a stage of the product: the q4 group this path takes. */
 export const INT8_BLOCK = 64;
@@ -176,7 +177,7 @@ ${s.bias ? '@group(0) @binding(3) var<storage, read> bias: array<f32>;' : ''}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let T = step[0];
-  let i = (wid.y * 4096u + wid.x) * 256u + lid;
+  ${LINEAR_INDEX}
   let t = i / ROWS;
   let r = i % ROWS;
   if (t >= T) { return; }

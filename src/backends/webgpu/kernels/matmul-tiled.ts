@@ -254,7 +254,8 @@ export function linearGrid(n: number): [number, number, number] {
   const wgs = Math.max(1, Math.ceil(n / 256));
   return wgs <= 4096 ? [wgs, 1, 1] : [4096, Math.ceil(wgs / 4096), 1];
 }
-const LINEAR_INDEX = 'let i = (wid.y * 4096u + wid.x) * 256u + lid;';
+/** The invocation's index on a linearGrid (wid and lid as the kernels name them). */
+export const LINEAR_INDEX = 'let i = (wid.y * 4096u + wid.x) * 256u + lid;';
 
 /**
  * x (T x cols f32) -> x16 (T x KP f16, pad columns zero), 4 values an invocation, clamped to f16's
