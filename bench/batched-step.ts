@@ -7,7 +7,8 @@
  * rows a lane, S slices of the columns, U units a lane loaded at once; a `+cq` suffix: the attention
  * merge writes the o product's int8 x), beside the fused decoder's single-stream rate in the same process
  * (the best one-stream path); `--kernels tiled` puts the prefill's matrix-matrix kernels in the
- * products instead, `tc` the batched tensor-core products (kernels/batched-tensor-core.ts; `tc-KS-WARPS[-DEPTH]`
+ * products instead (`tiled@TILE/WGS`: the int8 few-token tile and column split, as PDVM_I8_TILE and
+ * PDVM_I8_SPLIT, under PDVM_PREFILL_I8=row|row-q4), `tc` the batched tensor-core products (kernels/batched-tensor-core.ts; `tc-KS-WARPS[-DEPTH]`
  * with columns a stage, the subgroups a dispatch aims at and the stages loaded ahead; `...-nodequant`
  * and `...-nox` time the kernel without its weights' dequantization or without x's global loads:
  * wrong tokens, timing only); with --profile, each dispatch of a
@@ -19,6 +20,7 @@
 import { scriptArgs } from '../scripts/args.js';
 import { Gpu } from '../src/backends/webgpu/device.js';
 import { WebGpuEngine } from '../src/backends/webgpu/engine.js';
+import { parseInt8Tile } from '../src/backends/webgpu/kernels/matmul-int8.js';
 import { defaultTensorCoreSplit, selfTestBatchedTensorCore } from '../src/backends/webgpu/batched-products.js';
 import { FusedDecoder } from '../src/backends/webgpu/fused/decoder.js';
 import { engineWeightsOfFused } from '../src/backends/webgpu/fused/engine-weights.js';
@@ -77,10 +79,20 @@ const prompt = (b: number) => Array.from({ length: promptTokens }, (_, i) => (b 
 }
 
 const results: { kernel: string; B: number; msPerStep: number; tokPerS: number }[] = [];
+const firstIds: Record<number, number[]> = {};
 for (const name of values.kernels!.split(',')) {
   // `+cq`: the attention merge writes the o product's int8 x (WebGpuEngine.batchCombineQuantize)
   const combineQuantize = name.endsWith('+cq');
-  const k = name.replace(/\+cq$/, '');
+  // `tiled@TILE/WGS`: the int8 few-token products (PDVM_PREFILL_I8=row|row-q4) with that tile (as
+  // PDVM_I8_TILE) and split aiming at WGS workgroups a token tile (as PDVM_I8_SPLIT)
+  const few = /^tiled(?:@(\w+))?(?:\/(\d+))?$/.exec(name.replace(/\+cq$/, ''));
+  if (few?.[1]) {
+    const tile = parseInt8Tile(few[1]);
+    if (!tile) throw new Error(`kernel ${name}: no int8 tile ${few[1]}`);
+    gpu.features.int8Tile = tile;
+  }
+  if (few?.[2]) gpu.features.int8SplitWorkgroups = Number(few[2]);
+  const k = few ? 'tiled' : name.replace(/\+cq$/, '');
   // NBxRPS: the batched q4 products ('units' layout); rNB-GxRPS: the same in the 'rows' layout; 'tiled': the
   // prefill's matrix-matrix kernels; 'tc[-KS-WARPS]': the tensor-core products
   const tc = /^tc(?:-(\d+)-(\d+)(?:-(\d))?(?:-(nodequant|nox))?)?$/.exec(k);
@@ -95,6 +107,9 @@ for (const name of values.kernels!.split(',')) {
   for (const B of batches) {
     const seqs: Sequence[] = Array.from({ length: B }, () => engine.createSequence());
     let ids = (await engine.step!(seqs.map((seq, b) => ({ seq, tokens: prompt(b), logits: true, choose: { sampling: GREEDY, random: 0 } })))) as number[];
+    // a sanity check of the kernel's answers: the prompts' greedy ids against the first kernel's
+    const first = (firstIds[B] ??= ids.slice());
+    const same = ids.filter((id, b) => id === first[b]).length;
     const decode = async () => {
       ids = (await engine.step!(seqs.map((seq, b) => ({ seq, tokens: [ids[b]!], logits: true, choose: { sampling: GREEDY, random: 0 } })))) as number[];
     };
@@ -103,7 +118,7 @@ for (const name of values.kernels!.split(',')) {
     for (let i = 0; i < steps; i++) await decode();
     const ms = (performance.now() - s0) / steps;
     results.push({ kernel: name, B, msPerStep: ms, tokPerS: (B * 1000) / ms });
-    console.log(`kernel ${name}, B ${B}: ${ms.toFixed(2)} ms a step = ${((B * 1000) / ms).toFixed(1)} tok/s (KV buffer groups ${engine.kv.groups.length})`);
+    console.log(`kernel ${name}, B ${B}: ${ms.toFixed(2)} ms a step = ${((B * 1000) / ms).toFixed(1)} tok/s (KV buffer groups ${engine.kv.groups.length}; prompts' ids ${same} of ${B} the first kernel's)`);
     if (values.profile!.split(',').map(Number).includes(B)) {
       const p = await engine.profileDecodeRows(seqs);
       console.log(`  profile (µs a dispatch: embedding, layer 0, head, choice): ${p.map((d) => `${d.label} ${d.microseconds.toFixed(1)}`).join(', ')}`);

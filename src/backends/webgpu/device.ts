@@ -7,7 +7,7 @@
 import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
 import { parseTensorCoreTile, TENSOR_CORE_TILES, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
-import { INT8_TILES, parseInt8Tile, type Int8Scaling, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
+import { INT8_SPLIT_WORKGROUPS, INT8_TILES, parseInt8Tile, type Int8Scaling, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
 import { selfTestPrefillInt8, selfTestPrefillKernel, selfTestPromptAttention, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
 /** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
@@ -57,6 +57,8 @@ export interface GpuFeatures {
   int8Units: Int8Units;
   /** The int8 kernel's tile for every matrix (PDVM_I8_TILE); null: chosen per matrix shape. */
   int8Tile: Int8Tile | null;
+  /** Workgroups a token tile the few-token int8 products' column split aims at (PDVM_I8_SPLIT; INT8_SPLIT_WORKGROUPS). */
+  int8SplitWorkgroups: number;
   /** PDVM_I8_LAB=no-scale: the int8 kernel without its per-group scaling (timing only, wrong results). */
   int8Lab: 'no-scale' | null;
   /** How the int8 products scale: per q4 group ('group', PDVM_PREFILL_I8=1) or once per row and token ('row' or 'row-q4', PDVM_PREFILL_I8=row|row-q4). */
@@ -276,6 +278,7 @@ export class Gpu {
       int8Syntax: 'template',
       int8Units: 'words',
       int8Tile: parseInt8Tile(env('PDVM_I8_TILE')),
+      int8SplitWorkgroups: Number(env('PDVM_I8_SPLIT')) > 0 ? Number(env('PDVM_I8_SPLIT')) : INT8_SPLIT_WORKGROUPS,
       int8Lab: env('PDVM_I8_LAB') === 'no-scale' ? 'no-scale' : null,
       int8Scaling: prefillInt8 === 'row' || prefillInt8 === 'row-q4' ? prefillInt8 : 'group',
       dawnToggles: entry.toggles,

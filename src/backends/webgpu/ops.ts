@@ -277,7 +277,7 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
   const rowTiles = Math.ceil(shape.rows / size.rows);
   if (rowTiles > 65535) throw new Error(`matmul: ${shape.rows} rows exceed the dispatch grid`);
   // few tokens: the columns split over workgroups, the parts added by int8_split_combine
-  const parts = few ? chooseInt8Split(rowTiles, shape.cols / INT8_BLOCK) : 1;
+  const parts = few ? chooseInt8Split(rowTiles, shape.cols / INT8_BLOCK, gpu.features.int8SplitWorkgroups) : 1;
   const split = parts > 1 ? { parts, maxTokens } : undefined;
   const pipeline = gpu.pipeline('matmul_int8', { ...shape, ...shape.weight, weight: 'q4', indexing, syntax, units, tile: int8TileName(tile), lab: lab ?? '', scaling, parts, maxTokens: split ? maxTokens : 0 }, () =>
     matmulInt8Wgsl(shape, indexing, tile, syntax, units, lab, scaling, split),

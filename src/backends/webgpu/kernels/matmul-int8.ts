@@ -160,10 +160,16 @@ export interface Int8Split {
   maxTokens: number;
 }
 
-/** The parts for a matrix of `rowTiles` row tiles and `stages` stages: about 384 workgroups a token tile, a power of two dividing the stages, at most 16. */
-export function chooseInt8Split(rowTiles: number, stages: number): number {
+/** Workgroups a token tile chooseInt8Split aims at by default (PDVM_I8_SPLIT sets another). */
+export const INT8_SPLIT_WORKGROUPS = 384;
+
+/**
+ * The parts for a matrix of `rowTiles` row tiles and `stages` stages: about `workgroups` workgroups a
+ * token tile, a power of two dividing the stages, at most 32.
+ */
+export function chooseInt8Split(rowTiles: number, stages: number, workgroups = INT8_SPLIT_WORKGROUPS): number {
   let parts = 1;
-  while (parts < 16 && rowTiles * parts * 2 <= 384 && stages % (parts * 2) === 0) parts *= 2;
+  while (parts < 32 && rowTiles * parts * 2 <= workgroups && stages % (parts * 2) === 0) parts *= 2;
   return parts;
 }
 
