@@ -28,7 +28,7 @@ import { fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
 import type { FusedModelWeights } from './fused/weights.js';
 import { attentionSplitFor } from './kernels/attention-tensor-core.js';
 import { paddedCols } from './kernels/matmul-tiled.js';
-import { argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, decodeCombineOp, embeddingOp, matmulOp, normQuantizeRowsOp, prefillKernel, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type BatchedMatvecSplit, type MatmulIo } from './ops.js';
+import { int8TokenScratch, int8TokensInUse, int8TokensPrepared, quantizeTokensOp, argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, decodeCombineOp, embeddingOp, matmulOp, normQuantizeRowsOp, prefillKernel, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type BatchedMatvecSplit, type MatmulIo } from './ops.js';
 import { gpuWeightBytes, uploadVector, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
 import { guardAllocation, uploadModelWeights } from './upload.js';
 import { batchedTensorCoreOp, defaultTensorCoreSplit, normX16Op, selfTestBatchedTensorCore, swigluX16Op, x16Bytes, x16Op, type TensorCoreSplit } from './batched-products.js';
@@ -840,7 +840,11 @@ export class WebGpuEngine implements Engine {
     const maxRows = Math.min(C, LOGITS_ROWS);
     const activations = this.matvecActivations;
     const widest = Math.max(H, qDim, ffn);
-    const int8 = activations === 'int8' && gpu.subgroups;
+    // int8 x in the matvec's blocks (not for the tiled products, which quantize x their own way)
+    const int8 = activations === 'int8' && gpu.subgroups && this.batchProducts !== 'tiled';
+    // the tiled products on the int8 tensor cores a few tokens at a time: the norms and the SwiGLU write
+    // x as int8 a token as they go, and the products after them take it (io.prepared)
+    const tokens8 = this.batchProducts === 'tiled' && int8TokensInUse(gpu) && H % 64 === 0 && ffn % 64 === 0 ? int8TokenScratch(gpu, maxRows, widest) : null;
     const buffers: GPUBuffer[] = [];
     const buffer = (label: string, bytes: number, usage: GPUBufferUsageFlags) => {
       const b = gpu.createBuffer(label, Math.max(16, Math.ceil(bytes / 16) * 16), usage);
@@ -859,9 +863,8 @@ export class WebGpuEngine implements Engine {
       (tc ? batchedTensorCoreOp(gpu, m, io, { x16: tc, split: tcSplit }) : null) ??
       (this.batchProducts !== 'tiled' && !tc ? batchedMatvecOp(gpu, m, io, options) : null) ??
       matmulOp(gpu, m, { ...io, fewTokens: true }, 'tiled', maxRows);
-    const stacked = (parts: GpuMatrix[], x: GPUBuffer, y: GPUBuffer, yStride: number, bias: GPUBuffer | null) => {
-      let offset = 0;
-      const prepared = new Map<string, GPUBuffer[]>(); // x converted or quantized once for all the parts
+    const stacked = (parts: GpuMatrix[], x: GPUBuffer, y: GPUBuffer, yStride: number, bias: GPUBuffer | null, prepared = new Map<string, GPUBuffer[]>()) => {
+      let offset = 0; // x converted or quantized once for all the parts (or before them: prepared)
       return parts.flatMap((m) => {
         const d = product(m, { x, y, yStride, yOffset: offset, bias, residual: false, step: a.step, prepared });
         offset += m.rows;
@@ -870,13 +873,17 @@ export class WebGpuEngine implements Engine {
     };
     // int8 x: rmsnorm and SwiGLU write the int8 blocks as they go (one dispatch each instead of two)
     const fuse = int8 && !tc && H % 32 === 0 && ffn % 32 === 0;
+    // what the products after a norm (cols H) or the SwiGLU (ffn) find made: x as int8 a token, where tokens8
+    const made = (cols: number) => (tokens8 ? int8TokensPrepared(tokens8, cols) : new Map<string, GPUBuffer[]>());
     const norm = (weight: GPUBuffer, step: GPUBuffer): Dispatch[] =>
-      tc
+      tokens8
+        ? [quantizeTokensOp(gpu, H, { kind: 'norm', eps: c.rmsNormEps, x: a.x, weight }, a.xn, tokens8, step)]
+        : tc
         ? [normX16Op(gpu, H, c.rmsNormEps, a.x, weight, a.xn, tc, step)]
         : fuse
         ? [normQuantizeRowsOp(gpu, H, c.rmsNormEps, maxRows, a.x, weight, a.xn, xq!, xd!, step)]
         : [rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, weight, a.xn, step), ...(int8 && H % 32 === 0 ? [quantizeRowsOp(gpu, H, maxRows, a.xn, xq!, xd!, step)] : [])];
-    const swiglu = tc ? [swigluX16Op(gpu, ffn, a.gateUp, a.act, tc, a.step)] : fuse ? [quantizeRowsOp(gpu, ffn, maxRows, a.act, xq!, xd!, a.step, a.gateUp)] : [swigluOp(gpu, ffn, C, a.gateUp, a.act, a.step), ...quantize(a.act, ffn)];
+    const swiglu = tokens8 ? [quantizeTokensOp(gpu, ffn, { kind: 'swiglu', gateUp: a.gateUp }, a.act, tokens8, a.step)] : tc ? [swigluX16Op(gpu, ffn, a.gateUp, a.act, tc, a.step)] : fuse ? [quantizeRowsOp(gpu, ffn, maxRows, a.act, xq!, xd!, a.step, a.gateUp)] : [swigluOp(gpu, ffn, C, a.gateUp, a.act, a.step), ...quantize(a.act, ffn)];
     // decode attention in chunks of keys, where its kernels apply
     const attention = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: this.contextLength, rotaryDim: c.rotaryDim };
     let split: DecodeRowsPlan['split'] = null;
@@ -893,21 +900,21 @@ export class WebGpuEngine implements Engine {
       }
     }
     const layers = w.layers.map((L): LayerPlan => ({
-      beforeAttention: [...norm(L.attnNorm, a.step), ...stacked(L.qkv, a.xn, a.qkv, qkvDim, L.qkvBias)],
+      beforeAttention: [...norm(L.attnNorm, a.step), ...stacked(L.qkv, a.xn, a.qkv, qkvDim, L.qkvBias, made(H))],
       afterAttention: [
         ...(quantizedByCombine ? [] : quantize(a.att, qDim)),
         ...product(L.o, { x: a.att, y: a.x, yStride: H, yOffset: 0, bias: null, residual: true, step: a.step }),
         ...norm(L.mlpNorm, a.step),
-        ...stacked(L.gateUp, a.xn, a.gateUp, 2 * ffn, null),
+        ...stacked(L.gateUp, a.xn, a.gateUp, 2 * ffn, null, made(H)),
         ...swiglu,
-        ...product(L.down, { x: a.act, y: a.x, yStride: H, yOffset: 0, bias: null, residual: true, step: a.step }),
+        ...product(L.down, { x: a.act, y: a.x, yStride: H, yOffset: 0, bias: null, residual: true, step: a.step, prepared: made(ffn) }),
       ],
     }));
     // the head over the first L rows of the pass (their step: headStep, T = L)
     const headStep = buffer('batch_head_step', 16, STORAGE() | GPUBufferUsage.COPY_DST);
     const head = [
       ...norm(w.finalNorm, headStep),
-      ...product(w.lmHead, { x: a.xn, y: a.logits, yStride: c.vocabSize, yOffset: 0, bias: null, residual: false, step: headStep }),
+      ...product(w.lmHead, { x: a.xn, y: a.logits, yStride: c.vocabSize, yOffset: 0, bias: null, residual: false, step: headStep, prepared: made(H) }),
     ];
     const params = buffer('batch_params', maxRows * 8 * 4, STORAGE() | GPUBufferUsage.COPY_DST);
     const tokens = buffer('batch_tokens', maxRows * 4, STORAGE() | GPUBufferUsage.COPY_SRC);

@@ -241,6 +241,9 @@ function splitCombine(gpu: Gpu, shape: TiledMatmulShape, split: Int8Split, parts
   };
 }
 
+/** io.prepared's key for x of `cols` columns quantized by the dispatch `label`. */
+const quantizedKey = (label: string, cols: number) => `${label} ${cols}`;
+
 /** Whether an earlier product of io.x made `what` into these `buffers` (io.prepared); records it if not. */
 function madeBefore(io: MatmulIo, what: string, ...buffers: GPUBuffer[]): boolean {
   if (!io.prepared) return false;
@@ -265,8 +268,7 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
     throw new Error(`matmul: the int8 tile ${int8TileName(tile)} needs ${int8WorkgroupBytes(tile)} bytes of workgroup memory, over the device's ${gpu.device.limits.maxComputeWorkgroupStorageSize}`);
   }
   const size = int8TileSize(tile);
-  const bytes = int8InputBytes(Math.ceil(maxTokens / 512) * 512, shape.cols);
-  const xq = gpu.scratch('xq', bytes.xq), xscale = gpu.scratch('xscale', bytes.xscale);
+  const { xq, xscale } = int8TokenScratch(gpu, maxTokens, shape.cols);
   const scaling = gpu.features.int8Scaling;
   const quantize = scaling !== 'group'
     ? { label: 'quantize_tokens', pipeline: gpu.pipeline('quantize_tokens', { cols: shape.cols }, () => quantizeTokensWgsl(shape.cols)), grid: (T: number) => quantizeTokensGrid(T) }
@@ -288,7 +290,7 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
   const rowScales = scaling === 'row-q4' ? int8Rows(gpu, shape, buffers, true) : [];
   return [
     // x quantized once for the products of one x in a row (both its buffers as an earlier one left them)
-    ...(madeBefore(io, `${quantize.label} ${shape.cols}`, xq, xscale)
+    ...(madeBefore(io, quantizedKey(quantize.label, shape.cols), xq, xscale)
       ? []
       : [{ label: quantize.label, pipeline: quantize.pipeline, bindGroup: gpu.bindGroup(quantize.label, quantize.pipeline, [io.x, xq, xscale, io.step]), workgroups: quantize.grid }]),
     {
@@ -299,6 +301,40 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
     },
     ...(split ? [splitCombine(gpu, shape, split, partsBuffer!, io)] : []),
   ];
+}
+
+/** The scratch buffers of x as int8 (xq, xscale) that the int8 products read, for `maxTokens` tokens of up to `cols` columns. */
+export function int8TokenScratch(gpu: Gpu, maxTokens: number, cols: number): { xq: GPUBuffer; xscale: GPUBuffer } {
+  const bytes = int8InputBytes(Math.ceil(maxTokens / 512) * 512, cols);
+  return { xq: gpu.scratch('xq', bytes.xq), xscale: gpu.scratch('xscale', bytes.xscale) };
+}
+
+/**
+ * Whether the int8 products of few tokens take x as int8 a token (scaling by row, self-tested on this
+ * device): then norms and SwiGLU write it as they go (quantizeTokensOp) and the products skip theirs.
+ */
+export function int8TokensInUse(gpu: Gpu): boolean {
+  return gpu.features.subgroupMatrixI8 && gpu.features.int8Scaling !== 'group';
+}
+
+/**
+ * x's int8 rows a token into `s` (int8TokenScratch) for the products that follow, from its RMSNorm
+ * (also written to `out`, as xn) or its SwiGLU (gate_up in, `out` = act); int8TokensPrepared tells
+ * those products (MatmulIo.prepared) not to quantize x again.
+ */
+export function quantizeTokensOp(
+  gpu: Gpu, cols: number, source: { kind: 'norm'; eps: number; x: GPUBuffer; weight: GPUBuffer } | { kind: 'swiglu'; gateUp: GPUBuffer }, out: GPUBuffer, s: { xq: GPUBuffer; xscale: GPUBuffer }, step: GPUBuffer,
+): Dispatch {
+  const kind = source.kind === 'norm' ? { kind: 'norm' as const, eps: f32Literal(source.eps) } : { kind: 'swiglu' as const };
+  const label = `${source.kind}_quantize_tokens`;
+  const pipeline = gpu.pipeline(label, { cols, kind: kind.kind, eps: kind.kind === 'norm' ? kind.eps : '' }, () => quantizeTokensWgsl(cols, kind));
+  const inputs = source.kind === 'norm' ? [source.x, source.weight] : [source.gateUp];
+  return { label, pipeline, bindGroup: gpu.bindGroup(label, pipeline, [...inputs, out, s.xq, s.xscale, step]), workgroups: (T: number) => quantizeTokensGrid(T) };
+}
+
+/** io.prepared for the products after quantizeTokensOp: x of `cols` columns is in `s` as int8 a token. */
+export function int8TokensPrepared(s: { xq: GPUBuffer; xscale: GPUBuffer }, cols: number): Map<string, GPUBuffer[]> {
+  return new Map([[quantizedKey('quantize_tokens', cols), [s.xq, s.xscale]]]);
 }
 
 /**

@@ -21,6 +21,7 @@ import type { GpuMatrix } from '../../../src/backends/webgpu/weights.js';
 import type { Gpu } from '../../../src/backends/webgpu/device.js';
 import { f16ToF32, f32ToF16 } from '../../../src/format/dtype.js';
 import { assertClose, compare, rng } from '../../helpers.js';
+import { f32Literal } from '../../../src/backends/webgpu/kernels/prelude.js';
 import { read, readU32, run, SKIP_GPU, stepBuffer, storage, testGpu, zeros } from './gpu.js';
 
 /** A random q4 g64 matrix: words, packed (scale, min) and its f64 values. */
@@ -173,6 +174,39 @@ test('webgpu quantize_tokens and q4_to_int8_rows (scaling \'row\'): x per token 
   const worstW = worstByte(await readU32(gpu, w8, (rows * cols) / 4), wantW.q), scalesW = await read(gpu, ws, rows);
   assert.ok(worstW <= 1, `W's int8 values differ from the CPU's by up to ${worstW}`);
   for (let i = 0; i < rows; i++) assert.ok(Math.abs(scalesW[i]! - wantW.s[i]!) <= 1e-6 * wantW.s[i]!, `row ${i} scale ${scalesW[i]} vs ${wantW.s[i]}`);
+});
+
+test('webgpu quantize_tokens fused into the RMSNorm and the SwiGLU (the batched step\'s int8 products of few tokens): xn / act and x\'s int8 rows against the CPU', { skip: SKIP_GPU }, async () => {
+  const gpu = await testGpu({ limits: 'default' });
+  const T = 4, cols = 320, eps = 1e-5, r = rng(16);
+  const x = Float32Array.from({ length: T * cols }, () => (r() - 0.5) * 4);
+  const w = Float32Array.from({ length: cols }, () => 0.5 + r());
+  const gateUp = Float32Array.from({ length: T * 2 * cols }, () => (r() - 0.5) * 6);
+  gateUp.fill(0, 2 * cols, 3 * cols); // token 1's gate all zero: act 0, scale 0
+  const step = stepBuffer(gpu, T, 0);
+  for (const kind of ['norm', 'swiglu'] as const) {
+    const out = zeros(gpu, T * cols), xq = zeros(gpu, (T * cols) / 4), xs = zeros(gpu, 2 * T);
+    const source = kind === 'norm' ? { kind, eps: f32Literal(eps) } : { kind };
+    const pipeline = gpu.pipeline(`${kind}_quantize_tokens`, { cols, kind }, () => quantizeTokensWgsl(cols, source));
+    const inputs = kind === 'norm' ? [storage(gpu, x), storage(gpu, w)] : [storage(gpu, gateUp)];
+    await run(gpu, [{ label: kind, pipeline, bindGroup: gpu.bindGroup(kind, pipeline, [...inputs, out, xq, xs, step]), workgroups: (n) => quantizeTokensGrid(n) }], T);
+    // the CPU's xn / act (f64), then its int8 rows of the device's own values (so a value at a rounding boundary is not the test)
+    const want = new Float64Array(T * cols);
+    for (let t = 0; t < T; t++) {
+      let ss = 0;
+      for (let c = 0; c < cols; c++) ss += x[t * cols + c]! ** 2;
+      for (let c = 0; c < cols; c++) {
+        const g = gateUp[t * 2 * cols + c]!, u = gateUp[t * 2 * cols + cols + c]!;
+        want[t * cols + c] = kind === 'norm' ? (x[t * cols + c]! / Math.sqrt(ss / cols + eps)) * w[c]! : (g / (1 + Math.exp(-g))) * u;
+      }
+    }
+    const got = await read(gpu, out, T * cols);
+    assertClose(got, want, 1e-6, `${kind}: values`);
+    const wantQ = int8PerRow(got, cols);
+    const worst = worstByte(await readU32(gpu, xq, (T * cols) / 4), wantQ.q), scales = await read(gpu, xs, 2 * T);
+    assert.ok(worst <= 1, `${kind}: int8 values differ from the CPU's rounding of the same values by up to ${worst} (ties allow 1)`);
+    for (let t = 0; t < T; t++) assert.equal(scales[2 * t], wantQ.s[t], `${kind}: token ${t} scale`);
+  }
 });
 
 test('webgpu quantize_blocks: x to int8 per token and 64 columns (permuted within 8), scales and sums, against the CPU', { skip: SKIP_GPU }, async () => {

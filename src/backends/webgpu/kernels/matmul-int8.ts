@@ -244,7 +244,7 @@ export function quantizeBlocksGrid(T: number, cols: number): [number, number, nu
   return n <= 65535 ? [n, 1, 1] : [65535, Math.ceil(n / 65535), 1];
 }
 
-/** WGSL shared by the 'row' kernels (workgroups of 64): a value to an int8 byte, and the workgroup's largest value. */
+/** WGSL shared by the 'row' kernels (workgroups of 64): a value to an int8 byte, and the workgroup's largest value and sum. */
 const ROW_HELPERS = `var<workgroup> part: array<f32, 64>;
 fn byte(v: f32) -> u32 { return u32(i32(round(v))) & 0xffu; }
 // the largest of the 64 invocations' v (every invocation calls it)
@@ -255,36 +255,81 @@ fn workgroup_max(lid: u32, v: f32) -> f32 {
     if (lid < w) { part[lid] = max(part[lid], part[lid + w]); }
     workgroupBarrier();
   }
-  return part[0];
+  let m = part[0];
+  workgroupBarrier(); // read by all before part is written again
+  return m;
+}
+// the sum of the 64 invocations' v, in a fixed order (every invocation calls it)
+fn workgroup_sum(lid: u32, v: f32) -> f32 {
+  part[lid] = v;
+  workgroupBarrier();
+  for (var w = 32u; w > 0u; w = w / 2u) {
+    if (lid < w) { part[lid] = part[lid] + part[lid + w]; }
+    workgroupBarrier();
+  }
+  let m = part[0];
+  workgroupBarrier();
+  return m;
 }`;
+
+/**
+ * Where quantize_tokens takes x from: x itself ('plain'); x's RMSNorm, x * rsqrt(mean(x^2) + eps) * w,
+ * also written to xn ('norm': the batched step's norms, kernels/rmsnorm.ts's arithmetic with the sum
+ * of squares in the workgroup's order); silu(gate) * up of the rows of gate_up (T x 2 cols), also
+ * written to act ('swiglu', kernels/swiglu.ts's arithmetic). The fused forms spare the batched step a
+ * dispatch before each int8 product of few tokens.
+ */
+export type TokensSource = { kind: 'plain' } | { kind: 'norm'; eps: string } | { kind: 'swiglu' };
 
 /**
  * Scaling 'row': x (T x cols f32) -> xq, int8 per token in natural column order (cols / 16 vec4 a
  * token), xscale[t] = (max |x| / 127 over the token, 0). A workgroup of 64 a token, its invocations
- * striding over the token's vec4s.
+ * striding over the token's vec4s. Bindings: 'plain' x, xq, xscale, step; 'norm' x, w, xn, xq,
+ * xscale, step; 'swiglu' gate_up, act, xq, xscale, step.
  */
-export function quantizeTokensWgsl(cols: number): string {
+export function quantizeTokensWgsl(cols: number, source: TokensSource = { kind: 'plain' }): string {
   if (cols % INT8_BLOCK !== 0) throw new Error(`quantize_tokens: ${cols} columns are not whole blocks of ${INT8_BLOCK}`);
+  const k = source.kind;
+  const inputs = k === 'plain'
+    ? '@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;'
+    : k === 'norm'
+      ? `@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> w: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> xn: array<vec4<f32>>;`
+      : `@group(0) @binding(0) var<storage, read> gate_up: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> act: array<vec4<f32>>;`;
+  const first = k === 'plain' ? 1 : k === 'norm' ? 3 : 2;
+  // the value of x's vec4 j (written where the source makes it), and where pass 2 reads it again
+  const value = k === 'plain'
+    ? 'let v = x[t * N + j];'
+    : k === 'norm'
+      ? 'let v = x[t * N + j] * rs * w[j];\n    xn[t * N + j] = v;'
+      : 'let g = gate_up[t * 2u * N + j];\n    let v = g / (1.0 + exp(-g)) * gate_up[t * 2u * N + N + j];\n    act[t * N + j] = v;';
+  const again = k === 'plain' ? 'x' : k === 'norm' ? 'xn' : 'act';
   return `const N = ${cols / 4}u; // vec4 a token
-@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> xq: array<u32>;
-@group(0) @binding(2) var<storage, read_write> xscale: array<vec2<f32>>;
-@group(0) @binding(3) var<storage, read> step: array<u32>;
+${inputs}
+@group(0) @binding(${first}) var<storage, read_write> xq: array<u32>;
+@group(0) @binding(${first + 1}) var<storage, read_write> xscale: array<vec2<f32>>;
+@group(0) @binding(${first + 2}) var<storage, read> step: array<u32>;
 ${ROW_HELPERS}
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let t = wid.y * 65535u + wid.x;
   if (t >= step[0]) { return; } // uniform: the whole workgroup has one token
-  var amax = 0.0;
+${k === 'norm' ? `  var ss = 0.0;
+  for (var j = lid; j < N; j += 64u) { let v = x[t * N + j]; ss += dot(v, v); }
+  let rs = inverseSqrt(workgroup_sum(lid, ss) / f32(N * 4u) + ${source.eps});
+` : ''}  var amax = 0.0;
   for (var j = lid; j < N; j += 64u) {
-    let v = abs(x[t * N + j]);
-    amax = max(amax, max(max(v.x, v.y), max(v.z, v.w)));
+    ${value}
+    let a = abs(v);
+    amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
   }
   let m = workgroup_max(lid, amax);
   let inv = select(0.0, 127.0 / m, m > 0.0);
   if (lid == 0u) { xscale[t] = vec2<f32>(m / 127.0, 0.0); }
-  for (var j = lid; j < N; j += 64u) {
-    let a = x[t * N + j] * inv;
+  for (var j = lid; j < N; j += 64u) { // this invocation's own values of the first loop
+    let a = ${again}[t * N + j] * inv;
     xq[t * N + j] = byte(a.x) | (byte(a.y) << 8u) | (byte(a.z) << 16u) | (byte(a.w) << 24u);
   }
 }
