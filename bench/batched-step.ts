@@ -8,7 +8,7 @@
  * merge writes the o product's int8 x), beside the fused decoder's single-stream rate in the same process
  * (the best one-stream path); `--kernels tiled` puts the prefill's matrix-matrix kernels in the
  * products instead (`tiled@TILE/WGS`: the int8 few-token tile and column split, as PDVM_I8_TILE and
- * PDVM_I8_SPLIT, under PDVM_PREFILL_I8=row|row-q4), `tc` the batched tensor-core products (kernels/batched-tensor-core.ts; `tc-KS-WARPS[-DEPTH]`
+ * PDVM_I8_SPLIT, under PDVM_PREFILL_I8=row|row-q4; `tiled@dTT` the direct 'row' kernel), `tc` the batched tensor-core products (kernels/batched-tensor-core.ts; `tc-KS-WARPS[-DEPTH]`
  * with columns a stage, the subgroups a dispatch aims at and the stages loaded ahead; `...-nodequant`
  * and `...-nox` time the kernel without its weights' dequantization or without x's global loads:
  * wrong tokens, timing only); with --profile, each dispatch of a
@@ -86,7 +86,9 @@ for (const name of values.kernels!.split(',')) {
   // `tiled@TILE/WGS`: the int8 few-token products (PDVM_PREFILL_I8=row|row-q4) with that tile (as
   // PDVM_I8_TILE) and split aiming at WGS workgroups a token tile (as PDVM_I8_SPLIT)
   const few = /^tiled(?:@(\w+))?(?:\/(\d+))?$/.exec(name.replace(/\+cq$/, ''));
-  if (few?.[1]) {
+  // `tiled@dTT`: scaling 'row' with the operands straight from global memory, 16 x TT tokens a workgroup (as PDVM_I8_DIRECT)
+  if (few) gpu.features.int8Direct = /^d[124]$/.test(few[1] ?? '') ? Number(few[1]!.slice(1)) : 0;
+  if (few?.[1] && !few[1].startsWith('d')) {
     const tile = parseInt8Tile(few[1]);
     if (!tile) throw new Error(`kernel ${name}: no int8 tile ${few[1]}`);
     gpu.features.int8Tile = tile;

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The device calls of the afternoon of 2026-12-06 (docs/PERFORMANCE.md "Few-token int8 products on the
 # device"), one script:
-#   S: the batched step's products: the matvec (r8-4x2, the default) against the int8 few-token tiles
-#      ('row-q4', 'row': `--kernels tiled` with PDVM_PREFILL_I8), 1-32 rows, profiles at 8 and 32;
+#   S: the batched step's products: the matvec (r8-4x2, the default) against the int8 few-token kernels
+#      (STEP_RUNS: PDVM_PREFILL_I8 and the bench's --kernels; tiled@dTT the direct kernel), profiles at 8 and 32;
 #   T: the int8 products against the CPU on the tensor cores (matmul-int8.test, every scaling and the
 #      few-token split), pp512 with 'row-q4' on phi-4 and the 1B shape.
 # Stage (dev machine, repository root; .gpu is git-ignored and travels with carry):
@@ -18,7 +18,7 @@ eval "$(bash .gpu/setup.sh)"
 R=${OUT:-/tmp/out}; mkdir -p "$R"; s=$(date +%s) # results straight under $OUT (five files): what a timeout leaves comes back
 nvidia-smi --query-gpu=name,driver_version --format=csv > $R/gpu.txt; date -u >> $R/gpu.txt
 # each entry: PDVM_PREFILL_I8's value, then the bench's --kernels (tiled@TILE/WGS: the few-token tile and split)
-STEP_RUNS=${STEP_RUNS:-"row-q4:r8-4x2,tiled,tiled/1024,tiled@1114/1024,tiled@2118/512,tiled@1218/512 row:tiled,tiled/1024"}
+STEP_RUNS=${STEP_RUNS:-"row:r8-4x2,tiled@d1,tiled@d2,tiled@d4,tiled"}
 case "${1:-}" in *S*)
   for kk in $STEP_RUNS; do i8=${kk%%:*} kern=${kk#*:}
     echo "== PDVM_PREFILL_I8=$i8 --kernels $kern ($(( $(date +%s) - s ))s)" >> $R/steps.txt
@@ -26,8 +26,9 @@ case "${1:-}" in *S*)
       --batches ${BATCHES:-8,16,32} --kernels $kern --profile ${PROFILE:-8,32} 2>&1 | grep -v Warning >> $R/steps.txt
   done ;; esac
 case "${1:-}" in *T*)
-  timeout 200 node --test .gpu/prefill/matmul-int8.test.mjs 2>&1 | grep -v Warning | grep -E "^(ok|not ok)|# (pass|fail|skip)|against|rror|expected|actual|worst" > $R/int8-test.txt
-  for sh in phi-4 llama-3.2-1b; do for m in 0 row-q4; do echo "== $sh PDVM_PREFILL_I8=$m" >> $R/pp.txt
+  [ -n "${NO_PP:-}" ] && PP_SHAPES="" || PP_SHAPES="phi-4 llama-3.2-1b"
+  timeout ${TEST_S:-300} node --test --test-name-pattern="where self-tested" .gpu/prefill/matmul-int8.test.mjs 2>&1 | grep -v Warning | grep -E "^(ok|not ok)|# (pass|fail|skip)|against|rror|expected|actual|worst" > $R/int8-test.txt
+  for sh in $PP_SHAPES; do for m in 0 row-q4; do echo "== $sh PDVM_PREFILL_I8=$m" >> $R/pp.txt
     PDVM_PREFILL_I8=$m timeout 40 node .gpu/prefill/app.mjs bench --shape $sh --encoding q4 --group 64 --prefill 512 --runs 5 2>&1 | grep -E "pp512" >> $R/pp.txt; done; done ;; esac
 echo "total $(( $(date +%s) - s ))s" >> $R/wall.txt
 cat $R/wall.txt; grep -E "^(==|kernel|fused)" $R/steps.txt 2>/dev/null; cat $R/int8-test.txt $R/pp.txt 2>/dev/null | tail -40

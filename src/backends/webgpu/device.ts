@@ -59,6 +59,12 @@ export interface GpuFeatures {
   int8Tile: Int8Tile | null;
   /** Workgroups a token tile the few-token int8 products' column split aims at (PDVM_I8_SPLIT; INT8_SPLIT_WORKGROUPS). */
   int8SplitWorkgroups: number;
+  /**
+   * The few-token int8 products ('row' scaling) with their operands straight from global memory
+   * (kernels/matmul-int8.ts matmulInt8DirectWgsl), 16 x this many tokens a workgroup; 0: off
+   * (PDVM_I8_DIRECT=1|2|4; being measured).
+   */
+  int8Direct: number;
   /** PDVM_I8_LAB=no-scale: the int8 kernel without its per-group scaling (timing only, wrong results). */
   int8Lab: 'no-scale' | null;
   /** How the int8 products scale: per q4 group ('group', PDVM_PREFILL_I8=1) or once per row and token ('row' or 'row-q4', PDVM_PREFILL_I8=row|row-q4). */
@@ -279,6 +285,7 @@ export class Gpu {
       int8Units: 'words',
       int8Tile: parseInt8Tile(env('PDVM_I8_TILE')),
       int8SplitWorkgroups: Number(env('PDVM_I8_SPLIT')) > 0 ? Number(env('PDVM_I8_SPLIT')) : INT8_SPLIT_WORKGROUPS,
+      int8Direct: [1, 2, 4].includes(Number(env('PDVM_I8_DIRECT'))) ? Number(env('PDVM_I8_DIRECT')) : 0,
       int8Lab: env('PDVM_I8_LAB') === 'no-scale' ? 'no-scale' : null,
       int8Scaling: prefillInt8 === 'row' || prefillInt8 === 'row-q4' ? prefillInt8 : 'group',
       dawnToggles: entry.toggles,

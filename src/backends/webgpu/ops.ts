@@ -13,7 +13,7 @@ import {
   chooseTensorCoreTile, convertF16Invocations, convertF16Wgsl, F32_TILE, linearGrid, matmulTensorCoreWgsl, matmulTiledF32Wgsl, paddedCols, tensorCoreTileName,
   tensorCoreTileSize, tensorCoreWorkgroupBytes, tiledSupports, type TiledKernel, type TiledMatmulShape, type TiledWeight,
 } from './kernels/matmul-tiled.js';
-import { chooseInt8Split, chooseInt8Tile, INT8_BLOCK, INT8_FEW_TILE, int8SplitCombineWgsl, type Int8Split, int8InputBytes, int8Supports, int8TileName, int8TileSize, int8WorkgroupBytes, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl } from './kernels/matmul-int8.js';
+import { chooseInt8Split, chooseInt8Tile, INT8_BLOCK, int8DirectFits, matmulInt8DirectWgsl, INT8_FEW_TILE, int8SplitCombineWgsl, type Int8Split, int8InputBytes, int8Supports, int8TileName, int8TileSize, int8WorkgroupBytes, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl } from './kernels/matmul-int8.js';
 import { kvDefines, type KvLayout } from './kernels/kv.js';
 import { attentionMergeWgsl, attentionPartsBytes, attentionSplitFor, attentionTensorCoreBytes, attentionTensorCoreFits, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
 import { f32Literal, grid } from './kernels/prelude.js';
@@ -273,6 +273,21 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
   const quantize = scaling !== 'group'
     ? { label: 'quantize_tokens', pipeline: gpu.pipeline('quantize_tokens', { cols: shape.cols }, () => quantizeTokensWgsl(shape.cols)), grid: (T: number) => quantizeTokensGrid(T) }
     : { label: 'quantize_blocks', pipeline: gpu.pipeline('quantize_blocks', { cols: shape.cols }, () => quantizeBlocksWgsl(shape.cols)), grid: (T: number) => quantizeBlocksGrid(T, shape.cols) };
+  // x quantized once for the products of one x in a row (both its buffers as an earlier one left them)
+  const quantizeX = (): Dispatch[] =>
+    madeBefore(io, quantizedKey(quantize.label, shape.cols), xq, xscale)
+      ? []
+      : [{ label: quantize.label, pipeline: quantize.pipeline, bindGroup: gpu.bindGroup(quantize.label, quantize.pipeline, [io.x, xq, xscale, io.step]), workgroups: quantize.grid }];
+  // few tokens, 'row': the operands straight from global memory where asked for (PDVM_I8_DIRECT)
+  if (few && scaling === 'row' && gpu.features.int8Direct > 0 && int8DirectFits(shape)) {
+    const TT = gpu.features.int8Direct, syntax = gpu.features.int8Syntax, units = gpu.features.int8Units;
+    const pipeline = gpu.pipeline('matmul_int8_direct', { ...shape, ...shape.weight, weight: 'q4', syntax, units, TT }, () => matmulInt8DirectWgsl(shape, syntax, units, TT));
+    const w8 = int8Rows(gpu, shape, buffers);
+    return [
+      ...quantizeX(),
+      { label: 'matmul_int8_direct', pipeline, bindGroup: gpu.bindGroup('matmul_int8_direct', pipeline, [...w8, xq, xscale, io.y, io.step, ...(io.bias ? [io.bias] : [])]), workgroups: (T: number) => [Math.ceil(T / (16 * TT)), shape.rows / 16, 1] },
+    ];
+  }
   const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
   const syntax = gpu.features.int8Syntax, units = gpu.features.int8Units;
   const lab = gpu.features.int8Lab ?? undefined;
@@ -289,10 +304,7 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
   const weights = scaling === 'row' ? int8Rows(gpu, shape, buffers) : buffers;
   const rowScales = scaling === 'row-q4' ? int8Rows(gpu, shape, buffers, true) : [];
   return [
-    // x quantized once for the products of one x in a row (both its buffers as an earlier one left them)
-    ...(madeBefore(io, quantizedKey(quantize.label, shape.cols), xq, xscale)
-      ? []
-      : [{ label: quantize.label, pipeline: quantize.pipeline, bindGroup: gpu.bindGroup(quantize.label, quantize.pipeline, [io.x, xq, xscale, io.step]), workgroups: quantize.grid }]),
+    ...quantizeX(),
     {
       label: scaling === 'group' ? 'matmul_int8_q4' : 'matmul_int8_rows',
       pipeline,

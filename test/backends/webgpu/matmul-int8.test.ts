@@ -15,7 +15,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { INT8_FEW_TILE, INT8_TILES, int8InputBytes, int8SplitCombineWgsl, int8TileName, parseInt8Tile, int8TileSize, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl, type Int8Split, type Int8Tile, type Int8Units } from '../../../src/backends/webgpu/kernels/matmul-int8.js';
+import { INT8_FEW_TILE, INT8_TILES, matmulInt8DirectWgsl, int8InputBytes, int8SplitCombineWgsl, int8TileName, parseInt8Tile, int8TileSize, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl, type Int8Split, type Int8Tile, type Int8Units } from '../../../src/backends/webgpu/kernels/matmul-int8.js';
 import { matmulOp } from '../../../src/backends/webgpu/ops.js';
 import type { GpuMatrix } from '../../../src/backends/webgpu/weights.js';
 import type { Gpu } from '../../../src/backends/webgpu/device.js';
@@ -371,6 +371,66 @@ test('the int8 product with emulated subgroup matrices equals the CPU doing its 
   }
 });
 
+/**
+ * matmulInt8DirectWgsl with its subgroup matrices emulated by lane 0 of each subgroup: i8 values read
+ * straight from xq and w8 (i32 arrays) at (offset + row * stride) in `units` plus k bytes.
+ */
+function withEmulatedDirectLoads(code: string, units: Int8Units): string {
+  const U = units === 'words' ? 4 : 1;
+  const helpers = `
+alias MatA = array<i32, 512>;
+alias MatC = array<i32, 256>;
+var<private> emu_active: bool;
+fn xq_at(b: u32) -> i32 { return extractBits(xq[b / 4u], (b % 4u) * 8u, 8u); }
+fn w8_at(b: u32) -> i32 { return extractBits(w8[b / 4u], (b % 4u) * 8u, 8u); }
+fn gx_left(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var i = 0u; i < 16u; i++) { for (var k = 0u; k < 32u; k++) { m[i * 32u + k] = xq_at((off + i * stride) * ${U}u + k); } } return m; }
+fn gw_right(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var n = 0u; n < 16u; n++) { for (var k = 0u; k < 32u; k++) { m[n * 32u + k] = w8_at((off + n * stride) * ${U}u + k); } } return m; }
+fn sm_mma(l: MatA, r: MatA, a: MatC) -> MatC {
+  var o = a;
+  if (!emu_active) { return o; }
+  for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { var s = o[i * 16u + n]; for (var k = 0u; k < 32u; k++) { s += l[i * 32u + k] * r[n * 32u + k]; } o[i * 16u + n] = s; } }
+  return o;
+}
+fn sm_store(off: u32, v: MatC, stride: u32) { if (!emu_active) { return; } for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { smem[off + i * stride + n] = v[i * 16u + n]; } } }
+`;
+  return code
+    .replace('enable chromium_experimental_subgroup_matrix;\n', '')
+    .replace(/\n@compute/, `${helpers}\n@compute`)
+    .replace(/(let lane = [^;]*;)/, '$1\n  emu_active = lane == 0u;')
+    .replace(/subgroup_matrix_result<i32, 16, 16>\(\)/g, 'MatC()')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_left<i8, 32, 16>, row_major>\(&xq, /g, 'gx_left(')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_right<i8, 16, 32>, col_major>\(&w8, /g, 'gw_right(')
+    .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
+    .replace(/subgroupMatrixStore<row_major>\(&smem, /g, 'sm_store(');
+}
+
+test('the int8 product of few tokens with operands from global memory (PDVM_I8_DIRECT), subgroup matrices emulated, equals the CPU: exact i32 sums scaled once, bias, residual, partial token tiles', { skip: SKIP_GPU }, async () => {
+  const gpu = await testGpu();
+  const T = 21, rows = 48, cols = 512, yStride = rows + 3, yOffset = 2, r = rng(31);
+  const int8Words = (n: number) => Uint32Array.from({ length: n / 4 }, () => Math.floor(r() * 4294967296));
+  const byte = (words: Uint32Array, i: number) => (words[i >> 2]! << (24 - 8 * (i & 3))) >> 24;
+  const w8 = int8Words(rows * cols), wrow = Float32Array.from({ length: rows }, () => r() * 0.01 + 1e-3);
+  const xscale = Float32Array.from({ length: 64 * 2 }, (_, i) => (i % 2 === 0 ? r() * 0.05 + 1e-3 : 0));
+  const biasValues = Float32Array.from({ length: yStride }, () => r() - 0.5), y0 = Float32Array.from({ length: T * yStride }, () => r());
+  for (const [TT, units] of [[1, 'words'], [2, 'bytes'], [4, 'words']] as const) {
+    const xq = int8Words(64 * cols); // rows past T too: the kernel reads whole token tiles
+    const shape = { weight: { encoding: 'q4' as const, wordsPerRow: cols / 8, group: 64, groups: cols / 64 }, rows, cols, yStride, yOffset, bias: true, residual: true };
+    const code = withEmulatedDirectLoads(matmulInt8DirectWgsl(shape, 'template', units, TT), units);
+    const pipeline = gpu.pipeline('emulated direct', { TT, units }, () => code);
+    const y = storage(gpu, y0);
+    await run(gpu, [{ label: 'direct', pipeline, bindGroup: gpu.bindGroup('direct', pipeline, [storage(gpu, w8), storage(gpu, wrow), storage(gpu, xq), storage(gpu, xscale), y, stepBuffer(gpu, T, 0), storage(gpu, biasValues)]), workgroups: (n) => [Math.ceil(n / (16 * TT)), rows / 16, 1] }], T);
+    const got = await read(gpu, y, T * yStride);
+    const want = Float64Array.from(y0);
+    for (let t = 0; t < T; t++) for (let i = 0; i < rows; i++) {
+      let acc = 0;
+      for (let c = 0; c < cols; c++) acc += byte(w8, i * cols + c) * byte(xq, t * cols + c);
+      const o = t * yStride + yOffset + i;
+      want[o] = Math.fround(Math.fround(acc * Math.fround(xscale[2 * t]! * wrow[i]!)) + biasValues[yOffset + i]!) + y0[o]!;
+    }
+    assertClose(got, want, 1e-6, `direct, ${TT} token tiles a workgroup, offsets in ${units}`);
+  }
+});
+
 test('webgpu int8 prefill products (the device\'s tensor cores, where self-tested): q4 g64 through matmulOp against the CPU, scaling per group and per row (kept int8 rows, or rounded from the q4 words in the kernel)', { skip: SKIP_GPU }, async (t) => {
   const missing: string[] = [];
   for (const scaling of ['group', 'row', 'row-q4'] as const) {
@@ -381,9 +441,11 @@ test('webgpu int8 prefill products (the device\'s tensor cores, where self-teste
       continue;
     }
     const r = rng(21);
-    // the last case as the batched decode step's products (fewTokens: the small tile, columns split)
-    for (const [T, rows, cols, bias, residual, few] of [[70, 130, 256, true, true, false], [512, 1024, 4096, false, true, false], [200, 3072, 2048, false, false, false], [21, 3072, 2048, true, true, true]] as const) {
-      if (few && scaling === 'group') continue;
+    // the last cases as the batched decode step's products (fewTokens: the small tile, columns split;
+    // 'row' also with the operands straight from global memory, PDVM_I8_DIRECT)
+    for (const [T, rows, cols, bias, residual, few] of [[70, 130, 256, true, true, false], [512, 1024, 4096, false, true, false], [200, 3072, 2048, false, false, false], [21, 3072, 2048, true, true, 'split'], [21, 3072, 2048, true, true, 'direct']] as const) {
+      if ((few && scaling === 'group') || (few === 'direct' && scaling !== 'row')) continue;
+      gpu.features.int8Direct = few === 'direct' ? 2 : 0;
       const m = q4Matrix(rows, cols, rows);
       const x = Float32Array.from({ length: T * cols }, () => (r() - 0.5) * 2 * (r() < 0.01 ? 20 : 1));
       const yStride = rows + 5, yOffset = 3;
@@ -394,8 +456,8 @@ test('webgpu int8 prefill products (the device\'s tensor cores, where self-teste
         buffers: [storage(gpu, m.words), storage(gpu, m.sm)],
       } as unknown as GpuMatrix;
       const y = storage(gpu, y0);
-      const ops = matmulOp(gpu, matrix, { x: storage(gpu, x), y, yStride, yOffset, bias: bias ? storage(gpu, biasValues) : null, residual, step: stepBuffer(gpu, T, 0), fewTokens: few }, 'tiled', few ? 128 : T);
-      assert.deepEqual(ops.map((o) => o.label), scaling === 'group' ? ['quantize_blocks', 'matmul_int8_q4'] : ['quantize_tokens', 'matmul_int8_rows', ...(few ? ['int8_split_combine'] : [])]);
+      const ops = matmulOp(gpu, matrix, { x: storage(gpu, x), y, yStride, yOffset, bias: bias ? storage(gpu, biasValues) : null, residual, step: stepBuffer(gpu, T, 0), fewTokens: few !== false }, 'tiled', few ? 128 : T);
+      assert.deepEqual(ops.map((o) => o.label), scaling === 'group' ? ['quantize_blocks', 'matmul_int8_q4'] : ['quantize_tokens', ...(few === 'direct' ? ['matmul_int8_direct'] : ['matmul_int8_rows', ...(few ? ['int8_split_combine'] : [])])]);
       await run(gpu, ops, T);
       const got = await read(gpu, y, T * yStride);
       const withEpilogue = (prod: Float64Array) => {
@@ -411,7 +473,7 @@ test('webgpu int8 prefill products (the device\'s tensor cores, where self-teste
       const arithmetic = withEpilogue(scaling === 'group' ? productCpu(m, x, T, rows, cols, true) : await productRowsFromDevice(gpu, m, x, T, rows, cols));
       const relArithmetic = compare(got, arithmetic).rel, relExact = compare(got, exact).rel;
       const relCpu = compare(Float32Array.from(scaling === 'group' ? arithmetic : withEpilogue(productRowsCpu(m, x, T, rows, cols))), exact).rel;
-      console.log(`${scaling}${few ? ' (few tokens, columns split)' : ''}, ${T} x ${rows} x ${cols}: against the CPU doing its arithmetic ${relArithmetic.toExponential(2)}; against the f32 product ${relExact.toExponential(2)} (the CPU's int8 arithmetic: ${relCpu.toExponential(2)})`);
+      console.log(`${scaling}${few === 'split' ? ' (few tokens, columns split)' : few === 'direct' ? ' (few tokens, operands from global memory)' : ''}, ${T} x ${rows} x ${cols}: against the CPU doing its arithmetic ${relArithmetic.toExponential(2)}; against the f32 product ${relExact.toExponential(2)} (the CPU's int8 arithmetic: ${relCpu.toExponential(2)})`);
       // 'group' against the CPU's own rounding of x: a value at a rounding boundary (the device's division
       // is within a few ULP) may land one step apart: 1.4e-5 on the H100's 512 x 1024 x 4096
       assertClose(got, arithmetic, scaling === 'group' ? 5e-5 : 1e-5, `${scaling}, ${T} x ${rows} x ${cols} (int8 arithmetic)`);

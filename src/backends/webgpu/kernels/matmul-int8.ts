@@ -606,3 +606,67 @@ function stageLoads(kb: string, NX: number, NW: number, WG: number, TM: number, 
     ]),
   ].join('\n');
 }
+
+/**
+ * Scaling 'row', few tokens, operands straight from global memory (PDVM_I8_DIRECT; being measured):
+ * the int8 rows (q4ToInt8Rows) and x's int8 rows (quantize_tokens) loaded by the subgroup-matrix loads
+ * themselves, no staging and no barrier in the loop. A workgroup of 8 subgroups takes 16 rows and
+ * 16 x `tokenTiles` tokens; subgroup g sums the g-th eighth of the columns; the 8 i32 results meet in
+ * workgroup memory and are added exactly (so neither the split nor the tokens sharing the step change
+ * a result: i32 sums), then scaled once as the 'row' kernel scales them: y = f32(acc) (s_t S_r).
+ * Needs rows % 16 == 0 and cols % 256 == 0 (int8DirectFits). Bindings: w8, wrow (f32 a row), xq,
+ * xscale, y, step, bias.
+ */
+export function matmulInt8DirectWgsl(s: TiledMatmulShape, syntax: SubgroupMatrixSyntax, units: Int8Units, tokenTiles: number): string {
+  if (!int8DirectFits(s)) throw new Error(`matmul_int8_direct: ${s.rows} x ${s.cols} needs rows % 16 == 0 and cols % 256 == 0`);
+  const u = units === 'words' ? 4 : 1, TT = tokenTiles;
+  const tiles = Array.from({ length: TT }, (_, i) => i);
+  const L = (i: number) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', '&xq', `((tok0 + ${16 * i}u) * COLS + k) / ${u}u`, false, `${s.cols / u}u`);
+  const R = subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', '&w8', `(row0 * COLS + k) / ${u}u`, true, `${s.cols / u}u`);
+  return `enable chromium_experimental_subgroup_matrix;
+diagnostic(off, subgroup_uniformity);
+const ROWS = ${s.rows}u;
+const COLS = ${s.cols}u;
+const STEPS = ${s.cols / 256}u; // k steps of 32 a subgroup
+@group(0) @binding(0) var<storage, read> w8: array<i32>;
+@group(0) @binding(1) var<storage, read> wrow: array<f32>;
+@group(0) @binding(2) var<storage, read> xq: array<i32>;
+@group(0) @binding(3) var<storage, read> xscale: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> step: array<u32>;
+${s.bias ? '@group(0) @binding(6) var<storage, read> bias: array<f32>;' : ''}
+var<workgroup> smem: array<i32, ${TT * 8 * 256}>; // the 8 subgroups' i32 results, a token tile after another
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let T = step[0];
+  let tok0 = wid.x * ${16 * TT}u;
+  let row0 = wid.y * 16u;
+  let g = lid / 32u;
+  let lane = lid % 32u;
+${tiles.map((i) => `  var c${i} = subgroup_matrix_result<i32, 16, 16>();`).join('\n')}
+  for (var st = 0u; st < STEPS; st++) {
+    let k = (g * STEPS + st) * 32u; // bytes into the row
+    let r = ${R};
+${tiles.map((i) => `    c${i} = subgroupMatrixMultiplyAccumulate(${L(i)}, r, c${i});`).join('\n')}
+  }
+${tiles.map((i) => `  ${subgroupMatrixStoreWgsl(syntax, '&smem', `${i * 8}u * 256u + g * 256u`, `c${i}`, false, '16u')};`).join('\n')}
+  workgroupBarrier();
+  let tl = lid / 16u; // this invocation's token and row of each 16 x 16 result
+  let n = lid % 16u;
+${tiles.map((i) => `  {
+    var acc = 0;
+    for (var q = 0u; q < 8u; q++) { acc += smem[(${i * 8}u + q) * 256u + lid]; }
+    let t = tok0 + ${16 * i}u + tl;
+    let r = row0 + n;
+    let v = f32(acc) * (xscale[min(t, T - 1u)].x * wrow[r]);
+    ${epilogue(s, 't', 'r', 'v')}
+  }`).join('\n')}
+}
+`;
+}
+
+/** Whether matmulInt8DirectWgsl takes the matrix. */
+export function int8DirectFits(s: Pick<TiledMatmulShape, 'rows' | 'cols'>): boolean {
+  return s.rows % 16 === 0 && s.cols % 256 === 0;
+}
