@@ -621,8 +621,11 @@ export function matmulInt8DirectWgsl(s: TiledMatmulShape, syntax: SubgroupMatrix
   if (!int8DirectFits(s)) throw new Error(`matmul_int8_direct: ${s.rows} x ${s.cols} needs rows % 16 == 0 and cols % 256 == 0`);
   const u = units === 'words' ? 4 : 1, TT = tokenTiles;
   const tiles = Array.from({ length: TT }, (_, i) => i);
-  const L = (i: number) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', '&xq', `((tok0 + ${16 * i}u) * COLS + k) / ${u}u`, false, `${s.cols / u}u`);
-  const R = subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', '&w8', `(row0 * COLS + k) / ${u}u`, true, `${s.cols / u}u`);
+  const L = (i: number, k: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', '&xq', `((tok0 + ${16 * i}u) * COLS + ${k}) / ${u}u`, false, `${s.cols / u}u`);
+  const R = (k: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', '&w8', `(row0 * COLS + ${k}) / ${u}u`, true, `${s.cols / u}u`);
+  // two k steps an iteration where they divide, both weight loads issued before the products
+  const U2 = (s.cols / 256) % 2 === 0 ? 2 : 1;
+  const ks = Array.from({ length: U2 }, (_, j) => j);
   return `enable chromium_experimental_subgroup_matrix;
 diagnostic(off, subgroup_uniformity);
 const ROWS = ${s.rows}u;
@@ -645,10 +648,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let g = lid / 32u;
   let lane = lid % 32u;
 ${tiles.map((i) => `  var c${i} = subgroup_matrix_result<i32, 16, 16>();`).join('\n')}
-  for (var st = 0u; st < STEPS; st++) {
-    let k = (g * STEPS + st) * 32u; // bytes into the row
-    let r = ${R};
-${tiles.map((i) => `    c${i} = subgroupMatrixMultiplyAccumulate(${L(i)}, r, c${i});`).join('\n')}
+  for (var st = 0u; st < STEPS; st += ${U2}u) {
+${ks.map((j) => `    let k${j} = (g * STEPS + st + ${j}u) * 32u; // bytes into the row\n    let r${j} = ${R(`k${j}`)};`).join('\n')}
+${ks.map((j) => tiles.map((i) => `    c${i} = subgroupMatrixMultiplyAccumulate(${L(i, `k${j}`)}, r${j}, c${i});`).join('\n')).join('\n')}
   }
 ${tiles.map((i) => `  ${subgroupMatrixStoreWgsl(syntax, '&smem', `${i * 8}u * 256u + g * 256u`, `c${i}`, false, '16u')};`).join('\n')}
   workgroupBarrier();
