@@ -281,7 +281,8 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
   // few tokens, 'row': the operands straight from global memory where asked for (PDVM_I8_DIRECT)
   if (few && scaling === 'row' && gpu.features.int8Direct > 0 && int8DirectFits(shape)) {
     const TT = gpu.features.int8Direct, syntax = gpu.features.int8Syntax, units = gpu.features.int8Units;
-    const pipeline = gpu.pipeline('matmul_int8_direct', { ...shape, ...shape.weight, weight: 'q4', syntax, units, TT }, () => matmulInt8DirectWgsl(shape, syntax, units, TT));
+    const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
+    const pipeline = gpu.pipeline('matmul_int8_direct', { ...shape, ...shape.weight, weight: 'q4', syntax, units, TT, indexing }, () => matmulInt8DirectWgsl(shape, syntax, units, TT, indexing));
     const w8 = int8Rows(gpu, shape, buffers);
     return [
       ...quantizeX(),

@@ -428,6 +428,10 @@ test('the int8 product of few tokens with operands from global memory (PDVM_I8_D
       want[o] = Math.fround(Math.fround(acc * Math.fround(xscale[2 * t]! * wrow[i]!)) + biasValues[yOffset + i]!) + y0[o]!;
     }
     assertClose(got, want, 1e-6, `direct, ${TT} token tiles a workgroup, offsets in ${units}`);
+    // the subgroup_id way of finding the subgroup (emulated loads, so Tint checks the rest): compiles
+    const byId = withEmulatedDirectLoads(matmulInt8DirectWgsl(shape, 'template', units, TT, 'subgroup-id'), units);
+    const errors = (await gpu.device.createShaderModule({ code: byId }).getCompilationInfo()).messages.filter((m) => m.type === 'error');
+    assert.deepEqual(errors.map((e) => `line ${e.lineNum}: ${e.message}`), [], `direct, ${TT} token tiles, subgroup_id`);
   }
 });
 
@@ -456,7 +460,7 @@ test('webgpu int8 prefill products (the device\'s tensor cores, where self-teste
         buffers: [storage(gpu, m.words), storage(gpu, m.sm)],
       } as unknown as GpuMatrix;
       const y = storage(gpu, y0);
-      const ops = matmulOp(gpu, matrix, { x: storage(gpu, x), y, yStride, yOffset, bias: bias ? storage(gpu, biasValues) : null, residual, step: stepBuffer(gpu, T, 0), fewTokens: few !== false }, 'tiled', few ? 128 : T);
+      const ops = matmulOp(gpu, matrix, { x: storage(gpu, x), y, yStride, yOffset, bias: bias ? storage(gpu, biasValues) : null, residual, step: stepBuffer(gpu, T, 0), fewTokens: few !== false }, 'tiled', T);
       assert.deepEqual(ops.map((o) => o.label), scaling === 'group' ? ['quantize_blocks', 'matmul_int8_q4'] : ['quantize_tokens', ...(few === 'direct' ? ['matmul_int8_direct'] : ['matmul_int8_rows', ...(few ? ['int8_split_combine'] : [])])]);
       await run(gpu, ops, T);
       const got = await read(gpu, y, T * yStride);

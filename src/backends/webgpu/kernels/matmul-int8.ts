@@ -617,7 +617,7 @@ function stageLoads(kb: string, NX: number, NW: number, WG: number, TM: number, 
  * Needs rows % 16 == 0 and cols % 256 == 0 (int8DirectFits). Bindings: w8, wrow (f32 a row), xq,
  * xscale, y, step, bias.
  */
-export function matmulInt8DirectWgsl(s: TiledMatmulShape, syntax: SubgroupMatrixSyntax, units: Int8Units, tokenTiles: number): string {
+export function matmulInt8DirectWgsl(s: TiledMatmulShape, syntax: SubgroupMatrixSyntax, units: Int8Units, tokenTiles: number, indexing: SubgroupIndexing = 'invocation-index'): string {
   if (!int8DirectFits(s)) throw new Error(`matmul_int8_direct: ${s.rows} x ${s.cols} needs rows % 16 == 0 and cols % 256 == 0`);
   const u = units === 'words' ? 4 : 1, TT = tokenTiles;
   const tiles = Array.from({ length: TT }, (_, i) => i);
@@ -626,8 +626,9 @@ export function matmulInt8DirectWgsl(s: TiledMatmulShape, syntax: SubgroupMatrix
   // two k steps an iteration where they divide, both weight loads issued before the products
   const U2 = (s.cols / 256) % 2 === 0 ? 2 : 1;
   const ks = Array.from({ length: U2 }, (_, j) => j);
+  const byId = indexing === 'subgroup-id'; // the way of finding the subgroup that passed the device's self-test
   return `enable chromium_experimental_subgroup_matrix;
-diagnostic(off, subgroup_uniformity);
+${byId ? 'enable subgroups;\nrequires subgroup_id;\n' : ''}diagnostic(off, subgroup_uniformity);
 const ROWS = ${s.rows}u;
 const COLS = ${s.cols}u;
 const STEPS = ${s.cols / 256}u; // k steps of 32 a subgroup
@@ -641,12 +642,12 @@ ${s.bias ? '@group(0) @binding(6) var<storage, read> bias: array<f32>;' : ''}
 var<workgroup> smem: array<i32, ${TT * 8 * 256}>; // the 8 subgroups' i32 results, a token tile after another
 
 @compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {
   let T = step[0];
   let tok0 = wid.x * ${16 * TT}u;
   let row0 = wid.y * 16u;
-  let g = lid / 32u;
-  let lane = lid % 32u;
+  let g = ${byId ? 'sg_id' : 'lid / 32u'};
+  let lane = ${byId ? 'sg_lane' : 'lid % 32u'};
 ${tiles.map((i) => `  var c${i} = subgroup_matrix_result<i32, 16, 16>();`).join('\n')}
   for (var st = 0u; st < STEPS; st += ${U2}u) {
 ${ks.map((j) => `    let k${j} = (g * STEPS + st + ${j}u) * 32u; // bytes into the row\n    let r${j} = ${R(`k${j}`)};`).join('\n')}
