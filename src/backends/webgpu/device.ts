@@ -62,7 +62,7 @@ export interface GpuFeatures {
   /**
    * The few-token int8 products ('row' scaling) with their operands straight from global memory
    * (kernels/matmul-int8.ts matmulInt8DirectWgsl), 16 x this many tokens a workgroup; 0: off
-   * (PDVM_I8_DIRECT=1|2|4; being measured).
+   * (PDVM_I8_DIRECT=1|2|4; measured slower than the staged tiles, a lab variant).
    */
   int8Direct: number;
   /** PDVM_I8_LAB=no-scale: the int8 kernel without its per-group scaling (timing only, wrong results). */

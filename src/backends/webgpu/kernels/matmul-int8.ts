@@ -43,7 +43,11 @@
  * 49-113 µs for the 8B qkv at 8 rows against 17 for the batched matvec). INT8_FEW_TILE (16 tokens x 128
  * rows) with the columns split into parts (Int8Split, chosen per matrix for about 384 workgroups)
  * gives hundreds; each part's f32 results go to a scratch buffer and int8_split_combine adds them in
- * order. Not yet timed on a GPU.
+ * order. Measured on the H100 (2026-12-06, docs/PERFORMANCE.md "Few-token int8 products on the device"):
+ * slower than the batched matvec at 8-32 rows (gate/up at 32 rows 175 µs on 'row' against the
+ * matvec's 197, but qkv, o, down and the step as a whole slower: 23.6 against 16.3 ms), because a
+ * 64-column stage moves only 4-8 KB a workgroup between two barriers. Opt-in (the batched step's
+ * 'tiled' products); the matvec stays the default.
  */
 import { epilogue, LINEAR_INDEX, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, type SubgroupIndexing, type SubgroupMatrixSyntax, type TiledMatmulShape } from './matmul-tiled.js';
 
@@ -608,7 +612,9 @@ function stageLoads(kb: string, NX: number, NW: number, WG: number, TM: number, 
 }
 
 /**
- * Scaling 'row', few tokens, operands straight from global memory (PDVM_I8_DIRECT; being measured):
+ * Scaling 'row', few tokens, operands straight from global memory (PDVM_I8_DIRECT; measured slower
+ * than the staged tiles on the H100, 2026-12-06: the subgroup-matrix loads from storage buffers reach
+ * 0.46 TB/s at best, and each token tile's x loads cost as much again, so it is a lab variant):
  * the int8 rows (q4ToInt8Rows) and x's int8 rows (quantize_tokens) loaded by the subgroup-matrix loads
  * themselves, no staging and no barrier in the loop. A workgroup of 8 subgroups takes 16 rows and
  * 16 x `tokenTiles` tokens; subgroup g sums the g-th eighth of the columns; the 8 i32 results meet in
