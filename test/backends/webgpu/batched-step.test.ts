@@ -47,6 +47,7 @@ test('webgpu batched step: decode rows through the batched q4 products, greedy i
     const engine = await WebGpuEngine.create(model, options);
     try {
       assert.ok(engine.stepChoosesTokens);
+      assert.equal(engine.stepPrompts, 'rows', 'prompts go through the step as decode rows by default (measured faster on the H200, docs/PERFORMANCE.md)');
       // generate() through the step (the device choosing greedily) against the CPU
       if (numerics === 'f32') {
         for (const [i, p] of prompts.entries()) {
@@ -116,5 +117,42 @@ test('webgpu batched step: decode rows through the batched q4 products, greedy i
     } finally {
       engine.dispose();
     }
+  }
+});
+
+test('webgpu batched step on the tiled products (batchProducts \'tiled\', the prefill\'s kernels): no matvec int8 blocks made, each row the ids it gives alone, logits near the CPU\'s', { skip: SKIP_GPU }, async () => {
+  const model = await loadModel(DEMO);
+  const gpu = await testGpu({ limits: 'default' });
+  const prompts = ['The jury said that', 'In the morning the city'].map((p) => model.tokenizer!.encode(p, true));
+  const cpu = new CpuEngine(model.config, model.weights, CONTEXT);
+  const engine = await WebGpuEngine.create(model, { contextLength: CONTEXT, gpu, prefillChunk: 8, batchedStep: true, batchProducts: 'tiled', kvCache: 'f32' });
+  try {
+    assert.equal(engine.batchProducts, 'tiled');
+    const run = async (together: boolean) => {
+      const seqs = prompts.map(() => engine.createSequence());
+      const ids: number[][] = prompts.map(() => []);
+      for (let k = 0; k < 4; k++) {
+        const rows: StepRow[] = seqs.map((seq, i) => ({ seq, tokens: k === 0 ? prompts[i]! : [ids[i]!.at(-1)!], logits: true, choose: { sampling: GREEDY, random: 0 } }));
+        const out = together ? await engine.step!(rows) : (await Promise.all(rows.map((r) => engine.step!([r])))).map((o) => o[0]!);
+        out.forEach((o, i) => ids[i]!.push(o as number));
+      }
+      for (const s of seqs) s.dispose();
+      return ids;
+    };
+    const alone = await run(false);
+    const together = await run(true);
+    together.forEach((ids, i) => assert.deepEqual(ids, alone[i], `sequence ${i} stepped with the other vs alone`));
+    // the tiled products quantize x their own way: the norms write no matvec int8 blocks
+    const plan = (engine as unknown as { decodeRows: { layers: { beforeAttention: { label: string }[]; afterAttention: { label: string }[] }[] } }).decodeRows;
+    const labels = [...plan.layers[0]!.beforeAttention, ...plan.layers[0]!.afterAttention].map((d) => d.label);
+    assert.ok(!labels.some((l) => l.includes('quantize_rows') || l.startsWith('batched_matvec')), `no matvec dispatches: ${labels.join(', ')}`);
+    const seq = engine.createSequence(), cseq = cpu.createSequence();
+    const [out] = await engine.step!([{ seq, tokens: prompts[0]!, logits: true }]);
+    const want = await cpu.forward(cseq, prompts[0]!);
+    console.log(`tiled products: prompt logits vs the CPU, relative error ${relError(out as Float32Array, want).toExponential(2)}`);
+    assertClose(out as Float32Array, want, 1e-4, 'tiled products: prompt logits vs the CPU');
+    seq.dispose();
+  } finally {
+    engine.dispose();
   }
 });
