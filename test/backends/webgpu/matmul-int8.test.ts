@@ -236,19 +236,21 @@ test('webgpu quantize_blocks: x to int8 per token and 64 columns (permuted withi
 
 /**
  * The kernel with each subgroup matrix emulated by every invocation on its own: i8 values read from
- * the i32 workgroup arrays at (offset + row * stride) in `units` plus k bytes, 16 x 16 x 32 i32
+ * i32 arrays (`from.left` for x, `from.right` for W: the workgroup array, or the storage buffers the
+ * direct kernel loads from) at (offset + row * stride) in `units` plus k bytes, 16 x 16 x 32 i32
  * products, stores element by element; only lane 0 of each subgroup works (the others' matrices stay
  * zero and they store nothing), which is 32 times faster on lavapipe and reads the same memory.
  */
-function withEmulatedI8Matrices(code: string, units: Int8Units): string {
+function withEmulatedI8Matrices(code: string, units: Int8Units, from = { left: 'smem', right: 'smem' }): string {
   const U = units === 'words' ? 4 : 1;
+  const arrays = [...new Set([from.left, from.right])];
   const helpers = `
 alias MatA = array<i32, 512>;
 alias MatC = array<i32, 256>;
 var<private> emu_active: bool;
-fn i8_at(b: u32) -> i32 { return extractBits(smem[b / 4u], (b % 4u) * 8u, 8u); }
-fn sm_left(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var i = 0u; i < 16u; i++) { for (var k = 0u; k < 32u; k++) { m[i * 32u + k] = i8_at((off + i * stride) * ${U}u + k); } } return m; }
-fn sm_right(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var n = 0u; n < 16u; n++) { for (var k = 0u; k < 32u; k++) { m[n * 32u + k] = i8_at((off + n * stride) * ${U}u + k); } } return m; }
+${arrays.map((a) => `fn i8_${a}(b: u32) -> i32 { return extractBits(${a}[b / 4u], (b % 4u) * 8u, 8u); }`).join('\n')}
+fn sm_left(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var i = 0u; i < 16u; i++) { for (var k = 0u; k < 32u; k++) { m[i * 32u + k] = i8_${from.left}((off + i * stride) * ${U}u + k); } } return m; }
+fn sm_right(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var n = 0u; n < 16u; n++) { for (var k = 0u; k < 32u; k++) { m[n * 32u + k] = i8_${from.right}((off + n * stride) * ${U}u + k); } } return m; }
 fn sm_mma(l: MatA, r: MatA, a: MatC) -> MatC {
   var o = a;
   if (!emu_active) { return o; }
@@ -262,8 +264,8 @@ fn sm_store(off: u32, v: MatC, stride: u32) { if (!emu_active) { return; } for (
     .replace(/\n@compute/, `${helpers}\n@compute`)
     .replace(/(let lane = [^;]*;)/, '$1\n  emu_active = lane == 0u;')
     .replace(/subgroup_matrix_result<i32, 16, 16>\(\)/g, 'MatC()')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_left<i8, 32, 16>, row_major>\(&smem, /g, 'sm_left(')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_right<i8, 16, 32>, col_major>\(&smem, /g, 'sm_right(')
+    .replaceAll(`subgroupMatrixLoad<subgroup_matrix_left<i8, 32, 16>, row_major>(&${from.left}, `, 'sm_left(')
+    .replaceAll(`subgroupMatrixLoad<subgroup_matrix_right<i8, 16, 32>, col_major>(&${from.right}, `, 'sm_right(')
     .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
     .replace(/subgroupMatrixStore<row_major>\(&smem, /g, 'sm_store(');
 }
@@ -371,39 +373,6 @@ test('the int8 product with emulated subgroup matrices equals the CPU doing its 
   }
 });
 
-/**
- * matmulInt8DirectWgsl with its subgroup matrices emulated by lane 0 of each subgroup: i8 values read
- * straight from xq and w8 (i32 arrays) at (offset + row * stride) in `units` plus k bytes.
- */
-function withEmulatedDirectLoads(code: string, units: Int8Units): string {
-  const U = units === 'words' ? 4 : 1;
-  const helpers = `
-alias MatA = array<i32, 512>;
-alias MatC = array<i32, 256>;
-var<private> emu_active: bool;
-fn xq_at(b: u32) -> i32 { return extractBits(xq[b / 4u], (b % 4u) * 8u, 8u); }
-fn w8_at(b: u32) -> i32 { return extractBits(w8[b / 4u], (b % 4u) * 8u, 8u); }
-fn gx_left(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var i = 0u; i < 16u; i++) { for (var k = 0u; k < 32u; k++) { m[i * 32u + k] = xq_at((off + i * stride) * ${U}u + k); } } return m; }
-fn gw_right(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var n = 0u; n < 16u; n++) { for (var k = 0u; k < 32u; k++) { m[n * 32u + k] = w8_at((off + n * stride) * ${U}u + k); } } return m; }
-fn sm_mma(l: MatA, r: MatA, a: MatC) -> MatC {
-  var o = a;
-  if (!emu_active) { return o; }
-  for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { var s = o[i * 16u + n]; for (var k = 0u; k < 32u; k++) { s += l[i * 32u + k] * r[n * 32u + k]; } o[i * 16u + n] = s; } }
-  return o;
-}
-fn sm_store(off: u32, v: MatC, stride: u32) { if (!emu_active) { return; } for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { smem[off + i * stride + n] = v[i * 16u + n]; } } }
-`;
-  return code
-    .replace('enable chromium_experimental_subgroup_matrix;\n', '')
-    .replace(/\n@compute/, `${helpers}\n@compute`)
-    .replace(/(let lane = [^;]*;)/, '$1\n  emu_active = lane == 0u;')
-    .replace(/subgroup_matrix_result<i32, 16, 16>\(\)/g, 'MatC()')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_left<i8, 32, 16>, row_major>\(&xq, /g, 'gx_left(')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_right<i8, 16, 32>, col_major>\(&w8, /g, 'gw_right(')
-    .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
-    .replace(/subgroupMatrixStore<row_major>\(&smem, /g, 'sm_store(');
-}
-
 test('the int8 product of few tokens with operands from global memory (PDVM_I8_DIRECT), subgroup matrices emulated, equals the CPU: exact i32 sums scaled once, bias, residual, partial token tiles', { skip: SKIP_GPU }, async () => {
   const gpu = await testGpu();
   const T = 21, rows = 48, cols = 512, yStride = rows + 3, yOffset = 2, r = rng(31);
@@ -415,7 +384,7 @@ test('the int8 product of few tokens with operands from global memory (PDVM_I8_D
   for (const [TT, units] of [[1, 'words'], [2, 'bytes'], [4, 'words']] as const) {
     const xq = int8Words(64 * cols); // rows past T too: the kernel reads whole token tiles
     const shape = { weight: { encoding: 'q4' as const, wordsPerRow: cols / 8, group: 64, groups: cols / 64 }, rows, cols, yStride, yOffset, bias: true, residual: true };
-    const code = withEmulatedDirectLoads(matmulInt8DirectWgsl(shape, 'template', units, TT), units);
+    const code = withEmulatedI8Matrices(matmulInt8DirectWgsl(shape, 'template', units, TT), units, { left: 'xq', right: 'w8' });
     const pipeline = gpu.pipeline('emulated direct', { TT, units }, () => code);
     const y = storage(gpu, y0);
     await run(gpu, [{ label: 'direct', pipeline, bindGroup: gpu.bindGroup('direct', pipeline, [storage(gpu, w8), storage(gpu, wrow), storage(gpu, xq), storage(gpu, xscale), y, stepBuffer(gpu, T, 0), storage(gpu, biasValues)]), workgroups: (n) => [Math.ceil(n / (16 * TT)), rows / 16, 1] }], T);
@@ -429,7 +398,7 @@ test('the int8 product of few tokens with operands from global memory (PDVM_I8_D
     }
     assertClose(got, want, 1e-6, `direct, ${TT} token tiles a workgroup, offsets in ${units}`);
     // the subgroup_id way of finding the subgroup (emulated loads, so Tint checks the rest): compiles
-    const byId = withEmulatedDirectLoads(matmulInt8DirectWgsl(shape, 'template', units, TT, 'subgroup-id'), units);
+    const byId = withEmulatedI8Matrices(matmulInt8DirectWgsl(shape, 'template', units, TT, 'subgroup-id'), units, { left: 'xq', right: 'w8' });
     const errors = (await gpu.device.createShaderModule({ code: byId }).getCompilationInfo()).messages.filter((m) => m.type === 'error');
     assert.deepEqual(errors.map((e) => `line ${e.lineNum}: ${e.message}`), [], `direct, ${TT} token tiles, subgroup_id`);
   }
