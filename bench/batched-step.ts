@@ -80,6 +80,7 @@ const prompt = (b: number) => Array.from({ length: promptTokens }, (_, i) => (b 
 
 const results: { kernel: string; B: number; msPerStep: number; tokPerS: number }[] = [];
 const firstIds: Record<number, number[]> = {};
+const defaults = { int8Tile: gpu.features.int8Tile, int8Direct: gpu.features.int8Direct, int8SplitWorkgroups: gpu.features.int8SplitWorkgroups };
 for (const name of values.kernels!.split(',')) {
   // `+cq`: the attention merge writes the o product's int8 x (WebGpuEngine.batchCombineQuantize)
   const combineQuantize = name.endsWith('+cq');
@@ -87,13 +88,15 @@ for (const name of values.kernels!.split(',')) {
   // PDVM_I8_TILE) and split aiming at WGS workgroups a token tile (as PDVM_I8_SPLIT)
   const few = /^tiled(?:@(\w+))?(?:\/(\d+))?$/.exec(name.replace(/\+cq$/, ''));
   // `tiled@dTT`: scaling 'row' with the operands straight from global memory, 16 x TT tokens a workgroup (as PDVM_I8_DIRECT)
-  if (few) gpu.features.int8Direct = /^d[124]$/.test(few[1] ?? '') ? Number(few[1]!.slice(1)) : 0;
-  if (few?.[1] && !few[1].startsWith('d')) {
-    const tile = parseInt8Tile(few[1]);
-    if (!tile) throw new Error(`kernel ${name}: no int8 tile ${few[1]}`);
+  // (each `tiled` kernel starts from the process's settings, not from the kernel before it)
+  if (few) {
+    const direct = /^d[124]$/.test(few[1] ?? '');
+    const tile = few[1] && !direct ? parseInt8Tile(few[1]) : defaults.int8Tile;
+    if (!tile && few[1] && !direct) throw new Error(`kernel ${name}: no int8 tile ${few[1]}`);
+    gpu.features.int8Direct = direct ? Number(few[1]!.slice(1)) : defaults.int8Direct;
     gpu.features.int8Tile = tile;
+    gpu.features.int8SplitWorkgroups = few[2] ? Number(few[2]) : defaults.int8SplitWorkgroups;
   }
-  if (few?.[2]) gpu.features.int8SplitWorkgroups = Number(few[2]);
   const k = few ? 'tiled' : name.replace(/\+cq$/, '');
   // NBxRPS: the batched q4 products ('units' layout); rNB-GxRPS: the same in the 'rows' layout; 'tiled': the
   // prefill's matrix-matrix kernels; 'tc[-KS-WARPS]': the tensor-core products

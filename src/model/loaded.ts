@@ -1,4 +1,4 @@
-/** What a loader gives: the canonical weights plus everything generation needs. Types only. */
+/** What a loader gives: the canonical weights plus everything generation needs; and the loaders' shared progress and abort check. */
 import { AbortError } from '../errors.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 import type { ModelConfig } from './config.js';

@@ -803,8 +803,7 @@ export class WebGpuEngine implements Engine {
       const kv = [...[...groups].flatMap((g) => (plan.split ? this.kvDecodeDispatchesOf(plan, g)[0]! : this.kvBatchDispatchesOf(g)[0]!)), ...(plan.split ? [plan.split.combine[0]!] : [])];
       this.gpu.device.queue.writeBuffer(plan.headStep, 0, new Uint32Array([T, 0, 0, 0]));
       const list = [...this.plans.embedding, ...plan.layers[0]!.beforeAttention, ...kv, ...plan.layers[0]!.afterAttention, ...plan.head, ...plan.choose];
-      const out = await timeDispatches(this.gpu.device, list, T, reps, () => this.gpu.device.queue.onSubmittedWorkDone(), () => this.gpu.check());
-      return out;
+      return timeDispatches(this.gpu.device, list, T, reps, () => this.gpu.device.queue.onSubmittedWorkDone(), () => this.gpu.check());
     });
   }
 

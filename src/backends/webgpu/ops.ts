@@ -263,11 +263,6 @@ function madeBefore(io: MatmulIo, what: string, ...buffers: GPUBuffer[]): boolea
  */
 function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: MatmulIo, maxTokens: number): Dispatch[] {
   const few = io.fewTokens === true && gpu.features.int8Scaling !== 'group';
-  const tile = gpu.features.int8Tile ?? (few ? INT8_FEW_TILE : chooseInt8Tile(shape.rows, maxTokens));
-  if (int8WorkgroupBytes(tile) > gpu.device.limits.maxComputeWorkgroupStorageSize) {
-    throw new Error(`matmul: the int8 tile ${int8TileName(tile)} needs ${int8WorkgroupBytes(tile)} bytes of workgroup memory, over the device's ${gpu.device.limits.maxComputeWorkgroupStorageSize}`);
-  }
-  const size = int8TileSize(tile);
   const { xq, xscale } = int8TokenScratch(gpu, maxTokens, shape.cols);
   const scaling = gpu.features.int8Scaling;
   const quantize = scaling !== 'group'
@@ -278,19 +273,22 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
     madeBefore(io, quantizedKey(quantize.label, shape.cols), xq, xscale)
       ? []
       : [{ label: quantize.label, pipeline: quantize.pipeline, bindGroup: gpu.bindGroup(quantize.label, quantize.pipeline, [io.x, xq, xscale, io.step]), workgroups: quantize.grid }];
-  // few tokens, 'row': the operands straight from global memory where asked for (PDVM_I8_DIRECT)
-  if (few && scaling === 'row' && gpu.features.int8Direct > 0 && int8DirectFits(shape)) {
-    const TT = gpu.features.int8Direct, syntax = gpu.features.int8Syntax, units = gpu.features.int8Units;
-    const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
-    const pipeline = gpu.pipeline('matmul_int8_direct', { ...shape, ...shape.weight, weight: 'q4', syntax, units, TT, indexing }, () => matmulInt8DirectWgsl(shape, syntax, units, TT, indexing));
-    const w8 = int8Rows(gpu, shape, buffers);
-    return [
-      ...quantizeX(),
-      { label: 'matmul_int8_direct', pipeline, bindGroup: gpu.bindGroup('matmul_int8_direct', pipeline, [...w8, xq, xscale, io.y, io.step, ...(io.bias ? [io.bias] : [])]), workgroups: (T: number) => [Math.ceil(T / (16 * TT)), shape.rows / 16, 1] },
-    ];
-  }
   const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
   const syntax = gpu.features.int8Syntax, units = gpu.features.int8Units;
+  // few tokens, 'row': the operands straight from global memory where asked for (PDVM_I8_DIRECT)
+  if (few && scaling === 'row' && gpu.features.int8Direct > 0 && int8DirectFits(shape)) {
+    const TT = gpu.features.int8Direct;
+    const pipeline = gpu.pipeline('matmul_int8_direct', { ...shape, ...shape.weight, weight: 'q4', syntax, units, TT, indexing }, () => matmulInt8DirectWgsl(shape, syntax, units, TT, indexing));
+    return [
+      ...quantizeX(),
+      { label: 'matmul_int8_direct', pipeline, bindGroup: gpu.bindGroup('matmul_int8_direct', pipeline, [...int8Rows(gpu, shape, buffers), xq, xscale, io.y, io.step, ...(io.bias ? [io.bias] : [])]), workgroups: (T: number) => [Math.ceil(T / (16 * TT)), shape.rows / 16, 1] },
+    ];
+  }
+  const tile = gpu.features.int8Tile ?? (few ? INT8_FEW_TILE : chooseInt8Tile(shape.rows, maxTokens));
+  if (int8WorkgroupBytes(tile) > gpu.device.limits.maxComputeWorkgroupStorageSize) {
+    throw new Error(`matmul: the int8 tile ${int8TileName(tile)} needs ${int8WorkgroupBytes(tile)} bytes of workgroup memory, over the device's ${gpu.device.limits.maxComputeWorkgroupStorageSize}`);
+  }
+  const size = int8TileSize(tile);
   const lab = gpu.features.int8Lab ?? undefined;
   const rowTiles = Math.ceil(shape.rows / size.rows);
   if (rowTiles > 65535) throw new Error(`matmul: ${shape.rows} rows exceed the dispatch grid`);
@@ -338,9 +336,9 @@ export function int8TokensInUse(gpu: Gpu): boolean {
 export function quantizeTokensOp(
   gpu: Gpu, cols: number, source: { kind: 'norm'; eps: number; x: GPUBuffer; weight: GPUBuffer } | { kind: 'swiglu'; gateUp: GPUBuffer }, out: GPUBuffer, s: { xq: GPUBuffer; xscale: GPUBuffer }, step: GPUBuffer,
 ): Dispatch {
-  const kind = source.kind === 'norm' ? { kind: 'norm' as const, eps: f32Literal(source.eps) } : { kind: 'swiglu' as const };
-  const label = `${source.kind}_quantize_tokens`;
-  const pipeline = gpu.pipeline(label, { cols, kind: kind.kind, eps: kind.kind === 'norm' ? kind.eps : '' }, () => quantizeTokensWgsl(cols, kind));
+  const label = `${source.kind}_quantize_tokens`; // the pipeline's name: its source
+  const eps = source.kind === 'norm' ? f32Literal(source.eps) : '';
+  const pipeline = gpu.pipeline(label, { cols, eps }, () => quantizeTokensWgsl(cols, source.kind === 'norm' ? { kind: 'norm', eps } : { kind: 'swiglu' }));
   const inputs = source.kind === 'norm' ? [source.x, source.weight] : [source.gateUp];
   return { label, pipeline, bindGroup: gpu.bindGroup(label, pipeline, [...inputs, out, s.xq, s.xscale, step]), workgroups: (T: number) => quantizeTokensGrid(T) };
 }

@@ -262,7 +262,7 @@ fn sm_store(off: u32, v: MatC, stride: u32) { if (!emu_active) { return; } for (
   return code
     .replace('enable chromium_experimental_subgroup_matrix;\n', '')
     .replace(/\n@compute/, `${helpers}\n@compute`)
-    .replace(/(let lane = [^;]*;)/, '$1\n  emu_active = lane == 0u;')
+    .replace(/(let g = [^;]*;)/, '$1\n  emu_active = lid % 32u == 0u; // lane 0 of each subgroup (subgroups of 32 from the invocation index)')
     .replace(/subgroup_matrix_result<i32, 16, 16>\(\)/g, 'MatC()')
     .replaceAll(`subgroupMatrixLoad<subgroup_matrix_left<i8, 32, 16>, row_major>(&${from.left}, `, 'sm_left(')
     .replaceAll(`subgroupMatrixLoad<subgroup_matrix_right<i8, 16, 32>, col_major>(&${from.right}, `, 'sm_right(')

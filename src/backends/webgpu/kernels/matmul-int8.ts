@@ -248,33 +248,27 @@ export function quantizeBlocksGrid(T: number, cols: number): [number, number, nu
   return n <= 65535 ? [n, 1, 1] : [65535, Math.ceil(n / 65535), 1];
 }
 
-/** WGSL shared by the 'row' kernels (workgroups of 64): a value to an int8 byte, and the workgroup's largest value and sum. */
-const ROW_HELPERS = `var<workgroup> part: array<f32, 64>;
-fn byte(v: f32) -> u32 { return u32(i32(round(v))) & 0xffu; }
-// the largest of the 64 invocations' v (every invocation calls it)
-fn workgroup_max(lid: u32, v: f32) -> f32 {
+/**
+ * `fn NAME(lid, v) -> f32`: the 64 invocations' v combined by `combine(a, b)` in a tree of fixed order
+ * (every invocation calls it; the result is read by all before `part` is written again).
+ */
+const workgroupReduce = (name: string, combine: (a: string, b: string) => string) => `fn ${name}(lid: u32, v: f32) -> f32 {
   part[lid] = v;
   workgroupBarrier();
   for (var w = 32u; w > 0u; w = w / 2u) {
-    if (lid < w) { part[lid] = max(part[lid], part[lid + w]); }
-    workgroupBarrier();
-  }
-  let m = part[0];
-  workgroupBarrier(); // read by all before part is written again
-  return m;
-}
-// the sum of the 64 invocations' v, in a fixed order (every invocation calls it)
-fn workgroup_sum(lid: u32, v: f32) -> f32 {
-  part[lid] = v;
-  workgroupBarrier();
-  for (var w = 32u; w > 0u; w = w / 2u) {
-    if (lid < w) { part[lid] = part[lid] + part[lid + w]; }
+    if (lid < w) { part[lid] = ${combine('part[lid]', 'part[lid + w]')}; }
     workgroupBarrier();
   }
   let m = part[0];
   workgroupBarrier();
   return m;
 }`;
+
+/** WGSL shared by the 'row' kernels (workgroups of 64): a value to an int8 byte, and the workgroup's largest value and sum. */
+const ROW_HELPERS = `var<workgroup> part: array<f32, 64>;
+fn byte(v: f32) -> u32 { return u32(i32(round(v))) & 0xffu; }
+${workgroupReduce('workgroup_max', (a, b) => `max(${a}, ${b})`)}
+${workgroupReduce('workgroup_sum', (a, b) => `${a} + ${b}`)}`;
 
 /**
  * Where quantize_tokens takes x from: x itself ('plain'); x's RMSNorm, x * rsqrt(mean(x^2) + eps) * w,
@@ -648,12 +642,11 @@ ${s.bias ? '@group(0) @binding(6) var<storage, read> bias: array<f32>;' : ''}
 var<workgroup> smem: array<i32, ${TT * 8 * 256}>; // the 8 subgroups' i32 results, a token tile after another
 
 @compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32' : ''}) {
   let T = step[0];
   let tok0 = wid.x * ${16 * TT}u;
   let row0 = wid.y * 16u;
   let g = ${byId ? 'sg_id' : 'lid / 32u'};
-  let lane = ${byId ? 'sg_lane' : 'lid % 32u'};
 ${tiles.map((i) => `  var c${i} = subgroup_matrix_result<i32, 16, 16>();`).join('\n')}
   for (var st = 0u; st < STEPS; st += ${U2}u) {
 ${ks.map((j) => `    let k${j} = (g * STEPS + st + ${j}u) * 32u; // bytes into the row\n    let r${j} = ${R(`k${j}`)};`).join('\n')}
