@@ -7,7 +7,7 @@
 import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
 import { parseTensorCoreTile, TENSOR_CORE_TILES, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
-import { INT8_SPLIT_WORKGROUPS, INT8_TILES, parseInt8Tile, type Int8Scaling, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
+import { INT8_SPLIT_WORKGROUPS, int8TilesFor, parseInt8Tile, type Int8Scaling, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
 import { selfTestPrefillInt8, selfTestPrefillKernel, selfTestPromptAttention, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
 /** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
@@ -334,7 +334,7 @@ export class Gpu {
         if (features.subgroupMatrixF16 && prefillInt8) {
           if (!i8Matrix || features.subgroupMaxSize !== 32) features.selfTests['prefill int8'] = 'not run: no i8->i32 16x16x32 configuration with subgroups of 32';
           else {
-            const tiles = features.int8Tile ? [features.int8Tile] : INT8_TILES;
+            const tiles = features.int8Tile ? [features.int8Tile] : int8TilesFor(features.int8Scaling);
             const other = features.subgroupMatrixSyntax === 'template' ? 'argument' : 'template';
             for (const [syntax, units] of [[features.subgroupMatrixSyntax, 'words'], [features.subgroupMatrixSyntax, 'bytes'], [other, 'words'], [other, 'bytes']] as const) {
               const k = await selfTestPrefillInt8(device, features.subgroupMatrixIndexing!, tiles, syntax, units, features.int8Scaling);

@@ -56,7 +56,10 @@ async function nodeGpuEntryPoint(toggles = false): Promise<GPU> {
   const { create, globals } = dawn;
   // GPUBufferUsage, GPUMapMode, GPUShaderStage... as in a browser
   Object.assign(globalThis, globals);
-  const gpu = create(toggles ? [`enable-dawn-features=${DAWN_TOGGLES.join(',')}`] : []);
+  // PDVM_DAWN_EXTRA_TOGGLES (comma-separated, with the toggles on): more Dawn toggles, for measuring
+  // what one costs (e.g. disable_robustness); none is asked for by default
+  const extra = (process.env.PDVM_DAWN_EXTRA_TOGGLES ?? '').split(',').map((t) => t.trim()).filter((t) => /^[a-z0-9_]+$/.test(t));
+  const gpu = create(toggles ? [`enable-dawn-features=${[...DAWN_TOGGLES, ...extra].join(',')}`] : []);
   nodeGpus.set(key, gpu);
   return gpu;
 }

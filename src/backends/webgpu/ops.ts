@@ -146,7 +146,7 @@ export function prefillPathDescription(gpu: Gpu): string {
   const tiles = fixed ? `tile ${tensorCoreTileName(fixed)}` : 'tiles of 128 tokens x 128 rows, or 64 x 128 for narrow matrices';
   const attention = gpu.features.attentionTensorCore ? `tensor cores${gpu.features.attentionSplit ? ', split over keys' : ''}` : 'f32 tiles';
   const int8 = gpu.features.subgroupMatrixI8
-    ? `; q4 g64 matrices on int8 tensor cores (i8 x i8 -> i32 16x16x32, ${{ row: 'x quantized per token, W rounded again to int8 per row (a byte a weight more)', 'row-q4': 'x quantized per token, W rounded to int8 per row as its q4 words are staged', group: 'x quantized per token and 64 columns' }[gpu.features.int8Scaling]}, ${gpu.features.int8Tile ? `tile ${int8TileName(gpu.features.int8Tile)}` : '128 or 64 tokens x 128 rows'}${gpu.features.int8Lab ? `, lab ${gpu.features.int8Lab}: timing only` : ''})`
+    ? `; q4 g64 matrices on int8 tensor cores (i8 x i8 -> i32 16x16x32, ${{ row: 'x quantized per token, W rounded again to int8 per row (a byte a weight more)', 'row-q4': 'x quantized per token, W rounded to int8 per row as its q4 words are staged', group: 'x quantized per token and 64 columns' }[gpu.features.int8Scaling]}, ${gpu.features.int8Tile ? `tile ${int8TileName(gpu.features.int8Tile)}` : `128 or 64 tokens x 128 rows${gpu.features.int8Scaling === 'row' ? ', 128 x 128 in two staged buffers' : ''}`}${gpu.features.int8Lab ? `, lab ${gpu.features.int8Lab}: timing only` : ''})`
     : '';
   return `tensor cores: subgroup matrix f16 x f16 -> f32 16x16x16, x converted to f16 once a product, x and W (dequantized to f16) staged through workgroup memory 64 columns a stage (${tiles})${int8}; prompt attention: ${attention}`;
 }
@@ -284,9 +284,9 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
       { label: 'matmul_int8_direct', pipeline, bindGroup: gpu.bindGroup('matmul_int8_direct', pipeline, [...int8Rows(gpu, shape, buffers), xq, xscale, io.y, io.step, ...(io.bias ? [io.bias] : [])]), workgroups: (T: number) => [Math.ceil(T / (16 * TT)), shape.rows / 16, 1] },
     ];
   }
-  const tile = gpu.features.int8Tile ?? (few ? INT8_FEW_TILE : chooseInt8Tile(shape.rows, maxTokens));
-  if (int8WorkgroupBytes(tile) > gpu.device.limits.maxComputeWorkgroupStorageSize) {
-    throw new Error(`matmul: the int8 tile ${int8TileName(tile)} needs ${int8WorkgroupBytes(tile)} bytes of workgroup memory, over the device's ${gpu.device.limits.maxComputeWorkgroupStorageSize}`);
+  const tile = gpu.features.int8Tile ?? (few ? INT8_FEW_TILE : chooseInt8Tile(shape.rows, maxTokens, scaling));
+  if (int8WorkgroupBytes(tile, scaling) > gpu.device.limits.maxComputeWorkgroupStorageSize) {
+    throw new Error(`matmul: the int8 tile ${int8TileName(tile)} needs ${int8WorkgroupBytes(tile, scaling)} bytes of workgroup memory, over the device's ${gpu.device.limits.maxComputeWorkgroupStorageSize}`);
   }
   const size = int8TileSize(tile);
   const lab = gpu.features.int8Lab ?? undefined;

@@ -15,7 +15,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { INT8_FEW_TILE, INT8_TILES, matmulInt8DirectWgsl, int8InputBytes, int8SplitCombineWgsl, int8TileName, parseInt8Tile, int8TileSize, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl, type Int8Split, type Int8Tile, type Int8Units } from '../../../src/backends/webgpu/kernels/matmul-int8.js';
+import { INT8_FEW_TILE, INT8_TILES, matmulInt8DirectWgsl, int8InputBytes, int8SplitCombineWgsl, int8TileName, int8TileFits, int8TilesFor, int8WorkgroupBytes, parseInt8Tile, int8TileSize, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl, type Int8Split, type Int8Tile, type Int8Units } from '../../../src/backends/webgpu/kernels/matmul-int8.js';
 import { matmulOp } from '../../../src/backends/webgpu/ops.js';
 import type { GpuMatrix } from '../../../src/backends/webgpu/weights.js';
 import type { Gpu } from '../../../src/backends/webgpu/device.js';
@@ -153,6 +153,20 @@ async function productRowsFromDevice(gpu: Gpu, m: ReturnType<typeof q4Matrix>, x
   return y;
 }
 
+test('PDVM_I8_TILE names: a tile, its epilogue by stage (s) or two staged buffers (d), and whether it fits 48 KiB for its scaling', () => {
+  assert.deepEqual(parseInt8Tile('2442d'), { am: 2, an: 4, gm: 4, gn: 2, epilogue: 'tile', double: true });
+  assert.deepEqual(parseInt8Tile('2422s'), { am: 2, an: 4, gm: 2, gn: 2, epilogue: 'stage' });
+  for (const name of ['2442', '2442d', '2422s', '4442', '1118d']) assert.equal(int8TileName(parseInt8Tile(name)!), name);
+  for (const name of ['2422sd', '5111', '4448', '4442d', 'x']) assert.equal(parseInt8Tile(name), null, name);
+  // 256 x 128 a workgroup: 30 KiB staged, the results (16 KiB) over them when scaled by row, beside them when by group
+  const wide = parseInt8Tile('4442')!;
+  assert.equal(int8WorkgroupBytes(wide, 'row'), (256 + 128) * 80 + 2 * (256 + 128) * 8);
+  assert.equal(int8WorkgroupBytes(wide, 'group'), (256 + 128) * 80 + 8 * 512 * 4 + 2 * (256 + 128) * 8);
+  assert.equal(int8TileFits(wide, 'row'), true);
+  assert.equal(int8TileFits(wide, 'group'), false);
+  assert.throws(() => matmulInt8Wgsl({ weight: { encoding: 'q4', wordsPerRow: 16, group: 64, groups: 2 }, rows: 64, cols: 128, yStride: 64, yOffset: 0, bias: false, residual: false }, 'invocation-index', parseInt8Tile('2442d')!, 'template', 'words'), /need scaling by row/);
+});
+
 test('webgpu quantize_tokens and q4_to_int8_rows (scaling \'row\'): x per token and the q4 matrix per row to int8, against the CPU', { skip: SKIP_GPU }, async () => {
   const gpu = await testGpu({ limits: 'default' });
   const T = 5, rows = 7, cols = 192, r = rng(6);
@@ -283,9 +297,10 @@ test('the int8 product\'s WGSL passes Tint\'s checks outside the subgroup-matrix
     .replace(/subgroupMatrixStore<row_major>\(&smem, /g, 'sm_store(');
   const shape = { weight: { encoding: 'q4' as const, wordsPerRow: 512, group: 64, groups: 64 }, rows: 14336, cols: 4096, yStride: 14340, yOffset: 2, bias: true, residual: true };
   const failures: string[] = [];
-  for (const tile of [...INT8_TILES, ...['2422s', '2242s', '1422s', '2222s', '1111'].map((n) => parseInt8Tile(n)!)]) {
+  for (const tile of [...INT8_TILES, ...['2422s', '2242s', '1422s', '2222s', '1111', '2442d', '4224', '4224d', '4422d', '4442', '4424', '1118d'].map((n) => parseInt8Tile(n)!)]) {
     for (const lab of [undefined, 'no-scale', 'row', 'row-q4'] as const) {
-      if ((lab === 'row' || lab === 'row-q4') && tile.epilogue === 'stage') continue;
+      const byRow = lab === 'row' || lab === 'row-q4';
+      if ((byRow && tile.epilogue === 'stage') || (tile.double && !byRow) || !int8TileFits(tile, byRow ? lab : 'group')) continue;
       for (const indexing of ['subgroup-id', 'invocation-index'] as const) {
         const code = standIns(lab === 'row' || lab === 'row-q4' ? matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', undefined, lab, tile === INT8_FEW_TILE ? { parts: 4, maxTokens: 128 } : undefined) : matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', lab));
         const errors = (await gpu.device.createShaderModule({ code }).getCompilationInfo()).messages.filter((m) => m.type === 'error');
@@ -316,7 +331,7 @@ test('the int8 product with emulated subgroup matrices equals the CPU doing its 
   const all = process.env.PDVM_I8_EMULATE_ALL === '1';
   const tiles: Int8Tile[] = [
     { am: 1, an: 2, gm: 2, gn: 1, epilogue: 'tile' },
-    ...(all ? [{ am: 1, an: 2, gm: 2, gn: 2, epilogue: 'stage' as const }, { am: 1, an: 1, gm: 1, gn: 1, epilogue: 'tile' as const }, ...INT8_TILES, { am: 2, an: 4, gm: 2, gn: 2, epilogue: 'stage' as const }] : []),
+    ...(all ? [{ am: 1, an: 2, gm: 2, gn: 2, epilogue: 'stage' as const }, { am: 1, an: 1, gm: 1, gn: 1, epilogue: 'tile' as const }, ...int8TilesFor('group'), { am: 2, an: 4, gm: 2, gn: 2, epilogue: 'stage' as const }] : []),
   ];
   for (const tile of tiles) {
     for (const units of all ? (['words', 'bytes'] as const) : (['words'] as const)) {
@@ -335,10 +350,13 @@ test('the int8 product with emulated subgroup matrices equals the CPU doing its 
   // scaling 'row': the matrix rounded to int8 a row, x a token, one i32 sum scaled once (the first tile);
   // 'row-q4': the same bytes made by the product from the q4 words as it stages them; and 'row-q4' on the
   // batched step's tile with its columns split in two parts, added by int8_split_combine
+  // two staged buffers taken in turn ('d' tiles): 'row' on the first tile, 'row-q4' on the few-token tile, split
   const cases = [
     { scaling: 'row' as const, tile: tiles[0]!, split: undefined as Int8Split | undefined },
     { scaling: 'row-q4' as const, tile: tiles[0]!, split: undefined },
     { scaling: 'row-q4' as const, tile: INT8_FEW_TILE, split: { parts: 2, maxTokens: T } },
+    { scaling: 'row' as const, tile: { ...tiles[0]!, double: true }, split: undefined },
+    { scaling: 'row-q4' as const, tile: { ...INT8_FEW_TILE, double: true }, split: { parts: 2, maxTokens: T } },
   ];
   for (const { scaling, tile, split } of cases) {
     const size = int8TileSize(tile), fromQ4 = scaling === 'row-q4', name = `tile ${int8TileName(tile)}, scaling '${scaling}'${split ? `, columns in ${split.parts}` : ''}`;

@@ -76,6 +76,9 @@ export type Int8Scaling = 'group' | 'row' | 'row-q4';
  *     barriers a stage; workgroup memory for any tile);
  *   'stage': every subgroup's results of the stage at once, over the staged operands (no longer
  *     needed then): four barriers a stage, but 1 KiB a result, so at most 32 results a workgroup.
+ * With scaling by row the results meet only after the last stage, over the staged operands. `double`
+ * (scaling by row only): two staged buffers taken in turn, so that one barrier a stage suffices (a
+ * stage is written while the other is still being read).
  */
 export interface Int8Tile {
   am: number;
@@ -83,37 +86,46 @@ export interface Int8Tile {
   gm: number;
   gn: number;
   epilogue: 'tile' | 'stage';
+  double?: boolean;
 }
 
-/** 'AMANGMGN', with an 's' for the epilogue by stage: e.g. '2442', '2422s' (PDVM_I8_TILE). */
+/** 'AMANGMGN', with an 's' for the epilogue by stage, a 'd' for two staged buffers: e.g. '2442', '2422s', '2442d' (PDVM_I8_TILE). */
 export function int8TileName(t: Int8Tile): string {
-  return `${t.am}${t.an}${t.gm}${t.gn}${t.epilogue === 'stage' ? 's' : ''}`;
+  return `${t.am}${t.an}${t.gm}${t.gn}${t.epilogue === 'stage' ? 's' : ''}${t.double ? 'd' : ''}`;
 }
 
 export function parseInt8Tile(text: string | undefined): Int8Tile | null {
-  const m = /^([1-4])([1-4])([1-8])([1-8])(s?)$/.exec(text ?? '');
+  const m = /^([1-4])([1-4])([1-8])([1-8])(s?)(d?)$/.exec(text ?? '');
   if (!m) return null;
   const [am, an, gm, gn] = m.slice(1, 5).map(Number) as [number, number, number, number];
-  const t: Int8Tile = { am, an, gm, gn, epilogue: m[5] ? 'stage' : 'tile' };
-  return gm * gn <= 16 && int8TileFits(t) ? t : null;
+  const t: Int8Tile = { am, an, gm, gn, epilogue: m[5] ? 'stage' : 'tile', ...(m[6] ? { double: true } : {}) };
+  return gm * gn <= 16 && !(m[5] && m[6]) && int8TileFits(t, 'row') ? t : null;
 }
 
-/** Whether the tile's stage divides among its invocations and fits 48 KiB of workgroup memory. */
-export function int8TileFits(t: Int8Tile): boolean {
+/** Whether the tile's stage divides among its invocations and fits 48 KiB of workgroup memory with this scaling. */
+export function int8TileFits(t: Int8Tile, scaling: Int8Scaling = 'group'): boolean {
   const { tokens, rows } = int8TileSize(t);
-  return tokens <= 32 * t.gm * t.gn && rows <= 32 * t.gm * t.gn && int8WorkgroupBytes(t) <= 49152;
+  return tokens <= 32 * t.gm * t.gn && rows <= 32 * t.gm * t.gn && int8WorkgroupBytes(t, scaling) <= 49152;
 }
 
 /**
- * Every tile chooseInt8Tile returns, and INT8_FEW_TILE (device.ts self-tests each): 128 tokens x 128
- * rows a workgroup of 8 subgroups (32 x 64 each: 8 results, 64 f32 accumulators an invocation), or
- * 64 x 128 where that gives too few workgroups for the GPU (the 1B shape's 2,048-row matrices).
+ * Every tile chooseInt8Tile returns, and INT8_FEW_TILE (device.ts self-tests those of its scaling,
+ * int8TilesFor): 128 tokens x 128 rows a workgroup of 8 subgroups (32 x 64 each: 8 results, 64 f32
+ * accumulators an invocation), or 64 x 128 where that gives too few workgroups for the GPU (the 1B
+ * shape's 2,048-row matrices); with scaling 'row', the 128 x 128 tile in two staged buffers (measured
+ * faster on the H100, 2026-12-06: docs/PERFORMANCE.md).
  */
 export const INT8_TILES: readonly Int8Tile[] = [
   { am: 2, an: 4, gm: 4, gn: 2, epilogue: 'tile' },
   { am: 2, an: 4, gm: 2, gn: 2, epilogue: 'tile' },
   { am: 1, an: 1, gm: 1, gn: 8, epilogue: 'tile' }, // INT8_FEW_TILE
+  { am: 2, an: 4, gm: 4, gn: 2, epilogue: 'tile', double: true },
 ];
+
+/** The tiles of INT8_TILES that a product of this scaling may take (two staged buffers: by row only). */
+export function int8TilesFor(scaling: Int8Scaling): Int8Tile[] {
+  return INT8_TILES.filter((t) => !t.double || scaling !== 'group');
+}
 
 /**
  * The tile of the batched decode step's products (few tokens, MatmulIo.fewTokens): 16 tokens x 128
@@ -121,9 +133,9 @@ export const INT8_TILES: readonly Int8Tile[] = [
  */
 export const INT8_FEW_TILE: Int8Tile = INT8_TILES[2]!;
 
-export function chooseInt8Tile(rows: number, maxTokens: number): Int8Tile {
+export function chooseInt8Tile(rows: number, maxTokens: number, scaling: Int8Scaling = 'group'): Int8Tile {
   const wide = Math.ceil(maxTokens / 128) * Math.ceil(rows / 128) >= 96;
-  return INT8_TILES[wide ? 0 : 1]!;
+  return INT8_TILES[wide ? (scaling === 'row' ? 3 : 0) : 1]!;
 }
 
 export function int8TileSize(t: Pick<Int8Tile, 'am' | 'an' | 'gm' | 'gn'>): { tokens: number; rows: number } {
@@ -133,18 +145,24 @@ export function int8TileSize(t: Pick<Int8Tile, 'am' | 'an' | 'gm' | 'gn'>): { to
 /** Staged rows' stride in workgroup memory, bytes: a stage plus 16 (off the bank period, 16-byte aligned). */
 const STRIDE = INT8_BLOCK + 16;
 
-/** i32 words of the shared array: the staged x and W, and (epilogue) the results over them or beside them. */
-function sharedWords(t: Int8Tile): { xs: number; staged: number; results: number; total: number } {
+/**
+ * i32 words of the shared array: the staged x and W (a buffer of `staged` words, two if double), and
+ * the results over them (epilogue by stage, or scaling by row: results only after the last stage) or
+ * beside them.
+ */
+function sharedWords(t: Int8Tile, scaling: Int8Scaling): { xs: number; staged: number; results: number; total: number; over: boolean } {
   const { tokens, rows } = int8TileSize(t);
   const xs = (tokens * STRIDE) / 4, staged = xs + (rows * STRIDE) / 4;
   const results = t.gm * t.gn * (t.epilogue === 'stage' ? t.am * t.an : 2) * 256;
-  return { xs, staged, results, total: t.epilogue === 'stage' ? Math.max(staged, results) : staged + results };
+  const over = t.epilogue === 'stage' || scaling !== 'group';
+  const buffers = (t.double ? 2 : 1) * staged;
+  return { xs, staged, results, total: over ? Math.max(buffers, results) : buffers + results, over };
 }
 
-/** Workgroup memory of the product, bytes. */
-export function int8WorkgroupBytes(t: Int8Tile): number {
+/** Workgroup memory of the product with this scaling, bytes. */
+export function int8WorkgroupBytes(t: Int8Tile, scaling: Int8Scaling = 'group'): number {
   const { tokens, rows } = int8TileSize(t);
-  return sharedWords(t).total * 4 + 2 * (tokens + rows) * 8;
+  return sharedWords(t, scaling).total * 4 + 2 * (tokens + rows) * 8;
 }
 
 /** Whether this path takes the matrix: q4 in groups of 64 over whole groups. */
@@ -396,21 +414,26 @@ export function q4ToInt8RowsGrid(rows: number): [number, number, number] {
  */
 export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, tile: Int8Tile, syntax: SubgroupMatrixSyntax, units: Int8Units, lab?: 'no-scale', scaling: Int8Scaling = 'group', split?: Int8Split): string {
   if (s.weight.encoding !== 'q4' || !int8Supports(s)) throw new Error('matmul_int8: only q4 matrices in groups of 64 over whole groups');
-  if (!int8TileFits(tile)) throw new Error(`matmul_int8: tile ${int8TileName(tile)} does not fit its workgroup`);
   const { am: AM, an: AN, gm: GM, gn: GN } = tile;
   const { tokens: TM, rows: TN } = int8TileSize(tile);
   const NSG = GM * GN, WG = NSG * 32;
-  const words = sharedWords(tile);
+  const words = sharedWords(tile, scaling);
   const byRow = scaling !== 'group', w8 = scaling === 'row'; // one scale a row and token; W as int8 bytes (else q4 words)
+  if (tile.double && (!byRow || lab)) throw new Error(`matmul_int8: two staged buffers (tile ${int8TileName(tile)}) need scaling by row`);
+  if (!int8TileFits(tile, scaling)) throw new Error(`matmul_int8: tile ${int8TileName(tile)} does not fit its workgroup with scaling '${scaling}'`);
   if (byRow && tile.epilogue === 'stage') throw new Error(`matmul_int8: scaling '${scaling}' has no per-stage epilogue (tile ${int8TileName(tile)})`);
+  const DB = tile.double === true;
   // one i32 sum over every stage, scaled once at the end: 'row' scaling, or the lab's timing variant
   const byStage = tile.epilogue === 'stage' && !byRow, noScale = lab === 'no-scale' || byRow;
-  const CS = byStage ? 0 : words.staged; // where the results go: over the staged operands, or after them
+  const CS = words.over ? 0 : words.staged; // where the results go: over the staged operands, or after them
   const parts = split && split.parts > 1 ? split : null;
   if (parts && (!byRow || (s.cols / INT8_BLOCK) % parts.parts !== 0)) throw new Error(`matmul_int8: a split into ${parts.parts} needs scaling by row and whole stages a part (${s.cols / INT8_BLOCK} stages)`);
   const W4 = w8 ? s.cols / 16 : s.weight.wordsPerRow / 4; // vec4 words a row (int8 or q4)
   const NX = TM * 4, NW = TN * (w8 ? 4 : 2); // vec4 loads a stage: x (4 a token), W (2 a row of q4, 4 of int8)
   const u = units === 'words' ? 4 : 1;
+  // offsets into the staged buffer of this stage (two buffers: from sb, in i32 words), as a prefix of a sum
+  const sb = (rest: string) => (DB ? `sb + ${rest}` : rest);
+  const sb4 = (rest: string) => (DB ? `sb * 4u + ${rest}` : rest);
   const L = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', '&smem', off, false, `${STRIDE / u}u`);
   const R = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', '&smem', off, true, `${STRIDE / u}u`);
   const tiles: [number, number][] = [];
@@ -431,7 +454,7 @@ export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, 
     }`;
   const storeResult = ([i, j]: [number, number], n: number) => `    ${subgroupMatrixStoreWgsl(syntax, '&smem', slot(n), `c${i}${j}`, false, '16u')};`;
   const perGroup = noScale
-    ? '    workgroupBarrier(); // every subgroup\'s loads of the staged operands done before the next stage goes over them'
+    ? DB ? '    // (two buffers: the next stage is staged into the other one, after the barrier above)' : '    workgroupBarrier(); // every subgroup\'s loads of the staged operands done before the next stage goes over them'
     : byStage
       ? `    workgroupBarrier(); // every subgroup's loads of the staged operands done: the results go over them
 ${tiles.map(storeResult).join('\n')}
@@ -491,8 +514,9 @@ ${noScale ? results : ''}
   for (var kb = ${parts ? 'k0' : '0u'}; kb < ${parts ? 'k1' : 'STAGES'}; kb++) {
     let p = (kb % 2u) * ${TM}u;
     let q = (kb % 2u) * ${TN}u;
-${Array.from({ length: Math.ceil(NX / WG) }, (_, n) => stageBytes(n, NX, WG, 'rx', 0)).join('\n')}
-${Array.from({ length: Math.ceil(NW / WG) }, (_, n) => w8 ? stageBytes(n, NW, WG, 'rw', words.xs) : byRow ? stageQ4Rounded(n, NW, WG, words.xs) : `    ${guard(n, NW, WG)}{
+${DB ? `    let sb = (kb % 2u) * ${words.staged}u; // this stage's buffer (i32 words)
+` : ''}${Array.from({ length: Math.ceil(NX / WG) }, (_, n) => stageBytes(n, NX, WG, 'rx', sb(''))).join('\n')}
+${Array.from({ length: Math.ceil(NW / WG) }, (_, n) => w8 ? stageBytes(n, NW, WG, 'rw', sb(`${words.xs}u + `)) : byRow ? stageQ4Rounded(n, NW, WG, sb(`${words.xs}u + `)) : `    ${guard(n, NW, WG)}{
       let e = lid + ${n * WG}u; // row e / 2, columns 32 (e % 2): each word's even nibbles, then its odd ones
       let o = ${words.xs}u + (e / 2u) * ${STRIDE / 4}u + (e % 2u) * 8u;
       let w = rw[${n}];
@@ -510,8 +534,8 @@ ${stageLoads('kb + 1u', NX, NW, WG, TM, scaling).replace(/^/gm, '  ')}
     // hot loop: the group's i32 products, two k steps of 32
 ${noScale ? '' : results}
 ${[0, 32].map((kk) => [
-    ...Array.from({ length: AM }, (_, i) => `    let l${i}k${kk} = ${L(`((tbl + ${16 * i}u) * ${STRIDE}u + ${kk}u) / ${u}u`)};`),
-    ...Array.from({ length: AN }, (_, j) => `    let r${j}k${kk} = ${R(`(${words.xs * 4}u + (rbl + ${16 * j}u) * ${STRIDE}u + ${kk}u) / ${u}u`)};`),
+    ...Array.from({ length: AM }, (_, i) => `    let l${i}k${kk} = ${L(`(${sb4('')}(tbl + ${16 * i}u) * ${STRIDE}u + ${kk}u) / ${u}u`)};`),
+    ...Array.from({ length: AN }, (_, j) => `    let r${j}k${kk} = ${R(`(${sb4(`${words.xs * 4}u + `)}(rbl + ${16 * j}u) * ${STRIDE}u + ${kk}u) / ${u}u`)};`),
     ...tiles.map(([i, j]) => `    c${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}k${kk}, r${j}k${kk}, c${i}${j});`),
   ].join('\n')).join('\n')}
     // the i32 results through workgroup memory into the f32 sums, scaled by this group's scales
@@ -531,12 +555,13 @@ ${tiles.map(([i, j]) => `  for (var e = 0u; e < 8u; e++) {
 
 /**
  * Round `n` of a stage's copy of int8 words from registers `reg` (vec4<u32>, 16 bytes each, 4 a token
- * or row) into the shared array from word `base`: piece e is token or row e / 4, bytes 16 (e % 4).
+ * or row) into the shared array from word `base` (a WGSL prefix of the offset's sum, '' for 0): piece e is
+ * token or row e / 4, bytes 16 (e % 4).
  */
-function stageBytes(n: number, count: number, WG: number, reg: string, base: number): string {
+function stageBytes(n: number, count: number, WG: number, reg: string, base: string): string {
   return `    ${guard(n, count, WG)}{
       let e = lid + ${n * WG}u; // token or row e / 4, bytes 16 (e % 4)
-      let o = ${base ? `${base}u + ` : ''}(e / 4u) * ${STRIDE / 4}u + (e % 4u) * 4u;
+      let o = ${base}(e / 4u) * ${STRIDE / 4}u + (e % 4u) * 4u;
       let v = bitcast<vec4<i32>>(${reg}[${n}]);
       smem[o] = v.x; smem[o + 1u] = v.y; smem[o + 2u] = v.z; smem[o + 3u] = v.w;
     }`;
@@ -567,10 +592,10 @@ ${Array.from({ length: n }, (_, k) => `  { let r = row0 + (lid + ${k * WG}u) / 2
  * Scaling 'row-q4', round `n` of a stage's copy of W: piece e is row e / 2, columns 32 (e % 2): its 4 q4
  * words rounded to 8 words of int8 in natural order.
  */
-function stageQ4Rounded(n: number, NW: number, WG: number, base: number): string {
+function stageQ4Rounded(n: number, NW: number, WG: number, base: string): string {
   return `    ${guard(n, NW, WG)}{
       let e = lid + ${n * WG}u; // row e / 2, columns 32 (e % 2)
-      let o = ${base}u + (e / 2u) * ${STRIDE / 4}u + (e % 2u) * 8u;
+      let o = ${base}(e / 2u) * ${STRIDE / 4}u + (e % 2u) * 8u;
       let w = rw[${n}];
       let sm = unpack2x16float(rsm[${n}]);
       let a = q4_row_bytes(w.x, sm, rinv[${n}]); let b = q4_row_bytes(w.y, sm, rinv[${n}]);
