@@ -164,7 +164,12 @@ test('PDVM_I8_TILE names: a tile, its epilogue by stage (s) or two staged buffer
   assert.equal(int8WorkgroupBytes(wide, 'group'), (256 + 128) * 80 + 8 * 512 * 4 + 2 * (256 + 128) * 8);
   assert.equal(int8TileFits(wide, 'row'), true);
   assert.equal(int8TileFits(wide, 'group'), false);
-  assert.throws(() => matmulInt8Wgsl({ weight: { encoding: 'q4', wordsPerRow: 16, group: 64, groups: 2 }, rows: 64, cols: 128, yStride: 64, yOffset: 0, bias: false, residual: false }, 'invocation-index', parseInt8Tile('2442d')!, 'template', 'words'), /need scaling by row/);
+  const small = { weight: { encoding: 'q4' as const, wordsPerRow: 16, group: 64, groups: 2 }, rows: 64, cols: 128, yStride: 64, yOffset: 0, bias: false, residual: false };
+  assert.throws(() => matmulInt8Wgsl(small, 'invocation-index', parseInt8Tile('2442d')!, 'template', 'words'), /need scaling by row/);
+  // two staged buffers: twice the staged bytes (128 x 128: 2 x 20 KiB), and one barrier a stage fewer in the loop
+  assert.equal(int8WorkgroupBytes(parseInt8Tile('2442d')!, 'row'), 2 * 256 * 80 + 2 * 256 * 8);
+  const barriers = (name: string) => matmulInt8Wgsl(small, 'invocation-index', parseInt8Tile(name)!, 'template', 'words', undefined, 'row').split('workgroupBarrier()').length - 1;
+  assert.equal(barriers('2442d'), barriers('2442') - 1);
 });
 
 test('webgpu quantize_tokens and q4_to_int8_rows (scaling \'row\'): x per token and the q4 matrix per row to int8, against the CPU', { skip: SKIP_GPU }, async () => {
@@ -302,7 +307,7 @@ test('the int8 product\'s WGSL passes Tint\'s checks outside the subgroup-matrix
       const byRow = lab === 'row' || lab === 'row-q4';
       if ((byRow && tile.epilogue === 'stage') || (tile.double && !byRow) || !int8TileFits(tile, byRow ? lab : 'group')) continue;
       for (const indexing of ['subgroup-id', 'invocation-index'] as const) {
-        const code = standIns(lab === 'row' || lab === 'row-q4' ? matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', undefined, lab, tile === INT8_FEW_TILE ? { parts: 4, maxTokens: 128 } : undefined) : matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', lab));
+        const code = standIns(byRow ? matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', undefined, lab, tile === INT8_FEW_TILE ? { parts: 4, maxTokens: 128 } : undefined) : matmulInt8Wgsl(shape, indexing, tile, 'template', 'words', lab));
         const errors = (await gpu.device.createShaderModule({ code }).getCompilationInfo()).messages.filter((m) => m.type === 'error');
         if (errors.length) failures.push(`${int8TileName(tile)} ${lab ?? ''} ${indexing}: ${errors.map((e) => `line ${e.lineNum}: ${e.message}`).join('; ')}`);
       }
