@@ -97,7 +97,7 @@ export function withScalarStandIns(code: string): string {
     .replace(/\bsg_id\b/g, '0u')
     .replace(/\bsg_lane\b/g, '0u')
     .replace(/subgroup_matrix_result<f32, 16, 16>\(\)/g, 'f32()')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_\w+<\w+, 16, 16>, (?:row|col)_major>\(&(\w+), ([^,]*), ([^,()]+)\)/g, 'f32($1[$2]) + f32($3)')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_\w+<\w+, 16, 16>, (?:row|col)_major>\((&?\w+(?:\[[^\]]*\])?), ([^,]*), ([^,()]+)\)/g, 'f32((*$1)[$2]) + f32($3)')
     .replace(/subgroupMatrixMultiplyAccumulate\((\w+), (.*), (\w+)\)/g, '$3 + $1 * ($2)')
-    .replace(/subgroupMatrixStore<(?:row|col)_major>\(&(\w+), (.*), (\w+), ([^,()]+)\)/g, '$1[$2] = $3 + f32($4)');
+    .replace(/subgroupMatrixStore<(?:row|col)_major>\((&?\w+(?:\[[^\]]*\])?), (.*), (\w+), ([^,()]+)\)/g, '(*$1)[$2] = $3 + f32($4)');
 }
