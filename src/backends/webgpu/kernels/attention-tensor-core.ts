@@ -82,8 +82,8 @@ export function attentionTensorCoreWgsl(
     var s1 = subgroup_matrix_result<f32, 16, 16>();
 ${range(ND).map((i) => `    s0 = subgroupMatrixMultiplyAccumulate(q${i}, ${R('&kvs', `${16 * i}u`, `${SQ}u`, true)}, s0);
     s1 = subgroupMatrixMultiplyAccumulate(q${i}, ${R('&kvs', `${16 * SQ + 16 * i}u`, `${SQ}u`, true)}, s1);`).join('\n')}
-    ${subgroupMatrixStoreWgsl(syntax, '&ss', `g * ${16 * SS}u`, 's0', false, `${SS}u`)};
-    ${subgroupMatrixStoreWgsl(syntax, '&ss', `g * ${16 * SS}u + 16u`, 's1', false, `${SS}u`)};`;
+    ${subgroupMatrixStoreWgsl(syntax, '&ss[g]', '0u', 's0', false, `${SS}u`)};
+    ${subgroupMatrixStoreWgsl(syntax, '&ss[g]', '16u', 's1', false, `${SS}u`)};`;
   // a K or V tile (32 keys x HD) in HD / 16 vec4 units an invocation: fetched into registers (rg) a
   // step ahead, put into kvs after the barrier that frees it
   const NL = HD / 16;
@@ -117,8 +117,10 @@ ${kDimFn(kv.storage, s.rotaryDim)}
 
 var<workgroup> qs: array<f16, ${TC_TILE_Q * SQ}>;  // (64 rows, HD), stride ${SQ}
 var<workgroup> kvs: array<f16, ${TC_TILE_K * SQ}>; // (32 keys, HD): K, then V
-var<workgroup> ss: array<f32, ${TC_TILE_Q * SS}>;  // (64 rows, 32 keys) scores, stride ${SS}
-var<workgroup> ps: array<f16, ${TC_TILE_Q * SP}>;  // (64 rows, 32 keys) probabilities, stride ${SP}
+// scores and probabilities in blocks of a subgroup's 16 rows: its subgroup-matrix loads and stores
+// then have constant offsets, which Tint's robustness leaves without a clamp
+var<workgroup> ss: array<array<f32, ${16 * SS}>, ${TC_TILE_Q / 16}>; // (64 rows, 32 keys) scores, stride ${SS}
+var<workgroup> ps: array<array<f16, ${16 * SP}>, ${TC_TILE_Q / 16}>; // (64 rows, 32 keys) probabilities, stride ${SP}
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {
@@ -147,6 +149,8 @@ ${range(ND).map((i) => `  let q${i} = ${L('&qs', `g * ${16 * SQ}u + ${16 * i}u`,
   // two lanes a row: row rr of the tile, keys half * 16 .. + 16 of a key tile
   let rr = g * 16u + lane / 2u;
   let half = lane % 2u;
+  let ro = (lane / 2u) * ${SS}u + half * 16u; // the row's half in its subgroup's block of ss, and of ps
+  let po = (lane / 2u) * ${SP}u + half * 16u;
   let t = t0 + rr;
   let live = t < T;
   let p = row_pos(min(t, T - 1u));
@@ -168,14 +172,14 @@ ${scores}
     var tmax = -3.0e38;
     for (var c = 0u; c < 16u; c++) {
       let key = k0 + half * 16u + c;
-      if (live && key >= firstKey && key <= lastKey) { tmax = max(tmax, ss[rr * ${SS}u + half * 16u + c]); }
+      if (live && key >= firstKey && key <= lastKey) { tmax = max(tmax, ss[g][ro + c]); }
     }
     tmax = max(tmax, subgroupShuffleXor(tmax, 1u));
     let mNew = max(m, tmax);
     var sum = 0.0;
     for (var c = 0u; c < 16u; c++) {
       let key = k0 + half * 16u + c;
-      if (live && key >= firstKey && key <= lastKey) { sum += exp(ss[rr * ${SS}u + half * 16u + c] - mNew); }
+      if (live && key >= firstKey && key <= lastKey) { sum += exp(ss[g][ro + c] - mNew); }
     }
     sum += subgroupShuffleXor(sum, 1u);
     l = l * exp(m - mNew) + sum;
@@ -197,7 +201,7 @@ ${scores}
     for (var c = 0u; c < 16u; c++) {
       let key = k0 + half * 16u + c;
       let ok = live && key >= firstKey && key <= lastKey;
-      ps[rr * ${SP}u + half * 16u + c] = f16(select(0.0, exp(ss[rr * ${SS}u + half * 16u + c] - m) * inv, ok));
+      ps[g][po + c] = f16(select(0.0, exp(ss[g][ro + c] - m) * inv, ok));
     }
 ${put}
     if (k0 + ${TC_TILE_K}u <= kHi) {
@@ -205,7 +209,7 @@ ${fetch('load4_k', `k0 + ${TC_TILE_K}u`)}
     }
     workgroupBarrier();
 ${range(2).map((kk) => `    {
-      let pl = ${L('&ps', `g * ${16 * SP}u + ${16 * kk}u`, `${SP}u`)};
+      let pl = ${L('&ps[g]', `${16 * kk}u`, `${SP}u`)};
 ${range(ND).map((n) => `      o${n} = subgroupMatrixMultiplyAccumulate(pl, ${R('&kvs', `${16 * kk * SQ + 16 * n}u`, `${SQ}u`, false)}, o${n});`).join('\n')}
     }`).join('\n')}
     workgroupBarrier();
@@ -218,13 +222,13 @@ ${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + w
       ? subgroupMatrixStoreWgsl(syntax, '&out', `(t0 + g * 16u) * ${PS} + (h * ${split.splits}u + wid.z) * ${HD}u + ${16 * n}u`, `o${n}`, false, PS)
       : subgroupMatrixStoreWgsl(syntax, '&out', `(t0 + g * 16u) * ${qDim}u + h * ${HD}u + ${16 * n}u`, `o${n}`, false, `${qDim}u`)};
   } else {
-    ${subgroupMatrixStoreWgsl(syntax, '&ss', `g * ${16 * SS}u`, `o${n}`, false, `${SS}u`)};
+    ${subgroupMatrixStoreWgsl(syntax, '&ss[g]', '0u', `o${n}`, false, `${SS}u`)};
   }
   workgroupBarrier();
   if (!whole) {
     for (var e = lane; e < 256u; e += 32u) {
       let tt = t0 + g * 16u + e / 16u;
-      if (tt < T) { out[${split ? `tt * ${PS} + (h * ${split.splits}u + wid.z) * ${HD}u` : `tt * ${qDim}u + h * ${HD}u`} + ${16 * n}u + e % 16u] = ss[(g * 16u + e / 16u) * ${SS}u + e % 16u]; }
+      if (tt < T) { out[${split ? `tt * ${PS} + (h * ${split.splits}u + wid.z) * ${HD}u` : `tt * ${qDim}u + h * ${HD}u`} + ${16 * n}u + e % 16u] = ss[g][(e / 16u) * ${SS}u + e % 16u]; }
     }
   }
   workgroupBarrier();`).join('\n')}
