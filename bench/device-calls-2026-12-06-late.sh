@@ -2,11 +2,11 @@
 # The device call of the late evening of 2026-12-06 (docs/PERFORMANCE.md "Prefill: workgroup-memory loads
 # Tint leaves alone"): what Dawn's robustness transform costs the f16 tensor-core prefill, and what the
 # kernel written for it (constant offsets into blocks of workgroup memory) wins back.
-#   T: matmul-tiled.test and device.test (the new kernels against the CPU on the tensor cores)
-#   P: pp512 (q4 g64) on each of SHAPES for each RUNS entry APP:TOGGLES (APP new or old: this build or the
+#   T: matmul-tiled.test, matmul-int8.test and device.test (the new kernels against the CPU on the tensor cores)
+#   P: pp512 (q4 g64) on each of SHAPES for each RUNS entry APP:TOGGLES[:I8] (APP new or old: this build or the
 #      commit before; TOGGLES '-' for none, else comma-separated Dawn toggles through PDVM_DAWN_EXTRA_TOGGLES;
 #      short names: ra = enable_integer_range_analysis_in_robustness, cm = vulkan_use_cooperative_matrix_robust_access,
-#      nr = disable_robustness)
+#      nr = disable_robustness; I8: PDVM_PREFILL_I8, e.g. row, else the f16 default)
 # Stage (dev machine, repository root): bash bench/device-calls-2026-12-06-late.sh --build [OLD_COMMIT]
 # Device: bash .gpu/late/run.sh TP, carrying .gpu/setup.sh .gpu/node.xz .gpu/node_modules .gpu/debs .gpu/late
 set -u
@@ -15,7 +15,7 @@ if [ "${1:-}" = "--build" ]; then
   K=/work/main/.gpu/late; rm -rf "$K"; mkdir -p "$K"
   B=(--bundle --platform=node --format=esm --external:webgpu "--banner:js=import { createRequire as __pdvmCreateRequire } from 'node:module'; const require = __pdvmCreateRequire(import.meta.url);")
   npx esbuild src/cli/main.ts "${B[@]}" --outfile="$K/app.mjs" --log-level=warning
-  for t in matmul-tiled device; do npx esbuild test/backends/webgpu/$t.test.ts "${B[@]}" --inject:src/backends/webgpu/node-gpu.ts --outfile="$K/$t.test.mjs" --log-level=warning; done
+  for t in matmul-tiled matmul-int8 device; do npx esbuild test/backends/webgpu/$t.test.ts "${B[@]}" --inject:src/backends/webgpu/node-gpu.ts --outfile="$K/$t.test.mjs" --log-level=warning; done
   W=/tmp/pdvm-old; rm -rf "$W"; git worktree prune; git worktree add -f "$W" "${2:-HEAD}" >/dev/null
   (cd "$W" && ln -s /work/main/node_modules node_modules && npx esbuild src/cli/main.ts "${B[@]}" --outfile="$K/app-old.mjs" --log-level=warning)
   git worktree remove --force "$W"
@@ -28,13 +28,14 @@ left() { [ $(( $(date +%s) - s )) -lt ${BUDGET_S:-500} ]; }
 toggles() { echo "$1" | sed -e 's/^-$//' -e 's/\bra\b/enable_integer_range_analysis_in_robustness/' -e 's/\bcm\b/vulkan_use_cooperative_matrix_robust_access/' -e 's/\bnr\b/disable_robustness/'; }
 case "${1:-}" in *T*)
   timeout ${TEST_S:-150} node --test .gpu/late/matmul-tiled.test.mjs .gpu/late/device.test.mjs 2>&1 | grep -v Warning | grep -E "^(ok|not ok)|# (pass|fail|skip)|against|rror|expected|actual|worst|skip" > $R/tests.txt
+  timeout ${TEST_S:-150} node --test --test-name-pattern="where self-tested" .gpu/late/matmul-int8.test.mjs 2>&1 | grep -v Warning | grep -E "^(ok|not ok)|# (pass|fail|skip)|against|rror|expected|actual|worst|skip" >> $R/tests.txt
   echo "tests $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *P*)
 for sh in ${SHAPES:-llama-3.1-8b}; do
   for kk in ${RUNS:-old:- new:- new:ra new:ra,cm old:ra new:nr}; do
-    left || break; IFS=: read app tg <<< "$kk"; T=$(toggles "$tg"); A=.gpu/late/app.mjs; [ $app = old ] && A=.gpu/late/app-old.mjs
-    echo "== $sh $app toggles=$T" >> $R/pp.txt
-    env PDVM_DAWN_EXTRA_TOGGLES="$T" timeout ${BENCH_S:-60} node $A bench --shape $sh --encoding q4 --group 64 --prefill 512 --runs ${PP_RUNS:-5} ${PROFILE:+--profile} 2>&1 | grep -v Warning | grep -E "pp512:|rror|profile|µs" | head -${LINES_MAX:-40} >> $R/pp.txt
+    left || break; IFS=: read app tg i8 <<< "$kk"; T=$(toggles "$tg"); A=.gpu/late/app.mjs; [ $app = old ] && A=.gpu/late/app-old.mjs
+    echo "== $sh $app toggles=$T i8=${i8:-0}" >> $R/pp.txt
+    env PDVM_DAWN_EXTRA_TOGGLES="$T" PDVM_PREFILL_I8=${i8:-0} timeout ${BENCH_S:-60} node $A bench --shape $sh --encoding q4 --group 64 --prefill 512 --runs ${PP_RUNS:-5} ${PROFILE:+--profile} 2>&1 | grep -v Warning | grep -E "pp512:|rror|profile|µs" | head -${LINES_MAX:-40} >> $R/pp.txt
     echo "t=$(( $(date +%s) - s ))s" >> $R/pp.txt
   done
 done ;; esac

@@ -158,10 +158,11 @@ test('PDVM_I8_TILE names: a tile, its epilogue by stage (s) or two staged buffer
   assert.deepEqual(parseInt8Tile('2422s'), { am: 2, an: 4, gm: 2, gn: 2, epilogue: 'stage' });
   for (const name of ['2442', '2442d', '2422s', '4442', '1118d']) assert.equal(int8TileName(parseInt8Tile(name)!), name);
   for (const name of ['2422sd', '5111', '4448', '4442d', 'x']) assert.equal(parseInt8Tile(name), null, name);
-  // 256 x 128 a workgroup: 30 KiB staged, the results (16 KiB) over them when scaled by row, beside them when by group
+  // 256 x 128 a workgroup: 30 KiB staged, the 16 results (a block of 16 staged rows each: 20 KiB) over them
+  // when scaled by row, beside them when by group
   const wide = parseInt8Tile('4442')!;
   assert.equal(int8WorkgroupBytes(wide, 'row'), (256 + 128) * 80 + 2 * (256 + 128) * 8);
-  assert.equal(int8WorkgroupBytes(wide, 'group'), (256 + 128) * 80 + 8 * 512 * 4 + 2 * (256 + 128) * 8);
+  assert.equal(int8WorkgroupBytes(wide, 'group'), (256 + 128) * 80 + 16 * 16 * 80 + 2 * (256 + 128) * 8);
   assert.equal(int8TileFits(wide, 'row'), true);
   assert.equal(int8TileFits(wide, 'group'), false);
   const small = { weight: { encoding: 'q4' as const, wordsPerRow: 16, group: 64, groups: 2 }, rows: 64, cols: 128, yStride: 64, yOffset: 0, bias: false, residual: false };
@@ -263,20 +264,23 @@ test('webgpu quantize_blocks: x to int8 per token and 64 columns (permuted withi
 function withEmulatedI8Matrices(code: string, units: Int8Units, from = { left: 'smem', right: 'smem' }): string {
   const U = units === 'words' ? 4 : 1;
   const arrays = [...new Set([from.left, from.right])];
+  // the staged kernel reaches its shared array by blocks (&smem[b]); the direct one its storage arrays whole
+  const blocked = code.includes('(&smem[');
+  const at = (a: string) => (blocked && a === 'smem' ? { param: 'blk: u32, ', arg: 'blk, ', elem: `${a}[blk]` } : { param: '', arg: '', elem: a });
   const helpers = `
 alias MatA = array<i32, 512>;
 alias MatC = array<i32, 256>;
 var<private> emu_active: bool;
-${arrays.map((a) => `fn i8_${a}(b: u32) -> i32 { return extractBits(${a}[b / 4u], (b % 4u) * 8u, 8u); }`).join('\n')}
-fn sm_left(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var i = 0u; i < 16u; i++) { for (var k = 0u; k < 32u; k++) { m[i * 32u + k] = i8_${from.left}((off + i * stride) * ${U}u + k); } } return m; }
-fn sm_right(off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var n = 0u; n < 16u; n++) { for (var k = 0u; k < 32u; k++) { m[n * 32u + k] = i8_${from.right}((off + n * stride) * ${U}u + k); } } return m; }
+${arrays.map((a) => `fn i8_${a}(${at(a).param}b: u32) -> i32 { return extractBits(${at(a).elem}[b / 4u], (b % 4u) * 8u, 8u); }`).join('\n')}
+fn sm_left(${at(from.left).param}off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var i = 0u; i < 16u; i++) { for (var k = 0u; k < 32u; k++) { m[i * 32u + k] = i8_${from.left}(${at(from.left).arg}(off + i * stride) * ${U}u + k); } } return m; }
+fn sm_right(${at(from.right).param}off: u32, stride: u32) -> MatA { var m: MatA; if (!emu_active) { return m; } for (var n = 0u; n < 16u; n++) { for (var k = 0u; k < 32u; k++) { m[n * 32u + k] = i8_${from.right}(${at(from.right).arg}(off + n * stride) * ${U}u + k); } } return m; }
 fn sm_mma(l: MatA, r: MatA, a: MatC) -> MatC {
   var o = a;
   if (!emu_active) { return o; }
   for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { var s = o[i * 16u + n]; for (var k = 0u; k < 32u; k++) { s += l[i * 32u + k] * r[n * 32u + k]; } o[i * 16u + n] = s; } }
   return o;
 }
-fn sm_store(off: u32, v: MatC, stride: u32) { if (!emu_active) { return; } for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { smem[off + i * stride + n] = v[i * 16u + n]; } } }
+fn sm_store(${blocked ? 'blk: u32, ' : ''}off: u32, v: MatC, stride: u32) { if (!emu_active) { return; } for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { smem${blocked ? '[blk]' : ''}[off + i * stride + n] = v[i * 16u + n]; } } }
 `;
   return code
     .replace('enable chromium_experimental_subgroup_matrix;\n', '')
@@ -285,7 +289,10 @@ fn sm_store(off: u32, v: MatC, stride: u32) { if (!emu_active) { return; } for (
     .replace(/subgroup_matrix_result<i32, 16, 16>\(\)/g, 'MatC()')
     .replaceAll(`subgroupMatrixLoad<subgroup_matrix_left<i8, 32, 16>, row_major>(&${from.left}, `, 'sm_left(')
     .replaceAll(`subgroupMatrixLoad<subgroup_matrix_right<i8, 16, 32>, col_major>(&${from.right}, `, 'sm_right(')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_left<i8, 32, 16>, row_major>\(&smem\[([^\]]+)\], /g, 'sm_left($1, ')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_right<i8, 16, 32>, col_major>\(&smem\[([^\]]+)\], /g, 'sm_right($1, ')
     .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
+    .replace(/subgroupMatrixStore<row_major>\(&smem\[([^\]]+)\], /g, 'sm_store($1, ')
     .replace(/subgroupMatrixStore<row_major>\(&smem, /g, 'sm_store(');
 }
 
@@ -295,11 +302,11 @@ test('the int8 product\'s WGSL passes Tint\'s checks outside the subgroup-matrix
   const standIns = (code: string) => code
     .replace('enable chromium_experimental_subgroup_matrix;\n', '')
     .replace('requires subgroup_id;\n', '')
-    .replace(/\n@compute/, '\nalias MatC = array<i32, 256>;\nfn sm_load(o: u32, s: u32) -> MatC { var m: MatC; m[0] = i32(o + s); return m; }\nfn sm_mma(a: MatC, b: MatC, c: MatC) -> MatC { return c; }\nfn sm_store(o: u32, v: MatC, s: u32) { smem[o + s] = v[0]; }\n@compute')
+    .replace(/\n@compute/, '\nalias MatC = array<i32, 256>;\nfn sm_load(b: u32, o: u32, s: u32) -> MatC { var m: MatC; m[0] = smem[b][o + s]; return m; }\nfn sm_mma(a: MatC, b: MatC, c: MatC) -> MatC { return c; }\nfn sm_store(b: u32, o: u32, v: MatC, s: u32) { smem[b][o + s] = v[0]; }\n@compute')
     .replace(/subgroup_matrix_result<i32, 16, 16>\(\)/g, 'MatC()')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_\w+<i8, \d+, \d+>, \w+_major>\(&smem, /g, 'sm_load(')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_\w+<i8, \d+, \d+>, \w+_major>\(&smem\[([^\]]+)\], /g, 'sm_load($1, ')
     .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
-    .replace(/subgroupMatrixStore<row_major>\(&smem, /g, 'sm_store(');
+    .replace(/subgroupMatrixStore<row_major>\(&smem\[([^\]]+)\], /g, 'sm_store($1, ');
   const shape = { weight: { encoding: 'q4' as const, wordsPerRow: 512, group: 64, groups: 64 }, rows: 14336, cols: 4096, yStride: 14340, yOffset: 2, bias: true, residual: true };
   const failures: string[] = [];
   for (const tile of [...INT8_TILES, ...['2422s', '2242s', '1422s', '2222s', '1111', '2442d', '4224', '4224d', '4422d', '4442', '4424', '1118d'].map((n) => parseInt8Tile(n)!)]) {

@@ -144,16 +144,22 @@ export function int8TileSize(t: Pick<Int8Tile, 'am' | 'an' | 'gm' | 'gn'>): { to
 
 /** Staged rows' stride in workgroup memory, bytes: a stage plus 16 (off the bank period, 16-byte aligned). */
 const STRIDE = INT8_BLOCK + 16;
+/**
+ * The shared array is made of blocks of 16 staged rows (i32 words), so that every subgroup-matrix load
+ * and store reaches it through a block (`&smem[b]`) at a constant offset and stride: Tint's robustness
+ * then adds no clamp to it (a computed offset is clamped by a select before each load).
+ */
+const BLOCK = (16 * STRIDE) / 4;
 
 /**
- * i32 words of the shared array: the staged x and W (a buffer of `staged` words, two if double), and
- * the results over them (epilogue by stage, or scaling by row: results only after the last stage) or
- * beside them.
+ * Blocks of the shared array: the staged x and W (a buffer of `staged` blocks, x's first, two buffers
+ * if double), and the i32 results, a block each (256 of its words), over them (epilogue by stage, or
+ * scaling by row: results only after the last stage) or beside them.
  */
-function sharedWords(t: Int8Tile, scaling: Int8Scaling): { xs: number; staged: number; results: number; total: number; over: boolean } {
+function sharedBlocks(t: Int8Tile, scaling: Int8Scaling): { xs: number; staged: number; results: number; total: number; over: boolean } {
   const { tokens, rows } = int8TileSize(t);
-  const xs = (tokens * STRIDE) / 4, staged = xs + (rows * STRIDE) / 4;
-  const results = t.gm * t.gn * (t.epilogue === 'stage' ? t.am * t.an : 2) * 256;
+  const xs = tokens / 16, staged = xs + rows / 16;
+  const results = t.gm * t.gn * (t.epilogue === 'stage' ? t.am * t.an : 2);
   const over = t.epilogue === 'stage' || scaling !== 'group';
   const buffers = (t.double ? 2 : 1) * staged;
   return { xs, staged, results, total: over ? Math.max(buffers, results) : buffers + results, over };
@@ -162,7 +168,7 @@ function sharedWords(t: Int8Tile, scaling: Int8Scaling): { xs: number; staged: n
 /** Workgroup memory of the product with this scaling, bytes. */
 export function int8WorkgroupBytes(t: Int8Tile, scaling: Int8Scaling = 'group'): number {
   const { tokens, rows } = int8TileSize(t);
-  return sharedWords(t, scaling).total * 4 + 2 * (tokens + rows) * 8;
+  return sharedBlocks(t, scaling).total * BLOCK * 4 + 2 * (tokens + rows) * 8;
 }
 
 /** Whether this path takes the matrix: q4 in groups of 64 over whole groups. */
@@ -417,7 +423,7 @@ export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, 
   const { am: AM, an: AN, gm: GM, gn: GN } = tile;
   const { tokens: TM, rows: TN } = int8TileSize(tile);
   const NSG = GM * GN, WG = NSG * 32;
-  const words = sharedWords(tile, scaling);
+  const blocks = sharedBlocks(tile, scaling);
   const byRow = scaling !== 'group', w8 = scaling === 'row'; // one scale a row and token; W as int8 bytes (else q4 words)
   if (tile.double && (!byRow || lab)) throw new Error(`matmul_int8: two staged buffers (tile ${int8TileName(tile)}) need scaling by row`);
   if (!int8TileFits(tile, scaling)) throw new Error(`matmul_int8: tile ${int8TileName(tile)} does not fit its workgroup with scaling '${scaling}'`);
@@ -425,26 +431,26 @@ export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, 
   const DB = tile.double === true;
   // one i32 sum over every stage, scaled once at the end: 'row' scaling, or the lab's timing variant
   const byStage = tile.epilogue === 'stage' && !byRow, noScale = lab === 'no-scale' || byRow;
-  const CS = words.over ? 0 : words.staged; // where the results go: over the staged operands, or after them
+  const CS = blocks.over ? 0 : blocks.staged * (DB ? 2 : 1); // the results' first block: over the staged operands, or after them
   const parts = split && split.parts > 1 ? split : null;
   if (parts && (!byRow || (s.cols / INT8_BLOCK) % parts.parts !== 0)) throw new Error(`matmul_int8: a split into ${parts.parts} needs scaling by row and whole stages a part (${s.cols / INT8_BLOCK} stages)`);
   const W4 = w8 ? s.cols / 16 : s.weight.wordsPerRow / 4; // vec4 words a row (int8 or q4)
   const NX = TM * 4, NW = TN * (w8 ? 4 : 2); // vec4 loads a stage: x (4 a token), W (2 a row of q4, 4 of int8)
   const u = units === 'words' ? 4 : 1;
-  // offsets into the staged buffer of this stage (two buffers: from sb, in i32 words), as a prefix of a sum
+  // blocks of the staged buffer of this stage (two buffers: from sb), as a prefix of a sum
   const sb = (rest: string) => (DB ? `sb + ${rest}` : rest);
-  const sb4 = (rest: string) => (DB ? `sb * 4u + ${rest}` : rest);
-  const L = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', '&smem', off, false, `${STRIDE / u}u`);
-  const R = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', '&smem', off, true, `${STRIDE / u}u`);
+  const L = (block: string, kk: number) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', `&smem[${block}]`, `${kk / u}u`, false, `${STRIDE / u}u`);
+  const R = (block: string, kk: number) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', `&smem[${block}]`, `${kk / u}u`, true, `${STRIDE / u}u`);
   const tiles: [number, number][] = [];
   for (let i = 0; i < AM; i++) for (let j = 0; j < AN; j++) tiles.push([i, j]);
   const byId = indexing === 'subgroup-id';
-  // result n of this subgroup in the shared array (i32 words), and its scaling into the f32 sums
-  const slot = (n: number) => (byStage ? `${CS}u + (g * ${AM * AN}u + ${n}u) * 256u` : `${CS}u + g * 512u + ${(n % 2) * 256}u`);
+  // the block of result n of this subgroup in the shared array, and its scaling into the f32 sums
+  const slot = (n: number) => (byStage ? `${CS}u + g * ${AM * AN}u + ${n}u` : `${CS}u + g * 2u + ${n % 2}u`);
   const scaleInto = ([i, j]: [number, number], n: number) => `    {
-      let o = ${slot(n)} + er * 16u + ec;
-      let ca = vec4<f32>(vec4<i32>(smem[o], smem[o + 1u], smem[o + 2u], smem[o + 3u]));
-      let cb = vec4<f32>(vec4<i32>(smem[o + 4u], smem[o + 5u], smem[o + 6u], smem[o + 7u]));
+      let b = ${slot(n)};
+      let o = er * 16u + ec;
+      let ca = vec4<f32>(vec4<i32>(smem[b][o], smem[b][o + 1u], smem[b][o + 2u], smem[b][o + 3u]));
+      let cb = vec4<f32>(vec4<i32>(smem[b][o + 4u], smem[b][o + 5u], smem[b][o + 6u], smem[b][o + 7u]));
       let xv = xsc[p + tbl + ${16 * i}u + er];
       let r = q + rbl + ${16 * j}u + ec;
       let w0 = wsc[r]; let w1 = wsc[r + 1u]; let w2 = wsc[r + 2u]; let w3 = wsc[r + 3u];
@@ -452,7 +458,7 @@ export function matmulInt8Wgsl(s: TiledMatmulShape, indexing: SubgroupIndexing, 
       f${i}${j}a += ca * (xv.x * vec4<f32>(w0.x, w1.x, w2.x, w3.x)) + xv.y * vec4<f32>(w0.y, w1.y, w2.y, w3.y);
       f${i}${j}b += cb * (xv.x * vec4<f32>(w4.x, w5.x, w6.x, w7.x)) + xv.y * vec4<f32>(w4.y, w5.y, w6.y, w7.y);
     }`;
-  const storeResult = ([i, j]: [number, number], n: number) => `    ${subgroupMatrixStoreWgsl(syntax, '&smem', slot(n), `c${i}${j}`, false, '16u')};`;
+  const storeResult = ([i, j]: [number, number], n: number) => `    ${subgroupMatrixStoreWgsl(syntax, `&smem[${slot(n)}]`, '0u', `c${i}${j}`, false, '16u')};`;
   const perGroup = noScale
     ? DB ? '    // (two buffers: the next stage is staged into the other one, after the barrier above)' : '    workgroupBarrier(); // every subgroup\'s loads of the staged operands done before the next stage goes over them'
     : byStage
@@ -486,9 +492,10 @@ ${w8 ? '@group(0) @binding(1) var<storage, read> wrow: array<f32>; // a scale a 
 @group(0) @binding(5) var<storage, read> step: array<u32>;
 ${byRow && !w8 ? '@group(0) @binding(6) var<storage, read> wrow: array<vec2<f32>>; // (scale, 127 / max) a row\n' : ''}${s.bias && !parts ? `@group(0) @binding(${byRow && !w8 ? 7 : 6}) var<storage, read> bias: array<f32>;` : ''}
 ${byRow && !w8 ? Q4_ROW_BYTES : ''}
-// x (${TM} tokens, 64 k) int8 at 0, W (${TN} rows, 64 k) int8 (${byRow ? 'rounded a row' : 'nibbles 0..15'}) at ${words.xs} (i32 words),
-// stride ${STRIDE} bytes; the i32 results at ${CS} (${byStage ? 'every result of the stage, over the staged operands' : 'two slots a subgroup'})
-var<workgroup> smem: array<i32, ${words.total}>;
+// blocks of 16 rows, stride ${STRIDE} bytes: x (${TM} tokens, 64 k) int8 from block 0, W (${TN} rows, 64 k) int8
+// (${byRow ? 'rounded a row' : 'nibbles 0..15'}) from block ${blocks.xs}${DB ? ` (the second buffer from block ${blocks.staged})` : ''}; the i32 results from block ${CS}, one a block
+// (${byStage ? 'every result of the stage, over the staged operands' : 'two slots a subgroup'})
+var<workgroup> smem: array<array<i32, ${BLOCK}>, ${blocks.total}>;
 var<workgroup> xsc: array<vec2<f32>, ${2 * TM}>; // (s, block sum) a token, two stages
 var<workgroup> wsc: array<vec2<f32>, ${2 * TN}>; // (scale, min) a row, two stages
 
@@ -514,16 +521,17 @@ ${noScale ? results : ''}
   for (var kb = ${parts ? 'k0' : '0u'}; kb < ${parts ? 'k1' : 'STAGES'}; kb++) {
     let p = (kb % 2u) * ${TM}u;
     let q = (kb % 2u) * ${TN}u;
-${DB ? `    let sb = (kb % 2u) * ${words.staged}u; // this stage's buffer (i32 words)
+${DB ? `    let sb = (kb % 2u) * ${blocks.staged}u; // this stage's buffer (its first block)
 ` : ''}${Array.from({ length: Math.ceil(NX / WG) }, (_, n) => stageBytes(n, NX, WG, 'rx', sb(''))).join('\n')}
-${Array.from({ length: Math.ceil(NW / WG) }, (_, n) => w8 ? stageBytes(n, NW, WG, 'rw', sb(`${words.xs}u + `)) : byRow ? stageQ4Rounded(n, NW, WG, sb(`${words.xs}u + `)) : `    ${guard(n, NW, WG)}{
+${Array.from({ length: Math.ceil(NW / WG) }, (_, n) => w8 ? stageBytes(n, NW, WG, 'rw', sb(`${blocks.xs}u + `)) : byRow ? stageQ4Rounded(n, NW, WG, sb(`${blocks.xs}u + `)) : `    ${guard(n, NW, WG)}{
       let e = lid + ${n * WG}u; // row e / 2, columns 32 (e % 2): each word's even nibbles, then its odd ones
-      let o = ${words.xs}u + (e / 2u) * ${STRIDE / 4}u + (e % 2u) * 8u;
+      let b = ${blocks.xs}u + (e / 2u) / 16u;
+      let o = ((e / 2u) % 16u) * ${STRIDE / 4}u + (e % 2u) * 8u;
       let w = rw[${n}];
       let lo = bitcast<vec4<i32>>(w & vec4<u32>(0x0f0f0f0fu));
       let hi = bitcast<vec4<i32>>((w >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu));
-      smem[o] = lo.x; smem[o + 1u] = hi.x; smem[o + 2u] = lo.y; smem[o + 3u] = hi.y;
-      smem[o + 4u] = lo.z; smem[o + 5u] = hi.z; smem[o + 6u] = lo.w; smem[o + 7u] = hi.w;
+      smem[b][o] = lo.x; smem[b][o + 1u] = hi.x; smem[b][o + 2u] = lo.y; smem[b][o + 3u] = hi.y;
+      smem[b][o + 4u] = lo.z; smem[b][o + 5u] = hi.z; smem[b][o + 6u] = lo.w; smem[b][o + 7u] = hi.w;
     }`).join('\n')}
 ${byRow ? '' : `    if (lid < ${TM}u) { xsc[p + lid] = rxs; }
     if (lid < ${TN}u) { wsc[q + lid] = unpack2x16float(rws); }
@@ -534,8 +542,8 @@ ${stageLoads('kb + 1u', NX, NW, WG, TM, scaling).replace(/^/gm, '  ')}
     // hot loop: the group's i32 products, two k steps of 32
 ${noScale ? '' : results}
 ${[0, 32].map((kk) => [
-    ...Array.from({ length: AM }, (_, i) => `    let l${i}k${kk} = ${L(`(${sb4('')}(tbl + ${16 * i}u) * ${STRIDE}u + ${kk}u) / ${u}u`)};`),
-    ...Array.from({ length: AN }, (_, j) => `    let r${j}k${kk} = ${R(`(${sb4(`${words.xs * 4}u + `)}(rbl + ${16 * j}u) * ${STRIDE}u + ${kk}u) / ${u}u`)};`),
+    ...Array.from({ length: AM }, (_, i) => `    let l${i}k${kk} = ${L(`${sb('')}tbl / 16u + ${i}u`, kk)};`),
+    ...Array.from({ length: AN }, (_, j) => `    let r${j}k${kk} = ${R(`${sb(`${blocks.xs}u + `)}rbl / 16u + ${j}u`, kk)};`),
     ...tiles.map(([i, j]) => `    c${i}${j} = subgroupMatrixMultiplyAccumulate(l${i}k${kk}, r${j}k${kk}, c${i}${j});`),
   ].join('\n')).join('\n')}
     // the i32 results through workgroup memory into the f32 sums, scaled by this group's scales
@@ -561,9 +569,10 @@ ${tiles.map(([i, j]) => `  for (var e = 0u; e < 8u; e++) {
 function stageBytes(n: number, count: number, WG: number, reg: string, base: string): string {
   return `    ${guard(n, count, WG)}{
       let e = lid + ${n * WG}u; // token or row e / 4, bytes 16 (e % 4)
-      let o = ${base}(e / 4u) * ${STRIDE / 4}u + (e % 4u) * 4u;
+      let b = ${base}(e / 4u) / 16u;
+      let o = ((e / 4u) % 16u) * ${STRIDE / 4}u + (e % 4u) * 4u;
       let v = bitcast<vec4<i32>>(${reg}[${n}]);
-      smem[o] = v.x; smem[o + 1u] = v.y; smem[o + 2u] = v.z; smem[o + 3u] = v.w;
+      smem[b][o] = v.x; smem[b][o + 1u] = v.y; smem[b][o + 2u] = v.z; smem[b][o + 3u] = v.w;
     }`;
 }
 
@@ -595,13 +604,14 @@ ${Array.from({ length: n }, (_, k) => `  { let r = row0 + (lid + ${k * WG}u) / 2
 function stageQ4Rounded(n: number, NW: number, WG: number, base: string): string {
   return `    ${guard(n, NW, WG)}{
       let e = lid + ${n * WG}u; // row e / 2, columns 32 (e % 2)
-      let o = ${base}(e / 2u) * ${STRIDE / 4}u + (e % 2u) * 8u;
+      let k = ${base}(e / 2u) / 16u;
+      let o = ((e / 2u) % 16u) * ${STRIDE / 4}u + (e % 2u) * 8u;
       let w = rw[${n}];
       let sm = unpack2x16float(rsm[${n}]);
       let a = q4_row_bytes(w.x, sm, rinv[${n}]); let b = q4_row_bytes(w.y, sm, rinv[${n}]);
       let c = q4_row_bytes(w.z, sm, rinv[${n}]); let d = q4_row_bytes(w.w, sm, rinv[${n}]);
-      smem[o] = bitcast<i32>(a.x); smem[o + 1u] = bitcast<i32>(a.y); smem[o + 2u] = bitcast<i32>(b.x); smem[o + 3u] = bitcast<i32>(b.y);
-      smem[o + 4u] = bitcast<i32>(c.x); smem[o + 5u] = bitcast<i32>(c.y); smem[o + 6u] = bitcast<i32>(d.x); smem[o + 7u] = bitcast<i32>(d.y);
+      smem[k][o] = bitcast<i32>(a.x); smem[k][o + 1u] = bitcast<i32>(a.y); smem[k][o + 2u] = bitcast<i32>(b.x); smem[k][o + 3u] = bitcast<i32>(b.y);
+      smem[k][o + 4u] = bitcast<i32>(c.x); smem[k][o + 5u] = bitcast<i32>(c.y); smem[k][o + 6u] = bitcast<i32>(d.x); smem[k][o + 7u] = bitcast<i32>(d.y);
     }`;
 }
 
