@@ -95,10 +95,11 @@ test('the batched tensor-core product\'s WGSL passes Tint\'s checks outside the 
  * anywhere, slowly, with the kernel's own addressing.
  */
 function withEmulatedMatrices(code: string): string {
+  const block = /var<workgroup> ws: array<array<f16, (\d+)>/.exec(code)![1]; // ws in blocks of 16 rows, reached through pointers
   const helpers = `
 alias Mat = array<f32, 256>;
 fn sm_left_X16(off: u32, stride: u32) -> Mat { var m: Mat; for (var i = 0u; i < 16u; i++) { for (var k = 0u; k < 16u; k++) { m[i * 16u + k] = f32(X16[off + i * stride + k]); } } return m; }
-fn sm_right_ws(off: u32, stride: u32) -> Mat { var m: Mat; for (var k = 0u; k < 16u; k++) { for (var n = 0u; n < 16u; n++) { m[k * 16u + n] = f32(ws[off + n * stride + k]); } } return m; }
+fn sm_right_ws(p: ptr<workgroup, array<f16, ${block}>>, off: u32, stride: u32) -> Mat { var m: Mat; for (var k = 0u; k < 16u; k++) { for (var n = 0u; n < 16u; n++) { m[k * 16u + n] = f32((*p)[off + n * stride + k]); } } return m; }
 fn sm_mma(l: Mat, r: Mat, a: Mat) -> Mat {
   var o = a;
   for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { var s = o[i * 16u + n]; for (var k = 0u; k < 16u; k++) { s += l[i * 16u + k] * r[k * 16u + n]; } o[i * 16u + n] = s; } }
@@ -111,7 +112,7 @@ fn sm_store_cs(off: u32, v: Mat, stride: u32) { for (var i = 0u; i < 16u; i++) {
     .replace(/\n@compute/, `${helpers}\n@compute`)
     .replace(/subgroup_matrix_result<f32, 16, 16>\(\)/g, 'Mat()')
     .replace(/subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>\(&X16, /g, 'sm_left_X16(')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>\(&ws, /g, 'sm_right_ws(')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>\(/g, 'sm_right_ws(')
     .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
     .replace(/subgroupMatrixStore<row_major>\(&cs, /g, 'sm_store_cs(');
 }

@@ -87,9 +87,9 @@ export function batchedTensorCoreWgsl(s: BatchedTensorCoreShape, subgroupSize: n
   const decl = names.map((n, i) => `@group(0) @binding(${i}) var<storage, ${n === 'Y' ? 'read_write' : 'read'}> ${n}: ${type[n]};`).join('\n');
   const P = Array.from({ length: UL }, (_, p) => p);
   const L = (off: string) => s.lab === 'no-x-loads'
-    ? subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', '&ws', `wsg + ((${off}) % ${16 * S}u)`, false, `${S}u`)
+    ? subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', 'pw0', `(${off}) % ${16 * S}u`, false, `${S}u`)
     : subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', '&X16', off, false, 'KP');
-  const R = (off: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<f16, 16, 16>', '&ws', off, true, `${S}u`);
+  const R = (p: string, off: number) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<f16, 16, 16>', p, `${off}u`, true, `${S}u`);
   // a stage's words for this lane: lane l holds word l % 4 of unit (l / 4) % UPS of the stage, row
   // l / (4 UPS) + RPI p (coalesced: consecutive lanes, consecutive words of a row)
   const load = (stage: string, set: string) => s.lab === 'no-dequant' ? '' : P.map((p) => `{
@@ -105,10 +105,10 @@ export function batchedTensorCoreWgsl(s: BatchedTensorCoreShape, subgroupSize: n
     }`).join('\n    ');
   // nibbles j and j + 4 of the word as f16 (1024 + n, exactly), then n * scale + min, to word 4j + w of the unit
   const dequant = (set: string) => s.lab === 'no-dequant' ? '' : P.map((p) => {
-    const lines = [`let o = wsg + (lane / ${4 * UPS}u + ${p * RPI}u) * ${S}u + ((lane / 4u) % ${UPS}u) * 32u + 2u * (lane % 4u);`, `let sm = bitcast<vec2<f16>>(rs${set}[${p}]);`, `let sc = vec2<f16>(sm.x);`, `let mn = vec2<f16>(sm.y);`];
+    const lines = [`let row = lane / ${4 * UPS}u + ${p * RPI}u;`, `let b = 2u * g + row / 16u;`, `let o = (row % 16u) * ${S}u + ((lane / 4u) % ${UPS}u) * 32u + 2u * (lane % 4u);`, `let sm = bitcast<vec2<f16>>(rs${set}[${p}]);`, `let sc = vec2<f16>(sm.x);`, `let mn = vec2<f16>(sm.y);`];
     for (let j = 0; j < 4; j++) {
       const bits = j === 0 ? `rq${set}[${p}]` : `(rq${set}[${p}] >> ${4 * j}u)`;
-      lines.push(`{ let v = fma(bitcast<vec2<f16>>((${bits} & 0x000F000Fu) | 0x64006400u) - vec2<f16>(1024.0h), sc, mn); ws[o + ${8 * j}u] = v.x; ws[o + ${8 * j + 1}u] = v.y; }`);
+      lines.push(`{ let v = fma(bitcast<vec2<f16>>((${bits} & 0x000F000Fu) | 0x64006400u) - vec2<f16>(1024.0h), sc, mn); ws[b][o + ${8 * j}u] = v.x; ws[b][o + ${8 * j + 1}u] = v.y; }`);
     }
     return `{\n      ${lines.join('\n      ')}\n    }`;
   }).join('\n    ');
@@ -127,18 +127,18 @@ export function batchedTensorCoreWgsl(s: BatchedTensorCoreShape, subgroupSize: n
         }
         if (st < STAGES) {
           let k0 = st * ${KS}u;
-          for (var kk = 0u; kk < ${KS}u; kk += 16u) {
-            let r0 = ${R('wsg + kk')};
-            let r1 = ${R(`wsg + ${16 * S}u + kk`)};
-            let l0 = ${L('t0 * KP + k0 + kk')};
+          ${Array.from({ length: KS / 16 }, (_, q) => 16 * q).map((kk) => `{ // k + ${kk}: constant offsets into the subgroup's blocks (no robustness clamp)
+            let r0 = ${R('pw0', kk)};
+            let r1 = ${R('pw1', kk)};
+            let l0 = ${L(`t0 * KP + k0 + ${kk}u`)};
             a0_0 = subgroupMatrixMultiplyAccumulate(l0, r0, a0_0);
             a0_1 = subgroupMatrixMultiplyAccumulate(l0, r1, a0_1);
             if (two) {
-              let l1 = ${L('(t0 + 16u) * KP + k0 + kk')};
+              let l1 = ${L(`(t0 + 16u) * KP + k0 + ${kk}u`)};
               a1_0 = subgroupMatrixMultiplyAccumulate(l1, r0, a1_0);
               a1_1 = subgroupMatrixMultiplyAccumulate(l1, r1, a1_1);
             }
-          }
+          }`).join('\n          ')}
         }
         workgroupBarrier();
       }`;
@@ -172,7 +172,7 @@ const KP = ${KP}u;
 const STAGES = ${STAGES}u;
 const ITERS = ${Math.ceil(STAGES / NSG)}u;
 ${decl}
-var<workgroup> ws: array<f16, ${NSG * TC_ROWS * S}>; // per subgroup (${TC_ROWS} rows, ${KS} columns), stride ${S}
+var<workgroup> ws: array<array<f16, ${16 * S}>, ${(NSG * TC_ROWS) / 16}>; // per subgroup (${TC_ROWS} rows, ${KS} columns) in blocks of 16 rows, stride ${S}
 var<workgroup> cs: array<f32, ${NSG * 256}>; // per subgroup a 16 x 16 partial sum
 
 @compute @workgroup_size(${WG})
@@ -182,7 +182,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let rb = linear_workgroup(wid, nwg) * ${TC_ROWS}u;
   let g = ${byId ? 'sg_id' : `lid / ${SG}u`};
   let lane = ${byId ? 'sg_lane' : `lid % ${SG}u`};
-  let wsg = g * ${TC_ROWS * S}u;
+  let pw0 = &ws[2u * g]; // this subgroup's two blocks of 16 rows
+  let pw1 = &ws[2u * g + 1u];
   for (var t0 = 0u; t0 < T; t0 += ${2 * 16}u) {
     let two = T > t0 + 16u;
     var a0_0 = subgroup_matrix_result<f32, 16, 16>();
