@@ -105,7 +105,7 @@ fn sm_mma(l: Mat, r: Mat, a: Mat) -> Mat {
   for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { var s = o[i * 16u + n]; for (var k = 0u; k < 16u; k++) { s += l[i * 16u + k] * r[k * 16u + n]; } o[i * 16u + n] = s; } }
   return o;
 }
-fn sm_store_cs(off: u32, v: Mat, stride: u32) { for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { cs[off + i * stride + n] = v[i * 16u + n]; } } }
+fn sm_store_cs(p: ptr<workgroup, array<f32, 256>>, off: u32, v: Mat, stride: u32) { for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { (*p)[off + i * stride + n] = v[i * 16u + n]; } } }
 `;
   return code
     .replace('enable chromium_experimental_subgroup_matrix;\n', '')
@@ -114,7 +114,7 @@ fn sm_store_cs(off: u32, v: Mat, stride: u32) { for (var i = 0u; i < 16u; i++) {
     .replace(/subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>\(&X16, /g, 'sm_left_X16(')
     .replace(/subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>\(/g, 'sm_right_ws(')
     .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
-    .replace(/subgroupMatrixStore<row_major>\(&cs, /g, 'sm_store_cs(');
+    .replace(/subgroupMatrixStore<row_major>\(/g, 'sm_store_cs(');
 }
 
 test('the batched tensor-core product with emulated subgroup matrices gives the exact answer of a small q4 product (4 stages over 2 subgroups; its addressing, permutation and epilogue)', { skip: SKIP_GPU }, async (t) => {

@@ -11,6 +11,8 @@ import assert from 'node:assert/strict';
 import { convertF16Wgsl, dequantF16Wgsl, matmulTensorCoreWgsl, TENSOR_CORE_TILES, tensorCoreTileName, type TensorCoreTile, type TiledMatmulShape } from '../../../src/backends/webgpu/kernels/matmul-tiled.js';
 import { attentionMergeWgsl, attentionSplitFor, attentionTensorCoreWgsl } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
 import type { KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
+import { batchedTensorCoreWgsl } from '../../../src/backends/webgpu/kernels/batched-tensor-core.js';
+import { INT8_TILES, int8TileFits, int8TileName, matmulInt8DirectWgsl, matmulInt8Wgsl, parseInt8Tile } from '../../../src/backends/webgpu/kernels/matmul-int8.js';
 import { SKIP_GPU, testGpu, withScalarStandIns } from './gpu.js';
 
 const shapes: TiledMatmulShape[] = [
@@ -62,4 +64,69 @@ test('the tensor-core prefill kernel\'s WGSL passes Tint\'s checks outside the s
   }
   console.log(`${n} kernels checked, ${failures.length} failed`);
   assert.deepEqual(failures, []);
+});
+
+/**
+ * Every subgroup-matrix load and store that reaches workgroup memory does so at a constant offset and
+ * stride (through a block of the array: `&ws[b]`, or a pointer made once). Tint's robustness transform
+ * clamps any other such call by a select on its offset and stride before it, in the hot loop, and the
+ * driver then sees a runtime stride: with the clamps (Dawn's default) the f16 prefill ran 1.6x slower
+ * than without on the H100 (docs/PERFORMANCE.md). Storage-buffer operands are not checked (their
+ * offsets are data-dependent by nature).
+ */
+function workgroupMatrixCalls(code: string): { call: string; constant: boolean }[] {
+  const arrays = new Set([...code.matchAll(/var<workgroup> (\w+):/g)].map((m) => m[1]!));
+  const pointers = new Map([...code.matchAll(/let (\w+) = &(\w+)\[/g)].map((m) => [m[1]!, m[2]!] as const));
+  const out: { call: string; constant: boolean }[] = [];
+  for (const m of code.matchAll(/subgroupMatrix(Load|Store)<[^(]*>\(/g)) {
+    // the call's arguments, split at top-level commas
+    let depth = 0, i = m.index! + m[0].length, arg = '';
+    const args: string[] = [];
+    for (; i < code.length; i++) {
+      const c = code[i]!;
+      if (c === '(' || c === '[') depth++;
+      if ((c === ')' || c === ']') && depth-- === 0) break;
+      if (c === ',' && depth === 0) { args.push(arg.trim()); arg = ''; } else arg += c;
+    }
+    args.push(arg.trim());
+    const root = /^&?(\w+)/.exec(args[0]!)![1]!;
+    if (!arrays.has(pointers.get(root) ?? root)) continue; // a storage buffer
+    const constant = /^\d+u$/.test(args[1]!) && /^\d+u$/.test(args[args.length - 1]!);
+    out.push({ call: code.slice(m.index!, i + 1), constant });
+  }
+  return out;
+}
+
+test('every subgroup-matrix load and store from workgroup memory has a constant offset and stride (no robustness clamp in the hot loops)', () => {
+  const q4 = shapes[0]!;
+  const kernels: [string, string][] = [];
+  for (const tile of tiles.filter((t) => t.kind !== 'direct')) kernels.push([`matmul ${tensorCoreTileName(tile)}`, matmulTensorCoreWgsl(q4, 32, 'subgroup-id', tile)]);
+  kernels.push(['matmul partial tiles and bias', matmulTensorCoreWgsl(shapes[1]!, 32, 'invocation-index', TENSOR_CORE_TILES[1]!)]);
+  const s = { numHeads: 32, numKvHeads: 8, headDim: 128, slidingWindow: null, rotaryDim: 128 };
+  const kv = { storage: 'f16' as const, contextLength: 4096, rowsAt: 520, kvBuffer: -1 };
+  kernels.push(['attention', attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id')]);
+  kernels.push(['attention split', attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', attentionSplitFor(s, kv.contextLength, 512, 2 ** 31))]);
+  for (const [ks, nsg, depth] of [[64, 8, 1], [128, 4, 2], [256, 2, 1]] as const) {
+    kernels.push([`batched ${ks}/${nsg}/${depth}`, batchedTensorCoreWgsl({ rows: 4096, cols: 14336, units: 448, group: 64, yStride: 4096, yOffset: 0, bias: true, residual: true, ks, nsg, depth }, 32, 'subgroup-id', 'template')]);
+  }
+  const int8Shape = { weight: { encoding: 'q4' as const, wordsPerRow: 512, group: 64, groups: 64 }, rows: 14336, cols: 4096, yStride: 14340, yOffset: 2, bias: true, residual: true };
+  for (const tile of [...INT8_TILES, parseInt8Tile('2422s')!]) {
+    for (const scaling of ['group', 'row', 'row-q4'] as const) {
+      if ((scaling !== 'group' && tile.epilogue === 'stage') || (tile.double && scaling === 'group') || !int8TileFits(tile, scaling)) continue;
+      for (const units of ['words', 'bytes'] as const) kernels.push([`int8 ${int8TileName(tile)} ${scaling} ${units}`, matmulInt8Wgsl(int8Shape, 'subgroup-id', tile, 'template', units, undefined, scaling)]);
+    }
+  }
+  kernels.push(['int8 direct', matmulInt8DirectWgsl({ ...int8Shape, rows: 4096 }, 'template', 'words', 2)]);
+  const clamped: string[] = [];
+  let calls = 0;
+  for (const [name, code] of kernels) {
+    const found = workgroupMatrixCalls(code);
+    assert.ok(found.length > 0 || name === 'int8 direct' ? true : false, `${name}: no subgroup-matrix call into workgroup memory found (the parser missed them)`);
+    calls += found.length;
+    for (const f of found) if (!f.constant) clamped.push(`${name}: ${f.call}`);
+  }
+  console.log(`${kernels.length} kernels, ${calls} subgroup-matrix calls into workgroup memory, ${clamped.length} with a computed offset or stride`);
+  assert.deepEqual(clamped, []);
+  // the parser does flag a computed offset
+  assert.equal(workgroupMatrixCalls('var<workgroup> ws: array<f16, 64>;\nlet a = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ws, g * 16u, 16u);')[0]?.constant, false);
 });

@@ -115,7 +115,7 @@ ${split ? '@group(0) @binding(5) var<storage, read_write> ml: array<vec2<f32>>; 
 ${rowTable(kv)}
 ${kDimFn(kv.storage, s.rotaryDim)}
 
-var<workgroup> qs: array<f16, ${TC_TILE_Q * SQ}>;  // (64 rows, HD), stride ${SQ}
+var<workgroup> qs: array<array<f16, ${16 * SQ}>, ${TC_TILE_Q / 16}>; // (64 rows, HD) in blocks of 16 rows, stride ${SQ}
 var<workgroup> kvs: array<f16, ${TC_TILE_K * SQ}>; // (32 keys, HD): K, then V
 // scores and probabilities in blocks of a subgroup's 16 rows: its subgroup-matrix loads and stores
 // then have constant offsets, which Tint's robustness leaves without a clamp
@@ -142,10 +142,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   // q, pre-scaled, in K's stored dim order (rows past T repeat the last: finite, never stored)
   for (var i = lid; i < ${TC_TILE_Q * HD}u; i += 128u) {
     let t = min(t0 + i / ${HD}u, T - 1u);
-    qs[(i / ${HD}u) * ${SQ}u + i % ${HD}u] = f16(qkv[t * STRIDE + h * ${HD}u + k_dim(i % ${HD}u)] * ${f32Literal(1 / Math.sqrt(HD))});
+    qs[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u] = f16(qkv[t * STRIDE + h * ${HD}u + k_dim(i % ${HD}u)] * ${f32Literal(1 / Math.sqrt(HD))});
   }
   workgroupBarrier();
-${range(ND).map((i) => `  let q${i} = ${L('&qs', `g * ${16 * SQ}u + ${16 * i}u`, `${SQ}u`)};`).join('\n')}
+${range(ND).map((i) => `  let q${i} = ${L('&qs[g]', `${16 * i}u`, `${SQ}u`)};`).join('\n')}
   // two lanes a row: row rr of the tile, keys half * 16 .. + 16 of a key tile
   let rr = g * 16u + lane / 2u;
   let half = lane % 2u;

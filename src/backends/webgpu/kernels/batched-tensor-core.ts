@@ -144,14 +144,14 @@ export function batchedTensorCoreWgsl(s: BatchedTensorCoreShape, subgroupSize: n
       }`;
   const acc = (i: number, j: number) => `a${i}_${j}`;
   const epilogue = [0, 1].flatMap((i) => [0, 1].map((j) => `${i === 1 ? 'if (two) ' : ''}{
-      ${subgroupMatrixStoreWgsl(syntax, '&cs', 'g * 256u', acc(i, j), false, '16u')};
+      ${subgroupMatrixStoreWgsl(syntax, '&cs[g]', '0u', acc(i, j), false, '16u')};
       workgroupBarrier();
       for (var e = lid; e < 256u; e += ${WG}u) {
         let t = t0 + ${16 * i}u + e / 16u;
         let r = rb + ${16 * j}u + e % 16u;
         if (t < T && r < ROWS) {
-          var v = cs[e];
-          for (var h = 1u; h < ${NSG}u; h++) { v += cs[h * 256u + e]; }
+          var v = cs[0][e];
+          for (var h = 1u; h < ${NSG}u; h++) { v += cs[h][e]; }
           let o = t * ${s.yStride}u + ${s.yOffset}u + r;
           ${s.bias ? `v += BIAS[${s.yOffset}u + r];` : ''}
           ${s.residual ? 'v += Y[o];' : ''}
@@ -173,7 +173,7 @@ const STAGES = ${STAGES}u;
 const ITERS = ${Math.ceil(STAGES / NSG)}u;
 ${decl}
 var<workgroup> ws: array<array<f16, ${16 * S}>, ${(NSG * TC_ROWS) / 16}>; // per subgroup (${TC_ROWS} rows, ${KS} columns) in blocks of 16 rows, stride ${S}
-var<workgroup> cs: array<f32, ${NSG * 256}>; // per subgroup a 16 x 16 partial sum
+var<workgroup> cs: array<array<f32, 256>, ${NSG}>; // per subgroup a 16 x 16 partial sum
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {

@@ -674,7 +674,7 @@ const STEPS = ${s.cols / 256}u; // k steps of 32 a subgroup
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> step: array<u32>;
 ${s.bias ? '@group(0) @binding(6) var<storage, read> bias: array<f32>;' : ''}
-var<workgroup> smem: array<i32, ${TT * 8 * 256}>; // the 8 subgroups' i32 results, a token tile after another
+var<workgroup> smem: array<array<i32, 256>, ${TT * 8}>; // the 8 subgroups' i32 results, a token tile after another
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32' : ''}) {
@@ -687,13 +687,13 @@ ${tiles.map((i) => `  var c${i} = subgroup_matrix_result<i32, 16, 16>();`).join(
 ${ks.map((j) => `    let k${j} = (g * STEPS + st + ${j}u) * 32u; // bytes into the row\n    let r${j} = ${R(`k${j}`)};`).join('\n')}
 ${ks.map((j) => tiles.map((i) => `    c${i} = subgroupMatrixMultiplyAccumulate(${L(i, `k${j}`)}, r${j}, c${i});`).join('\n')).join('\n')}
   }
-${tiles.map((i) => `  ${subgroupMatrixStoreWgsl(syntax, '&smem', `${i * 8}u * 256u + g * 256u`, `c${i}`, false, '16u')};`).join('\n')}
+${tiles.map((i) => `  ${subgroupMatrixStoreWgsl(syntax, `&smem[${i * 8}u + g]`, '0u', `c${i}`, false, '16u')};`).join('\n')}
   workgroupBarrier();
   let tl = lid / 16u; // this invocation's token and row of each 16 x 16 result
   let n = lid % 16u;
 ${tiles.map((i) => `  {
     var acc = 0;
-    for (var q = 0u; q < 8u; q++) { acc += smem[(${i * 8}u + q) * 256u + lid]; }
+    for (var q = 0u; q < 8u; q++) { acc += smem[${i * 8}u + q][lid]; }
     let t = tok0 + ${16 * i}u + tl;
     let r = row0 + n;
     let v = f32(acc) * (xscale[min(t, T - 1u)].x * wrow[r]);
