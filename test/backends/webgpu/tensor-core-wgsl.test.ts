@@ -8,12 +8,14 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { convertF16Wgsl, dequantF16Wgsl, matmulTensorCoreWgsl, TENSOR_CORE_TILES, tensorCoreTileName, type TensorCoreTile, type TiledMatmulShape } from '../../../src/backends/webgpu/kernels/matmul-tiled.js';
+import { convertF16Wgsl, dequantF16Wgsl, matmulTensorCoreWgsl, paddedCols, TENSOR_CORE_TILES, tensorCoreTileName, tensorCoreTileSize, type TensorCoreTile, type TiledMatmulShape } from '../../../src/backends/webgpu/kernels/matmul-tiled.js';
+import { f16ToF32, f32ToF16 } from '../../../src/format/dtype.js';
+import { assertClose, rng } from '../../helpers.js';
 import { attentionMergeWgsl, attentionSplitFor, attentionTensorCoreWgsl } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
 import type { KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
 import { batchedTensorCoreWgsl } from '../../../src/backends/webgpu/kernels/batched-tensor-core.js';
 import { INT8_TILES, int8TileFits, int8TileName, matmulInt8DirectWgsl, matmulInt8Wgsl, parseInt8Tile } from '../../../src/backends/webgpu/kernels/matmul-int8.js';
-import { SKIP_GPU, testGpu, withScalarStandIns } from './gpu.js';
+import { read, run, SKIP_GPU, stepBuffer, storage, testGpu, withScalarStandIns } from './gpu.js';
 
 const shapes: TiledMatmulShape[] = [
   { weight: { encoding: 'q4', wordsPerRow: 256, group: 64, groups: 32 }, rows: 3072, cols: 2048, yStride: 3072, yOffset: 0, bias: false, residual: false },
@@ -129,4 +131,86 @@ test('every subgroup-matrix load and store from workgroup memory has a constant 
   assert.deepEqual(clamped, []);
   // the parser does flag a computed offset
   assert.equal(workgroupMatrixCalls('var<workgroup> ws: array<f16, 64>;\nlet a = subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(&ws, g * 16u, 16u);')[0]?.constant, false);
+});
+
+/**
+ * The staged tensor-core kernel with each subgroup matrix emulated by lane 0 of its subgroup (16 x 16
+ * f32 arrays: f16 operands read from the kernel's own workgroup blocks through the pointers it passes,
+ * results loaded from and stored to y or its partial-tile blocks element by element; the other lanes
+ * do nothing): runs on lavapipe with the kernel's own staging and addressing.
+ */
+function withEmulatedF16Matrices(code: string): string {
+  const n = /var<workgroup> ws: array<array<f16, (\d+)>/.exec(code)![1];
+  const helpers = `
+alias Mat = array<f32, 256>;
+var<private> emu_active: bool;
+fn sm_ld_h(col: bool, p: ptr<workgroup, array<f16, ${n}>>, off: u32, stride: u32) -> Mat {
+  var m: Mat; if (!emu_active) { return m; }
+  for (var i = 0u; i < 16u; i++) { for (var j = 0u; j < 16u; j++) { m[i * 16u + j] = f32(select((*p)[off + i * stride + j], (*p)[off + j * stride + i], col)); } }
+  return m;
+}
+fn sm_ld_y(off: u32, stride: u32) -> Mat { var m: Mat; if (!emu_active) { return m; } for (var i = 0u; i < 16u; i++) { for (var j = 0u; j < 16u; j++) { m[i * 16u + j] = y[off + i * stride + j]; } } return m; }
+fn sm_mma(l: Mat, r: Mat, a: Mat) -> Mat {
+  var o = a; if (!emu_active) { return o; }
+  for (var i = 0u; i < 16u; i++) { for (var j = 0u; j < 16u; j++) { var s = o[i * 16u + j]; for (var k = 0u; k < 16u; k++) { s += l[i * 16u + k] * r[k * 16u + j]; } o[i * 16u + j] = s; } }
+  return o;
+}
+fn sm_st_y(off: u32, v: Mat, stride: u32) { if (!emu_active) { return; } for (var i = 0u; i < 16u; i++) { for (var j = 0u; j < 16u; j++) { y[off + i * stride + j] = v[i * 16u + j]; } } }
+fn sm_st_cs(p: ptr<workgroup, array<f32, 256>>, off: u32, v: Mat, stride: u32) { if (!emu_active) { return; } for (var i = 0u; i < 16u; i++) { for (var j = 0u; j < 16u; j++) { (*p)[off + i * stride + j] = v[i * 16u + j]; } } }
+`;
+  return code
+    .replace('enable chromium_experimental_subgroup_matrix;\n', '')
+    .replace(/\n@compute/, `${helpers}\n@compute`)
+    .replace(/(let lane = lid % 32u;)/, '$1\n  emu_active = lane == 0u;')
+    .replace(/subgroup_matrix_result<f32, 16, 16>\(\)/g, 'Mat()')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>\(/g, 'sm_ld_h(false, ')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>\(/g, 'sm_ld_h(true, ')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_result<f32, 16, 16>, row_major>\(&y, /g, 'sm_ld_y(')
+    .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
+    .replace(/subgroupMatrixStore<row_major>\(&y, /g, 'sm_st_y(')
+    .replace(/subgroupMatrixStore<row_major>\(&cs/g, 'sm_st_cs(&cs');
+}
+
+test('the staged tensor-core product with emulated subgroup matrices equals the CPU (q4 staging in f16, workgroup blocks, whole and partial tiles, bias, residual)', { skip: SKIP_GPU }, async () => {
+  const gpu = await testGpu();
+  // a tile of one 16 x 16 result a subgroup (2 x 2 subgroups, blocks of 16 rows reached as the default
+  // tiles reach theirs): lavapipe compiles the emulation of the default tiles' 8-16 products a k step too
+  // slowly for CI; the device runs those (matmul-tiled.test)
+  const tile: TensorCoreTile = { am: 1, an: 1, gm: 2, gn: 2, kind: 'staged', ks: 64, f16Dequant: true };
+  const r = rng(17), cols = 128, KP = paddedCols(cols), group = 64;
+  for (const [T, rows, bias] of [[21, 40, true], [64, 64, false]] as const) {
+    const yStride = rows + 3, yOffset = 2, wordsPerRow = cols / 8, groups = cols / group;
+    const words = Uint32Array.from({ length: rows * wordsPerRow }, () => Math.floor(r() * 4294967296));
+    const sm = new Uint32Array(rows * groups), sc = new Float64Array(rows * groups), mn = new Float64Array(rows * groups);
+    for (let i = 0; i < rows * groups; i++) {
+      const s = f32ToF16((r() + 0.1) * 0.05), m = f32ToF16(-(r() * 0.4));
+      sm[i] = (s | (m << 16)) >>> 0;
+      sc[i] = f16ToF32(s);
+      mn[i] = f16ToF32(m);
+    }
+    // x as the product reads it: f16 rows of KP columns (zeros past cols)
+    const x16 = new Uint16Array(T * KP), xs = new Float64Array(T * cols);
+    for (let t = 0; t < T; t++) for (let c = 0; c < cols; c++) { x16[t * KP + c] = f32ToF16((r() - 0.5) * 4); xs[t * cols + c] = f16ToF32(x16[t * KP + c]!); }
+    const biasValues = Float32Array.from({ length: yStride }, () => r() - 0.5), y0 = Float32Array.from({ length: T * yStride }, () => r());
+    const want = Float64Array.from(y0);
+    for (let t = 0; t < T; t++) for (let i = 0; i < rows; i++) {
+      let acc = 0;
+      for (let c = 0; c < cols; c++) {
+        const q = (words[i * wordsPerRow + (c >> 3)]! >>> (4 * (c & 7))) & 15, g = i * groups + Math.floor(c / group);
+        acc += (q * sc[g]! + mn[g]!) * xs[t * cols + c]!;
+      }
+      want[t * yStride + yOffset + i] += acc + (bias ? biasValues[yOffset + i]! : 0);
+    }
+    const shape: TiledMatmulShape = { weight: { encoding: 'q4', wordsPerRow, group, groups }, rows, cols, yStride, yOffset, bias, residual: true };
+    const code = withEmulatedF16Matrices(matmulTensorCoreWgsl(shape, 32, 'invocation-index', tile));
+    const module = gpu.device.createShaderModule({ code });
+    const errors = (await module.getCompilationInfo()).messages.filter((e) => e.type === 'error');
+    assert.deepEqual(errors.map((e) => `line ${e.lineNum}: ${e.message}`), [], `${tensorCoreTileName(tile)} compiles`);
+    const pipeline = gpu.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+    const y = storage(gpu, y0), size = tensorCoreTileSize(tile);
+    const buffers = [storage(gpu, words), storage(gpu, sm), storage(gpu, new Uint32Array(x16.buffer)), y, stepBuffer(gpu, T, 0), ...(bias ? [storage(gpu, biasValues)] : [])];
+    await run(gpu, [{ label: 'emulated tensor cores', pipeline, bindGroup: gpu.bindGroup('emulated', pipeline, buffers), workgroups: (n: number) => [Math.ceil(n / size.tokens), Math.ceil(rows / size.rows), 1] }], T);
+    // q4 values made in f16 arithmetic (scale x q + min, rounded once to f16): 1e-3 of the f64 product
+    assertClose(await read(gpu, y, T * yStride), want, 2e-3, `${tensorCoreTileName(tile)}, ${T} tokens x ${rows} rows${bias ? ', bias' : ''}`);
+  }
 });
