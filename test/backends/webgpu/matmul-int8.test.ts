@@ -23,21 +23,7 @@ import { f16ToF32, f32ToF16 } from '../../../src/format/dtype.js';
 import { assertClose, compare, rng } from '../../helpers.js';
 import { f32Literal } from '../../../src/backends/webgpu/kernels/prelude.js';
 import { read, readU32, run, SKIP_GPU, stepBuffer, storage, testGpu, zeros } from './gpu.js';
-
-/** A random q4 g64 matrix: words, packed (scale, min) and its f64 values. */
-function q4Matrix(rows: number, cols: number, seed: number) {
-  const r = rng(seed), groups = cols / 64, wordsPerRow = cols / 8;
-  const words = new Uint32Array(rows * wordsPerRow).map(() => Math.floor(r() * 4294967296));
-  const sm = new Uint32Array(rows * groups), scale = new Float64Array(rows * groups), min = new Float64Array(rows * groups);
-  for (let i = 0; i < rows * groups; i++) {
-    const s = f32ToF16((r() + 0.1) * 0.05), m = f32ToF16(-(r() * 0.4));
-    sm[i] = (s | (m << 16)) >>> 0;
-    scale[i] = f16ToF32(s);
-    min[i] = f16ToF32(m);
-  }
-  const nibble = (row: number, c: number) => (words[row * wordsPerRow + (c >> 3)]! >>> (4 * (c & 7))) & 15;
-  return { words, sm, scale, min, nibble, groups, wordsPerRow };
-}
+import { q4Matrix } from './q4-matrix.js';
 
 /** The kernel's arithmetic on the CPU: x per (token, block) to int8 (round half away from zero), sums exact. */
 function quantizeCpu(x: Float32Array, T: number, cols: number) {

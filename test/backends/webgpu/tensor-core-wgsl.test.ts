@@ -16,6 +16,7 @@ import type { KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
 import { batchedTensorCoreWgsl } from '../../../src/backends/webgpu/kernels/batched-tensor-core.js';
 import { INT8_TILES, int8TileFits, int8TileName, matmulInt8DirectWgsl, matmulInt8Wgsl, parseInt8Tile } from '../../../src/backends/webgpu/kernels/matmul-int8.js';
 import { read, run, SKIP_GPU, stepBuffer, storage, testGpu, withScalarStandIns } from './gpu.js';
+import { q4Matrix } from './q4-matrix.js';
 
 const shapes: TiledMatmulShape[] = [
   { weight: { encoding: 'q4', wordsPerRow: 256, group: 64, groups: 32 }, rows: 3072, cols: 2048, yStride: 3072, yOffset: 0, bias: false, residual: false },
@@ -123,7 +124,7 @@ test('every subgroup-matrix load and store from workgroup memory has a constant 
   let calls = 0;
   for (const [name, code] of kernels) {
     const found = workgroupMatrixCalls(code);
-    assert.ok(found.length > 0 || name === 'int8 direct' ? true : false, `${name}: no subgroup-matrix call into workgroup memory found (the parser missed them)`);
+    assert.ok(found.length > 0, `${name}: no subgroup-matrix call into workgroup memory found (the parser missed them)`);
     calls += found.length;
     for (const f of found) if (!f.constant) clamped.push(`${name}: ${f.call}`);
   }
@@ -177,17 +178,9 @@ test('the staged tensor-core product with emulated subgroup matrices equals the 
   // tiles reach theirs): lavapipe compiles the emulation of the default tiles' 8-16 products a k step too
   // slowly for CI; the device runs those (matmul-tiled.test)
   const tile: TensorCoreTile = { am: 1, an: 1, gm: 2, gn: 2, kind: 'staged', ks: 64, f16Dequant: true };
-  const r = rng(17), cols = 128, KP = paddedCols(cols), group = 64;
+  const r = rng(17), cols = 128, KP = paddedCols(cols);
   for (const [T, rows, bias] of [[21, 40, true], [64, 64, false]] as const) {
-    const yStride = rows + 3, yOffset = 2, wordsPerRow = cols / 8, groups = cols / group;
-    const words = Uint32Array.from({ length: rows * wordsPerRow }, () => Math.floor(r() * 4294967296));
-    const sm = new Uint32Array(rows * groups), sc = new Float64Array(rows * groups), mn = new Float64Array(rows * groups);
-    for (let i = 0; i < rows * groups; i++) {
-      const s = f32ToF16((r() + 0.1) * 0.05), m = f32ToF16(-(r() * 0.4));
-      sm[i] = (s | (m << 16)) >>> 0;
-      sc[i] = f16ToF32(s);
-      mn[i] = f16ToF32(m);
-    }
+    const yStride = rows + 3, yOffset = 2, m = q4Matrix(rows, cols, rows);
     // x as the product reads it: f16 rows of KP columns (zeros past cols)
     const x16 = new Uint16Array(T * KP), xs = new Float64Array(T * cols);
     for (let t = 0; t < T; t++) for (let c = 0; c < cols; c++) { x16[t * KP + c] = f32ToF16((r() - 0.5) * 4); xs[t * cols + c] = f16ToF32(x16[t * KP + c]!); }
@@ -196,19 +189,19 @@ test('the staged tensor-core product with emulated subgroup matrices equals the 
     for (let t = 0; t < T; t++) for (let i = 0; i < rows; i++) {
       let acc = 0;
       for (let c = 0; c < cols; c++) {
-        const q = (words[i * wordsPerRow + (c >> 3)]! >>> (4 * (c & 7))) & 15, g = i * groups + Math.floor(c / group);
-        acc += (q * sc[g]! + mn[g]!) * xs[t * cols + c]!;
+        const g = i * m.groups + (c >> 6);
+        acc += (m.nibble(i, c) * m.scale[g]! + m.min[g]!) * xs[t * cols + c]!;
       }
       want[t * yStride + yOffset + i] += acc + (bias ? biasValues[yOffset + i]! : 0);
     }
-    const shape: TiledMatmulShape = { weight: { encoding: 'q4', wordsPerRow, group, groups }, rows, cols, yStride, yOffset, bias, residual: true };
+    const shape: TiledMatmulShape = { weight: { encoding: 'q4', wordsPerRow: m.wordsPerRow, group: 64, groups: m.groups }, rows, cols, yStride, yOffset, bias, residual: true };
     const code = withEmulatedF16Matrices(matmulTensorCoreWgsl(shape, 32, 'invocation-index', tile));
     const module = gpu.device.createShaderModule({ code });
     const errors = (await module.getCompilationInfo()).messages.filter((e) => e.type === 'error');
     assert.deepEqual(errors.map((e) => `line ${e.lineNum}: ${e.message}`), [], `${tensorCoreTileName(tile)} compiles`);
     const pipeline = gpu.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
     const y = storage(gpu, y0), size = tensorCoreTileSize(tile);
-    const buffers = [storage(gpu, words), storage(gpu, sm), storage(gpu, new Uint32Array(x16.buffer)), y, stepBuffer(gpu, T, 0), ...(bias ? [storage(gpu, biasValues)] : [])];
+    const buffers = [storage(gpu, m.words), storage(gpu, m.sm), storage(gpu, new Uint32Array(x16.buffer)), y, stepBuffer(gpu, T, 0), ...(bias ? [storage(gpu, biasValues)] : [])];
     await run(gpu, [{ label: 'emulated tensor cores', pipeline, bindGroup: gpu.bindGroup('emulated', pipeline, buffers), workgroups: (n: number) => [Math.ceil(n / size.tokens), Math.ceil(rows / size.rows), 1] }], T);
     // q4 values made in f16 arithmetic (scale x q + min, rounded once to f16): 1e-3 of the f64 product
     assertClose(await read(gpu, y, T * yStride), want, 2e-3, `${tensorCoreTileName(tile)}, ${T} tokens x ${rows} rows${bias ? ', bias' : ''}`);
