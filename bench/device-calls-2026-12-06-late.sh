@@ -3,6 +3,7 @@
 # Tint leaves alone"): what Dawn's robustness transform costs the f16 tensor-core prefill, and what the
 # kernel written for it (constant offsets into blocks of workgroup memory) wins back.
 #   T: matmul-tiled.test, matmul-int8.test and device.test (the new kernels against the CPU on the tensor cores)
+#   S: the batched step (bench/batched-step.ts, llama-3.1-8b, STEP_BATCHES rows, STEP_KERNELS) for STEP_APPS (new old)
 #   P: pp512 (q4 g64) on each of SHAPES for each RUNS entry APP:TOGGLES[:I8] (APP new or old: this build or the
 #      commit before; TOGGLES '-' for none, else comma-separated Dawn toggles through PDVM_DAWN_EXTRA_TOGGLES;
 #      short names: ra = enable_integer_range_analysis_in_robustness, cm = vulkan_use_cooperative_matrix_robust_access,
@@ -15,9 +16,11 @@ if [ "${1:-}" = "--build" ]; then
   K=/work/main/.gpu/late; rm -rf "$K"; mkdir -p "$K"
   B=(--bundle --platform=node --format=esm --external:webgpu "--banner:js=import { createRequire as __pdvmCreateRequire } from 'node:module'; const require = __pdvmCreateRequire(import.meta.url);")
   npx esbuild src/cli/main.ts "${B[@]}" --outfile="$K/app.mjs" --log-level=warning
+  npx esbuild bench/batched-step.ts "${B[@]}" --inject:src/backends/webgpu/node-gpu.ts --outfile="$K/batched-step.mjs" --log-level=warning
   for t in matmul-tiled matmul-int8 device; do npx esbuild test/backends/webgpu/$t.test.ts "${B[@]}" --inject:src/backends/webgpu/node-gpu.ts --outfile="$K/$t.test.mjs" --log-level=warning; done
   W=/tmp/pdvm-old; rm -rf "$W"; git worktree prune; git worktree add -f "$W" "${2:-HEAD}" >/dev/null
-  (cd "$W" && ln -s /work/main/node_modules node_modules && npx esbuild src/cli/main.ts "${B[@]}" --outfile="$K/app-old.mjs" --log-level=warning)
+  (cd "$W" && ln -s /work/main/node_modules node_modules && npx esbuild src/cli/main.ts "${B[@]}" --outfile="$K/app-old.mjs" --log-level=warning \
+    && npx esbuild bench/batched-step.ts "${B[@]}" --inject:src/backends/webgpu/node-gpu.ts --outfile="$K/batched-step-old.mjs" --log-level=warning)
   git worktree remove --force "$W"
   cp bench/device-calls-2026-12-06-late.sh "$K/run.sh"; du -sh "$K"; exit 0
 fi
@@ -39,5 +42,12 @@ for sh in ${SHAPES:-llama-3.1-8b}; do
     echo "t=$(( $(date +%s) - s ))s" >> $R/pp.txt
   done
 done ;; esac
+case "${1:-}" in *S*)
+for app in ${STEP_APPS:-new old}; do
+  left || break; A=.gpu/late/batched-step.mjs; [ $app = old ] && A=.gpu/late/batched-step-old.mjs
+  echo "== step $app" >> $R/step.txt
+  timeout ${STEP_S:-90} node $A --shape llama-3.1-8b --batches ${STEP_BATCHES:-8,32} --kernels ${STEP_KERNELS:-r8-4x2,tc} --steps 12 --context 512 --prompt 32 2>&1 | grep -v Warning | tail -${LINES_MAX:-40} >> $R/step.txt
+  echo "t=$(( $(date +%s) - s ))s" >> $R/step.txt
+done ;; esac
 echo "total $(( $(date +%s) - s ))s" >> $R/wall.txt
-cat $R/wall.txt $R/tests.txt $R/pp.txt 2>/dev/null | tail -120
+cat $R/wall.txt $R/tests.txt $R/pp.txt $R/step.txt 2>/dev/null | tail -150
