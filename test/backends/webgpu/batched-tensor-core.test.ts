@@ -19,13 +19,19 @@ import { read, readU32, run, SKIP_GPU, stepBuffer, storage, testGpu, withScalarS
 
 const f16 = (v: number) => f16ToF32(f32ToF16(v));
 
+/** The half of X16 holding row t's (permuted) half p: tile (t / 16, p / 16) of 256 halves, at (t % 16) * 16 + p % 16. */
+function x16Half(t: number, p: number, kp: number): number {
+  return ((t >> 4) * (kp / 16) + (p >> 4)) * 256 + (t & 15) * 16 + (p & 15);
+}
+
 /** Row t of X16 back in column order (column 8w + j + 4h of a unit at its half 8j + 2w + h). */
 function x16Row(words: Uint32Array, t: number, cols: number): Float32Array {
   const kp = x16Cols(cols), out = new Float32Array(cols);
   for (let c = 0; c < kp; c++) {
     const w = (c & 31) >> 3, j = c & 3, h = (c & 7) >> 2;
-    const half = (c & ~31) + 8 * j + 2 * w + h;
-    const word = words[(t * kp + half) >> 1]!;
+    const p = (c & ~31) + 8 * j + 2 * w + h;
+    const half = x16Half(t, p, kp);
+    const word = words[half >> 1]!;
     const v = f16ToF32((half & 1 ? word >>> 16 : word) & 0xffff);
     if (c < cols) out[c] = v;
     else assert.equal(v, 0, `row ${t}: pad column ${c} is ${v}`);
@@ -59,7 +65,7 @@ test('webgpu x16 rows: plain, SwiGLU and RMSNorm rows of x as f16 in the tensor-
       if (source !== 'plain') assertClose(stored.subarray(t * cols, (t + 1) * cols), want, 1e-5, `${source} row ${t} (f32)`);
       assertClose(x16Row(words, t, cols), want.map(f16), 1e-3, `${source} row ${t} (f16)`);
     }
-    for (let i = 0; i < x16Cols(cols) / 2; i++) assert.equal(words[(T - 1) * (x16Cols(cols) / 2) + i], 0, 'a row past T is untouched');
+    for (let p = 0; p < x16Cols(cols); p += 2) assert.equal(words[x16Half(T - 1, p, x16Cols(cols)) >> 1], 0, 'a row past T is untouched');
   }
 });
 
@@ -98,7 +104,7 @@ function withEmulatedMatrices(code: string): string {
   const block = /var<workgroup> ws: array<array<f16, (\d+)>/.exec(code)![1]; // ws in blocks of 16 rows, reached through pointers
   const helpers = `
 alias Mat = array<f32, 256>;
-fn sm_left_X16(off: u32, stride: u32) -> Mat { var m: Mat; for (var i = 0u; i < 16u; i++) { for (var k = 0u; k < 16u; k++) { m[i * 16u + k] = f32(X16[off + i * stride + k]); } } return m; }
+fn sm_left_X16(tile: u32, off: u32, stride: u32) -> Mat { var m: Mat; for (var i = 0u; i < 16u; i++) { for (var k = 0u; k < 16u; k++) { m[i * 16u + k] = f32(X16[tile][off + i * stride + k]); } } return m; }
 fn sm_right_ws(p: ptr<workgroup, array<f16, ${block}>>, off: u32, stride: u32) -> Mat { var m: Mat; for (var k = 0u; k < 16u; k++) { for (var n = 0u; n < 16u; n++) { m[k * 16u + n] = f32((*p)[off + n * stride + k]); } } return m; }
 fn sm_mma(l: Mat, r: Mat, a: Mat) -> Mat {
   var o = a;
@@ -111,7 +117,7 @@ fn sm_store_cs(p: ptr<workgroup, array<f32, 256>>, off: u32, v: Mat, stride: u32
     .replace('enable chromium_experimental_subgroup_matrix;\n', '')
     .replace(/\n@compute/, `${helpers}\n@compute`)
     .replace(/subgroup_matrix_result<f32, 16, 16>\(\)/g, 'Mat()')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>\(&X16, /g, 'sm_left_X16(')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>\(&X16\[([^\]]*)\], /g, 'sm_left_X16($1, ')
     .replace(/subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>\(/g, 'sm_right_ws(')
     .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
     .replace(/subgroupMatrixStore<row_major>\(/g, 'sm_store_cs(');

@@ -8,7 +8,12 @@
  *
  * x is first written as f16 rows (`X16`, x16RowsWgsl: by the RMSNorm, the SwiGLU or a plain copy),
  * KP = cols rounded up to 256 halves a row (pad zeros), the columns of each unit of 32 permuted: column
- * 8w + j + 4h (word w, nibble j + 4h of the q4 unit) at half 8j + 2w + h of the unit. (word >> 4j) &
+ * 8w + j + 4h (word w, nibble j + 4h of the q4 unit) at half 8j + 2w + h of the unit. The rows are
+ * stored in tiles of 16 tokens x 16 (permuted) halves, 512 bytes each, row-major inside a tile, tile
+ * (t / 16, h / 16) at index (t / 16) * KP / 16 + h / 16: each left matrix is one whole tile, loaded
+ * through a pointer to it at offset 0 with stride 16. Constant offset and stride into a fixed-size
+ * array: Dawn's robustness transform adds no bounds check or select to the load, as it does to a load
+ * at a computed offset into a runtime-sized array (which also hides the stride from the driver). (word >> 4j) &
  * 0x000F000F gives nibbles j and j + 4 as one pair of halves, and the four lanes holding words 0..3 of
  * a unit write their pair j to four consecutive words, so that a store instruction's lanes (4 rows x 2
  * units x 4 words at KS 64) fall in 32 different banks. W and x share the permutation, so the sums are
@@ -83,12 +88,13 @@ export function batchedTensorCoreWgsl(s: BatchedTensorCoreShape, subgroupSize: n
   const STAGES = Math.ceil(s.cols / KS);
   const byId = indexing === 'subgroup-id';
   const names = batchedTensorCoreBindings(s);
-  const type: Record<string, string> = { Q: 'array<u32>', SM: 'array<u32>', X16: 'array<f16>', Y: 'array<f32>', STEP: 'array<u32>', BIAS: 'array<f32>' };
+  const type: Record<string, string> = { Q: 'array<u32>', SM: 'array<u32>', X16: 'array<array<f16, 256>>', Y: 'array<f32>', STEP: 'array<u32>', BIAS: 'array<f32>' };
   const decl = names.map((n, i) => `@group(0) @binding(${i}) var<storage, ${n === 'Y' ? 'read_write' : 'read'}> ${n}: ${type[n]};`).join('\n');
   const P = Array.from({ length: UL }, (_, p) => p);
-  const L = (off: string) => s.lab === 'no-x-loads'
-    ? subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', 'pw0', `(${off}) % ${16 * S}u`, false, `${S}u`)
-    : subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', '&X16', off, false, 'KP');
+  // the left matrix of tokens t0 + 16i, columns k0 + kk: X16 tile xt + KT i + kk / 16
+  const L = (i: number, kk: number) => s.lab === 'no-x-loads'
+    ? subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', 'pw0', `${kk}u`, false, `${S}u`)
+    : subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<f16, 16, 16>', `&X16[xt + ${i === 1 ? 'KT + ' : ''}${kk / 16}u]`, '0u', false, '16u');
   const R = (p: string, off: number) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<f16, 16, 16>', p, `${off}u`, true, `${S}u`);
   // a stage's words for this lane: lane l holds word l % 4 of unit (l / 4) % UPS of the stage, row
   // l / (4 UPS) + RPI p (coalesced: consecutive lanes, consecutive words of a row)
@@ -126,15 +132,15 @@ export function batchedTensorCoreWgsl(s: BatchedTensorCoreShape, subgroupSize: n
           ${load('next', set).split('\n').join('\n      ')}
         }
         if (st < STAGES) {
-          let k0 = st * ${KS}u;
+          let xt = (t0 / 16u) * KT + st * ${KS / 16}u;
           ${Array.from({ length: KS / 16 }, (_, q) => 16 * q).map((kk) => `{ // k + ${kk}: constant offsets into the subgroup's blocks (no robustness clamp)
             let r0 = ${R('pw0', kk)};
             let r1 = ${R('pw1', kk)};
-            let l0 = ${L(`t0 * KP + k0 + ${kk}u`)};
+            let l0 = ${L(0, kk)};
             a0_0 = subgroupMatrixMultiplyAccumulate(l0, r0, a0_0);
             a0_1 = subgroupMatrixMultiplyAccumulate(l0, r1, a0_1);
             if (two) {
-              let l1 = ${L(`(t0 + 16u) * KP + k0 + ${kk}u`)};
+              let l1 = ${L(1, kk)};
               a1_0 = subgroupMatrixMultiplyAccumulate(l1, r0, a1_0);
               a1_1 = subgroupMatrixMultiplyAccumulate(l1, r1, a1_1);
             }
@@ -169,6 +175,7 @@ const UNITS = ${s.units}u;
 const GROUP = ${s.group}u;
 const GROUPS = ${Math.ceil(s.cols / s.group)}u;
 const KP = ${KP}u;
+const KT = ${KP / 16}u; // X16 tiles a row of 16 tokens
 const STAGES = ${STAGES}u;
 const ITERS = ${Math.ceil(STAGES / NSG)}u;
 ${decl}
@@ -178,7 +185,7 @@ var<workgroup> cs: array<array<f32, 256>, ${NSG}>; // per subgroup a 16 x 16 par
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {
   let T = STEP[0];
-  ${s.lab ? '// every binding stays in the auto layout\n  if (T == 0xFFFFFFFFu) { Y[0] = f32(Q[0]) + f32(SM[0]) + f32(X16[0]); }' : ''}
+  ${s.lab ? '// every binding stays in the auto layout\n  if (T == 0xFFFFFFFFu) { Y[0] = f32(Q[0]) + f32(SM[0]) + f32(X16[0][0]); }' : ''}
   let rb = linear_workgroup(wid, nwg) * ${TC_ROWS}u;
   let g = ${byId ? 'sg_id' : `lid / ${SG}u`};
   let lane = ${byId ? 'sg_lane' : `lid % ${SG}u`};
@@ -206,8 +213,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 /**
  * x to the product's f16 rows (X16, the layout above): per token row t and 8 columns 8w.. of unit u,
- * the words X16[t * KP / 2 + 16 u + 4 j + w % 4] = (x[8w + j], x[8w + j + 4]) for j = 0..3 (clamped
- * to f16's range; zeros past cols). Three producers:
+ * the pairs (x[8w + j], x[8w + j + 4]) for j = 0..3 (clamped to f16's range; zeros past cols) at
+ * halves 8j + 2 (w % 4) of the unit, i.e. in tile (t / 16, 2u + j / 2) at word (t % 16) * 8 + 4 (j % 2)
+ * + w % 4 of its 128. Three producers:
  *   'plain':  x as stored (T, cols) f32; an invocation per 8 columns;
  *   'swiglu': x = silu(gate) * up of gate_up rows (T, 2 cols) (as kernels/swiglu.ts), also stored to X;
  *   'norm':   RMSNorm of x's rows (a workgroup of 256 per row; out = x * rsqrt(mean(x^2) + eps) * w, as
@@ -217,15 +225,15 @@ export function x16RowsWgsl(cols: number, source: 'plain' | 'swiglu' | 'norm', f
   if (cols % 8 !== 0) throw new Error(`x16 rows: ${cols} columns are not a multiple of 8`);
   const W8 = cols / 8, KP8 = x16Cols(cols) / 8;
   const PACK = /* wgsl */ `
-// columns 8w .. 8w + 7 of row t (lo, hi) to their four words
+// columns 8w .. 8w + 7 of row t (lo, hi) to their four words (two in each of the unit's two tiles)
 fn store_x16(t: u32, w: u32, lo: vec4<f32>, hi: vec4<f32>) {
   let a = clamp(lo, vec4<f32>(-65504.0), vec4<f32>(65504.0));
   let b = clamp(hi, vec4<f32>(-65504.0), vec4<f32>(65504.0));
-  let o = t * KP8 * 4u + (w / 4u) * 16u + w % 4u;
+  let o = ((t / 16u) * KP8 / 2u + (w / 4u) * 2u) * 128u + (t % 16u) * 8u + w % 4u;
   X16[o] = pack2x16float(vec2<f32>(a.x, b.x));
   X16[o + 4u] = pack2x16float(vec2<f32>(a.y, b.y));
-  X16[o + 8u] = pack2x16float(vec2<f32>(a.z, b.z));
-  X16[o + 12u] = pack2x16float(vec2<f32>(a.w, b.w));
+  X16[o + 128u] = pack2x16float(vec2<f32>(a.z, b.z));
+  X16[o + 132u] = pack2x16float(vec2<f32>(a.w, b.w));
 }`;
   const consts = `const W8 = ${W8}u; // 8-column groups of a row of x
 const KP8 = ${KP8}u; // of a row of X16`;
