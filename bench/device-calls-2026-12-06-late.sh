@@ -3,7 +3,8 @@
 # Tint leaves alone"): what Dawn's robustness transform costs the f16 tensor-core prefill, and what the
 # kernel written for it (constant offsets into blocks of workgroup memory) wins back.
 #   T: matmul-tiled.test, matmul-int8.test and device.test (the new kernels against the CPU on the tensor cores)
-#   S: the batched step (bench/batched-step.ts, llama-3.1-8b, STEP_BATCHES rows, STEP_KERNELS) for STEP_APPS (new old)
+#   D: decode tg128 (DECODE_SHAPE, phi-4) for each DECODE_RUNS entry APP:TOGGLES
+#   S: the batched step (bench/batched-step.ts, llama-3.1-8b, STEP_BATCHES rows, STEP_KERNELS) for each STEP_RUNS entry APP:TOGGLES
 #   P: pp512 (q4 g64) on each of SHAPES for each RUNS entry APP:TOGGLES[:I8] (APP new or old: this build or the
 #      commit before; TOGGLES '-' for none, else comma-separated Dawn toggles through PDVM_DAWN_EXTRA_TOGGLES;
 #      short names: ra = enable_integer_range_analysis_in_robustness, cm = vulkan_use_cooperative_matrix_robust_access,
@@ -42,12 +43,18 @@ for sh in ${SHAPES:-llama-3.1-8b}; do
     echo "t=$(( $(date +%s) - s ))s" >> $R/pp.txt
   done
 done ;; esac
+case "${1:-}" in *D*)
+for kk in ${DECODE_RUNS:-new:- new:ra old:-}; do
+  left || break; IFS=: read app tg <<< "$kk"; T=$(toggles "$tg"); A=.gpu/late/app.mjs; [ $app = old ] && A=.gpu/late/app-old.mjs
+  echo "== decode $app toggles=$T" >> $R/decode.txt
+  env PDVM_DAWN_EXTRA_TOGGLES="$T" PDVM_SUBGROUP_MATRIX=0 timeout ${BENCH_S:-60} node $A bench --shape ${DECODE_SHAPE:-phi-4} --encoding q4 --group 64 --context 512 --tokens 128 --skip-prefill 2>&1 | grep -v Warning | grep -E "tok/s|rror" | head -6 >> $R/decode.txt
+done ;; esac
 case "${1:-}" in *S*)
-for app in ${STEP_APPS:-new old}; do
-  left || break; A=.gpu/late/batched-step.mjs; [ $app = old ] && A=.gpu/late/batched-step-old.mjs
-  echo "== step $app" >> $R/step.txt
-  timeout ${STEP_S:-90} node $A --shape llama-3.1-8b --batches ${STEP_BATCHES:-8,32} --kernels ${STEP_KERNELS:-r8-4x2,tc} --steps 12 --context 512 --prompt 32 2>&1 | grep -v Warning | tail -${LINES_MAX:-40} >> $R/step.txt
+for kk in ${STEP_RUNS:-new:- new:ra,cm old:-}; do
+  left || break; IFS=: read app tg <<< "$kk"; T=$(toggles "$tg"); A=.gpu/late/batched-step.mjs; [ $app = old ] && A=.gpu/late/batched-step-old.mjs
+  echo "== step $app toggles=$T" >> $R/step.txt
+  PDVM_DAWN_EXTRA_TOGGLES="$T" timeout ${STEP_S:-90} node $A --shape llama-3.1-8b --batches ${STEP_BATCHES:-8,32} --kernels ${STEP_KERNELS:-r8-4x2,tc} --steps 12 --context 512 --prompt 32 ${STEP_PROFILE:+--profile $STEP_PROFILE} 2>&1 | grep -v Warning | tail -${LINES_MAX:-40} >> $R/step.txt
   echo "t=$(( $(date +%s) - s ))s" >> $R/step.txt
 done ;; esac
 echo "total $(( $(date +%s) - s ))s" >> $R/wall.txt
-cat $R/wall.txt $R/tests.txt $R/pp.txt $R/step.txt 2>/dev/null | tail -150
+cat $R/wall.txt $R/tests.txt $R/pp.txt $R/step.txt $R/decode.txt 2>/dev/null | tail -150
