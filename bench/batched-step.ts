@@ -8,7 +8,7 @@
  * merge writes the o product's int8 x), beside the fused decoder's single-stream rate in the same process
  * (the best one-stream path); `--kernels tiled` puts the prefill's matrix-matrix kernels in the
  * products instead (`tiled@TILE/WGS`: the int8 few-token tile and column split, as PDVM_I8_TILE and
- * PDVM_I8_SPLIT, under PDVM_PREFILL_I8=row|row-q4; `tiled@dTT` the direct 'row' kernel), `tc` the batched tensor-core products (kernels/batched-tensor-core.ts; `tc-KS-WARPS[-DEPTH]`
+ * PDVM_I8_SPLIT, under PDVM_PREFILL_I8=row|row-q4; `tiled@dTT` the direct 'row' kernel, `tiled@tTT` the same on tiles), `tc` the batched tensor-core products (kernels/batched-tensor-core.ts; `tc-KS-WARPS[-DEPTH]`
  * with columns a stage, the subgroups a dispatch aims at and the stages loaded ahead; `...-nodequant`
  * and `...-nox` time the kernel without its weights' dequantization or without x's global loads:
  * wrong tokens, timing only); with --profile, each dispatch of a
@@ -80,20 +80,22 @@ const prompt = (b: number) => Array.from({ length: promptTokens }, (_, i) => (b 
 
 const results: { kernel: string; B: number; msPerStep: number; tokPerS: number }[] = [];
 const firstIds: Record<number, number[]> = {};
-const defaults = { int8Tile: gpu.features.int8Tile, int8Direct: gpu.features.int8Direct, int8SplitWorkgroups: gpu.features.int8SplitWorkgroups };
+const defaults = { int8Tile: gpu.features.int8Tile, int8Direct: gpu.features.int8Direct, int8DirectTiles: gpu.features.int8DirectTiles, int8SplitWorkgroups: gpu.features.int8SplitWorkgroups };
 for (const name of values.kernels!.split(',')) {
   // `+cq`: the attention merge writes the o product's int8 x (WebGpuEngine.batchCombineQuantize)
   const combineQuantize = name.endsWith('+cq');
   // `tiled@TILE/WGS`: the int8 few-token products (PDVM_PREFILL_I8=row|row-q4) with that tile (as
   // PDVM_I8_TILE) and split aiming at WGS workgroups a token tile (as PDVM_I8_SPLIT)
   const few = /^tiled(?:@(\w+))?(?:\/(\d+))?$/.exec(name.replace(/\+cq$/, ''));
-  // `tiled@dTT`: scaling 'row' with the operands straight from global memory, 16 x TT tokens a workgroup (as PDVM_I8_DIRECT)
+  // `tiled@dTT`: scaling 'row' with the operands straight from global memory, 16 x TT tokens a workgroup (as PDVM_I8_DIRECT);
+  // `tiled@tTT`: the same with the operands in tiles of 16 rows x 32 bytes (as PDVM_I8_DIRECT=tTT)
   // (each `tiled` kernel starts from the process's settings, not from the kernel before it)
   if (few) {
-    const direct = /^d[124]$/.test(few[1] ?? '');
+    const direct = /^[dt][124]$/.test(few[1] ?? '');
     const tile = few[1] && !direct ? parseInt8Tile(few[1]) : defaults.int8Tile;
     if (!tile && few[1] && !direct) throw new Error(`kernel ${name}: no int8 tile ${few[1]}`);
     gpu.features.int8Direct = direct ? Number(few[1]!.slice(1)) : defaults.int8Direct;
+    gpu.features.int8DirectTiles = direct ? few[1]!.startsWith('t') : defaults.int8DirectTiles;
     gpu.features.int8Tile = tile;
     gpu.features.int8SplitWorkgroups = few[2] ? Number(few[2]) : defaults.int8SplitWorkgroups;
   }

@@ -65,6 +65,8 @@ export interface GpuFeatures {
    * (PDVM_I8_DIRECT=1|2|4; measured slower than the staged tiles, a lab variant).
    */
   int8Direct: number;
+  /** The direct kernel's operands in tiles of 16 rows x 32 bytes, loaded at constant offsets (PDVM_I8_DIRECT=t1|t2|t4; not yet measured). */
+  int8DirectTiles: boolean;
   /** PDVM_I8_LAB=no-scale: the int8 kernel without its per-group scaling (timing only, wrong results). */
   int8Lab: 'no-scale' | null;
   /** How the int8 products scale: per q4 group ('group', PDVM_PREFILL_I8=1) or once per row and token ('row' or 'row-q4', PDVM_PREFILL_I8=row|row-q4). */
@@ -285,7 +287,8 @@ export class Gpu {
       int8Units: 'words',
       int8Tile: parseInt8Tile(env('PDVM_I8_TILE')),
       int8SplitWorkgroups: Number(env('PDVM_I8_SPLIT')) > 0 ? Number(env('PDVM_I8_SPLIT')) : INT8_SPLIT_WORKGROUPS,
-      int8Direct: [1, 2, 4].includes(Number(env('PDVM_I8_DIRECT'))) ? Number(env('PDVM_I8_DIRECT')) : 0,
+      int8Direct: /^t?[124]$/.test(env('PDVM_I8_DIRECT') ?? '') ? Number(env('PDVM_I8_DIRECT')!.replace('t', '')) : 0,
+      int8DirectTiles: /^t[124]$/.test(env('PDVM_I8_DIRECT') ?? ''),
       int8Lab: env('PDVM_I8_LAB') === 'no-scale' ? 'no-scale' : null,
       int8Scaling: prefillInt8 === 'row' || prefillInt8 === 'row-q4' ? prefillInt8 : 'group',
       dawnToggles: entry.toggles,

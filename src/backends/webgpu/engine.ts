@@ -28,7 +28,7 @@ import { fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
 import type { FusedModelWeights } from './fused/weights.js';
 import { attentionSplitFor } from './kernels/attention-tensor-core.js';
 import { paddedCols } from './kernels/matmul-tiled.js';
-import { int8TokenScratch, int8TokensInUse, int8TokensPrepared, quantizeTokensOp, argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, decodeCombineOp, embeddingOp, matmulOp, normQuantizeRowsOp, prefillKernel, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type BatchedMatvecSplit, type MatmulIo } from './ops.js';
+import { int8TokenScratch, int8TokensInUse, int8TokensLayout, int8TokensPrepared, quantizeTokensOp, argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, decodeCombineOp, embeddingOp, matmulOp, normQuantizeRowsOp, prefillKernel, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type BatchedMatvecSplit, type MatmulIo } from './ops.js';
 import { gpuWeightBytes, uploadVector, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
 import { guardAllocation, uploadModelWeights } from './upload.js';
 import { batchedTensorCoreOp, defaultTensorCoreSplit, normX16Op, selfTestBatchedTensorCore, swigluX16Op, x16Bytes, x16Op, type TensorCoreSplit } from './batched-products.js';
@@ -843,7 +843,8 @@ export class WebGpuEngine implements Engine {
     const int8 = activations === 'int8' && gpu.subgroups && this.batchProducts !== 'tiled';
     // the tiled products on the int8 tensor cores a few tokens at a time: the norms and the SwiGLU write
     // x as int8 a token as they go, and the products after them take it (io.prepared)
-    const tokens8 = this.batchProducts === 'tiled' && int8TokensInUse(gpu) && H % 64 === 0 && ffn % 64 === 0 ? int8TokenScratch(gpu, maxRows, widest) : null;
+    const layout8 = int8TokensLayout(gpu); // rows, or the direct kernel's tiles
+    const tokens8 = this.batchProducts === 'tiled' && int8TokensInUse(gpu) && H % 64 === 0 && ffn % 64 === 0 ? int8TokenScratch(gpu, maxRows, widest, layout8) : null;
     const buffers: GPUBuffer[] = [];
     const buffer = (label: string, bytes: number, usage: GPUBufferUsageFlags) => {
       const b = gpu.createBuffer(label, Math.max(16, Math.ceil(bytes / 16) * 16), usage);
@@ -873,16 +874,16 @@ export class WebGpuEngine implements Engine {
     // int8 x: rmsnorm and SwiGLU write the int8 blocks as they go (one dispatch each instead of two)
     const fuse = int8 && !tc && H % 32 === 0 && ffn % 32 === 0;
     // what the products after a norm (cols H) or the SwiGLU (ffn) find made: x as int8 a token, where tokens8
-    const made = (cols: number) => (tokens8 ? int8TokensPrepared(tokens8, cols) : new Map<string, GPUBuffer[]>());
+    const made = (cols: number) => (tokens8 ? int8TokensPrepared(tokens8, cols, layout8) : new Map<string, GPUBuffer[]>());
     const norm = (weight: GPUBuffer, step: GPUBuffer): Dispatch[] =>
       tokens8
-        ? [quantizeTokensOp(gpu, H, { kind: 'norm', eps: c.rmsNormEps, x: a.x, weight }, a.xn, tokens8, step)]
+        ? [quantizeTokensOp(gpu, H, { kind: 'norm', eps: c.rmsNormEps, x: a.x, weight }, a.xn, tokens8, step, layout8)]
         : tc
         ? [normX16Op(gpu, H, c.rmsNormEps, a.x, weight, a.xn, tc, step)]
         : fuse
         ? [normQuantizeRowsOp(gpu, H, c.rmsNormEps, maxRows, a.x, weight, a.xn, xq!, xd!, step)]
         : [rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all' }, C, a.x, weight, a.xn, step), ...(int8 && H % 32 === 0 ? [quantizeRowsOp(gpu, H, maxRows, a.xn, xq!, xd!, step)] : [])];
-    const swiglu = tokens8 ? [quantizeTokensOp(gpu, ffn, { kind: 'swiglu', gateUp: a.gateUp }, a.act, tokens8, a.step)] : tc ? [swigluX16Op(gpu, ffn, a.gateUp, a.act, tc, a.step)] : fuse ? [quantizeRowsOp(gpu, ffn, maxRows, a.act, xq!, xd!, a.step, a.gateUp)] : [swigluOp(gpu, ffn, C, a.gateUp, a.act, a.step), ...quantize(a.act, ffn)];
+    const swiglu = tokens8 ? [quantizeTokensOp(gpu, ffn, { kind: 'swiglu', gateUp: a.gateUp }, a.act, tokens8, a.step, layout8)] : tc ? [swigluX16Op(gpu, ffn, a.gateUp, a.act, tc, a.step)] : fuse ? [quantizeRowsOp(gpu, ffn, maxRows, a.act, xq!, xd!, a.step, a.gateUp)] : [swigluOp(gpu, ffn, C, a.gateUp, a.act, a.step), ...quantize(a.act, ffn)];
     // decode attention in chunks of keys, where its kernels apply
     const attention = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, contextLength: this.contextLength, rotaryDim: c.rotaryDim };
     let split: DecodeRowsPlan['split'] = null;

@@ -13,7 +13,7 @@ import {
   chooseTensorCoreTile, convertF16Invocations, convertF16Wgsl, F32_TILE, linearGrid, matmulTensorCoreWgsl, matmulTiledF32Wgsl, paddedCols, tensorCoreTileName,
   tensorCoreTileSize, tensorCoreWorkgroupBytes, tiledSupports, type TiledKernel, type TiledMatmulShape, type TiledWeight,
 } from './kernels/matmul-tiled.js';
-import { chooseInt8Split, chooseInt8Tile, INT8_BLOCK, int8DirectFits, matmulInt8DirectWgsl, INT8_FEW_TILE, int8SplitCombineWgsl, type Int8Split, int8InputBytes, int8Supports, int8TileName, int8TileSize, int8WorkgroupBytes, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl } from './kernels/matmul-int8.js';
+import { chooseInt8Split, chooseInt8Tile, INT8_BLOCK, int8DirectFits, matmulInt8DirectWgsl, INT8_FEW_TILE, int8SplitCombineWgsl, type Int8Split, int8InputBytes, int8Supports, int8TileName, int8TileSize, int8WorkgroupBytes, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl, type Int8Layout } from './kernels/matmul-int8.js';
 import { kvDefines, type KvLayout } from './kernels/kv.js';
 import { attentionMergeWgsl, attentionPartsBytes, attentionSplitFor, attentionTensorCoreBytes, attentionTensorCoreFits, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
 import { f32Literal, grid } from './kernels/prelude.js';
@@ -263,10 +263,13 @@ function madeBefore(io: MatmulIo, what: string, ...buffers: GPUBuffer[]): boolea
  */
 function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: MatmulIo, maxTokens: number): Dispatch[] {
   const few = io.fewTokens === true && gpu.features.int8Scaling !== 'group';
-  const { xq, xscale } = int8TokenScratch(gpu, maxTokens, shape.cols);
   const scaling = gpu.features.int8Scaling;
+  // few tokens, 'row': the operands straight from global memory where asked for (PDVM_I8_DIRECT), in tiles or rows
+  const direct = few && scaling === 'row' && gpu.features.int8Direct > 0 && int8DirectFits(shape);
+  const layout: Int8Layout = direct ? int8DirectLayout(gpu) : 'rows';
+  const { xq, xscale } = int8TokenScratch(gpu, maxTokens, shape.cols, layout);
   const quantize = scaling !== 'group'
-    ? { label: 'quantize_tokens', pipeline: gpu.pipeline('quantize_tokens', { cols: shape.cols }, () => quantizeTokensWgsl(shape.cols)), grid: (T: number) => quantizeTokensGrid(T) }
+    ? { label: quantizeTokensLabel(layout), pipeline: gpu.pipeline('quantize_tokens', { cols: shape.cols, layout }, () => quantizeTokensWgsl(shape.cols, { kind: 'plain' }, layout)), grid: (T: number) => quantizeTokensGrid(T) }
     : { label: 'quantize_blocks', pipeline: gpu.pipeline('quantize_blocks', { cols: shape.cols }, () => quantizeBlocksWgsl(shape.cols)), grid: (T: number) => quantizeBlocksGrid(T, shape.cols) };
   // x quantized once for the products of one x in a row (both its buffers as an earlier one left them)
   const quantizeX = (): Dispatch[] =>
@@ -275,13 +278,12 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
       : [{ label: quantize.label, pipeline: quantize.pipeline, bindGroup: gpu.bindGroup(quantize.label, quantize.pipeline, [io.x, xq, xscale, io.step]), workgroups: quantize.grid }];
   const indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index';
   const syntax = gpu.features.int8Syntax, units = gpu.features.int8Units;
-  // few tokens, 'row': the operands straight from global memory where asked for (PDVM_I8_DIRECT)
-  if (few && scaling === 'row' && gpu.features.int8Direct > 0 && int8DirectFits(shape)) {
+  if (direct) {
     const TT = gpu.features.int8Direct;
-    const pipeline = gpu.pipeline('matmul_int8_direct', { ...shape, ...shape.weight, weight: 'q4', syntax, units, TT, indexing }, () => matmulInt8DirectWgsl(shape, syntax, units, TT, indexing));
+    const pipeline = gpu.pipeline('matmul_int8_direct', { ...shape, ...shape.weight, weight: 'q4', syntax, units, TT, indexing, layout }, () => matmulInt8DirectWgsl(shape, syntax, units, TT, indexing, layout));
     return [
       ...quantizeX(),
-      { label: 'matmul_int8_direct', pipeline, bindGroup: gpu.bindGroup('matmul_int8_direct', pipeline, [...int8Rows(gpu, shape, buffers), xq, xscale, io.y, io.step, ...(io.bias ? [io.bias] : [])]), workgroups: (T: number) => [Math.ceil(T / (16 * TT)), shape.rows / 16, 1] },
+      { label: 'matmul_int8_direct', pipeline, bindGroup: gpu.bindGroup('matmul_int8_direct', pipeline, [...int8Rows(gpu, shape, buffers, false, layout), xq, xscale, io.y, io.step, ...(io.bias ? [io.bias] : [])]), workgroups: (T: number) => [Math.ceil(T / (16 * TT)), shape.rows / 16, 1] },
     ];
   }
   const tile = gpu.features.int8Tile ?? (few ? INT8_FEW_TILE : chooseInt8Tile(shape.rows, maxTokens, scaling));
@@ -314,11 +316,33 @@ function int8Op(gpu: Gpu, shape: TiledMatmulShape, buffers: GPUBuffer[], io: Mat
   ];
 }
 
-/** The scratch buffers of x as int8 (xq, xscale) that the int8 products read, for `maxTokens` tokens of up to `cols` columns. */
-export function int8TokenScratch(gpu: Gpu, maxTokens: number, cols: number): { xq: GPUBuffer; xscale: GPUBuffer } {
+/**
+ * The scratch buffers of x as int8 (xq, xscale) that the int8 products read, for `maxTokens` tokens of
+ * up to `cols` columns; x in the 'tiles' layout (the direct kernel's, Int8Layout) has a buffer of its
+ * own (and scales), so that a product quantizing x in rows never overwrites tiles another is to read.
+ */
+export function int8TokenScratch(gpu: Gpu, maxTokens: number, cols: number, layout: Int8Layout = 'rows'): { xq: GPUBuffer; xscale: GPUBuffer } {
   const bytes = int8InputBytes(Math.ceil(maxTokens / 512) * 512, cols);
-  return { xq: gpu.scratch('xq', bytes.xq), xscale: gpu.scratch('xscale', bytes.xscale) };
+  const tiles = layout === 'tiles' ? '_tiles' : '';
+  return { xq: gpu.scratch(`xq${tiles}`, bytes.xq), xscale: gpu.scratch(`xscale${tiles}`, bytes.xscale) };
 }
+
+/** The layout the direct int8 kernel reads (PDVM_I8_DIRECT=tTT: tiles; its offsets must be in words). */
+export function int8DirectLayout(gpu: Gpu): Int8Layout {
+  return gpu.features.int8DirectTiles && gpu.features.int8Units === 'words' ? 'tiles' : 'rows';
+}
+
+/**
+ * The layout in which norms and SwiGLU write x as int8 a token for the few-token products after them
+ * (quantizeTokensOp): the direct kernel's tiles where it runs in tiles, else rows. A product that does
+ * not read that layout quantizes x itself (io.prepared has no key of its layout).
+ */
+export function int8TokensLayout(gpu: Gpu): Int8Layout {
+  return gpu.features.int8Direct > 0 && gpu.features.int8Scaling === 'row' ? int8DirectLayout(gpu) : 'rows';
+}
+
+/** The label (and io.prepared key) of x quantized a token in a layout. */
+const quantizeTokensLabel = (layout: Int8Layout) => (layout === 'tiles' ? 'quantize_tokens_tiles' : 'quantize_tokens');
 
 /**
  * Whether the int8 products of few tokens take x as int8 a token (scaling by row, self-tested on this
@@ -335,33 +359,35 @@ export function int8TokensInUse(gpu: Gpu): boolean {
  */
 export function quantizeTokensOp(
   gpu: Gpu, cols: number, source: { kind: 'norm'; eps: number; x: GPUBuffer; weight: GPUBuffer } | { kind: 'swiglu'; gateUp: GPUBuffer }, out: GPUBuffer, s: { xq: GPUBuffer; xscale: GPUBuffer }, step: GPUBuffer,
+  layout: Int8Layout = 'rows',
 ): Dispatch {
-  const label = `${source.kind}_quantize_tokens`; // the pipeline's name: its source
+  const label = `${source.kind}_${quantizeTokensLabel(layout)}`; // the pipeline's name: its source
   const eps = source.kind === 'norm' ? f32Literal(source.eps) : '';
-  const pipeline = gpu.pipeline(label, { cols, eps }, () => quantizeTokensWgsl(cols, source.kind === 'norm' ? { kind: 'norm', eps } : { kind: 'swiglu' }));
+  const pipeline = gpu.pipeline(label, { cols, eps }, () => quantizeTokensWgsl(cols, source.kind === 'norm' ? { kind: 'norm', eps } : { kind: 'swiglu' }, layout));
   const inputs = source.kind === 'norm' ? [source.x, source.weight] : [source.gateUp];
   return { label, pipeline, bindGroup: gpu.bindGroup(label, pipeline, [...inputs, out, s.xq, s.xscale, step]), workgroups: (T: number) => quantizeTokensGrid(T) };
 }
 
-/** io.prepared for the products after quantizeTokensOp: x of `cols` columns is in `s` as int8 a token. */
-export function int8TokensPrepared(s: { xq: GPUBuffer; xscale: GPUBuffer }, cols: number): Map<string, GPUBuffer[]> {
-  return new Map([[quantizedKey('quantize_tokens', cols), [s.xq, s.xscale]]]);
+/** io.prepared for the products after quantizeTokensOp: x of `cols` columns is in `s` as int8 a token (in `layout`). */
+export function int8TokensPrepared(s: { xq: GPUBuffer; xscale: GPUBuffer }, cols: number, layout: Int8Layout = 'rows'): Map<string, GPUBuffer[]> {
+  return new Map([[quantizedKey(quantizeTokensLabel(layout), cols), [s.xq, s.xscale]]]);
 }
 
 /**
  * A q4 g64 matrix rounded again to int8 a row (kernels/matmul-int8.ts q4ToInt8RowsWgsl), made once and
- * kept beside its q4 words; `scalesOnly` (scaling 'row-q4'): only each row's (scale, 127 / max).
+ * kept beside its q4 words; `scalesOnly` (scaling 'row-q4'): only each row's (scale, 127 / max);
+ * `layout` 'tiles': the same bytes in the direct kernel's tiles (a copy of its own).
  */
-const int8RowsOf = new WeakMap<GPUBuffer, GPUBuffer[]>(), int8RowScalesOf = new WeakMap<GPUBuffer, GPUBuffer[]>();
-function int8Rows(gpu: Gpu, shape: TiledMatmulShape, q4: GPUBuffer[], scalesOnly = false): GPUBuffer[] {
-  const memo = scalesOnly ? int8RowScalesOf : int8RowsOf;
+const int8RowsOf = new WeakMap<GPUBuffer, GPUBuffer[]>(), int8RowScalesOf = new WeakMap<GPUBuffer, GPUBuffer[]>(), int8TilesOf = new WeakMap<GPUBuffer, GPUBuffer[]>();
+function int8Rows(gpu: Gpu, shape: TiledMatmulShape, q4: GPUBuffer[], scalesOnly = false, layout: Int8Layout = 'rows'): GPUBuffer[] {
+  const memo = scalesOnly ? int8RowScalesOf : layout === 'tiles' ? int8TilesOf : int8RowsOf;
   const known = memo.get(q4[0]!);
   if (known) return known;
   const device = gpu.device;
   const out = scalesOnly
     ? [gpu.createBuffer('int8_row_scales', Math.max(16, shape.rows * 8), GPUBufferUsage.STORAGE)]
     : [gpu.createBuffer('int8_rows', shape.rows * shape.cols, GPUBufferUsage.STORAGE), gpu.createBuffer('int8_rows_scale', Math.max(16, shape.rows * 4), GPUBufferUsage.STORAGE)];
-  const pipeline = gpu.pipeline('q4_to_int8_rows', { rows: shape.rows, cols: shape.cols, scalesOnly }, () => q4ToInt8RowsWgsl(shape.rows, shape.cols, scalesOnly));
+  const pipeline = gpu.pipeline('q4_to_int8_rows', { rows: shape.rows, cols: shape.cols, scalesOnly, layout }, () => q4ToInt8RowsWgsl(shape.rows, shape.cols, scalesOnly, layout));
   const encoder = device.createCommandEncoder();
   const pass = encoder.beginComputePass();
   pass.setPipeline(pipeline);

@@ -215,6 +215,43 @@ test('webgpu quantize_tokens fused into the RMSNorm and the SwiGLU (the batched 
   }
 });
 
+/** Words of int8 rows (n rows of `cols` bytes) in the direct kernel's tiles of 16 rows x 32 bytes (rows rounded up to 16, zeros past n). */
+function toTiles(words: Uint32Array, n: number, cols: number): Uint32Array {
+  const kt = cols / 32, wpr = cols / 4, out = new Uint32Array((Math.ceil(n / 16) * 16 * cols) / 4);
+  for (let r = 0; r < n; r++) for (let w = 0; w < wpr; w++) out[((r >> 4) * kt + (w >> 3)) * 128 + (r & 15) * 8 + (w & 7)] = words[r * wpr + w]!;
+  return out;
+}
+
+test('webgpu int8 rows in tiles (PDVM_I8_DIRECT=tTT): quantize_tokens (plain, norm, SwiGLU) and q4_to_int8_rows write the bytes they write in rows, tile by tile', { skip: SKIP_GPU }, async () => {
+  const gpu = await testGpu({ limits: 'default' });
+  const T = 20, rows = 32, cols = 256, r = rng(41); // a whole and a partial tile of tokens, 8 tiles a row
+  const x = Float32Array.from({ length: T * cols }, () => (r() - 0.5) * 6);
+  const w = Float32Array.from({ length: cols }, () => 0.5 + r());
+  const gateUp = Float32Array.from({ length: T * 2 * cols }, () => (r() - 0.5) * 6);
+  const step = stepBuffer(gpu, T, 0), padded = Math.ceil(T / 16) * 16;
+  const sources = [{ kind: 'plain' }, { kind: 'norm', eps: f32Literal(1e-5) }, { kind: 'swiglu' }] as const;
+  for (const source of sources) {
+    const inputs = source.kind === 'plain' ? [storage(gpu, x)] : source.kind === 'norm' ? [storage(gpu, x), storage(gpu, w), zeros(gpu, T * cols)] : [storage(gpu, gateUp), zeros(gpu, T * cols)];
+    const words: Uint32Array[] = [];
+    for (const layout of ['rows', 'tiles'] as const) {
+      const xq = zeros(gpu, (padded * cols) / 4), xs = zeros(gpu, 2 * T);
+      const pipeline = gpu.pipeline('quantize_tokens', { cols, kind: source.kind, layout }, () => quantizeTokensWgsl(cols, source, layout));
+      await run(gpu, [{ label: layout, pipeline, bindGroup: gpu.bindGroup(layout, pipeline, [...inputs, xq, xs, step]), workgroups: (n) => quantizeTokensGrid(n) }], T);
+      words.push(await readU32(gpu, xq, (padded * cols) / 4));
+    }
+    assert.deepEqual(words[1], toTiles(words[0]!, T, cols), `quantize_tokens (${source.kind}): the tiles hold the rows' bytes`);
+  }
+  const m = q4Matrix(rows, cols, 8);
+  const out: Uint32Array[] = [];
+  for (const layout of ['rows', 'tiles'] as const) {
+    const w8 = zeros(gpu, (rows * cols) / 4), ws = zeros(gpu, rows);
+    const conv = gpu.pipeline('q4_to_int8_rows', { rows, cols, layout }, () => q4ToInt8RowsWgsl(rows, cols, false, layout));
+    await run(gpu, [{ label: layout, pipeline: conv, bindGroup: gpu.bindGroup(layout, conv, [storage(gpu, m.words), storage(gpu, m.sm), w8, ws]), workgroups: () => q4ToInt8RowsGrid(rows) }], 1);
+    out.push(await readU32(gpu, w8, (rows * cols) / 4));
+  }
+  assert.deepEqual(out[1], toTiles(out[0]!, rows, cols), 'q4_to_int8_rows: the tiles hold the rows\' bytes');
+});
+
 test('webgpu quantize_blocks: x to int8 per token and 64 columns (permuted within 8), scales and sums, against the CPU', { skip: SKIP_GPU }, async () => {
   const gpu = await testGpu({ limits: 'default' });
   const T = 5, cols = 192, r = rng(5);
@@ -250,9 +287,11 @@ test('webgpu quantize_blocks: x to int8 per token and 64 columns (permuted withi
 function withEmulatedI8Matrices(code: string, units: Int8Units, from = { left: 'smem', right: 'smem' }): string {
   const U = units === 'words' ? 4 : 1;
   const arrays = [...new Set([from.left, from.right])];
-  // the staged kernel reaches its shared array by blocks (&smem[b]); the direct one its storage arrays whole
+  // the staged kernel reaches its shared array by blocks (&smem[b]); the direct one its storage arrays
+  // whole, or tile by tile in the 'tiles' layout (&w8[b], &xq[b])
   const blocked = code.includes('(&smem[');
-  const at = (a: string) => (blocked && a === 'smem' ? { param: 'blk: u32, ', arg: 'blk, ', elem: `${a}[blk]` } : { param: '', arg: '', elem: a });
+  const byBlock = (a: string) => code.includes(`(&${a}[`);
+  const at = (a: string) => (byBlock(a) ? { param: 'blk: u32, ', arg: 'blk, ', elem: `${a}[blk]` } : { param: '', arg: '', elem: a });
   const helpers = `
 alias MatA = array<i32, 512>;
 alias MatC = array<i32, 256>;
@@ -275,8 +314,8 @@ fn sm_store(${blocked ? 'blk: u32, ' : ''}off: u32, v: MatC, stride: u32) { if (
     .replace(/subgroup_matrix_result<i32, 16, 16>\(\)/g, 'MatC()')
     .replaceAll(`subgroupMatrixLoad<subgroup_matrix_left<i8, 32, 16>, row_major>(&${from.left}, `, 'sm_left(')
     .replaceAll(`subgroupMatrixLoad<subgroup_matrix_right<i8, 16, 32>, col_major>(&${from.right}, `, 'sm_right(')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_left<i8, 32, 16>, row_major>\(&smem\[([^\]]+)\], /g, 'sm_left($1, ')
-    .replace(/subgroupMatrixLoad<subgroup_matrix_right<i8, 16, 32>, col_major>\(&smem\[([^\]]+)\], /g, 'sm_right($1, ')
+    .replace(new RegExp(`subgroupMatrixLoad<subgroup_matrix_left<i8, 32, 16>, row_major>\\(&${from.left}\\[([^\\]]+)\\], `, 'g'), 'sm_left($1, ')
+    .replace(new RegExp(`subgroupMatrixLoad<subgroup_matrix_right<i8, 16, 32>, col_major>\\(&${from.right}\\[([^\\]]+)\\], `, 'g'), 'sm_right($1, ')
     .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'sm_mma(')
     .replace(/subgroupMatrixStore<row_major>\(&smem\[([^\]]+)\], /g, 'sm_store($1, ')
     .replace(/subgroupMatrixStore<row_major>\(&smem, /g, 'sm_store(');
@@ -397,13 +436,14 @@ test('the int8 product of few tokens with operands from global memory (PDVM_I8_D
   const w8 = int8Words(rows * cols), wrow = Float32Array.from({ length: rows }, () => r() * 0.01 + 1e-3);
   const xscale = Float32Array.from({ length: 64 * 2 }, (_, i) => (i % 2 === 0 ? r() * 0.05 + 1e-3 : 0));
   const biasValues = Float32Array.from({ length: yStride }, () => r() - 0.5), y0 = Float32Array.from({ length: T * yStride }, () => r());
-  for (const [TT, units] of [[1, 'words'], [2, 'bytes'], [4, 'words']] as const) {
+  for (const [TT, units, layout] of [[1, 'words', 'rows'], [2, 'bytes', 'rows'], [4, 'words', 'rows'], [1, 'words', 'tiles'], [2, 'words', 'tiles']] as const) {
     const xq = int8Words(64 * cols); // rows past T too: the kernel reads whole token tiles
     const shape = { weight: { encoding: 'q4' as const, wordsPerRow: cols / 8, group: 64, groups: cols / 64 }, rows, cols, yStride, yOffset, bias: true, residual: true };
-    const code = withEmulatedI8Matrices(matmulInt8DirectWgsl(shape, 'template', units, TT), units, { left: 'xq', right: 'w8' });
-    const pipeline = gpu.pipeline('emulated direct', { TT, units }, () => code);
+    const code = withEmulatedI8Matrices(matmulInt8DirectWgsl(shape, 'template', units, TT, 'invocation-index', layout), units, { left: 'xq', right: 'w8' });
+    const pipeline = gpu.pipeline('emulated direct', { TT, units, layout }, () => code);
     const y = storage(gpu, y0);
-    await run(gpu, [{ label: 'direct', pipeline, bindGroup: gpu.bindGroup('direct', pipeline, [storage(gpu, w8), storage(gpu, wrow), storage(gpu, xq), storage(gpu, xscale), y, stepBuffer(gpu, T, 0), storage(gpu, biasValues)]), workgroups: (n) => [Math.ceil(n / (16 * TT)), rows / 16, 1] }], T);
+    const laid = (words: Uint32Array, n: number) => (layout === 'tiles' ? toTiles(words, n, cols) : words);
+    await run(gpu, [{ label: 'direct', pipeline, bindGroup: gpu.bindGroup('direct', pipeline, [storage(gpu, laid(w8, rows)), storage(gpu, wrow), storage(gpu, laid(xq, 64)), storage(gpu, xscale), y, stepBuffer(gpu, T, 0), storage(gpu, biasValues)]), workgroups: (n) => [Math.ceil(n / (16 * TT)), rows / 16, 1] }], T);
     const got = await read(gpu, y, T * yStride);
     const want = Float64Array.from(y0);
     for (let t = 0; t < T; t++) for (let i = 0; i < rows; i++) {
@@ -412,11 +452,11 @@ test('the int8 product of few tokens with operands from global memory (PDVM_I8_D
       const o = t * yStride + yOffset + i;
       want[o] = Math.fround(Math.fround(acc * Math.fround(xscale[2 * t]! * wrow[i]!)) + biasValues[yOffset + i]!) + y0[o]!;
     }
-    assertClose(got, want, 1e-6, `direct, ${TT} token tiles a workgroup, offsets in ${units}`);
+    assertClose(got, want, 1e-6, `direct, ${TT} token tiles a workgroup, offsets in ${units}, ${layout}`);
     // the subgroup_id way of finding the subgroup (emulated loads, so Tint checks the rest): compiles
-    const byId = withEmulatedI8Matrices(matmulInt8DirectWgsl(shape, 'template', units, TT, 'subgroup-id'), units, { left: 'xq', right: 'w8' });
+    const byId = withEmulatedI8Matrices(matmulInt8DirectWgsl(shape, 'template', units, TT, 'subgroup-id', layout), units, { left: 'xq', right: 'w8' });
     const errors = (await gpu.device.createShaderModule({ code: byId }).getCompilationInfo()).messages.filter((m) => m.type === 'error');
-    assert.deepEqual(errors.map((e) => `line ${e.lineNum}: ${e.message}`), [], `direct, ${TT} token tiles, subgroup_id`);
+    assert.deepEqual(errors.map((e) => `line ${e.lineNum}: ${e.message}`), [], `direct, ${TT} token tiles, subgroup_id, ${layout}`);
   }
 });
 
@@ -432,9 +472,11 @@ test('webgpu int8 prefill products (the device\'s tensor cores, where self-teste
     const r = rng(21);
     // the last cases as the batched decode step's products (fewTokens: the small tile, columns split;
     // 'row' also with the operands straight from global memory, PDVM_I8_DIRECT)
-    for (const [T, rows, cols, bias, residual, few] of [[70, 130, 256, true, true, false], [512, 1024, 4096, false, true, false], [200, 3072, 2048, false, false, false], [21, 3072, 2048, true, true, 'split'], [21, 3072, 2048, true, true, 'direct']] as const) {
-      if ((few && scaling === 'group') || (few === 'direct' && scaling !== 'row')) continue;
-      gpu.features.int8Direct = few === 'direct' ? 2 : 0;
+    for (const [T, rows, cols, bias, residual, few] of [[70, 130, 256, true, true, false], [512, 1024, 4096, false, true, false], [200, 3072, 2048, false, false, false], [21, 3072, 2048, true, true, 'split'], [21, 3072, 2048, true, true, 'direct'], [21, 3072, 2048, true, true, 'tiles']] as const) {
+      const direct = few === 'direct' || few === 'tiles';
+      if ((few && scaling === 'group') || (direct && scaling !== 'row')) continue;
+      gpu.features.int8Direct = direct ? 2 : 0;
+      gpu.features.int8DirectTiles = few === 'tiles';
       const m = q4Matrix(rows, cols, rows);
       const x = Float32Array.from({ length: T * cols }, () => (r() - 0.5) * 2 * (r() < 0.01 ? 20 : 1));
       const yStride = rows + 5, yOffset = 3;
@@ -446,7 +488,7 @@ test('webgpu int8 prefill products (the device\'s tensor cores, where self-teste
       } as unknown as GpuMatrix;
       const y = storage(gpu, y0);
       const ops = matmulOp(gpu, matrix, { x: storage(gpu, x), y, yStride, yOffset, bias: bias ? storage(gpu, biasValues) : null, residual, step: stepBuffer(gpu, T, 0), fewTokens: few !== false }, 'tiled', T);
-      assert.deepEqual(ops.map((o) => o.label), scaling === 'group' ? ['quantize_blocks', 'matmul_int8_q4'] : ['quantize_tokens', ...(few === 'direct' ? ['matmul_int8_direct'] : ['matmul_int8_rows', ...(few ? ['int8_split_combine'] : [])])]);
+      assert.deepEqual(ops.map((o) => o.label), scaling === 'group' ? ['quantize_blocks', 'matmul_int8_q4'] : [few === 'tiles' ? 'quantize_tokens_tiles' : 'quantize_tokens', ...(direct ? ['matmul_int8_direct'] : ['matmul_int8_rows', ...(few ? ['int8_split_combine'] : [])])]);
       await run(gpu, ops, T);
       const got = await read(gpu, y, T * yStride);
       const withEpilogue = (prod: Float64Array) => {
@@ -462,7 +504,7 @@ test('webgpu int8 prefill products (the device\'s tensor cores, where self-teste
       const arithmetic = withEpilogue(scaling === 'group' ? productCpu(m, x, T, rows, cols, true) : await productRowsFromDevice(gpu, m, x, T, rows, cols));
       const relArithmetic = compare(got, arithmetic).rel, relExact = compare(got, exact).rel;
       const relCpu = compare(Float32Array.from(scaling === 'group' ? arithmetic : withEpilogue(productRowsCpu(m, x, T, rows, cols))), exact).rel;
-      console.log(`${scaling}${few === 'split' ? ' (few tokens, columns split)' : few === 'direct' ? ' (few tokens, operands from global memory)' : ''}, ${T} x ${rows} x ${cols}: against the CPU doing its arithmetic ${relArithmetic.toExponential(2)}; against the f32 product ${relExact.toExponential(2)} (the CPU's int8 arithmetic: ${relCpu.toExponential(2)})`);
+      console.log(`${scaling}${few === 'split' ? ' (few tokens, columns split)' : few === 'direct' ? ' (few tokens, operands from global memory)' : few === 'tiles' ? ' (few tokens, operands from global memory in tiles)' : ''}, ${T} x ${rows} x ${cols}: against the CPU doing its arithmetic ${relArithmetic.toExponential(2)}; against the f32 product ${relExact.toExponential(2)} (the CPU's int8 arithmetic: ${relCpu.toExponential(2)})`);
       // 'group' against the CPU's own rounding of x: a value at a rounding boundary (the device's division
       // is within a few ULP) may land one step apart: 1.4e-5 on the H100's 512 x 1024 x 4096
       assertClose(got, arithmetic, scaling === 'group' ? 5e-5 : 1e-5, `${scaling}, ${T} x ${rows} x ${cols} (int8 arithmetic)`);

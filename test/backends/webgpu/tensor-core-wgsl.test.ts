@@ -76,7 +76,8 @@ test('the tensor-core prefill kernel\'s WGSL passes Tint\'s checks outside the s
  * driver then sees a runtime stride: with the clamps (Dawn's default) the f16 prefill ran 1.6x slower
  * than without on the H100 (docs/PERFORMANCE.md). Storage-buffer operands are left out unless
  * `storage` is set (the batched product reads x from whole 16 x 16 tiles of a storage buffer, at
- * offset 0 and stride 16; the prefill's direct lab kernels read at computed offsets).
+ * offset 0 and stride 16, and the direct int8 kernel in its 'tiles' layout both operands; the direct
+ * kernels in rows read at computed offsets).
  */
 function workgroupMatrixCalls(code: string, storage = false): { call: string; constant: boolean }[] {
   const arrays = new Set([...code.matchAll(/var<workgroup> (\w+):/g)].map((m) => m[1]!));
@@ -121,6 +122,7 @@ test('every subgroup-matrix load and store from workgroup memory has a constant 
     }
   }
   kernels.push(['int8 direct', matmulInt8DirectWgsl({ ...int8Shape, rows: 4096 }, 'template', 'words', 2)]);
+  kernels.push(['int8 direct tiles', matmulInt8DirectWgsl({ ...int8Shape, rows: 4096 }, 'template', 'words', 2, 'subgroup-id', 'tiles')]);
   const clamped: string[] = [];
   let calls = 0;
   for (const [name, code] of kernels) {
@@ -131,10 +133,10 @@ test('every subgroup-matrix load and store from workgroup memory has a constant 
   }
   console.log(`${kernels.length} kernels, ${calls} subgroup-matrix calls into workgroup memory, ${clamped.length} with a computed offset or stride`);
   assert.deepEqual(clamped, []);
-  // the batched product's x loads from the storage buffer too
-  for (const [name, code] of kernels.filter(([n]) => n.startsWith('batched'))) {
+  // the batched product's x loads from the storage buffer too, and the direct int8 kernel's in tiles
+  for (const [name, code] of kernels.filter(([n]) => n.startsWith('batched') || n === 'int8 direct tiles')) {
     const all = workgroupMatrixCalls(code, true);
-    assert.ok(all.length > workgroupMatrixCalls(code).length, `${name}: no load from X16 found`);
+    assert.ok(all.length > workgroupMatrixCalls(code).length, `${name}: no load from a storage buffer found`);
     assert.deepEqual(all.filter((f) => !f.constant).map((f) => f.call), [], `${name}: storage loads at a computed offset or stride`);
   }
   // the parser does flag a computed offset

@@ -295,6 +295,18 @@ ${workgroupReduce('workgroup_max', (a, b) => `max(${a}, ${b})`)}
 ${workgroupReduce('workgroup_sum', (a, b) => `${a} + ${b}`)}`;
 
 /**
+ * The 'tiles' layout of int8 rows (matrix rows or tokens; PDVM_I8_DIRECT=tTT): tiles of 16 rows x 32
+ * bytes (128 words, the rows one after another inside), tile (row / 16, byte / 32) at index
+ * (row / 16) * cols / 32 + byte / 32. Each of the direct kernel's subgroup-matrix operands is then one
+ * whole tile, loaded through a pointer to it at offset 0 and stride 8 words: a constant offset and
+ * stride into a fixed-size array, which Dawn's robustness transform leaves alone (a load at a computed
+ * offset into a runtime-sized array gets a bounds check and a select on its offset and stride).
+ * `tiledWord(kt)`: the WGSL index of word w (bytes 4w..4w+3) of row r; kt = cols / 32.
+ */
+export type Int8Layout = 'rows' | 'tiles';
+const tiledWord = (kt: number) => `fn tiled_word(r: u32, w: u32) -> u32 { return ((r / 16u) * ${kt}u + w / 8u) * 128u + (r % 16u) * 8u + w % 8u; }`;
+
+/**
  * Where quantize_tokens takes x from: x itself ('plain'); x's RMSNorm, x * rsqrt(mean(x^2) + eps) * w,
  * also written to xn ('norm': the batched step's norms, kernels/rmsnorm.ts's arithmetic with the sum
  * of squares in the workgroup's order); silu(gate) * up of the rows of gate_up (T x 2 cols), also
@@ -309,7 +321,7 @@ export type TokensSource = { kind: 'plain' } | { kind: 'norm'; eps: string } | {
  * striding over the token's vec4s. Bindings: 'plain' x, xq, xscale, step; 'norm' x, w, xn, xq,
  * xscale, step; 'swiglu' gate_up, act, xq, xscale, step.
  */
-export function quantizeTokensWgsl(cols: number, source: TokensSource = { kind: 'plain' }): string {
+export function quantizeTokensWgsl(cols: number, source: TokensSource = { kind: 'plain' }, layout: Int8Layout = 'rows'): string {
   if (cols % INT8_BLOCK !== 0) throw new Error(`quantize_tokens: ${cols} columns are not whole blocks of ${INT8_BLOCK}`);
   const k = source.kind;
   const inputs = k === 'plain'
@@ -334,6 +346,7 @@ ${inputs}
 @group(0) @binding(${first + 1}) var<storage, read_write> xscale: array<vec2<f32>>;
 @group(0) @binding(${first + 2}) var<storage, read> step: array<u32>;
 ${ROW_HELPERS}
+${layout === 'tiles' ? tiledWord(cols / 32) : ''}
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let t = wid.y * 65535u + wid.x;
@@ -352,7 +365,7 @@ ${k === 'norm' ? `  var ss = 0.0;
   if (lid == 0u) { xscale[t] = vec2<f32>(m / 127.0, 0.0); }
   for (var j = lid; j < N; j += 64u) { // this invocation's own values of the first loop
     let a = ${again}[t * N + j] * inv;
-    xq[t * N + j] = byte(a.x) | (byte(a.y) << 8u) | (byte(a.z) << 16u) | (byte(a.w) << 24u);
+    xq[${layout === 'tiles' ? 'tiled_word(t, j)' : 't * N + j'}] = byte(a.x) | (byte(a.y) << 8u) | (byte(a.z) << 16u) | (byte(a.w) << 24u);
   }
 }
 `;
@@ -371,8 +384,9 @@ export function quantizeTokensGrid(T: number): [number, number, number] {
  * group: 8 q4 words in, 16 words out). `scalesOnly` (scaling 'row-q4'): only wrow[r] = (max / 127,
  * 127 / max), the kernel rounding the q4 words itself as this one would.
  */
-export function q4ToInt8RowsWgsl(rows: number, cols: number, scalesOnly = false): string {
+export function q4ToInt8RowsWgsl(rows: number, cols: number, scalesOnly = false, layout: Int8Layout = 'rows'): string {
   if (cols % INT8_BLOCK !== 0) throw new Error(`q4_to_int8_rows: ${cols} columns are not whole groups of ${INT8_BLOCK}`);
+  if (layout === 'tiles' && rows % 16 !== 0) throw new Error(`q4_to_int8_rows: ${rows} rows are not whole tiles of 16`);
   const G = cols / INT8_BLOCK;
   return `const ROWS = ${rows}u;
 const G = ${G}u;
@@ -381,6 +395,7 @@ const G = ${G}u;
 ${scalesOnly ? '@group(0) @binding(2) var<storage, read_write> wrow: array<vec2<f32>>; // (scale, 127 / max) a row' : `@group(0) @binding(2) var<storage, read_write> w8: array<u32>;
 @group(0) @binding(3) var<storage, read_write> wscale: array<f32>;`}
 ${ROW_HELPERS}
+${layout === 'tiles' ? tiledWord(cols / 32) : ''}
 fn decoded(r: u32, g: u32, c: u32) -> f32 {
   let sm = unpack2x16float(scale_min[r * G + g]);
   return f32((qweight[r * G * 8u + g * 8u + c / 8u] >> ((c % 8u) * 4u)) & 15u) * sm.x + sm.y;
@@ -398,7 +413,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 ${scalesOnly ? '  if (lid == 0u) { wrow[r] = vec2<f32>(m / 127.0, inv); }' : `  if (lid == 0u) { wscale[r] = m / 127.0; }
   for (var g = lid; g < G; g += 64u) {
     for (var c = 0u; c < 64u; c += 4u) {
-      w8[r * G * 16u + g * 16u + c / 4u] = byte(decoded(r, g, c) * inv) | (byte(decoded(r, g, c + 1u) * inv) << 8u)
+      w8[${layout === 'tiles' ? 'tiled_word(r, g * 16u + c / 4u)' : 'r * G * 16u + g * 16u + c / 4u'}] = byte(decoded(r, g, c) * inv) | (byte(decoded(r, g, c + 1u) * inv) << 8u)
         | (byte(decoded(r, g, c + 2u) * inv) << 16u) | (byte(decoded(r, g, c + 3u) * inv) << 24u);
     }
   }`}
@@ -650,14 +665,22 @@ function stageLoads(kb: string, NX: number, NW: number, WG: number, TM: number, 
  * workgroup memory and are added exactly (so neither the split nor the tokens sharing the step change
  * a result: i32 sums), then scaled once as the 'row' kernel scales them: y = f32(acc) (s_t S_r).
  * Needs rows % 16 == 0 and cols % 256 == 0 (int8DirectFits). Bindings: w8, wrow (f32 a row), xq,
- * xscale, y, step, bias.
+ * xscale, y, step, bias. `layout` 'tiles' (offsets in words only): w8 and xq in tiles of 16 rows x 32
+ * bytes (Int8Layout), each operand loaded whole through a pointer at offset 0 (no robustness select).
  */
-export function matmulInt8DirectWgsl(s: TiledMatmulShape, syntax: SubgroupMatrixSyntax, units: Int8Units, tokenTiles: number, indexing: SubgroupIndexing = 'invocation-index'): string {
+export function matmulInt8DirectWgsl(s: TiledMatmulShape, syntax: SubgroupMatrixSyntax, units: Int8Units, tokenTiles: number, indexing: SubgroupIndexing = 'invocation-index', layout: Int8Layout = 'rows'): string {
   if (!int8DirectFits(s)) throw new Error(`matmul_int8_direct: ${s.rows} x ${s.cols} needs rows % 16 == 0 and cols % 256 == 0`);
-  const u = units === 'words' ? 4 : 1, TT = tokenTiles;
+  if (layout === 'tiles' && units !== 'words') throw new Error('matmul_int8_direct: the tiles layout takes offsets in words');
+  const u = units === 'words' ? 4 : 1, TT = tokenTiles, tiled = layout === 'tiles';
   const tiles = Array.from({ length: TT }, (_, i) => i);
-  const L = (i: number, k: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', '&xq', `((tok0 + ${16 * i}u) * COLS + ${k}) / ${u}u`, false, `${s.cols / u}u`);
-  const R = (k: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', '&w8', `(row0 * COLS + ${k}) / ${u}u`, true, `${s.cols / u}u`);
+  // k: bytes into the row, a multiple of 32 (the tile k / 32 of the row's tiles)
+  const L = (i: number, k: string) => tiled
+    ? subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', `&xq[(tok0 / 16u + ${i}u) * KT + ${k} / 32u]`, '0u', false, '8u')
+    : subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', '&xq', `((tok0 + ${16 * i}u) * COLS + ${k}) / ${u}u`, false, `${s.cols / u}u`);
+  const R = (k: string) => tiled
+    ? subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', `&w8[(row0 / 16u) * KT + ${k} / 32u]`, '0u', true, '8u')
+    : subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', '&w8', `(row0 * COLS + ${k}) / ${u}u`, true, `${s.cols / u}u`);
+  const words = tiled ? 'array<array<i32, 128>>' : 'array<i32>';
   // two k steps an iteration where they divide, both weight loads issued before the products
   const U2 = (s.cols / 256) % 2 === 0 ? 2 : 1;
   const ks = Array.from({ length: U2 }, (_, j) => j);
@@ -667,9 +690,10 @@ ${byId ? 'enable subgroups;\nrequires subgroup_id;\n' : ''}diagnostic(off, subgr
 const ROWS = ${s.rows}u;
 const COLS = ${s.cols}u;
 const STEPS = ${s.cols / 256}u; // k steps of 32 a subgroup
-@group(0) @binding(0) var<storage, read> w8: array<i32>;
+const KT = ${s.cols / 32}u; // tiles of 32 bytes a row ('tiles' layout)
+@group(0) @binding(0) var<storage, read> w8: ${words};
 @group(0) @binding(1) var<storage, read> wrow: array<f32>;
-@group(0) @binding(2) var<storage, read> xq: array<i32>;
+@group(0) @binding(2) var<storage, read> xq: ${words};
 @group(0) @binding(3) var<storage, read> xscale: array<vec2<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> step: array<u32>;
