@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The device call of the late evening of 2026-12-06 (docs/PERFORMANCE.md "Prefill: workgroup-memory loads
-# Tint leaves alone"): what Dawn's robustness transform costs the f16 tensor-core prefill, and what the
-# kernel written for it (constant offsets into blocks of workgroup memory) wins back.
+# The device call of the late evening of 2026-12-06 (docs/PERFORMANCE.md "Prefill: subgroup-matrix calls that
+# Dawn's robustness leaves alone", and "Storage operands at constant offsets" of 2026-12-07): what Dawn's
+# robustness transform costs the f16 tensor-core prefill and the batched step's products, and what the
+# kernels written for it (constant offsets into blocks of workgroup memory and tiles of storage) win back.
 #   T: matmul-tiled.test, matmul-int8.test and device.test (the new kernels against the CPU on the tensor cores)
 #   D: decode tg128 (DECODE_SHAPE, phi-4) for each DECODE_RUNS entry APP:TOGGLES
 #   S: the batched step (bench/batched-step.ts, llama-3.1-8b, STEP_BATCHES rows, STEP_KERNELS) for each STEP_RUNS entry APP:TOGGLES
@@ -10,7 +11,10 @@
 #      short names: ra = enable_integer_range_analysis_in_robustness, cm = vulkan_use_cooperative_matrix_robust_access,
 #      nr = disable_robustness; I8: PDVM_PREFILL_I8, e.g. row, else the f16 default)
 # Stage (dev machine, repository root): bash bench/device-calls-2026-12-06-late.sh --build [OLD_COMMIT]
-# Device: bash .gpu/late/run.sh TP, carrying .gpu/setup.sh .gpu/node.xz .gpu/node_modules .gpu/debs .gpu/late
+# Device: bash .gpu/late/run.sh TP (parts in the order T, P, D, S whatever the order of the letters; each
+#   invocation has its own BUDGET_S, so call it once a part to order them; docs/PERFORMANCE.md "Storage operands
+#   at constant offsets" gives the call staged on 2026-12-07), carrying .gpu/setup.sh .gpu/node.xz
+#   .gpu/node_modules .gpu/debs .gpu/late
 set -u
 if [ "${1:-}" = "--build" ]; then
   set -e
