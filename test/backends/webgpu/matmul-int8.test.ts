@@ -215,10 +215,10 @@ test('webgpu quantize_tokens fused into the RMSNorm and the SwiGLU (the batched 
   }
 });
 
-/** Words of int8 rows (n rows of `cols` bytes) in the direct kernel's tiles of 16 rows x 32 bytes (rows rounded up to 16, zeros past n). */
+/** Words of int8 rows (n rows of `cols` bytes) in the direct kernel's tiles of 16 rows x 128 bytes (rows rounded up to 16, zeros past n). */
 function toTiles(words: Uint32Array, n: number, cols: number): Uint32Array {
-  const kt = cols / 32, wpr = cols / 4, out = new Uint32Array((Math.ceil(n / 16) * 16 * cols) / 4);
-  for (let r = 0; r < n; r++) for (let w = 0; w < wpr; w++) out[((r >> 4) * kt + (w >> 3)) * 128 + (r & 15) * 8 + (w & 7)] = words[r * wpr + w]!;
+  const kt = cols / 128, wpr = cols / 4, out = new Uint32Array((Math.ceil(n / 16) * 16 * cols) / 4);
+  for (let r = 0; r < n; r++) for (let w = 0; w < wpr; w++) out[((r >> 4) * kt + (w >> 5)) * 512 + (r & 15) * 32 + (w & 31)] = words[r * wpr + w]!;
   return out;
 }
 
@@ -430,14 +430,15 @@ test('the int8 product with emulated subgroup matrices equals the CPU doing its 
 
 test('the int8 product of few tokens with operands from global memory (PDVM_I8_DIRECT), subgroup matrices emulated, equals the CPU: exact i32 sums scaled once, bias, residual, partial token tiles', { skip: SKIP_GPU }, async () => {
   const gpu = await testGpu();
-  const T = 21, rows = 48, cols = 512, yStride = rows + 3, yOffset = 2, r = rng(31);
+  const T = 21, rows = 48, yStride = rows + 3, yOffset = 2, r = rng(31);
   const int8Words = (n: number) => Uint32Array.from({ length: n / 4 }, () => Math.floor(r() * 4294967296));
   const byte = (words: Uint32Array, i: number) => (words[i >> 2]! << (24 - 8 * (i & 3))) >> 24;
-  const w8 = int8Words(rows * cols), wrow = Float32Array.from({ length: rows }, () => r() * 0.01 + 1e-3);
+  const wrow = Float32Array.from({ length: rows }, () => r() * 0.01 + 1e-3);
   const xscale = Float32Array.from({ length: 64 * 2 }, (_, i) => (i % 2 === 0 ? r() * 0.05 + 1e-3 : 0));
   const biasValues = Float32Array.from({ length: yStride }, () => r() - 0.5), y0 = Float32Array.from({ length: T * yStride }, () => r());
-  for (const [TT, units, layout] of [[1, 'words', 'rows'], [2, 'bytes', 'rows'], [4, 'words', 'rows'], [1, 'words', 'tiles'], [2, 'words', 'tiles']] as const) {
-    const xq = int8Words(64 * cols); // rows past T too: the kernel reads whole token tiles
+  // tiles: 4 tiles a row (subgroups 4..7 idle: the branch) and 16 (two a subgroup)
+  for (const [TT, units, layout, cols] of [[1, 'words', 'rows', 512], [2, 'bytes', 'rows', 512], [4, 'words', 'rows', 512], [1, 'words', 'tiles', 512], [2, 'words', 'tiles', 2048]] as const) {
+    const w8 = int8Words(rows * cols), xq = int8Words(64 * cols); // x's rows past T too: the kernel reads whole token tiles
     const shape = { weight: { encoding: 'q4' as const, wordsPerRow: cols / 8, group: 64, groups: cols / 64 }, rows, cols, yStride, yOffset, bias: true, residual: true };
     const code = withEmulatedI8Matrices(matmulInt8DirectWgsl(shape, 'template', units, TT, 'invocation-index', layout), units, { left: 'xq', right: 'w8' });
     const pipeline = gpu.pipeline('emulated direct', { TT, units, layout }, () => code);
@@ -452,7 +453,7 @@ test('the int8 product of few tokens with operands from global memory (PDVM_I8_D
       const o = t * yStride + yOffset + i;
       want[o] = Math.fround(Math.fround(acc * Math.fround(xscale[2 * t]! * wrow[i]!)) + biasValues[yOffset + i]!) + y0[o]!;
     }
-    assertClose(got, want, 1e-6, `direct, ${TT} token tiles a workgroup, offsets in ${units}, ${layout}`);
+    assertClose(got, want, 1e-6, `direct, ${TT} token tiles a workgroup, offsets in ${units}, ${layout}, ${cols} columns`);
     // the subgroup_id way of finding the subgroup (emulated loads, so Tint checks the rest): compiles
     const byId = withEmulatedI8Matrices(matmulInt8DirectWgsl(shape, 'template', units, TT, 'subgroup-id', layout), units, { left: 'xq', right: 'w8' });
     const errors = (await gpu.device.createShaderModule({ code: byId }).getCompilationInfo()).messages.filter((m) => m.type === 'error');

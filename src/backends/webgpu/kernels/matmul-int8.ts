@@ -295,16 +295,19 @@ ${workgroupReduce('workgroup_max', (a, b) => `max(${a}, ${b})`)}
 ${workgroupReduce('workgroup_sum', (a, b) => `${a} + ${b}`)}`;
 
 /**
- * The 'tiles' layout of int8 rows (matrix rows or tokens; PDVM_I8_DIRECT=tTT): tiles of 16 rows x 32
- * bytes (128 words, the rows one after another inside), tile (row / 16, byte / 32) at index
- * (row / 16) * cols / 32 + byte / 32. Each of the direct kernel's subgroup-matrix operands is then one
- * whole tile, loaded through a pointer to it at offset 0 and stride 8 words: a constant offset and
- * stride into a fixed-size array, which Dawn's robustness transform leaves alone (a load at a computed
- * offset into a runtime-sized array gets a bounds check and a select on its offset and stride).
- * `tiledWord(kt)`: the WGSL index of word w (bytes 4w..4w+3) of row r; kt = cols / 32.
+ * The 'tiles' layout of int8 rows (matrix rows or tokens; PDVM_I8_DIRECT=tTT): tiles of 16 rows x 128
+ * bytes (512 words, the rows one after another inside), tile (row / 16, byte / 128) at index
+ * (row / 16) * cols / 128 + byte / 128. Each of the direct kernel's subgroup-matrix operands (16 rows x
+ * 32 bytes) lies in one tile, loaded through a pointer to it at offset 0, 8, 16 or 24 words and stride
+ * 32 words: a constant offset and stride into a fixed-size array, which Dawn's robustness transform
+ * leaves alone (a load at a computed offset into a runtime-sized array gets a bounds check and a select
+ * or a branch). The stride is 32 words, not 8, so that it is at least a row of the matrix whether a
+ * version of the transform counts i8 strides in words or in bytes (one that counts bytes raises a
+ * smaller stride to 32).
+ * `tiledWord(kt)`: the WGSL index of word w (bytes 4w..4w+3) of row r; kt = cols / 128.
  */
 export type Int8Layout = 'rows' | 'tiles';
-const tiledWord = (kt: number) => `fn tiled_word(r: u32, w: u32) -> u32 { return ((r / 16u) * ${kt}u + w / 8u) * 128u + (r % 16u) * 8u + w % 8u; }`;
+const tiledWord = (kt: number) => `fn tiled_word(r: u32, w: u32) -> u32 { return ((r / 16u) * ${kt}u + w / 32u) * 512u + (r % 16u) * 32u + w % 32u; }`;
 
 /**
  * Where quantize_tokens takes x from: x itself ('plain'); x's RMSNorm, x * rsqrt(mean(x^2) + eps) * w,
@@ -346,7 +349,7 @@ ${inputs}
 @group(0) @binding(${first + 1}) var<storage, read_write> xscale: array<vec2<f32>>;
 @group(0) @binding(${first + 2}) var<storage, read> step: array<u32>;
 ${ROW_HELPERS}
-${layout === 'tiles' ? tiledWord(cols / 32) : ''}
+${layout === 'tiles' ? tiledWord(cols / 128) : ''}
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let t = wid.y * 65535u + wid.x;
@@ -395,7 +398,7 @@ const G = ${G}u;
 ${scalesOnly ? '@group(0) @binding(2) var<storage, read_write> wrow: array<vec2<f32>>; // (scale, 127 / max) a row' : `@group(0) @binding(2) var<storage, read_write> w8: array<u32>;
 @group(0) @binding(3) var<storage, read_write> wscale: array<f32>;`}
 ${ROW_HELPERS}
-${layout === 'tiles' ? tiledWord(cols / 32) : ''}
+${layout === 'tiles' ? tiledWord(cols / 128) : ''}
 fn decoded(r: u32, g: u32, c: u32) -> f32 {
   let sm = unpack2x16float(scale_min[r * G + g]);
   return f32((qweight[r * G * 8u + g * 8u + c / 8u] >> ((c % 8u) * 4u)) & 15u) * sm.x + sm.y;
@@ -665,22 +668,21 @@ function stageLoads(kb: string, NX: number, NW: number, WG: number, TM: number, 
  * workgroup memory and are added exactly (so neither the split nor the tokens sharing the step change
  * a result: i32 sums), then scaled once as the 'row' kernel scales them: y = f32(acc) (s_t S_r).
  * Needs rows % 16 == 0 and cols % 256 == 0 (int8DirectFits). Bindings: w8, wrow (f32 a row), xq,
- * xscale, y, step, bias. `layout` 'tiles' (offsets in words only): w8 and xq in tiles of 16 rows x 32
- * bytes (Int8Layout), each operand loaded whole through a pointer at offset 0 (no robustness select).
+ * xscale, y, step, bias. `layout` 'tiles' (offsets in words only): w8 and xq in tiles of 16 rows x 128
+ * bytes (Int8Layout), each operand loaded through a pointer to its tile at a constant offset (no
+ * robustness check); subgroup g takes the row's tiles g, g + 8, ..., four k steps each.
  */
 export function matmulInt8DirectWgsl(s: TiledMatmulShape, syntax: SubgroupMatrixSyntax, units: Int8Units, tokenTiles: number, indexing: SubgroupIndexing = 'invocation-index', layout: Int8Layout = 'rows'): string {
   if (!int8DirectFits(s)) throw new Error(`matmul_int8_direct: ${s.rows} x ${s.cols} needs rows % 16 == 0 and cols % 256 == 0`);
   if (layout === 'tiles' && units !== 'words') throw new Error('matmul_int8_direct: the tiles layout takes offsets in words');
   const u = units === 'words' ? 4 : 1, TT = tokenTiles, tiled = layout === 'tiles';
   const tiles = Array.from({ length: TT }, (_, i) => i);
-  // k: bytes into the row, a multiple of 32 (the tile k / 32 of the row's tiles)
-  const L = (i: number, k: string) => tiled
-    ? subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', `&xq[(tok0 / 16u + ${i}u) * KT + ${k} / 32u]`, '0u', false, '8u')
-    : subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', '&xq', `((tok0 + ${16 * i}u) * COLS + ${k}) / ${u}u`, false, `${s.cols / u}u`);
-  const R = (k: string) => tiled
-    ? subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', `&w8[(row0 / 16u) * KT + ${k} / 32u]`, '0u', true, '8u')
-    : subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', '&w8', `(row0 * COLS + ${k}) / ${u}u`, true, `${s.cols / u}u`);
-  const words = tiled ? 'array<array<i32, 128>>' : 'array<i32>';
+  const L = (i: number, k: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', '&xq', `((tok0 + ${16 * i}u) * COLS + ${k}) / ${u}u`, false, `${s.cols / u}u`);
+  const R = (k: string) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', '&w8', `(row0 * COLS + ${k}) / ${u}u`, true, `${s.cols / u}u`);
+  // 'tiles': k step j (32 bytes) of tile tt of the row block, at word 8j of the tile, stride 32 words
+  const LT = (i: number, j: number) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_left<i8, 32, 16>', `&xq[(tok0 / 16u + ${i}u) * KT + tt]`, `${8 * j}u`, false, '32u');
+  const RT = (j: number) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<i8, 16, 32>', `&w8[(row0 / 16u) * KT + tt]`, `${8 * j}u`, true, '32u');
+  const words = tiled ? 'array<array<i32, 512>>' : 'array<i32>';
   // two k steps an iteration where they divide, both weight loads issued before the products
   const U2 = (s.cols / 256) % 2 === 0 ? 2 : 1;
   const ks = Array.from({ length: U2 }, (_, j) => j);
@@ -690,7 +692,8 @@ ${byId ? 'enable subgroups;\nrequires subgroup_id;\n' : ''}diagnostic(off, subgr
 const ROWS = ${s.rows}u;
 const COLS = ${s.cols}u;
 const STEPS = ${s.cols / 256}u; // k steps of 32 a subgroup
-const KT = ${s.cols / 32}u; // tiles of 32 bytes a row ('tiles' layout)
+const KT = ${s.cols / 128}u; // tiles of 128 bytes a row ('tiles' layout)
+const TILE_ITERS = ${Math.ceil(s.cols / 128 / 8)}u; // a subgroup's tiles at most
 @group(0) @binding(0) var<storage, read> w8: ${words};
 @group(0) @binding(1) var<storage, read> wrow: array<f32>;
 @group(0) @binding(2) var<storage, read> xq: ${words};
@@ -707,10 +710,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let row0 = wid.y * 16u;
   let g = ${byId ? 'sg_id' : 'lid / 32u'};
 ${tiles.map((i) => `  var c${i} = subgroup_matrix_result<i32, 16, 16>();`).join('\n')}
-  for (var st = 0u; st < STEPS; st += ${U2}u) {
+${tiled ? `  for (var q = 0u; q < TILE_ITERS; q++) {
+    let tt = g + 8u * q; // this subgroup's tiles: g, g + 8, ...
+    if (${(s.cols / 128) % 8 === 0 ? 'true' : 'tt < KT'}) { // (a branch only where the tiles do not divide by 8)
+${[0, 1, 2, 3].map((j) => `      let r${j} = ${RT(j)};`).join('\n')}
+${[0, 1, 2, 3].map((j) => tiles.map((i) => `      c${i} = subgroupMatrixMultiplyAccumulate(${LT(i, j)}, r${j}, c${i});`).join('\n')).join('\n')}
+    }
+  }` : `  for (var st = 0u; st < STEPS; st += ${U2}u) {
 ${ks.map((j) => `    let k${j} = (g * STEPS + st + ${j}u) * 32u; // bytes into the row\n    let r${j} = ${R(`k${j}`)};`).join('\n')}
 ${ks.map((j) => tiles.map((i) => `    c${i} = subgroupMatrixMultiplyAccumulate(${L(i, `k${j}`)}, r${j}, c${i});`).join('\n')).join('\n')}
-  }
+  }`}
 ${tiles.map((i) => `  ${subgroupMatrixStoreWgsl(syntax, `&smem[${i * 8}u + g]`, '0u', `c${i}`, false, '16u')};`).join('\n')}
   workgroupBarrier();
   let tl = lid / 16u; // this invocation's token and row of each 16 x 16 result
