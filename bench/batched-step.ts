@@ -88,7 +88,7 @@ for (const name of values.kernels!.split(',')) {
   // PDVM_I8_TILE) and split aiming at WGS workgroups a token tile (as PDVM_I8_SPLIT)
   const few = /^tiled(?:@(\w+))?(?:\/(\d+))?$/.exec(name.replace(/\+cq$/, ''));
   // `tiled@dTT`: scaling 'row' with the operands straight from global memory, 16 x TT tokens a workgroup (as PDVM_I8_DIRECT);
-  // `tiled@tTT`: the same with the operands in tiles of 16 rows x 32 bytes (as PDVM_I8_DIRECT=tTT)
+  // `tiled@tTT`: the same with the operands in tiles of 16 rows x 128 bytes (as PDVM_I8_DIRECT=tTT)
   // (each `tiled` kernel starts from the process's settings, not from the kernel before it)
   if (few) {
     const direct = /^[dt][124]$/.test(few[1] ?? '');

@@ -65,7 +65,7 @@ export interface GpuFeatures {
    * (PDVM_I8_DIRECT=1|2|4; measured slower than the staged tiles, a lab variant).
    */
   int8Direct: number;
-  /** The direct kernel's operands in tiles of 16 rows x 32 bytes, loaded at constant offsets (PDVM_I8_DIRECT=t1|t2|t4; not yet measured). */
+  /** The direct kernel's operands in tiles of 16 rows x 128 bytes, loaded at constant offsets (PDVM_I8_DIRECT=t1|t2|t4; not yet measured). */
   int8DirectTiles: boolean;
   /** PDVM_I8_LAB=no-scale: the int8 kernel without its per-group scaling (timing only, wrong results). */
   int8Lab: 'no-scale' | null;
@@ -269,6 +269,8 @@ export class Gpu {
     // q4 products on the int8 tensor cores: asked for per group (true) or per row ('row'), or not
     const i8 = env('PDVM_PREFILL_I8');
     const prefillInt8 = options.prefillInt8 ?? (i8 === 'row' || i8 === 'row-q4' ? i8 : i8 === '1' || i8 === 'group');
+    // the direct few-token int8 kernel (lab): PDVM_I8_DIRECT=TT (rows) or tTT (tiles), TT 1, 2 or 4
+    const direct = /^(t?)([124])$/.exec(env('PDVM_I8_DIRECT') ?? '');
     const features: GpuFeatures = {
       subgroups,
       shaderF16,
@@ -287,8 +289,8 @@ export class Gpu {
       int8Units: 'words',
       int8Tile: parseInt8Tile(env('PDVM_I8_TILE')),
       int8SplitWorkgroups: Number(env('PDVM_I8_SPLIT')) > 0 ? Number(env('PDVM_I8_SPLIT')) : INT8_SPLIT_WORKGROUPS,
-      int8Direct: /^t?[124]$/.test(env('PDVM_I8_DIRECT') ?? '') ? Number(env('PDVM_I8_DIRECT')!.replace('t', '')) : 0,
-      int8DirectTiles: /^t[124]$/.test(env('PDVM_I8_DIRECT') ?? ''),
+      int8Direct: Number(direct?.[2] ?? 0),
+      int8DirectTiles: direct?.[1] === 't',
       int8Lab: env('PDVM_I8_LAB') === 'no-scale' ? 'no-scale' : null,
       int8Scaling: prefillInt8 === 'row' || prefillInt8 === 'row-q4' ? prefillInt8 : 'group',
       dawnToggles: entry.toggles,

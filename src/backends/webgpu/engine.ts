@@ -843,7 +843,7 @@ export class WebGpuEngine implements Engine {
     const int8 = activations === 'int8' && gpu.subgroups && this.batchProducts !== 'tiled';
     // the tiled products on the int8 tensor cores a few tokens at a time: the norms and the SwiGLU write
     // x as int8 a token as they go, and the products after them take it (io.prepared)
-    const layout8 = int8TokensLayout(gpu); // rows, or the direct kernel's tiles
+    const layout8 = int8TokensLayout(gpu, H, ffn); // rows, or the direct kernel's tiles
     const tokens8 = this.batchProducts === 'tiled' && int8TokensInUse(gpu) && H % 64 === 0 && ffn % 64 === 0 ? int8TokenScratch(gpu, maxRows, widest, layout8) : null;
     const buffers: GPUBuffer[] = [];
     const buffer = (label: string, bytes: number, usage: GPUBufferUsageFlags) => {

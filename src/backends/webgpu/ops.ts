@@ -333,12 +333,14 @@ export function int8DirectLayout(gpu: Gpu): Int8Layout {
 }
 
 /**
- * The layout in which norms and SwiGLU write x as int8 a token for the few-token products after them
- * (quantizeTokensOp): the direct kernel's tiles where it runs in tiles, else rows. A product that does
- * not read that layout quantizes x itself (io.prepared has no key of its layout).
+ * The layout in which norms and SwiGLU write x (of each of `cols` columns) as int8 a token for the
+ * few-token products after them (quantizeTokensOp): the direct kernel's tiles where it runs in tiles
+ * and takes every such width, else rows. A product that does not read that layout (its rows not whole
+ * tiles of 16) quantizes x itself (io.prepared has no key of its layout).
  */
-export function int8TokensLayout(gpu: Gpu): Int8Layout {
-  return gpu.features.int8Direct > 0 && gpu.features.int8Scaling === 'row' ? int8DirectLayout(gpu) : 'rows';
+export function int8TokensLayout(gpu: Gpu, ...cols: number[]): Int8Layout {
+  const direct = gpu.features.int8Direct > 0 && gpu.features.int8Scaling === 'row' && cols.every((c) => int8DirectFits({ rows: 16, cols: c })); // the columns' half of the check
+  return direct ? int8DirectLayout(gpu) : 'rows';
 }
 
 /** The label (and io.prepared key) of x quantized a token in a layout. */

@@ -326,6 +326,7 @@ export type TokensSource = { kind: 'plain' } | { kind: 'norm'; eps: string } | {
  */
 export function quantizeTokensWgsl(cols: number, source: TokensSource = { kind: 'plain' }, layout: Int8Layout = 'rows'): string {
   if (cols % INT8_BLOCK !== 0) throw new Error(`quantize_tokens: ${cols} columns are not whole blocks of ${INT8_BLOCK}`);
+  if (layout === 'tiles' && cols % 128 !== 0) throw new Error(`quantize_tokens: ${cols} columns are not whole tiles of 128`);
   const k = source.kind;
   const inputs = k === 'plain'
     ? '@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;'
@@ -389,7 +390,7 @@ export function quantizeTokensGrid(T: number): [number, number, number] {
  */
 export function q4ToInt8RowsWgsl(rows: number, cols: number, scalesOnly = false, layout: Int8Layout = 'rows'): string {
   if (cols % INT8_BLOCK !== 0) throw new Error(`q4_to_int8_rows: ${cols} columns are not whole groups of ${INT8_BLOCK}`);
-  if (layout === 'tiles' && rows % 16 !== 0) throw new Error(`q4_to_int8_rows: ${rows} rows are not whole tiles of 16`);
+  if (layout === 'tiles' && (rows % 16 !== 0 || cols % 128 !== 0)) throw new Error(`q4_to_int8_rows: ${rows} x ${cols} is not whole tiles of 16 x 128`);
   const G = cols / INT8_BLOCK;
   return `const ROWS = ${rows}u;
 const G = ${G}u;
@@ -712,7 +713,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 ${tiles.map((i) => `  var c${i} = subgroup_matrix_result<i32, 16, 16>();`).join('\n')}
 ${tiled ? `  for (var q = 0u; q < TILE_ITERS; q++) {
     let tt = g + 8u * q; // this subgroup's tiles: g, g + 8, ...
-    if (${(s.cols / 128) % 8 === 0 ? 'true' : 'tt < KT'}) { // (a branch only where the tiles do not divide by 8)
+    ${(s.cols / 128) % 8 === 0 ? '{ // every subgroup has TILE_ITERS tiles' : 'if (tt < KT) {'}
 ${[0, 1, 2, 3].map((j) => `      let r${j} = ${RT(j)};`).join('\n')}
 ${[0, 1, 2, 3].map((j) => tiles.map((i) => `      c${i} = subgroupMatrixMultiplyAccumulate(${LT(i, j)}, r${j}, c${i});`).join('\n')).join('\n')}
     }
