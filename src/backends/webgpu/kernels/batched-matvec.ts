@@ -26,7 +26,7 @@
  * A row's sums do not depend on T or on which rows share the step: each of the NB slots runs the
  * same operations in the same order (issue 15.3).
  */
-import { COMMON, header, reductions, subgroupLet, subgroupParam } from './prelude.js';
+import { COMMON, header, int8DotWgsl, reductions, subgroupLet, subgroupParam } from './prelude.js';
 
 /** A q4 product of a batched step: the matrix, where its rows go in y, and what is added to them. */
 export interface BatchedProductShape {
@@ -100,22 +100,6 @@ export function batchedBindings(s: BatchedMatvecShape): string[] {
   return ['Q', 'SM', ...(s.activations === 'int8' ? ['XQ', 'XD'] : ['X']), 'Y', 'STEP', ...(s.bias ? ['BIAS'] : [])];
 }
 
-const PACKED_DOT = /* wgsl */ `
-fn dot4I8(a: u32, b: u32) -> i32 { return dot4I8Packed(a, b); }
-fn pack4xI8_(v: vec4<i32>) -> u32 { return pack4xI8(v); }`;
-
-const POLYFILL_DOT = /* wgsl */ `
-fn dot4I8(a: u32, b: u32) -> i32 {
-  let x = bitcast<i32>(a);
-  let y = bitcast<i32>(b);
-  return extractBits(x, 0u, 8u) * extractBits(y, 0u, 8u) + extractBits(x, 8u, 8u) * extractBits(y, 8u, 8u)
-    + extractBits(x, 16u, 8u) * extractBits(y, 16u, 8u) + extractBits(x, 24u, 8u) * extractBits(y, 24u, 8u);
-}
-fn pack4xI8_(v: vec4<i32>) -> u32 {
-  let b = vec4<u32>(bitcast<vec4<u32>>(v) & vec4<u32>(0xFFu));
-  return b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
-}`;
-
 export function batchedMatvecWgsl(s: BatchedMatvecShape, f: { packedDot: boolean }): string {
   if (!batchedMatvecApplies(s)) throw new Error(`batched matvec: ${s.cols} columns in groups of ${s.group} (needs whole units of 32)`);
   const int8 = s.activations === 'int8';
@@ -184,7 +168,7 @@ export function batchedMatvecWgsl(s: BatchedMatvecShape, f: { packedDot: boolean
   const indent = (lines: string[], n: number) => lines.join('\n').split('\n').join('\n' + ' '.repeat(n));
   const prelude = `${header({ subgroups: true })}diagnostic(off, subgroup_uniformity);
 ${COMMON}
-${f.packedDot ? PACKED_DOT : POLYFILL_DOT}
+${int8DotWgsl(f.packedDot)}
 const ROWS = ${s.rows}u;
 const UNITS = ${s.units}u;
 const GROUP = ${s.group}u;
@@ -388,7 +372,7 @@ export function quantizeRowsWgsl(units: number, f: { packedDot: boolean }, sourc
     X[i * 8u + e] = v[e];
   }`;
   return `${COMMON}
-${f.packedDot ? PACKED_DOT : POLYFILL_DOT}
+${int8DotWgsl(f.packedDot)}
 const UNITS = ${units}u;
 @group(0) @binding(0) var<storage, ${source === 'plain' ? 'read' : 'read_write'}> X: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> XQ: array<vec4<u32>>;
@@ -418,7 +402,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  */
 export function normQuantizeRowsWgsl(units: number, eps: string, f: { packedDot: boolean; subgroups: boolean }): string {
   return `${header(f)}${COMMON}${reductions(256, f)}
-${f.packedDot ? PACKED_DOT : POLYFILL_DOT}
+${int8DotWgsl(f.packedDot)}
 const UNITS = ${units}u;
 const H = ${units * 32}u;
 @group(0) @binding(0) var<storage, read> X: array<vec4<f32>>;

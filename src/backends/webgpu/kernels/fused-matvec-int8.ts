@@ -17,7 +17,7 @@
  * Shared memory: UNITS x 40 bytes (the int8 x in two vec4<u32> a unit, then (d, xsum)), so phi-4's
  * down_proj (17920 columns) needs 22.4 KB: `int8Fits` checks the device's limit.
  */
-import { COMMON, f32Literal, header, reductions } from './prelude.js';
+import { COMMON, f32Literal, header, int8DotWgsl, reductions } from './prelude.js';
 import { argmaxTracking, blockRow, blocksFor, declarations, epilogue, f16Enable, firstGroup, SG_RPT, type FusedMatvecShape, type MatvecFeatures } from './fused-matvec.js';
 
 const WG = 256;
@@ -41,22 +41,6 @@ export function int8Applies(encoding: string, units: number, subgroups: boolean,
 export function int8Unroll(units: number): number {
   return Math.max(1, Math.min(4, Math.ceil(units / 128)));
 }
-
-const POLYFILL = /* wgsl */ `
-fn dot4I8(a: u32, b: u32) -> i32 {
-  let x = bitcast<i32>(a);
-  let y = bitcast<i32>(b);
-  return extractBits(x, 0u, 8u) * extractBits(y, 0u, 8u) + extractBits(x, 8u, 8u) * extractBits(y, 8u, 8u)
-    + extractBits(x, 16u, 8u) * extractBits(y, 16u, 8u) + extractBits(x, 24u, 8u) * extractBits(y, 24u, 8u);
-}
-fn pack4xI8_(v: vec4<i32>) -> u32 {
-  let b = vec4<u32>(bitcast<vec4<u32>>(v) & vec4<u32>(0xFFu));
-  return b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
-}`;
-
-const NATIVE = /* wgsl */ `
-fn dot4I8(a: u32, b: u32) -> i32 { return dot4I8Packed(a, b); }
-fn pack4xI8_(v: vec4<i32>) -> u32 { return pack4xI8(v); }`;
 
 /**
  * The octet prologue of a norm input (`int8Octets`): 8 lanes a unit, lane e of an octet holding vec4 e
@@ -161,7 +145,7 @@ export function int8MatvecWgsl(s: FusedMatvecShape, f: MatvecFeatures): string {
   return `${header(f)}${f16Enable(s)}diagnostic(off, subgroup_uniformity);
 ${COMMON}
 ${norm && !octets ? reductions(WG, f) : ''}
-${f.packedDot ? NATIVE : POLYFILL}${s.xF16 && !norm ? `
+${int8DotWgsl(f.packedDot)}${s.xF16 && !norm ? `
 fn x16(w: vec2<u32>) -> vec4<f32> { return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }` : ''}
 const ROWS = ${s.rows}u;
 const COLS = ${s.cols}u;

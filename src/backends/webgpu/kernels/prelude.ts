@@ -117,3 +117,27 @@ export function workgroupSizeFor(n: number, lo = 32, hi = 256): number {
   while (w < n && w < hi) w *= 2;
   return w;
 }
+
+/**
+ * `dot4I8(a, b)` (the dot product of four packed i8 pairs) and `pack4xI8_(v)`: WGSL's built-ins where the
+ * adapter has `packed_4x8_integer_dot_product`, else the same arithmetic from extractBits and masks.
+ */
+export function int8DotWgsl(packedDot: boolean | undefined): string {
+  return packedDot ? INT8_DOT_NATIVE : INT8_DOT_POLYFILL;
+}
+
+const INT8_DOT_NATIVE = /* wgsl */ `
+fn dot4I8(a: u32, b: u32) -> i32 { return dot4I8Packed(a, b); }
+fn pack4xI8_(v: vec4<i32>) -> u32 { return pack4xI8(v); }`;
+
+const INT8_DOT_POLYFILL = /* wgsl */ `
+fn dot4I8(a: u32, b: u32) -> i32 {
+  let x = bitcast<i32>(a);
+  let y = bitcast<i32>(b);
+  return extractBits(x, 0u, 8u) * extractBits(y, 0u, 8u) + extractBits(x, 8u, 8u) * extractBits(y, 8u, 8u)
+    + extractBits(x, 16u, 8u) * extractBits(y, 16u, 8u) + extractBits(x, 24u, 8u) * extractBits(y, 24u, 8u);
+}
+fn pack4xI8_(v: vec4<i32>) -> u32 {
+  let b = vec4<u32>(bitcast<vec4<u32>>(v) & vec4<u32>(0xFFu));
+  return b.x | (b.y << 8u) | (b.z << 16u) | (b.w << 24u);
+}`;
