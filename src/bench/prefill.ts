@@ -70,6 +70,7 @@ export async function runPrefillBench(gpu: Gpu, o: PrefillBenchOptions): Promise
   let engine: WebGpuEngine | null = null;
   try {
     engine = await WebGpuEngine.overGpuWeights(gpu, config, engineWeightsOfFused(fused), { contextLength: o.prompt + 1, prefillChunk: o.chunk });
+    if (engine.decodeNotice) o.log(`notice: ${engine.decodeNotice}`);
     o.log(`prefill: ${engine.prefillChunk} tokens a step; products ${prefillPathDescription(gpu)}`);
     const prompt = randomPrompt(o.prompt, config.vocabSize, o.seed);
     const seq = engine.createSequence();

@@ -29,6 +29,7 @@ export interface BenchShape {
 
 export const BENCH_SHAPES: Record<string, BenchShape> = {
   'phi-4': { layers: 40, hidden: 5120, intermediate: 17920, heads: 40, kvHeads: 10, headDim: 128, vocab: 100352, ropeTheta: 250000 },
+  'llama-3.1-70b': { layers: 80, hidden: 8192, intermediate: 28672, heads: 64, kvHeads: 8, headDim: 128, vocab: 128256, ropeTheta: 500000 },
   'llama-3.1-8b': { layers: 32, hidden: 4096, intermediate: 14336, heads: 32, kvHeads: 8, headDim: 128, vocab: 128256, ropeTheta: 500000 },
   'llama-3.2-1b': { layers: 16, hidden: 2048, intermediate: 8192, heads: 32, kvHeads: 8, headDim: 64, vocab: 128256, ropeTheta: 500000 },
   'brown-llama': { layers: 6, hidden: 384, intermediate: 1024, heads: 6, kvHeads: 2, headDim: 64, vocab: 4096, ropeTheta: 10000 },

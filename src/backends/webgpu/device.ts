@@ -107,12 +107,14 @@ export interface GpuOptions {
    */
   dawnToggles?: boolean;
   /**
-   * q4 matrices in groups of 64 on the int8 tensor cores (x quantized to int8 per token and 64
-   * columns) where i8 x i8 -> i32 16x16x32 subgroup matrices are offered and the kernel's self-test
-   * passes (default off: PDVM_PREFILL_I8=1 turns it on). 'row': W rounded again to int8 a row and x per
-   * token, no per-group round trip (PDVM_PREFILL_I8=row; a byte a weight more); 'row-q4': the same
-   * bytes made from the q4 words as they are staged (PDVM_PREFILL_I8=row-q4; 8 bytes a row more).
-   * Changes the numbers: see kernels/matmul-int8.ts.
+   * The prefill's q4 g64 products on the int8 tensor cores, where i8 x i8 -> i32 16x16x32 subgroup
+   * matrices are offered and the kernel's self-test passes. 'row' (the default; PDVM_PREFILL_I8=row):
+   * x quantized to int8 a token, W rounded again to int8 a row and kept beside its q4 words (a byte a
+   * weight more; where that copy does not fit, the engine drops it and multiplies in f16). 'row-q4'
+   * (PDVM_PREFILL_I8=row-q4): the same bytes made from the q4 words as they are staged, no copy, slower.
+   * true (PDVM_PREFILL_I8=1 or group): x quantized per token and 64 columns, scaled per group (slow).
+   * false (PDVM_PREFILL_I8=0): the f16 tensor cores. Changes the numbers: see kernels/matmul-int8.ts
+   * and docs/PERFORMANCE.md.
    */
   prefillInt8?: boolean | 'row' | 'row-q4';
   /** Polyfill WGSL's dot4I8Packed even where the language feature exists (tests run both). */
@@ -150,6 +152,18 @@ async function gpuEntryPoint(toggles = false): Promise<{ gpu: GPU; toggles: stri
 
 function env(name: string): string | undefined {
   return (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.[name];
+}
+
+/**
+ * GpuOptions.prefillInt8 from PDVM_PREFILL_I8: unset or 'row' -> 'row' (the default), 'row-q4',
+ * '1' or 'group' -> true, '0', 'f16' or 'off' -> false; anything else is an error that names the choices.
+ */
+export function parsePrefillInt8(v: string | undefined): boolean | 'row' | 'row-q4' {
+  if (v === undefined || v === '' || v === 'row') return 'row';
+  if (v === 'row-q4') return v;
+  if (v === '1' || v === 'group') return true;
+  if (v === '0' || v === 'f16' || v === 'off') return false;
+  throw new Error(`PDVM_PREFILL_I8='${v}' is not one of row (the default), row-q4, group (or 1), f16 (or 0, off)`);
 }
 
 /** Whether Node asks Dawn for the toggles: the option, else PDVM_DAWN_TOGGLES (default on). */
@@ -266,9 +280,8 @@ export class Gpu {
     const info = adapter.info as GPUAdapterInfo & { subgroupMatrixConfigs?: Iterable<SubgroupMatrixConfig> };
     const description = [info.vendor, info.architecture, info.device, info.description].filter((s) => s).join(' ') || 'unknown adapter';
     const configs = matrix ? Array.from(info.subgroupMatrixConfigs ?? [], (c) => ({ componentType: c.componentType, resultComponentType: c.resultComponentType, M: c.M, N: c.N, K: c.K })) : [];
-    // q4 products on the int8 tensor cores: asked for per group (true) or per row ('row'), or not
-    const i8 = env('PDVM_PREFILL_I8');
-    const prefillInt8 = options.prefillInt8 ?? (i8 === 'row' || i8 === 'row-q4' ? i8 : i8 === '1' || i8 === 'group');
+    // q4 products on the int8 tensor cores: per row by default ('row'), or 'row-q4', per group (true), or not
+    const prefillInt8 = options.prefillInt8 ?? parsePrefillInt8(env('PDVM_PREFILL_I8'));
     // the direct few-token int8 kernel (lab): PDVM_I8_DIRECT=TT (rows) or tTT (tiles), TT 1, 2 or 4
     const direct = /^(t?)([124])$/.exec(env('PDVM_I8_DIRECT') ?? '');
     const features: GpuFeatures = {
@@ -446,6 +459,24 @@ export class Gpu {
     const b = this.createBuffer(`scratch ${name}`, bytes, GPUBufferUsage.STORAGE);
     this.scratchBuffers.set(name, b);
     return b;
+  }
+
+  /** The scratch buffers now (forgetScratchSince). */
+  scratchSnapshot(): Set<GPUBuffer> {
+    return new Set(this.scratchBuffers.values());
+  }
+
+  /**
+   * Destroys and forgets the scratch buffers made since `snapshot` (by plans that were dropped: after a
+   * build that ran out of memory, the buffers it made may be invalid); the kernels built after this
+   * make their own.
+   */
+  forgetScratchSince(snapshot: Set<GPUBuffer>): void {
+    for (const [name, b] of this.scratchBuffers) {
+      if (snapshot.has(b)) continue;
+      b.destroy();
+      this.scratchBuffers.delete(name);
+    }
   }
 
   bindGroup(label: string, pipeline: GPUComputePipeline, buffers: GPUBuffer[]): GPUBindGroup {

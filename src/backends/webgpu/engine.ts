@@ -28,7 +28,7 @@ import { fusedBuffersOf, gpuBuffersOf } from './fused/engine-weights.js';
 import type { FusedModelWeights } from './fused/weights.js';
 import { attentionSplitFor } from './kernels/attention-tensor-core.js';
 import { paddedCols } from './kernels/matmul-tiled.js';
-import { int8TokenScratch, int8TokensInUse, int8TokensLayout, int8TokensPrepared, quantizeTokensOp, argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, decodeCombineOp, embeddingOp, matmulOp, normQuantizeRowsOp, prefillKernel, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type BatchedMatvecSplit, type MatmulIo } from './ops.js';
+import { dropInt8Products, int8CopyBytes, int8Prefill, int8TokenScratch, int8TokensInUse, int8TokensLayout, int8TokensPrepared, quantizeTokensOp, argmaxOp, attentionOp, attentionTensorCoreOp, attentionTiledOp, batchedMatvecOp, chooseRowsOp, decodeCombineOp, embeddingOp, matmulOp, normQuantizeRowsOp, prefillKernel, prefillPathDescription, quantizeRowsOp, rmsnormOp, ropeKvOp, sampleOp, swigluOp, type BatchedMatvecSplit, type MatmulIo } from './ops.js';
 import { gpuWeightBytes, uploadVector, type GpuMatrix, type GpuModelWeights, type UploadOptions } from './weights.js';
 import { guardAllocation, uploadModelWeights } from './upload.js';
 import { batchedTensorCoreOp, defaultTensorCoreSplit, normX16Op, selfTestBatchedTensorCore, swigluX16Op, x16Bytes, x16Op, type TensorCoreSplit } from './batched-products.js';
@@ -256,6 +256,25 @@ function batchSplitFromEnvironment(): Omit<BatchedMatvecSplit, 'nb'> {
   return { layout, rps, groups, slices, unroll };
 }
 
+/**
+ * Builds an engine (its plans make the int8 products' copies of the q4 matrices, kept beside them,
+ * ops.ts int8Rows); where those copies do not fit beside the model, frees them and builds it again with
+ * the products on the f16 tensor cores, saying so in the engine's notice.
+ */
+async function withInt8Fallback(gpu: Gpu, hint: string, notice: string | undefined, make: (notice: string | undefined) => WebGpuEngine): Promise<WebGpuEngine> {
+  const scratch = gpu.scratchSnapshot();
+  try {
+    return await gpu.allocating("the prefill's int8 copies of the q4 matrices", hint, () => make(notice));
+  } catch (e) {
+    const bytes = int8CopyBytes(gpu);
+    if (!(e instanceof GpuOutOfMemoryError) || bytes === 0) throw e;
+    dropInt8Products(gpu);
+    gpu.forgetScratchSince(scratch);
+    const why = `prefill on the f16 tensor cores: the int8 copies of the q4 matrices (${mb(bytes)}) do not fit beside the model (PDVM_PREFILL_I8=row-q4 makes none)`;
+    return await gpu.allocating('the engine', hint, () => make(notice ? `${notice}; ${why}` : why));
+  }
+}
+
 function mb(bytes: number): string {
   return `${(bytes / 1e6).toFixed(1)} MB`;
 }
@@ -331,6 +350,12 @@ export class WebGpuEngine implements Engine {
   private readonly rowsAt: number;
   private queue: Promise<unknown> = Promise.resolve();
   private disposed = false;
+  /**
+   * A prefill step of several tokens is submitted every this many layers (0: once), so that the GPU
+   * starts while the CPU encodes the rest (PDVM_SUBMIT_LAYERS; docs/PERFORMANCE.md "Prefill by default
+   * on the int8 tensor cores").
+   */
+  submitLayers = Math.max(0, Math.floor(Number(envVar('PDVM_SUBMIT_LAYERS') ?? 4)) || 0);
   /** x of the fused decoders' q4 products (WebGpuEngineOptions.matvecActivations). */
   matvecActivations: 'int8' | 'f32' = 'int8';
 
@@ -345,7 +370,7 @@ export class WebGpuEngine implements Engine {
     readonly prefillChunk: number,
     /** The fused path's weights (sharing buffers with `weights`), or null when it is off. */
     readonly fusedWeights: FusedModelWeights | null,
-    /** Why the fused path is off although it was asked for; undefined otherwise. */
+    /** Why a fast path is off although it was asked for (the fused decoder, the prefill's int8 products); undefined otherwise. */
     readonly decodeNotice: string | undefined,
     /** Every sequence's K and V (a slot each). */
     readonly kv: KvCache,
@@ -427,7 +452,7 @@ export class WebGpuEngine implements Engine {
           notice = `decoding through the forward pass: the fused decoder cannot run here (${(e as Error).message})`;
         }
       }
-      const engine = new WebGpuEngine(c, ctx, gpu, !options.gpu, weights, activations, chunk, fused, notice, kv, options.tiledAttention ?? !SOFTWARE_ADAPTER.test(gpu.adapterDescription), options.batchedStep ?? false);
+      const engine = await withInt8Fallback(gpu, hint, notice, (n) => new WebGpuEngine(c, ctx, gpu, !options.gpu, weights, activations, chunk, fused, n, kv, options.tiledAttention ?? !SOFTWARE_ADAPTER.test(gpu.adapterDescription), options.batchedStep ?? false));
       engine.matvecActivations = options.matvecActivations ?? 'int8';
       engine.batchRows = Math.max(1, Math.min(32, Math.floor(options.batchRows ?? Number(envVar('PDVM_BATCH_NB') ?? 8))));
       if (options.batchedStep) await engine.chooseBatchProducts(options.batchProducts);
@@ -453,7 +478,7 @@ export class WebGpuEngine implements Engine {
     const activations = await gpu.allocating('the activations', hint, () => guardAllocation(hint, () => allocateActivations(gpu, c, ctx, chunk)));
     const kv = new KvCache(gpu, { numLayers: c.numLayers, kvDim: c.numKvHeads * c.headDim, contextLength: ctx, dtype: options.kvCache ?? 'f16' });
     await gpu.allocating(`a KV cache of ${ctx} positions`, hint, () => guardAllocation(hint, () => kv.grow(Math.max(1, options.kvSlots ?? 1))));
-    const engine = new WebGpuEngine(c, ctx, gpu, false, weights, activations, chunk, null, undefined, kv, !SOFTWARE_ADAPTER.test(gpu.adapterDescription), options.batchedStep ?? false);
+    const engine = await withInt8Fallback(gpu, hint, undefined, (n) => new WebGpuEngine(c, ctx, gpu, false, weights, activations, chunk, null, n, kv, !SOFTWARE_ADAPTER.test(gpu.adapterDescription), options.batchedStep ?? false));
     if (options.batchedStep) await engine.chooseBatchProducts();
     const spare = new WebGpuSequence(kv);
     spare.slot = kv.acquire();
@@ -498,10 +523,15 @@ export class WebGpuEngine implements Engine {
         return d;
       });
     };
+    // int8 products scaled by row (every product after a norm or the SwiGLU a q4 g64 one on the int8
+    // tensor cores): the norm and the SwiGLU write x as int8 a token as they go, and the products skip
+    // their quantize_tokens (as the batched step's do); else they write f16 rows for the tensor cores
+    const tokens8 = int8TokensInUse(gpu) && H % 64 === 0 && ffn % 64 === 0 ? int8TokenScratch(gpu, C, Math.max(H, ffn, qDim)) : null;
+    const int8Layer = (L: (typeof w.layers)[number]) => tokens8 !== null && [...L.qkv, ...L.gateUp, L.down].every((m) => int8Prefill(gpu, m));
     const layerPlans = (kind: 'matvec' | 'tiled'): LayerPlan[] => {
       const f16 = x16(kind);
       const normCols = f16 ? { f16Cols: paddedCols(H) } : {};
-      return w.layers.map((L) => ({
+      return w.layers.map((L) => (kind === 'tiled' && int8Layer(L) ? int8LayerPlan(L, tokens8!) : {
         beforeAttention: [
           rmsnormOp(gpu, { hidden: H, eps: c.rmsNormEps, mode: 'all', ...normCols }, C, a.x, L.attnNorm, a.xn, a.step, f16),
           ...stacked(L.qkv, a.xn, a.qkv, qkvDim, L.qkvBias, kind, f16),
@@ -514,6 +544,30 @@ export class WebGpuEngine implements Engine {
           ...matmulOp(gpu, L.down, { x: a.act, y: a.x, yStride: H, yOffset: 0, bias: null, residual: true, step: a.step, ...(f16 ? { x16: f16 } : {}) }, kind, C),
         ],
       }));
+    };
+    const int8LayerPlan = (L: (typeof w.layers)[number], s: { xq: GPUBuffer; xscale: GPUBuffer }): LayerPlan => {
+      const products = (parts: GpuMatrix[], cols: number, y: GPUBuffer, yStride: number, bias: GPUBuffer | null, x: GPUBuffer, residual: boolean) => {
+        const prepared = int8TokensPrepared(s, cols);
+        let offset = 0;
+        return parts.flatMap((m) => {
+          const d = matmulOp(gpu, m, { x, y, yStride, yOffset: offset, bias, residual, step: a.step, prepared }, 'tiled', C);
+          offset += m.rows;
+          return d;
+        });
+      };
+      return {
+        beforeAttention: [
+          quantizeTokensOp(gpu, H, { kind: 'norm', eps: c.rmsNormEps, x: a.x, weight: L.attnNorm }, a.xn, s, a.step),
+          ...products(L.qkv, H, a.qkv, qkvDim, L.qkvBias, a.xn, false),
+        ],
+        afterAttention: [
+          ...matmulOp(gpu, L.o, { x: a.att, y: a.x, yStride: H, yOffset: 0, bias: null, residual: true, step: a.step }, 'tiled', C),
+          quantizeTokensOp(gpu, H, { kind: 'norm', eps: c.rmsNormEps, x: a.x, weight: L.mlpNorm }, a.xn, s, a.step),
+          ...products(L.gateUp, H, a.gateUp, 2 * ffn, null, a.xn, false),
+          quantizeTokensOp(gpu, ffn, { kind: 'swiglu', gateUp: a.gateUp }, a.act, s, a.step),
+          ...products([L.down], ffn, a.x, H, null, a.act, true),
+        ],
+      };
     };
     const lmHead = (kind: 'matvec' | 'tiled') =>
       matmulOp(gpu, w.lmHead, { x: a.xn, y: a.logits, yStride: c.vocabSize, yOffset: 0, bias: null, residual: false, step: a.step }, kind, Math.min(C, LOGITS_ROWS));
@@ -976,9 +1030,18 @@ export class WebGpuEngine implements Engine {
       }
       this.gpu.device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, this.rowsAt + 2 * n);
 
-      const encoder = this.gpu.device.createCommandEncoder();
-      const pass = encoder.beginComputePass();
-      this.encodeLayers(pass, this.kvDispatchesOf(slot.group.index), n, pos0 + s + n);
+      const device = this.gpu.device;
+      let encoder = device.createCommandEncoder();
+      let pass = encoder.beginComputePass();
+      // a long step goes to the GPU in parts, so that it starts on the first layers while the rest are encoded
+      const every = n > 1 ? this.submitLayers : 0;
+      this.encodeLayers(pass, this.kvDispatchesOf(slot.group.index), n, pos0 + s + n, every > 0 ? (l) => {
+        if ((l + 1) % every !== 0) return pass;
+        pass.end();
+        device.queue.submit([encoder.finish()]);
+        encoder = device.createCommandEncoder();
+        return (pass = encoder.beginComputePass());
+      } : undefined);
       let readBytes = 0;
       if (output === 'all') {
         encodeDispatches(pass, n === 1 ? this.plans.lastLogits : this.plans.allLogits, n);
@@ -1028,13 +1091,15 @@ export class WebGpuEngine implements Engine {
   }
 
   /** The step's dispatches; `end`: the position after its last token (long prompts split attention over keys). */
-  private encodeLayers(pass: GPUComputePassEncoder, kv: LayerKv[], T: number, end: number): void {
+  /** `afterLayer` (a step submitted in parts): called after each layer's dispatches, gives the pass to go on in. */
+  private encodeLayers(pass: GPUComputePassEncoder, kv: LayerKv[], T: number, end: number, afterLayer?: (l: number) => GPUComputePassEncoder): void {
     const layers = T === 1 ? this.plans.decode : this.plans.prefill;
     encodeDispatches(pass, this.plans.embedding, T);
     for (let l = 0; l < layers.length; l++) {
       encodeDispatches(pass, layers[l]!.beforeAttention, T);
       encodeDispatches(pass, T === 1 ? kv[l]!.one : end >= kv[l]!.longFrom ? kv[l]!.promptLong : kv[l]!.prompt, T);
       encodeDispatches(pass, layers[l]!.afterAttention, T);
+      if (afterLayer && l + 1 < layers.length) pass = afterLayer(l);
     }
   }
 

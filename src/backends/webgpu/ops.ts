@@ -139,6 +139,17 @@ export function prefillKernel(gpu: Gpu): TiledKernel {
   return gpu.features.subgroupMatrixF16 ? 'subgroup-matrix-f16' : 'f32';
 }
 
+/**
+ * Whether the prefill's product of `m` runs on the int8 tensor cores (q4 g64, where self-tested; every
+ * block of a matrix split across bindings), so that x can reach it already quantized (quantizeTokensOp).
+ */
+export function int8Prefill(gpu: Gpu, m: GpuMatrix): boolean {
+  if (m.encoding !== 'dense' && m.rowBlocks) return m.rowBlocks.every((b) => int8Prefill(gpu, b.matrix));
+  if (!gpu.features.subgroupMatrixI8 || prefillKernel(gpu) === 'f32' || m.encoding === 'dense' || m.shape.encoding !== 'q4') return false;
+  const weight: TiledWeight = { encoding: 'q4', wordsPerRow: m.shape.wordsPerRow, group: m.shape.group, groups: m.shape.groups };
+  return tiledSupports(weight) && int8Supports({ weight, cols: m.cols });
+}
+
 /** A line naming the prefill's product kernel (bench, --verbose). */
 export function prefillPathDescription(gpu: Gpu): string {
   if (prefillKernel(gpu) === 'f32') return `tiled f32 (${F32_TILE.tokens} tokens x ${F32_TILE.rows} rows a workgroup, WebGPU default limits)`;
@@ -398,7 +409,27 @@ function int8Rows(gpu: Gpu, shape: TiledMatmulShape, q4: GPUBuffer[], scalesOnly
   pass.end();
   device.queue.submit([encoder.finish()]);
   memo.set(q4[0]!, out);
+  int8CopiesOf.set(gpu, [...(int8CopiesOf.get(gpu) ?? []), { memo, key: q4[0]!, buffers: out }]);
   return out;
+}
+const int8CopiesOf = new WeakMap<Gpu, { memo: WeakMap<GPUBuffer, GPUBuffer[]>; key: GPUBuffer; buffers: GPUBuffer[] }[]>();
+
+/** The GPU bytes of the int8 copies made so far on `gpu` (int8Rows). */
+export function int8CopyBytes(gpu: Gpu): number {
+  return (int8CopiesOf.get(gpu) ?? []).reduce((n, c) => n + c.buffers.reduce((m, b) => m + b.size, 0), 0);
+}
+
+/**
+ * Turns the int8 products off on `gpu` and frees the copies they kept (where they did not fit beside
+ * the model): the products built after this multiply on the f16 tensor cores.
+ */
+export function dropInt8Products(gpu: Gpu): void {
+  for (const c of int8CopiesOf.get(gpu) ?? []) {
+    c.memo.delete(c.key);
+    for (const b of c.buffers) b.destroy();
+  }
+  int8CopiesOf.delete(gpu);
+  gpu.features.subgroupMatrixI8 = false;
 }
 
 /**

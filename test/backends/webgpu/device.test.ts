@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Gpu } from '../../../src/backends/webgpu/device.js';
+import { Gpu, parsePrefillInt8 } from '../../../src/backends/webgpu/device.js';
 import { selfTestShaderF16 } from '../../../src/backends/webgpu/self-test.js';
 import { SKIP_GPU } from './gpu.js';
 
@@ -21,6 +21,9 @@ test('device features: reported, self-tested, and switched off by the options', 
     if (f.subgroupMatrixF16) assert.equal(f.selfTests['subgroup-matrix f16'], 'passed');
     if (f.subgroupMatrixF16) assert.equal(f.selfTests[`prefill kernel (subgroup matrix, ${f.subgroupMatrixIndexing})`], 'passed');
     if (f.subgroupMatrixF16) assert.ok(f.shaderF16 && f.subgroupMatrixConfigs.some((c) => c.componentType === 'f16'));
+    // the int8 products scaled by row are the default where offered and self-tested
+    if (f.subgroupMatrixI8) assert.equal(f.selfTests[`prefill int8 ${f.int8Scaling} (${f.int8Syntax} majorness, offsets in ${f.int8Units})`], 'passed');
+    if (process.env.PDVM_PREFILL_I8 === undefined) assert.equal(f.int8Scaling, 'row');
     assert.match(g.featureSummary, /subgroups (on|off), shader-f16 (on|off), dot4I8Packed (on|off), subgroup matrix f16 (on|off)/);
     if (f.shaderF16) assert.equal(await selfTestShaderF16(g.device), 'passed');
   } finally {
@@ -38,4 +41,13 @@ test('device features: reported, self-tested, and switched off by the options', 
   } finally {
     plain.destroy();
   }
+});
+
+test('PDVM_PREFILL_I8: row by default, the other scalings and f16 by name, anything else an error naming the choices', () => {
+  assert.equal(parsePrefillInt8(undefined), 'row');
+  assert.equal(parsePrefillInt8('row'), 'row');
+  assert.equal(parsePrefillInt8('row-q4'), 'row-q4');
+  for (const v of ['1', 'group']) assert.equal(parsePrefillInt8(v), true);
+  for (const v of ['0', 'f16', 'off']) assert.equal(parsePrefillInt8(v), false);
+  assert.throws(() => parsePrefillInt8('rows'), /PDVM_PREFILL_I8='rows' is not one of row \(the default\), row-q4, group/);
 });
