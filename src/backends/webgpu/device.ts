@@ -166,6 +166,24 @@ export function parsePrefillInt8(v: string | undefined): boolean | 'row' | 'row-
   throw new Error(`PDVM_PREFILL_I8='${v}' is not one of row (the default), row-q4, group (or 1), f16 (or 0, off)`);
 }
 
+/**
+ * The int8 products with `scaling` on this device: each way of counting an i8 load's offset until one
+ * gives the known answer; on a pass, features say so (subgroupMatrixI8, int8Scaling, the way found).
+ */
+async function selfTestInt8(device: GPUDevice, features: GpuFeatures, scaling: Int8Scaling): Promise<boolean> {
+  const tiles = features.int8Tile ? [features.int8Tile] : int8TilesFor(scaling);
+  const other = features.subgroupMatrixSyntax === 'template' ? 'argument' : 'template';
+  for (const [syntax, units] of [[features.subgroupMatrixSyntax, 'words'], [features.subgroupMatrixSyntax, 'bytes'], [other, 'words'], [other, 'bytes']] as const) {
+    const k = await selfTestPrefillInt8(device, features.subgroupMatrixIndexing!, tiles, syntax, units, scaling);
+    features.selfTests[`prefill int8 ${scaling} (${syntax} majorness, offsets in ${units})`] = k;
+    if (k === 'passed') {
+      Object.assign(features, { subgroupMatrixI8: true, int8Scaling: scaling, int8Syntax: syntax, int8Units: units });
+      return true;
+    }
+  }
+  return false;
+}
+
 /** Whether Node asks Dawn for the toggles: the option, else PDVM_DAWN_TOGGLES (default on). */
 function wantToggles(options: GpuOptions): boolean {
   if (options.dawnToggles !== undefined) return options.dawnToggles;
@@ -352,18 +370,7 @@ export class Gpu {
         if (features.subgroupMatrixF16 && prefillInt8) {
           if (!i8Matrix || features.subgroupMaxSize !== 32) features.selfTests['prefill int8'] = 'not run: no i8->i32 16x16x32 configuration with subgroups of 32';
           else {
-            const tiles = features.int8Tile ? [features.int8Tile] : int8TilesFor(features.int8Scaling);
-            const other = features.subgroupMatrixSyntax === 'template' ? 'argument' : 'template';
-            for (const [syntax, units] of [[features.subgroupMatrixSyntax, 'words'], [features.subgroupMatrixSyntax, 'bytes'], [other, 'words'], [other, 'bytes']] as const) {
-              const k = await selfTestPrefillInt8(device, features.subgroupMatrixIndexing!, tiles, syntax, units, features.int8Scaling);
-              features.selfTests[`prefill int8 ${features.int8Scaling} (${syntax} majorness, offsets in ${units})`] = k;
-              if (k === 'passed') {
-                features.subgroupMatrixI8 = true;
-                features.int8Syntax = syntax;
-                features.int8Units = units;
-                break;
-              }
-            }
+            await selfTestInt8(device, features, features.int8Scaling);
           }
         }
         // prompt attention on the same primitives (and subgroup shuffles), unless turned off
@@ -459,6 +466,16 @@ export class Gpu {
     const b = this.createBuffer(`scratch ${name}`, bytes, GPUBufferUsage.STORAGE);
     this.scratchBuffers.set(name, b);
     return b;
+  }
+
+  /**
+   * Puts the prefill's int8 products on `scaling` (after its self-test here; engine.ts, where the
+   * copies of scaling 'row' did not fit): whether they are on.
+   */
+  async useInt8Scaling(scaling: Int8Scaling): Promise<boolean> {
+    this.features.subgroupMatrixI8 = false;
+    if (!this.features.subgroupMatrixF16) return false;
+    return selfTestInt8(this.device, this.features, scaling);
   }
 
   /** The scratch buffers now (forgetScratchSince). */

@@ -259,7 +259,8 @@ function batchSplitFromEnvironment(): Omit<BatchedMatvecSplit, 'nb'> {
 /**
  * Builds an engine (its plans make the int8 products' copies of the q4 matrices, kept beside them,
  * ops.ts int8Rows); where those copies do not fit beside the model, frees them and builds it again with
- * the products on the f16 tensor cores, saying so in the engine's notice.
+ * the int8 products that keep no copy ('row-q4', self-tested then), else the f16 tensor cores, saying
+ * so in the engine's notice.
  */
 async function withInt8Fallback(gpu: Gpu, hint: string, notice: string | undefined, make: (notice: string | undefined) => WebGpuEngine): Promise<WebGpuEngine> {
   const scratch = gpu.scratchSnapshot();
@@ -270,7 +271,13 @@ async function withInt8Fallback(gpu: Gpu, hint: string, notice: string | undefin
     if (!(e instanceof GpuOutOfMemoryError) || bytes === 0) throw e;
     dropInt8Products(gpu);
     gpu.forgetScratchSince(scratch);
-    const why = `prefill on the f16 tensor cores: the int8 copies of the q4 matrices (${mb(bytes)}) do not fit beside the model (PDVM_PREFILL_I8=row-q4 makes none)`;
+    // Dawn returns a destroyed buffer's memory at a tick after the work submitted before it is done
+    await gpu.device.queue.onSubmittedWorkDone();
+    gpu.device.queue.submit([]);
+    await gpu.device.queue.onSubmittedWorkDone();
+    // the same int8 products with W rounded as it is staged (no copy), else the f16 tensor cores
+    const rowQ4 = await gpu.useInt8Scaling('row-q4');
+    const why = `the int8 copies of the q4 matrices (${mb(bytes)}) do not fit beside the model: the prefill ${rowQ4 ? 'rounds W to int8 as it stages it (PDVM_PREFILL_I8=row-q4), slower' : 'multiplies on the f16 tensor cores'}`;
     return await gpu.allocating('the engine', hint, () => make(notice ? `${notice}; ${why}` : why));
   }
 }
