@@ -276,10 +276,10 @@ export function quantizeBlocksGrid(T: number, cols: number): [number, number, nu
  * `fn NAME(lid, v) -> f32`: the 64 invocations' v combined by `combine(a, b)` in a tree of fixed order
  * (every invocation calls it; the result is read by all before `part` is written again).
  */
-const workgroupReduce = (name: string, combine: (a: string, b: string) => string) => `fn ${name}(lid: u32, v: f32) -> f32 {
+const workgroupReduce = (name: string, combine: (a: string, b: string) => string, size: number) => `fn ${name}(lid: u32, v: f32) -> f32 {
   part[lid] = v;
   workgroupBarrier();
-  for (var w = 32u; w > 0u; w = w / 2u) {
+  for (var w = ${size / 2}u; w > 0u; w = w / 2u) {
     if (lid < w) { part[lid] = ${combine('part[lid]', 'part[lid + w]')}; }
     workgroupBarrier();
   }
@@ -288,11 +288,12 @@ const workgroupReduce = (name: string, combine: (a: string, b: string) => string
   return m;
 }`;
 
-/** WGSL shared by the 'row' kernels (workgroups of 64): a value to an int8 byte, and the workgroup's largest value and sum. */
-const ROW_HELPERS = `var<workgroup> part: array<f32, 64>;
+/** WGSL shared by the 'row' kernels (workgroups of `size`, a power of 2): a value to an int8 byte, and the workgroup's largest value and sum. */
+const rowHelpers = (size: number) => `var<workgroup> part: array<f32, ${size}>;
 fn byte(v: f32) -> u32 { return u32(i32(round(v))) & 0xffu; }
-${workgroupReduce('workgroup_max', (a, b) => `max(${a}, ${b})`)}
-${workgroupReduce('workgroup_sum', (a, b) => `${a} + ${b}`)}`;
+${workgroupReduce('workgroup_max', (a, b) => `max(${a}, ${b})`, size)}
+${workgroupReduce('workgroup_sum', (a, b) => `${a} + ${b}`, size)}`;
+const ROW_HELPERS = rowHelpers(64);
 
 /**
  * The 'tiles' layout of int8 rows (matrix rows or tokens; PDVM_I8_DIRECT=tTT): tiles of 16 rows x 128
@@ -344,22 +345,25 @@ export function quantizeTokensWgsl(cols: number, source: TokensSource = { kind: 
       ? 'let v = x[t * N + j] * rs * w[j];\n    xn[t * N + j] = v;'
       : 'let g = gate_up[t * 2u * N + j];\n    let v = g / (1.0 + exp(-g)) * gate_up[t * 2u * N + N + j];\n    act[t * N + j] = v;';
   const again = k === 'plain' ? 'x' : k === 'norm' ? 'xn' : 'act';
+  // a workgroup a token: 256 invocations where only a max is taken (the same bytes whatever the size),
+  // 64 for the norm, whose sum of squares keeps the order kernels/rmsnorm.ts adds in
+  const WG = k === 'norm' ? 64 : 256;
   return `const N = ${cols / 4}u; // vec4 a token
 ${inputs}
 @group(0) @binding(${first}) var<storage, read_write> xq: array<u32>;
 @group(0) @binding(${first + 1}) var<storage, read_write> xscale: array<vec2<f32>>;
 @group(0) @binding(${first + 2}) var<storage, read> step: array<u32>;
-${ROW_HELPERS}
+${rowHelpers(WG)}
 ${layout === 'tiles' ? tiledWord(cols / 128) : ''}
-@compute @workgroup_size(64)
+@compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let t = wid.y * 65535u + wid.x;
   if (t >= step[0]) { return; } // uniform: the whole workgroup has one token
 ${k === 'norm' ? `  var ss = 0.0;
-  for (var j = lid; j < N; j += 64u) { let v = x[t * N + j]; ss += dot(v, v); }
+  for (var j = lid; j < N; j += ${WG}u) { let v = x[t * N + j]; ss += dot(v, v); }
   let rs = inverseSqrt(workgroup_sum(lid, ss) / f32(N * 4u) + ${source.eps});
 ` : ''}  var amax = 0.0;
-  for (var j = lid; j < N; j += 64u) {
+  for (var j = lid; j < N; j += ${WG}u) {
     ${value}
     let a = abs(v);
     amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
@@ -367,7 +371,7 @@ ${k === 'norm' ? `  var ss = 0.0;
   let m = workgroup_max(lid, amax);
   let inv = select(0.0, 127.0 / m, m > 0.0);
   if (lid == 0u) { xscale[t] = vec2<f32>(m / 127.0, 0.0); }
-  for (var j = lid; j < N; j += 64u) { // this invocation's own values of the first loop
+  for (var j = lid; j < N; j += ${WG}u) { // this invocation's own values of the first loop
     let a = ${again}[t * N + j] * inv;
     xq[${layout === 'tiles' ? 'tiled_word(t, j)' : 't * N + j'}] = byte(a.x) | (byte(a.y) << 8u) | (byte(a.z) << 16u) | (byte(a.w) << 24u);
   }
