@@ -40,6 +40,12 @@ export interface LoadModelOptions {
   matvecActivations?: 'int8' | 'f32';
   /** WebGPU only: the KV cache's storage, 'f16' (default: half the bytes) or 'f32' (docs/KV-CACHE.md). */
   kvCache?: 'f16' | 'f32';
+  /**
+   * WebGPU, where int8 subgroup matrices pass their self-test: the prefill's q4 products on the int8
+   * tensor cores, 'row' (default, scaled by row, an int8 copy of W) or 'row-q4' (no copy), or false
+   * (f16 tensor cores). Default: PDVM_PREFILL_I8, else 'row'. docs/PERFORMANCE.md.
+   */
+  prefillInt8?: 'row' | 'row-q4' | false;
   /** Positions each generation may hold, prompt included (default: the model's, at most 4096). */
   contextLength?: number;
   /**
@@ -380,6 +386,7 @@ export async function modelFromLoaded(loaded: LoadedModel, options: LoadModelOpt
   // this compiles against an engine that does not know it yet; such an engine ignores it)
   const webgpu: Record<string, unknown> = {};
   if (options.matvecActivations) webgpu.matvecActivations = options.matvecActivations;
+  if (options.prefillInt8 !== undefined) webgpu.prefillInt8 = options.prefillInt8;
   if (options.batchedStep) {
     webgpu.batchedStep = true;
     // the slots of the batch (and as many kept caches) allocated at load, in one buffer group: a pool

@@ -41,6 +41,17 @@ export function kvCacheOption(): Option {
   return new Option('--kv-cache <dtype>', 'webgpu: the KV cache storage (f16 halves its bytes; f32 matches the CPU reference)').choices(['f16', 'f32']).default('f16');
 }
 
+/** --prefill-int8: the prefill's q4 products on the int8 tensor cores (where self-tested): row, row-q4 or off. */
+export type PrefillInt8Choice = 'row' | 'row-q4' | 'off';
+export function prefillInt8Option(): Option {
+  return new Option(
+    '--prefill-int8 <mode>',
+    "webgpu, where int8 subgroup matrices pass their self-test: the prefill's q4 products on the int8 tensor cores, row (the default: W kept as int8 too, a byte a weight more), row-q4 (rounded as staged, no copy, slower) or off (f16 tensor cores; also PDVM_PREFILL_I8)",
+  ).choices(['row', 'row-q4', 'off']);
+}
+/** GpuOptions.prefillInt8 of --prefill-int8 (undefined: PDVM_PREFILL_I8, else the default). */
+export const prefillInt8Of = (c: PrefillInt8Choice | undefined): 'row' | 'row-q4' | false | undefined => (c === 'off' ? false : c);
+
 export function parseIntOption(name: string) {
   return (v: string): number => {
     const n = Number(v);
@@ -86,10 +97,13 @@ export async function loadForCli(path: string | undefined, options: { lazy?: boo
 }
 
 /** Creates the engine for --backend; prints the notice when `auto` or the fused decode path falls back. */
-export async function createEngineForCli(model: LoadedModel, backend: BackendChoice, contextLength: number, decode: DecodeChoice = 'fused', kvCache: KvCacheChoice = 'f16'): Promise<Engine> {
+export async function createEngineForCli(
+  model: LoadedModel, backend: BackendChoice, contextLength: number, decode: DecodeChoice = 'fused', kvCache: KvCacheChoice = 'f16', prefillInt8?: PrefillInt8Choice,
+): Promise<Engine> {
   let created: Awaited<ReturnType<typeof createEngine>>;
+  const int8 = prefillInt8Of(prefillInt8);
   try {
-    created = await createEngine(model, { backend, contextLength, decode, kvCache });
+    created = await createEngine(model, { backend, contextLength, decode, kvCache, ...(int8 !== undefined ? { webgpu: { prefillInt8: int8 } } : {}) });
   } finally {
     await model.close?.(); // a lazy model's file: every matrix is in the engine now
   }

@@ -158,6 +158,9 @@ test('missing model folder, bad flag values and a prompt past the context', () =
   expectCleanError(runCli(['generate', '/nonexistent/model', '--prompt', 'x']), '/nonexistent/model');
   expectCleanError(runCli(['generate', LLAMA, '--prompt-ids', '1,x']), '--prompt-ids');
   expectCleanError(runCli(['generate', LLAMA, '--prompt-ids', '1,2', '--temperature', '-1']), 'temperature');
+  const badChoice = runCli(['generate', LLAMA, '--prompt-ids', '1,2', '--prefill-int8', 'int4']); // commander's line, and where to read more
+  assert.equal(badChoice.status, 1, badChoice.stderr);
+  assert.match(badChoice.stderr, /--prefill-int8.*'int4' is invalid.*row, row-q4, off/);
   const long = Array.from({ length: 40 }, (_, i) => i + 3).join(',');
   expectCleanError(runCli(['generate', LLAMA, '--prompt-ids', long, '--context', '16']), '40 tokens', 'context');
 });

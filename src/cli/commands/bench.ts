@@ -32,7 +32,7 @@ function parseAttentionKinds(value: string): DecodeAttentionKind[] {
   }
   return kinds as DecodeAttentionKind[];
 }
-import { action, parseFloatOption, parseIntOption } from '../common.js';
+import { action, parseFloatOption, parseIntOption, prefillInt8Of, prefillInt8Option, type PrefillInt8Choice } from '../common.js';
 
 /** A comma-separated list of values, each checked by `one`. */
 function listOf<T>(flag: string, one: (t: string) => T | undefined, what: string): (value: string) => T[] {
@@ -55,6 +55,7 @@ type BenchFlags = Omit<BenchOptions, 'paths' | 'probeBytes' | 'log' | 'profile' 
   f16: boolean;
   subgroupMatrix: boolean;
   dawnToggles: boolean;
+  prefillInt8?: PrefillInt8Choice;
   json: boolean;
   out?: string;
   prefill?: number;
@@ -100,6 +101,7 @@ export function benchCommand(): Command {
     .option('--no-f16', 'do not use shader-f16 (nor the f16 subgroup matrices)')
     .option('--no-subgroup-matrix', 'do not use subgroup matrices (the prefill\'s f16 tensor-core kernel) although offered; also PDVM_SUBGROUP_MATRIX=0')
     .option('--no-dawn-toggles', 'Node: do not ask Dawn for allow_unsafe_apis / vulkan_enable_f16_on_nvidia (also PDVM_DAWN_TOGGLES=0)')
+    .addOption(prefillInt8Option())
     .option('--prefill <n>', 'instead: prefill an n-token prompt through the engine\'s prefill path (like llama-bench ppN) and report prompt_tokens_per_second', parseIntOption('--prefill'))
     .option('--prefill-chunk <n>', 'with --prefill: tokens per prefill step (default the engine\'s, 512)', parseIntOption('--prefill-chunk'))
     .option('--runs <n>', 'with --prefill: timed runs, the median reported', parseIntOption('--runs'), 3)
@@ -109,7 +111,7 @@ export function benchCommand(): Command {
       action(async (f: BenchFlags) => {
         if (!(f.density > 0 && f.density <= 1)) throw new Error('--density must be in (0, 1]');
         if (f.context < 2 || f.tokens < 2) throw new Error('--context and --tokens must be at least 2');
-        const gpu = await Gpu.acquire({ disableSubgroups: !f.subgroups, disableShaderF16: !f.f16, ...(f.subgroupMatrix ? {} : { subgroupMatrix: false }), ...(f.dawnToggles ? {} : { dawnToggles: false }) });
+        const gpu = await Gpu.acquire({ disableSubgroups: !f.subgroups, disableShaderF16: !f.f16, ...(f.subgroupMatrix ? {} : { subgroupMatrix: false }), ...(f.dawnToggles ? {} : { dawnToggles: false }), ...(f.prefillInt8 ? { prefillInt8: prefillInt8Of(f.prefillInt8) } : {}) });
         try {
           if (f.prefill !== undefined) {
             const r = await runPrefillBench(gpu, {

@@ -7,7 +7,7 @@ import { GrammarCompiler, type TokenizerJson, jumpTokenizer } from '../../runtim
 import type { Constraint } from '../../runtime/token-filter.js';
 import { generate, type GenerationResult } from '../../runtime/generate.js';
 import { generationConfigSource, generationDefaults } from '../../runtime/defaults.js';
-import { action, backendOption, createEngineForCli, decodeOption, kvCacheOption, type KvCacheChoice, defaultContext, loadForCli, parseFloatOption, parseIntOption, type DecodeChoice } from '../common.js';
+import { action, backendOption, createEngineForCli, decodeOption, kvCacheOption, type KvCacheChoice, prefillInt8Option, type PrefillInt8Choice, defaultContext, loadForCli, parseFloatOption, parseIntOption, type DecodeChoice } from '../common.js';
 
 interface GenerateFlags {
   prompt?: string;
@@ -32,6 +32,7 @@ interface GenerateFlags {
   grammar?: string;
   strict?: boolean;
   kvCache: KvCacheChoice;
+  prefillInt8?: PrefillInt8Choice;
 }
 
 /** The constraint --json-schema FILE or --grammar FILE asks for (compiled by xgrammar), or null. */
@@ -91,6 +92,7 @@ export function generateCommand(): Command {
     .addOption(backendOption())
     .addOption(decodeOption())
     .addOption(kvCacheOption())
+    .addOption(prefillInt8Option())
     .action(action(async (modelPath: string | undefined, flags: GenerateFlags) => {
       if ((flags.prompt === undefined) === (flags.promptIds === undefined)) {
         throw new InvalidInputError('give exactly one of --prompt TEXT or --prompt-ids 1,2,3');
@@ -115,7 +117,7 @@ export function generateCommand(): Command {
         }
       }
       const constraint = await constraintOf(flags, model);
-      const engine = await createEngineForCli(model, flags.backend, defaultContext(model, flags.context), flags.decode, flags.kvCache);
+      const engine = await createEngineForCli(model, flags.backend, defaultContext(model, flags.context), flags.decode, flags.kvCache, flags.prefillInt8);
       const described = (engine as { describe?: () => string }).describe?.();
       if (flags.verbose) process.stderr.write(`pdvm: backend ${engine.backend}${described ? `: ${described}` : ''}\n`);
       const seq = engine.createSequence();

@@ -4,7 +4,7 @@ import { Command } from 'commander';
 import { InvalidInputError, PdvmError } from '../../errors.js';
 import { perplexity, perplexityTokenStream } from '../../runtime/perplexity.js';
 import { defaultWorkerCount, parallelPerplexity } from '../../runtime/parallel-perplexity.js';
-import { action, backendOption, createEngineForCli, defaultContext, loadForCli, parseIntOption } from '../common.js';
+import { action, backendOption, createEngineForCli, defaultContext, loadForCli, parseIntOption, prefillInt8Option, type PrefillInt8Choice } from '../common.js';
 import { progressBar } from '../progress.js';
 
 interface PerplexityFlags {
@@ -14,6 +14,7 @@ interface PerplexityFlags {
   json?: boolean;
   backend: 'cpu' | 'webgpu' | 'auto';
   threads?: number;
+  prefillInt8?: PrefillInt8Choice;
 }
 
 export function perplexityCommand(): Command {
@@ -26,6 +27,7 @@ export function perplexityCommand(): Command {
     .option('--json', 'print {"perplexity": x, "predicted_tokens": n}')
     .option('--threads <n>', 'CPU worker threads (default: one per core)', parseIntOption('--threads'))
     .addOption(backendOption())
+    .addOption(prefillInt8Option())
     .action(action(async (modelPath: string, flags: PerplexityFlags) => {
       let text: string;
       try {
@@ -41,7 +43,7 @@ export function perplexityCommand(): Command {
         ids = ids.slice(0, flags.limit);
       }
       defaultContext(model, flags.ctx, '--ctx'); // windows of --ctx tokens: within the model's maximum and this machine's memory
-      const engine = await createEngineForCli(model, flags.backend, flags.ctx + 1, 'unfused'); // scoring needs every logit
+      const engine = await createEngineForCli(model, flags.backend, flags.ctx + 1, 'unfused', 'f16', flags.prefillInt8); // scoring needs every logit
       const bar = progressBar('perplexity', 'tokens', flags.json === true && !process.stderr.isTTY);
       const progress = (done: number, total: number) => bar.update(done, total);
       const t0 = performance.now();

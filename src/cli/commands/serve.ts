@@ -4,7 +4,7 @@ import { loadModel, modelFromLoaded, type LoadModelOptions } from '../../api/mod
 import { syntheticModel } from '../../bench/host-synthetic.js';
 import { InvalidInputError } from '../../errors.js';
 import { startServer } from '../../server/server.js';
-import { action, backendOption, decodeOption, kvCacheOption, type KvCacheChoice, demoModelPath, parseFloatOption, parseIntOption, type BackendChoice, type DecodeChoice } from '../common.js';
+import { action, backendOption, decodeOption, kvCacheOption, type KvCacheChoice, prefillInt8Option, prefillInt8Of, type PrefillInt8Choice, demoModelPath, parseFloatOption, parseIntOption, type BackendChoice, type DecodeChoice } from '../common.js';
 import { progressBar } from '../progress.js';
 import { forCli } from '../../wording.js';
 
@@ -28,6 +28,7 @@ interface ServeFlags {
   backend: BackendChoice;
   decode: DecodeChoice;
   kvCache: KvCacheChoice;
+  prefillInt8?: PrefillInt8Choice;
 }
 
 /** Commander's way to take a repeatable flag. */
@@ -57,6 +58,7 @@ export function serveCommand(): Command {
     .addOption(backendOption())
     .addOption(decodeOption())
     .addOption(kvCacheOption())
+    .addOption(prefillInt8Option())
     .action(action(async (modelPath: string | undefined, flags: ServeFlags) => {
       if (flags.port < 0 || flags.port > 65535) throw new InvalidInputError(`--port must be in 0..65535, got ${flags.port}`);
       if (flags.maxBody < 1) throw new InvalidInputError(`--max-body must be at least 1, got ${flags.maxBody}`);
@@ -70,6 +72,7 @@ export function serveCommand(): Command {
           backend: flags.backend,
           decode: flags.decode,
           kvCache: flags.kvCache,
+          prefillInt8: prefillInt8Of(flags.prefillInt8),
           contextLength: flags.context,
           maxConcurrency: flags.maxConcurrency,
           maxQueued: flags.maxQueue,
