@@ -8,6 +8,7 @@ import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
 import { parseTensorCoreTile, TENSOR_CORE_TILES, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
 import { INT8_SPLIT_WORKGROUPS, int8TilesFor, parseInt8Tile, type Int8Scaling, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
+import { parseAttentionPasses } from './kernels/attention-tensor-core.js';
 import { selfTestPrefillInt8, selfTestPrefillKernel, selfTestPromptAttention, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
 /** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
@@ -45,6 +46,8 @@ export interface GpuFeatures {
   attentionTensorCore: boolean;
   /** That attention split over keys and merged (long prompts, uneven causal tiles), self-tested. */
   attentionSplit: boolean;
+  /** That attention in one pass over the keys (lazy rescale) or two (PDVM_ATTENTION_PASSES; 2 where one failed its self-test). */
+  attentionPasses: 1 | 2;
   /** That kernel's tile for every matrix; null: chosen per matrix shape (chooseTensorCoreTile). */
   subgroupMatrixTile: TensorCoreTile | null;
   /**
@@ -315,6 +318,7 @@ export class Gpu {
       subgroupMatrixTile: options.subgroupMatrixTile ?? parseTensorCoreTile(env('PDVM_SM_TILE')),
       attentionTensorCore: false,
       attentionSplit: false,
+      attentionPasses: parseAttentionPasses(env('PDVM_ATTENTION_PASSES')),
       subgroupMatrixI8: false,
       int8Syntax: 'template',
       int8Units: 'words',
@@ -378,13 +382,19 @@ export class Gpu {
           const asked = options.tensorCoreAttention ?? env('PDVM_TC_ATTENTION') !== '0';
           if (!asked) features.selfTests['prompt attention (subgroup matrix)'] = 'not run: turned off (PDVM_TC_ATTENTION=0)';
           else {
-            const a = await selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax);
-            features.selfTests['prompt attention (subgroup matrix)'] = a;
+            let a = await selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax, false, { passes: features.attentionPasses });
+            if (a !== 'passed' && features.attentionPasses === 1) {
+              // the one-pass kernel failed here: the two-pass one, if it passes, serves
+              features.selfTests['prompt attention in one pass (subgroup matrix)'] = a;
+              features.attentionPasses = 2;
+              a = await selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax, false, { passes: 2 });
+            }
+            features.selfTests[`prompt attention (subgroup matrix, ${features.attentionPasses === 1 ? 'one pass' : 'two passes'})`] = a;
             features.attentionTensorCore = a === 'passed';
             // and split over keys, then merged (alone switched off if it fails; PDVM_ATTENTION_SPLIT=0: not used)
             if (features.attentionTensorCore && env('PDVM_ATTENTION_SPLIT') === '0') features.selfTests['prompt attention split over keys (subgroup matrix)'] = 'not run: turned off (PDVM_ATTENTION_SPLIT=0)';
             else if (features.attentionTensorCore) {
-              const b = await selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax, true);
+              const b = await selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax, true, { passes: features.attentionPasses });
               features.selfTests['prompt attention split over keys (subgroup matrix)'] = b;
               features.attentionSplit = b === 'passed';
             }

@@ -4,14 +4,19 @@
  * BQ = 64 consecutive rows of one sequence), each subgroup 16 of the rows; keys walked in tiles of
  * BK = 32, each K and V tile read once from the cache into workgroup memory (f16) for the 64 rows.
  *   softmax(q k^T / sqrt(HD) + mask) v
- * Two passes over the keys, so that no output is ever rescaled (a subgroup matrix cannot be scaled
- * row by row): pass 1 computes the scores S = Q K^T (subgroup matrices) and each row's max m and sum
- * l = sum exp(s - m) (online, two lanes a row); pass 2 recomputes S, writes P = exp(s - m) / l as f16
- * and accumulates O += P V (subgroup matrices), already normalised. 1.5x the products of one pass,
- * all of them on the tensor cores.
+ * One pass over the keys (the default): each key tile's scores S = Q K^T (subgroup matrices), then each
+ * row's P = exp(s - m) as f16 and O += P V (subgroup matrices), with m a reference max per row that is
+ * raised only where a tile's max passes it by more than RESCALE_ABOVE (8: P stays below e^8, well inside
+ * f16), l = sum P in f32. A subgroup matrix cannot be scaled row by row, so where some row's reference
+ * moved and it already has a sum, the workgroup (one flag, read uniformly) stores its O through
+ * workgroup memory, scales the rows by exp(m_old - m_new) and loads it back: rare after a row's first
+ * tiles. The output is O / l, scaled as it is written. `passes: 2` keeps the older kernel: pass 1 the
+ * scores and each row's max and sum, pass 2 the scores again and P already normalised (1.5x the
+ * products, no rescale).
  *   Q (pre-scaled by 1/sqrt(HD), in K's stored dim order) stays in registers as HD/16 left matrices a
  *   subgroup; row t sees keys first_t..p_t of its slot (causal mask, sliding window per row).
- * Workgroup memory at HD 128: Q 17 KiB, a K or V tile 8.5 KiB, scores 9 KiB, P 5 KiB (40 KiB).
+ * Workgroup memory at HD 128: Q 17 KiB, a K or V tile 8.5 KiB, scores 9 KiB, P 5 KiB (40 KiB), the
+ * rows' scale factors 256 B.
  * Rows of a tile share a slot (one sequence's prompt). Needs HD % 16 == 0, HD <= 256.
  * Split over keys (AttentionSplit, the default where its partial results fit a binding): workgroup z
  * takes only keys z SK .. z SK + SK - 1 of its tile's range and writes its rows' output normalised by
@@ -61,12 +66,28 @@ export function attentionTensorCoreFits(s: AttentionShape): boolean {
 /** Workgroup memory of the kernel, bytes. */
 export function attentionTensorCoreBytes(s: AttentionShape): number {
   const SQ = s.headDim + 8;
-  return TC_TILE_Q * SQ * 2 + TC_TILE_K * SQ * 2 + TC_TILE_Q * (TC_TILE_K + 4) * 4 + TC_TILE_Q * (TC_TILE_K + 8) * 2;
+  return TC_TILE_Q * SQ * 2 + TC_TILE_K * SQ * 2 + TC_TILE_Q * (TC_TILE_K + 4) * 4 + TC_TILE_Q * (TC_TILE_K + 8) * 2 + TC_TILE_Q * 4 + 4;
+}
+
+/** The kernel's variant: one pass with lazy rescaling (default) or the older two passes. */
+export interface AttentionTensorCoreOptions {
+  passes?: 1 | 2;
+  /** One pass: a row's reference max moves only where a tile's max passes it by more than this (0: whenever it grows). */
+  rescaleAbove?: number;
+}
+
+/** AttentionTensorCoreOptions of PDVM_ATTENTION_PASSES (unset or 1: one pass; 2: two). */
+export function parseAttentionPasses(v: string | undefined): 1 | 2 {
+  if (v === undefined || v === '' || v === '1') return 1;
+  if (v === '2') return 2;
+  throw new Error(`PDVM_ATTENTION_PASSES must be 1 or 2, not '${v}'`);
 }
 
 export function attentionTensorCoreWgsl(
   s: AttentionShape, kv: KvLayout, subgroupSize: number, indexing: SubgroupIndexing, syntax: SubgroupMatrixSyntax = 'template', split: AttentionSplit | null = null,
+  options: AttentionTensorCoreOptions = {},
 ): string {
+  const onePass = (options.passes ?? 1) === 1, rescaleAbove = options.rescaleAbove ?? 8;
   if (split && split.keys % TC_TILE_K !== 0) throw new Error(`attention (tensor cores): a split of ${split.keys} keys is not whole key tiles`);
   const PS = split ? `${s.numHeads * split.splits * s.headDim}u` : ''; // row stride of parts
   if (subgroupSize !== 32) throw new Error(`attention (tensor cores): needs subgroups of 32, not ${subgroupSize}`);
@@ -98,68 +119,7 @@ ${range(ND).map((i) => `    s0 = subgroupMatrixMultiplyAccumulate(q${i}, ${R('&k
       let v = rg[${j}];
       kvs[o] = v.x; kvs[o + 1u] = v.y; kvs[o + 2u] = v.z; kvs[o + 3u] = v.w;
     }`).join('\n');
-  return `enable f16;
-enable subgroups;
-enable chromium_experimental_subgroup_matrix;
-${byId ? 'requires subgroup_id;\n' : ''}diagnostic(off, subgroup_uniformity);
-${kvHeader(kv).replace('enable f16;\n', '')}${COMMON}
-const HEADS = ${s.numHeads}u;
-const GROUP = ${s.numHeads / s.numKvHeads}u;
-const KV_DIM4 = ${kvDim / 4}u;
-const STRIDE = ${qDim + 2 * kvDim}u;
-@group(0) @binding(0) var<storage, read> qkv: array<f32>;
-${kvReadDecls(kv, 1, 2)}
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;${split ? ' // (T, HEADS, SPLITS, HD): each split\'s output' : ''}
-@group(0) @binding(4) var<storage, read> step: array<u32>;
-${split ? '@group(0) @binding(5) var<storage, read_write> ml: array<vec2<f32>>; // (T, HEADS, SPLITS): (m, l)' : ''}
-${rowTable(kv)}
-${kDimFn(kv.storage, s.rotaryDim)}
-
-var<workgroup> qs: array<array<f16, ${16 * SQ}>, ${TC_TILE_Q / 16}>; // (64 rows, HD) in blocks of 16 rows, stride ${SQ}
-var<workgroup> kvs: array<f16, ${TC_TILE_K * SQ}>; // (32 keys, HD): K, then V
-// scores and probabilities in blocks of a subgroup's 16 rows: its subgroup-matrix loads and stores
-// then have constant offsets, which Tint's robustness leaves without a clamp
-var<workgroup> ss: array<array<f32, ${16 * SS}>, ${TC_TILE_Q / 16}>; // (64 rows, 32 keys) scores, stride ${SS}
-var<workgroup> ps: array<array<f16, ${16 * SP}>, ${TC_TILE_Q / 16}>; // (64 rows, 32 keys) probabilities, stride ${SP}
-
-@compute @workgroup_size(128)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {
-  let h = wid.x;
-  let t0 = wid.y * ${TC_TILE_Q}u;
-  let T = step[0];
-  let g = ${byId ? 'sg_id' : 'lid / 32u'};
-  let lane = ${byId ? 'sg_lane' : 'lid % 32u'};
-  let kvh = h / GROUP;
-  // the tile's key range: from the first row's first key to the last live row's position
-  let p0 = row_pos(t0);
-  let kBegin = ${first('p0')};
-  let kEnd = row_pos(min(t0 + ${TC_TILE_Q}u, T) - 1u);
-  let sb = slot_row(t0, 0u);
-  // this workgroup's keys: all of them, or split z's
-  let kLo = ${split ? `max(kBegin, wid.z * ${split.keys}u)` : 'kBegin'};
-  let kHi = ${split ? `min(kEnd, wid.z * ${split.keys}u + ${split.keys - 1}u)` : 'kEnd'};
-  if (kLo > kHi) { return; }
-  // q, pre-scaled, in K's stored dim order (rows past T repeat the last: finite, never stored)
-  for (var i = lid; i < ${TC_TILE_Q * HD}u; i += 128u) {
-    let t = min(t0 + i / ${HD}u, T - 1u);
-    qs[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u] = f16(qkv[t * STRIDE + h * ${HD}u + k_dim(i % ${HD}u)] * ${f32Literal(1 / Math.sqrt(HD))});
-  }
-  workgroupBarrier();
-${range(ND).map((i) => `  let q${i} = ${L('&qs[g]', `${16 * i}u`, `${SQ}u`)};`).join('\n')}
-  // two lanes a row: row rr of the tile, keys half * 16 .. + 16 of a key tile
-  let rr = g * 16u + lane / 2u;
-  let half = lane % 2u;
-  let ro = (lane / 2u) * ${SS}u + half * 16u; // the row's half in its subgroup's block of ss, and of ps
-  let po = (lane / 2u) * ${SP}u + half * 16u;
-  let t = t0 + rr;
-  let live = t < T;
-  let p = row_pos(min(t, T - 1u));
-  let firstKey = max(${first('p')}, kLo);
-  let lastKey = min(p, kHi);
-  var m = -3.0e38;
-  var l = 0.0;
-  var rg: array<vec4<f16>, ${NL}>;
-  // pass 1: each row's max and sum (the next K tile's loads in flight while this one's scores run)
+  const twoPassBody = `  // pass 1: each row's max and sum (the next K tile's loads in flight while this one's scores run)
 ${fetch('load4_k', 'kLo')}
   for (var k0 = kLo; k0 <= kHi; k0 += ${TC_TILE_K}u) {
 ${put}
@@ -231,7 +191,133 @@ ${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + w
       if (tt < T) { out[${split ? `tt * ${PS} + (h * ${split.splits}u + wid.z) * ${HD}u` : `tt * ${qDim}u + h * ${HD}u`} + ${16 * n}u + e % 16u] = ss[g][(e / 16u) * ${SS}u + e % 16u]; }
     }
   }
-  workgroupBarrier();`).join('\n')}
+  workgroupBarrier();`).join('\n')}`;
+  const onePassBody = `  // one pass: scores, P against the row's reference max, O += P V (V's loads in flight while the
+  // scores run, the next K's while P V runs)
+${range(ND).map((n) => `  var o${n} = subgroup_matrix_result<f32, 16, 16>();`).join('\n')}
+${fetch('load4_k', 'kLo')}
+  for (var k0 = kLo; k0 <= kHi; k0 += ${TC_TILE_K}u) {
+${put}
+    workgroupBarrier();
+${fetch('load4_v', 'k0')}
+${scores}
+    workgroupBarrier();
+    var tmax = -3.0e38;
+    for (var c = 0u; c < 16u; c++) {
+      let key = k0 + half * 16u + c;
+      if (live && key >= firstKey && key <= lastKey) { tmax = max(tmax, ss[g][ro + c]); }
+    }
+    tmax = max(tmax, subgroupShuffleXor(tmax, 1u));
+    // a new reference only past the old by more than ${rescaleAbove} (the first live tile always: m + ${rescaleAbove} is m
+    // at -3e38); O, where the row has a sum already, is scaled below
+    var factor = 1.0;
+    if (tmax > m + ${f32Literal(rescaleAbove)}) {
+      factor = exp(m - tmax);
+      if (l > 0.0) { rescale = 1u; } // every writer writes 1
+      l = l * factor;
+      m = tmax;
+    }
+    var sum = 0.0;
+    for (var c = 0u; c < 16u; c++) {
+      let key = k0 + half * 16u + c;
+      let pv = select(0.0, exp(ss[g][ro + c] - m), live && key >= firstKey && key <= lastKey);
+      ps[g][po + c] = f16(pv);
+      sum += pv;
+    }
+    l += sum + subgroupShuffleXor(sum, 1u);
+    if (half == 0u) { fs[rr] = factor; }
+${put}
+    if (k0 + ${TC_TILE_K}u <= kHi) {
+${fetch('load4_k', `k0 + ${TC_TILE_K}u`)}
+    }
+    if (workgroupUniformLoad(&rescale) != 0u) {
+      // some row's reference moved: O through ss (two 16 x 16 halves taken in turn), rows scaled
+${range(ND).map((n) => `      ${subgroupMatrixStoreWgsl(syntax, '&ss[g]', `${16 * (n % 2)}u`, `o${n}`, false, `${SS}u`)};
+      workgroupBarrier();
+      for (var e = lane; e < 256u; e += 32u) { ss[g][(e / 16u) * ${SS}u + ${16 * (n % 2)}u + e % 16u] *= fs[g * 16u + e / 16u]; }
+      workgroupBarrier();
+      o${n} = ${subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_result<f32, 16, 16>', '&ss[g]', `${16 * (n % 2)}u`, false, `${SS}u`)};`).join('\n')}
+    }
+${range(2).map((kk) => `    {
+      let pl = ${L('&ps[g]', `${16 * kk}u`, `${SP}u`)};
+${range(ND).map((n) => `      o${n} = subgroupMatrixMultiplyAccumulate(pl, ${R('&kvs', `${16 * kk * SQ + 16 * n}u`, `${SQ}u`, false)}, o${n});`).join('\n')}
+    }`).join('\n')}
+    workgroupBarrier();
+    if (lid == 0u) { rescale = 0u; } // read by all before the barrier above, written again after the next two
+  }
+  // out (T, HEADS * HD), or parts: O / l, each matrix through a half of ss, scaled by row as written
+  if (half == 0u) { fs[rr] = select(0.0, 1.0 / l, l > 0.0); }
+${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + wid.z] = vec2<f32>(m, l); }
+` : ''}${range(ND).map((n) => `  ${subgroupMatrixStoreWgsl(syntax, '&ss[g]', `${16 * (n % 2)}u`, `o${n}`, false, `${SS}u`)};
+  workgroupBarrier();
+  for (var e = lane; e < 256u; e += 32u) {
+    let tt = t0 + g * 16u + e / 16u;
+    if (tt < T) { out[${split ? `tt * ${PS} + (h * ${split.splits}u + wid.z) * ${HD}u` : `tt * ${qDim}u + h * ${HD}u`} + ${16 * n}u + e % 16u] = ss[g][(e / 16u) * ${SS}u + ${16 * (n % 2)}u + e % 16u] * fs[g * 16u + e / 16u]; }
+  }`).join('\n')}`;
+  return `enable f16;
+enable subgroups;
+enable chromium_experimental_subgroup_matrix;
+${byId ? 'requires subgroup_id;\n' : ''}diagnostic(off, subgroup_uniformity);
+${kvHeader(kv).replace('enable f16;\n', '')}${COMMON}
+const HEADS = ${s.numHeads}u;
+const GROUP = ${s.numHeads / s.numKvHeads}u;
+const KV_DIM4 = ${kvDim / 4}u;
+const STRIDE = ${qDim + 2 * kvDim}u;
+@group(0) @binding(0) var<storage, read> qkv: array<f32>;
+${kvReadDecls(kv, 1, 2)}
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;${split ? ' // (T, HEADS, SPLITS, HD): each split\'s output' : ''}
+@group(0) @binding(4) var<storage, read> step: array<u32>;
+${split ? '@group(0) @binding(5) var<storage, read_write> ml: array<vec2<f32>>; // (T, HEADS, SPLITS): (m, l)' : ''}
+${rowTable(kv)}
+${kDimFn(kv.storage, s.rotaryDim)}
+
+var<workgroup> qs: array<array<f16, ${16 * SQ}>, ${TC_TILE_Q / 16}>; // (64 rows, HD) in blocks of 16 rows, stride ${SQ}
+var<workgroup> kvs: array<f16, ${TC_TILE_K * SQ}>; // (32 keys, HD): K, then V
+// scores and probabilities in blocks of a subgroup's 16 rows: its subgroup-matrix loads and stores
+// then have constant offsets, which Tint's robustness leaves without a clamp
+var<workgroup> ss: array<array<f32, ${16 * SS}>, ${TC_TILE_Q / 16}>; // (64 rows, 32 keys) scores, stride ${SS}
+var<workgroup> ps: array<array<f16, ${16 * SP}>, ${TC_TILE_Q / 16}>; // (64 rows, 32 keys) probabilities, stride ${SP}
+${onePass ? `var<workgroup> fs: array<f32, ${TC_TILE_Q}>; // a row's factor: its O's rescale in the loop, 1 / l at the end
+var<workgroup> rescale: u32; // some row's O needs its rescale this tile
+` : ''}
+@compute @workgroup_size(128)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {
+  let h = wid.x;
+  let t0 = wid.y * ${TC_TILE_Q}u;
+  let T = step[0];
+  let g = ${byId ? 'sg_id' : 'lid / 32u'};
+  let lane = ${byId ? 'sg_lane' : 'lid % 32u'};
+  let kvh = h / GROUP;
+  // the tile's key range: from the first row's first key to the last live row's position
+  let p0 = row_pos(t0);
+  let kBegin = ${first('p0')};
+  let kEnd = row_pos(min(t0 + ${TC_TILE_Q}u, T) - 1u);
+  let sb = slot_row(t0, 0u);
+  // this workgroup's keys: all of them, or split z's
+  let kLo = ${split ? `max(kBegin, wid.z * ${split.keys}u)` : 'kBegin'};
+  let kHi = ${split ? `min(kEnd, wid.z * ${split.keys}u + ${split.keys - 1}u)` : 'kEnd'};
+  if (kLo > kHi) { return; }
+  // q, pre-scaled, in K's stored dim order (rows past T repeat the last: finite, never stored)
+  for (var i = lid; i < ${TC_TILE_Q * HD}u; i += 128u) {
+    let t = min(t0 + i / ${HD}u, T - 1u);
+    qs[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u] = f16(qkv[t * STRIDE + h * ${HD}u + k_dim(i % ${HD}u)] * ${f32Literal(1 / Math.sqrt(HD))});
+  }
+  workgroupBarrier();
+${range(ND).map((i) => `  let q${i} = ${L('&qs[g]', `${16 * i}u`, `${SQ}u`)};`).join('\n')}
+  // two lanes a row: row rr of the tile, keys half * 16 .. + 16 of a key tile
+  let rr = g * 16u + lane / 2u;
+  let half = lane % 2u;
+  let ro = (lane / 2u) * ${SS}u + half * 16u; // the row's half in its subgroup's block of ss, and of ps
+  let po = (lane / 2u) * ${SP}u + half * 16u;
+  let t = t0 + rr;
+  let live = t < T;
+  let p = row_pos(min(t, T - 1u));
+  let firstKey = max(${first('p')}, kLo);
+  let lastKey = min(p, kHi);
+  var m = -3.0e38;
+  var l = 0.0;
+  var rg: array<vec4<f16>, ${NL}>;
+${onePass ? onePassBody : twoPassBody}
 }
 `;
 }

@@ -1,0 +1,87 @@
+/**
+ * The tensor-core prompt attention (kernels/attention-tensor-core.ts) run where no device has subgroup
+ * matrices (lavapipe, CI): every subgroup-matrix load, product and store rewritten into arithmetic that
+ * each invocation does on its own whole 16 x 16 copy (the same values on every lane of a subgroup), so
+ * the kernel's addressing, masks, online softmax, lazy rescaling and output scaling run with its own
+ * barriers and workgroup memory. Compared with an f64 reference by the device self-test's own check
+ * (self-test.ts: 70 rows over 80 keys, 2 heads on 1 KV head, causal, keys growing so that rows' maxes
+ * keep moving; 1e-2 of the largest output, q, k, v and P being f16). Checked to fail with the rescale
+ * of O left out, or its factor halved. On a device with subgroup matrices, device.ts runs the same check on the
+ * real kernel and kernels.test.ts compares it with the reference attention.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { selfTestPromptAttention } from '../../../src/backends/webgpu/self-test.js';
+import type { AttentionTensorCoreOptions } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
+import { SKIP_GPU, testGpu } from './gpu.js';
+
+/** The kernel with each subgroup matrix an array<f32, 256> of every invocation (row-major). */
+export function withEmulatedMatrices(code: string): string {
+  // the workgroup arrays the kernel's matrices are loaded from and stored to, by the pointee type
+  const pointee = new Map<string, string>();
+  for (const m of code.matchAll(/var<workgroup> (\w+): array<array<(f16|f32), (\d+)>, \d+>;/g)) pointee.set(m[1]!, `array<${m[2]}, ${m[3]}>`);
+  for (const m of code.matchAll(/var<workgroup> (\w+): array<(f16|f32), (\d+)>;/g)) pointee.set(m[1]!, `array<${m[2]}, ${m[3]}>`);
+  const helpers: string[] = [
+    'alias Mat = array<f32, 256>;',
+    `fn em_mma(l: Mat, r: Mat, a: Mat) -> Mat {
+  var o = a;
+  for (var i = 0u; i < 16u; i++) { for (var n = 0u; n < 16u; n++) { var s = o[i * 16u + n]; for (var k = 0u; k < 16u; k++) { s += l[i * 16u + k] * r[k * 16u + n]; } o[i * 16u + n] = s; } }
+  return o;
+}`,
+  ];
+  const made = new Set<string>();
+  const loadFn = (name: string, major: string): string => {
+    const fn = `em_load_${name}_${major}`;
+    if (!made.has(fn)) {
+      made.add(fn);
+      const at = major === 'row' ? 'off + r * stride + c' : 'off + c * stride + r';
+      helpers.push(`fn ${fn}(p: ptr<workgroup, ${pointee.get(name)}>, off: u32, stride: u32) -> Mat { var m: Mat; for (var r = 0u; r < 16u; r++) { for (var c = 0u; c < 16u; c++) { m[r * 16u + c] = f32((*p)[${at}]); } } return m; }`);
+    }
+    return fn;
+  };
+  const storeFn = (name: string): string => {
+    const fn = `em_store_${name}`;
+    if (!made.has(fn)) {
+      made.add(fn);
+      const element = pointee.get(name)!.slice(6, 9);
+      helpers.push(`fn ${fn}(p: ptr<workgroup, ${pointee.get(name)}>, off: u32, v: Mat, stride: u32) { for (var r = 0u; r < 16u; r++) { for (var c = 0u; c < 16u; c++) { (*p)[off + r * stride + c] = ${element}(v[r * 16u + c]); } } }`);
+    }
+    return fn;
+  };
+  const body = code
+    .replace('enable chromium_experimental_subgroup_matrix;\n', '')
+    .replace(/subgroup_matrix_result<f32, 16, 16>\(\)/g, 'Mat()')
+    .replace(/subgroupMatrixLoad<subgroup_matrix_\w+<f(?:16|32), 16, 16>, (row|col)_major>\(&(\w+)/g, (_, major: string, name: string) => {
+      if (!pointee.has(name)) throw new Error(`emulation: a load from ${name}, not workgroup memory`);
+      return `${loadFn(name, major)}(&${name}`;
+    })
+    .replace(/subgroupMatrixStore<row_major>\(&(\w+)/g, (_, name: string) => {
+      if (!pointee.has(name)) throw new Error(`emulation: a store to ${name}, not workgroup memory`);
+      return `${storeFn(name)}(&${name}`;
+    })
+    .replace(/subgroupMatrixMultiplyAccumulate\(/g, 'em_mma(');
+  if (/subgroupMatrix|subgroup_matrix/.test(body)) throw new Error('emulation: a subgroup-matrix call left over');
+  return body.replace(/\n@compute/, `\n${helpers.join('\n')}\n@compute`);
+}
+
+test('the tensor-core prompt attention with emulated subgroup matrices matches the reference: one pass, lazy and eager rescaling, whole and split over keys', { skip: SKIP_GPU }, async (t) => {
+  const gpu = await testGpu();
+  if (!gpu.device.features.has('shader-f16') || !gpu.subgroups) {
+    t.skip('needs shader-f16 and subgroups (lavapipe has both)');
+    return;
+  }
+  // (the two-pass kernel stores O straight to the output buffer, which this emulation leaves out)
+  const variants: [string, AttentionTensorCoreOptions, boolean][] = [
+    ['one pass, rescaled past 8', { passes: 1 }, false],
+    ['one pass, rescaled whenever a max grows', { passes: 1, rescaleAbove: 0 }, false],
+    ['one pass, rescaled past 8, split over keys', { passes: 1 }, true],
+    ['one pass, rescaled whenever a max grows, split over keys', { passes: 1, rescaleAbove: 0 }, true],
+  ];
+  const failures: string[] = [];
+  for (const [name, variant, split] of variants) {
+    const r = await selfTestPromptAttention(gpu.device, 32, 'invocation-index', 'template', split, variant, withEmulatedMatrices);
+    console.log(`${name}: ${r}`);
+    if (r !== 'passed') failures.push(`${name}: ${r}`);
+  }
+  assert.deepEqual(failures, []);
+});
