@@ -8,9 +8,11 @@
  * row's P = exp(s - m) as f16 and O += P V (subgroup matrices), with m a reference max per row that is
  * raised only where a tile's max passes it by more than RESCALE_ABOVE (8: P stays below e^8, well inside
  * f16), l = sum P in f32. A subgroup matrix cannot be scaled row by row, so where some row's reference
- * moved and it already has a sum, the workgroup (one flag, read uniformly) stores its O through
+ * moved and it already has a sum, the workgroup (a flag a row, read uniformly) stores its O through
  * workgroup memory, scales the rows by exp(m_old - m_new) and loads it back: rare after a row's first
- * tiles. The output is O / l, scaled as it is written. `passes: 2` keeps the older kernel: pass 1 the
+ * tiles. Between the scores and the products every lane takes the same path (selects, no branches):
+ * on an H100 and an H200 a first version with branches there gave wrong outputs that the same code
+ * with emulated subgroup matrices did not. The output is O / l, scaled as it is written. `passes: 2` keeps the older kernel: pass 1 the
  * scores and each row's max and sum, pass 2 the scores again and P already normalised (1.5x the
  * products, no rescale).
  *   Q (pre-scaled by 1/sqrt(HD), in K's stored dim order) stays in registers as HD/16 left matrices a
@@ -66,7 +68,7 @@ export function attentionTensorCoreFits(s: AttentionShape): boolean {
 /** Workgroup memory of the kernel, bytes. */
 export function attentionTensorCoreBytes(s: AttentionShape): number {
   const SQ = s.headDim + 8;
-  return TC_TILE_Q * SQ * 2 + TC_TILE_K * SQ * 2 + TC_TILE_Q * (TC_TILE_K + 4) * 4 + TC_TILE_Q * (TC_TILE_K + 8) * 2 + TC_TILE_Q * 4 + 4;
+  return TC_TILE_Q * SQ * 2 + TC_TILE_K * SQ * 2 + TC_TILE_Q * (TC_TILE_K + 4) * 4 + TC_TILE_Q * (TC_TILE_K + 8) * 2 + TC_TILE_Q * 8;
 }
 
 /** The kernel's variant: one pass with lazy rescaling (default) or the older two passes. */
@@ -202,21 +204,20 @@ ${put}
 ${fetch('load4_v', 'k0')}
 ${scores}
     workgroupBarrier();
+    // no branch from here to the products: every lane of a subgroup takes the same path (selects only)
     var tmax = -3.0e38;
     for (var c = 0u; c < 16u; c++) {
       let key = k0 + half * 16u + c;
-      if (live && key >= firstKey && key <= lastKey) { tmax = max(tmax, ss[g][ro + c]); }
+      tmax = max(tmax, select(-3.0e38, ss[g][ro + c], live && key >= firstKey && key <= lastKey));
     }
     tmax = max(tmax, subgroupShuffleXor(tmax, 1u));
     // a new reference only past the old by more than ${rescaleAbove} (the first live tile always: m + ${rescaleAbove} is m
     // at -3e38); O, where the row has a sum already, is scaled below
-    var factor = 1.0;
-    if (tmax > m + ${f32Literal(rescaleAbove)}) {
-      factor = exp(m - tmax);
-      if (l > 0.0) { rescale = 1u; } // every writer writes 1
-      l = l * factor;
-      m = tmax;
-    }
+    let raise = tmax > m + ${f32Literal(rescaleAbove)};
+    let factor = select(1.0, exp(m - tmax), raise);
+    flags[rr / 4u][rr % 4u] = u32(raise && l > 0.0); // both lanes of the row write the same
+    l = l * factor;
+    m = select(m, tmax, raise);
     var sum = 0.0;
     for (var c = 0u; c < 16u; c++) {
       let key = k0 + half * 16u + c;
@@ -225,12 +226,16 @@ ${scores}
       sum += pv;
     }
     l += sum + subgroupShuffleXor(sum, 1u);
-    if (half == 0u) { fs[rr] = factor; }
+    fs[rr] = factor;
 ${put}
     if (k0 + ${TC_TILE_K}u <= kHi) {
 ${fetch('load4_k', `k0 + ${TC_TILE_K}u`)}
     }
-    if (workgroupUniformLoad(&rescale) != 0u) {
+    // (the uniform load is the barrier after which P, V, the factors and the flags are visible)
+    let moved = workgroupUniformLoad(&flags);
+    var anyMoved = vec4<u32>(0u);
+    for (var i = 0u; i < ${TC_TILE_Q / 4}u; i++) { anyMoved |= moved[i]; }
+    if (any(anyMoved != vec4<u32>(0u))) {
       // some row's reference moved: O through ss (two 16 x 16 halves taken in turn), rows scaled
 ${range(ND).map((n) => `      ${subgroupMatrixStoreWgsl(syntax, '&ss[g]', `${16 * (n % 2)}u`, `o${n}`, false, `${SS}u`)};
       workgroupBarrier();
@@ -243,10 +248,9 @@ ${range(2).map((kk) => `    {
 ${range(ND).map((n) => `      o${n} = subgroupMatrixMultiplyAccumulate(pl, ${R('&kvs', `${16 * kk * SQ + 16 * n}u`, `${SQ}u`, false)}, o${n});`).join('\n')}
     }`).join('\n')}
     workgroupBarrier();
-    if (lid == 0u) { rescale = 0u; } // read by all before the barrier above, written again after the next two
   }
   // out (T, HEADS * HD), or parts: O / l, each matrix through a half of ss, scaled by row as written
-  if (half == 0u) { fs[rr] = select(0.0, 1.0 / l, l > 0.0); }
+  fs[rr] = select(0.0, 1.0 / l, l > 0.0);
 ${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + wid.z] = vec2<f32>(m, l); }
 ` : ''}${range(ND).map((n) => `  ${subgroupMatrixStoreWgsl(syntax, '&ss[g]', `${16 * (n % 2)}u`, `o${n}`, false, `${SS}u`)};
   workgroupBarrier();
@@ -278,7 +282,7 @@ var<workgroup> kvs: array<f16, ${TC_TILE_K * SQ}>; // (32 keys, HD): K, then V
 var<workgroup> ss: array<array<f32, ${16 * SS}>, ${TC_TILE_Q / 16}>; // (64 rows, 32 keys) scores, stride ${SS}
 var<workgroup> ps: array<array<f16, ${16 * SP}>, ${TC_TILE_Q / 16}>; // (64 rows, 32 keys) probabilities, stride ${SP}
 ${onePass ? `var<workgroup> fs: array<f32, ${TC_TILE_Q}>; // a row's factor: its O's rescale in the loop, 1 / l at the end
-var<workgroup> rescale: u32; // some row's O needs its rescale this tile
+var<workgroup> flags: array<vec4<u32>, ${TC_TILE_Q / 4}>; // a row's O needs its rescale this tile (row r at [r / 4][r % 4])
 ` : ''}
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {
