@@ -12,7 +12,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { selfTestPromptAttention } from '../../../src/backends/webgpu/self-test.js';
-import type { AttentionTensorCoreOptions } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
+import { parseAttentionPasses, type AttentionTensorCoreOptions } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
 import { SKIP_GPU, testGpu } from './gpu.js';
 
 /** The kernel with each subgroup matrix an array<f32, 256> of every invocation (row-major). */
@@ -84,4 +84,12 @@ test('the tensor-core prompt attention with emulated subgroup matrices matches t
     if (r !== 'passed') failures.push(`${name}: ${r}`);
   }
   assert.deepEqual(failures, []);
+});
+
+test('PDVM_ATTENTION_PASSES: two by default (the kernel checked on GPUs), one by name, anything else an error naming the choices', () => {
+  assert.equal(parseAttentionPasses(undefined), 2);
+  assert.equal(parseAttentionPasses(''), 2);
+  assert.equal(parseAttentionPasses('2'), 2);
+  assert.equal(parseAttentionPasses('1'), 1);
+  assert.throws(() => parseAttentionPasses('one'), /PDVM_ATTENTION_PASSES must be 1 or 2, not 'one'/);
 });

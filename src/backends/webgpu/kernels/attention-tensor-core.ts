@@ -4,7 +4,8 @@
  * BQ = 64 consecutive rows of one sequence), each subgroup 16 of the rows; keys walked in tiles of
  * BK = 32, each K and V tile read once from the cache into workgroup memory (f16) for the 64 rows.
  *   softmax(q k^T / sqrt(HD) + mask) v
- * One pass over the keys (the default): each key tile's scores S = Q K^T (subgroup matrices), then each
+ * One pass over the keys (PDVM_ATTENTION_PASSES=1; not yet the engine's default): each key tile's
+ * scores S = Q K^T (subgroup matrices), then each
  * row's P = exp(s - m) as f16 and O += P V (subgroup matrices), with m a reference max per row that is
  * raised only where a tile's max passes it by more than RESCALE_ABOVE (8: P stays below e^8, well inside
  * f16), l = sum P in f32. A subgroup matrix cannot be scaled row by row, so where some row's reference
@@ -71,17 +72,22 @@ export function attentionTensorCoreBytes(s: AttentionShape): number {
   return TC_TILE_Q * SQ * 2 + TC_TILE_K * SQ * 2 + TC_TILE_Q * (TC_TILE_K + 4) * 4 + TC_TILE_Q * (TC_TILE_K + 8) * 2 + TC_TILE_Q * 8;
 }
 
-/** The kernel's variant: one pass with lazy rescaling (default) or the older two passes. */
+/** The kernel's variant: one pass with lazy rescaling or the older two passes. */
 export interface AttentionTensorCoreOptions {
+  /** Default 1 here (the generator); the engine asks for 2 unless PDVM_ATTENTION_PASSES=1 (parseAttentionPasses). */
   passes?: 1 | 2;
   /** One pass: a row's reference max moves only where a tile's max passes it by more than this (0: whenever it grows). */
   rescaleAbove?: number;
 }
 
-/** AttentionTensorCoreOptions of PDVM_ATTENTION_PASSES (unset or 1: one pass; 2: two). */
+/**
+ * The passes of PDVM_ATTENTION_PASSES: unset or 2, two (the default: the kernel checked on GPUs); 1, one
+ * (lazy rescaling; tested with emulated subgroup matrices, its first version wrong on the H100 and H200,
+ * the present one not yet run on a GPU: docs/PERFORMANCE.md). Its self-test decides either way.
+ */
 export function parseAttentionPasses(v: string | undefined): 1 | 2 {
-  if (v === undefined || v === '' || v === '1') return 1;
-  if (v === '2') return 2;
+  if (v === undefined || v === '' || v === '2') return 2;
+  if (v === '1') return 1;
   throw new Error(`PDVM_ATTENTION_PASSES must be 1 or 2, not '${v}'`);
 }
 
