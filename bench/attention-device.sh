@@ -3,7 +3,7 @@
 # in one pass"): the one-pass tensor-core prompt attention against the two-pass one (PDVM_ATTENTION_PASSES=2,
 # the same build), on long prompts and at 512 tokens, with its tests and the demo's perplexity.
 #   D: bench/attention-lab.ts (the one-pass kernel's self-test with its parts taken out one at a time)
-#   T: kernels.test (the prompt attention against the reference attention, the tensor-core kernel where
+#   T: kernels.test (the prompt attention against the reference attention, the one-pass tensor-core kernel where
 #      self-tested) and device.test (its self-tests named); q4 demo perplexity (ctx 256 and 1024: split)
 #   L: phi-4 prefill of 16,384 tokens and pp512 (q4 g64), one pass then two; then llama-3.1-8b the same
 #   P: pp512 of llama-3.2-1b and llama-3.1-8b with --profile (the attention's µs a layer), one pass and two
@@ -28,9 +28,9 @@ case "${1:-}" in *D*)
   timeout 120 node .gpu/att/attention-lab.mjs 2>&1 | grep -v Warning > $R/lab.txt
   echo "lab $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *T*)
-  timeout ${TEST_S:-200} node --test --test-name-pattern="prompt attention|device features" .gpu/att/kernels.test.mjs .gpu/att/device.test.mjs 2>&1 | grep -v Warning \
+  PDVM_ATTENTION_PASSES=1 timeout ${TEST_S:-200} node --test --test-name-pattern="prompt attention|device features" .gpu/att/kernels.test.mjs .gpu/att/device.test.mjs 2>&1 | grep -v Warning \
     | grep -E "^(ok|not ok)|# (pass|fail|skip)|tensor-core attention|rror|expected|actual|worst|skip|prompt attention" > $R/tests.txt
-  for c in 256 1024; do for p in 1 2; do
+  for c in 256 1024; do for p in ${PPL_PASSES:-1}; do
     echo "== perplexity q4 ctx $c passes $p" >> $R/ppl.txt
     PDVM_ATTENTION_PASSES=$p timeout 40 node $A perplexity models/brown-llama-12m.upg --text .gpu/att/validation.txt --limit 2049 --ctx $c --backend webgpu --json 2>&1 | grep -v Warning | tail -2 >> $R/ppl.txt
   done; done
