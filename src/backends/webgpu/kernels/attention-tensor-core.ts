@@ -127,6 +127,23 @@ ${range(ND).map((i) => `    s0 = subgroupMatrixMultiplyAccumulate(q${i}, ${R('&k
       let v = rg[${j}];
       kvs[o] = v.x; kvs[o + 1u] = v.y; kvs[o + 2u] = v.z; kvs[o + 3u] = v.w;
     }`).join('\n');
+  // the second pass's (or the only pass's) loop head: O zeroed, the first K tile in flight; each tile
+  // put, its V fetched, its scores into ss
+  const tileStart = `${range(ND).map((n) => `  var o${n} = subgroup_matrix_result<f32, 16, 16>();`).join('\n')}
+${fetch('load4_k', 'kLo')}
+  for (var k0 = kLo; k0 <= kHi; k0 += ${TC_TILE_K}u) {
+${put}
+    workgroupBarrier();
+${fetch('load4_v', 'k0')}
+${scores}
+    workgroupBarrier();
+`;
+  // O += P V for the tile's 32 keys
+  const products = `${range(2).map((kk) => `    {
+      let pl = ${L('&ps[g]', `${16 * kk}u`, `${SP}u`)};
+${range(ND).map((n) => `      o${n} = subgroupMatrixMultiplyAccumulate(pl, ${R('&kvs', `${16 * kk * SQ + 16 * n}u`, `${SQ}u`, false)}, o${n});`).join('\n')}
+    }`).join('\n')}
+`;
   const twoPassBody = `  // pass 1: each row's max and sum (the next K tile's loads in flight while this one's scores run)
 ${fetch('load4_k', 'kLo')}
   for (var k0 = kLo; k0 <= kHi; k0 += ${TC_TILE_K}u) {
@@ -158,15 +175,7 @@ ${scores}
   // pass 2: P = exp(s - m) / l, O += P V (V's loads in flight while the scores run, the next K's
   // while P V runs)
   let inv = select(0.0, 1.0 / l, l > 0.0);
-${range(ND).map((n) => `  var o${n} = subgroup_matrix_result<f32, 16, 16>();`).join('\n')}
-${fetch('load4_k', 'kLo')}
-  for (var k0 = kLo; k0 <= kHi; k0 += ${TC_TILE_K}u) {
-${put}
-    workgroupBarrier();
-${fetch('load4_v', 'k0')}
-${scores}
-    workgroupBarrier();
-    for (var c = 0u; c < 16u; c++) {
+${tileStart}    for (var c = 0u; c < 16u; c++) {
       let key = k0 + half * 16u + c;
       let ok = live && key >= firstKey && key <= lastKey;
       ps[g][po + c] = f16(select(0.0, exp(ss[g][ro + c] - m) * inv, ok));
@@ -176,11 +185,7 @@ ${put}
 ${fetch('load4_k', `k0 + ${TC_TILE_K}u`)}
     }
     workgroupBarrier();
-${range(2).map((kk) => `    {
-      let pl = ${L('&ps[g]', `${16 * kk}u`, `${SP}u`)};
-${range(ND).map((n) => `      o${n} = subgroupMatrixMultiplyAccumulate(pl, ${R('&kvs', `${16 * kk * SQ + 16 * n}u`, `${SQ}u`, false)}, o${n});`).join('\n')}
-    }`).join('\n')}
-    workgroupBarrier();
+${products}    workgroupBarrier();
   }
   // out (T, HEADS * HD), or parts: whole subgroups of live rows straight, the last partial one through ss
   let whole = t0 + g * 16u + 16u <= T;
@@ -202,15 +207,7 @@ ${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + w
   workgroupBarrier();`).join('\n')}`;
   const onePassBody = `  // one pass: scores, P against the row's reference max, O += P V (V's loads in flight while the
   // scores run, the next K's while P V runs)
-${range(ND).map((n) => `  var o${n} = subgroup_matrix_result<f32, 16, 16>();`).join('\n')}
-${fetch('load4_k', 'kLo')}
-  for (var k0 = kLo; k0 <= kHi; k0 += ${TC_TILE_K}u) {
-${put}
-    workgroupBarrier();
-${fetch('load4_v', 'k0')}
-${scores}
-    workgroupBarrier();
-    // no branch from here to the products: every lane of a subgroup takes the same path (selects only)
+${tileStart}    // no branch from here to the products: every lane of a subgroup takes the same path (selects only)
     var tmax = -3.0e38;
     for (var c = 0u; c < 16u; c++) {
       let key = k0 + half * 16u + c;
@@ -249,11 +246,7 @@ ${range(ND).map((n) => `      ${subgroupMatrixStoreWgsl(syntax, '&ss[g]', `${16 
       workgroupBarrier();
       o${n} = ${subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_result<f32, 16, 16>', '&ss[g]', `${16 * (n % 2)}u`, false, `${SS}u`)};`).join('\n')}
     }
-${range(2).map((kk) => `    {
-      let pl = ${L('&ps[g]', `${16 * kk}u`, `${SP}u`)};
-${range(ND).map((n) => `      o${n} = subgroupMatrixMultiplyAccumulate(pl, ${R('&kvs', `${16 * kk * SQ + 16 * n}u`, `${SQ}u`, false)}, o${n});`).join('\n')}
-    }`).join('\n')}
-    workgroupBarrier();
+${products}    workgroupBarrier();
   }
   // out (T, HEADS * HD), or parts: O / l, each matrix through a half of ss, scaled by row as written
   fs[rr] = select(0.0, 1.0 / l, l > 0.0);
