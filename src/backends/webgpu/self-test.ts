@@ -301,7 +301,7 @@ export async function selfTestPrefillInt8(device: GPUDevice, indexing: SubgroupI
  */
 export async function selfTestPromptAttention(
   device: GPUDevice, subgroupSize: number, indexing: SubgroupIndexing, syntax: SubgroupMatrixSyntax, splitOverKeys = false, variant: AttentionTensorCoreOptions = {}, transform = (code: string) => code,
-  keyGrowth = variant.passes === 2 ? 0 : 0.08,
+  keyGrowth = variant.passes === 1 ? 0.08 : 0,
 ): Promise<string> {
   const T = 70, heads = 2, HD = 32, qDim = heads * HD, kvDim = HD, stride = qDim + 2 * kvDim, ctx = 80, rowsAt = 8;
   const wave = (i: number, a: number) => Math.sin(i * a) * 0.9;

@@ -56,12 +56,15 @@ test('the tensor-core prefill kernel\'s WGSL passes Tint\'s checks outside the s
       for (const indexing of ['subgroup-id', 'invocation-index'] as const) {
         const s = { numHeads, numKvHeads, headDim, slidingWindow, rotaryDim: headDim };
         const kv = { storage, contextLength: 4096, rowsAt: 520, kvBuffer: -1 };
-        await check(`attention ${numHeads}/${numKvHeads}x${headDim} window ${slidingWindow} ${storage} ${indexing}`, withScalarStandIns(attentionTensorCoreWgsl(s, kv, 32, indexing)));
         const split = attentionSplitFor(s, kv.contextLength, 512, 2 ** 31);
         assert.ok(split && split.splits > 1);
-        await check(`attention split ${JSON.stringify(split)} ${numHeads}/${numKvHeads}x${headDim} window ${slidingWindow} ${storage} ${indexing}`, withScalarStandIns(attentionTensorCoreWgsl(s, kv, 32, indexing, 'template', split)));
+        for (const passes of [1, 2] as const) {
+          await check(`attention ${passes} pass(es) ${numHeads}/${numKvHeads}x${headDim} window ${slidingWindow} ${storage} ${indexing}`, withScalarStandIns(attentionTensorCoreWgsl(s, kv, 32, indexing, 'template', null, { passes })));
+          await check(`attention ${passes} pass(es) split ${JSON.stringify(split)} ${numHeads}/${numKvHeads}x${headDim} window ${slidingWindow} ${storage} ${indexing}`, withScalarStandIns(attentionTensorCoreWgsl(s, kv, 32, indexing, 'template', split, { passes })));
+          n += 2;
+        }
         if (indexing === 'subgroup-id') await check(`attention merge ${numHeads}/${numKvHeads}x${headDim} window ${slidingWindow}`, attentionMergeWgsl(s, kv, split));
-        n += indexing === 'subgroup-id' ? 3 : 2;
+        n += indexing === 'subgroup-id' ? 1 : 0;
       }
     }
   }
@@ -109,8 +112,10 @@ test('every subgroup-matrix load and store from workgroup memory has a constant 
   kernels.push(['matmul partial tiles and bias', matmulTensorCoreWgsl(shapes[1]!, 32, 'invocation-index', TENSOR_CORE_TILES[1]!)]);
   const s = { numHeads: 32, numKvHeads: 8, headDim: 128, slidingWindow: null, rotaryDim: 128 };
   const kv = { storage: 'f16' as const, contextLength: 4096, rowsAt: 520, kvBuffer: -1 };
-  kernels.push(['attention', attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id')]);
-  kernels.push(['attention split', attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', attentionSplitFor(s, kv.contextLength, 512, 2 ** 31))]);
+  for (const passes of [1, 2] as const) {
+    kernels.push([`attention, ${passes} pass(es)`, attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', null, { passes })]);
+    kernels.push([`attention split, ${passes} pass(es)`, attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', attentionSplitFor(s, kv.contextLength, 512, 2 ** 31), { passes })]);
+  }
   for (const [ks, nsg, depth] of [[64, 8, 1], [128, 4, 2], [256, 2, 1]] as const) {
     kernels.push([`batched ${ks}/${nsg}/${depth}`, batchedTensorCoreWgsl({ rows: 4096, cols: 14336, units: 448, group: 64, yStride: 4096, yOffset: 0, bias: true, residual: true, ks, nsg, depth }, 32, 'subgroup-id', 'template')]);
   }

@@ -13,9 +13,9 @@
  * workgroup memory, scales the rows by exp(m_old - m_new) and loads it back: rare after a row's first
  * tiles. Between the scores and the products every lane takes the same path (selects, no branches):
  * on an H100 and an H200 a first version with branches there gave wrong outputs that the same code
- * with emulated subgroup matrices did not. The output is O / l, scaled as it is written. `passes: 2` keeps the older kernel: pass 1 the
- * scores and each row's max and sum, pass 2 the scores again and P already normalised (1.5x the
- * products, no rescale).
+ * with emulated subgroup matrices did not. The output is O / l, scaled as it is written.
+ * Two passes (the default): pass 1 the scores and each row's max and sum, pass 2 the scores again and
+ * P already normalised (1.5x the products, no rescale).
  *   Q (pre-scaled by 1/sqrt(HD), in K's stored dim order) stays in registers as HD/16 left matrices a
  *   subgroup; row t sees keys first_t..p_t of its slot (causal mask, sliding window per row).
  * Workgroup memory at HD 128: Q 17 KiB, a K or V tile 8.5 KiB, scores 9 KiB, P 5 KiB (40 KiB), the
@@ -67,14 +67,14 @@ export function attentionTensorCoreFits(s: AttentionShape): boolean {
 }
 
 /** Workgroup memory of the kernel, bytes. */
-export function attentionTensorCoreBytes(s: AttentionShape): number {
+export function attentionTensorCoreBytes(s: AttentionShape, passes: 1 | 2 = 2): number {
   const SQ = s.headDim + 8;
-  return TC_TILE_Q * SQ * 2 + TC_TILE_K * SQ * 2 + TC_TILE_Q * (TC_TILE_K + 4) * 4 + TC_TILE_Q * (TC_TILE_K + 8) * 2 + TC_TILE_Q * 8;
+  return TC_TILE_Q * SQ * 2 + TC_TILE_K * SQ * 2 + TC_TILE_Q * (TC_TILE_K + 4) * 4 + TC_TILE_Q * (TC_TILE_K + 8) * 2 + (passes === 1 ? TC_TILE_Q * 8 : 0);
 }
 
 /** The kernel's variant: one pass with lazy rescaling or the older two passes. */
 export interface AttentionTensorCoreOptions {
-  /** Default 1 here (the generator); the engine asks for 2 unless PDVM_ATTENTION_PASSES=1 (parseAttentionPasses). */
+  /** Default 2, as the engine runs it unless PDVM_ATTENTION_PASSES=1 (parseAttentionPasses). */
   passes?: 1 | 2;
   /** One pass: a row's reference max moves only where a tile's max passes it by more than this (0: whenever it grows). */
   rescaleAbove?: number;
@@ -95,7 +95,7 @@ export function attentionTensorCoreWgsl(
   s: AttentionShape, kv: KvLayout, subgroupSize: number, indexing: SubgroupIndexing, syntax: SubgroupMatrixSyntax = 'template', split: AttentionSplit | null = null,
   options: AttentionTensorCoreOptions = {},
 ): string {
-  const onePass = (options.passes ?? 1) === 1, rescaleAbove = options.rescaleAbove ?? 8;
+  const onePass = options.passes === 1, rescaleAbove = options.rescaleAbove ?? 8;
   if (split && split.keys % TC_TILE_K !== 0) throw new Error(`attention (tensor cores): a split of ${split.keys} keys is not whole key tiles`);
   const PS = split ? `${s.numHeads * split.splits * s.headDim}u` : ''; // row stride of parts
   if (subgroupSize !== 32) throw new Error(`attention (tensor cores): needs subgroups of 32, not ${subgroupSize}`);
