@@ -5,7 +5,8 @@
 #   D: bench/attention-lab.ts (the one-pass kernel's self-test with its parts taken out one at a time)
 #   T: kernels.test (the prompt attention against the reference attention, the one-pass tensor-core kernel where
 #      self-tested) and device.test (its self-tests named); q4 demo perplexity (ctx 256 and 1024: split)
-#   L: phi-4 prefill of 16,384 tokens and pp512 (q4 g64), one pass then two; then llama-3.1-8b the same
+#   L: phi-4 prefill of 16,384 tokens (with --profile: its last step's dispatches) and pp512 (q4 g64), one pass
+#      then two; then llama-3.1-8b the same
 #   P: pp512 of llama-3.2-1b and llama-3.1-8b with --profile (the attention's µs a layer), one pass and two
 # Stage (dev machine, repository root): bash bench/attention-device.sh --build
 # Device: bash .gpu/att/run.sh TLP (carry .gpu: setup.sh, node.xz, node_modules, debs, att)
@@ -41,7 +42,7 @@ for sh in ${LONG_SHAPES:-phi-4 llama-3.1-8b}; do
     for n in ${LONG_N:-16384 512}; do
       left || break; echo "== $sh passes $p prefill $n" >> $R/long.txt
       runs=$([ $n -gt 4096 ] && echo ${LONG_RUNS:-2} || echo 5)
-      PDVM_ATTENTION_PASSES=$p timeout ${LONG_S:-120} node $A bench --shape $sh --encoding q4 --group 64 --prefill $n --runs $runs 2>&1 | grep -v Warning | grep -E "pp[0-9]+:|rror|notice|attention" | head -8 >> $R/long.txt
+      PDVM_ATTENTION_PASSES=$p timeout ${LONG_S:-120} node $A bench --shape $sh --encoding q4 --group 64 --prefill $n --runs $runs $([ $n -gt 4096 ] && echo --profile) 2>&1 | grep -v Warning | grep -E "pp[0-9]+:|rror|notice|attention" | head -8 >> $R/long.txt
       echo "t=$(( $(date +%s) - s ))s" >> $R/long.txt
     done
   done

@@ -33,8 +33,13 @@ const directOut = (c: string) => {
   const n = [...c.matchAll(/var o(\d+) = subgroup_matrix_result/g)].length;
   return `${head}${Array.from({ length: n }, (_, i) => `  subgroupMatrixStore<row_major>(&out, (t0 + g * 16u) * ${qDim[1]}u + h * ${qDim[2]}u + ${16 * i}u, o${i}, ${qDim[1]}u);`).join('\n')}\n}\n`;
 };
+// the two subgroup shuffles of a tile taken out (each half row its own max and sum: row 0, one key, still right undivided)
+const noShuffles = (c: string) => c.replace('tmax = max(tmax, subgroupShuffleXor(tmax, 1u));', '').replace('l += sum + subgroupShuffleXor(sum, 1u);', 'l += sum;');
 const variants: [string, { rescaleAbove?: number; passes?: 1 | 2 }, (c: string) => string, number][] = [
   ['direct-out', { rescaleAbove: 1e9 }, directOut, 0],
+  ['direct-out, no-block', { rescaleAbove: 1e9 }, (c) => directOut(noBlock('workgroupBarrier();')(c)), 0],
+  ['no-block, no shuffles, O not divided by l', { rescaleAbove: 1e9 }, (c) => plainOut(noShuffles(noBlock('workgroupBarrier();')(c))), 0],
+  ['direct-out, no-block, no shuffles', { rescaleAbove: 1e9 }, (c) => directOut(noShuffles(noBlock('workgroupBarrier();')(c))), 0],
   ['two passes, every subgroup\'s output through ss', { passes: 2 }, (c) => c.replace('let whole = t0 + g * 16u + 16u <= T;', 'let whole = false;'), 0],
   ['as-is', {}, (c) => c, 0.08],
   ['no-growth', {}, (c) => c, 0],

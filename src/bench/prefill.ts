@@ -92,10 +92,11 @@ export async function runPrefillBench(gpu: Gpu, o: PrefillBenchOptions): Promise
     }
     let profile: { label: string; microseconds: number }[] | undefined;
     if (o.profile) {
-      const T = Math.min(o.prompt, engine.prefillChunk);
-      profile = await engine.profilePrefill(seq, T);
+      // the prompt's last full step, at its positions: a long prompt's attention where it costs most
+      const T = Math.min(o.prompt, engine.prefillChunk), pos0 = o.prompt - T;
+      profile = await engine.profilePrefill(seq, T, 20, pos0);
       const layer = profile.filter((p) => !p.label.startsWith('embedding')).reduce((a, p) => a + p.microseconds, 0);
-      o.log(`profile, one step of ${T} tokens (µs a dispatch; layer 0, repeated alone): ${profile.map((p) => `${p.label} ${p.microseconds.toFixed(1)}`).join(', ')}; a layer ${layer.toFixed(0)} µs x ${config.numLayers} layers = ${((layer * config.numLayers) / 1000).toFixed(1)} ms`);
+      o.log(`profile, one step of ${T} tokens at positions ${pos0}..${o.prompt - 1} (µs a dispatch; layer 0, repeated alone): ${profile.map((p) => `${p.label} ${p.microseconds.toFixed(1)}`).join(', ')}; a layer ${layer.toFixed(0)} µs x ${config.numLayers} layers = ${((layer * config.numLayers) / 1000).toFixed(1)} ms`);
     }
     const sorted = [...times].sort((a, b) => a - b);
     const ms = sorted[Math.floor(sorted.length / 2)]!;

@@ -1076,21 +1076,24 @@ export class WebGpuEngine implements Engine {
    * embedding), each repeated `reps` times alone in a pass, the median of 3 (`pdvm bench --prefill N
    * --profile`). Runs on a sequence's KV slot, whose contents it overwrites.
    */
-  async profilePrefill(seqIn: Sequence, T: number, reps = 20): Promise<{ label: string; microseconds: number }[]> {
+  async profilePrefill(seqIn: Sequence, T: number, reps = 20, pos0 = 0): Promise<{ label: string; microseconds: number }[]> {
     return this.serial(async () => {
       const seq = this.live(seqIn);
       if (!(T >= 1 && T <= this.prefillChunk)) throw new InvalidInputError(`profile: T must be in 1..${this.prefillChunk}`);
+      if (!(pos0 >= 0 && pos0 + T <= this.contextLength)) throw new InvalidInputError(`profile: positions ${pos0}..${pos0 + T - 1} pass the context (${this.contextLength})`);
       const slot = this.slotOf(seq);
       this.stepWords[StepWord.T] = T;
-      this.stepWords[StepWord.pos0] = 0;
+      this.stepWords[StepWord.pos0] = pos0;
       for (let i = 0; i < T; i++) {
         this.stepWords[STEP_HEADER_WORDS + i] = i % this.config.vocabSize;
         this.stepWords[this.rowsAt + 2 * i] = slot.word;
-        this.stepWords[this.rowsAt + 2 * i + 1] = i;
+        this.stepWords[this.rowsAt + 2 * i + 1] = pos0 + i;
       }
       this.gpu.device.queue.writeBuffer(this.a.step, 0, this.stepWords, 0, this.rowsAt + 2 * T);
       const plan = T === 1 ? this.plans.decode[0]! : this.plans.prefill[0]!;
-      const list = [...this.plans.embedding, ...plan.beforeAttention, ...(T === 1 ? this.kvDispatchesOf(slot.group.index)[0]!.one : this.kvDispatchesOf(slot.group.index)[0]!.prompt), ...plan.afterAttention];
+      const kv = this.kvDispatchesOf(slot.group.index)[0]!;
+      // the attention the step at these positions runs (split over keys past its first splits)
+      const list = [...this.plans.embedding, ...plan.beforeAttention, ...(T === 1 ? kv.one : pos0 + T >= kv.longFrom ? kv.promptLong : kv.prompt), ...plan.afterAttention];
       const out = await timeDispatches(this.gpu.device, list, T, reps, () => this.gpu.device.queue.onSubmittedWorkDone(), () => this.gpu.check());
       seq.reset();
       return out;
