@@ -3,6 +3,8 @@
 # in one pass"): the one-pass tensor-core prompt attention against the two-pass one (PDVM_ATTENTION_PASSES=2,
 # the same build), on long prompts and at 512 tokens, with its tests and the demo's perplexity.
 #   D: bench/attention-lab.ts (the one-pass kernel's self-test with its parts taken out one at a time)
+#   A: bench/attention-time.ts (the kernel alone at positions 15,872..16,383 and 1,536..2,047, in variants with parts
+#      taken out: what its time is made of)
 #   T: kernels.test (the prompt attention against the reference attention, the one-pass tensor-core kernel where
 #      self-tested) and device.test (its self-tests named); q4 demo perplexity (ctx 256 and 1024: split)
 #   L: phi-4 prefill of 16,384 tokens (with --profile: its last step's dispatches) and pp512 (q4 g64), one pass
@@ -16,7 +18,7 @@ if [ "${1:-}" = "--build" ]; then
   K=/work/main/.gpu/att; rm -rf "$K"; mkdir -p "$K"
   B=(--bundle --platform=node --format=esm --external:webgpu "--banner:js=import { createRequire as __pdvmCreateRequire } from 'node:module'; const require = __pdvmCreateRequire(import.meta.url);")
   npx esbuild src/cli/main.ts "${B[@]}" --outfile="$K/app.mjs" --log-level=warning
-  npx esbuild bench/attention-lab.ts "${B[@]}" --inject:src/backends/webgpu/node-gpu.ts --outfile="$K/attention-lab.mjs" --log-level=warning
+  for b in attention-lab attention-time; do npx esbuild bench/$b.ts "${B[@]}" --inject:src/backends/webgpu/node-gpu.ts --outfile="$K/$b.mjs" --log-level=warning; done
   for t in kernels device; do npx esbuild test/backends/webgpu/$t.test.ts "${B[@]}" --inject:src/backends/webgpu/node-gpu.ts --outfile="$K/$t.test.mjs" --log-level=warning; done
   cp ../shared/fixtures/text/brown/validation.txt "$K/"
   cp bench/attention-device.sh "$K/run.sh"; du -sh "$K"; exit 0
@@ -28,6 +30,9 @@ left() { [ $(( $(date +%s) - s )) -lt ${BUDGET_S:-560} ]; }
 case "${1:-}" in *D*)
   timeout 120 node .gpu/att/attention-lab.mjs 2>&1 | grep -v Warning > $R/lab.txt
   echo "lab $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
+case "${1:-}" in *A*)
+  for p in ${TIME_P:-16384 2048}; do timeout 120 node .gpu/att/attention-time.mjs 512 $p 2>&1 | grep -v Warning >> $R/time.txt; done
+  echo "time $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *T*)
   PDVM_ATTENTION_PASSES=1 timeout ${TEST_S:-200} node --test --test-name-pattern="prompt attention|device features" .gpu/att/kernels.test.mjs .gpu/att/device.test.mjs 2>&1 | grep -v Warning \
     | grep -E "^(ok|not ok)|# (pass|fail|skip)|tensor-core attention|rror|expected|actual|worst|skip|prompt attention" > $R/tests.txt
@@ -55,4 +60,4 @@ for sh in ${PROFILE_SHAPES:-llama-3.2-1b llama-3.1-8b}; do
   done
 done ;; esac
 echo "total $(( $(date +%s) - s ))s" >> $R/wall.txt
-cat $R/gpu.txt $R/wall.txt $R/lab.txt $R/tests.txt $R/ppl.txt $R/long.txt $R/profile.txt 2>/dev/null | tail -150
+cat $R/gpu.txt $R/wall.txt $R/lab.txt $R/time.txt $R/tests.txt $R/ppl.txt $R/long.txt $R/profile.txt 2>/dev/null | tail -150
