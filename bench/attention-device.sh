@@ -32,6 +32,8 @@ case "${1:-}" in *D*)
   echo "lab $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *A*)
   for p in ${TIME_P:-16384 2048}; do timeout 120 node .gpu/att/attention-time.mjs 512 $p 2>&1 | grep -v Warning >> $R/time.txt; done
+  echo "== without Dawn's robustness (unsafe; what its clamps cost)" >> $R/time.txt
+  PDVM_DAWN_EXTRA_TOGGLES=disable_robustness timeout 120 node .gpu/att/attention-time.mjs 512 16384 2>&1 | grep -v Warning >> $R/time.txt
   echo "time $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *T*)
   PDVM_ATTENTION_PASSES=1 timeout ${TEST_S:-200} node --test --test-name-pattern="prompt attention|device features" .gpu/att/kernels.test.mjs .gpu/att/device.test.mjs 2>&1 | grep -v Warning \
