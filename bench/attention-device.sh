@@ -32,8 +32,10 @@ case "${1:-}" in *D*)
   echo "lab $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *A*)
   for p in ${TIME_P:-16384 2048}; do timeout 120 node .gpu/att/attention-time.mjs 512 $p 2>&1 | grep -v Warning >> $R/time.txt; done
-  echo "== without Dawn's robustness (unsafe; what its clamps cost)" >> $R/time.txt
-  PDVM_DAWN_EXTRA_TOGGLES=disable_robustness timeout 120 node .gpu/att/attention-time.mjs 512 16384 2>&1 | grep -v Warning >> $R/time.txt
+  if [ "${TIME_ROBUST:-1}" = 1 ]; then
+    echo "== without Dawn's robustness (unsafe; what its clamps cost)" >> $R/time.txt
+    PDVM_DAWN_EXTRA_TOGGLES=disable_robustness timeout 120 node .gpu/att/attention-time.mjs 512 16384 2>&1 | grep -v Warning >> $R/time.txt
+  fi
   echo "time $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *T*)
   PDVM_ATTENTION_PASSES=1 timeout ${TEST_S:-200} node --test --test-name-pattern="prompt attention|device features" .gpu/att/kernels.test.mjs .gpu/att/device.test.mjs 2>&1 | grep -v Warning \
@@ -45,7 +47,7 @@ case "${1:-}" in *T*)
   echo "tests $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *L*)
 for sh in ${LONG_SHAPES:-phi-4 llama-3.1-8b}; do
-  for p in 1 2; do
+  for p in ${LONG_PASSES:-1 2}; do
     for n in ${LONG_N:-16384 512}; do
       left || break; echo "== $sh passes $p prefill $n" >> $R/long.txt
       runs=$([ $n -gt 4096 ] && echo ${LONG_RUNS:-2} || echo 5)

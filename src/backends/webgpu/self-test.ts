@@ -6,6 +6,7 @@
  * exposes a broken feature costs speed, not correctness.
  */
 import { f32ToF16 } from '../../format/dtype.js';
+import { kStoredDim, type KvStorage } from './kernels/kv.js';
 import { attentionMergeWgsl, attentionTensorCoreWgsl, TC_TILE_Q, type AttentionTensorCoreOptions } from './kernels/attention-tensor-core.js';
 import { INT8_FEW_TILE, int8InputBytes, int8SplitCombineWgsl, int8TileName, int8TileSize, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl, type Int8Scaling, type Int8Split, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
 import { convertF16Invocations, convertF16Wgsl, linearGrid, matmulTensorCoreWgsl, paddedCols, subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, tensorCoreTileName, tensorCoreTileSize, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
@@ -295,13 +296,13 @@ export async function selfTestPrefillInt8(device: GPUDevice, indexing: SubgroupI
 /**
  * The prompt attention on the tensor cores (kernels/attention-tensor-core.ts) on a small prompt: 2
  * query heads sharing a KV head of dim 32, 70 rows at positions 0..69 (a partial second query tile,
- * keys in 3 tiles), an f32 cache, against the same attention in f64 here; within 1e-2 of the largest
+ * keys in 3 tiles), an f32 cache (or `cacheStorage`), against the same attention in f64 here; within 1e-2 of the largest
  * output (f16 q, k, v and probabilities); in one pass over the keys, or (`splitOverKeys`) split over
  * keys (a split a key tile) then merged (attention_merge).
  */
 export async function selfTestPromptAttention(
   device: GPUDevice, subgroupSize: number, indexing: SubgroupIndexing, syntax: SubgroupMatrixSyntax, splitOverKeys = false, variant: AttentionTensorCoreOptions = {}, transform = (code: string) => code,
-  keyGrowth = variant.passes === 1 ? 0.08 : 0,
+  keyGrowth = variant.passes === 1 ? 0.08 : 0, cacheStorage: KvStorage = 'f32',
 ): Promise<string> {
   const T = 70, heads = 2, HD = 32, qDim = heads * HD, kvDim = HD, stride = qDim + 2 * kvDim, ctx = 80, rowsAt = 8;
   const wave = (i: number, a: number) => Math.sin(i * a) * 0.9;
@@ -326,14 +327,18 @@ export async function selfTestPromptAttention(
   stepWords[0] = T;
   for (let t = 0; t < T; t++) { stepWords[rowsAt + 2 * t] = 0; stepWords[rowsAt + 2 * t + 1] = t; }
   const shape = { numHeads: heads, numKvHeads: 1, headDim: HD, slidingWindow: null, rotaryDim: HD };
-  const layout = { storage: 'f32' as const, contextLength: ctx, rowsAt, kvBuffer: -1 };
+  const layout = { storage: cacheStorage, contextLength: ctx, rowsAt, kvBuffer: -1 };
   const kit = selfTestKit(device), { storage, bind, submitAndRead } = kit;
   device.pushErrorScope('validation');
   try {
     // a kernel that does not compile is this test's answer, with the split it was asked in
     const compile = (label: string, code: string): Promise<GPUComputePipeline | string> =>
       kit.compile(label, code).catch((e: Error) => `failed: ${e.message.slice(0, 300)}`);
-    const inputs = [storage(qkv), storage(K), storage(V)], step = storage(stepWords);
+    // the cache as f32, or as f16 (also the words of the packed layout: element 2i the low half)
+    // (K's dims in the cache's stored order: kStoredDim)
+    const cache = (x: Float32Array) => (layout.storage === 'f32' ? x : new Uint32Array(Uint16Array.from(x, f32ToF16).buffer));
+    const kStored = K.map((_, i) => K[i - (i % kvDim) + kStoredDim(cacheStorage, HD, HD, i % kvDim)]!);
+    const inputs = [storage(qkv), storage(cache(kStored)), storage(cache(V))], step = storage(stepWords);
     // in one pass over the keys, or split over keys by 32 (3 splits) and merged
     for (const split of [splitOverKeys ? { keys: 32, splits: Math.ceil(ctx / 32) } : null]) {
       const what = split ? ' (split over keys)' : '';

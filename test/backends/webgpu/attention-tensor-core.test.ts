@@ -13,6 +13,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { selfTestPromptAttention } from '../../../src/backends/webgpu/self-test.js';
 import { parseAttentionPasses, type AttentionTensorCoreOptions } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
+import type { KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
 import { SKIP_GPU, testGpu } from './gpu.js';
 
 /** The kernel with each subgroup matrix an array<f32, 256> of every invocation (row-major). */
@@ -71,24 +72,26 @@ test('the tensor-core prompt attention with emulated subgroup matrices matches t
     return;
   }
   // (the two-pass kernel stores O straight to the output buffer, which this emulation leaves out)
-  const variants: [string, AttentionTensorCoreOptions, boolean][] = [
-    ['one pass, rescaled past 8', { passes: 1 }, false],
-    ['one pass, rescaled whenever a max grows', { passes: 1, rescaleAbove: 0 }, false],
-    ['one pass, rescaled past 8, split over keys', { passes: 1 }, true],
-    ['one pass, rescaled whenever a max grows, split over keys', { passes: 1, rescaleAbove: 0 }, true],
+  const variants: [string, AttentionTensorCoreOptions, boolean, KvStorage][] = [
+    ['one pass, rescaled past 8', { passes: 1 }, false, 'f32'],
+    ['one pass, rescaled whenever a max grows', { passes: 1, rescaleAbove: 0 }, false, 'f32'],
+    ['one pass, rescaled past 8, split over keys', { passes: 1 }, true, 'f32'],
+    ['one pass, rescaled whenever a max grows, split over keys', { passes: 1, rescaleAbove: 0 }, true, 'f32'],
+    ['one pass, f16 cache', { passes: 1 }, false, 'f16'],
+    ['one pass, packed f16 cache, split over keys', { passes: 1 }, true, 'f16-packed'],
   ];
   const failures: string[] = [];
-  for (const [name, variant, split] of variants) {
-    const r = await selfTestPromptAttention(gpu.device, 32, 'invocation-index', 'template', split, variant, withEmulatedMatrices);
+  for (const [name, variant, split, cache] of variants) {
+    const r = await selfTestPromptAttention(gpu.device, 32, 'invocation-index', 'template', split, variant, withEmulatedMatrices, undefined, cache);
     console.log(`${name}: ${r}`);
     if (r !== 'passed') failures.push(`${name}: ${r}`);
   }
   assert.deepEqual(failures, []);
 });
 
-test('PDVM_ATTENTION_PASSES: two by default (the kernel checked on GPUs), one by name, anything else an error naming the choices', () => {
-  assert.equal(parseAttentionPasses(undefined), 2);
-  assert.equal(parseAttentionPasses(''), 2);
+test('PDVM_ATTENTION_PASSES: one by default (self-tested on the H100), two by name, anything else an error naming the choices', () => {
+  assert.equal(parseAttentionPasses(undefined), 1);
+  assert.equal(parseAttentionPasses(''), 1);
   assert.equal(parseAttentionPasses('2'), 2);
   assert.equal(parseAttentionPasses('1'), 1);
   assert.throws(() => parseAttentionPasses('one'), /PDVM_ATTENTION_PASSES must be 1 or 2, not 'one'/);

@@ -4,7 +4,7 @@
  * BQ = 64 consecutive rows of one sequence), each subgroup 16 of the rows; keys walked in tiles of
  * BK = 32, each K and V tile read once from the cache into workgroup memory (f16) for the 64 rows.
  *   softmax(q k^T / sqrt(HD) + mask) v
- * One pass over the keys (PDVM_ATTENTION_PASSES=1; not yet the engine's default): each key tile's
+ * One pass over the keys (the engine's default; PDVM_ATTENTION_PASSES=2 asks for two): each key tile's
  * scores S = Q K^T (subgroup matrices), then each
  * row's P = exp(s - m) as f16 and O += P V (subgroup matrices), with m a reference max per row that is
  * raised only where a tile's max passes it by more than RESCALE_ABOVE (8: P stays below e^8, well inside
@@ -14,8 +14,8 @@
  * tiles. Between the scores and the products every lane takes the same path (selects, no branches):
  * on an H100 and an H200 a first version with branches there gave wrong outputs that the same code
  * with emulated subgroup matrices did not. The output is O / l, scaled as it is written.
- * Two passes (the default): pass 1 the scores and each row's max and sum, pass 2 the scores again and
- * P already normalised (1.5x the products, no rescale).
+ * Two passes (the older kernel, where one pass fails its self-test): pass 1 the scores and each row's
+ * max and sum, pass 2 the scores again and P already normalised (1.5x the products, no rescale).
  *   Q (pre-scaled by 1/sqrt(HD), in K's stored dim order) stays in registers as HD/16 left matrices a
  *   subgroup; row t sees keys first_t..p_t of its slot (causal mask, sliding window per row).
  * Workgroup memory at HD 128: Q 17 KiB, a K or V tile 8.5 KiB, scores 9 KiB, P 5 KiB (40 KiB), the
@@ -74,21 +74,28 @@ export function attentionTensorCoreBytes(s: AttentionShape, passes: 1 | 2 = 2): 
 
 /** The kernel's variant: one pass with lazy rescaling or the older two passes. */
 export interface AttentionTensorCoreOptions {
-  /** Default 2, as the engine runs it unless PDVM_ATTENTION_PASSES=1 (parseAttentionPasses). */
+  /** Default 2 here (the engine asks for parseAttentionPasses's: one unless PDVM_ATTENTION_PASSES=2). */
   passes?: 1 | 2;
   /** One pass: a row's reference max moves only where a tile's max passes it by more than this (0: whenever it grows). */
   rescaleAbove?: number;
 }
 
 /**
- * The passes of PDVM_ATTENTION_PASSES: unset or 2, two (the default: the kernel checked on GPUs); 1, one
- * (lazy rescaling; tested with emulated subgroup matrices, its first version wrong on the H100 and H200,
- * the present one not yet run on a GPU: docs/PERFORMANCE.md). Its self-test decides either way.
+ * The passes of PDVM_ATTENTION_PASSES: unset or 1, one (the default since 2026-12-07: lazy rescaling,
+ * self-tested on the H100, 1.33x faster than two at 16,384 keys); 2, the older two-pass kernel. The
+ * device's self-test decides either way (device.ts falls back to two where one fails).
  */
 export function parseAttentionPasses(v: string | undefined): 1 | 2 {
-  if (v === undefined || v === '' || v === '2') return 2;
-  if (v === '1') return 1;
+  if (v === undefined || v === '' || v === '1') return 1;
+  if (v === '2') return 2;
   throw new Error(`PDVM_ATTENTION_PASSES must be 1 or 2, not '${v}'`);
+}
+
+/** The body of a function returning element vec4 i of cache buffer `n` as vec4<f16>. */
+function half4(storage: KvLayout['storage'], n: string): string {
+  if (storage === 'f32') return `return vec4<f16>(${n}[i]);`;
+  if (storage === 'f16') return `return ${n}[i];`;
+  return `let w = ${n}[i]; return vec4<f16>(bitcast<vec2<f16>>(w.x), bitcast<vec2<f16>>(w.y));`;
 }
 
 export function attentionTensorCoreWgsl(
@@ -119,7 +126,7 @@ ${range(ND).map((i) => `    s0 = subgroupMatrixMultiplyAccumulate(q${i}, ${R('&k
   const fetch = (fn: 'load4_k' | 'load4_v', k0: string) => range(NL).map((j) => `    {
       let i = lid + ${128 * j}u;
       let key = ${k0} + i / ${HD / 4}u;
-      rg[${j}] = vec4<f16>(select(vec4<f32>(0.0), ${fn}((sb + key) * KV_DIM4 + kvh * ${HD / 4}u + i % ${HD / 4}u), key <= kHi));
+      rg[${j}] = select(vec4<f16>(0.0h), ${fn}h((sb + key) * KV_DIM4 + kvh * ${HD / 4}u + i % ${HD / 4}u), key <= kHi);
     }`).join('\n');
   const put = range(NL).map((j) => `    {
       let i = lid + ${128 * j}u;
@@ -208,10 +215,13 @@ ${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + w
   const onePassBody = `  // one pass: scores, P against the row's reference max, O += P V (V's loads in flight while the
   // scores run, the next K's while P V runs)
 ${tileStart}    // no branch from here to the products: every lane of a subgroup takes the same path (selects only)
+    // this lane's live columns of the tile: c0 ..= c1 (none where the row is past T)
+    let kb = i32(k0 + half * 16u);
+    let c0 = i32(firstKey) - kb;
+    let c1 = select(-1, i32(lastKey) - kb, live);
     var tmax = -3.0e38;
     for (var c = 0u; c < 16u; c++) {
-      let key = k0 + half * 16u + c;
-      tmax = max(tmax, select(-3.0e38, ss[g][ro + c], live && key >= firstKey && key <= lastKey));
+      tmax = max(tmax, select(-3.0e38, ss[g][ro + c], i32(c) >= c0 && i32(c) <= c1));
     }
     tmax = max(tmax, subgroupShuffleXor(tmax, 1u));
     // a new reference only past the old by more than ${rescaleAbove} (the first live tile always: m + ${rescaleAbove} is m
@@ -223,8 +233,7 @@ ${tileStart}    // no branch from here to the products: every lane of a subgroup
     m = select(m, tmax, raise);
     var sum = 0.0;
     for (var c = 0u; c < 16u; c++) {
-      let key = k0 + half * 16u + c;
-      let pv = select(0.0, exp(ss[g][ro + c] - m), live && key >= firstKey && key <= lastKey);
+      let pv = select(0.0, exp(ss[g][ro + c] - m), i32(c) >= c0 && i32(c) <= c1);
       ps[g][po + c] = f16(pv);
       sum += pv;
     }
@@ -273,6 +282,8 @@ ${kvReadDecls(kv, 1, 2)}
 ${split ? '@group(0) @binding(5) var<storage, read_write> ml: array<vec2<f32>>; // (T, HEADS, SPLITS): (m, l)' : ''}
 ${rowTable(kv)}
 ${kDimFn(kv.storage, s.rotaryDim)}
+// four K or V elements as f16, without a round trip through f32
+${(['k', 'v'] as const).map((n) => `fn load4_${n}h(i: u32) -> vec4<f16> { ${half4(kv.storage, n.toUpperCase())} }`).join('\n')}
 
 var<workgroup> qs: array<array<f16, ${16 * SQ}>, ${TC_TILE_Q / 16}>; // (64 rows, HD) in blocks of 16 rows, stride ${SQ}
 var<workgroup> kvs: array<f16, ${TC_TILE_K * SQ}>; // (32 keys, HD): K, then V
