@@ -9,6 +9,7 @@
 #      self-tested) and device.test (its self-tests named); q4 demo perplexity (ctx 256 and 1024: split)
 #   L: phi-4 prefill of 16,384 tokens (with --profile: its last step's dispatches) and pp512 (q4 g64), one pass
 #      then two; then llama-3.1-8b the same
+#   E: decode, llama-3.1-8b q4 g64, 128 tokens (DECODE_SHAPES)
 #   P: pp512 of llama-3.2-1b and llama-3.1-8b with --profile (the attention's µs a layer), one pass and two
 # Stage (dev machine, repository root): bash bench/attention-device.sh --build
 # Device: bash .gpu/att/run.sh TLP (carry .gpu: setup.sh, node.xz, node_modules, debs, att)
@@ -56,6 +57,11 @@ for sh in ${LONG_SHAPES:-phi-4 llama-3.1-8b}; do
     done
   done
 done ;; esac
+case "${1:-}" in *E*)
+for sh in ${DECODE_SHAPES:-llama-3.1-8b}; do
+  left || break; echo "== $sh decode" >> $R/decode.txt
+  timeout 90 node $A bench --shape $sh --encoding q4 --group 64 --skip-prefill --tokens 128 2>&1 | grep -v Warning | grep -E "tok/s|rror" | tail -3 >> $R/decode.txt
+done ;; esac
 case "${1:-}" in *P*)
 for sh in ${PROFILE_SHAPES:-llama-3.2-1b llama-3.1-8b}; do
   for p in 1 2; do
@@ -64,4 +70,4 @@ for sh in ${PROFILE_SHAPES:-llama-3.2-1b llama-3.1-8b}; do
   done
 done ;; esac
 echo "total $(( $(date +%s) - s ))s" >> $R/wall.txt
-cat $R/gpu.txt $R/wall.txt $R/lab.txt $R/time.txt $R/tests.txt $R/ppl.txt $R/long.txt $R/profile.txt 2>/dev/null | tail -150
+cat $R/gpu.txt $R/wall.txt $R/lab.txt $R/time.txt $R/tests.txt $R/ppl.txt $R/long.txt $R/decode.txt $R/profile.txt 2>/dev/null | tail -150
