@@ -4,7 +4,7 @@
 # the same build), on long prompts and at 512 tokens, with its tests and the demo's perplexity.
 #   D: bench/attention-lab.ts (the one-pass kernel's self-test with its parts taken out one at a time)
 #   A: bench/attention-time.ts (the kernel alone at positions 15,872..16,383 and 1,536..2,047, in variants with parts
-#      taken out: what its time is made of)
+#      taken out: what its time is made of; ONLY=labels, SPLITS=8,32 for other split counts)
 #   T: kernels.test (the prompt attention against the reference attention, the one-pass tensor-core kernel where
 #      self-tested) and device.test (its self-tests named); q4 demo perplexity (ctx 256 and 1024: split)
 #   L: phi-4 prefill of 16,384 tokens (with --profile: its last step's dispatches) and pp512 (q4 g64), one pass

@@ -11,6 +11,7 @@
  *   ... no score products        Q K^T taken out
  *   ... no P V products          P V taken out
  *   merge                        attention_merge of the splits
+ *   SPLITS=8,32                  then the one-pass kernel and its merge at those split counts
  * Each line: µs a dispatch (median of 3 batches of REPS), and the products' rate in TFLOP/s (2 x HD
  * multiply-adds a score for Q K^T and again for P V, counted once a pass that runs them).
  * Run: [ONLY=label,label] node attention-time.mjs [T] [P] (bundled with node-gpu.ts; bench/attention-device.sh stages it).
@@ -30,7 +31,8 @@ const device = gpu.device;
 const s = { numHeads: 40, numKvHeads: 10, headDim: 128, slidingWindow: null, rotaryDim: 128 };
 const qDim = s.numHeads * s.headDim, kvDim = s.numKvHeads * s.headDim, stride = qDim + 2 * kvDim, ctx = P, rowsAt = 8;
 const kv = { storage: 'f16' as const, contextLength: ctx, rowsAt, kvBuffer: -1 };
-const split = attentionSplitFor(s, ctx, T, gpu.maxBindingBytes);
+const splitOf = (target: number) => attentionSplitFor(s, ctx, T, gpu.maxBindingBytes, target);
+const split = splitOf(f.attentionSplits);
 console.log(`device: ${gpu.adapterDescription}; rows ${P - T}..${P - 1}, ${s.numHeads} heads of ${s.headDim}, split ${split ? `${split.splits} x ${split.keys} keys` : 'none'}, ${REPS} dispatches a batch`);
 
 const kit = selfTestKit(device);
@@ -47,9 +49,11 @@ const words = new Uint32Array(rowsAt + 2 * T);
 words[0] = T;
 for (let t = 0; t < T; t++) words[rowsAt + 2 * t + 1] = P - T + t;
 const step = kit.storage(words);
-const Z = split?.splits ?? 1;
-const parts = kit.storage(T * s.numHeads * Z * s.headDim * 4), ml = kit.storage(T * s.numHeads * Z * 8), out = kit.storage(T * qDim * 4);
+// partial outputs for up to 32 splits (the sweep below)
+const ZMAX = Math.max(32, split?.splits ?? 1);
+const parts = kit.storage(T * s.numHeads * ZMAX * s.headDim * 4), ml = kit.storage(T * s.numHeads * ZMAX * 8), out = kit.storage(T * qDim * 4);
 
+let warmed = false;
 async function time(label: string, code: string, bind: GPUBuffer[], grid: [number, number, number], flops: number): Promise<void> {
   let pipeline: GPUComputePipeline;
   try {
@@ -71,7 +75,12 @@ async function time(label: string, code: string, bind: GPUBuffer[], grid: [numbe
     await device.queue.onSubmittedWorkDone();
     return ((performance.now() - t0) * 1000) / n;
   };
-  await run(2);
+  // the first kernel timed warms the GPU for a second (from idle the first runs took 2.5x the later
+  // ones: docs/PERFORMANCE.md, 2026-12-07 evening)
+  const w0 = performance.now();
+  do await run(2);
+  while (!warmed && performance.now() - w0 < 1000);
+  warmed = true;
   const us = [await run(REPS), await run(REPS), await run(REPS)].sort((a, b) => a - b)[1]!;
   console.log(`${label}: ${us.toFixed(1)} µs${flops ? `, ${(flops / us / 1e6).toFixed(1)} TFLOP/s` : ''}`);
 }
@@ -80,13 +89,13 @@ async function time(label: string, code: string, bind: GPUBuffer[], grid: [numbe
 let keys = 0;
 for (let t = 0; t < T; t++) keys += P - T + t + 1;
 const unit = 2 * keys * s.headDim * s.numHeads;
-const build = (o: AttentionTensorCoreOptions) => attentionTensorCoreWgsl(s, kv, f.subgroupMaxSize, f.subgroupMatrixIndexing!, f.subgroupMatrixSyntax, split, o);
+const build = (o: AttentionTensorCoreOptions, sp = split) => attentionTensorCoreWgsl(s, kv, f.subgroupMaxSize, f.subgroupMatrixIndexing!, f.subgroupMatrixSyntax, sp, o);
 const pass1 = (c: string) => c.replace(/ {2}\/\/ pass 1:[\s\S]*?(?= {2}\/\/ pass 2:)/, '  m = 0.0;\n  l = 1.0;\n');
 const noLoads = (c: string) => c.replace(/rg\[(\d+)\] = vec4<f16>\(select\(vec4<f32>\(0\.0\), load4_[kv]\([^;]*;/g, 'rg[$1] = vec4<f16>(f16(lid & 7u));');
 const noScores = (c: string) => c.replace(/\n {4}s[01] = subgroupMatrixMultiplyAccumulate\(q\d+, [^\n]*/g, '');
 const noPv = (c: string) => c.replace(/\n {6}o\d+ = subgroupMatrixMultiplyAccumulate\(pl, [^\n]*/g, '');
 const bindings = split ? [qkv, K, V, parts, step, ml] : [qkv, K, V, out, step];
-const grid: [number, number, number] = [s.numHeads, Math.ceil(T / TC_TILE_Q), Z];
+const grid: [number, number, number] = [s.numHeads, Math.ceil(T / TC_TILE_Q), split?.splits ?? 1];
 const variants: [string, AttentionTensorCoreOptions, (c: string) => string, number][] = [
   ['two passes', { passes: 2 }, (c) => c, 3 * unit],
   ['one pass', { passes: 1 }, (c) => c, 2 * unit],
@@ -104,5 +113,12 @@ for (const [label, o, transform, flops] of variants.filter(([label]) => !only ||
   await time(label, t, bindings, grid, flops);
 }
 if (split) await time('merge', attentionMergeWgsl(s, kv, split), [parts, ml, out, step], [T * s.numHeads, 1, 1], 0);
+// SPLITS (e.g. "8,32"): the one-pass kernel and its merge at other split counts (PDVM_ATTENTION_SPLITS)
+for (const target of (process.env.SPLITS ?? '').split(',').filter(Boolean).map(Number)) {
+  const sp = splitOf(target);
+  if (!sp || sp.splits > ZMAX) { console.log(`${target} splits: ${sp ? `${sp.splits} splits, more than ${ZMAX}` : 'one split'} (skipped)`); continue; }
+  await time(`one pass, ${sp.splits} splits of ${sp.keys} keys`, build({ passes: 1 }, sp), [qkv, K, V, parts, step, ml], [s.numHeads, Math.ceil(T / TC_TILE_Q), sp.splits], 2 * unit);
+  await time(`merge, ${sp.splits} splits`, attentionMergeWgsl(s, kv, sp), [parts, ml, out, step], [T * s.numHeads, 1, 1], 0);
+}
 kit.destroy();
 process.exit(0);

@@ -8,7 +8,7 @@ import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
 import { parseTensorCoreTile, TENSOR_CORE_TILES, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
 import { INT8_SPLIT_WORKGROUPS, int8TilesFor, parseInt8Tile, type Int8Scaling, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
-import { parseAttentionPasses } from './kernels/attention-tensor-core.js';
+import { parseAttentionPasses, parseAttentionSplits } from './kernels/attention-tensor-core.js';
 import { selfTestPrefillInt8, selfTestPrefillKernel, selfTestPromptAttention, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
 /** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
@@ -48,6 +48,8 @@ export interface GpuFeatures {
   attentionSplit: boolean;
   /** That attention in one pass over the keys (lazy rescale) or two (PDVM_ATTENTION_PASSES; 2 where one failed its self-test). */
   attentionPasses: 1 | 2;
+  /** The splits over keys a long prompt's attention aims at (PDVM_ATTENTION_SPLITS, 16 unset). */
+  attentionSplits: number;
   /** That kernel's tile for every matrix; null: chosen per matrix shape (chooseTensorCoreTile). */
   subgroupMatrixTile: TensorCoreTile | null;
   /**
@@ -319,6 +321,7 @@ export class Gpu {
       attentionTensorCore: false,
       attentionSplit: false,
       attentionPasses: parseAttentionPasses(env('PDVM_ATTENTION_PASSES')),
+      attentionSplits: parseAttentionSplits(env('PDVM_ATTENTION_SPLITS')),
       subgroupMatrixI8: false,
       int8Syntax: 'template',
       int8Units: 'words',

@@ -604,7 +604,7 @@ export class WebGpuEngine implements Engine {
     d = [];
     const shape = { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, slidingWindow: c.slidingWindow, rotaryDim: c.rotaryDim };
     // long prompts: the tensor-core attention split over keys where self-tested (a step splits once its last key is two splits in)
-    const split = gpu.features.attentionTensorCore && gpu.features.attentionSplit ? attentionSplitFor(shape, this.contextLength, this.prefillChunk, gpu.maxBindingBytes) : null;
+    const split = gpu.features.attentionTensorCore && gpu.features.attentionSplit ? attentionSplitFor(shape, this.contextLength, this.prefillChunk, gpu.maxBindingBytes, gpu.features.attentionSplits) : null;
     for (let l = 0; l < c.numLayers; l++) {
       const rope = ropeKvOp(gpu, { numHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim, rotaryDim: c.rotaryDim }, kv, a.qkv, a.cos, a.sin, group.k[l]!, group.v[l]!, a.step);
       const rows = attentionOp(gpu, shape, kv, a.qkv, group.k[l]!, group.v[l]!, a.att, a.step);

@@ -488,7 +488,7 @@ export function attentionTensorCoreOp(
   if (s.numHeads % s.numKvHeads !== 0) throw new Error(`attention: ${s.numHeads} heads are not a multiple of ${s.numKvHeads} KV heads`);
   need(out, maxTokens * s.numHeads * s.headDim, 'attention output');
   const sg = gpu.features.subgroupMaxSize, indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index', syntax = gpu.features.subgroupMatrixSyntax;
-  let split = !gpu.features.attentionSplit || splitKeys === 0 ? null : splitKeys ? { keys: splitKeys, splits: Math.ceil(kv.contextLength / splitKeys) } : attentionSplitFor(s, kv.contextLength, maxTokens, gpu.maxBindingBytes);
+  let split = !gpu.features.attentionSplit || splitKeys === 0 ? null : splitKeys ? { keys: splitKeys, splits: Math.ceil(kv.contextLength / splitKeys) } : attentionSplitFor(s, kv.contextLength, maxTokens, gpu.maxBindingBytes, gpu.features.attentionSplits);
   if (split && (split.splits < 2 || attentionPartsBytes(s, split, maxTokens).o > gpu.maxBindingBytes)) split = null;
   const defines = { ...s, slidingWindow: s.slidingWindow ?? 0, ...kvDefines(kv), sg, indexing, syntax, splitKeys: split?.keys ?? 0, splits: split?.splits ?? 1, passes: gpu.features.attentionPasses };
   const pipeline = gpu.pipeline('attention_tensor_core', defines, () => attentionTensorCoreWgsl(s, kv, sg, indexing, syntax, split, { passes: gpu.features.attentionPasses }));

@@ -12,7 +12,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { selfTestPromptAttention } from '../../../src/backends/webgpu/self-test.js';
-import { parseAttentionPasses, type AttentionTensorCoreOptions } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
+import { attentionSplitFor, parseAttentionPasses, parseAttentionSplits, type AttentionTensorCoreOptions } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
 import type { KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
 import { SKIP_GPU, testGpu } from './gpu.js';
 
@@ -95,4 +95,18 @@ test('PDVM_ATTENTION_PASSES: one by default (self-tested on the H100), two by na
   assert.equal(parseAttentionPasses('2'), 2);
   assert.equal(parseAttentionPasses('1'), 1);
   assert.throws(() => parseAttentionPasses('one'), /PDVM_ATTENTION_PASSES must be 1 or 2, not 'one'/);
+});
+
+test('PDVM_ATTENTION_SPLITS: 16 by default, a whole number from 2 to 256 by name, that many splits of whole key tiles asked of attentionSplitFor', () => {
+  assert.equal(parseAttentionSplits(undefined), 16);
+  assert.equal(parseAttentionSplits(''), 16);
+  assert.equal(parseAttentionSplits('8'), 8);
+  for (const bad of ['1', '300', '8.5', 'eight']) assert.throws(() => parseAttentionSplits(bad), new RegExp(`PDVM_ATTENTION_SPLITS must be a whole number from 2 to 256, not '${bad}'`));
+  const s = { numHeads: 40, numKvHeads: 10, headDim: 128, slidingWindow: null, rotaryDim: 128 };
+  for (const [target, want] of [[16, { keys: 1056, splits: 16 }], [8, { keys: 2080, splits: 8 }], [32, { keys: 544, splits: 31 }]] as const) {
+    const got = attentionSplitFor(s, 16385, 512, 2 ** 31, target);
+    assert.deepEqual(got, want, `target ${target}`);
+    assert.equal(got!.keys % 32, 0);
+    assert.ok(got!.keys * got!.splits >= 16385 && (got!.splits - 1) * got!.keys < 16385);
+  }
 });

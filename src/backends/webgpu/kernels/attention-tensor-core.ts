@@ -43,14 +43,14 @@ export interface AttentionSplit {
 }
 
 /**
- * The split for a context: about 16 splits of at least 512 keys, fewer where their partial outputs
- * for maxTokens rows (T x heads x splits x HD f32) would pass maxBytes; null where one split is all
- * (the kernel writes out directly). On the H100 a 512-token prompt in splits of 128 keys took longer
+ * The split for a context: about `target` splits (16 unless PDVM_ATTENTION_SPLITS says: parseAttentionSplits)
+ * of at least 512 keys, fewer where their partial outputs for maxTokens rows (T x heads x splits x HD f32)
+ * would pass maxBytes; null where one split is all (the kernel writes out directly). On the H100 a 512-token prompt in splits of 128 keys took longer
  * than one pass (8B: 203 + 22 µs of merge against 141 µs), a 16,384-token one far less (docs/PERFORMANCE.md):
  * the engine splits a step only where its last key is at least two splits in.
  */
-export function attentionSplitFor(s: AttentionShape, contextLength: number, maxTokens: number, maxBytes: number): AttentionSplit | null {
-  let keys = Math.max(512, Math.ceil(contextLength / 16 / TC_TILE_K) * TC_TILE_K);
+export function attentionSplitFor(s: AttentionShape, contextLength: number, maxTokens: number, maxBytes: number, target = 16): AttentionSplit | null {
+  let keys = Math.max(512, Math.ceil(contextLength / target / TC_TILE_K) * TC_TILE_K);
   while (Math.ceil(contextLength / keys) > 1 && maxTokens * s.numHeads * Math.ceil(contextLength / keys) * s.headDim * 4 > maxBytes) keys *= 2;
   const splits = Math.ceil(contextLength / keys);
   return splits > 1 ? { keys, splits } : null;
@@ -96,6 +96,18 @@ function half4(storage: KvLayout['storage'], n: string): string {
   if (storage === 'f32') return `return vec4<f16>(${n}[i]);`;
   if (storage === 'f16') return `return ${n}[i];`;
   return `let w = ${n}[i]; return vec4<f16>(bitcast<vec2<f16>>(w.x), bitcast<vec2<f16>>(w.y));`;
+}
+
+/**
+ * PDVM_ATTENTION_SPLITS: the number of splits over keys a long context aims at (attentionSplitFor), 16
+ * unset; a measuring knob (each split's workgroup loads its rows' Q and writes partial outputs that the
+ * merge reads: fewer splits, less of that, and fewer workgroups at once).
+ */
+export function parseAttentionSplits(v: string | undefined): number {
+  if (v === undefined || v === '') return 16;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 2 || n > 256) throw new Error(`PDVM_ATTENTION_SPLITS must be a whole number from 2 to 256, not '${v}'`);
+  return n;
 }
 
 export function attentionTensorCoreWgsl(
