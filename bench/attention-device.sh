@@ -12,6 +12,8 @@
 #   E: decode, llama-3.1-8b q4 g64, 128 tokens (DECODE_SHAPES)
 #   P: pp512 of llama-3.2-1b and llama-3.1-8b with --profile (the attention's µs a layer), one pass and two
 # Stage (dev machine, repository root): bash bench/attention-device.sh --build
+# Next (issue 13 item 2, the split count at 16k): SPLITS=8,32 TIME_P=16384 TIME_ROBUST=0 LONG_SHAPES=phi-4
+#   LONG_PASSES=1 LONG_SPLITS="16 8" bash .gpu/att/run.sh AL
 # Device: bash .gpu/att/run.sh TLP (carry .gpu: setup.sh, node.xz, node_modules, debs, att)
 set -u
 if [ "${1:-}" = "--build" ]; then
@@ -48,14 +50,14 @@ case "${1:-}" in *T*)
   echo "tests $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *L*)
 for sh in ${LONG_SHAPES:-phi-4 llama-3.1-8b}; do
-  for p in ${LONG_PASSES:-1 2}; do
+  for p in ${LONG_PASSES:-1 2}; do for z in ${LONG_SPLITS:-16}; do
     for n in ${LONG_N:-16384 512}; do
-      left || break; echo "== $sh passes $p prefill $n" >> $R/long.txt
+      left || break; echo "== $sh passes $p splits $z prefill $n" >> $R/long.txt
       runs=$([ $n -gt 4096 ] && echo ${LONG_RUNS:-2} || echo 5)
-      PDVM_ATTENTION_PASSES=$p timeout ${LONG_S:-120} node $A bench --shape $sh --encoding q4 --group 64 --prefill $n --runs $runs $([ $n -gt 4096 ] && echo --profile) 2>&1 | grep -v Warning | grep -E "pp[0-9]+:|rror|notice|attention" | head -8 >> $R/long.txt
+      PDVM_ATTENTION_SPLITS=$z PDVM_ATTENTION_PASSES=$p timeout ${LONG_S:-120} node $A bench --shape $sh --encoding q4 --group 64 --prefill $n --runs $runs $([ $n -gt 4096 ] && echo --profile) 2>&1 | grep -v Warning | grep -E "pp[0-9]+:|rror|notice|attention" | head -8 >> $R/long.txt
       echo "t=$(( $(date +%s) - s ))s" >> $R/long.txt
     done
-  done
+  done; done
 done ;; esac
 case "${1:-}" in *E*)
 for sh in ${DECODE_SHAPES:-llama-3.1-8b}; do
