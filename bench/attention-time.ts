@@ -6,6 +6,7 @@
  * that take parts out, to see what the time is made of (the numbers they give are wrong; only their
  * time is read):
  *   two passes / one pass        the kernels as the engine builds them
+ *   one pass, K and V in two buffers   three barriers a key tile instead of four (kvBuffers 2)
  *   two passes, pass 2 only      pass 1's loop taken out (m = 0, l = 1)
  *   ... no loads                 the K and V tiles not read from the cache (zeros put)
  *   ... no score products        Q K^T taken out
@@ -99,6 +100,7 @@ const grid: [number, number, number] = [s.numHeads, Math.ceil(T / TC_TILE_Q), sp
 const variants: [string, AttentionTensorCoreOptions, (c: string) => string, number][] = [
   ['two passes', { passes: 2 }, (c) => c, 3 * unit],
   ['one pass', { passes: 1 }, (c) => c, 2 * unit],
+  ['one pass, K and V in two buffers', { passes: 1, kvBuffers: 2 }, (c) => c, 2 * unit],
   ['two passes, pass 2 only', { passes: 2 }, pass1, 2 * unit],
   ['two passes, pass 2 only, no loads', { passes: 2 }, (c) => noLoads(pass1(c)), 2 * unit],
   ['two passes, pass 2 only, no score products', { passes: 2 }, (c) => noScores(pass1(c)), unit],

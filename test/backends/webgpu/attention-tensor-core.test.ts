@@ -79,6 +79,7 @@ test('the tensor-core prompt attention with emulated subgroup matrices matches t
     ['one pass, rescaled whenever a max grows, split over keys', { passes: 1, rescaleAbove: 0 }, true, 'f32'],
     ['one pass, f16 cache', { passes: 1 }, false, 'f16'],
     ['one pass, packed f16 cache, split over keys', { passes: 1 }, true, 'f16-packed'],
+    ['one pass, K and V in two buffers, rescaled whenever a max grows, f16 cache, split over keys', { passes: 1, kvBuffers: 2, rescaleAbove: 0 }, true, 'f16'],
   ];
   const failures: string[] = [];
   for (const [name, variant, split, cache] of variants) {

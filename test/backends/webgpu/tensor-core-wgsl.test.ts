@@ -116,6 +116,7 @@ test('every subgroup-matrix load and store from workgroup memory has a constant 
     kernels.push([`attention, ${passes} pass(es)`, attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', null, { passes })]);
     kernels.push([`attention split, ${passes} pass(es)`, attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', attentionSplitFor(s, kv.contextLength, 512, 2 ** 31), { passes })]);
   }
+  kernels.push(['attention, one pass, K and V in two buffers', attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', attentionSplitFor(s, kv.contextLength, 512, 2 ** 31), { passes: 1, kvBuffers: 2 })]);
   for (const [ks, nsg, depth] of [[64, 8, 1], [128, 4, 2], [256, 2, 1]] as const) {
     kernels.push([`batched ${ks}/${nsg}/${depth}`, batchedTensorCoreWgsl({ rows: 4096, cols: 14336, units: 448, group: 64, yStride: 4096, yOffset: 0, bias: true, residual: true, ks, nsg, depth }, 32, 'subgroup-id', 'template')]);
   }

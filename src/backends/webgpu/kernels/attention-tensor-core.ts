@@ -67,9 +67,11 @@ export function attentionTensorCoreFits(s: AttentionShape): boolean {
 }
 
 /** Workgroup memory of the kernel, bytes. */
-export function attentionTensorCoreBytes(s: AttentionShape, passes: 1 | 2 = 2): number {
+export function attentionTensorCoreBytes(s: AttentionShape, passes: 1 | 2 = 2, kvBuffers: 1 | 2 = 1): number {
   const SQ = s.headDim + 8;
-  return TC_TILE_Q * SQ * 2 + TC_TILE_K * SQ * 2 + TC_TILE_Q * (TC_TILE_K + 4) * 4 + TC_TILE_Q * (TC_TILE_K + 8) * 2 + (passes === 1 ? TC_TILE_Q * 8 : 0);
+  // Q's block and one K-or-V tile, or (kvBuffers 2) a K and a V tile that hold Q before the loop
+  const tiles = passes === 1 && kvBuffers === 2 ? 2 * TC_TILE_K * SQ * 2 : TC_TILE_Q * SQ * 2 + TC_TILE_K * SQ * 2;
+  return tiles + TC_TILE_Q * (TC_TILE_K + 4) * 4 + TC_TILE_Q * (TC_TILE_K + 8) * 2 + (passes === 1 ? TC_TILE_Q * 8 : 0);
 }
 
 /** The kernel's variant: one pass with lazy rescaling or the older two passes. */
@@ -78,6 +80,12 @@ export interface AttentionTensorCoreOptions {
   passes?: 1 | 2;
   /** One pass: a row's reference max moves only where a tile's max passes it by more than this (0: whenever it grows). */
   rescaleAbove?: number;
+  /**
+   * One pass: 2 puts K and V in separate workgroup buffers (three barriers a key tile instead of four; Q
+   * staged through them, no buffer of its own; 32 KiB of workgroup memory at HD 128 instead of 40). A
+   * measured variant (bench/attention-time.ts), not the engine's.
+   */
+  kvBuffers?: 1 | 2;
 }
 
 /**
@@ -114,7 +122,7 @@ export function attentionTensorCoreWgsl(
   s: AttentionShape, kv: KvLayout, subgroupSize: number, indexing: SubgroupIndexing, syntax: SubgroupMatrixSyntax = 'template', split: AttentionSplit | null = null,
   options: AttentionTensorCoreOptions = {},
 ): string {
-  const onePass = options.passes === 1, rescaleAbove = options.rescaleAbove ?? 8;
+  const onePass = options.passes === 1, rescaleAbove = options.rescaleAbove ?? 8, twoBuffers = onePass && options.kvBuffers === 2;
   if (split && split.keys % TC_TILE_K !== 0) throw new Error(`attention (tensor cores): a split of ${split.keys} keys is not whole key tiles`);
   const PS = split ? `${s.numHeads * split.splits * s.headDim}u` : ''; // row stride of parts
   if (subgroupSize !== 32) throw new Error(`attention (tensor cores): needs subgroups of 32, not ${subgroupSize}`);
@@ -126,26 +134,41 @@ export function attentionTensorCoreWgsl(
   const R = (p: string, off: string, stride: string, colMajor: boolean) => subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_right<f16, 16, 16>', p, off, colMajor, stride);
   const range = (n: number) => Array.from({ length: n }, (_, i) => i);
   // the scores of this subgroup's 16 rows x the tile's 32 keys, stored row-major into ss
-  const scores = `    var s0 = subgroup_matrix_result<f32, 16, 16>();
+  // where a tile's keys 16 j .. 16 j + 15 are: a pointer and the offset of their first element
+  type Block = (j: number) => [string, number];
+  const kvsBlock: Block = (j) => ['&kvs', 16 * j * SQ];
+  const scoresFrom = (k: Block) => `    var s0 = subgroup_matrix_result<f32, 16, 16>();
     var s1 = subgroup_matrix_result<f32, 16, 16>();
-${range(ND).map((i) => `    s0 = subgroupMatrixMultiplyAccumulate(q${i}, ${R('&kvs', `${16 * i}u`, `${SQ}u`, true)}, s0);
-    s1 = subgroupMatrixMultiplyAccumulate(q${i}, ${R('&kvs', `${16 * SQ + 16 * i}u`, `${SQ}u`, true)}, s1);`).join('\n')}
+${range(ND).map((i) => `    s0 = subgroupMatrixMultiplyAccumulate(q${i}, ${R(k(0)[0], `${k(0)[1] + 16 * i}u`, `${SQ}u`, true)}, s0);
+    s1 = subgroupMatrixMultiplyAccumulate(q${i}, ${R(k(1)[0], `${k(1)[1] + 16 * i}u`, `${SQ}u`, true)}, s1);`).join('\n')}
     ${subgroupMatrixStoreWgsl(syntax, '&ss[g]', '0u', 's0', false, `${SS}u`)};
     ${subgroupMatrixStoreWgsl(syntax, '&ss[g]', '16u', 's1', false, `${SS}u`)};`;
+  const scores = scoresFrom(kvsBlock);
   // a K or V tile (32 keys x HD) in HD / 16 vec4 units an invocation: fetched into registers (rg) a
   // step ahead, put into kvs after the barrier that frees it
   const NL = HD / 16;
-  const fetch = (fn: 'load4_k' | 'load4_v', k0: string) => range(NL).map((j) => `    {
+  const fetch = (fn: 'load4_k' | 'load4_v', k0: string, reg = 'rg') => range(NL).map((j) => `    {
       let i = lid + ${128 * j}u;
       let key = ${k0} + i / ${HD / 4}u;
-      rg[${j}] = select(vec4<f16>(0.0h), ${fn}h((sb + key) * KV_DIM4 + kvh * ${HD / 4}u + i % ${HD / 4}u), key <= kHi);
+      ${reg}[${j}] = select(vec4<f16>(0.0h), ${fn}h((sb + key) * KV_DIM4 + kvh * ${HD / 4}u + i % ${HD / 4}u), key <= kHi);
     }`).join('\n');
-  const put = range(NL).map((j) => `    {
+  // tile: kvs, or (kvBuffers 2) the first of the two blocks of 16 keys of kv2 it takes
+  const putInto = (tile: 'kvs' | 0 | 2, reg = 'rg') => range(NL).map((j) => {
+    const at = tile === 'kvs' ? 'kvs[o' : `kv2[${tile}u + key / 16u][o`;
+    return tile === 'kvs' ? `    {
       let i = lid + ${128 * j}u;
       let o = (i / ${HD / 4}u) * ${SQ}u + (i % ${HD / 4}u) * 4u;
-      let v = rg[${j}];
-      kvs[o] = v.x; kvs[o + 1u] = v.y; kvs[o + 2u] = v.z; kvs[o + 3u] = v.w;
-    }`).join('\n');
+      let v = ${reg}[${j}];
+      ${at}] = v.x; ${at} + 1u] = v.y; ${at} + 2u] = v.z; ${at} + 3u] = v.w;
+    }` : `    {
+      let i = lid + ${128 * j}u;
+      let key = i / ${HD / 4}u;
+      let o = (key % 16u) * ${SQ}u + (i % ${HD / 4}u) * 4u;
+      let v = ${reg}[${j}];
+      ${at}] = v.x; ${at} + 1u] = v.y; ${at} + 2u] = v.z; ${at} + 3u] = v.w;
+    }`;
+  }).join('\n');
+  const put = putInto('kvs');
   // the second pass's (or the only pass's) loop head: O zeroed, the first K tile in flight; each tile
   // put, its V fetched, its scores into ss
   const tileStart = `${range(ND).map((n) => `  var o${n} = subgroup_matrix_result<f32, 16, 16>();`).join('\n')}
@@ -158,11 +181,12 @@ ${scores}
     workgroupBarrier();
 `;
   // O += P V for the tile's 32 keys
-  const products = `${range(2).map((kk) => `    {
+  const productsFrom = (v: Block) => `${range(2).map((kk) => `    {
       let pl = ${L('&ps[g]', `${16 * kk}u`, `${SP}u`)};
-${range(ND).map((n) => `      o${n} = subgroupMatrixMultiplyAccumulate(pl, ${R('&kvs', `${16 * kk * SQ + 16 * n}u`, `${SQ}u`, false)}, o${n});`).join('\n')}
+${range(ND).map((n) => `      o${n} = subgroupMatrixMultiplyAccumulate(pl, ${R(v(kk)[0], `${v(kk)[1] + 16 * n}u`, `${SQ}u`, false)}, o${n});`).join('\n')}
     }`).join('\n')}
 `;
+  const products = productsFrom(kvsBlock);
   const twoPassBody = `  // pass 1: each row's max and sum (the next K tile's loads in flight while this one's scores run)
 ${fetch('load4_k', 'kLo')}
   for (var k0 = kLo; k0 <= kHi; k0 += ${TC_TILE_K}u) {
@@ -224,9 +248,9 @@ ${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + w
     }
   }
   workgroupBarrier();`).join('\n')}`;
-  const onePassBody = `  // one pass: scores, P against the row's reference max, O += P V (V's loads in flight while the
-  // scores run, the next K's while P V runs)
-${tileStart}    // no branch from here to the products: every lane of a subgroup takes the same path (selects only)
+  // one pass, after a tile's scores: each row's P against its reference max into ps, l, the rescale
+  // factors and flags (read after the next barrier)
+  const softmax = `    // no branch from here to the products: every lane of a subgroup takes the same path (selects only)
     // this lane's live columns of the tile: c0 ..= c1 (none where the row is past T)
     let kb = i32(k0 + half * 16u);
     let c0 = i32(firstKey) - kb;
@@ -251,11 +275,10 @@ ${tileStart}    // no branch from here to the products: every lane of a subgroup
     }
     l += sum + subgroupShuffleXor(sum, 1u);
     fs[rr] = factor;
-${put}
-    if (k0 + ${TC_TILE_K}u <= kHi) {
-${fetch('load4_k', `k0 + ${TC_TILE_K}u`)}
-    }
-    // (the uniform load is the barrier after which P, V, the factors and the flags are visible)
+`;
+  // the uniform load (a barrier) after which P, the tile, the factors and the flags are visible; where
+  // some row's reference moved, its O rescaled
+  const rescale = `    // (the uniform load is the barrier after which P, the tile put, the factors and the flags are visible)
     let moved = workgroupUniformLoad(&flags);
     var anyMoved = vec4<u32>(0u);
     for (var i = 0u; i < ${TC_TILE_Q / 4}u; i++) { anyMoved |= moved[i]; }
@@ -267,9 +290,9 @@ ${range(ND).map((n) => `      ${subgroupMatrixStoreWgsl(syntax, '&ss[g]', `${16 
       workgroupBarrier();
       o${n} = ${subgroupMatrixLoadWgsl(syntax, 'subgroup_matrix_result<f32, 16, 16>', '&ss[g]', `${16 * (n % 2)}u`, false, `${SS}u`)};`).join('\n')}
     }
-${products}    workgroupBarrier();
-  }
+`;
   // out (T, HEADS * HD), or parts: O / l, each matrix through a half of ss, scaled by row as written
+  const onePassOut = `
   fs[rr] = select(0.0, 1.0 / l, l > 0.0);
 ${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + wid.z] = vec2<f32>(m, l); }
 ` : ''}${range(ND).map((n) => `  ${subgroupMatrixStoreWgsl(syntax, '&ss[g]', `${16 * (n % 2)}u`, `o${n}`, false, `${SS}u`)};
@@ -278,6 +301,40 @@ ${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + w
     let tt = t0 + g * 16u + e / 16u;
     if (tt < T) { out[${split ? `tt * ${PS} + (h * ${split.splits}u + wid.z) * ${HD}u` : `tt * ${qDim}u + h * ${HD}u`} + ${16 * n}u + e % 16u] = ss[g][(e / 16u) * ${SS}u + ${16 * (n % 2)}u + e % 16u] * fs[g * 16u + e / 16u]; }
   }`).join('\n')}`;
+  const onePassBody = `  // one pass: scores, P against the row's reference max, O += P V (V's loads in flight while the
+  // scores run, the next K's while P V runs)
+${tileStart}${softmax}${put}
+    if (k0 + ${TC_TILE_K}u <= kHi) {
+${fetch('load4_k', `k0 + ${TC_TILE_K}u`)}
+    }
+${rescale}${products}    workgroupBarrier();
+  }
+${onePassOut}`;
+  // one pass with K and V in separate buffers (kvBuffers 2): the next tile's K put while this one's P V
+  // waits, its V after the products: three barriers a tile instead of four
+  const twoBufferBody = `  // one pass, K in kv2[0..1] and V in kv2[2..3]: both of a tile fetched a tile ahead
+${range(ND).map((n) => `  var o${n} = subgroup_matrix_result<f32, 16, 16>();`).join('\n')}
+  var rk: array<vec4<f16>, ${NL}>;
+  var rv: array<vec4<f16>, ${NL}>;
+${fetch('load4_k', 'kLo', 'rk')}
+${fetch('load4_v', 'kLo', 'rv')}
+${putInto(0, 'rk')}
+${putInto(2, 'rv')}
+  workgroupBarrier();
+  for (var k0 = kLo; k0 <= kHi; k0 += ${TC_TILE_K}u) {
+    if (k0 + ${TC_TILE_K}u <= kHi) {
+${fetch('load4_k', `k0 + ${TC_TILE_K}u`, 'rk')}
+${fetch('load4_v', `k0 + ${TC_TILE_K}u`, 'rv')}
+    }
+${scoresFrom((j) => [`&kv2[${j}]`, 0])}
+    workgroupBarrier();
+${softmax}    // every scores read of K is done: the next K in (visible after the uniform load)
+${putInto(0, 'rk')}
+${rescale}${productsFrom((kk) => [`&kv2[${2 + kk}]`, 0])}    workgroupBarrier();
+    // every P V read of V and ps is done: the next V in (visible after the next tile's first barrier)
+${putInto(2, 'rv')}
+  }
+${onePassOut}`;
   return `enable f16;
 enable subgroups;
 enable chromium_experimental_subgroup_matrix;
@@ -297,9 +354,10 @@ ${kDimFn(kv.storage, s.rotaryDim)}
 // four K or V elements as f16, without a round trip through f32
 ${(['k', 'v'] as const).map((n) => `fn load4_${n}h(i: u32) -> vec4<f16> { ${half4(kv.storage, n.toUpperCase())} }`).join('\n')}
 
-var<workgroup> qs: array<array<f16, ${16 * SQ}>, ${TC_TILE_Q / 16}>; // (64 rows, HD) in blocks of 16 rows, stride ${SQ}
+${twoBuffers ? `var<workgroup> kv2: array<array<f16, ${16 * SQ}>, 4>; // blocks of 16 keys x HD: K's tile in [0..1], V's in [2..3]; Q's 64 rows before the loop
+` : `var<workgroup> qs: array<array<f16, ${16 * SQ}>, ${TC_TILE_Q / 16}>; // (64 rows, HD) in blocks of 16 rows, stride ${SQ}
 var<workgroup> kvs: array<f16, ${TC_TILE_K * SQ}>; // (32 keys, HD): K, then V
-// scores and probabilities in blocks of a subgroup's 16 rows: its subgroup-matrix loads and stores
+`}// scores and probabilities in blocks of a subgroup's 16 rows: its subgroup-matrix loads and stores
 // then have constant offsets, which Tint's robustness leaves without a clamp
 var<workgroup> ss: array<array<f32, ${16 * SS}>, ${TC_TILE_Q / 16}>; // (64 rows, 32 keys) scores, stride ${SS}
 var<workgroup> ps: array<array<f16, ${16 * SP}>, ${TC_TILE_Q / 16}>; // (64 rows, 32 keys) probabilities, stride ${SP}
@@ -326,11 +384,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   // q, pre-scaled, in K's stored dim order (rows past T repeat the last: finite, never stored)
   for (var i = lid; i < ${TC_TILE_Q * HD}u; i += 128u) {
     let t = min(t0 + i / ${HD}u, T - 1u);
-    qs[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u] = f16(qkv[t * STRIDE + h * ${HD}u + k_dim(i % ${HD}u)] * ${f32Literal(1 / Math.sqrt(HD))});
+    ${twoBuffers ? `kv2[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u]` : `qs[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u]`} = f16(qkv[t * STRIDE + h * ${HD}u + k_dim(i % ${HD}u)] * ${f32Literal(1 / Math.sqrt(HD))});
   }
   workgroupBarrier();
-${range(ND).map((i) => `  let q${i} = ${L('&qs[g]', `${16 * i}u`, `${SQ}u`)};`).join('\n')}
-  // two lanes a row: row rr of the tile, keys half * 16 .. + 16 of a key tile
+${range(ND).map((i) => `  let q${i} = ${twoBuffers ? L('&kv2[g]', `${16 * i}u`, `${SQ}u`) : L('&qs[g]', `${16 * i}u`, `${SQ}u`)};`).join('\n')}
+${twoBuffers ? '  workgroupBarrier(); // every subgroup has its Q before the tiles overwrite it\n' : ''}  // two lanes a row: row rr of the tile, keys half * 16 .. + 16 of a key tile
   let rr = g * 16u + lane / 2u;
   let half = lane % 2u;
   let ro = (lane / 2u) * ${SS}u + half * 16u; // the row's half in its subgroup's block of ss, and of ps
@@ -342,8 +400,8 @@ ${range(ND).map((i) => `  let q${i} = ${L('&qs[g]', `${16 * i}u`, `${SQ}u`)};`).
   let lastKey = min(p, kHi);
   var m = -3.0e38;
   var l = 0.0;
-  var rg: array<vec4<f16>, ${NL}>;
-${onePass ? onePassBody : twoPassBody}
+${twoBuffers ? twoBufferBody : `  var rg: array<vec4<f16>, ${NL}>;
+${onePass ? onePassBody : twoPassBody}`}
 }
 `;
 }
