@@ -12,8 +12,8 @@
 #   E: decode, llama-3.1-8b q4 g64, 128 tokens (DECODE_SHAPES)
 #   P: pp512 of llama-3.2-1b and llama-3.1-8b with --profile (the attention's µs a layer), one pass and two
 # Stage (dev machine, repository root): bash bench/attention-device.sh --build
-# Next (issue 13 item 2, the split count at 16k): SPLITS=8,32 TIME_P=16384 TIME_ROBUST=0 LONG_SHAPES=phi-4
-#   LONG_PASSES=1 LONG_SPLITS="16 8" bash .gpu/att/run.sh AL
+# Next (issue 13 item 2: the one-pass kernel with K and V in two buffers, and the split count at 16k):
+#   SPLITS=8,32 TIME_P=16384 TIME_ROBUST=0 LONG_SHAPES=phi-4 LONG_PASSES=1 LONG_SPLITS="16 8" bash .gpu/att/run.sh AL
 # Device: bash .gpu/att/run.sh TLP (carry .gpu: setup.sh, node.xz, node_modules, debs, att)
 set -u
 if [ "${1:-}" = "--build" ]; then
