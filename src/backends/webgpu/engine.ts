@@ -152,6 +152,11 @@ interface LayerKv {
   longFrom: number;
 }
 
+/** The rope_kv + attention dispatches of a step of T rows whose keys end at position `end` (exclusive). */
+function layerKvFor(kv: LayerKv, T: number, end: number): Dispatch[] {
+  return T === 1 ? kv.one : end >= kv.longFrom ? kv.promptLong : kv.prompt;
+}
+
 /** A token of a batched step: token i of step row r; `head`: it goes on to lm_head (its row's last, logits wanted). */
 interface PassRow {
   r: number;
@@ -1093,7 +1098,7 @@ export class WebGpuEngine implements Engine {
       const plan = T === 1 ? this.plans.decode[0]! : this.plans.prefill[0]!;
       const kv = this.kvDispatchesOf(slot.group.index)[0]!;
       // the attention the step at these positions runs (split over keys past its first splits)
-      const list = [...this.plans.embedding, ...plan.beforeAttention, ...(T === 1 ? kv.one : pos0 + T >= kv.longFrom ? kv.promptLong : kv.prompt), ...plan.afterAttention];
+      const list = [...this.plans.embedding, ...plan.beforeAttention, ...layerKvFor(kv, T, pos0 + T), ...plan.afterAttention];
       const out = await timeDispatches(this.gpu.device, list, T, reps, () => this.gpu.device.queue.onSubmittedWorkDone(), () => this.gpu.check());
       seq.reset();
       return out;
@@ -1107,7 +1112,7 @@ export class WebGpuEngine implements Engine {
     encodeDispatches(pass, this.plans.embedding, T);
     for (let l = 0; l < layers.length; l++) {
       encodeDispatches(pass, layers[l]!.beforeAttention, T);
-      encodeDispatches(pass, T === 1 ? kv[l]!.one : end >= kv[l]!.longFrom ? kv[l]!.promptLong : kv[l]!.prompt, T);
+      encodeDispatches(pass, layerKvFor(kv[l]!, T, end), T);
       encodeDispatches(pass, layers[l]!.afterAttention, T);
       if (afterLayer && l + 1 < layers.length) pass = afterLayer(l);
     }

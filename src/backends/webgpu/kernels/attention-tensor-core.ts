@@ -29,7 +29,7 @@
  * loop, and the tiles of a causal prompt are no longer as uneven as their key ranges.
  */
 import type { AttentionShape } from './attention.js';
-import { kDimFn, kvHeader, kvReadDecls, rowTable, type KvLayout } from './kv.js';
+import { kDimFn, kvHeader, kvReadDecls, kvReadHalfDecls, rowTable, type KvLayout } from './kv.js';
 import { subgroupMatrixLoadWgsl, subgroupMatrixStoreWgsl, type SubgroupIndexing, type SubgroupMatrixSyntax } from './matmul-tiled.js';
 import { COMMON, f32Literal } from './prelude.js';
 
@@ -99,13 +99,6 @@ export function parseAttentionPasses(v: string | undefined): 1 | 2 {
   throw new Error(`PDVM_ATTENTION_PASSES must be 1 or 2, not '${v}'`);
 }
 
-/** The body of a function returning element vec4 i of cache buffer `n` as vec4<f16>. */
-function half4(storage: KvLayout['storage'], n: string): string {
-  if (storage === 'f32') return `return vec4<f16>(${n}[i]);`;
-  if (storage === 'f16') return `return ${n}[i];`;
-  return `let w = ${n}[i]; return vec4<f16>(bitcast<vec2<f16>>(w.x), bitcast<vec2<f16>>(w.y));`;
-}
-
 /**
  * PDVM_ATTENTION_SPLITS: the number of splits over keys a long context aims at (attentionSplitFor), 16
  * unset; a measuring knob (each split's workgroup loads its rows' Q and writes partial outputs that the
@@ -154,16 +147,10 @@ ${range(ND).map((i) => `    s0 = subgroupMatrixMultiplyAccumulate(q${i}, ${R(k(0
     }`).join('\n');
   // tile: kvs, or (kvBuffers 2) the first of the two blocks of 16 keys of kv2 it takes
   const putInto = (tile: 'kvs' | 0 | 2, reg = 'rg') => range(NL).map((j) => {
-    const at = tile === 'kvs' ? 'kvs[o' : `kv2[${tile}u + key / 16u][o`;
-    return tile === 'kvs' ? `    {
-      let i = lid + ${128 * j}u;
-      let o = (i / ${HD / 4}u) * ${SQ}u + (i % ${HD / 4}u) * 4u;
-      let v = ${reg}[${j}];
-      ${at}] = v.x; ${at} + 1u] = v.y; ${at} + 2u] = v.z; ${at} + 3u] = v.w;
-    }` : `    {
-      let i = lid + ${128 * j}u;
-      let key = i / ${HD / 4}u;
-      let o = (key % 16u) * ${SQ}u + (i % ${HD / 4}u) * 4u;
+    const [keyLet, row, at] = tile === 'kvs' ? ['', `(i / ${HD / 4}u)`, 'kvs[o'] : [`\n      let key = i / ${HD / 4}u;`, '(key % 16u)', `kv2[${tile}u + key / 16u][o`];
+    return `    {
+      let i = lid + ${128 * j}u;${keyLet}
+      let o = ${row} * ${SQ}u + (i % ${HD / 4}u) * 4u;
       let v = ${reg}[${j}];
       ${at}] = v.x; ${at} + 1u] = v.y; ${at} + 2u] = v.z; ${at} + 3u] = v.w;
     }`;
@@ -352,7 +339,7 @@ ${split ? '@group(0) @binding(5) var<storage, read_write> ml: array<vec2<f32>>; 
 ${rowTable(kv)}
 ${kDimFn(kv.storage, s.rotaryDim)}
 // four K or V elements as f16, without a round trip through f32
-${(['k', 'v'] as const).map((n) => `fn load4_${n}h(i: u32) -> vec4<f16> { ${half4(kv.storage, n.toUpperCase())} }`).join('\n')}
+${kvReadHalfDecls(kv)}
 
 ${twoBuffers ? `var<workgroup> kv2: array<array<f16, ${16 * SQ}>, 4>; // blocks of 16 keys x HD: K's tile in [0..1], V's in [2..3]; Q's 64 rows before the loop
 ` : `var<workgroup> qs: array<array<f16, ${16 * SQ}>, ${TC_TILE_Q / 16}>; // (64 rows, HD) in blocks of 16 rows, stride ${SQ}

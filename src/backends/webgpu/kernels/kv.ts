@@ -106,6 +106,17 @@ fn load_v(e: u32) -> f32 { ${load1('V')} }`;
 }
 
 /**
+ * With kvReadDecls, in a kernel that enables f16: load4_kh(i), load4_vh(i) -> vec4<f16>, the same units
+ * without a round trip through f32.
+ */
+export function kvReadHalfDecls(k: KvLayout): string {
+  const load4 = (n: string) =>
+    k.storage === 'f32' ? `return vec4<f16>(${n}[i]);` : k.storage === 'f16' ? `return ${n}[i];` : `let w = ${n}[i]; return vec4<f16>(bitcast<vec2<f16>>(w.x), bitcast<vec2<f16>>(w.y));`;
+  return `fn load4_kh(i: u32) -> vec4<f16> { ${load4('K')} }
+fn load4_vh(i: u32) -> vec4<f16> { ${load4('V')} }`;
+}
+
+/**
  * Declarations for writing K and V by pairs: store_kpair(base, w, da, db, a, b) writes dims da and db
  * (the pair w of a head: (w, w + HALF) rotated together, or two pass-through dims) of the head whose
  * row starts at element `base` (even); store_v(e, a, b) puts a at element e and b at e + 1 (e even).
