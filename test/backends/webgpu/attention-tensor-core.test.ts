@@ -12,7 +12,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { selfTestPromptAttention } from '../../../src/backends/webgpu/self-test.js';
-import { attentionSplitFor, parseAttentionPasses, parseAttentionSplits, type AttentionTensorCoreOptions } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
+import { attentionSplitFor, attentionTensorCoreBytes, attentionTensorCoreWgsl, parseAttentionPasses, parseAttentionSplits, type AttentionTensorCoreOptions } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
 import type { KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
 import { SKIP_GPU, testGpu } from './gpu.js';
 
@@ -110,4 +110,21 @@ test('PDVM_ATTENTION_SPLITS: 16 by default, a whole number from 2 to 256 by name
     assert.equal(got!.keys % 32, 0);
     assert.ok(got!.keys * got!.splits >= 16385 && (got!.splits - 1) * got!.keys < 16385);
   }
+});
+
+test('workgroup memory: what attentionTensorCoreBytes counts is what each variant declares; the two-buffer one has no Q or shared K/V buffer and needs less', () => {
+  const sizes: Record<string, number> = { f16: 2, f32: 4, u32: 4, 'vec4<u32>': 16 };
+  // bytes of the kernel's var<workgroup> declarations: array<T, N> or array<array<T, N>, M>
+  const declared = (code: string) => [...code.matchAll(/var<workgroup> \w+: array<(?:array<([\w<>0-9]+), (\d+)>, (\d+)|([\w<>0-9]+), (\d+))>;/g)]
+    .reduce((sum, m) => sum + (m[1] ? sizes[m[1]]! * Number(m[2]) * Number(m[3]) : sizes[m[4]!]! * Number(m[5])), 0);
+  const s = { numHeads: 40, numKvHeads: 10, headDim: 128, slidingWindow: null, rotaryDim: 128 };
+  const kv = { storage: 'f16' as const, contextLength: 4096, rowsAt: 520, kvBuffer: -1 };
+  for (const [passes, kvBuffers] of [[2, 1], [1, 1], [1, 2]] as const) {
+    const code = attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', null, { passes, kvBuffers });
+    assert.equal(declared(code), attentionTensorCoreBytes(s, passes, kvBuffers), `passes ${passes}, kvBuffers ${kvBuffers}`);
+  }
+  const two = attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', null, { passes: 1, kvBuffers: 2 });
+  assert.match(two, /var<workgroup> kv2: /);
+  assert.doesNotMatch(two, /var<workgroup> (qs|kvs): /);
+  assert.ok(attentionTensorCoreBytes(s, 1, 2) < attentionTensorCoreBytes(s, 1, 1));
 });

@@ -70,6 +70,11 @@ test('webgpu prefill profile: every dispatch of a layer step timed, then the seq
     assert.ok(labels.includes('attention') && labels.includes('rope_kv') && labels.some((l) => l.startsWith('matmul_tiled_')), labels.join(', '));
     assert.ok(rows.every((r) => r.microseconds > 0));
     assert.equal(seq.length, 0);
+    // a step at later positions (bench --profile's last step of a prompt), and none past the context
+    const late = await engine.profilePrefill(seq, 9, 1, 50);
+    assert.deepEqual(late.map((r) => r.label), labels);
+    await assert.rejects(engine.profilePrefill(seq, 9, 1, 56), /profile: positions 56\.\.64 pass the context \(64\)/);
+    assert.equal(seq.length, 0);
     // the sequence still prefills as the CPU engine does afterwards
     const prompt = [1, 5, 9, 2, 7];
     const cpu = new CpuEngine(model.config, model.weights, 64);
