@@ -8,7 +8,7 @@ import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
 import { parseTensorCoreTile, TENSOR_CORE_TILES, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
 import { INT8_SPLIT_WORKGROUPS, int8TilesFor, parseInt8Tile, type Int8Scaling, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
-import { parseAttentionPasses, parseAttentionSplits } from './kernels/attention-tensor-core.js';
+import { parseAttentionKvBuffers, parseAttentionPasses, parseAttentionSplits } from './kernels/attention-tensor-core.js';
 import { selfTestPrefillInt8, selfTestPrefillKernel, selfTestPromptAttention, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
 /** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
@@ -48,6 +48,8 @@ export interface GpuFeatures {
   attentionSplit: boolean;
   /** That attention in one pass over the keys (lazy rescale) or two (PDVM_ATTENTION_PASSES; 2 where one failed its self-test). */
   attentionPasses: 1 | 2;
+  /** The one-pass kernel's K and V in one workgroup buffer or two (PDVM_ATTENTION_KV_BUFFERS; self-tested). */
+  attentionKvBuffers: 1 | 2;
   /** The splits over keys a long prompt's attention aims at (PDVM_ATTENTION_SPLITS, 16 unset). */
   attentionSplits: number;
   /** That kernel's tile for every matrix; null: chosen per matrix shape (chooseTensorCoreTile). */
@@ -321,6 +323,7 @@ export class Gpu {
       attentionTensorCore: false,
       attentionSplit: false,
       attentionPasses: parseAttentionPasses(env('PDVM_ATTENTION_PASSES')),
+      attentionKvBuffers: parseAttentionKvBuffers(env('PDVM_ATTENTION_KV_BUFFERS')),
       attentionSplits: parseAttentionSplits(env('PDVM_ATTENTION_SPLITS')),
       subgroupMatrixI8: false,
       int8Syntax: 'template',
@@ -385,19 +388,28 @@ export class Gpu {
           const asked = options.tensorCoreAttention ?? env('PDVM_TC_ATTENTION') !== '0';
           if (!asked) features.selfTests['prompt attention (subgroup matrix)'] = 'not run: turned off (PDVM_TC_ATTENTION=0)';
           else {
-            let a = await selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax, false, { passes: features.attentionPasses });
+            const variant = () => ({ passes: features.attentionPasses, kvBuffers: features.attentionKvBuffers });
+            const attentionTest = () => selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax, false, variant());
+            let a = await attentionTest();
+            if (a !== 'passed' && features.attentionPasses === 1 && features.attentionKvBuffers === 2) {
+              // K and V in two buffers failed here: one buffer, if it passes, serves
+              features.selfTests['prompt attention in one pass, K and V in two buffers (subgroup matrix)'] = a;
+              features.attentionKvBuffers = 1;
+              a = await attentionTest();
+            }
             if (a !== 'passed' && features.attentionPasses === 1) {
               // the one-pass kernel failed here: the two-pass one, if it passes, serves
               features.selfTests['prompt attention in one pass (subgroup matrix)'] = a;
               features.attentionPasses = 2;
-              a = await selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax, false, { passes: 2 });
+              a = await attentionTest();
             }
-            features.selfTests[`prompt attention (subgroup matrix, ${features.attentionPasses === 1 ? 'one pass' : 'two passes'})`] = a;
+            const named = features.attentionPasses === 2 ? 'two passes' : features.attentionKvBuffers === 2 ? 'one pass, K and V in two buffers' : 'one pass';
+            features.selfTests[`prompt attention (subgroup matrix, ${named})`] = a;
             features.attentionTensorCore = a === 'passed';
             // and split over keys, then merged (alone switched off if it fails; PDVM_ATTENTION_SPLIT=0: not used)
             if (features.attentionTensorCore && env('PDVM_ATTENTION_SPLIT') === '0') features.selfTests['prompt attention split over keys (subgroup matrix)'] = 'not run: turned off (PDVM_ATTENTION_SPLIT=0)';
             else if (features.attentionTensorCore) {
-              const b = await selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax, true, { passes: features.attentionPasses });
+              const b = await selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax, true, variant());
               features.selfTests['prompt attention split over keys (subgroup matrix)'] = b;
               features.attentionSplit = b === 'passed';
             }

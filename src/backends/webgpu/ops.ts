@@ -155,7 +155,8 @@ export function prefillPathDescription(gpu: Gpu): string {
   if (prefillKernel(gpu) === 'f32') return `tiled f32 (${F32_TILE.tokens} tokens x ${F32_TILE.rows} rows a workgroup, WebGPU default limits)`;
   const fixed = gpu.features.subgroupMatrixTile;
   const tiles = fixed ? `tile ${tensorCoreTileName(fixed)}` : 'tiles of 128 tokens x 128 rows, or 64 x 128 for narrow matrices';
-  const attention = gpu.features.attentionTensorCore ? `tensor cores${gpu.features.attentionSplit ? ', split over keys' : ''}` : 'f32 tiles';
+  const passes = gpu.features.attentionPasses === 2 ? 'two passes' : gpu.features.attentionKvBuffers === 2 ? 'one pass, K and V in two buffers' : 'one pass';
+  const attention = gpu.features.attentionTensorCore ? `tensor cores, ${passes}${gpu.features.attentionSplit ? ', split over keys' : ''}` : 'f32 tiles';
   const int8 = gpu.features.subgroupMatrixI8
     ? `; q4 g64 matrices on int8 tensor cores (i8 x i8 -> i32 16x16x32, ${{ row: 'x quantized per token, W rounded again to int8 per row (a byte a weight more)', 'row-q4': 'x quantized per token, W rounded to int8 per row as its q4 words are staged', group: 'x quantized per token and 64 columns' }[gpu.features.int8Scaling]}, ${gpu.features.int8Tile ? `tile ${int8TileName(gpu.features.int8Tile)}` : `128 or 64 tokens x 128 rows${gpu.features.int8Scaling === 'row' ? ', 128 x 128 in two staged buffers' : ''}`}${gpu.features.int8Lab ? `, lab ${gpu.features.int8Lab}: timing only` : ''})`
     : '';
@@ -484,14 +485,14 @@ export function attentionTiledOp(gpu: Gpu, s: AttentionShape, kv: KvLayout, qkv:
 export function attentionTensorCoreOp(
   gpu: Gpu, s: AttentionShape, kv: KvLayout, qkv: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, out: GPUBuffer, step: GPUBuffer, maxTokens: number, splitKeys?: number,
 ): Dispatch[] | null {
-  if (!gpu.features.attentionTensorCore || !attentionTensorCoreFits(s) || attentionTensorCoreBytes(s, gpu.features.attentionPasses) > gpu.device.limits.maxComputeWorkgroupStorageSize) return null;
+  if (!gpu.features.attentionTensorCore || !attentionTensorCoreFits(s) || attentionTensorCoreBytes(s, gpu.features.attentionPasses, gpu.features.attentionKvBuffers) > gpu.device.limits.maxComputeWorkgroupStorageSize) return null;
   if (s.numHeads % s.numKvHeads !== 0) throw new Error(`attention: ${s.numHeads} heads are not a multiple of ${s.numKvHeads} KV heads`);
   need(out, maxTokens * s.numHeads * s.headDim, 'attention output');
   const sg = gpu.features.subgroupMaxSize, indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index', syntax = gpu.features.subgroupMatrixSyntax;
   let split = !gpu.features.attentionSplit || splitKeys === 0 ? null : splitKeys ? { keys: splitKeys, splits: Math.ceil(kv.contextLength / splitKeys) } : attentionSplitFor(s, kv.contextLength, maxTokens, gpu.maxBindingBytes, gpu.features.attentionSplits);
   if (split && (split.splits < 2 || attentionPartsBytes(s, split, maxTokens).o > gpu.maxBindingBytes)) split = null;
-  const defines = { ...s, slidingWindow: s.slidingWindow ?? 0, ...kvDefines(kv), sg, indexing, syntax, splitKeys: split?.keys ?? 0, splits: split?.splits ?? 1, passes: gpu.features.attentionPasses };
-  const pipeline = gpu.pipeline('attention_tensor_core', defines, () => attentionTensorCoreWgsl(s, kv, sg, indexing, syntax, split, { passes: gpu.features.attentionPasses }));
+  const defines = { ...s, slidingWindow: s.slidingWindow ?? 0, ...kvDefines(kv), sg, indexing, syntax, splitKeys: split?.keys ?? 0, splits: split?.splits ?? 1, passes: gpu.features.attentionPasses, kvBuffers: gpu.features.attentionKvBuffers };
+  const pipeline = gpu.pipeline('attention_tensor_core', defines, () => attentionTensorCoreWgsl(s, kv, sg, indexing, syntax, split, { passes: gpu.features.attentionPasses, kvBuffers: gpu.features.attentionKvBuffers }));
   if (!split) {
     return [{
       label: 'attention_tensor_core',

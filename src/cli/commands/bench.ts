@@ -119,7 +119,7 @@ export function benchCommand(): Command {
               log: (line) => process.stderr.write(`${line}\n`),
             });
             if (f.json) process.stdout.write(`${JSON.stringify(r)}\n`);
-            else process.stdout.write(`${r.shape} ${r.encoding} pp${r.prompt_tokens}: ${r.prompt_tokens_per_second.toFixed(1)} tok/s (${r.prompt_ms.toFixed(1)} ms), ${r.prefill_kernel}, ${r.prefill_chunk} tokens a step\n`);
+            else process.stdout.write(`${r.shape} ${r.encoding} pp${r.prompt_tokens}: ${r.prompt_tokens_per_second.toFixed(1)} tok/s (${r.prompt_ms.toFixed(1)} ms), ${r.prefill_kernel}, ${r.prefill_chunk} tokens a step${r.prefill_path.includes('prompt attention: ') ? `, prompt attention: ${r.prefill_path.split('prompt attention: ')[1]}` : ''}\n`);
             if (f.out) await writeFile(f.out, `${JSON.stringify(r, null, 2)}\n`);
             return;
           }

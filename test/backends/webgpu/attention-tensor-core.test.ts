@@ -12,7 +12,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { selfTestPromptAttention } from '../../../src/backends/webgpu/self-test.js';
-import { attentionSplitFor, attentionTensorCoreBytes, attentionTensorCoreWgsl, parseAttentionPasses, parseAttentionSplits, type AttentionTensorCoreOptions } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
+import { attentionSplitFor, attentionTensorCoreBytes, attentionTensorCoreWgsl, parseAttentionKvBuffers, parseAttentionPasses, parseAttentionSplits, type AttentionTensorCoreOptions } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
 import type { KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
 import { SKIP_GPU, testGpu } from './gpu.js';
 
@@ -96,6 +96,14 @@ test('PDVM_ATTENTION_PASSES: one by default (self-tested on the H100), two by na
   assert.equal(parseAttentionPasses('2'), 2);
   assert.equal(parseAttentionPasses('1'), 1);
   assert.throws(() => parseAttentionPasses('one'), /PDVM_ATTENTION_PASSES must be 1 or 2, not 'one'/);
+});
+
+test('PDVM_ATTENTION_KV_BUFFERS: one by default, two by name, anything else an error naming the choices', () => {
+  assert.equal(parseAttentionKvBuffers(undefined), 1);
+  assert.equal(parseAttentionKvBuffers(''), 1);
+  assert.equal(parseAttentionKvBuffers('1'), 1);
+  assert.equal(parseAttentionKvBuffers('2'), 2);
+  assert.throws(() => parseAttentionKvBuffers('two'), /PDVM_ATTENTION_KV_BUFFERS must be 1 or 2, not 'two'/);
 });
 
 test('PDVM_ATTENTION_SPLITS: 16 by default, a whole number from 2 to 256 by name, that many splits of whole key tiles asked of attentionSplitFor', () => {

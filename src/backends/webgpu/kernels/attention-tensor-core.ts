@@ -100,6 +100,16 @@ export function parseAttentionPasses(v: string | undefined): 1 | 2 {
 }
 
 /**
+ * PDVM_ATTENTION_KV_BUFFERS: unset or 1, the one-pass kernel's K and V share a workgroup buffer; 2, each
+ * has its own (kvBuffers 2 above), self-tested at device creation like the rest (a failure falls back to 1).
+ */
+export function parseAttentionKvBuffers(v: string | undefined): 1 | 2 {
+  if (v === undefined || v === '' || v === '1') return 1;
+  if (v === '2') return 2;
+  throw new Error(`PDVM_ATTENTION_KV_BUFFERS must be 1 or 2, not '${v}'`);
+}
+
+/**
  * PDVM_ATTENTION_SPLITS: the number of splits over keys a long context aims at (attentionSplitFor), 16
  * unset; a measuring knob (each split's workgroup loads its rows' Q and writes partial outputs that the
  * merge reads: fewer splits, less of that, and fewer workgroups at once).
