@@ -42,25 +42,25 @@ case "${1:-}" in *A*)
   echo "time $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *T*)
   for b in ${TEST_KVB:-1}; do
-  echo "== tests, K and V in $b buffer(s)" >> $R/tests.txt
-  PDVM_ATTENTION_KV_BUFFERS=$b PDVM_ATTENTION_PASSES=1 timeout ${TEST_S:-200} node --test --test-name-pattern="prompt attention|device features" .gpu/att/kernels.test.mjs .gpu/att/device.test.mjs 2>&1 | grep -v Warning \
+  echo "== tests, K and V in $b buffer(s), ${TEST_ROWS:-64} rows" >> $R/tests.txt
+  PDVM_ATTENTION_ROWS=${TEST_ROWS:-64} PDVM_ATTENTION_KV_BUFFERS=$b PDVM_ATTENTION_PASSES=1 timeout ${TEST_S:-200} node --test --test-name-pattern="prompt attention|device features" .gpu/att/kernels.test.mjs .gpu/att/device.test.mjs 2>&1 | grep -v Warning \
     | grep -E "^(ok|not ok)|# (pass|fail|skip)|tensor-core attention|rror|expected|actual|worst|skip|prompt attention" >> $R/tests.txt
   done
   for c in 256 1024; do for p in ${PPL_PASSES:-1}; do for b in ${TEST_KVB:-1}; do
-    echo "== perplexity q4 ctx $c passes $p kv buffers $b" >> $R/ppl.txt
-    PDVM_ATTENTION_KV_BUFFERS=$b PDVM_ATTENTION_PASSES=$p timeout 40 node $A perplexity models/brown-llama-12m.upg --text .gpu/att/validation.txt --limit 2049 --ctx $c --backend webgpu --json 2>&1 | grep -v Warning | tail -2 >> $R/ppl.txt
+    echo "== perplexity q4 ctx $c passes $p kv buffers $b rows ${TEST_ROWS:-64}" >> $R/ppl.txt
+    PDVM_ATTENTION_ROWS=${TEST_ROWS:-64} PDVM_ATTENTION_KV_BUFFERS=$b PDVM_ATTENTION_PASSES=$p timeout 40 node $A perplexity models/brown-llama-12m.upg --text .gpu/att/validation.txt --limit 2049 --ctx $c --backend webgpu --json 2>&1 | grep -v Warning | tail -2 >> $R/ppl.txt
   done; done; done
   echo "tests $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *L*)
 for sh in ${LONG_SHAPES:-phi-4 llama-3.1-8b}; do
-  for p in ${LONG_PASSES:-1 2}; do for z in ${LONG_SPLITS:-16}; do for b in ${LONG_KVB:-1}; do
+  for p in ${LONG_PASSES:-1 2}; do for z in ${LONG_SPLITS:-16}; do for b in ${LONG_KVB:-1}; do for rows in ${LONG_ROWS:-64}; do
     for n in ${LONG_N:-16384 512}; do
-      left || break; echo "== $sh passes $p splits $z kv buffers $b prefill $n" >> $R/long.txt
+      left || break; echo "== $sh passes $p splits $z kv buffers $b rows $rows prefill $n" >> $R/long.txt
       runs=$([ $n -gt 4096 ] && echo ${LONG_RUNS:-2} || echo 5)
-      PDVM_ATTENTION_KV_BUFFERS=$b PDVM_ATTENTION_SPLITS=$z PDVM_ATTENTION_PASSES=$p timeout ${LONG_S:-120} node $A bench --shape $sh --encoding q4 --group 64 --prefill $n --runs $runs $([ $n -gt 4096 ] && echo --profile) 2>&1 | grep -v Warning | grep -E "pp[0-9]+:|rror|notice|attention" | head -8 >> $R/long.txt
+      PDVM_ATTENTION_ROWS=$rows PDVM_ATTENTION_KV_BUFFERS=$b PDVM_ATTENTION_SPLITS=$z PDVM_ATTENTION_PASSES=$p timeout ${LONG_S:-120} node $A bench --shape $sh --encoding q4 --group 64 --prefill $n --runs $runs $([ $n -gt 4096 ] && echo --profile) 2>&1 | grep -v Warning | grep -E "pp[0-9]+:|rror|notice|attention" | head -8 >> $R/long.txt
       echo "t=$(( $(date +%s) - s ))s" >> $R/long.txt
     done
-  done; done; done
+  done; done; done; done
 done ;; esac
 case "${1:-}" in *E*)
 for sh in ${DECODE_SHAPES:-llama-3.1-8b}; do

@@ -101,6 +101,7 @@ const variants: [string, AttentionTensorCoreOptions, (c: string) => string, numb
   ['two passes', { passes: 2 }, (c) => c, 3 * unit],
   ['one pass', { passes: 1 }, (c) => c, 2 * unit],
   ['one pass, K and V in two buffers', { passes: 1, kvBuffers: 2 }, (c) => c, 2 * unit],
+  ['one pass, K and V in two buffers, 128 rows a workgroup', { passes: 1, kvBuffers: 2, rows: 128 }, (c) => c, 2 * unit],
   ['two passes, pass 2 only', { passes: 2 }, pass1, 2 * unit],
   ['two passes, pass 2 only, no loads', { passes: 2 }, (c) => noLoads(pass1(c)), 2 * unit],
   ['two passes, pass 2 only, no score products', { passes: 2 }, (c) => noScores(pass1(c)), unit],
@@ -111,8 +112,8 @@ const variants: [string, AttentionTensorCoreOptions, (c: string) => string, numb
 const only = process.env.ONLY ? new Set(process.env.ONLY.split(',')) : null;
 for (const [label, o, transform, flops] of variants.filter(([label]) => !only || only.has(label))) {
   const code = build(o), t = transform(code);
-  if (t === code && label.includes(',')) console.log(`${label}: (the transform changed nothing)`);
-  await time(label, t, bindings, grid, flops);
+  if (t === code && label.includes(',') && !label.includes('two buffers')) console.log(`${label}: (the transform changed nothing)`);
+  await time(label, t, bindings, [grid[0], Math.ceil(T / (o.rows ?? TC_TILE_Q)), grid[2]], flops);
 }
 if (split) await time('merge', attentionMergeWgsl(s, kv, split), [parts, ml, out, step], [T * s.numHeads, 1, 1], 0);
 // SPLITS (e.g. "8,32"): the one-pass kernel and its merge at other split counts (PDVM_ATTENTION_SPLITS)
@@ -120,6 +121,7 @@ for (const target of (process.env.SPLITS ?? '').split(',').filter(Boolean).map(N
   const sp = splitOf(target);
   if (!sp || sp.splits > ZMAX) { console.log(`${target} splits: ${sp ? `${sp.splits} splits, more than ${ZMAX}` : 'one split'} (skipped)`); continue; }
   await time(`one pass, ${sp.splits} splits of ${sp.keys} keys`, build({ passes: 1 }, sp), [qkv, K, V, parts, step, ml], [s.numHeads, Math.ceil(T / TC_TILE_Q), sp.splits], 2 * unit);
+  await time(`one pass, two buffers, 128 rows, ${sp.splits} splits`, build({ passes: 1, kvBuffers: 2, rows: 128 }, sp), [qkv, K, V, parts, step, ml], [s.numHeads, Math.ceil(T / 128), sp.splits], 2 * unit);
   await time(`merge, ${sp.splits} splits`, attentionMergeWgsl(s, kv, sp), [parts, ml, out, step], [T * s.numHeads, 1, 1], 0);
 }
 kit.destroy();

@@ -8,7 +8,7 @@ import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
 import { parseTensorCoreTile, TENSOR_CORE_TILES, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
 import { INT8_SPLIT_WORKGROUPS, int8TilesFor, parseInt8Tile, type Int8Scaling, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
-import { parseAttentionKvBuffers, parseAttentionPasses, parseAttentionSplits } from './kernels/attention-tensor-core.js';
+import { attentionVariantName, parseAttentionKvBuffers, parseAttentionPasses, parseAttentionRows, parseAttentionSplits, type AttentionRows } from './kernels/attention-tensor-core.js';
 import { selfTestPrefillInt8, selfTestPrefillKernel, selfTestPromptAttention, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
 /** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
@@ -50,6 +50,8 @@ export interface GpuFeatures {
   attentionPasses: 1 | 2;
   /** The one-pass kernel's K and V in one workgroup buffer or two (PDVM_ATTENTION_KV_BUFFERS; self-tested). */
   attentionKvBuffers: 1 | 2;
+  /** Query rows a workgroup of the one-pass kernel with two K/V buffers (PDVM_ATTENTION_ROWS; self-tested). */
+  attentionRows: AttentionRows;
   /** The splits over keys a long prompt's attention aims at (PDVM_ATTENTION_SPLITS, 16 unset). */
   attentionSplits: number;
   /** That kernel's tile for every matrix; null: chosen per matrix shape (chooseTensorCoreTile). */
@@ -324,6 +326,7 @@ export class Gpu {
       attentionSplit: false,
       attentionPasses: parseAttentionPasses(env('PDVM_ATTENTION_PASSES')),
       attentionKvBuffers: parseAttentionKvBuffers(env('PDVM_ATTENTION_KV_BUFFERS')),
+      attentionRows: parseAttentionRows(env('PDVM_ATTENTION_ROWS')),
       attentionSplits: parseAttentionSplits(env('PDVM_ATTENTION_SPLITS')),
       subgroupMatrixI8: false,
       int8Syntax: 'template',
@@ -388,9 +391,18 @@ export class Gpu {
           const asked = options.tensorCoreAttention ?? env('PDVM_TC_ATTENTION') !== '0';
           if (!asked) features.selfTests['prompt attention (subgroup matrix)'] = 'not run: turned off (PDVM_TC_ATTENTION=0)';
           else {
-            const variant = () => ({ passes: features.attentionPasses, kvBuffers: features.attentionKvBuffers });
+            // 128 rows a workgroup asks for K and V in two buffers (the only variant that has them)
+            if (features.attentionRows === 128 && features.attentionPasses === 1) features.attentionKvBuffers = 2;
+            else features.attentionRows = 64;
+            const variant = () => ({ passes: features.attentionPasses, kvBuffers: features.attentionKvBuffers, rows: features.attentionRows });
             const attentionTest = () => selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax, false, variant());
             let a = await attentionTest();
+            if (a !== 'passed' && features.attentionRows === 128) {
+              // 128 rows a workgroup failed here: 64, if they pass, serve
+              features.selfTests['prompt attention in one pass, 128 rows a workgroup (subgroup matrix)'] = a;
+              features.attentionRows = 64;
+              a = await attentionTest();
+            }
             if (a !== 'passed' && features.attentionPasses === 1 && features.attentionKvBuffers === 2) {
               // K and V in two buffers failed here: one buffer, if it passes, serves
               features.selfTests['prompt attention in one pass, K and V in two buffers (subgroup matrix)'] = a;
@@ -403,7 +415,7 @@ export class Gpu {
               features.attentionPasses = 2;
               a = await attentionTest();
             }
-            const named = features.attentionPasses === 2 ? 'two passes' : features.attentionKvBuffers === 2 ? 'one pass, K and V in two buffers' : 'one pass';
+            const named = attentionVariantName(variant());
             features.selfTests[`prompt attention (subgroup matrix, ${named})`] = a;
             features.attentionTensorCore = a === 'passed';
             // and split over keys, then merged (alone switched off if it fails; PDVM_ATTENTION_SPLIT=0: not used)

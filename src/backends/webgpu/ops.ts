@@ -15,7 +15,7 @@ import {
 } from './kernels/matmul-tiled.js';
 import { chooseInt8Split, chooseInt8Tile, INT8_BLOCK, int8DirectFits, matmulInt8DirectWgsl, INT8_FEW_TILE, int8SplitCombineWgsl, type Int8Split, int8InputBytes, int8Supports, int8TileName, int8TileSize, int8WorkgroupBytes, matmulInt8Wgsl, q4ToInt8RowsGrid, q4ToInt8RowsWgsl, quantizeBlocksGrid, quantizeBlocksWgsl, quantizeTokensGrid, quantizeTokensWgsl, type Int8Layout } from './kernels/matmul-int8.js';
 import { kvDefines, type KvLayout } from './kernels/kv.js';
-import { attentionMergeWgsl, attentionPartsBytes, attentionSplitFor, attentionTensorCoreBytes, attentionTensorCoreFits, attentionTensorCoreWgsl, TC_TILE_Q } from './kernels/attention-tensor-core.js';
+import { attentionMergeWgsl, attentionPartsBytes, attentionSplitFor, attentionTensorCoreBytes, attentionRowsFit, attentionTensorCoreFits, attentionTensorCoreWgsl, attentionVariantName } from './kernels/attention-tensor-core.js';
 import { f32Literal, grid } from './kernels/prelude.js';
 import { embeddingUpgWgsl, matmulUpgWgsl } from './kernels/matmul-upg.js';
 import { rmsnormWgsl, type RmsnormShape } from './kernels/rmsnorm.js';
@@ -155,8 +155,8 @@ export function prefillPathDescription(gpu: Gpu): string {
   if (prefillKernel(gpu) === 'f32') return `tiled f32 (${F32_TILE.tokens} tokens x ${F32_TILE.rows} rows a workgroup, WebGPU default limits)`;
   const fixed = gpu.features.subgroupMatrixTile;
   const tiles = fixed ? `tile ${tensorCoreTileName(fixed)}` : 'tiles of 128 tokens x 128 rows, or 64 x 128 for narrow matrices';
-  const passes = gpu.features.attentionPasses === 2 ? 'two passes' : gpu.features.attentionKvBuffers === 2 ? 'one pass, K and V in two buffers' : 'one pass';
-  const attention = gpu.features.attentionTensorCore ? `tensor cores, ${passes}${gpu.features.attentionSplit ? ', split over keys' : ''}` : 'f32 tiles';
+  const f = gpu.features;
+  const attention = f.attentionTensorCore ? `tensor cores, ${attentionVariantName({ passes: f.attentionPasses, kvBuffers: f.attentionKvBuffers, rows: f.attentionRows })}${gpu.features.attentionSplit ? ', split over keys' : ''}` : 'f32 tiles';
   const int8 = gpu.features.subgroupMatrixI8
     ? `; q4 g64 matrices on int8 tensor cores (i8 x i8 -> i32 16x16x32, ${{ row: 'x quantized per token, W rounded again to int8 per row (a byte a weight more)', 'row-q4': 'x quantized per token, W rounded to int8 per row as its q4 words are staged', group: 'x quantized per token and 64 columns' }[gpu.features.int8Scaling]}, ${gpu.features.int8Tile ? `tile ${int8TileName(gpu.features.int8Tile)}` : `128 or 64 tokens x 128 rows${gpu.features.int8Scaling === 'row' ? ', 128 x 128 in two staged buffers' : ''}`}${gpu.features.int8Lab ? `, lab ${gpu.features.int8Lab}: timing only` : ''})`
     : '';
@@ -485,20 +485,23 @@ export function attentionTiledOp(gpu: Gpu, s: AttentionShape, kv: KvLayout, qkv:
 export function attentionTensorCoreOp(
   gpu: Gpu, s: AttentionShape, kv: KvLayout, qkv: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, out: GPUBuffer, step: GPUBuffer, maxTokens: number, splitKeys?: number,
 ): Dispatch[] | null {
-  if (!gpu.features.attentionTensorCore || !attentionTensorCoreFits(s) || attentionTensorCoreBytes(s, gpu.features.attentionPasses, gpu.features.attentionKvBuffers) > gpu.device.limits.maxComputeWorkgroupStorageSize) return null;
+  const f = gpu.features, asked = { passes: f.attentionPasses, kvBuffers: f.attentionKvBuffers, rows: f.attentionRows };
+  // 128 rows where the head dimension allows them (attentionRowsFit), else 64
+  const variant = { ...asked, rows: attentionRowsFit(s, asked) ? asked.rows : (64 as const) }, rows = variant.rows;
+  if (!gpu.features.attentionTensorCore || !attentionTensorCoreFits(s) || attentionTensorCoreBytes(s, gpu.features.attentionPasses, gpu.features.attentionKvBuffers, rows) > gpu.device.limits.maxComputeWorkgroupStorageSize) return null;
   if (s.numHeads % s.numKvHeads !== 0) throw new Error(`attention: ${s.numHeads} heads are not a multiple of ${s.numKvHeads} KV heads`);
   need(out, maxTokens * s.numHeads * s.headDim, 'attention output');
   const sg = gpu.features.subgroupMaxSize, indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index', syntax = gpu.features.subgroupMatrixSyntax;
   let split = !gpu.features.attentionSplit || splitKeys === 0 ? null : splitKeys ? { keys: splitKeys, splits: Math.ceil(kv.contextLength / splitKeys) } : attentionSplitFor(s, kv.contextLength, maxTokens, gpu.maxBindingBytes, gpu.features.attentionSplits);
   if (split && (split.splits < 2 || attentionPartsBytes(s, split, maxTokens).o > gpu.maxBindingBytes)) split = null;
-  const defines = { ...s, slidingWindow: s.slidingWindow ?? 0, ...kvDefines(kv), sg, indexing, syntax, splitKeys: split?.keys ?? 0, splits: split?.splits ?? 1, passes: gpu.features.attentionPasses, kvBuffers: gpu.features.attentionKvBuffers };
-  const pipeline = gpu.pipeline('attention_tensor_core', defines, () => attentionTensorCoreWgsl(s, kv, sg, indexing, syntax, split, { passes: gpu.features.attentionPasses, kvBuffers: gpu.features.attentionKvBuffers }));
+  const defines = { ...s, slidingWindow: s.slidingWindow ?? 0, ...kvDefines(kv), sg, indexing, syntax, splitKeys: split?.keys ?? 0, splits: split?.splits ?? 1, ...variant };
+  const pipeline = gpu.pipeline('attention_tensor_core', defines, () => attentionTensorCoreWgsl(s, kv, sg, indexing, syntax, split, variant));
   if (!split) {
     return [{
       label: 'attention_tensor_core',
       pipeline,
       bindGroup: gpu.bindGroup('attention_tensor_core', pipeline, [qkv, kCache, vCache, out, step]),
-      workgroups: (T: number) => [s.numHeads, Math.ceil(T / TC_TILE_Q), 1],
+      workgroups: (T: number) => [s.numHeads, Math.ceil(T / rows), 1],
     }];
   }
   // partial results: scratch every layer's attention shares (written and read within one dispatch pair)
@@ -511,7 +514,7 @@ export function attentionTensorCoreOp(
       label: 'attention_tensor_core',
       pipeline,
       bindGroup: gpu.bindGroup('attention_tensor_core', pipeline, [qkv, kCache, vCache, parts, step, ml]),
-      workgroups: (T: number) => [s.numHeads, Math.ceil(T / TC_TILE_Q), z],
+      workgroups: (T: number) => [s.numHeads, Math.ceil(T / rows), z],
     },
     { label: 'attention_merge', pipeline: merge, bindGroup: gpu.bindGroup('attention_merge', merge, [parts, ml, out, step]), workgroups: (T: number) => grid(T * s.numHeads) },
   ];

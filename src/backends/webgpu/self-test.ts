@@ -304,7 +304,8 @@ export async function selfTestPromptAttention(
   device: GPUDevice, subgroupSize: number, indexing: SubgroupIndexing, syntax: SubgroupMatrixSyntax, splitOverKeys = false, variant: AttentionTensorCoreOptions = {}, transform = (code: string) => code,
   keyGrowth = variant.passes === 1 ? 0.08 : 0, cacheStorage: KvStorage = 'f32',
 ): Promise<string> {
-  const T = 70, heads = 2, HD = 32, qDim = heads * HD, kvDim = HD, stride = qDim + 2 * kvDim, ctx = 80, rowsAt = 8;
+  // (128 rows a workgroup need HD a multiple of 32, at least 96: attentionRowsFit)
+  const T = 70, heads = 2, HD = variant.rows === 128 ? 96 : 32, qDim = heads * HD, kvDim = HD, stride = qDim + 2 * kvDim, ctx = 80, rowsAt = 8;
   const wave = (i: number, a: number) => Math.sin(i * a) * 0.9;
   const qkv = Float32Array.from({ length: T * stride }, (_, i) => wave(i, 0.37));
   // keyGrowth: later keys larger (7.4x at the last), so that rows' maxes keep growing: the one-pass
@@ -352,7 +353,7 @@ export async function selfTestPromptAttention(
       const pass = enc.beginComputePass();
       pass.setPipeline(pipeline);
       pass.setBindGroup(0, bind(pipeline, split ? [...inputs, parts!, step, ml!] : [...inputs, out, step]));
-      pass.dispatchWorkgroups(heads, Math.ceil(T / TC_TILE_Q), split ? split.splits : 1);
+      pass.dispatchWorkgroups(heads, Math.ceil(T / (variant.rows ?? TC_TILE_Q)), split ? split.splits : 1);
       if (merge) {
         pass.setPipeline(merge);
         pass.setBindGroup(0, bind(merge, [parts!, ml!, out, step]));

@@ -12,7 +12,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { selfTestPromptAttention } from '../../../src/backends/webgpu/self-test.js';
-import { attentionSplitFor, attentionTensorCoreBytes, attentionTensorCoreWgsl, parseAttentionKvBuffers, parseAttentionPasses, parseAttentionSplits, type AttentionTensorCoreOptions } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
+import { attentionRowsFit, attentionSplitFor, attentionTensorCoreBytes, attentionTensorCoreWgsl, parseAttentionKvBuffers, parseAttentionPasses, parseAttentionRows, parseAttentionSplits, type AttentionTensorCoreOptions } from '../../../src/backends/webgpu/kernels/attention-tensor-core.js';
 import type { KvStorage } from '../../../src/backends/webgpu/kernels/kv.js';
 import { SKIP_GPU, testGpu } from './gpu.js';
 
@@ -80,6 +80,8 @@ test('the tensor-core prompt attention with emulated subgroup matrices matches t
     ['one pass, f16 cache', { passes: 1 }, false, 'f16'],
     ['one pass, packed f16 cache, split over keys', { passes: 1 }, true, 'f16-packed'],
     ['one pass, K and V in two buffers, rescaled whenever a max grows, f16 cache, split over keys', { passes: 1, kvBuffers: 2, rescaleAbove: 0 }, true, 'f16'],
+    // (HD 96 here: Q staged in three rounds of 32 dims)
+    ['one pass, K and V in two buffers, 128 rows a workgroup, rescaled whenever a max grows, f16 cache, split over keys', { passes: 1, kvBuffers: 2, rows: 128, rescaleAbove: 0 }, true, 'f16'],
   ];
   const failures: string[] = [];
   for (const [name, variant, split, cache] of variants) {
@@ -106,6 +108,13 @@ test('PDVM_ATTENTION_KV_BUFFERS: one by default, two by name, anything else an e
   assert.throws(() => parseAttentionKvBuffers('two'), /PDVM_ATTENTION_KV_BUFFERS must be 1 or 2, not 'two'/);
 });
 
+test('PDVM_ATTENTION_ROWS: 64 by default, 128 by name, anything else an error naming the choices', () => {
+  assert.equal(parseAttentionRows(undefined), 64);
+  assert.equal(parseAttentionRows('64'), 64);
+  assert.equal(parseAttentionRows('128'), 128);
+  assert.throws(() => parseAttentionRows('256'), /PDVM_ATTENTION_ROWS must be 64 or 128, not '256'/);
+});
+
 test('PDVM_ATTENTION_SPLITS: 16 by default, a whole number from 2 to 256 by name, that many splits of whole key tiles asked of attentionSplitFor', () => {
   assert.equal(parseAttentionSplits(undefined), 16);
   assert.equal(parseAttentionSplits(''), 16);
@@ -127,10 +136,15 @@ test('workgroup memory: what attentionTensorCoreBytes counts is what each varian
     .reduce((sum, m) => sum + (m[1] ? sizes[m[1]]! * Number(m[2]) * Number(m[3]) : sizes[m[4]!]! * Number(m[5])), 0);
   const s = { numHeads: 40, numKvHeads: 10, headDim: 128, slidingWindow: null, rotaryDim: 128 };
   const kv = { storage: 'f16' as const, contextLength: 4096, rowsAt: 520, kvBuffer: -1 };
-  for (const [passes, kvBuffers] of [[2, 1], [1, 1], [1, 2]] as const) {
-    const code = attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', null, { passes, kvBuffers });
-    assert.equal(declared(code), attentionTensorCoreBytes(s, passes, kvBuffers), `passes ${passes}, kvBuffers ${kvBuffers}`);
+  for (const [passes, kvBuffers, rows] of [[2, 1, 64], [1, 1, 64], [1, 2, 64], [1, 2, 128]] as const) {
+    const code = attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', null, { passes, kvBuffers, rows });
+    assert.equal(declared(code), attentionTensorCoreBytes(s, passes, kvBuffers, rows), `passes ${passes}, kvBuffers ${kvBuffers}, rows ${rows}`);
   }
+  // 128 rows fit the H100's and H200's 48 KiB at HD 128, and only with two K/V buffers and HD >= 96
+  assert.ok(attentionTensorCoreBytes(s, 1, 2, 128) <= 48 * 1024, `${attentionTensorCoreBytes(s, 1, 2, 128)} bytes`);
+  assert.equal(attentionRowsFit(s, { passes: 1, kvBuffers: 1, rows: 128 }), false);
+  assert.equal(attentionRowsFit({ ...s, headDim: 64 }, { passes: 1, kvBuffers: 2, rows: 128 }), false);
+  assert.throws(() => attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', null, { passes: 2, rows: 128 }), /128 rows a workgroup need one pass/);
   const two = attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', null, { passes: 1, kvBuffers: 2 });
   assert.match(two, /var<workgroup> kv2: /);
   assert.doesNotMatch(two, /var<workgroup> (qs|kvs): /);

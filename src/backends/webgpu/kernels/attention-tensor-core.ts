@@ -67,11 +67,40 @@ export function attentionTensorCoreFits(s: AttentionShape): boolean {
 }
 
 /** Workgroup memory of the kernel, bytes. */
-export function attentionTensorCoreBytes(s: AttentionShape, passes: 1 | 2 = 2, kvBuffers: 1 | 2 = 1): number {
+export function attentionTensorCoreBytes(s: AttentionShape, passes: 1 | 2 = 2, kvBuffers: 1 | 2 = 1, rows: AttentionRows = 64): number {
   const SQ = s.headDim + 8;
   // Q's block and one K-or-V tile, or (kvBuffers 2) a K and a V tile that hold Q before the loop
-  const tiles = passes === 1 && kvBuffers === 2 ? 2 * TC_TILE_K * SQ * 2 : TC_TILE_Q * SQ * 2 + TC_TILE_K * SQ * 2;
-  return tiles + TC_TILE_Q * (TC_TILE_K + 4) * 4 + TC_TILE_Q * (TC_TILE_K + 8) * 2 + (passes === 1 ? TC_TILE_Q * 8 : 0);
+  const tiles = passes === 1 && kvBuffers === 2 ? 2 * TC_TILE_K * SQ * 2 : rows * SQ * 2 + TC_TILE_K * SQ * 2;
+  return tiles + rows * (TC_TILE_K + 4) * 4 + rows * (TC_TILE_K + 8) * 2 + (passes === 1 ? rows * 8 : 0);
+}
+
+/**
+ * Query rows a workgroup: 64 (4 subgroups of 16 rows, 128 invocations), or 128 (8 subgroups, 256
+ * invocations: each K and V tile fetched and put once for twice the rows, a barrier serving twice the
+ * rows; 46 KiB of workgroup memory at HD 128). 128 only for one pass with K and V in two buffers
+ * (Q is staged through them 32 dims at a time) and HD a multiple of 32, at least 96.
+ */
+export type AttentionRows = 64 | 128;
+
+export function attentionRowsFit(s: AttentionShape, o: AttentionTensorCoreOptions): boolean {
+  // (Q's rounds of 32 dims: two subgroups' 16 x 40 halves in each of kv2's blocks of 16 x (HD + 8))
+  return (o.rows ?? 64) === 64 || (o.passes === 1 && o.kvBuffers === 2 && s.headDim % 32 === 0 && s.headDim >= 96);
+}
+
+/** The variant in words (the device's self-tests and `bench`'s prefill path name it). */
+export function attentionVariantName(o: AttentionTensorCoreOptions): string {
+  if ((o.passes ?? 2) === 2) return 'two passes';
+  return o.kvBuffers === 2 ? `one pass, K and V in two buffers${o.rows === 128 ? ', 128 rows a workgroup' : ''}` : 'one pass';
+}
+
+/**
+ * PDVM_ATTENTION_ROWS: unset or 64, or 128 (AttentionRows; asks for K and V in two buffers too),
+ * self-tested at device creation (a failure falls back to 64).
+ */
+export function parseAttentionRows(v: string | undefined): AttentionRows {
+  if (v === undefined || v === '' || v === '64') return 64;
+  if (v === '128') return 128;
+  throw new Error(`PDVM_ATTENTION_ROWS must be 64 or 128, not '${v}'`);
 }
 
 /** The kernel's variant: one pass with lazy rescaling or the older two passes. */
@@ -86,6 +115,8 @@ export interface AttentionTensorCoreOptions {
    * measured variant (bench/attention-time.ts), not the engine's.
    */
   kvBuffers?: 1 | 2;
+  /** Query rows a workgroup (AttentionRows; 64 unless said). */
+  rows?: AttentionRows;
 }
 
 /**
@@ -126,6 +157,8 @@ export function attentionTensorCoreWgsl(
   options: AttentionTensorCoreOptions = {},
 ): string {
   const onePass = options.passes === 1, rescaleAbove = options.rescaleAbove ?? 8, twoBuffers = onePass && options.kvBuffers === 2;
+  const BQ = options.rows ?? TC_TILE_Q, WG = 2 * BQ;
+  if (!attentionRowsFit(s, options)) throw new Error(`attention (tensor cores): ${BQ} rows a workgroup need one pass, K and V in two buffers and HD a multiple of 32`);
   if (split && split.keys % TC_TILE_K !== 0) throw new Error(`attention (tensor cores): a split of ${split.keys} keys is not whole key tiles`);
   const PS = split ? `${s.numHeads * split.splits * s.headDim}u` : ''; // row stride of parts
   if (subgroupSize !== 32) throw new Error(`attention (tensor cores): needs subgroups of 32, not ${subgroupSize}`);
@@ -149,9 +182,9 @@ ${range(ND).map((i) => `    s0 = subgroupMatrixMultiplyAccumulate(q${i}, ${R(k(0
   const scores = scoresFrom(kvsBlock);
   // a K or V tile (32 keys x HD) in HD / 16 vec4 units an invocation: fetched into registers (rg) a
   // step ahead, put into kvs after the barrier that frees it
-  const NL = HD / 16;
+  const NL = (TC_TILE_K * HD) / 4 / WG;
   const fetch = (fn: 'load4_k' | 'load4_v', k0: string, reg = 'rg') => range(NL).map((j) => `    {
-      let i = lid + ${128 * j}u;
+      let i = lid + ${WG * j}u;
       let key = ${k0} + i / ${HD / 4}u;
       ${reg}[${j}] = select(vec4<f16>(0.0h), ${fn}h((sb + key) * KV_DIM4 + kvh * ${HD / 4}u + i % ${HD / 4}u), key <= kHi);
     }`).join('\n');
@@ -159,7 +192,7 @@ ${range(ND).map((i) => `    s0 = subgroupMatrixMultiplyAccumulate(q${i}, ${R(k(0
   const putInto = (tile: 'kvs' | 0 | 2, reg = 'rg') => range(NL).map((j) => {
     const [keyLet, row, at] = tile === 'kvs' ? ['', `(i / ${HD / 4}u)`, 'kvs[o'] : [`\n      let key = i / ${HD / 4}u;`, '(key % 16u)', `kv2[${tile}u + key / 16u][o`];
     return `    {
-      let i = lid + ${128 * j}u;${keyLet}
+      let i = lid + ${WG * j}u;${keyLet}
       let o = ${row} * ${SQ}u + (i % ${HD / 4}u) * 4u;
       let v = ${reg}[${j}];
       ${at}] = v.x; ${at} + 1u] = v.y; ${at} + 2u] = v.z; ${at} + 3u] = v.w;
@@ -278,7 +311,7 @@ ${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + w
   const rescale = `    // (the uniform load is the barrier after which P, the tile put, the factors and the flags are visible)
     let moved = workgroupUniformLoad(&flags);
     var anyMoved = vec4<u32>(0u);
-    for (var i = 0u; i < ${TC_TILE_Q / 4}u; i++) { anyMoved |= moved[i]; }
+    for (var i = 0u; i < ${BQ / 4}u; i++) { anyMoved |= moved[i]; }
     if (any(anyMoved != vec4<u32>(0u))) {
       // some row's reference moved: O through ss (two 16 x 16 halves taken in turn), rows scaled
 ${range(ND).map((n) => `      ${subgroupMatrixStoreWgsl(syntax, '&ss[g]', `${16 * (n % 2)}u`, `o${n}`, false, `${SS}u`)};
@@ -298,6 +331,21 @@ ${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + w
     let tt = t0 + g * 16u + e / 16u;
     if (tt < T) { out[${split ? `tt * ${PS} + (h * ${split.splits}u + wid.z) * ${HD}u` : `tt * ${qDim}u + h * ${HD}u`} + ${16 * n}u + e % 16u] = ss[g][(e / 16u) * ${SS}u + ${16 * (n % 2)}u + e % 16u] * fs[g * 16u + e / 16u]; }
   }`).join('\n')}`;
+  // Q into registers through workgroup memory: 64 rows x HD at once (into qs, or kv2's four blocks)
+  const qValue = (row: string, d: string) => `f16(qkv[min(t0 + ${row}, T - 1u) * STRIDE + h * ${HD}u + k_dim(${d})] * ${f32Literal(1 / Math.sqrt(HD))})`;
+  const stageQ = `  for (var i = lid; i < ${BQ * HD}u; i += ${WG}u) {
+    ${twoBuffers ? `kv2[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u]` : `qs[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u]`} = ${qValue(`i / ${HD}u`, `i % ${HD}u`)};
+  }
+  workgroupBarrier();`;
+  // or (128 rows) 32 dims at a time for all 128 rows: subgroup g's 16 rows at kv2[g / 2], (g % 2) * ${16 * 40}
+  // halves in, stride 40, so that every subgroup loads its own rows each round (no branch around a load)
+  const qIn32 = range(HD / 32).map((r) => `${r > 0 ? '  workgroupBarrier(); // the last round\'s loads done\n' : ''}  for (var i = lid; i < ${BQ * 32}u; i += ${WG}u) {
+    let row = i / 32u;
+    kv2[row / 32u][((row / 16u) % 2u) * ${16 * 40}u + (row % 16u) * 40u + i % 32u] = ${qValue('row', `${32 * r}u + i % 32u`)};
+  }
+  workgroupBarrier();
+  let q${2 * r} = ${L('&kv2[g / 2u]', `(g % 2u) * ${16 * 40}u`, '40u')};
+  let q${2 * r + 1} = ${L('&kv2[g / 2u]', `(g % 2u) * ${16 * 40}u + 16u`, '40u')};`).join('\n') + '\n  workgroupBarrier(); // every subgroup has its Q before the tiles overwrite it\n';
   const onePassBody = `  // one pass: scores, P against the row's reference max, O += P V (V's loads in flight while the
   // scores run, the next K's while P V runs)
 ${tileStart}${softmax}${put}
@@ -352,19 +400,19 @@ ${kDimFn(kv.storage, s.rotaryDim)}
 ${kvReadHalfDecls(kv)}
 
 ${twoBuffers ? `var<workgroup> kv2: array<array<f16, ${16 * SQ}>, 4>; // blocks of 16 keys x HD: K's tile in [0..1], V's in [2..3]; Q's 64 rows before the loop
-` : `var<workgroup> qs: array<array<f16, ${16 * SQ}>, ${TC_TILE_Q / 16}>; // (64 rows, HD) in blocks of 16 rows, stride ${SQ}
+` : `var<workgroup> qs: array<array<f16, ${16 * SQ}>, ${BQ / 16}>; // (${BQ} rows, HD) in blocks of 16 rows, stride ${SQ}
 var<workgroup> kvs: array<f16, ${TC_TILE_K * SQ}>; // (32 keys, HD): K, then V
 `}// scores and probabilities in blocks of a subgroup's 16 rows: its subgroup-matrix loads and stores
 // then have constant offsets, which Tint's robustness leaves without a clamp
-var<workgroup> ss: array<array<f32, ${16 * SS}>, ${TC_TILE_Q / 16}>; // (64 rows, 32 keys) scores, stride ${SS}
-var<workgroup> ps: array<array<f16, ${16 * SP}>, ${TC_TILE_Q / 16}>; // (64 rows, 32 keys) probabilities, stride ${SP}
-${onePass ? `var<workgroup> fs: array<f32, ${TC_TILE_Q}>; // a row's factor: its O's rescale in the loop, 1 / l at the end
-var<workgroup> flags: array<vec4<u32>, ${TC_TILE_Q / 4}>; // a row's O needs its rescale this tile (row r at [r / 4][r % 4])
+var<workgroup> ss: array<array<f32, ${16 * SS}>, ${BQ / 16}>; // (${BQ} rows, 32 keys) scores, stride ${SS}
+var<workgroup> ps: array<array<f16, ${16 * SP}>, ${BQ / 16}>; // (${BQ} rows, 32 keys) probabilities, stride ${SP}
+${onePass ? `var<workgroup> fs: array<f32, ${BQ}>; // a row's factor: its O's rescale in the loop, 1 / l at the end
+var<workgroup> flags: array<vec4<u32>, ${BQ / 4}>; // a row's O needs its rescale this tile (row r at [r / 4][r % 4])
 ` : ''}
-@compute @workgroup_size(128)
+@compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${byId ? ', @builtin(subgroup_id) sg_id: u32, @builtin(subgroup_invocation_id) sg_lane: u32' : ''}) {
   let h = wid.x;
-  let t0 = wid.y * ${TC_TILE_Q}u;
+  let t0 = wid.y * ${BQ}u;
   let T = step[0];
   let g = ${byId ? 'sg_id' : 'lid / 32u'};
   let lane = ${byId ? 'sg_lane' : 'lid % 32u'};
@@ -372,20 +420,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   // the tile's key range: from the first row's first key to the last live row's position
   let p0 = row_pos(t0);
   let kBegin = ${first('p0')};
-  let kEnd = row_pos(min(t0 + ${TC_TILE_Q}u, T) - 1u);
+  let kEnd = row_pos(min(t0 + ${BQ}u, T) - 1u);
   let sb = slot_row(t0, 0u);
   // this workgroup's keys: all of them, or split z's
   let kLo = ${split ? `max(kBegin, wid.z * ${split.keys}u)` : 'kBegin'};
   let kHi = ${split ? `min(kEnd, wid.z * ${split.keys}u + ${split.keys - 1}u)` : 'kEnd'};
   if (kLo > kHi) { return; }
   // q, pre-scaled, in K's stored dim order (rows past T repeat the last: finite, never stored)
-  for (var i = lid; i < ${TC_TILE_Q * HD}u; i += 128u) {
-    let t = min(t0 + i / ${HD}u, T - 1u);
-    ${twoBuffers ? `kv2[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u]` : `qs[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u]`} = f16(qkv[t * STRIDE + h * ${HD}u + k_dim(i % ${HD}u)] * ${f32Literal(1 / Math.sqrt(HD))});
-  }
-  workgroupBarrier();
+${BQ === 128 ? qIn32 : `${stageQ}
 ${range(ND).map((i) => `  let q${i} = ${twoBuffers ? L('&kv2[g]', `${16 * i}u`, `${SQ}u`) : L('&qs[g]', `${16 * i}u`, `${SQ}u`)};`).join('\n')}
-${twoBuffers ? '  workgroupBarrier(); // every subgroup has its Q before the tiles overwrite it\n' : ''}  // two lanes a row: row rr of the tile, keys half * 16 .. + 16 of a key tile
+${twoBuffers ? '  workgroupBarrier(); // every subgroup has its Q before the tiles overwrite it\n' : ''}`}  // two lanes a row: row rr of the tile, keys half * 16 .. + 16 of a key tile
   let rr = g * 16u + lane / 2u;
   let half = lane % 2u;
   let ro = (lane / 2u) * ${SS}u + half * 16u; // the row's half in its subgroup's block of ss, and of ps
