@@ -13,7 +13,8 @@
 #   P: pp512 of llama-3.2-1b and llama-3.1-8b with --profile (the attention's µs a layer), one pass and two
 # Stage (dev machine, repository root): bash bench/attention-device.sh --build
 # Next (issue 13 item 2: the one-pass kernel with K and V in two buffers, and the split count at 16k):
-#   SPLITS=8,32 TIME_P=16384 TIME_ROBUST=0 LONG_SHAPES=phi-4 LONG_PASSES=1 LONG_SPLITS="16 8" bash .gpu/att/run.sh AL
+#   TEST_KVB=2 TEST_ROWS=128 SPLITS=8,32 TIME_P=16384 TIME_ROBUST=0 LONG_SHAPES=phi-4 LONG_PASSES=1 LONG_VARIANTS="2:128 1:64 2:64" bash .gpu/att/run.sh ATL
+#   (LONG_VARIANTS: K/V buffers:rows a workgroup, PDVM_ATTENTION_KV_BUFFERS and PDVM_ATTENTION_ROWS)
 # Device: bash .gpu/att/run.sh TLP (carry .gpu: setup.sh, node.xz, node_modules, debs, att)
 set -u
 if [ "${1:-}" = "--build" ]; then
@@ -53,14 +54,14 @@ case "${1:-}" in *T*)
   echo "tests $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *L*)
 for sh in ${LONG_SHAPES:-phi-4 llama-3.1-8b}; do
-  for p in ${LONG_PASSES:-1 2}; do for z in ${LONG_SPLITS:-16}; do for b in ${LONG_KVB:-1}; do for rows in ${LONG_ROWS:-64}; do
+  for p in ${LONG_PASSES:-1 2}; do for z in ${LONG_SPLITS:-16}; do for v in ${LONG_VARIANTS:-1:64}; do b=${v%:*}; rows=${v#*:}
     for n in ${LONG_N:-16384 512}; do
       left || break; echo "== $sh passes $p splits $z kv buffers $b rows $rows prefill $n" >> $R/long.txt
       runs=$([ $n -gt 4096 ] && echo ${LONG_RUNS:-2} || echo 5)
       PDVM_ATTENTION_ROWS=$rows PDVM_ATTENTION_KV_BUFFERS=$b PDVM_ATTENTION_SPLITS=$z PDVM_ATTENTION_PASSES=$p timeout ${LONG_S:-120} node $A bench --shape $sh --encoding q4 --group 64 --prefill $n --runs $runs $([ $n -gt 4096 ] && echo --profile) 2>&1 | grep -v Warning | grep -E "pp[0-9]+:|rror|notice|attention" | head -8 >> $R/long.txt
       echo "t=$(( $(date +%s) - s ))s" >> $R/long.txt
     done
-  done; done; done; done
+  done; done; done
 done ;; esac
 case "${1:-}" in *E*)
 for sh in ${DECODE_SHAPES:-llama-3.1-8b}; do

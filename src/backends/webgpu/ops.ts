@@ -486,9 +486,11 @@ export function attentionTensorCoreOp(
   gpu: Gpu, s: AttentionShape, kv: KvLayout, qkv: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, out: GPUBuffer, step: GPUBuffer, maxTokens: number, splitKeys?: number,
 ): Dispatch[] | null {
   const f = gpu.features, asked = { passes: f.attentionPasses, kvBuffers: f.attentionKvBuffers, rows: f.attentionRows };
-  // 128 rows where the head dimension allows them (attentionRowsFit), else 64
-  const variant = { ...asked, rows: attentionRowsFit(s, asked) ? asked.rows : (64 as const) }, rows = variant.rows;
-  if (!gpu.features.attentionTensorCore || !attentionTensorCoreFits(s) || attentionTensorCoreBytes(s, gpu.features.attentionPasses, gpu.features.attentionKvBuffers, rows) > gpu.device.limits.maxComputeWorkgroupStorageSize) return null;
+  // 128 rows where the head dimension allows them (attentionRowsFit) and they fit the workgroup memory, else 64
+  const limit = gpu.device.limits.maxComputeWorkgroupStorageSize;
+  const take128 = asked.rows === 128 && attentionRowsFit(s, asked) && attentionTensorCoreBytes(s, asked.passes, asked.kvBuffers, 128) <= limit;
+  const variant = { ...asked, rows: take128 ? (128 as const) : (64 as const) }, rows = variant.rows;
+  if (!f.attentionTensorCore || !attentionTensorCoreFits(s) || attentionTensorCoreBytes(s, f.attentionPasses, f.attentionKvBuffers, rows) > limit) return null;
   if (s.numHeads % s.numKvHeads !== 0) throw new Error(`attention: ${s.numHeads} heads are not a multiple of ${s.numKvHeads} KV heads`);
   need(out, maxTokens * s.numHeads * s.headDim, 'attention output');
   const sg = gpu.features.subgroupMaxSize, indexing = gpu.features.subgroupMatrixIndexing ?? 'invocation-index', syntax = gpu.features.subgroupMatrixSyntax;

@@ -304,7 +304,7 @@ export async function selfTestPromptAttention(
   device: GPUDevice, subgroupSize: number, indexing: SubgroupIndexing, syntax: SubgroupMatrixSyntax, splitOverKeys = false, variant: AttentionTensorCoreOptions = {}, transform = (code: string) => code,
   keyGrowth = variant.passes === 1 ? 0.08 : 0, cacheStorage: KvStorage = 'f32',
 ): Promise<string> {
-  // (128 rows a workgroup need HD a multiple of 32, at least 96: attentionRowsFit)
+  // (128 rows a workgroup: HD 96, so that Q is staged in three rounds of 32 dims)
   const T = 70, heads = 2, HD = variant.rows === 128 ? 96 : 32, qDim = heads * HD, kvDim = HD, stride = qDim + 2 * kvDim, ctx = 80, rowsAt = 8;
   const wave = (i: number, a: number) => Math.sin(i * a) * 0.9;
   const qkv = Float32Array.from({ length: T * stride }, (_, i) => wave(i, 0.37));

@@ -80,8 +80,8 @@ test('the tensor-core prompt attention with emulated subgroup matrices matches t
     ['one pass, f16 cache', { passes: 1 }, false, 'f16'],
     ['one pass, packed f16 cache, split over keys', { passes: 1 }, true, 'f16-packed'],
     ['one pass, K and V in two buffers, rescaled whenever a max grows, f16 cache, split over keys', { passes: 1, kvBuffers: 2, rescaleAbove: 0 }, true, 'f16'],
-    // (HD 96 here: Q staged in three rounds of 32 dims)
-    ['one pass, K and V in two buffers, 128 rows a workgroup, rescaled whenever a max grows, f16 cache, split over keys', { passes: 1, kvBuffers: 2, rows: 128, rescaleAbove: 0 }, true, 'f16'],
+    // (128 rows a workgroup are not here: at the self-test's HD 96 they need 42 KiB of workgroup memory,
+    // past lavapipe's 32; the device's self-test and kernels.test run them where 48 KiB are granted)
   ];
   const failures: string[] = [];
   for (const [name, variant, split, cache] of variants) {
@@ -140,10 +140,11 @@ test('workgroup memory: what attentionTensorCoreBytes counts is what each varian
     const code = attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', null, { passes, kvBuffers, rows });
     assert.equal(declared(code), attentionTensorCoreBytes(s, passes, kvBuffers, rows), `passes ${passes}, kvBuffers ${kvBuffers}, rows ${rows}`);
   }
-  // 128 rows fit the H100's and H200's 48 KiB at HD 128, and only with two K/V buffers and HD >= 96
+  // 128 rows fit the H100's and H200's 48 KiB at HD 128, and only with two K/V buffers and HD a multiple of 32
   assert.ok(attentionTensorCoreBytes(s, 1, 2, 128) <= 48 * 1024, `${attentionTensorCoreBytes(s, 1, 2, 128)} bytes`);
   assert.equal(attentionRowsFit(s, { passes: 1, kvBuffers: 1, rows: 128 }), false);
-  assert.equal(attentionRowsFit({ ...s, headDim: 64 }, { passes: 1, kvBuffers: 2, rows: 128 }), false);
+  assert.equal(attentionRowsFit({ ...s, headDim: 80 }, { passes: 1, kvBuffers: 2, rows: 128 }), false);
+  assert.equal(attentionRowsFit({ ...s, headDim: 64 }, { passes: 1, kvBuffers: 2, rows: 128 }), true);
   assert.throws(() => attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', null, { passes: 2, rows: 128 }), /128 rows a workgroup need one pass/);
   const two = attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', null, { passes: 1, kvBuffers: 2 });
   assert.match(two, /var<workgroup> kv2: /);

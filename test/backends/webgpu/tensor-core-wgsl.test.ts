@@ -63,6 +63,10 @@ test('the tensor-core prefill kernel\'s WGSL passes Tint\'s checks outside the s
           await check(`attention ${passes} pass(es) split ${JSON.stringify(split)} ${numHeads}/${numKvHeads}x${headDim} window ${slidingWindow} ${storage} ${indexing}`, withScalarStandIns(attentionTensorCoreWgsl(s, kv, 32, indexing, 'template', split, { passes })));
           n += 2;
         }
+        if (headDim % 32 === 0) {
+          await check(`attention one pass, two K/V buffers, 128 rows, split ${numHeads}/${numKvHeads}x${headDim} window ${slidingWindow} ${storage} ${indexing}`, withScalarStandIns(attentionTensorCoreWgsl(s, kv, 32, indexing, 'template', split, { passes: 1, kvBuffers: 2, rows: 128 })));
+          n += 1;
+        }
         if (indexing === 'subgroup-id') await check(`attention merge ${numHeads}/${numKvHeads}x${headDim} window ${slidingWindow}`, attentionMergeWgsl(s, kv, split));
         n += indexing === 'subgroup-id' ? 1 : 0;
       }
@@ -117,6 +121,7 @@ test('every subgroup-matrix load and store from workgroup memory has a constant 
     kernels.push([`attention split, ${passes} pass(es)`, attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', attentionSplitFor(s, kv.contextLength, 512, 2 ** 31), { passes })]);
   }
   kernels.push(['attention, one pass, K and V in two buffers', attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', attentionSplitFor(s, kv.contextLength, 512, 2 ** 31), { passes: 1, kvBuffers: 2 })]);
+  kernels.push(['attention, one pass, K and V in two buffers, 128 rows', attentionTensorCoreWgsl(s, kv, 32, 'subgroup-id', 'template', attentionSplitFor(s, kv.contextLength, 512, 2 ** 31), { passes: 1, kvBuffers: 2, rows: 128 })]);
   for (const [ks, nsg, depth] of [[64, 8, 1], [128, 4, 2], [256, 2, 1]] as const) {
     kernels.push([`batched ${ks}/${nsg}/${depth}`, batchedTensorCoreWgsl({ rows: 4096, cols: 14336, units: 448, group: 64, yStride: 4096, yOffset: 0, bias: true, residual: true, ks, nsg, depth }, 32, 'subgroup-id', 'template')]);
   }

@@ -78,13 +78,13 @@ export function attentionTensorCoreBytes(s: AttentionShape, passes: 1 | 2 = 2, k
  * Query rows a workgroup: 64 (4 subgroups of 16 rows, 128 invocations), or 128 (8 subgroups, 256
  * invocations: each K and V tile fetched and put once for twice the rows, a barrier serving twice the
  * rows; 46 KiB of workgroup memory at HD 128). 128 only for one pass with K and V in two buffers
- * (Q is staged through them 32 dims at a time) and HD a multiple of 32, at least 96.
+ * (the variant that fits them; Q is staged 32 dims a round through the probabilities' blocks) and HD a
+ * multiple of 32.
  */
 export type AttentionRows = 64 | 128;
 
 export function attentionRowsFit(s: AttentionShape, o: AttentionTensorCoreOptions): boolean {
-  // (Q's rounds of 32 dims: two subgroups' 16 x 40 halves in each of kv2's blocks of 16 x (HD + 8))
-  return (o.rows ?? 64) === 64 || (o.passes === 1 && o.kvBuffers === 2 && s.headDim % 32 === 0 && s.headDim >= 96);
+  return (o.rows ?? 64) === 64 || (o.passes === 1 && o.kvBuffers === 2 && s.headDim % 32 === 0);
 }
 
 /** The variant in words (the device's self-tests and `bench`'s prefill path name it). */
@@ -337,15 +337,15 @@ ${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + w
     ${twoBuffers ? `kv2[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u]` : `qs[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u]`} = ${qValue(`i / ${HD}u`, `i % ${HD}u`)};
   }
   workgroupBarrier();`;
-  // or (128 rows) 32 dims at a time for all 128 rows: subgroup g's 16 rows at kv2[g / 2], (g % 2) * ${16 * 40}
-  // halves in, stride 40, so that every subgroup loads its own rows each round (no branch around a load)
+  // or (128 rows) 32 dims a round for all the rows, through ps: subgroup g's 16 rows x 32 dims are its
+  // own block ps[g] (stride ${SP}), so every subgroup loads its own rows each round at constant offsets
   const qIn32 = range(HD / 32).map((r) => `${r > 0 ? '  workgroupBarrier(); // the last round\'s loads done\n' : ''}  for (var i = lid; i < ${BQ * 32}u; i += ${WG}u) {
     let row = i / 32u;
-    kv2[row / 32u][((row / 16u) % 2u) * ${16 * 40}u + (row % 16u) * 40u + i % 32u] = ${qValue('row', `${32 * r}u + i % 32u`)};
+    ps[row / 16u][(row % 16u) * ${SP}u + i % 32u] = ${qValue('row', `${32 * r}u + i % 32u`)};
   }
   workgroupBarrier();
-  let q${2 * r} = ${L('&kv2[g / 2u]', `(g % 2u) * ${16 * 40}u`, '40u')};
-  let q${2 * r + 1} = ${L('&kv2[g / 2u]', `(g % 2u) * ${16 * 40}u + 16u`, '40u')};`).join('\n') + '\n  workgroupBarrier(); // every subgroup has its Q before the tiles overwrite it\n';
+  let q${2 * r} = ${L('&ps[g]', '0u', `${SP}u`)};
+  let q${2 * r + 1} = ${L('&ps[g]', '16u', `${SP}u`)};`).join('\n') + '\n  workgroupBarrier(); // every subgroup has its Q before P overwrites it\n';
   const onePassBody = `  // one pass: scores, P against the row's reference max, O += P V (V's loads in flight while the
   // scores run, the next K's while P V runs)
 ${tileStart}${softmax}${put}
