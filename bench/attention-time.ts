@@ -15,7 +15,7 @@
  *   SPLITS=8,32                  then the one-pass kernel and its merge at those split counts
  * Each line: µs a dispatch (median of 3 batches of REPS), and the products' rate in TFLOP/s (2 x HD
  * multiply-adds a score for Q K^T and again for P V, counted once a pass that runs them).
- * Run: [ONLY=label,label] node attention-time.mjs [T] [P] (bundled with node-gpu.ts; bench/attention-device.sh stages it).
+ * Run: [ONLY='label|label'] node attention-time.mjs [T] [P] (bundled with node-gpu.ts; bench/attention-device.sh stages it).
  */
 import { Gpu } from '../src/backends/webgpu/device.js';
 import { attentionMergeWgsl, attentionSplitFor, attentionTensorCoreWgsl, TC_TILE_Q, type AttentionTensorCoreOptions } from '../src/backends/webgpu/kernels/attention-tensor-core.js';
@@ -108,8 +108,8 @@ const variants: [string, AttentionTensorCoreOptions, (c: string) => string, numb
   ['two passes, pass 2 only, no P V products', { passes: 2 }, (c) => noPv(pass1(c)), unit],
   ['two passes, pass 2 only, no products', { passes: 2 }, (c) => noPv(noScores(pass1(c))), 0],
 ];
-// ONLY: a comma-separated list of variant labels to time (default every one)
-const only = process.env.ONLY ? new Set(process.env.ONLY.split(',')) : null;
+// ONLY: the variant labels to time, separated by '|' (or by ',' where no label has a comma; default every one)
+const only = process.env.ONLY ? new Set(process.env.ONLY.split(process.env.ONLY.includes('|') ? '|' : ',')) : null;
 for (const [label, o, transform, flops] of variants.filter(([label]) => !only || only.has(label))) {
   const code = build(o), t = transform(code);
   if (t === code && label.includes(',') && !label.includes('two buffers')) console.log(`${label}: (the transform changed nothing)`);
