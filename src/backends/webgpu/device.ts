@@ -52,7 +52,9 @@ export interface GpuFeatures {
   attentionKvBuffers: 1 | 2;
   /** Query rows a workgroup of the one-pass kernel with two K/V buffers (PDVM_ATTENTION_ROWS; self-tested). */
   attentionRows: AttentionRows;
-  /** The splits over keys a long prompt's attention aims at (PDVM_ATTENTION_SPLITS, 16 unset). */
+  /** With attentionRows 128: whether the 64-row kernel with the same K/V buffers passed too (for head dims 128 rows do not fit). */
+  attentionRows64: boolean;
+  /** The splits over keys a long prompt's attention aims at (PDVM_ATTENTION_SPLITS, 8 unset). */
   attentionSplits: number;
   /** That kernel's tile for every matrix; null: chosen per matrix shape (chooseTensorCoreTile). */
   subgroupMatrixTile: TensorCoreTile | null;
@@ -327,6 +329,7 @@ export class Gpu {
       attentionPasses: parseAttentionPasses(env('PDVM_ATTENTION_PASSES')),
       attentionKvBuffers: parseAttentionKvBuffers(env('PDVM_ATTENTION_KV_BUFFERS')),
       attentionRows: parseAttentionRows(env('PDVM_ATTENTION_ROWS')),
+      attentionRows64: false,
       attentionSplits: parseAttentionSplits(env('PDVM_ATTENTION_SPLITS')),
       subgroupMatrixI8: false,
       int8Syntax: 'template',
@@ -391,7 +394,8 @@ export class Gpu {
           const asked = options.tensorCoreAttention ?? env('PDVM_TC_ATTENTION') !== '0';
           if (!asked) features.selfTests['prompt attention (subgroup matrix)'] = 'not run: turned off (PDVM_TC_ATTENTION=0)';
           else {
-            // 128 rows a workgroup asks for K and V in two buffers (the only variant that has them)
+            // 128 rows a workgroup (the default) ask for K and V in two buffers (the only variant that has
+            // them); PDVM_ATTENTION_ROWS=64 for the 64-row kernels (one shared buffer unless PDVM_ATTENTION_KV_BUFFERS=2)
             if (features.attentionRows === 128 && features.attentionPasses === 1) features.attentionKvBuffers = 2;
             else features.attentionRows = 64;
             const variant = () => ({ passes: features.attentionPasses, kvBuffers: features.attentionKvBuffers, rows: features.attentionRows });
@@ -418,6 +422,12 @@ export class Gpu {
             const named = attentionVariantName(variant());
             features.selfTests[`prompt attention (subgroup matrix, ${named})`] = a;
             features.attentionTensorCore = a === 'passed';
+            if (features.attentionTensorCore && features.attentionRows === 128) {
+              // 64 rows with the same buffers serve head dimensions that 128 rows do not fit (ops.ts)
+              const r = await selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax, false, { ...variant(), rows: 64 });
+              features.selfTests['prompt attention, 64 rows a workgroup where 128 do not fit (subgroup matrix)'] = r;
+              features.attentionRows64 = r === 'passed';
+            }
             // and split over keys, then merged (alone switched off if it fails; PDVM_ATTENTION_SPLIT=0: not used)
             if (features.attentionTensorCore && env('PDVM_ATTENTION_SPLIT') === '0') features.selfTests['prompt attention split over keys (subgroup matrix)'] = 'not run: turned off (PDVM_ATTENTION_SPLIT=0)';
             else if (features.attentionTensorCore) {

@@ -490,6 +490,7 @@ export function attentionTensorCoreOp(
   const limit = gpu.device.limits.maxComputeWorkgroupStorageSize;
   const take128 = asked.rows === 128 && attentionRowsFit(s, asked) && attentionTensorCoreBytes(s, asked.passes, asked.kvBuffers, 128) <= limit;
   const variant = { ...asked, rows: take128 ? (128 as const) : (64 as const) }, rows = variant.rows;
+  if (asked.rows === 128 && !take128 && !f.attentionRows64) return null; // (the 64-row kernel failed its self-test here)
   if (!f.attentionTensorCore || !attentionTensorCoreFits(s) || attentionTensorCoreBytes(s, f.attentionPasses, f.attentionKvBuffers, rows) > limit) return null;
   if (s.numHeads % s.numKvHeads !== 0) throw new Error(`attention: ${s.numHeads} heads are not a multiple of ${s.numKvHeads} KV heads`);
   need(out, maxTokens * s.numHeads * s.headDim, 'attention output');

@@ -108,16 +108,17 @@ test('PDVM_ATTENTION_KV_BUFFERS: one by default, two by name, anything else an e
   assert.throws(() => parseAttentionKvBuffers('two'), /PDVM_ATTENTION_KV_BUFFERS must be 1 or 2, not 'two'/);
 });
 
-test('PDVM_ATTENTION_ROWS: 64 by default, 128 by name, anything else an error naming the choices', () => {
-  assert.equal(parseAttentionRows(undefined), 64);
+test('PDVM_ATTENTION_ROWS: 128 by default (measured on the H100), 64 by name, anything else an error naming the choices', () => {
+  assert.equal(parseAttentionRows(undefined), 128);
+  assert.equal(parseAttentionRows(''), 128);
   assert.equal(parseAttentionRows('64'), 64);
   assert.equal(parseAttentionRows('128'), 128);
   assert.throws(() => parseAttentionRows('256'), /PDVM_ATTENTION_ROWS must be 64 or 128, not '256'/);
 });
 
-test('PDVM_ATTENTION_SPLITS: 16 by default, a whole number from 2 to 256 by name, that many splits of whole key tiles asked of attentionSplitFor', () => {
-  assert.equal(parseAttentionSplits(undefined), 16);
-  assert.equal(parseAttentionSplits(''), 16);
+test('PDVM_ATTENTION_SPLITS: 8 by default, a whole number from 2 to 256 by name, that many splits of whole key tiles asked of attentionSplitFor', () => {
+  assert.equal(parseAttentionSplits(undefined), 8);
+  assert.equal(parseAttentionSplits(''), 8);
   assert.equal(parseAttentionSplits('8'), 8);
   for (const bad of ['1', '300', '8.5', 'eight']) assert.throws(() => parseAttentionSplits(bad), new RegExp(`PDVM_ATTENTION_SPLITS must be a whole number from 2 to 256, not '${bad}'`));
   const s = { numHeads: 40, numKvHeads: 10, headDim: 128, slidingWindow: null, rotaryDim: 128 };

@@ -1,8 +1,10 @@
 /**
  * Prompt attention on the tensor cores (f16 x f16 -> f32 16x16x16 subgroup matrices), where the
- * device's self-tests passed (device.ts): one workgroup of 4 subgroups per (query head h, tile of
- * BQ = 64 consecutive rows of one sequence), each subgroup 16 of the rows; keys walked in tiles of
- * BK = 32, each K and V tile read once from the cache into workgroup memory (f16) for the 64 rows.
+ * device's self-tests passed (device.ts): one workgroup of BQ / 16 subgroups per (query head h, tile of
+ * BQ = 128 consecutive rows of one sequence; 64 in the older variants), each subgroup 16 of the rows;
+ * keys walked in tiles of BK = 32, each K and V tile read once from the cache into workgroup memory (f16)
+ * for the BQ rows. Where the attention's time goes (fetching and putting each tile, the barriers, the
+ * scalar softmax, not the products), 128 rows share each of those steps: 1.6x faster than 64 at 16k keys.
  *   softmax(q k^T / sqrt(HD) + mask) v
  * One pass over the keys (the engine's default; PDVM_ATTENTION_PASSES=2 asks for two): each key tile's
  * scores S = Q K^T (subgroup matrices), then each
@@ -43,13 +45,13 @@ export interface AttentionSplit {
 }
 
 /**
- * The split for a context: about `target` splits (16 unless PDVM_ATTENTION_SPLITS says: parseAttentionSplits)
+ * The split for a context: about `target` splits (8 unless PDVM_ATTENTION_SPLITS says: parseAttentionSplits)
  * of at least 512 keys, fewer where their partial outputs for maxTokens rows (T x heads x splits x HD f32)
  * would pass maxBytes; null where one split is all (the kernel writes out directly). On the H100 a 512-token prompt in splits of 128 keys took longer
  * than one pass (8B: 203 + 22 µs of merge against 141 µs), a 16,384-token one far less (docs/PERFORMANCE.md):
  * the engine splits a step only where its last key is at least two splits in.
  */
-export function attentionSplitFor(s: AttentionShape, contextLength: number, maxTokens: number, maxBytes: number, target = 16): AttentionSplit | null {
+export function attentionSplitFor(s: AttentionShape, contextLength: number, maxTokens: number, maxBytes: number, target = 8): AttentionSplit | null {
   let keys = Math.max(512, Math.ceil(contextLength / target / TC_TILE_K) * TC_TILE_K);
   while (Math.ceil(contextLength / keys) > 1 && maxTokens * s.numHeads * Math.ceil(contextLength / keys) * s.headDim * 4 > maxBytes) keys *= 2;
   const splits = Math.ceil(contextLength / keys);
@@ -94,12 +96,13 @@ export function attentionVariantName(o: AttentionTensorCoreOptions): string {
 }
 
 /**
- * PDVM_ATTENTION_ROWS: unset or 64, or 128 (AttentionRows; asks for K and V in two buffers too),
- * self-tested at device creation (a failure falls back to 64).
+ * PDVM_ATTENTION_ROWS: unset or 128, the default since 2026-12-07 night (with K and V in two buffers:
+ * the attention at positions 15,872..16,383 of phi-4 1.6x faster than 64 rows on the H100); 64 for the
+ * 64-row kernels. Self-tested at device creation (a failure falls back to 64).
  */
 export function parseAttentionRows(v: string | undefined): AttentionRows {
-  if (v === undefined || v === '' || v === '64') return 64;
-  if (v === '128') return 128;
+  if (v === undefined || v === '' || v === '128') return 128;
+  if (v === '64') return 64;
   throw new Error(`PDVM_ATTENTION_ROWS must be 64 or 128, not '${v}'`);
 }
 
@@ -111,11 +114,12 @@ export interface AttentionTensorCoreOptions {
   rescaleAbove?: number;
   /**
    * One pass: 2 puts K and V in separate workgroup buffers (three barriers a key tile instead of four; Q
-   * staged through them, no buffer of its own; 32 KiB of workgroup memory at HD 128 instead of 40). A
-   * measured variant (bench/attention-time.ts), not the engine's.
+   * staged through them, no buffer of its own; 32 KiB of workgroup memory at HD 128 instead of 40). The
+   * engine's with 128 rows (the default since 2026-12-07 night); at 64 rows as fast as one buffer
+   * (docs/PERFORMANCE.md).
    */
   kvBuffers?: 1 | 2;
-  /** Query rows a workgroup (AttentionRows; 64 unless said). */
+  /** Query rows a workgroup (AttentionRows; 64 unless said here; the engine asks for 128, parseAttentionRows). */
   rows?: AttentionRows;
 }
 
@@ -141,12 +145,13 @@ export function parseAttentionKvBuffers(v: string | undefined): 1 | 2 {
 }
 
 /**
- * PDVM_ATTENTION_SPLITS: the number of splits over keys a long context aims at (attentionSplitFor), 16
- * unset; a measuring knob (each split's workgroup loads its rows' Q and writes partial outputs that the
- * merge reads: fewer splits, less of that, and fewer workgroups at once).
+ * PDVM_ATTENTION_SPLITS: the number of splits over keys a long context aims at (attentionSplitFor), 8
+ * unset (16 before 2026-12-07 night: 8 measured 7% faster at 16k positions with 128 rows, 32 slower);
+ * each split's workgroup loads its rows' Q and writes partial outputs that the merge reads: fewer
+ * splits, less of that, and fewer workgroups at once.
  */
 export function parseAttentionSplits(v: string | undefined): number {
-  if (v === undefined || v === '') return 16;
+  if (v === undefined || v === '') return 8;
   const n = Number(v);
   if (!Number.isInteger(n) || n < 2 || n > 256) throw new Error(`PDVM_ATTENTION_SPLITS must be a whole number from 2 to 256, not '${v}'`);
   return n;
