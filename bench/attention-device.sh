@@ -12,9 +12,12 @@
 #   E: decode, llama-3.1-8b q4 g64, 128 tokens (DECODE_SHAPES)
 #   P: pp512 of llama-3.2-1b and llama-3.1-8b with --profile (the attention's µs a layer), one pass and two
 # Stage (dev machine, repository root): bash bench/attention-device.sh --build
-# Next (issue 13 item 2: the one-pass kernel with K and V in two buffers, and the split count at 16k):
+# Run on 2026-12-07 night (docs/PERFORMANCE.md "Prompt attention with 128 rows a workgroup"):
 #   TEST_KVB=2 TEST_ROWS=128 SPLITS=8,32 TIME_P=16384 TIME_ROBUST=0 LONG_SHAPES=phi-4 LONG_PASSES=1 LONG_VARIANTS="2:128 1:64 2:64" bash .gpu/att/run.sh ATL
 #   (LONG_VARIANTS: K/V buffers:rows a workgroup, PDVM_ATTENTION_KV_BUFFERS and PDVM_ATTENTION_ROWS)
+# Next (the defaults, 128 rows and 8 splits, on an H200, which has not run them; TEST_KVB, TEST_ROWS and
+# LONG_VARIANTS default to the engine's 2, 128 and 2:128):
+#   LONG_SHAPES="phi-4 llama-3.1-8b" LONG_PASSES=1 LONG_SPLITS=8 LONG_VARIANTS="2:128 1:64" bash .gpu/att/run.sh TL
 # Device: bash .gpu/att/run.sh TLP (carry .gpu: setup.sh, node.xz, node_modules, debs, att)
 set -u
 if [ "${1:-}" = "--build" ]; then
@@ -42,19 +45,19 @@ case "${1:-}" in *A*)
   fi
   echo "time $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *T*)
-  for b in ${TEST_KVB:-1}; do
-  echo "== tests, K and V in $b buffer(s), ${TEST_ROWS:-64} rows" >> $R/tests.txt
-  PDVM_ATTENTION_ROWS=${TEST_ROWS:-64} PDVM_ATTENTION_KV_BUFFERS=$b PDVM_ATTENTION_PASSES=1 timeout ${TEST_S:-200} node --test --test-name-pattern="prompt attention|device features" .gpu/att/kernels.test.mjs .gpu/att/device.test.mjs 2>&1 | grep -v Warning \
+  for b in ${TEST_KVB:-2}; do
+  echo "== tests, K and V in $b buffer(s), ${TEST_ROWS:-128} rows" >> $R/tests.txt
+  PDVM_ATTENTION_ROWS=${TEST_ROWS:-128} PDVM_ATTENTION_KV_BUFFERS=$b PDVM_ATTENTION_PASSES=1 timeout ${TEST_S:-200} node --test --test-name-pattern="prompt attention|device features" .gpu/att/kernels.test.mjs .gpu/att/device.test.mjs 2>&1 | grep -v Warning \
     | grep -E "^(ok|not ok)|# (pass|fail|skip)|tensor-core attention|rror|expected|actual|worst|skip|prompt attention" >> $R/tests.txt
   done
-  for c in 256 1024; do for p in ${PPL_PASSES:-1}; do for b in ${TEST_KVB:-1}; do
-    echo "== perplexity q4 ctx $c passes $p kv buffers $b rows ${TEST_ROWS:-64}" >> $R/ppl.txt
-    PDVM_ATTENTION_ROWS=${TEST_ROWS:-64} PDVM_ATTENTION_KV_BUFFERS=$b PDVM_ATTENTION_PASSES=$p timeout 40 node $A perplexity models/brown-llama-12m.upg --text .gpu/att/validation.txt --limit 2049 --ctx $c --backend webgpu --json 2>&1 | grep -v Warning | tail -2 >> $R/ppl.txt
+  for c in 256 1024; do for p in ${PPL_PASSES:-1}; do for b in ${TEST_KVB:-2}; do
+    echo "== perplexity q4 ctx $c passes $p kv buffers $b rows ${TEST_ROWS:-128}" >> $R/ppl.txt
+    PDVM_ATTENTION_ROWS=${TEST_ROWS:-128} PDVM_ATTENTION_KV_BUFFERS=$b PDVM_ATTENTION_PASSES=$p timeout 40 node $A perplexity models/brown-llama-12m.upg --text .gpu/att/validation.txt --limit 2049 --ctx $c --backend webgpu --json 2>&1 | grep -v Warning | tail -2 >> $R/ppl.txt
   done; done; done
   echo "tests $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *L*)
 for sh in ${LONG_SHAPES:-phi-4 llama-3.1-8b}; do
-  for p in ${LONG_PASSES:-1 2}; do for z in ${LONG_SPLITS:-16}; do for v in ${LONG_VARIANTS:-1:64}; do b=${v%:*}; rows=${v#*:}
+  for p in ${LONG_PASSES:-1 2}; do for z in ${LONG_SPLITS:-16}; do for v in ${LONG_VARIANTS:-2:128}; do b=${v%:*}; rows=${v#*:}
     for n in ${LONG_N:-16384 512}; do
       left || break; echo "== $sh passes $p splits $z kv buffers $b rows $rows prefill $n" >> $R/long.txt
       runs=$([ $n -gt 4096 ] && echo ${LONG_RUNS:-2} || echo 5)
