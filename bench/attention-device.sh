@@ -57,7 +57,7 @@ case "${1:-}" in *T*)
   echo "tests $(( $(date +%s) - s ))s" >> $R/wall.txt ;; esac
 case "${1:-}" in *L*)
 for sh in ${LONG_SHAPES:-phi-4 llama-3.1-8b}; do
-  for p in ${LONG_PASSES:-1 2}; do for z in ${LONG_SPLITS:-16}; do for v in ${LONG_VARIANTS:-2:128}; do b=${v%:*}; rows=${v#*:}
+  for p in ${LONG_PASSES:-1 2}; do for z in ${LONG_SPLITS:-8}; do for v in ${LONG_VARIANTS:-2:128}; do b=${v%:*}; rows=${v#*:}
     for n in ${LONG_N:-16384 512}; do
       left || break; echo "== $sh passes $p splits $z kv buffers $b rows $rows prefill $n" >> $R/long.txt
       runs=$([ $n -gt 4096 ] && echo ${LONG_RUNS:-2} || echo 5)
