@@ -8,7 +8,7 @@ import { registeredGpuProvider } from './provider.js';
 import { DeviceLostError, GpuOutOfMemoryError, GpuValidationError, WebGpuUnavailableError } from './errors.js';
 import { parseTensorCoreTile, TENSOR_CORE_TILES, type SubgroupIndexing, type SubgroupMatrixSyntax, type TensorCoreTile } from './kernels/matmul-tiled.js';
 import { INT8_SPLIT_WORKGROUPS, int8TilesFor, parseInt8Tile, type Int8Scaling, type Int8Tile, type Int8Units } from './kernels/matmul-int8.js';
-import { attentionVariantName, parseAttentionKvBuffers, parseAttentionPasses, parseAttentionRows, parseAttentionSplits, type AttentionRows } from './kernels/attention-tensor-core.js';
+import { attentionTensorCoreBytes, attentionVariantName, parseAttentionKvBuffers, parseAttentionPasses, parseAttentionRows, parseAttentionSplits, type AttentionRows } from './kernels/attention-tensor-core.js';
 import { selfTestPrefillInt8, selfTestPrefillKernel, selfTestPromptAttention, selfTestShaderF16, selfTestSubgroupMatrix } from './self-test.js';
 
 /** One subgroup-matrix configuration the adapter offers: component -> result type at M x N x K. */
@@ -398,6 +398,11 @@ export class Gpu {
             // them); PDVM_ATTENTION_ROWS=64 for the 64-row kernels (one shared buffer unless PDVM_ATTENTION_KV_BUFFERS=2)
             if (features.attentionRows === 128 && features.attentionPasses === 1) features.attentionKvBuffers = 2;
             else features.attentionRows = 64;
+            const rows128Bytes = attentionTensorCoreBytes({ numHeads: 1, numKvHeads: 1, headDim: 128, slidingWindow: null, rotaryDim: 128 }, 1, 2, 128);
+            if (features.attentionRows === 128 && device.limits.maxComputeWorkgroupStorageSize < rows128Bytes) {
+              features.selfTests['prompt attention in one pass, 128 rows a workgroup (subgroup matrix)'] = `not run: ${rows128Bytes} bytes of workgroup memory at HD 128, ${device.limits.maxComputeWorkgroupStorageSize} granted`;
+              features.attentionRows = 64;
+            }
             const variant = () => ({ passes: features.attentionPasses, kvBuffers: features.attentionKvBuffers, rows: features.attentionRows });
             const attentionTest = () => selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax, false, variant());
             let a = await attentionTest();
