@@ -336,7 +336,7 @@ ${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + w
     let tt = t0 + g * 16u + e / 16u;
     if (tt < T) { out[${split ? `tt * ${PS} + (h * ${split.splits}u + wid.z) * ${HD}u` : `tt * ${qDim}u + h * ${HD}u`} + ${16 * n}u + e % 16u] = ss[g][(e / 16u) * ${SS}u + ${16 * (n % 2)}u + e % 16u] * fs[g * 16u + e / 16u]; }
   }`).join('\n')}`;
-  // Q into registers through workgroup memory: 64 rows x HD at once (into qs, or kv2's four blocks)
+  // Q into registers through workgroup memory: 64 rows x HD at once (into qs, or kv2's four blocks), or (128 rows) below
   const qValue = (row: string, d: string) => `f16(qkv[min(t0 + ${row}, T - 1u) * STRIDE + h * ${HD}u + k_dim(${d})] * ${f32Literal(1 / Math.sqrt(HD))})`;
   const stageQ = `  for (var i = lid; i < ${BQ * HD}u; i += ${WG}u) {
     ${twoBuffers ? `kv2[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u]` : `qs[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u]`} = ${qValue(`i / ${HD}u`, `i % ${HD}u`)};
@@ -404,7 +404,7 @@ ${kDimFn(kv.storage, s.rotaryDim)}
 // four K or V elements as f16, without a round trip through f32
 ${kvReadHalfDecls(kv)}
 
-${twoBuffers ? `var<workgroup> kv2: array<array<f16, ${16 * SQ}>, 4>; // blocks of 16 keys x HD: K's tile in [0..1], V's in [2..3]; Q's 64 rows before the loop
+${twoBuffers ? `var<workgroup> kv2: array<array<f16, ${16 * SQ}>, 4>; // blocks of 16 keys x HD: K's tile in [0..1], V's in [2..3]; with 64 rows, Q before the loop
 ` : `var<workgroup> qs: array<array<f16, ${16 * SQ}>, ${BQ / 16}>; // (${BQ} rows, HD) in blocks of 16 rows, stride ${SQ}
 var<workgroup> kvs: array<f16, ${TC_TILE_K * SQ}>; // (32 keys, HD): K, then V
 `}// scores and probabilities in blocks of a subgroup's 16 rows: its subgroup-matrix loads and stores
