@@ -232,6 +232,11 @@ export async function softwareAdapter(): Promise<string | null> {
   }
 }
 
+/** The prompt attention's tensor-core variant these features ask for (what device.ts self-tests and ops.ts builds). */
+export function promptAttentionVariant(f: GpuFeatures): { passes: 1 | 2; kvBuffers: 1 | 2; rows: AttentionRows } {
+  return { passes: f.attentionPasses, kvBuffers: f.attentionKvBuffers, rows: f.attentionRows };
+}
+
 export function featureSummary(f: GpuFeatures): string {
   const on = (b: boolean) => (b ? 'on' : 'off');
   const configs = f.subgroupMatrixConfigs.map((c) => `${c.componentType}->${c.resultComponentType} ${c.M}x${c.N}x${c.K}`).join(', ');
@@ -403,7 +408,7 @@ export class Gpu {
               features.selfTests['prompt attention in one pass, 128 rows a workgroup (subgroup matrix)'] = `not run: ${rows128Bytes} bytes of workgroup memory at HD 128, ${device.limits.maxComputeWorkgroupStorageSize} granted`;
               features.attentionRows = 64;
             }
-            const variant = () => ({ passes: features.attentionPasses, kvBuffers: features.attentionKvBuffers, rows: features.attentionRows });
+            const variant = () => promptAttentionVariant(features);
             const attentionTest = () => selfTestPromptAttention(device, features.subgroupMaxSize, features.subgroupMatrixIndexing!, features.subgroupMatrixSyntax, false, variant());
             let a = await attentionTest();
             if (a !== 'passed' && features.attentionRows === 128) {

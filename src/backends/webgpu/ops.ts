@@ -2,7 +2,7 @@
  * The backend's ops: each builds, at load, the dispatches of one kernel family over fixed buffers,
  * checking the shapes against the buffers first. Workgroup counts depend only on the step's T.
  */
-import type { Gpu } from './device.js';
+import { promptAttentionVariant, type Gpu } from './device.js';
 import type { Dispatch } from './dispatch.js';
 import { attentionTiledFits, attentionTiledWgsl, attentionWgsl, TILE_Q, type AttentionShape } from './kernels/attention.js';
 import { BATCHED_WG, batchedBindings, batchedLayoutApplies, batchedMatvecApplies, batchedMatvecWgsl, batchedRowsLayoutBytes, batchedWorkgroups, batchedWorkgroupSize, normQuantizeRowsWgsl, quantizeRowsWgsl, type AttentionRecords, type BatchedMatvecShape } from './kernels/batched-matvec.js';
@@ -155,12 +155,16 @@ export function prefillPathDescription(gpu: Gpu): string {
   if (prefillKernel(gpu) === 'f32') return `tiled f32 (${F32_TILE.tokens} tokens x ${F32_TILE.rows} rows a workgroup, WebGPU default limits)`;
   const fixed = gpu.features.subgroupMatrixTile;
   const tiles = fixed ? `tile ${tensorCoreTileName(fixed)}` : 'tiles of 128 tokens x 128 rows, or 64 x 128 for narrow matrices';
-  const f = gpu.features;
-  const attention = f.attentionTensorCore ? `tensor cores, ${attentionVariantName({ passes: f.attentionPasses, kvBuffers: f.attentionKvBuffers, rows: f.attentionRows })}${gpu.features.attentionSplit ? ', split over keys' : ''}` : 'f32 tiles';
   const int8 = gpu.features.subgroupMatrixI8
     ? `; q4 g64 matrices on int8 tensor cores (i8 x i8 -> i32 16x16x32, ${{ row: 'x quantized per token, W rounded again to int8 per row (a byte a weight more)', 'row-q4': 'x quantized per token, W rounded to int8 per row as its q4 words are staged', group: 'x quantized per token and 64 columns' }[gpu.features.int8Scaling]}, ${gpu.features.int8Tile ? `tile ${int8TileName(gpu.features.int8Tile)}` : `128 or 64 tokens x 128 rows${gpu.features.int8Scaling === 'row' ? ', 128 x 128 in two staged buffers' : ''}`}${gpu.features.int8Lab ? `, lab ${gpu.features.int8Lab}: timing only` : ''})`
     : '';
-  return `tensor cores: subgroup matrix f16 x f16 -> f32 16x16x16, x converted to f16 once a product, x and W (dequantized to f16) staged through workgroup memory 64 columns a stage (${tiles})${int8}; prompt attention: ${attention}`;
+  return `tensor cores: subgroup matrix f16 x f16 -> f32 16x16x16, x converted to f16 once a product, x and W (dequantized to f16) staged through workgroup memory 64 columns a stage (${tiles})${int8}; prompt attention: ${promptAttentionDescription(gpu)}`;
+}
+
+/** The prompt attention's kernel in words (part of prefillPathDescription; `pdvm bench --prefill` prints it). */
+export function promptAttentionDescription(gpu: Gpu): string {
+  const f = gpu.features;
+  return f.attentionTensorCore ? `tensor cores, ${attentionVariantName(promptAttentionVariant(f))}${f.attentionSplit ? ', split over keys' : ''}` : 'f32 tiles';
 }
 
 /**
@@ -485,7 +489,7 @@ export function attentionTiledOp(gpu: Gpu, s: AttentionShape, kv: KvLayout, qkv:
 export function attentionTensorCoreOp(
   gpu: Gpu, s: AttentionShape, kv: KvLayout, qkv: GPUBuffer, kCache: GPUBuffer, vCache: GPUBuffer, out: GPUBuffer, step: GPUBuffer, maxTokens: number, splitKeys?: number,
 ): Dispatch[] | null {
-  const f = gpu.features, asked = { passes: f.attentionPasses, kvBuffers: f.attentionKvBuffers, rows: f.attentionRows };
+  const f = gpu.features, asked = promptAttentionVariant(f);
   // 128 rows where the head dimension allows them (attentionRowsFit) and they fit the workgroup memory, else 64
   const limit = gpu.device.limits.maxComputeWorkgroupStorageSize;
   const take128 = asked.rows === 128 && attentionRowsFit(s, asked) && attentionTensorCoreBytes(s, asked.passes, asked.kvBuffers, 128) <= limit;

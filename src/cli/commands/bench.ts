@@ -7,6 +7,7 @@
 import { Command, Option } from 'commander';
 import { writeFile } from 'node:fs/promises';
 import { Gpu } from '../../backends/webgpu/device.js';
+import { promptAttentionDescription } from '../../backends/webgpu/ops.js';
 import { runPrefillBench } from '../../bench/prefill.js';
 import { runBench, type BenchOptions } from '../../bench/run.js';
 import { BENCH_SHAPES } from '../../bench/synthetic.js';
@@ -119,7 +120,7 @@ export function benchCommand(): Command {
               log: (line) => process.stderr.write(`${line}\n`),
             });
             if (f.json) process.stdout.write(`${JSON.stringify(r)}\n`);
-            else process.stdout.write(`${r.shape} ${r.encoding} pp${r.prompt_tokens}: ${r.prompt_tokens_per_second.toFixed(1)} tok/s (${r.prompt_ms.toFixed(1)} ms), ${r.prefill_kernel}, ${r.prefill_chunk} tokens a step${r.prefill_path.includes('prompt attention: ') ? `, prompt attention: ${r.prefill_path.split('prompt attention: ')[1]}` : ''}\n`);
+            else process.stdout.write(`${r.shape} ${r.encoding} pp${r.prompt_tokens}: ${r.prompt_tokens_per_second.toFixed(1)} tok/s (${r.prompt_ms.toFixed(1)} ms), ${r.prefill_kernel}, ${r.prefill_chunk} tokens a step${r.prefill_kernel !== 'f32' ? `, prompt attention: ${promptAttentionDescription(gpu)}` : ''}\n`);
             if (f.out) await writeFile(f.out, `${JSON.stringify(r, null, 2)}\n`);
             return;
           }

@@ -338,10 +338,12 @@ ${split ? `  if (live && half == 0u) { ml[(t * HEADS + h) * ${split.splits}u + w
   }`).join('\n')}`;
   // Q into registers through workgroup memory: 64 rows x HD at once (into qs, or kv2's four blocks), or (128 rows) below
   const qValue = (row: string, d: string) => `f16(qkv[min(t0 + ${row}, T - 1u) * STRIDE + h * ${HD}u + k_dim(${d})] * ${f32Literal(1 / Math.sqrt(HD))})`;
+  const qBlocks = twoBuffers ? 'kv2' : 'qs';
   const stageQ = `  for (var i = lid; i < ${BQ * HD}u; i += ${WG}u) {
-    ${twoBuffers ? `kv2[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u]` : `qs[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u]`} = ${qValue(`i / ${HD}u`, `i % ${HD}u`)};
+    ${qBlocks}[(i / ${HD}u) / 16u][((i / ${HD}u) % 16u) * ${SQ}u + i % ${HD}u] = ${qValue(`i / ${HD}u`, `i % ${HD}u`)};
   }
-  workgroupBarrier();`;
+  workgroupBarrier();
+${range(ND).map((i) => `  let q${i} = ${L(`&${qBlocks}[g]`, `${16 * i}u`, `${SQ}u`)};`).join('\n')}`;
   // or (128 rows) 32 dims a round for all the rows, through ps: subgroup g's 16 rows x 32 dims are its
   // own block ps[g] (stride ${SP}), so every subgroup loads its own rows each round at constant offsets
   const qIn32 = range(HD / 32).map((r) => `${r > 0 ? '  workgroupBarrier(); // the last round\'s loads done\n' : ''}  for (var i = lid; i < ${BQ * 32}u; i += ${WG}u) {
@@ -433,7 +435,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   if (kLo > kHi) { return; }
   // q, pre-scaled, in K's stored dim order (rows past T repeat the last: finite, never stored)
 ${BQ === 128 ? qIn32 : `${stageQ}
-${range(ND).map((i) => `  let q${i} = ${twoBuffers ? L('&kv2[g]', `${16 * i}u`, `${SQ}u`) : L('&qs[g]', `${16 * i}u`, `${SQ}u`)};`).join('\n')}
 ${twoBuffers ? '  workgroupBarrier(); // every subgroup has its Q before the tiles overwrite it\n' : ''}`}  // two lanes a row: row rr of the tile, keys half * 16 .. + 16 of a key tile
   let rr = g * 16u + lane / 2u;
   let half = lane % 2u;
